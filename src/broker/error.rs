@@ -1,0 +1,92 @@
+//! The broker's error type: what went wrong, in terms a client can act on.
+//!
+//! The HTTP layer maps each variant to a status and a stable problem `code`
+//! (`http::error`); nothing here knows about HTTP.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerError {
+    TopicNotFound(String),
+    TopicExists(String),
+    InvalidTopicName(String),
+    /// Names starting with `__` belong to the broker.
+    InternalTopic(String),
+    PartitionNotFound {
+        partition: u64,
+        partitions: u32,
+    },
+    OffsetOutOfRange {
+        offset: u64,
+        log_start_offset: u64,
+        high_watermark: u64,
+    },
+    RecordTooLarge {
+        bytes: u64,
+        limit: u64,
+    },
+    /// A named limit was crossed.
+    LimitExceeded {
+        limit_name: &'static str,
+        limit: u64,
+        detail: String,
+    },
+    InvalidRequest(String),
+    /// The partition stopped taking writes (storage failure or deletion).
+    StorageUnavailable(String),
+    /// A record read back from disk failed its checks.
+    CorruptLog(String),
+    /// `acks=all` did not become durable within the request's timeout.
+    Timeout,
+    ShuttingDown,
+    Io(String),
+}
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerError::TopicNotFound(t) => write!(f, "topic '{t}' does not exist"),
+            BrokerError::TopicExists(t) => write!(f, "topic '{t}' already exists"),
+            BrokerError::InvalidTopicName(why) => write!(f, "invalid topic name: {why}"),
+            BrokerError::InternalTopic(t) => {
+                write!(f, "topic '{t}' is internal; clients cannot write it")
+            }
+            BrokerError::PartitionNotFound {
+                partition,
+                partitions,
+            } => {
+                write!(
+                    f,
+                    "partition {partition} does not exist; the topic has {partitions}"
+                )
+            }
+            BrokerError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                high_watermark,
+            } => write!(
+                f,
+                "offset {offset} is outside the readable range [{log_start_offset}, {high_watermark}]"
+            ),
+            BrokerError::RecordTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "record of {bytes} bytes is larger than the limit of {limit} bytes"
+                )
+            }
+            BrokerError::LimitExceeded { detail, .. } => write!(f, "{detail}"),
+            BrokerError::InvalidRequest(why) => write!(f, "{why}"),
+            BrokerError::StorageUnavailable(why) => {
+                write!(f, "partition is not taking writes: {why}")
+            }
+            BrokerError::CorruptLog(why) => write!(f, "stored data failed its checks: {why}"),
+            BrokerError::Timeout => {
+                write!(f, "records were not durable before the request timeout")
+            }
+            BrokerError::ShuttingDown => write!(f, "the broker is shutting down"),
+            BrokerError::Io(why) => write!(f, "I/O error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {}

@@ -1,0 +1,645 @@
+//! The broker: topics, their partitions, and the produce and fetch paths.
+//!
+//! Architecture invariant: the broker knows nothing of HTTP. It takes parsed records and
+//! returns offsets, records and [`BrokerError`]s; `http` renders them.
+//!
+//! Invariants kept here:
+//! - A topic's metadata (`topic.json`) is written atomically (temp file, fsync, rename,
+//!   directory fsync) before the topic is visible; a partition count only grows.
+//! - A produce to one partition is one batch: all of its records or none get offsets.
+//!   A produce spanning partitions is one batch per partition (as in Kafka).
+//! - Every record is validated against the limits before any is appended.
+//! - `clean-shutdown` exists in the data directory only between a clean shutdown and the next
+//!   start; its presence lets the next start trust the indexes.
+
+pub mod error;
+pub mod partition;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use error::BrokerError;
+pub use partition::{Fetched, Partition, PartitionStats, Progress, now_ms};
+
+use crate::config::{BrokerConfig, TopicConfig};
+use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
+use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
+use crate::log::{sync_dir, write_file_atomic};
+use crate::metrics as m;
+
+const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+const TOPIC_META_FILE: &str = "topic.json";
+
+/// How much durability a producer asks for before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// Answered once the records are fsynced (on one node: this node). Survives power loss.
+    #[default]
+    All,
+    /// Answered once the records are in the page cache; fsynced within the topic's
+    /// `flush_ms`. Survives a process crash, not a power loss in that window.
+    Leader,
+    /// Answered when the request is accepted; no offsets are returned.
+    None,
+}
+
+/// What durability actually held when a produce was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    None,
+    Leader,
+    Fsync,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Leader => "leader",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
+/// One record of a produce request, borrowing from the request body.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceRecord<'a> {
+    /// Explicit partition; otherwise chosen from the key or round-robin.
+    pub partition: Option<u32>,
+    pub record: RecordRef<'a>,
+}
+
+/// The answer to a produce: one `(partition, offset)` per record, in request order.
+#[derive(Debug)]
+pub struct ProduceOutcome {
+    pub offsets: Vec<(u32, u64)>,
+    pub durability: Durability,
+}
+
+/// A topic: its config and its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    pub name: Arc<str>,
+    /// The topic's directory.
+    dir: PathBuf,
+    config: RwLock<TopicConfig>,
+    /// Only grows (online expansion); std lock, never held across `.await`.
+    partitions: RwLock<Vec<Arc<Partition>>>,
+    /// Next partition for unkeyed records.
+    round_robin: AtomicU64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicMeta {
+    name: String,
+    partitions: u32,
+    config: TopicConfig,
+}
+
+impl Topic {
+    pub fn config(&self) -> TopicConfig {
+        *self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len() as u32
+    }
+
+    pub fn partition(&self, id: u64) -> Result<Arc<Partition>, BrokerError> {
+        let partitions = self.partitions.read().unwrap_or_else(|e| e.into_inner());
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| partitions.get(i))
+            .cloned()
+            .ok_or(BrokerError::PartitionNotFound {
+                partition: id,
+                partitions: partitions.len() as u32,
+            })
+    }
+
+    fn write_meta(&self) -> std::io::Result<()> {
+        let meta = TopicMeta {
+            name: self.name.to_string(),
+            partitions: self.partition_count(),
+            config: self.config(),
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("topic meta serializes");
+        write_file_atomic(&self.dir.join(TOPIC_META_FILE), &json)
+    }
+}
+
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    /// std lock: lookups are short and never span an `.await`.
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes topic creation, deletion and expansion (admin paths, not the hot path).
+    admin: tokio::sync::Mutex<()>,
+    /// Flipped once on shutdown; long-polls and streams end when they see it.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Broker {
+    /// Opens the data directory, recovering every topic found there.
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        let topics_dir = config.data_dir.join("topics");
+        std::fs::create_dir_all(&topics_dir).map_err(io)?;
+        std::fs::create_dir_all(config.data_dir.join("trash")).map_err(io)?;
+        let marker = config.data_dir.join(CLEAN_SHUTDOWN_MARKER);
+        let clean = marker.exists();
+        if clean {
+            std::fs::remove_file(&marker).map_err(io)?;
+            sync_dir(&config.data_dir).map_err(io)?;
+        }
+        let broker = Arc::new(Broker {
+            config,
+            topics: RwLock::new(HashMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+            shutdown: watch::Sender::new(false),
+        });
+        for entry in std::fs::read_dir(&topics_dir).map_err(io)? {
+            let dir = entry.map_err(io)?.path();
+            let Ok(text) = std::fs::read(dir.join(TOPIC_META_FILE)) else {
+                continue;
+            };
+            let meta: TopicMeta = serde_json::from_slice(&text)
+                .map_err(|e| BrokerError::Io(format!("{}: {e}", dir.display())))?;
+            let topic = broker.open_topic(&dir, &meta.name, meta.partitions, meta.config, clean)?;
+            broker.topics_write().insert(meta.name, topic);
+        }
+        // Leftovers of deletions interrupted by a crash.
+        let trash = broker.config.data_dir.join("trash");
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&trash).and_then(|()| std::fs::create_dir_all(&trash));
+        });
+        tokio::spawn(Arc::clone(&broker).run_retention());
+        Ok(broker)
+    }
+
+    fn topics_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topics_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    fn open_topic(
+        &self,
+        dir: &Path,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        clean: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let name: Arc<str> = Arc::from(name);
+        let mut opened = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let (partition, report) = Partition::open(
+                Arc::clone(&name),
+                p,
+                &dir.join(p.to_string()),
+                config.log_config(),
+                config.flush_ms,
+                clean,
+            )
+            .map_err(|e| BrokerError::Io(format!("opening {name}/{p}: {e}")))?;
+            if report.truncated_bytes > 0 || report.dropped_segments > 0 {
+                eprintln!(
+                    "tidelog: recovered {name}/{p}: truncated {} bytes of torn or corrupt tail, dropped {} segments, rebuilt {} indexes",
+                    report.truncated_bytes, report.dropped_segments, report.rebuilt_indexes
+                );
+                ::metrics::counter!(m::RECOVERY_TRUNCATIONS, "topic" => name.to_string())
+                    .increment(1);
+            }
+            opened.push(partition);
+        }
+        Ok(Arc::new(Topic {
+            name,
+            dir: dir.to_path_buf(),
+            config: RwLock::new(config),
+            partitions: RwLock::new(opened),
+            round_robin: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics_read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<_> = self.topics_read().values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    /// Creates a topic. `internal` allows names starting with `__`.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        internal: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(name)?;
+        if name.starts_with("__") && !internal {
+            return Err(BrokerError::InternalTopic(name.to_string()));
+        }
+        let max = self.limits().partitions_per_topic_max;
+        if partitions == 0 || partitions > max {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: "partitions_per_topic_max",
+                limit: u64::from(max),
+                detail: format!("partitions must be between 1 and {max}"),
+            });
+        }
+        config.validate().map_err(BrokerError::InvalidRequest)?;
+        let _admin = self.admin.lock().await;
+        if self.topics_read().contains_key(name) {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        let topics_max = self.limits().topics_max;
+        if self.topics_read().len() as u64 >= u64::from(topics_max) {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: "topics_max",
+                limit: u64::from(topics_max),
+                detail: format!("the broker already has {topics_max} topics"),
+            });
+        }
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        let dir = self.config.data_dir.join("topics").join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let topic = self.open_topic(&dir, name, partitions, config, false)?;
+        topic.write_meta().map_err(io)?;
+        sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
+        self.topics_write()
+            .insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Deletes a topic: it disappears at once, its files go in the background.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topics_write()
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        for p in topic.partitions() {
+            p.mark_deleted();
+        }
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        let trash = self
+            .config
+            .data_dir
+            .join("trash")
+            .join(format!("{name}-{}", now_ms()));
+        std::fs::rename(&topic.dir, &trash).map_err(io)?;
+        sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
+        Ok(())
+    }
+
+    /// Grows a topic to `count` partitions while it serves.
+    pub async fn expand_partitions(
+        &self,
+        name: &str,
+        count: u32,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name)?;
+        let current = topic.partition_count();
+        let max = self.limits().partitions_per_topic_max;
+        if count > max {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: "partitions_per_topic_max",
+                limit: u64::from(max),
+                detail: format!("partitions must be at most {max}"),
+            });
+        }
+        if count <= current {
+            return Err(BrokerError::InvalidRequest(format!(
+                "count must be larger than the current {current} partitions"
+            )));
+        }
+        let config = topic.config();
+        for p in current..count {
+            let (partition, _) = Partition::open(
+                Arc::clone(&topic.name),
+                p,
+                &topic.dir.join(p.to_string()),
+                config.log_config(),
+                config.flush_ms,
+                false,
+            )
+            .map_err(|e| BrokerError::Io(e.to_string()))?;
+            topic
+                .partitions
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(partition);
+        }
+        topic
+            .write_meta()
+            .map_err(|e| BrokerError::Io(e.to_string()))?;
+        Ok(topic)
+    }
+
+    /// Replaces a topic's config (the HTTP layer merges a PATCH into the current one).
+    pub async fn update_topic_config(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        config.validate().map_err(BrokerError::InvalidRequest)?;
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name)?;
+        *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        for p in topic.partitions() {
+            p.set_config(config.log_config(), config.flush_ms);
+        }
+        topic
+            .write_meta()
+            .map_err(|e| BrokerError::Io(e.to_string()))?;
+        Ok(topic)
+    }
+
+    /// The topic to produce to, created with the defaults if allowed.
+    pub async fn topic_for_produce(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        if name.starts_with("__") {
+            validate_topic_name(name)?;
+            return Err(BrokerError::InternalTopic(name.to_string()));
+        }
+        match self.topic(name) {
+            Err(BrokerError::TopicNotFound(_)) if self.config.auto_create_topics => {
+                let created = self
+                    .create_topic(
+                        name,
+                        self.config.default_partitions,
+                        self.config.topic_defaults,
+                        false,
+                    )
+                    .await;
+                match created {
+                    // Another request created it meanwhile.
+                    Err(BrokerError::TopicExists(_)) => self.topic(name),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Appends records to a topic and waits for the durability `acks` asks for.
+    pub async fn produce(
+        &self,
+        topic: &Topic,
+        records: &[ProduceRecord<'_>],
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<ProduceOutcome, BrokerError> {
+        if *self.shutdown.borrow() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let partitions = topic.partitions();
+        let assignment = self.assign_partitions(topic, &partitions, records)?;
+        let mut offsets = vec![(0u32, 0u64); records.len()];
+        let mut waits: Vec<(Arc<Partition>, u64)> = Vec::new();
+        let mut done = vec![false; partitions.len()];
+        for &p in &assignment {
+            if std::mem::replace(&mut done[p as usize], true) {
+                continue;
+            }
+            let members = || {
+                assignment
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, a)| **a == p)
+                    .map(|(i, _)| i)
+            };
+            let bytes: usize = members().map(|i| records[i].record.encoded_len()).sum();
+            let mut builder = BatchBuilder::with_capacity(bytes);
+            for i in members() {
+                builder.push(&records[i].record);
+            }
+            let count = builder.record_count();
+            let mut batch = builder.finish(ProducerInfo::NONE, None);
+            let partition = &partitions[p as usize];
+            let (base, next) = partition.append(&mut batch, count, acks == Acks::All)?;
+            for (j, i) in members().enumerate() {
+                offsets[i] = (p, base + j as u64);
+            }
+            waits.push((Arc::clone(partition), next));
+        }
+        let durability = match acks {
+            Acks::All => {
+                for (partition, next) in &waits {
+                    partition.wait_durable(*next, timeout).await?;
+                }
+                Durability::Fsync
+            }
+            Acks::Leader => Durability::Leader,
+            Acks::None => Durability::None,
+        };
+        Ok(ProduceOutcome {
+            offsets,
+            durability,
+        })
+    }
+
+    /// Validates every record and picks its partition: explicit, by key hash, or round-robin.
+    fn assign_partitions(
+        &self,
+        topic: &Topic,
+        partitions: &[Arc<Partition>],
+        records: &[ProduceRecord<'_>],
+    ) -> Result<Vec<u32>, BrokerError> {
+        let limits = self.limits();
+        if records.is_empty() {
+            return Err(BrokerError::InvalidRequest(
+                "a produce request needs at least one record".into(),
+            ));
+        }
+        if records.len() as u64 > u64::from(limits.records_per_request_max) {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: "records_per_request_max",
+                limit: u64::from(limits.records_per_request_max),
+                detail: format!("{} records in one request", records.len()),
+            });
+        }
+        let record_max = limits
+            .record_bytes_max
+            .min(topic.config().max_message_bytes);
+        let count = partitions.len() as u32;
+        let unkeyed = records
+            .iter()
+            .filter(|r| r.partition.is_none() && r.record.key.is_none())
+            .count();
+        let mut next_rr = topic
+            .round_robin
+            .fetch_add(unkeyed as u64, Ordering::Relaxed);
+        let mut assignment = Vec::with_capacity(records.len());
+        for r in records {
+            check_record_limits(&r.record, record_max, limits)?;
+            let p = match (r.partition, r.record.key) {
+                (Some(p), _) if p < count => p,
+                (Some(p), _) => {
+                    return Err(BrokerError::PartitionNotFound {
+                        partition: u64::from(p),
+                        partitions: count,
+                    });
+                }
+                (None, Some(key)) => partition_for_key(key, count),
+                (None, None) => {
+                    next_rr += 1;
+                    ((next_rr - 1) % u64::from(count)) as u32
+                }
+            };
+            assignment.push(p);
+        }
+        Ok(assignment)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Begins shutdown: long-polls and streams end, new produces are refused.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Finishes a clean shutdown: every partition synced and sealed, then the marker.
+    pub async fn close(&self) -> Result<(), BrokerError> {
+        self.begin_shutdown();
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                p.close().await.map_err(io)?;
+            }
+        }
+        let marker = self.config.data_dir.join(CLEAN_SHUTDOWN_MARKER);
+        write_file_atomic(&marker, b"clean\n").map_err(io)?;
+        Ok(())
+    }
+
+    async fn run_retention(self: Arc<Self>) {
+        let mut shutdown = self.shutdown_signal();
+        let every = Duration::from_millis(self.config.retention_check_interval_ms.max(10));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            for topic in self.topics() {
+                for p in topic.partitions() {
+                    let p2 = Arc::clone(&p);
+                    let result =
+                        tokio::task::spawn_blocking(move || p2.apply_retention(now_ms())).await;
+                    if let Ok(Err(e)) = result {
+                        eprintln!("tidelog: retention on {}/{} failed: {e}", p.topic, p.id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Kafka's topic name rule.
+pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
+    let bad = |why: &str| Err(BrokerError::InvalidTopicName(why.to_string()));
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return bad("the name is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not topic names");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// Same key, same partition: a stable hash (CRC-32 of the key bytes) modulo the count.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    crc32fast::hash(key) % partitions.max(1)
+}
+
+fn check_record_limits(
+    r: &RecordRef<'_>,
+    record_max: u64,
+    limits: &Limits,
+) -> Result<(), BrokerError> {
+    let size = r.encoded_len() as u64;
+    if size > record_max {
+        return Err(BrokerError::RecordTooLarge {
+            bytes: size,
+            limit: record_max,
+        });
+    }
+    if let Some(key) = r.key
+        && key.len() as u64 > u64::from(limits.key_bytes_max)
+    {
+        return Err(BrokerError::LimitExceeded {
+            limit_name: "key_bytes_max",
+            limit: u64::from(limits.key_bytes_max),
+            detail: format!("key of {} bytes", key.len()),
+        });
+    }
+    if r.headers.len() as u64 > u64::from(limits.headers_per_record_max) {
+        return Err(BrokerError::LimitExceeded {
+            limit_name: "headers_per_record_max",
+            limit: u64::from(limits.headers_per_record_max),
+            detail: format!("{} headers on one record", r.headers.len()),
+        });
+    }
+    for (name, value) in r.headers {
+        let bytes = name.len() + value.len();
+        if bytes as u64 > u64::from(limits.header_bytes_max) || name.len() > usize::from(u16::MAX) {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: "header_bytes_max",
+                limit: u64::from(limits.header_bytes_max),
+                detail: format!("header '{name}' of {bytes} bytes"),
+            });
+        }
+    }
+    Ok(())
+}

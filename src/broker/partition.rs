@@ -1,0 +1,484 @@
+//! One partition replica in memory: its log, its high watermark, and the waiters on it.
+//!
+//! Invariants kept here:
+//! - `log_start_offset <= high_watermark <= log_end_offset` (asserted where the HW moves).
+//! - On a single broker the high watermark is the fsynced end of the log: a consumer never
+//!   sees a record a crash could take back, and an `acks=all` producer is answered only when
+//!   the high watermark has passed its records.
+//! - The partition lock (`std::sync::Mutex`) is held across the page-cache write of an append
+//!   and across in-memory bookkeeping, never across an fsync, a file read for a consumer, or
+//!   an `.await`.
+//! - One fsync covers every append made before it started (group commit): the flusher task
+//!   takes the log end offset, syncs outside the lock, then moves the HW to that offset and
+//!   wakes every waiter with one `watch` send.
+//!
+//! Failure policy: an I/O error on append or fsync marks the partition failed; it then refuses
+//! writes with `storage_error`, wakes its waiters with the failure, and keeps serving reads of
+//! what was durable before.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use super::error::BrokerError;
+use crate::log::batch::{BatchError, BatchView, RecordView};
+use crate::log::{LogConfig, OpenReport, PartitionLog};
+use crate::metrics as m;
+
+/// Where the partition's visible range stands; published through a `watch` channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    /// Set when the partition stops taking writes (storage failure or deletion).
+    pub failed: bool,
+}
+
+/// How long after the last append an idle flusher keeps its task around: forever; it exits
+/// only when the partition is closed.
+#[derive(Debug)]
+pub struct Partition {
+    /// The topic's name, for metrics labels and errors.
+    pub topic: Arc<str>,
+    pub id: u32,
+    /// The log; std mutex because no `.await` happens under it (see module docs).
+    log: Mutex<PartitionLog>,
+    /// HW and log start, watched by long-polls, SSE streams and `acks=all` producers.
+    progress: watch::Sender<Progress>,
+    /// Wakes the flusher; a stored permit means "appends happened since the last sync".
+    flush_wanted: Notify,
+    /// An `acks=all` producer is waiting: sync now rather than after `flush_ms`.
+    flush_urgent: AtomicBool,
+    /// `flush_ms` of the topic, for `acks=leader` data.
+    flush_ms: AtomicU64,
+    /// Why the partition stopped taking writes, once it has.
+    failure: OnceLock<String>,
+    /// Set when the partition is closed or deleted; the flusher exits.
+    closed: AtomicBool,
+}
+
+/// Records read for a consumer: whole batches plus the range to show from them.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Raw batches as read from the log.
+    pub bytes: Vec<u8>,
+    /// First offset to show.
+    pub from: u64,
+    /// Offset to stop at: the high watermark at the time of the read.
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// Most records to show.
+    pub max_records: u32,
+}
+
+impl Fetched {
+    /// Calls `each` for every visible record in order; returns the offset after the last one.
+    pub fn for_each_record(
+        &self,
+        mut each: impl FnMut(&RecordView<'_>) -> Result<(), BrokerError>,
+    ) -> Result<u64, BrokerError> {
+        let mut next = self.from;
+        let mut shown = 0u32;
+        let mut rest = &self.bytes[..];
+        while !rest.is_empty() && shown < self.max_records {
+            let batch = match BatchView::parse(rest) {
+                Ok(b) => b,
+                // The read was cut by max_bytes in the middle of a batch: stop before it.
+                Err(BatchError::Truncated) => break,
+                Err(e) => return Err(BrokerError::CorruptLog(e.to_string())),
+            };
+            rest = &rest[batch.bytes.len()..];
+            if batch.header.next_offset() <= self.from {
+                continue;
+            }
+            for record in batch.records() {
+                let record = record.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
+                if record.offset < self.from {
+                    continue;
+                }
+                if record.offset >= self.high_watermark || shown >= self.max_records {
+                    return Ok(next);
+                }
+                each(&record)?;
+                shown += 1;
+                next = record.offset + 1;
+            }
+            // Compaction may leave offset gaps at the end of a batch; skip them.
+            next = next.max(batch.header.next_offset().min(self.high_watermark));
+        }
+        Ok(next)
+    }
+}
+
+impl Partition {
+    /// Opens the partition's log and starts its flusher task on the current runtime.
+    pub fn open(
+        topic: Arc<str>,
+        id: u32,
+        dir: &Path,
+        log_config: LogConfig,
+        flush_ms: u64,
+        clean: bool,
+    ) -> io::Result<(Arc<Self>, OpenReport)> {
+        let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
+        let progress = Progress {
+            log_start_offset: log.log_start_offset(),
+            high_watermark: log.flushed_offset(),
+            failed: false,
+        };
+        let partition = Arc::new(Partition {
+            topic,
+            id,
+            log: Mutex::new(log),
+            progress: watch::Sender::new(progress),
+            flush_wanted: Notify::new(),
+            flush_urgent: AtomicBool::new(false),
+            flush_ms: AtomicU64::new(flush_ms),
+            failure: OnceLock::new(),
+            closed: AtomicBool::new(false),
+        });
+        partition.publish_gauges();
+        tokio::spawn(Arc::clone(&partition).run_flusher());
+        Ok((partition, report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PartitionLog> {
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Snapshot for describe: (log_start, high_watermark, log_end, segments, bytes).
+    pub fn stats(&self) -> PartitionStats {
+        let log = self.lock();
+        PartitionStats {
+            log_start_offset: log.log_start_offset(),
+            high_watermark: self.progress().high_watermark,
+            log_end_offset: log.log_end_offset(),
+            segments: log.segment_count() as u64,
+            size_bytes: log.size_bytes(),
+        }
+    }
+
+    pub fn set_config(&self, log_config: LogConfig, flush_ms: u64) {
+        self.lock().set_config(log_config);
+        self.flush_ms.store(flush_ms, Ordering::Relaxed);
+    }
+
+    /// Appends one built batch. Returns `(base_offset, next_offset)`. `urgent` asks the flusher
+    /// to sync now (an `acks=all` producer will wait for it).
+    pub fn append(
+        &self,
+        batch: &mut [u8],
+        records: u32,
+        urgent: bool,
+    ) -> Result<(u64, u64), BrokerError> {
+        if let Some(why) = self.failure() {
+            return Err(BrokerError::StorageUnavailable(why.to_string()));
+        }
+        let result = self.lock().append(batch, 0, now_ms());
+        match result {
+            Ok(range) => {
+                if urgent {
+                    self.flush_urgent.store(true, Ordering::Release);
+                }
+                self.flush_wanted.notify_one();
+                ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => self.topic.to_string())
+                    .increment(u64::from(records));
+                ::metrics::counter!(m::BYTES_PRODUCED, "topic" => self.topic.to_string())
+                    .increment(batch.len() as u64);
+                Ok(range)
+            }
+            Err(e) => Err(self.fail(format!("append failed: {e}"))),
+        }
+    }
+
+    /// Waits until the high watermark reaches `offset`, the partition fails, or `timeout`.
+    pub async fn wait_durable(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
+        let mut rx = self.progress.subscribe();
+        let waited = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|p| p.high_watermark >= offset || p.failed),
+        )
+        .await;
+        match waited {
+            Err(_) => Err(BrokerError::Timeout),
+            Ok(Err(_)) => Err(BrokerError::StorageUnavailable("partition closed".into())),
+            Ok(Ok(p)) if p.high_watermark >= offset => Ok(()),
+            Ok(Ok(_)) => Err(BrokerError::StorageUnavailable(
+                self.failure().unwrap_or("partition failed").to_string(),
+            )),
+        }
+    }
+
+    /// Reads records from `offset` for a consumer. Only records below the HW are shown.
+    pub fn fetch(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: u64,
+    ) -> Result<Fetched, BrokerError> {
+        let (slice, progress) = {
+            let log = self.lock();
+            let progress = self.progress();
+            if offset < progress.log_start_offset || offset > progress.high_watermark {
+                return Err(BrokerError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: progress.log_start_offset,
+                    high_watermark: progress.high_watermark,
+                });
+            }
+            let slice = if offset < progress.high_watermark {
+                log.read_slice(offset)
+            } else {
+                None
+            };
+            (slice, progress)
+        };
+        let bytes = match slice {
+            Some(slice) => slice
+                .read(max_bytes)
+                .map_err(|e| BrokerError::Io(e.to_string()))?,
+            None => Vec::new(),
+        };
+        ::metrics::counter!(m::BYTES_FETCHED, "topic" => self.topic.to_string())
+            .increment(bytes.len() as u64);
+        Ok(Fetched {
+            bytes,
+            from: offset,
+            high_watermark: progress.high_watermark,
+            log_start_offset: progress.log_start_offset,
+            max_records,
+        })
+    }
+
+    /// The first offset whose record timestamp is `>= timestamp_ms`, or the HW if none.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
+        let (slice, progress) = {
+            let log = self.lock();
+            (log.time_slice(timestamp_ms), self.progress())
+        };
+        let Some(slice) = slice else {
+            return Ok(progress.high_watermark);
+        };
+        const CHUNK_BYTES: u64 = 1 << 20;
+        let mut position = slice.position;
+        let end = slice.position + slice.len;
+        while position < end {
+            let chunk = crate::log::segment::ReadSlice {
+                file: Arc::clone(&slice.file),
+                position,
+                len: end - position,
+            }
+            .read(CHUNK_BYTES)
+            .map_err(|e| BrokerError::Io(e.to_string()))?;
+            let mut rest = &chunk[..];
+            let mut consumed = 0u64;
+            while let Ok(batch) = BatchView::parse(rest) {
+                rest = &rest[batch.bytes.len()..];
+                consumed += batch.bytes.len() as u64;
+                if batch.header.max_timestamp_ms < timestamp_ms {
+                    continue;
+                }
+                for record in batch.records() {
+                    let record = record.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
+                    if record.timestamp_ms >= timestamp_ms {
+                        let offset = record.offset.max(progress.log_start_offset);
+                        return Ok(offset.min(progress.high_watermark));
+                    }
+                }
+            }
+            if consumed == 0 {
+                break;
+            }
+            position += consumed;
+        }
+        Ok(progress.high_watermark)
+    }
+
+    /// Moves the log start offset forward (`delete-records`). Returns the new log start.
+    pub fn delete_records_before(&self, offset: u64) -> Result<u64, BrokerError> {
+        let hw = self.progress().high_watermark;
+        if offset > hw {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.progress().log_start_offset,
+                high_watermark: hw,
+            });
+        }
+        let start = self
+            .lock()
+            .delete_records_before(offset, hw)
+            .map_err(|e| BrokerError::Io(e.to_string()))?;
+        self.progress.send_modify(|p| p.log_start_offset = start);
+        self.publish_gauges();
+        Ok(start)
+    }
+
+    /// Deletes segments retention no longer keeps. Returns how many were deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> io::Result<usize> {
+        let hw = self.progress().high_watermark;
+        let (deleted, start) = {
+            let mut log = self.lock();
+            (log.apply_retention(now_ms, hw)?, log.log_start_offset())
+        };
+        if deleted > 0 {
+            self.progress.send_modify(|p| p.log_start_offset = start);
+            ::metrics::counter!(m::SEGMENTS_DELETED, "topic" => self.topic.to_string())
+                .increment(deleted as u64);
+        }
+        self.publish_gauges();
+        Ok(deleted)
+    }
+
+    /// Marks the partition failed and wakes every waiter. Returns the error to report.
+    fn fail(&self, why: String) -> BrokerError {
+        let _ = self.failure.set(why.clone());
+        ::metrics::counter!(m::STORAGE_ERRORS, "topic" => self.topic.to_string()).increment(1);
+        eprintln!(
+            "tidelog: partition {}/{} stops taking writes: {why}",
+            self.topic, self.id
+        );
+        self.progress.send_modify(|p| p.failed = true);
+        BrokerError::StorageUnavailable(why)
+    }
+
+    /// Stops the flusher after one last sync, seals the indexes (clean shutdown).
+    pub async fn close(self: &Arc<Self>) -> io::Result<()> {
+        self.flush_now().await?;
+        self.closed.store(true, Ordering::Release);
+        self.flush_wanted.notify_one();
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.lock().close())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Closes the partition for deletion: fails waiters, stops the flusher, removes files.
+    pub fn mark_deleted(&self) {
+        let _ = self.failure.set("topic deleted".into());
+        self.closed.store(true, Ordering::Release);
+        self.flush_wanted.notify_one();
+        self.progress.send_modify(|p| p.failed = true);
+    }
+
+    /// The flusher: one task per partition, one fsync for every append made before it starts.
+    async fn run_flusher(self: Arc<Self>) {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            self.flush_wanted.notified().await;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if !self.flush_urgent.swap(false, Ordering::AcqRel) {
+                let delay = Duration::from_millis(self.flush_ms.load(Ordering::Relaxed));
+                // acks=leader data: wait out flush_ms unless an acks=all producer arrives.
+                let _ = tokio::time::timeout(delay, async {
+                    while !self.flush_urgent.load(Ordering::Acquire) {
+                        self.flush_wanted.notified().await;
+                    }
+                })
+                .await;
+                self.flush_urgent.store(false, Ordering::Release);
+            }
+            if self.flush_now().await.is_err() {
+                return;
+            }
+            if last_checkpoint.elapsed() >= Duration::from_secs(1) {
+                last_checkpoint = Instant::now();
+                let me = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || me.lock().write_checkpoint()).await;
+            }
+        }
+    }
+
+    /// Syncs everything appended so far and moves the HW. Errors fail the partition.
+    pub async fn flush_now(self: &Arc<Self>) -> io::Result<()> {
+        if self.failure().is_some() {
+            return Ok(());
+        }
+        let plan = self.lock().flush_plan();
+        let hw_before = self.progress().high_watermark;
+        if plan.target <= hw_before && plan.files.len() == 1 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let files = plan.files;
+        let synced = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            for f in &files {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        ::metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        ::metrics::counter!(m::FSYNCS).increment(1);
+        if let Err(e) = synced {
+            self.fail(format!("fsync failed: {e}"));
+            return Err(e);
+        }
+        ::metrics::histogram!(m::FSYNC_RECORDS)
+            .record((plan.target - hw_before.min(plan.target)) as f64);
+        {
+            let mut log = self.lock();
+            log.mark_flushed(plan.target);
+            let start = log.log_start_offset();
+            assert!(
+                start <= plan.target && plan.target <= log.log_end_offset(),
+                "HW out of range"
+            );
+            self.progress.send_modify(|p| {
+                debug_assert!(
+                    plan.target >= p.high_watermark,
+                    "the high watermark only grows"
+                );
+                p.high_watermark = p.high_watermark.max(plan.target);
+            });
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn publish_gauges(&self) {
+        let p = self.progress();
+        let labels = [
+            ("topic", self.topic.to_string()),
+            ("partition", self.id.to_string()),
+        ];
+        ::metrics::gauge!(m::HIGH_WATERMARK, &labels).set(p.high_watermark as f64);
+        ::metrics::gauge!(m::LOG_START_OFFSET, &labels).set(p.log_start_offset as f64);
+    }
+}
+
+/// Numbers shown by describe.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PartitionStats {
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub log_end_offset: u64,
+    pub segments: u64,
+    pub size_bytes: u64,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,126 @@
+//! Request inputs with limits: bodies, query strings, path numbers.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, ApiResult};
+
+/// The 413 for a body over `request_body_bytes_max`.
+pub fn body_too_large(limit: u64) -> ApiError {
+    ApiError::limit(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "request_body_bytes_max",
+        limit,
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+/// Rejects a body whose declared length is over the limit before reading any of it.
+pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> ApiResult<()> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(body_too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a whole body, refusing more than `limit` bytes; a client that disconnects mid-body
+/// gets (if anyone is listening) a 400 and nothing is appended.
+pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<Bytes> {
+    check_declared_length(headers, limit)?;
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("reading the request body failed: {e}")))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(body_too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The media type of the request, lower-cased, without parameters.
+pub fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+pub fn unsupported_media_type(got: &str, expected: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("content type '{got}' is not supported here; use {expected}"),
+    )
+}
+
+/// Parses a query string into `T`, answering a problem that names the bad parameter.
+pub fn parse_query<T: DeserializeOwned + Default>(raw: Option<&str>) -> ApiResult<T> {
+    match raw {
+        None | Some("") => Ok(T::default()),
+        Some(q) => serde_urlencoded::from_str(q)
+            .map_err(|e| ApiError::invalid(format!("bad query string: {e}"))),
+    }
+}
+
+/// Parses an unsigned number parameter, naming it in the error.
+pub fn parse_u64(name: &str, value: &str) -> ApiResult<u64> {
+    value.parse::<u64>().map_err(|_| {
+        ApiError::invalid(format!(
+            "'{name}' must be a non-negative integer, got '{value}'"
+        ))
+    })
+}
+
+/// Parses an optional numeric parameter against its maximum.
+pub fn bounded(
+    name: &str,
+    value: Option<&str>,
+    default: u64,
+    max: u64,
+    limit_name: &str,
+) -> ApiResult<u64> {
+    let Some(v) = value else { return Ok(default) };
+    let n = parse_u64(name, v)?;
+    if n > max {
+        return Err(ApiError::limit(
+            StatusCode::BAD_REQUEST,
+            "limit_exceeded",
+            limit_name,
+            max,
+            format!("'{name}' is {n}; the most allowed is {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Reads a JSON body into `T` with the body limit.
+pub async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> ApiResult<T> {
+    let ct = content_type(headers);
+    if !ct.is_empty() && ct != "application/json" {
+        return Err(unsupported_media_type(&ct, "application/json"));
+    }
+    let bytes = read_limited(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}

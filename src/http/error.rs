@@ -1,0 +1,152 @@
+//! The one error type of the HTTP API: RFC 9457 problem details with a stable `code`.
+//!
+//! Every failure a client can cause becomes an [`ApiError`]; its `code` is part of the API
+//! contract and never changes meaning. A 413 also closes the connection, so a keep-alive
+//! client is not left with half a body on the wire.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::broker::BrokerError;
+use crate::metrics as m;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable: `topic_not_found`, `record_too_large`, ...
+    pub code: &'static str,
+    pub detail: String,
+    /// Extra members of the problem object (`limit`, `log_start_offset`, ...).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// A crossed limit: names it and reports its value.
+    pub fn limit(
+        status: StatusCode,
+        code: &'static str,
+        limit_name: &str,
+        limit: u64,
+        detail: impl Into<String>,
+    ) -> Self {
+        ApiError::new(status, code, detail)
+            .with("limit_name", limit_name)
+            .with("limit", limit)
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let detail = e.to_string();
+        match e {
+            BrokerError::TopicNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "topic_not_found", detail)
+            }
+            BrokerError::TopicExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "topic_exists", detail)
+            }
+            BrokerError::InvalidTopicName(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic_name", detail)
+            }
+            BrokerError::InternalTopic(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "internal_topic", detail)
+            }
+            BrokerError::PartitionNotFound { partitions, .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "partition_not_found", detail)
+                    .with("partitions", partitions)
+            }
+            BrokerError::OffsetOutOfRange {
+                log_start_offset,
+                high_watermark,
+                ..
+            } => ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "offset_out_of_range",
+                detail,
+            )
+            .with("log_start_offset", log_start_offset)
+            .with("high_watermark", high_watermark),
+            BrokerError::RecordTooLarge { limit, .. } => ApiError::limit(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "record_too_large",
+                "record_bytes_max",
+                limit,
+                detail,
+            ),
+            BrokerError::LimitExceeded {
+                limit_name, limit, ..
+            } => ApiError::limit(
+                StatusCode::BAD_REQUEST,
+                "limit_exceeded",
+                limit_name,
+                limit,
+                detail,
+            ),
+            BrokerError::InvalidRequest(_) => ApiError::invalid(detail),
+            BrokerError::StorageUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                detail,
+            ),
+            BrokerError::CorruptLog(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)
+            }
+            BrokerError::Timeout => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "request_timeout", detail)
+            }
+            BrokerError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+            }
+            BrokerError::Io(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", detail)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        ::metrics::counter!(m::PROBLEMS, "code" => self.code).increment(1);
+        let mut body = json!({
+            "type": format!("urn:tidelog:problem:{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "code": self.code,
+            "detail": self.detail,
+        });
+        if let Value::Object(obj) = &mut body {
+            obj.extend(self.extra);
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,547 @@
+//! Produce (`POST .../records`) and fetch (`GET .../partitions/{p}/records`, with long-poll).
+//!
+//! The produce path parses JSON borrowing from the body (keys and values are not copied:
+//! a value is kept as its raw JSON text), then hands the broker one slice of records.
+//! NDJSON is read as a stream and appended in batches of about `ndjson_batch_bytes`, so a
+//! large body is never held whole.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::body::{
+    body_too_large, bounded, check_declared_length, content_type, parse_query, parse_u64,
+    read_limited, unsupported_media_type,
+};
+use super::error::{ApiError, ApiResult};
+use super::json_response;
+use crate::broker::{
+    Acks, Broker, BrokerError, Durability, Fetched, Partition, ProduceOutcome, ProduceRecord,
+    Topic, now_ms,
+};
+use crate::log::batch::{RecordRef, RecordView};
+use crate::metrics as m;
+
+/// Query of a produce request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceQuery {
+    pub acks: Option<String>,
+    pub timeout_ms: Option<String>,
+    /// For `application/octet-stream`: the record's key, partition and timestamp.
+    pub key: Option<String>,
+    pub partition: Option<String>,
+    pub timestamp_ms: Option<String>,
+}
+
+/// One record of a JSON or NDJSON produce, borrowing from the body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonRecord<'a> {
+    #[serde(borrow, default)]
+    pub key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub key_b64: Option<Cow<'a, str>>,
+    /// Kept as raw JSON text; `null` or absent is a tombstone (no value).
+    #[serde(borrow, default)]
+    pub value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub value_b64: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(default)]
+    pub partition: Option<u32>,
+    #[serde(default)]
+    pub timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonProduce<'a> {
+    #[serde(borrow)]
+    records: Vec<JsonRecord<'a>>,
+}
+
+/// A record's decoded bytes, owned only where base64 had to be decoded.
+struct Decoded<'a> {
+    key: Option<Cow<'a, [u8]>>,
+    key_is_utf8: bool,
+    value: Option<Cow<'a, [u8]>>,
+    value_is_json: bool,
+    headers: Vec<(&'a str, &'a [u8])>,
+    partition: Option<u32>,
+    timestamp_ms: i64,
+}
+
+fn decode_record<'a>(
+    r: &'a JsonRecord<'a>,
+    now: i64,
+    line: Option<usize>,
+) -> ApiResult<Decoded<'a>> {
+    let at = |msg: String| match line {
+        Some(l) => ApiError::invalid(format!("line {l}: {msg}")).with("line", l as u64),
+        None => ApiError::invalid(msg),
+    };
+    let (key, key_is_utf8) = match (&r.key, &r.key_b64) {
+        (Some(_), Some(_)) => {
+            return Err(at("a record has either 'key' or 'key_b64', not both".into()));
+        }
+        (Some(k), None) => (Some(Cow::Borrowed(k.as_bytes())), true),
+        (None, Some(k)) => (
+            Some(Cow::Owned(
+                B64.decode(k.as_bytes())
+                    .map_err(|e| at(format!("'key_b64' is not base64: {e}")))?,
+            )),
+            false,
+        ),
+        (None, None) => (None, false),
+    };
+    let (value, value_is_json) = match (r.value, &r.value_b64) {
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "a record has either 'value' or 'value_b64', not both".into()
+            ));
+        }
+        (Some(v), None) => (Some(Cow::Borrowed(v.get().as_bytes())), true),
+        (None, Some(v)) => (
+            Some(Cow::Owned(B64.decode(v.as_bytes()).map_err(|e| {
+                at(format!("'value_b64' is not base64: {e}"))
+            })?)),
+            false,
+        ),
+        (None, None) => (None, false),
+    };
+    let headers = r
+        .headers
+        .as_ref()
+        .map(|h| h.iter().map(|(k, v)| (k.as_ref(), v.as_bytes())).collect())
+        .unwrap_or_default();
+    Ok(Decoded {
+        key,
+        key_is_utf8,
+        value,
+        value_is_json,
+        headers,
+        partition: r.partition,
+        timestamp_ms: r.timestamp_ms.unwrap_or(now),
+    })
+}
+
+fn as_produce_record<'a>(d: &'a Decoded<'a>) -> ProduceRecord<'a> {
+    ProduceRecord {
+        partition: d.partition,
+        record: RecordRef {
+            timestamp_ms: d.timestamp_ms,
+            key: d.key.as_deref(),
+            key_is_utf8: d.key_is_utf8,
+            value: d.value.as_deref(),
+            value_is_json: d.value_is_json,
+            headers: &d.headers,
+        },
+    }
+}
+
+struct ProduceParams {
+    acks: Acks,
+    timeout: Duration,
+}
+
+fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
+    let acks = match q.acks.as_deref() {
+        None | Some("all") | Some("-1") => Acks::All,
+        Some("leader") | Some("1") => Acks::Leader,
+        Some("none") | Some("0") => Acks::None,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "'acks' must be all, leader or none, got '{other}'"
+            )));
+        }
+    };
+    let max = broker.limits().wait_ms_max;
+    let timeout_ms = bounded(
+        "timeout_ms",
+        q.timeout_ms.as_deref(),
+        max,
+        max,
+        "wait_ms_max",
+    )?;
+    Ok(ProduceParams {
+        acks,
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+pub async fn produce(
+    State(broker): State<AppState>,
+    Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let q: ProduceQuery = parse_query(query.as_deref())?;
+    let params = produce_params(&q, &broker)?;
+    let ct = content_type(&headers);
+    let limit = broker.limits().request_body_bytes_max;
+    let now = now_ms();
+    let topic = broker.topic_for_produce(&topic).await?;
+    let offsets = match ct.as_str() {
+        "application/json" | "" => {
+            let bytes = read_limited(&headers, body, limit).await?;
+            let parsed: JsonProduce<'_> = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+            let decoded = parsed
+                .records
+                .iter()
+                .map(|r| decode_record(r, now, None))
+                .collect::<ApiResult<Vec<_>>>()?;
+            let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+            broker
+                .produce(&topic, &records, params.acks, params.timeout)
+                .await?
+        }
+        "application/x-ndjson" | "application/jsonl" => {
+            produce_ndjson(&broker, &topic, &headers, body, &params, now).await?
+        }
+        "application/octet-stream" => {
+            let bytes = read_limited(&headers, body, limit).await?;
+            let partition = match q.partition.as_deref() {
+                Some(p) => Some(
+                    u32::try_from(parse_u64("partition", p)?)
+                        .map_err(|_| ApiError::invalid("'partition' is too large"))?,
+                ),
+                None => None,
+            };
+            let timestamp_ms = match q.timestamp_ms.as_deref() {
+                Some(t) => t
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::invalid("'timestamp_ms' must be an integer"))?,
+                None => now,
+            };
+            let record = ProduceRecord {
+                partition,
+                record: RecordRef {
+                    timestamp_ms,
+                    key: q.key.as_deref().map(str::as_bytes),
+                    key_is_utf8: true,
+                    value: Some(&bytes),
+                    value_is_json: false,
+                    headers: &[],
+                },
+            };
+            broker
+                .produce(&topic, &[record], params.acks, params.timeout)
+                .await?
+        }
+        other => {
+            return Err(unsupported_media_type(
+                other,
+                "application/json, application/x-ndjson or application/octet-stream",
+            ));
+        }
+    };
+    Ok(render_produce(&offsets))
+}
+
+/// Streams an NDJSON body: complete lines are parsed and appended in batches.
+async fn produce_ndjson(
+    broker: &Broker,
+    topic: &Topic,
+    headers: &HeaderMap,
+    body: Body,
+    params: &ProduceParams,
+    now: i64,
+) -> ApiResult<ProduceOutcome> {
+    let limits = broker.limits();
+    check_declared_length(headers, limits.request_body_bytes_max)?;
+    let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;
+    let mut stream = body.into_data_stream();
+    let mut pending = BytesMut::new();
+    let mut total: u64 = 0;
+    let mut line_no = 0usize;
+    let mut all = ProduceOutcome {
+        offsets: Vec::new(),
+        durability: Durability::None,
+    };
+    let mut finished = false;
+    while !finished {
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::invalid(format!("reading the request body failed: {e}"))
+                })?;
+                total += chunk.len() as u64;
+                if total > limits.request_body_bytes_max {
+                    return Err(body_too_large(limits.request_body_bytes_max));
+                }
+                pending.extend_from_slice(&chunk);
+                if pending.len() < batch_bytes {
+                    continue;
+                }
+            }
+            None => finished = true,
+        }
+        // Take whole lines; at the end of the body the last line needs no newline.
+        let cut = if finished {
+            pending.len()
+        } else {
+            match pending.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => continue,
+            }
+        };
+        let lines = pending.split_to(cut).freeze();
+        let parsed = parse_ndjson_lines(&lines, &mut line_no)?;
+        if parsed.is_empty() {
+            continue;
+        }
+        let decoded = parsed
+            .iter()
+            .map(|(line, r)| decode_record(r, now, Some(*line)))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+        let outcome = broker
+            .produce(topic, &records, params.acks, params.timeout)
+            .await?;
+        all.offsets.extend(outcome.offsets);
+        all.durability = outcome.durability;
+    }
+    if all.offsets.is_empty() {
+        return Err(ApiError::invalid("the NDJSON body holds no records"));
+    }
+    Ok(all)
+}
+
+fn parse_ndjson_lines<'a>(
+    bytes: &'a [u8],
+    line_no: &mut usize,
+) -> ApiResult<Vec<(usize, JsonRecord<'a>)>> {
+    let mut out = Vec::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        *line_no += 1;
+        let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
+        if trimmed.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let record: JsonRecord<'a> = serde_json::from_slice(trimmed).map_err(|e| {
+            ApiError::invalid(format!("line {}: invalid JSON record: {e}", *line_no))
+                .with("line", *line_no as u64)
+        })?;
+        out.push((*line_no, record));
+    }
+    // The split after a trailing newline yields one empty piece that is not a line.
+    if bytes.last() == Some(&b'\n') {
+        *line_no -= 1;
+    }
+    Ok(out)
+}
+
+/// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.
+fn render_produce(outcome: &ProduceOutcome) -> Response {
+    let durability = outcome.durability;
+    let mut body = Vec::with_capacity(32 + outcome.offsets.len() * 32);
+    let status = if durability == Durability::None {
+        body.extend_from_slice(b"{\"durability\":\"none\"}");
+        StatusCode::ACCEPTED
+    } else {
+        body.extend_from_slice(b"{\"offsets\":[");
+        for (i, (p, o)) in outcome.offsets.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            let _ = write!(body, "{{\"partition\":{p},\"offset\":{o}}}");
+        }
+        let _ = write!(body, "],\"durability\":\"{}\"}}", durability.as_str());
+        StatusCode::OK
+    };
+    let mut response = json_response(status, body);
+    response.headers_mut().insert(
+        "tidelog-durability",
+        HeaderValue::from_static(durability.as_str()),
+    );
+    response
+}
+
+/// Query of a fetch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchQuery {
+    pub offset: Option<String>,
+    pub timestamp_ms: Option<String>,
+    pub max_records: Option<String>,
+    pub max_bytes: Option<String>,
+    pub wait_ms: Option<String>,
+}
+
+/// Resolves `offset=N|earliest|latest` or `timestamp_ms=T` to an offset.
+pub fn start_offset(
+    partition: &Partition,
+    offset: Option<&str>,
+    timestamp_ms: Option<&str>,
+) -> ApiResult<u64> {
+    if offset.is_some() && timestamp_ms.is_some() {
+        return Err(ApiError::invalid(
+            "give either 'offset' or 'timestamp_ms', not both",
+        ));
+    }
+    if let Some(ts) = timestamp_ms {
+        let ts = ts.parse::<i64>().map_err(|_| {
+            ApiError::invalid(format!("'timestamp_ms' must be an integer, got '{ts}'"))
+        })?;
+        return Ok(partition.offset_for_timestamp(ts)?);
+    }
+    let progress = partition.progress();
+    match offset {
+        None | Some("earliest") => Ok(progress.log_start_offset),
+        Some("latest") => Ok(progress.high_watermark),
+        Some(n) => parse_u64("offset", n),
+    }
+}
+
+pub async fn fetch(
+    State(broker): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let q: FetchQuery = parse_query(query.as_deref())?;
+    let limits = broker.limits();
+    let max_records = bounded(
+        "max_records",
+        q.max_records.as_deref(),
+        500,
+        u64::from(limits.fetch_records_max),
+        "fetch_records_max",
+    )?;
+    let max_bytes = bounded(
+        "max_bytes",
+        q.max_bytes.as_deref(),
+        1024 * 1024,
+        limits.fetch_bytes_max,
+        "fetch_bytes_max",
+    )?;
+    let wait_ms = bounded(
+        "wait_ms",
+        q.wait_ms.as_deref(),
+        0,
+        limits.wait_ms_max,
+        "wait_ms_max",
+    )?;
+    if max_records == 0 || max_bytes == 0 {
+        return Err(ApiError::invalid(
+            "'max_records' and 'max_bytes' must be positive",
+        ));
+    }
+    let partition = broker
+        .topic(&topic)?
+        .partition(parse_u64("partition", &partition)?)?;
+    let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?;
+    let fetched = fetch_waiting(
+        &broker,
+        &partition,
+        offset,
+        max_records as u32,
+        max_bytes,
+        wait_ms,
+    )
+    .await?;
+    let mut body = Vec::with_capacity(fetched.bytes.len() + 64);
+    body.extend_from_slice(b"{\"records\":[");
+    let mut count = 0u64;
+    let next = fetched.for_each_record(|r| {
+        if count > 0 {
+            body.push(b',');
+        }
+        count += 1;
+        render_record(&mut body, partition.id, r);
+        Ok(())
+    })?;
+    ::metrics::counter!(m::RECORDS_FETCHED, "topic" => partition.topic.to_string())
+        .increment(count);
+    let _ = write!(
+        body,
+        "],\"next_offset\":{next},\"high_watermark\":{},\"log_start_offset\":{}}}",
+        fetched.high_watermark, fetched.log_start_offset
+    );
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Fetches at `offset`; if nothing is there yet, waits up to `wait_ms` for the high watermark
+/// to pass it (woken by the flusher, not by polling) or for shutdown.
+pub async fn fetch_waiting(
+    broker: &Broker,
+    partition: &Partition,
+    offset: u64,
+    max_records: u32,
+    max_bytes: u64,
+    wait_ms: u64,
+) -> Result<Fetched, BrokerError> {
+    let fetched = partition.fetch(offset, max_records, max_bytes)?;
+    if wait_ms == 0 || offset < fetched.high_watermark {
+        return Ok(fetched);
+    }
+    let mut progress = partition.subscribe();
+    let mut shutdown = broker.shutdown_signal();
+    ::metrics::gauge!(m::LONG_POLLS_WAITING).increment(1.0);
+    let _ = tokio::time::timeout(Duration::from_millis(wait_ms), async {
+        tokio::select! {
+            _ = progress.wait_for(|p| p.high_watermark > offset || p.failed) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    })
+    .await;
+    ::metrics::gauge!(m::LONG_POLLS_WAITING).decrement(1.0);
+    partition.fetch(offset, max_records, max_bytes)
+}
+
+/// Writes one record as a JSON object. A JSON value is written as-is; bytes as base64.
+pub fn render_record(out: &mut Vec<u8>, partition: u32, r: &RecordView<'_>) {
+    let _ = write!(
+        out,
+        "{{\"partition\":{partition},\"offset\":{},\"timestamp_ms\":{},",
+        r.offset, r.timestamp_ms
+    );
+    match r.key {
+        None => out.extend_from_slice(b"\"key\":null"),
+        Some(k) => match std::str::from_utf8(k) {
+            Ok(s) if r.key_is_utf8 => {
+                out.extend_from_slice(b"\"key\":");
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            _ => {
+                let _ = write!(out, "\"key_b64\":\"{}\"", B64.encode(k));
+            }
+        },
+    }
+    match r.value {
+        None => out.extend_from_slice(b",\"value\":null"),
+        Some(v) if r.value_is_json => {
+            out.extend_from_slice(b",\"value\":");
+            out.extend_from_slice(v);
+        }
+        Some(v) => {
+            let _ = write!(out, ",\"value_b64\":\"{}\"", B64.encode(v));
+        }
+    }
+    out.extend_from_slice(b",\"headers\":{");
+    for (i, (name, value)) in r.headers.clone().flatten().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(name));
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(value));
+    }
+    out.extend_from_slice(b"}}");
+}

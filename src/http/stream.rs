@@ -1,0 +1,140 @@
+//! Server-sent events: `GET .../partitions/{p}/stream?offset=`, one event per record.
+//!
+//! Each event's `id` is the record's offset, so a reconnecting client's `Last-Event-ID`
+//! resumes right after the last record it saw. The stream waits on the partition's high
+//! watermark (no polling) and ends cleanly on shutdown.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::{bounded, parse_query, parse_u64};
+use super::error::{ApiError, ApiResult};
+use super::records::{fetch_waiting, render_record, start_offset};
+use crate::broker::{Broker, Partition};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    pub offset: Option<String>,
+    pub timestamp_ms: Option<String>,
+    pub max_bytes: Option<String>,
+}
+
+/// How long one wait for new records lasts before the loop checks shutdown again.
+const STREAM_WAIT_MS: u64 = 1_000;
+/// Records fetched per read from the log.
+const STREAM_FETCH_RECORDS: u32 = 500;
+
+struct StreamState {
+    broker: Arc<Broker>,
+    partition: Arc<Partition>,
+    /// Next offset to read from the log.
+    next: u64,
+    /// Rendered events waiting to be sent; bounded by one fetch.
+    ready: VecDeque<Event>,
+    max_bytes: u64,
+    /// Set after an error event: the stream ends.
+    done: bool,
+}
+
+pub async fn sse(
+    State(broker): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let q: StreamQuery = parse_query(query.as_deref())?;
+    let limits = broker.limits();
+    let max_bytes = bounded(
+        "max_bytes",
+        q.max_bytes.as_deref(),
+        1024 * 1024,
+        limits.fetch_bytes_max,
+        "fetch_bytes_max",
+    )?;
+    let partition = broker
+        .topic(&topic)?
+        .partition(parse_u64("partition", &partition)?)?;
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("'Last-Event-ID' must be a record offset"))
+        })
+        .transpose()?;
+    let next = match resume {
+        Some(last) => last + 1,
+        None => start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?,
+    };
+    // Refuse a bad start now, with a problem, rather than inside the stream.
+    partition.fetch(next, 1, 1)?;
+    let state = StreamState {
+        broker,
+        partition,
+        next,
+        ready: VecDeque::new(),
+        max_bytes,
+        done: false,
+    };
+    let events = stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(event) = s.ready.pop_front() {
+                return Some((Ok::<Event, Infallible>(event), s));
+            }
+            if s.done || s.broker.is_shutting_down() {
+                return None;
+            }
+            let fetched = fetch_waiting(
+                &s.broker,
+                &s.partition,
+                s.next,
+                STREAM_FETCH_RECORDS,
+                s.max_bytes,
+                STREAM_WAIT_MS,
+            )
+            .await;
+            let fetched = match fetched {
+                Ok(f) => f,
+                Err(e) => {
+                    // Tell the client why, then end the stream.
+                    s.done = true;
+                    return Some((Ok(Event::default().event("error").data(e.to_string())), s));
+                }
+            };
+            let partition_id = s.partition.id;
+            let mut ready = std::mem::take(&mut s.ready);
+            let next = fetched.for_each_record(|r| {
+                let mut data = Vec::with_capacity(128);
+                render_record(&mut data, partition_id, r);
+                let data = String::from_utf8(data).unwrap_or_default();
+                ready.push_back(
+                    Event::default()
+                        .event("record")
+                        .id(r.offset.to_string())
+                        .data(data),
+                );
+                Ok(())
+            });
+            s.ready = ready;
+            match next {
+                Ok(n) => s.next = n,
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}

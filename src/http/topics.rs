@@ -1,0 +1,176 @@
+//! Topic admin: create, list, describe, change config, delete, expand, delete-records.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::body::{parse_u64, read_json};
+use super::error::{ApiError, ApiResult};
+use crate::broker::Topic;
+use crate::config::TopicConfig;
+
+/// Body of `POST /v1/topics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    pub name: String,
+    pub partitions: Option<u32>,
+    pub replication_factor: Option<u32>,
+    /// Partial config: unset keys take the broker's topic defaults.
+    pub config: Option<serde_json::Map<String, Value>>,
+}
+
+pub async fn create(
+    State(broker): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: CreateTopic =
+        read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    if let Some(rf) = req.replication_factor
+        && rf != 1
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_enough_brokers",
+            format!("replication_factor {rf} needs {rf} brokers; this cluster has 1"),
+        ));
+    }
+    let config = merge_config(broker.config.topic_defaults, req.config.unwrap_or_default())?;
+    let partitions = req.partitions.unwrap_or(broker.config.default_partitions);
+    let topic = broker
+        .create_topic(&req.name, partitions, config, false)
+        .await?;
+    Ok((StatusCode::CREATED, axum::Json(describe_topic(&topic))).into_response())
+}
+
+pub async fn list(State(broker): State<AppState>) -> Response {
+    let topics: Vec<Value> = broker
+        .topics()
+        .iter()
+        .map(|t| json!({"name": &*t.name, "partitions": t.partition_count()}))
+        .collect();
+    axum::Json(json!({ "topics": topics })).into_response()
+}
+
+pub async fn describe(
+    State(broker): State<AppState>,
+    Path(topic): Path<String>,
+) -> ApiResult<Response> {
+    let topic = broker.topic(&topic)?;
+    Ok(axum::Json(describe_topic(&topic)).into_response())
+}
+
+pub async fn update_config(
+    State(broker): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let patch: Value = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    let Value::Object(mut patch) = patch else {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    };
+    // Accept both `{"config": {...}}` and the bare config object.
+    if let Some(Value::Object(inner)) = patch.remove("config") {
+        patch.extend(inner);
+    }
+    let current = broker.topic(&topic)?.config();
+    let config = merge_config(current, patch)?;
+    let topic = broker.update_topic_config(&topic, config).await?;
+    Ok(axum::Json(describe_topic(&topic)).into_response())
+}
+
+pub async fn delete(
+    State(broker): State<AppState>,
+    Path(topic): Path<String>,
+) -> ApiResult<StatusCode> {
+    broker.delete_topic(&topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expand {
+    pub count: u32,
+}
+
+pub async fn expand(
+    State(broker): State<AppState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: Expand = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    let topic = broker.expand_partitions(&topic, req.count).await?;
+    Ok(axum::Json(describe_topic(&topic)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRecords {
+    pub before_offset: u64,
+}
+
+pub async fn delete_records(
+    State(broker): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: DeleteRecords =
+        read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    let partition = broker
+        .topic(&topic)?
+        .partition(parse_u64("partition", &partition)?)?;
+    let start = partition.delete_records_before(req.before_offset)?;
+    Ok(axum::Json(json!({ "partition": partition.id, "log_start_offset": start })).into_response())
+}
+
+/// Applies a partial config object to `base`; unknown keys and bad values are 400s.
+fn merge_config(
+    base: TopicConfig,
+    patch: serde_json::Map<String, Value>,
+) -> ApiResult<TopicConfig> {
+    let Value::Object(mut merged) = serde_json::to_value(base).expect("config serializes") else {
+        unreachable!("a config is an object")
+    };
+    merged.extend(patch);
+    let config: TopicConfig = serde_json::from_value(Value::Object(merged))
+        .map_err(|e| ApiError::invalid(format!("invalid topic config: {e}")))?;
+    config.validate().map_err(ApiError::invalid)?;
+    Ok(config)
+}
+
+/// The describe document of a topic.
+pub fn describe_topic(topic: &Topic) -> Value {
+    let partitions: Vec<Value> = topic
+        .partitions()
+        .iter()
+        .map(|p| {
+            let s = p.stats();
+            json!({
+                "partition": p.id,
+                "leader": 1,
+                "replicas": [1],
+                "isr": [1],
+                "log_start_offset": s.log_start_offset,
+                "high_watermark": s.high_watermark,
+                "log_end_offset": s.log_end_offset,
+                "segments": s.segments,
+                "size_bytes": s.size_bytes,
+                "failure": p.failure(),
+            })
+        })
+        .collect();
+    json!({
+        "name": &*topic.name,
+        "replication_factor": 1,
+        "config": topic.config(),
+        "partitions": partitions,
+    })
+}

@@ -1,0 +1,18 @@
+//! tidelog: a Kafka-style partitioned commit log served over HTTP.
+//!
+//! Code map, bottom up (each layer talks only to the one below):
+//! - [`log`]: the storage engine. Record batches with CRC-32, segment files, memory-mapped
+//!   sparse indexes, append/read/roll/retention and crash recovery. No network, no HTTP.
+//! - [`broker`]: topics and partition replicas in memory: high watermark, group-commit
+//!   flusher, waiters, the produce and fetch paths, topic admin.
+//! - [`http`]: axum routes, one file per resource, and the problem+json error type.
+//! - [`config`] and [`limits`]: every setting and every input limit, named once.
+//! - [`metrics`]: metric names and the Prometheus recorder.
+//! - `main.rs`: the command line (`tidelog serve`).
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod log;
+pub mod metrics;

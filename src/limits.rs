@@ -1,0 +1,62 @@
+//! Every limit on client input, named in one place, unit last.
+//!
+//! Crossing a limit is a 4xx problem that names the limit (`"limit": N`), never a crash or a
+//! hang. Defaults are sane for one broker on a small machine; all can be changed in the
+//! config file (`[limits]`).
+
+use serde::{Deserialize, Serialize};
+
+/// Topic names: Kafka's rule, `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted on any route; more is a 413 and the connection closes.
+    pub request_body_bytes_max: u64,
+    /// Largest single record (key + value + headers as encoded).
+    pub record_bytes_max: u64,
+    /// Most records in one produce request.
+    pub records_per_request_max: u32,
+    /// Largest record key.
+    pub key_bytes_max: u32,
+    /// Most headers on one record.
+    pub headers_per_record_max: u32,
+    /// Largest header name plus value.
+    pub header_bytes_max: u32,
+    /// Longest long-poll wait and produce timeout a client may ask for.
+    pub wait_ms_max: u64,
+    /// Most partitions a topic may have.
+    pub partitions_per_topic_max: u32,
+    /// Most topics a broker keeps.
+    pub topics_max: u32,
+    /// Most records one fetch returns.
+    pub fetch_records_max: u32,
+    /// Most bytes one fetch reads from the log (one batch may exceed it, as in Kafka).
+    pub fetch_bytes_max: u64,
+    /// Most concurrent connections; more wait in the accept queue.
+    pub connections_max: u32,
+    /// NDJSON bodies are appended in batches of about this many bytes, so a large body is
+    /// never buffered whole.
+    pub ndjson_batch_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_body_bytes_max: 64 * 1024 * 1024,
+            record_bytes_max: 1024 * 1024,
+            records_per_request_max: 100_000,
+            key_bytes_max: 16 * 1024,
+            headers_per_record_max: 64,
+            header_bytes_max: 16 * 1024,
+            wait_ms_max: 30_000,
+            partitions_per_topic_max: 1024,
+            topics_max: 10_000,
+            fetch_records_max: 10_000,
+            fetch_bytes_max: 16 * 1024 * 1024,
+            connections_max: 4096,
+            ndjson_batch_bytes: 4 * 1024 * 1024,
+        }
+    }
+}

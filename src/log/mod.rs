@@ -1,0 +1,456 @@
+//! The storage engine: one partition's log as a sequence of segment files.
+//!
+//! Architecture invariant: `log` never does network I/O and knows nothing of HTTP, topics or
+//! clients. It appends stamped batches, hands out byte ranges to read, syncs, rolls, deletes
+//! old segments and recovers after a crash.
+//!
+//! Invariants kept here:
+//! - Offsets are dense: segment `i` ends exactly where segment `i + 1` begins, and the active
+//!   (last) segment ends at the log end offset.
+//! - `log_start_offset <= flushed_offset <= log_end_offset`, and `flushed_offset` only grows
+//!   (except by an explicit truncation, which replication will need).
+//! - Only the active segment is written; rolled segments are immutable and are synced before
+//!   the flushed offset moves past them.
+//!
+//! Failure policy: I/O errors are returned to the caller, which stops taking writes for the
+//! partition; recovery truncates a torn or corrupt tail and reports how many bytes it cut.
+
+pub mod batch;
+pub mod index;
+pub mod segment;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use batch::{BATCH_HEADER_BYTES, BatchHeader};
+use segment::{OpenMode, ReadSlice, Segment};
+
+/// Per-partition storage settings (a topic's config, resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll the active segment when another batch would make it larger than this.
+    pub segment_bytes: u64,
+    /// Roll the active segment when it is older than this.
+    pub segment_ms: i64,
+    /// Log bytes between two sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Delete whole segments whose newest record is older than this (`None`: keep forever).
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest segments while the log is larger than this (`None`: no size limit).
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+        }
+    }
+}
+
+/// Largest segment the format allows: positions in the offset index are `u32`.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+
+const CHECKPOINT_FILE: &str = "recovery-checkpoint";
+const LOG_START_FILE: &str = "log-start-offset";
+
+/// What opening a partition log found, for the log line and the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub truncated_bytes: u64,
+    pub rebuilt_indexes: usize,
+    /// Segments dropped because they followed a truncation or a gap.
+    pub dropped_segments: usize,
+}
+
+/// Files and an offset to sync outside the partition lock.
+#[derive(Debug)]
+pub struct FlushPlan {
+    pub files: Vec<Arc<File>>,
+    /// Everything below this offset is durable once `files` are synced.
+    pub target: u64,
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    /// The partition's directory; segments and checkpoints live here.
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset; the last one is the active segment. Never empty.
+    segments: Vec<Segment>,
+    /// First offset a consumer may read; moved by retention and delete-records.
+    log_start_offset: u64,
+    /// Every record below this offset has been fsynced.
+    flushed_offset: u64,
+    /// Rolled segments whose data has not been synced yet.
+    unsynced: Vec<Arc<File>>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`. With `clean`, the indexes written at the last clean
+    /// shutdown are trusted; otherwise segments past the recovery checkpoint are scanned.
+    pub fn open(
+        dir: &Path,
+        config: LogConfig,
+        clean: bool,
+        now_ms: i64,
+    ) -> io::Result<(Self, OpenReport)> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases = list_segment_bases(dir)?;
+        let checkpoint = read_u64_file(&dir.join(CHECKPOINT_FILE)).unwrap_or(0);
+        let stored_start = read_u64_file(&dir.join(LOG_START_FILE)).unwrap_or(0);
+        let entries_max = index_entries_max(&config);
+        let mut report = OpenReport::default();
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+        if bases.is_empty() {
+            segments.push(Segment::create(dir, stored_start, entries_max, now_ms)?);
+            sync_dir(dir)?;
+            bases.clear();
+        }
+        for (i, &base) in bases.iter().enumerate() {
+            let next_base = bases.get(i + 1).copied();
+            let sealed_before_checkpoint = next_base.is_some_and(|n| n <= checkpoint);
+            let mode = if clean || sealed_before_checkpoint {
+                OpenMode::Trusted
+            } else {
+                OpenMode::Recover
+            };
+            let writable = next_base.is_none();
+            let (segment, seg_report) = Segment::open(
+                dir,
+                base,
+                mode,
+                writable,
+                config.index_interval_bytes,
+                entries_max,
+            )?;
+            report.truncated_bytes += seg_report.truncated_bytes;
+            report.rebuilt_indexes += usize::from(seg_report.rebuilt_index);
+            let continues = segments
+                .last()
+                .is_none_or(|prev| prev.next_offset == segment.base_offset);
+            if !continues {
+                report.dropped_segments += bases.len() - i;
+                for b in &bases[i..] {
+                    drop_segment_files(dir, *b)?;
+                }
+                break;
+            }
+            let cut = seg_report.truncated_bytes > 0;
+            segments.push(segment);
+            if cut && i + 1 < bases.len() {
+                report.dropped_segments += bases.len() - i - 1;
+                for b in &bases[i + 1..] {
+                    drop_segment_files(dir, *b)?;
+                }
+                break;
+            }
+        }
+        // The active segment might have been sealed by a truncation above; make sure the last
+        // one is writable.
+        let last = segments.pop().expect("at least one segment");
+        let last = if last.index_is_full() || last.is_sealed() {
+            let base = last.base_offset;
+            drop(last);
+            Segment::open(
+                dir,
+                base,
+                OpenMode::Trusted,
+                true,
+                config.index_interval_bytes,
+                entries_max,
+            )?
+            .0
+        } else {
+            last
+        };
+        segments.push(last);
+        // Whatever survived recovery may still sit only in the page cache (the process died,
+        // not the machine): sync it before calling it flushed.
+        if !clean {
+            for s in &segments {
+                s.file.sync_all()?;
+            }
+            sync_dir(dir)?;
+        }
+        report.segments = segments.len();
+        let log_end = segments.last().expect("never empty").next_offset;
+        let first_base = segments[0].base_offset;
+        let log_start_offset = stored_start.clamp(first_base, log_end);
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            log_start_offset,
+            flushed_offset: log_end,
+            unsynced: Vec::new(),
+        };
+        log.write_checkpoint()?;
+        Ok((log, report))
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.config
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> u64 {
+        self.active().next_offset
+    }
+
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    /// Stamps `batch` (built by [`batch::BatchBuilder`]) with the next offset and `leader_epoch`,
+    /// and writes it to the page cache. Returns `(base_offset, next_offset)`.
+    pub fn append(
+        &mut self,
+        batch: &mut [u8],
+        leader_epoch: u32,
+        now_ms: i64,
+    ) -> io::Result<(u64, u64)> {
+        let base = self.log_end_offset();
+        batch::stamp_batch(batch, base, leader_epoch);
+        let header = BatchHeader::parse(batch)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        assert_eq!(header.total_len(), batch.len(), "a batch is appended whole");
+        self.maybe_roll(batch.len() as u64, header.last_offset_delta, now_ms)?;
+        let interval = self.config.index_interval_bytes;
+        self.segments
+            .last_mut()
+            .expect("never empty")
+            .append(batch, &header, interval)?;
+        Ok((base, header.next_offset()))
+    }
+
+    fn maybe_roll(&mut self, incoming: u64, last_delta: u32, now_ms: i64) -> io::Result<()> {
+        let segment_bytes = self.config.segment_bytes.min(SEGMENT_BYTES_MAX);
+        let active = self.active();
+        if active.size == 0 {
+            return Ok(());
+        }
+        let too_big = active.size + incoming > segment_bytes;
+        let too_old = now_ms.saturating_sub(active.created_ms) > self.config.segment_ms;
+        let offsets_overflow =
+            active.next_offset - active.base_offset + u64::from(last_delta) >= u64::from(u32::MAX);
+        if too_big || too_old || offsets_overflow || active.index_is_full() {
+            self.roll(now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the log end offset.
+    pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
+        let next = self.log_end_offset();
+        let entries_max = index_entries_max(&self.config);
+        let active = self.segments.last_mut().expect("never empty");
+        active.seal_indexes()?;
+        self.unsynced.push(Arc::clone(&active.file));
+        self.segments
+            .push(Segment::create(&self.dir, next, entries_max, now_ms)?);
+        sync_dir(&self.dir)
+    }
+
+    /// The bytes to read for `offset`, or `None` at the log end. The caller checks the range.
+    pub fn read_slice(&self, offset: u64) -> Option<ReadSlice> {
+        if offset >= self.log_end_offset() {
+            return None;
+        }
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .checked_sub(1)?;
+        let segment = &self.segments[i];
+        if offset >= segment.next_offset {
+            return self.segments.get(i + 1).map(|s| s.read_slice(offset));
+        }
+        Some(segment.read_slice(offset))
+    }
+
+    /// Where to scan for the first record with timestamp `>= timestamp_ms`; `None` if no
+    /// segment holds one.
+    pub fn time_slice(&self, timestamp_ms: i64) -> Option<ReadSlice> {
+        self.segments
+            .iter()
+            .find(|s| s.size > 0 && s.max_timestamp_ms >= timestamp_ms)
+            .map(|s| s.time_slice(timestamp_ms))
+    }
+
+    /// Files to sync so that everything appended so far becomes durable.
+    pub fn flush_plan(&mut self) -> FlushPlan {
+        let mut files = std::mem::take(&mut self.unsynced);
+        files.push(Arc::clone(&self.active().file));
+        FlushPlan {
+            files,
+            target: self.log_end_offset(),
+        }
+    }
+
+    /// Records that a [`FlushPlan`] was synced.
+    pub fn mark_flushed(&mut self, target: u64) {
+        assert!(target <= self.log_end_offset(), "flushed past the log end");
+        self.flushed_offset = self.flushed_offset.max(target);
+    }
+
+    /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
+    pub fn apply_retention(&mut self, now_ms: i64, upto: u64) -> io::Result<usize> {
+        let mut total: u64 = self.size_bytes();
+        let mut deleted = 0;
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            if oldest.next_offset > upto {
+                break;
+            }
+            let expired = self
+                .config
+                .retention_ms
+                .is_some_and(|ms| oldest.max_timestamp_ms < now_ms.saturating_sub(ms));
+            let oversize = self.config.retention_bytes.is_some_and(|max| total > max);
+            let below_start = oldest.next_offset <= self.log_start_offset;
+            if !(expired || oversize || below_start) {
+                break;
+            }
+            total -= oldest.size;
+            let removed = self.segments.remove(0);
+            removed.delete_files()?;
+            deleted += 1;
+        }
+        if deleted > 0 {
+            self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
+            write_u64_file(&self.dir.join(LOG_START_FILE), self.log_start_offset)?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Moves the log start offset forward (Kafka's DeleteRecords). `offset` must not pass
+    /// `upto` (the high watermark); whole segments below it are deleted.
+    pub fn delete_records_before(&mut self, offset: u64, upto: u64) -> io::Result<u64> {
+        let offset = offset.min(upto);
+        if offset > self.log_start_offset {
+            self.log_start_offset = offset;
+            write_u64_file(&self.dir.join(LOG_START_FILE), offset)?;
+            self.apply_retention(i64::MIN, upto)?;
+        }
+        Ok(self.log_start_offset)
+    }
+
+    /// Writes the recovery checkpoint: everything below the flushed offset's segment is synced.
+    pub fn write_checkpoint(&self) -> io::Result<()> {
+        write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset)
+    }
+
+    /// Seals every index (trims the files) for a clean shutdown. The log stays usable for reads.
+    pub fn close(&mut self) -> io::Result<()> {
+        for s in &self.segments {
+            s.file.sync_all()?;
+        }
+        self.flushed_offset = self.log_end_offset();
+        self.segments
+            .last_mut()
+            .expect("never empty")
+            .seal_indexes()?;
+        self.write_checkpoint()
+    }
+
+    /// Removes the partition's directory (topic deletion). Consumes the log.
+    pub fn delete(self) -> io::Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// How many index entries a segment may need at most.
+fn index_entries_max(config: &LogConfig) -> usize {
+    let segment = config.segment_bytes.min(SEGMENT_BYTES_MAX);
+    let interval = config.index_interval_bytes.max(BATCH_HEADER_BYTES as u64);
+    (segment / interval + 2).min(1 << 22) as usize
+}
+
+fn list_segment_bases(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log")
+            && stem.len() == 20
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn drop_segment_files(dir: &Path, base: u64) -> io::Result<()> {
+    for ext in ["log", "index", "timeindex"] {
+        match std::fs::remove_file(dir.join(format!("{base:020}.{ext}"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so that created, renamed or deleted entries survive a power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn read_u64_file(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Replaces a small file atomically: write a temporary, sync it, rename over the old one.
+pub fn write_file_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        io::Write::write_all(&mut f, contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn write_u64_file(path: &Path, value: u64) -> io::Result<()> {
+    write_file_atomic(path, value.to_string().as_bytes())
+}

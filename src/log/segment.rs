@@ -1,0 +1,433 @@
+//! One segment: a `<base offset>.log` file of batches and its two sparse indexes.
+//!
+//! Invariants: the log file holds whole, CRC-valid batches from byte 0 to `size`, with dense,
+//! increasing offsets from `base_offset` to `next_offset`; every index entry points at the
+//! start of a batch below `size`. Positions and relative offsets fit in `u32`, which the
+//! partition log guarantees by rolling before either could overflow.
+//!
+//! Failure policy: appends report I/O errors to the caller (the partition then refuses writes);
+//! recovery truncates at the first batch that does not decode and says how much it dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::batch::{BATCH_HEADER_BYTES, BatchHeader, BatchView};
+use super::index::{IndexFile, OffsetEntry, TimeEntry};
+
+/// How far a segment's contents may be trusted when it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Written before a clean shutdown or sealed long before a crash: trust the indexes, read
+    /// only the tail after the last index entry to find the end.
+    Trusted,
+    /// Possibly torn by a crash: scan every batch, check every CRC, rebuild the indexes and
+    /// truncate at the first damage.
+    Recover,
+}
+
+/// What opening a segment found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes cut from the end of the log file because they did not decode.
+    pub truncated_bytes: u64,
+    /// Whether the indexes were rebuilt from the log.
+    pub rebuilt_index: bool,
+}
+
+/// A byte range of a segment to read outside the partition lock.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    /// The segment's file; an `Arc` keeps it readable even if retention deletes it meanwhile.
+    pub file: Arc<File>,
+    /// First byte to read: the batch found through the index, at or before the wanted offset.
+    pub position: u64,
+    /// Bytes that may be read (never past the end of the last complete batch).
+    pub len: u64,
+}
+
+impl ReadSlice {
+    /// Reads the slice, up to `max_bytes`, but always at least the first batch whole.
+    pub fn read(&self, max_bytes: u64) -> io::Result<Vec<u8>> {
+        let mut want = self.len.min(max_bytes.max(BATCH_HEADER_BYTES as u64));
+        let mut buf = vec![0u8; want as usize];
+        self.file.read_exact_at(&mut buf, self.position)?;
+        if let Ok(header) = BatchHeader::parse(&buf) {
+            let first = header.total_len() as u64;
+            if first > want && first <= self.len {
+                want = first;
+                buf.resize(want as usize, 0);
+                self.file.read_exact_at(&mut buf, self.position)?;
+            }
+        }
+        Ok(buf)
+    }
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    /// Offset of the first record; also the file name.
+    pub base_offset: u64,
+    /// Offset one past the last record written.
+    pub next_offset: u64,
+    /// Bytes of whole batches in the log file.
+    pub size: u64,
+    /// Largest record timestamp in the segment (`i64::MIN` when empty); drives time retention.
+    pub max_timestamp_ms: i64,
+    /// When the segment was created (wall clock, ms), for roll by age.
+    pub created_ms: i64,
+    /// Shared so reads and fsyncs can proceed without the partition lock.
+    pub file: Arc<File>,
+    /// offset → position, one entry per `index_interval_bytes` of log.
+    offset_index: IndexFile<OffsetEntry>,
+    /// running max timestamp → offset, one entry per `index_interval_bytes` of log.
+    time_index: IndexFile<TimeEntry>,
+    /// Log bytes appended since the last index entry.
+    bytes_since_index: u64,
+    /// Relative offset of the last batch, for the final time index entry on seal.
+    last_batch_relative: u32,
+    /// Directory and base name, for deleting the files.
+    dir: PathBuf,
+}
+
+pub fn log_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+fn offset_index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+fn time_index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.timeindex"))
+}
+
+impl Segment {
+    /// Creates an empty segment. The caller fsyncs the directory.
+    pub fn create(
+        dir: &Path,
+        base_offset: u64,
+        index_entries_max: usize,
+        now_ms: i64,
+    ) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(log_path(dir, base_offset))?;
+        Ok(Segment {
+            base_offset,
+            next_offset: base_offset,
+            size: 0,
+            max_timestamp_ms: i64::MIN,
+            created_ms: now_ms,
+            file: Arc::new(file),
+            offset_index: IndexFile::create(
+                &offset_index_path(dir, base_offset),
+                index_entries_max,
+            )?,
+            time_index: IndexFile::create(&time_index_path(dir, base_offset), index_entries_max)?,
+            bytes_since_index: 0,
+            last_batch_relative: 0,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing segment. `writable` segments get preallocated, mapped indexes.
+    pub fn open(
+        dir: &Path,
+        base_offset: u64,
+        mode: OpenMode,
+        writable: bool,
+        index_interval_bytes: u64,
+        index_entries_max: usize,
+    ) -> io::Result<(Self, RecoveryReport)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log_path(dir, base_offset))?;
+        let file_len = file.metadata()?.len();
+        let created_ms = file
+            .metadata()?
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut report = RecoveryReport::default();
+        let trusted = match mode {
+            OpenMode::Trusted => Self::open_trusted(dir, base_offset, &file, file_len)?,
+            OpenMode::Recover => None,
+        };
+        let (offset_index, time_index, scan) = match trusted {
+            Some(found) => found,
+            None => {
+                report.rebuilt_index = true;
+                let capacity =
+                    index_entries_max.max((file_len / index_interval_bytes.max(1)) as usize + 2);
+                let mut offset_index =
+                    IndexFile::create(&offset_index_path(dir, base_offset), capacity)?;
+                let mut time_index =
+                    IndexFile::create(&time_index_path(dir, base_offset), capacity)?;
+                let scan = scan_log(&file, file_len, base_offset, 0, |pos, header, since| {
+                    if since == 0 || since >= index_interval_bytes {
+                        let rel = (header.base_offset - base_offset) as u32;
+                        offset_index.append(OffsetEntry {
+                            relative_offset: rel,
+                            position: pos as u32,
+                        });
+                        true
+                    } else {
+                        false
+                    }
+                })?;
+                for (rel, ts) in &scan.time_points {
+                    time_index.append(TimeEntry {
+                        timestamp_ms: *ts,
+                        relative_offset: *rel,
+                    });
+                }
+                if scan.valid_len < file_len {
+                    report.truncated_bytes = file_len - scan.valid_len;
+                    file.set_len(scan.valid_len)?;
+                    file.sync_all()?;
+                }
+                (offset_index, time_index, scan)
+            }
+        };
+        let mut segment = Segment {
+            base_offset,
+            next_offset: scan.next_offset.unwrap_or(base_offset),
+            size: scan.valid_len,
+            max_timestamp_ms: scan.max_timestamp_ms,
+            created_ms,
+            file: Arc::new(file),
+            offset_index,
+            time_index,
+            bytes_since_index: scan.bytes_since_index,
+            last_batch_relative: scan.last_batch_relative,
+            dir: dir.to_path_buf(),
+        };
+        if writable {
+            segment.offset_index = segment.offset_index.reopen_writable(index_entries_max)?;
+            segment.time_index = segment.time_index.reopen_writable(index_entries_max)?;
+        } else {
+            segment.seal_indexes()?;
+        }
+        Ok((segment, report))
+    }
+
+    /// Opens trimmed indexes and scans only after the last indexed batch. `None` means the
+    /// indexes cannot be trusted and the caller must rebuild them.
+    #[allow(clippy::type_complexity)]
+    fn open_trusted(
+        dir: &Path,
+        base_offset: u64,
+        file: &File,
+        file_len: u64,
+    ) -> io::Result<Option<(IndexFile<OffsetEntry>, IndexFile<TimeEntry>, Scan)>> {
+        let Some(offset_index) =
+            IndexFile::<OffsetEntry>::open_sealed(&offset_index_path(dir, base_offset))?
+        else {
+            return Ok(None);
+        };
+        let Some(time_index) =
+            IndexFile::<TimeEntry>::open_sealed(&time_index_path(dir, base_offset))?
+        else {
+            return Ok(None);
+        };
+        if !offset_index.validate(|e| u64::from(e.position) < file_len) {
+            return Ok(None);
+        }
+        let from = offset_index.last().map_or(0, |e| u64::from(e.position));
+        let scan = scan_log(file, file_len, base_offset, from, |_, _, _| false)?;
+        if scan.valid_len != file_len || (file_len > 0 && offset_index.is_empty()) {
+            return Ok(None);
+        }
+        let mut scan = scan;
+        let indexed_max = time_index.last().map_or(i64::MIN, |e| e.timestamp_ms);
+        scan.max_timestamp_ms = scan.max_timestamp_ms.max(indexed_max);
+        Ok(Some((offset_index, time_index, scan)))
+    }
+
+    /// Whether the indexes were trimmed and made read-only.
+    pub fn is_sealed(&self) -> bool {
+        !self.offset_index.is_writable()
+    }
+
+    /// Whether the indexes have room for another entry.
+    pub fn index_is_full(&self) -> bool {
+        self.offset_index.is_full() || self.time_index.is_full()
+    }
+
+    /// Appends a stamped batch at the end of the log file. The file is written, not synced.
+    pub fn append(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        index_interval_bytes: u64,
+    ) -> io::Result<()> {
+        debug_assert_eq!(header.base_offset, self.next_offset);
+        self.file.write_all_at(batch, self.size)?;
+        let relative = (header.base_offset - self.base_offset) as u32;
+        self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp_ms);
+        if self.offset_index.is_empty() || self.bytes_since_index >= index_interval_bytes {
+            self.offset_index.append(OffsetEntry {
+                relative_offset: relative,
+                position: self.size as u32,
+            });
+            self.bytes_since_index = 0;
+            self.append_time_entry(relative);
+        }
+        self.bytes_since_index += batch.len() as u64;
+        self.last_batch_relative = relative;
+        self.size += batch.len() as u64;
+        self.next_offset = header.next_offset();
+        Ok(())
+    }
+
+    /// Records the running maximum timestamp if it grew since the last time entry.
+    fn append_time_entry(&mut self, relative: u32) {
+        let grew = self
+            .time_index
+            .last()
+            .is_none_or(|t| self.max_timestamp_ms > t.timestamp_ms && relative > t.relative_offset);
+        if grew && self.max_timestamp_ms != i64::MIN && !self.time_index.is_full() {
+            self.time_index.append(TimeEntry {
+                timestamp_ms: self.max_timestamp_ms,
+                relative_offset: relative,
+            });
+        }
+    }
+
+    /// Where to start reading for `offset`: the indexed batch at or before it, up to `end`.
+    pub fn read_slice(&self, offset: u64) -> ReadSlice {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as i64;
+        let position = self
+            .offset_index
+            .floor(relative)
+            .map_or(0, |i| u64::from(self.offset_index.get(i).position));
+        ReadSlice {
+            file: Arc::clone(&self.file),
+            position,
+            len: self.size - position,
+        }
+    }
+
+    /// Where to start scanning for the first record with a timestamp `>= timestamp_ms`.
+    pub fn time_slice(&self, timestamp_ms: i64) -> ReadSlice {
+        let start_relative = self
+            .time_index
+            .lower(timestamp_ms)
+            .map_or(0, |i| self.time_index.get(i).relative_offset);
+        self.read_slice(self.base_offset + u64::from(start_relative))
+    }
+
+    /// Trims the indexes to their entries and makes them read-only (on roll and shutdown).
+    pub fn seal_indexes(&mut self) -> io::Result<()> {
+        if self.size > 0 {
+            self.append_time_entry(self.last_batch_relative);
+        }
+        self.offset_index.seal()?;
+        self.time_index.seal()
+    }
+
+    /// Removes the segment's files. Open readers keep their `Arc<File>` until done.
+    pub fn delete_files(&self) -> io::Result<()> {
+        for path in [
+            log_path(&self.dir, self.base_offset),
+            offset_index_path(&self.dir, self.base_offset),
+            time_index_path(&self.dir, self.base_offset),
+        ] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a scan of a log file found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes of whole, valid batches from the start of the file.
+    valid_len: u64,
+    /// Offset after the last valid batch (`None` if none was found after `from`).
+    next_offset: Option<u64>,
+    max_timestamp_ms: i64,
+    /// Bytes since the last indexed batch.
+    bytes_since_index: u64,
+    /// Relative offset of the last valid batch.
+    last_batch_relative: u32,
+    /// (relative offset, running max timestamp) at each indexed batch where the max grew.
+    time_points: Vec<(u32, i64)>,
+}
+
+/// Reads batches from `from` to the end of the file, checking each CRC; stops at the first one
+/// that does not decode. `index` is told `(position, header, bytes since last index entry)` and
+/// says whether it indexed the batch.
+fn scan_log(
+    file: &File,
+    file_len: u64,
+    base_offset: u64,
+    from: u64,
+    mut index: impl FnMut(u64, &BatchHeader, u64) -> bool,
+) -> io::Result<Scan> {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let mut scan = Scan {
+        valid_len: from,
+        max_timestamp_ms: i64::MIN,
+        ..Scan::default()
+    };
+    let mut since_index = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
+    let mut pos = from;
+    let mut expected = None::<u64>;
+    while pos < file_len {
+        let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+        if file_len - pos < BATCH_HEADER_BYTES as u64 {
+            break;
+        }
+        file.read_exact_at(&mut header_bytes, pos)?;
+        let Ok(header) = BatchHeader::parse(&header_bytes) else {
+            break;
+        };
+        let total = header.total_len() as u64;
+        if pos + total > file_len || header.base_offset < base_offset {
+            break;
+        }
+        if expected.is_some_and(|e| e != header.base_offset) {
+            break;
+        }
+        buf.resize(total as usize, 0);
+        file.read_exact_at(&mut buf, pos)?;
+        if BatchView::parse(&buf).is_err() {
+            break;
+        }
+        let indexed = index(pos, &header, since_index);
+        if indexed {
+            since_index = 0;
+        }
+        scan.max_timestamp_ms = scan.max_timestamp_ms.max(header.max_timestamp_ms);
+        let relative = (header.base_offset - base_offset) as u32;
+        if indexed
+            && scan
+                .time_points
+                .last()
+                .is_none_or(|&(_, ts)| scan.max_timestamp_ms > ts)
+        {
+            scan.time_points.push((relative, scan.max_timestamp_ms));
+        }
+        since_index += total;
+        scan.last_batch_relative = relative;
+        expected = Some(header.next_offset());
+        scan.next_offset = expected;
+        pos += total;
+        scan.valid_len = pos;
+    }
+    scan.bytes_since_index = since_index;
+    Ok(scan)
+}

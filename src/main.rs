@@ -1,0 +1,113 @@
+//! The `tidelog` command: `tidelog serve` (the default) runs one broker.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tidelog::broker::Broker;
+use tidelog::config::BrokerConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidelog",
+    version,
+    about = "A Kafka-style partitioned commit log served over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "TIDELOG_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the data.
+    #[arg(long, env = "TIDELOG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML config file; flags and environment variables override it.
+    #[arg(long, env = "TIDELOG_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let mut config = match &args.config {
+        Some(path) => match BrokerConfig::from_toml_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tidelog: bad config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => BrokerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidelog: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(mut config: BrokerConfig) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    config.listen = listener.local_addr().map_err(|e| e.to_string())?;
+    let listen = config.listen;
+    let broker = Broker::open(config).await.map_err(|e| e.to_string())?;
+    println!("listening on http://{listen}");
+    let _ = std::io::stdout().flush();
+    let signal_broker = std::sync::Arc::clone(&broker);
+    let shutdown = async move {
+        wait_for_signal().await;
+        eprintln!("tidelog: shutting down");
+        // Ends long-polls and streams so the graceful shutdown below does not wait on them.
+        signal_broker.begin_shutdown();
+    };
+    tidelog::http::serve(std::sync::Arc::clone(&broker), listener, shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    broker
+        .close()
+        .await
+        .map_err(|e| format!("clean shutdown failed: {e}"))?;
+    eprintln!("tidelog: stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,53 @@
+//! Metric names, in one place, and the Prometheus recorder.
+//!
+//! Every name starts with `tidelog_` and ends with its unit. Labels are bounded: topic,
+//! partition, route template, status code, error code; never an offset or a member id.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "tidelog_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "tidelog_http_request_duration_seconds";
+pub const PROBLEMS: &str = "tidelog_http_problems_total";
+pub const RECORDS_PRODUCED: &str = "tidelog_records_produced_total";
+pub const BYTES_PRODUCED: &str = "tidelog_produced_bytes_total";
+pub const RECORDS_FETCHED: &str = "tidelog_records_fetched_total";
+pub const BYTES_FETCHED: &str = "tidelog_fetched_bytes_total";
+pub const FSYNCS: &str = "tidelog_fsyncs_total";
+pub const FSYNC_SECONDS: &str = "tidelog_fsync_duration_seconds";
+pub const FSYNC_RECORDS: &str = "tidelog_fsync_covered_records";
+pub const HIGH_WATERMARK: &str = "tidelog_partition_high_watermark_offset";
+pub const LOG_START_OFFSET: &str = "tidelog_partition_log_start_offset";
+pub const LOG_END_OFFSET: &str = "tidelog_partition_log_end_offset";
+pub const PARTITION_SEGMENTS: &str = "tidelog_partition_segments";
+pub const PARTITION_BYTES: &str = "tidelog_partition_size_bytes";
+pub const SEGMENTS_DELETED: &str = "tidelog_segments_deleted_total";
+pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
+pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
+pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let latency_buckets = [
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let count_buckets = [
+                1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 1_000.0, 10_000.0, 100_000.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FSYNC_RECORDS.into()), &count_buckets)
+                })
+                .expect("valid buckets")
+                .install_recorder()
+                .expect("the metrics recorder is installed once")
+        })
+        .clone()
+}

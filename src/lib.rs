@@ -5,6 +5,8 @@
 //!   sparse indexes, append/read/roll/retention and crash recovery. No network, no HTTP.
 //! - [`broker`]: topics and partition replicas in memory: high watermark, group-commit
 //!   flusher, waiters, the produce and fetch paths, topic admin.
+//! - [`groups`]: the consumer group coordinator: membership, sticky assignment, generations,
+//!   committed offsets stored in the internal topic `__consumer_offsets`.
 //! - [`http`]: axum routes, one file per resource, and the problem+json error type.
 //! - [`config`] and [`limits`]: every setting and every input limit, named once.
 //! - [`metrics`]: metric names and the Prometheus recorder.
@@ -12,6 +14,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod groups;
 pub mod http;
 pub mod limits;
 pub mod log;

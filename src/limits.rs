@@ -39,6 +39,18 @@ pub struct Limits {
     /// NDJSON bodies are appended in batches of about this many bytes, so a large body is
     /// never buffered whole.
     pub ndjson_batch_bytes: u64,
+    /// Shortest consumer-group session a member may ask for.
+    pub group_session_timeout_ms_min: u64,
+    /// Longest consumer-group session a member may ask for.
+    pub group_session_timeout_ms_max: u64,
+    /// Most members in one consumer group.
+    pub group_members_max: u32,
+    /// Most consumer groups a broker keeps (with members or committed offsets).
+    pub groups_max: u32,
+    /// Most topics one group member subscribes to.
+    pub group_topics_max: u32,
+    /// Most offsets in one commit (one commit is one batch in `__consumer_offsets`).
+    pub group_commit_offsets_max: u32,
 }
 
 impl Default for Limits {
@@ -57,6 +69,12 @@ impl Default for Limits {
             fetch_bytes_max: 16 * 1024 * 1024,
             connections_max: 4096,
             ndjson_batch_bytes: 4 * 1024 * 1024,
+            group_session_timeout_ms_min: 1_000,
+            group_session_timeout_ms_max: 300_000,
+            group_members_max: 1_000,
+            groups_max: 10_000,
+            group_topics_max: 100,
+            group_commit_offsets_max: 1_000,
         }
     }
 }

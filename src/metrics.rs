@@ -26,6 +26,9 @@ pub const SEGMENTS_DELETED: &str = "tidelog_segments_deleted_total";
 pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
 pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
 pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";
+pub const GROUP_LAG: &str = "tidelog_consumer_group_lag_records";
+pub const GROUP_REBALANCES: &str = "tidelog_consumer_group_rebalances_total";
+pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -28,6 +28,7 @@ pub use error::BrokerError;
 pub use partition::{Fetched, Partition, PartitionStats, Progress, now_ms};
 
 use crate::config::{BrokerConfig, TopicConfig};
+use crate::groups::GroupCoordinator;
 use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 use crate::log::{sync_dir, write_file_atomic};
@@ -155,6 +156,8 @@ pub struct Broker {
     admin: tokio::sync::Mutex<()>,
     /// Flipped once on shutdown; long-polls and streams end when they see it.
     shutdown: watch::Sender<bool>,
+    /// Consumer groups and their committed offsets (held here so every handler reaches it).
+    pub groups: GroupCoordinator,
 }
 
 impl Broker {
@@ -170,11 +173,12 @@ impl Broker {
             std::fs::remove_file(&marker).map_err(io)?;
             sync_dir(&config.data_dir).map_err(io)?;
         }
-        let broker = Arc::new(Broker {
+        let broker = Arc::new_cyclic(|weak| Broker {
             config,
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             shutdown: watch::Sender::new(false),
+            groups: GroupCoordinator::new(weak.clone()),
         });
         for entry in std::fs::read_dir(&topics_dir).map_err(io)? {
             let dir = entry.map_err(io)?.path();
@@ -186,6 +190,8 @@ impl Broker {
             let topic = broker.open_topic(&dir, &meta.name, meta.partitions, meta.config, clean)?;
             broker.topics_write().insert(meta.name, topic);
         }
+        // Committed offsets are replayed from `__consumer_offsets`, opened just above.
+        broker.groups.start(&broker)?;
         // Leftovers of deletions interrupted by a crash.
         let trash = broker.config.data_dir.join("trash");
         tokio::task::spawn_blocking(move || {

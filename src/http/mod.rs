@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod error;
+pub mod groups;
 pub mod records;
 pub mod stream;
 pub mod system;
@@ -26,7 +27,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -63,6 +64,26 @@ pub fn router(broker: Arc<Broker>) -> Router {
             "/v1/topics/{topic}/partitions/{partition}/stream",
             get(stream::sse),
         )
+        .route("/v1/groups", get(groups::list))
+        .route(
+            "/v1/groups/{group}",
+            get(groups::describe).delete(groups::delete),
+        )
+        .route("/v1/groups/{group}/members", post(groups::join))
+        .route("/v1/groups/{group}/members/{member}", delete(groups::leave))
+        .route(
+            "/v1/groups/{group}/members/{member}/heartbeat",
+            post(groups::heartbeat),
+        )
+        .route(
+            "/v1/groups/{group}/members/{member}/records",
+            get(groups::member_fetch),
+        )
+        .route(
+            "/v1/groups/{group}/offsets",
+            post(groups::commit).get(groups::committed),
+        )
+        .route("/v1/groups/{group}/offsets/reset", post(groups::reset))
         .route("/v1/cluster", get(system::cluster))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

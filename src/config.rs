@@ -76,6 +76,9 @@ pub struct TopicConfig {
     /// Roll a segment at this age.
     pub segment_ms: i64,
     pub cleanup_policy: CleanupPolicy,
+    /// With `cleanup_policy = compact`: how long a tombstone (null value) is kept after its
+    /// segment was written, so consumers that are behind still see the delete.
+    pub delete_retention_ms: i64,
     /// With `acks=leader`, fsync at most this long after the write (acks=all syncs at once).
     pub flush_ms: u64,
     /// Largest record accepted for this topic (capped by the broker's `record_bytes_max`).
@@ -91,6 +94,7 @@ impl Default for TopicConfig {
             segment_bytes: log.segment_bytes,
             segment_ms: log.segment_ms,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 24 * 3600 * 1000,
             flush_ms: 10,
             max_message_bytes: 1024 * 1024,
         }
@@ -110,6 +114,9 @@ impl TopicConfig {
         }
         if self.retention_ms < -1 || self.retention_bytes < -1 {
             return Err("retention_ms and retention_bytes are -1 (unlimited) or positive".into());
+        }
+        if self.delete_retention_ms < 0 {
+            return Err("delete_retention_ms must not be negative".into());
         }
         if self.flush_ms > 60_000 {
             return Err("flush_ms must be at most 60000".into());

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 pub use error::BrokerError;
 pub use partition::{Fetched, Partition, PartitionStats, Progress, now_ms};
 
-use crate::config::{BrokerConfig, TopicConfig};
+use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
 use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 use crate::log::{sync_dir, write_file_atomic};
@@ -564,12 +564,18 @@ impl Broker {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             for topic in self.topics() {
+                let config = topic.config();
                 for p in topic.partitions() {
                     let p2 = Arc::clone(&p);
-                    let result =
-                        tokio::task::spawn_blocking(move || p2.apply_retention(now_ms())).await;
+                    let result = tokio::task::spawn_blocking(move || match config.cleanup_policy {
+                        CleanupPolicy::Delete => p2.apply_retention(now_ms()).map(|_| ()),
+                        CleanupPolicy::Compact => {
+                            p2.compact(now_ms(), config.delete_retention_ms).map(|_| ())
+                        }
+                    })
+                    .await;
                     if let Ok(Err(e)) = result {
-                        eprintln!("tidelog: retention on {}/{} failed: {e}", p.topic, p.id);
+                        eprintln!("tidelog: cleanup of {}/{} failed: {e}", p.topic, p.id);
                     }
                 }
             }

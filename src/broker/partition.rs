@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 
 use super::error::BrokerError;
 use crate::log::batch::{BatchError, BatchView, RecordView};
-use crate::log::{LogConfig, OpenReport, PartitionLog};
+use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
 use crate::metrics as m;
 
 /// Where the partition's visible range stands; published through a `watch` channel.
@@ -73,6 +73,8 @@ pub struct Fetched {
     pub log_start_offset: u64,
     /// Most records to show.
     pub max_records: u32,
+    /// Set when the read covered the rest of its segment: where the next segment begins.
+    pub segment_end: Option<u64>,
 }
 
 impl Fetched {
@@ -109,6 +111,14 @@ impl Fetched {
             }
             // Compaction may leave offset gaps at the end of a batch; skip them.
             next = next.max(batch.header.next_offset().min(self.high_watermark));
+        }
+        // Everything to the segment's end was read (maybe nothing, after compaction): go on
+        // from the next segment rather than asking for the same gap again.
+        if rest.is_empty()
+            && shown < self.max_records
+            && let Some(end) = self.segment_end
+        {
+            next = next.max(end.min(self.high_watermark));
         }
         Ok(next)
     }
@@ -251,11 +261,15 @@ impl Partition {
             };
             (slice, progress)
         };
-        let bytes = match slice {
-            Some(slice) => slice
-                .read(max_bytes)
-                .map_err(|e| BrokerError::Io(e.to_string()))?,
-            None => Vec::new(),
+        let (bytes, segment_end) = match slice {
+            Some(slice) => {
+                let bytes = slice
+                    .read(max_bytes)
+                    .map_err(|e| BrokerError::Io(e.to_string()))?;
+                let whole = bytes.len() as u64 >= slice.len;
+                (bytes, whole.then_some(slice.segment_end))
+            }
+            None => (Vec::new(), None),
         };
         ::metrics::counter!(m::BYTES_FETCHED, "topic" => self.topic.to_string())
             .increment(bytes.len() as u64);
@@ -265,6 +279,7 @@ impl Partition {
             high_watermark: progress.high_watermark,
             log_start_offset: progress.log_start_offset,
             max_records,
+            segment_end,
         })
     }
 
@@ -285,6 +300,7 @@ impl Partition {
                 file: Arc::clone(&slice.file),
                 position,
                 len: end - position,
+                segment_end: slice.segment_end,
             }
             .read(CHUNK_BYTES)
             .map_err(|e| BrokerError::Io(e.to_string()))?;
@@ -345,6 +361,48 @@ impl Partition {
         }
         self.publish_gauges();
         Ok(deleted)
+    }
+
+    /// Compacts the sealed segments below the high watermark: the latest record per key is
+    /// kept, tombstones older than `delete_retention_ms` go. Returns the records dropped.
+    /// Reads and writes the files without the partition lock; installs under it.
+    pub fn compact(&self, now_ms: i64, delete_retention_ms: i64) -> io::Result<u64> {
+        let hw = self.progress().high_watermark;
+        let (plan, dir, interval) = {
+            let log = self.lock();
+            let Some(plan) = log.compaction_plan(hw) else {
+                return Ok(0);
+            };
+            (
+                plan,
+                log.dir().to_path_buf(),
+                log.config().index_interval_bytes,
+            )
+        };
+        let latest = compact::latest_offsets(&plan)?;
+        let mut rewritten = Vec::new();
+        let mut dropped = 0;
+        for segment in &plan.sealed {
+            let keep_tombstones =
+                segment.max_timestamp_ms >= now_ms.saturating_sub(delete_retention_ms);
+            if let Some(c) = compact::compact_segment(
+                &dir,
+                segment,
+                &latest,
+                plan.upto,
+                keep_tombstones,
+                interval,
+            )? {
+                dropped += c.dropped_records;
+                rewritten.push(c);
+            }
+        }
+        if !rewritten.is_empty() {
+            self.lock().install_compacted(rewritten)?;
+            ::metrics::counter!(m::COMPACTED_RECORDS, "topic" => self.topic.to_string())
+                .increment(dropped);
+        }
+        Ok(dropped)
     }
 
     /// Marks the partition failed and wakes every waiter. Returns the error to report.

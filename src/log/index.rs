@@ -118,6 +118,25 @@ impl<E: IndexEntry> IndexFile<E> {
         })
     }
 
+    /// Writes a sealed index holding exactly `entries` (compaction builds them in memory).
+    pub fn create_sealed(path: &Path, entries: &[E]) -> io::Result<Self> {
+        let mut bytes = vec![0u8; entries.len() * E::BYTES];
+        for (i, e) in entries.iter().enumerate() {
+            e.encode(&mut bytes[i * E::BYTES..(i + 1) * E::BYTES]);
+        }
+        std::fs::write(path, &bytes)?;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        file.sync_all()?;
+        Ok(IndexFile {
+            path: path.to_path_buf(),
+            file,
+            map: None,
+            sealed: entries.to_vec(),
+            entries: entries.len(),
+            capacity: entries.len(),
+        })
+    }
+
     /// Opens a trimmed (sealed) index. Returns `None` if the file is absent or its size is not
     /// a whole number of entries, meaning it must be rebuilt.
     pub fn open_sealed(path: &Path) -> io::Result<Option<Self>> {

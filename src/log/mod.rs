@@ -16,6 +16,7 @@
 //! partition; recovery truncates a torn or corrupt tail and reports how many bytes it cut.
 
 pub mod batch;
+pub mod compact;
 pub mod index;
 pub mod segment;
 
@@ -133,9 +134,14 @@ impl PartitionLog {
             )?;
             report.truncated_bytes += seg_report.truncated_bytes;
             report.rebuilt_indexes += usize::from(seg_report.rebuilt_index);
+            // Compaction may drop a segment's last records: a gap before the next segment is
+            // fine, an overlap is not.
             let continues = segments
                 .last()
-                .is_none_or(|prev| prev.next_offset == segment.base_offset);
+                .is_none_or(|prev| prev.next_offset <= segment.base_offset);
+            if continues && let Some(prev) = segments.last_mut() {
+                prev.next_offset = segment.base_offset;
+            }
             if !continues {
                 report.dropped_segments += bases.len() - i;
                 for b in &bases[i..] {
@@ -364,6 +370,60 @@ impl PartitionLog {
         Ok(self.log_start_offset)
     }
 
+    /// The sealed segments and the active one, for compaction (`None`: nothing sealed yet).
+    pub fn compaction_plan(&self, upto: u64) -> Option<compact::CompactionPlan> {
+        let snapshot = |s: &Segment| compact::SegmentSnapshot {
+            base_offset: s.base_offset,
+            next_offset: s.next_offset,
+            size: s.size,
+            max_timestamp_ms: s.max_timestamp_ms,
+            created_ms: s.created_ms,
+            file: Arc::clone(&s.file),
+        };
+        let (active, sealed) = self.segments.split_last()?;
+        let sealed: Vec<_> = sealed
+            .iter()
+            .filter(|s| s.next_offset <= upto)
+            .map(snapshot)
+            .collect();
+        (!sealed.is_empty()).then(|| compact::CompactionPlan {
+            sealed,
+            active: snapshot(active),
+            upto,
+        })
+    }
+
+    /// Replaces sealed segments by their compacted versions. A segment that retention deleted
+    /// meanwhile is skipped (its compacted file removed).
+    pub fn install_compacted(
+        &mut self,
+        compacted: Vec<compact::CompactedSegment>,
+    ) -> io::Result<()> {
+        for c in compacted {
+            let base = c.meta.base_offset;
+            let Some(i) = self.segments[..self.segments.len() - 1]
+                .iter()
+                .position(|s| s.base_offset == base)
+            else {
+                std::fs::remove_file(&c.path)?;
+                continue;
+            };
+            // Old indexes go first (and durably), so a crash can never pair them with the new
+            // log: missing indexes are rebuilt on open.
+            for path in self.segments[i].index_paths() {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            sync_dir(&self.dir)?;
+            std::fs::rename(&c.path, segment::log_path(&self.dir, base))?;
+            sync_dir(&self.dir)?;
+            self.segments[i] = Segment::from_compacted(&self.dir, c.meta)?;
+        }
+        Ok(())
+    }
+
     /// Writes the recovery checkpoint: everything below the flushed offset's segment is synced.
     pub fn write_checkpoint(&self) -> io::Result<()> {
         write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset)
@@ -406,6 +466,11 @@ fn list_segment_bases(dir: &Path) -> io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
+        // A compaction interrupted by a crash: the original segment is still in place.
+        if name.ends_with(".log.compacted") {
+            std::fs::remove_file(dir.join(&*name))?;
+            continue;
+        }
         if let Some(stem) = name.strip_suffix(".log")
             && stem.len() == 20
             && let Ok(base) = stem.parse::<u64>()

@@ -223,7 +223,7 @@ impl Broker {
                 p,
                 &dir.join(p.to_string()),
                 config.log_config(),
-                config.flush_ms,
+                config.flush_policy(),
                 clean,
             )
             .map_err(|e| BrokerError::Io(format!("opening {name}/{p}: {e}")))?;
@@ -357,7 +357,7 @@ impl Broker {
                 p,
                 &topic.dir.join(p.to_string()),
                 config.log_config(),
-                config.flush_ms,
+                config.flush_policy(),
                 false,
             )
             .map_err(|e| BrokerError::Io(e.to_string()))?;
@@ -384,7 +384,7 @@ impl Broker {
         let topic = self.topic(name)?;
         *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         for p in topic.partitions() {
-            p.set_config(config.log_config(), config.flush_ms);
+            p.set_config(config.log_config(), config.flush_policy());
         }
         topic
             .write_meta()

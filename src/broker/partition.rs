@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::error::BrokerError;
+use crate::config::FlushPolicy;
 use crate::log::batch::{BatchError, BatchView, RecordView};
 use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
 use crate::metrics as m;
@@ -55,6 +56,10 @@ pub struct Partition {
     flush_urgent: AtomicBool,
     /// `flush_ms` of the topic, for `acks=leader` data.
     flush_ms: AtomicU64,
+    /// `flush_bytes` of the topic: this much unsynced data makes the next sync urgent.
+    flush_bytes: AtomicU64,
+    /// Bytes appended since the flusher last started a sync.
+    unflushed_bytes: AtomicU64,
     /// Why the partition stopped taking writes, once it has.
     failure: OnceLock<String>,
     /// Set when the partition is closed or deleted; the flusher exits.
@@ -131,7 +136,7 @@ impl Partition {
         id: u32,
         dir: &Path,
         log_config: LogConfig,
-        flush_ms: u64,
+        flush: FlushPolicy,
         clean: bool,
     ) -> io::Result<(Arc<Self>, OpenReport)> {
         let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
@@ -147,7 +152,9 @@ impl Partition {
             progress: watch::Sender::new(progress),
             flush_wanted: Notify::new(),
             flush_urgent: AtomicBool::new(false),
-            flush_ms: AtomicU64::new(flush_ms),
+            flush_ms: AtomicU64::new(flush.flush_ms),
+            flush_bytes: AtomicU64::new(flush.flush_bytes),
+            unflushed_bytes: AtomicU64::new(0),
             failure: OnceLock::new(),
             closed: AtomicBool::new(false),
         });
@@ -186,9 +193,10 @@ impl Partition {
         }
     }
 
-    pub fn set_config(&self, log_config: LogConfig, flush_ms: u64) {
+    pub fn set_config(&self, log_config: LogConfig, flush: FlushPolicy) {
         self.lock().set_config(log_config);
-        self.flush_ms.store(flush_ms, Ordering::Relaxed);
+        self.flush_ms.store(flush.flush_ms, Ordering::Relaxed);
+        self.flush_bytes.store(flush.flush_bytes, Ordering::Relaxed);
     }
 
     /// Appends one built batch. Returns `(base_offset, next_offset)`. `urgent` asks the flusher
@@ -205,7 +213,9 @@ impl Partition {
         let result = self.lock().append(batch, 0, now_ms());
         match result {
             Ok(range) => {
-                if urgent {
+                let len = batch.len() as u64;
+                let unflushed = self.unflushed_bytes.fetch_add(len, Ordering::Relaxed) + len;
+                if urgent || unflushed >= self.flush_bytes.load(Ordering::Relaxed) {
                     self.flush_urgent.store(true, Ordering::Release);
                 }
                 self.flush_wanted.notify_one();
@@ -455,6 +465,7 @@ impl Partition {
                 .await;
                 self.flush_urgent.store(false, Ordering::Release);
             }
+            self.unflushed_bytes.store(0, Ordering::Relaxed);
             if self.flush_now().await.is_err() {
                 return;
             }

@@ -272,7 +272,10 @@ impl Partition {
             (slice, progress)
         };
         let (bytes, segment_end) = match slice {
-            Some(slice) => {
+            Some(mut slice) => {
+                slice
+                    .skip_before(offset)
+                    .map_err(|e| BrokerError::Io(e.to_string()))?;
                 let bytes = slice
                     .read(max_bytes)
                     .map_err(|e| BrokerError::Io(e.to_string()))?;

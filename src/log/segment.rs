@@ -66,6 +66,27 @@ pub struct ReadSlice {
 }
 
 impl ReadSlice {
+    /// Moves the start past whole batches that end at or before `offset`, reading only their
+    /// headers. The sparse index may point up to `index_interval_bytes` before the wanted
+    /// batch; without this, those batches would use up a small `max_bytes` and the reader
+    /// would get nothing at all while records are there.
+    pub fn skip_before(&mut self, offset: u64) -> io::Result<()> {
+        let end = self.position + self.len;
+        let mut header = [0u8; BATCH_HEADER_BYTES];
+        while self.position + BATCH_HEADER_BYTES as u64 <= end {
+            self.file.read_exact_at(&mut header, self.position)?;
+            let Ok(h) = BatchHeader::parse(&header) else {
+                break;
+            };
+            if h.next_offset() > offset || self.position + h.total_len() as u64 > end {
+                break;
+            }
+            self.position += h.total_len() as u64;
+        }
+        self.len = end - self.position;
+        Ok(())
+    }
+
     /// Reads the slice, up to `max_bytes`, but always at least the first batch whole.
     pub fn read(&self, max_bytes: u64) -> io::Result<Vec<u8>> {
         let mut want = self.len.min(max_bytes.max(BATCH_HEADER_BYTES as u64));

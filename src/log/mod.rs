@@ -19,6 +19,8 @@ pub mod batch;
 pub mod compact;
 pub mod index;
 pub mod segment;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::io;
@@ -275,7 +277,11 @@ impl PartitionLog {
     }
 
     /// Seals the active segment and starts a new one at the log end offset.
+    /// An empty active segment stays: a new one would have the same base offset (file name).
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
+        if self.active().size == 0 {
+            return Ok(());
+        }
         let next = self.log_end_offset();
         let entries_max = index_entries_max(&self.config);
         let active = self.segments.last_mut().expect("never empty");

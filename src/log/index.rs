@@ -146,7 +146,7 @@ impl<E: IndexEntry> IndexFile<E> {
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len() as usize;
-        if len % E::BYTES != 0 {
+        if !len.is_multiple_of(E::BYTES) {
             return Ok(None);
         }
         let bytes = std::fs::read(path)?;
@@ -330,9 +330,9 @@ mod tests {
         assert!(idx.validate(|e| e.position < 5_000));
         assert!(!idx.validate(|e| e.position < 4_000));
         assert!(
-            !IndexFile::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
+            IndexFile::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
                 .unwrap()
-                .is_some()
+                .is_none()
         );
     }
 }

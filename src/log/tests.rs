@@ -90,9 +90,10 @@ fn read_from(log: &PartitionLog, from: u64) -> Vec<(u64, Rec)> {
     let mut out = Vec::new();
     let mut offset = from;
     for _ in 0..100_000 {
-        let Some(slice) = log.read_slice(offset) else {
+        let Some(mut slice) = log.read_slice(offset) else {
             return out;
         };
+        slice.skip_before(offset).expect("skip");
         let bytes = slice.read(700).expect("read");
         let mut rest = &bytes[..];
         let before = offset;

@@ -683,7 +683,7 @@ async fn an_octet_stream_body_is_one_value_with_key_and_partition_from_the_query
     let response = api
         .http
         .post(format!(
-            "{}/v1/topics/raw/records?key=device-9&partition=1&timestamp_ms=1234",
+            "{}/v1/topics/raw/records?key=d%C3%A9vice%209&partition=1&timestamp_ms=1234",
             api.url
         ))
         .header("content-type", "application/octet-stream")
@@ -696,7 +696,7 @@ async fn an_octet_stream_body_is_one_value_with_key_and_partition_from_the_query
     assert_eq!(offsets_of(&answer), vec![(1, 0)]);
 
     let record = &api.fetch_all("raw", 1).await[0];
-    assert_eq!(record["key"], "device-9");
+    assert_eq!(record["key"], "dévice 9");
     assert_eq!(record["timestamp_ms"], 1234);
     assert_eq!(
         B64.decode(record["value_b64"].as_str().unwrap()).unwrap(),

@@ -257,7 +257,9 @@ impl Partition {
         let (slice, progress) = {
             let log = self.lock();
             let progress = self.progress();
-            if offset < progress.log_start_offset || offset > progress.high_watermark {
+            // Up to the log end, not the HW: an `acks=leader` producer already holds offsets
+            // past the HW, and a long-poll there waits for them rather than being refused.
+            if offset < progress.log_start_offset || offset > log.log_end_offset() {
                 return Err(BrokerError::OffsetOutOfRange {
                     offset,
                     log_start_offset: progress.log_start_offset,

@@ -954,6 +954,51 @@ async fn a_long_poll_is_answered_as_soon_as_a_record_arrives() {
 }
 
 #[tokio::test]
+async fn a_long_poll_at_an_offset_not_yet_flushed_waits_for_it() {
+    let broker = TestBroker::start();
+    let api = Api::new(&broker);
+    api.create_topic("lazy", 1).await;
+    // acks=leader data is synced within flush_ms; make that long enough to fetch before it.
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/v1/topics/lazy",
+            Some(json!({"flush_ms": 2000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, answer) = api
+        .call(
+            Method::POST,
+            "/v1/topics/lazy/records?acks=leader",
+            Some(json!({"records": [{"value": "a"}, {"value": "b"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(offsets_of(&answer), vec![(0, 0), (0, 1)]);
+
+    // The producer was told offset 1; a consumer long-polling there is answered once the
+    // record is durable, never shown it before (only records below the HW are served).
+    let body = api.fetch("lazy", 0, "offset=1&wait_ms=10000").await;
+    assert_eq!(record_offsets(body["records"].as_array().unwrap()), vec![1]);
+    assert_eq!(body["high_watermark"], 2);
+    // Past the log end is still out of range.
+    let past = api
+        .send(
+            Method::GET,
+            "/v1/topics/lazy/partitions/0/records?offset=3",
+            None,
+        )
+        .await;
+    assert_problem(
+        past,
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "offset_out_of_range",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn an_empty_long_poll_returns_after_wait_ms_with_no_records() {
     let broker = TestBroker::start();
     let api = Api::new(&broker);

@@ -1200,6 +1200,21 @@ async fn sse_refuses_a_bad_start_with_a_problem() {
 // Shutdown and restart
 // ---------------------------------------------------------------------------------------
 
+/// The `tidelog_long_polls_waiting` gauge (long-polls and SSE streams waiting for records).
+async fn long_polls_waiting(api: &Api) -> f64 {
+    let text = api
+        .send(Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("tidelog_long_polls_waiting"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
     let mut broker = TestBroker::start();
@@ -1243,7 +1258,19 @@ async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
         .await
         .unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both are waiting inside the broker before the signal is sent.
+    let mut waiting = 0.0;
+    for _ in 0..200 {
+        waiting = long_polls_waiting(&api).await;
+        if waiting >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        waiting >= 2.0,
+        "the long-poll and the stream never waited ({waiting})"
+    );
 
     let exit = tokio::task::block_in_place(|| broker.terminate());
     assert_eq!(exit, Some(0), "SIGTERM did not end in a clean exit");

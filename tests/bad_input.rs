@@ -703,6 +703,20 @@ fn numbers() -> Vec<Case> {
         )
         .header("last-event-id", "seven")
         .expect(400, "invalid_request"),
+        case(
+            "stream with Last-Event-ID u64::MAX",
+            Method::GET,
+            "/v1/topics/kept/partitions/0/stream",
+        )
+        .header("last-event-id", "18446744073709551615")
+        .expect(416, "offset_out_of_range"),
+        case(
+            "stream with a negative Last-Event-ID",
+            Method::GET,
+            "/v1/topics/kept/partitions/0/stream",
+        )
+        .header("last-event-id", "-1")
+        .expect(400, "invalid_request"),
         fetch("offset and timestamp_ms", "offset=0&timestamp_ms=5").expect(400, "invalid_request"),
         fetch("timestamp_ms not a number", "timestamp_ms=noon").expect(400, "invalid_request"),
         fetch("unknown query parameter", "offest=3").expect(400, "invalid_request"),

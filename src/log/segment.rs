@@ -185,10 +185,15 @@ impl Segment {
             .read(true)
             .write(true)
             .open(log_path(dir, base_offset))?;
-        let file_len = file.metadata()?.len();
-        let created_ms = file
-            .metadata()?
-            .modified()
+        let metadata = file.metadata()?;
+        let file_len = metadata.len();
+        // The age that rolls a segment counts from its creation. The last write time would
+        // restart the count at every restart, and a topic whose broker restarts more often
+        // than `segment_ms` would never roll, so time retention would never delete anything.
+        // Only file systems without a creation time fall back to it.
+        let created_ms = metadata
+            .created()
+            .or_else(|_| metadata.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);

@@ -615,3 +615,45 @@ fn deleted_index_files_are_rebuilt_after_clean_and_unclean_stops() {
         assert_matches(&log, &model, 0);
     }
 }
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn roll_by_age_counts_from_creation_across_restarts() {
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_ms: 7 * DAY_MS,
+        ..config(1 << 20, 128)
+    };
+    let created = wall_clock_ms();
+    let (mut log, _) = PartitionLog::open(dir.path(), cfg, false, created).unwrap();
+    let mut model = Model::default();
+    model.append(&mut log, 2, 1, created);
+    drop(log);
+    let path = last_log_file(dir.path());
+    if std::fs::metadata(&path).unwrap().created().is_err() {
+        eprintln!("this file system keeps no creation time; skipping");
+        return;
+    }
+    // The segment was last written three days after it was created.
+    let written =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis((created + 3 * DAY_MS) as u64);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(written)
+        .unwrap();
+    // A restart must not reset the segment's age to its last write: eight days after its
+    // creation it is due, even if it was written five days ago.
+    let (mut log, _) = PartitionLog::open(dir.path(), cfg, false, created + 8 * DAY_MS).unwrap();
+    model.append(&mut log, 1, 2, created + 8 * DAY_MS);
+    assert_eq!(log.segment_count(), 2, "rolled by age after a restart");
+    assert_matches(&log, &model, 0);
+}

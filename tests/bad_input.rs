@@ -31,6 +31,8 @@ const RECORD_BYTES_MAX: u64 = 4096;
 #[derive(Debug)]
 struct Snapshot {
     topics: Value,
+    /// The describe documents of `kept` and `trimmed` (config, offsets, segments, sizes).
+    described: Vec<Value>,
     /// `(topic, partition)` → every record from earliest to the high watermark.
     records: Vec<((String, u32), Vec<Value>)>,
 }
@@ -81,6 +83,7 @@ impl Fixture {
             http,
             baseline: Snapshot {
                 topics: Value::Null,
+                described: Vec::new(),
                 records: Vec::new(),
             },
         };
@@ -126,7 +129,24 @@ impl Fixture {
                 body["records"].as_array().unwrap().clone(),
             ));
         }
-        Snapshot { topics, records }
+        let mut described = Vec::new();
+        for topic in ["kept", "trimmed"] {
+            let body: Value = self
+                .http
+                .get(self.url(&format!("/v1/topics/{topic}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            described.push(body);
+        }
+        Snapshot {
+            topics,
+            described,
+            records,
+        }
     }
 
     /// The broker still answers, and every acknowledged record is there, unchanged, with
@@ -143,6 +163,10 @@ impl Fixture {
         assert_eq!(
             now.topics, self.baseline.topics,
             "after {after}: the topics changed"
+        );
+        assert_eq!(
+            now.described, self.baseline.described,
+            "after {after}: a topic's config or partitions changed"
         );
         for ((at, records), (_, expected)) in now.records.iter().zip(&self.baseline.records) {
             assert_eq!(
@@ -291,6 +315,19 @@ fn malformed_bodies() -> Vec<Case> {
         .expect(400, "invalid_request"),
         case("PATCH body not an object", Method::PATCH, "/v1/topics/kept")
             .json(json!([1]))
+            .expect(400, "invalid_request"),
+        case(
+            "PATCH config not an object",
+            Method::PATCH,
+            "/v1/topics/kept",
+        )
+        .json(json!({"config": 5}))
+        .expect(400, "invalid_request"),
+        case("PATCH unknown key", Method::PATCH, "/v1/topics/kept")
+            .json(json!({"config": {"retention_hours": 5}}))
+            .expect(400, "invalid_request"),
+        case("PATCH bad value type", Method::PATCH, "/v1/topics/kept")
+            .json(json!({"flush_ms": "soon"}))
             .expect(400, "invalid_request"),
         case("text/plain produce", Method::POST, PRODUCE)
             .raw("text/plain", "hello")

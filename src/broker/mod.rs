@@ -317,11 +317,16 @@ impl Broker {
             p.mark_deleted();
         }
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
-        let trash = self
-            .config
-            .data_dir
-            .join("trash")
-            .join(format!("{name}-{}", now_ms()));
+        // The whole name plus a suffix could pass the file system's 255-byte limit (names go
+        // up to 249): the rename failed and the topic came back at the next start. A short
+        // prefix and a sequence number keep the trash name short and unique.
+        static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+        let trash = self.config.data_dir.join("trash").join(format!(
+            "{}-{}-{}",
+            &name[..name.len().min(64)],
+            now_ms(),
+            TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::rename(&topic.dir, &trash).map_err(io)?;
         sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));

@@ -366,6 +366,26 @@ async fn deleted_topic_leaves_no_files_and_its_name_starts_again_at_offset_zero(
     assert_eq!(records[0]["value"], "new-0");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_the_longest_name_is_deleted_for_good() {
+    let mut broker = TestBroker::start();
+    let api = Api::new(&broker);
+    let name = "n".repeat(249);
+    api.create_topic(&name, 1).await;
+    api.produce(&name, json!([{"value": 1}])).await;
+    let (status, body) = api
+        .call(Method::DELETE, &format!("/v1/topics/{name}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // Deleted means deleted across a restart too.
+    tokio::task::block_in_place(|| broker.restart());
+    let api = Api::new(&broker);
+    let (_, list) = api.call(Method::GET, "/v1/topics", None).await;
+    assert_eq!(list["topics"], json!([]));
+    api.create_topic(&name, 1).await;
+    assert!(api.fetch_all(&name, 0).await.is_empty());
+}
+
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -1370,14 +1370,20 @@ async fn an_unknown_route_is_a_404_problem_and_a_wrong_method_a_405_problem() {
         let response = api.send(Method::GET, path, None).await;
         assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
     }
-    for (method, path) in [
-        (Method::PUT, "/v1/topics"),
-        (Method::DELETE, "/v1/topics"),
-        (Method::GET, "/v1/topics/t/records"),
-        (Method::POST, "/v1/topics/t/partitions/0/records"),
-        (Method::POST, "/healthz"),
+    for (method, path, allowed) in [
+        (Method::PUT, "/v1/topics", "POST"),
+        (Method::DELETE, "/v1/topics", "GET"),
+        (Method::GET, "/v1/topics/t/records", "POST"),
+        (Method::POST, "/v1/topics/t/partitions/0/records", "GET"),
+        (Method::POST, "/healthz", "GET"),
     ] {
         let response = api.send(method.clone(), path, None).await;
+        // RFC 9110: a 405 says which methods the route has.
+        let allow = response.headers()["allow"].to_str().unwrap().to_string();
+        assert!(
+            allow.split(',').any(|m| m.trim() == allowed),
+            "{path}: {allow}"
+        );
         assert_problem(
             response,
             StatusCode::METHOD_NOT_ALLOWED,

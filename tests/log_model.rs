@@ -31,6 +31,12 @@ enum Op {
     DeleteBefore(usize),
     CloseReopen,
     CrashReopen,
+    /// Crash, then damage the last segment file at byte `pick % length`: cut it there
+    /// (`flip: false`) or flip a bit there (`flip: true`).
+    CrashDamaged {
+        pick: usize,
+        flip: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -43,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::DeleteBefore),
         1 => Just(Op::CloseReopen),
         2 => Just(Op::CrashReopen),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, flip)| Op::CrashDamaged { pick, flip }),
     ]
 }
 
@@ -70,6 +77,55 @@ impl Harness<'_> {
         assert_eq!(report.truncated_bytes, 0, "nothing was damaged");
         assert_eq!(report.dropped_segments, 0);
         assert_eq!(log.log_start_offset(), self.log_start, "log start survives");
+        self.log = Some(log);
+        self.check_all();
+    }
+
+    /// Crashes, damages the last segment, and reopens: recovery must keep exactly the batches
+    /// that end before the damaged byte, and everything before them.
+    fn crash_damaged(&mut self, pick: usize, flip: bool) {
+        self.log = None;
+        let path = last_log_file(self.dir);
+        let mut bytes = std::fs::read(&path).expect("read segment");
+        if bytes.is_empty() {
+            return self.reopen(false);
+        }
+        let at = pick % bytes.len();
+        // Batch boundaries of the intact file: the first batch reaching past `at` is cut.
+        let mut position = 0;
+        let mut kept_end = None;
+        while position < bytes.len() {
+            let batch = BatchView::parse(&bytes[position..]).expect("intact before damage");
+            if position + batch.bytes.len() > at {
+                kept_end = Some(batch.header.base_offset);
+                break;
+            }
+            position += batch.bytes.len();
+        }
+        let kept_end = kept_end.expect("the damaged byte is inside a batch");
+        if flip {
+            bytes[at] ^= 1 << (pick % 8);
+        } else {
+            bytes.truncate(at);
+        }
+        std::fs::write(&path, &bytes).expect("write segment");
+        let (log, report) =
+            PartitionLog::open(self.dir, self.config, false, self.clock_ms).expect("reopen");
+        assert_eq!(
+            report.truncated_bytes,
+            (bytes.len() - position) as u64,
+            "bytes cut"
+        );
+        if kept_end >= self.log_start {
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), position as u64);
+        } else {
+            assert!(!path.exists(), "segments below the log start are dropped");
+        }
+        // A cut below the log start restarts the log, empty, at the log start: offsets
+        // below it are never given again. (Records below the start stay in the model
+        // unread.)
+        self.model.truncate(kept_end.max(self.log_start) as usize);
+        assert_eq!(log.log_start_offset(), self.log_start, "log start");
         self.log = Some(log);
         self.check_all();
     }
@@ -106,6 +162,7 @@ impl Harness<'_> {
             }
             Op::CloseReopen => self.reopen(true),
             Op::CrashReopen => self.reopen(false),
+            Op::CrashDamaged { pick, flip } => self.crash_damaged(pick, flip),
         }
         assert_eq!(self.log().log_end_offset(), self.model.len() as u64, "LEO");
     }
@@ -183,6 +240,16 @@ impl Harness<'_> {
         });
         assert_eq!(found, expected, "seek to {t}");
     }
+}
+
+fn last_log_file(dir: &Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a segment")
 }
 
 /// Reads records from `from` on, in small reads that end mid-batch, across segments.

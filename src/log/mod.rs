@@ -188,10 +188,27 @@ impl PartitionLog {
             }
             sync_dir(dir)?;
         }
+        // Retention deletes segments before it stores the new start; a crash between the two
+        // leaves a stored start below the first segment.
+        let log_start_offset = stored_start.max(segments[0].base_offset);
+        if log_start_offset > segments.last().expect("never empty").next_offset {
+            // Recovery cut the log below its start (damage in records already deleted). The
+            // offsets up to the start were given once and must not be given again: start an
+            // empty log at the log start, as Kafka does.
+            report.dropped_segments += segments.len();
+            for s in segments.drain(..) {
+                let base = s.base_offset;
+                drop(s);
+                drop_segment_files(dir, base)?;
+            }
+            segments.push(Segment::create(dir, log_start_offset, entries_max, now_ms)?);
+            sync_dir(dir)?;
+        }
+        if log_start_offset != stored_start {
+            write_u64_file(&dir.join(LOG_START_FILE), log_start_offset)?;
+        }
         report.segments = segments.len();
         let log_end = segments.last().expect("never empty").next_offset;
-        let first_base = segments[0].base_offset;
-        let log_start_offset = stored_start.clamp(first_base, log_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,

@@ -657,3 +657,43 @@ fn roll_by_age_counts_from_creation_across_restarts() {
     assert_eq!(log.segment_count(), 2, "rolled by age after a restart");
     assert_matches(&log, &model, 0);
 }
+
+#[test]
+fn a_cut_below_the_log_start_never_gives_old_offsets_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 128);
+    let (mut log, mut model) = filled(dir.path(), cfg, 10);
+    let end = model.log_end();
+    let start = end - 2;
+    assert_eq!(log.delete_records_before(start, end).unwrap(), start);
+    drop(log);
+    // Damage below the log start: recovery cuts the log to offset 0.
+    let path = last_log_file(dir.path());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(30)
+        .unwrap();
+    let (mut log, _) = open(dir.path(), cfg, false);
+    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(
+        log.log_end_offset(),
+        start,
+        "the log restarts empty at its start"
+    );
+    // New records get offsets the old ones never had, and stay visible across reopens.
+    let mut batch = encode(&model.records[..3]);
+    assert_eq!(log.append(&mut batch, 0, 0).unwrap(), (start, start + 3));
+    drop(log);
+    let (log, _) = open(dir.path(), cfg, false);
+    assert_eq!(log.log_start_offset(), start, "the log start did not move");
+    assert_eq!(log.log_end_offset(), start + 3);
+    model.records.truncate(start as usize);
+    model.records.extend_from_within(..3);
+    let read = read_from(&log, start);
+    assert_eq!(read.len(), 3);
+    for (offset, rec) in read {
+        assert_eq!(rec, model.records[offset as usize]);
+    }
+}

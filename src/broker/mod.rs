@@ -309,17 +309,11 @@ impl Broker {
     /// Deletes a topic: it disappears at once, its files go in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let _admin = self.admin.lock().await;
-        let topic = self
-            .topics_write()
-            .remove(name)
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
-        for p in topic.partitions() {
-            p.mark_deleted();
-        }
+        let topic = self.topic(name)?;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         // The whole name plus a suffix could pass the file system's 255-byte limit (names go
-        // up to 249): the rename failed and the topic came back at the next start. A short
-        // prefix and a sequence number keep the trash name short and unique.
+        // up to 249): a short prefix and a sequence number keep the trash name short and
+        // unique.
         static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
         let trash = self.config.data_dir.join("trash").join(format!(
             "{}-{}-{}",
@@ -327,8 +321,14 @@ impl Broker {
             now_ms(),
             TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
+        // Rename first: if it fails, the topic is still fully there rather than gone from the
+        // list but back again at the next start.
         std::fs::rename(&topic.dir, &trash).map_err(io)?;
         sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
+        self.topics_write().remove(name);
+        for p in topic.partitions() {
+            p.mark_deleted();
+        }
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
         Ok(())
     }

@@ -92,8 +92,10 @@ pub struct PartitionLog {
     log_start_offset: u64,
     /// Every record below this offset has been fsynced.
     flushed_offset: u64,
-    /// Rolled segments whose data has not been synced yet.
-    unsynced: Vec<Arc<File>>,
+    /// Rolled segments whose data has not been synced yet, with the offset they end at. Each
+    /// stays until a flush reaching its end is marked done, so overlapping flushes (the
+    /// flusher and a shutdown) all sync it.
+    unsynced: Vec<(Arc<File>, u64)>,
 }
 
 impl PartitionLog {
@@ -303,7 +305,7 @@ impl PartitionLog {
         let entries_max = index_entries_max(&self.config);
         let active = self.segments.last_mut().expect("never empty");
         active.seal_indexes()?;
-        self.unsynced.push(Arc::clone(&active.file));
+        self.unsynced.push((Arc::clone(&active.file), next));
         self.segments
             .push(Segment::create(&self.dir, next, entries_max, now_ms)?);
         sync_dir(&self.dir)
@@ -336,7 +338,7 @@ impl PartitionLog {
 
     /// Files to sync so that everything appended so far becomes durable.
     pub fn flush_plan(&mut self) -> FlushPlan {
-        let mut files = std::mem::take(&mut self.unsynced);
+        let mut files: Vec<Arc<File>> = self.unsynced.iter().map(|(f, _)| Arc::clone(f)).collect();
         files.push(Arc::clone(&self.active().file));
         FlushPlan {
             files,
@@ -348,6 +350,7 @@ impl PartitionLog {
     pub fn mark_flushed(&mut self, target: u64) {
         assert!(target <= self.log_end_offset(), "flushed past the log end");
         self.flushed_offset = self.flushed_offset.max(target);
+        self.unsynced.retain(|&(_, end)| end > target);
     }
 
     /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
@@ -458,6 +461,7 @@ impl PartitionLog {
             s.file.sync_all()?;
         }
         self.flushed_offset = self.log_end_offset();
+        self.unsynced.clear();
         self.segments
             .last_mut()
             .expect("never empty")

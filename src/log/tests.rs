@@ -697,3 +697,21 @@ fn a_cut_below_the_log_start_never_gives_old_offsets_again() {
         assert_eq!(rec, model.records[offset as usize]);
     }
 }
+
+#[test]
+fn a_rolled_segment_stays_in_every_flush_plan_until_one_is_marked_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut model) = filled(dir.path(), config(1 << 20, 128), 3);
+    log.roll(0).unwrap();
+    model.append(&mut log, 2, 5, 0);
+    // Two flushes overlap (the flusher and a shutdown): the later plan must still sync the
+    // rolled segment, or finishing first it would mark data flushed that is not yet synced.
+    let first = log.flush_plan();
+    let second = log.flush_plan();
+    assert_eq!(first.files.len(), 2);
+    assert_eq!(second.files.len(), 2, "the rolled segment is in both plans");
+    log.mark_flushed(second.target);
+    assert_eq!(log.flush_plan().files.len(), 1, "synced once, forgotten");
+    log.mark_flushed(first.target);
+    assert_eq!(log.flushed_offset(), model.log_end());
+}

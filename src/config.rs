@@ -52,6 +52,13 @@ impl BrokerConfig {
     }
 }
 
+/// When `acks=leader` data is synced (acks=all data is synced at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub flush_ms: u64,
+    pub flush_bytes: u64,
+}
+
 /// What happens to old segments.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -76,8 +83,13 @@ pub struct TopicConfig {
     /// Roll a segment at this age.
     pub segment_ms: i64,
     pub cleanup_policy: CleanupPolicy,
+    /// With `cleanup_policy = compact`: how long a tombstone (null value) is kept after its
+    /// segment was written, so consumers that are behind still see the delete.
+    pub delete_retention_ms: i64,
     /// With `acks=leader`, fsync at most this long after the write (acks=all syncs at once).
     pub flush_ms: u64,
+    /// With `acks=leader`, fsync as soon as this many bytes are unsynced.
+    pub flush_bytes: u64,
     /// Largest record accepted for this topic (capped by the broker's `record_bytes_max`).
     pub max_message_bytes: u64,
 }
@@ -91,7 +103,9 @@ impl Default for TopicConfig {
             segment_bytes: log.segment_bytes,
             segment_ms: log.segment_ms,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 24 * 3600 * 1000,
             flush_ms: 10,
+            flush_bytes: 4 * 1024 * 1024,
             max_message_bytes: 1024 * 1024,
         }
     }
@@ -111,13 +125,26 @@ impl TopicConfig {
         if self.retention_ms < -1 || self.retention_bytes < -1 {
             return Err("retention_ms and retention_bytes are -1 (unlimited) or positive".into());
         }
+        if self.delete_retention_ms < 0 {
+            return Err("delete_retention_ms must not be negative".into());
+        }
         if self.flush_ms > 60_000 {
             return Err("flush_ms must be at most 60000".into());
+        }
+        if self.flush_bytes == 0 {
+            return Err("flush_bytes must be positive".into());
         }
         if self.max_message_bytes == 0 {
             return Err("max_message_bytes must be positive".into());
         }
         Ok(())
+    }
+
+    pub fn flush_policy(&self) -> FlushPolicy {
+        FlushPolicy {
+            flush_ms: self.flush_ms,
+            flush_bytes: self.flush_bytes,
+        }
     }
 
     pub fn log_config(&self) -> LogConfig {

@@ -23,6 +23,7 @@ pub const LOG_END_OFFSET: &str = "tidelog_partition_log_end_offset";
 pub const PARTITION_SEGMENTS: &str = "tidelog_partition_segments";
 pub const PARTITION_BYTES: &str = "tidelog_partition_size_bytes";
 pub const SEGMENTS_DELETED: &str = "tidelog_segments_deleted_total";
+pub const COMPACTED_RECORDS: &str = "tidelog_compaction_dropped_records_total";
 pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
 pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
 pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";

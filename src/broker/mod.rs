@@ -27,7 +27,7 @@ use tokio::sync::watch;
 pub use error::BrokerError;
 pub use partition::{Fetched, Partition, PartitionStats, Progress, now_ms};
 
-use crate::config::{BrokerConfig, TopicConfig};
+use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
 use crate::groups::GroupCoordinator;
 use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
@@ -229,7 +229,7 @@ impl Broker {
                 p,
                 &dir.join(p.to_string()),
                 config.log_config(),
-                config.flush_ms,
+                config.flush_policy(),
                 clean,
             )
             .map_err(|e| BrokerError::Io(format!("opening {name}/{p}: {e}")))?;
@@ -315,21 +315,26 @@ impl Broker {
     /// Deletes a topic: it disappears at once, its files go in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let _admin = self.admin.lock().await;
-        let topic = self
-            .topics_write()
-            .remove(name)
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        let topic = self.topic(name)?;
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        // The whole name plus a suffix could pass the file system's 255-byte limit (names go
+        // up to 249): a short prefix and a sequence number keep the trash name short and
+        // unique.
+        static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+        let trash = self.config.data_dir.join("trash").join(format!(
+            "{}-{}-{}",
+            &name[..name.len().min(64)],
+            now_ms(),
+            TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Rename first: if it fails, the topic is still fully there rather than gone from the
+        // list but back again at the next start.
+        std::fs::rename(&topic.dir, &trash).map_err(io)?;
+        sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
+        self.topics_write().remove(name);
         for p in topic.partitions() {
             p.mark_deleted();
         }
-        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
-        let trash = self
-            .config
-            .data_dir
-            .join("trash")
-            .join(format!("{name}-{}", now_ms()));
-        std::fs::rename(&topic.dir, &trash).map_err(io)?;
-        sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
         Ok(())
     }
@@ -363,7 +368,7 @@ impl Broker {
                 p,
                 &topic.dir.join(p.to_string()),
                 config.log_config(),
-                config.flush_ms,
+                config.flush_policy(),
                 false,
             )
             .map_err(|e| BrokerError::Io(e.to_string()))?;
@@ -390,7 +395,7 @@ impl Broker {
         let topic = self.topic(name)?;
         *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         for p in topic.partitions() {
-            p.set_config(config.log_config(), config.flush_ms);
+            p.set_config(config.log_config(), config.flush_policy());
         }
         topic
             .write_meta()
@@ -570,12 +575,18 @@ impl Broker {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             for topic in self.topics() {
+                let config = topic.config();
                 for p in topic.partitions() {
                     let p2 = Arc::clone(&p);
-                    let result =
-                        tokio::task::spawn_blocking(move || p2.apply_retention(now_ms())).await;
+                    let result = tokio::task::spawn_blocking(move || match config.cleanup_policy {
+                        CleanupPolicy::Delete => p2.apply_retention(now_ms()).map(|_| ()),
+                        CleanupPolicy::Compact => {
+                            p2.compact(now_ms(), config.delete_retention_ms).map(|_| ())
+                        }
+                    })
+                    .await;
                     if let Ok(Err(e)) = result {
-                        eprintln!("tidelog: retention on {}/{} failed: {e}", p.topic, p.id);
+                        eprintln!("tidelog: cleanup of {}/{} failed: {e}", p.topic, p.id);
                     }
                 }
             }

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::error::BrokerError;
+use crate::config::FlushPolicy;
 use crate::log::batch::{BatchError, BatchView, RecordView};
-use crate::log::{LogConfig, OpenReport, PartitionLog};
+use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
 use crate::metrics as m;
 
 /// Where the partition's visible range stands; published through a `watch` channel.
@@ -55,6 +56,10 @@ pub struct Partition {
     flush_urgent: AtomicBool,
     /// `flush_ms` of the topic, for `acks=leader` data.
     flush_ms: AtomicU64,
+    /// `flush_bytes` of the topic: this much unsynced data makes the next sync urgent.
+    flush_bytes: AtomicU64,
+    /// Bytes appended since the flusher last started a sync.
+    unflushed_bytes: AtomicU64,
     /// Why the partition stopped taking writes, once it has.
     failure: OnceLock<String>,
     /// Set when the partition is closed or deleted; the flusher exits.
@@ -73,6 +78,8 @@ pub struct Fetched {
     pub log_start_offset: u64,
     /// Most records to show.
     pub max_records: u32,
+    /// Set when the read covered the rest of its segment: where the next segment begins.
+    pub segment_end: Option<u64>,
 }
 
 impl Fetched {
@@ -110,6 +117,14 @@ impl Fetched {
             // Compaction may leave offset gaps at the end of a batch; skip them.
             next = next.max(batch.header.next_offset().min(self.high_watermark));
         }
+        // Everything to the segment's end was read (maybe nothing, after compaction): go on
+        // from the next segment rather than asking for the same gap again.
+        if rest.is_empty()
+            && shown < self.max_records
+            && let Some(end) = self.segment_end
+        {
+            next = next.max(end.min(self.high_watermark));
+        }
         Ok(next)
     }
 }
@@ -121,7 +136,7 @@ impl Partition {
         id: u32,
         dir: &Path,
         log_config: LogConfig,
-        flush_ms: u64,
+        flush: FlushPolicy,
         clean: bool,
     ) -> io::Result<(Arc<Self>, OpenReport)> {
         let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
@@ -137,7 +152,9 @@ impl Partition {
             progress: watch::Sender::new(progress),
             flush_wanted: Notify::new(),
             flush_urgent: AtomicBool::new(false),
-            flush_ms: AtomicU64::new(flush_ms),
+            flush_ms: AtomicU64::new(flush.flush_ms),
+            flush_bytes: AtomicU64::new(flush.flush_bytes),
+            unflushed_bytes: AtomicU64::new(0),
             failure: OnceLock::new(),
             closed: AtomicBool::new(false),
         });
@@ -176,9 +193,10 @@ impl Partition {
         }
     }
 
-    pub fn set_config(&self, log_config: LogConfig, flush_ms: u64) {
+    pub fn set_config(&self, log_config: LogConfig, flush: FlushPolicy) {
         self.lock().set_config(log_config);
-        self.flush_ms.store(flush_ms, Ordering::Relaxed);
+        self.flush_ms.store(flush.flush_ms, Ordering::Relaxed);
+        self.flush_bytes.store(flush.flush_bytes, Ordering::Relaxed);
     }
 
     /// Appends one built batch. Returns `(base_offset, next_offset)`. `urgent` asks the flusher
@@ -195,7 +213,9 @@ impl Partition {
         let result = self.lock().append(batch, 0, now_ms());
         match result {
             Ok(range) => {
-                if urgent {
+                let len = batch.len() as u64;
+                let unflushed = self.unflushed_bytes.fetch_add(len, Ordering::Relaxed) + len;
+                if urgent || unflushed >= self.flush_bytes.load(Ordering::Relaxed) {
                     self.flush_urgent.store(true, Ordering::Release);
                 }
                 self.flush_wanted.notify_one();
@@ -237,7 +257,9 @@ impl Partition {
         let (slice, progress) = {
             let log = self.lock();
             let progress = self.progress();
-            if offset < progress.log_start_offset || offset > progress.high_watermark {
+            // Up to the log end, not the HW: an `acks=leader` producer already holds offsets
+            // past the HW, and a long-poll there waits for them rather than being refused.
+            if offset < progress.log_start_offset || offset > log.log_end_offset() {
                 return Err(BrokerError::OffsetOutOfRange {
                     offset,
                     log_start_offset: progress.log_start_offset,
@@ -251,11 +273,18 @@ impl Partition {
             };
             (slice, progress)
         };
-        let bytes = match slice {
-            Some(slice) => slice
-                .read(max_bytes)
-                .map_err(|e| BrokerError::Io(e.to_string()))?,
-            None => Vec::new(),
+        let (bytes, segment_end) = match slice {
+            Some(mut slice) => {
+                slice
+                    .skip_before(offset)
+                    .map_err(|e| BrokerError::Io(e.to_string()))?;
+                let bytes = slice
+                    .read(max_bytes)
+                    .map_err(|e| BrokerError::Io(e.to_string()))?;
+                let whole = bytes.len() as u64 >= slice.len;
+                (bytes, whole.then_some(slice.segment_end))
+            }
+            None => (Vec::new(), None),
         };
         ::metrics::counter!(m::BYTES_FETCHED, "topic" => self.topic.to_string())
             .increment(bytes.len() as u64);
@@ -265,6 +294,7 @@ impl Partition {
             high_watermark: progress.high_watermark,
             log_start_offset: progress.log_start_offset,
             max_records,
+            segment_end,
         })
     }
 
@@ -285,6 +315,7 @@ impl Partition {
                 file: Arc::clone(&slice.file),
                 position,
                 len: end - position,
+                segment_end: slice.segment_end,
             }
             .read(CHUNK_BYTES)
             .map_err(|e| BrokerError::Io(e.to_string()))?;
@@ -347,6 +378,48 @@ impl Partition {
         Ok(deleted)
     }
 
+    /// Compacts the sealed segments below the high watermark: the latest record per key is
+    /// kept, tombstones older than `delete_retention_ms` go. Returns the records dropped.
+    /// Reads and writes the files without the partition lock; installs under it.
+    pub fn compact(&self, now_ms: i64, delete_retention_ms: i64) -> io::Result<u64> {
+        let hw = self.progress().high_watermark;
+        let (plan, dir, interval) = {
+            let log = self.lock();
+            let Some(plan) = log.compaction_plan(hw) else {
+                return Ok(0);
+            };
+            (
+                plan,
+                log.dir().to_path_buf(),
+                log.config().index_interval_bytes,
+            )
+        };
+        let latest = compact::latest_offsets(&plan)?;
+        let mut rewritten = Vec::new();
+        let mut dropped = 0;
+        for segment in &plan.sealed {
+            let keep_tombstones =
+                segment.max_timestamp_ms >= now_ms.saturating_sub(delete_retention_ms);
+            if let Some(c) = compact::compact_segment(
+                &dir,
+                segment,
+                &latest,
+                plan.upto,
+                keep_tombstones,
+                interval,
+            )? {
+                dropped += c.dropped_records;
+                rewritten.push(c);
+            }
+        }
+        if !rewritten.is_empty() {
+            self.lock().install_compacted(rewritten)?;
+            ::metrics::counter!(m::COMPACTED_RECORDS, "topic" => self.topic.to_string())
+                .increment(dropped);
+        }
+        Ok(dropped)
+    }
+
     /// Marks the partition failed and wakes every waiter. Returns the error to report.
     fn fail(&self, why: String) -> BrokerError {
         let _ = self.failure.set(why.clone());
@@ -397,6 +470,7 @@ impl Partition {
                 .await;
                 self.flush_urgent.store(false, Ordering::Release);
             }
+            self.unflushed_bytes.store(0, Ordering::Relaxed);
             if self.flush_now().await.is_err() {
                 return;
             }

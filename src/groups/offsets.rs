@@ -15,8 +15,11 @@
 //! applied in memory. A record that does not parse on replay is skipped with a log line:
 //! the broker wrote it, so that is a bug or a hand-edited log, not a reason to refuse to start.
 //!
-//! Not done yet: log compaction, so the topic grows by one small record per committed
-//! partition per commit and is kept forever (retention -1).
+//! The topic is compacted (`cleanup_policy = compact`, 8 MiB segments): only the latest
+//! record per key survives in sealed segments, so the replay reads about one record per
+//! committed partition plus the active segment. Compaction keeps offsets, so the replay
+//! skips gaps; tombstones go after `delete_retention_ms`, and a missing key means "no commit",
+//! which is what a tombstone says too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +28,13 @@ use serde::{Deserialize, Serialize};
 
 use super::assignor::TopicPartition;
 use crate::broker::{Acks, Broker, BrokerError, ProduceRecord, Topic, now_ms};
-use crate::config::TopicConfig;
+use crate::config::{CleanupPolicy, TopicConfig};
 use crate::log::batch::RecordRef;
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Segments roll at this size so compaction (sealed segments only) has work to do.
+const OFFSETS_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// Offset records appended per produce (one batch each).
 pub const OFFSET_RECORDS_PER_BATCH: usize = 1000;
 
@@ -72,6 +77,8 @@ pub async fn offsets_topic(broker: &Broker) -> Result<Arc<Topic>, BrokerError> {
     let config = TopicConfig {
         retention_ms: -1,
         retention_bytes: -1,
+        cleanup_policy: CleanupPolicy::Compact,
+        segment_bytes: OFFSETS_SEGMENT_BYTES,
         ..broker.config.topic_defaults
     };
     match broker.create_topic(OFFSETS_TOPIC, 1, config, true).await {

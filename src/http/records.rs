@@ -196,7 +196,8 @@ pub async fn produce(
     let ct = content_type(&headers);
     let limit = broker.limits().request_body_bytes_max;
     let now = now_ms();
-    let topic = broker.topic_for_produce(&topic).await?;
+    // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
+    // body refused as unreadable leaves no new topic behind.
     let offsets = match ct.as_str() {
         "application/json" | "" => {
             let bytes = read_limited(&headers, body, limit).await?;
@@ -208,6 +209,7 @@ pub async fn produce(
                 .map(|r| decode_record(r, now, None))
                 .collect::<ApiResult<Vec<_>>>()?;
             let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+            let topic = broker.topic_for_produce(&topic).await?;
             broker
                 .produce(&topic, &records, params.acks, params.timeout)
                 .await?
@@ -230,6 +232,7 @@ pub async fn produce(
                     .map_err(|_| ApiError::invalid("'timestamp_ms' must be an integer"))?,
                 None => now,
             };
+            let topic = broker.topic_for_produce(&topic).await?;
             let record = ProduceRecord {
                 partition,
                 record: RecordRef {
@@ -258,7 +261,7 @@ pub async fn produce(
 /// Streams an NDJSON body: complete lines are parsed and appended in batches.
 async fn produce_ndjson(
     broker: &Broker,
-    topic: &Topic,
+    topic_name: &str,
     headers: &HeaderMap,
     body: Body,
     params: &ProduceParams,
@@ -276,6 +279,8 @@ async fn produce_ndjson(
         durability: Durability::None,
     };
     let mut finished = false;
+    // Resolved at the first batch that parses, so a body refused up front creates nothing.
+    let mut topic: Option<std::sync::Arc<Topic>> = None;
     while !finished {
         match stream.next().await {
             Some(chunk) => {
@@ -312,6 +317,10 @@ async fn produce_ndjson(
             .map(|(line, r)| decode_record(r, now, Some(*line)))
             .collect::<ApiResult<Vec<_>>>()?;
         let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+        if topic.is_none() {
+            topic = Some(broker.topic_for_produce(topic_name).await?);
+        }
+        let topic = topic.as_deref().expect("resolved just above");
         let outcome = broker
             .produce(topic, &records, params.acks, params.timeout)
             .await?;

@@ -118,6 +118,25 @@ impl<E: IndexEntry> IndexFile<E> {
         })
     }
 
+    /// Writes a sealed index holding exactly `entries` (compaction builds them in memory).
+    pub fn create_sealed(path: &Path, entries: &[E]) -> io::Result<Self> {
+        let mut bytes = vec![0u8; entries.len() * E::BYTES];
+        for (i, e) in entries.iter().enumerate() {
+            e.encode(&mut bytes[i * E::BYTES..(i + 1) * E::BYTES]);
+        }
+        std::fs::write(path, &bytes)?;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        file.sync_all()?;
+        Ok(IndexFile {
+            path: path.to_path_buf(),
+            file,
+            map: None,
+            sealed: entries.to_vec(),
+            entries: entries.len(),
+            capacity: entries.len(),
+        })
+    }
+
     /// Opens a trimmed (sealed) index. Returns `None` if the file is absent or its size is not
     /// a whole number of entries, meaning it must be rebuilt.
     pub fn open_sealed(path: &Path) -> io::Result<Option<Self>> {
@@ -127,7 +146,7 @@ impl<E: IndexEntry> IndexFile<E> {
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len() as usize;
-        if len % E::BYTES != 0 {
+        if !len.is_multiple_of(E::BYTES) {
             return Ok(None);
         }
         let bytes = std::fs::read(path)?;
@@ -311,9 +330,9 @@ mod tests {
         assert!(idx.validate(|e| e.position < 5_000));
         assert!(!idx.validate(|e| e.position < 4_000));
         assert!(
-            !IndexFile::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
+            IndexFile::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
                 .unwrap()
-                .is_some()
+                .is_none()
         );
     }
 }

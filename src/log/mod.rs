@@ -16,8 +16,11 @@
 //! partition; recovery truncates a torn or corrupt tail and reports how many bytes it cut.
 
 pub mod batch;
+pub mod compact;
 pub mod index;
 pub mod segment;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::io;
@@ -89,8 +92,10 @@ pub struct PartitionLog {
     log_start_offset: u64,
     /// Every record below this offset has been fsynced.
     flushed_offset: u64,
-    /// Rolled segments whose data has not been synced yet.
-    unsynced: Vec<Arc<File>>,
+    /// Rolled segments whose data has not been synced yet, with the offset they end at. Each
+    /// stays until a flush reaching its end is marked done, so overlapping flushes (the
+    /// flusher and a shutdown) all sync it.
+    unsynced: Vec<(Arc<File>, u64)>,
 }
 
 impl PartitionLog {
@@ -133,9 +138,14 @@ impl PartitionLog {
             )?;
             report.truncated_bytes += seg_report.truncated_bytes;
             report.rebuilt_indexes += usize::from(seg_report.rebuilt_index);
+            // Compaction may drop a segment's last records: a gap before the next segment is
+            // fine, an overlap is not.
             let continues = segments
                 .last()
-                .is_none_or(|prev| prev.next_offset == segment.base_offset);
+                .is_none_or(|prev| prev.next_offset <= segment.base_offset);
+            if continues && let Some(prev) = segments.last_mut() {
+                prev.next_offset = segment.base_offset;
+            }
             if !continues {
                 report.dropped_segments += bases.len() - i;
                 for b in &bases[i..] {
@@ -180,10 +190,27 @@ impl PartitionLog {
             }
             sync_dir(dir)?;
         }
+        // Retention deletes segments before it stores the new start; a crash between the two
+        // leaves a stored start below the first segment.
+        let log_start_offset = stored_start.max(segments[0].base_offset);
+        if log_start_offset > segments.last().expect("never empty").next_offset {
+            // Recovery cut the log below its start (damage in records already deleted). The
+            // offsets up to the start were given once and must not be given again: start an
+            // empty log at the log start, as Kafka does.
+            report.dropped_segments += segments.len();
+            for s in segments.drain(..) {
+                let base = s.base_offset;
+                drop(s);
+                drop_segment_files(dir, base)?;
+            }
+            segments.push(Segment::create(dir, log_start_offset, entries_max, now_ms)?);
+            sync_dir(dir)?;
+        }
+        if log_start_offset != stored_start {
+            write_u64_file(&dir.join(LOG_START_FILE), log_start_offset)?;
+        }
         report.segments = segments.len();
         let log_end = segments.last().expect("never empty").next_offset;
-        let first_base = segments[0].base_offset;
-        let log_start_offset = stored_start.clamp(first_base, log_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
@@ -269,12 +296,16 @@ impl PartitionLog {
     }
 
     /// Seals the active segment and starts a new one at the log end offset.
+    /// An empty active segment stays: a new one would have the same base offset (file name).
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
+        if self.active().size == 0 {
+            return Ok(());
+        }
         let next = self.log_end_offset();
         let entries_max = index_entries_max(&self.config);
         let active = self.segments.last_mut().expect("never empty");
         active.seal_indexes()?;
-        self.unsynced.push(Arc::clone(&active.file));
+        self.unsynced.push((Arc::clone(&active.file), next));
         self.segments
             .push(Segment::create(&self.dir, next, entries_max, now_ms)?);
         sync_dir(&self.dir)
@@ -307,7 +338,7 @@ impl PartitionLog {
 
     /// Files to sync so that everything appended so far becomes durable.
     pub fn flush_plan(&mut self) -> FlushPlan {
-        let mut files = std::mem::take(&mut self.unsynced);
+        let mut files: Vec<Arc<File>> = self.unsynced.iter().map(|(f, _)| Arc::clone(f)).collect();
         files.push(Arc::clone(&self.active().file));
         FlushPlan {
             files,
@@ -319,6 +350,7 @@ impl PartitionLog {
     pub fn mark_flushed(&mut self, target: u64) {
         assert!(target <= self.log_end_offset(), "flushed past the log end");
         self.flushed_offset = self.flushed_offset.max(target);
+        self.unsynced.retain(|&(_, end)| end > target);
     }
 
     /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
@@ -364,6 +396,60 @@ impl PartitionLog {
         Ok(self.log_start_offset)
     }
 
+    /// The sealed segments and the active one, for compaction (`None`: nothing sealed yet).
+    pub fn compaction_plan(&self, upto: u64) -> Option<compact::CompactionPlan> {
+        let snapshot = |s: &Segment| compact::SegmentSnapshot {
+            base_offset: s.base_offset,
+            next_offset: s.next_offset,
+            size: s.size,
+            max_timestamp_ms: s.max_timestamp_ms,
+            created_ms: s.created_ms,
+            file: Arc::clone(&s.file),
+        };
+        let (active, sealed) = self.segments.split_last()?;
+        let sealed: Vec<_> = sealed
+            .iter()
+            .filter(|s| s.next_offset <= upto)
+            .map(snapshot)
+            .collect();
+        (!sealed.is_empty()).then(|| compact::CompactionPlan {
+            sealed,
+            active: snapshot(active),
+            upto,
+        })
+    }
+
+    /// Replaces sealed segments by their compacted versions. A segment that retention deleted
+    /// meanwhile is skipped (its compacted file removed).
+    pub fn install_compacted(
+        &mut self,
+        compacted: Vec<compact::CompactedSegment>,
+    ) -> io::Result<()> {
+        for c in compacted {
+            let base = c.meta.base_offset;
+            let Some(i) = self.segments[..self.segments.len() - 1]
+                .iter()
+                .position(|s| s.base_offset == base)
+            else {
+                std::fs::remove_file(&c.path)?;
+                continue;
+            };
+            // Old indexes go first (and durably), so a crash can never pair them with the new
+            // log: missing indexes are rebuilt on open.
+            for path in self.segments[i].index_paths() {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            sync_dir(&self.dir)?;
+            std::fs::rename(&c.path, segment::log_path(&self.dir, base))?;
+            sync_dir(&self.dir)?;
+            self.segments[i] = Segment::from_compacted(&self.dir, c.meta)?;
+        }
+        Ok(())
+    }
+
     /// Writes the recovery checkpoint: everything below the flushed offset's segment is synced.
     pub fn write_checkpoint(&self) -> io::Result<()> {
         write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset)
@@ -375,6 +461,7 @@ impl PartitionLog {
             s.file.sync_all()?;
         }
         self.flushed_offset = self.log_end_offset();
+        self.unsynced.clear();
         self.segments
             .last_mut()
             .expect("never empty")
@@ -406,6 +493,11 @@ fn list_segment_bases(dir: &Path) -> io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
+        // A compaction interrupted by a crash: the original segment is still in place.
+        if name.ends_with(".log.compacted") {
+            std::fs::remove_file(dir.join(&*name))?;
+            continue;
+        }
         if let Some(stem) = name.strip_suffix(".log")
             && stem.len() == 20
             && let Ok(base) = stem.parse::<u64>()

@@ -37,6 +37,20 @@ pub struct RecoveryReport {
     pub rebuilt_index: bool,
 }
 
+/// A segment rewritten by compaction, described for [`Segment::from_compacted`].
+#[derive(Debug)]
+pub struct Compacted {
+    pub base_offset: u64,
+    /// The original segment's end: compaction never renumbers, so the next segment still
+    /// starts here even if the last records were dropped.
+    pub next_offset: u64,
+    pub size: u64,
+    pub max_timestamp_ms: i64,
+    pub created_ms: i64,
+    pub offset_entries: Vec<OffsetEntry>,
+    pub time_entries: Vec<TimeEntry>,
+}
+
 /// A byte range of a segment to read outside the partition lock.
 #[derive(Debug, Clone)]
 pub struct ReadSlice {
@@ -46,9 +60,33 @@ pub struct ReadSlice {
     pub position: u64,
     /// Bytes that may be read (never past the end of the last complete batch).
     pub len: u64,
+    /// Offset where the segment ends (the next segment's base): a reader that consumed the
+    /// whole slice without finding its offset (a gap left by compaction) continues there.
+    pub segment_end: u64,
 }
 
 impl ReadSlice {
+    /// Moves the start past whole batches that end at or before `offset`, reading only their
+    /// headers. The sparse index may point up to `index_interval_bytes` before the wanted
+    /// batch; without this, those batches would use up a small `max_bytes` and the reader
+    /// would get nothing at all while records are there.
+    pub fn skip_before(&mut self, offset: u64) -> io::Result<()> {
+        let end = self.position + self.len;
+        let mut header = [0u8; BATCH_HEADER_BYTES];
+        while self.position + BATCH_HEADER_BYTES as u64 <= end {
+            self.file.read_exact_at(&mut header, self.position)?;
+            let Ok(h) = BatchHeader::parse(&header) else {
+                break;
+            };
+            if h.next_offset() > offset || self.position + h.total_len() as u64 > end {
+                break;
+            }
+            self.position += h.total_len() as u64;
+        }
+        self.len = end - self.position;
+        Ok(())
+    }
+
     /// Reads the slice, up to `max_bytes`, but always at least the first batch whole.
     pub fn read(&self, max_bytes: u64) -> io::Result<Vec<u8>> {
         let mut want = self.len.min(max_bytes.max(BATCH_HEADER_BYTES as u64));
@@ -147,10 +185,15 @@ impl Segment {
             .read(true)
             .write(true)
             .open(log_path(dir, base_offset))?;
-        let file_len = file.metadata()?.len();
-        let created_ms = file
-            .metadata()?
-            .modified()
+        let metadata = file.metadata()?;
+        let file_len = metadata.len();
+        // The age that rolls a segment counts from its creation. The last write time would
+        // restart the count at every restart, and a topic whose broker restarts more often
+        // than `segment_ms` would never roll, so time retention would never delete anything.
+        // Only file systems without a creation time fall back to it.
+        let created_ms = metadata
+            .created()
+            .or_else(|_| metadata.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
@@ -250,6 +293,43 @@ impl Segment {
         Ok(Some((offset_index, time_index, scan)))
     }
 
+    /// Builds a sealed segment from a compacted log file already renamed into place and the
+    /// index entries computed while writing it. Writes the trimmed index files.
+    pub fn from_compacted(dir: &Path, compacted: Compacted) -> io::Result<Self> {
+        let base_offset = compacted.base_offset;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log_path(dir, base_offset))?;
+        let offset_index = IndexFile::create_sealed(
+            &offset_index_path(dir, base_offset),
+            &compacted.offset_entries,
+        )?;
+        let time_index =
+            IndexFile::create_sealed(&time_index_path(dir, base_offset), &compacted.time_entries)?;
+        Ok(Segment {
+            base_offset,
+            next_offset: compacted.next_offset,
+            size: compacted.size,
+            max_timestamp_ms: compacted.max_timestamp_ms,
+            created_ms: compacted.created_ms,
+            file: Arc::new(file),
+            offset_index,
+            time_index,
+            bytes_since_index: 0,
+            last_batch_relative: 0,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Paths of the index files, deleted before a compacted log replaces this one.
+    pub fn index_paths(&self) -> [PathBuf; 2] {
+        [
+            offset_index_path(&self.dir, self.base_offset),
+            time_index_path(&self.dir, self.base_offset),
+        ]
+    }
+
     /// Whether the indexes were trimmed and made read-only.
     pub fn is_sealed(&self) -> bool {
         !self.offset_index.is_writable()
@@ -313,6 +393,7 @@ impl Segment {
             file: Arc::clone(&self.file),
             position,
             len: self.size - position,
+            segment_end: self.next_offset,
         }
     }
 
@@ -399,7 +480,8 @@ fn scan_log(
         if pos + total > file_len || header.base_offset < base_offset {
             break;
         }
-        if expected.is_some_and(|e| e != header.base_offset) {
+        // Offsets only grow; compaction may leave gaps between batches, never overlaps.
+        if expected.is_some_and(|e| header.base_offset < e) {
             break;
         }
         buf.resize(total as usize, 0);

@@ -39,6 +39,11 @@ impl TestBroker {
         broker
     }
 
+    /// Starts a broker on a data directory the caller owns (kept after the broker stops).
+    pub fn start_at(data_dir: &Path) -> TestBroker {
+        Self::spawn(data_dir, None, 0)
+    }
+
     fn spawn(data_dir: &Path, config: Option<String>, port: u16) -> TestBroker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidelog"));
         cmd.arg("serve")

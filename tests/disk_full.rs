@@ -1,0 +1,115 @@
+//! A full disk is an environmental failure: the partition stops taking writes and says why,
+//! acknowledged records stay readable, and the broker keeps serving.
+//!
+//! The data directory is a 2 MiB tmpfs mounted by the test (CI runs as root).
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "this test mounts a small tmpfs and needs root"
+        );
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = Mount::tmpfs(&tmp.path().join("small"), "2m");
+    let mut broker = common::TestBroker::start_at(&mount.0.join("data"));
+    let (http, url) = (broker.client(), broker.url.clone());
+    let value = "x".repeat(60_000);
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let r = http
+            .post(format!("{url}/v1/topics/full/records"))
+            .json(&json!({"records": [{"key": format!("{i}"), "value": value}]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            let body: Value = r.json().await.unwrap();
+            acknowledged.push((i, body["offsets"][0]["offset"].as_u64().unwrap()));
+        } else {
+            refused = Some((r.status().as_u16(), r.json::<Value>().await.unwrap()));
+            break;
+        }
+    }
+    let (status, problem) = refused.expect("a 2 MiB disk fills up within 100 records of 60 kB");
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["code"], "storage_unavailable");
+    assert!(
+        acknowledged.len() >= 10,
+        "some records fit before the disk filled"
+    );
+
+    // Further writes are refused with the same answer, not acknowledged into a broken log.
+    let r = http
+        .post(format!("{url}/v1/topics/full/records"))
+        .json(&json!({"records": [{"value": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The broker keeps serving, says it is not ready, and counts the failure.
+    assert_eq!(
+        http.get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tidelog_storage_errors_total"),
+        "{metrics}"
+    );
+    // Every acknowledged record is readable at its offset.
+    let page: Value = http
+        .get(format!(
+            "{url}/v1/topics/full/partitions/0/records?max_records=1000&max_bytes=16000000"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let records = page["records"].as_array().unwrap();
+    for (i, offset) in &acknowledged {
+        let r = &records[*offset as usize];
+        assert_eq!(r["offset"].as_u64().unwrap(), *offset);
+        assert_eq!(r["key"], format!("{i}"));
+    }
+    broker.kill9();
+}

@@ -156,7 +156,7 @@ pub struct GroupCoordinator {
     groups: Mutex<BTreeMap<String, Group>>,
     /// Randomness for member ids.
     ids: std::collections::hash_map::RandomState,
-    /// Counter for member ids and the fetch rotation (so no partition starves).
+    /// Counter for member ids.
     sequence: AtomicU64,
 }
 
@@ -571,14 +571,24 @@ impl GroupCoordinator {
         wait: Duration,
     ) -> Result<MemberFetch, GroupError> {
         let broker = self.broker()?;
-        let plan = self.plan_fetch(&broker, group, member, wait)?;
+        let plan = self.plan_fetch(&broker, group, member)?;
         let first = self.read_plan(&plan, max_records, max_bytes)?;
         if !first.parts.is_empty() || wait.is_zero() {
             return Ok(first);
         }
+        // A long-poll in flight keeps the session alive until it ends.
+        self.extend_session(group, member, wait)?;
         wait_for_progress(&broker, &plan, wait).await;
-        let plan = self.plan_fetch(&broker, group, member, Duration::ZERO)?;
+        let plan = self.plan_fetch(&broker, group, member)?;
         self.read_plan(&plan, max_records, max_bytes)
+    }
+
+    fn extend_session(&self, group: &str, member: &str, by: Duration) -> Result<(), GroupError> {
+        let mut groups = self.lock();
+        let g = member_group(&mut groups, group, member)?;
+        let m = g.members.get_mut(member).expect("checked by member_group");
+        m.deadline = Instant::now() + m.session_timeout + by;
+        Ok(())
     }
 
     fn plan_fetch(
@@ -586,13 +596,11 @@ impl GroupCoordinator {
         broker: &Broker,
         group: &str,
         member: &str,
-        wait: Duration,
     ) -> Result<FetchPlan, GroupError> {
         let mut groups = self.lock();
         let g = member_group(&mut groups, group, member)?;
         let m = g.members.get_mut(member).expect("checked by member_group");
-        // A long-poll in flight keeps the session alive until it ends.
-        m.deadline = Instant::now() + m.session_timeout + wait;
+        m.deadline = Instant::now() + m.session_timeout;
         g.refresh(group, broker);
         let view = g.view(group, member);
         let mut positions = Vec::with_capacity(view.assignment.len());
@@ -623,10 +631,17 @@ impl GroupCoordinator {
         let n = plan.positions.len();
         let mut records_left = max_records;
         let mut bytes_left = max_bytes;
+        // Start at a partition picked from the positions: a retry with nothing committed in
+        // between reads exactly the same records, and commits rotate the start so a busy
+        // partition cannot starve the others when `max_records` is small.
         let start = if n == 0 {
             0
         } else {
-            (self.sequence.fetch_add(1, Ordering::Relaxed) % n as u64) as usize
+            let sum = plan
+                .positions
+                .iter()
+                .fold(0u64, |acc, (_, _, p)| acc.wrapping_add(*p));
+            (sum % n as u64) as usize
         };
         for i in 0..n {
             if records_left == 0 || bytes_left == 0 {
@@ -1204,6 +1219,30 @@ mod tests {
         assert!(matches!(
             broker.groups.describe("g"),
             Err(GroupError::GroupNotFound(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_longer_than_the_session_keeps_the_member_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open_broker(dir.path(), "t", 2).await;
+        let v = broker
+            .groups
+            .join("g", &topics(&["t"]), Some(2_000), None)
+            .unwrap();
+        let fetched = broker
+            .groups
+            .fetch("g", &v.member_id, 10, 1 << 20, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert!(fetched.parts.is_empty(), "nothing was produced");
+        // 20 s passed in the poll, ten sessions; the member is still there, and then
+        // expires once it goes silent.
+        broker.groups.heartbeat("g", &v.member_id).unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(matches!(
+            broker.groups.heartbeat("g", &v.member_id),
+            Err(GroupError::MemberNotFound { .. })
         ));
     }
 

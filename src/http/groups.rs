@@ -215,11 +215,16 @@ pub async fn member_fetch(
     let mut body = Vec::with_capacity(records.len() + 256);
     let _ = write!(
         body,
-        "{{\"group\":{},\"member_id\":{},\"generation\":{},\"assignment\":{},\"auto_committed\":{},\"next_offsets\":{},\"records\":[",
+        "{{\"group\":{},\"member_id\":{},\"generation\":{},\"assignment\":{},\"delivery\":\"{}\",\"auto_committed\":{},\"next_offsets\":{},\"records\":[",
         json!(view.group),
         json!(view.member_id),
         view.generation,
         json!(view.assignment),
+        if auto_commit {
+            "at_most_once"
+        } else {
+            "at_least_once"
+        },
         auto_commit && !next_offsets.is_empty(),
         json!(next_json),
     );

@@ -310,36 +310,42 @@ impl Group {
         expired
     }
 
-    /// Where the group reads `tp` next, within the partition's readable range.
+    /// Where the group reads `tp` next, within the partition's readable range. Below the log
+    /// start (retention took it) reads from the log start; past the high watermark (the topic
+    /// was deleted and created again) is out of range, and `auto_offset_reset` decides.
     fn position(&mut self, tp: &TopicPartition, partition: &Partition) -> u64 {
         let progress = partition.progress();
-        let clamp = |o: u64| o.clamp(progress.log_start_offset, progress.high_watermark);
-        if let Some(c) = self.committed.get(tp) {
-            return clamp(c.offset);
-        }
-        if let Some(&p) = self.pinned.get(tp) {
-            return clamp(p);
-        }
-        match self.auto_offset_reset {
-            OffsetReset::Earliest => progress.log_start_offset,
-            OffsetReset::Latest => {
-                self.pinned.insert(tp.clone(), progress.high_watermark);
-                progress.high_watermark
-            }
+        let stored = self
+            .committed
+            .get(tp)
+            .map(|c| c.offset)
+            .or(self.pinned.get(tp).copied());
+        match stored {
+            Some(o) if o <= progress.high_watermark => o.max(progress.log_start_offset),
+            _ => match self.auto_offset_reset {
+                OffsetReset::Earliest => progress.log_start_offset,
+                OffsetReset::Latest => {
+                    self.pinned.insert(tp.clone(), progress.high_watermark);
+                    progress.high_watermark
+                }
+            },
         }
     }
 
     /// Position without pinning (describe must not change what a member will read).
     fn peek_position(&self, tp: &TopicPartition, partition: &Partition) -> u64 {
         let progress = partition.progress();
-        let clamp = |o: u64| o.clamp(progress.log_start_offset, progress.high_watermark);
-        match (self.committed.get(tp), self.pinned.get(tp)) {
-            (Some(c), _) => clamp(c.offset),
-            (None, Some(&p)) => clamp(p),
-            (None, None) if self.auto_offset_reset == OffsetReset::Latest => {
-                progress.high_watermark
-            }
-            (None, None) => progress.log_start_offset,
+        let stored = self
+            .committed
+            .get(tp)
+            .map(|c| c.offset)
+            .or(self.pinned.get(tp).copied());
+        match stored {
+            Some(o) if o <= progress.high_watermark => o.max(progress.log_start_offset),
+            _ => match self.auto_offset_reset {
+                OffsetReset::Earliest => progress.log_start_offset,
+                OffsetReset::Latest => progress.high_watermark,
+            },
         }
     }
 
@@ -1311,6 +1317,28 @@ mod tests {
         let views = heartbeat_all(&broker, &[&a.member_id, &b.member_id]);
         assert_exactly_once(&views, 6);
         assert!(views[0].generation > b.generation);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open_broker(dir.path(), "t", 1).await;
+        let partition = broker.topic("t").unwrap().partition(0).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let mut g = Group::new();
+        // As after the topic was deleted and created again: the commit is past the end.
+        g.committed.insert(
+            tp.clone(),
+            OffsetValue {
+                offset: 500,
+                committed_at_ms: 0,
+                member_id: None,
+                generation: None,
+            },
+        );
+        assert_eq!(g.position(&tp, &partition), 0, "earliest: nothing skipped");
+        g.committed.get_mut(&tp).unwrap().offset = 0;
+        assert_eq!(g.position(&tp, &partition), 0);
     }
 
     #[tokio::test]

@@ -188,6 +188,21 @@ async fn three_members_split_the_partitions_and_a_leaver_hands_its_own_over() {
     let (_, _, list) = api.get("/v1/groups").await;
     assert_eq!(list["groups"][0]["group"], "workers");
     assert_eq!(list["groups"][0]["members"], 2);
+
+    // Online expansion of a subscribed topic rebalances: the new partitions get owners.
+    let (s, _, b) = api
+        .post("/v1/topics/orders/partitions", json!({"count": 10}))
+        .await;
+    assert!(s == 200 || s == 201, "{s} {b}");
+    let (_, _, d) = api.get("/v1/groups/workers").await;
+    assert_eq!(d["generation"], 5);
+    let owned: BTreeSet<(String, u64)> = d["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(assignment)
+        .collect();
+    assert_eq!(owned.len(), 10, "{d}");
 }
 
 #[tokio::test]

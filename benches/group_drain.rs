@@ -137,8 +137,9 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
         println!("members  batch  records/s  drain_s  commits");
-        for &members in &args.members {
-            let (elapsed, commits) = drain(&http, &base, &args, members).await;
+        for (run, &members) in args.members.iter().enumerate() {
+            let group = format!("drain-{run}-{members}");
+            let (elapsed, commits) = drain(&http, &base, &args, &group, members).await;
             println!(
                 "{members:>7}  {:>5}  {:>9.0}  {:>7.2}  {commits:>7}",
                 args.batch,
@@ -205,8 +206,13 @@ struct Batch {
 
 /// Joins `members` members to a fresh group, then drains the backlog; returns the time from
 /// the first fetch until every record was committed, and the number of commits.
-async fn drain(http: &reqwest::Client, base: &str, args: &Args, members: usize) -> (Duration, u64) {
-    let group = format!("drain-{members}");
+async fn drain(
+    http: &reqwest::Client,
+    base: &str,
+    args: &Args,
+    group: &str,
+    members: usize,
+) -> (Duration, u64) {
     let mut ids = Vec::new();
     for _ in 0..members {
         let r: Value = http
@@ -222,15 +228,18 @@ async fn drain(http: &reqwest::Client, base: &str, args: &Args, members: usize) 
     }
     let committed = Arc::new(AtomicU64::new(0));
     let commits = Arc::new(AtomicU64::new(0));
+    // Set by the commit that completes the drain (leaving is not measured).
+    let drained_at = Arc::new(std::sync::OnceLock::new());
     let started = Instant::now();
     let tasks: Vec<_> = ids
         .into_iter()
         .map(|id| {
             let http = http.clone();
             let base = base.to_string();
-            let group = group.clone();
+            let group = group.to_string();
             let committed = Arc::clone(&committed);
             let commits = Arc::clone(&commits);
+            let drained_at = Arc::clone(&drained_at);
             let (total, batch) = (args.records, args.batch);
             tokio::spawn(async move {
                 while committed.load(Ordering::Relaxed) < total {
@@ -258,13 +267,22 @@ async fn drain(http: &reqwest::Client, base: &str, args: &Args, members: usize) 
                         .expect("commit");
                     assert_eq!(r.status().as_u16(), 200, "commit");
                     commits.fetch_add(1, Ordering::Relaxed);
-                    committed.fetch_add(b.records.len() as u64, Ordering::Relaxed);
+                    let n = b.records.len() as u64;
+                    if committed.fetch_add(n, Ordering::Relaxed) + n >= total {
+                        let _ = drained_at.set(started.elapsed());
+                    }
                 }
+                // Leave, so the group is empty when the next drain starts.
+                let _ = http
+                    .delete(format!("{base}/v1/groups/{group}/members/{id}"))
+                    .send()
+                    .await;
             })
         })
         .collect();
     for t in tasks {
         t.await.expect("member task");
     }
-    (started.elapsed(), commits.load(Ordering::Relaxed))
+    let elapsed = *drained_at.get().expect("the drain finished");
+    (elapsed, commits.load(Ordering::Relaxed))
 }

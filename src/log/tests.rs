@@ -715,3 +715,31 @@ fn a_rolled_segment_stays_in_every_flush_plan_until_one_is_marked_done() {
     log.mark_flushed(first.target);
     assert_eq!(log.flushed_offset(), model.log_end());
 }
+
+#[test]
+fn a_clean_open_of_preallocated_indexes_still_reads_and_seeks_right() {
+    // A partition that was never closed but is opened as clean (say, created while the
+    // broker was shutting down): its indexes are preallocated, zero-filled past the entries.
+    for batches in [1, 2, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(1 << 20, 128);
+        let (log, mut model) = filled(dir.path(), cfg, batches);
+        drop(log);
+        let (mut log, _) = open(dir.path(), cfg, true);
+        assert_matches(&log, &model, 0);
+        for t in (900..1_500).step_by(25) {
+            assert_eq!(seek_time(&log, t), expected_for_time(&model, t), "seek {t}");
+        }
+        for i in 0..30 {
+            model.append(&mut log, 2, 2_000 + i, 0);
+        }
+        assert_matches(&log, &model, 0);
+        log.close().unwrap();
+        drop(log);
+        let (log, _) = open(dir.path(), cfg, true);
+        assert_matches(&log, &model, 0);
+        for t in (900..2_100).step_by(25) {
+            assert_eq!(seek_time(&log, t), expected_for_time(&model, t), "seek {t}");
+        }
+    }
+}

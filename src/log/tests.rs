@@ -743,3 +743,25 @@ fn a_clean_open_of_preallocated_indexes_still_reads_and_seeks_right() {
         }
     }
 }
+
+#[test]
+fn a_crash_between_deleting_segments_and_storing_the_start_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(600, 128);
+    let (log, model) = filled(dir.path(), cfg, 40);
+    let second = log.segments[1].base_offset;
+    drop(log);
+    // Retention removed the oldest segment, then the process died before the new log start
+    // was stored.
+    let oldest = segment_files(dir.path(), "log")[0].clone();
+    std::fs::remove_file(&oldest).unwrap();
+    let (log, _) = open(dir.path(), cfg, false);
+    assert_eq!(log.log_start_offset(), second);
+    assert_matches(&log, &model, second);
+    let stored = std::fs::read_to_string(dir.path().join(super::LOG_START_FILE)).unwrap();
+    assert_eq!(
+        stored.trim(),
+        second.to_string(),
+        "the repaired start is stored"
+    );
+}

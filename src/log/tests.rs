@@ -765,3 +765,21 @@ fn a_crash_between_deleting_segments_and_storing_the_start_is_repaired() {
         "the repaired start is stored"
     );
 }
+
+#[test]
+fn a_full_index_rolls_the_segment_after_a_config_change() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every batch indexed, in an index sized for 1 KiB segments.
+    let (mut log, _) = open(dir.path(), config(1024, 1), false);
+    let mut model = Model::default();
+    model.append(&mut log, 1, 1, 0);
+    log.set_config(config(1 << 20, 1));
+    for i in 0..60 {
+        model.append(&mut log, 1 + i % 2, 2 + i as i64, 0);
+    }
+    assert!(log.segment_count() > 1, "the full index rolled the segment");
+    assert_matches(&log, &model, 0);
+    drop(log);
+    let (log, _) = open(dir.path(), config(1 << 20, 1), false);
+    assert_matches(&log, &model, 0);
+}

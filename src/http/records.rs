@@ -209,7 +209,7 @@ pub async fn produce(
                 .map(|r| decode_record(r, now, None))
                 .collect::<ApiResult<Vec<_>>>()?;
             let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
-            let topic = broker.topic_for_produce(&topic).await?;
+            let topic = broker.topic_for_produce(&topic, &records).await?;
             broker
                 .produce(&topic, &records, params.acks, params.timeout)
                 .await?
@@ -232,7 +232,6 @@ pub async fn produce(
                     .map_err(|_| ApiError::invalid("'timestamp_ms' must be an integer"))?,
                 None => now,
             };
-            let topic = broker.topic_for_produce(&topic).await?;
             let record = ProduceRecord {
                 partition,
                 record: RecordRef {
@@ -244,6 +243,7 @@ pub async fn produce(
                     headers: &[],
                 },
             };
+            let topic = broker.topic_for_produce(&topic, &[record]).await?;
             broker
                 .produce(&topic, &[record], params.acks, params.timeout)
                 .await?
@@ -259,6 +259,11 @@ pub async fn produce(
 }
 
 /// Streams an NDJSON body: complete lines are parsed and appended in batches.
+///
+/// A body within one batch is all or nothing: every line is checked before any is appended.
+/// A failure after a batch was appended does not undo it: the problem says which records
+/// were stored (`appended_records`, always the first ones of the body, and their `offsets`),
+/// so a client resends only the rest instead of duplicating them.
 async fn produce_ndjson(
     broker: &Broker,
     topic_name: &str,
@@ -267,6 +272,48 @@ async fn produce_ndjson(
     params: &ProduceParams,
     now: i64,
 ) -> ApiResult<ProduceOutcome> {
+    let mut progress = NdjsonProgress {
+        stored: ProduceOutcome {
+            offsets: Vec::new(),
+            durability: Durability::None,
+        },
+        unconfirmed: 0,
+    };
+    let appended = append_ndjson_batches(
+        broker,
+        topic_name,
+        headers,
+        body,
+        params,
+        now,
+        &mut progress,
+    )
+    .await;
+    match appended {
+        Ok(()) => Ok(progress.stored),
+        Err(e) => Err(with_stored_records(e, &progress)),
+    }
+}
+
+/// What an NDJSON body has stored so far: the answer on success, reported on failure.
+struct NdjsonProgress {
+    /// The appended batches' offsets, in request order.
+    stored: ProduceOutcome,
+    /// Records of the batch whose append failed in a way that may have stored it anyway
+    /// (a timeout, a storage failure); 0 otherwise.
+    unconfirmed: usize,
+}
+
+/// The body of [`produce_ndjson`]: appends batch after batch, recording each in `progress`.
+async fn append_ndjson_batches(
+    broker: &Broker,
+    topic_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    params: &ProduceParams,
+    now: i64,
+    progress: &mut NdjsonProgress,
+) -> ApiResult<()> {
     let limits = broker.limits();
     check_declared_length(headers, limits.request_body_bytes_max)?;
     let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;
@@ -274,10 +321,6 @@ async fn produce_ndjson(
     let mut pending = BytesMut::new();
     let mut total: u64 = 0;
     let mut line_no = 0usize;
-    let mut all = ProduceOutcome {
-        offsets: Vec::new(),
-        durability: Durability::None,
-    };
     let mut finished = false;
     // Resolved at the first batch that parses, so a body refused up front creates nothing.
     let mut topic: Option<std::sync::Arc<Topic>> = None;
@@ -318,19 +361,28 @@ async fn produce_ndjson(
             .collect::<ApiResult<Vec<_>>>()?;
         let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
         if topic.is_none() {
-            topic = Some(broker.topic_for_produce(topic_name).await?);
+            topic = Some(broker.topic_for_produce(topic_name, &records).await?);
         }
         let topic = topic.as_deref().expect("resolved just above");
         let outcome = broker
             .produce(topic, &records, params.acks, params.timeout)
-            .await?;
-        all.offsets.extend(outcome.offsets);
-        all.durability = outcome.durability;
+            .await
+            .map_err(|e| {
+                if matches!(
+                    e,
+                    BrokerError::Timeout | BrokerError::StorageUnavailable(_) | BrokerError::Io(_)
+                ) {
+                    progress.unconfirmed = records.len();
+                }
+                e
+            })?;
+        progress.stored.offsets.extend(outcome.offsets);
+        progress.stored.durability = outcome.durability;
     }
-    if all.offsets.is_empty() {
+    if progress.stored.offsets.is_empty() {
         return Err(ApiError::invalid("the NDJSON body holds no records"));
     }
-    Ok(all)
+    Ok(())
 }
 
 fn parse_ndjson_lines<'a>(
@@ -355,6 +407,34 @@ fn parse_ndjson_lines<'a>(
         *line_no -= 1;
     }
     Ok(out)
+}
+
+/// Adds to an NDJSON failure what the body stored before it: `appended_records`, their
+/// `offsets` (as in a success answer) and `unconfirmed_records`, and says so in the detail.
+fn with_stored_records(e: ApiError, progress: &NdjsonProgress) -> ApiError {
+    let offsets = &progress.stored.offsets;
+    let (n, m) = (offsets.len(), progress.unconfirmed);
+    let first = match n {
+        1 => "the first record of the body was stored (its offset is in 'offsets')".to_string(),
+        n => format!("the first {n} records of the body were stored (offsets in 'offsets')"),
+    };
+    let what = match (n, m) {
+        (0, 0) => "no records of the body were stored".to_string(),
+        (0, m) => format!(
+            "the first {m} records of the body may or may not have been stored, none after them"
+        ),
+        (_, 0) => format!("{first}; none after them were"),
+        (_, m) => format!("{first}; the next {m} may or may not have been, none after those"),
+    };
+    let json_offsets: Vec<serde_json::Value> = offsets
+        .iter()
+        .map(|(p, o)| serde_json::json!({"partition": p, "offset": o}))
+        .collect();
+    let detail = format!("{} ({what})", e.detail);
+    ApiError { detail, ..e }
+        .with("appended_records", n as u64)
+        .with("unconfirmed_records", m as u64)
+        .with("offsets", json_offsets)
 }
 
 /// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.

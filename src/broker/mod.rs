@@ -282,6 +282,9 @@ impl Broker {
         }
         config.validate().map_err(BrokerError::InvalidRequest)?;
         let _admin = self.admin.lock().await;
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
         if self.topics_read().contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
@@ -341,6 +344,9 @@ impl Broker {
         count: u32,
     ) -> Result<Arc<Topic>, BrokerError> {
         let _admin = self.admin.lock().await;
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
         let topic = self.topic(name)?;
         let current = topic.partition_count();
         let max = self.limits().partitions_per_topic_max;
@@ -584,6 +590,8 @@ impl Broker {
     /// Finishes a clean shutdown: every partition synced and sealed, then the marker.
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.begin_shutdown();
+        // Waits for a topic creation or expansion in progress; later ones see the shutdown.
+        let _admin = self.admin.lock().await;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         for topic in self.topics() {
             for p in topic.partitions() {

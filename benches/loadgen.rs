@@ -12,8 +12,8 @@
 //!   the one-fsync-per-request figure.
 //!
 //! Each scenario drives each target with N keep-alive clients for a bounded time and count,
-//! and prints records/s, MB/s, p50/p99/max latency and, for tidelog, fsyncs/s (from
-//! `tidelog_fsyncs_total` in `/metrics`). Servers and clients run on separate tokio runtimes
+//! and prints records/s, MB/s, p50/p99/max latency, fsyncs/s and their mean duration (for
+//! tidelog from `tidelog_fsyncs_total` and `tidelog_fsync_duration_seconds` in `/metrics`). Servers and clients run on separate tokio runtimes
 //! (two worker threads each) but share the machine's cores, so figures are only comparable
 //! within one run: the summary gives medians over the repeats and tidelog/baseline ratios
 //! measured in the same repeat.
@@ -45,6 +45,9 @@ const VALUE_BYTES: usize = 100;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most requests one client sends in one measurement, whatever the duration.
 const REQUESTS_PER_CLIENT_MAX: u64 = 2_000_000;
+/// Runtime thread names start with this, then `server` or `client`.
+const THREAD_PREFIX: &str = "loadgen-";
+const SERVER_THREADS: &str = "loadgen-server";
 /// A scenario stops early once this many requests failed.
 const ERRORS_MAX: u64 = 100;
 
@@ -108,9 +111,12 @@ fn main() {
                             .block_on(start_baseline(&dir.path().join("baseline"), group_commit)),
                     ),
                 };
-                let addr = server.as_ref().map_or(tidelog.addr, |s| s.addr);
                 let run = client_rt.block_on(run_scenario(
-                    scenario, target, addr, &args, repeat, &tidelog,
+                    scenario,
+                    target,
+                    server.as_ref().unwrap_or(&tidelog),
+                    &args,
+                    repeat,
                 ));
                 if let Some(s) = server {
                     server_rt.block_on(s.stop());
@@ -136,10 +142,39 @@ fn main() {
     server_rt.block_on(tidelog.stop());
 }
 
+/// CPU seconds (user + system) used so far by this process's threads whose name starts
+/// with `prefix`, from `/proc/self/task/*/stat`. Threads that exited are not counted.
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    // USER_HZ; 100 on every Linux this runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`; comm may hold spaces, so split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the comm: state is field 3 of stat(5), utime 14 and stime 15.
+        let at = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+        ticks += at(14).unwrap_or(0) + at(15).unwrap_or(0);
+    }
+    ticks as f64 / TICKS_PER_SECOND
+}
+
 fn runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_name(format!("loadgen-{name}"))
+        .thread_name(format!("{THREAD_PREFIX}{name}"))
         .enable_all()
         .build()
         .expect("build a tokio runtime")
@@ -363,6 +398,8 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
     /// The broker, closed cleanly on stop (tidelog only).
     broker: Option<Arc<Broker>>,
+    /// The baseline's state, for its fsync counters (baseline only).
+    baseline: Option<Arc<Baseline>>,
 }
 
 impl Server {
@@ -399,6 +436,7 @@ async fn start_tidelog(data_dir: &Path) -> Server {
         stop,
         task,
         broker: Some(broker),
+        baseline: None,
     }
 }
 
@@ -417,6 +455,25 @@ struct Baseline {
     group_commit: bool,
     /// Without group commit: held across one request's write and fsync, so no fsync is shared.
     one_at_a_time: tokio::sync::Mutex<()>,
+    /// fsyncs done, and their total duration in nanoseconds, for the report.
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+}
+
+impl Baseline {
+    /// Syncs the file on the blocking pool; timed like tidelog's fsync metric (the blocking
+    /// pool round trip included).
+    async fn sync_counted(self: &Arc<Self>) -> std::io::Result<()> {
+        let started = Instant::now();
+        let me = Arc::clone(self);
+        let synced = tokio::task::spawn_blocking(move || me.file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        synced
+    }
 }
 
 /// The same record shape tidelog accepts, borrowing from the body.
@@ -461,12 +518,14 @@ async fn start_baseline(dir: &Path, group_commit: bool) -> Server {
         wanted: Notify::new(),
         group_commit,
         one_at_a_time: tokio::sync::Mutex::new(()),
+        fsyncs: AtomicU64::new(0),
+        fsync_nanos: AtomicU64::new(0),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let flusher = tokio::spawn(baseline_flusher(Arc::clone(&state)));
     let app = Router::new()
         .route("/v1/topics/{topic}/records", post(baseline_produce))
-        .with_state(state);
+        .with_state(Arc::clone(&state));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let task = tokio::spawn(async move {
@@ -483,6 +542,7 @@ async fn start_baseline(dir: &Path, group_commit: bool) -> Server {
         stop,
         task,
         broker: None,
+        baseline: Some(state),
     }
 }
 
@@ -530,7 +590,7 @@ async fn baseline_group_append(b: &Baseline, body: &[u8], wait: bool) -> std::io
     Ok(())
 }
 
-async fn baseline_append_and_sync(b: &Baseline, body: Bytes) -> std::io::Result<()> {
+async fn baseline_append_and_sync(b: &Arc<Baseline>, body: Bytes) -> std::io::Result<()> {
     let _alone = b.one_at_a_time.lock().await;
     let offset = {
         let mut end = b.end.lock().unwrap_or_else(|e| e.into_inner());
@@ -539,12 +599,10 @@ async fn baseline_append_and_sync(b: &Baseline, body: Bytes) -> std::io::Result<
         at
     };
     let file = Arc::clone(&b.file);
-    tokio::task::spawn_blocking(move || {
-        file.write_all_at(&body, offset)?;
-        file.sync_data()
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || file.write_all_at(&body, offset))
+        .await
+        .map_err(std::io::Error::other)??;
+    b.sync_counted().await
 }
 
 /// One fsync for every request written before it starts.
@@ -555,9 +613,8 @@ async fn baseline_flusher(b: Arc<Baseline>) {
         if target <= *b.synced.borrow() {
             continue;
         }
-        let file = Arc::clone(&b.file);
-        match tokio::task::spawn_blocking(move || file.sync_data()).await {
-            Ok(Ok(())) => {
+        match b.sync_counted().await {
+            Ok(()) => {
                 b.synced.send_modify(|s| *s = (*s).max(target));
             }
             // Waiters then hang until their client's timeout; the run reports the errors.
@@ -580,8 +637,10 @@ struct Run {
     elapsed: Duration,
     /// Per-request latencies in microseconds, sorted.
     latencies_us: Vec<u32>,
-    /// fsyncs counted by tidelog during the run (tidelog only).
-    fsyncs: Option<u64>,
+    /// fsyncs done by the server during the run, and their summed duration in seconds.
+    fsyncs: Option<(u64, f64)>,
+    /// CPU seconds used by the server runtime's threads (workers and blocking pool).
+    server_cpu_s: f64,
 }
 
 impl Run {
@@ -595,7 +654,17 @@ impl Run {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
     }
     fn fsyncs_per_s(&self) -> Option<f64> {
-        self.fsyncs.map(|f| f as f64 / self.elapsed.as_secs_f64())
+        self.fsyncs
+            .map(|(n, _)| n as f64 / self.elapsed.as_secs_f64())
+    }
+    /// Server CPU per request in microseconds: what the handler path costs, whatever the noise.
+    fn server_cpu_us_per_request(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.requests as f64
+    }
+    fn fsync_mean_ms(&self) -> Option<f64> {
+        self.fsyncs
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, secs)| secs * 1000.0 / n as f64)
     }
     fn latency_ms(&self, percentile: f64) -> f64 {
         if self.latencies_us.is_empty() {
@@ -618,6 +687,15 @@ impl Run {
         if let Some(f) = self.fsyncs_per_s() {
             let _ = write!(s, "  {f:>6.0} fsyncs/s");
         }
+        if let Some(ms) = self.fsync_mean_ms() {
+            let _ = write!(s, " of {ms:.2} ms");
+        }
+        let _ = write!(
+            s,
+            "  server {:.0}% cpu, {:.0} us cpu/req",
+            self.server_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
+            self.server_cpu_us_per_request()
+        );
         if self.errors > 0 {
             let _ = write!(
                 s,
@@ -658,12 +736,11 @@ fn produce_body(batch: usize) -> Bytes {
 async fn run_scenario(
     scenario: &Scenario,
     target: Target,
-    addr: std::net::SocketAddr,
+    server: &Server,
     args: &Args,
     repeat: usize,
-    tidelog: &Server,
 ) -> Run {
-    let base = format!("http://{addr}");
+    let base = format!("http://{}", server.addr);
     let topic = format!("loadgen-{}-{repeat}", scenario.name().replace(':', "-"));
     match *scenario {
         Scenario::Produce {
@@ -676,17 +753,24 @@ async fn run_scenario(
                 create_topic(&base, &topic).await;
             }
             let url = format!("{base}/v1/topics/{topic}/records?acks={}", acks.as_str());
-            let fsyncs_before = fsyncs(tidelog).await;
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
             let mut run = produce(&url, batch, clients, args.duration, u64::MAX).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
             if is_tidelog {
-                run.fsyncs = Some(fsyncs(tidelog).await.saturating_sub(fsyncs_before));
                 delete_topic(&base, &topic).await;
             }
             run
         }
         Scenario::OneFsync { batch, clients } => {
             let url = format!("{base}/v1/topics/{topic}/records?acks=all");
-            produce(&url, batch, clients, args.duration, u64::MAX).await
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
+            let mut run = produce(&url, batch, clients, args.duration, u64::MAX).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
+            run
         }
         Scenario::Fetch { clients } => {
             create_topic(&base, &topic).await;
@@ -694,9 +778,11 @@ async fn run_scenario(
             let requests = args.fetch_records.div_ceil(1000);
             let filled = produce(&url, 1000, 8, Duration::from_secs(120), requests).await;
             assert_eq!(filled.errors, 0, "filling the fetch topic failed");
-            let fsyncs_before = fsyncs(tidelog).await;
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
             let mut run = fetch(&base, &topic, filled.records, clients, args.duration).await;
-            run.fsyncs = Some(fsyncs(tidelog).await.saturating_sub(fsyncs_before));
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
             delete_topic(&base, &topic).await;
             run
         }
@@ -724,20 +810,41 @@ async fn delete_topic(base: &str, topic: &str) {
         .await;
 }
 
-/// `tidelog_fsyncs_total` from the broker's `/metrics` (0 before the first fsync).
-async fn fsyncs(tidelog: &Server) -> u64 {
+/// fsyncs done so far and their total duration in seconds: for tidelog `tidelog_fsyncs_total`
+/// and `tidelog_fsync_duration_seconds_sum` from `/metrics` (0 before the first fsync).
+async fn fsyncs(server: &Server) -> (u64, f64) {
+    if let Some(b) = &server.baseline {
+        return (
+            b.fsyncs.load(Ordering::Relaxed),
+            b.fsync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+    }
     let text = http_client(1)
-        .get(format!("http://{}/metrics", tidelog.addr))
+        .get(format!("http://{}/metrics", server.addr))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
         .expect("read /metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix("tidelog_fsyncs_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        metric("tidelog_fsyncs_total") as u64,
+        metric("tidelog_fsync_duration_seconds_sum"),
+    )
+}
+
+async fn fsyncs_since(server: &Server, before: (u64, f64)) -> (u64, f64) {
+    let after = fsyncs(server).await;
+    (
+        after.0.saturating_sub(before.0),
+        (after.1 - before.1).max(0.0),
+    )
 }
 
 /// What one client task saw.
@@ -958,16 +1065,19 @@ fn summary(args: &Args, results: &[Measured]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nMedians over {} repeats ({} ms each); ratio = tidelog/baseline records/s, median of \
-         per-repeat ratios\n",
+        "\nMedians over {} repeats ({} ms each); ratio = tidelog/baseline records/s and cpu ratio = \
+         tidelog/baseline server CPU per request, each the median of per-repeat ratios\n",
         args.repeat,
         args.duration.as_millis()
     );
     let _ = writeln!(
         out,
-        "| scenario | target | records/s | requests/s | MB/s | p50 ms | p99 ms | max ms | fsyncs/s | ratio |"
+        "| scenario | target | records/s | requests/s | MB/s | p50 ms | p99 ms | max ms | fsyncs/s | fsync ms | server cpu us/req | ratio | cpu ratio |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for scenario in &args.scenarios {
         let name = scenario.name();
         for target in scenario.targets() {
@@ -977,6 +1087,7 @@ fn summary(args: &Args, results: &[Measured]) -> String {
             }
             let med = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| f(r)).collect());
             let fsyncs = med(&|r| r.fsyncs_per_s().unwrap_or(f64::NAN));
+            let fsync_ms = med(&|r| r.fsync_mean_ms().unwrap_or(f64::NAN));
             let ratio = (target == Target::Tidelog)
                 .then(|| {
                     median_ratio(
@@ -987,10 +1098,20 @@ fn summary(args: &Args, results: &[Measured]) -> String {
                     )
                 })
                 .flatten();
+            let cpu_ratio = (target == Target::Tidelog)
+                .then(|| {
+                    median_ratio(
+                        results,
+                        (&name, Target::Tidelog),
+                        (&name, Target::Baseline { group_commit: true }),
+                        Run::server_cpu_us_per_request,
+                    )
+                })
+                .flatten();
             let errors: u64 = rs.iter().map(|r| r.errors).sum();
             let _ = writeln!(
                 out,
-                "| {name} | {}{} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                "| {name} | {}{} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} | {} |",
                 target.name(),
                 if errors > 0 {
                     format!(" ({errors} errors)")
@@ -1008,7 +1129,14 @@ fn summary(args: &Args, results: &[Measured]) -> String {
                 } else {
                     "-".into()
                 },
+                if fsync_ms.is_finite() {
+                    format!("{fsync_ms:.2}")
+                } else {
+                    "-".into()
+                },
+                med(&Run::server_cpu_us_per_request),
                 ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                cpu_ratio.map_or("-".into(), |r| format!("{r:.2}")),
             );
         }
     }

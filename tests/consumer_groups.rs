@@ -483,6 +483,20 @@ async fn groups_without_members_commit_reset_and_delete() {
     assert_eq!(api.delete("/v1/groups/manual").await.0, 204);
     let (s, _, p) = api.get("/v1/groups/manual").await;
     assert_eq!((s, p["code"].as_str()), (404, Some("group_not_found")));
+    // A deleted group's gauges are zeroed, not left showing its last lag.
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tidelog_consumer_group_members{group=\"manual\"} 0"));
+    assert!(metrics.contains(
+        "tidelog_consumer_group_lag_records{group=\"manual\",topic=\"t\",partition=\"0\"} 0"
+    ));
     let (s, _, p) = api
         .post("/v1/groups/bad%20name/members", json!({"topics": ["t"]}))
         .await;

@@ -178,6 +178,9 @@ struct Group {
     /// Serializes this group's offset writes so memory follows the log's order.
     offset_writes: Arc<tokio::sync::Mutex<()>>,
     rebalances: u64,
+    /// Partitions with a lag gauge set, so gauges of partitions the group no longer reads
+    /// (and of a group that is gone) are zeroed rather than left stale.
+    lag_published: BTreeSet<TopicPartition>,
 }
 
 #[derive(Debug)]
@@ -207,7 +210,16 @@ impl Group {
             changes: watch::Sender::new(0),
             offset_writes: Arc::new(tokio::sync::Mutex::new(())),
             rebalances: 0,
+            lag_published: BTreeSet::new(),
         }
+    }
+
+    /// Zeroes the gauges of a group that is being removed (series cannot be unregistered).
+    fn retire_gauges(&mut self, group: &str) {
+        for tp in std::mem::take(&mut self.lag_published) {
+            lag_gauge(group, &tp).set(0.0);
+        }
+        ::metrics::gauge!(m::GROUP_MEMBERS, "group" => group.to_string()).set(0.0);
     }
 
     fn state(&self) -> &'static str {
@@ -561,6 +573,7 @@ impl GroupCoordinator {
         g.members.remove(member);
         g.rebalance(group, &broker);
         if g.members.is_empty() && g.committed.is_empty() {
+            g.retire_gauges(group);
             groups.remove(group);
         }
         Ok(())
@@ -900,6 +913,7 @@ impl GroupCoordinator {
             g.committed.clear();
             g.pinned.clear();
             if g.members.is_empty() {
+                g.retire_gauges(group);
                 groups.remove(group);
             }
         }
@@ -967,7 +981,9 @@ impl GroupCoordinator {
             }
         }
         for name in emptied {
-            groups.remove(&name);
+            if let Some(mut g) = groups.remove(&name) {
+                g.retire_gauges(&name);
+            }
         }
         groups
             .values()
@@ -1057,6 +1073,10 @@ fn member_group<'a>(
 fn publish_lag(group: &str, g: &mut Group, broker: &Broker) -> Vec<PartitionLag> {
     let tps: BTreeSet<TopicPartition> =
         g.owners.keys().chain(g.committed.keys()).cloned().collect();
+    for gone in g.lag_published.difference(&tps) {
+        lag_gauge(group, gone).set(0.0);
+    }
+    g.lag_published = tps.clone();
     let mut out = Vec::with_capacity(tps.len());
     for tp in tps {
         let Ok(partition) = broker
@@ -1068,13 +1088,7 @@ fn publish_lag(group: &str, g: &mut Group, broker: &Broker) -> Vec<PartitionLag>
         let stats = partition.stats();
         let position = g.peek_position(&tp, &partition);
         let lag = stats.high_watermark.saturating_sub(position);
-        ::metrics::gauge!(
-            m::GROUP_LAG,
-            "group" => group.to_string(),
-            "topic" => tp.topic.clone(),
-            "partition" => tp.partition.to_string()
-        )
-        .set(lag as f64);
+        lag_gauge(group, &tp).set(lag as f64);
         out.push(PartitionLag {
             member_id: g.owners.get(&tp).map(|o| o.member.clone()),
             committed_offset: g.committed.get(&tp).map(|v| v.offset),
@@ -1088,6 +1102,15 @@ fn publish_lag(group: &str, g: &mut Group, broker: &Broker) -> Vec<PartitionLag>
         });
     }
     out
+}
+
+fn lag_gauge(group: &str, tp: &TopicPartition) -> ::metrics::Gauge {
+    ::metrics::gauge!(
+        m::GROUP_LAG,
+        "group" => group.to_string(),
+        "topic" => tp.topic.clone(),
+        "partition" => tp.partition.to_string()
+    )
 }
 
 /// Group names follow the topic name rule.

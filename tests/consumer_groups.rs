@@ -640,3 +640,36 @@ async fn an_at_least_once_consumer_killed_mid_batch_loses_nothing() {
         assert_eq!(p["lag"], 0);
     }
 }
+
+#[tokio::test]
+async fn a_new_group_reading_from_latest_skips_the_backlog_but_not_what_comes_after_it() {
+    let broker = TestBroker::start();
+    let api = Api::new(&broker);
+    api.create_topic("t", 1).await;
+    api.produce_numbers("t", 1, 0, 5).await;
+    let (s, _, v) = api
+        .post(
+            "/v1/groups/tail/members",
+            json!({"topics": ["t"], "auto_offset_reset": "latest"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = member_id(&v);
+    let (_, _, empty) = api.fetch("tail", &id, "max_records=100").await;
+    assert_eq!(empty["records"].as_array().unwrap().len(), 0, "{empty}");
+    // The latest position was pinned at the first read: records produced after it, before
+    // any commit, are delivered rather than skipped by a later "latest".
+    api.produce_numbers("t", 1, 5, 8).await;
+    let (_, _, after) = api.fetch("tail", &id, "max_records=100").await;
+    let offsets: Vec<u64> = after["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![5, 6, 7]);
+    let (_, _, d) = api.get("/v1/groups/tail").await;
+    assert_eq!(d["auto_offset_reset"], "latest");
+    assert_eq!(d["partitions"][0]["position"], 5);
+    assert_eq!(d["partitions"][0]["lag"], 3);
+}

@@ -125,7 +125,9 @@ fn schemathesis_finds_no_server_error_or_undocumented_response() {
     let venv = venv();
     let broker = common::TestBroker::start_with_config(FUZZ_BROKER_CONFIG);
     let mut cmd = Command::new(venv.join("bin/schemathesis"));
-    cmd.env("SCHEMATHESIS_HOOKS", tools_dir().join("hooks.py"))
+    // Its example database goes to the target dir, not the source tree.
+    cmd.current_dir(target_dir())
+        .env("SCHEMATHESIS_HOOKS", tools_dir().join("hooks.py"))
         .env("NO_COLOR", "1")
         .arg("--config-file")
         .arg(tools_dir().join("schemathesis.toml"))

@@ -34,5 +34,9 @@ async fn a_topic_with_the_longest_allowed_name_can_be_deleted_for_good() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404, "the deleted topic came back after a restart");
+    assert_eq!(
+        r.status(),
+        404,
+        "the deleted topic came back after a restart"
+    );
 }

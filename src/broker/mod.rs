@@ -319,11 +319,11 @@ impl Broker {
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         // The name is cut so that name, dash and timestamp fit a 255-byte file name: a
         // 249-character topic must be deletable too (names are ASCII, so any cut is valid).
-        let trash = self
-            .config
-            .data_dir
-            .join("trash")
-            .join(format!("{}-{}", &name[..name.len().min(200)], now_ms()));
+        let trash = self.config.data_dir.join("trash").join(format!(
+            "{}-{}",
+            &name[..name.len().min(200)],
+            now_ms()
+        ));
         std::fs::rename(&topic.dir, &trash).map_err(io)?;
         sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));

@@ -477,3 +477,68 @@ async fn every_metric_the_dashboard_queries_is_exposed() {
         "the dashboard queries metrics the broker does not expose: {missing:?}"
     );
 }
+
+/// Every query of the dashboard as Prometheus would see it: Grafana's variables replaced by
+/// plain values.
+fn dashboard_queries(dashboard: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(expr)) = map.get("expr") {
+                    out.push(expr.clone());
+                }
+                map.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    walk(dashboard, &mut queries);
+    queries
+        .into_iter()
+        .map(|q| {
+            q.replace("$__rate_interval", "1m")
+                .replace("$topic", ".*")
+                .replace("$group", ".*")
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD_FILE).unwrap()).unwrap();
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 20, "the scan found the panels' queries");
+    for q in &queries {
+        assert!(!q.contains('$'), "an unknown dashboard variable in: {q}");
+    }
+    // A rules file (JSON is YAML) with one recording rule per query: `promtool check rules`
+    // parses each expression with Prometheus's own PromQL parser.
+    let rules: Vec<Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| json!({"record": format!("dashboard:query_{i}"), "expr": q}))
+        .collect();
+    let file = tempfile::Builder::new()
+        .suffix(".yml")
+        .tempfile()
+        .expect("temp rules file");
+    std::fs::write(
+        file.path(),
+        json!({"groups": [{"name": "tidelog-dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(file.path())
+        .output()
+        .expect("run promtool check rules");
+    assert!(
+        out.status.success(),
+        "promtool check rules rejected a dashboard query:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

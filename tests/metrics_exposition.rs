@@ -261,6 +261,14 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A made-up method must not become a label value of its own (unbounded cardinality).
+    let brew = reqwest::Method::from_bytes(b"BREW-7f3a").unwrap();
+    let r = http
+        .request(brew, format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
     // The log end offset gauge is published after each fsync; wait until it caught up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -374,6 +382,14 @@ async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
     assert!(scraped.has_sample(
         "tidelog_http_request_duration_seconds",
         &[("route", "/v1/topics/{topic}/partitions/{partition}/records")]
+    ));
+    assert!(
+        !text.contains("BREW"),
+        "a client's method name became a label value"
+    );
+    assert!(scraped.has_sample(
+        "tidelog_http_requests_total",
+        &[("method", "other"), ("status", "405")]
     ));
     let hw: f64 = ["0", "1"]
         .iter()

@@ -8,7 +8,8 @@
 //!   directory fsync) before the topic is visible; a partition count only grows.
 //! - A produce to one partition is one batch: all of its records or none get offsets.
 //!   A produce spanning partitions is one batch per partition (as in Kafka).
-//! - Every record is validated against the limits before any is appended.
+//! - Every record is validated against the limits before any is appended, and before a
+//!   produce auto-creates its topic, so a refused produce leaves no topic behind.
 //! - `clean-shutdown` exists in the data directory only between a clean shutdown and the next
 //!   start; its presence lets the next start trust the indexes.
 
@@ -281,6 +282,9 @@ impl Broker {
         }
         config.validate().map_err(BrokerError::InvalidRequest)?;
         let _admin = self.admin.lock().await;
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
         if self.topics_read().contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
@@ -309,23 +313,26 @@ impl Broker {
     /// Deletes a topic: it disappears at once, its files go in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let _admin = self.admin.lock().await;
-        let topic = self
-            .topics_write()
-            .remove(name)
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        let topic = self.topic(name)?;
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        // The whole name plus a suffix could pass the file system's 255-byte limit (names go
+        // up to 249): a short prefix and a sequence number keep the trash name short and
+        // unique.
+        static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+        let trash = self.config.data_dir.join("trash").join(format!(
+            "{}-{}-{}",
+            &name[..name.len().min(64)],
+            now_ms(),
+            TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Rename first: if it fails, the topic is still fully there rather than gone from the
+        // list but back again at the next start.
+        std::fs::rename(&topic.dir, &trash).map_err(io)?;
+        sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
+        self.topics_write().remove(name);
         for p in topic.partitions() {
             p.mark_deleted();
         }
-        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
-        // The name is cut so that name, dash and timestamp fit a 255-byte file name: a
-        // 249-character topic must be deletable too (names are ASCII, so any cut is valid).
-        let trash = self.config.data_dir.join("trash").join(format!(
-            "{}-{}",
-            &name[..name.len().min(200)],
-            now_ms()
-        ));
-        std::fs::rename(&topic.dir, &trash).map_err(io)?;
-        sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
         Ok(())
     }
@@ -337,6 +344,9 @@ impl Broker {
         count: u32,
     ) -> Result<Arc<Topic>, BrokerError> {
         let _admin = self.admin.lock().await;
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
         let topic = self.topic(name)?;
         let current = topic.partition_count();
         let max = self.limits().partitions_per_topic_max;
@@ -394,14 +404,31 @@ impl Broker {
         Ok(topic)
     }
 
-    /// The topic to produce to, created with the defaults if allowed.
-    pub async fn topic_for_produce(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+    /// The topic to produce `records` to, created with the defaults if allowed.
+    ///
+    /// A topic is created only for records it would take: they are checked first against the
+    /// defaults it would get, so a refused produce leaves no new topic behind. [`Self::produce`]
+    /// checks them again against the topic it is given.
+    pub async fn topic_for_produce(
+        &self,
+        name: &str,
+        records: &[ProduceRecord<'_>],
+    ) -> Result<Arc<Topic>, BrokerError> {
         if name.starts_with("__") {
             validate_topic_name(name)?;
             return Err(BrokerError::InternalTopic(name.to_string()));
         }
         match self.topic(name) {
             Err(BrokerError::TopicNotFound(_)) if self.config.auto_create_topics => {
+                validate_topic_name(name)?;
+                if self.is_shutting_down() {
+                    return Err(BrokerError::ShuttingDown);
+                }
+                let record_max = self
+                    .limits()
+                    .record_bytes_max
+                    .min(self.config.topic_defaults.max_message_bytes);
+                self.check_records(records, record_max, self.config.default_partitions)?;
                 let created = self
                     .create_topic(
                         name,
@@ -484,6 +511,42 @@ impl Broker {
         partitions: &[Arc<Partition>],
         records: &[ProduceRecord<'_>],
     ) -> Result<Vec<u32>, BrokerError> {
+        let record_max = self
+            .limits()
+            .record_bytes_max
+            .min(topic.config().max_message_bytes);
+        let count = partitions.len() as u32;
+        self.check_records(records, record_max, count)?;
+        let unkeyed = records
+            .iter()
+            .filter(|r| r.partition.is_none() && r.record.key.is_none())
+            .count();
+        let mut next_rr = topic
+            .round_robin
+            .fetch_add(unkeyed as u64, Ordering::Relaxed);
+        let mut assignment = Vec::with_capacity(records.len());
+        for r in records {
+            let p = match (r.partition, r.record.key) {
+                (Some(p), _) => p,
+                (None, Some(key)) => partition_for_key(key, count),
+                (None, None) => {
+                    next_rr += 1;
+                    ((next_rr - 1) % u64::from(count)) as u32
+                }
+            };
+            assignment.push(p);
+        }
+        Ok(assignment)
+    }
+
+    /// Validates a produce's records against the limits, a topic's `record_max` and its
+    /// partition `count`, without touching the topic.
+    fn check_records(
+        &self,
+        records: &[ProduceRecord<'_>],
+        record_max: u64,
+        count: u32,
+    ) -> Result<(), BrokerError> {
         let limits = self.limits();
         if records.is_empty() {
             return Err(BrokerError::InvalidRequest(
@@ -497,37 +560,18 @@ impl Broker {
                 detail: format!("{} records in one request", records.len()),
             });
         }
-        let record_max = limits
-            .record_bytes_max
-            .min(topic.config().max_message_bytes);
-        let count = partitions.len() as u32;
-        let unkeyed = records
-            .iter()
-            .filter(|r| r.partition.is_none() && r.record.key.is_none())
-            .count();
-        let mut next_rr = topic
-            .round_robin
-            .fetch_add(unkeyed as u64, Ordering::Relaxed);
-        let mut assignment = Vec::with_capacity(records.len());
         for r in records {
             check_record_limits(&r.record, record_max, limits)?;
-            let p = match (r.partition, r.record.key) {
-                (Some(p), _) if p < count => p,
-                (Some(p), _) => {
-                    return Err(BrokerError::PartitionNotFound {
-                        partition: u64::from(p),
-                        partitions: count,
-                    });
-                }
-                (None, Some(key)) => partition_for_key(key, count),
-                (None, None) => {
-                    next_rr += 1;
-                    ((next_rr - 1) % u64::from(count)) as u32
-                }
-            };
-            assignment.push(p);
+            if let Some(p) = r.partition
+                && p >= count
+            {
+                return Err(BrokerError::PartitionNotFound {
+                    partition: u64::from(p),
+                    partitions: count,
+                });
+            }
         }
-        Ok(assignment)
+        Ok(())
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -546,6 +590,8 @@ impl Broker {
     /// Finishes a clean shutdown: every partition synced and sealed, then the marker.
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.begin_shutdown();
+        // Waits for a topic creation or expansion in progress; later ones see the shutdown.
+        let _admin = self.admin.lock().await;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         for topic in self.topics() {
             for p in topic.partitions() {

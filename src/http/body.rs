@@ -75,9 +75,38 @@ pub fn unsupported_media_type(got: &str, expected: &str) -> ApiError {
 pub fn parse_query<T: DeserializeOwned + Default>(raw: Option<&str>) -> ApiResult<T> {
     match raw {
         None | Some("") => Ok(T::default()),
+        Some(q) if !percent_decodes_to_utf8(q) => Err(ApiError::invalid(
+            "the query string percent-decodes to invalid UTF-8",
+        )),
         Some(q) => serde_urlencoded::from_str(q)
             .map_err(|e| ApiError::invalid(format!("bad query string: {e}"))),
     }
+}
+
+/// serde_urlencoded replaces invalid UTF-8 with U+FFFD; a record key silently changed
+/// (`?key=%FF`) is worse than a 400, so the decoded bytes are checked first.
+fn percent_decodes_to_utf8(query: &str) -> bool {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = query.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match escaped {
+            Some(b) => {
+                decoded.push(b);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// Parses an unsigned number parameter, naming it in the error.

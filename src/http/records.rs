@@ -196,7 +196,8 @@ pub async fn produce(
     let ct = content_type(&headers);
     let limit = broker.limits().request_body_bytes_max;
     let now = now_ms();
-    let topic = broker.topic_for_produce(&topic).await?;
+    // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
+    // body refused as unreadable leaves no new topic behind.
     let offsets = match ct.as_str() {
         "application/json" | "" => {
             let bytes = read_limited(&headers, body, limit).await?;
@@ -208,6 +209,7 @@ pub async fn produce(
                 .map(|r| decode_record(r, now, None))
                 .collect::<ApiResult<Vec<_>>>()?;
             let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+            let topic = broker.topic_for_produce(&topic, &records).await?;
             broker
                 .produce(&topic, &records, params.acks, params.timeout)
                 .await?
@@ -241,6 +243,7 @@ pub async fn produce(
                     headers: &[],
                 },
             };
+            let topic = broker.topic_for_produce(&topic, &[record]).await?;
             broker
                 .produce(&topic, &[record], params.acks, params.timeout)
                 .await?
@@ -256,14 +259,61 @@ pub async fn produce(
 }
 
 /// Streams an NDJSON body: complete lines are parsed and appended in batches.
+///
+/// A body within one batch is all or nothing: every line is checked before any is appended.
+/// A failure after a batch was appended does not undo it: the problem says which records
+/// were stored (`appended_records`, always the first ones of the body, and their `offsets`),
+/// so a client resends only the rest instead of duplicating them.
 async fn produce_ndjson(
     broker: &Broker,
-    topic: &Topic,
+    topic_name: &str,
     headers: &HeaderMap,
     body: Body,
     params: &ProduceParams,
     now: i64,
 ) -> ApiResult<ProduceOutcome> {
+    let mut progress = NdjsonProgress {
+        stored: ProduceOutcome {
+            offsets: Vec::new(),
+            durability: Durability::None,
+        },
+        unconfirmed: 0,
+    };
+    let appended = append_ndjson_batches(
+        broker,
+        topic_name,
+        headers,
+        body,
+        params,
+        now,
+        &mut progress,
+    )
+    .await;
+    match appended {
+        Ok(()) => Ok(progress.stored),
+        Err(e) => Err(with_stored_records(e, &progress)),
+    }
+}
+
+/// What an NDJSON body has stored so far: the answer on success, reported on failure.
+struct NdjsonProgress {
+    /// The appended batches' offsets, in request order.
+    stored: ProduceOutcome,
+    /// Records of the batch whose append failed in a way that may have stored it anyway
+    /// (a timeout, a storage failure); 0 otherwise.
+    unconfirmed: usize,
+}
+
+/// The body of [`produce_ndjson`]: appends batch after batch, recording each in `progress`.
+async fn append_ndjson_batches(
+    broker: &Broker,
+    topic_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    params: &ProduceParams,
+    now: i64,
+    progress: &mut NdjsonProgress,
+) -> ApiResult<()> {
     let limits = broker.limits();
     check_declared_length(headers, limits.request_body_bytes_max)?;
     let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;
@@ -271,11 +321,9 @@ async fn produce_ndjson(
     let mut pending = BytesMut::new();
     let mut total: u64 = 0;
     let mut line_no = 0usize;
-    let mut all = ProduceOutcome {
-        offsets: Vec::new(),
-        durability: Durability::None,
-    };
     let mut finished = false;
+    // Resolved at the first batch that parses, so a body refused up front creates nothing.
+    let mut topic: Option<std::sync::Arc<Topic>> = None;
     while !finished {
         match stream.next().await {
             Some(chunk) => {
@@ -312,16 +360,29 @@ async fn produce_ndjson(
             .map(|(line, r)| decode_record(r, now, Some(*line)))
             .collect::<ApiResult<Vec<_>>>()?;
         let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+        if topic.is_none() {
+            topic = Some(broker.topic_for_produce(topic_name, &records).await?);
+        }
+        let topic = topic.as_deref().expect("resolved just above");
         let outcome = broker
             .produce(topic, &records, params.acks, params.timeout)
-            .await?;
-        all.offsets.extend(outcome.offsets);
-        all.durability = outcome.durability;
+            .await
+            .map_err(|e| {
+                if matches!(
+                    e,
+                    BrokerError::Timeout | BrokerError::StorageUnavailable(_) | BrokerError::Io(_)
+                ) {
+                    progress.unconfirmed = records.len();
+                }
+                e
+            })?;
+        progress.stored.offsets.extend(outcome.offsets);
+        progress.stored.durability = outcome.durability;
     }
-    if all.offsets.is_empty() {
+    if progress.stored.offsets.is_empty() {
         return Err(ApiError::invalid("the NDJSON body holds no records"));
     }
-    Ok(all)
+    Ok(())
 }
 
 fn parse_ndjson_lines<'a>(
@@ -348,6 +409,34 @@ fn parse_ndjson_lines<'a>(
     Ok(out)
 }
 
+/// Adds to an NDJSON failure what the body stored before it: `appended_records`, their
+/// `offsets` (as in a success answer) and `unconfirmed_records`, and says so in the detail.
+fn with_stored_records(e: ApiError, progress: &NdjsonProgress) -> ApiError {
+    let offsets = &progress.stored.offsets;
+    let (n, m) = (offsets.len(), progress.unconfirmed);
+    let first = match n {
+        1 => "the first record of the body was stored (its offset is in 'offsets')".to_string(),
+        n => format!("the first {n} records of the body were stored (offsets in 'offsets')"),
+    };
+    let what = match (n, m) {
+        (0, 0) => "no records of the body were stored".to_string(),
+        (0, m) => format!(
+            "the first {m} records of the body may or may not have been stored, none after them"
+        ),
+        (_, 0) => format!("{first}; none after them were"),
+        (_, m) => format!("{first}; the next {m} may or may not have been, none after those"),
+    };
+    let json_offsets: Vec<serde_json::Value> = offsets
+        .iter()
+        .map(|(p, o)| serde_json::json!({"partition": p, "offset": o}))
+        .collect();
+    let detail = format!("{} ({what})", e.detail);
+    ApiError { detail, ..e }
+        .with("appended_records", n as u64)
+        .with("unconfirmed_records", m as u64)
+        .with("offsets", json_offsets)
+}
+
 /// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.
 fn render_produce(outcome: &ProduceOutcome) -> Response {
     let durability = outcome.durability;
@@ -357,13 +446,19 @@ fn render_produce(outcome: &ProduceOutcome) -> Response {
         StatusCode::ACCEPTED
     } else {
         body.extend_from_slice(b"{\"offsets\":[");
-        for (i, (p, o)) in outcome.offsets.iter().enumerate() {
+        for (i, &(p, o)) in outcome.offsets.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            let _ = write!(body, "{{\"partition\":{p},\"offset\":{o}}}");
+            body.extend_from_slice(b"{\"partition\":");
+            push_u64(&mut body, u64::from(p));
+            body.extend_from_slice(b",\"offset\":");
+            push_u64(&mut body, o);
+            body.push(b'}');
         }
-        let _ = write!(body, "],\"durability\":\"{}\"}}", durability.as_str());
+        body.extend_from_slice(b"],\"durability\":\"");
+        body.extend_from_slice(durability.as_str().as_bytes());
+        body.extend_from_slice(b"\"}");
         StatusCode::OK
     };
     let mut response = json_response(status, body);
@@ -507,11 +602,13 @@ pub async fn fetch_waiting(
 
 /// Writes one record as a JSON object. A JSON value is written as-is; bytes as base64.
 pub fn render_record(out: &mut Vec<u8>, partition: u32, r: &RecordView<'_>) {
-    let _ = write!(
-        out,
-        "{{\"partition\":{partition},\"offset\":{},\"timestamp_ms\":{},",
-        r.offset, r.timestamp_ms
-    );
+    out.extend_from_slice(b"{\"partition\":");
+    push_u64(out, u64::from(partition));
+    out.extend_from_slice(b",\"offset\":");
+    push_u64(out, r.offset);
+    out.extend_from_slice(b",\"timestamp_ms\":");
+    push_i64(out, r.timestamp_ms);
+    out.push(b',');
     match r.key {
         None => out.extend_from_slice(b"\"key\":null"),
         Some(k) => match std::str::from_utf8(k) {
@@ -544,4 +641,46 @@ pub fn render_record(out: &mut Vec<u8>, partition: u32, r: &RecordView<'_>) {
         let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(value));
     }
     out.extend_from_slice(b"}}");
+}
+
+/// Appends `n` in decimal. The produce answer holds one offset per record and a fetch one
+/// object per record, so this skips `fmt`'s machinery on the hot path.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_writers_match_display() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for n in [0, -1, 1, -10, 1_700_000_000_000, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            push_i64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
 }

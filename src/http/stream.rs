@@ -75,7 +75,8 @@ pub async fn sse(
         })
         .transpose()?;
     let next = match resume {
-        Some(last) => last + 1,
+        // Saturating: `Last-Event-ID: 18446744073709551615` is past the end (a 416), not a panic.
+        Some(last) => last.saturating_add(1),
         None => start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?,
     };
     // Refuse a bad start now, with a problem, rather than inside the stream.

@@ -76,8 +76,10 @@ pub async fn update_config(
         return Err(ApiError::invalid("the body must be a JSON object"));
     };
     // Accept both `{"config": {...}}` and the bare config object.
-    if let Some(Value::Object(inner)) = patch.remove("config") {
-        patch.extend(inner);
+    match patch.remove("config") {
+        Some(Value::Object(inner)) => patch.extend(inner),
+        Some(_) => return Err(ApiError::invalid("'config' must be a JSON object")),
+        None => {}
     }
     let current = broker.topic(&topic)?.config();
     let config = merge_config(current, patch)?;

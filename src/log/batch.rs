@@ -8,7 +8,7 @@
 //!  8      4     batch_length       u32   bytes after this field (header rest + records)
 //! 12      4     leader_epoch       u32   epoch of the leader that appended the batch
 //! 16      1     magic              u8    format version, currently 1
-//! 17      4     crc                u32   CRC-32 (IEEE) of every byte after this field
+//! 17      4     crc                u32   CRC-32 (IEEE) of every other byte of the batch
 //! 21      2     attributes         u16   reserved (compression, transactions)
 //! 23      4     last_offset_delta  u32   last record's offset minus base_offset
 //! 27      8     first_timestamp_ms i64
@@ -28,6 +28,10 @@
 //! Offset deltas are explicit (not implied by position) so that compaction can drop records
 //! from a batch without renumbering the ones it keeps.
 //!
+//! The CRC covers the header fields before it too: the log stamps the base offset and the
+//! leader epoch and computes the CRC in the same step ([`stamp_batch`]), so a flipped bit in the
+//! base offset is caught like any other instead of silently renumbering the batch's records.
+//!
 //! Failure policy: every decode is bounded. A length read from disk or the network is checked
 //! against the bytes that are actually there before anything is sliced or allocated; a
 //! malformed batch is a [`BatchError`], never a panic.
@@ -40,9 +44,9 @@ pub const BATCH_HEADER_BYTES: usize = 61;
 pub const BATCH_LOG_OVERHEAD_BYTES: usize = 12;
 /// Current batch format version.
 pub const MAGIC: u8 = 1;
-/// Offset of the CRC field; the CRC covers everything after it.
+/// Where the CRC field starts and ends; the CRC covers every byte outside it.
 const CRC_FIELD_OFFSET: usize = 17;
-const CRC_COVERED_FROM: usize = 21;
+const CRC_FIELD_END: usize = 21;
 /// Fixed bytes of one record before its key.
 const RECORD_FIXED_BYTES: usize = 4 + 1 + 4 + 8 + 4 + 4 + 2;
 
@@ -231,8 +235,16 @@ fn put_optional_bytes(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
 pub fn stamp_batch(batch: &mut [u8], base_offset: u64, leader_epoch: u32) {
     batch[0..8].copy_from_slice(&base_offset.to_le_bytes());
     batch[12..16].copy_from_slice(&leader_epoch.to_le_bytes());
-    let crc = crc32fast::hash(&batch[CRC_COVERED_FROM..]);
-    batch[CRC_FIELD_OFFSET..CRC_COVERED_FROM].copy_from_slice(&crc.to_le_bytes());
+    let crc = batch_crc(batch);
+    batch[CRC_FIELD_OFFSET..CRC_FIELD_END].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// CRC-32 of a whole batch except its CRC field.
+fn batch_crc(batch: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&batch[..CRC_FIELD_OFFSET]);
+    hasher.update(&batch[CRC_FIELD_END..]);
+    hasher.finalize()
 }
 
 /// The decoded fixed header of a batch.
@@ -314,7 +326,7 @@ impl<'a> BatchView<'a> {
             return Err(BatchError::Truncated);
         }
         let bytes = &bytes[..total];
-        let actual = crc32fast::hash(&bytes[CRC_COVERED_FROM..]);
+        let actual = batch_crc(bytes);
         if actual != header.crc {
             return Err(BatchError::CrcMismatch {
                 expected: header.crc,
@@ -569,9 +581,11 @@ mod tests {
     }
 
     #[test]
-    fn any_flipped_byte_after_the_crc_is_detected() {
-        let bytes = build(&[record(Some(b"k"), b"1", 5)], 0, 0);
-        for i in CRC_COVERED_FROM..bytes.len() {
+    fn any_flipped_byte_is_detected() {
+        // The base offset and leader epoch (before the CRC field) included: a flip there must
+        // not renumber records unnoticed.
+        let bytes = build(&[record(Some(b"k"), b"1", 5)], 1_000, 3);
+        for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x40;
             assert!(

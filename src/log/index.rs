@@ -6,9 +6,11 @@
 //! preallocated at startup therefore belongs to a segment that was active during a crash, and
 //! is rebuilt from the log rather than trusted.
 //!
-//! Invariants: entries are strictly increasing in relative offset (offset index) and
-//! non-decreasing in timestamp (time index, which stores the running maximum); an entry never
-//! points past the log bytes it was written for. [`IndexFile::validate`] checks both on open.
+//! Invariants: entries are strictly increasing in relative offset (offset index) and in
+//! timestamp (time index, which stores the running maximum only when it grew); an entry never
+//! points past the log bytes it was written for. [`IndexFile::validate`] checks both on open;
+//! strictness is what tells a sealed index from one still preallocated (zero-filled entries
+//! after the real ones), which must be rebuilt.
 //!
 //! Failure policy: an index is a cache of the log. Any doubt (bad size, unordered entries,
 //! an entry past the end of the log) means "rebuild", never an error to the client.
@@ -146,7 +148,7 @@ impl<E: IndexEntry> IndexFile<E> {
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len() as usize;
-        if len % E::BYTES != 0 {
+        if !len.is_multiple_of(E::BYTES) {
             return Ok(None);
         }
         let bytes = std::fs::read(path)?;
@@ -240,12 +242,12 @@ impl<E: IndexEntry> IndexFile<E> {
         self.sealed.truncate(self.entries);
     }
 
-    /// Checks ordering, and that `in_bounds` accepts every entry.
+    /// Checks that keys strictly increase, and that `in_bounds` accepts every entry.
     pub fn validate(&self, in_bounds: impl Fn(&E) -> bool) -> bool {
         let mut prev: Option<i64> = None;
         for i in 0..self.entries {
             let e = self.get(i);
-            if prev.is_some_and(|p| e.key() < p) || !in_bounds(&e) {
+            if prev.is_some_and(|p| e.key() <= p) || !in_bounds(&e) {
                 return false;
             }
             prev = Some(e.key());
@@ -329,10 +331,16 @@ mod tests {
         idx.append(entry(5, 4_000));
         assert!(idx.validate(|e| e.position < 5_000));
         assert!(!idx.validate(|e| e.position < 4_000));
+        // A preallocated file read as sealed: zero entries after the real ones.
+        idx.append(entry(5, 4_000));
         assert!(
-            !IndexFile::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
+            !idx.validate(|e| e.position < 5_000),
+            "keys must strictly increase"
+        );
+        assert!(
+            IndexFile::<OffsetEntry>::open_sealed(&dir.path().join("missing"))
                 .unwrap()
-                .is_some()
+                .is_none()
         );
     }
 }

@@ -19,6 +19,8 @@ pub mod batch;
 pub mod compact;
 pub mod index;
 pub mod segment;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::io;
@@ -90,8 +92,10 @@ pub struct PartitionLog {
     log_start_offset: u64,
     /// Every record below this offset has been fsynced.
     flushed_offset: u64,
-    /// Rolled segments whose data has not been synced yet.
-    unsynced: Vec<Arc<File>>,
+    /// Rolled segments whose data has not been synced yet, with the offset they end at. Each
+    /// stays until a flush reaching its end is marked done, so overlapping flushes (the
+    /// flusher and a shutdown) all sync it.
+    unsynced: Vec<(Arc<File>, u64)>,
 }
 
 impl PartitionLog {
@@ -186,10 +190,27 @@ impl PartitionLog {
             }
             sync_dir(dir)?;
         }
+        // Retention deletes segments before it stores the new start; a crash between the two
+        // leaves a stored start below the first segment.
+        let log_start_offset = stored_start.max(segments[0].base_offset);
+        if log_start_offset > segments.last().expect("never empty").next_offset {
+            // Recovery cut the log below its start (damage in records already deleted). The
+            // offsets up to the start were given once and must not be given again: start an
+            // empty log at the log start, as Kafka does.
+            report.dropped_segments += segments.len();
+            for s in segments.drain(..) {
+                let base = s.base_offset;
+                drop(s);
+                drop_segment_files(dir, base)?;
+            }
+            segments.push(Segment::create(dir, log_start_offset, entries_max, now_ms)?);
+            sync_dir(dir)?;
+        }
+        if log_start_offset != stored_start {
+            write_u64_file(&dir.join(LOG_START_FILE), log_start_offset)?;
+        }
         report.segments = segments.len();
         let log_end = segments.last().expect("never empty").next_offset;
-        let first_base = segments[0].base_offset;
-        let log_start_offset = stored_start.clamp(first_base, log_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
@@ -275,12 +296,16 @@ impl PartitionLog {
     }
 
     /// Seals the active segment and starts a new one at the log end offset.
+    /// An empty active segment stays: a new one would have the same base offset (file name).
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
+        if self.active().size == 0 {
+            return Ok(());
+        }
         let next = self.log_end_offset();
         let entries_max = index_entries_max(&self.config);
         let active = self.segments.last_mut().expect("never empty");
         active.seal_indexes()?;
-        self.unsynced.push(Arc::clone(&active.file));
+        self.unsynced.push((Arc::clone(&active.file), next));
         self.segments
             .push(Segment::create(&self.dir, next, entries_max, now_ms)?);
         sync_dir(&self.dir)
@@ -313,7 +338,7 @@ impl PartitionLog {
 
     /// Files to sync so that everything appended so far becomes durable.
     pub fn flush_plan(&mut self) -> FlushPlan {
-        let mut files = std::mem::take(&mut self.unsynced);
+        let mut files: Vec<Arc<File>> = self.unsynced.iter().map(|(f, _)| Arc::clone(f)).collect();
         files.push(Arc::clone(&self.active().file));
         FlushPlan {
             files,
@@ -325,6 +350,7 @@ impl PartitionLog {
     pub fn mark_flushed(&mut self, target: u64) {
         assert!(target <= self.log_end_offset(), "flushed past the log end");
         self.flushed_offset = self.flushed_offset.max(target);
+        self.unsynced.retain(|&(_, end)| end > target);
     }
 
     /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
@@ -435,6 +461,7 @@ impl PartitionLog {
             s.file.sync_all()?;
         }
         self.flushed_offset = self.log_end_offset();
+        self.unsynced.clear();
         self.segments
             .last_mut()
             .expect("never empty")

@@ -66,6 +66,27 @@ pub struct ReadSlice {
 }
 
 impl ReadSlice {
+    /// Moves the start past whole batches that end at or before `offset`, reading only their
+    /// headers. The sparse index may point up to `index_interval_bytes` before the wanted
+    /// batch; without this, those batches would use up a small `max_bytes` and the reader
+    /// would get nothing at all while records are there.
+    pub fn skip_before(&mut self, offset: u64) -> io::Result<()> {
+        let end = self.position + self.len;
+        let mut header = [0u8; BATCH_HEADER_BYTES];
+        while self.position + BATCH_HEADER_BYTES as u64 <= end {
+            self.file.read_exact_at(&mut header, self.position)?;
+            let Ok(h) = BatchHeader::parse(&header) else {
+                break;
+            };
+            if h.next_offset() > offset || self.position + h.total_len() as u64 > end {
+                break;
+            }
+            self.position += h.total_len() as u64;
+        }
+        self.len = end - self.position;
+        Ok(())
+    }
+
     /// Reads the slice, up to `max_bytes`, but always at least the first batch whole.
     pub fn read(&self, max_bytes: u64) -> io::Result<Vec<u8>> {
         let mut want = self.len.min(max_bytes.max(BATCH_HEADER_BYTES as u64));
@@ -164,10 +185,15 @@ impl Segment {
             .read(true)
             .write(true)
             .open(log_path(dir, base_offset))?;
-        let file_len = file.metadata()?.len();
-        let created_ms = file
-            .metadata()?
-            .modified()
+        let metadata = file.metadata()?;
+        let file_len = metadata.len();
+        // The age that rolls a segment counts from its creation. The last write time would
+        // restart the count at every restart, and a topic whose broker restarts more often
+        // than `segment_ms` would never roll, so time retention would never delete anything.
+        // Only file systems without a creation time fall back to it.
+        let created_ms = metadata
+            .created()
+            .or_else(|_| metadata.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
@@ -253,12 +279,23 @@ impl Segment {
         else {
             return Ok(None);
         };
-        if !offset_index.validate(|e| u64::from(e.position) < file_len) {
+        // Both indexes strictly increase in both fields; a preallocated index (never sealed,
+        // zero-filled after its entries) fails this and is rebuilt.
+        let time_ordered = time_index.validate(|_| true)
+            && (1..time_index.len())
+                .all(|i| time_index.get(i - 1).relative_offset < time_index.get(i).relative_offset);
+        if !time_ordered || !offset_index.validate(|e| u64::from(e.position) < file_len) {
             return Ok(None);
         }
         let from = offset_index.last().map_or(0, |e| u64::from(e.position));
         let scan = scan_log(file, file_len, base_offset, from, |_, _, _| false)?;
         if scan.valid_len != file_len || (file_len > 0 && offset_index.is_empty()) {
+            return Ok(None);
+        }
+        if time_index
+            .last()
+            .is_some_and(|e| file_len == 0 || e.relative_offset > scan.last_batch_relative)
+        {
             return Ok(None);
         }
         let mut scan = scan;

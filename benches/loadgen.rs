@@ -1,0 +1,1207 @@
+//! End-to-end HTTP load generator: tidelog against a bare baseline, in the same run.
+//!
+//! `cargo bench --bench loadgen` runs the default set (about a minute);
+//! `cargo bench --bench loadgen -- --help` lists the options and scenario names.
+//!
+//! It starts, in this process and only on 127.0.0.1:
+//! - a tidelog broker (`Broker::open` + `http::serve`, temp data directory), and
+//! - the baseline: a bare axum handler that parses the same JSON body with serde_json,
+//!   appends the body to one file and fsyncs before answering. With group commit (the normal
+//!   baseline) one fsync covers every request waiting at that moment; without it
+//!   (`baseline-1fsync`) each request holds the file for its own write + fsync, which gives
+//!   the one-fsync-per-request figure.
+//!
+//! Each scenario drives each target with N keep-alive clients for a bounded time and count,
+//! and prints records/s, MB/s, p50/p99/max latency, fsyncs/s and their mean duration (for
+//! tidelog from `tidelog_fsyncs_total` and `tidelog_fsync_duration_seconds` in `/metrics`). Servers and clients run on separate tokio runtimes
+//! (two worker threads each) but share the machine's cores, so figures are only comparable
+//! within one run: the summary gives medians over the repeats and tidelog/baseline ratios
+//! measured in the same repeat.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tidelog::broker::Broker;
+use tidelog::config::BrokerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot, watch};
+
+/// Bytes of each record's value as stored (a JSON string of this many bytes with its quotes).
+const VALUE_BYTES: usize = 100;
+/// Every request gives up after this long, so no client loop can hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most requests one client sends in one measurement, whatever the duration.
+const REQUESTS_PER_CLIENT_MAX: u64 = 2_000_000;
+/// Runtime thread names start with this, then `server` or `client`.
+const THREAD_PREFIX: &str = "loadgen-";
+const SERVER_THREADS: &str = "loadgen-server";
+/// A scenario stops early once this many requests failed.
+const ERRORS_MAX: u64 = 100;
+
+const HELP: &str = "\
+tidelog load generator (all traffic on 127.0.0.1)
+
+usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--repeat N]
+                                      [--fetch-records N] [--data-dir DIR]
+
+--scenarios   comma-separated; presets: default, matrix, group-commit, all; or single
+              scenarios:
+                produce:BATCH:CLIENTS:ACKS   ACKS is all or leader; runs tidelog and baseline
+                1fsync:BATCH:CLIENTS         baseline with one fsync per request (acks=all)
+                fetch:CLIENTS                reads back --fetch-records records, max_records=1000
+              default = produce:1000:8:all,produce:1000:8:leader,produce:1:32:all,
+                        1fsync:1:32,fetch:8
+              matrix  = produce:{1,100,1000}:{1,8,32}:{all,leader}
+--duration-ms measured time per scenario and target (default 2000)
+--repeat      runs of the whole set; the summary shows medians (default 3)
+--fetch-records records produced before the fetch scenario (default 1000000)
+--data-dir    where the broker and the baseline write (default: a temp dir under $TMPDIR;
+              it must be a real disk for fsync figures to mean anything)
+";
+
+fn main() {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n\n{HELP}");
+            std::process::exit(2);
+        }
+    };
+    if args.help {
+        print!("{HELP}");
+        return;
+    }
+    let dir = match &args.data_dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("create the data directory");
+    let server_rt = runtime("server");
+    let client_rt = runtime("client");
+    let tidelog = server_rt.block_on(start_tidelog(&dir.path().join("tidelog")));
+    println!(
+        "tidelog on http://{} (data in {}), {} cores, {} ms per measurement, {} repeats",
+        tidelog.addr,
+        dir.path().display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.duration.as_millis(),
+        args.repeat
+    );
+    let mut results: Vec<Measured> = Vec::new();
+    for repeat in 0..args.repeat {
+        for scenario in &args.scenarios {
+            for target in scenario.targets() {
+                let server = match target {
+                    Target::Tidelog => None,
+                    Target::Baseline { group_commit } => Some(
+                        server_rt
+                            .block_on(start_baseline(&dir.path().join("baseline"), group_commit)),
+                    ),
+                };
+                let run = client_rt.block_on(run_scenario(
+                    scenario,
+                    target,
+                    server.as_ref().unwrap_or(&tidelog),
+                    &args,
+                    repeat,
+                ));
+                if let Some(s) = server {
+                    server_rt.block_on(s.stop());
+                }
+                println!(
+                    "[{}/{}] {:<22} {:<16} {}",
+                    repeat + 1,
+                    args.repeat,
+                    scenario.name(),
+                    target.name(),
+                    run.line()
+                );
+                results.push(Measured {
+                    scenario: scenario.name(),
+                    target,
+                    repeat,
+                    run,
+                });
+            }
+        }
+    }
+    print!("{}", summary(&args, &results));
+    server_rt.block_on(tidelog.stop());
+}
+
+/// CPU seconds (user + system) used so far by this process's threads whose name starts
+/// with `prefix`, from `/proc/self/task/*/stat`. Threads that exited are not counted.
+fn thread_cpu_seconds(prefix: &str) -> f64 {
+    // USER_HZ; 100 on every Linux this runs on.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`; comm may hold spaces, so split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the comm: state is field 3 of stat(5), utime 14 and stime 15.
+        let at = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+        ticks += at(14).unwrap_or(0) + at(15).unwrap_or(0);
+    }
+    ticks as f64 / TICKS_PER_SECOND
+}
+
+fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("{THREAD_PREFIX}{name}"))
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments and scenarios
+
+struct Args {
+    scenarios: Vec<Scenario>,
+    duration: Duration,
+    repeat: usize,
+    fetch_records: u64,
+    data_dir: Option<PathBuf>,
+    help: bool,
+}
+
+impl Args {
+    fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut args = Args {
+            scenarios: Vec::new(),
+            duration: Duration::from_millis(2000),
+            repeat: 3,
+            fetch_records: 1_000_000,
+            data_dir: None,
+            help: false,
+        };
+        let mut list = String::from("default");
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+            match a.as_str() {
+                // `cargo bench` passes `--bench` to every bench binary.
+                "--bench" => {}
+                "--help" | "-h" => args.help = true,
+                "--scenarios" => list = value(&a)?,
+                "--duration-ms" => args.duration = Duration::from_millis(number(&value(&a)?)?),
+                "--repeat" => args.repeat = number(&value(&a)?)?.clamp(1, 100) as usize,
+                "--fetch-records" => args.fetch_records = number(&value(&a)?)?.max(1000),
+                "--data-dir" => args.data_dir = Some(PathBuf::from(value(&a)?)),
+                other => return Err(format!("unknown argument '{other}'")),
+            }
+        }
+        if args.duration.is_zero() || args.duration > Duration::from_secs(600) {
+            return Err("--duration-ms must be between 1 and 600000".into());
+        }
+        for name in list.split(',').filter(|s| !s.is_empty()) {
+            args.scenarios.extend(Scenario::parse_list(name)?);
+        }
+        Ok(args)
+    }
+}
+
+fn number(s: &str) -> Result<u64, String> {
+    s.parse().map_err(|_| format!("'{s}' is not a number"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    All,
+    Leader,
+}
+
+impl Acks {
+    fn as_str(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "leader",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Produce `batch` records per request from `clients` clients, to tidelog and baseline.
+    Produce {
+        batch: usize,
+        clients: usize,
+        acks: Acks,
+    },
+    /// The baseline with group commit off: one fsync per request.
+    OneFsync { batch: usize, clients: usize },
+    /// Read back records produced beforehand, 1,000 per request.
+    Fetch { clients: usize },
+}
+
+impl Scenario {
+    fn parse_list(spec: &str) -> Result<Vec<Scenario>, String> {
+        let produce = |batch, clients, acks| Scenario::Produce {
+            batch,
+            clients,
+            acks,
+        };
+        let preset = match spec {
+            "default" => vec![
+                produce(1000, 8, Acks::All),
+                produce(1000, 8, Acks::Leader),
+                produce(1, 32, Acks::All),
+                Scenario::OneFsync {
+                    batch: 1,
+                    clients: 32,
+                },
+                Scenario::Fetch { clients: 8 },
+            ],
+            "group-commit" => vec![
+                produce(1, 32, Acks::All),
+                Scenario::OneFsync {
+                    batch: 1,
+                    clients: 32,
+                },
+            ],
+            "matrix" => matrix(),
+            "all" => {
+                let mut all = matrix();
+                all.push(Scenario::OneFsync {
+                    batch: 1,
+                    clients: 32,
+                });
+                all.push(Scenario::Fetch { clients: 8 });
+                all
+            }
+            _ => return Scenario::parse_one(spec).map(|s| vec![s]),
+        };
+        Ok(preset)
+    }
+
+    fn parse_one(spec: &str) -> Result<Scenario, String> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let n = |i: usize| -> Result<usize, String> {
+            let v = number(parts.get(i).ok_or(format!("'{spec}' is incomplete"))?)?;
+            if v == 0 || v > 100_000 {
+                return Err(format!("'{spec}': numbers must be between 1 and 100000"));
+            }
+            Ok(v as usize)
+        };
+        match (parts[0], parts.len()) {
+            ("produce", 4) => Ok(Scenario::Produce {
+                batch: n(1)?,
+                clients: n(2)?.min(1024),
+                acks: match parts[3] {
+                    "all" => Acks::All,
+                    "leader" => Acks::Leader,
+                    other => return Err(format!("acks '{other}' is not all or leader")),
+                },
+            }),
+            ("1fsync", 3) => Ok(Scenario::OneFsync {
+                batch: n(1)?,
+                clients: n(2)?.min(1024),
+            }),
+            ("fetch", 2) => Ok(Scenario::Fetch {
+                clients: n(1)?.min(1024),
+            }),
+            _ => Err(format!("unknown scenario '{spec}'")),
+        }
+    }
+
+    fn name(&self) -> String {
+        match *self {
+            Scenario::Produce {
+                batch,
+                clients,
+                acks,
+            } => format!("produce:{batch}:{clients}:{}", acks.as_str()),
+            Scenario::OneFsync { batch, clients } => format!("1fsync:{batch}:{clients}"),
+            Scenario::Fetch { clients } => format!("fetch:{clients}"),
+        }
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        match self {
+            Scenario::Produce { .. } => {
+                vec![Target::Tidelog, Target::Baseline { group_commit: true }]
+            }
+            Scenario::OneFsync { .. } => vec![Target::Baseline {
+                group_commit: false,
+            }],
+            Scenario::Fetch { .. } => vec![Target::Tidelog],
+        }
+    }
+}
+
+fn matrix() -> Vec<Scenario> {
+    let mut all = Vec::new();
+    for acks in [Acks::All, Acks::Leader] {
+        for batch in [1, 100, 1000] {
+            for clients in [1, 8, 32] {
+                all.push(Scenario::Produce {
+                    batch,
+                    clients,
+                    acks,
+                });
+            }
+        }
+    }
+    all
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Tidelog,
+    Baseline { group_commit: bool },
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Tidelog => "tidelog",
+            Target::Baseline { group_commit: true } => "baseline",
+            Target::Baseline {
+                group_commit: false,
+            } => "baseline-1fsync",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    /// The broker, closed cleanly on stop (tidelog only).
+    broker: Option<Arc<Broker>>,
+    /// The baseline's state, for its fsync counters (baseline only).
+    baseline: Option<Arc<Baseline>>,
+}
+
+impl Server {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        if let Some(broker) = self.broker {
+            let _ = broker.close().await;
+        }
+    }
+}
+
+async fn start_tidelog(data_dir: &Path) -> Server {
+    let config = BrokerConfig {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        data_dir: data_dir.to_path_buf(),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(config).await.expect("open the broker");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = Arc::clone(&broker);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        tidelog::http::serve(serving, listener, shutdown)
+            .await
+            .expect("serve");
+    });
+    Server {
+        addr,
+        stop,
+        task,
+        broker: Some(broker),
+        baseline: None,
+    }
+}
+
+/// The baseline's shared state: one file, written under a lock, synced by a flusher task.
+struct Baseline {
+    /// Shared with the flusher and blocking tasks, which sync it outside the lock.
+    file: Arc<File>,
+    /// End of the file; std lock, held only for the page-cache write.
+    end: Mutex<u64>,
+    /// Requests written so far; a request's number is taken under `end`'s lock after its write.
+    written: AtomicU64,
+    /// Highest request number covered by a completed fsync.
+    synced: watch::Sender<u64>,
+    /// Wakes the flusher.
+    wanted: Notify,
+    group_commit: bool,
+    /// Without group commit: held across one request's write and fsync, so no fsync is shared.
+    one_at_a_time: tokio::sync::Mutex<()>,
+    /// fsyncs done, and their total duration in nanoseconds, for the report.
+    fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+}
+
+impl Baseline {
+    /// Syncs the file on the blocking pool; timed like tidelog's fsync metric (the blocking
+    /// pool round trip included).
+    async fn sync_counted(self: &Arc<Self>) -> std::io::Result<()> {
+        let started = Instant::now();
+        let me = Arc::clone(self);
+        let synced = tokio::task::spawn_blocking(move || me.file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        synced
+    }
+}
+
+/// The same record shape tidelog accepts, borrowing from the body.
+#[derive(Deserialize)]
+struct BaselineRecord<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    value: Option<&'a RawValue>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    partition: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct BaselineProduce<'a> {
+    #[serde(borrow)]
+    records: Vec<BaselineRecord<'a>>,
+}
+
+async fn start_baseline(dir: &Path, group_commit: bool) -> Server {
+    std::fs::create_dir_all(dir).expect("baseline dir");
+    let path = dir.join(if group_commit {
+        "group.log"
+    } else {
+        "1fsync.log"
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("baseline file");
+    let state = Arc::new(Baseline {
+        file: Arc::new(file),
+        end: Mutex::new(0),
+        written: AtomicU64::new(0),
+        synced: watch::Sender::new(0),
+        wanted: Notify::new(),
+        group_commit,
+        one_at_a_time: tokio::sync::Mutex::new(()),
+        fsyncs: AtomicU64::new(0),
+        fsync_nanos: AtomicU64::new(0),
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let flusher = tokio::spawn(baseline_flusher(Arc::clone(&state)));
+    let app = Router::new()
+        .route("/v1/topics/{topic}/records", post(baseline_produce))
+        .with_state(Arc::clone(&state));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve the baseline");
+        flusher.abort();
+    });
+    Server {
+        addr,
+        stop,
+        task,
+        broker: None,
+        baseline: Some(state),
+    }
+}
+
+async fn baseline_produce(
+    State(b): State<Arc<Baseline>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let records = match serde_json::from_slice::<BaselineProduce<'_>>(&body) {
+        Ok(p) => p.records.len(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let wait_for_fsync = !query.is_some_and(|q| q.contains("acks=leader"));
+    let result = if b.group_commit {
+        baseline_group_append(&b, &body, wait_for_fsync).await
+    } else {
+        baseline_append_and_sync(&b, body).await
+    };
+    match result {
+        Ok(()) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            format!("{{\"records\":{records}}}"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn baseline_group_append(b: &Baseline, body: &[u8], wait: bool) -> std::io::Result<()> {
+    let number = {
+        let mut end = b.end.lock().unwrap_or_else(|e| e.into_inner());
+        b.file.write_all_at(body, *end)?;
+        *end += body.len() as u64;
+        b.written.fetch_add(1, Ordering::AcqRel) + 1
+    };
+    b.wanted.notify_one();
+    if wait {
+        let mut synced = b.synced.subscribe();
+        synced
+            .wait_for(|s| *s >= number)
+            .await
+            .map_err(std::io::Error::other)?;
+    }
+    Ok(())
+}
+
+async fn baseline_append_and_sync(b: &Arc<Baseline>, body: Bytes) -> std::io::Result<()> {
+    let _alone = b.one_at_a_time.lock().await;
+    let offset = {
+        let mut end = b.end.lock().unwrap_or_else(|e| e.into_inner());
+        let at = *end;
+        *end += body.len() as u64;
+        at
+    };
+    let file = Arc::clone(&b.file);
+    tokio::task::spawn_blocking(move || file.write_all_at(&body, offset))
+        .await
+        .map_err(std::io::Error::other)??;
+    b.sync_counted().await
+}
+
+/// One fsync for every request written before it starts.
+async fn baseline_flusher(b: Arc<Baseline>) {
+    loop {
+        b.wanted.notified().await;
+        let target = b.written.load(Ordering::Acquire);
+        if target <= *b.synced.borrow() {
+            continue;
+        }
+        match b.sync_counted().await {
+            Ok(()) => {
+                b.synced.send_modify(|s| *s = (*s).max(target));
+            }
+            // Waiters then hang until their client's timeout; the run reports the errors.
+            _ => return,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// What one scenario on one target measured.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    requests: u64,
+    records: u64,
+    bytes: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    /// Per-request latencies in microseconds, sorted.
+    latencies_us: Vec<u32>,
+    /// fsyncs done by the server during the run, and their summed duration in seconds.
+    fsyncs: Option<(u64, f64)>,
+    /// CPU seconds used by the server runtime's threads (workers and blocking pool).
+    server_cpu_s: f64,
+}
+
+impl Run {
+    fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+    fn requests_per_s(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+    fn fsyncs_per_s(&self) -> Option<f64> {
+        self.fsyncs
+            .map(|(n, _)| n as f64 / self.elapsed.as_secs_f64())
+    }
+    /// Server CPU per request in microseconds: what the handler path costs, whatever the noise.
+    fn server_cpu_us_per_request(&self) -> f64 {
+        self.server_cpu_s * 1e6 / self.requests as f64
+    }
+    fn fsync_mean_ms(&self) -> Option<f64> {
+        self.fsyncs
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, secs)| secs * 1000.0 / n as f64)
+    }
+    fn latency_ms(&self, percentile: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * percentile / 100.0).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    fn line(&self) -> String {
+        let mut s = format!(
+            "{:>11.0} rec/s {:>8.0} req/s {:>7.1} MB/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+            self.records_per_s(),
+            self.requests_per_s(),
+            self.mb_per_s(),
+            self.latency_ms(50.0),
+            self.latency_ms(99.0),
+            self.latency_ms(100.0),
+        );
+        if let Some(f) = self.fsyncs_per_s() {
+            let _ = write!(s, "  {f:>6.0} fsyncs/s");
+        }
+        if let Some(ms) = self.fsync_mean_ms() {
+            let _ = write!(s, " of {ms:.2} ms");
+        }
+        let _ = write!(
+            s,
+            "  server {:.0}% cpu, {:.0} us cpu/req",
+            self.server_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
+            self.server_cpu_us_per_request()
+        );
+        if self.errors > 0 {
+            let _ = write!(
+                s,
+                "  {} ERRORS (first: {})",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        s
+    }
+}
+
+fn http_client(clients: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(clients)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("build the HTTP client")
+}
+
+/// `{"records":[{"value":"xx..."}, ...]}` with `batch` records of `VALUE_BYTES` each.
+fn produce_body(batch: usize) -> Bytes {
+    let value = format!("\"{}\"", "x".repeat(VALUE_BYTES - 2));
+    let mut body = String::with_capacity(16 + batch * (VALUE_BYTES + 12));
+    body.push_str("{\"records\":[");
+    for i in 0..batch {
+        if i > 0 {
+            body.push(',');
+        }
+        let _ = write!(body, "{{\"value\":{value}}}");
+    }
+    body.push_str("]}");
+    Bytes::from(body)
+}
+
+async fn run_scenario(
+    scenario: &Scenario,
+    target: Target,
+    server: &Server,
+    args: &Args,
+    repeat: usize,
+) -> Run {
+    let base = format!("http://{}", server.addr);
+    let topic = format!("loadgen-{}-{repeat}", scenario.name().replace(':', "-"));
+    match *scenario {
+        Scenario::Produce {
+            batch,
+            clients,
+            acks,
+        } => {
+            let is_tidelog = target == Target::Tidelog;
+            if is_tidelog {
+                create_topic(&base, &topic).await;
+            }
+            let url = format!("{base}/v1/topics/{topic}/records?acks={}", acks.as_str());
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
+            let mut run = produce(&url, batch, clients, args.duration, u64::MAX).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
+            if is_tidelog {
+                delete_topic(&base, &topic).await;
+            }
+            run
+        }
+        Scenario::OneFsync { batch, clients } => {
+            let url = format!("{base}/v1/topics/{topic}/records?acks=all");
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
+            let mut run = produce(&url, batch, clients, args.duration, u64::MAX).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
+            run
+        }
+        Scenario::Fetch { clients } => {
+            create_topic(&base, &topic).await;
+            let url = format!("{base}/v1/topics/{topic}/records?acks=all");
+            let requests = args.fetch_records.div_ceil(1000);
+            let filled = produce(&url, 1000, 8, Duration::from_secs(120), requests).await;
+            assert_eq!(filled.errors, 0, "filling the fetch topic failed");
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
+            let mut run = fetch(&base, &topic, filled.records, clients, args.duration).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
+            delete_topic(&base, &topic).await;
+            run
+        }
+    }
+}
+
+async fn create_topic(base: &str, topic: &str) {
+    let response = http_client(1)
+        .post(format!("{base}/v1/topics"))
+        .json(&serde_json::json!({"name": topic, "partitions": 1, "replication_factor": 1}))
+        .send()
+        .await
+        .expect("create topic");
+    assert!(
+        response.status().is_success(),
+        "create topic: {}",
+        response.status()
+    );
+}
+
+async fn delete_topic(base: &str, topic: &str) {
+    let _ = http_client(1)
+        .delete(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await;
+}
+
+/// fsyncs done so far and their total duration in seconds: for tidelog `tidelog_fsyncs_total`
+/// and `tidelog_fsync_duration_seconds_sum` from `/metrics` (0 before the first fsync).
+async fn fsyncs(server: &Server) -> (u64, f64) {
+    if let Some(b) = &server.baseline {
+        return (
+            b.fsyncs.load(Ordering::Relaxed),
+            b.fsync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+    }
+    let text = http_client(1)
+        .get(format!("http://{}/metrics", server.addr))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("read /metrics");
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        metric("tidelog_fsyncs_total") as u64,
+        metric("tidelog_fsync_duration_seconds_sum"),
+    )
+}
+
+async fn fsyncs_since(server: &Server, before: (u64, f64)) -> (u64, f64) {
+    let after = fsyncs(server).await;
+    (
+        after.0.saturating_sub(before.0),
+        (after.1 - before.1).max(0.0),
+    )
+}
+
+/// What one client task saw.
+#[derive(Default)]
+struct ClientTally {
+    requests: u64,
+    records: u64,
+    bytes: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+fn merge(tallies: Vec<ClientTally>, elapsed: Duration) -> Run {
+    let mut run = Run {
+        elapsed,
+        ..Run::default()
+    };
+    for t in tallies {
+        run.requests += t.requests;
+        run.records += t.records;
+        run.bytes += t.bytes;
+        run.errors += t.errors;
+        run.first_error = run.first_error.or(t.first_error);
+        run.latencies_us.extend(t.latencies_us);
+    }
+    run.latencies_us.sort_unstable();
+    run
+}
+
+/// `clients` tasks POST the same body back to back until `duration` has passed or
+/// `requests_max` requests were sent in all.
+async fn produce(
+    url: &str,
+    batch: usize,
+    clients: usize,
+    duration: Duration,
+    requests_max: u64,
+) -> Run {
+    let client = http_client(clients);
+    let body = produce_body(batch);
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (client, body, url, issued) = (
+            client.clone(),
+            body.clone(),
+            url.to_string(),
+            Arc::clone(&issued),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tally = ClientTally::default();
+            for _ in 0..REQUESTS_PER_CLIENT_MAX {
+                if Instant::now() >= deadline
+                    || issued.fetch_add(1, Ordering::Relaxed) >= requests_max
+                    || tally.errors >= ERRORS_MAX
+                {
+                    break;
+                }
+                let sent = Instant::now();
+                let outcome = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let ok = match outcome {
+                    Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| e.to_string()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match ok {
+                    Ok(_) => {
+                        tally.latencies_us.push(micros(sent.elapsed()));
+                        tally.requests += 1;
+                        tally.records += batch as u64;
+                        tally.bytes += body.len() as u64;
+                    }
+                    Err(e) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut tallies = Vec::with_capacity(clients);
+    for t in tasks {
+        tallies.push(t.await.expect("client task"));
+    }
+    merge(tallies, started.elapsed())
+}
+
+/// `clients` tasks read the topic's `records` records, 1,000 per request, each starting at a
+/// different offset and wrapping around, until `duration` has passed.
+async fn fetch(base: &str, topic: &str, records: u64, clients: usize, duration: Duration) -> Run {
+    let client = http_client(clients);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let client = client.clone();
+        let url = format!("{base}/v1/topics/{topic}/partitions/0/records");
+        let mut offset = records / clients as u64 * c as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut tally = ClientTally::default();
+            for _ in 0..REQUESTS_PER_CLIENT_MAX {
+                if Instant::now() >= deadline || tally.errors >= ERRORS_MAX {
+                    break;
+                }
+                let sent = Instant::now();
+                let outcome = client
+                    .get(format!("{url}?offset={offset}&max_records=1000"))
+                    .send()
+                    .await;
+                let body = match outcome {
+                    Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| e.to_string()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match body.and_then(|b| next_offset(&b).map(|n| (n, b.len()))) {
+                    Ok((next, len)) => {
+                        tally.latencies_us.push(micros(sent.elapsed()));
+                        tally.requests += 1;
+                        tally.records += next.saturating_sub(offset);
+                        tally.bytes += len as u64;
+                        offset = if next >= records { 0 } else { next };
+                    }
+                    Err(e) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut tallies = Vec::with_capacity(clients);
+    for t in tasks {
+        tallies.push(t.await.expect("client task"));
+    }
+    merge(tallies, started.elapsed())
+}
+
+/// The `next_offset` of a fetch answer, found near its end without parsing the records.
+fn next_offset(body: &[u8]) -> Result<u64, String> {
+    let tail = &body[body.len().saturating_sub(200)..];
+    let tail = std::str::from_utf8(tail).unwrap_or("");
+    tail.rsplit_once("\"next_offset\":")
+        .and_then(|(_, rest)| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .ok_or_else(|| "fetch answer without next_offset".to_string())
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary
+
+struct Measured {
+    scenario: String,
+    target: Target,
+    repeat: usize,
+    run: Run,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs of one scenario on one target, in repeat order.
+fn runs<'a>(results: &'a [Measured], scenario: &str, target: Target) -> Vec<&'a Run> {
+    results
+        .iter()
+        .filter(|m| m.scenario == scenario && m.target == target)
+        .map(|m| &m.run)
+        .collect()
+}
+
+/// Median over repeats of `f(run of a) / f(run of b)`, pairing runs of the same repeat.
+fn median_ratio(
+    results: &[Measured],
+    a: (&str, Target),
+    b: (&str, Target),
+    f: impl Fn(&Run) -> f64,
+) -> Option<f64> {
+    let ratios: Vec<f64> = results
+        .iter()
+        .filter(|m| m.scenario == a.0 && m.target == a.1)
+        .filter_map(|ma| {
+            results
+                .iter()
+                .find(|mb| mb.scenario == b.0 && mb.target == b.1 && mb.repeat == ma.repeat)
+                .map(|mb| f(&ma.run) / f(&mb.run))
+        })
+        .collect();
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
+fn summary(args: &Args, results: &[Measured]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nMedians over {} repeats ({} ms each); ratio = tidelog/baseline records/s and cpu ratio = \
+         tidelog/baseline server CPU per request, each the median of per-repeat ratios\n",
+        args.repeat,
+        args.duration.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | target | records/s | requests/s | MB/s | p50 ms | p99 ms | max ms | fsyncs/s | fsync ms | server cpu us/req | ratio | cpu ratio |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for scenario in &args.scenarios {
+        let name = scenario.name();
+        for target in scenario.targets() {
+            let rs = runs(results, &name, target);
+            if rs.is_empty() {
+                continue;
+            }
+            let med = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            let fsyncs = med(&|r| r.fsyncs_per_s().unwrap_or(f64::NAN));
+            let fsync_ms = med(&|r| r.fsync_mean_ms().unwrap_or(f64::NAN));
+            let ratio = (target == Target::Tidelog)
+                .then(|| {
+                    median_ratio(
+                        results,
+                        (&name, Target::Tidelog),
+                        (&name, Target::Baseline { group_commit: true }),
+                        Run::records_per_s,
+                    )
+                })
+                .flatten();
+            let cpu_ratio = (target == Target::Tidelog)
+                .then(|| {
+                    median_ratio(
+                        results,
+                        (&name, Target::Tidelog),
+                        (&name, Target::Baseline { group_commit: true }),
+                        Run::server_cpu_us_per_request,
+                    )
+                })
+                .flatten();
+            let errors: u64 = rs.iter().map(|r| r.errors).sum();
+            let _ = writeln!(
+                out,
+                "| {name} | {}{} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} | {} |",
+                target.name(),
+                if errors > 0 {
+                    format!(" ({errors} errors)")
+                } else {
+                    String::new()
+                },
+                med(&Run::records_per_s),
+                med(&Run::requests_per_s),
+                med(&Run::mb_per_s),
+                med(&|r| r.latency_ms(50.0)),
+                med(&|r| r.latency_ms(99.0)),
+                med(&|r| r.latency_ms(100.0)),
+                if fsyncs.is_finite() {
+                    format!("{fsyncs:.0}")
+                } else {
+                    "-".into()
+                },
+                if fsync_ms.is_finite() {
+                    format!("{fsync_ms:.2}")
+                } else {
+                    "-".into()
+                },
+                med(&Run::server_cpu_us_per_request),
+                ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                cpu_ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            );
+        }
+    }
+    out.push_str(&targets(results));
+    out
+}
+
+/// The issue's targets, checked against the medians of this run where it measured them.
+fn targets(results: &[Measured]) -> String {
+    let mut out = String::from("\nTargets from the issue (medians of this run):\n");
+    let tidelog = Target::Tidelog;
+    let one_fsync = Target::Baseline {
+        group_commit: false,
+    };
+    let med = |scenario: &str, target: Target, f: fn(&Run) -> f64| {
+        let rs = runs(results, scenario, target);
+        (!rs.is_empty()).then(|| median(rs.iter().map(|r| f(r)).collect()))
+    };
+    let mut check = |what: &str, got: Option<f64>, goal: f64, unit: &str| {
+        if let Some(got) = got {
+            let verdict = if got >= goal { "met" } else { "NOT met" };
+            let _ = writeln!(
+                out,
+                "- {what}: {got:.2}{unit} (goal >= {goal}{unit}): {verdict}"
+            );
+        }
+    };
+    check(
+        "produce 1000x100B, 8 clients, acks=all, records/s",
+        med("produce:1000:8:all", tidelog, Run::records_per_s),
+        1_000_000.0,
+        "",
+    );
+    check(
+        "single-record acks=all from 32 clients, requests/s",
+        med("produce:1:32:all", tidelog, Run::requests_per_s),
+        15_000.0,
+        "",
+    );
+    let produce = med("produce:1000:8:all", tidelog, Run::records_per_s);
+    let read = med("fetch:8", tidelog, Run::records_per_s);
+    check(
+        "fetch records/s over produce records/s (1000x100B, 8 clients)",
+        read.zip(produce).map(|(r, p)| r / p),
+        1.0,
+        "x",
+    );
+    check(
+        "group commit over one fsync per request (32 single-record acks=all producers)",
+        med("produce:1:32:all", tidelog, Run::records_per_s)
+            .zip(med("1fsync:1:32", one_fsync, Run::records_per_s))
+            .map(|(g, o)| g / o),
+        10.0,
+        "x",
+    );
+    check(
+        "batch-1000 acks=all over acks=leader records/s (8 clients)",
+        median_ratio(
+            results,
+            ("produce:1000:8:all", tidelog),
+            ("produce:1000:8:leader", tidelog),
+            Run::records_per_s,
+        ),
+        0.8,
+        "x",
+    );
+    out
+}

@@ -1,0 +1,337 @@
+//! Model test of the storage engine: random appends, reads, rolls, time seeks, record
+//! deletions, clean reopens and crashes (drop without close), checked against a `Vec`.
+//!
+//! The model is the list of every record appended, indexed by offset. After every step the
+//! log end offset must match it; reads must return each record at its offset with the same
+//! key, value and timestamp, across segments and across reopens.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use tidelog::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef};
+use tidelog::log::{LogConfig, PartitionLog};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rec {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    timestamp_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// One batch: `(key, value length)` per record, and a timestamp step from the last batch.
+    Append(Vec<(Option<u8>, usize)>, i64),
+    /// Read from `offset = log_start + pick % (log_end - log_start)` onwards.
+    Read(usize),
+    Roll,
+    /// Seek the first record stamped at or after `first timestamp + pick`.
+    SeekTime(i64),
+    /// Move the log start to `log_start + pick % (length + 1)`.
+    DeleteBefore(usize),
+    CloseReopen,
+    CrashReopen,
+    /// Crash, then damage the last segment file at byte `pick % length`: cut it there
+    /// (`flip: false`) or flip a bit there (`flip: true`).
+    CrashDamaged {
+        pick: usize,
+        flip: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let record = (proptest::option::of(0u8..6), 0usize..90);
+    prop_oneof![
+        8 => (prop::collection::vec(record, 1..5), -50i64..200).prop_map(|(r, dt)| Op::Append(r, dt)),
+        3 => any::<usize>().prop_map(Op::Read),
+        1 => Just(Op::Roll),
+        1 => (0i64..8_000).prop_map(Op::SeekTime),
+        1 => any::<usize>().prop_map(Op::DeleteBefore),
+        1 => Just(Op::CloseReopen),
+        2 => Just(Op::CrashReopen),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, flip)| Op::CrashDamaged { pick, flip }),
+    ]
+}
+
+struct Harness<'a> {
+    dir: &'a Path,
+    config: LogConfig,
+    log: Option<PartitionLog>,
+    model: Vec<Rec>,
+    log_start: u64,
+    clock_ms: i64,
+}
+
+impl Harness<'_> {
+    fn log(&mut self) -> &mut PartitionLog {
+        self.log.as_mut().expect("open")
+    }
+
+    fn reopen(&mut self, clean: bool) {
+        if clean {
+            self.log().close().expect("close");
+        }
+        self.log = None;
+        let (log, report) =
+            PartitionLog::open(self.dir, self.config, clean, self.clock_ms).expect("reopen");
+        assert_eq!(report.truncated_bytes, 0, "nothing was damaged");
+        assert_eq!(report.dropped_segments, 0);
+        assert_eq!(log.log_start_offset(), self.log_start, "log start survives");
+        self.log = Some(log);
+        self.check_all();
+    }
+
+    /// Crashes, damages the last segment, and reopens: recovery must keep exactly the batches
+    /// that end before the damaged byte, and everything before them.
+    fn crash_damaged(&mut self, pick: usize, flip: bool) {
+        self.log = None;
+        let path = last_log_file(self.dir);
+        let mut bytes = std::fs::read(&path).expect("read segment");
+        if bytes.is_empty() {
+            return self.reopen(false);
+        }
+        let at = pick % bytes.len();
+        // Batch boundaries of the intact file: the first batch reaching past `at` is cut.
+        let mut position = 0;
+        let mut kept_end = None;
+        while position < bytes.len() {
+            let batch = BatchView::parse(&bytes[position..]).expect("intact before damage");
+            if position + batch.bytes.len() > at {
+                kept_end = Some(batch.header.base_offset);
+                break;
+            }
+            position += batch.bytes.len();
+        }
+        let kept_end = kept_end.expect("the damaged byte is inside a batch");
+        if flip {
+            bytes[at] ^= 1 << (pick % 8);
+        } else {
+            bytes.truncate(at);
+        }
+        std::fs::write(&path, &bytes).expect("write segment");
+        let (log, report) =
+            PartitionLog::open(self.dir, self.config, false, self.clock_ms).expect("reopen");
+        assert_eq!(
+            report.truncated_bytes,
+            (bytes.len() - position) as u64,
+            "bytes cut"
+        );
+        if kept_end >= self.log_start {
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), position as u64);
+        } else {
+            assert!(!path.exists(), "segments below the log start are dropped");
+        }
+        // A cut below the log start restarts the log, empty, at the log start: offsets
+        // below it are never given again. (Records below the start stay in the model
+        // unread.)
+        self.model.truncate(kept_end.max(self.log_start) as usize);
+        assert_eq!(log.log_start_offset(), self.log_start, "log start");
+        self.log = Some(log);
+        self.check_all();
+    }
+
+    fn step(&mut self, op: Op) {
+        match op {
+            Op::Append(records, dt) => self.append(&records, dt),
+            Op::Read(pick) => {
+                let (start, end) = (self.log_start, self.model.len() as u64);
+                if end > start {
+                    let from = start + pick as u64 % (end - start);
+                    self.check_from(from, 12);
+                }
+            }
+            Op::Roll => {
+                let (segments, now) = (self.log().segment_count(), self.clock_ms);
+                self.log().roll(now).expect("roll");
+                let rolled = self.log().segment_count();
+                assert!(rolled <= segments + 1);
+                // The new active segment is empty: rolling it again changes nothing.
+                self.log().roll(now).expect("roll");
+                assert_eq!(self.log().segment_count(), rolled);
+            }
+            Op::SeekTime(pick) => self.seek_time(pick),
+            Op::DeleteBefore(pick) => {
+                let end = self.model.len() as u64;
+                let target = self.log_start + pick as u64 % (end - self.log_start + 1);
+                let start = self
+                    .log()
+                    .delete_records_before(target, end)
+                    .expect("delete");
+                assert_eq!(start, target.max(self.log_start));
+                self.log_start = start;
+            }
+            Op::CloseReopen => self.reopen(true),
+            Op::CrashReopen => self.reopen(false),
+            Op::CrashDamaged { pick, flip } => self.crash_damaged(pick, flip),
+        }
+        assert_eq!(self.log().log_end_offset(), self.model.len() as u64, "LEO");
+    }
+
+    fn append(&mut self, records: &[(Option<u8>, usize)], dt: i64) {
+        let last_ts = self.model.last().map_or(1_000, |r| r.timestamp_ms);
+        let timestamp_ms = last_ts + dt;
+        let first = self.model.len();
+        let recs: Vec<Rec> = records
+            .iter()
+            .enumerate()
+            .map(|(i, &(key, len))| Rec {
+                key: key.map(|k| format!("k{k}").into_bytes()),
+                value: (0..len).map(|j| (first + i + j) as u8).collect(),
+                timestamp_ms: timestamp_ms + i as i64,
+            })
+            .collect();
+        let mut builder = BatchBuilder::with_capacity(128);
+        for r in &recs {
+            builder.push(&RecordRef {
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.as_deref(),
+                key_is_utf8: true,
+                value: Some(&r.value),
+                value_is_json: false,
+                headers: &[],
+            });
+        }
+        let mut batch = builder.finish(ProducerInfo::NONE, None);
+        self.clock_ms += 1;
+        let now = self.clock_ms;
+        let (base, next) = self.log().append(&mut batch, 0, now).expect("append");
+        assert_eq!(base, first as u64, "dense offsets");
+        assert_eq!(next, (first + recs.len()) as u64);
+        self.model.extend(recs);
+    }
+
+    /// Reads up to `limit` records from `from` and compares them with the model.
+    fn check_from(&mut self, from: u64, limit: usize) {
+        let read = read_from(self.log.as_ref().expect("open"), from, limit);
+        let end = self.model.len() as u64;
+        let expected = (end - from).min(limit as u64) as usize;
+        assert!(read.len() >= expected, "read {} of {expected}", read.len());
+        for (i, (offset, rec)) in read.iter().enumerate() {
+            assert_eq!(*offset, from + i as u64, "offsets dense in reads");
+            assert_eq!(rec, &self.model[*offset as usize], "record at {offset}");
+        }
+    }
+
+    fn check_all(&mut self) {
+        let start = self.log_start;
+        let len = self.model.len();
+        self.check_from(start, len);
+    }
+
+    /// Seeks like the broker: the time index gives a start, records are scanned from there.
+    /// Only records at or past the log start count (the broker clamps to it).
+    fn seek_time(&mut self, pick: i64) {
+        let Some(first_ts) = self.model.first().map(|r| r.timestamp_ms) else {
+            return;
+        };
+        let t = first_ts - 100 + pick;
+        let start = self.log_start;
+        let expected = (start as usize..self.model.len())
+            .find(|&i| self.model[i].timestamp_ms >= t)
+            .map(|i| i as u64);
+        let log = self.log.as_ref().expect("open");
+        let found = log.time_slice(t).and_then(|slice| {
+            let bytes = slice.read(u64::MAX).expect("read");
+            let base = BatchView::parse(&bytes).expect("batch").header.base_offset;
+            read_from(log, base.max(start), usize::MAX)
+                .into_iter()
+                .find(|(_, r)| r.timestamp_ms >= t)
+                .map(|(o, _)| o)
+        });
+        assert_eq!(found, expected, "seek to {t}");
+    }
+}
+
+fn last_log_file(dir: &Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a segment")
+}
+
+/// Reads records from `from` on, in small reads that end mid-batch, across segments.
+fn read_from(log: &PartitionLog, from: u64, limit: usize) -> Vec<(u64, Rec)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while out.len() < limit {
+        let Some(mut slice) = log.read_slice(offset) else {
+            break;
+        };
+        slice.skip_before(offset).expect("skip");
+        let bytes = slice.read(300).expect("read");
+        let mut rest = &bytes[..];
+        let before = offset;
+        while let Ok(batch) = BatchView::parse(rest) {
+            rest = &rest[batch.bytes.len()..];
+            for record in batch.records() {
+                let record = record.expect("record decodes");
+                if record.offset >= offset {
+                    out.push((
+                        record.offset,
+                        Rec {
+                            key: record.key.map(<[u8]>::to_vec),
+                            value: record.value.expect("value").to_vec(),
+                            timestamp_ms: record.timestamp_ms,
+                        },
+                    ));
+                }
+            }
+            offset = offset.max(batch.header.next_offset());
+        }
+        assert!(offset > before, "a read at {before} made no progress");
+    }
+    out
+}
+
+/// A directory on tmpfs when there is one: the model checks contents, not fsync, and every
+/// reopen syncs every segment, which on a real disk makes each case take a second.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 2_000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn log_matches_a_vec_model(
+        ops in prop::collection::vec(op(), 1..80),
+        segment_bytes in prop_oneof![Just(1_024u64), Just(4_096)],
+        index_interval_bytes in 1u64..600,
+    ) {
+        let dir = scratch_dir();
+        let config = LogConfig {
+            segment_bytes,
+            segment_ms: i64::MAX,
+            index_interval_bytes,
+            retention_ms: None,
+            retention_bytes: None,
+        };
+        let (log, _) = PartitionLog::open(dir.path(), config, false, 0).unwrap();
+        let mut h = Harness {
+            dir: dir.path(),
+            config,
+            log: Some(log),
+            model: Vec::new(),
+            log_start: 0,
+            clock_ms: 0,
+        };
+        for op in ops {
+            h.step(op);
+        }
+        h.reopen(false);
+        h.reopen(true);
+    }
+}

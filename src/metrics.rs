@@ -27,10 +27,9 @@ pub const COMPACTED_RECORDS: &str = "tidelog_compaction_dropped_records_total";
 pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
 pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
 pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";
-/// Emitted by the groups module (`group`, `topic`, `partition` labels; never a member id).
-pub const CONSUMER_GROUP_LAG: &str = "tidelog_consumer_group_lag_records";
-pub const CONSUMER_GROUP_REBALANCES: &str = "tidelog_consumer_group_rebalances_total";
-pub const CONSUMER_GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
+pub const GROUP_LAG: &str = "tidelog_consumer_group_lag_records";
+pub const GROUP_REBALANCES: &str = "tidelog_consumer_group_rebalances_total";
+pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -159,17 +158,17 @@ fn describe() {
         "Fetches waiting for new records (long-polls and SSE streams)."
     );
     describe_gauge!(
-        CONSUMER_GROUP_LAG,
+        GROUP_LAG,
         Unit::Count,
         "Records between a group's committed offset and the high watermark."
     );
     describe_counter!(
-        CONSUMER_GROUP_REBALANCES,
+        GROUP_REBALANCES,
         Unit::Count,
         "Consumer group rebalances, by group."
     );
     describe_gauge!(
-        CONSUMER_GROUP_MEMBERS,
+        GROUP_MEMBERS,
         Unit::Count,
         "Active members of a consumer group."
     );

@@ -307,7 +307,7 @@ async fn join_and_commit(http: &reqwest::Client, url: &str) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200, "join: {}", r.text().await.unwrap());
+    assert_eq!(r.status(), 201, "join: {}", r.text().await.unwrap());
     let joined: Value = r.json().await.unwrap();
     let member = joined["member_id"].as_str().expect("member_id");
     let r = http

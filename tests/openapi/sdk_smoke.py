@@ -73,18 +73,23 @@ described = expect(describe_topic.sync("sdk-orders", client=client), TopicDescri
 assert [p.high_watermark for p in described.partitions] == [4, 3], described
 
 if GROUPS:
-    from tidelog_client.api.groups import commit_offsets, describe_group, join_group
+    from tidelog_client.api.groups import commit_offsets, describe_group, fetch_group_records, join_group
     from tidelog_client.models import (
         CommitOffsetsRequest,
+        CommitOffsetsResponse,
         GroupDescription,
+        GroupFetchResponse,
         JoinGroupRequest,
-        JoinGroupResponse,
+        MemberView,
         OffsetCommit,
     )
 
     joined = join_group.sync("sdk-group", client=client, body=JoinGroupRequest(topics=["sdk-orders"]))
-    joined = expect(joined, JoinGroupResponse, "join group")
+    joined = expect(joined, MemberView, "join group")
     assert sorted((a.topic, a.partition) for a in joined.assignment) == [("sdk-orders", 0), ("sdk-orders", 1)]
+    got = fetch_group_records.sync("sdk-group", joined.member_id, client=client, max_records=100)
+    got = expect(got, GroupFetchResponse, "group fetch")
+    assert len(got.records) == 7 and {r.topic for r in got.records} == {"sdk-orders"}, got
     committed = commit_offsets.sync(
         "sdk-group",
         client=client,
@@ -94,12 +99,11 @@ if GROUPS:
             offsets=[OffsetCommit(topic="sdk-orders", partition=0, offset=2)],
         ),
     )
-    if isinstance(committed, Problem):
-        raise SystemExit(f"commit: {committed!r}")
+    expect(committed, CommitOffsetsResponse, "commit")
     group = expect(describe_group.sync("sdk-group", client=client), GroupDescription, "describe group")
-    lag = {(o.topic, o.partition): o.lag for o in group.offsets}
-    assert lag.get(("sdk-orders", 0)) == 2, group
-    print("sdk: groups: joined, committed, lag seen")
+    lag = {(p.topic, p.partition): p.lag for p in group.partitions}
+    assert lag == {("sdk-orders", 0): 2, ("sdk-orders", 1): 3}, group
+    print("sdk: groups: joined, fetched, committed, lag seen")
 else:
     print("sdk: NOTE: the broker serves no /v1/groups route yet; the group step is skipped")
 

@@ -200,8 +200,9 @@ fn promtool() -> String {
     find().expect("promtool is on PATH after installing prometheus")
 }
 
-/// Drives traffic through every path that records a metric and returns the scrape.
-async fn scrape_after_traffic(broker: &common::TestBroker) -> String {
+/// Drives traffic through every path that records a metric; returns the scrape and how many
+/// records a group member read (none while groups are not served).
+async fn scrape_after_traffic(broker: &common::TestBroker) -> (String, u64) {
     let http = broker.client();
     let url = &broker.url;
     let r = http
@@ -261,9 +262,11 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    if groups_served() {
-        join_and_commit(&http, url).await;
-    }
+    let group_fetched = if groups_served() {
+        join_and_commit(&http, url).await
+    } else {
+        0
+    };
     // A made-up method must not become a label value of its own (unbounded cardinality).
     let brew = reqwest::Method::from_bytes(b"BREW-7f3a").unwrap();
     let r = http
@@ -292,7 +295,7 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> String {
             hw.is_some() && hw == leo
         });
         if flushed || tokio::time::Instant::now() > deadline {
-            return text;
+            return (text, group_fetched);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -300,7 +303,7 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> String {
 
 /// Makes the consumer-group series appear: a member joins, reads and commits (the shapes are
 /// the spec's: `member_id`, `generation`, `offsets`).
-async fn join_and_commit(http: &reqwest::Client, url: &str) {
+async fn join_and_commit(http: &reqwest::Client, url: &str) -> u64 {
     let r = http
         .post(format!("{url}/v1/groups/dashboard/members"))
         .json(&json!({"topics": ["orders"]}))
@@ -318,6 +321,8 @@ async fn join_and_commit(http: &reqwest::Client, url: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "group fetch: {}", r.text().await.unwrap());
+    let fetched: Value = r.json().await.unwrap();
+    let read = fetched["records"].as_array().expect("records").len() as u64;
     let r = http
         .post(format!("{url}/v1/groups/dashboard/offsets"))
         .json(&json!({
@@ -333,6 +338,7 @@ async fn join_and_commit(http: &reqwest::Client, url: &str) {
         "commit: {}",
         r.text().await.unwrap()
     );
+    read
 }
 
 fn groups_served() -> bool {
@@ -344,7 +350,7 @@ fn groups_served() -> bool {
 #[tokio::test]
 async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
     let broker = common::TestBroker::start();
-    let text = scrape_after_traffic(&broker).await;
+    let (text, group_fetched) = scrape_after_traffic(&broker).await;
     let scraped = Exposition::parse(&text);
 
     // promtool: format and lint (help text, counter suffixes, base units).
@@ -401,7 +407,8 @@ async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
     );
     assert_eq!(
         scraped.value("tidelog_records_fetched_total", &orders),
-        Some(22.0)
+        Some(22.0 + group_fetched as f64),
+        "both partitions read whole, plus what the group member read"
     );
     assert!(scraped.has_sample(
         "tidelog_http_problems_total",
@@ -516,7 +523,7 @@ async fn every_metric_the_dashboard_queries_is_exposed() {
     assert!(used.len() >= 15, "the scan found the queries: {used:?}");
 
     let broker = common::TestBroker::start();
-    let scraped = Exposition::parse(&scrape_after_traffic(&broker).await);
+    let scraped = Exposition::parse(&scrape_after_traffic(&broker).await.0);
     let groups = groups_served();
     let mut missing = Vec::new();
     for name in &used {

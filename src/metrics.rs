@@ -2,7 +2,7 @@
 //!
 //! Every name starts with `tidelog_` and ends with its unit. Labels are bounded: topic,
 //! partition, route template, standard HTTP method, status code, error code, group; never an
-//! offset or a member id. Every metric has help text ([`describe`]); the table of metrics in
+//! offset or a member id. Every metric has help text (`describe`); the table of metrics in
 //! `openapi/tidelog.json` (`x-tidelog-metrics`) and `grafana/tidelog.json` are checked against
 //! a live scrape by `tests/metrics_exposition.rs`.
 

@@ -167,8 +167,14 @@ fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
     (name, labels, value)
 }
 
-/// The path of `promtool`, installing Debian's `prometheus` package if it is missing.
+/// The path of `promtool`, installing Debian's `prometheus` package if it is missing (once
+/// per test process: the tests here run in parallel and apt-get takes a lock).
 fn promtool() -> String {
+    static PROMTOOL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROMTOOL.get_or_init(find_or_install_promtool).clone()
+}
+
+fn find_or_install_promtool() -> String {
     let find = || {
         Command::new("sh")
             .args(["-c", "command -v promtool"])

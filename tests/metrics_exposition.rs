@@ -122,7 +122,7 @@ impl Exposition {
 /// `name{a="x",b="y"} value` with escaped quotes in values.
 fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .unwrap_or_else(|| panic!("sample line without value: {line}"));
     let name = line[..name_end].to_string();
     let mut labels = BTreeMap::new();

@@ -1,7 +1,10 @@
 //! Metric names, in one place, and the Prometheus recorder.
 //!
 //! Every name starts with `tidelog_` and ends with its unit. Labels are bounded: topic,
-//! partition, route template, status code, error code; never an offset or a member id.
+//! partition, route template, standard HTTP method, status code, error code, group; never an
+//! offset or a member id. Every metric has help text (`describe`); the table of metrics in
+//! `openapi/tidelog.json` (`x-tidelog-metrics`) and `grafana/tidelog.json` are checked against
+//! a live scrape by `tests/metrics_exposition.rs`.
 
 use std::sync::OnceLock;
 
@@ -51,7 +54,125 @@ pub fn install() -> PrometheusHandle {
                 })
                 .expect("valid buckets")
                 .install_recorder()
+                .inspect(|_| {
+                    describe();
+                    // Process-wide series start at zero rather than appearing on first use.
+                    ::metrics::gauge!(LONG_POLLS_WAITING).set(0.0);
+                    ::metrics::counter!(FSYNCS).increment(0);
+                })
                 .expect("the metrics recorder is installed once")
         })
         .clone()
+}
+
+/// Help text and units for every metric, rendered as `# HELP` lines.
+fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS,
+        Unit::Count,
+        "HTTP requests answered, by route template, method and status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time to produce an HTTP response head, by route template and method."
+    );
+    describe_counter!(
+        PROBLEMS,
+        Unit::Count,
+        "Problem responses (rejected input and failures), by stable error code."
+    );
+    describe_counter!(RECORDS_PRODUCED, Unit::Count, "Records appended, by topic.");
+    describe_counter!(
+        BYTES_PRODUCED,
+        Unit::Bytes,
+        "Batch bytes appended, by topic."
+    );
+    describe_counter!(
+        RECORDS_FETCHED,
+        Unit::Count,
+        "Records returned to consumers, by topic."
+    );
+    describe_counter!(
+        BYTES_FETCHED,
+        Unit::Bytes,
+        "Log bytes read for consumers, by topic."
+    );
+    describe_counter!(
+        FSYNCS,
+        Unit::Count,
+        "fsync rounds of the partition flushers; one round covers every producer waiting."
+    );
+    describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Time of one fsync round.");
+    describe_histogram!(
+        FSYNC_RECORDS,
+        Unit::Count,
+        "Records made durable by one fsync round (group commit size)."
+    );
+    describe_gauge!(
+        HIGH_WATERMARK,
+        Unit::Count,
+        "High watermark offset: records below it are durable and visible to consumers."
+    );
+    describe_gauge!(
+        LOG_START_OFFSET,
+        Unit::Count,
+        "First offset still readable in the partition."
+    );
+    describe_gauge!(
+        LOG_END_OFFSET,
+        Unit::Count,
+        "Offset the next appended record gets (published after each fsync)."
+    );
+    describe_gauge!(
+        PARTITION_SEGMENTS,
+        Unit::Count,
+        "Segment files of the partition."
+    );
+    describe_gauge!(
+        PARTITION_BYTES,
+        Unit::Bytes,
+        "Bytes of the partition's segment files on disk."
+    );
+    describe_counter!(
+        SEGMENTS_DELETED,
+        Unit::Count,
+        "Segments removed by retention, by topic."
+    );
+    describe_counter!(
+        COMPACTED_RECORDS,
+        Unit::Count,
+        "Records dropped by log compaction, by topic."
+    );
+    describe_counter!(
+        STORAGE_ERRORS,
+        Unit::Count,
+        "Append or fsync failures, by topic; the partition then refuses writes."
+    );
+    describe_counter!(
+        RECOVERY_TRUNCATIONS,
+        Unit::Count,
+        "Torn or corrupt log tails truncated at startup, by topic."
+    );
+    describe_gauge!(
+        LONG_POLLS_WAITING,
+        Unit::Count,
+        "Fetches waiting for new records (long-polls and SSE streams)."
+    );
+    describe_gauge!(
+        GROUP_LAG,
+        Unit::Count,
+        "Records between a group's committed offset and the high watermark."
+    );
+    describe_counter!(
+        GROUP_REBALANCES,
+        Unit::Count,
+        "Consumer group rebalances, by group."
+    );
+    describe_gauge!(
+        GROUP_MEMBERS,
+        Unit::Count,
+        "Active members of a consumer group."
+    );
 }

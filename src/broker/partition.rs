@@ -158,6 +158,7 @@ impl Partition {
             failure: OnceLock::new(),
             closed: AtomicBool::new(false),
         });
+        partition.register_counters();
         partition.publish_gauges();
         tokio::spawn(Arc::clone(&partition).run_flusher());
         Ok((partition, report))
@@ -416,6 +417,7 @@ impl Partition {
             self.lock().install_compacted(rewritten)?;
             ::metrics::counter!(m::COMPACTED_RECORDS, "topic" => self.topic.to_string())
                 .increment(dropped);
+            self.publish_gauges();
         }
         Ok(dropped)
     }
@@ -528,14 +530,42 @@ impl Partition {
         Ok(())
     }
 
+    /// Publishes the partition's offsets and disk use. Called where they change: open, after
+    /// each fsync (so the log end offset lags appends by at most the flush interval, without
+    /// a metrics update on every produce), retention, delete-records and compaction.
     fn publish_gauges(&self) {
         let p = self.progress();
+        let (log_end_offset, segments, size_bytes) = {
+            let log = self.lock();
+            (log.log_end_offset(), log.segment_count(), log.size_bytes())
+        };
         let labels = [
             ("topic", self.topic.to_string()),
             ("partition", self.id.to_string()),
         ];
         ::metrics::gauge!(m::HIGH_WATERMARK, &labels).set(p.high_watermark as f64);
         ::metrics::gauge!(m::LOG_START_OFFSET, &labels).set(p.log_start_offset as f64);
+        ::metrics::gauge!(m::LOG_END_OFFSET, &labels).set(log_end_offset as f64);
+        ::metrics::gauge!(m::PARTITION_SEGMENTS, &labels).set(segments as f64);
+        ::metrics::gauge!(m::PARTITION_BYTES, &labels).set(size_bytes as f64);
+    }
+
+    /// Makes the partition's counters visible at zero from the start, so `rate()` and alerts
+    /// see a series before the first event.
+    fn register_counters(&self) {
+        let topic = self.topic.to_string();
+        for name in [
+            m::RECORDS_PRODUCED,
+            m::BYTES_PRODUCED,
+            m::RECORDS_FETCHED,
+            m::BYTES_FETCHED,
+            m::SEGMENTS_DELETED,
+            m::COMPACTED_RECORDS,
+            m::STORAGE_ERRORS,
+            m::RECOVERY_TRUNCATIONS,
+        ] {
+            ::metrics::counter!(name, "topic" => topic.clone()).increment(0);
+        }
     }
 }
 

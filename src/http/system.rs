@@ -43,3 +43,15 @@ pub async fn cluster(State(broker): State<AppState>) -> Response {
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
+
+/// The Prometheus text exposition of every metric.
+pub async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::install().render(),
+    )
+        .into_response()
+}

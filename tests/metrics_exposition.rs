@@ -1,0 +1,613 @@
+//! `/metrics` of a live broker after real traffic: valid Prometheus exposition (checked by
+//! `promtool check metrics`), every name `tidelog_*` with help text, the required series
+//! present with bounded labels, the metric table in the OpenAPI document complete, and every
+//! metric the Grafana dashboard queries actually exposed.
+//!
+//! `promtool` comes from Debian's `prometheus` package; the test installs it when missing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const SPEC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.json");
+const DASHBOARD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/tidelog.json");
+
+/// Series the broker must expose after produce, fetch, long-poll and rejected requests.
+const REQUIRED: [&str; 19] = [
+    "tidelog_http_requests_total",
+    "tidelog_http_request_duration_seconds",
+    "tidelog_http_problems_total",
+    "tidelog_records_produced_total",
+    "tidelog_produced_bytes_total",
+    "tidelog_records_fetched_total",
+    "tidelog_fetched_bytes_total",
+    "tidelog_fsyncs_total",
+    "tidelog_fsync_duration_seconds",
+    "tidelog_fsync_covered_records",
+    "tidelog_partition_log_end_offset",
+    "tidelog_partition_high_watermark_offset",
+    "tidelog_partition_log_start_offset",
+    "tidelog_partition_segments",
+    "tidelog_partition_size_bytes",
+    "tidelog_long_polls_waiting",
+    "tidelog_storage_errors_total",
+    "tidelog_segments_deleted_total",
+    "tidelog_recovery_truncations_total",
+];
+
+/// Label names allowed anywhere: all bounded (no offsets, no member ids).
+const ALLOWED_LABELS: [&str; 9] = [
+    "route",
+    "method",
+    "status",
+    "code",
+    "topic",
+    "partition",
+    "group",
+    "le",
+    "quantile",
+];
+
+/// One parsed exposition: metric family name → type, help, and the label sets of its samples.
+#[derive(Debug, Default)]
+struct Exposition {
+    types: BTreeMap<String, String>,
+    helps: BTreeMap<String, String>,
+    /// (sample name, labels, value)
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Exposition {
+    fn parse(text: &str) -> Exposition {
+        let mut out = Exposition::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
+                out.types.insert(name.to_string(), kind.trim().to_string());
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.helps.insert(name.to_string(), help.to_string());
+            } else if !line.starts_with('#') {
+                out.samples.push(parse_sample(line));
+            }
+        }
+        out
+    }
+
+    /// The family a sample belongs to (`x_bucket` of histogram `x` → `x`).
+    fn family_of(&self, sample_name: &str) -> Option<String> {
+        if self.types.contains_key(sample_name) {
+            return Some(sample_name.to_string());
+        }
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = sample_name.strip_suffix(suffix)
+                && matches!(
+                    self.types.get(base).map(String::as_str),
+                    Some("histogram" | "summary")
+                )
+            {
+                return Some(base.to_string());
+            }
+        }
+        None
+    }
+
+    fn has_sample(&self, family: &str, labels: &[(&str, &str)]) -> bool {
+        self.samples.iter().any(|(name, l, _)| {
+            self.family_of(name).as_deref() == Some(family)
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+    }
+}
+
+/// `name{a="x",b="y"} value` with escaped quotes in values.
+fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
+    let name_end = line
+        .find(['{', ' '])
+        .unwrap_or_else(|| panic!("sample line without value: {line}"));
+    let name = line[..name_end].to_string();
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices();
+        let mut key = String::new();
+        loop {
+            let (i, c) = chars.next().expect("unterminated label set");
+            match c {
+                '}' => {
+                    rest = &body[i + 1..];
+                    break;
+                }
+                ',' => {}
+                '=' => {
+                    assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
+                    let mut value = String::new();
+                    loop {
+                        let (_, c) = chars.next().expect("unterminated label value");
+                        match c {
+                            '\\' => value.push(chars.next().expect("escape").1),
+                            '"' => break,
+                            c => value.push(c),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value);
+                }
+                c => key.push(c),
+            }
+        }
+    }
+    let value = rest
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("no value: {line}"));
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
+    };
+    (name, labels, value)
+}
+
+/// The path of `promtool`, installing Debian's `prometheus` package if it is missing (once
+/// per test process: the tests here run in parallel and apt-get takes a lock).
+fn promtool() -> String {
+    static PROMTOOL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROMTOOL.get_or_init(find_or_install_promtool).clone()
+}
+
+fn find_or_install_promtool() -> String {
+    let find = || {
+        Command::new("sh")
+            .args(["-c", "command -v promtool"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(path) = find() {
+        return path;
+    }
+    for args in [
+        vec!["update", "-q"],
+        vec![
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "prometheus",
+        ],
+    ] {
+        let status = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .expect("run apt-get");
+        assert!(status.success(), "apt-get {args:?} failed: {status}");
+    }
+    find().expect("promtool is on PATH after installing prometheus")
+}
+
+/// Drives traffic through every path that records a metric; returns the scrape and how many
+/// records a group member read (none while groups are not served).
+async fn scrape_after_traffic(broker: &common::TestBroker) -> (String, u64) {
+    let http = broker.client();
+    let url = &broker.url;
+    let r = http
+        .post(format!("{url}/v1/topics"))
+        .json(&json!({"name": "orders", "partitions": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let records: Vec<Value> = (0..20)
+        .map(|i| json!({"key": format!("k{i}"), "value": {"n": i}}))
+        .collect();
+    let r = http
+        .post(format!("{url}/v1/topics/orders/records?acks=all"))
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{url}/v1/topics/orders/records?acks=all"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"value\":1,\"partition\":0}\n{\"value\":2,\"partition\":1}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for p in 0..2 {
+        let r = http
+            .get(format!("{url}/v1/topics/orders/partitions/{p}/records"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // A long-poll that ends empty: the waiting gauge goes up and back down.
+    let r = http
+        .get(format!(
+            "{url}/v1/topics/orders/partitions/0/records?offset=latest&wait_ms=50"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Rejected input: counted by code.
+    let r = http
+        .get(format!("{url}/v1/topics/nope/partitions/0/records"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(format!(
+            "{url}/v1/topics/orders/partitions/0/records?max_records=ten"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let group_fetched = if groups_served() {
+        join_and_commit(&http, url).await
+    } else {
+        0
+    };
+    // A made-up method must not become a label value of its own (unbounded cardinality).
+    let brew = reqwest::Method::from_bytes(b"BREW-7f3a").unwrap();
+    let r = http
+        .request(brew, format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    // The log end offset gauge is published after each fsync; wait until it caught up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scraped = Exposition::parse(&text);
+        let flushed = (0..2).all(|p| {
+            let p = p.to_string();
+            let labels = [("topic", "orders"), ("partition", p.as_str())];
+            let hw = scraped.value("tidelog_partition_high_watermark_offset", &labels);
+            let leo = scraped.value("tidelog_partition_log_end_offset", &labels);
+            hw.is_some() && hw == leo
+        });
+        if flushed || tokio::time::Instant::now() > deadline {
+            return (text, group_fetched);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Makes the consumer-group series appear: a member joins, reads and commits (the shapes are
+/// the spec's: `member_id`, `generation`, `offsets`).
+async fn join_and_commit(http: &reqwest::Client, url: &str) -> u64 {
+    let r = http
+        .post(format!("{url}/v1/groups/dashboard/members"))
+        .json(&json!({"topics": ["orders"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "join: {}", r.text().await.unwrap());
+    let joined: Value = r.json().await.unwrap();
+    let member = joined["member_id"].as_str().expect("member_id");
+    let r = http
+        .get(format!(
+            "{url}/v1/groups/dashboard/members/{member}/records?max_records=5"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "group fetch: {}", r.text().await.unwrap());
+    let fetched: Value = r.json().await.unwrap();
+    let read = fetched["records"].as_array().expect("records").len() as u64;
+    let r = http
+        .post(format!("{url}/v1/groups/dashboard/offsets"))
+        .json(&json!({
+            "member_id": member,
+            "generation": joined["generation"],
+            "offsets": [{"topic": "orders", "partition": 0, "offset": 1}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "commit: {}",
+        r.text().await.unwrap()
+    );
+    read
+}
+
+fn groups_served() -> bool {
+    tidelog::http::route_table()
+        .iter()
+        .any(|(path, _)| path.starts_with("/v1/groups"))
+}
+
+#[tokio::test]
+async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
+    let broker = common::TestBroker::start();
+    let (text, group_fetched) = scrape_after_traffic(&broker).await;
+    let scraped = Exposition::parse(&text);
+
+    // promtool: format and lint (help text, counter suffixes, base units).
+    let promtool = promtool();
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for name in scraped.types.keys() {
+        assert!(
+            name.starts_with("tidelog_"),
+            "{name} lacks the tidelog_ prefix"
+        );
+        assert!(
+            scraped.helps.get(name).is_some_and(|h| !h.is_empty()),
+            "{name} has no help text"
+        );
+    }
+    for name in REQUIRED {
+        assert!(scraped.types.contains_key(name), "{name} is not exposed");
+    }
+    for (name, labels, _) in &scraped.samples {
+        for label in labels.keys() {
+            assert!(
+                ALLOWED_LABELS.contains(&label.as_str()),
+                "{name} has label {label}, which is not known to be bounded"
+            );
+        }
+    }
+
+    // The traffic above is visible where it should be.
+    let orders = [("topic", "orders")];
+    assert_eq!(
+        scraped.value("tidelog_records_produced_total", &orders),
+        Some(22.0),
+        "20 JSON records + 2 NDJSON records"
+    );
+    assert_eq!(
+        scraped.value("tidelog_records_fetched_total", &orders),
+        Some(22.0 + group_fetched as f64),
+        "both partitions read whole, plus what the group member read"
+    );
+    assert!(scraped.has_sample(
+        "tidelog_http_problems_total",
+        &[("code", "topic_not_found")]
+    ));
+    assert!(scraped.has_sample(
+        "tidelog_http_problems_total",
+        &[("code", "invalid_request")]
+    ));
+    assert!(scraped.has_sample(
+        "tidelog_http_requests_total",
+        &[
+            ("route", "/v1/topics/{topic}/records"),
+            ("method", "POST"),
+            ("status", "200")
+        ]
+    ));
+    assert!(scraped.has_sample(
+        "tidelog_http_request_duration_seconds",
+        &[("route", "/v1/topics/{topic}/partitions/{partition}/records")]
+    ));
+    assert!(
+        !text.contains("BREW"),
+        "a client's method name became a label value"
+    );
+    assert!(scraped.has_sample(
+        "tidelog_http_requests_total",
+        &[("method", "other"), ("status", "405")]
+    ));
+    let hw: f64 = ["0", "1"]
+        .iter()
+        .filter_map(|p| {
+            scraped.value(
+                "tidelog_partition_high_watermark_offset",
+                &[("topic", "orders"), ("partition", p)],
+            )
+        })
+        .sum();
+    assert_eq!(hw, 22.0, "the high watermarks add up to every record");
+    assert_eq!(scraped.value("tidelog_long_polls_waiting", &[]), Some(0.0));
+    assert!(scraped.value("tidelog_fsyncs_total", &[]).unwrap_or(0.0) >= 1.0);
+
+    // The metric table of the OpenAPI document matches what is exposed.
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(SPEC_FILE).unwrap()).unwrap();
+    let documented: BTreeMap<String, (String, bool)> = spec["x-tidelog-metrics"]
+        .as_array()
+        .expect("x-tidelog-metrics")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                (
+                    m["type"].as_str().unwrap().to_string(),
+                    m["module"] == "groups",
+                ),
+            )
+        })
+        .collect();
+    for (name, kind) in &scraped.types {
+        let (doc_kind, _) = documented
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is exposed but not in x-tidelog-metrics"));
+        assert_eq!(doc_kind, kind, "{name}: documented type differs");
+    }
+    for (name, (_, from_groups)) in &documented {
+        if *from_groups && !groups_served() {
+            // Emitted by the groups module; the traffic joins a group once it exists.
+            continue;
+        }
+        assert!(
+            scraped.types.contains_key(name),
+            "{name} is documented but not exposed"
+        );
+    }
+}
+
+/// Every `tidelog_*` name in the dashboard's queries, mapped to its metric family.
+fn dashboard_metric_names(dashboard: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, key: Option<&str>, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(map) => map.iter().for_each(|(k, v)| walk(v, Some(k), out)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, key, out)),
+            Value::String(s) if matches!(key, Some("expr" | "query" | "definition")) => {
+                for (i, _) in s.match_indices("tidelog_") {
+                    let name: String = s[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    out.insert(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut names = BTreeSet::new();
+    walk(dashboard, None, &mut names);
+    names
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_queries_is_exposed() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD_FILE).unwrap()).unwrap();
+    let templating = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        templating
+            .iter()
+            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
+        "the dashboard has a Prometheus datasource variable"
+    );
+    let used = dashboard_metric_names(&dashboard);
+    assert!(used.len() >= 15, "the scan found the queries: {used:?}");
+
+    let broker = common::TestBroker::start();
+    let scraped = Exposition::parse(&scrape_after_traffic(&broker).await.0);
+    let groups = groups_served();
+    let mut missing = Vec::new();
+    for name in &used {
+        if scraped.family_of(name).is_some() {
+            continue;
+        }
+        if !groups && name.starts_with("tidelog_consumer_group_") {
+            continue;
+        }
+        missing.push(name.clone());
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the broker does not expose: {missing:?}"
+    );
+}
+
+/// Every query of the dashboard as Prometheus would see it: Grafana's variables replaced by
+/// plain values.
+fn dashboard_queries(dashboard: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(expr)) = map.get("expr") {
+                    out.push(expr.clone());
+                }
+                map.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    walk(dashboard, &mut queries);
+    queries
+        .into_iter()
+        .map(|q| {
+            q.replace("$__rate_interval", "1m")
+                .replace("$topic", ".*")
+                .replace("$group", ".*")
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD_FILE).unwrap()).unwrap();
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 20, "the scan found the panels' queries");
+    for q in &queries {
+        assert!(!q.contains('$'), "an unknown dashboard variable in: {q}");
+    }
+    // A rules file (JSON is YAML) with one recording rule per query: `promtool check rules`
+    // parses each expression with Prometheus's own PromQL parser.
+    let rules: Vec<Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| json!({"record": format!("dashboard:query_{i}"), "expr": q}))
+        .collect();
+    let file = tempfile::Builder::new()
+        .suffix(".yml")
+        .tempfile()
+        .expect("temp rules file");
+    std::fs::write(
+        file.path(),
+        json!({"groups": [{"name": "tidelog-dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(file.path())
+        .output()
+        .expect("run promtool check rules");
+    assert!(
+        out.status.success(),
+        "promtool check rules rejected a dashboard query:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

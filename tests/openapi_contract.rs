@@ -1,0 +1,334 @@
+//! The OpenAPI document (`openapi/tidelog.json`) against the routes the broker really serves.
+//!
+//! The router is built from one table (`tidelog::http::route_table`), so these tests see every
+//! route and method. They fail when a route exists that the spec lacks, when the spec lists an
+//! operation the router does not serve, when an error code in the source is missing from the
+//! spec's code table (or carries another status), and when the served document differs from
+//! the file.
+//!
+//! Consumer-group operations (tag `groups`) come from the groups module. While the router has
+//! no `/v1/groups` route at all they may be absent from it; once any exists, all must match.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde_json::Value;
+
+const SPEC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.json");
+const HTTP_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+fn spec() -> Value {
+    let text = std::fs::read_to_string(SPEC_FILE).expect("read openapi/tidelog.json");
+    serde_json::from_str(&text).expect("openapi/tidelog.json is JSON")
+}
+
+/// `(path, method)` pairs the router serves, methods lower-case.
+fn served_operations() -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, methods) in tidelog::http::route_table() {
+        assert!(!methods.is_empty(), "route {path} has no method");
+        for method in methods {
+            let fresh = ops.insert((path.to_string(), method.as_str().to_ascii_lowercase()));
+            assert!(fresh, "route table lists {method} {path} twice");
+        }
+    }
+    ops
+}
+
+/// `(path, method)` → tags, for every operation of the spec.
+fn spec_operations(spec: &Value) -> BTreeMap<(String, String), Vec<String>> {
+    let paths = spec["paths"].as_object().expect("spec has paths");
+    let mut ops = BTreeMap::new();
+    for (path, item) in paths {
+        let item = item.as_object().expect("a path item is an object");
+        for method in HTTP_METHODS {
+            if let Some(op) = item.get(method) {
+                let tags = op["tags"]
+                    .as_array()
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|t| t.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ops.insert((path.clone(), method.to_string()), tags);
+            }
+        }
+    }
+    ops
+}
+
+fn is_groups_path(path: &str) -> bool {
+    path == "/v1/groups" || path.starts_with("/v1/groups/")
+}
+
+/// The drift check itself, separate from the data so it can be tested on made-up tables.
+fn route_drift(
+    served: &BTreeSet<(String, String)>,
+    spec_ops: &BTreeMap<(String, String), Vec<String>>,
+) -> Vec<String> {
+    let groups_served = served.iter().any(|(p, _)| is_groups_path(p));
+    let mut problems = Vec::new();
+    for (path, method) in served {
+        if !spec_ops.contains_key(&(path.clone(), method.clone())) {
+            problems.push(format!(
+                "served but not in the spec: {} {path}",
+                method.to_uppercase()
+            ));
+        }
+    }
+    for ((path, method), tags) in spec_ops {
+        if served.contains(&(path.clone(), method.clone())) {
+            continue;
+        }
+        let tolerated = !groups_served && tags.iter().any(|t| t == "groups");
+        if !tolerated {
+            problems.push(format!(
+                "in the spec but not served: {} {path}",
+                method.to_uppercase()
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_served_route_is_in_the_spec_and_every_spec_operation_is_served() {
+    let spec = spec();
+    let problems = route_drift(&served_operations(), &spec_operations(&spec));
+    assert!(
+        problems.is_empty(),
+        "the router and openapi/tidelog.json disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_drift_check_catches_missing_routes_both_ways_and_tolerates_groups_only_before_they_exist() {
+    let op = |p: &str, m: &str| (p.to_string(), m.to_string());
+    let spec_ops: BTreeMap<_, _> = [
+        (op("/v1/topics", "get"), vec!["topics".to_string()]),
+        (op("/v1/groups", "get"), vec!["groups".to_string()]),
+        (op("/v1/groups/{group}", "get"), vec!["groups".to_string()]),
+    ]
+    .into_iter()
+    .collect();
+    let served: BTreeSet<_> = [op("/v1/topics", "get")].into_iter().collect();
+    assert!(route_drift(&served, &spec_ops).is_empty());
+
+    let served: BTreeSet<_> = [op("/v1/topics", "get"), op("/v1/topics", "post")]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        route_drift(&served, &spec_ops),
+        ["served but not in the spec: POST /v1/topics"]
+    );
+
+    let served: BTreeSet<_> = [op("/v1/groups", "get")].into_iter().collect();
+    assert_eq!(
+        route_drift(&served, &spec_ops),
+        [
+            "in the spec but not served: GET /v1/groups/{group}",
+            "in the spec but not served: GET /v1/topics"
+        ]
+    );
+}
+
+#[test]
+fn every_operation_documents_its_responses_and_every_path_parameter() {
+    let spec = spec();
+    for ((path, method), _) in spec_operations(&spec) {
+        let op = &spec["paths"][&path][&method];
+        assert!(
+            op["operationId"].is_string(),
+            "{method} {path} has no operationId"
+        );
+        let responses = op["responses"].as_object().expect("responses");
+        assert!(
+            responses.keys().any(|s| s.starts_with('2')),
+            "{method} {path} documents no success response"
+        );
+        let declared: BTreeSet<String> = op["parameters"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| resolve(&spec, p))
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| p["name"].as_str().expect("parameter name").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let in_template: BTreeSet<String> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            declared, in_template,
+            "{method} {path}: path parameters differ from the template"
+        );
+    }
+}
+
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v["$ref"].as_str() {
+        Some(r) => {
+            let pointer = r.strip_prefix('#').expect("local $ref");
+            spec.pointer(pointer).expect("$ref resolves")
+        }
+        None => v,
+    }
+}
+
+/// `code` → status for every `StatusCode::NAME, "code"` in the source: the shape in which the
+/// HTTP layer names an error code (`ApiError::new` and `ApiError::limit`).
+fn codes_in_source() -> BTreeMap<String, u16> {
+    let mut codes = BTreeMap::new();
+    let mut files = Vec::new();
+    collect_rs_files(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+        &mut files,
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for (i, _) in text.match_indices("StatusCode::") {
+            let rest = &text[i + "StatusCode::".len()..];
+            let name_end = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(rest.len());
+            let name = &rest[..name_end];
+            let Some(after) = rest[name_end..].trim_start().strip_prefix(',') else {
+                continue;
+            };
+            let Some(lit) = after.trim_start().strip_prefix('"') else {
+                continue;
+            };
+            let code = &lit[..lit.find('"').expect("closed literal")];
+            if code.is_empty() || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                continue;
+            }
+            let status = status_of(name)
+                .unwrap_or_else(|| panic!("{}: unknown StatusCode::{name}", file.display()));
+            if let Some(old) = codes.insert(code.to_string(), status) {
+                assert_eq!(old, status, "code {code} is used with two statuses");
+            }
+        }
+    }
+    codes
+}
+
+fn collect_rs_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            collect_rs_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn status_of(name: &str) -> Option<u16> {
+    Some(match name {
+        "BAD_REQUEST" => 400,
+        "UNAUTHORIZED" => 401,
+        "FORBIDDEN" => 403,
+        "NOT_FOUND" => 404,
+        "METHOD_NOT_ALLOWED" => 405,
+        "REQUEST_TIMEOUT" => 408,
+        "CONFLICT" => 409,
+        "GONE" => 410,
+        "PRECONDITION_FAILED" => 412,
+        "PAYLOAD_TOO_LARGE" => 413,
+        "UNSUPPORTED_MEDIA_TYPE" => 415,
+        "RANGE_NOT_SATISFIABLE" => 416,
+        "UNPROCESSABLE_ENTITY" => 422,
+        "TOO_MANY_REQUESTS" => 429,
+        "INTERNAL_SERVER_ERROR" => 500,
+        "NOT_IMPLEMENTED" => 501,
+        "SERVICE_UNAVAILABLE" => 503,
+        "GATEWAY_TIMEOUT" => 504,
+        _ => return None,
+    })
+}
+
+#[test]
+fn every_error_code_in_the_source_is_in_the_spec_with_its_status() {
+    let spec = spec();
+    let table = spec["x-tidelog-problem-codes"]
+        .as_object()
+        .expect("spec has x-tidelog-problem-codes");
+    let in_source = codes_in_source();
+    assert!(
+        in_source.contains_key("topic_not_found") && in_source.contains_key("body_too_large"),
+        "the source scan finds the codes it should: {in_source:?}"
+    );
+    let groups_served = served_operations().iter().any(|(p, _)| is_groups_path(p));
+    for (code, status) in &in_source {
+        let entry = table
+            .get(code)
+            .unwrap_or_else(|| panic!("error code {code} is not in the spec's code table"));
+        assert_eq!(
+            entry["status"].as_u64(),
+            Some(u64::from(*status)),
+            "code {code}: the spec's status differs from the source's"
+        );
+    }
+    for (code, entry) in table {
+        let from_groups = entry["module"] == "groups";
+        if from_groups && !groups_served {
+            continue;
+        }
+        assert!(
+            in_source.contains_key(code),
+            "the spec lists code {code}, which the source never answers"
+        );
+    }
+    // Every status a code can have is a documented problem response of some operation.
+    let documented: BTreeSet<String> = spec_operations(&spec)
+        .keys()
+        .flat_map(|(path, method)| {
+            spec["paths"][path][method]["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (code, status) in &in_source {
+        if matches!(code.as_str(), "not_found" | "method_not_allowed") {
+            continue; // answered by the router's fallbacks, on no documented route
+        }
+        assert!(
+            documented.contains(&status.to_string()),
+            "code {code} ({status}) is not a documented response of any operation"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_served_document_is_the_file() {
+    let broker = common::TestBroker::start();
+    let response = broker
+        .client()
+        .get(format!("{}/openapi.json", broker.url))
+        .send()
+        .await
+        .expect("GET /openapi.json");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let served = response.text().await.expect("body");
+    let file = std::fs::read_to_string(SPEC_FILE).expect("read spec");
+    assert_eq!(
+        served, file,
+        "GET /openapi.json differs from openapi/tidelog.json"
+    );
+}

@@ -1364,6 +1364,54 @@ mod tests {
         assert_eq!(g.position(&tp, &partition), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open_broker(dir.path(), "t", 1).await;
+        let value = b"1";
+        let records = vec![
+            crate::broker::ProduceRecord {
+                partition: Some(0),
+                record: crate::log::batch::RecordRef {
+                    timestamp_ms: 1,
+                    key: None,
+                    key_is_utf8: false,
+                    value: Some(value),
+                    value_is_json: true,
+                    headers: &[],
+                },
+            };
+            64
+        ];
+        let topic = broker.topic("t").unwrap();
+        broker
+            .produce(
+                &topic,
+                &records,
+                crate::broker::Acks::All,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let commits: Vec<_> = (1..=64u64)
+            .map(|offset| {
+                let broker = Arc::clone(&broker);
+                let tp = tp.clone();
+                tokio::spawn(async move { broker.groups.commit("g", None, &[(tp, offset)]).await })
+            })
+            .collect();
+        for c in commits {
+            c.await.unwrap().unwrap();
+        }
+        let in_memory = broker.groups.committed("g").unwrap()[0].offset;
+        broker.close().await.unwrap();
+        drop(broker);
+        let broker = open_broker(dir.path(), "t", 1).await;
+        let replayed = broker.groups.committed("g").unwrap()[0].offset;
+        assert_eq!(in_memory, replayed, "memory follows the log's order");
+    }
+
     #[tokio::test]
     async fn committed_offsets_survive_reopening_the_broker() {
         let dir = tempfile::tempdir().unwrap();

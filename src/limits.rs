@@ -30,6 +30,8 @@ pub struct Limits {
     pub partitions_per_topic_max: u32,
     /// Most topics a broker keeps.
     pub topics_max: u32,
+    /// Most partitions a broker keeps over all its topics (each holds open files).
+    pub partitions_max: u32,
     /// Most records one fetch returns.
     pub fetch_records_max: u32,
     /// Most bytes one fetch reads from the log (one batch may exceed it, as in Kafka).
@@ -65,6 +67,7 @@ impl Default for Limits {
             wait_ms_max: 30_000,
             partitions_per_topic_max: 1024,
             topics_max: 10_000,
+            partitions_max: 2_000,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             connections_max: 4096,

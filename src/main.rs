@@ -63,6 +63,7 @@ fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,5 +110,25 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Every partition and connection holds file descriptors: lift the soft limit to the hard one
+/// so the configured limits (`partitions_max`, `connections_max`) are what binds, not the
+/// shell's default.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!("tidelog: could not raise the open files limit");
+            }
+        }
     }
 }

@@ -23,6 +23,7 @@ record_bytes_max = 4096
 wait_ms_max = 2000
 fetch_records_max = 100
 records_per_request_max = 50
+partitions_max = 8
 ";
 const REQUEST_BODY_BYTES_MAX: u64 = 65536;
 const RECORD_BYTES_MAX: u64 = 4096;
@@ -540,6 +541,23 @@ fn limits() -> Vec<Case> {
         )
         .json(json!({"count": 100000}))
         .expect(400, "limit_exceeded"),
+        case(
+            "more partitions than the broker keeps",
+            Method::POST,
+            "/v1/topics",
+        )
+        .json(json!({"name": "crowd", "partitions": 6}))
+        .expect(400, "limit_exceeded")
+        .with("limit_name", "partitions_max")
+        .with("limit", 8),
+        case(
+            "expand past the broker's partitions",
+            Method::POST,
+            "/v1/topics/kept/partitions",
+        )
+        .json(json!({"count": 8}))
+        .expect(400, "limit_exceeded")
+        .with("limit_name", "partitions_max"),
     ]
 }
 

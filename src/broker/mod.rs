@@ -314,6 +314,7 @@ impl Broker {
                 detail: format!("the broker already has {topics_max} topics"),
             });
         }
+        self.check_partitions_max(partitions)?;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         let dir = self.config.data_dir.join("topics").join(name);
         if dir.exists() {
@@ -326,6 +327,27 @@ impl Broker {
         self.topics_write()
             .insert(name.to_string(), Arc::clone(&topic));
         Ok(topic)
+    }
+
+    /// Every partition holds open files (a log and two indexes per segment): the broker-wide
+    /// partition count is capped so the process stays well inside its file-descriptor limit.
+    fn check_partitions_max(&self, adding: u32) -> Result<(), BrokerError> {
+        let max = self.limits().partitions_max;
+        let current: u64 = self
+            .topics_read()
+            .values()
+            .map(|t| u64::from(t.partition_count()))
+            .sum();
+        if current + u64::from(adding) > u64::from(max) {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: "partitions_max",
+                limit: u64::from(max),
+                detail: format!(
+                    "the broker has {current} partitions; {adding} more would pass {max}"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Deletes a topic: it disappears at once, its files go in the background.
@@ -380,6 +402,7 @@ impl Broker {
                 "count must be larger than the current {current} partitions"
             )));
         }
+        self.check_partitions_max(count - current)?;
         let config = topic.config();
         for p in current..count {
             let (partition, _) = Partition::open(

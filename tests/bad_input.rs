@@ -638,6 +638,33 @@ fn topic_names() -> Vec<Case> {
         create("create without a name", json!({"partitions": 1})).expect(400, "invalid_request"),
         create("create __internal", json!({"name": "__internal"})).expect(403, "internal_topic"),
         case(
+            "patch __consumer_offsets",
+            Method::PATCH,
+            "/v1/topics/__consumer_offsets",
+        )
+        .json(json!({"retention_ms": 1}))
+        .expect(403, "internal_topic"),
+        case(
+            "delete __consumer_offsets",
+            Method::DELETE,
+            "/v1/topics/__consumer_offsets",
+        )
+        .expect(403, "internal_topic"),
+        case(
+            "expand __consumer_offsets",
+            Method::POST,
+            "/v1/topics/__consumer_offsets/partitions",
+        )
+        .json(json!({"count": 2}))
+        .expect(403, "internal_topic"),
+        case(
+            "delete records of __consumer_offsets",
+            Method::POST,
+            "/v1/topics/__consumer_offsets/partitions/0/delete-records",
+        )
+        .json(json!({"before_offset": 1}))
+        .expect(403, "internal_topic"),
+        case(
             "produce to __internal",
             Method::POST,
             "/v1/topics/__internal/records",

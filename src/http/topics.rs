@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::{parse_u64, read_json};
 use super::error::{ApiError, ApiResult};
-use crate::broker::Topic;
+use crate::broker::{BrokerError, Topic};
 use crate::config::TopicConfig;
 
 /// Body of `POST /v1/topics`.
@@ -71,6 +71,7 @@ pub async fn update_config(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    refuse_internal(&topic)?;
     let patch: Value = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
     let Value::Object(mut patch) = patch else {
         return Err(ApiError::invalid("the body must be a JSON object"));
@@ -91,6 +92,7 @@ pub async fn delete(
     State(broker): State<AppState>,
     Path(topic): Path<String>,
 ) -> ApiResult<StatusCode> {
+    refuse_internal(&topic)?;
     broker.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -107,6 +109,7 @@ pub async fn expand(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    refuse_internal(&topic)?;
     let req: Expand = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
     let topic = broker.expand_partitions(&topic, req.count).await?;
     Ok(axum::Json(describe_topic(&topic)).into_response())
@@ -124,6 +127,7 @@ pub async fn delete_records(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    refuse_internal(&topic)?;
     let req: DeleteRecords =
         read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
     let partition = broker
@@ -131,6 +135,15 @@ pub async fn delete_records(
         .partition(parse_u64("partition", &partition)?)?;
     let start = partition.delete_records_before(req.before_offset)?;
     Ok(axum::Json(json!({ "partition": partition.id, "log_start_offset": start })).into_response())
+}
+
+/// Topics named `__...` belong to the broker (`__consumer_offsets`): clients may read them,
+/// never change them.
+fn refuse_internal(topic: &str) -> ApiResult<()> {
+    if topic.starts_with("__") {
+        return Err(BrokerError::InternalTopic(topic.to_string()).into());
+    }
+    Ok(())
 }
 
 /// Applies a partial config object to `base`; unknown keys and bad values are 400s.

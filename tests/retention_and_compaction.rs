@@ -3,89 +3,31 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{
+    create_topic_from_body, get_json_ok, produce_json_acks_all, read_partition_to_high_watermark,
+    wait_until,
+};
 
 use serde_json::{Value, json};
 
 const CONFIG: &str = "retention_check_interval_ms = 50\n";
+/// How long the background cleaner may take to get to a change.
+const WAIT: Duration = Duration::from_secs(20);
 
-async fn create(http: &reqwest::Client, url: &str, body: Value) {
-    let r = http
-        .post(format!("{url}/v1/topics"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-}
-
-async fn produce(http: &reqwest::Client, url: &str, topic: &str, records: Value) -> Value {
-    let r = http
-        .post(format!("{url}/v1/topics/{topic}/records"))
-        .json(&json!({ "records": records }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
-async fn describe(http: &reqwest::Client, url: &str, topic: &str) -> Value {
-    http.get(format!("{url}/v1/topics/{topic}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Reads a whole partition from the log start, following `next_offset`.
+/// Reads partition 0 of `topic` from its log start to its high watermark.
 async fn read_all(http: &reqwest::Client, url: &str, topic: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut offset = "earliest".to_string();
-    for _ in 0..1_000 {
-        let page: Value = http
-            .get(format!(
-                "{url}/v1/topics/{topic}/partitions/0/records?offset={offset}&max_records=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        out.extend(page["records"].as_array().unwrap().iter().cloned());
-        let next = page["next_offset"].as_u64().unwrap();
-        if next >= page["high_watermark"].as_u64().unwrap() {
-            return out;
-        }
-        offset = next.to_string();
-    }
-    panic!("the partition did not end");
-}
-
-/// Polls `check` until it holds, for at most 20 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    read_partition_to_high_watermark(http, url, topic, 0)
+        .await
+        .records
 }
 
 #[tokio::test]
 async fn expired_segments_are_deleted_and_consumers_below_start_get_the_range() {
     let broker = common::TestBroker::start_with_config(CONFIG);
     let (http, url) = (broker.client(), broker.url.clone());
-    create(
+    create_topic_from_body(
         &http,
         &url,
         json!({"name":"expiring","partitions":1,
@@ -96,10 +38,10 @@ async fn expired_segments_are_deleted_and_consumers_below_start_get_the_range() 
     let old: Vec<Value> = (0..40)
         .map(|i| json!({"value": format!("old-{i:040}"), "timestamp_ms": 1_000 + i}))
         .collect();
-    produce(&http, &url, "expiring", json!(old)).await;
+    produce_json_acks_all(&http, &url, "expiring", json!(old)).await;
     for i in 0..10 {
         // One batch each, so the fresh records sit in segments of their own.
-        produce(
+        produce_json_acks_all(
             &http,
             &url,
             "expiring",
@@ -107,8 +49,8 @@ async fn expired_segments_are_deleted_and_consumers_below_start_get_the_range() 
         )
         .await;
     }
-    eventually("log start to move past the old records", || async {
-        describe(&http, &url, "expiring").await["partitions"][0]["log_start_offset"]
+    wait_until("log start to move past the old records", WAIT, || async {
+        get_json_ok(&http, &url, "/v1/topics/expiring").await["partitions"][0]["log_start_offset"]
             .as_u64()
             .unwrap()
             >= 40
@@ -142,7 +84,7 @@ async fn expired_segments_are_deleted_and_consumers_below_start_get_the_range() 
 async fn compacted_topic_keeps_the_latest_value_per_key() {
     let broker = common::TestBroker::start_with_config(CONFIG);
     let (http, url) = (broker.client(), broker.url.clone());
-    create(
+    create_topic_from_body(
         &http,
         &url,
         json!({"name":"profiles","partitions":1,
@@ -154,7 +96,7 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
         let batch: Vec<Value> = (0..5)
             .map(|k| json!({"key": format!("user-{k}"), "value": {"round": round}}))
             .collect();
-        let answer = produce(&http, &url, "profiles", json!(batch)).await;
+        let answer = produce_json_acks_all(&http, &url, "profiles", json!(batch)).await;
         for (k, o) in answer["offsets"].as_array().unwrap().iter().enumerate() {
             latest.insert(
                 format!("user-{k}"),
@@ -163,7 +105,7 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
         }
     }
     // user-4 is deleted; with delete_retention_ms = 0 its tombstone goes too.
-    produce(
+    produce_json_acks_all(
         &http,
         &url,
         "profiles",
@@ -173,7 +115,7 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
     latest.remove("user-4");
     // Roll the last segment out of the active position with fillers under another key.
     for _ in 0..12 {
-        produce(
+        produce_json_acks_all(
             &http,
             &url,
             "profiles",
@@ -181,7 +123,7 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
         )
         .await;
     }
-    eventually("compaction to drop superseded records", || async {
+    wait_until("compaction to drop superseded records", WAIT, || async {
         let records = read_all(&http, &url, "profiles").await;
         records.iter().filter(|r| r["key"] != "filler").count() == latest.len()
     })

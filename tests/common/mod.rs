@@ -161,3 +161,164 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+// ---------------------------------------------------------------------------------------
+// HTTP calls shared by the test binaries. Each panics with the answer it got when the
+// broker does not answer as the test expects, so a failure names what went wrong.
+// ---------------------------------------------------------------------------------------
+
+/// `POST /v1/topics` with `body`; asserts a 201 and returns the topic's description.
+pub async fn create_topic_from_body(
+    http: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let response = http
+        .post(format!("{url}/v1/topics"))
+        .json(&body)
+        .send()
+        .await
+        .expect("the broker answers");
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    assert_eq!(status, 201, "create {body}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Creates `name` with `partitions` partitions and default config; returns its description.
+pub async fn create_topic(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    partitions: u32,
+) -> serde_json::Value {
+    create_topic_from_body(
+        http,
+        url,
+        serde_json::json!({"name": name, "partitions": partitions}),
+    )
+    .await
+}
+
+/// Produces `{"records": records}` as JSON with `acks=all`; asserts a 200 that says the
+/// records were fsynced, and returns the answer.
+pub async fn produce_json_acks_all(
+    http: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    records: serde_json::Value,
+) -> serde_json::Value {
+    let response = http
+        .post(format!("{url}/v1/topics/{topic}/records?acks=all"))
+        .json(&serde_json::json!({ "records": records }))
+        .send()
+        .await
+        .expect("the broker answers");
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    assert_eq!(status, 200, "produce to {topic}: {text}");
+    let answer: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(answer["durability"], "fsync", "{answer}");
+    answer
+}
+
+/// The `(partition, offset)` pairs of a produce answer (or of a problem that reports the
+/// records stored before it), in request order.
+pub fn produced_partition_offsets(produce_answer: &serde_json::Value) -> Vec<(u64, u64)> {
+    produce_answer["offsets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no offsets in {produce_answer}"))
+        .iter()
+        .map(|o| {
+            (
+                o["partition"].as_u64().expect("a partition"),
+                o["offset"].as_u64().expect("an offset"),
+            )
+        })
+        .collect()
+}
+
+/// `GET {url}{path}`; asserts a 200 and returns the JSON body.
+pub async fn get_json_ok(http: &reqwest::Client, url: &str, path: &str) -> serde_json::Value {
+    let response = http
+        .get(format!("{url}{path}"))
+        .send()
+        .await
+        .expect("the broker answers");
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// What a partition served from its log start to its high watermark.
+pub struct PartitionContents {
+    /// Every record, in offset order, as the fetch answers gave them.
+    pub records: Vec<serde_json::Value>,
+    /// The high watermark the last fetch reported.
+    pub high_watermark: u64,
+}
+
+/// Reads a whole partition from `earliest`, following `next_offset` until it reaches the
+/// high watermark. Every fetch must be a 200 and move forward; the loop is bounded.
+pub async fn read_partition_to_high_watermark(
+    http: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    partition: u64,
+) -> PartitionContents {
+    let mut records = Vec::new();
+    let mut offset = "earliest".to_string();
+    for _ in 0..10_000 {
+        let page = get_json_ok(
+            http,
+            url,
+            &format!(
+                "/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records=10000"
+            ),
+        )
+        .await;
+        records.extend(page["records"].as_array().expect("records").iter().cloned());
+        let next = page["next_offset"].as_u64().expect("next_offset");
+        let high_watermark = page["high_watermark"].as_u64().expect("high_watermark");
+        if next >= high_watermark {
+            return PartitionContents {
+                records,
+                high_watermark,
+            };
+        }
+        if let Ok(previous) = offset.parse::<u64>() {
+            assert!(next > previous, "a fetch at {previous} made no progress");
+        }
+        offset = next.to_string();
+    }
+    panic!("{topic}/{partition} never reached its high watermark");
+}
+
+/// The text of `GET /metrics` (asserts a 200).
+pub async fn scrape_metrics(http: &reqwest::Client, url: &str) -> String {
+    let response = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("the broker answers");
+    assert_eq!(response.status(), 200, "GET /metrics");
+    response.text().await.expect("a body")
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` once `limit` has passed.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

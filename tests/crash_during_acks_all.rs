@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestBroker;
+use common::{TestBroker, create_topic, read_partition_to_high_watermark};
 use reqwest::Client;
 use serde_json::{Value, json};
 
@@ -141,41 +141,26 @@ async fn run_producer(
     seq
 }
 
-/// Every record of a partition, from offset 0 to the high watermark: `(offset, key, value)`.
+/// Every record of a partition, from its log start (offset 0: nothing here trims the log) to
+/// the high watermark: `(offset, key, value)`, and the high watermark.
 async fn read_partition(
     http: &Client,
     url: &str,
     partition: u64,
 ) -> (Vec<(u64, String, Value)>, u64) {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for _ in 0..10_000 {
-        let body: Value = http
-            .get(format!(
-                "{url}/v1/topics/{TOPIC}/partitions/{partition}/records?offset={offset}&max_records=1000"
-            ))
-            .send()
-            .await
-            .expect("the restarted broker answers")
-            .json()
-            .await
-            .expect("JSON");
-        for r in body["records"].as_array().expect("records") {
-            out.push((
+    let read = read_partition_to_high_watermark(http, url, TOPIC, partition).await;
+    let records = read
+        .records
+        .iter()
+        .map(|r| {
+            (
                 r["offset"].as_u64().expect("offset"),
                 r["key"].as_str().expect("a key").to_string(),
                 r["value"].clone(),
-            ));
-        }
-        let hw = body["high_watermark"].as_u64().expect("hw");
-        let next = body["next_offset"].as_u64().expect("next");
-        if next >= hw {
-            return (out, hw);
-        }
-        assert!(next > offset, "fetch at {offset} made no progress");
-        offset = next;
-    }
-    panic!("read loop did not end");
+            )
+        })
+        .collect();
+    (records, read.high_watermark)
 }
 
 /// Reads everything back and checks the invariants. Returns each partition's high watermark.
@@ -243,12 +228,7 @@ fn acknowledged_records_survive_kill9_during_concurrent_acks_all() {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let created = rt.block_on(
-        http.post(format!("{}/v1/topics", broker.url))
-            .json(&json!({"name": TOPIC, "partitions": PARTITIONS}))
-            .send(),
-    );
-    assert_eq!(created.unwrap().status(), 201);
+    rt.block_on(create_topic(&http, &broker.url, TOPIC, PARTITIONS as u32));
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = Rng(SEED);

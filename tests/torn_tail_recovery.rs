@@ -12,7 +12,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::TestBroker;
+use common::{
+    TestBroker, get_json_ok, produce_json_acks_all, produced_partition_offsets,
+    read_partition_to_high_watermark,
+};
 use reqwest::Client;
 use serde_json::{Value, json};
 use tidelog::log::batch::BatchView;
@@ -46,20 +49,10 @@ async fn produce(http: &Client, url: &str, values: &[Value]) -> Acked {
             })
         })
         .collect();
-    let response = http
-        .post(format!("{url}/v1/topics/{TOPIC}/records?acks=all"))
-        .json(&json!({ "records": records }))
-        .send()
-        .await
-        .expect("the broker answers");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["durability"], "fsync");
-    let offsets: Vec<u64> = body["offsets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["offset"].as_u64().unwrap())
+    let answer = produce_json_acks_all(http, url, TOPIC, json!(records)).await;
+    let offsets: Vec<u64> = produced_partition_offsets(&answer)
+        .into_iter()
+        .map(|(_, offset)| offset)
         .collect();
     let base = offsets[0];
     assert_eq!(
@@ -73,38 +66,22 @@ async fn produce(http: &Client, url: &str, values: &[Value]) -> Acked {
     }
 }
 
-/// Every record of partition 0 from offset 0 to the high watermark: `(offset, key, value)`,
-/// and the high watermark.
+/// Every record of partition 0 from its log start (offset 0: nothing here trims the log) to
+/// the high watermark, as `(offset, key, value)`, and the high watermark.
 async fn fetch_all(http: &Client, url: &str) -> (Vec<(u64, Value, Value)>, u64) {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for _ in 0..10_000 {
-        let body: Value = http
-            .get(format!(
-                "{url}/v1/topics/{TOPIC}/partitions/0/records?offset={offset}&max_records=500"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for r in body["records"].as_array().unwrap() {
-            out.push((
+    let read = read_partition_to_high_watermark(http, url, TOPIC, 0).await;
+    let records = read
+        .records
+        .iter()
+        .map(|r| {
+            (
                 r["offset"].as_u64().unwrap(),
                 r["key"].clone(),
                 r["value"].clone(),
-            ));
-        }
-        let hw = body["high_watermark"].as_u64().unwrap();
-        let next = body["next_offset"].as_u64().unwrap();
-        if next >= hw {
-            return (out, hw);
-        }
-        assert!(next > offset, "fetch at {offset} made no progress");
-        offset = next;
-    }
-    panic!("fetch loop did not end");
+            )
+        })
+        .collect();
+    (records, read.high_watermark)
 }
 
 /// Record `n`'s timestamp: rising, so a seek by time has one right answer.
@@ -277,19 +254,14 @@ fn deleted_index_files_are_rebuilt_after_a_crash_and_after_a_clean_stop() {
         rt.block_on(assert_serves_exactly(&http, &broker.url, &acked));
         // Seek by time still works through the rebuilt time indexes (record n is at offset n).
         for n in [0, 1, 37, 60, 79] {
-            let body: Value = rt.block_on(async {
-                http.get(format!(
-                    "{}/v1/topics/{TOPIC}/partitions/0/records?timestamp_ms={}&max_records=1",
-                    broker.url,
+            let body = rt.block_on(get_json_ok(
+                &http,
+                &broker.url,
+                &format!(
+                    "/v1/topics/{TOPIC}/partitions/0/records?timestamp_ms={}&max_records=1",
                     timestamp(n) - 5
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-            });
+                ),
+            ));
             assert_eq!(body["records"][0]["offset"], n, "seek to record {n}'s time");
         }
         assert_eq!(files(&dir, "index").len(), files(&dir, "log").len());

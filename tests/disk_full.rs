@@ -82,29 +82,18 @@ async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged
             .status(),
         503
     );
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape_metrics(&http, &url).await;
     assert!(
         metrics.contains("tidelog_storage_errors_total"),
         "{metrics}"
     );
     // Every acknowledged record is readable at its offset.
-    let page: Value = http
-        .get(format!(
-            "{url}/v1/topics/full/partitions/0/records?max_records=1000&max_bytes=16000000"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = common::get_json_ok(
+        &http,
+        &url,
+        "/v1/topics/full/partitions/0/records?max_records=1000&max_bytes=16000000",
+    )
+    .await;
     let records = page["records"].as_array().unwrap();
     for (i, offset) in &acknowledged {
         let r = &records[*offset as usize];

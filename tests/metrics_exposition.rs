@@ -211,23 +211,11 @@ fn find_or_install_promtool() -> String {
 async fn scrape_after_traffic(broker: &common::TestBroker) -> (String, u64) {
     let http = broker.client();
     let url = &broker.url;
-    let r = http
-        .post(format!("{url}/v1/topics"))
-        .json(&json!({"name": "orders", "partitions": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    common::create_topic(&http, url, "orders", 2).await;
     let records: Vec<Value> = (0..20)
         .map(|i| json!({"key": format!("k{i}"), "value": {"n": i}}))
         .collect();
-    let r = http
-        .post(format!("{url}/v1/topics/orders/records?acks=all"))
-        .json(&json!({ "records": records }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    common::produce_json_acks_all(&http, url, "orders", json!(records)).await;
     let r = http
         .post(format!("{url}/v1/topics/orders/records?acks=all"))
         .header("content-type", "application/x-ndjson")
@@ -284,14 +272,7 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> (String, u64) {
     // The log end offset gauge is published after each fsync; wait until it caught up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::scrape_metrics(&http, url).await;
         let scraped = Exposition::parse(&text);
         let flushed = (0..2).all(|p| {
             let p = p.to_string();

@@ -54,13 +54,7 @@ impl Api {
     }
 
     async fn create_topic(&self, name: &str, partitions: u32) {
-        let (s, _, b) = self
-            .post(
-                "/v1/topics",
-                json!({"name": name, "partitions": partitions}),
-            )
-            .await;
-        assert_eq!(s, 201, "{b}");
+        common::create_topic(&self.http, &self.url, name, partitions).await;
     }
 
     /// Produces values `from..to` as `{"n": i}`, record `i` to partition `i % partitions`.
@@ -456,15 +450,7 @@ async fn groups_without_members_commit_reset_and_delete() {
     assert_eq!((s, p["code"].as_str()), (409, Some("group_not_empty")));
     let (s, _, p) = api.delete("/v1/groups/manual").await;
     assert_eq!((s, p["code"].as_str()), (409, Some("group_not_empty")));
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape_metrics(&api.http, &api.url).await;
     assert!(
         metrics.contains("tidelog_consumer_group_members{group=\"manual\"} 1"),
         "{metrics}"
@@ -484,15 +470,7 @@ async fn groups_without_members_commit_reset_and_delete() {
     let (s, _, p) = api.get("/v1/groups/manual").await;
     assert_eq!((s, p["code"].as_str()), (404, Some("group_not_found")));
     // A deleted group's gauges are zeroed, not left showing its last lag.
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape_metrics(&api.http, &api.url).await;
     assert!(metrics.contains("tidelog_consumer_group_members{group=\"manual\"} 0"));
     assert!(metrics.contains(
         "tidelog_consumer_group_lag_records{group=\"manual\",topic=\"t\",partition=\"0\"} 0"
@@ -661,12 +639,7 @@ async fn a_new_group_reading_from_latest_skips_the_backlog_but_not_what_comes_af
     // any commit, are delivered rather than skipped by a later "latest".
     api.produce_numbers("t", 1, 5, 8).await;
     let (_, _, after) = api.fetch("tail", &id, "max_records=100").await;
-    let offsets: Vec<u64> = after["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["offset"].as_u64().unwrap())
-        .collect();
+    let offsets = common::offsets_of_records(after["records"].as_array().unwrap());
     assert_eq!(offsets, vec![5, 6, 7]);
     let (_, _, d) = api.get("/v1/groups/tail").await;
     assert_eq!(d["auto_offset_reset"], "latest");

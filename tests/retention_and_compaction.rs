@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    create_topic_from_body, get_json_ok, produce_json_acks_all, read_partition_to_high_watermark,
-    wait_until,
+    create_topic_from_body, get_json_ok, offsets_of_records, produce_json_acks_all,
+    read_partition_to_high_watermark, wait_until,
 };
 
 use serde_json::{Value, json};
@@ -134,10 +134,7 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
         assert_eq!(&r["offset"], offset, "offsets never change");
         assert_eq!(&r["value"], value);
     }
-    let offsets: Vec<u64> = records
-        .iter()
-        .map(|r| r["offset"].as_u64().unwrap())
-        .collect();
+    let offsets = offsets_of_records(&records);
     assert!(
         offsets.windows(2).all(|w| w[0] < w[1]),
         "still in order: {offsets:?}"

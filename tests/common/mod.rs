@@ -322,3 +322,15 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The `offset` of each fetched record, in the order they were served.
+pub fn offsets_of_records(records: &[serde_json::Value]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| {
+            r["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no offset in {r}"))
+        })
+        .collect()
+}

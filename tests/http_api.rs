@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::TestBroker;
+use common::{TestBroker, offsets_of_records, produced_partition_offsets};
 use futures_util::StreamExt;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -51,97 +51,113 @@ impl Api {
         (status, json)
     }
 
+    /// Sends a request that must succeed with a 200; returns its JSON body.
+    async fn call_ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, answer) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {answer}");
+        answer
+    }
+
+    /// Sends a request that must be refused with a problem+json of this status and code;
+    /// returns the problem.
+    async fn call_expecting_problem(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        status: StatusCode,
+        code: &str,
+    ) -> Value {
+        assert_problem(self.send(method, path, body).await, status, code).await
+    }
+
+    /// POSTs a raw body (NDJSON, octet-stream, a stream) with its content type.
+    async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("the broker answers")
+    }
+
+    /// GETs a partition-0 SSE stream (`query` after the `?`, an optional `Last-Event-ID`).
+    async fn open_stream(
+        &self,
+        topic: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> SseReader {
+        let mut url = format!("{}/v1/topics/{topic}/partitions/0/stream", self.url);
+        if !query.is_empty() {
+            url = format!("{url}?{query}");
+        }
+        let mut request = self.http.get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        SseReader::new(request.send().await.expect("the broker answers"))
+    }
+
     async fn create_topic(&self, name: &str, partitions: u32) -> Value {
-        let (status, body) = self
-            .call(
-                Method::POST,
-                "/v1/topics",
-                Some(json!({"name": name, "partitions": partitions})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body
+        common::create_topic(&self.http, &self.url, name, partitions).await
     }
 
     async fn describe(&self, topic: &str) -> Value {
-        let (status, body) = self
-            .call(Method::GET, &format!("/v1/topics/{topic}"), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
+        common::get_json_ok(&self.http, &self.url, &format!("/v1/topics/{topic}")).await
+    }
+
+    /// How many partitions `describe` lists for `topic`.
+    async fn partition_count(&self, topic: &str) -> usize {
+        self.describe(topic).await["partitions"]
+            .as_array()
+            .expect("partitions")
+            .len()
     }
 
     /// Produces a JSON body with `acks=all`; returns the `(partition, offset)` pairs.
     async fn produce(&self, topic: &str, records: Value) -> Vec<(u64, u64)> {
-        let (status, body) = self
-            .call(
-                Method::POST,
-                &format!("/v1/topics/{topic}/records"),
-                Some(json!({ "records": records })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["durability"], "fsync", "{body}");
-        offsets_of(&body)
+        let answer = common::produce_json_acks_all(&self.http, &self.url, topic, records).await;
+        produced_partition_offsets(&answer)
     }
 
     /// One fetch; panics unless it is a 200.
     async fn fetch(&self, topic: &str, partition: u32, query: &str) -> Value {
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/v1/topics/{topic}/partitions/{partition}/records?{query}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{query}: {body}");
-        body
+        common::get_json_ok(
+            &self.http,
+            &self.url,
+            &format!("/v1/topics/{topic}/partitions/{partition}/records?{query}"),
+        )
+        .await
     }
 
     /// Every record of a partition from `earliest` to the high watermark (bounded loop).
     async fn fetch_all(&self, topic: &str, partition: u32) -> Vec<Value> {
-        let mut records = Vec::new();
-        let mut offset = "earliest".to_string();
-        for _ in 0..1_000 {
-            let body = self
-                .fetch(
-                    topic,
-                    partition,
-                    &format!("offset={offset}&max_records=10000"),
-                )
-                .await;
-            let batch = body["records"].as_array().unwrap().clone();
-            let next = body["next_offset"].as_u64().unwrap();
-            let high_watermark = body["high_watermark"].as_u64().unwrap();
-            records.extend(batch);
-            if next >= high_watermark {
-                return records;
-            }
-            offset = next.to_string();
-        }
-        panic!("{topic}/{partition} never reached its high watermark");
+        common::read_partition_to_high_watermark(&self.http, &self.url, topic, partition.into())
+            .await
+            .records
+    }
+
+    /// The values of `fetch_all`, in offset order.
+    async fn fetch_all_values(&self, topic: &str, partition: u32) -> Vec<Value> {
+        self.fetch_all(topic, partition)
+            .await
+            .iter()
+            .map(|r| r["value"].clone())
+            .collect()
     }
 }
 
-fn offsets_of(produce_answer: &Value) -> Vec<(u64, u64)> {
-    produce_answer["offsets"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no offsets in {produce_answer}"))
-        .iter()
-        .map(|o| {
-            (
-                o["partition"].as_u64().unwrap(),
-                o["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn record_offsets(records: &[Value]) -> Vec<u64> {
-    records
-        .iter()
-        .map(|r| r["offset"].as_u64().unwrap())
-        .collect()
+/// Asserts a 200 answer and returns its JSON body.
+async fn assert_ok_json(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("a JSON body")
 }
 
 /// Asserts a problem+json answer with the given status and stable code.
@@ -180,22 +196,16 @@ async fn create_topic_answers_201_with_its_description_and_409_when_it_exists() 
     }
     assert!(created["config"]["retention_ms"].is_i64(), "{created}");
 
-    let again = api
-        .send(
-            Method::POST,
-            "/v1/topics",
-            Some(json!({"name": "orders", "partitions": 1})),
-        )
-        .await;
-    assert_problem(again, StatusCode::CONFLICT, "topic_exists").await;
+    api.call_expecting_problem(
+        Method::POST,
+        "/v1/topics",
+        Some(json!({"name": "orders", "partitions": 1})),
+        StatusCode::CONFLICT,
+        "topic_exists",
+    )
+    .await;
     // The 409 left the existing topic alone.
-    assert_eq!(
-        api.describe("orders").await["partitions"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(api.partition_count("orders").await, 3);
 }
 
 #[tokio::test]
@@ -253,8 +263,14 @@ async fn list_and_describe_show_each_partitions_offsets_and_size() {
     assert_eq!(p1["log_end_offset"], 0);
     assert_eq!(p1["size_bytes"], 0);
 
-    let missing = api.send(Method::GET, "/v1/topics/nope", None).await;
-    assert_problem(missing, StatusCode::NOT_FOUND, "topic_not_found").await;
+    api.call_expecting_problem(
+        Method::GET,
+        "/v1/topics/nope",
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -263,58 +279,56 @@ async fn patch_config_merges_into_the_current_config_and_refuses_unknown_keys() 
     let api = Api::new(&broker);
     let before = api.create_topic("cfg", 1).await["config"].clone();
 
-    let (status, after) = api
-        .call(
+    let after = api
+        .call_ok(
             Method::PATCH,
             "/v1/topics/cfg",
             Some(json!({"retention_ms": 123456})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{after}");
     let mut expected = before.clone();
     expected["retention_ms"] = json!(123456);
     assert_eq!(after["config"], expected);
 
     // The `{"config": {...}}` form merges the same way, keeping the earlier change.
-    let (status, after) = api
-        .call(
+    let after = api
+        .call_ok(
             Method::PATCH,
             "/v1/topics/cfg",
             Some(json!({"config": {"cleanup_policy": "compact"}})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{after}");
     expected["cleanup_policy"] = json!("compact");
     assert_eq!(after["config"], expected);
     assert_eq!(api.describe("cfg").await["config"], expected);
 
-    let unknown = api
-        .send(
-            Method::PATCH,
-            "/v1/topics/cfg",
-            Some(json!({"retention_hours": 1})),
-        )
-        .await;
-    assert_problem(unknown, StatusCode::BAD_REQUEST, "invalid_request").await;
-    let out_of_range = api
-        .send(
-            Method::PATCH,
-            "/v1/topics/cfg",
-            Some(json!({"segment_bytes": 1})),
-        )
-        .await;
-    assert_problem(out_of_range, StatusCode::BAD_REQUEST, "invalid_request").await;
+    api.call_expecting_problem(
+        Method::PATCH,
+        "/v1/topics/cfg",
+        Some(json!({"retention_hours": 1})),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    api.call_expecting_problem(
+        Method::PATCH,
+        "/v1/topics/cfg",
+        Some(json!({"segment_bytes": 1})),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
     // Refused patches change nothing.
     assert_eq!(api.describe("cfg").await["config"], expected);
 
-    let missing = api
-        .send(
-            Method::PATCH,
-            "/v1/topics/nope",
-            Some(json!({"retention_ms": 1})),
-        )
-        .await;
-    assert_problem(missing, StatusCode::NOT_FOUND, "topic_not_found").await;
+    api.call_expecting_problem(
+        Method::PATCH,
+        "/v1/topics/nope",
+        Some(json!({"retention_ms": 1})),
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -333,30 +347,44 @@ async fn deleted_topic_leaves_no_files_and_its_name_starts_again_at_offset_zero(
     let (status, body) = api.call(Method::DELETE, "/v1/topics/gone", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(!topic_dir.exists(), "the topic directory is still there");
-    let described = api.send(Method::GET, "/v1/topics/gone", None).await;
-    assert_problem(described, StatusCode::NOT_FOUND, "topic_not_found").await;
-    let fetched = api
-        .send(Method::GET, "/v1/topics/gone/partitions/0/records", None)
-        .await;
-    assert_problem(fetched, StatusCode::NOT_FOUND, "topic_not_found").await;
+    api.call_expecting_problem(
+        Method::GET,
+        "/v1/topics/gone",
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
+    api.call_expecting_problem(
+        Method::GET,
+        "/v1/topics/gone/partitions/0/records",
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
     let (_, list) = api.call(Method::GET, "/v1/topics", None).await;
     assert_eq!(list["topics"], json!([]));
-    let again = api.send(Method::DELETE, "/v1/topics/gone", None).await;
-    assert_problem(again, StatusCode::NOT_FOUND, "topic_not_found").await;
+    api.call_expecting_problem(
+        Method::DELETE,
+        "/v1/topics/gone",
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
 
     // The files leave the data directory altogether (in the background).
-    let mut leftovers = Vec::new();
-    for _ in 0..100 {
-        leftovers = files_under(&broker.data_dir)
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("gone"))
-            .collect();
-        if leftovers.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    common::wait_until(
+        "the deleted topic's files to leave the data directory",
+        Duration::from_secs(5),
+        || async {
+            files_under(&broker.data_dir)
+                .iter()
+                .all(|p| !p.to_string_lossy().contains("gone"))
+        },
+    )
+    .await;
 
     api.create_topic("gone", 1).await;
     let offsets = api.produce("gone", json!([{"value": "new-0"}])).await;
@@ -411,22 +439,15 @@ async fn expanding_partitions_adds_writable_partitions_and_keeps_the_old_ones() 
     api.create_topic("grow", 1).await;
     api.produce("grow", json!([{"value": "before"}])).await;
 
-    let (status, body) = api
-        .call(
+    let body = api
+        .call_ok(
             Method::POST,
             "/v1/topics/grow/partitions",
             Some(json!({"count": 3})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["partitions"].as_array().unwrap().len(), 3);
-    assert_eq!(
-        api.describe("grow").await["partitions"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(api.partition_count("grow").await, 3);
     let offsets = api
         .produce("grow", json!([{"value": "p2", "partition": 2}]))
         .await;
@@ -434,22 +455,22 @@ async fn expanding_partitions_adds_writable_partitions_and_keeps_the_old_ones() 
     assert_eq!(api.fetch_all("grow", 2).await[0]["value"], "p2");
     assert_eq!(api.fetch_all("grow", 0).await[0]["value"], "before");
 
-    let shrink = api
-        .send(
-            Method::POST,
-            "/v1/topics/grow/partitions",
-            Some(json!({"count": 2})),
-        )
-        .await;
-    assert_problem(shrink, StatusCode::BAD_REQUEST, "invalid_request").await;
-    let same = api
-        .send(
-            Method::POST,
-            "/v1/topics/grow/partitions",
-            Some(json!({"count": 3})),
-        )
-        .await;
-    assert_problem(same, StatusCode::BAD_REQUEST, "invalid_request").await;
+    api.call_expecting_problem(
+        Method::POST,
+        "/v1/topics/grow/partitions",
+        Some(json!({"count": 2})),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
+    api.call_expecting_problem(
+        Method::POST,
+        "/v1/topics/grow/partitions",
+        Some(json!({"count": 3})),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -460,60 +481,49 @@ async fn delete_records_moves_the_log_start_and_older_offsets_are_out_of_range()
     let records: Vec<Value> = (0..10).map(|i| json!({"value": i})).collect();
     api.produce("trim", Value::Array(records)).await;
 
-    let (status, body) = api
-        .call(
+    let body = api
+        .call_ok(
             Method::POST,
             "/v1/topics/trim/partitions/0/delete-records",
             Some(json!({"before_offset": 4})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["log_start_offset"], 4);
     let p0 = &api.describe("trim").await["partitions"][0];
     assert_eq!(p0["log_start_offset"], 4);
     assert_eq!(p0["high_watermark"], 10);
 
-    let below = api
-        .send(
+    let problem = api
+        .call_expecting_problem(
             Method::GET,
             "/v1/topics/trim/partitions/0/records?offset=2",
             None,
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "offset_out_of_range",
         )
         .await;
-    let problem = assert_problem(
-        below,
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        "offset_out_of_range",
-    )
-    .await;
     assert_eq!(problem["log_start_offset"], 4);
     assert_eq!(problem["high_watermark"], 10);
 
     let earliest = api.fetch("trim", 0, "offset=earliest").await;
-    let offsets = record_offsets(earliest["records"].as_array().unwrap());
+    let offsets = offsets_of_records(earliest["records"].as_array().unwrap());
     assert_eq!(offsets, (4..10).collect::<Vec<_>>());
     assert_eq!(earliest["records"][0]["value"], 4);
 
     // Moving it backwards is a no-op, not an error.
-    let (status, body) = api
-        .call(
+    let body = api
+        .call_ok(
             Method::POST,
             "/v1/topics/trim/partitions/0/delete-records",
             Some(json!({"before_offset": 1})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["log_start_offset"], 4);
 
-    let past_end = api
-        .send(
-            Method::POST,
-            "/v1/topics/trim/partitions/0/delete-records",
-            Some(json!({"before_offset": 11})),
-        )
-        .await;
-    assert_problem(
-        past_end,
+    api.call_expecting_problem(
+        Method::POST,
+        "/v1/topics/trim/partitions/0/delete-records",
+        Some(json!({"before_offset": 11})),
         StatusCode::RANGE_NOT_SATISFIABLE,
         "offset_out_of_range",
     )
@@ -526,22 +536,21 @@ async fn the_first_produce_creates_the_topic_with_the_default_partitions() {
     let api = Api::new(&broker);
     let offsets = api.produce("fresh", json!([{"value": 1}])).await;
     assert_eq!(offsets.len(), 1);
-    let described = api.describe("fresh").await;
-    assert_eq!(described["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(api.partition_count("fresh").await, 3);
 }
 
 #[tokio::test]
 async fn without_auto_create_a_produce_to_a_missing_topic_is_404() {
     let broker = TestBroker::start_with_config("auto_create_topics = false\n");
     let api = Api::new(&broker);
-    let response = api
-        .send(
-            Method::POST,
-            "/v1/topics/fresh/records",
-            Some(json!({"records": [{"value": 1}]})),
-        )
-        .await;
-    assert_problem(response, StatusCode::NOT_FOUND, "topic_not_found").await;
+    api.call_expecting_problem(
+        Method::POST,
+        "/v1/topics/fresh/records",
+        Some(json!({"records": [{"value": 1}]})),
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
     let (_, list) = api.call(Method::GET, "/v1/topics", None).await;
     assert_eq!(list["topics"], json!([]));
 }
@@ -644,17 +653,12 @@ async fn a_large_ndjson_body_gets_dense_offsets_in_request_order() {
     // Larger than the default ndjson_batch_bytes (4 MiB), so the broker appends it in
     // several batches.
     assert!(body.len() > 6 * 1024 * 1024, "{} bytes", body.len());
-    let response = api
-        .http
-        .post(format!("{}/v1/topics/lines/records", api.url))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let answer: Value = response.json().await.unwrap();
-    let offsets = offsets_of(&answer);
+    let answer = assert_ok_json(
+        api.post_body("/v1/topics/lines/records", "application/x-ndjson", body)
+            .await,
+    )
+    .await;
+    let offsets = produced_partition_offsets(&answer);
     assert_eq!(offsets.len(), RECORDS);
     for (i, (partition, offset)) in offsets.iter().enumerate() {
         assert_eq!((*partition, *offset), (0, i as u64));
@@ -674,23 +678,16 @@ async fn ndjson_accepts_crlf_blank_lines_and_no_final_newline() {
     let broker = TestBroker::start();
     let api = Api::new(&broker);
     let body = "{\"value\":0}\r\n\n{\"value\":1}\n   \n{\"value\":2}";
-    let response = api
-        .http
-        .post(format!("{}/v1/topics/nd/records", api.url))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let answer: Value = response.json().await.unwrap();
-    assert_eq!(offsets_of(&answer), vec![(0, 0), (0, 1), (0, 2)]);
-    let values: Vec<Value> = api
-        .fetch_all("nd", 0)
-        .await
-        .iter()
-        .map(|r| r["value"].clone())
-        .collect();
+    let answer = assert_ok_json(
+        api.post_body("/v1/topics/nd/records", "application/x-ndjson", body)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        produced_partition_offsets(&answer),
+        vec![(0, 0), (0, 1), (0, 2)]
+    );
+    let values = api.fetch_all_values("nd", 0).await;
     assert_eq!(values, vec![json!(0), json!(1), json!(2)]);
 }
 
@@ -704,25 +701,20 @@ async fn post_ndjson_after_a_batch(
     second: String,
 ) -> (StatusCode, Value) {
     let http = api.http.clone();
-    let describe = format!("{}/v1/topics/{topic}", api.url);
+    let url = api.url.clone();
+    let describe = format!("/v1/topics/{topic}");
     let parts = futures_util::stream::iter([first, second])
         .enumerate()
         .then(move |(i, part)| {
             let http = http.clone();
+            let url = url.clone();
             let describe = describe.clone();
             async move {
                 for _ in 0..200 {
                     if i == 0 {
                         break;
                     }
-                    let described: Value = http
-                        .get(&describe)
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let described = common::get_json_ok(&http, &url, &describe).await;
                     if described["partitions"][0]["high_watermark"].as_u64() > Some(0) {
                         break;
                     }
@@ -732,13 +724,12 @@ async fn post_ndjson_after_a_batch(
             }
         });
     let response = api
-        .http
-        .post(format!("{}/v1/topics/{topic}/records", api.url))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(parts))
-        .send()
-        .await
-        .expect("the broker answers");
+        .post_body(
+            &format!("/v1/topics/{topic}/records"),
+            "application/x-ndjson",
+            reqwest::Body::wrap_stream(parts),
+        )
+        .await;
     let status = response.status();
     (status, response.json().await.unwrap())
 }
@@ -755,15 +746,10 @@ async fn assert_reports_what_was_stored(api: &Api, topic: &str, problem: &Value)
     let appended = problem["appended_records"]
         .as_u64()
         .unwrap_or_else(|| panic!("no appended_records in {problem}"));
-    let offsets = offsets_of(problem);
+    let offsets = produced_partition_offsets(problem);
     let expected: Vec<(u64, u64)> = (0..appended).map(|o| (0, o)).collect();
     assert_eq!(offsets, expected, "{problem}");
-    let values: Vec<Value> = api
-        .fetch_all(topic, 0)
-        .await
-        .iter()
-        .map(|r| r["value"].clone())
-        .collect();
+    let values = api.fetch_all_values(topic, 0).await;
     let expected: Vec<Value> = (0..appended).map(|i| json!(i)).collect();
     assert_eq!(values, expected, "{problem}");
     let said = match appended {
@@ -828,13 +814,12 @@ async fn an_ndjson_body_within_one_batch_is_all_or_nothing() {
         Ok::<_, std::io::Error>(part.into_bytes())
     });
     let response = api
-        .http
-        .post(format!("{}/v1/topics/whole/records", api.url))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(parts))
-        .send()
-        .await
-        .unwrap();
+        .post_body(
+            "/v1/topics/whole/records",
+            "application/x-ndjson",
+            reqwest::Body::wrap_stream(parts),
+        )
+        .await;
     let problem = assert_problem(response, StatusCode::BAD_REQUEST, "invalid_request").await;
     assert_eq!(problem["line"], 22, "{problem}");
     assert_eq!(problem["appended_records"], 0, "{problem}");
@@ -848,20 +833,16 @@ async fn an_octet_stream_body_is_one_value_with_key_and_partition_from_the_query
     let api = Api::new(&broker);
     api.create_topic("raw", 2).await;
     let value: Vec<u8> = vec![0x00, 0xff, 0x10, b'{', 0xc3];
-    let response = api
-        .http
-        .post(format!(
-            "{}/v1/topics/raw/records?key=d%C3%A9vice%209&partition=1&timestamp_ms=1234",
-            api.url
-        ))
-        .header("content-type", "application/octet-stream")
-        .body(value.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let answer: Value = response.json().await.unwrap();
-    assert_eq!(offsets_of(&answer), vec![(1, 0)]);
+    let answer = assert_ok_json(
+        api.post_body(
+            "/v1/topics/raw/records?key=d%C3%A9vice%209&partition=1&timestamp_ms=1234",
+            "application/octet-stream",
+            value.clone(),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(produced_partition_offsets(&answer), vec![(1, 0)]);
 
     let record = &api.fetch_all("raw", 1).await[0];
     assert_eq!(record["key"], "dévice 9");
@@ -911,7 +892,7 @@ async fn same_key_goes_to_the_same_partition_and_unkeyed_records_spread() {
     // And what each partition serves is what the answers said, in that order.
     for partition in 0..4u32 {
         let records = api.fetch_all("spread", partition).await;
-        let served = record_offsets(&records);
+        let served = offsets_of_records(&records);
         assert_eq!(served, (0..served.len() as u64).collect::<Vec<_>>());
     }
     for (i, (partition, offset)) in offsets.iter().enumerate() {
@@ -956,7 +937,10 @@ async fn acks_modes_say_which_durability_held_in_body_and_header() {
         );
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["durability"], durability);
-        assert_eq!(offsets_of(&answer), vec![(0, expected_offset as u64)]);
+        assert_eq!(
+            produced_partition_offsets(&answer),
+            vec![(0, expected_offset as u64)]
+        );
     }
 
     let response = api
@@ -984,7 +968,7 @@ async fn acks_modes_say_which_durability_held_in_body_and_header() {
         let page = api
             .fetch("acks", 0, &format!("offset={next}&wait_ms=1000"))
             .await;
-        seen.extend(record_offsets(page["records"].as_array().unwrap()));
+        seen.extend(offsets_of_records(page["records"].as_array().unwrap()));
         next = page["next_offset"].as_u64().unwrap();
     }
     assert_eq!(seen, vec![0, 1, 2, 3]);
@@ -1006,7 +990,7 @@ async fn fetch_starts_at_an_offset_earliest_latest_or_a_timestamp() {
 
     let earliest = api.fetch("seek", 0, "offset=earliest").await;
     assert_eq!(
-        record_offsets(earliest["records"].as_array().unwrap()),
+        offsets_of_records(earliest["records"].as_array().unwrap()),
         (0..10).collect::<Vec<_>>()
     );
     assert_eq!(earliest["next_offset"], 10);
@@ -1021,7 +1005,7 @@ async fn fetch_starts_at_an_offset_earliest_latest_or_a_timestamp() {
 
     let middle = api.fetch("seek", 0, "offset=6").await;
     assert_eq!(
-        record_offsets(middle["records"].as_array().unwrap()),
+        offsets_of_records(middle["records"].as_array().unwrap()),
         vec![6, 7, 8, 9]
     );
 
@@ -1052,13 +1036,13 @@ async fn max_records_and_max_bytes_bound_a_fetch_and_next_offset_continues_it() 
 
     let page = api.fetch("page", 0, "offset=0&max_records=4").await;
     assert_eq!(
-        record_offsets(page["records"].as_array().unwrap()),
+        offsets_of_records(page["records"].as_array().unwrap()),
         vec![0, 1, 2, 3]
     );
     assert_eq!(page["next_offset"], 4);
     let page = api.fetch("page", 0, "offset=4&max_records=4").await;
     assert_eq!(
-        record_offsets(page["records"].as_array().unwrap()),
+        offsets_of_records(page["records"].as_array().unwrap()),
         vec![4, 5, 6, 7]
     );
 
@@ -1079,7 +1063,7 @@ async fn max_records_and_max_bytes_bound_a_fetch_and_next_offset_continues_it() 
             "a fetch at {offset} with max_bytes=300 returned nothing: {page}"
         );
         assert!(records.len() < 30, "max_bytes did not bound the fetch");
-        seen.extend(record_offsets(records));
+        seen.extend(offsets_of_records(records));
         offset = page["next_offset"].as_u64().unwrap();
     }
     assert_eq!(seen, (0..30).collect::<Vec<_>>());
@@ -1127,39 +1111,34 @@ async fn a_long_poll_at_an_offset_not_yet_flushed_waits_for_it() {
     let api = Api::new(&broker);
     api.create_topic("lazy", 1).await;
     // acks=leader data is synced within flush_ms; make that long enough to fetch before it.
-    let (status, body) = api
-        .call(
-            Method::PATCH,
-            "/v1/topics/lazy",
-            Some(json!({"flush_ms": 2000})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, answer) = api
-        .call(
+    api.call_ok(
+        Method::PATCH,
+        "/v1/topics/lazy",
+        Some(json!({"flush_ms": 2000})),
+    )
+    .await;
+    let answer = api
+        .call_ok(
             Method::POST,
             "/v1/topics/lazy/records?acks=leader",
             Some(json!({"records": [{"value": "a"}, {"value": "b"}]})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(offsets_of(&answer), vec![(0, 0), (0, 1)]);
+    assert_eq!(produced_partition_offsets(&answer), vec![(0, 0), (0, 1)]);
 
     // The producer was told offset 1; a consumer long-polling there is answered once the
     // record is durable, never shown it before (only records below the HW are served).
     let body = api.fetch("lazy", 0, "offset=1&wait_ms=10000").await;
-    assert_eq!(record_offsets(body["records"].as_array().unwrap()), vec![1]);
+    assert_eq!(
+        offsets_of_records(body["records"].as_array().unwrap()),
+        vec![1]
+    );
     assert_eq!(body["high_watermark"], 2);
     // Past the log end is still out of range.
-    let past = api
-        .send(
-            Method::GET,
-            "/v1/topics/lazy/partitions/0/records?offset=3",
-            None,
-        )
-        .await;
-    assert_problem(
-        past,
+    api.call_expecting_problem(
+        Method::GET,
+        "/v1/topics/lazy/partitions/0/records?offset=3",
+        None,
         StatusCode::RANGE_NOT_SATISFIABLE,
         "offset_out_of_range",
     )
@@ -1285,15 +1264,7 @@ async fn sse_streams_records_with_their_offsets_as_ids_and_resumes_after_last_ev
         json!([{"value": "e0"}, {"value": "e1"}, {"value": "e2"}]),
     )
     .await;
-    let url = format!("{}/v1/topics/events/partitions/0/stream", api.url);
-
-    let mut stream = SseReader::new(
-        api.http
-            .get(format!("{url}?offset=earliest"))
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut stream = api.open_stream("events", "offset=earliest", None).await;
     for offset in 0..3 {
         assert_record_event(&stream.next().await, offset, &json!(format!("e{offset}")));
     }
@@ -1306,14 +1277,7 @@ async fn sse_streams_records_with_their_offsets_as_ids_and_resumes_after_last_ev
     drop(stream);
 
     // A reconnecting client resumes right after the last event it saw.
-    let mut resumed = SseReader::new(
-        api.http
-            .get(&url)
-            .header("last-event-id", "2")
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut resumed = api.open_stream("events", "", Some("2")).await;
     for offset in 3..5 {
         assert_record_event(&resumed.next().await, offset, &json!(format!("e{offset}")));
     }
@@ -1321,13 +1285,7 @@ async fn sse_streams_records_with_their_offsets_as_ids_and_resumes_after_last_ev
     assert_record_event(&resumed.next().await, 5, &json!("e5"));
 
     // offset=latest sees only what comes after it opened.
-    let mut latest = SseReader::new(
-        api.http
-            .get(format!("{url}?offset=latest"))
-            .send()
-            .await
-            .unwrap(),
-    );
+    let mut latest = api.open_stream("events", "offset=latest", None).await;
     api.produce("events", json!([{"value": "e6"}])).await;
     assert_record_event(&latest.next().await, 6, &json!("e6"));
 }
@@ -1337,15 +1295,10 @@ async fn sse_refuses_a_bad_start_with_a_problem() {
     let broker = TestBroker::start();
     let api = Api::new(&broker);
     api.create_topic("events", 1).await;
-    let past_end = api
-        .send(
-            Method::GET,
-            "/v1/topics/events/partitions/0/stream?offset=5",
-            None,
-        )
-        .await;
-    assert_problem(
-        past_end,
+    api.call_expecting_problem(
+        Method::GET,
+        "/v1/topics/events/partitions/0/stream?offset=5",
+        None,
         StatusCode::RANGE_NOT_SATISFIABLE,
         "offset_out_of_range",
     )
@@ -1358,10 +1311,14 @@ async fn sse_refuses_a_bad_start_with_a_problem() {
         .await
         .unwrap();
     assert_problem(bad_id, StatusCode::BAD_REQUEST, "invalid_request").await;
-    let missing = api
-        .send(Method::GET, "/v1/topics/nope/partitions/0/stream", None)
-        .await;
-    assert_problem(missing, StatusCode::NOT_FOUND, "topic_not_found").await;
+    api.call_expecting_problem(
+        Method::GET,
+        "/v1/topics/nope/partitions/0/stream",
+        None,
+        StatusCode::NOT_FOUND,
+        "topic_not_found",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1370,12 +1327,7 @@ async fn sse_refuses_a_bad_start_with_a_problem() {
 
 /// The `tidelog_long_polls_waiting` gauge (long-polls and SSE streams waiting for records).
 async fn long_polls_waiting(api: &Api) -> f64 {
-    let text = api
-        .send(Method::GET, "/metrics", None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = common::scrape_metrics(&api.http, &api.url).await;
     text.lines()
         .find(|l| l.starts_with("tidelog_long_polls_waiting"))
         .and_then(|l| l.split_whitespace().last())
@@ -1394,15 +1346,14 @@ async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
             .map(|i| json!({"key": format!("k{i}"), "value": {"round": round, "i": i}}))
             .collect();
         let acks = if round % 2 == 0 { "all" } else { "leader" };
-        let (status, answer) = api
-            .call(
+        let answer = api
+            .call_ok(
                 Method::POST,
                 &format!("/v1/topics/durable/records?acks={acks}"),
                 Some(json!({ "records": records })),
             )
             .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        for (record, at) in records.iter().zip(offsets_of(&answer)) {
+        for (record, at) in records.iter().zip(produced_partition_offsets(&answer)) {
             acknowledged.insert(at, record["value"].clone());
         }
     }
@@ -1427,18 +1378,12 @@ async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
         .unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
     // Both are waiting inside the broker before the signal is sent.
-    let mut waiting = 0.0;
-    for _ in 0..200 {
-        waiting = long_polls_waiting(&api).await;
-        if waiting >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        waiting >= 2.0,
-        "the long-poll and the stream never waited ({waiting})"
-    );
+    common::wait_until(
+        "the long-poll and the stream to wait inside the broker",
+        Duration::from_secs(10),
+        || async { long_polls_waiting(&api).await >= 2.0 },
+    )
+    .await;
 
     let exit = tokio::task::block_in_place(|| broker.terminate());
     assert_eq!(exit, Some(0), "SIGTERM did not end in a clean exit");
@@ -1515,8 +1460,8 @@ async fn an_unknown_route_is_a_404_problem_and_a_wrong_method_a_405_problem() {
     let broker = TestBroker::start();
     let api = Api::new(&broker);
     for path in ["/nope", "/v1/topics/t/partitions/0/nope", "/v2/topics"] {
-        let response = api.send(Method::GET, path, None).await;
-        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+        api.call_expecting_problem(Method::GET, path, None, StatusCode::NOT_FOUND, "not_found")
+            .await;
     }
     for (method, path, allowed) in [
         (Method::PUT, "/v1/topics", "POST"),

@@ -51,33 +51,22 @@ impl Fixture {
         let broker = TestBroker::start_with_config(LIMITS);
         let http = broker.client();
         let url = broker.url.clone();
-        let post = |path: &str, body: Value| http.post(format!("{url}{path}")).json(&body).send();
-        let r = post("/v1/topics", json!({"name": "kept", "partitions": 2}))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let r = post("/v1/topics", json!({"name": "trimmed", "partitions": 1}))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        common::create_topic(&http, &url, "kept", 2).await;
+        common::create_topic(&http, &url, "trimmed", 1).await;
         let kept: Vec<Value> = (0..12)
             .map(|i| json!({"key": format!("k{i}"), "value": {"n": i}, "partition": i % 2}))
             .collect();
-        let r = post("/v1/topics/kept/records", json!({ "records": kept }))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        common::produce_json_acks_all(&http, &url, "kept", json!(kept)).await;
         let trimmed: Vec<Value> = (0..10).map(|i| json!({ "value": i })).collect();
-        let r = post("/v1/topics/trimmed/records", json!({ "records": trimmed }))
+        common::produce_json_acks_all(&http, &url, "trimmed", json!(trimmed)).await;
+        let r = http
+            .post(format!(
+                "{url}/v1/topics/trimmed/partitions/0/delete-records"
+            ))
+            .json(&json!({"before_offset": 5}))
+            .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let r = post(
-            "/v1/topics/trimmed/partitions/0/delete-records",
-            json!({"before_offset": 5}),
-        )
-        .await
-        .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let mut fixture = Fixture {
             broker,
@@ -98,29 +87,20 @@ impl Fixture {
         format!("{}{path}", self.broker.url)
     }
 
+    /// `GET path`, which must answer 200 with JSON.
+    async fn get_json_ok(&self, path: &str) -> Value {
+        common::get_json_ok(&self.http, &self.broker.url, path).await
+    }
+
     async fn snapshot(&self) -> Snapshot {
-        let topics: Value = self
-            .http
-            .get(self.url("/v1/topics"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let topics = self.get_json_ok("/v1/topics").await;
         let mut records = Vec::new();
         for (topic, partition) in [("kept", 0), ("kept", 1), ("trimmed", 0)] {
-            let body: Value = self
-                .http
-                .get(self.url(&format!(
+            let body = self
+                .get_json_ok(&format!(
                     "/v1/topics/{topic}/partitions/{partition}/records?offset=earliest&max_records=100"
-                )))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                ))
+                .await;
             assert_eq!(
                 body["next_offset"], body["high_watermark"],
                 "one fetch reads all of {topic}/{partition}"
@@ -132,16 +112,7 @@ impl Fixture {
         }
         let mut described = Vec::new();
         for topic in ["kept", "trimmed"] {
-            let body: Value = self
-                .http
-                .get(self.url(&format!("/v1/topics/{topic}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            described.push(body);
+            described.push(self.get_json_ok(&format!("/v1/topics/{topic}")).await);
         }
         Snapshot {
             topics,

@@ -893,44 +893,38 @@ fn numbers() -> Vec<Case> {
     cases
 }
 
+/// Runs `cases` against one fresh fixture; an empty list is a mistake, not a pass.
+async fn check_every_case(cases: Vec<Case>) {
+    assert!(!cases.is_empty(), "no cases to check");
+    let fixture = Fixture::start().await;
+    for case in &cases {
+        check_case(&fixture, case).await;
+    }
+}
+
 #[tokio::test]
 async fn malformed_bodies_are_refused_and_nothing_is_appended() {
-    let fixture = Fixture::start().await;
-    for case in malformed_bodies() {
-        check_case(&fixture, &case).await;
-    }
+    check_every_case(malformed_bodies()).await;
 }
 
 #[tokio::test]
 async fn crossed_limits_are_refused_with_the_limit_named() {
-    let fixture = Fixture::start().await;
-    for case in limits() {
-        check_case(&fixture, &case).await;
-    }
+    check_every_case(limits()).await;
 }
 
 #[tokio::test]
 async fn bad_topic_names_are_refused_and_no_topic_appears() {
-    let fixture = Fixture::start().await;
-    for case in topic_names() {
-        check_case(&fixture, &case).await;
-    }
+    check_every_case(topic_names()).await;
 }
 
 #[tokio::test]
 async fn a_refused_produce_to_a_missing_topic_does_not_create_it() {
-    let fixture = Fixture::start().await;
-    for case in refused_produces_to_a_missing_topic() {
-        check_case(&fixture, &case).await;
-    }
+    check_every_case(refused_produces_to_a_missing_topic()).await;
 }
 
 #[tokio::test]
 async fn bad_numbers_partitions_and_offsets_are_refused() {
-    let fixture = Fixture::start().await;
-    for case in numbers() {
-        check_case(&fixture, &case).await;
-    }
+    check_every_case(numbers()).await;
 }
 
 #[tokio::test]
@@ -1055,26 +1049,17 @@ async fn a_client_that_disconnects_mid_body_leaves_nothing_behind() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     fixture.assert_intact("three disconnects").await;
     let end = fixture.baseline.records[0].1.len() as u64;
-    let answer: Value = fixture
-        .http
-        .post(fixture.url(PRODUCE))
-        .json(&json!({"records": [{"value": "after", "partition": 0}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = common::produce_json_acks_all(
+        &fixture.http,
+        &fixture.broker.url,
+        "kept",
+        json!([{"value": "after", "partition": 0}]),
+    )
+    .await;
     assert_eq!(answer["offsets"], json!([{"partition": 0, "offset": end}]));
-    let body: Value = fixture
-        .http
-        .get(fixture.url(&format!("{FETCH}?offset=0&max_records=100")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = fixture
+        .get_json_ok(&format!("{FETCH}?offset=0&max_records=100"))
+        .await;
     let text = body.to_string();
     assert!(
         !text.contains("partial-"),

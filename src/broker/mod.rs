@@ -37,6 +37,7 @@ use crate::log::{sync_dir, write_file_atomic};
 use crate::metrics as m;
 
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+const TOPIC_META_FILE: &str = "topic.json";
 
 thread_local! {
     /// One batch buffer per thread, reused from produce to produce (taken and put back with no
@@ -48,7 +49,6 @@ thread_local! {
 /// A batch buffer larger than this is freed after its append rather than kept, so one huge
 /// produce does not pin memory on a worker thread.
 const BATCH_BUFFER_KEEP_BYTES_MAX: usize = 4 * 1024 * 1024;
-const TOPIC_META_FILE: &str = "topic.json";
 
 /// How much durability a producer asks for before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

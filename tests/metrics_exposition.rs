@@ -256,7 +256,7 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> (String, u64) {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let group_fetched = if groups_served() {
+    let group_fetched = if common::consumer_group_routes_served() {
         join_and_commit(&http, url).await
     } else {
         0
@@ -326,12 +326,6 @@ async fn join_and_commit(http: &reqwest::Client, url: &str) -> u64 {
         r.text().await.unwrap()
     );
     read
-}
-
-fn groups_served() -> bool {
-    tidelog::http::route_table()
-        .iter()
-        .any(|(path, _)| path.starts_with("/v1/groups"))
 }
 
 #[tokio::test]
@@ -461,7 +455,7 @@ async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
         assert_eq!(doc_kind, kind, "{name}: documented type differs");
     }
     for (name, (_, from_groups)) in &documented {
-        if *from_groups && !groups_served() {
+        if *from_groups && !common::consumer_group_routes_served() {
             // Emitted by the groups module; the traffic joins a group once it exists.
             continue;
         }
@@ -511,7 +505,7 @@ async fn every_metric_the_dashboard_queries_is_exposed() {
 
     let broker = common::TestBroker::start();
     let scraped = Exposition::parse(&scrape_after_traffic(&broker).await.0);
-    let groups = groups_served();
+    let groups = common::consumer_group_routes_served();
     let mut missing = Vec::new();
     for name in &used {
         if scraped.family_of(name).is_some() {

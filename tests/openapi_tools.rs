@@ -98,12 +98,6 @@ fn venv() -> &'static Path {
     })
 }
 
-fn groups_served() -> bool {
-    tidelog::http::route_table()
-        .iter()
-        .any(|(path, _)| path.starts_with("/v1/groups"))
-}
-
 #[test]
 fn the_spec_is_valid_openapi() {
     let mut cmd = Command::new(venv().join("bin/openapi-spec-validator"));
@@ -143,7 +137,7 @@ fn schemathesis_finds_no_server_error_or_undocumented_response() {
         .args(["--max-examples", "25", "--request-timeout", "10"])
         // One worker: hypothesis's lambda introspection is not thread-safe.
         .args(["--workers", "1", "--no-color"]);
-    if !groups_served() {
+    if !common::consumer_group_routes_served() {
         cmd.args(["--exclude-tag", "groups"]);
     }
     let (ok, out) = run(cmd, Duration::from_secs(150));
@@ -183,7 +177,11 @@ fn a_generated_python_sdk_creates_produces_and_consumes() {
     cmd.arg(tools_dir().join("sdk_smoke.py"))
         .arg(sdk_parent.path())
         .arg(&broker.url)
-        .arg(if groups_served() { "yes" } else { "no" });
+        .arg(if common::consumer_group_routes_served() {
+            "yes"
+        } else {
+            "no"
+        });
     let (ok, out) = run(cmd, Duration::from_secs(60));
     println!("{out}");
     assert!(ok, "the SDK script failed:\n{out}");

@@ -334,3 +334,11 @@ pub fn offsets_of_records(records: &[serde_json::Value]) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Whether this build serves the consumer-group routes (`/v1/groups…`); checks of what only
+/// groups produce are skipped while it does not.
+pub fn consumer_group_routes_served() -> bool {
+    tidelog::http::route_table()
+        .iter()
+        .any(|(path, _)| path.starts_with("/v1/groups"))
+}

@@ -78,6 +78,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(mut config: BrokerConfig) -> Result<(), String> {
+    // Handlers first: a SIGTERM that arrives right after the address is printed must still
+    // mean a clean shutdown, not the default action (immediate death).
+    let signals = Signals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -88,7 +91,7 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let signal_broker = std::sync::Arc::clone(&broker);
     let shutdown = async move {
-        wait_for_signal().await;
+        signals.wait().await;
         eprintln!("tidelog: shutting down");
         // Ends long-polls and streams so the graceful shutdown below does not wait on them.
         signal_broker.begin_shutdown();
@@ -104,12 +107,26 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, registered at start so none is lost before the server runs.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }
 

@@ -24,6 +24,8 @@ wait_ms_max = 2000
 fetch_records_max = 100
 records_per_request_max = 50
 partitions_max = 8
+key_bytes_max = 64
+header_bytes_max = 64
 ";
 const REQUEST_BODY_BYTES_MAX: u64 = 65536;
 const RECORD_BYTES_MAX: u64 = 4096;
@@ -467,6 +469,20 @@ fn limits() -> Vec<Case> {
         )
         .expect(400, "limit_exceeded")
         .with("limit_name", "headers_per_record_max"),
+        produce_json(
+            "key over key_bytes_max",
+            json!({"records": [{"key": "k".repeat(65), "value": 1}]}),
+        )
+        .expect(400, "limit_exceeded")
+        .with("limit", 64)
+        .with("limit_name", "key_bytes_max"),
+        produce_json(
+            "header over header_bytes_max",
+            json!({"records": [{"value": 1, "headers": {"h": "v".repeat(64)}}]}),
+        )
+        .expect(400, "limit_exceeded")
+        .with("limit", 64)
+        .with("limit_name", "header_bytes_max"),
         fetch("wait_ms over wait_ms_max", "offset=0&wait_ms=2001")
             .expect(400, "limit_exceeded")
             .with("limit", 2000)
@@ -1104,4 +1120,48 @@ async fn a_raw_413_answer_arrives_before_the_body_is_sent() {
         "{answer}"
     );
     fixture.assert_intact("the raw 413").await;
+}
+
+#[tokio::test]
+async fn topics_past_topics_max_are_refused_whether_created_or_auto_created() {
+    let broker = TestBroker::start_with_config("[limits]\ntopics_max = 2\n");
+    let http = broker.client();
+    let url = &broker.url;
+    for name in ["one", "two"] {
+        let r = http
+            .post(format!("{url}/v1/topics"))
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let created = http
+        .post(format!("{url}/v1/topics"))
+        .json(&json!({"name": "three"}))
+        .send()
+        .await
+        .unwrap();
+    let produced = http
+        .post(format!("{url}/v1/topics/four/records"))
+        .json(&json!({"records": [{"value": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    for r in [created, produced] {
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["code"], "limit_exceeded");
+        assert_eq!(problem["limit_name"], "topics_max");
+        assert_eq!(problem["limit"], 2);
+    }
+    let topics: Value = http
+        .get(format!("{url}/v1/topics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(topics["topics"].as_array().unwrap().len(), 2, "{topics}");
 }

@@ -108,5 +108,8 @@ fn a_config_file_with_an_unknown_key_is_refused_at_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("listen_port"), "the error names the bad key: {stderr}");
+    assert!(
+        stderr.contains("listen_port"),
+        "the error names the bad key: {stderr}"
+    );
 }

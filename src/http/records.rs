@@ -61,45 +61,39 @@ pub struct JsonRecord<'a> {
     #[serde(borrow, default)]
     pub value_b64: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    /// Boxed: most records have none, and the record is moved as it is parsed and decoded.
+    pub headers: Option<Box<Headers<'a>>>,
     #[serde(default)]
     pub partition: Option<u32>,
     #[serde(default)]
     pub timestamp_ms: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonProduce<'a> {
-    #[serde(borrow)]
-    records: Vec<JsonRecord<'a>>,
-}
+/// A record's headers as parsed: sorted by name, the last of a repeated name kept.
+pub type Headers<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
 
-/// A record's decoded bytes, owned only where base64 had to be decoded.
+/// A record's decoded bytes, owned only where base64 had to be decoded or JSON unescaped.
 struct Decoded<'a> {
     key: Option<Cow<'a, [u8]>>,
     key_is_utf8: bool,
     value: Option<Cow<'a, [u8]>>,
     value_is_json: bool,
-    headers: Vec<(&'a str, &'a [u8])>,
+    headers: Option<Box<Headers<'a>>>,
     partition: Option<u32>,
     timestamp_ms: i64,
 }
 
-fn decode_record<'a>(
-    r: &'a JsonRecord<'a>,
-    now: i64,
-    line: Option<usize>,
-) -> ApiResult<Decoded<'a>> {
+/// Decodes one parsed record, taking over its strings (an unescaped key is moved, not copied).
+fn decode_record(r: JsonRecord<'_>, now: i64, line: Option<usize>) -> ApiResult<Decoded<'_>> {
     let at = |msg: String| match line {
         Some(l) => ApiError::invalid(format!("line {l}: {msg}")).with("line", l as u64),
         None => ApiError::invalid(msg),
     };
-    let (key, key_is_utf8) = match (&r.key, &r.key_b64) {
+    let (key, key_is_utf8) = match (r.key, r.key_b64) {
         (Some(_), Some(_)) => {
             return Err(at("a record has either 'key' or 'key_b64', not both".into()));
         }
-        (Some(k), None) => (Some(Cow::Borrowed(k.as_bytes())), true),
+        (Some(k), None) => (Some(str_bytes(k)), true),
         (None, Some(k)) => (
             Some(Cow::Owned(
                 B64.decode(k.as_bytes())
@@ -109,7 +103,7 @@ fn decode_record<'a>(
         ),
         (None, None) => (None, false),
     };
-    let (value, value_is_json) = match (r.value, &r.value_b64) {
+    let (value, value_is_json) = match (r.value, r.value_b64) {
         (Some(_), Some(_)) => {
             return Err(at(
                 "a record has either 'value' or 'value_b64', not both".into()
@@ -124,47 +118,205 @@ fn decode_record<'a>(
         ),
         (None, None) => (None, false),
     };
-    let headers = r
-        .headers
-        .as_ref()
-        .map(|h| h.iter().map(|(k, v)| (k.as_ref(), v.as_bytes())).collect())
-        .unwrap_or_default();
     Ok(Decoded {
         key,
         key_is_utf8,
         value,
         value_is_json,
-        headers,
+        headers: r.headers,
         partition: r.partition,
         timestamp_ms: r.timestamp_ms.unwrap_or(now),
     })
 }
 
-/// Decodes every record, sized up front: collecting into `Result<Vec<_>>` cannot see the
-/// length and regrows the vector about ten times for a 1,000-record batch.
-fn decode_all<'a>(
-    records: impl ExactSizeIterator<Item = (Option<usize>, &'a JsonRecord<'a>)>,
-    now: i64,
-) -> ApiResult<Vec<Decoded<'a>>> {
-    let mut decoded = Vec::with_capacity(records.len());
-    for (line, r) in records {
-        decoded.push(decode_record(r, now, line)?);
+fn str_bytes(s: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match s {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
     }
-    Ok(decoded)
 }
 
-fn as_produce_record<'a>(d: &'a Decoded<'a>) -> ProduceRecord<'a> {
-    ProduceRecord {
-        partition: d.partition,
-        record: RecordRef {
-            timestamp_ms: d.timestamp_ms,
-            key: d.key.as_deref(),
-            key_is_utf8: d.key_is_utf8,
-            value: d.value.as_deref(),
-            value_is_json: d.value_is_json,
-            headers: &d.headers,
-        },
+/// Records decoded as they are parsed, and the first record that failed to decode.
+///
+/// A body that is not valid JSON is refused as such even when an earlier record also failed
+/// to decode, as when the whole body was parsed before any record was decoded: so the first
+/// decode failure is kept aside until the parse has finished.
+#[derive(Default)]
+struct DecodedRecords<'a> {
+    records: Vec<Decoded<'a>>,
+    /// Headers of all the records, so a batch without any skips gathering them.
+    headers: usize,
+    failed: Option<ApiError>,
+}
+
+impl<'a> DecodedRecords<'a> {
+    fn push(&mut self, record: JsonRecord<'a>, now: i64, line: Option<usize>) {
+        if self.failed.is_some() {
+            return;
+        }
+        match decode_record(record, now, line) {
+            Ok(d) => {
+                self.headers += d.headers.as_ref().map_or(0, |h| h.len());
+                self.records.push(d);
+            }
+            Err(e) => self.failed = Some(e),
+        }
     }
+
+    fn finish(self) -> ApiResult<DecodedBatch<'a>> {
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(DecodedBatch {
+                records: self.records,
+                headers: self.headers,
+            }),
+        }
+    }
+}
+
+/// The decoded records of a body (or of a batch of NDJSON lines).
+struct DecodedBatch<'a> {
+    records: Vec<Decoded<'a>>,
+    /// How many headers the records have in all.
+    headers: usize,
+}
+
+/// Parses a JSON produce body, `{"records":[...]}`, decoding each record as soon as it is
+/// parsed: the records are never held as [`JsonRecord`]s in a vector of their own.
+fn parse_json_body(bytes: &[u8], now: i64) -> ApiResult<DecodedBatch<'_>> {
+    let mut out = DecodedRecords::default();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(BodySeed { out: &mut out, now }, &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+    out.finish()
+}
+
+/// The body object: exactly one field, `records` (what a derived `deny_unknown_fields`
+/// struct would accept, with the same error messages).
+struct BodySeed<'s, 'a> {
+    out: &'s mut DecodedRecords<'a>,
+    now: i64,
+}
+
+const BODY_FIELDS: &[&str] = &["records"];
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum BodyField {
+    Records,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_struct("JsonProduce", BODY_FIELDS, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("struct JsonProduce")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let records = RecordsSeed {
+            out: self.out,
+            now: self.now,
+        };
+        match seq.next_element_seed(records)? {
+            Some(()) => Ok(()),
+            None => Err(serde::de::Error::invalid_length(
+                0,
+                &"struct JsonProduce with 1 element",
+            )),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(BodyField::Records) = map.next_key()? {
+            if seen {
+                return Err(serde::de::Error::duplicate_field("records"));
+            }
+            seen = true;
+            map.next_value_seed(RecordsSeed {
+                out: &mut *self.out,
+                now: self.now,
+            })?;
+        }
+        if !seen {
+            return Err(serde::de::Error::missing_field("records"));
+        }
+        Ok(())
+    }
+}
+
+/// The `records` array: each element is parsed as a [`JsonRecord`] and decoded at once.
+struct RecordsSeed<'s, 'a> {
+    out: &'s mut DecodedRecords<'a>,
+    now: i64,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordsSeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordsSeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(record) = seq.next_element::<JsonRecord<'de>>()? {
+            self.out.push(record, self.now, None);
+        }
+        Ok(())
+    }
+}
+
+/// The records as the broker takes them, borrowing from `decoded`; `headers` holds every
+/// record's headers, one after another, so a batch needs one header vector, not one per record.
+fn as_produce_records<'a>(
+    decoded: &'a DecodedBatch<'a>,
+    headers: &'a mut Vec<(&'a str, &'a [u8])>,
+) -> Vec<ProduceRecord<'a>> {
+    if decoded.headers > 0 {
+        headers.reserve_exact(decoded.headers);
+        for h in decoded.records.iter().filter_map(|d| d.headers.as_deref()) {
+            headers.extend(
+                h.iter()
+                    .map(|(name, value)| (name.as_ref(), value.as_bytes())),
+            );
+        }
+    }
+    let mut rest: &'a [(&'a str, &'a [u8])] = headers;
+    let mut records = Vec::with_capacity(decoded.records.len());
+    for d in &decoded.records {
+        let (own, after) = rest.split_at(d.headers.as_ref().map_or(0, |h| h.len()));
+        rest = after;
+        records.push(ProduceRecord {
+            partition: d.partition,
+            record: RecordRef {
+                timestamp_ms: d.timestamp_ms,
+                key: d.key.as_deref(),
+                key_is_utf8: d.key_is_utf8,
+                value: d.value.as_deref(),
+                value_is_json: d.value_is_json,
+                headers: own,
+            },
+        });
+    }
+    records
 }
 
 struct ProduceParams {
@@ -214,10 +366,9 @@ pub async fn produce(
     let offsets = match ct.as_str() {
         "application/json" | "" => {
             let bytes = read_limited(&headers, body, limit).await?;
-            let parsed: JsonProduce<'_> = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
-            let decoded = decode_all(parsed.records.iter().map(|r| (None, r)), now)?;
-            let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+            let decoded = parse_json_body(&bytes, now)?;
+            let mut headers = Vec::new();
+            let records = as_produce_records(&decoded, &mut headers);
             let topic = broker.topic_for_produce(&topic, &records).await?;
             broker
                 .produce(&topic, &records, params.acks, params.timeout)
@@ -360,12 +511,12 @@ async fn append_ndjson_batches(
             }
         };
         let lines = pending.split_to(cut).freeze();
-        let parsed = parse_ndjson_lines(&lines, &mut line_no)?;
-        if parsed.is_empty() {
+        let decoded = parse_ndjson_lines(&lines, &mut line_no, now)?;
+        if decoded.records.is_empty() {
             continue;
         }
-        let decoded = decode_all(parsed.iter().map(|(line, r)| (Some(*line), r)), now)?;
-        let records: Vec<ProduceRecord<'_>> = decoded.iter().map(as_produce_record).collect();
+        let mut headers = Vec::new();
+        let records = as_produce_records(&decoded, &mut headers);
         if topic.is_none() {
             topic = Some(broker.topic_for_produce(topic_name, &records).await?);
         }
@@ -391,11 +542,14 @@ async fn append_ndjson_batches(
     Ok(())
 }
 
+/// Parses and decodes each line; as for a JSON body, a line that is not valid JSON is
+/// reported before an earlier line that failed to decode.
 fn parse_ndjson_lines<'a>(
     bytes: &'a [u8],
     line_no: &mut usize,
-) -> ApiResult<Vec<(usize, JsonRecord<'a>)>> {
-    let mut out = Vec::new();
+    now: i64,
+) -> ApiResult<DecodedBatch<'a>> {
+    let mut out = DecodedRecords::default();
     for line in bytes.split(|&b| b == b'\n') {
         *line_no += 1;
         let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
@@ -406,13 +560,13 @@ fn parse_ndjson_lines<'a>(
             ApiError::invalid(format!("line {}: invalid JSON record: {e}", *line_no))
                 .with("line", *line_no as u64)
         })?;
-        out.push((*line_no, record));
+        out.push(record, now, Some(*line_no));
     }
     // The split after a trailing newline yields one empty piece that is not a line.
     if bytes.last() == Some(&b'\n') {
         *line_no -= 1;
     }
-    Ok(out)
+    out.finish()
 }
 
 /// Adds to an NDJSON failure what the body stored before it: `appended_records`, their
@@ -675,6 +829,125 @@ fn push_i64(out: &mut Vec<u8>, n: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the body parser replaced: the whole body parsed into `JsonRecord`s by derived
+    /// code, then each record decoded in turn.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct JsonProduce<'a> {
+        #[serde(borrow)]
+        records: Vec<JsonRecord<'a>>,
+    }
+
+    type Flat = (
+        Option<Vec<u8>>,
+        bool,
+        Option<Vec<u8>>,
+        bool,
+        Vec<(String, String)>,
+        Option<u32>,
+        i64,
+    );
+
+    fn flat(d: &Decoded<'_>) -> Flat {
+        (
+            d.key.as_deref().map(<[u8]>::to_vec),
+            d.key_is_utf8,
+            d.value.as_deref().map(<[u8]>::to_vec),
+            d.value_is_json,
+            d.headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            d.partition,
+            d.timestamp_ms,
+        )
+    }
+
+    fn reference(body: &str) -> Result<Vec<Flat>, String> {
+        let parsed: JsonProduce<'_> = serde_json::from_slice(body.as_bytes())
+            .map_err(|e| format!("invalid JSON body: {e}"))?;
+        parsed
+            .records
+            .into_iter()
+            .map(|r| decode_record(r, 7, None).map(|d| flat(&d)))
+            .collect::<ApiResult<_>>()
+            .map_err(|e| e.detail)
+    }
+
+    #[test]
+    fn json_body_parses_and_fails_as_derived_parse_then_decode() {
+        let bodies = [
+            r#"{"records":[{"value":"a"},{"value":{"x":[1,2]}},{"value":null},{}]}"#,
+            r#"{"records":[{"key":"k\n\u00e9","value":1,"partition":3,"timestamp_ms":-5}]}"#,
+            r#"{"records":[{"key_b64":"/w==","value_b64":"AAE="}]}"#,
+            r#"{"records":[{"value":1,"headers":{"b":"2","a":"1","b":"3","\u0063":"x"}},{"value":2,"headers":null},{"headers":{"z":""}}]}"#,
+            r#"{"records":[]}"#,
+            r#"[[{"value":1}]]"#,
+            r#"[]"#,
+            r#"{}"#,
+            r#"{"records":[],"records":[]}"#,
+            r#"{"records":[],"other":1}"#,
+            r#"{"records":{}}"#,
+            r#"{"records":[{"value":1,"extra":2}]}"#,
+            r#"{"records":[{"value":1,"value":2}]}"#,
+            r#"{"records":[{"value":1,"headers":{"n":5}}]}"#,
+            r#"{"records":[{"value":1,"timestamp_ms":"yesterday"}]}"#,
+            r#"{"records":[{"key":"x","key_b64":"eA=="}]}"#,
+            r#"{"records":[{"value":1},{"value_b64":"***"},{"key_b64":"%%%"}]}"#,
+            r#"{"records":[{"value":"x","value_b64":"eA=="},{"value":1} garbage"#,
+            r#"{"records":[{"value_b64":"***"}]} trailing"#,
+            r#"{"records":[{"value":1}]}"#,
+        ];
+        for body in bodies {
+            let ours = parse_json_body(body.as_bytes(), 7)
+                .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
+                .map_err(|e| e.detail);
+            assert_eq!(ours, reference(body), "{body}");
+        }
+    }
+
+    #[test]
+    fn produce_records_take_each_record_own_headers() {
+        let body = r#"{"records":[{"headers":{"b":"2","a":"1"}},{},{"headers":{"c":"3"}},{"headers":{}}]}"#;
+        let decoded = parse_json_body(body.as_bytes(), 0).expect("parses");
+        assert_eq!(decoded.headers, 3);
+        let mut headers = Vec::new();
+        let records = as_produce_records(&decoded, &mut headers);
+        let got: Vec<Vec<(&str, &[u8])>> =
+            records.iter().map(|r| r.record.headers.to_vec()).collect();
+        let want: Vec<Vec<(&str, &[u8])>> = vec![
+            vec![("a", b"1"), ("b", b"2")],
+            vec![],
+            vec![("c", b"3")],
+            vec![],
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ndjson_reports_a_bad_line_before_an_earlier_record_that_fails_to_decode() {
+        let mut line_no = 0;
+        let e = parse_ndjson_lines(b"{\"value_b64\":\"***\"}\nnot json\n", &mut line_no, 0)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            e.extra.get("line"),
+            Some(&serde_json::json!(2)),
+            "{}",
+            e.detail
+        );
+        let mut line_no = 0;
+        let e = parse_ndjson_lines(b"{\"value\":1}\n{\"value_b64\":\"***\"}\n", &mut line_no, 0)
+            .err()
+            .expect("refused");
+        assert!(
+            e.detail.starts_with("line 2: 'value_b64' is not base64"),
+            "{}",
+            e.detail
+        );
+    }
 
     #[test]
     fn decimal_writers_match_display() {

@@ -48,6 +48,9 @@ pub struct ProduceQuery {
 }
 
 /// One record of a JSON or NDJSON produce, borrowing from the body.
+///
+/// The produce path fills it field by field in [`RecordSeed`]; the derived `Deserialize`
+/// is the reference that parser is tested against (same input accepted, same errors).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonRecord<'a> {
@@ -289,9 +292,115 @@ impl<'de> serde::de::Visitor<'de> for RecordsSeed<'_, 'de> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(record) = seq.next_element::<JsonRecord<'de>>()? {
-            self.out.push(record, self.now, None);
+        let out = self.out;
+        while let Some(()) = seq.next_element_seed(RecordSeed {
+            out: &mut *out,
+            now: self.now,
+            line: None,
+        })? {}
+        Ok(())
+    }
+}
+
+/// One record: its fields are read into a [`JsonRecord`] in place, which is then decoded
+/// and appended, accepting what the derived `JsonRecord` accepts with the same errors.
+struct RecordSeed<'s, 'a> {
+    out: &'s mut DecodedRecords<'a>,
+    now: i64,
+    line: Option<usize>,
+}
+
+const RECORD_FIELDS: &[&str] = &[
+    "key",
+    "key_b64",
+    "value",
+    "value_b64",
+    "headers",
+    "partition",
+    "timestamp_ms",
+];
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum RecordField {
+    Key,
+    KeyB64,
+    Value,
+    ValueB64,
+    Headers,
+    Partition,
+    TimestampMs,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordSeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_struct("JsonRecord", RECORD_FIELDS, self)
+    }
+}
+
+/// Reads a field's value, once: a second occurrence, even after a `null`, is the derived
+/// code's `duplicate field` error. `seen` has one bit per field of [`RECORD_FIELDS`].
+fn set_once<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
+    field: &mut Option<T>,
+    index: usize,
+    seen: &mut u8,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    if *seen & (1 << index) != 0 {
+        return Err(serde::de::Error::duplicate_field(RECORD_FIELDS[index]));
+    }
+    *seen |= 1 << index;
+    *field = map.next_value()?;
+    Ok(())
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("struct JsonRecord")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let record = JsonRecord {
+            key: seq.next_element()?.flatten(),
+            key_b64: seq.next_element()?.flatten(),
+            value: seq.next_element()?.flatten(),
+            value_b64: seq.next_element()?.flatten(),
+            headers: seq.next_element()?.flatten(),
+            partition: seq.next_element()?.flatten(),
+            timestamp_ms: seq.next_element()?.flatten(),
+        };
+        self.out.push(record, self.now, self.line);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut r = JsonRecord {
+            key: None,
+            key_b64: None,
+            value: None,
+            value_b64: None,
+            headers: None,
+            partition: None,
+            timestamp_ms: None,
+        };
+        let mut seen = 0u8;
+        let s = &mut seen;
+        while let Some(field) = map.next_key()? {
+            match field {
+                RecordField::Key => set_once(&mut r.key, 0, s, &mut map)?,
+                RecordField::KeyB64 => set_once(&mut r.key_b64, 1, s, &mut map)?,
+                RecordField::Value => set_once(&mut r.value, 2, s, &mut map)?,
+                RecordField::ValueB64 => set_once(&mut r.value_b64, 3, s, &mut map)?,
+                RecordField::Headers => set_once(&mut r.headers, 4, s, &mut map)?,
+                RecordField::Partition => set_once(&mut r.partition, 5, s, &mut map)?,
+                RecordField::TimestampMs => set_once(&mut r.timestamp_ms, 6, s, &mut map)?,
+            }
         }
+        self.out.push(r, self.now, self.line);
         Ok(())
     }
 }
@@ -568,11 +677,18 @@ fn parse_ndjson_lines<'a>(
         if trimmed.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let record: JsonRecord<'a> = serde_json::from_slice(trimmed).map_err(|e| {
-            ApiError::invalid(format!("line {}: invalid JSON record: {e}", *line_no))
-                .with("line", *line_no as u64)
-        })?;
-        out.push(record, now, Some(*line_no));
+        let mut de = serde_json::Deserializer::from_slice(trimmed);
+        let seed = RecordSeed {
+            out: &mut out,
+            now,
+            line: Some(*line_no),
+        };
+        serde::de::DeserializeSeed::deserialize(seed, &mut de)
+            .and_then(|()| de.end())
+            .map_err(|e| {
+                ApiError::invalid(format!("line {}: invalid JSON record: {e}", *line_no))
+                    .with("line", *line_no as u64)
+            })?;
     }
     // The split after a trailing newline yields one empty piece that is not a line.
     if bytes.last() == Some(&b'\n') {
@@ -904,6 +1020,14 @@ mod tests {
             r#"{"records":{}}"#,
             r#"{"records":[{"value":1,"extra":2}]}"#,
             r#"{"records":[{"value":1,"value":2}]}"#,
+            r#"{"records":[{"value":null,"value":2}]}"#,
+            r#"{"records":[{"headers":null,"partition":1,"headers":{}}]}"#,
+            r#"{"records":[["k",null,7,null,{"h":"v"},2,9],[null],[],["k","eA=="]]}"#,
+            r#"{"records":[[null,null,1,null,null,0,0,"extra"]]}"#,
+            r#"{"records":[{"partition":-1}]}"#,
+            r#"{"records":[{"timestamp_ms":1.5}]}"#,
+            r#"{"records":[{"key":5}]}"#,
+            r#"{"records":[1]}"#,
             r#"{"records":[{"value":1,"headers":{"n":5}}]}"#,
             r#"{"records":[{"value":1,"timestamp_ms":"yesterday"}]}"#,
             r#"{"records":[{"key":"x","key_b64":"eA=="}]}"#,
@@ -917,6 +1041,34 @@ mod tests {
                 .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
                 .map_err(|e| e.detail);
             assert_eq!(ours, reference(body), "{body}");
+        }
+    }
+
+    #[test]
+    fn ndjson_line_parses_and_fails_as_derived_parse_then_decode() {
+        let lines = [
+            r#"{"key":"k","value":{"a":1},"headers":{"b":"1","a":"2"},"partition":0}"#,
+            r#"{"value":1,"value":null}"#,
+            r#"{"value":1,"extra":true}"#,
+            r#"{"key":"x","key_b64":"eA=="}"#,
+            r#"{"value_b64":"***"}"#,
+            r#"{"value":1} {"value":2}"#,
+            r#"[null,null,1]"#,
+            r#"{"value":"#,
+            "7",
+        ];
+        for line in lines {
+            let ours = parse_ndjson_lines(line.as_bytes(), &mut 0, 7)
+                .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
+                .map_err(|e| e.detail);
+            let reference = serde_json::from_str::<JsonRecord<'_>>(line)
+                .map_err(|e| format!("line 1: invalid JSON record: {e}"))
+                .and_then(|r| {
+                    decode_record(r, 7, Some(1))
+                        .map(|d| vec![flat(&d)])
+                        .map_err(|e| e.detail)
+                });
+            assert_eq!(ours, reference, "{line}");
         }
     }
 

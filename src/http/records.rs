@@ -348,12 +348,77 @@ fn set_once<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
     seen: &mut u8,
     map: &mut A,
 ) -> Result<(), A::Error> {
-    if *seen & (1 << index) != 0 {
-        return Err(serde::de::Error::duplicate_field(RECORD_FIELDS[index]));
-    }
-    *seen |= 1 << index;
+    first_time(index, seen)?;
     *field = map.next_value()?;
     Ok(())
+}
+
+fn first_time<E: serde::de::Error>(index: usize, seen: &mut u8) -> Result<(), E> {
+    if *seen & (1 << index) != 0 {
+        return Err(E::duplicate_field(RECORD_FIELDS[index]));
+    }
+    *seen |= 1 << index;
+    Ok(())
+}
+
+/// A JSON string kept borrowed from the body when it has no escapes. `Cow<str>`'s own
+/// `Deserialize` always copies into a `String`, one allocation per key or header.
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_string(BorrowedStrVisitor)
+    }
+}
+
+struct BorrowedStrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BorrowedStrVisitor {
+    type Value = BorrowedStr<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(BorrowedStr(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(BorrowedStr(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(BorrowedStr(Cow::Owned(v)))
+    }
+}
+
+/// A `headers` object whose names and values borrow from the body where they can; the map
+/// is filled as `BTreeMap`'s own `Deserialize` fills it (the last of a repeated name wins).
+struct BorrowedHeaders<'a>(Headers<'a>);
+
+impl<'de> Deserialize<'de> for BorrowedHeaders<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(BorrowedHeadersVisitor)
+    }
+}
+
+struct BorrowedHeadersVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BorrowedHeadersVisitor {
+    type Value = BorrowedHeaders<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut headers = Headers::new();
+        while let Some((name, value)) = map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()? {
+            headers.insert(name.0, value.0);
+        }
+        Ok(BorrowedHeaders(headers))
+    }
 }
 
 impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
@@ -391,11 +456,19 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
         let s = &mut seen;
         while let Some(field) = map.next_key()? {
             match field {
-                RecordField::Key => set_once(&mut r.key, 0, s, &mut map)?,
+                RecordField::Key => {
+                    first_time(0, s)?;
+                    r.key = map.next_value::<Option<BorrowedStr<'de>>>()?.map(|k| k.0);
+                }
                 RecordField::KeyB64 => set_once(&mut r.key_b64, 1, s, &mut map)?,
                 RecordField::Value => set_once(&mut r.value, 2, s, &mut map)?,
                 RecordField::ValueB64 => set_once(&mut r.value_b64, 3, s, &mut map)?,
-                RecordField::Headers => set_once(&mut r.headers, 4, s, &mut map)?,
+                RecordField::Headers => {
+                    first_time(4, s)?;
+                    r.headers = map
+                        .next_value::<Option<BorrowedHeaders<'de>>>()?
+                        .map(|h| Box::new(h.0));
+                }
                 RecordField::Partition => set_once(&mut r.partition, 5, s, &mut map)?,
                 RecordField::TimestampMs => set_once(&mut r.timestamp_ms, 6, s, &mut map)?,
             }
@@ -1028,6 +1101,10 @@ mod tests {
             r#"{"records":[{"timestamp_ms":1.5}]}"#,
             r#"{"records":[{"key":5}]}"#,
             r#"{"records":[1]}"#,
+            r#"{"records":[{"key":"a\"b","headers":{"x\ty":"v\u0041","x\ty":"w","n":null}}]}"#,
+            r#"{"records":[{"key":"k","headers":[]}]}"#,
+            r#"{"records":[{"headers":{"a":"1",}}]}"#,
+            r#"{"records":[{"headers":{"a":"1","a":2}}]}"#,
             r#"{"records":[{"value":1,"headers":{"n":5}}]}"#,
             r#"{"records":[{"value":1,"timestamp_ms":"yesterday"}]}"#,
             r#"{"records":[{"key":"x","key_b64":"eA=="}]}"#,
@@ -1077,6 +1154,9 @@ mod tests {
         let body = r#"{"records":[{"headers":{"b":"2","a":"1"}},{},{"headers":{"c":"3"}},{"headers":{}}]}"#;
         let decoded = parse_json_body(body.as_bytes(), 0).expect("parses");
         assert_eq!(decoded.headers, 3);
+        let borrowed = |c: &Cow<'_, str>| matches!(c, Cow::Borrowed(_));
+        let first = decoded.records[0].headers.as_deref().expect("headers");
+        assert!(first.iter().all(|(k, v)| borrowed(k) && borrowed(v)));
         let mut headers = Vec::new();
         let records = as_produce_records(&decoded, &mut headers);
         let got: Vec<Vec<(&str, &[u8])>> =

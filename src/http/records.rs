@@ -6,7 +6,6 @@
 //! large body is never held whole.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -72,8 +71,50 @@ pub struct JsonRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// A record's headers as parsed: sorted by name, the last of a repeated name kept.
-pub type Headers<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+/// A record's headers as a `BTreeMap` would hold them (sorted by name, the last of a
+/// repeated name kept), in one vector: a tree node per record cost about 500 bytes.
+/// Names and values borrow from the body where they have no escapes.
+#[derive(Debug, Default)]
+pub struct Headers<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> std::ops::Deref for Headers<'a> {
+    type Target = [(Cow<'a, str>, Cow<'a, str>)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(HeadersVisitor(std::marker::PhantomData))
+    }
+}
+
+struct HeadersVisitor<'a>(std::marker::PhantomData<Headers<'a>>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for HeadersVisitor<'a> {
+    type Value = Headers<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut headers = Vec::new();
+        while let Some((name, value)) = map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()? {
+            headers.push((name.0, value.0));
+        }
+        if headers.len() > 1 {
+            // Newest first, then a stable sort: the first of each run of equal names is
+            // the one given last, and `dedup_by` keeps the first.
+            headers.reverse();
+            headers.sort_by(|a, b| a.0.cmp(&b.0));
+            headers.dedup_by(|later, kept| later.0 == kept.0);
+        }
+        Ok(Headers(headers))
+    }
+}
 
 /// A record's decoded bytes, owned only where base64 had to be decoded or JSON unescaped.
 struct Decoded<'a> {
@@ -393,34 +434,6 @@ impl<'de> serde::de::Visitor<'de> for BorrowedStrVisitor {
     }
 }
 
-/// A `headers` object whose names and values borrow from the body where they can; the map
-/// is filled as `BTreeMap`'s own `Deserialize` fills it (the last of a repeated name wins).
-struct BorrowedHeaders<'a>(Headers<'a>);
-
-impl<'de> Deserialize<'de> for BorrowedHeaders<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(BorrowedHeadersVisitor)
-    }
-}
-
-struct BorrowedHeadersVisitor;
-
-impl<'de> serde::de::Visitor<'de> for BorrowedHeadersVisitor {
-    type Value = BorrowedHeaders<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a map")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut headers = Headers::new();
-        while let Some((name, value)) = map.next_entry::<BorrowedStr<'de>, BorrowedStr<'de>>()? {
-            headers.insert(name.0, value.0);
-        }
-        Ok(BorrowedHeaders(headers))
-    }
-}
-
 impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
     type Value = ();
 
@@ -465,9 +478,7 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
                 RecordField::ValueB64 => set_once(&mut r.value_b64, 3, s, &mut map)?,
                 RecordField::Headers => {
                     first_time(4, s)?;
-                    r.headers = map
-                        .next_value::<Option<BorrowedHeaders<'de>>>()?
-                        .map(|h| Box::new(h.0));
+                    r.headers = map.next_value::<Option<Headers<'de>>>()?.map(Box::new);
                 }
                 RecordField::Partition => set_once(&mut r.partition, 5, s, &mut map)?,
                 RecordField::TimestampMs => set_once(&mut r.timestamp_ms, 6, s, &mut map)?,
@@ -1029,6 +1040,8 @@ fn push_i64(out: &mut Vec<u8>, n: i64) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     /// What the body parser replaced: the whole body parsed into `JsonRecord`s by derived
@@ -1146,6 +1159,27 @@ mod tests {
                         .map_err(|e| e.detail)
                 });
             assert_eq!(ours, reference, "{line}");
+        }
+    }
+
+    #[test]
+    fn headers_hold_what_a_btree_map_holds() {
+        let objects = [
+            r#"{}"#,
+            r#"{"a":"1"}"#,
+            r#"{"b":"2","a":"1","c":"3"}"#,
+            r#"{"b":"1","a":"x","b":"2","a":"y","b":"3"}"#,
+            r#"{"\u0062":"esc","b":"plain","B":"upper","":"empty","é":"e"}"#,
+            r#"{"z":"1","y":"2","x":"3","w":"4","z":"5","w":"6"}"#,
+        ];
+        for object in objects {
+            let ours: Headers<'_> = serde_json::from_str(object).expect("headers");
+            let ours: Vec<(String, String)> = ours
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let tree: BTreeMap<String, String> = serde_json::from_str(object).expect("map");
+            assert_eq!(ours, tree.into_iter().collect::<Vec<_>>(), "{object}");
         }
     }
 

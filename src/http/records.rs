@@ -62,8 +62,8 @@ pub struct JsonRecord<'a> {
     pub value: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub value_b64: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     /// Boxed: most records have none, and the record is moved as it is parsed and decoded.
+    #[serde(borrow, default)]
     pub headers: Option<Box<Headers<'a>>>,
     #[serde(default)]
     pub partition: Option<u32>,
@@ -127,7 +127,8 @@ struct Decoded<'a> {
     timestamp_ms: i64,
 }
 
-/// Decodes one parsed record, taking over its strings (an unescaped key is moved, not copied).
+/// Decodes one parsed record, taking over its strings (a key that had escapes, and so was
+/// copied when parsed, is moved here, not copied again).
 fn decode_record(r: JsonRecord<'_>, now: i64, line: Option<usize>) -> ApiResult<Decoded<'_>> {
     let at = |msg: String| match line {
         Some(l) => ApiError::invalid(format!("line {l}: {msg}")).with("line", l as u64),

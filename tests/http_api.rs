@@ -798,6 +798,27 @@ async fn an_ndjson_failure_after_appended_batches_reports_the_stored_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_per_request_max_counts_a_whole_ndjson_body_not_one_batch() {
+    let broker = TestBroker::start_with_config(
+        "[limits]\nndjson_batch_bytes = 256\nrecords_per_request_max = 60\n",
+    );
+    let api = Api::new(&broker);
+    api.create_topic("counted", 1).await;
+    // Every batch holds about 20 records, well under 60; the body holds 100.
+    let (got, problem) =
+        post_ndjson_after_a_batch(&api, "counted", value_lines(0..30), value_lines(30..100)).await;
+    assert_eq!(got.as_u16(), 400, "{problem}");
+    assert_eq!(problem["code"], "limit_exceeded");
+    assert_eq!(problem["limit_name"], "records_per_request_max");
+    assert_eq!(problem["limit"], 60);
+    let appended = assert_reports_what_was_stored(&api, "counted", &problem).await;
+    assert!(
+        appended <= 60,
+        "never more than the limit is stored: {problem}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ndjson_body_within_one_batch_is_all_or_nothing() {
     let broker = TestBroker::start_with_config("[limits]\nndjson_batch_bytes = 4096\n");
     let api = Api::new(&broker);

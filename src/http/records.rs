@@ -727,6 +727,17 @@ async fn append_ndjson_batches(
             topic = Some(broker.topic_for_produce(topic_name, &records).await?);
         }
         let topic = topic.as_deref().expect("resolved just above");
+        // The limit counts the whole body, not one batch: the answer lists every offset.
+        let max = u64::from(limits.records_per_request_max);
+        if (progress.stored.offsets.len() + records.len()) as u64 > max {
+            return Err(ApiError::limit(
+                StatusCode::BAD_REQUEST,
+                "limit_exceeded",
+                "records_per_request_max",
+                max,
+                format!("the NDJSON body holds more than {max} records"),
+            ));
+        }
         let outcome = broker
             .produce(topic, &records, params.acks, params.timeout)
             .await

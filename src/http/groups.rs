@@ -18,10 +18,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::body::{bounded, parse_query, read_json};
+use super::body::{parse_query, read_json};
 use super::error::{ApiError, ApiResult};
 use super::json_response;
-use super::records::render_record;
+use super::records::{FetchBounds, render_record};
 use crate::groups::{GroupError, OffsetReset, ResetTo, TopicPartition};
 use crate::metrics as m;
 
@@ -123,33 +123,12 @@ pub async fn member_fetch(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let q: MemberFetchQuery = parse_query(query.as_deref())?;
-    let limits = broker.limits();
-    let max_records = bounded(
-        "max_records",
+    let bounds = FetchBounds::from_query(
         q.max_records.as_deref(),
-        500,
-        u64::from(limits.fetch_records_max),
-        "fetch_records_max",
-    )?;
-    let max_bytes = bounded(
-        "max_bytes",
         q.max_bytes.as_deref(),
-        1024 * 1024,
-        limits.fetch_bytes_max,
-        "fetch_bytes_max",
-    )?;
-    let wait_ms = bounded(
-        "wait_ms",
         q.wait_ms.as_deref(),
-        0,
-        limits.wait_ms_max,
-        "wait_ms_max",
+        broker.limits(),
     )?;
-    if max_records == 0 || max_bytes == 0 {
-        return Err(ApiError::invalid(
-            "'max_records' and 'max_bytes' must be positive",
-        ));
-    }
     let auto_commit = match q.auto_commit.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -164,9 +143,9 @@ pub async fn member_fetch(
         .fetch(
             &group,
             &member,
-            max_records as u32,
-            max_bytes,
-            Duration::from_millis(wait_ms),
+            bounds.max_records,
+            bounds.max_bytes,
+            Duration::from_millis(bounds.wait_ms),
         )
         .await?;
     let mut records = Vec::new();

@@ -31,6 +31,7 @@ use crate::broker::{
     Acks, Broker, BrokerError, Durability, Fetched, Partition, ProduceOutcome, ProduceRecord,
     Topic, now_ms,
 };
+use crate::limits::Limits;
 use crate::log::batch::{RecordRef, RecordView};
 use crate::metrics as m;
 
@@ -889,39 +890,63 @@ pub fn start_offset(
     }
 }
 
+/// The size and wait bounds of a fetch (`max_records`, `max_bytes`, `wait_ms`), checked
+/// against their limits; shared by partition fetches and group member fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchBounds {
+    pub max_records: u32,
+    pub max_bytes: u64,
+    pub wait_ms: u64,
+}
+
+impl FetchBounds {
+    pub fn from_query(
+        max_records: Option<&str>,
+        max_bytes: Option<&str>,
+        wait_ms: Option<&str>,
+        limits: &Limits,
+    ) -> ApiResult<FetchBounds> {
+        let records_max = u64::from(limits.fetch_records_max);
+        let max_records = bounded(
+            "max_records",
+            max_records,
+            500,
+            records_max,
+            "fetch_records_max",
+        )?;
+        let max_bytes = bounded(
+            "max_bytes",
+            max_bytes,
+            1024 * 1024,
+            limits.fetch_bytes_max,
+            "fetch_bytes_max",
+        )?;
+        let wait_ms = bounded("wait_ms", wait_ms, 0, limits.wait_ms_max, "wait_ms_max")?;
+        if max_records == 0 || max_bytes == 0 {
+            return Err(ApiError::invalid(
+                "'max_records' and 'max_bytes' must be positive",
+            ));
+        }
+        Ok(FetchBounds {
+            max_records: max_records as u32,
+            max_bytes,
+            wait_ms,
+        })
+    }
+}
+
 pub async fn fetch(
     State(broker): State<AppState>,
     Path((topic, partition)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let q: FetchQuery = parse_query(query.as_deref())?;
-    let limits = broker.limits();
-    let max_records = bounded(
-        "max_records",
+    let bounds = FetchBounds::from_query(
         q.max_records.as_deref(),
-        500,
-        u64::from(limits.fetch_records_max),
-        "fetch_records_max",
-    )?;
-    let max_bytes = bounded(
-        "max_bytes",
         q.max_bytes.as_deref(),
-        1024 * 1024,
-        limits.fetch_bytes_max,
-        "fetch_bytes_max",
-    )?;
-    let wait_ms = bounded(
-        "wait_ms",
         q.wait_ms.as_deref(),
-        0,
-        limits.wait_ms_max,
-        "wait_ms_max",
+        broker.limits(),
     )?;
-    if max_records == 0 || max_bytes == 0 {
-        return Err(ApiError::invalid(
-            "'max_records' and 'max_bytes' must be positive",
-        ));
-    }
     let partition = broker
         .topic(&topic)?
         .partition(parse_u64("partition", &partition)?)?;
@@ -930,9 +955,9 @@ pub async fn fetch(
         &broker,
         &partition,
         offset,
-        max_records as u32,
-        max_bytes,
-        wait_ms,
+        bounds.max_records,
+        bounds.max_bytes,
+        bounds.wait_ms,
     )
     .await?;
     let mut body = Vec::with_capacity(fetched.bytes.len() + 64);

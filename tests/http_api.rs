@@ -1349,6 +1349,27 @@ async fn sse_refuses_a_bad_start_with_a_problem() {
     .await;
 }
 
+/// A deleted partition never gets another record: a stream waiting at its end says so and
+/// ends, rather than fetching again at once, forever (its wait returns at once on a failed
+/// partition), which held a worker thread and sent the client nothing.
+#[tokio::test]
+async fn an_sse_stream_at_the_end_of_a_deleted_topic_ends_with_an_error_event() {
+    let broker = TestBroker::start();
+    let api = Api::new(&broker);
+    api.create_topic("events", 1).await;
+    api.produce("events", json!([{"value": "e0"}])).await;
+    let mut stream = api.open_stream("events", "offset=earliest", None).await;
+    assert_record_event(&stream.next().await, 0, &json!("e0"));
+    let (status, _) = api.call(Method::DELETE, "/v1/topics/events", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let event = stream.next().await;
+    assert_eq!(event.event.as_deref(), Some("error"), "{event:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.stream.next())
+        .await
+        .expect("the stream ends within 10 s");
+    assert!(end.is_none(), "the stream ended: {end:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Shutdown and restart
 // ---------------------------------------------------------------------------------------

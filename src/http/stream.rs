@@ -133,6 +133,16 @@ pub async fn sse(
                 Ok(n) => s.next = n,
                 Err(_) => return None,
             }
+            // A failed (or deleted) partition's high watermark never moves again, and a wait
+            // on it returns at once: once caught up, say why and end instead of spinning.
+            if s.ready.is_empty()
+                && s.next >= fetched.high_watermark
+                && let Some(why) = s.partition.failure()
+            {
+                s.done = true;
+                let why = format!("the partition stopped taking writes: {why}");
+                return Some((Ok(Event::default().event("error").data(why)), s));
+            }
         }
     });
     Ok(Sse::new(events)

@@ -1043,6 +1043,38 @@ async fn fetch_starts_at_an_offset_earliest_latest_or_a_timestamp() {
     assert_eq!(after_all["next_offset"], 10);
 }
 
+/// The defaults of `max_records` (500) and `max_bytes` (1 MiB) are bounded by the broker's
+/// own limits: a fetch that names neither used to read past a lower `fetch_records_max` or
+/// `fetch_bytes_max`, the very limits a fetch naming them is refused for crossing.
+#[tokio::test]
+async fn a_fetch_without_max_records_or_max_bytes_stays_within_the_configured_limits() {
+    let broker =
+        TestBroker::start_with_config("[limits]\nfetch_records_max = 3\nfetch_bytes_max = 1000\n");
+    let api = Api::new(&broker);
+    api.create_topic("small", 1).await;
+    let records: Vec<Value> = (0..10).map(|i| json!({"value": i})).collect();
+    api.produce("small", Value::Array(records)).await;
+    let page = api.fetch("small", 0, "offset=0").await;
+    assert_eq!(
+        offsets_of_records(page["records"].as_array().unwrap()),
+        vec![0, 1, 2],
+        "{page}"
+    );
+    // One batch per request, each of over 400 bytes: 1000 bytes hold two whole batches,
+    // never three.
+    api.create_topic("big", 1).await;
+    let pad = "p".repeat(400);
+    for i in 0..6 {
+        api.produce("big", json!([{"value": {"i": i, "pad": pad}}]))
+            .await;
+    }
+    let page = api.fetch("big", 0, "offset=0&max_records=3").await;
+    assert!(
+        page["records"].as_array().unwrap().len() < 3,
+        "a fetch read past fetch_bytes_max: {page}"
+    );
+}
+
 #[tokio::test]
 async fn max_records_and_max_bytes_bound_a_fetch_and_next_offset_continues_it() {
     let broker = TestBroker::start();

@@ -121,7 +121,8 @@ pub fn parse_u64(name: &str, value: &str) -> ApiResult<u64> {
     })
 }
 
-/// Parses an optional numeric parameter against its maximum.
+/// Parses an optional numeric parameter against its maximum. The default is bounded by the
+/// maximum too: a limit configured below it still holds for a request that names no value.
 pub fn bounded(
     name: &str,
     value: Option<&str>,
@@ -129,7 +130,9 @@ pub fn bounded(
     max: u64,
     limit_name: &str,
 ) -> ApiResult<u64> {
-    let Some(v) = value else { return Ok(default) };
+    let Some(v) = value else {
+        return Ok(default.min(max));
+    };
     let n = parse_u64(name, v)?;
     if n > max {
         return Err(ApiError::limit(

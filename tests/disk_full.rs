@@ -37,6 +37,9 @@ impl Drop for Mount {
 async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let mount = Mount::tmpfs(&tmp.path().join("small"), "2m");
+    // Room to give back later, so the shutdown below is not refused for lack of space.
+    let filler = mount.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
     let mut broker = common::TestBroker::start_at(&mount.0.join("data"));
     let (http, url) = (broker.client(), broker.url.clone());
     let value = "x".repeat(60_000);
@@ -100,5 +103,14 @@ async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged
         assert_eq!(r["offset"].as_u64().unwrap(), *offset);
         assert_eq!(r["key"], format!("{i}"));
     }
-    broker.kill9();
+    // With space back, SIGTERM still must not call the failed partition clean: the next start
+    // has to recover it rather than trust its indexes.
+    std::fs::remove_file(&filler).unwrap();
+    let code = broker.terminate();
+    assert_ne!(
+        code,
+        Some(0),
+        "a broker with a failed partition does not stop cleanly"
+    );
+    assert!(!mount.0.join("data/clean-shutdown").exists());
 }

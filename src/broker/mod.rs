@@ -638,10 +638,18 @@ impl Broker {
         // Waits for a topic creation or expansion in progress; later ones see the shutdown.
         let _admin = self.admin.lock().await;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        // Every partition is closed even if one fails; the marker is written only if all
+        // closed cleanly (a failed partition must be recovered, not trusted, next time).
+        let mut first_error = None;
         for topic in self.topics() {
             for p in topic.partitions() {
-                p.close().await.map_err(io)?;
+                if let Err(e) = p.close().await {
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(io(e));
         }
         let marker = self.config.data_dir.join(CLEAN_SHUTDOWN_MARKER);
         write_file_atomic(&marker, b"clean\n").map_err(io)?;

@@ -358,7 +358,9 @@ impl Partition {
             .lock()
             .delete_records_before(offset, hw)
             .map_err(|e| BrokerError::Io(e.to_string()))?;
-        self.progress.send_modify(|p| p.log_start_offset = start);
+        // Retention and delete-records may race: the published start only moves forward.
+        self.progress
+            .send_modify(|p| p.log_start_offset = p.log_start_offset.max(start));
         self.publish_gauges();
         Ok(start)
     }
@@ -371,7 +373,8 @@ impl Partition {
             (log.apply_retention(now_ms, hw)?, log.log_start_offset())
         };
         if deleted > 0 {
-            self.progress.send_modify(|p| p.log_start_offset = start);
+            self.progress
+                .send_modify(|p| p.log_start_offset = p.log_start_offset.max(start));
             ::metrics::counter!(m::SEGMENTS_DELETED, "topic" => self.topic.to_string())
                 .increment(deleted as u64);
         }
@@ -436,6 +439,16 @@ impl Partition {
 
     /// Stops the flusher after one last sync, seals the indexes (clean shutdown).
     pub async fn close(self: &Arc<Self>) -> io::Result<()> {
+        if let Some(why) = self.failure() {
+            // After a failed fsync, a later successful one proves nothing: never let this
+            // partition be sealed and trusted as cleanly shut down.
+            self.closed.store(true, Ordering::Release);
+            self.flush_wanted.notify_one();
+            return Err(io::Error::other(format!(
+                "{}/{} failed earlier: {why}",
+                self.topic, self.id
+            )));
+        }
         self.flush_now().await?;
         self.closed.store(true, Ordering::Release);
         self.flush_wanted.notify_one();
@@ -479,7 +492,9 @@ impl Partition {
             if last_checkpoint.elapsed() >= Duration::from_secs(1) {
                 last_checkpoint = Instant::now();
                 let me = Arc::clone(&self);
-                let _ = tokio::task::spawn_blocking(move || me.lock().write_checkpoint()).await;
+                // Read the offset under the lock, write the file (and fsync) outside it.
+                let checkpoint = me.lock().checkpoint();
+                let _ = tokio::task::spawn_blocking(move || checkpoint.write()).await;
             }
         }
     }

@@ -73,6 +73,19 @@ pub struct OpenReport {
     pub dropped_segments: usize,
 }
 
+/// A recovery checkpoint taken under the lock and written outside it.
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    flushed_offset: u64,
+}
+
+impl Checkpoint {
+    pub fn write(&self) -> io::Result<()> {
+        write_u64_file(&self.path, self.flushed_offset)
+    }
+}
+
 /// Files and an offset to sync outside the partition lock.
 #[derive(Debug)]
 pub struct FlushPlan {
@@ -389,8 +402,9 @@ impl PartitionLog {
     pub fn delete_records_before(&mut self, offset: u64, upto: u64) -> io::Result<u64> {
         let offset = offset.min(upto);
         if offset > self.log_start_offset {
-            self.log_start_offset = offset;
+            // Stored first: if the write fails, memory and disk still agree.
             write_u64_file(&self.dir.join(LOG_START_FILE), offset)?;
+            self.log_start_offset = offset;
             self.apply_retention(i64::MIN, upto)?;
         }
         Ok(self.log_start_offset)
@@ -452,7 +466,15 @@ impl PartitionLog {
 
     /// Writes the recovery checkpoint: everything below the flushed offset's segment is synced.
     pub fn write_checkpoint(&self) -> io::Result<()> {
-        write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset)
+        self.checkpoint().write()
+    }
+
+    /// The recovery checkpoint to write, so the caller can write it without the log's lock.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            path: self.dir.join(CHECKPOINT_FILE),
+            flushed_offset: self.flushed_offset,
+        }
     }
 
     /// Seals every index (trims the files) for a clean shutdown. The log stays usable for reads.

@@ -1566,3 +1566,43 @@ async fn an_unknown_route_is_a_404_problem_and_a_wrong_method_a_405_problem() {
         .await;
     }
 }
+
+/// An expansion that crashed after opening a partition directory but before `topic.json`
+/// counted it leaves a stray directory; the next expansion must start that partition empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expanded_partition_starts_empty_even_over_a_stray_directory() {
+    let mut broker = TestBroker::start();
+    let http = broker.client();
+    common::create_topic(&http, &broker.url, "grown", 2).await;
+    common::produce_json_acks_all(
+        &http,
+        &broker.url,
+        "grown",
+        json!([{"partition": 1, "value": "stale"}]),
+    )
+    .await;
+    broker.kill9();
+    // Make the topic one partition again on disk, leaving partition 1's directory behind.
+    let meta_path = broker.data_dir.join("topics/grown/topic.json");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["partitions"] = json!(1);
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    broker.restart();
+    let http = broker.client();
+    let r = http
+        .post(format!("{}/v1/topics/grown/partitions", broker.url))
+        .json(&json!({"count": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let described: Value = r.json().await.unwrap();
+    assert_eq!(
+        described["partitions"][1]["high_watermark"], 0,
+        "{described}"
+    );
+    assert_eq!(
+        described["partitions"][1]["log_end_offset"], 0,
+        "{described}"
+    );
+}

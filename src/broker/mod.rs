@@ -404,25 +404,42 @@ impl Broker {
         }
         self.check_partitions_max(count - current)?;
         let config = topic.config();
+        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        // Open every new partition before any becomes visible. A directory left by an
+        // expansion that failed or crashed before `topic.json` counted it is not a partition:
+        // it is removed, so a new partition always starts empty.
+        let mut opened = Vec::with_capacity((count - current) as usize);
         for p in current..count {
-            let (partition, _) = Partition::open(
-                Arc::clone(&topic.name),
-                p,
-                &topic.dir.join(p.to_string()),
-                config.log_config(),
-                config.flush_policy(),
-                false,
-            )
-            .map_err(|e| BrokerError::Io(e.to_string()))?;
-            topic
-                .partitions
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(partition);
+            let dir = topic.dir.join(p.to_string());
+            let result = match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Partition::open(
+                    Arc::clone(&topic.name),
+                    p,
+                    &dir,
+                    config.log_config(),
+                    config.flush_policy(),
+                    false,
+                ),
+            };
+            match result {
+                Ok((partition, _)) => opened.push(partition),
+                Err(e) => {
+                    opened.iter().for_each(|p| p.mark_deleted());
+                    return Err(io(e));
+                }
+            }
         }
-        topic
-            .write_meta()
-            .map_err(|e| BrokerError::Io(e.to_string()))?;
+        let mut partitions = topic.partitions.write().unwrap_or_else(|e| e.into_inner());
+        partitions.extend(opened.iter().cloned());
+        drop(partitions);
+        if let Err(e) = topic.write_meta() {
+            // Not recorded, so not a partition: take them back out.
+            let mut partitions = topic.partitions.write().unwrap_or_else(|e| e.into_inner());
+            partitions.truncate(current as usize);
+            opened.iter().for_each(|p| p.mark_deleted());
+            return Err(io(e));
+        }
         Ok(topic)
     }
 

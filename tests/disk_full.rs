@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -103,6 +104,39 @@ async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged
         assert_eq!(r["offset"].as_u64().unwrap(), *offset);
         assert_eq!(r["key"], format!("{i}"));
     }
+    // A long-poll at the end of the failed partition waits out its wait_ms like any other
+    // (nothing can arrive), instead of answering at once and spinning its client.
+    let hw = page["high_watermark"].as_u64().unwrap();
+    let poll = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.get(format!(
+                "{url}/v1/topics/full/partitions/0/records?offset={hw}&wait_ms=20000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .status()
+        }
+    });
+    common::wait_until(
+        "the long-poll to be waiting",
+        Duration::from_secs(10),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                common::scrape_metrics(&http, &url)
+                    .await
+                    .lines()
+                    .any(|l| l == "tidelog_long_polls_waiting 1")
+            }
+        },
+    )
+    .await;
+    // Still waiting a moment later (before the fix it was answered within milliseconds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the long-poll answered at once");
+    poll.abort();
     // With space back, SIGTERM still must not call the failed partition clean: the next start
     // has to recover it rather than trust its indexes.
     std::fs::remove_file(&filler).unwrap();

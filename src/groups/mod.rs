@@ -1030,9 +1030,7 @@ async fn wait_for_progress(broker: &Broker, plan: &FetchPlan, wait: Duration) {
             let mut rx = partition.subscribe();
             let position = *position;
             Box::pin(async move {
-                let _ = rx
-                    .wait_for(|p| p.high_watermark > position || p.failed)
-                    .await;
+                let _ = rx.wait_for(|p| p.high_watermark > position).await;
             }) as Pin<Box<dyn Future<Output = ()> + Send>>
         })
         .collect();

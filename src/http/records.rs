@@ -1000,7 +1000,9 @@ pub async fn fetch_waiting(
     ::metrics::gauge!(m::LONG_POLLS_WAITING).increment(1.0);
     let _ = tokio::time::timeout(Duration::from_millis(wait_ms), async {
         tokio::select! {
-            _ = progress.wait_for(|p| p.high_watermark > offset || p.failed) => {}
+            // Not `failed`: a failed partition's high watermark never moves, so waking on it
+            // would answer at once, again and again, and spin the client in a tight loop.
+            _ = progress.wait_for(|p| p.high_watermark > offset) => {}
             _ = shutdown.wait_for(|s| *s) => {}
         }
     })

@@ -133,8 +133,8 @@ pub async fn sse(
                 Ok(n) => s.next = n,
                 Err(_) => return None,
             }
-            // A failed (or deleted) partition's high watermark never moves again, and a wait
-            // on it returns at once: once caught up, say why and end instead of spinning.
+            // A failed (or deleted) partition's high watermark never moves again: once caught
+            // up, say why and end instead of waiting forever.
             if s.ready.is_empty()
                 && s.next >= fetched.high_watermark
                 && let Some(why) = s.partition.failure()

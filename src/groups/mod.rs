@@ -1158,6 +1158,14 @@ mod tests {
         assert_eq!(seen, all);
     }
 
+    /// Joins group `g` subscribed to topic `t` with the given session timeout.
+    fn join_t(broker: &Broker, session_timeout_ms: u64) -> MemberView {
+        broker
+            .groups
+            .join("g", &topics(&["t"]), Some(session_timeout_ms), None)
+            .unwrap()
+    }
+
     fn heartbeat_all(broker: &Broker, ids: &[&str]) -> Vec<MemberView> {
         ids.iter()
             .map(|id| broker.groups.heartbeat("g", id).expect("alive"))
@@ -1170,10 +1178,7 @@ mod tests {
         let broker = open_broker(dir.path(), "t", 7).await;
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let v = broker
-                .groups
-                .join("g", &topics(&["t"]), Some(10_000), None)
-                .unwrap();
+            let v = join_t(&broker, 10_000);
             ids.push(v.member_id);
         }
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -1208,14 +1213,8 @@ mod tests {
     async fn a_silent_member_is_removed_after_its_session_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open_broker(dir.path(), "t", 4).await;
-        let silent = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(3_000), None)
-            .unwrap();
-        let live = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(3_000), None)
-            .unwrap();
+        let silent = join_t(&broker, 3_000);
+        let live = join_t(&broker, 3_000);
         assert_eq!(live.assignment.len(), 2);
         // The live member heartbeats every second; the silent one never calls again.
         for second in 1..=2 {
@@ -1253,10 +1252,7 @@ mod tests {
     async fn a_long_poll_longer_than_the_session_keeps_the_member_alive() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open_broker(dir.path(), "t", 2).await;
-        let v = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(2_000), None)
-            .unwrap();
+        let v = join_t(&broker, 2_000);
         let fetched = broker
             .groups
             .fetch("g", &v.member_id, 10, 1 << 20, Duration::from_secs(20))
@@ -1277,15 +1273,9 @@ mod tests {
     async fn commits_are_fenced_by_the_generation_a_partition_was_owned_since() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open_broker(dir.path(), "t", 2).await;
-        let a = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(10_000), None)
-            .unwrap();
+        let a = join_t(&broker, 10_000);
         assert_eq!(a.assignment.len(), 2);
-        let b = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(10_000), None)
-            .unwrap();
+        let b = join_t(&broker, 10_000);
         let lost = b.assignment[0].clone();
         let kept = broker
             .groups
@@ -1326,14 +1316,8 @@ mod tests {
     async fn partition_expansion_rebalances_the_subscribers() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open_broker(dir.path(), "t", 2).await;
-        let a = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(10_000), None)
-            .unwrap();
-        let b = broker
-            .groups
-            .join("g", &topics(&["t"]), Some(10_000), None)
-            .unwrap();
+        let a = join_t(&broker, 10_000);
+        let b = join_t(&broker, 10_000);
         broker.expand_partitions("t", 6).await.unwrap();
         let views = heartbeat_all(&broker, &[&a.member_id, &b.member_id]);
         assert_exactly_once(&views, 6);

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::TestBroker;
+use common::{Api, TestBroker};
 use serde_json::{Value, json};
 
 async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
@@ -28,19 +28,8 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
     (status, ct, body)
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
-}
-
+/// The calls this file's tests need, on the shared client.
 impl Api {
-    fn new(broker: &TestBroker) -> Api {
-        Api {
-            http: broker.client(),
-            url: broker.url.clone(),
-        }
-    }
-
     async fn post(&self, path: &str, body: Value) -> (u16, String, Value) {
         send(self.http.post(format!("{}{path}", self.url)).json(&body)).await
     }

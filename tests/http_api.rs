@@ -11,25 +11,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{TestBroker, offsets_of_records, produced_partition_offsets};
+use common::{Api, TestBroker, offsets_of_records, produced_partition_offsets};
 use futures_util::StreamExt;
-use reqwest::{Client, Method, Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-/// A client bound to one broker, with the few calls every test needs.
-struct Api {
-    http: Client,
-    url: String,
-}
-
+/// The calls this file's tests need, on the shared client.
 impl Api {
-    fn new(broker: &TestBroker) -> Api {
-        Api {
-            http: broker.client(),
-            url: broker.url.clone(),
-        }
-    }
-
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Response {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(body) = body {

@@ -153,6 +153,23 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// A client bound to one broker. Each test file adds the calls it needs in its own
+/// `impl Api` block.
+pub struct Api {
+    pub http: reqwest::Client,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl Api {
+    pub fn new(broker: &TestBroker) -> Api {
+        Api {
+            http: broker.client(),
+            url: broker.url.clone(),
+        }
+    }
+}
+
 /// A small runtime for tests that are plain `#[test]` functions.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

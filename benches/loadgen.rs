@@ -858,6 +858,31 @@ struct ClientTally {
     latencies_us: Vec<u32>,
 }
 
+impl ClientTally {
+    /// Counts one answered request: its latency, records and bytes.
+    fn answered(&mut self, latency: Duration, records: u64, bytes: u64) {
+        self.latencies_us.push(micros(latency));
+        self.requests += 1;
+        self.records += records;
+        self.bytes += bytes;
+    }
+
+    /// Counts one failed request, keeping the first error to show.
+    fn failed(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+}
+
+/// Waits for every client task and merges what they saw.
+async fn join_clients(tasks: Vec<tokio::task::JoinHandle<ClientTally>>, started: Instant) -> Run {
+    let mut tallies = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        tallies.push(t.await.expect("client task"));
+    }
+    merge(tallies, started.elapsed())
+}
+
 fn merge(tallies: Vec<ClientTally>, elapsed: Duration) -> Run {
     let mut run = Run {
         elapsed,
@@ -919,26 +944,14 @@ async fn produce(
                     Err(e) => Err(e.to_string()),
                 };
                 match ok {
-                    Ok(_) => {
-                        tally.latencies_us.push(micros(sent.elapsed()));
-                        tally.requests += 1;
-                        tally.records += batch as u64;
-                        tally.bytes += body.len() as u64;
-                    }
-                    Err(e) => {
-                        tally.errors += 1;
-                        tally.first_error.get_or_insert(e);
-                    }
+                    Ok(_) => tally.answered(sent.elapsed(), batch as u64, body.len() as u64),
+                    Err(e) => tally.failed(e),
                 }
             }
             tally
         }));
     }
-    let mut tallies = Vec::with_capacity(clients);
-    for t in tasks {
-        tallies.push(t.await.expect("client task"));
-    }
-    merge(tallies, started.elapsed())
+    join_clients(tasks, started).await
 }
 
 /// `clients` tasks read the topic's `records` records, 1,000 per request, each starting at a
@@ -970,26 +983,16 @@ async fn fetch(base: &str, topic: &str, records: u64, clients: usize, duration: 
                 };
                 match body.and_then(|b| next_offset(&b).map(|n| (n, b.len()))) {
                     Ok((next, len)) => {
-                        tally.latencies_us.push(micros(sent.elapsed()));
-                        tally.requests += 1;
-                        tally.records += next.saturating_sub(offset);
-                        tally.bytes += len as u64;
+                        tally.answered(sent.elapsed(), next.saturating_sub(offset), len as u64);
                         offset = if next >= records { 0 } else { next };
                     }
-                    Err(e) => {
-                        tally.errors += 1;
-                        tally.first_error.get_or_insert(e);
-                    }
+                    Err(e) => tally.failed(e),
                 }
             }
             tally
         }));
     }
-    let mut tallies = Vec::with_capacity(clients);
-    for t in tasks {
-        tallies.push(t.await.expect("client task"));
-    }
-    merge(tallies, started.elapsed())
+    join_clients(tasks, started).await
 }
 
 /// The `next_offset` of a fetch answer, found near its end without parsing the records.

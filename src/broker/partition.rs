@@ -220,9 +220,9 @@ impl Partition {
                     self.flush_urgent.store(true, Ordering::Release);
                 }
                 self.flush_wanted.notify_one();
-                ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => self.topic.to_string())
+                ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => Arc::clone(&self.topic))
                     .increment(u64::from(records));
-                ::metrics::counter!(m::BYTES_PRODUCED, "topic" => self.topic.to_string())
+                ::metrics::counter!(m::BYTES_PRODUCED, "topic" => Arc::clone(&self.topic))
                     .increment(batch.len() as u64);
                 Ok(range)
             }
@@ -287,7 +287,7 @@ impl Partition {
             }
             None => (Vec::new(), None),
         };
-        ::metrics::counter!(m::BYTES_FETCHED, "topic" => self.topic.to_string())
+        ::metrics::counter!(m::BYTES_FETCHED, "topic" => Arc::clone(&self.topic))
             .increment(bytes.len() as u64);
         Ok(Fetched {
             bytes,
@@ -375,7 +375,7 @@ impl Partition {
         if deleted > 0 {
             self.progress
                 .send_modify(|p| p.log_start_offset = p.log_start_offset.max(start));
-            ::metrics::counter!(m::SEGMENTS_DELETED, "topic" => self.topic.to_string())
+            ::metrics::counter!(m::SEGMENTS_DELETED, "topic" => Arc::clone(&self.topic))
                 .increment(deleted as u64);
         }
         self.publish_gauges();
@@ -418,7 +418,7 @@ impl Partition {
         }
         if !rewritten.is_empty() {
             self.lock().install_compacted(rewritten)?;
-            ::metrics::counter!(m::COMPACTED_RECORDS, "topic" => self.topic.to_string())
+            ::metrics::counter!(m::COMPACTED_RECORDS, "topic" => Arc::clone(&self.topic))
                 .increment(dropped);
             self.publish_gauges();
         }
@@ -428,7 +428,7 @@ impl Partition {
     /// Marks the partition failed and wakes every waiter. Returns the error to report.
     fn fail(&self, why: String) -> BrokerError {
         let _ = self.failure.set(why.clone());
-        ::metrics::counter!(m::STORAGE_ERRORS, "topic" => self.topic.to_string()).increment(1);
+        ::metrics::counter!(m::STORAGE_ERRORS, "topic" => Arc::clone(&self.topic)).increment(1);
         eprintln!(
             "tidelog: partition {}/{} stops taking writes: {why}",
             self.topic, self.id

@@ -971,7 +971,7 @@ pub async fn fetch(
         render_record(&mut body, partition.id, r);
         Ok(())
     })?;
-    ::metrics::counter!(m::RECORDS_FETCHED, "topic" => partition.topic.to_string())
+    ::metrics::counter!(m::RECORDS_FETCHED, "topic" => std::sync::Arc::clone(&partition.topic))
         .increment(count);
     let _ = write!(
         body,

@@ -5,6 +5,8 @@
 //!   sparse indexes, append/read/roll/retention and crash recovery. No network, no HTTP.
 //! - [`broker`]: topics and partition replicas in memory: high watermark, group-commit
 //!   flusher, waiters, the produce and fetch paths, topic admin.
+//! - [`metadata`]: the cluster metadata image and the pure `apply` of its commands (the
+//!   state machine the controller replicates). No I/O.
 //! - [`groups`]: the consumer group coordinator: membership, sticky assignment, generations,
 //!   committed offsets stored in the internal topic `__consumer_offsets`.
 //! - [`http`]: axum routes, one file per resource, and the problem+json error type.
@@ -18,4 +20,5 @@ pub mod groups;
 pub mod http;
 pub mod limits;
 pub mod log;
+pub mod metadata;
 pub mod metrics;

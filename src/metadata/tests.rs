@@ -1,0 +1,618 @@
+//! Examples of each command, and a property test that drives `apply` with random command
+//! sequences against a model of which replicas hold every committed record.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::TopicConfig;
+
+fn n(id: u32) -> NodeId {
+    NodeId(id)
+}
+
+/// An image with brokers 1..=count registered and unfenced.
+fn cluster(count: u32) -> MetadataImage {
+    let mut image = MetadataImage::default();
+    for id in 1..=count {
+        let epoch = register(&mut image, id, 1);
+        let unfence = Command::UnfenceBroker {
+            node_id: n(id),
+            broker_epoch: epoch,
+        };
+        apply_ok(&mut image, &unfence);
+    }
+    image
+}
+
+fn apply_ok(image: &mut MetadataImage, command: &Command) -> Outcome {
+    let index = image.applied + 1;
+    image
+        .apply(index, command)
+        .unwrap_or_else(|e| panic!("{command:?} refused: {e}"))
+}
+
+fn register(image: &mut MetadataImage, id: u32, incarnation: u64) -> BrokerEpoch {
+    let command = Command::RegisterBroker {
+        node_id: n(id),
+        address: format!("127.0.0.1:{}", 9000 + id),
+        incarnation,
+    };
+    match apply_ok(image, &command) {
+        Outcome::Registered { broker_epoch } => broker_epoch,
+        other => panic!("registration answered {other:?}"),
+    }
+}
+
+fn create(image: &mut MetadataImage, name: &str, assignment: &[&[u32]], min: u32) {
+    let command = Command::CreateTopic {
+        name: name.to_string(),
+        config: TopicConfig::default(),
+        min_insync_replicas: min,
+        assignment: assignment
+            .iter()
+            .map(|r| r.iter().map(|id| n(*id)).collect())
+            .collect(),
+    };
+    apply_ok(image, &command);
+}
+
+fn epoch_of(image: &MetadataImage, id: u32) -> BrokerEpoch {
+    image.brokers[&n(id)].broker_epoch
+}
+
+fn fence(image: &mut MetadataImage, id: u32) {
+    let command = Command::FenceBroker {
+        node_id: n(id),
+        broker_epoch: epoch_of(image, id),
+    };
+    apply_ok(image, &command);
+}
+
+fn unfence(image: &mut MetadataImage, id: u32) {
+    let command = Command::UnfenceBroker {
+        node_id: n(id),
+        broker_epoch: epoch_of(image, id),
+    };
+    apply_ok(image, &command);
+}
+
+fn nodes(ids: &[u32]) -> Vec<NodeId> {
+    ids.iter().map(|id| n(*id)).collect()
+}
+
+#[test]
+fn a_new_topic_is_led_by_its_first_replica_with_every_replica_in_sync() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3], &[2, 3, 1]], 2);
+    let p1 = image.partition("t", 1).unwrap();
+    assert_eq!(p1.leader, Some(n(2)));
+    assert_eq!(p1.isr, nodes(&[2, 3, 1]));
+    assert_eq!(image.topics["t"].replication_factor, 3);
+}
+
+#[test]
+fn fencing_the_leader_moves_leadership_within_the_isr_and_bumps_the_epoch() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    fence(&mut image, 1);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!(p.leader, Some(n(2)));
+    assert_eq!(p.leader_epoch, LeaderEpoch(1));
+    assert_eq!(p.isr, nodes(&[2, 3]));
+    assert!(p.elr.is_empty(), "the ISR is still at its minimum");
+}
+
+#[test]
+fn the_last_in_sync_replica_fenced_leaves_the_partition_offline_until_it_returns() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    fence(&mut image, 3);
+    fence(&mut image, 2);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!((p.isr.clone(), p.elr.clone()), (nodes(&[1]), nodes(&[2])));
+    fence(&mut image, 1);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!(
+        p.leader, None,
+        "3 may lack committed records: no clean leader"
+    );
+    assert_eq!(p.elr, nodes(&[2, 1]));
+    unfence(&mut image, 3);
+    assert_eq!(image.partition("t", 0).unwrap().leader, None);
+    unfence(&mut image, 1);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!(p.leader, Some(n(1)), "an eligible leader replica came back");
+    assert_eq!((p.isr.clone(), p.elr.clone()), (nodes(&[1]), nodes(&[2])));
+}
+
+#[test]
+fn a_restarted_broker_is_fenced_and_out_of_every_isr() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    let old = epoch_of(&image, 2);
+    let again = register(&mut image, 2, 1);
+    assert_eq!(again, old, "a retried registration keeps the epoch");
+    let new = register(&mut image, 2, 2);
+    assert!(new > old);
+    assert!(image.brokers[&n(2)].fenced);
+    assert_eq!(image.partition("t", 0).unwrap().isr, nodes(&[1, 3]));
+    let stale = Command::UnfenceBroker {
+        node_id: n(2),
+        broker_epoch: old,
+    };
+    let index = image.applied + 1;
+    assert!(matches!(
+        image.apply(index, &stale),
+        Err(MetadataError::StaleBrokerEpoch { .. })
+    ));
+}
+
+#[test]
+fn an_isr_change_is_a_compare_and_swap_on_the_partition_epoch() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    let p = image.partition("t", 0).unwrap().clone();
+    let shrink = Command::AlterPartition {
+        topic: "t".into(),
+        partition: 0,
+        leader: n(1),
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        isr: nodes(&[1, 2]),
+    };
+    apply_ok(&mut image, &shrink);
+    let index = image.applied + 1;
+    let before = image.clone();
+    assert!(matches!(
+        image.apply(index, &shrink),
+        Err(MetadataError::StalePartitionEpoch { .. })
+    ));
+    assert_eq!(
+        image.topics, before.topics,
+        "a refused command changes nothing"
+    );
+    let from_follower = Command::AlterPartition {
+        topic: "t".into(),
+        partition: 0,
+        leader: n(2),
+        leader_epoch: p.leader_epoch,
+        partition_epoch: image.partition("t", 0).unwrap().partition_epoch,
+        isr: nodes(&[2]),
+    };
+    assert!(matches!(
+        image.apply(index + 1, &from_follower),
+        Err(MetadataError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn an_unclean_election_makes_the_replica_the_only_isr_member() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    fence(&mut image, 2);
+    fence(&mut image, 1);
+    let elect = Command::ElectLeader {
+        topic: "t".into(),
+        partition: 0,
+        election: Election::Unclean { replica: n(9) },
+    };
+    let index = image.applied + 1;
+    assert!(image.apply(index, &elect).is_err(), "9 is no replica");
+    let elect = Command::ElectLeader {
+        topic: "t".into(),
+        partition: 0,
+        election: Election::Unclean { replica: n(3) },
+    };
+    apply_ok(&mut image, &elect);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!(
+        (p.leader, p.isr.clone(), p.elr.clone()),
+        (Some(n(3)), nodes(&[3]), vec![])
+    );
+}
+
+#[test]
+fn bad_assignments_are_refused() {
+    let mut image = cluster(3);
+    for (assignment, min) in [
+        (vec![], 1),
+        (vec![vec![]], 1),
+        (vec![nodes(&[1, 1])], 1),
+        (vec![nodes(&[1, 4])], 1),
+        (vec![nodes(&[1, 2]), nodes(&[1])], 1),
+        (vec![nodes(&[1, 2])], 3),
+        (vec![nodes(&[1, 2])], 0),
+    ] {
+        let command = Command::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::default(),
+            min_insync_replicas: min,
+            assignment,
+        };
+        let index = image.applied + 1;
+        assert!(image.apply(index, &command).is_err(), "{command:?}");
+    }
+    assert!(image.topics.is_empty());
+}
+
+#[test]
+fn commands_and_images_survive_a_serde_round_trip() {
+    let mut image = cluster(2);
+    create(&mut image, "t", &[&[1, 2]], 1);
+    let text = serde_json::to_string(&image).unwrap();
+    assert_eq!(serde_json::from_str::<MetadataImage>(&text).unwrap(), image);
+    let command = Command::ElectLeader {
+        topic: "t".into(),
+        partition: 0,
+        election: Election::Unclean { replica: n(2) },
+    };
+    let text = serde_json::to_string(&command).unwrap();
+    assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), command);
+}
+
+// ---- property test ---------------------------------------------------------------------
+
+const BROKERS: u32 = 4;
+const TOPICS: [&str; 2] = ["a", "b"];
+
+/// An abstract step; turned into a command against the current image so that most steps
+/// are valid, and some are deliberately stale.
+#[derive(Debug, Clone)]
+enum Op {
+    Restart(u32),
+    Fence(u32),
+    Unfence(u32),
+    Shutdown(u32),
+    Create {
+        topic: usize,
+        partitions: usize,
+        factor: usize,
+        min: u32,
+        rotate: usize,
+    },
+    Delete(usize),
+    Expand {
+        topic: usize,
+        rotate: usize,
+    },
+    Shrink {
+        topic: usize,
+        partition: usize,
+        drop: usize,
+        stale: bool,
+    },
+    Grow {
+        topic: usize,
+        partition: usize,
+        node: u32,
+    },
+    Preferred {
+        topic: usize,
+        partition: usize,
+    },
+    Unclean {
+        topic: usize,
+        partition: usize,
+        node: u32,
+    },
+    /// Not a command: the leader advances the high watermark, if the ISR allows.
+    Commit {
+        topic: usize,
+        partition: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let node = 1..=BROKERS;
+    let topic = 0..TOPICS.len();
+    prop_oneof![
+        1 => node.clone().prop_map(Op::Restart),
+        1 => node.clone().prop_map(Op::Fence),
+        2 => node.clone().prop_map(Op::Unfence),
+        1 => node.clone().prop_map(Op::Shutdown),
+        1 => (topic.clone(), 1..3usize, 1..4usize, 1..4u32, 0..4usize).prop_map(
+            |(topic, partitions, factor, min, rotate)| Op::Create { topic, partitions, factor, min, rotate }
+        ),
+        1 => topic.clone().prop_map(Op::Delete),
+        1 => (topic.clone(), 0..4usize).prop_map(|(topic, rotate)| Op::Expand { topic, rotate }),
+        3 => (topic.clone(), 0..3usize, 0..3usize, any::<bool>()).prop_map(
+            |(topic, partition, drop, stale)| Op::Shrink { topic, partition, drop, stale }
+        ),
+        3 => (topic.clone(), 0..3usize, node.clone())
+            .prop_map(|(topic, partition, node)| Op::Grow { topic, partition, node }),
+        1 => (topic.clone(), 0..3usize).prop_map(|(topic, partition)| Op::Preferred { topic, partition }),
+        1 => (topic.clone(), 0..3usize, node).prop_map(|(topic, partition, node)| Op::Unclean { topic, partition, node }),
+        4 => (topic, 0..3usize).prop_map(|(topic, partition)| Op::Commit { topic, partition }),
+    ]
+}
+
+/// What the real system would know: which replicas hold every record below the high
+/// watermark, per (topic id, partition).
+#[derive(Default)]
+struct Model {
+    holders: BTreeMap<(u64, usize), BTreeSet<NodeId>>,
+    incarnations: BTreeMap<u32, u64>,
+}
+
+fn replicas(rotate: usize, factor: usize) -> Vec<NodeId> {
+    (0..factor)
+        .map(|i| n(((rotate + i) % BROKERS as usize) as u32 + 1))
+        .collect()
+}
+
+fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Command> {
+    let epoch = |id: u32| image.brokers.get(&n(id)).map(|b| b.broker_epoch);
+    let partition = |t: usize, p: usize| {
+        let topic = image.topics.get(TOPICS[t])?;
+        let p = p % topic.partitions.len();
+        Some((p as u32, topic.partitions[p].clone()))
+    };
+    Some(match op {
+        Op::Restart(id) => {
+            let incarnation = model.incarnations.entry(*id).or_insert(0);
+            *incarnation += 1;
+            Command::RegisterBroker {
+                node_id: n(*id),
+                address: format!("127.0.0.1:{id}"),
+                incarnation: *incarnation,
+            }
+        }
+        Op::Fence(id) => Command::FenceBroker {
+            node_id: n(*id),
+            broker_epoch: epoch(*id)?,
+        },
+        Op::Unfence(id) => Command::UnfenceBroker {
+            node_id: n(*id),
+            broker_epoch: epoch(*id)?,
+        },
+        Op::Shutdown(id) => Command::BeginShutdown {
+            node_id: n(*id),
+            broker_epoch: epoch(*id)?,
+        },
+        Op::Create {
+            topic,
+            partitions,
+            factor,
+            min,
+            rotate,
+        } => Command::CreateTopic {
+            name: TOPICS[*topic].to_string(),
+            config: TopicConfig::default(),
+            min_insync_replicas: *min,
+            assignment: (0..*partitions)
+                .map(|p| replicas(rotate + p, *factor))
+                .collect(),
+        },
+        Op::Delete(topic) => Command::DeleteTopic {
+            name: TOPICS[*topic].to_string(),
+        },
+        Op::Expand { topic, rotate } => {
+            let factor = image.topics.get(TOPICS[*topic])?.replication_factor as usize;
+            Command::CreatePartitions {
+                topic: TOPICS[*topic].to_string(),
+                assignment: vec![replicas(*rotate, factor)],
+            }
+        }
+        Op::Shrink {
+            topic,
+            partition: p,
+            drop,
+            stale,
+        } => {
+            let (p, record) = partition(*topic, *p)?;
+            let leader = record.leader?;
+            let mut isr = record.isr.clone();
+            let at = drop % isr.len();
+            if isr[at] != leader {
+                isr.remove(at);
+            }
+            let epoch = PartitionEpoch(
+                record.partition_epoch.0 - u32::from(*stale).min(record.partition_epoch.0),
+            );
+            Command::AlterPartition {
+                topic: TOPICS[*topic].to_string(),
+                partition: p,
+                leader,
+                leader_epoch: record.leader_epoch,
+                partition_epoch: epoch,
+                isr,
+            }
+        }
+        Op::Grow {
+            topic,
+            partition: p,
+            node,
+        } => {
+            let (p, record) = partition(*topic, *p)?;
+            let mut isr = record.isr.clone();
+            if !isr.contains(&n(*node)) {
+                isr.push(n(*node));
+            }
+            Command::AlterPartition {
+                topic: TOPICS[*topic].to_string(),
+                partition: p,
+                leader: record.leader?,
+                leader_epoch: record.leader_epoch,
+                partition_epoch: record.partition_epoch,
+                isr,
+            }
+        }
+        Op::Preferred {
+            topic,
+            partition: p,
+        } => Command::ElectLeader {
+            topic: TOPICS[*topic].to_string(),
+            partition: partition(*topic, *p)?.0,
+            election: Election::Preferred,
+        },
+        Op::Unclean {
+            topic,
+            partition: p,
+            node,
+        } => Command::ElectLeader {
+            topic: TOPICS[*topic].to_string(),
+            partition: partition(*topic, *p)?.0,
+            election: Election::Unclean { replica: n(*node) },
+        },
+        Op::Commit { .. } => return None,
+    })
+}
+
+/// Updates the model for a step that `apply` accepted (or, for `Commit`, that happened).
+fn observe(before: &MetadataImage, after: &MetadataImage, model: &mut Model, op: &Op) {
+    let key = |image: &MetadataImage, t: usize, p: usize| {
+        let topic = image.topics.get(TOPICS[t])?;
+        Some((topic.topic_id, p % topic.partitions.len()))
+    };
+    match op {
+        Op::Create { topic, .. } | Op::Expand { topic, .. } => {
+            // A new partition is empty: each of its replicas holds every committed record.
+            let t = &after.topics[TOPICS[*topic]];
+            for (p, record) in t.partitions.iter().enumerate() {
+                let holders = record.replicas.iter().copied().collect();
+                model.holders.entry((t.topic_id, p)).or_insert(holders);
+            }
+        }
+        Op::Commit { topic, partition } => {
+            let Some(k) = key(after, *topic, *partition) else {
+                return;
+            };
+            let t = &after.topics[TOPICS[*topic]];
+            let record = &t.partitions[k.1];
+            if record.leader.is_some() && record.isr.len() as u32 >= t.min_insync_replicas {
+                model
+                    .holders
+                    .insert(k, record.isr.iter().copied().collect());
+            }
+        }
+        Op::Grow {
+            topic,
+            partition,
+            node,
+        } => {
+            // An ISR expansion happens once the follower caught up to the high watermark.
+            let Some(k) = key(after, *topic, *partition) else {
+                return;
+            };
+            model.holders.get_mut(&k).unwrap().insert(n(*node));
+        }
+        Op::Unclean {
+            topic,
+            partition,
+            node,
+        } => {
+            // The records only the others held are given up: the new baseline.
+            let Some(k) = key(after, *topic, *partition) else {
+                return;
+            };
+            model.holders.insert(k, BTreeSet::from([n(*node)]));
+        }
+        _ => {}
+    }
+    let _ = before;
+}
+
+fn check_invariants(before: &MetadataImage, after: &MetadataImage, model: &Model) {
+    for t in after.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let ctx = format!("{}/{i}: {p:?}", t.name);
+            assert!(!has_dup(&p.replicas), "{ctx}");
+            assert!(
+                p.replicas.iter().all(|r| after.brokers.contains_key(r)),
+                "{ctx}"
+            );
+            assert!(p.isr.iter().all(|r| p.replicas.contains(r)), "{ctx}");
+            assert!(p.elr.iter().all(|r| p.replicas.contains(r)), "{ctx}");
+            assert!(!has_dup(&p.isr) && !has_dup(&p.elr), "{ctx}");
+            assert!(p.isr.iter().all(|r| !p.elr.contains(r)), "{ctx}");
+            assert!(
+                p.isr.iter().all(|r| after.is_active(*r)),
+                "ISR members are active: {ctx}"
+            );
+            assert!(
+                p.elr.is_empty() || (p.isr.len() as u32) < t.min_insync_replicas,
+                "the ELR is empty once the ISR reaches its minimum: {ctx}"
+            );
+            if let Some(l) = p.leader {
+                assert!(p.isr.contains(&l), "{ctx}");
+            }
+            let holders = &model.holders[&(t.topic_id, i)];
+            assert!(
+                p.isr.iter().chain(&p.elr).all(|r| holders.contains(r)),
+                "every ISR and ELR member holds every committed record: {ctx}, holders {holders:?}"
+            );
+            let Some(old) = before
+                .topics
+                .get(&t.name)
+                .filter(|o| o.topic_id == t.topic_id)
+            else {
+                continue;
+            };
+            if let Some(o) = old.partitions.get(i) {
+                assert!(p.leader_epoch >= o.leader_epoch, "{ctx}");
+                assert!(p.partition_epoch >= o.partition_epoch, "{ctx}");
+                if p.leader != o.leader {
+                    assert!(p.leader_epoch > o.leader_epoch, "{ctx}");
+                }
+            }
+        }
+    }
+    for (id, b) in &after.brokers {
+        if let Some(old) = before.brokers.get(id) {
+            assert!(b.broker_epoch >= old.broker_epoch);
+        }
+    }
+}
+
+fn has_dup(nodes: &[NodeId]) -> bool {
+    nodes
+        .iter()
+        .enumerate()
+        .any(|(i, x)| nodes[..i].contains(x))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn apply_keeps_its_invariants_and_never_elects_a_replica_missing_committed_records(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        let mut image = cluster(BROKERS);
+        let mut model = Model::default();
+        for id in 1..=BROKERS {
+            model.incarnations.insert(id, 1);
+        }
+        let mut replay = Vec::new();
+        for op in &ops {
+            let before = image.clone();
+            match to_command(&image, &mut model, op) {
+                Some(command) => {
+                    let index = image.applied + 1;
+                    let result = image.apply(index, &command);
+                    replay.push((index, command));
+                    if result.is_err() {
+                        prop_assert_eq!(&image.topics, &before.topics);
+                        prop_assert_eq!(&image.brokers, &before.brokers);
+                        continue;
+                    }
+                }
+                None => {
+                    if !matches!(op, Op::Commit { .. }) {
+                        continue;
+                    }
+                }
+            }
+            observe(&before, &image, &mut model, op);
+            check_invariants(&before, &image, &model);
+        }
+        // The same commands from the same start give the same image.
+        let mut again = cluster(BROKERS);
+        for (index, command) in &replay {
+            let _ = again.apply(*index, command);
+        }
+        prop_assert_eq!(again, image);
+    }
+}

@@ -20,8 +20,9 @@ use serde_json::json;
 use super::AppState;
 use super::body::{parse_query, read_json};
 use super::error::{ApiError, ApiResult};
+use super::fetch::FetchBounds;
 use super::json_response;
-use super::records::{FetchBounds, render_record};
+use super::render::render_record;
 use crate::groups::{GroupError, OffsetReset, ResetTo, TopicPartition};
 use crate::metrics as m;
 

@@ -9,8 +9,12 @@
 
 pub mod body;
 pub mod error;
+pub mod fetch;
 pub mod groups;
-pub mod records;
+pub mod json_records;
+pub mod ndjson;
+pub mod produce;
+pub mod render;
 pub mod stream;
 pub mod system;
 pub mod topics;
@@ -71,11 +75,11 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
         ),
         (
             "/v1/topics/{topic}/records",
-            vec![on(Method::POST, records::produce)],
+            vec![on(Method::POST, produce::produce)],
         ),
         (
             "/v1/topics/{topic}/partitions/{partition}/records",
-            vec![on(Method::GET, records::fetch)],
+            vec![on(Method::GET, fetch::fetch)],
         ),
         (
             "/v1/topics/{topic}/partitions/{partition}/stream",

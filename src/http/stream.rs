@@ -19,7 +19,8 @@ use serde::Deserialize;
 use super::AppState;
 use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
-use super::records::{fetch_waiting, render_record, start_offset};
+use super::fetch::{fetch_waiting, start_offset};
+use super::render::render_record;
 use crate::broker::{Broker, Partition};
 
 #[derive(Debug, Default, Deserialize)]

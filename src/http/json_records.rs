@@ -1,51 +1,20 @@
-//! Produce (`POST .../records`) and fetch (`GET .../partitions/{p}/records`, with long-poll).
+//! Parsing a JSON or NDJSON produce body into records the broker takes.
 //!
-//! The produce path parses JSON borrowing from the body (keys and values are not copied:
-//! a value is kept as its raw JSON text), then hands the broker one slice of records.
-//! NDJSON is read as a stream and appended in batches of about `ndjson_batch_bytes`, so a
-//! large body is never held whole.
+//! The parser borrows from the body (keys and values are not copied: a value is kept as its
+//! raw JSON text) and decodes each record as soon as it is parsed, so the records are never
+//! held twice. It accepts exactly what the derived `Deserialize` of [`JsonRecord`] accepts,
+//! with the same error messages (the tests below compare the two).
 
 use std::borrow::Cow;
-use std::io::Write as _;
-use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::BytesMut;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::AppState;
-use super::body::{
-    body_too_large, bounded, check_declared_length, content_type, parse_query, parse_u64,
-    read_limited, unsupported_media_type,
-};
 use super::error::{ApiError, ApiResult};
-use super::json_response;
-use crate::broker::{
-    Acks, Broker, BrokerError, Durability, Fetched, Partition, ProduceOutcome, ProduceRecord,
-    Topic, now_ms,
-};
-use crate::limits::Limits;
-use crate::log::batch::{RecordRef, RecordView};
-use crate::metrics as m;
-
-/// Query of a produce request.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProduceQuery {
-    pub acks: Option<String>,
-    pub timeout_ms: Option<String>,
-    /// For `application/octet-stream`: the record's key, partition and timestamp.
-    pub key: Option<String>,
-    pub partition: Option<String>,
-    pub timestamp_ms: Option<String>,
-}
+use crate::broker::ProduceRecord;
+use crate::log::batch::RecordRef;
 
 /// One record of a JSON or NDJSON produce, borrowing from the body.
 ///
@@ -221,10 +190,16 @@ impl<'a> DecodedRecords<'a> {
 }
 
 /// The decoded records of a body (or of a batch of NDJSON lines).
-struct DecodedBatch<'a> {
+pub(super) struct DecodedBatch<'a> {
     records: Vec<Decoded<'a>>,
     /// How many headers the records have in all.
     headers: usize,
+}
+
+impl DecodedBatch<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 /// Bytes per record assumed to size the records vector before parsing (serde_json gives no
@@ -237,7 +212,7 @@ const RECORDS_PRESIZED_MAX: usize = 16 * 1024;
 
 /// Parses a JSON produce body, `{"records":[...]}`, decoding each record as soon as it is
 /// parsed: the records are never held as [`JsonRecord`]s in a vector of their own.
-fn parse_json_body(bytes: &[u8], now: i64) -> ApiResult<DecodedBatch<'_>> {
+pub(super) fn parse_json_body(bytes: &[u8], now: i64) -> ApiResult<DecodedBatch<'_>> {
     let presized = (bytes.len() / GUESSED_RECORD_BYTES).min(RECORDS_PRESIZED_MAX);
     let mut out = DecodedRecords {
         records: Vec::with_capacity(presized),
@@ -493,7 +468,7 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
 
 /// The records as the broker takes them, borrowing from `decoded`; `headers` holds every
 /// record's headers, one after another, so a batch needs one header vector, not one per record.
-fn as_produce_records<'a>(
+pub(super) fn as_produce_records<'a>(
     decoded: &'a DecodedBatch<'a>,
     headers: &'a mut Vec<(&'a str, &'a [u8])>,
 ) -> Vec<ProduceRecord<'a>> {
@@ -526,243 +501,9 @@ fn as_produce_records<'a>(
     records
 }
 
-struct ProduceParams {
-    acks: Acks,
-    timeout: Duration,
-}
-
-fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
-    let acks = match q.acks.as_deref() {
-        None | Some("all") | Some("-1") => Acks::All,
-        Some("leader") | Some("1") => Acks::Leader,
-        Some("none") | Some("0") => Acks::None,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "'acks' must be all, leader or none, got '{other}'"
-            )));
-        }
-    };
-    let max = broker.limits().wait_ms_max;
-    let timeout_ms = bounded(
-        "timeout_ms",
-        q.timeout_ms.as_deref(),
-        max,
-        max,
-        "wait_ms_max",
-    )?;
-    Ok(ProduceParams {
-        acks,
-        timeout: Duration::from_millis(timeout_ms),
-    })
-}
-
-pub async fn produce(
-    State(broker): State<AppState>,
-    Path(topic): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let q: ProduceQuery = parse_query(query.as_deref())?;
-    let params = produce_params(&q, &broker)?;
-    let ct = content_type(&headers);
-    let limit = broker.limits().request_body_bytes_max;
-    let now = now_ms();
-    // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
-    // body refused as unreadable leaves no new topic behind.
-    let offsets = match ct.as_str() {
-        "application/json" | "" => {
-            let bytes = read_limited(&headers, body, limit).await?;
-            let decoded = parse_json_body(&bytes, now)?;
-            let mut headers = Vec::new();
-            let records = as_produce_records(&decoded, &mut headers);
-            let topic = broker.topic_for_produce(&topic, &records).await?;
-            broker
-                .produce(&topic, &records, params.acks, params.timeout)
-                .await?
-        }
-        "application/x-ndjson" | "application/jsonl" => {
-            produce_ndjson(&broker, &topic, &headers, body, &params, now).await?
-        }
-        "application/octet-stream" => {
-            let bytes = read_limited(&headers, body, limit).await?;
-            let partition = match q.partition.as_deref() {
-                Some(p) => Some(
-                    u32::try_from(parse_u64("partition", p)?)
-                        .map_err(|_| ApiError::invalid("'partition' is too large"))?,
-                ),
-                None => None,
-            };
-            let timestamp_ms = match q.timestamp_ms.as_deref() {
-                Some(t) => t
-                    .parse::<i64>()
-                    .map_err(|_| ApiError::invalid("'timestamp_ms' must be an integer"))?,
-                None => now,
-            };
-            let record = ProduceRecord {
-                partition,
-                record: RecordRef {
-                    timestamp_ms,
-                    key: q.key.as_deref().map(str::as_bytes),
-                    key_is_utf8: true,
-                    value: Some(&bytes),
-                    value_is_json: false,
-                    headers: &[],
-                },
-            };
-            let topic = broker.topic_for_produce(&topic, &[record]).await?;
-            broker
-                .produce(&topic, &[record], params.acks, params.timeout)
-                .await?
-        }
-        other => {
-            return Err(unsupported_media_type(
-                other,
-                "application/json, application/x-ndjson or application/octet-stream",
-            ));
-        }
-    };
-    Ok(render_produce(&offsets))
-}
-
-/// Streams an NDJSON body: complete lines are parsed and appended in batches.
-///
-/// A body within one batch is all or nothing: every line is checked before any is appended.
-/// A failure after a batch was appended does not undo it: the problem says which records
-/// were stored (`appended_records`, always the first ones of the body, and their `offsets`),
-/// so a client resends only the rest instead of duplicating them.
-async fn produce_ndjson(
-    broker: &Broker,
-    topic_name: &str,
-    headers: &HeaderMap,
-    body: Body,
-    params: &ProduceParams,
-    now: i64,
-) -> ApiResult<ProduceOutcome> {
-    let mut progress = NdjsonProgress {
-        stored: ProduceOutcome {
-            offsets: Vec::new(),
-            durability: Durability::None,
-        },
-        unconfirmed: 0,
-    };
-    let appended = append_ndjson_batches(
-        broker,
-        topic_name,
-        headers,
-        body,
-        params,
-        now,
-        &mut progress,
-    )
-    .await;
-    match appended {
-        Ok(()) => Ok(progress.stored),
-        Err(e) => Err(with_stored_records(e, &progress)),
-    }
-}
-
-/// What an NDJSON body has stored so far: the answer on success, reported on failure.
-struct NdjsonProgress {
-    /// The appended batches' offsets, in request order.
-    stored: ProduceOutcome,
-    /// Records of the batch whose append failed in a way that may have stored it anyway
-    /// (a timeout, a storage failure); 0 otherwise.
-    unconfirmed: usize,
-}
-
-/// The body of [`produce_ndjson`]: appends batch after batch, recording each in `progress`.
-async fn append_ndjson_batches(
-    broker: &Broker,
-    topic_name: &str,
-    headers: &HeaderMap,
-    body: Body,
-    params: &ProduceParams,
-    now: i64,
-    progress: &mut NdjsonProgress,
-) -> ApiResult<()> {
-    let limits = broker.limits();
-    check_declared_length(headers, limits.request_body_bytes_max)?;
-    let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;
-    let mut stream = body.into_data_stream();
-    let mut pending = BytesMut::new();
-    let mut total: u64 = 0;
-    let mut line_no = 0usize;
-    let mut finished = false;
-    // Resolved at the first batch that parses, so a body refused up front creates nothing.
-    let mut topic: Option<std::sync::Arc<Topic>> = None;
-    while !finished {
-        match stream.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::invalid(format!("reading the request body failed: {e}"))
-                })?;
-                total += chunk.len() as u64;
-                if total > limits.request_body_bytes_max {
-                    return Err(body_too_large(limits.request_body_bytes_max));
-                }
-                pending.extend_from_slice(&chunk);
-                if pending.len() < batch_bytes {
-                    continue;
-                }
-            }
-            None => finished = true,
-        }
-        // Take whole lines; at the end of the body the last line needs no newline.
-        let cut = if finished {
-            pending.len()
-        } else {
-            match pending.iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                None => continue,
-            }
-        };
-        let lines = pending.split_to(cut).freeze();
-        let decoded = parse_ndjson_lines(&lines, &mut line_no, now)?;
-        if decoded.records.is_empty() {
-            continue;
-        }
-        let mut headers = Vec::new();
-        let records = as_produce_records(&decoded, &mut headers);
-        if topic.is_none() {
-            topic = Some(broker.topic_for_produce(topic_name, &records).await?);
-        }
-        let topic = topic.as_deref().expect("resolved just above");
-        // The limit counts the whole body, not one batch: the answer lists every offset.
-        let max = u64::from(limits.records_per_request_max);
-        if (progress.stored.offsets.len() + records.len()) as u64 > max {
-            return Err(ApiError::limit(
-                StatusCode::BAD_REQUEST,
-                "limit_exceeded",
-                "records_per_request_max",
-                max,
-                format!("the NDJSON body holds more than {max} records"),
-            ));
-        }
-        let outcome = broker
-            .produce(topic, &records, params.acks, params.timeout)
-            .await
-            .map_err(|e| {
-                if matches!(
-                    e,
-                    BrokerError::Timeout | BrokerError::StorageUnavailable(_) | BrokerError::Io(_)
-                ) {
-                    progress.unconfirmed = records.len();
-                }
-                e
-            })?;
-        progress.stored.offsets.extend(outcome.offsets);
-        progress.stored.durability = outcome.durability;
-    }
-    if progress.stored.offsets.is_empty() {
-        return Err(ApiError::invalid("the NDJSON body holds no records"));
-    }
-    Ok(())
-}
-
 /// Parses and decodes each line; as for a JSON body, a line that is not valid JSON is
 /// reported before an earlier line that failed to decode.
-fn parse_ndjson_lines<'a>(
+pub(super) fn parse_ndjson_lines<'a>(
     bytes: &'a [u8],
     line_no: &mut usize,
     now: i64,
@@ -792,289 +533,6 @@ fn parse_ndjson_lines<'a>(
         *line_no -= 1;
     }
     out.finish()
-}
-
-/// Adds to an NDJSON failure what the body stored before it: `appended_records`, their
-/// `offsets` (as in a success answer) and `unconfirmed_records`, and says so in the detail.
-fn with_stored_records(e: ApiError, progress: &NdjsonProgress) -> ApiError {
-    let offsets = &progress.stored.offsets;
-    let (n, m) = (offsets.len(), progress.unconfirmed);
-    let first = match n {
-        1 => "the first record of the body was stored (its offset is in 'offsets')".to_string(),
-        n => format!("the first {n} records of the body were stored (offsets in 'offsets')"),
-    };
-    let what = match (n, m) {
-        (0, 0) => "no records of the body were stored".to_string(),
-        (0, m) => format!(
-            "the first {m} records of the body may or may not have been stored, none after them"
-        ),
-        (_, 0) => format!("{first}; none after them were"),
-        (_, m) => format!("{first}; the next {m} may or may not have been, none after those"),
-    };
-    let json_offsets: Vec<serde_json::Value> = offsets
-        .iter()
-        .map(|(p, o)| serde_json::json!({"partition": p, "offset": o}))
-        .collect();
-    let detail = format!("{} ({what})", e.detail);
-    ApiError { detail, ..e }
-        .with("appended_records", n as u64)
-        .with("unconfirmed_records", m as u64)
-        .with("offsets", json_offsets)
-}
-
-/// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.
-fn render_produce(outcome: &ProduceOutcome) -> Response {
-    let durability = outcome.durability;
-    let mut body = Vec::with_capacity(32 + outcome.offsets.len() * 32);
-    let status = if durability == Durability::None {
-        body.extend_from_slice(b"{\"durability\":\"none\"}");
-        StatusCode::ACCEPTED
-    } else {
-        body.extend_from_slice(b"{\"offsets\":[");
-        for (i, &(p, o)) in outcome.offsets.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(b"{\"partition\":");
-            push_u64(&mut body, u64::from(p));
-            body.extend_from_slice(b",\"offset\":");
-            push_u64(&mut body, o);
-            body.push(b'}');
-        }
-        body.extend_from_slice(b"],\"durability\":\"");
-        body.extend_from_slice(durability.as_str().as_bytes());
-        body.extend_from_slice(b"\"}");
-        StatusCode::OK
-    };
-    let mut response = json_response(status, body);
-    response.headers_mut().insert(
-        "tidelog-durability",
-        HeaderValue::from_static(durability.as_str()),
-    );
-    response
-}
-
-/// Query of a fetch.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FetchQuery {
-    pub offset: Option<String>,
-    pub timestamp_ms: Option<String>,
-    pub max_records: Option<String>,
-    pub max_bytes: Option<String>,
-    pub wait_ms: Option<String>,
-}
-
-/// Resolves `offset=N|earliest|latest` or `timestamp_ms=T` to an offset.
-pub fn start_offset(
-    partition: &Partition,
-    offset: Option<&str>,
-    timestamp_ms: Option<&str>,
-) -> ApiResult<u64> {
-    if offset.is_some() && timestamp_ms.is_some() {
-        return Err(ApiError::invalid(
-            "give either 'offset' or 'timestamp_ms', not both",
-        ));
-    }
-    if let Some(ts) = timestamp_ms {
-        let ts = ts.parse::<i64>().map_err(|_| {
-            ApiError::invalid(format!("'timestamp_ms' must be an integer, got '{ts}'"))
-        })?;
-        return Ok(partition.offset_for_timestamp(ts)?);
-    }
-    let progress = partition.progress();
-    match offset {
-        None | Some("earliest") => Ok(progress.log_start_offset),
-        Some("latest") => Ok(progress.high_watermark),
-        Some(n) => parse_u64("offset", n),
-    }
-}
-
-/// The size and wait bounds of a fetch (`max_records`, `max_bytes`, `wait_ms`), checked
-/// against their limits; shared by partition fetches and group member fetches.
-#[derive(Debug, Clone, Copy)]
-pub struct FetchBounds {
-    pub max_records: u32,
-    pub max_bytes: u64,
-    pub wait_ms: u64,
-}
-
-impl FetchBounds {
-    pub fn from_query(
-        max_records: Option<&str>,
-        max_bytes: Option<&str>,
-        wait_ms: Option<&str>,
-        limits: &Limits,
-    ) -> ApiResult<FetchBounds> {
-        let records_max = u64::from(limits.fetch_records_max);
-        let max_records = bounded(
-            "max_records",
-            max_records,
-            500,
-            records_max,
-            "fetch_records_max",
-        )?;
-        let max_bytes = bounded(
-            "max_bytes",
-            max_bytes,
-            1024 * 1024,
-            limits.fetch_bytes_max,
-            "fetch_bytes_max",
-        )?;
-        let wait_ms = bounded("wait_ms", wait_ms, 0, limits.wait_ms_max, "wait_ms_max")?;
-        if max_records == 0 || max_bytes == 0 {
-            return Err(ApiError::invalid(
-                "'max_records' and 'max_bytes' must be positive",
-            ));
-        }
-        Ok(FetchBounds {
-            max_records: max_records as u32,
-            max_bytes,
-            wait_ms,
-        })
-    }
-}
-
-pub async fn fetch(
-    State(broker): State<AppState>,
-    Path((topic, partition)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
-    let q: FetchQuery = parse_query(query.as_deref())?;
-    let bounds = FetchBounds::from_query(
-        q.max_records.as_deref(),
-        q.max_bytes.as_deref(),
-        q.wait_ms.as_deref(),
-        broker.limits(),
-    )?;
-    let partition = broker
-        .topic(&topic)?
-        .partition(parse_u64("partition", &partition)?)?;
-    let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?;
-    let fetched = fetch_waiting(
-        &broker,
-        &partition,
-        offset,
-        bounds.max_records,
-        bounds.max_bytes,
-        bounds.wait_ms,
-    )
-    .await?;
-    let mut body = Vec::with_capacity(fetched.bytes.len() + 64);
-    body.extend_from_slice(b"{\"records\":[");
-    let mut count = 0u64;
-    let next = fetched.for_each_record(|r| {
-        if count > 0 {
-            body.push(b',');
-        }
-        count += 1;
-        render_record(&mut body, partition.id, r);
-        Ok(())
-    })?;
-    ::metrics::counter!(m::RECORDS_FETCHED, "topic" => std::sync::Arc::clone(&partition.topic))
-        .increment(count);
-    let _ = write!(
-        body,
-        "],\"next_offset\":{next},\"high_watermark\":{},\"log_start_offset\":{}}}",
-        fetched.high_watermark, fetched.log_start_offset
-    );
-    Ok(json_response(StatusCode::OK, body))
-}
-
-/// Fetches at `offset`; if nothing is there yet, waits up to `wait_ms` for the high watermark
-/// to pass it (woken by the flusher, not by polling) or for shutdown.
-pub async fn fetch_waiting(
-    broker: &Broker,
-    partition: &Partition,
-    offset: u64,
-    max_records: u32,
-    max_bytes: u64,
-    wait_ms: u64,
-) -> Result<Fetched, BrokerError> {
-    let fetched = partition.fetch(offset, max_records, max_bytes)?;
-    if wait_ms == 0 || offset < fetched.high_watermark {
-        return Ok(fetched);
-    }
-    let mut progress = partition.subscribe();
-    let mut shutdown = broker.shutdown_signal();
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).increment(1.0);
-    let _ = tokio::time::timeout(Duration::from_millis(wait_ms), async {
-        tokio::select! {
-            // Not `failed`: a failed partition's high watermark never moves, so waking on it
-            // would answer at once, again and again, and spin the client in a tight loop.
-            _ = progress.wait_for(|p| p.high_watermark > offset) => {}
-            _ = shutdown.wait_for(|s| *s) => {}
-        }
-    })
-    .await;
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).decrement(1.0);
-    partition.fetch(offset, max_records, max_bytes)
-}
-
-/// Writes one record as a JSON object. A JSON value is written as-is; bytes as base64.
-pub fn render_record(out: &mut Vec<u8>, partition: u32, r: &RecordView<'_>) {
-    out.extend_from_slice(b"{\"partition\":");
-    push_u64(out, u64::from(partition));
-    out.extend_from_slice(b",\"offset\":");
-    push_u64(out, r.offset);
-    out.extend_from_slice(b",\"timestamp_ms\":");
-    push_i64(out, r.timestamp_ms);
-    out.push(b',');
-    match r.key {
-        None => out.extend_from_slice(b"\"key\":null"),
-        Some(k) => match std::str::from_utf8(k) {
-            Ok(s) if r.key_is_utf8 => {
-                out.extend_from_slice(b"\"key\":");
-                let _ = serde_json::to_writer(&mut *out, s);
-            }
-            _ => {
-                let _ = write!(out, "\"key_b64\":\"{}\"", B64.encode(k));
-            }
-        },
-    }
-    match r.value {
-        None => out.extend_from_slice(b",\"value\":null"),
-        Some(v) if r.value_is_json => {
-            out.extend_from_slice(b",\"value\":");
-            out.extend_from_slice(v);
-        }
-        Some(v) => {
-            let _ = write!(out, ",\"value_b64\":\"{}\"", B64.encode(v));
-        }
-    }
-    out.extend_from_slice(b",\"headers\":{");
-    for (i, (name, value)) in r.headers.clone().flatten().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(name));
-        out.push(b':');
-        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(value));
-    }
-    out.extend_from_slice(b"}}");
-}
-
-/// Appends `n` in decimal. The produce answer holds one offset per record and a fetch one
-/// object per record, so this skips `fmt`'s machinery on the hot path.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
-fn push_i64(out: &mut Vec<u8>, n: i64) {
-    if n < 0 {
-        out.push(b'-');
-    }
-    push_u64(out, n.unsigned_abs());
 }
 
 #[cfg(test)]
@@ -1264,30 +722,5 @@ mod tests {
             "{}",
             e.detail
         );
-    }
-
-    #[test]
-    fn decimal_writers_match_display() {
-        for n in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            12_345,
-            u64::from(u32::MAX),
-            u64::MAX - 1,
-            u64::MAX,
-        ] {
-            let mut out = Vec::new();
-            push_u64(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
-        for n in [0, -1, 1, -10, 1_700_000_000_000, i64::MIN, i64::MAX] {
-            let mut out = Vec::new();
-            push_i64(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
     }
 }

@@ -1,0 +1,175 @@
+//! Fetch (`GET .../partitions/{p}/records`): the fetch query, its bounds, and the long-poll.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::{bounded, parse_query, parse_u64};
+use super::error::{ApiError, ApiResult};
+use super::json_response;
+use super::render::render_record;
+use crate::broker::{Broker, BrokerError, Fetched, Partition};
+use crate::limits::Limits;
+use crate::metrics as m;
+
+/// Query of a fetch.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchQuery {
+    pub offset: Option<String>,
+    pub timestamp_ms: Option<String>,
+    pub max_records: Option<String>,
+    pub max_bytes: Option<String>,
+    pub wait_ms: Option<String>,
+}
+
+/// Resolves `offset=N|earliest|latest` or `timestamp_ms=T` to an offset.
+pub fn start_offset(
+    partition: &Partition,
+    offset: Option<&str>,
+    timestamp_ms: Option<&str>,
+) -> ApiResult<u64> {
+    if offset.is_some() && timestamp_ms.is_some() {
+        return Err(ApiError::invalid(
+            "give either 'offset' or 'timestamp_ms', not both",
+        ));
+    }
+    if let Some(ts) = timestamp_ms {
+        let ts = ts.parse::<i64>().map_err(|_| {
+            ApiError::invalid(format!("'timestamp_ms' must be an integer, got '{ts}'"))
+        })?;
+        return Ok(partition.offset_for_timestamp(ts)?);
+    }
+    let progress = partition.progress();
+    match offset {
+        None | Some("earliest") => Ok(progress.log_start_offset),
+        Some("latest") => Ok(progress.high_watermark),
+        Some(n) => parse_u64("offset", n),
+    }
+}
+
+/// The size and wait bounds of a fetch (`max_records`, `max_bytes`, `wait_ms`), checked
+/// against their limits; shared by partition fetches and group member fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchBounds {
+    pub max_records: u32,
+    pub max_bytes: u64,
+    pub wait_ms: u64,
+}
+
+impl FetchBounds {
+    pub fn from_query(
+        max_records: Option<&str>,
+        max_bytes: Option<&str>,
+        wait_ms: Option<&str>,
+        limits: &Limits,
+    ) -> ApiResult<FetchBounds> {
+        let records_max = u64::from(limits.fetch_records_max);
+        let max_records = bounded(
+            "max_records",
+            max_records,
+            500,
+            records_max,
+            "fetch_records_max",
+        )?;
+        let max_bytes = bounded(
+            "max_bytes",
+            max_bytes,
+            1024 * 1024,
+            limits.fetch_bytes_max,
+            "fetch_bytes_max",
+        )?;
+        let wait_ms = bounded("wait_ms", wait_ms, 0, limits.wait_ms_max, "wait_ms_max")?;
+        if max_records == 0 || max_bytes == 0 {
+            return Err(ApiError::invalid(
+                "'max_records' and 'max_bytes' must be positive",
+            ));
+        }
+        Ok(FetchBounds {
+            max_records: max_records as u32,
+            max_bytes,
+            wait_ms,
+        })
+    }
+}
+
+pub async fn fetch(
+    State(broker): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let q: FetchQuery = parse_query(query.as_deref())?;
+    let bounds = FetchBounds::from_query(
+        q.max_records.as_deref(),
+        q.max_bytes.as_deref(),
+        q.wait_ms.as_deref(),
+        broker.limits(),
+    )?;
+    let partition = broker
+        .topic(&topic)?
+        .partition(parse_u64("partition", &partition)?)?;
+    let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?;
+    let fetched = fetch_waiting(
+        &broker,
+        &partition,
+        offset,
+        bounds.max_records,
+        bounds.max_bytes,
+        bounds.wait_ms,
+    )
+    .await?;
+    let mut body = Vec::with_capacity(fetched.bytes.len() + 64);
+    body.extend_from_slice(b"{\"records\":[");
+    let mut count = 0u64;
+    let next = fetched.for_each_record(|r| {
+        if count > 0 {
+            body.push(b',');
+        }
+        count += 1;
+        render_record(&mut body, partition.id, r);
+        Ok(())
+    })?;
+    ::metrics::counter!(m::RECORDS_FETCHED, "topic" => std::sync::Arc::clone(&partition.topic))
+        .increment(count);
+    let _ = write!(
+        body,
+        "],\"next_offset\":{next},\"high_watermark\":{},\"log_start_offset\":{}}}",
+        fetched.high_watermark, fetched.log_start_offset
+    );
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// Fetches at `offset`; if nothing is there yet, waits up to `wait_ms` for the high watermark
+/// to pass it (woken by the flusher, not by polling) or for shutdown.
+pub async fn fetch_waiting(
+    broker: &Broker,
+    partition: &Partition,
+    offset: u64,
+    max_records: u32,
+    max_bytes: u64,
+    wait_ms: u64,
+) -> Result<Fetched, BrokerError> {
+    let fetched = partition.fetch(offset, max_records, max_bytes)?;
+    if wait_ms == 0 || offset < fetched.high_watermark {
+        return Ok(fetched);
+    }
+    let mut progress = partition.subscribe();
+    let mut shutdown = broker.shutdown_signal();
+    ::metrics::gauge!(m::LONG_POLLS_WAITING).increment(1.0);
+    let _ = tokio::time::timeout(Duration::from_millis(wait_ms), async {
+        tokio::select! {
+            // Not `failed`: a failed partition's high watermark never moves, so waking on it
+            // would answer at once, again and again, and spin the client in a tight loop.
+            _ = progress.wait_for(|p| p.high_watermark > offset) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    })
+    .await;
+    ::metrics::gauge!(m::LONG_POLLS_WAITING).decrement(1.0);
+    partition.fetch(offset, max_records, max_bytes)
+}

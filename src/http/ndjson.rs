@@ -1,0 +1,176 @@
+//! Streamed NDJSON produce: complete lines are parsed and appended in batches of about
+//! `ndjson_batch_bytes`, so a large body is never held whole.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+
+use super::body::{body_too_large, check_declared_length};
+use super::error::{ApiError, ApiResult};
+use super::json_records::{as_produce_records, parse_ndjson_lines};
+use super::produce::ProduceParams;
+use crate::broker::{Broker, BrokerError, Durability, ProduceOutcome, Topic};
+
+/// Streams an NDJSON body: complete lines are parsed and appended in batches.
+///
+/// A body within one batch is all or nothing: every line is checked before any is appended.
+/// A failure after a batch was appended does not undo it: the problem says which records
+/// were stored (`appended_records`, always the first ones of the body, and their `offsets`),
+/// so a client resends only the rest instead of duplicating them.
+pub(super) async fn produce_ndjson(
+    broker: &Broker,
+    topic_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    params: &ProduceParams,
+    now: i64,
+) -> ApiResult<ProduceOutcome> {
+    let mut progress = NdjsonProgress {
+        stored: ProduceOutcome {
+            offsets: Vec::new(),
+            durability: Durability::None,
+        },
+        unconfirmed: 0,
+    };
+    let appended = append_ndjson_batches(
+        broker,
+        topic_name,
+        headers,
+        body,
+        params,
+        now,
+        &mut progress,
+    )
+    .await;
+    match appended {
+        Ok(()) => Ok(progress.stored),
+        Err(e) => Err(with_stored_records(e, &progress)),
+    }
+}
+
+/// What an NDJSON body has stored so far: the answer on success, reported on failure.
+struct NdjsonProgress {
+    /// The appended batches' offsets, in request order.
+    stored: ProduceOutcome,
+    /// Records of the batch whose append failed in a way that may have stored it anyway
+    /// (a timeout, a storage failure); 0 otherwise.
+    unconfirmed: usize,
+}
+
+/// The body of [`produce_ndjson`]: appends batch after batch, recording each in `progress`.
+async fn append_ndjson_batches(
+    broker: &Broker,
+    topic_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+    params: &ProduceParams,
+    now: i64,
+    progress: &mut NdjsonProgress,
+) -> ApiResult<()> {
+    let limits = broker.limits();
+    check_declared_length(headers, limits.request_body_bytes_max)?;
+    let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;
+    let mut stream = body.into_data_stream();
+    let mut pending = BytesMut::new();
+    let mut total: u64 = 0;
+    let mut line_no = 0usize;
+    let mut finished = false;
+    // Resolved at the first batch that parses, so a body refused up front creates nothing.
+    let mut topic: Option<std::sync::Arc<Topic>> = None;
+    while !finished {
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::invalid(format!("reading the request body failed: {e}"))
+                })?;
+                total += chunk.len() as u64;
+                if total > limits.request_body_bytes_max {
+                    return Err(body_too_large(limits.request_body_bytes_max));
+                }
+                pending.extend_from_slice(&chunk);
+                if pending.len() < batch_bytes {
+                    continue;
+                }
+            }
+            None => finished = true,
+        }
+        // Take whole lines; at the end of the body the last line needs no newline.
+        let cut = if finished {
+            pending.len()
+        } else {
+            match pending.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => continue,
+            }
+        };
+        let lines = pending.split_to(cut).freeze();
+        let decoded = parse_ndjson_lines(&lines, &mut line_no, now)?;
+        if decoded.is_empty() {
+            continue;
+        }
+        let mut headers = Vec::new();
+        let records = as_produce_records(&decoded, &mut headers);
+        if topic.is_none() {
+            topic = Some(broker.topic_for_produce(topic_name, &records).await?);
+        }
+        let topic = topic.as_deref().expect("resolved just above");
+        // The limit counts the whole body, not one batch: the answer lists every offset.
+        let max = u64::from(limits.records_per_request_max);
+        if (progress.stored.offsets.len() + records.len()) as u64 > max {
+            return Err(ApiError::limit(
+                StatusCode::BAD_REQUEST,
+                "limit_exceeded",
+                "records_per_request_max",
+                max,
+                format!("the NDJSON body holds more than {max} records"),
+            ));
+        }
+        let outcome = broker
+            .produce(topic, &records, params.acks, params.timeout)
+            .await
+            .map_err(|e| {
+                if matches!(
+                    e,
+                    BrokerError::Timeout | BrokerError::StorageUnavailable(_) | BrokerError::Io(_)
+                ) {
+                    progress.unconfirmed = records.len();
+                }
+                e
+            })?;
+        progress.stored.offsets.extend(outcome.offsets);
+        progress.stored.durability = outcome.durability;
+    }
+    if progress.stored.offsets.is_empty() {
+        return Err(ApiError::invalid("the NDJSON body holds no records"));
+    }
+    Ok(())
+}
+
+/// Adds to an NDJSON failure what the body stored before it: `appended_records`, their
+/// `offsets` (as in a success answer) and `unconfirmed_records`, and says so in the detail.
+fn with_stored_records(e: ApiError, progress: &NdjsonProgress) -> ApiError {
+    let offsets = &progress.stored.offsets;
+    let (n, m) = (offsets.len(), progress.unconfirmed);
+    let first = match n {
+        1 => "the first record of the body was stored (its offset is in 'offsets')".to_string(),
+        n => format!("the first {n} records of the body were stored (offsets in 'offsets')"),
+    };
+    let what = match (n, m) {
+        (0, 0) => "no records of the body were stored".to_string(),
+        (0, m) => format!(
+            "the first {m} records of the body may or may not have been stored, none after them"
+        ),
+        (_, 0) => format!("{first}; none after them were"),
+        (_, m) => format!("{first}; the next {m} may or may not have been, none after those"),
+    };
+    let json_offsets: Vec<serde_json::Value> = offsets
+        .iter()
+        .map(|(p, o)| serde_json::json!({"partition": p, "offset": o}))
+        .collect();
+    let detail = format!("{} ({what})", e.detail);
+    ApiError { detail, ..e }
+        .with("appended_records", n as u64)
+        .with("unconfirmed_records", m as u64)
+        .with("offsets", json_offsets)
+}

@@ -1,0 +1,132 @@
+//! Produce (`POST .../records`): the query, then the body by content type (JSON whole,
+//! NDJSON streamed, octet-stream as one record), handed to the broker as one slice of records.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::AppState;
+use super::body::{
+    bounded, content_type, parse_query, parse_u64, read_limited, unsupported_media_type,
+};
+use super::error::{ApiError, ApiResult};
+use super::json_records::{as_produce_records, parse_json_body};
+use super::ndjson::produce_ndjson;
+use super::render::render_produce;
+use crate::broker::{Acks, Broker, ProduceRecord, now_ms};
+use crate::log::batch::RecordRef;
+
+/// Query of a produce request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceQuery {
+    pub acks: Option<String>,
+    pub timeout_ms: Option<String>,
+    /// For `application/octet-stream`: the record's key, partition and timestamp.
+    pub key: Option<String>,
+    pub partition: Option<String>,
+    pub timestamp_ms: Option<String>,
+}
+
+pub(super) struct ProduceParams {
+    pub(super) acks: Acks,
+    pub(super) timeout: Duration,
+}
+
+fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
+    let acks = match q.acks.as_deref() {
+        None | Some("all") | Some("-1") => Acks::All,
+        Some("leader") | Some("1") => Acks::Leader,
+        Some("none") | Some("0") => Acks::None,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "'acks' must be all, leader or none, got '{other}'"
+            )));
+        }
+    };
+    let max = broker.limits().wait_ms_max;
+    let timeout_ms = bounded(
+        "timeout_ms",
+        q.timeout_ms.as_deref(),
+        max,
+        max,
+        "wait_ms_max",
+    )?;
+    Ok(ProduceParams {
+        acks,
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+pub async fn produce(
+    State(broker): State<AppState>,
+    Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let q: ProduceQuery = parse_query(query.as_deref())?;
+    let params = produce_params(&q, &broker)?;
+    let ct = content_type(&headers);
+    let limit = broker.limits().request_body_bytes_max;
+    let now = now_ms();
+    // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
+    // body refused as unreadable leaves no new topic behind.
+    let offsets = match ct.as_str() {
+        "application/json" | "" => {
+            let bytes = read_limited(&headers, body, limit).await?;
+            let decoded = parse_json_body(&bytes, now)?;
+            let mut headers = Vec::new();
+            let records = as_produce_records(&decoded, &mut headers);
+            let topic = broker.topic_for_produce(&topic, &records).await?;
+            broker
+                .produce(&topic, &records, params.acks, params.timeout)
+                .await?
+        }
+        "application/x-ndjson" | "application/jsonl" => {
+            produce_ndjson(&broker, &topic, &headers, body, &params, now).await?
+        }
+        "application/octet-stream" => {
+            let bytes = read_limited(&headers, body, limit).await?;
+            let partition = match q.partition.as_deref() {
+                Some(p) => Some(
+                    u32::try_from(parse_u64("partition", p)?)
+                        .map_err(|_| ApiError::invalid("'partition' is too large"))?,
+                ),
+                None => None,
+            };
+            let timestamp_ms = match q.timestamp_ms.as_deref() {
+                Some(t) => t
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::invalid("'timestamp_ms' must be an integer"))?,
+                None => now,
+            };
+            let record = ProduceRecord {
+                partition,
+                record: RecordRef {
+                    timestamp_ms,
+                    key: q.key.as_deref().map(str::as_bytes),
+                    key_is_utf8: true,
+                    value: Some(&bytes),
+                    value_is_json: false,
+                    headers: &[],
+                },
+            };
+            let topic = broker.topic_for_produce(&topic, &[record]).await?;
+            broker
+                .produce(&topic, &[record], params.acks, params.timeout)
+                .await?
+        }
+        other => {
+            return Err(unsupported_media_type(
+                other,
+                "application/json, application/x-ndjson or application/octet-stream",
+            ));
+        }
+    };
+    Ok(render_produce(&offsets))
+}

@@ -7,6 +7,8 @@
 //!   flusher, waiters, the produce and fetch paths, topic admin.
 //! - [`metadata`]: the cluster metadata image and the pure `apply` of its commands (the
 //!   state machine the controller replicates). No I/O.
+//! - [`controller`]: the controller's decisions (replica placement), pure functions of the
+//!   metadata image.
 //! - [`groups`]: the consumer group coordinator: membership, sticky assignment, generations,
 //!   committed offsets stored in the internal topic `__consumer_offsets`.
 //! - [`http`]: axum routes, one file per resource, and the problem+json error type.
@@ -16,6 +18,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod controller;
 pub mod groups;
 pub mod http;
 pub mod limits;

@@ -17,6 +17,7 @@
 
 pub mod batch;
 pub mod compact;
+pub mod epoch_cache;
 pub mod index;
 pub mod segment;
 #[cfg(test)]

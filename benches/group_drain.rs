@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
-use tidelog::broker::Broker;
 use tidelog::config::BrokerConfig;
+use tidelog::node::Node;
 use tokio::net::TcpListener;
 
 /// A drain gives up after this long, so the bench cannot hang.
@@ -121,7 +121,7 @@ fn main() {
         .unwrap_or_else(|| tmp.path().join("data"));
     let server_rt = runtime("broker");
     let client_rt = runtime("members");
-    let (base, broker) = server_rt.block_on(start_broker(data_dir));
+    let (base, node) = server_rt.block_on(start_broker(data_dir));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
@@ -149,26 +149,26 @@ fn main() {
         }
     });
     server_rt.block_on(async {
-        broker.begin_shutdown();
-        let _ = broker.close().await;
+        node.begin_shutdown();
+        let _ = node.close().await;
     });
 }
 
-async fn start_broker(data_dir: PathBuf) -> (String, Arc<Broker>) {
+async fn start_broker(data_dir: PathBuf) -> (String, Node) {
     let config = BrokerConfig {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         data_dir,
         ..BrokerConfig::default()
     };
-    let broker = Broker::open(config).await.expect("open the broker");
+    let node = Node::open(config).await.expect("open the broker");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
-    let serving = Arc::clone(&broker);
+    let serving = node.clone();
     tokio::spawn(async move {
         let never = std::future::pending::<()>();
         let _ = tidelog::http::serve(serving, listener, never).await;
     });
-    (format!("http://{addr}"), broker)
+    (format!("http://{addr}"), node)
 }
 
 async fn produce_backlog(http: &reqwest::Client, base: &str, args: &Args) {

@@ -4,7 +4,7 @@
 //! `cargo bench --bench loadgen -- --help` lists the options and scenario names.
 //!
 //! It starts, in this process and only on 127.0.0.1:
-//! - a tidelog broker (`Broker::open` + `http::serve`, temp data directory), and
+//! - a tidelog broker (`Node::open` + `http::serve`, temp data directory), and
 //! - the baseline: a bare axum handler that parses the same JSON body with serde_json,
 //!   appends the body to one file and fsyncs before answering. With group commit (the normal
 //!   baseline) one fsync covers every request waiting at that moment; without it
@@ -34,8 +34,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tidelog::broker::Broker;
 use tidelog::config::BrokerConfig;
+use tidelog::node::Node;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -397,7 +397,7 @@ struct Server {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     /// The broker, closed cleanly on stop (tidelog only).
-    broker: Option<Arc<Broker>>,
+    node: Option<Node>,
     /// The baseline's state, for its fsync counters (baseline only).
     baseline: Option<Arc<Baseline>>,
 }
@@ -406,8 +406,8 @@ impl Server {
     async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        if let Some(broker) = self.broker {
-            let _ = broker.close().await;
+        if let Some(node) = self.node {
+            let _ = node.close().await;
         }
     }
 }
@@ -418,11 +418,11 @@ async fn start_tidelog(data_dir: &Path) -> Server {
         data_dir: data_dir.to_path_buf(),
         ..BrokerConfig::default()
     };
-    let broker = Broker::open(config).await.expect("open the broker");
+    let node = Node::open(config).await.expect("open the broker");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = Arc::clone(&broker);
+    let serving = node.clone();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
@@ -435,7 +435,7 @@ async fn start_tidelog(data_dir: &Path) -> Server {
         addr,
         stop,
         task,
-        broker: Some(broker),
+        node: Some(node),
         baseline: None,
     }
 }
@@ -541,7 +541,7 @@ async fn start_baseline(dir: &Path, group_commit: bool) -> Server {
         addr,
         stop,
         task,
-        broker: None,
+        node: None,
         baseline: Some(state),
     }
 }

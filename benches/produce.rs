@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,8 +15,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http_body_util::BodyExt as _;
-use tidelog::broker::Broker;
 use tidelog::config::BrokerConfig;
+use tidelog::node::Node;
 use tokio::runtime::Runtime;
 use tower::ServiceExt as _;
 
@@ -30,7 +29,7 @@ struct Server {
     rt: Runtime,
     app: Router,
     /// Kept open for the whole run; its data directory goes with `_dir`.
-    _broker: Arc<Broker>,
+    _node: Node,
     _dir: tempfile::TempDir,
 }
 
@@ -46,12 +45,12 @@ impl Server {
             data_dir: dir.path().to_path_buf(),
             ..BrokerConfig::default()
         };
-        let broker = rt.block_on(Broker::open(config)).expect("open the broker");
-        let app = tidelog::http::router(Arc::clone(&broker));
+        let node = rt.block_on(Node::open(config)).expect("open the broker");
+        let app = tidelog::http::router(node.clone());
         let server = Server {
             rt,
             app,
-            _broker: broker,
+            _node: node,
             _dir: dir,
         };
         let created = server.send(

@@ -4,14 +4,17 @@
 //! - [`log`]: the storage engine. Record batches with CRC-32, segment files, memory-mapped
 //!   sparse indexes, append/read/roll/retention and crash recovery. No network, no HTTP.
 //! - [`broker`]: topics and partition replicas in memory: high watermark, group-commit
-//!   flusher, waiters, the produce and fetch paths, topic admin.
+//!   flusher, waiters, the produce and fetch paths, topic admin. Knows nothing of groups.
 //! - [`metadata`]: the cluster metadata image and the pure `apply` of its commands (the
 //!   state machine the controller replicates). No I/O.
 //! - [`controller`]: the controller's decisions (replica placement), pure functions of the
 //!   metadata image.
-//! - [`groups`]: the consumer group coordinator: membership, sticky assignment, generations,
-//!   committed offsets stored in the internal topic `__consumer_offsets`.
-//! - [`http`]: axum routes, one file per resource, and the problem+json error type.
+//! - [`groups`]: the consumer group coordinator (holds the broker): membership, sticky
+//!   assignment, generations, committed offsets stored in the internal topic
+//!   `__consumer_offsets`.
+//! - [`node`]: composes broker and coordinator, owns background tasks and shutdown.
+//! - [`http`]: axum routes, one file per resource, and the problem+json error type; handlers
+//!   reach the layers through the node.
 //! - [`config`] and [`limits`]: every setting and every input limit, named once.
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - `main.rs`: the command line (`tidelog serve`).
@@ -25,3 +28,4 @@ pub mod limits;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod node;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tidelog::broker::Broker;
 use tidelog::config::BrokerConfig;
+use tidelog::node::Node;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,21 +86,20 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     config.listen = listener.local_addr().map_err(|e| e.to_string())?;
     let listen = config.listen;
-    let broker = Broker::open(config).await.map_err(|e| e.to_string())?;
+    let node = Node::open(config).await.map_err(|e| e.to_string())?;
     println!("listening on http://{listen}");
     let _ = std::io::stdout().flush();
-    let signal_broker = std::sync::Arc::clone(&broker);
+    let signal_node = node.clone();
     let shutdown = async move {
         signals.wait().await;
         eprintln!("tidelog: shutting down");
         // Ends long-polls and streams so the graceful shutdown below does not wait on them.
-        signal_broker.begin_shutdown();
+        signal_node.begin_shutdown();
     };
-    tidelog::http::serve(std::sync::Arc::clone(&broker), listener, shutdown)
+    tidelog::http::serve(node.clone(), listener, shutdown)
         .await
         .map_err(|e| e.to_string())?;
-    broker
-        .close()
+    node.close()
         .await
         .map_err(|e| format!("clean shutdown failed: {e}"))?;
     eprintln!("tidelog: stopped cleanly");

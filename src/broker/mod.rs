@@ -30,7 +30,6 @@ pub use error::BrokerError;
 pub use partition::{Fetched, Partition, PartitionStats, Progress, now_ms};
 
 use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
-use crate::groups::GroupCoordinator;
 use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 use crate::log::{sync_dir, write_file_atomic};
@@ -167,10 +166,8 @@ pub struct Broker {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serializes topic creation, deletion and expansion (admin paths, not the hot path).
     admin: tokio::sync::Mutex<()>,
-    /// Flipped once on shutdown; long-polls and streams end when they see it.
+    /// Flipped once on shutdown; long-polls, streams and background tasks end when they see it.
     shutdown: watch::Sender<bool>,
-    /// Consumer groups and their committed offsets (held here so every handler reaches it).
-    pub groups: GroupCoordinator,
 }
 
 impl Broker {
@@ -186,12 +183,11 @@ impl Broker {
             std::fs::remove_file(&marker).map_err(io)?;
             sync_dir(&config.data_dir).map_err(io)?;
         }
-        let broker = Arc::new_cyclic(|weak| Broker {
+        let broker = Arc::new(Broker {
             config,
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             shutdown: watch::Sender::new(false),
-            groups: GroupCoordinator::new(weak.clone()),
         });
         for entry in std::fs::read_dir(&topics_dir).map_err(io)? {
             let dir = entry.map_err(io)?.path();
@@ -203,14 +199,11 @@ impl Broker {
             let topic = broker.open_topic(&dir, &meta.name, meta.partitions, meta.config, clean)?;
             broker.topics_write().insert(meta.name, topic);
         }
-        // Committed offsets are replayed from `__consumer_offsets`, opened just above.
-        broker.groups.start(&broker)?;
         // Leftovers of deletions interrupted by a crash.
         let trash = broker.config.data_dir.join("trash");
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&trash).and_then(|()| std::fs::create_dir_all(&trash));
         });
-        tokio::spawn(Arc::clone(&broker).run_retention());
         Ok(broker)
     }
 
@@ -673,7 +666,9 @@ impl Broker {
         Ok(())
     }
 
-    async fn run_retention(self: Arc<Self>) {
+    /// The retention and compaction task; ends at shutdown. The [`crate::node::Node`] spawns
+    /// and owns it.
+    pub async fn run_retention(self: Arc<Self>) {
         let mut shutdown = self.shutdown_signal();
         let every = Duration::from_millis(self.config.retention_check_interval_ms.max(10));
         loop {

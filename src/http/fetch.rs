@@ -1,6 +1,7 @@
 //! Fetch (`GET .../partitions/{p}/records`): the fetch query, its bounds, and the long-poll.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
@@ -8,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
 use super::json_response;
@@ -99,7 +99,7 @@ impl FetchBounds {
 }
 
 pub async fn fetch(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path((topic, partition)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {

@@ -73,13 +73,13 @@ pub struct JoinBody {
 }
 
 pub async fn join(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: JoinBody = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
-    let member = broker.groups.join(
+    let req: JoinBody = read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    let member = node.groups.join(
         &group,
         &req.topics,
         req.session_timeout_ms,
@@ -89,18 +89,18 @@ pub async fn join(
 }
 
 pub async fn heartbeat(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path((group, member)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let view = broker.groups.heartbeat(&group, &member)?;
+    let view = node.groups.heartbeat(&group, &member)?;
     Ok(axum::Json(view).into_response())
 }
 
 pub async fn leave(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path((group, member)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    broker.groups.leave(&group, &member)?;
+    node.groups.leave(&group, &member)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -119,7 +119,7 @@ pub struct MemberFetchQuery {
 /// from the group's positions, each tagged with topic, partition and offset, plus
 /// `next_offsets` to commit once they are processed.
 pub async fn member_fetch(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path((group, member)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
@@ -128,7 +128,7 @@ pub async fn member_fetch(
         q.max_records.as_deref(),
         q.max_bytes.as_deref(),
         q.wait_ms.as_deref(),
-        broker.limits(),
+        node.limits(),
     )?;
     let auto_commit = match q.auto_commit.as_deref() {
         None | Some("false") => false,
@@ -139,7 +139,7 @@ pub async fn member_fetch(
             )));
         }
     };
-    let fetched = broker
+    let fetched = node
         .groups
         .fetch(
             &group,
@@ -179,8 +179,7 @@ pub async fn member_fetch(
     }
     let view = &fetched.member;
     if auto_commit && !next_offsets.is_empty() {
-        broker
-            .groups
+        node.groups
             .commit(
                 &group,
                 Some((&view.member_id, view.generation)),
@@ -233,12 +232,12 @@ pub struct CommitBody {
 }
 
 pub async fn commit(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: CommitBody = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    let req: CommitBody = read_json(&headers, body, node.limits().request_body_bytes_max).await?;
     let fence = match (&req.member_id, req.generation) {
         (Some(member), Some(generation)) => Some((member.as_str(), generation)),
         (None, None) => None,
@@ -253,15 +252,15 @@ pub async fn commit(
         .iter()
         .map(|o| (TopicPartition::new(o.topic.clone(), o.partition), o.offset))
         .collect();
-    broker.groups.commit(&group, fence, &offsets).await?;
+    node.groups.commit(&group, fence, &offsets).await?;
     Ok(axum::Json(json!({"group": group, "committed": offsets_json(&offsets)})).into_response())
 }
 
 pub async fn committed(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
-    let offsets = broker.groups.committed(&group)?;
+    let offsets = node.groups.committed(&group)?;
     Ok(axum::Json(json!({"group": group, "offsets": offsets})).into_response())
 }
 
@@ -278,12 +277,12 @@ pub struct ResetBody {
 }
 
 pub async fn reset(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path(group): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: ResetBody = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    let req: ResetBody = read_json(&headers, body, node.limits().request_body_bytes_max).await?;
     let to = match (req.to.as_str(), req.timestamp_ms, req.offset) {
         ("earliest", None, None) => ResetTo::Earliest,
         ("latest", None, None) => ResetTo::Latest,
@@ -295,7 +294,7 @@ pub async fn reset(
             ));
         }
     };
-    let offsets = broker
+    let offsets = node
         .groups
         .reset_offsets(&group, req.topics.as_deref(), to)
         .await?;
@@ -303,21 +302,21 @@ pub async fn reset(
 }
 
 pub async fn describe(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(axum::Json(broker.groups.describe(&group)?).into_response())
+    Ok(axum::Json(node.groups.describe(&group)?).into_response())
 }
 
-pub async fn list(State(broker): State<AppState>) -> Response {
-    axum::Json(json!({"groups": broker.groups.list()})).into_response()
+pub async fn list(State(node): State<AppState>) -> Response {
+    axum::Json(json!({"groups": node.groups.list()})).into_response()
 }
 
 pub async fn delete(
-    State(broker): State<AppState>,
+    State(node): State<AppState>,
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
-    broker.groups.delete_group(&group).await?;
+    node.groups.delete_group(&group).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

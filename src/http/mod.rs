@@ -1,7 +1,8 @@
 //! The HTTP API (v1): axum routes, one file per resource.
 //!
 //! Architecture invariant: the HTTP layer never touches a file. Handlers parse and check the
-//! request, call the [`Broker`], and render its answer; every failure leaves as
+//! request, call the [`Broker`] or the group coordinator (both reached through the
+//! [`Node`], the handlers' state), and render its answer; every failure leaves as
 //! `application/problem+json` ([`error::ApiError`]).
 //!
 //! Body limits: no extractor buffers a body on its own; [`body::read_limited`] reads it with
@@ -27,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{FromRef, MatchedPath, Request};
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
@@ -38,11 +39,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::Broker;
+use crate::groups::GroupCoordinator;
 use crate::metrics as m;
+use crate::node::Node;
 use error::ApiError;
 
-/// Shared state of every handler.
-pub type AppState = Arc<Broker>;
+/// Shared state of every handler: the node. A handler that needs one layer extracts it
+/// (`State<Arc<Broker>>`, `State<Arc<GroupCoordinator>>`).
+pub type AppState = Node;
+
+impl FromRef<Node> for Arc<Broker> {
+    fn from_ref(node: &Node) -> Arc<Broker> {
+        Arc::clone(&node.broker)
+    }
+}
+
+impl FromRef<Node> for Arc<GroupCoordinator> {
+    fn from_ref(node: &Node) -> Arc<GroupCoordinator> {
+        Arc::clone(&node.groups)
+    }
+}
 
 /// Every route of the API: path template, then each method with its handler.
 ///
@@ -151,7 +167,7 @@ pub fn route_table() -> Vec<(&'static str, Vec<Method>)> {
 }
 
 /// Builds the router with every route of the API.
-pub fn router(broker: Arc<Broker>) -> Router {
+pub fn router(node: Node) -> Router {
     // Installed before the first request so nothing recorded is lost.
     crate::metrics::install();
     let mut router = Router::new();
@@ -166,7 +182,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(record_metrics))
-        .with_state(broker)
+        .with_state(node)
 }
 
 async fn not_found() -> ApiError {
@@ -211,12 +227,12 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 
 /// Serves the API until `shutdown` resolves; then finishes in-flight requests and returns.
 pub async fn serve(
-    broker: Arc<Broker>,
+    node: Node,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let limit = Arc::new(Semaphore::new(broker.limits().connections_max as usize));
-    let app = router(broker);
+    let limit = Arc::new(Semaphore::new(node.limits().connections_max as usize));
+    let app = router(node);
     let listener = LimitedListener {
         inner: listener,
         limit,

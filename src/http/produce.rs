@@ -1,6 +1,7 @@
 //! Produce (`POST .../records`): the query, then the body by content type (JSON whole,
 //! NDJSON streamed, octet-stream as one record), handed to the broker as one slice of records.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,7 +10,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::{
     bounded, content_type, parse_query, parse_u64, read_limited, unsupported_media_type,
 };
@@ -63,7 +63,7 @@ fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams>
 }
 
 pub async fn produce(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path(topic): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,

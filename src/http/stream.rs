@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
 
-use super::AppState;
 use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
 use super::fetch::{fetch_waiting, start_offset};
@@ -49,7 +48,7 @@ struct StreamState {
 }
 
 pub async fn sse(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path((topic, partition)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,

@@ -1,11 +1,13 @@
 //! Health, readiness, cluster view and the OpenAPI document.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
+use crate::broker::Broker;
 
 /// The OpenAPI spec, embedded at build time from `openapi/tidelog.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi/tidelog.json");
@@ -15,7 +17,7 @@ pub async fn healthz() -> Response {
 }
 
 /// Ready while not shutting down and no partition has stopped taking writes.
-pub async fn readyz(State(broker): State<AppState>) -> Response {
+pub async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
     let failed: Vec<String> = broker
         .topics()
         .iter()
@@ -30,7 +32,7 @@ pub async fn readyz(State(broker): State<AppState>) -> Response {
     axum::Json(json!({"status": "ready"})).into_response()
 }
 
-pub async fn cluster(State(broker): State<AppState>) -> Response {
+pub async fn cluster(State(broker): State<Arc<Broker>>) -> Response {
     axum::Json(json!({
         "cluster_id": "tidelog-single-node",
         "controller": 1,

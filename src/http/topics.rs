@@ -1,5 +1,7 @@
 //! Topic admin: create, list, describe, change config, delete, expand, delete-records.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -7,10 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::body::{parse_u64, read_json};
 use super::error::{ApiError, ApiResult};
-use crate::broker::{BrokerError, Topic};
+use crate::broker::{Broker, BrokerError, Topic};
 use crate::config::TopicConfig;
 
 /// Body of `POST /v1/topics`.
@@ -25,7 +26,7 @@ pub struct CreateTopic {
 }
 
 pub async fn create(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -48,7 +49,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(describe_topic(&topic))).into_response())
 }
 
-pub async fn list(State(broker): State<AppState>) -> Response {
+pub async fn list(State(broker): State<Arc<Broker>>) -> Response {
     let topics: Vec<Value> = broker
         .topics()
         .iter()
@@ -58,7 +59,7 @@ pub async fn list(State(broker): State<AppState>) -> Response {
 }
 
 pub async fn describe(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path(topic): Path<String>,
 ) -> ApiResult<Response> {
     let topic = broker.topic(&topic)?;
@@ -66,7 +67,7 @@ pub async fn describe(
 }
 
 pub async fn update_config(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -89,7 +90,7 @@ pub async fn update_config(
 }
 
 pub async fn delete(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path(topic): Path<String>,
 ) -> ApiResult<StatusCode> {
     refuse_internal(&topic)?;
@@ -104,7 +105,7 @@ pub struct Expand {
 }
 
 pub async fn expand(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -122,7 +123,7 @@ pub struct DeleteRecords {
 }
 
 pub async fn delete_records(
-    State(broker): State<AppState>,
+    State(broker): State<Arc<Broker>>,
     Path((topic, partition)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,

@@ -1,0 +1,497 @@
+//! The group coordinator: the registry of every group of this node and the calls on it.
+//!
+//! Failure policy: a call that breaks no rule changes memory only after what it must write
+//! (commits, tombstones) is fsynced in `__consumer_offsets`; a failed write changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::assignor::TopicPartition;
+use super::error::GroupError;
+use super::group::{Group, Member, OffsetReset};
+use super::offsets::{self, OffsetValue};
+use super::views::{
+    CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, publish_lag,
+};
+use crate::broker::{Broker, BrokerError, now_ms, validate_topic_name};
+
+/// Session timeout of a member that does not ask for one.
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// What a reset moves a group's committed offsets to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    /// The first offset whose timestamp is at or after this time.
+    Timestamp(i64),
+    /// This offset, which must be inside the readable range.
+    Offset(u64),
+}
+
+/// Owns every group of this broker.
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    /// The broker whose topics the groups read and whose `__consumer_offsets` stores commits.
+    pub(super) broker: Arc<Broker>,
+    /// std mutex: held only for in-memory bookkeeping, never across `.await`.
+    groups: Mutex<BTreeMap<String, Group>>,
+    /// Randomness for member ids.
+    ids: std::collections::hash_map::RandomState,
+    /// Counter for member ids.
+    sequence: AtomicU64,
+}
+
+impl GroupCoordinator {
+    /// A coordinator over `broker`, with committed offsets replayed from `__consumer_offsets`.
+    /// Its owner runs [`super::sessions::run_sessions`] beside it.
+    pub fn open(broker: Arc<Broker>) -> Result<GroupCoordinator, BrokerError> {
+        let mut groups = BTreeMap::new();
+        offsets::replay(&broker, |group, tp, value| {
+            let g: &mut Group = groups.entry(group).or_insert_with(Group::new);
+            match value {
+                Some(v) => {
+                    g.committed.insert(tp, v);
+                }
+                None => {
+                    g.committed.remove(&tp);
+                }
+            }
+        })?;
+        groups.retain(|_, g| !g.committed.is_empty());
+        Ok(GroupCoordinator {
+            broker,
+            groups: Mutex::new(groups),
+            ids: std::collections::hash_map::RandomState::new(),
+            sequence: AtomicU64::new(0),
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Group>> {
+        self.groups
+            .lock()
+            .expect("the groups registry lock is not poisoned")
+    }
+
+    fn new_member_id(&self) -> String {
+        let mut h = self.ids.build_hasher();
+        h.write_u64(self.sequence.fetch_add(1, Ordering::Relaxed));
+        h.write_i64(now_ms());
+        format!("member-{:016x}", h.finish())
+    }
+
+    /// Adds a member subscribed to `topics`; the group rebalances at once.
+    pub fn join(
+        &self,
+        group: &str,
+        topics: &[String],
+        session_timeout_ms: Option<u64>,
+        auto_offset_reset: Option<OffsetReset>,
+    ) -> Result<MemberView, GroupError> {
+        let broker = &self.broker;
+        let limits = broker.limits();
+        validate_group_name(group)?;
+        if topics.is_empty() {
+            return Err(GroupError::InvalidRequest(
+                "'topics' must name at least one topic".into(),
+            ));
+        }
+        if topics.len() as u64 > u64::from(limits.group_topics_max) {
+            return Err(GroupError::LimitExceeded {
+                limit_name: "group_topics_max",
+                limit: u64::from(limits.group_topics_max),
+                detail: format!("a member subscribes to {} topics", topics.len()),
+            });
+        }
+        for t in topics {
+            validate_topic_name(t)?;
+        }
+        let timeout_ms = session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS_DEFAULT.clamp(
+            limits.group_session_timeout_ms_min,
+            limits.group_session_timeout_ms_max,
+        ));
+        if timeout_ms < limits.group_session_timeout_ms_min {
+            return Err(GroupError::LimitExceeded {
+                limit_name: "group_session_timeout_ms_min",
+                limit: limits.group_session_timeout_ms_min,
+                detail: format!(
+                    "session_timeout_ms must be at least {}",
+                    limits.group_session_timeout_ms_min
+                ),
+            });
+        }
+        if timeout_ms > limits.group_session_timeout_ms_max {
+            return Err(GroupError::LimitExceeded {
+                limit_name: "group_session_timeout_ms_max",
+                limit: limits.group_session_timeout_ms_max,
+                detail: format!(
+                    "session_timeout_ms must be at most {}",
+                    limits.group_session_timeout_ms_max
+                ),
+            });
+        }
+        let mut groups = self.lock();
+        if !groups.contains_key(group) && groups.len() as u64 >= u64::from(limits.groups_max) {
+            return Err(GroupError::LimitExceeded {
+                limit_name: "groups_max",
+                limit: u64::from(limits.groups_max),
+                detail: format!("the broker already has {} groups", limits.groups_max),
+            });
+        }
+        let g = groups.entry(group.to_string()).or_insert_with(Group::new);
+        if g.members.len() as u64 >= u64::from(limits.group_members_max) {
+            return Err(GroupError::LimitExceeded {
+                limit_name: "group_members_max",
+                limit: u64::from(limits.group_members_max),
+                detail: format!(
+                    "group '{group}' already has {} members",
+                    limits.group_members_max
+                ),
+            });
+        }
+        if let Some(reset) = auto_offset_reset {
+            g.auto_offset_reset = reset;
+        }
+        let id = self.new_member_id();
+        let session_timeout = Duration::from_millis(timeout_ms);
+        g.members.insert(
+            id.clone(),
+            Member {
+                topics: topics.iter().cloned().collect(),
+                session_timeout,
+                deadline: Instant::now() + session_timeout,
+            },
+        );
+        g.rebalance(group, broker);
+        Ok(g.view(group, &id))
+    }
+
+    /// Keeps the member's session alive; answers its current generation and assignment.
+    pub fn heartbeat(&self, group: &str, member: &str) -> Result<MemberView, GroupError> {
+        let broker = &self.broker;
+        let mut groups = self.lock();
+        let g = member_group(&mut groups, group, member)?;
+        let m = g.members.get_mut(member).expect("checked by member_group");
+        m.deadline = Instant::now() + m.session_timeout;
+        g.refresh(group, broker);
+        Ok(g.view(group, member))
+    }
+
+    /// Removes the member; the rest of the group rebalances at once.
+    pub fn leave(&self, group: &str, member: &str) -> Result<(), GroupError> {
+        let broker = &self.broker;
+        let mut groups = self.lock();
+        let g = member_group(&mut groups, group, member)?;
+        g.members.remove(member);
+        g.rebalance(group, broker);
+        if g.members.is_empty() && g.committed.is_empty() {
+            g.retire_gauges(group);
+            groups.remove(group);
+        }
+        Ok(())
+    }
+
+    /// Commits offsets (the next offset to read) durably. `fence` is the member and the
+    /// generation its records came from; `None` (no membership) only while the group has
+    /// no members.
+    pub async fn commit(
+        &self,
+        group: &str,
+        fence: Option<(&str, u32)>,
+        offsets: &[(TopicPartition, u64)],
+    ) -> Result<(), GroupError> {
+        let broker = &self.broker;
+        validate_group_name(group)?;
+        self.check_offsets(broker, offsets)?;
+        for _attempt in 0..3 {
+            let lock = self.with_group_for_commit(broker, group, fence.is_none(), |g| {
+                g.check_commit(group, fence, offsets)?;
+                Ok(Arc::clone(&g.offset_writes))
+            })?;
+            let _serial = lock.lock().await;
+            // The group may have changed while we waited for the lock: check again.
+            let same = self.with_group_for_commit(broker, group, fence.is_none(), |g| {
+                g.check_commit(group, fence, offsets)?;
+                Ok(Arc::ptr_eq(&g.offset_writes, &lock))
+            })?;
+            if !same {
+                continue;
+            }
+            let now = now_ms();
+            let writes: Vec<offsets::OffsetWrite> = offsets
+                .iter()
+                .map(|(tp, offset)| {
+                    let value = OffsetValue {
+                        offset: *offset,
+                        committed_at_ms: now,
+                        member_id: fence.map(|(m, _)| m.to_string()),
+                        generation: fence.map(|(_, g)| g),
+                    };
+                    (tp.clone(), Some(value))
+                })
+                .collect();
+            offsets::append(broker, group, &writes).await?;
+            let mut groups = self.lock();
+            let g = groups.entry(group.to_string()).or_insert_with(Group::new);
+            for (tp, value) in writes {
+                g.pinned.remove(&tp);
+                g.committed.insert(tp, value.expect("commits have values"));
+            }
+            publish_lag(group, g, broker);
+            return Ok(());
+        }
+        Err(GroupError::Conflict(format!(
+            "group '{group}' was deleted or recreated during the commit; retry"
+        )))
+    }
+
+    /// Every committed partition exists and every offset is at most its high watermark.
+    fn check_offsets(
+        &self,
+        broker: &Broker,
+        offsets: &[(TopicPartition, u64)],
+    ) -> Result<(), GroupError> {
+        let max = broker.limits().group_commit_offsets_max;
+        if offsets.is_empty() {
+            return Err(GroupError::InvalidRequest(
+                "'offsets' must hold at least one offset".into(),
+            ));
+        }
+        if offsets.len() as u64 > u64::from(max) {
+            return Err(GroupError::LimitExceeded {
+                limit_name: "group_commit_offsets_max",
+                limit: u64::from(max),
+                detail: format!("{} offsets in one commit", offsets.len()),
+            });
+        }
+        let distinct: BTreeSet<&TopicPartition> = offsets.iter().map(|(tp, _)| tp).collect();
+        if distinct.len() != offsets.len() {
+            return Err(GroupError::InvalidRequest(
+                "a partition appears twice in one commit".into(),
+            ));
+        }
+        for (tp, offset) in offsets {
+            let partition = broker
+                .topic(&tp.topic)?
+                .partition(u64::from(tp.partition))?;
+            let progress = partition.progress();
+            if *offset > progress.high_watermark {
+                return Err(BrokerError::OffsetOutOfRange {
+                    offset: *offset,
+                    log_start_offset: progress.log_start_offset,
+                    high_watermark: progress.high_watermark,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the group under the lock; creates it (within `groups_max`) if `create`.
+    fn with_group_for_commit<T>(
+        &self,
+        broker: &Broker,
+        group: &str,
+        create: bool,
+        f: impl FnOnce(&mut Group) -> Result<T, GroupError>,
+    ) -> Result<T, GroupError> {
+        let mut groups = self.lock();
+        if !groups.contains_key(group) {
+            if !create {
+                return Err(GroupError::GroupNotFound(group.to_string()));
+            }
+            let max = broker.limits().groups_max;
+            if groups.len() as u64 >= u64::from(max) {
+                return Err(GroupError::LimitExceeded {
+                    limit_name: "groups_max",
+                    limit: u64::from(max),
+                    detail: format!("the broker already has {max} groups"),
+                });
+            }
+            groups.insert(group.to_string(), Group::new());
+        }
+        f(groups.get_mut(group).expect("present"))
+    }
+
+    /// The group's committed offsets.
+    pub fn committed(&self, group: &str) -> Result<Vec<CommittedOffset>, GroupError> {
+        let groups = self.lock();
+        let g = groups
+            .get(group)
+            .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
+        Ok(g.committed
+            .iter()
+            .map(|(tp, v)| CommittedOffset {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset: v.offset,
+                committed_at_ms: v.committed_at_ms,
+            })
+            .collect())
+    }
+
+    /// Moves the committed offsets of an empty group. `topics`: all partitions of these
+    /// topics; `None` means the topics the group has committed offsets for.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topics: Option<&[String]>,
+        to: ResetTo,
+    ) -> Result<Vec<(TopicPartition, u64)>, GroupError> {
+        let broker = &self.broker;
+        validate_group_name(group)?;
+        let topics: Vec<String> = match topics {
+            Some(t) if !t.is_empty() => t.to_vec(),
+            _ => {
+                let groups = self.lock();
+                let g = groups
+                    .get(group)
+                    .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
+                let set: BTreeSet<String> = g.committed.keys().map(|tp| tp.topic.clone()).collect();
+                set.into_iter().collect()
+            }
+        };
+        let mut offsets = Vec::new();
+        for name in &topics {
+            let topic = broker.topic(name)?;
+            for partition in topic.partitions() {
+                let progress = partition.progress();
+                let offset = match to {
+                    ResetTo::Earliest => progress.log_start_offset,
+                    ResetTo::Latest => progress.high_watermark,
+                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts)?,
+                    ResetTo::Offset(o)
+                        if o < progress.log_start_offset || o > progress.high_watermark =>
+                    {
+                        return Err(BrokerError::OffsetOutOfRange {
+                            offset: o,
+                            log_start_offset: progress.log_start_offset,
+                            high_watermark: progress.high_watermark,
+                        }
+                        .into());
+                    }
+                    ResetTo::Offset(o) => o,
+                };
+                offsets.push((TopicPartition::new(name.clone(), partition.id), offset));
+            }
+        }
+        if offsets.is_empty() {
+            return Err(GroupError::InvalidRequest(
+                "no partitions to reset: name the topics".into(),
+            ));
+        }
+        for chunk in offsets.chunks(broker.limits().group_commit_offsets_max.max(1) as usize) {
+            self.commit(group, None, chunk).await?;
+        }
+        Ok(offsets)
+    }
+
+    /// Deletes a group without members, and its committed offsets (tombstones, fsynced).
+    pub async fn delete_group(&self, group: &str) -> Result<(), GroupError> {
+        let broker = &self.broker;
+        let lock = {
+            let groups = self.lock();
+            let g = groups
+                .get(group)
+                .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
+            Arc::clone(&g.offset_writes)
+        };
+        let _serial = lock.lock().await;
+        let tombstones: Vec<offsets::OffsetWrite> = {
+            let groups = self.lock();
+            let g = groups
+                .get(group)
+                .filter(|g| Arc::ptr_eq(&g.offset_writes, &lock))
+                .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
+            if !g.members.is_empty() {
+                return Err(GroupError::GroupNotEmpty {
+                    group: group.to_string(),
+                    members: g.members.len() as u32,
+                });
+            }
+            g.committed.keys().map(|tp| (tp.clone(), None)).collect()
+        };
+        offsets::append(broker, group, &tombstones).await?;
+        let mut groups = self.lock();
+        // A member may have joined while the tombstones were written: keep the group then.
+        if let Some(g) = groups.get_mut(group) {
+            g.committed.clear();
+            g.pinned.clear();
+            if g.members.is_empty() {
+                g.retire_gauges(group);
+                groups.remove(group);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self, group: &str) -> Result<GroupDescription, GroupError> {
+        let broker = &self.broker;
+        let mut groups = self.lock();
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
+        g.refresh(group, broker);
+        let now = Instant::now();
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| MemberDescription {
+                member_id: id.clone(),
+                topics: m.topics.iter().cloned().collect(),
+                session_timeout_ms: m.session_timeout.as_millis() as u64,
+                expires_in_ms: m.deadline.saturating_duration_since(now).as_millis() as u64,
+                assignment: g.assignment_of(id),
+            })
+            .collect();
+        Ok(GroupDescription {
+            group: group.to_string(),
+            state: g.state(),
+            generation: g.generation,
+            auto_offset_reset: g.auto_offset_reset,
+            rebalances: g.rebalances,
+            members,
+            partitions: publish_lag(group, g, broker),
+        })
+    }
+
+    pub fn list(&self) -> Vec<GroupSummary> {
+        self.lock()
+            .iter()
+            .map(|(name, g)| GroupSummary {
+                group: name.clone(),
+                state: g.state(),
+                generation: g.generation,
+                members: g.members.len() as u32,
+                committed_partitions: g.committed.len() as u32,
+            })
+            .collect()
+    }
+}
+
+pub(super) fn member_group<'a>(
+    groups: &'a mut BTreeMap<String, Group>,
+    group: &str,
+    member: &str,
+) -> Result<&'a mut Group, GroupError> {
+    match groups.get_mut(group) {
+        Some(g) if g.members.contains_key(member) => Ok(g),
+        _ => Err(GroupError::MemberNotFound {
+            group: group.to_string(),
+            member: member.to_string(),
+        }),
+    }
+}
+
+/// Group names follow the topic name rule.
+pub fn validate_group_name(name: &str) -> Result<(), GroupError> {
+    validate_topic_name(name).map_err(|e| match e {
+        BrokerError::InvalidTopicName(why) => GroupError::InvalidGroupName(why),
+        other => GroupError::Broker(other),
+    })
+}

@@ -1,0 +1,284 @@
+//! One group's state machine: its members, who owns which partition since which generation,
+//! committed and pinned positions, and the rebalance that starts each generation.
+//!
+//! Pure bookkeeping under the coordinator's registry lock: nothing here awaits, and nothing
+//! here takes a partition's lock (positions read the partition's published progress only).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::assignor::{self, Assignment, TopicPartition};
+use super::error::GroupError;
+use super::offsets::OffsetValue;
+use super::views::{MemberView, lag_gauge};
+use crate::broker::{Broker, Partition};
+use crate::metrics as m;
+
+/// Where a group starts reading a partition it has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// The log start offset: nothing already in the log is skipped.
+    #[default]
+    Earliest,
+    /// The high watermark when the partition is first read; pinned in memory until a commit.
+    Latest,
+}
+
+#[derive(Debug)]
+pub(super) struct Group {
+    pub(super) generation: u32,
+    pub(super) members: BTreeMap<String, Member>,
+    /// Who owns each assigned partition and since which generation (commit fencing).
+    pub(super) owners: BTreeMap<TopicPartition, Owner>,
+    /// Durable committed offsets (replayed from `__consumer_offsets` on start).
+    pub(super) committed: BTreeMap<TopicPartition, OffsetValue>,
+    /// `latest` positions resolved for partitions without a commit; in memory only.
+    pub(super) pinned: BTreeMap<TopicPartition, u64>,
+    pub(super) auto_offset_reset: OffsetReset,
+    /// Partition counts of the subscribed topics at the last rebalance (expansion check).
+    pub(super) partition_counts: BTreeMap<String, u32>,
+    /// Publishes the generation; long-polling members wake when it moves.
+    pub(super) changes: watch::Sender<u32>,
+    /// Serializes this group's offset writes so memory follows the log's order.
+    pub(super) offset_writes: Arc<tokio::sync::Mutex<()>>,
+    pub(super) rebalances: u64,
+    /// Partitions with a lag gauge set, so gauges of partitions the group no longer reads
+    /// (and of a group that is gone) are zeroed rather than left stale.
+    pub(super) lag_published: BTreeSet<TopicPartition>,
+}
+
+#[derive(Debug)]
+pub(super) struct Member {
+    pub(super) topics: BTreeSet<String>,
+    pub(super) session_timeout: Duration,
+    /// The session ends here unless the member calls again.
+    pub(super) deadline: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Owner {
+    pub(super) member: String,
+    pub(super) since_generation: u32,
+}
+
+impl Group {
+    pub(super) fn new() -> Group {
+        Group {
+            generation: 0,
+            members: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            pinned: BTreeMap::new(),
+            auto_offset_reset: OffsetReset::default(),
+            partition_counts: BTreeMap::new(),
+            changes: watch::Sender::new(0),
+            offset_writes: Arc::new(tokio::sync::Mutex::new(())),
+            rebalances: 0,
+            lag_published: BTreeSet::new(),
+        }
+    }
+
+    /// Zeroes the gauges of a group that is being removed (series cannot be unregistered).
+    pub(super) fn retire_gauges(&mut self, group: &str) {
+        for tp in std::mem::take(&mut self.lag_published) {
+            lag_gauge(group, &tp).set(0.0);
+        }
+        ::metrics::gauge!(m::GROUP_MEMBERS, "group" => group.to_string()).set(0.0);
+    }
+
+    pub(super) fn state(&self) -> &'static str {
+        if self.members.is_empty() {
+            "empty"
+        } else {
+            "stable"
+        }
+    }
+
+    pub(super) fn assignment_of(&self, member: &str) -> Vec<TopicPartition> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| o.member == member)
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
+    pub(super) fn view(&self, group: &str, member: &str) -> MemberView {
+        MemberView {
+            group: group.to_string(),
+            member_id: member.to_string(),
+            generation: self.generation,
+            session_timeout_ms: self
+                .members
+                .get(member)
+                .map_or(0, |m| m.session_timeout.as_millis() as u64),
+            assignment: self.assignment_of(member),
+        }
+    }
+
+    pub(super) fn subscribed_counts(&self, broker: &Broker) -> BTreeMap<String, u32> {
+        let topics: BTreeSet<&String> = self.members.values().flat_map(|m| &m.topics).collect();
+        topics
+            .into_iter()
+            .map(|t| {
+                let n = broker.topic(t).map_or(0, |t| t.partition_count());
+                (t.clone(), n)
+            })
+            .collect()
+    }
+
+    /// Reassigns partitions among the current members and starts a new generation.
+    pub(super) fn rebalance(&mut self, group: &str, broker: &Broker) {
+        let counts = self.subscribed_counts(broker);
+        let subscriptions: BTreeMap<String, BTreeSet<String>> = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.topics.clone()))
+            .collect();
+        let mut previous = Assignment::new();
+        for (tp, owner) in &self.owners {
+            previous
+                .entry(owner.member.clone())
+                .or_default()
+                .insert(tp.clone());
+        }
+        let next = assignor::assign(&subscriptions, &counts, &previous);
+        self.generation += 1;
+        let mut owners = BTreeMap::new();
+        for (member, tps) in next {
+            for tp in tps {
+                let since = match self.owners.get(&tp) {
+                    Some(o) if o.member == member => o.since_generation,
+                    _ => self.generation,
+                };
+                owners.insert(
+                    tp,
+                    Owner {
+                        member: member.clone(),
+                        since_generation: since,
+                    },
+                );
+            }
+        }
+        self.owners = owners;
+        self.partition_counts = counts;
+        self.rebalances += 1;
+        self.changes.send_replace(self.generation);
+        ::metrics::counter!(m::GROUP_REBALANCES, "group" => group.to_string()).increment(1);
+        ::metrics::gauge!(m::GROUP_MEMBERS, "group" => group.to_string())
+            .set(self.members.len() as f64);
+    }
+
+    /// Rebalances if a subscribed topic changed its partition count (expansion, deletion).
+    pub(super) fn refresh(&mut self, group: &str, broker: &Broker) {
+        if !self.members.is_empty() && self.subscribed_counts(broker) != self.partition_counts {
+            self.rebalance(group, broker);
+        }
+    }
+
+    /// Removes members whose session ended; rebalances if any did.
+    pub(super) fn expire(&mut self, group: &str, broker: &Broker, now: Instant) -> usize {
+        let before = self.members.len();
+        self.members.retain(|_, m| m.deadline > now);
+        let expired = before - self.members.len();
+        if expired > 0 {
+            self.rebalance(group, broker);
+        }
+        expired
+    }
+
+    /// Where the group reads `tp` next, within the partition's readable range. Below the log
+    /// start (retention took it) reads from the log start; past the high watermark (the topic
+    /// was deleted and created again) is out of range, and `auto_offset_reset` decides.
+    pub(super) fn position(&mut self, tp: &TopicPartition, partition: &Partition) -> u64 {
+        let progress = partition.progress();
+        let stored = self
+            .committed
+            .get(tp)
+            .map(|c| c.offset)
+            .or(self.pinned.get(tp).copied());
+        match stored {
+            Some(o) if o <= progress.high_watermark => o.max(progress.log_start_offset),
+            _ => match self.auto_offset_reset {
+                OffsetReset::Earliest => progress.log_start_offset,
+                OffsetReset::Latest => {
+                    self.pinned.insert(tp.clone(), progress.high_watermark);
+                    progress.high_watermark
+                }
+            },
+        }
+    }
+
+    /// Position without pinning (describe must not change what a member will read).
+    pub(super) fn peek_position(&self, tp: &TopicPartition, partition: &Partition) -> u64 {
+        let progress = partition.progress();
+        let stored = self
+            .committed
+            .get(tp)
+            .map(|c| c.offset)
+            .or(self.pinned.get(tp).copied());
+        match stored {
+            Some(o) if o <= progress.high_watermark => o.max(progress.log_start_offset),
+            _ => match self.auto_offset_reset {
+                OffsetReset::Earliest => progress.log_start_offset,
+                OffsetReset::Latest => progress.high_watermark,
+            },
+        }
+    }
+
+    /// Checks that a commit may proceed; counts as the member's heartbeat.
+    pub(super) fn check_commit(
+        &mut self,
+        group: &str,
+        fence: Option<(&str, u32)>,
+        offsets: &[(TopicPartition, u64)],
+    ) -> Result<(), GroupError> {
+        let Some((member, generation)) = fence else {
+            if !self.members.is_empty() {
+                return Err(GroupError::GroupNotEmpty {
+                    group: group.to_string(),
+                    members: self.members.len() as u32,
+                });
+            }
+            return Ok(());
+        };
+        let Some(m) = self.members.get_mut(member) else {
+            return Err(GroupError::MemberNotFound {
+                group: group.to_string(),
+                member: member.to_string(),
+            });
+        };
+        m.deadline = Instant::now() + m.session_timeout;
+        if generation > self.generation {
+            return Err(GroupError::StaleGeneration {
+                detail: format!(
+                    "generation {generation} is newer than the group's {}",
+                    self.generation
+                ),
+                generation: self.generation,
+            });
+        }
+        for (tp, _) in offsets {
+            let owned = self
+                .owners
+                .get(tp)
+                .is_some_and(|o| o.member == member && o.since_generation <= generation);
+            if !owned {
+                return Err(GroupError::StaleGeneration {
+                    detail: format!(
+                        "member '{member}' has not owned {}/{} since generation {generation} \
+                         (the group is at generation {}); it cannot commit it",
+                        tp.topic, tp.partition, self.generation
+                    ),
+                    generation: self.generation,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! Member sessions: every member call is a heartbeat; this task removes members whose session
+//! ran out and rebalances their groups, notices partition expansion and refreshes lag gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::coordinator::GroupCoordinator;
+use super::views::publish_lag;
+
+/// The session task wakes at least this often (expansion checks, lag gauges).
+const SESSION_TICK: Duration = Duration::from_secs(1);
+
+/// The session task: wakes at the earliest deadline (at least every [`SESSION_TICK`]) and
+/// expires members. Ends at shutdown. Driven by tokio time, so tests run it with paused time.
+pub async fn run_sessions(groups: Arc<GroupCoordinator>) {
+    let mut shutdown = groups.broker.shutdown_signal();
+    let mut ticks = 0u64;
+    loop {
+        ticks += 1;
+        // Lag gauges every fifth tick: they are for dashboards, not for control.
+        let next = groups.tick(Instant::now(), ticks.is_multiple_of(5));
+        let cap = Instant::now() + SESSION_TICK;
+        let wake = next.map_or(cap, |d| d.min(cap));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+impl GroupCoordinator {
+    /// One pass of the session task: expires members, notices expansions, refreshes lag.
+    /// Returns the earliest session deadline left.
+    pub fn tick(&self, now: Instant, publish: bool) -> Option<Instant> {
+        let broker = &self.broker;
+        let mut groups = self.lock();
+        let mut emptied = Vec::new();
+        for (name, g) in groups.iter_mut() {
+            if g.members.is_empty() {
+                continue;
+            }
+            g.expire(name, broker, now);
+            g.refresh(name, broker);
+            if g.members.is_empty() && g.committed.is_empty() {
+                emptied.push(name.clone());
+            } else if publish {
+                publish_lag(name, g, broker);
+            }
+        }
+        for name in emptied {
+            if let Some(mut g) = groups.remove(&name) {
+                g.retire_gauges(&name);
+            }
+        }
+        groups
+            .values()
+            .flat_map(|g| g.members.values().map(|m| m.deadline))
+            .min()
+    }
+}

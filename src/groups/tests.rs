@@ -1,0 +1,334 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::group::Group;
+use super::sessions::run_sessions;
+use super::*;
+use crate::broker::{Broker, BrokerError};
+use crate::config::BrokerConfig;
+
+/// A broker with topic `topic` and a coordinator over it, its session task running (as the
+/// node runs it).
+async fn open_broker(
+    dir: &std::path::Path,
+    topic: &str,
+    partitions: u32,
+) -> (Arc<Broker>, Arc<GroupCoordinator>) {
+    let config = BrokerConfig {
+        data_dir: dir.to_path_buf(),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::open(config).await.expect("broker opens");
+    if broker.topic(topic).is_err() {
+        broker
+            .create_topic(topic, partitions, Default::default(), false)
+            .await
+            .expect("topic created");
+    }
+    let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker)).expect("offsets replay"));
+    tokio::spawn(run_sessions(Arc::clone(&groups)));
+    (broker, groups)
+}
+
+fn topics(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every partition of `t` (with `n` partitions) is owned by exactly one of `views`,
+/// and all views are of one generation.
+fn assert_exactly_once(views: &[MemberView], n: u32) {
+    let generation = views[0].generation;
+    let mut seen = BTreeSet::new();
+    for v in views {
+        assert_eq!(v.generation, generation, "one generation");
+        for tp in &v.assignment {
+            assert!(seen.insert(tp.clone()), "{tp:?} owned twice");
+        }
+    }
+    let all: BTreeSet<TopicPartition> = (0..n).map(|p| TopicPartition::new("t", p)).collect();
+    assert_eq!(seen, all);
+}
+
+/// Joins group `g` subscribed to topic `t` with the given session timeout.
+fn join_t(groups: &GroupCoordinator, session_timeout_ms: u64) -> MemberView {
+    groups
+        .join("g", &topics(&["t"]), Some(session_timeout_ms), None)
+        .unwrap()
+}
+
+fn heartbeat_all(groups: &GroupCoordinator, ids: &[&str]) -> Vec<MemberView> {
+    ids.iter()
+        .map(|id| groups.heartbeat("g", id).expect("alive"))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_members_own_every_partition_once_and_a_leaver_hands_its_own_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 7).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let v = join_t(&groups, 10_000);
+        ids.push(v.member_id);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let before = heartbeat_all(&groups, &ids);
+    assert_exactly_once(&before, 7);
+    assert_eq!(before[0].generation, 3);
+    for v in &before {
+        assert!((2..=3).contains(&v.assignment.len()), "balanced: {v:?}");
+    }
+
+    groups.leave("g", ids[1]).unwrap();
+    assert!(matches!(
+        groups.heartbeat("g", ids[1]),
+        Err(GroupError::MemberNotFound { .. })
+    ));
+    let after = heartbeat_all(&groups, &[ids[0], ids[2]]);
+    assert_exactly_once(&after, 7);
+    assert_eq!(after[0].generation, 4);
+    // Sticky: the survivors kept what they had; only the leaver's partitions moved.
+    for (b, a) in [(&before[0], &after[0]), (&before[2], &after[1])] {
+        for tp in &b.assignment {
+            assert!(
+                a.assignment.contains(tp),
+                "{tp:?} stayed with {}",
+                a.member_id
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_member_is_removed_after_its_session_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 4).await;
+    let silent = join_t(&groups, 3_000);
+    let live = join_t(&groups, 3_000);
+    assert_eq!(live.assignment.len(), 2);
+    // The live member heartbeats every second; the silent one never calls again.
+    for second in 1..=2 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        groups.heartbeat("g", &live.member_id).unwrap();
+        let d = groups.describe("g").unwrap();
+        assert_eq!(d.members.len(), 2, "still inside the session at {second}s");
+    }
+    // Past the 3 s session (and the task's 1 s tick), the silent member is gone.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        groups.heartbeat("g", &live.member_id).unwrap();
+    }
+    assert!(matches!(
+        groups.heartbeat("g", &silent.member_id),
+        Err(GroupError::MemberNotFound { .. })
+    ));
+    let v = groups.heartbeat("g", &live.member_id).unwrap();
+    assert_eq!(
+        v.assignment.len(),
+        4,
+        "the live member took every partition"
+    );
+    assert!(v.generation > live.generation);
+    // Expiry is driven by the session task, not by the heartbeat: a group whose only
+    // member goes silent is emptied too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(matches!(
+        groups.describe("g"),
+        Err(GroupError::GroupNotFound(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_longer_than_the_session_keeps_the_member_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
+    let v = join_t(&groups, 2_000);
+    let fetched = groups
+        .fetch("g", &v.member_id, 10, 1 << 20, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(fetched.parts.is_empty(), "nothing was produced");
+    // 20 s passed in the poll, ten sessions; the member is still there, and then
+    // expires once it goes silent.
+    groups.heartbeat("g", &v.member_id).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(matches!(
+        groups.heartbeat("g", &v.member_id),
+        Err(GroupError::MemberNotFound { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn commits_are_fenced_by_the_generation_a_partition_was_owned_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
+    let a = join_t(&groups, 10_000);
+    assert_eq!(a.assignment.len(), 2);
+    let b = join_t(&groups, 10_000);
+    let lost = b.assignment[0].clone();
+    let kept = groups.heartbeat("g", &a.member_id).unwrap().assignment[0].clone();
+    let mut groups = groups.lock();
+    let g = groups.get_mut("g").unwrap();
+    // a lost `lost` in generation 2: its generation-1 commit of it is refused.
+    let refused = g.check_commit("g", Some((&a.member_id, a.generation)), &[(lost, 0)]);
+    assert!(
+        matches!(
+            refused,
+            Err(GroupError::StaleGeneration { generation: 2, .. })
+        ),
+        "{refused:?}"
+    );
+    // a kept `kept` through the rebalance: its generation-1 commit of it stands.
+    g.check_commit(
+        "g",
+        Some((&a.member_id, a.generation)),
+        &[(kept.clone(), 0)],
+    )
+    .unwrap();
+    // A generation from the future is refused; so is a commit without membership.
+    assert!(matches!(
+        g.check_commit("g", Some((&a.member_id, 9)), &[(kept.clone(), 0)]),
+        Err(GroupError::StaleGeneration { .. })
+    ));
+    assert!(matches!(
+        g.check_commit("g", None, &[(kept, 0)]),
+        Err(GroupError::GroupNotEmpty { members: 2, .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn partition_expansion_rebalances_the_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, groups) = open_broker(dir.path(), "t", 2).await;
+    let a = join_t(&groups, 10_000);
+    let b = join_t(&groups, 10_000);
+    broker.expand_partitions("t", 6).await.unwrap();
+    let views = heartbeat_all(&groups, &[&a.member_id, &b.member_id]);
+    assert_exactly_once(&views, 6);
+    assert!(views[0].generation > b.generation);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _groups) = open_broker(dir.path(), "t", 1).await;
+    let partition = broker.topic("t").unwrap().partition(0).unwrap();
+    let tp = TopicPartition::new("t", 0);
+    let mut g = Group::new();
+    // As after the topic was deleted and created again: the commit is past the end.
+    g.committed.insert(
+        tp.clone(),
+        OffsetValue {
+            offset: 500,
+            committed_at_ms: 0,
+            member_id: None,
+            generation: None,
+        },
+    );
+    assert_eq!(g.position(&tp, &partition), 0, "earliest: nothing skipped");
+    g.committed.get_mut(&tp).unwrap().offset = 0;
+    assert_eq!(g.position(&tp, &partition), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, groups) = open_broker(dir.path(), "t", 1).await;
+    let value = b"1";
+    let records = vec![
+        crate::broker::ProduceRecord {
+            partition: Some(0),
+            record: crate::log::batch::RecordRef {
+                timestamp_ms: 1,
+                key: None,
+                key_is_utf8: false,
+                value: Some(value),
+                value_is_json: true,
+                headers: &[],
+            },
+        };
+        64
+    ];
+    let topic = broker.topic("t").unwrap();
+    broker
+        .produce(
+            &topic,
+            &records,
+            crate::broker::Acks::All,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let tp = TopicPartition::new("t", 0);
+    let commits: Vec<_> = (1..=64u64)
+        .map(|offset| {
+            let groups = Arc::clone(&groups);
+            let tp = tp.clone();
+            tokio::spawn(async move { groups.commit("g", None, &[(tp, offset)]).await })
+        })
+        .collect();
+    for c in commits {
+        c.await.unwrap().unwrap();
+    }
+    let in_memory = groups.committed("g").unwrap()[0].offset;
+    broker.close().await.unwrap();
+    drop((broker, groups));
+    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
+    let replayed = groups.committed("g").unwrap()[0].offset;
+    assert_eq!(in_memory, replayed, "memory follows the log's order");
+}
+
+#[tokio::test]
+async fn committed_offsets_survive_reopening_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, groups) = open_broker(dir.path(), "t", 2).await;
+    let records = [crate::broker::ProduceRecord {
+        partition: Some(1),
+        record: crate::log::batch::RecordRef {
+            timestamp_ms: 1,
+            key: None,
+            key_is_utf8: false,
+            value: Some(b"1"),
+            value_is_json: true,
+            headers: &[],
+        },
+    }; 5];
+    let topic = broker.topic("t").unwrap();
+    broker
+        .produce(
+            &topic,
+            &records,
+            crate::broker::Acks::All,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let tp = TopicPartition::new("t", 1);
+    groups.commit("g", None, &[(tp.clone(), 3)]).await.unwrap();
+    groups.commit("g", None, &[(tp.clone(), 5)]).await.unwrap();
+    groups
+        .commit("gone", None, &[(tp.clone(), 2)])
+        .await
+        .unwrap();
+    groups.delete_group("gone").await.unwrap();
+    // Past the high watermark is refused.
+    assert!(matches!(
+        groups.commit("g", None, &[(tp.clone(), 6)]).await,
+        Err(GroupError::Broker(BrokerError::OffsetOutOfRange { .. }))
+    ));
+    broker.close().await.unwrap();
+    drop((broker, groups));
+
+    let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
+    let committed = groups.committed("g").unwrap();
+    assert_eq!(committed.len(), 1);
+    assert_eq!((committed[0].partition, committed[0].offset), (1, 5));
+    assert!(matches!(
+        groups.committed("gone"),
+        Err(GroupError::GroupNotFound(_))
+    ));
+    let d = groups.describe("g").unwrap();
+    assert_eq!(d.state, "empty");
+    assert_eq!(d.partitions[0].lag, 0);
+}

@@ -1,0 +1,128 @@
+//! What the coordinator answers: a member's view of itself, records read for it, group
+//! descriptions with lag, summaries and committed offsets; and the lag gauges.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::assignor::TopicPartition;
+use super::group::{Group, OffsetReset};
+use crate::broker::{Broker, Fetched};
+use crate::metrics as m;
+
+/// A member as it sees itself: the answer to join, heartbeat and fetch.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    pub group: String,
+    pub member_id: String,
+    pub generation: u32,
+    pub session_timeout_ms: u64,
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// Records read for a member: per partition, the raw batches and where they start.
+#[derive(Debug)]
+pub struct MemberFetch {
+    pub member: MemberView,
+    pub parts: Vec<(TopicPartition, Fetched)>,
+}
+
+/// The answer to describe.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupDescription {
+    pub group: String,
+    /// `empty` (no members) or `stable` (rebalances happen at once, so there is no third).
+    pub state: &'static str,
+    pub generation: u32,
+    pub auto_offset_reset: OffsetReset,
+    pub rebalances: u64,
+    pub members: Vec<MemberDescription>,
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub topics: Vec<String>,
+    pub session_timeout_ms: u64,
+    /// Time left before the session expires without another call.
+    pub expires_in_ms: u64,
+    pub assignment: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    pub member_id: Option<String>,
+    pub committed_offset: Option<u64>,
+    /// Where the group reads next: the committed offset, or where `auto_offset_reset` puts it.
+    pub position: u64,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    pub high_watermark: u64,
+    /// `high_watermark - position`: records the group has not committed past.
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub state: &'static str,
+    pub generation: u32,
+    pub members: u32,
+    pub committed_partitions: u32,
+}
+
+/// A committed offset as the coordinator keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub committed_at_ms: i64,
+}
+
+/// Lag of every partition the group owns or has committed; also sets the lag gauges.
+pub(super) fn publish_lag(group: &str, g: &mut Group, broker: &Broker) -> Vec<PartitionLag> {
+    let tps: BTreeSet<TopicPartition> =
+        g.owners.keys().chain(g.committed.keys()).cloned().collect();
+    for gone in g.lag_published.difference(&tps) {
+        lag_gauge(group, gone).set(0.0);
+    }
+    g.lag_published = tps.clone();
+    let mut out = Vec::with_capacity(tps.len());
+    for tp in tps {
+        let Ok(partition) = broker
+            .topic(&tp.topic)
+            .and_then(|t| t.partition(u64::from(tp.partition)))
+        else {
+            continue;
+        };
+        let stats = partition.stats();
+        let position = g.peek_position(&tp, &partition);
+        let lag = stats.high_watermark.saturating_sub(position);
+        lag_gauge(group, &tp).set(lag as f64);
+        out.push(PartitionLag {
+            member_id: g.owners.get(&tp).map(|o| o.member.clone()),
+            committed_offset: g.committed.get(&tp).map(|v| v.offset),
+            position,
+            log_start_offset: stats.log_start_offset,
+            log_end_offset: stats.log_end_offset,
+            high_watermark: stats.high_watermark,
+            lag,
+            topic: tp.topic,
+            partition: tp.partition,
+        });
+    }
+    out
+}
+
+pub(super) fn lag_gauge(group: &str, tp: &TopicPartition) -> ::metrics::Gauge {
+    ::metrics::gauge!(
+        m::GROUP_LAG,
+        "group" => group.to_string(),
+        "topic" => tp.topic.clone(),
+        "partition" => tp.partition.to_string()
+    )
+}

@@ -1,0 +1,93 @@
+//! The node: composes the layers of one tidelog process and owns their background tasks.
+//!
+//! Architecture invariant: layers hold only what is below them. The [`Broker`] knows nothing
+//! of groups; the [`GroupCoordinator`] holds the broker; the node holds both (and, later,
+//! replication and the controller client). HTTP handlers reach each through the node.
+//!
+//! Shutdown: [`Node::begin_shutdown`] flips the broker's shutdown signal, which ends
+//! long-polls, streams and every background task; [`Node::close`] waits for the tasks, then
+//! closes the broker cleanly. Tasks still running when the last handle to the node drops are
+//! aborted.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::BrokerConfig;
+use crate::groups::GroupCoordinator;
+use crate::groups::sessions::run_sessions;
+use crate::limits::Limits;
+
+/// One tidelog process: the broker, the group coordinator, their background tasks.
+/// Cheap to clone (every field is shared); the HTTP state is a clone.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Topics, partitions, produce and fetch.
+    pub broker: Arc<Broker>,
+    /// Consumer groups; holds its own handle to the broker.
+    pub groups: Arc<GroupCoordinator>,
+    /// Retention and group sessions; stopped by shutdown, aborted when the node drops.
+    tasks: Arc<BackgroundTasks>,
+}
+
+impl Node {
+    /// Opens the data directory (recovering every topic), replays committed offsets, and
+    /// starts the background tasks.
+    pub async fn open(config: BrokerConfig) -> Result<Node, BrokerError> {
+        let broker = Broker::open(config).await?;
+        let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&broker).run_retention()),
+            tokio::spawn(run_sessions(Arc::clone(&groups))),
+        ];
+        Ok(Node {
+            broker,
+            groups,
+            tasks: Arc::new(BackgroundTasks(Mutex::new(tasks))),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        self.broker.limits()
+    }
+
+    /// Begins shutdown: long-polls, streams and background tasks end; produces are refused.
+    pub fn begin_shutdown(&self) {
+        self.broker.begin_shutdown();
+    }
+
+    /// Finishes a clean shutdown: background tasks stopped, then the broker closed (every
+    /// partition synced and sealed, then the clean-shutdown marker).
+    pub async fn close(&self) -> Result<(), BrokerError> {
+        self.begin_shutdown();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        self.broker.close().await
+    }
+}
+
+/// The node's background tasks; aborted when the last clone of the node drops.
+#[derive(Debug)]
+struct BackgroundTasks(Mutex<Vec<JoinHandle<()>>>);
+
+impl BackgroundTasks {
+    /// std mutex: taken only to push or take the handles, never across `.await`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.0.lock().expect("the task list lock is not poisoned")
+    }
+}
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for task in self.lock().iter() {
+            task.abort();
+        }
+    }
+}

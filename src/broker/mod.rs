@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use error::BrokerError;
-pub use partition::{Fetched, Partition, PartitionStats, Progress, now_ms};
+pub use partition::{
+    Fetched, Partition, PartitionLocksForbidden, PartitionStats, Progress, now_ms,
+};
 
 use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
 use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};

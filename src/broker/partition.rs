@@ -7,7 +7,8 @@
 //!   the high watermark has passed its records.
 //! - The partition lock (`std::sync::Mutex`) is held across the page-cache write of an append
 //!   and across in-memory bookkeeping, never across an fsync, a file read for a consumer, or
-//!   an `.await`.
+//!   an `.await`. It is taken last: never under a caller's lock that forbids it
+//!   ([`PartitionLocksForbidden`], held with the groups registry lock; debug builds assert).
 //! - One fsync covers every append made before it started (group commit): the flusher task
 //!   takes the log end offset, syncs outside the lock, then moves the HW to that offset and
 //!   wakes every waiter with one `watch` send.
@@ -16,7 +17,9 @@
 //! writes with `storage_error`, wakes its waiters with the failure, and keeps serving reads of
 //! what was durable before.
 
+use std::cell::Cell;
 use std::io;
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -165,6 +168,11 @@ impl Partition {
     }
 
     fn lock(&self) -> MutexGuard<'_, PartitionLog> {
+        debug_assert_eq!(
+            PARTITION_LOCKS_FORBIDDEN.get(),
+            0,
+            "a partition lock taken while a lock that must not wait on partitions is held"
+        );
         self.log
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -598,4 +606,34 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+thread_local! {
+    /// How many [`PartitionLocksForbidden`] scopes are open on this thread.
+    static PARTITION_LOCKS_FORBIDDEN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// While alive, taking a partition's lock on this thread is a bug (asserted in debug builds).
+///
+/// A caller that holds a registry lock (the groups registry) keeps one beside its guard, so
+/// partition locks, which slow file work can hold, are never waited on under it. Not `Send`:
+/// it belongs to the thread that holds the guard, like a `std` mutex guard.
+#[derive(Debug)]
+pub struct PartitionLocksForbidden {
+    _this_thread: PhantomData<*const ()>,
+}
+
+impl PartitionLocksForbidden {
+    pub fn enter() -> PartitionLocksForbidden {
+        PARTITION_LOCKS_FORBIDDEN.set(PARTITION_LOCKS_FORBIDDEN.get() + 1);
+        PartitionLocksForbidden {
+            _this_thread: PhantomData,
+        }
+    }
+}
+
+impl Drop for PartitionLocksForbidden {
+    fn drop(&mut self) {
+        PARTITION_LOCKS_FORBIDDEN.set(PARTITION_LOCKS_FORBIDDEN.get() - 1);
+    }
 }

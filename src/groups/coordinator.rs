@@ -16,9 +16,28 @@ use super::error::GroupError;
 use super::group::{Group, Member, OffsetReset};
 use super::offsets::{self, OffsetValue};
 use super::views::{
-    CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, publish_lag,
+    CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, plan_lag,
 };
-use crate::broker::{Broker, BrokerError, now_ms, validate_topic_name};
+use crate::broker::{Broker, BrokerError, PartitionLocksForbidden, now_ms, validate_topic_name};
+
+/// The locked registry of groups; forbids partition locks while held.
+pub(super) struct RegistryGuard<'a> {
+    groups: MutexGuard<'a, BTreeMap<String, Group>>,
+    _no_partition_locks: PartitionLocksForbidden,
+}
+
+impl std::ops::Deref for RegistryGuard<'_> {
+    type Target = BTreeMap<String, Group>;
+    fn deref(&self) -> &Self::Target {
+        &self.groups
+    }
+}
+
+impl std::ops::DerefMut for RegistryGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.groups
+    }
+}
 
 /// Session timeout of a member that does not ask for one.
 pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -72,10 +91,16 @@ impl GroupCoordinator {
         })
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Group>> {
-        self.groups
-            .lock()
-            .expect("the groups registry lock is not poisoned")
+    /// The registry, locked. No partition lock may be taken while it is held (lock order:
+    /// partition locks are never waited on under it; debug builds assert).
+    pub(super) fn lock(&self) -> RegistryGuard<'_> {
+        RegistryGuard {
+            groups: self
+                .groups
+                .lock()
+                .expect("the groups registry lock is not poisoned"),
+            _no_partition_locks: PartitionLocksForbidden::enter(),
+        }
     }
 
     fn new_member_id(&self) -> String {
@@ -242,7 +267,9 @@ impl GroupCoordinator {
                 g.pinned.remove(&tp);
                 g.committed.insert(tp, value.expect("commits have values"));
             }
-            publish_lag(group, g, broker);
+            let lag = plan_lag(group, g, broker);
+            drop(groups);
+            lag.publish();
             return Ok(());
         }
         Err(GroupError::Conflict(format!(
@@ -449,14 +476,18 @@ impl GroupCoordinator {
                 assignment: g.assignment_of(id),
             })
             .collect();
+        let (state, generation) = (g.state(), g.generation);
+        let (auto_offset_reset, rebalances) = (g.auto_offset_reset, g.rebalances);
+        let lag = plan_lag(group, g, broker);
+        drop(groups);
         Ok(GroupDescription {
             group: group.to_string(),
-            state: g.state(),
-            generation: g.generation,
-            auto_offset_reset: g.auto_offset_reset,
-            rebalances: g.rebalances,
+            state,
+            generation,
+            auto_offset_reset,
+            rebalances,
             members,
-            partitions: publish_lag(group, g, broker),
+            partitions: lag.publish(),
         })
     }
 

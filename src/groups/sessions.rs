@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::coordinator::GroupCoordinator;
-use super::views::publish_lag;
+use super::views::plan_lag;
 
 /// The session task wakes at least this often (expansion checks, lag gauges).
 const SESSION_TICK: Duration = Duration::from_secs(1);
@@ -31,12 +31,13 @@ pub async fn run_sessions(groups: Arc<GroupCoordinator>) {
 }
 
 impl GroupCoordinator {
-    /// One pass of the session task: expires members, notices expansions, refreshes lag.
-    /// Returns the earliest session deadline left.
+    /// One pass of the session task: expires members, notices expansions, refreshes lag
+    /// (read after the registry lock is released). Returns the earliest session deadline left.
     pub fn tick(&self, now: Instant, publish: bool) -> Option<Instant> {
         let broker = &self.broker;
         let mut groups = self.lock();
         let mut emptied = Vec::new();
+        let mut lags = Vec::new();
         for (name, g) in groups.iter_mut() {
             if g.members.is_empty() {
                 continue;
@@ -46,7 +47,7 @@ impl GroupCoordinator {
             if g.members.is_empty() && g.committed.is_empty() {
                 emptied.push(name.clone());
             } else if publish {
-                publish_lag(name, g, broker);
+                lags.push(plan_lag(name, g, broker));
             }
         }
         for name in emptied {
@@ -54,9 +55,14 @@ impl GroupCoordinator {
                 g.retire_gauges(&name);
             }
         }
-        groups
+        let next = groups
             .values()
             .flat_map(|g| g.members.values().map(|m| m.deadline))
-            .min()
+            .min();
+        drop(groups);
+        for lag in lags {
+            lag.publish();
+        }
+        next
     }
 }

@@ -332,3 +332,26 @@ async fn committed_offsets_survive_reopening_the_broker() {
     assert_eq!(d.state, "empty");
     assert_eq!(d.partitions[0].lag, 0);
 }
+
+/// Describe, commit and the session task's lag refresh read partition stats (which take the
+/// partition lock): never under the registry lock. `PartitionLocksForbidden` turns a
+/// violation into a panic in debug builds.
+#[tokio::test(start_paused = true)]
+async fn no_partition_lock_is_taken_under_the_registry_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
+    let tp = TopicPartition::new("t", 0);
+    groups.commit("g", None, &[(tp, 0)]).await.unwrap();
+    let member = join_t(&groups, 10_000);
+    let d = groups.describe("g").unwrap();
+    assert_eq!(d.partitions.len(), 2);
+    assert!(groups.tick(tokio::time::Instant::now(), true).is_some());
+    groups
+        .commit(
+            "g",
+            Some((&member.member_id, member.generation)),
+            &[(TopicPartition::new("t", 1), 0)],
+        )
+        .await
+        .unwrap();
+}

@@ -2,12 +2,13 @@
 //! descriptions with lag, summaries and committed offsets; and the lag gauges.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::assignor::TopicPartition;
 use super::group::{Group, OffsetReset};
-use crate::broker::{Broker, Fetched};
+use crate::broker::{Broker, Fetched, Partition};
 use crate::metrics as m;
 
 /// A member as it sees itself: the answer to join, heartbeat and fetch.
@@ -83,15 +84,31 @@ pub struct CommittedOffset {
     pub committed_at_ms: i64,
 }
 
-/// Lag of every partition the group owns or has committed; also sets the lag gauges.
-pub(super) fn publish_lag(group: &str, g: &mut Group, broker: &Broker) -> Vec<PartitionLag> {
+/// A group's lag, planned under the registry lock (positions come from the partitions'
+/// published progress, no partition lock), then read and published outside it.
+pub(super) struct LagPlan {
+    group: String,
+    partitions: Vec<PlannedLag>,
+}
+
+struct PlannedLag {
+    tp: TopicPartition,
+    partition: Arc<Partition>,
+    member_id: Option<String>,
+    committed_offset: Option<u64>,
+    position: u64,
+}
+
+/// Under the registry lock: the lag to read for every partition the group owns or has
+/// committed; zeroes the gauges of partitions it no longer reads.
+pub(super) fn plan_lag(group: &str, g: &mut Group, broker: &Broker) -> LagPlan {
     let tps: BTreeSet<TopicPartition> =
         g.owners.keys().chain(g.committed.keys()).cloned().collect();
     for gone in g.lag_published.difference(&tps) {
         lag_gauge(group, gone).set(0.0);
     }
     g.lag_published = tps.clone();
-    let mut out = Vec::with_capacity(tps.len());
+    let mut partitions = Vec::with_capacity(tps.len());
     for tp in tps {
         let Ok(partition) = broker
             .topic(&tp.topic)
@@ -99,23 +116,44 @@ pub(super) fn publish_lag(group: &str, g: &mut Group, broker: &Broker) -> Vec<Pa
         else {
             continue;
         };
-        let stats = partition.stats();
-        let position = g.peek_position(&tp, &partition);
-        let lag = stats.high_watermark.saturating_sub(position);
-        lag_gauge(group, &tp).set(lag as f64);
-        out.push(PartitionLag {
+        partitions.push(PlannedLag {
+            position: g.peek_position(&tp, &partition),
             member_id: g.owners.get(&tp).map(|o| o.member.clone()),
             committed_offset: g.committed.get(&tp).map(|v| v.offset),
-            position,
-            log_start_offset: stats.log_start_offset,
-            log_end_offset: stats.log_end_offset,
-            high_watermark: stats.high_watermark,
-            lag,
-            topic: tp.topic,
-            partition: tp.partition,
+            partition,
+            tp,
         });
     }
-    out
+    LagPlan {
+        group: group.to_string(),
+        partitions,
+    }
+}
+
+impl LagPlan {
+    /// Outside the registry lock: reads each partition's stats and sets the lag gauges.
+    pub(super) fn publish(self) -> Vec<PartitionLag> {
+        let group = self.group;
+        self.partitions
+            .into_iter()
+            .map(|p| {
+                let stats = p.partition.stats();
+                let lag = stats.high_watermark.saturating_sub(p.position);
+                lag_gauge(&group, &p.tp).set(lag as f64);
+                PartitionLag {
+                    member_id: p.member_id,
+                    committed_offset: p.committed_offset,
+                    position: p.position,
+                    log_start_offset: stats.log_start_offset,
+                    log_end_offset: stats.log_end_offset,
+                    high_watermark: stats.high_watermark,
+                    lag,
+                    topic: p.tp.topic,
+                    partition: p.tp.partition,
+                }
+            })
+            .collect()
+    }
 }
 
 pub(super) fn lag_gauge(group: &str, tp: &TopicPartition) -> ::metrics::Gauge {

@@ -9,6 +9,8 @@
 //!   state machine the controller replicates). No I/O.
 //! - [`controller`]: the controller's decisions (replica placement), pure functions of the
 //!   metadata image.
+//! - [`replication`]: the leader's view of its followers: high watermark over the ISR, ISR
+//!   shrink and expand (pure rules so far).
 //! - [`groups`]: the consumer group coordinator (holds the broker): membership, sticky
 //!   assignment, generations, committed offsets stored in the internal topic
 //!   `__consumer_offsets`.
@@ -29,3 +31,4 @@ pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub mod node;
+pub mod replication;

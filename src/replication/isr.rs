@@ -1,0 +1,341 @@
+//! The leader's view of its followers: where each one is, the high watermark that follows
+//! from it, and when the in-sync replica set should shrink or grow. Pure: times are
+//! milliseconds of a monotonic clock passed in, nothing here does I/O.
+//!
+//! Rules (CLUSTER.md, after Kafka's KIP-497, KIP-841 and KIP-966):
+//! - A follower's position counts only as far as it has fsynced (`flushed_offset`):
+//!   `acks=all` promises the records are on the disks of every in-sync replica.
+//! - The high watermark is the lowest fsynced offset over the *maximal* ISR: the committed
+//!   set plus any member whose addition is pending (an addition counts at once), with a
+//!   pending removal still counted until the controller confirms it. It never goes
+//!   backwards, and it does not move while the ISR is smaller than `min_insync_replicas`.
+//! - Shrink: a follower that has not been caught up with the leader's log end for
+//!   `replica_lag_time_max_ms` leaves (a caught-up follower is one whose fetch reached the
+//!   leader's log end, or the end the leader had at its previous fetch).
+//! - Expand: a follower outside the ISR that is eligible (active broker on its current
+//!   epoch, checked by the caller) and has fsynced up to the high watermark, fetching in
+//!   the current leader epoch, joins.
+
+use std::collections::BTreeMap;
+
+use crate::metadata::NodeId;
+
+/// What the leader knows about one follower from its fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FollowerProgress {
+    /// The offset its last fetch asked for: everything before it is in its log.
+    pub fetch_offset: u64,
+    /// Everything before this offset is fsynced in its log.
+    pub flushed_offset: u64,
+    /// When it was last known caught up with the leader's log end.
+    pub last_caught_up_ms: u64,
+    /// When it last fetched, and the leader's log end then.
+    last_fetch_ms: u64,
+    leader_end_at_last_fetch: u64,
+}
+
+/// A change of the ISR the leader has asked the controller for and not yet seen applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIsr {
+    pub proposed: Vec<NodeId>,
+}
+
+/// One partition's leader-side replication state.
+#[derive(Debug, Clone)]
+pub struct LeaderReplicas {
+    pub leader: NodeId,
+    /// The ISR as the controller last confirmed it.
+    pub isr: Vec<NodeId>,
+    /// A proposed change in flight, if any.
+    pub pending: Option<PendingIsr>,
+    pub min_insync_replicas: u32,
+    /// Followers by node, including those outside the ISR.
+    pub followers: BTreeMap<NodeId, FollowerProgress>,
+    /// Never goes backwards.
+    high_watermark: u64,
+}
+
+impl LeaderReplicas {
+    /// The state of a new leadership: `replicas` are every replica of the partition, and the
+    /// high watermark starts where the leader knows it to be (it will not go below it).
+    pub fn new(
+        leader: NodeId,
+        replicas: &[NodeId],
+        isr: Vec<NodeId>,
+        min_insync_replicas: u32,
+        high_watermark: u64,
+        now_ms: u64,
+    ) -> LeaderReplicas {
+        let followers = replicas
+            .iter()
+            .filter(|n| **n != leader)
+            .map(|n| {
+                let progress = FollowerProgress {
+                    last_caught_up_ms: now_ms,
+                    last_fetch_ms: now_ms,
+                    ..FollowerProgress::default()
+                };
+                (*n, progress)
+            })
+            .collect();
+        LeaderReplicas {
+            leader,
+            isr,
+            pending: None,
+            min_insync_replicas,
+            followers,
+            high_watermark,
+        }
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+
+    /// Records a follower's fetch. Returns false for a node that is not a follower of this
+    /// partition (the fetch is refused).
+    pub fn on_fetch(
+        &mut self,
+        node: NodeId,
+        fetch_offset: u64,
+        flushed_offset: u64,
+        leader_end: u64,
+        now_ms: u64,
+    ) -> bool {
+        let Some(f) = self.followers.get_mut(&node) else {
+            return false;
+        };
+        if fetch_offset >= leader_end {
+            f.last_caught_up_ms = now_ms;
+        } else if fetch_offset >= f.leader_end_at_last_fetch {
+            f.last_caught_up_ms = f.last_caught_up_ms.max(f.last_fetch_ms);
+        }
+        f.fetch_offset = fetch_offset;
+        f.flushed_offset = flushed_offset.min(fetch_offset);
+        f.last_fetch_ms = now_ms;
+        f.leader_end_at_last_fetch = leader_end;
+        true
+    }
+
+    /// The ISR the high watermark is computed over: the confirmed set, plus pending additions
+    /// (removals count only once confirmed).
+    pub fn maximal_isr(&self) -> Vec<NodeId> {
+        let mut isr = self.isr.clone();
+        if let Some(p) = &self.pending {
+            for n in &p.proposed {
+                if !isr.contains(n) {
+                    isr.push(*n);
+                }
+            }
+        }
+        isr
+    }
+
+    /// Moves the high watermark given the leader's own fsynced offset; returns it. It moves
+    /// only forward, and not while the confirmed ISR is below its minimum.
+    pub fn advance_high_watermark(&mut self, leader_flushed: u64) -> u64 {
+        if (self.isr.len() as u32) < self.min_insync_replicas {
+            return self.high_watermark;
+        }
+        let lowest = self
+            .maximal_isr()
+            .iter()
+            .map(|n| match self.followers.get(n) {
+                Some(f) => f.flushed_offset,
+                None if *n == self.leader => leader_flushed,
+                None => 0,
+            })
+            .min()
+            .unwrap_or(leader_flushed)
+            .min(leader_flushed);
+        self.high_watermark = self.high_watermark.max(lowest);
+        self.high_watermark
+    }
+
+    /// The ISR to propose now, if it should change: members not caught up within `lag_max_ms`
+    /// leave; eligible followers that have fsynced up to the high watermark join. None while
+    /// a change is pending or when nothing changes.
+    pub fn isr_change(
+        &self,
+        now_ms: u64,
+        lag_max_ms: u64,
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Option<Vec<NodeId>> {
+        if self.pending.is_some() {
+            return None;
+        }
+        let lagging = |n: &NodeId| {
+            self.followers
+                .get(n)
+                .is_some_and(|f| now_ms.saturating_sub(f.last_caught_up_ms) > lag_max_ms)
+        };
+        let mut next: Vec<NodeId> = self.isr.iter().copied().filter(|n| !lagging(n)).collect();
+        for (n, f) in &self.followers {
+            let joins = !next.contains(n)
+                && !self.isr.contains(n)
+                && eligible(*n)
+                && f.flushed_offset >= self.high_watermark
+                && !lagging(n);
+            if joins {
+                next.push(*n);
+            }
+        }
+        (next != self.isr).then_some(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn n(id: u32) -> NodeId {
+        NodeId(id)
+    }
+
+    fn three() -> LeaderReplicas {
+        LeaderReplicas::new(n(1), &[n(1), n(2), n(3)], vec![n(1), n(2), n(3)], 2, 0, 0)
+    }
+
+    #[test]
+    fn the_high_watermark_is_the_lowest_fsynced_offset_of_the_isr() {
+        let mut l = three();
+        l.on_fetch(n(2), 10, 8, 10, 1);
+        l.on_fetch(n(3), 6, 6, 10, 1);
+        assert_eq!(l.advance_high_watermark(10), 6);
+        l.on_fetch(n(3), 10, 10, 10, 2);
+        assert_eq!(
+            l.advance_high_watermark(9),
+            8,
+            "follower 2 fsynced only to 8"
+        );
+        l.on_fetch(n(2), 10, 10, 10, 3);
+        assert_eq!(
+            l.advance_high_watermark(9),
+            9,
+            "the leader's own fsync bounds it too"
+        );
+    }
+
+    #[test]
+    fn a_lagging_follower_leaves_and_the_high_watermark_freezes_below_the_minimum() {
+        let mut l = three();
+        l.on_fetch(n(2), 5, 5, 5, 100);
+        l.on_fetch(n(3), 0, 0, 5, 100);
+        // 3 fetched at 100 but was behind: last caught up at 0, when the leadership began.
+        assert_eq!(l.isr_change(30_000, 30_000, |_| true), None);
+        assert_eq!(
+            l.isr_change(30_001, 30_000, |_| true),
+            Some(vec![n(1), n(2)])
+        );
+        l.isr = vec![n(1)];
+        l.on_fetch(n(2), 9, 9, 9, 200);
+        assert_eq!(
+            l.advance_high_watermark(9),
+            0,
+            "ISR {{1}} is below min 2: frozen"
+        );
+    }
+
+    #[test]
+    fn a_follower_that_fsynced_up_to_the_high_watermark_rejoins_if_eligible() {
+        let mut l = three();
+        l.isr = vec![n(1), n(2)];
+        l.on_fetch(n(2), 20, 20, 20, 10);
+        l.advance_high_watermark(20);
+        l.on_fetch(n(3), 20, 15, 20, 10);
+        assert_eq!(
+            l.isr_change(10, 30_000, |_| true),
+            None,
+            "fsynced only to 15 < HW 20"
+        );
+        l.on_fetch(n(3), 20, 20, 20, 11);
+        assert_eq!(
+            l.isr_change(11, 30_000, |x| x != n(3)),
+            None,
+            "not eligible"
+        );
+        assert_eq!(
+            l.isr_change(11, 30_000, |_| true),
+            Some(vec![n(1), n(2), n(3)])
+        );
+    }
+
+    #[test]
+    fn a_pending_addition_counts_at_once_a_pending_removal_only_once_confirmed() {
+        let mut l = three();
+        l.isr = vec![n(1), n(2)];
+        l.on_fetch(n(2), 10, 10, 10, 1);
+        l.on_fetch(n(3), 10, 10, 10, 1);
+        assert_eq!(l.advance_high_watermark(10), 10);
+        let grown = l.isr_change(1, 30_000, |_| true).unwrap();
+        l.pending = Some(PendingIsr { proposed: grown });
+        l.on_fetch(n(2), 20, 20, 20, 2);
+        l.on_fetch(n(3), 20, 12, 20, 2);
+        assert_eq!(l.advance_high_watermark(20), 12, "3 may already count as in sync");
+        l.isr = vec![n(1), n(2), n(3)];
+        l.pending = Some(PendingIsr { proposed: vec![n(1), n(2)] });
+        assert_eq!(l.advance_high_watermark(20), 12, "3 is still in the confirmed ISR");
+        l.isr = vec![n(1), n(2)];
+        l.pending = None;
+        assert_eq!(l.advance_high_watermark(20), 20);
+    }
+
+    #[test]
+    fn fetches_from_strangers_are_refused() {
+        let mut l = three();
+        assert!(!l.on_fetch(n(7), 0, 0, 0, 0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Whatever the fetches, ISR changes and leader fsyncs: the high watermark never goes
+        /// backwards and never passes what any confirmed or pending ISR member fsynced.
+        #[test]
+        fn the_high_watermark_is_monotonic_and_fsynced_on_every_isr_member(
+            steps in proptest::collection::vec((0..4u8, 1..4u32, 0..20u64, 0..20u64), 1..60)
+        ) {
+            let mut l = three();
+            let mut leader_end = 0u64;
+            let mut leader_flushed = 0u64;
+            let mut now = 0u64;
+            let mut last_hw = 0;
+            for (kind, node, a, b) in steps {
+                now += 500;
+                match kind {
+                    0 => {
+                        leader_end += a;
+                        leader_flushed = leader_end - b.min(a);
+                    }
+                    1 if node != 1 => {
+                        let fetch = a.min(leader_end);
+                        l.on_fetch(n(node), fetch, fetch.saturating_sub(b), leader_end, now);
+                    }
+                    2 => {
+                        if let Some(next) = l.isr_change(now, 1_000, |_| true) {
+                            l.pending = Some(PendingIsr { proposed: next });
+                        }
+                    }
+                    _ => {
+                        if let Some(p) = l.pending.take() {
+                            l.isr = p.proposed;
+                        }
+                    }
+                }
+                let hw = l.advance_high_watermark(leader_flushed);
+                prop_assert!(hw >= last_hw);
+                if hw > last_hw {
+                    prop_assert!(leader_flushed >= hw);
+                    prop_assert!(l.isr.len() as u32 >= l.min_insync_replicas);
+                    for m in l.maximal_isr().iter().filter(|m| **m != n(1)) {
+                        let flushed = l.followers[m].flushed_offset;
+                        prop_assert!(flushed >= hw, "member {:?} fsynced {} < hw {}", m, flushed, hw);
+                    }
+                }
+                last_hw = hw;
+            }
+        }
+    }
+}

@@ -273,10 +273,20 @@ mod tests {
         l.pending = Some(PendingIsr { proposed: grown });
         l.on_fetch(n(2), 20, 20, 20, 2);
         l.on_fetch(n(3), 20, 12, 20, 2);
-        assert_eq!(l.advance_high_watermark(20), 12, "3 may already count as in sync");
+        assert_eq!(
+            l.advance_high_watermark(20),
+            12,
+            "3 may already count as in sync"
+        );
         l.isr = vec![n(1), n(2), n(3)];
-        l.pending = Some(PendingIsr { proposed: vec![n(1), n(2)] });
-        assert_eq!(l.advance_high_watermark(20), 12, "3 is still in the confirmed ISR");
+        l.pending = Some(PendingIsr {
+            proposed: vec![n(1), n(2)],
+        });
+        assert_eq!(
+            l.advance_high_watermark(20),
+            12,
+            "3 is still in the confirmed ISR"
+        );
         l.isr = vec![n(1), n(2)];
         l.pending = None;
         assert_eq!(l.advance_high_watermark(20), 20);

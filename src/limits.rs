@@ -18,6 +18,17 @@ pub struct Limits {
     pub record_bytes_max: u64,
     /// Most records in one produce request.
     pub records_per_request_max: u32,
+    /// Deepest nesting of arrays and objects in a record's JSON value: a value nested
+    /// 100,000 deep would break common parsers on every fetch page that holds it.
+    pub json_depth_max: u32,
+    /// How far past the broker's clock a record's `timestamp_ms` may be (Kafka's
+    /// `message.timestamp.after.max.ms`): a far-future record would hold off time retention
+    /// of its segment for as long.
+    pub timestamp_ms_ahead_max: u64,
+    /// How far before the broker's clock a record's `timestamp_ms` may be (Kafka's
+    /// `message.timestamp.before.max.ms`); large by default, finite so time arithmetic
+    /// on timestamps cannot overflow.
+    pub timestamp_ms_behind_max: u64,
     /// Largest record key.
     pub key_bytes_max: u32,
     /// Most headers on one record.
@@ -61,6 +72,10 @@ impl Default for Limits {
             request_body_bytes_max: 64 * 1024 * 1024,
             record_bytes_max: 1024 * 1024,
             records_per_request_max: 100_000,
+            json_depth_max: 64,
+            timestamp_ms_ahead_max: 3_600_000,
+            // 100 years (of 365.25 days).
+            timestamp_ms_behind_max: 3_155_760_000_000,
             key_bytes_max: 16 * 1024,
             headers_per_record_max: 64,
             header_bytes_max: 16 * 1024,

@@ -463,6 +463,30 @@ fn limits() -> Vec<Case> {
         .expect(400, "limit_exceeded")
         .with("limit", 50)
         .with("limit_name", "records_per_request_max"),
+        case(
+            "records over records_per_request_max, then bytes that are not JSON",
+            Method::POST,
+            PRODUCE,
+        )
+        .raw(
+            "application/json",
+            format!("{{\"records\":[{}{{}}, not json", "{},".repeat(50)),
+        )
+        .expect(400, "limit_exceeded")
+        .with("limit", 50)
+        .with("limit_name", "records_per_request_max"),
+        case(
+            "NDJSON records over records_per_request_max, then a line that is not JSON",
+            Method::POST,
+            PRODUCE,
+        )
+        .raw(
+            "application/x-ndjson",
+            format!("{}not json\n", "{}\n".repeat(51)),
+        )
+        .expect(400, "limit_exceeded")
+        .with("limit_name", "records_per_request_max")
+        .with("appended_records", 0),
         produce_json(
             "headers over headers_per_record_max",
             json!({"records": [{"value": 1, "headers": headers}]}),
@@ -550,6 +574,103 @@ fn limits() -> Vec<Case> {
 
 /// Produces to `ghost`, which does not exist: each is refused, and none may create it
 /// (the topic list must stay as it was).
+/// Values that would poison every fetch page holding them, and timestamps that would stall
+/// retention: each refused with the record named.
+fn poison_values_and_timestamps() -> Vec<Case> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let two_hours_ahead = now_ms + 2 * 3_600_000;
+    // Before 1900: more than the default 100 years behind.
+    let long_ago: i64 = -3_000_000_000_000;
+    // Within record_bytes_max (4096), so only the depth refuses it.
+    let deep = format!("{}1{}", "[".repeat(1_500), "]".repeat(1_500));
+    let with_second = |value: &str| format!(r#"{{"records":[{{"value":1}},{{"value":{value}}}]}}"#);
+    let ndjson_second = |value: &str| format!("{{\"value\":1}}\n{{\"value\":{value}}}\n");
+    vec![
+        case("a value nested 1,500 deep", Method::POST, PRODUCE)
+            .raw("application/json", with_second(&deep))
+            .expect(400, "limit_exceeded")
+            .with("limit_name", "json_depth_max")
+            .with("limit", 64)
+            .with("record_index", 1),
+        case("an NDJSON value nested 1,500 deep", Method::POST, PRODUCE)
+            .raw("application/x-ndjson", ndjson_second(&deep))
+            .expect(400, "limit_exceeded")
+            .with("limit_name", "json_depth_max")
+            .with("line", 2),
+        case("a lone surrogate in a value", Method::POST, PRODUCE)
+            .raw("application/json", with_second(r#"{"s":"a\ud800b"}"#))
+            .expect(400, "invalid_request")
+            .with("record_index", 1),
+        case("a lone low surrogate in NDJSON", Method::POST, PRODUCE)
+            .raw("application/x-ndjson", ndjson_second(r#""\udc00""#))
+            .expect(400, "invalid_request")
+            .with("line", 2),
+        case(
+            "a number that is not finite as a double",
+            Method::POST,
+            PRODUCE,
+        )
+        .raw("application/json", with_second("[1e400]"))
+        .expect(400, "invalid_request")
+        .with("record_index", 1),
+        produce_json(
+            "a timestamp two hours ahead",
+            json!({"records": [{"value": 1}, {"value": 2, "timestamp_ms": two_hours_ahead}]}),
+        )
+        .expect(400, "invalid_timestamp")
+        .with("limit_name", "timestamp_ms_ahead_max")
+        .with("limit", 3_600_000)
+        .with("record_index", 1),
+        produce_json(
+            "a timestamp before 1900",
+            json!({"records": [{"value": 1, "timestamp_ms": long_ago}]}),
+        )
+        .expect(400, "invalid_timestamp")
+        .with("limit_name", "timestamp_ms_behind_max")
+        .with("record_index", 0),
+        produce_json(
+            "the largest timestamp",
+            json!({"records": [{"value": 1, "timestamp_ms": i64::MAX}]}),
+        )
+        .expect(400, "invalid_timestamp")
+        .with("limit_name", "timestamp_ms_ahead_max"),
+        case("an NDJSON timestamp two hours ahead", Method::POST, PRODUCE)
+            .raw(
+                "application/x-ndjson",
+                format!("{{\"value\":1,\"timestamp_ms\":{two_hours_ahead}}}\n"),
+            )
+            .expect(400, "invalid_timestamp")
+            .with("limit_name", "timestamp_ms_ahead_max")
+            .with("line", 1),
+        case(
+            "an octet-stream timestamp two hours ahead",
+            Method::POST,
+            format!("{PRODUCE}?timestamp_ms={two_hours_ahead}"),
+        )
+        .raw("application/octet-stream", "x")
+        .expect(400, "invalid_timestamp")
+        .with("limit_name", "timestamp_ms_ahead_max"),
+        case(
+            "an octet-stream timestamp before 1900",
+            Method::POST,
+            format!("{PRODUCE}?timestamp_ms={long_ago}"),
+        )
+        .raw("application/octet-stream", "x")
+        .expect(400, "invalid_timestamp")
+        .with("limit_name", "timestamp_ms_behind_max"),
+        case(
+            "missing topic: a timestamp two hours ahead",
+            Method::POST,
+            "/v1/topics/ghost/records",
+        )
+        .json(json!({"records": [{"value": 1, "timestamp_ms": two_hours_ahead}]}))
+        .expect(400, "invalid_timestamp"),
+    ]
+}
+
 fn refused_produces_to_a_missing_topic() -> Vec<Case> {
     const GHOST: &str = "/v1/topics/ghost/records";
     let big_value = "v".repeat(RECORD_BYTES_MAX as usize + 1);
@@ -926,6 +1047,11 @@ async fn malformed_bodies_are_refused_and_nothing_is_appended() {
 #[tokio::test]
 async fn crossed_limits_are_refused_with_the_limit_named() {
     check_every_case(limits()).await;
+}
+
+#[tokio::test]
+async fn poison_values_and_bad_timestamps_are_refused_with_the_record_named() {
+    check_every_case(poison_values_and_timestamps()).await;
 }
 
 #[tokio::test]

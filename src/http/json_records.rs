@@ -12,8 +12,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use axum::http::StatusCode;
+
 use super::error::{ApiError, ApiResult};
 use crate::broker::ProduceRecord;
+use crate::limits::Limits;
 use crate::log::batch::RecordRef;
 
 /// One record of a JSON or NDJSON produce, borrowing from the body.
@@ -151,31 +154,198 @@ fn str_bytes(s: Cow<'_, str>) -> Cow<'_, [u8]> {
     }
 }
 
+/// What every record of a produce body is checked against while the body is parsed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RecordRules {
+    /// When the request arrived: the timestamp of a record that gives none, and the clock
+    /// the timestamp bounds are measured from.
+    pub(super) now: i64,
+    /// `records_per_request_max`: the parse stops at the record past it.
+    records_max: u32,
+    json_depth_max: u32,
+    timestamp_ms_ahead_max: u64,
+    timestamp_ms_behind_max: u64,
+}
+
+impl RecordRules {
+    pub(super) fn new(limits: &Limits, now: i64) -> RecordRules {
+        RecordRules {
+            now,
+            records_max: limits.records_per_request_max,
+            json_depth_max: limits.json_depth_max,
+            timestamp_ms_ahead_max: limits.timestamp_ms_ahead_max,
+            timestamp_ms_behind_max: limits.timestamp_ms_behind_max,
+        }
+    }
+
+    /// The answer to a body with more than `records_max` records.
+    pub(super) fn too_many_records(&self) -> ApiError {
+        let max = self.records_max;
+        ApiError::limit(
+            StatusCode::BAD_REQUEST,
+            "limit_exceeded",
+            "records_per_request_max",
+            u64::from(max),
+            format!("the body holds more than {max} records"),
+        )
+    }
+
+    /// Refuses a `timestamp_ms` further from `now` than the limits allow.
+    pub(super) fn check_timestamp(&self, timestamp_ms: i64, at: RecordPlace) -> ApiResult<()> {
+        let ahead = i128::from(timestamp_ms) - i128::from(self.now);
+        let (limit_name, limit, how) = if ahead > i128::from(self.timestamp_ms_ahead_max) {
+            (
+                "timestamp_ms_ahead_max",
+                self.timestamp_ms_ahead_max,
+                "ahead of",
+            )
+        } else if -ahead > i128::from(self.timestamp_ms_behind_max) {
+            (
+                "timestamp_ms_behind_max",
+                self.timestamp_ms_behind_max,
+                "behind",
+            )
+        } else {
+            return Ok(());
+        };
+        Err(at.name(ApiError::limit(
+            StatusCode::BAD_REQUEST,
+            "invalid_timestamp",
+            limit_name,
+            limit,
+            format!(
+                "{at}'timestamp_ms' {timestamp_ms} is more than {limit} ms {how} the broker's \
+                 clock ({}; {limit_name})",
+                self.now
+            ),
+        )))
+    }
+
+    /// Refuses a decoded record whose JSON value or timestamp the limits do not allow.
+    fn check(&self, d: &Decoded<'_>, at: RecordPlace) -> ApiResult<()> {
+        if d.value_is_json
+            && let Some(value) = d.value.as_deref()
+        {
+            match json_value_fault(value, self.json_depth_max) {
+                None => {}
+                Some(JsonValueFault::TooDeep) => {
+                    let max = self.json_depth_max;
+                    return Err(at.name(ApiError::limit(
+                        StatusCode::BAD_REQUEST,
+                        "limit_exceeded",
+                        "json_depth_max",
+                        u64::from(max),
+                        format!(
+                            "{at}'value' nests arrays and objects more than {max} deep \
+                             (json_depth_max)"
+                        ),
+                    )));
+                }
+                Some(JsonValueFault::LoneSurrogate) => {
+                    return Err(at.name(ApiError::invalid(format!(
+                        "{at}'value' holds a string with a lone UTF-16 surrogate escape, \
+                         which is not a character"
+                    ))));
+                }
+                Some(JsonValueFault::NumberNotFinite) => {
+                    return Err(at.name(ApiError::invalid(format!(
+                        "{at}'value' holds a number too large for a double (not finite)"
+                    ))));
+                }
+            }
+        }
+        self.check_timestamp(d.timestamp_ms, at)
+    }
+}
+
+/// Where a record is in the request, to name it in a problem.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RecordPlace {
+    /// The record's index in a JSON body's `records`, from 0.
+    Index(u64),
+    /// The NDJSON line, from 1.
+    Line(usize),
+    /// The one record of an octet-stream body.
+    Only,
+}
+
+impl RecordPlace {
+    /// Adds the place to the problem's members (`record_index` or `line`).
+    fn name(self, e: ApiError) -> ApiError {
+        match self {
+            RecordPlace::Index(i) => e.with("record_index", i),
+            RecordPlace::Line(l) => e.with("line", l as u64),
+            RecordPlace::Only => e,
+        }
+    }
+}
+
+/// The prefix of a detail that names the record: `records[3]: `, `line 4: `, or nothing.
+impl std::fmt::Display for RecordPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordPlace::Index(i) => write!(f, "records[{i}]: "),
+            RecordPlace::Line(l) => write!(f, "line {l}: "),
+            RecordPlace::Only => Ok(()),
+        }
+    }
+}
+
 /// Records decoded as they are parsed, and the first record that failed to decode.
 ///
 /// A body that is not valid JSON is refused as such even when an earlier record also failed
 /// to decode, as when the whole body was parsed before any record was decoded: so the first
-/// decode failure is kept aside until the parse has finished.
-#[derive(Default)]
+/// decode failure is kept aside until the parse has finished. Crossing `records_max` is the
+/// exception: it stops the parse at once, so a body of millions of tiny records never
+/// becomes millions of decoded records.
 struct DecodedRecords<'a> {
     records: Vec<Decoded<'a>>,
     /// Headers of all the records, so a batch without any skips gathering them.
     headers: usize,
     failed: Option<ApiError>,
+    rules: RecordRules,
+    /// Records of the request parsed so far, this batch's and any before it (NDJSON), the
+    /// ones that failed to decode included.
+    seen: u64,
 }
 
+/// The parse stopped at a record past `records_max`.
+struct TooManyRecords;
+
 impl<'a> DecodedRecords<'a> {
-    fn push(&mut self, record: JsonRecord<'a>, now: i64, line: Option<usize>) {
-        if self.failed.is_some() {
-            return;
+    fn new(rules: RecordRules, seen_before: u64, presized: usize) -> Self {
+        DecodedRecords {
+            records: Vec::with_capacity(presized),
+            headers: 0,
+            failed: None,
+            rules,
+            seen: seen_before,
         }
-        match decode_record(record, now, line) {
+    }
+
+    fn push(&mut self, record: JsonRecord<'a>, line: Option<usize>) -> Result<(), TooManyRecords> {
+        let index = self.seen;
+        self.seen += 1;
+        if self.seen > u64::from(self.rules.records_max) {
+            return Err(TooManyRecords);
+        }
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let place = match line {
+            Some(l) => RecordPlace::Line(l),
+            None => RecordPlace::Index(index),
+        };
+        let decoded = decode_record(record, self.rules.now, line)
+            .and_then(|d| self.rules.check(&d, place).map(|()| d));
+        match decoded {
             Ok(d) => {
                 self.headers += d.headers.as_ref().map_or(0, |h| h.len());
                 self.records.push(d);
             }
             Err(e) => self.failed = Some(e),
         }
+        Ok(())
     }
 
     fn finish(self) -> ApiResult<DecodedBatch<'a>> {
@@ -210,26 +380,47 @@ const GUESSED_RECORD_BYTES: usize = 32;
 /// reserve far more than it needs; past it, doubling's copies are amortized anyway.
 const RECORDS_PRESIZED_MAX: usize = 16 * 1024;
 
+/// Bodies up to this size are parsed on the async worker thread; larger ones (up to
+/// `request_body_bytes_max`, 64 MiB by default, a parse of tens of milliseconds or more)
+/// with `block_in_place`, so the worker's other tasks move to another thread meanwhile.
+const PARSE_ON_WORKER_BYTES_MAX: usize = 256 * 1024;
+
+/// Runs `parse` of `len` bytes of body, off the async workers when it is large.
+pub(super) fn parse_off_the_workers<T>(len: usize, parse: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if len > PARSE_ON_WORKER_BYTES_MAX && multi_thread {
+        tokio::task::block_in_place(parse)
+    } else {
+        parse()
+    }
+}
+
 /// Parses a JSON produce body, `{"records":[...]}`, decoding each record as soon as it is
 /// parsed: the records are never held as [`JsonRecord`]s in a vector of their own.
-pub(super) fn parse_json_body(bytes: &[u8], now: i64) -> ApiResult<DecodedBatch<'_>> {
-    let presized = (bytes.len() / GUESSED_RECORD_BYTES).min(RECORDS_PRESIZED_MAX);
-    let mut out = DecodedRecords {
-        records: Vec::with_capacity(presized),
-        ..DecodedRecords::default()
-    };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde::de::DeserializeSeed::deserialize(BodySeed { out: &mut out, now }, &mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+pub(super) fn parse_json_body(bytes: &[u8], rules: RecordRules) -> ApiResult<DecodedBatch<'_>> {
+    let presized = (bytes.len() / GUESSED_RECORD_BYTES)
+        .min(RECORDS_PRESIZED_MAX)
+        .min(rules.records_max as usize);
+    let mut out = DecodedRecords::new(rules, 0, presized);
+    let parsed = parse_json_records(bytes, &mut out);
+    if out.seen > u64::from(rules.records_max) {
+        return Err(rules.too_many_records());
+    }
+    parsed.map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
     out.finish()
+}
+
+/// The parse of [`parse_json_body`], into `out`.
+fn parse_json_records<'a>(bytes: &'a [u8], out: &mut DecodedRecords<'a>) -> serde_json::Result<()> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(BodySeed { out }, &mut de).and_then(|()| de.end())
 }
 
 /// The body object: exactly one field, `records` (what a derived `deny_unknown_fields`
 /// struct would accept, with the same error messages).
 struct BodySeed<'s, 'a> {
     out: &'s mut DecodedRecords<'a>,
-    now: i64,
 }
 
 const BODY_FIELDS: &[&str] = &["records"];
@@ -256,10 +447,7 @@ impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let records = RecordsSeed {
-            out: self.out,
-            now: self.now,
-        };
+        let records = RecordsSeed { out: self.out };
         match seq.next_element_seed(records)? {
             Some(()) => Ok(()),
             None => Err(serde::de::Error::invalid_length(
@@ -278,7 +466,6 @@ impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
             seen = true;
             map.next_value_seed(RecordsSeed {
                 out: &mut *self.out,
-                now: self.now,
             })?;
         }
         if !seen {
@@ -291,7 +478,6 @@ impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
 /// The `records` array: each element is parsed as a [`JsonRecord`] and decoded at once.
 struct RecordsSeed<'s, 'a> {
     out: &'s mut DecodedRecords<'a>,
-    now: i64,
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for RecordsSeed<'_, 'de> {
@@ -313,7 +499,6 @@ impl<'de> serde::de::Visitor<'de> for RecordsSeed<'_, 'de> {
         let out = self.out;
         while let Some(()) = seq.next_element_seed(RecordSeed {
             out: &mut *out,
-            now: self.now,
             line: None,
         })? {}
         Ok(())
@@ -324,7 +509,6 @@ impl<'de> serde::de::Visitor<'de> for RecordsSeed<'_, 'de> {
 /// and appended, accepting what the derived `JsonRecord` accepts with the same errors.
 struct RecordSeed<'s, 'a> {
     out: &'s mut DecodedRecords<'a>,
-    now: i64,
     line: Option<usize>,
 }
 
@@ -428,8 +612,7 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
             partition: seq.next_element()?.flatten(),
             timestamp_ms: seq.next_element()?.flatten(),
         };
-        self.out.push(record, self.now, self.line);
-        Ok(())
+        self.out.push(record, self.line).map_err(too_many)
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -461,8 +644,7 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
                 RecordField::TimestampMs => set_once(&mut r.timestamp_ms, 6, s, &mut map)?,
             }
         }
-        self.out.push(r, self.now, self.line);
-        Ok(())
+        self.out.push(r, self.line).map_err(too_many)
     }
 }
 
@@ -503,12 +685,15 @@ pub(super) fn as_produce_records<'a>(
 
 /// Parses and decodes each line; as for a JSON body, a line that is not valid JSON is
 /// reported before an earlier line that failed to decode.
+///
+/// `seen_before` records of the body came in earlier batches: they count toward `records_max`.
 pub(super) fn parse_ndjson_lines<'a>(
     bytes: &'a [u8],
     line_no: &mut usize,
-    now: i64,
+    rules: RecordRules,
+    seen_before: u64,
 ) -> ApiResult<DecodedBatch<'a>> {
-    let mut out = DecodedRecords::default();
+    let mut out = DecodedRecords::new(rules, seen_before, 0);
     for line in bytes.split(|&b| b == b'\n') {
         *line_no += 1;
         let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
@@ -518,21 +703,128 @@ pub(super) fn parse_ndjson_lines<'a>(
         let mut de = serde_json::Deserializer::from_slice(trimmed);
         let seed = RecordSeed {
             out: &mut out,
-            now,
             line: Some(*line_no),
         };
-        serde::de::DeserializeSeed::deserialize(seed, &mut de)
-            .and_then(|()| de.end())
-            .map_err(|e| {
-                ApiError::invalid(format!("line {}: invalid JSON record: {e}", *line_no))
-                    .with("line", *line_no as u64)
-            })?;
+        let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|()| de.end());
+        if out.seen > u64::from(rules.records_max) {
+            return Err(rules.too_many_records());
+        }
+        parsed.map_err(|e| {
+            ApiError::invalid(format!("line {}: invalid JSON record: {e}", *line_no))
+                .with("line", *line_no as u64)
+        })?;
     }
     // The split after a trailing newline yields one empty piece that is not a line.
     if bytes.last() == Some(&b'\n') {
         *line_no -= 1;
     }
     out.finish()
+}
+
+/// The serde error that stops a parse at the record past `records_max` (the caller answers
+/// with [`RecordRules::too_many_records`], not with this text).
+fn too_many<E: serde::de::Error>(_: TooManyRecords) -> E {
+    E::custom("more records than records_per_request_max")
+}
+
+/// Why a record's JSON value is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonValueFault {
+    /// Arrays and objects nested deeper than `json_depth_max`.
+    TooDeep,
+    /// A `\uD800`-`\uDFFF` escape that is not half of a surrogate pair: no character, and
+    /// many parsers refuse the whole document.
+    LoneSurrogate,
+    /// A number too large for an IEEE double (`1e400`): most parsers read it as infinity or fail.
+    NumberNotFinite,
+}
+
+/// Scans a value that serde_json has already accepted as JSON text, which the raw value
+/// keeps unchecked for depth, surrogates and number range. One pass, no allocation.
+fn json_value_fault(value: &[u8], depth_max: u32) -> Option<JsonValueFault> {
+    let mut depth = 0u32;
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return Some(JsonValueFault::TooDeep);
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth -= 1;
+                i += 1;
+            }
+            b'"' => match string_end(value, i + 1) {
+                Ok(end) => i = end,
+                Err(fault) => return Some(fault),
+            },
+            b'-' | b'0'..=b'9' => {
+                let end = value[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(value.len(), |n| i + n);
+                if !number_is_finite(&value[i..end]) {
+                    return Some(JsonValueFault::NumberNotFinite);
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Walks a JSON string from just after its opening quote; returns the index just after its
+/// closing quote, or the fault found in it.
+fn string_end(value: &[u8], mut i: usize) -> Result<usize, JsonValueFault> {
+    while i < value.len() {
+        match value[i] {
+            b'"' => return Ok(i + 1),
+            b'\\' if value.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(value, i + 2);
+                i += 6;
+                if (0xDC00..=0xDFFF).contains(&unit) {
+                    return Err(JsonValueFault::LoneSurrogate);
+                }
+                if (0xD800..=0xDBFF).contains(&unit) {
+                    let next_is_low = value.get(i..i + 2) == Some(&b"\\u"[..])
+                        && (0xDC00..=0xDFFF).contains(&hex4(value, i + 2));
+                    if !next_is_low {
+                        return Err(JsonValueFault::LoneSurrogate);
+                    }
+                    i += 6;
+                }
+            }
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Ok(i)
+}
+
+/// The UTF-16 unit of the four hex digits at `at` (serde_json has checked they are hex).
+fn hex4(value: &[u8], at: usize) -> u32 {
+    value
+        .get(at..at + 4)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
+/// Whether a JSON number reads as a finite double. Most numbers are short and have no
+/// exponent, and those are always finite; only the rest are parsed.
+fn number_is_finite(number: &[u8]) -> bool {
+    let short = number.len() <= 300;
+    if short && !number.iter().any(|&b| b == b'e' || b == b'E') {
+        return true;
+    }
+    std::str::from_utf8(number)
+        .ok()
+        .and_then(|n| n.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
 }
 
 #[cfg(test)]
@@ -548,6 +840,10 @@ mod tests {
     struct JsonProduce<'a> {
         #[serde(borrow)]
         records: Vec<JsonRecord<'a>>,
+    }
+
+    fn rules(now: i64) -> RecordRules {
+        RecordRules::new(&Limits::default(), now)
     }
 
     type Flat = (
@@ -624,7 +920,7 @@ mod tests {
             r#"{"records":[{"value":1}]}"#,
         ];
         for body in bodies {
-            let ours = parse_json_body(body.as_bytes(), 7)
+            let ours = parse_json_body(body.as_bytes(), rules(7))
                 .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
                 .map_err(|e| e.detail);
             assert_eq!(ours, reference(body), "{body}");
@@ -645,7 +941,7 @@ mod tests {
             "7",
         ];
         for line in lines {
-            let ours = parse_ndjson_lines(line.as_bytes(), &mut 0, 7)
+            let ours = parse_ndjson_lines(line.as_bytes(), &mut 0, rules(7), 0)
                 .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
                 .map_err(|e| e.detail);
             let reference = serde_json::from_str::<JsonRecord<'_>>(line)
@@ -683,7 +979,7 @@ mod tests {
     #[test]
     fn produce_records_take_each_record_own_headers() {
         let body = r#"{"records":[{"headers":{"b":"2","a":"1"}},{},{"headers":{"c":"3"}},{"headers":{}}]}"#;
-        let decoded = parse_json_body(body.as_bytes(), 0).expect("parses");
+        let decoded = parse_json_body(body.as_bytes(), rules(0)).expect("parses");
         assert_eq!(decoded.headers, 3);
         let borrowed = |c: &Cow<'_, str>| matches!(c, Cow::Borrowed(_));
         let first = decoded.records[0].headers.as_deref().expect("headers");
@@ -704,9 +1000,14 @@ mod tests {
     #[test]
     fn ndjson_reports_a_bad_line_before_an_earlier_record_that_fails_to_decode() {
         let mut line_no = 0;
-        let e = parse_ndjson_lines(b"{\"value_b64\":\"***\"}\nnot json\n", &mut line_no, 0)
-            .err()
-            .expect("refused");
+        let e = parse_ndjson_lines(
+            b"{\"value_b64\":\"***\"}\nnot json\n",
+            &mut line_no,
+            rules(0),
+            0,
+        )
+        .err()
+        .expect("refused");
         assert_eq!(
             e.extra.get("line"),
             Some(&serde_json::json!(2)),
@@ -714,13 +1015,178 @@ mod tests {
             e.detail
         );
         let mut line_no = 0;
-        let e = parse_ndjson_lines(b"{\"value\":1}\n{\"value_b64\":\"***\"}\n", &mut line_no, 0)
-            .err()
-            .expect("refused");
+        let e = parse_ndjson_lines(
+            b"{\"value\":1}\n{\"value_b64\":\"***\"}\n",
+            &mut line_no,
+            rules(0),
+            0,
+        )
+        .err()
+        .expect("refused");
         assert!(
             e.detail.starts_with("line 2: 'value_b64' is not base64"),
             "{}",
             e.detail
         );
+    }
+
+    fn refusal(e: &ApiError) -> (u16, &str, Option<&serde_json::Value>) {
+        (e.status.as_u16(), e.code, e.extra.get("limit_name"))
+    }
+
+    #[test]
+    fn a_body_over_records_per_request_max_stops_parsing_at_the_record_past_it() {
+        let limits = Limits {
+            records_per_request_max: 10,
+            ..Limits::default()
+        };
+        let rules = RecordRules::new(&limits, 0);
+        let ten = format!("{{\"records\":[{}{{}}]}}", "{},".repeat(9));
+        assert_eq!(
+            parse_json_body(ten.as_bytes(), rules)
+                .map(|b| b.records.len())
+                .ok(),
+            Some(10)
+        );
+        // Eleven records, then bytes that are not JSON: a parse of the whole body would call it
+        // invalid JSON; one that stops at the eleventh record answers with the limit.
+        let eleven_then_garbage = format!("{{\"records\":[{}{{}}, garbage", "{},".repeat(10));
+        let e = parse_json_body(eleven_then_garbage.as_bytes(), rules)
+            .err()
+            .expect("refused");
+        let name = serde_json::json!("records_per_request_max");
+        assert_eq!(
+            refusal(&e),
+            (400, "limit_exceeded", Some(&name)),
+            "{}",
+            e.detail
+        );
+        assert_eq!(e.extra.get("limit"), Some(&serde_json::json!(10)));
+
+        let lines = format!("{}not json\n", "{}\n".repeat(11));
+        let e = parse_ndjson_lines(lines.as_bytes(), &mut 0, rules, 0)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refusal(&e),
+            (400, "limit_exceeded", Some(&name)),
+            "{}",
+            e.detail
+        );
+        // Records of earlier batches count.
+        let e = parse_ndjson_lines(b"{}\n{}\nnot json\n", &mut 0, rules, 9)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            refusal(&e),
+            (400, "limit_exceeded", Some(&name)),
+            "{}",
+            e.detail
+        );
+        assert!(parse_ndjson_lines(b"{}\n", &mut 0, rules, 9).is_ok());
+
+        // A body of 100,000 empty records decodes the first ten, and stops at the eleventh.
+        let many = format!("{{\"records\":[{}{{}}]}}", "{},".repeat(99_999));
+        let mut out = DecodedRecords::new(rules, 0, 0);
+        assert!(parse_json_records(many.as_bytes(), &mut out).is_err());
+        assert_eq!((out.seen, out.records.len()), (11, 10));
+    }
+
+    #[test]
+    fn json_values_are_scanned_for_depth_lone_surrogates_and_infinite_numbers() {
+        use JsonValueFault::*;
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let cases: Vec<(String, Option<JsonValueFault>)> = vec![
+            ("1".into(), None),
+            (r#""plain""#.into(), None),
+            (deep(4), None),
+            (deep(5), Some(TooDeep)),
+            (r#"{"a":{"b":{"c":[1]}}}"#.into(), None),
+            (r#"{"a":{"b":{"c":[{}]}}}"#.into(), Some(TooDeep)),
+            // Brackets inside strings are not nesting.
+            (r#"["[[[[[[[[{{{{{{"]"#.into(), None),
+            (r#"["\"[[[[[[[[["]"#.into(), None),
+            (r#""\ud83d\ude00""#.into(), None),
+            (r#""\uD83D\uDE00 and \u00e9 \\ud800""#.into(), None),
+            (r#""\ud800""#.into(), Some(LoneSurrogate)),
+            (r#""a\ud800b""#.into(), Some(LoneSurrogate)),
+            (r#""\ud800\u0041""#.into(), Some(LoneSurrogate)),
+            (r#""\udc00""#.into(), Some(LoneSurrogate)),
+            (r#"{"k\ud800":1}"#.into(), Some(LoneSurrogate)),
+            (r#"["\ud800\ud800"]"#.into(), Some(LoneSurrogate)),
+            ("1e308".into(), None),
+            ("-1.5E-400".into(), None),
+            ("12345678901234567890123456789".into(), None),
+            ("1e400".into(), Some(NumberNotFinite)),
+            ("[0, -1E+309]".into(), Some(NumberNotFinite)),
+            (format!("1{}", "0".repeat(400)), Some(NumberNotFinite)),
+            (format!("0.{}1", "0".repeat(400)), None),
+        ];
+        for (value, fault) in cases {
+            serde_json::from_str::<&RawValue>(&value).expect("valid JSON");
+            assert_eq!(json_value_fault(value.as_bytes(), 4), fault, "{value}");
+        }
+    }
+
+    #[test]
+    fn a_record_value_too_deep_with_a_lone_surrogate_or_an_infinite_number_is_refused() {
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let depth_name = serde_json::json!("json_depth_max");
+        let cases = [
+            (deep.as_str(), (400, "limit_exceeded", Some(&depth_name))),
+            (r#""\ud800""#, (400, "invalid_request", None)),
+            (r#"{"x":[1e400]}"#, (400, "invalid_request", None)),
+        ];
+        for (value, want) in cases {
+            let body = format!(r#"{{"records":[{{"value":1}},{{"value":{value}}}]}}"#);
+            let e = parse_json_body(body.as_bytes(), rules(0))
+                .err()
+                .expect("refused");
+            assert_eq!(refusal(&e), want, "{}", e.detail);
+            assert!(e.detail.starts_with("records[1]: "), "{}", e.detail);
+            assert_eq!(e.extra.get("record_index"), Some(&serde_json::json!(1)));
+            let line = format!("{{\"value\":1}}\n{{\"value\":{value}}}\n");
+            let e = parse_ndjson_lines(line.as_bytes(), &mut 0, rules(0), 0)
+                .err()
+                .expect("refused");
+            assert_eq!(refusal(&e), want, "{}", e.detail);
+            assert_eq!(e.extra.get("line"), Some(&serde_json::json!(2)));
+        }
+        let at_the_limit = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        let body = format!(r#"{{"records":[{{"value":{at_the_limit}}}]}}"#);
+        assert!(parse_json_body(body.as_bytes(), rules(0)).is_ok());
+    }
+
+    #[test]
+    fn a_timestamp_too_far_ahead_of_or_behind_the_clock_is_refused() {
+        let limits = Limits {
+            timestamp_ms_ahead_max: 1_000,
+            timestamp_ms_behind_max: 5_000,
+            ..Limits::default()
+        };
+        let now = 1_700_000_000_000;
+        let rules = RecordRules::new(&limits, now);
+        let ahead = serde_json::json!("timestamp_ms_ahead_max");
+        let behind = serde_json::json!("timestamp_ms_behind_max");
+        let cases = [
+            (now, None),
+            (now + 1_000, None),
+            (now - 5_000, None),
+            (now + 1_001, Some(&ahead)),
+            (i64::MAX, Some(&ahead)),
+            (now - 5_001, Some(&behind)),
+            (0, Some(&behind)),
+            (i64::MIN, Some(&behind)),
+        ];
+        for (ts, refused) in cases {
+            let body = format!(r#"{{"records":[{{"value":1,"timestamp_ms":{ts}}}]}}"#);
+            let got = parse_json_body(body.as_bytes(), rules).err();
+            let got = got.as_ref().map(refusal);
+            assert_eq!(
+                got,
+                refused.map(|name| (400, "invalid_timestamp", Some(name))),
+                "{ts}"
+            );
+        }
     }
 }

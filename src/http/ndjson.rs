@@ -2,13 +2,15 @@
 //! `ndjson_batch_bytes`, so a large body is never held whole.
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 
 use super::body::{body_too_large, check_declared_length};
 use super::error::{ApiError, ApiResult};
-use super::json_records::{as_produce_records, parse_ndjson_lines};
+use super::json_records::{
+    RecordRules, as_produce_records, parse_ndjson_lines, parse_off_the_workers,
+};
 use super::produce::ProduceParams;
 use crate::broker::{Broker, BrokerError, Durability, ProduceOutcome, Topic};
 
@@ -24,7 +26,7 @@ pub(super) async fn produce_ndjson(
     headers: &HeaderMap,
     body: Body,
     params: &ProduceParams,
-    now: i64,
+    rules: RecordRules,
 ) -> ApiResult<ProduceOutcome> {
     let mut progress = NdjsonProgress {
         stored: ProduceOutcome {
@@ -39,7 +41,7 @@ pub(super) async fn produce_ndjson(
         headers,
         body,
         params,
-        now,
+        rules,
         &mut progress,
     )
     .await;
@@ -65,7 +67,7 @@ async fn append_ndjson_batches(
     headers: &HeaderMap,
     body: Body,
     params: &ProduceParams,
-    now: i64,
+    rules: RecordRules,
     progress: &mut NdjsonProgress,
 ) -> ApiResult<()> {
     let limits = broker.limits();
@@ -105,7 +107,10 @@ async fn append_ndjson_batches(
             }
         };
         let lines = pending.split_to(cut).freeze();
-        let decoded = parse_ndjson_lines(&lines, &mut line_no, now)?;
+        let seen_before = progress.stored.offsets.len() as u64;
+        let decoded = parse_off_the_workers(lines.len(), || {
+            parse_ndjson_lines(&lines, &mut line_no, rules, seen_before)
+        })?;
         if decoded.is_empty() {
             continue;
         }
@@ -115,17 +120,6 @@ async fn append_ndjson_batches(
             topic = Some(broker.topic_for_produce(topic_name, &records).await?);
         }
         let topic = topic.as_deref().expect("resolved just above");
-        // The limit counts the whole body, not one batch: the answer lists every offset.
-        let max = u64::from(limits.records_per_request_max);
-        if (progress.stored.offsets.len() + records.len()) as u64 > max {
-            return Err(ApiError::limit(
-                StatusCode::BAD_REQUEST,
-                "limit_exceeded",
-                "records_per_request_max",
-                max,
-                format!("the NDJSON body holds more than {max} records"),
-            ));
-        }
         let outcome = broker
             .produce(topic, &records, params.acks, params.timeout)
             .await

@@ -14,7 +14,9 @@ use super::body::{
     bounded, content_type, parse_query, parse_u64, read_limited, unsupported_media_type,
 };
 use super::error::{ApiError, ApiResult};
-use super::json_records::{as_produce_records, parse_json_body};
+use super::json_records::{
+    RecordPlace, RecordRules, as_produce_records, parse_json_body, parse_off_the_workers,
+};
 use super::ndjson::produce_ndjson;
 use super::render::render_produce;
 use crate::broker::{Acks, Broker, ProduceRecord, now_ms};
@@ -73,13 +75,13 @@ pub async fn produce(
     let params = produce_params(&q, &broker)?;
     let ct = content_type(&headers);
     let limit = broker.limits().request_body_bytes_max;
-    let now = now_ms();
+    let rules = RecordRules::new(broker.limits(), now_ms());
     // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
     // body refused as unreadable leaves no new topic behind.
     let offsets = match ct.as_str() {
         "application/json" | "" => {
             let bytes = read_limited(&headers, body, limit).await?;
-            let decoded = parse_json_body(&bytes, now)?;
+            let decoded = parse_off_the_workers(bytes.len(), || parse_json_body(&bytes, rules))?;
             let mut headers = Vec::new();
             let records = as_produce_records(&decoded, &mut headers);
             let topic = broker.topic_for_produce(&topic, &records).await?;
@@ -88,7 +90,7 @@ pub async fn produce(
                 .await?
         }
         "application/x-ndjson" | "application/jsonl" => {
-            produce_ndjson(&broker, &topic, &headers, body, &params, now).await?
+            produce_ndjson(&broker, &topic, &headers, body, &params, rules).await?
         }
         "application/octet-stream" => {
             let bytes = read_limited(&headers, body, limit).await?;
@@ -103,8 +105,9 @@ pub async fn produce(
                 Some(t) => t
                     .parse::<i64>()
                     .map_err(|_| ApiError::invalid("'timestamp_ms' must be an integer"))?,
-                None => now,
+                None => rules.now,
             };
+            rules.check_timestamp(timestamp_ms, RecordPlace::Only)?;
             let record = ProduceRecord {
                 partition,
                 record: RecordRef {

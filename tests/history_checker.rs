@@ -45,9 +45,12 @@ fn a_history_that_kept_every_promise_has_no_anomaly() {
     assert_eq!(h.acknowledged(), 2);
 }
 
+/// A case: its name, the replicas read back, and the anomaly it must produce.
+type Case = (&'static str, Vec<ReplicaRead>, fn(&Anomaly) -> bool);
+
 #[test]
 fn each_broken_promise_is_reported() {
-    let cases: Vec<(&str, Vec<ReplicaRead>, fn(&Anomaly) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         ("lost", vec![replica(1, 2, &["a"])], |a| {
             matches!(a, Anomaly::LostAcknowledged { offset: 1, .. })
         }),

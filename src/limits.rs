@@ -37,6 +37,11 @@ pub struct Limits {
     pub header_bytes_max: u32,
     /// Longest long-poll wait and produce timeout a client may ask for.
     pub wait_ms_max: u64,
+    /// Most fetches waiting at once (long-polls and group member fetches); more get a 503
+    /// with `Retry-After`, so idle waiters cannot hold every connection.
+    pub long_polls_max: u32,
+    /// Most SSE streams open at once; more get a 503 with `Retry-After`.
+    pub streams_max: u32,
     /// Most partitions a topic may have.
     pub partitions_per_topic_max: u32,
     /// Most topics a broker keeps.
@@ -80,6 +85,8 @@ impl Default for Limits {
             headers_per_record_max: 64,
             header_bytes_max: 16 * 1024,
             wait_ms_max: 30_000,
+            long_polls_max: 1024,
+            streams_max: 1024,
             partitions_per_topic_max: 1024,
             topics_max: 10_000,
             partitions_max: 2_000,

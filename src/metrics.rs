@@ -30,6 +30,7 @@ pub const COMPACTED_RECORDS: &str = "tidelog_compaction_dropped_records_total";
 pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
 pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
 pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";
+pub const SSE_STREAMS_OPEN: &str = "tidelog_sse_streams_open";
 pub const GROUP_LAG: &str = "tidelog_consumer_group_lag_records";
 pub const GROUP_REBALANCES: &str = "tidelog_consumer_group_rebalances_total";
 pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
@@ -58,6 +59,7 @@ pub fn install() -> PrometheusHandle {
                     describe();
                     // Process-wide series start at zero rather than appearing on first use.
                     ::metrics::gauge!(LONG_POLLS_WAITING).set(0.0);
+                    ::metrics::gauge!(SSE_STREAMS_OPEN).set(0.0);
                     ::metrics::counter!(FSYNCS).increment(0);
                 })
                 .expect("the metrics recorder is installed once")
@@ -158,7 +160,12 @@ fn describe() {
     describe_gauge!(
         LONG_POLLS_WAITING,
         Unit::Count,
-        "Fetches waiting for new records (long-polls and SSE streams)."
+        "Fetches waiting for new records (long-polls and group member fetches)."
+    );
+    describe_gauge!(
+        SSE_STREAMS_OPEN,
+        Unit::Count,
+        "Server-sent event streams open (each holds a slot of streams_max)."
     );
     describe_gauge!(
         GROUP_LAG,

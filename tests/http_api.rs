@@ -1394,16 +1394,6 @@ async fn an_sse_stream_at_the_end_of_a_deleted_topic_ends_with_an_error_event() 
 // Shutdown and restart
 // ---------------------------------------------------------------------------------------
 
-/// The `tidelog_long_polls_waiting` gauge (long-polls and SSE streams waiting for records).
-async fn long_polls_waiting(api: &Api) -> f64 {
-    let text = common::scrape_metrics(&api.http, &api.url).await;
-    text.lines()
-        .find(|l| l.starts_with("tidelog_long_polls_waiting"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
     let mut broker = TestBroker::start();
@@ -1450,7 +1440,11 @@ async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
     common::wait_until(
         "the long-poll and the stream to wait inside the broker",
         Duration::from_secs(10),
-        || async { long_polls_waiting(&api).await >= 2.0 },
+        || async {
+            let gauge = |name| common::scrape_unlabelled_metric(&api.http, &api.url, name);
+            gauge("tidelog_long_polls_waiting").await >= 1.0
+                && gauge("tidelog_sse_streams_open").await >= 1.0
+        },
     )
     .await;
 

@@ -18,7 +18,7 @@ const SPEC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.js
 const DASHBOARD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/tidelog.json");
 
 /// Series the broker must expose after produce, fetch, long-poll and rejected requests.
-const REQUIRED: [&str; 19] = [
+const REQUIRED: [&str; 20] = [
     "tidelog_http_requests_total",
     "tidelog_http_request_duration_seconds",
     "tidelog_http_problems_total",
@@ -35,6 +35,7 @@ const REQUIRED: [&str; 19] = [
     "tidelog_partition_segments",
     "tidelog_partition_size_bytes",
     "tidelog_long_polls_waiting",
+    "tidelog_sse_streams_open",
     "tidelog_storage_errors_total",
     "tidelog_segments_deleted_total",
     "tidelog_recovery_truncations_total",
@@ -416,6 +417,7 @@ async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
         .sum();
     assert_eq!(hw, 22.0, "the high watermarks add up to every record");
     assert_eq!(scraped.value("tidelog_long_polls_waiting", &[]), Some(0.0));
+    assert_eq!(scraped.value("tidelog_sse_streams_open", &[]), Some(0.0));
     assert!(scraped.value("tidelog_fsyncs_total", &[]).unwrap_or(0.0) >= 1.0);
 
     // The metric table of the OpenAPI document matches what is exposed.

@@ -39,6 +39,11 @@ pub enum BrokerError {
     /// `acks=all` did not become durable within the request's timeout.
     Timeout,
     ShuttingDown,
+    /// Too many requests of one kind are in flight (a named limit); try again shortly.
+    Overloaded {
+        limit_name: &'static str,
+        limit: u64,
+    },
     Io(String),
 }
 
@@ -84,6 +89,10 @@ impl fmt::Display for BrokerError {
                 write!(f, "records were not durable before the request timeout")
             }
             BrokerError::ShuttingDown => write!(f, "the broker is shutting down"),
+            BrokerError::Overloaded { limit_name, limit } => write!(
+                f,
+                "the broker is at its limit {limit_name} = {limit}; retry shortly"
+            ),
             BrokerError::Io(why) => write!(f, "I/O error: {why}"),
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod partition;
+pub mod wait;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub use error::BrokerError;
 pub use partition::{
     Fetched, Partition, PartitionLocksForbidden, PartitionStats, Progress, now_ms,
 };
+pub use wait::{WaitKind, WaitSlot, Waiters, Woken};
 
 use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
 use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
@@ -170,6 +172,8 @@ pub struct Broker {
     admin: tokio::sync::Mutex<()>,
     /// Flipped once on shutdown; long-polls, streams and background tasks end when they see it.
     shutdown: watch::Sender<bool>,
+    /// Bounds on long-polls and SSE streams (`long_polls_max`, `streams_max`).
+    waiters: Waiters,
 }
 
 impl Broker {
@@ -185,8 +189,10 @@ impl Broker {
             std::fs::remove_file(&marker).map_err(io)?;
             sync_dir(&config.data_dir).map_err(io)?;
         }
+        let waiters = Waiters::new(&config.limits);
         let broker = Arc::new(Broker {
             config,
+            waiters,
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             shutdown: watch::Sender::new(false),

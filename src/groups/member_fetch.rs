@@ -1,8 +1,6 @@
 //! Reading records for a member: plan the positions under the registry lock, read and wait
 //! outside it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +11,7 @@ use super::assignor::TopicPartition;
 use super::coordinator::{GroupCoordinator, member_group};
 use super::error::GroupError;
 use super::views::{MemberFetch, MemberView};
-use crate::broker::{Broker, Partition};
-use crate::metrics as m;
+use crate::broker::{Broker, Partition, WaitKind};
 
 /// The partitions a fetch reads, and where, taken under the lock.
 struct FetchPlan {
@@ -42,7 +39,7 @@ impl GroupCoordinator {
         }
         // A long-poll in flight keeps the session alive until it ends.
         self.extend_session(group, member, wait)?;
-        wait_for_progress(broker, &plan, wait).await;
+        wait_for_progress(broker, &plan, wait).await?;
         let plan = self.plan_fetch(broker, group, member)?;
         self.read_plan(&plan, max_records, max_bytes)
     }
@@ -134,33 +131,20 @@ impl GroupCoordinator {
 
 /// Waits until any planned partition has records past its position, the assignment
 /// changes, shutdown begins, or `wait` passes.
-async fn wait_for_progress(broker: &Broker, plan: &FetchPlan, wait: Duration) {
-    let waits: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = plan
+async fn wait_for_progress(
+    broker: &Broker,
+    plan: &FetchPlan,
+    wait: Duration,
+) -> Result<(), GroupError> {
+    let slot = broker.wait_slot(WaitKind::LongPoll)?;
+    let targets = plan
         .positions
         .iter()
-        .map(|(_, partition, position)| {
-            let mut rx = partition.subscribe();
-            let position = *position;
-            Box::pin(async move {
-                let _ = rx.wait_for(|p| p.high_watermark > position).await;
-            }) as Pin<Box<dyn Future<Output = ()> + Send>>
-        })
-        .collect();
-    let any_progress = async move {
-        if waits.is_empty() {
-            std::future::pending::<()>().await;
-        } else {
-            futures_util::future::select_all(waits).await;
-        }
-    };
+        .map(|(_, p, position)| (&**p, *position));
     let mut changes = plan.changes.clone();
-    let mut shutdown = broker.shutdown_signal();
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).increment(1.0);
     tokio::select! {
-        _ = any_progress => {}
+        _ = broker.wait_for_any_records(&slot, targets, Some(Instant::now() + wait)) => {}
         _ = changes.changed() => {}
-        _ = shutdown.wait_for(|s| *s) => {}
-        _ = tokio::time::sleep(wait) => {}
     }
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).decrement(1.0);
+    Ok(())
 }

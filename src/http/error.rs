@@ -11,6 +11,10 @@ use serde_json::{Map, Value, json};
 use crate::broker::BrokerError;
 use crate::metrics as m;
 
+/// How long a client refused with `overloaded` is asked to wait: long enough for a waiter or
+/// a response in flight to finish, short enough to feel like a pause.
+const OVERLOADED_RETRY_AFTER_S: u32 = 1;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -19,6 +23,8 @@ pub struct ApiError {
     pub detail: String,
     /// Extra members of the problem object (`limit`, `log_start_offset`, ...).
     pub extra: Map<String, Value>,
+    /// Seconds for a `Retry-After` header (a 503 the client should simply retry).
+    pub retry_after_s: Option<u32>,
 }
 
 impl ApiError {
@@ -28,6 +34,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             extra: Map::new(),
+            retry_after_s: None,
         }
     }
 
@@ -37,6 +44,12 @@ impl ApiError {
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Adds a `Retry-After` header.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds);
         self
     }
 
@@ -116,6 +129,14 @@ impl From<BrokerError> for ApiError {
             BrokerError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
             }
+            BrokerError::Overloaded { limit_name, limit } => ApiError::limit(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                limit_name,
+                limit,
+                detail,
+            )
+            .retry_after(OVERLOADED_RETRY_AFTER_S),
             BrokerError::Io(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", detail)
             }
@@ -142,6 +163,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

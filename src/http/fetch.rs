@@ -13,7 +13,7 @@ use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
 use super::json_response;
 use super::render::render_record;
-use crate::broker::{Broker, BrokerError, Fetched, Partition};
+use crate::broker::{Broker, BrokerError, Fetched, Partition, WaitKind};
 use crate::limits::Limits;
 use crate::metrics as m;
 
@@ -158,18 +158,11 @@ pub async fn fetch_waiting(
     if wait_ms == 0 || offset < fetched.high_watermark {
         return Ok(fetched);
     }
-    let mut progress = partition.subscribe();
-    let mut shutdown = broker.shutdown_signal();
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).increment(1.0);
-    let _ = tokio::time::timeout(Duration::from_millis(wait_ms), async {
-        tokio::select! {
-            // Not `failed`: a failed partition's high watermark never moves, so waking on it
-            // would answer at once, again and again, and spin the client in a tight loop.
-            _ = progress.wait_for(|p| p.high_watermark > offset) => {}
-            _ = shutdown.wait_for(|s| *s) => {}
-        }
-    })
-    .await;
-    ::metrics::gauge!(m::LONG_POLLS_WAITING).decrement(1.0);
+    let slot = broker.wait_slot(WaitKind::LongPoll)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    broker
+        .wait_for_records(&slot, partition, offset, Some(deadline))
+        .await;
+    drop(slot);
     partition.fetch(offset, max_records, max_bytes)
 }

@@ -18,9 +18,9 @@ use serde::Deserialize;
 
 use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
-use super::fetch::{fetch_waiting, start_offset};
+use super::fetch::start_offset;
 use super::render::render_record;
-use crate::broker::{Broker, Partition};
+use crate::broker::{Broker, BrokerError, Partition, WaitKind, WaitSlot};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,14 +30,15 @@ pub struct StreamQuery {
     pub max_bytes: Option<String>,
 }
 
-/// How long one wait for new records lasts before the loop checks shutdown again.
-const STREAM_WAIT_MS: u64 = 1_000;
 /// Records fetched per read from the log.
 const STREAM_FETCH_RECORDS: u32 = 500;
 
 struct StreamState {
     broker: Arc<Broker>,
     partition: Arc<Partition>,
+    /// The stream's place under `streams_max`; given back (gauge included) when the stream
+    /// drops, however it ends.
+    slot: WaitSlot,
     /// Next offset to read from the log.
     next: u64,
     /// Rendered events waiting to be sent; bounded by one fetch.
@@ -81,9 +82,11 @@ pub async fn sse(
     };
     // Refuse a bad start now, with a problem, rather than inside the stream.
     partition.fetch(next, 1, 1)?;
+    let slot = broker.wait_slot(WaitKind::Stream)?;
     let state = StreamState {
         broker,
         partition,
+        slot,
         next,
         ready: VecDeque::new(),
         max_bytes,
@@ -97,55 +100,56 @@ pub async fn sse(
             if s.done || s.broker.is_shutting_down() {
                 return None;
             }
-            let fetched = fetch_waiting(
-                &s.broker,
-                &s.partition,
-                s.next,
-                STREAM_FETCH_RECORDS,
-                s.max_bytes,
-                STREAM_WAIT_MS,
-            )
-            .await;
-            let fetched = match fetched {
-                Ok(f) => f,
+            let high_watermark = match s.read_events() {
+                Ok(hw) => hw,
                 Err(e) => {
                     // Tell the client why, then end the stream.
                     s.done = true;
                     return Some((Ok(Event::default().event("error").data(e.to_string())), s));
                 }
             };
-            let partition_id = s.partition.id;
-            let mut ready = std::mem::take(&mut s.ready);
-            let next = fetched.for_each_record(|r| {
-                let mut data = Vec::with_capacity(128);
-                render_record(&mut data, partition_id, r);
-                let data = String::from_utf8(data).unwrap_or_default();
-                ready.push_back(
-                    Event::default()
-                        .event("record")
-                        .id(r.offset.to_string())
-                        .data(data),
-                );
-                Ok(())
-            });
-            s.ready = ready;
-            match next {
-                Ok(n) => s.next = n,
-                Err(_) => return None,
+            if !s.ready.is_empty() || s.next < high_watermark {
+                continue;
             }
-            // A failed (or deleted) partition's high watermark never moves again: once caught
-            // up, say why and end instead of waiting forever.
-            if s.ready.is_empty()
-                && s.next >= fetched.high_watermark
-                && let Some(why) = s.partition.failure()
-            {
+            // Caught up. A failed (or deleted) partition's high watermark never moves again:
+            // say why and end instead of waiting forever.
+            if let Some(why) = s.partition.failure() {
                 s.done = true;
                 let why = format!("the partition stopped taking writes: {why}");
                 return Some((Ok(Event::default().event("error").data(why)), s));
             }
+            // Woken by the flusher, a failure or shutdown; never by a timer.
+            s.broker
+                .wait_for_records(&s.slot, &s.partition, s.next, None)
+                .await;
         }
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+impl StreamState {
+    /// Reads one page at `next` and renders its records into `ready`; returns the high
+    /// watermark the read saw.
+    fn read_events(&mut self) -> Result<u64, BrokerError> {
+        let fetched = self
+            .partition
+            .fetch(self.next, STREAM_FETCH_RECORDS, self.max_bytes)?;
+        let partition_id = self.partition.id;
+        let ready = &mut self.ready;
+        self.next = fetched.for_each_record(|r| {
+            let mut data = Vec::with_capacity(128);
+            render_record(&mut data, partition_id, r);
+            let data = String::from_utf8(data).unwrap_or_default();
+            ready.push_back(
+                Event::default()
+                    .event("record")
+                    .id(r.offset.to_string())
+                    .data(data),
+            );
+            Ok(())
+        })?;
+        Ok(fetched.high_watermark)
+    }
 }

@@ -324,6 +324,15 @@ pub async fn scrape_metrics(http: &reqwest::Client, url: &str) -> String {
     response.text().await.expect("a body")
 }
 
+/// The value of the unlabelled metric `name` in `GET /metrics` (0 when it is absent).
+pub async fn scrape_unlabelled_metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = scrape_metrics(http, url).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `check` every 50 ms until it holds; panics naming `what` once `limit` has passed.
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
 where

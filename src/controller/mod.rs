@@ -1,7 +1,8 @@
 //! The controller's decisions, as pure functions of the metadata image: where replicas go
-//! (`placement`), and which brokers to fence and unfence from their heartbeats
-//! (`liveness`). The controller proposes the commands these produce; `metadata::apply`
-//! validates and records them.
+//! (`placement`), which brokers to fence and unfence from their heartbeats (`liveness`).
+//! The controller proposes the commands these produce; `metadata::apply` validates and
+//! records them. `peers` is the `--peers` list that names the cluster's voters.
 
 pub mod liveness;
+pub mod peers;
 pub mod placement;

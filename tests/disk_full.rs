@@ -148,3 +148,77 @@ async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged
     );
     assert!(!mount.0.join("data/clean-shutdown").exists());
 }
+
+/// A JSON body spanning two partitions, the second of which runs out of space: the answer
+/// says, record by record, which were stored, so a retry resends only the others.
+#[tokio::test]
+async fn a_json_produce_that_fails_part_way_reports_each_record_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut broker = common::TestBroker::start_at(&data);
+    common::create_topic(&broker.client(), &broker.url, "split", 2).await;
+    assert_eq!(broker.terminate(), Some(0));
+    // Partition 1's directory moves onto a 256 KiB tmpfs; partition 0 keeps the roomy disk.
+    let partition_1 = data.join("topics/split/1");
+    let saved = tmp.path().join("partition-1");
+    std::fs::rename(&partition_1, &saved).unwrap();
+    let _mount = Mount::tmpfs(&partition_1, "256k");
+    for file in std::fs::read_dir(&saved).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), partition_1.join(file.file_name())).unwrap();
+    }
+    broker.restart();
+    let (http, url) = (broker.client(), broker.url.clone());
+
+    let too_big_for_partition_1 = "x".repeat(400_000);
+    let r = http
+        .post(format!("{url}/v1/topics/split/records"))
+        .json(&json!({"records": [
+            {"partition": 0, "value": "first"},
+            {"partition": 1, "value": too_big_for_partition_1},
+            {"partition": 0, "value": "third"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "storage_unavailable", "{problem}");
+    assert_eq!(problem["appended_records"], 2, "{problem}");
+    assert_eq!(problem["unconfirmed_records"], 1, "{problem}");
+    assert_eq!(
+        problem["offsets"],
+        json!([
+            {"partition": 0, "offset": 0},
+            {"partition": 1, "unconfirmed": true},
+            {"partition": 0, "offset": 1},
+        ]),
+        "{problem}"
+    );
+    // The records reported stored are there, durable (served below the high watermark).
+    let page = common::get_json_ok(&http, &url, "/v1/topics/split/partitions/0/records").await;
+    let values: Vec<&Value> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["value"])
+        .collect();
+    assert_eq!(values, [&json!("first"), &json!("third")], "{page}");
+
+    // A failure in the first partition a body touches stores nothing of it.
+    let r = http
+        .post(format!("{url}/v1/topics/split/records"))
+        .json(&json!({"records": [{"partition": 1, "value": 1}, {"partition": 0, "value": 2}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["appended_records"], 0, "{problem}");
+    assert_eq!(
+        problem["offsets"],
+        json!([{"partition": 1, "unconfirmed": true}, null]),
+        "{problem}"
+    );
+    broker.kill9();
+}

@@ -101,6 +101,27 @@ pub struct ProduceOutcome {
     pub durability: Durability,
 }
 
+/// Where one record of a produce that failed part-way stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFate {
+    /// Appended, and durable as `acks` asked: its partition and offset.
+    Stored(u32, u64),
+    /// Its partition's append or durability wait failed in a way that may have stored it
+    /// anyway (a storage failure, a timeout).
+    Unconfirmed(u32),
+    /// Never handed to its partition: a partition before it failed.
+    NotStored,
+}
+
+/// A produce that failed: the error, and where each record stands.
+#[derive(Debug)]
+pub struct FailedProduce {
+    pub error: BrokerError,
+    /// One per record, in request order; empty when the produce failed before any append
+    /// (then no record was stored).
+    pub fates: Vec<RecordFate>,
+}
+
 /// A topic: its config and its partitions.
 #[derive(Debug)]
 pub struct Topic {
@@ -514,14 +535,39 @@ impl Broker {
         acks: Acks,
         timeout: Duration,
     ) -> Result<ProduceOutcome, BrokerError> {
+        self.produce_reporting(topic, records, acks, timeout)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`Self::produce`], saying on failure which records were stored.
+    ///
+    /// Records go to their partitions one partition at a time, in the order the partitions
+    /// first appear in the request, and the first failed append stops the rest. Partitions
+    /// already appended are still waited on (`acks=all`), so a record reported
+    /// [`RecordFate::Stored`] is as durable as a success would have said.
+    pub async fn produce_reporting(
+        &self,
+        topic: &Topic,
+        records: &[ProduceRecord<'_>],
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<ProduceOutcome, FailedProduce> {
+        let before_any_append = |error| FailedProduce {
+            error,
+            fates: Vec::new(),
+        };
         if *self.shutdown.borrow() {
-            return Err(BrokerError::ShuttingDown);
+            return Err(before_any_append(BrokerError::ShuttingDown));
         }
         let partitions = topic.partitions();
-        let assignment = self.assign_partitions(topic, &partitions, records)?;
+        let assignment = self
+            .assign_partitions(topic, &partitions, records)
+            .map_err(before_any_append)?;
         let mut offsets = vec![(0u32, 0u64); records.len()];
-        let mut waits: Vec<(Arc<Partition>, u64)> = Vec::new();
+        let mut waits: Vec<(u32, Arc<Partition>, u64)> = Vec::new();
         let mut done = vec![false; partitions.len()];
+        let mut failed_append = None;
         for &p in &assignment {
             if std::mem::replace(&mut done[p as usize], true) {
                 continue;
@@ -545,26 +591,62 @@ impl Broker {
             if batch.capacity() <= BATCH_BUFFER_KEEP_BYTES_MAX {
                 BATCH_BUFFER.set(batch);
             }
-            let (base, next) = appended?;
+            let (base, next) = match appended {
+                Ok(range) => range,
+                Err(e) => {
+                    failed_append = Some((p, e));
+                    break;
+                }
+            };
             for (j, i) in members().enumerate() {
                 offsets[i] = (p, base + j as u64);
             }
-            waits.push((Arc::clone(partition), next));
+            waits.push((p, Arc::clone(partition), next));
         }
-        let durability = match acks {
-            Acks::All => {
-                for (partition, next) in &waits {
-                    partition.wait_durable(*next, timeout).await?;
+        // How many of `waits` are durable as `acks` asked, and why the next one is not.
+        let mut confirmed = waits.len();
+        let mut failed_wait = None;
+        if acks == Acks::All {
+            for (k, (_, partition, next)) in waits.iter().enumerate() {
+                if let Err(e) = partition.wait_durable(*next, timeout).await {
+                    (confirmed, failed_wait) = (k, Some(e));
+                    break;
                 }
-                Durability::Fsync
             }
-            Acks::Leader => Durability::Leader,
-            Acks::None => Durability::None,
+        }
+        let (error, failed_partition) = match (failed_append, failed_wait) {
+            (None, None) => {
+                let durability = match acks {
+                    Acks::All => Durability::Fsync,
+                    Acks::Leader => Durability::Leader,
+                    Acks::None => Durability::None,
+                };
+                return Ok(ProduceOutcome {
+                    offsets,
+                    durability,
+                });
+            }
+            (Some((p, e)), _) => (e, Some(p)),
+            (None, Some(e)) => (e, None),
         };
-        Ok(ProduceOutcome {
-            offsets,
-            durability,
-        })
+        // Per partition: `Some(true)` stored, `Some(false)` unconfirmed, `None` never tried.
+        let mut stored: Vec<Option<bool>> = vec![None; partitions.len()];
+        for (k, (p, _, _)) in waits.iter().enumerate() {
+            stored[*p as usize] = Some(k < confirmed);
+        }
+        if let Some(p) = failed_partition {
+            stored[p as usize] = Some(false);
+        }
+        let fates = assignment
+            .iter()
+            .zip(&offsets)
+            .map(|(&p, &(_, offset))| match stored[p as usize] {
+                Some(true) => RecordFate::Stored(p, offset),
+                Some(false) => RecordFate::Unconfirmed(p),
+                None => RecordFate::NotStored,
+            })
+            .collect();
+        Err(FailedProduce { error, fates })
     }
 
     /// Validates every record and picks its partition: explicit, by key hash, or round-robin.

@@ -19,7 +19,7 @@ use super::json_records::{
 };
 use super::ndjson::produce_ndjson;
 use super::render::render_produce;
-use crate::broker::{Acks, Broker, ProduceRecord, now_ms};
+use crate::broker::{Acks, Broker, FailedProduce, ProduceRecord, RecordFate, now_ms};
 use crate::log::batch::RecordRef;
 
 /// Query of a produce request.
@@ -86,8 +86,9 @@ pub async fn produce(
             let records = as_produce_records(&decoded, &mut headers);
             let topic = broker.topic_for_produce(&topic, &records).await?;
             broker
-                .produce(&topic, &records, params.acks, params.timeout)
-                .await?
+                .produce_reporting(&topic, &records, params.acks, params.timeout)
+                .await
+                .map_err(with_record_fates)?
         }
         "application/x-ndjson" | "application/jsonl" => {
             produce_ndjson(&broker, &topic, &headers, body, &params, rules).await?
@@ -132,4 +133,45 @@ pub async fn produce(
         }
     };
     Ok(render_produce(&offsets))
+}
+
+/// The problem for a JSON produce that failed after an append: which records were stored.
+///
+/// A JSON body may span partitions, which take their records one partition at a time, so the
+/// records stored are not always the first N of the body (as they are for NDJSON). `offsets`
+/// has one entry per record of the body, in order: `{"partition":p,"offset":o}` if stored,
+/// `{"partition":p,"unconfirmed":true}` if it may or may not have been, `null` if not; a
+/// client resends the `null` ones (and decides about the unconfirmed ones).
+fn with_record_fates(failed: FailedProduce) -> ApiError {
+    let e = ApiError::from(failed.error);
+    if failed.fates.is_empty() {
+        return e;
+    }
+    let (mut stored, mut unconfirmed) = (0u64, 0u64);
+    let offsets: Vec<serde_json::Value> = failed
+        .fates
+        .iter()
+        .map(|fate| match *fate {
+            RecordFate::Stored(p, o) => {
+                stored += 1;
+                serde_json::json!({"partition": p, "offset": o})
+            }
+            RecordFate::Unconfirmed(p) => {
+                unconfirmed += 1;
+                serde_json::json!({"partition": p, "unconfirmed": true})
+            }
+            RecordFate::NotStored => serde_json::Value::Null,
+        })
+        .collect();
+    let detail = format!(
+        "{} ({stored} of the body's {} records were stored and {unconfirmed} may or may not \
+         have been; 'offsets' has one entry per record: its offset if stored, 'unconfirmed' \
+         if unsure, null if not stored)",
+        e.detail,
+        offsets.len()
+    );
+    ApiError { detail, ..e }
+        .with("appended_records", stored)
+        .with("unconfirmed_records", unconfirmed)
+        .with("offsets", offsets)
 }

@@ -7,8 +7,10 @@
 //!   the high watermark has passed its records.
 //! - The partition lock (`std::sync::Mutex`) is held across the page-cache write of an append
 //!   and across in-memory bookkeeping, never across an fsync, a file read for a consumer, or
-//!   an `.await`. It is taken last: never under a caller's lock that forbids it
-//!   ([`PartitionLocksForbidden`], held with the groups registry lock; debug builds assert).
+//!   an `.await`. File reads for consumers and every sync run on the blocking pool: plan under
+//!   the lock, do the I/O outside it, publish after. It is taken last: never under a caller's
+//!   lock that forbids it ([`PartitionLocksForbidden`], held with the groups registry lock;
+//!   debug builds assert).
 //! - One fsync covers every append made before it started (group commit): the flusher task
 //!   takes the log end offset, syncs outside the lock, then moves the HW to that offset and
 //!   wakes every waiter with one `watch` send.
@@ -29,7 +31,9 @@ use tokio::sync::{Notify, watch};
 
 use super::error::BrokerError;
 use crate::config::FlushPolicy;
-use crate::log::batch::{BatchError, BatchView, RecordView};
+use crate::log::batch::RecordView;
+use crate::log::segment::ReadSlice;
+use crate::log::walk::BufferBatches;
 use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
 use crate::metrics as m;
 
@@ -37,9 +41,24 @@ use crate::metrics as m;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     pub log_start_offset: u64,
+    /// Every record below this offset is fsynced on this broker; moved by the flusher.
+    pub fsynced_offset: u64,
+    /// Consumers see records below this offset only; `acks=all` waits for it. On a standalone
+    /// broker it follows `fsynced_offset` ([`Progress::follow_fsync`]); with replication it
+    /// will be the offset fsynced on every in-sync replica, which may lag this broker's own.
     pub high_watermark: u64,
     /// Set when the partition stops taking writes (storage failure or deletion).
     pub failed: bool,
+}
+
+impl Progress {
+    /// Records a finished fsync up to `target`. Two flushes may overlap (the flusher and
+    /// `close()`) and finish in either order: both offsets only grow. On a standalone broker
+    /// the high watermark is the fsynced offset.
+    fn follow_fsync(&mut self, target: u64) {
+        self.fsynced_offset = self.fsynced_offset.max(target);
+        self.high_watermark = self.high_watermark.max(self.fsynced_offset);
+    }
 }
 
 /// How long after the last append an idle flusher keeps its task around: forever; it exits
@@ -93,15 +112,11 @@ impl Fetched {
     ) -> Result<u64, BrokerError> {
         let mut next = self.from;
         let mut shown = 0u32;
-        let mut rest = &self.bytes[..];
-        while !rest.is_empty() && shown < self.max_records {
-            let batch = match BatchView::parse(rest) {
-                Ok(b) => b,
-                // The read was cut by max_bytes in the middle of a batch: stop before it.
-                Err(BatchError::Truncated) => break,
-                Err(e) => return Err(BrokerError::CorruptLog(e.to_string())),
-            };
-            rest = &rest[batch.bytes.len()..];
+        let mut batches = BufferBatches::new(&self.bytes);
+        while shown < self.max_records {
+            // The walk ends quietly where max_bytes cut the read in the middle of a batch.
+            let Some(batch) = batches.next() else { break };
+            let batch = batch.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
             if batch.header.next_offset() <= self.from {
                 continue;
             }
@@ -122,7 +137,7 @@ impl Fetched {
         }
         // Everything to the segment's end was read (maybe nothing, after compaction): go on
         // from the next segment rather than asking for the same gap again.
-        if rest.is_empty()
+        if batches.rest().is_empty()
             && shown < self.max_records
             && let Some(end) = self.segment_end
         {
@@ -145,6 +160,7 @@ impl Partition {
         let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
         let progress = Progress {
             log_start_offset: log.log_start_offset(),
+            fsynced_offset: log.flushed_offset(),
             high_watermark: log.flushed_offset(),
             failed: false,
         };
@@ -257,54 +273,79 @@ impl Partition {
     }
 
     /// Reads records from `offset` for a consumer. Only records below the HW are shown.
-    pub fn fetch(
+    /// The file read (up to `fetch_bytes_max`) runs on the blocking pool, not on the async
+    /// worker: the lock is taken only to find the bytes to read.
+    pub async fn fetch(
         &self,
         offset: u64,
         max_records: u32,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
-        let (slice, progress) = {
-            let log = self.lock();
-            let progress = self.progress();
-            // Up to the log end, not the HW: an `acks=leader` producer already holds offsets
-            // past the HW, and a long-poll there waits for them rather than being refused.
-            if offset < progress.log_start_offset || offset > log.log_end_offset() {
-                return Err(BrokerError::OffsetOutOfRange {
-                    offset,
-                    log_start_offset: progress.log_start_offset,
-                    high_watermark: progress.high_watermark,
-                });
-            }
-            let slice = if offset < progress.high_watermark {
-                log.read_slice(offset)
-            } else {
-                None
-            };
-            (slice, progress)
-        };
-        let (bytes, segment_end) = match slice {
-            Some(mut slice) => {
-                slice
-                    .skip_before(offset)
-                    .map_err(|e| BrokerError::Io(e.to_string()))?;
-                let bytes = slice
-                    .read(max_bytes)
-                    .map_err(|e| BrokerError::Io(e.to_string()))?;
-                let whole = bytes.len() as u64 >= slice.len;
-                (bytes, whole.then_some(slice.segment_end))
+        let (slice, progress) = self.plan_fetch(offset)?;
+        let read = match slice {
+            Some(slice) => {
+                tokio::task::spawn_blocking(move || read_for_fetch(slice, offset, max_bytes))
+                    .await
+                    .map_err(|e| BrokerError::Io(e.to_string()))??
             }
             None => (Vec::new(), None),
         };
+        Ok(self.fetched(offset, max_records, progress, read))
+    }
+
+    /// [`Partition::fetch`] for callers that may block their thread (startup replay).
+    pub fn fetch_blocking(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: u64,
+    ) -> Result<Fetched, BrokerError> {
+        let (slice, progress) = self.plan_fetch(offset)?;
+        let read = match slice {
+            Some(slice) => read_for_fetch(slice, offset, max_bytes)?,
+            None => (Vec::new(), None),
+        };
+        Ok(self.fetched(offset, max_records, progress, read))
+    }
+
+    /// Under the lock: checks `offset` and finds the bytes to read for it.
+    fn plan_fetch(&self, offset: u64) -> Result<(Option<ReadSlice>, Progress), BrokerError> {
+        let log = self.lock();
+        let progress = self.progress();
+        // Up to the log end, not the HW: an `acks=leader` producer already holds offsets
+        // past the HW, and a long-poll there waits for them rather than being refused.
+        if offset < progress.log_start_offset || offset > log.log_end_offset() {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start_offset: progress.log_start_offset,
+                high_watermark: progress.high_watermark,
+            });
+        }
+        let slice = if offset < progress.high_watermark {
+            log.read_slice(offset)
+        } else {
+            None
+        };
+        Ok((slice, progress))
+    }
+
+    fn fetched(
+        &self,
+        offset: u64,
+        max_records: u32,
+        progress: Progress,
+        (bytes, segment_end): (Vec<u8>, Option<u64>),
+    ) -> Fetched {
         ::metrics::counter!(m::BYTES_FETCHED, "topic" => Arc::clone(&self.topic))
             .increment(bytes.len() as u64);
-        Ok(Fetched {
+        Fetched {
             bytes,
             from: offset,
             high_watermark: progress.high_watermark,
             log_start_offset: progress.log_start_offset,
             max_records,
             segment_end,
-        })
+        }
     }
 
     /// The first offset whose record timestamp is `>= timestamp_ms`, or the HW if none.
@@ -320,7 +361,7 @@ impl Partition {
         let mut position = slice.position;
         let end = slice.position + slice.len;
         while position < end {
-            let chunk = crate::log::segment::ReadSlice {
+            let chunk = ReadSlice {
                 file: Arc::clone(&slice.file),
                 position,
                 len: end - position,
@@ -328,11 +369,9 @@ impl Partition {
             }
             .read(CHUNK_BYTES)
             .map_err(|e| BrokerError::Io(e.to_string()))?;
-            let mut rest = &chunk[..];
-            let mut consumed = 0u64;
-            while let Ok(batch) = BatchView::parse(rest) {
-                rest = &rest[batch.bytes.len()..];
-                consumed += batch.bytes.len() as u64;
+            let mut batches = BufferBatches::new(&chunk);
+            for batch in batches.by_ref() {
+                let batch = batch.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
                 if batch.header.max_timestamp_ms < timestamp_ms {
                     continue;
                 }
@@ -344,6 +383,7 @@ impl Partition {
                     }
                 }
             }
+            let consumed = (chunk.len() - batches.rest().len()) as u64;
             if consumed == 0 {
                 break;
             }
@@ -512,21 +552,16 @@ impl Partition {
         if self.failure().is_some() {
             return Ok(());
         }
-        let plan = self.lock().flush_plan();
-        let hw_before = self.progress().high_watermark;
-        if plan.target <= hw_before && plan.files.len() == 1 {
+        let plan = Arc::new(self.lock().flush_plan());
+        let synced_before = self.progress().fsynced_offset;
+        if plan.target <= synced_before && plan.only_active() {
             return Ok(());
         }
         let started = Instant::now();
-        let files = plan.files;
-        let synced = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            for f in &files {
-                f.sync_data()?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let running = Arc::clone(&plan);
+        let synced = tokio::task::spawn_blocking(move || running.run())
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
         ::metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
         ::metrics::counter!(m::FSYNCS).increment(1);
         if let Err(e) = synced {
@@ -534,20 +569,16 @@ impl Partition {
             return Err(e);
         }
         ::metrics::histogram!(m::FSYNC_RECORDS)
-            .record((plan.target - hw_before.min(plan.target)) as f64);
+            .record((plan.target - synced_before.min(plan.target)) as f64);
         {
             let mut log = self.lock();
-            log.mark_flushed(plan.target);
+            log.mark_flushed(&plan);
             let start = log.log_start_offset();
             assert!(
                 start <= plan.target && plan.target <= log.log_end_offset(),
                 "HW out of range"
             );
-            self.progress.send_modify(|p| {
-                // Two flushes may overlap (the flusher and close()) and finish in either order:
-                // the high watermark only grows.
-                p.high_watermark = p.high_watermark.max(plan.target);
-            });
+            self.progress.send_modify(|p| p.follow_fsync(plan.target));
         }
         self.publish_gauges();
         Ok(())
@@ -590,6 +621,23 @@ impl Partition {
             ::metrics::counter!(name, "topic" => topic.clone()).increment(0);
         }
     }
+}
+
+/// The blocking part of a fetch: the bytes from the batch holding `offset` on, and where the
+/// segment ends if the read reached it.
+fn read_for_fetch(
+    mut slice: ReadSlice,
+    offset: u64,
+    max_bytes: u64,
+) -> Result<(Vec<u8>, Option<u64>), BrokerError> {
+    slice
+        .skip_before(offset)
+        .map_err(|e| BrokerError::Io(e.to_string()))?;
+    let bytes = slice
+        .read(max_bytes)
+        .map_err(|e| BrokerError::Io(e.to_string()))?;
+    let whole = bytes.len() as u64 >= slice.len;
+    Ok((bytes, whole.then_some(slice.segment_end)))
 }
 
 /// Numbers shown by describe.
@@ -635,5 +683,60 @@ impl PartitionLocksForbidden {
 impl Drop for PartitionLocksForbidden {
     fn drop(&mut self) {
         PARTITION_LOCKS_FORBIDDEN.set(PARTITION_LOCKS_FORBIDDEN.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::Poll;
+
+    use super::*;
+    use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
+
+    fn open(dir: &Path) -> Arc<Partition> {
+        let flush = FlushPolicy {
+            flush_ms: 1,
+            flush_bytes: 1,
+        };
+        Partition::open("t".into(), 0, dir, LogConfig::default(), flush, false)
+            .unwrap()
+            .0
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fetch_reads_the_file_off_the_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        let value = vec![b'x'; 64 * 1024];
+        let mut builder = BatchBuilder::with_capacity(16 * value.len());
+        for _ in 0..16 {
+            builder.push(&RecordRef {
+                timestamp_ms: 1,
+                key: None,
+                key_is_utf8: false,
+                value: Some(&value),
+                value_is_json: false,
+                headers: &[],
+            });
+        }
+        let mut batch = builder.finish(ProducerInfo::NONE, None);
+        partition.append(&mut batch, 16, true).unwrap();
+        partition.flush_now().await.unwrap();
+        // On a current-thread runtime, a read done inside `poll` would finish in the first
+        // poll and stall every other task meanwhile; handed to the blocking pool, the first
+        // poll only starts it.
+        let mut fetch = std::pin::pin!(partition.fetch(0, 100, 16 << 20));
+        let first = std::future::poll_fn(|cx| Poll::Ready(fetch.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the read ran on the runtime thread");
+        let fetched = fetch.await.unwrap();
+        let mut records = 0;
+        fetched
+            .for_each_record(|_| {
+                records += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(records, 16);
     }
 }

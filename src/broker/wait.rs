@@ -230,6 +230,7 @@ mod tests {
     fn progress(high_watermark: u64, failed: bool) -> Progress {
         Progress {
             log_start_offset: 0,
+            fsynced_offset: high_watermark,
             high_watermark,
             failed,
         }

@@ -33,7 +33,7 @@ impl GroupCoordinator {
     ) -> Result<MemberFetch, GroupError> {
         let broker = &self.broker;
         let plan = self.plan_fetch(broker, group, member)?;
-        let first = self.read_plan(&plan, max_records, max_bytes)?;
+        let first = self.read_plan(&plan, max_records, max_bytes).await?;
         if !first.parts.is_empty() || wait.is_zero() {
             return Ok(first);
         }
@@ -41,7 +41,7 @@ impl GroupCoordinator {
         self.extend_session(group, member, wait)?;
         wait_for_progress(broker, &plan, wait).await?;
         let plan = self.plan_fetch(broker, group, member)?;
-        self.read_plan(&plan, max_records, max_bytes)
+        self.read_plan(&plan, max_records, max_bytes).await
     }
 
     fn extend_session(&self, group: &str, member: &str, by: Duration) -> Result<(), GroupError> {
@@ -82,7 +82,7 @@ impl GroupCoordinator {
         })
     }
 
-    fn read_plan(
+    async fn read_plan(
         &self,
         plan: &FetchPlan,
         max_records: u32,
@@ -109,7 +109,7 @@ impl GroupCoordinator {
                 break;
             }
             let (tp, partition, position) = &plan.positions[(start + i) % n];
-            let fetched = partition.fetch(*position, records_left, bytes_left)?;
+            let fetched = partition.fetch(*position, records_left, bytes_left).await?;
             let mut count = 0u32;
             fetched.for_each_record(|_| {
                 count += 1;

@@ -140,7 +140,7 @@ pub fn replay(
     for partition in topic.partitions() {
         let mut offset = partition.progress().log_start_offset;
         loop {
-            let fetched = partition.fetch(offset, 10_000, 4 * 1024 * 1024)?;
+            let fetched = partition.fetch_blocking(offset, 10_000, 4 * 1024 * 1024)?;
             let next = fetched.for_each_record(|r| {
                 replayed += 1;
                 let Some((group, tp)) = r.key.and_then(parse_offset_key) else {

@@ -154,7 +154,7 @@ pub async fn fetch_waiting(
     max_bytes: u64,
     wait_ms: u64,
 ) -> Result<Fetched, BrokerError> {
-    let fetched = partition.fetch(offset, max_records, max_bytes)?;
+    let fetched = partition.fetch(offset, max_records, max_bytes).await?;
     if wait_ms == 0 || offset < fetched.high_watermark {
         return Ok(fetched);
     }
@@ -164,5 +164,5 @@ pub async fn fetch_waiting(
         .wait_for_records(&slot, partition, offset, Some(deadline))
         .await;
     drop(slot);
-    partition.fetch(offset, max_records, max_bytes)
+    partition.fetch(offset, max_records, max_bytes).await
 }

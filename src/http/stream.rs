@@ -81,7 +81,7 @@ pub async fn sse(
         None => start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?,
     };
     // Refuse a bad start now, with a problem, rather than inside the stream.
-    partition.fetch(next, 1, 1)?;
+    partition.fetch(next, 1, 1).await?;
     let slot = broker.wait_slot(WaitKind::Stream)?;
     let state = StreamState {
         broker,
@@ -100,7 +100,7 @@ pub async fn sse(
             if s.done || s.broker.is_shutting_down() {
                 return None;
             }
-            let high_watermark = match s.read_events() {
+            let high_watermark = match s.read_events().await {
                 Ok(hw) => hw,
                 Err(e) => {
                     // Tell the client why, then end the stream.
@@ -132,10 +132,11 @@ pub async fn sse(
 impl StreamState {
     /// Reads one page at `next` and renders its records into `ready`; returns the high
     /// watermark the read saw.
-    fn read_events(&mut self) -> Result<u64, BrokerError> {
+    async fn read_events(&mut self) -> Result<u64, BrokerError> {
         let fetched = self
             .partition
-            .fetch(self.next, STREAM_FETCH_RECORDS, self.max_bytes)?;
+            .fetch(self.next, STREAM_FETCH_RECORDS, self.max_bytes)
+            .await?;
         let partition_id = self.partition.id;
         let ready = &mut self.ready;
         self.next = fetched.for_each_record(|r| {

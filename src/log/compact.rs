@@ -17,15 +17,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::batch::{
-    BATCH_HEADER_BYTES, BatchBuilder, BatchHeader, BatchView, RecordRef, stamp_batch,
-};
+use super::batch::{BatchBuilder, BatchView, RecordRef, stamp_batch};
 use super::index::{OffsetEntry, TimeEntry};
 use super::segment::Compacted;
+use super::walk::FileBatches;
 
 /// A sealed segment as compaction sees it: an immutable file.
 #[derive(Debug, Clone)]
@@ -64,31 +62,15 @@ pub fn compacted_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log.compacted"))
 }
 
-/// Calls `each` for every valid batch of a segment, in order. Stops at the first damage.
-pub fn for_each_batch(
-    file: &File,
-    size: u64,
-    mut each: impl FnMut(u64, BatchView<'_>) -> io::Result<()>,
+/// Calls `each` for every batch of a segment, in order. A damaged batch is an error: the
+/// segment is left as it is rather than rewritten without the batches after the damage.
+fn for_each_batch(
+    segment: &SegmentSnapshot,
+    mut each: impl FnMut(BatchView<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut position = 0u64;
-    let mut buf = Vec::new();
-    while position + BATCH_HEADER_BYTES as u64 <= size {
-        let mut header = [0u8; BATCH_HEADER_BYTES];
-        file.read_exact_at(&mut header, position)?;
-        let Ok(h) = BatchHeader::parse(&header) else {
-            break;
-        };
-        let total = h.total_len() as u64;
-        if position + total > size {
-            break;
-        }
-        buf.resize(total as usize, 0);
-        file.read_exact_at(&mut buf, position)?;
-        let Ok(view) = BatchView::parse(&buf) else {
-            break;
-        };
-        each(position, view)?;
-        position += total;
+    let mut walk = FileBatches::new(&segment.file, 0, segment.size, segment.base_offset);
+    while let Some((_, view)) = walk.next_batch()? {
+        each(view)?;
     }
     Ok(())
 }
@@ -98,7 +80,7 @@ pub fn for_each_batch(
 pub fn latest_offsets(plan: &CompactionPlan) -> io::Result<HashMap<Vec<u8>, u64>> {
     let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
     for segment in plan.sealed.iter().chain(std::iter::once(&plan.active)) {
-        for_each_batch(&segment.file, segment.size, |_, batch| {
+        for_each_batch(segment, |batch| {
             for record in batch.records().flatten() {
                 if record.offset >= plan.upto {
                     break;
@@ -138,7 +120,7 @@ pub fn compact_segment(
     };
     // First pass: is there anything to drop at all?
     let mut droppable = 0u64;
-    for_each_batch(&segment.file, segment.size, |_, batch| {
+    for_each_batch(segment, |batch| {
         for r in batch.records().flatten() {
             if !keep(r.offset, r.key, r.value) {
                 droppable += 1;
@@ -163,7 +145,7 @@ pub fn compact_segment(
     let mut since_index = u64::MAX;
     let mut last_relative = 0u32;
     let mut headers_buf: Vec<(String, Vec<u8>)> = Vec::new();
-    for_each_batch(&segment.file, segment.size, |_, batch| {
+    for_each_batch(segment, |batch| {
         let mut builder = BatchBuilder::with_capacity(batch.bytes.len());
         for r in batch.records() {
             let r = r.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -253,6 +235,7 @@ pub fn compact_segment(
 mod tests {
     use super::*;
     use crate::log::batch::{BatchBuilder, ProducerInfo};
+    use crate::log::walk::BufferBatches;
     use crate::log::{LogConfig, PartitionLog};
 
     fn config() -> LogConfig {
@@ -284,11 +267,9 @@ mod tests {
         let mut offset = log.log_start_offset();
         while let Some(slice) = log.read_slice(offset) {
             let bytes = slice.read(u64::MAX).unwrap();
-            let mut rest = &bytes[..];
             let mut advanced = false;
-            while let Ok(batch) = BatchView::parse(rest) {
-                rest = &rest[batch.bytes.len()..];
-                for r in batch.records().map(Result::unwrap) {
+            for batch in BufferBatches::new(&bytes) {
+                for r in batch.unwrap().records().map(Result::unwrap) {
                     if r.offset >= offset {
                         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
                         out.push((r.offset, text(r.key.unwrap()), r.value.map(text)));
@@ -375,5 +356,34 @@ mod tests {
         let (log, _) = PartitionLog::open(dir.path(), config(), false, 6_000).unwrap();
         assert_eq!(read_all(&log), before);
         assert_eq!(log.log_end_offset(), end + 1);
+    }
+
+    #[test]
+    fn a_damaged_sealed_segment_is_left_as_it_is_not_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(), false, 0).unwrap();
+        for i in 0..40u64 {
+            append(&mut log, &format!("k{}", i % 3), Some("v"), 1_000);
+        }
+        log.roll(2_000).unwrap();
+        let plan = log.compaction_plan(log.log_end_offset()).unwrap();
+        let first = &plan.sealed[0];
+        // A flipped byte in the middle of the first segment: the batches after it must not be
+        // lost by a rewrite that stops at the damage.
+        let path = crate::log::segment::log_path(dir.path(), first.base_offset);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let latest = latest_offsets(&plan);
+        assert!(latest.is_err(), "damage is reported, not skipped");
+        let rewritten = compact_segment(dir.path(), first, &HashMap::new(), plan.upto, true, 256);
+        assert_eq!(
+            rewritten.unwrap_err().kind(),
+            io::ErrorKind::InvalidData,
+            "a damaged segment is not rewritten"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
     }
 }

@@ -18,6 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use memmap2::MmapMut;
 
@@ -84,8 +85,9 @@ impl IndexEntry for TimeEntry {
 pub struct IndexFile<E: IndexEntry> {
     /// Where the index lives, for trimming and deleting.
     path: PathBuf,
-    /// The open file; kept so the map can be flushed and the file trimmed.
-    file: File,
+    /// The open file while writable, so the map can be flushed and the file trimmed; `None`
+    /// once sealed: a sealed index holds no file descriptor.
+    file: Option<File>,
     /// The mapping of the whole preallocated file; `None` once sealed (entries then live in
     /// `sealed`), so a sealed index holds no writable map.
     map: Option<MmapMut>,
@@ -112,7 +114,7 @@ impl<E: IndexEntry> IndexFile<E> {
         let map = unsafe { MmapMut::map_mut(&file)? };
         Ok(IndexFile {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             map: Some(map),
             sealed: Vec::new(),
             entries: 0,
@@ -127,11 +129,14 @@ impl<E: IndexEntry> IndexFile<E> {
             e.encode(&mut bytes[i * E::BYTES..(i + 1) * E::BYTES]);
         }
         std::fs::write(path, &bytes)?;
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        file.sync_all()?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?
+            .sync_all()?;
         Ok(IndexFile {
             path: path.to_path_buf(),
-            file,
+            file: None,
             map: None,
             sealed: entries.to_vec(),
             entries: entries.len(),
@@ -151,11 +156,12 @@ impl<E: IndexEntry> IndexFile<E> {
         if !len.is_multiple_of(E::BYTES) {
             return Ok(None);
         }
-        let bytes = std::fs::read(path)?;
+        let mut bytes = Vec::with_capacity(len);
+        io::Read::read_to_end(&mut &file, &mut bytes)?;
         let sealed: Vec<E> = bytes.chunks_exact(E::BYTES).map(E::decode).collect();
         Ok(Some(IndexFile {
             path: path.to_path_buf(),
-            file,
+            file: None,
             map: None,
             entries: sealed.len(),
             capacity: sealed.len(),
@@ -257,21 +263,52 @@ impl<E: IndexEntry> IndexFile<E> {
 
     /// Flushes the map and trims the file to its entries; the index becomes read-only.
     pub fn seal(&mut self) -> io::Result<()> {
-        if let Some(map) = self.map.take() {
-            map.flush()?;
-            self.sealed = (0..self.entries)
-                .map(|i| E::decode(&map[i * E::BYTES..(i + 1) * E::BYTES]))
-                .collect();
-            drop(map);
-            self.file.set_len((self.entries * E::BYTES) as u64)?;
-            self.file.sync_all()?;
-            self.capacity = self.entries;
+        match self.seal_later() {
+            Some(pending) => pending.run(),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Makes the index read-only now (its entries are copied out of the map) and returns the
+    /// file work, flushing the map and trimming and syncing the file, to do outside the
+    /// partition lock. `None` if it was sealed already.
+    pub fn seal_later(&mut self) -> Option<PendingSeal> {
+        let map = self.map.take()?;
+        self.sealed = (0..self.entries)
+            .map(|i| E::decode(&map[i * E::BYTES..(i + 1) * E::BYTES]))
+            .collect();
+        self.capacity = self.entries;
+        Some(PendingSeal {
+            map: Mutex::new(Some(map)),
+            file: self.file.take().expect("a writable index has its file"),
+            len: (self.entries * E::BYTES) as u64,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The file work of sealing an index: flush the map, trim the file to its entries, sync it.
+/// Running it twice is harmless, so overlapping flushes may both run it.
+#[derive(Debug)]
+pub struct PendingSeal {
+    /// Taken (and unmapped) by the first run.
+    map: Mutex<Option<MmapMut>>,
+    file: File,
+    /// Bytes of the index's entries: the file is trimmed to this.
+    len: u64,
+}
+
+impl PendingSeal {
+    pub fn run(&self) -> io::Result<()> {
+        let map = self.map.lock().expect("seal lock poisoned").take();
+        if let Some(map) = map {
+            map.flush()?;
+        }
+        self.file.set_len(self.len)?;
+        self.file.sync_all()
     }
 }
 

@@ -22,6 +22,7 @@ pub mod index;
 pub mod segment;
 #[cfg(test)]
 mod tests;
+pub mod walk;
 
 use std::fs::File;
 use std::io;
@@ -29,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use batch::{BATCH_HEADER_BYTES, BatchHeader};
+use index::PendingSeal;
 use segment::{OpenMode, ReadSlice, Segment};
 
 /// Per-partition storage settings (a topic's config, resolved).
@@ -87,12 +89,51 @@ impl Checkpoint {
     }
 }
 
-/// Files and an offset to sync outside the partition lock.
+/// File work taken under the partition lock and done outside it (by [`FlushPlan::run`]), so
+/// that everything appended before the plan was taken becomes durable.
 #[derive(Debug)]
 pub struct FlushPlan {
-    pub files: Vec<Arc<File>>,
-    /// Everything below this offset is durable once `files` are synced.
+    /// Log files to sync: rolled segments not known to be synced, then the active one.
+    files: Vec<Arc<File>>,
+    /// Indexes of rolled segments to trim and sync (a roll leaves them to the next flush).
+    seals: Vec<Arc<PendingSeal>>,
+    /// The partition directory, to sync when a roll created a segment since the last plan
+    /// that synced it was marked done.
+    dir: Option<PathBuf>,
+    /// Rolls counted when the plan was taken: a synced directory covers those.
+    rolls: u64,
+    /// Everything below this offset is durable once the plan has run.
     pub target: u64,
+}
+
+impl FlushPlan {
+    /// Syncs the files, trims and syncs the rolled indexes, syncs the directory. Blocking.
+    pub fn run(&self) -> io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        for seal in &self.seals {
+            seal.run()?;
+        }
+        match &self.dir {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the plan syncs nothing but the active segment's file.
+    pub fn only_active(&self) -> bool {
+        self.files.len() == 1 && self.seals.is_empty() && self.dir.is_none()
+    }
+}
+
+/// A rolled segment whose file work waits for the next flush.
+#[derive(Debug)]
+struct Unsynced {
+    file: Arc<File>,
+    seals: Vec<Arc<PendingSeal>>,
+    /// The segment's end offset: a flush marked done at or past it covered this segment.
+    end: u64,
 }
 
 #[derive(Debug)]
@@ -106,10 +147,14 @@ pub struct PartitionLog {
     log_start_offset: u64,
     /// Every record below this offset has been fsynced.
     flushed_offset: u64,
-    /// Rolled segments whose data has not been synced yet, with the offset they end at. Each
-    /// stays until a flush reaching its end is marked done, so overlapping flushes (the
-    /// flusher and a shutdown) all sync it.
-    unsynced: Vec<(Arc<File>, u64)>,
+    /// Rolled segments whose data has not been synced yet (or whose indexes are not trimmed
+    /// yet). Each stays until a flush reaching its end is marked done, so overlapping flushes
+    /// (the flusher and a shutdown) all sync it.
+    unsynced: Vec<Unsynced>,
+    /// Segments created by rolls so far, and how many of those a synced directory covers:
+    /// every plan syncs the directory while they differ.
+    rolls: u64,
+    dir_synced_rolls: u64,
 }
 
 impl PartitionLog {
@@ -232,6 +277,8 @@ impl PartitionLog {
             log_start_offset,
             flushed_offset: log_end,
             unsynced: Vec::new(),
+            rolls: 0,
+            dir_synced_rolls: 0,
         };
         log.write_checkpoint()?;
         Ok((log, report))
@@ -311,18 +358,28 @@ impl PartitionLog {
 
     /// Seals the active segment and starts a new one at the log end offset.
     /// An empty active segment stays: a new one would have the same base offset (file name).
+    ///
+    /// Runs under the partition lock, so it syncs nothing: the sealed segment is immutable,
+    /// and the next [`FlushPlan`] syncs its file, trims and syncs its indexes and syncs the
+    /// directory, outside the lock. A crash before that leaves untrimmed indexes, which
+    /// recovery rebuilds.
     pub fn roll(&mut self, now_ms: i64) -> io::Result<()> {
         if self.active().size == 0 {
             return Ok(());
         }
         let next = self.log_end_offset();
         let entries_max = index_entries_max(&self.config);
-        let active = self.segments.last_mut().expect("never empty");
-        active.seal_indexes()?;
-        self.unsynced.push((Arc::clone(&active.file), next));
-        self.segments
-            .push(Segment::create(&self.dir, next, entries_max, now_ms)?);
-        sync_dir(&self.dir)
+        let created = Segment::create(&self.dir, next, entries_max, now_ms)?;
+        let sealed = self.segments.last_mut().expect("never empty");
+        let seals = sealed.seal_indexes_later();
+        self.unsynced.push(Unsynced {
+            file: Arc::clone(&sealed.file),
+            seals: seals.into_iter().map(Arc::new).collect(),
+            end: next,
+        });
+        self.segments.push(created);
+        self.rolls += 1;
+        Ok(())
     }
 
     /// The bytes to read for `offset`, or `None` at the log end. The caller checks the range.
@@ -350,21 +407,33 @@ impl PartitionLog {
             .map(|s| s.time_slice(timestamp_ms))
     }
 
-    /// Files to sync so that everything appended so far becomes durable.
+    /// The file work that makes everything appended so far durable.
     pub fn flush_plan(&mut self) -> FlushPlan {
-        let mut files: Vec<Arc<File>> = self.unsynced.iter().map(|(f, _)| Arc::clone(f)).collect();
+        let mut files: Vec<Arc<File>> = self.unsynced.iter().map(|u| Arc::clone(&u.file)).collect();
         files.push(Arc::clone(&self.active().file));
+        let seals = self
+            .unsynced
+            .iter()
+            .flat_map(|u| u.seals.iter().map(Arc::clone))
+            .collect();
         FlushPlan {
             files,
+            seals,
+            dir: (self.rolls > self.dir_synced_rolls).then(|| self.dir.clone()),
+            rolls: self.rolls,
             target: self.log_end_offset(),
         }
     }
 
-    /// Records that a [`FlushPlan`] was synced.
-    pub fn mark_flushed(&mut self, target: u64) {
+    /// Records that a [`FlushPlan`] has run.
+    pub fn mark_flushed(&mut self, plan: &FlushPlan) {
+        let target = plan.target;
         assert!(target <= self.log_end_offset(), "flushed past the log end");
         self.flushed_offset = self.flushed_offset.max(target);
-        self.unsynced.retain(|&(_, end)| end > target);
+        self.unsynced.retain(|u| u.end > target);
+        if plan.dir.is_some() {
+            self.dir_synced_rolls = self.dir_synced_rolls.max(plan.rolls);
+        }
     }
 
     /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
@@ -480,11 +549,9 @@ impl PartitionLog {
 
     /// Seals every index (trims the files) for a clean shutdown. The log stays usable for reads.
     pub fn close(&mut self) -> io::Result<()> {
-        for s in &self.segments {
-            s.file.sync_all()?;
-        }
-        self.flushed_offset = self.log_end_offset();
-        self.unsynced.clear();
+        let plan = self.flush_plan();
+        plan.run()?;
+        self.mark_flushed(&plan);
         self.segments
             .last_mut()
             .expect("never empty")

@@ -14,8 +14,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::batch::{BATCH_HEADER_BYTES, BatchHeader, BatchView};
-use super::index::{IndexFile, OffsetEntry, TimeEntry};
+use super::batch::{BATCH_HEADER_BYTES, BatchHeader};
+use super::index::{IndexFile, OffsetEntry, PendingSeal, TimeEntry};
+use super::walk::{FileBatches, WalkError};
 
 /// How far a segment's contents may be trusted when it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,17 +73,16 @@ impl ReadSlice {
     /// would get nothing at all while records are there.
     pub fn skip_before(&mut self, offset: u64) -> io::Result<()> {
         let end = self.position + self.len;
-        let mut header = [0u8; BATCH_HEADER_BYTES];
-        while self.position + BATCH_HEADER_BYTES as u64 <= end {
-            self.file.read_exact_at(&mut header, self.position)?;
-            let Ok(h) = BatchHeader::parse(&header) else {
-                break;
-            };
-            if h.next_offset() > offset || self.position + h.total_len() as u64 > end {
-                break;
+        let mut walk = FileBatches::new(&self.file, self.position, end, 0);
+        loop {
+            match walk.next_header() {
+                Ok(Some(h)) if h.next_offset() <= offset => walk.skip(),
+                // Damage is left for the read to report, where the reader sees it.
+                Ok(_) | Err(WalkError::Damaged { .. }) => break,
+                Err(WalkError::Io(e)) => return Err(e),
             }
-            self.position += h.total_len() as u64;
         }
+        self.position = walk.position();
         self.len = end - self.position;
         Ok(())
     }
@@ -417,13 +417,24 @@ impl Segment {
         self.read_slice(self.base_offset + u64::from(start_relative))
     }
 
-    /// Trims the indexes to their entries and makes them read-only (on roll and shutdown).
+    /// Trims the indexes to their entries and makes them read-only (on shutdown and open).
     pub fn seal_indexes(&mut self) -> io::Result<()> {
+        for pending in self.seal_indexes_later() {
+            pending.run()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the indexes read-only now and returns the file work of trimming and syncing
+    /// them, for a roll to do outside the partition lock.
+    pub fn seal_indexes_later(&mut self) -> Vec<PendingSeal> {
         if self.size > 0 {
             self.append_time_entry(self.last_batch_relative);
         }
-        self.offset_index.seal()?;
-        self.time_index.seal()
+        [self.offset_index.seal_later(), self.time_index.seal_later()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Removes the segment's files. Open readers keep their `Arc<File>` until done.
@@ -458,9 +469,9 @@ struct Scan {
     time_points: Vec<(u32, i64)>,
 }
 
-/// Reads batches from `from` to the end of the file, checking each CRC; stops at the first one
-/// that does not decode. `index` is told `(position, header, bytes since last index entry)` and
-/// says whether it indexed the batch.
+/// Walks batches from `from` to the end of the file, checking each CRC; stops at the first
+/// one that is damaged (see [`super::walk`]). `index` is told `(position, header, bytes since
+/// last index entry)` and says whether it indexed the batch.
 fn scan_log(
     file: &File,
     file_len: u64,
@@ -468,38 +479,19 @@ fn scan_log(
     from: u64,
     mut index: impl FnMut(u64, &BatchHeader, u64) -> bool,
 ) -> io::Result<Scan> {
-    const CHUNK_BYTES: usize = 1 << 20;
     let mut scan = Scan {
         valid_len: from,
         max_timestamp_ms: i64::MIN,
         ..Scan::default()
     };
     let mut since_index = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
-    let mut pos = from;
-    let mut expected = None::<u64>;
-    while pos < file_len {
-        let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
-        if file_len - pos < BATCH_HEADER_BYTES as u64 {
-            break;
-        }
-        file.read_exact_at(&mut header_bytes, pos)?;
-        let Ok(header) = BatchHeader::parse(&header_bytes) else {
-            break;
+    let mut walk = FileBatches::new(file, from, file_len, base_offset);
+    loop {
+        let (pos, header) = match walk.next_batch() {
+            Ok(Some((pos, view))) => (pos, view.header),
+            Ok(None) | Err(WalkError::Damaged { .. }) => break,
+            Err(WalkError::Io(e)) => return Err(e),
         };
-        let total = header.total_len() as u64;
-        if pos + total > file_len || header.base_offset < base_offset {
-            break;
-        }
-        // Offsets only grow; compaction may leave gaps between batches, never overlaps.
-        if expected.is_some_and(|e| header.base_offset < e) {
-            break;
-        }
-        buf.resize(total as usize, 0);
-        file.read_exact_at(&mut buf, pos)?;
-        if BatchView::parse(&buf).is_err() {
-            break;
-        }
         let indexed = index(pos, &header, since_index);
         if indexed {
             since_index = 0;
@@ -514,12 +506,10 @@ fn scan_log(
         {
             scan.time_points.push((relative, scan.max_timestamp_ms));
         }
-        since_index += total;
+        since_index += header.total_len() as u64;
         scan.last_batch_relative = relative;
-        expected = Some(header.next_offset());
-        scan.next_offset = expected;
-        pos += total;
-        scan.valid_len = pos;
+        scan.next_offset = Some(header.next_offset());
+        scan.valid_len = walk.position();
     }
     scan.bytes_since_index = since_index;
     Ok(scan)

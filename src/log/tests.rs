@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use super::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef};
+use super::walk::BufferBatches;
 use super::{LogConfig, OpenReport, PartitionLog};
 
 /// One record as the test appended it.
@@ -95,10 +96,9 @@ fn read_from(log: &PartitionLog, from: u64) -> Vec<(u64, Rec)> {
         };
         slice.skip_before(offset).expect("skip");
         let bytes = slice.read(700).expect("read");
-        let mut rest = &bytes[..];
         let before = offset;
-        while let Ok(batch) = BatchView::parse(rest) {
-            rest = &rest[batch.bytes.len()..];
+        for batch in BufferBatches::new(&bytes) {
+            let batch = batch.expect("no damage");
             for record in batch.records() {
                 let record = record.expect("record decodes");
                 if record.offset >= offset {
@@ -713,9 +713,10 @@ fn a_rolled_segment_stays_in_every_flush_plan_until_one_is_marked_done() {
     let second = log.flush_plan();
     assert_eq!(first.files.len(), 2);
     assert_eq!(second.files.len(), 2, "the rolled segment is in both plans");
-    log.mark_flushed(second.target);
-    assert_eq!(log.flush_plan().files.len(), 1, "synced once, forgotten");
-    log.mark_flushed(first.target);
+    assert!(second.dir.is_some() && second.seals.len() == 2);
+    log.mark_flushed(&second);
+    assert!(log.flush_plan().only_active(), "synced once, forgotten");
+    log.mark_flushed(&first);
     assert_eq!(log.flushed_offset(), model.log_end());
 }
 
@@ -784,5 +785,48 @@ fn a_full_index_rolls_the_segment_after_a_config_change() {
     assert_matches(&log, &model, 0);
     drop(log);
     let (log, _) = open(dir.path(), config(1 << 20, 1), false);
+    assert_matches(&log, &model, 0);
+}
+
+#[test]
+fn a_roll_leaves_its_file_work_to_the_next_flush_plan() {
+    // A roll runs under the partition lock: it must not trim or sync the sealed segment's
+    // indexes there. The next flush plan does that, outside the lock.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut model) = filled(dir.path(), config(1 << 20, 128), 3);
+    log.roll(0).unwrap();
+    model.append(&mut log, 2, 5, 0);
+    let sealed_index = segment_files(dir.path(), "index")[0].clone();
+    let preallocated = std::fs::metadata(&sealed_index).unwrap().len();
+    assert!(
+        preallocated > 4096,
+        "untouched by the roll: {preallocated} bytes"
+    );
+    assert_matches(&log, &model, 0);
+    let plan = log.flush_plan();
+    assert!(!plan.only_active());
+    plan.run().unwrap();
+    log.mark_flushed(&plan);
+    let trimmed = std::fs::metadata(&sealed_index).unwrap().len();
+    assert!(
+        trimmed < 4096 && trimmed.is_multiple_of(8),
+        "trimmed by the plan: {trimmed}"
+    );
+    assert!(log.flush_plan().only_active());
+    assert_matches(&log, &model, 0);
+}
+
+#[test]
+fn a_crash_between_a_roll_and_its_flush_loses_nothing_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut model) = filled(dir.path(), config(1 << 20, 128), 3);
+    log.roll(0).unwrap();
+    model.append(&mut log, 2, 5, 0);
+    drop(log);
+    let (log, report) = open(dir.path(), config(1 << 20, 128), false);
+    assert!(
+        report.rebuilt_indexes >= 1,
+        "the untrimmed index is rebuilt: {report:?}"
+    );
     assert_matches(&log, &model, 0);
 }

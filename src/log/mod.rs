@@ -19,6 +19,7 @@ pub mod batch;
 pub mod compact;
 pub mod epoch_cache;
 pub mod index;
+pub mod producer_state;
 pub mod segment;
 #[cfg(test)]
 mod tests;

@@ -52,8 +52,19 @@ pub struct Limits {
     pub fetch_records_max: u32,
     /// Most bytes one fetch reads from the log (one batch may exceed it, as in Kafka).
     pub fetch_bytes_max: u64,
-    /// Most concurrent connections; more wait in the accept queue.
+    /// Most concurrent connections serving the API; more wait in the accept queue (past
+    /// the health reserve below).
     pub connections_max: u32,
+    /// Connections accepted past `connections_max` that serve only `/healthz`, `/readyz` and
+    /// `/metrics`, so a full broker can still be probed and scraped.
+    pub health_connections_max: u32,
+    /// Longest wait for a request's headers, from the moment a connection waits for them (so
+    /// also how long an idle keep-alive connection stays open).
+    pub header_read_timeout_ms: u64,
+    /// Longest a request body may make no progress before it is answered with a 408.
+    pub body_stall_timeout_ms: u64,
+    /// Longest a whole request body may take, from the request head, before a 408.
+    pub body_read_timeout_ms: u64,
     /// NDJSON bodies are appended in batches of about this many bytes, so a large body is
     /// never buffered whole.
     pub ndjson_batch_bytes: u64,
@@ -93,6 +104,10 @@ impl Default for Limits {
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             connections_max: 4096,
+            health_connections_max: 16,
+            header_read_timeout_ms: 10_000,
+            body_stall_timeout_ms: 10_000,
+            body_read_timeout_ms: 120_000,
             ndjson_batch_bytes: 4 * 1024 * 1024,
             group_session_timeout_ms_min: 1_000,
             group_session_timeout_ms_max: 300_000,

@@ -1,66 +1,179 @@
-//! `connections_max`: connections past the limit wait in the accept queue and are served as
-//! soon as another connection closes; the broker neither refuses nor crashes.
+//! Connections: `connections_max` general connections, `health_connections_max` more for
+//! probes and scrapes, then the accept queue; and the clocks that close a connection whose
+//! client is too slow (headers, idle keep-alive, a stalled or endless body).
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn connect(url: &str) -> TcpStream {
     let addr = url.trim_start_matches("http://");
     let stream = TcpStream::connect(addr).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     stream
 }
 
-/// Sends a keep-alive `GET /healthz` and reads the answer's status line.
-fn healthz(stream: &mut TcpStream) -> std::io::Result<String> {
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut buf = [0u8; 512];
+/// Sends a keep-alive `GET path` and reads the answer (one read: these answers are small).
+fn get(stream: &mut TcpStream, path: &str) -> std::io::Result<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut buf = [0u8; 4096];
     let n = stream.read(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string())
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("")
+}
+
+/// Reads until the broker closes the connection; returns what it sent. Panics if it is still
+/// open after the read timeout.
+fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return String::from_utf8_lossy(&got).to_string(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return String::from_utf8_lossy(&got).to_string();
+            }
+            Err(e) => panic!(
+                "the broker kept the connection open ({e}); got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
 }
 
 #[test]
-fn a_connection_past_connections_max_waits_until_one_closes() {
-    let broker = common::TestBroker::start_with_config("[limits]\nconnections_max = 3\n");
-    let mut held: Vec<TcpStream> = (0..3).map(|_| connect(&broker.url)).collect();
+fn past_connections_max_the_health_reserve_serves_probes_and_then_connections_wait() {
+    let broker = common::TestBroker::start_with_config(
+        "[limits]\nconnections_max = 2\nhealth_connections_max = 1\n",
+    );
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(&broker.url)).collect();
     for stream in &mut held {
-        assert!(
-            healthz(stream).unwrap().contains("200"),
-            "each of the first three is served"
-        );
+        let answer = get(stream, "/v1/topics").unwrap();
+        assert!(status_line(&answer).contains("200"), "{answer}");
     }
-    // The fourth is accepted by the kernel but not by the broker: no answer while all three
-    // permits are held.
-    let mut fourth = connect(&broker.url);
-    fourth
+    // The third connection comes from the health reserve: anything but a probe is refused
+    // and the connection closed, which frees the reserve slot again.
+    let mut refused = connect(&broker.url);
+    let answer = get(&mut refused, "/v1/topics").unwrap();
+    assert!(status_line(&answer).contains("503"), "{answer}");
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
+    assert!(
+        answer.contains("\"limit_name\":\"connections_max\""),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    read_until_closed(&mut refused);
+    let mut probe = connect(&broker.url);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let answer = get(&mut probe, path).unwrap();
+        assert!(status_line(&answer).contains("200"), "{path}: {answer}");
+    }
+    // Past both pools a connection is accepted by the kernel, not by the broker.
+    let mut waiting = connect(&broker.url);
+    waiting
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let waited = healthz(&mut fourth);
+    let waited = get(&mut waiting, "/healthz");
     assert!(
         waited.as_ref().is_err_and(|e| matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         )),
-        "a fourth connection must wait, got {waited:?}"
+        "a connection past both pools must wait, got {waited:?}"
     );
-    // Closing one lets the waiting connection in; its request is answered.
+    // Closing a general connection lets the waiting one in; its request is answered.
     drop(held.pop());
-    fourth
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut buf = [0u8; 512];
-    let n = fourth.read(&mut buf).unwrap();
+    let n = waiting.read(&mut buf).unwrap();
     assert!(
         String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
         "served after a slot freed"
     );
+}
+
+/// Connections short on time: header and body clocks of a fraction of a second.
+const QUICK_CLOCKS: &str = "[limits]\nheader_read_timeout_ms = 300\nbody_stall_timeout_ms = 300\nbody_read_timeout_ms = 1500\n";
+
+#[test]
+fn slow_headers_and_idle_keep_alive_connections_are_closed() {
+    let broker = common::TestBroker::start_with_config(QUICK_CLOCKS);
+    let mut slow = connect(&broker.url);
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    read_until_closed(&mut slow);
+
+    let mut idle = connect(&broker.url);
+    let answer = get(&mut idle, "/healthz").unwrap();
+    assert!(status_line(&answer).contains("200"), "{answer}");
+    read_until_closed(&mut idle);
+}
+
+/// Sends a produce request head for a JSON body of `declared` bytes (or chunked).
+fn start_produce(url: &str, declared: Option<usize>) -> TcpStream {
+    let mut stream = connect(url);
+    let length = match declared {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_string(),
+    };
+    let head = format!(
+        "POST /v1/topics/t/records HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/json\r\n{length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+fn assert_body_timeout(answer: &str, limit_name: &str) {
+    assert!(status_line(answer).contains("408"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_timeout\""), "{answer}");
+    assert!(
+        answer.contains(&format!("\"limit_name\":\"{limit_name}\"")),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_stalled_body_and_an_endless_chunked_body_get_408_and_the_connection_closes() {
+    let broker = common::TestBroker::start_with_config(QUICK_CLOCKS);
+    common::runtime().block_on(async {
+        common::create_topic(&broker.client(), &broker.url, "t", 1).await;
+    });
+
+    let mut stalled = start_produce(&broker.url, Some(100));
+    stalled.write_all(b"{\"records\":").unwrap();
+    assert_body_timeout(&read_until_closed(&mut stalled), "body_stall_timeout_ms");
+
+    // A chunk of whitespace every 50 ms: always progressing, never ending. Bounded by count
+    // and time; the broker must answer long before either runs out.
+    let mut endless = start_produce(&broker.url, None);
+    endless.write_all(b"b\r\n{\"records\":\r\n").unwrap();
+    let mut reader = endless.try_clone().unwrap();
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..400 {
+            if endless.write_all(b"1\r\n \r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let answer = read_until_closed(&mut reader);
+    assert_body_timeout(&answer, "body_read_timeout_ms");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    writer.join().unwrap();
 }

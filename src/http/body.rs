@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ApiResult};
+use super::serve::BodyTimeout;
 
 /// The 413 for a body over `request_body_bytes_max`.
 pub fn body_too_large(limit: u64) -> ApiError {
@@ -41,14 +42,32 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> ApiRes
     // regrowing chunk by chunk.
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::invalid(format!("reading the request body failed: {e}")))?;
+        let chunk = chunk.map_err(body_read_failed)?;
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(body_too_large(limit));
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// The problem for a body that could not be read: a 408 naming the limit when a body clock
+/// ran out ([`BodyTimeout`]), else a 400 (the client went away or sent a broken body).
+pub fn body_read_failed(e: axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(error) = source {
+        if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
+            return ApiError::limit(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                timeout.limit_name,
+                timeout.limit_ms,
+                timeout.to_string(),
+            );
+        }
+        source = error.source();
+    }
+    ApiError::invalid(format!("reading the request body failed: {e}"))
 }
 
 /// The media type of the request, lower-cased, without parameters.

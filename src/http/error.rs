@@ -166,7 +166,11 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after_s {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body may still be on the wire: close rather than read it as the
+        // next request.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE
+            || self.status == StatusCode::REQUEST_TIMEOUT
+        {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response

@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 
-use super::body::{body_too_large, check_declared_length};
+use super::body::{body_read_failed, body_too_large, check_declared_length};
 use super::error::{ApiError, ApiResult};
 use super::json_records::{
     RecordRules, as_produce_records, parse_ndjson_lines, parse_off_the_workers,
@@ -83,9 +83,7 @@ async fn append_ndjson_batches(
     while !finished {
         match stream.next().await {
             Some(chunk) => {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::invalid(format!("reading the request body failed: {e}"))
-                })?;
+                let chunk = chunk.map_err(body_read_failed)?;
                 total += chunk.len() as u64;
                 if total > limits.request_body_bytes_max {
                     return Err(body_too_large(limits.request_body_bytes_max));

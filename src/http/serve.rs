@@ -1,0 +1,302 @@
+//! Serving connections: the accept loop, the connection bounds and the clocks on a client.
+//!
+//! Invariants:
+//! - At most `connections_max` connections serve the API. Past it, `health_connections_max`
+//!   more are accepted for `/healthz`, `/readyz` and `/metrics` only (anything else there is a
+//!   503 `overloaded` and the connection closes), so a broker full of clients can still be
+//!   probed and scraped. Past both, connections wait in the kernel's accept queue.
+//! - A client must send a request's headers within `header_read_timeout_ms`, counted from the
+//!   moment the connection waits for them: a fresh connection, or a keep-alive connection
+//!   after its last answer. So the same clock closes slow headers and idle keep-alive
+//!   connections.
+//! - A request body must make progress every `body_stall_timeout_ms` and be complete within
+//!   `body_read_timeout_ms` of the request head; otherwise reading it fails with
+//!   [`BodyTimeout`], which the handler answers with a 408 that closes the connection.
+//!
+//! Shutdown: when `shutdown` resolves the loop stops accepting, every connection finishes its
+//! request in flight and closes, and [`serve`] returns once all have.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+use super::error::ApiError;
+use super::{AppState, router};
+use crate::broker::BrokerError;
+use crate::limits::Limits;
+
+/// Paths a connection from the health reserve may call.
+const HEALTH_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Serves the API until `shutdown` resolves; then finishes in-flight requests and returns.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let limits = state.limits().clone();
+    let app = router(state);
+    let slots = ConnectionSlots::new(&limits);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .keep_alive(true);
+    let clocks = BodyClocks {
+        stall: Duration::from_millis(limits.body_stall_timeout_ms),
+        total: Duration::from_millis(limits.body_read_timeout_ms),
+    };
+    // Every connection task holds a receiver; `closed()` resolves when the last one ends.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = accept(&listener, &slots) => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, slot) = accepted;
+        let connection = Connection {
+            app: app.clone(),
+            slot,
+            clocks,
+            connections_max: limits.connections_max,
+        };
+        tokio::spawn(connection.serve(http1.clone(), stream, stop_rx.clone()));
+    }
+    drop(listener);
+    drop(stop_rx);
+    stop_tx.send_replace(true);
+    stop_tx.closed().await;
+    Ok(())
+}
+
+/// The two pools of connections.
+struct ConnectionSlots {
+    /// `connections_max` permits: connections that may call anything.
+    general: Arc<Semaphore>,
+    /// `health_connections_max` permits: connections past the limit, for probes and scrapes.
+    health: Arc<Semaphore>,
+}
+
+/// Which pool a connection's permit came from; given back when the connection closes.
+enum Slot {
+    General(#[allow(dead_code)] OwnedSemaphorePermit),
+    Health(#[allow(dead_code)] OwnedSemaphorePermit),
+}
+
+impl ConnectionSlots {
+    fn new(limits: &Limits) -> ConnectionSlots {
+        ConnectionSlots {
+            general: Arc::new(Semaphore::new(limits.connections_max as usize)),
+            health: Arc::new(Semaphore::new(limits.health_connections_max as usize)),
+        }
+    }
+
+    /// A general slot if one is free, else a health slot; waits while both pools are full.
+    async fn acquire(&self) -> Slot {
+        if let Ok(permit) = Arc::clone(&self.general).try_acquire_owned() {
+            return Slot::General(permit);
+        }
+        let closed = "connection semaphores are never closed";
+        tokio::select! {
+            biased;
+            permit = Arc::clone(&self.general).acquire_owned() => Slot::General(permit.expect(closed)),
+            permit = Arc::clone(&self.health).acquire_owned() => Slot::Health(permit.expect(closed)),
+        }
+    }
+}
+
+/// Takes a slot, then a connection (so connections past both pools wait in the kernel).
+async fn accept(listener: &TcpListener, slots: &ConnectionSlots) -> (TcpStream, Slot) {
+    let slot = slots.acquire().await;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                // Low produce latency: answers are written whole, Nagle only delays them.
+                let _ = stream.set_nodelay(true);
+                return (stream, slot);
+            }
+            // Out of file descriptors and the like: back off instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Timeouts on reading a request body.
+#[derive(Debug, Clone, Copy)]
+struct BodyClocks {
+    /// `body_stall_timeout_ms`: longest wait for the next piece of the body.
+    stall: Duration,
+    /// `body_read_timeout_ms`: longest time for the whole body, from the request head.
+    total: Duration,
+}
+
+/// One accepted connection and what it needs to serve it.
+struct Connection {
+    app: Router,
+    /// Held until the connection closes.
+    slot: Slot,
+    clocks: BodyClocks,
+    /// For the refusal on a health-reserve connection.
+    connections_max: u32,
+}
+
+impl Connection {
+    async fn serve(
+        self,
+        http1: hyper::server::conn::http1::Builder,
+        stream: TcpStream,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let _slot = &self.slot;
+        let health_only = matches!(self.slot, Slot::Health(_));
+        let (app, clocks, connections_max) = (self.app, self.clocks, self.connections_max);
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                if health_only && !HEALTH_PATHS.contains(&request.uri().path()) {
+                    return Ok::<_, Infallible>(health_reserve_refusal(connections_max));
+                }
+                let request = request.map(|body| Body::new(TimedBody::new(body, clocks)));
+                app.oneshot(request).await
+            }
+        });
+        let connection = http1.serve_connection(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+}
+
+/// The answer on a health-reserve connection to anything but a probe or a scrape.
+fn health_reserve_refusal(connections_max: u32) -> Response {
+    let mut response = ApiError::from(BrokerError::Overloaded {
+        limit_name: "connections_max",
+        limit: u64::from(connections_max),
+    })
+    .into_response();
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Reading a request body took too long: no progress for `body_stall_timeout_ms`, or not
+/// complete within `body_read_timeout_ms`.
+#[derive(Debug)]
+pub struct BodyTimeout {
+    pub limit_name: &'static str,
+    pub limit_ms: u64,
+}
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.limit_name {
+            "body_stall_timeout_ms" => write!(
+                f,
+                "the request body made no progress for {} ms",
+                self.limit_ms
+            ),
+            _ => write!(
+                f,
+                "the request body was not complete within {} ms",
+                self.limit_ms
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// A request body on the clocks of [`BodyClocks`].
+struct TimedBody {
+    inner: Incoming,
+    clocks: BodyClocks,
+    /// When the whole body must be in.
+    deadline: Instant,
+    /// When the last piece arrived (the request head, at first).
+    last_progress: Instant,
+    /// The next of the two deadlines; made on the first wait, dropped on progress.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, clocks: BodyClocks) -> TimedBody {
+        let now = Instant::now();
+        TimedBody {
+            inner,
+            clocks,
+            deadline: now + clocks.total,
+            last_progress: now,
+            timer: None,
+        }
+    }
+
+    fn timeout(&self) -> BodyTimeout {
+        if Instant::now() >= self.deadline {
+            BodyTimeout {
+                limit_name: "body_read_timeout_ms",
+                limit_ms: self.clocks.total.as_millis() as u64,
+            }
+        } else {
+            BodyTimeout {
+                limit_name: "body_stall_timeout_ms",
+                limit_ms: self.clocks.stall.as_millis() as u64,
+            }
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.last_progress = Instant::now();
+            this.timer = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let wake_at = (this.last_progress + this.clocks.stall).min(this.deadline);
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake_at)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(this.timeout().into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

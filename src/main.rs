@@ -42,6 +42,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    tidelog::node::install_panic_hook();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,

@@ -8,6 +8,11 @@
 //! long-polls, streams and every background task; [`Node::close`] waits for the tasks, then
 //! closes the broker cleanly. Tasks still running when the last handle to the node drops are
 //! aborted.
+//!
+//! Failure policy: a panic anywhere is a bug and stops the whole process
+//! ([`install_panic_hook`], and `panic = "abort"` in the release profile). A panicked flusher
+//! or session task left alone would freeze the high watermark or the groups while `readyz`
+//! still said ready.
 
 use std::sync::{Arc, Mutex};
 
@@ -90,4 +95,18 @@ impl Drop for BackgroundTasks {
             task.abort();
         }
     }
+}
+
+/// Makes any panic, on any thread or task, abort the process after the usual message: a bug
+/// must stop the broker loudly (a supervisor restarts it and recovery runs), never leave it
+/// serving with a dead task. The release profile also sets `panic = "abort"`; this hook gives
+/// the debug binary the tests run the same behaviour. Call once, from `main` (not from tests:
+/// a failing assertion in a test would abort the test harness).
+pub fn install_panic_hook() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("tidelog: a bug stopped the process (panic); restart it to recover");
+        std::process::abort();
+    }));
 }

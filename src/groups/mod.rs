@@ -32,7 +32,7 @@
 //! - The coordinator holds the broker (`Arc<Broker>`); the broker knows nothing of groups.
 //!
 //! Sessions: every member call is a heartbeat. A background task ([`sessions::run_sessions`],
-//! owned by the [`crate::node::Node`]) driven by tokio time removes members whose session ran
+//! owned by the node) driven by tokio time removes members whose session ran
 //! out and rebalances their groups; it also notices partition expansion and refreshes the lag
 //! gauges.
 

@@ -9,6 +9,11 @@ use tokio::time::Instant;
 use super::coordinator::GroupCoordinator;
 use super::views::plan_lag;
 
+/// Debug builds only: set in the environment, the session task panics on its first pass, so
+/// a test can check that a panicked background task stops the process (`node`'s panic hook).
+#[cfg(debug_assertions)]
+pub const DEBUG_PANIC_IN_SESSIONS_ENV: &str = "TIDELOG_DEBUG_PANIC_IN_SESSIONS";
+
 /// The session task wakes at least this often (expansion checks, lag gauges).
 const SESSION_TICK: Duration = Duration::from_secs(1);
 
@@ -16,6 +21,10 @@ const SESSION_TICK: Duration = Duration::from_secs(1);
 /// expires members. Ends at shutdown. Driven by tokio time, so tests run it with paused time.
 pub async fn run_sessions(groups: Arc<GroupCoordinator>) {
     let mut shutdown = groups.broker.shutdown_signal();
+    #[cfg(debug_assertions)]
+    if std::env::var_os(DEBUG_PANIC_IN_SESSIONS_ENV).is_some() {
+        panic!("the session task panics on purpose (debug builds, a test of the panic policy)");
+    }
     let mut ticks = 0u64;
     loop {
         ticks += 1;

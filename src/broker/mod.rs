@@ -5,7 +5,8 @@
 //!
 //! Invariants kept here:
 //! - A topic's metadata (`topic.json`) is written atomically (temp file, fsync, rename,
-//!   directory fsync) before the topic is visible; a partition count only grows.
+//!   directory fsync) before the topic, or a partition an expansion adds, is visible; a
+//!   partition count only grows.
 //! - A produce to one partition is one batch: all of its records or none get offsets.
 //!   A produce spanning partitions is one batch per partition (as in Kafka).
 //! - Every record is validated against the limits before any is appended, and before a
@@ -16,6 +17,8 @@
 pub mod error;
 pub mod partition;
 pub mod wait;
+#[cfg(test)]
+mod tests;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -40,6 +43,9 @@ use crate::log::{sync_dir, write_file_atomic};
 use crate::metrics as m;
 
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
+/// A lock is poisoned only if a thread panicked holding it, and a panic stops the process
+/// (see `node::install_panic_hook`): state behind a poisoned lock is never trusted.
+const POISONED: &str = "a lock is poisoned only after a panic, which stops the process";
 const TOPIC_META_FILE: &str = "topic.json";
 
 thread_local! {
@@ -144,25 +150,19 @@ struct TopicMeta {
 
 impl Topic {
     pub fn config(&self) -> TopicConfig {
-        *self.config.read().unwrap_or_else(|e| e.into_inner())
+        *self.config.read().expect(POISONED)
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.partitions.read().expect(POISONED).clone()
     }
 
     pub fn partition_count(&self) -> u32 {
-        self.partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len() as u32
+        self.partitions.read().expect(POISONED).len() as u32
     }
 
     pub fn partition(&self, id: u64) -> Result<Arc<Partition>, BrokerError> {
-        let partitions = self.partitions.read().unwrap_or_else(|e| e.into_inner());
+        let partitions = self.partitions.read().expect(POISONED);
         usize::try_from(id)
             .ok()
             .and_then(|i| partitions.get(i))
@@ -174,9 +174,14 @@ impl Topic {
     }
 
     fn write_meta(&self) -> std::io::Result<()> {
+        self.write_meta_counting(self.partition_count())
+    }
+
+    /// Writes `topic.json` saying the topic has `partitions` partitions.
+    fn write_meta_counting(&self, partitions: u32) -> std::io::Result<()> {
         let meta = TopicMeta {
             name: self.name.to_string(),
-            partitions: self.partition_count(),
+            partitions,
             config: self.config(),
         };
         let json = serde_json::to_vec_pretty(&meta).expect("topic meta serializes");
@@ -195,6 +200,9 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// Bounds on long-polls and SSE streams (`long_polls_max`, `streams_max`).
     waiters: Waiters,
+    /// Tests only: a fault the next expansion's `topic.json` write waits on and fails with.
+    #[cfg(test)]
+    expansion_meta_fault: std::sync::Mutex<Option<Arc<tests::MetaWriteFault>>>,
 }
 
 impl Broker {
@@ -217,6 +225,8 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             shutdown: watch::Sender::new(false),
+            #[cfg(test)]
+            expansion_meta_fault: std::sync::Mutex::new(None),
         });
         for entry in std::fs::read_dir(&topics_dir).map_err(io)? {
             let dir = entry.map_err(io)?.path();
@@ -237,11 +247,11 @@ impl Broker {
     }
 
     fn topics_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner())
+        self.topics.read().expect(POISONED)
     }
 
     fn topics_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
-        self.topics.write().unwrap_or_else(|e| e.into_inner())
+        self.topics.write().expect(POISONED)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -452,17 +462,28 @@ impl Broker {
                 }
             }
         }
-        let mut partitions = topic.partitions.write().unwrap_or_else(|e| e.into_inner());
-        partitions.extend(opened.iter().cloned());
-        drop(partitions);
-        if let Err(e) = topic.write_meta() {
-            // Not recorded, so not a partition: take them back out.
-            let mut partitions = topic.partitions.write().unwrap_or_else(|e| e.into_inner());
-            partitions.truncate(current as usize);
+        // Durable first, then visible: `topic.json` counts the new partitions before any
+        // producer can reach them, so no acknowledged record ever lives in a partition that a
+        // restart would not open (and the next expansion would wipe). A failed write leaves
+        // them unseen; a crash after it leaves them counted and empty.
+        if let Err(e) = self.write_expansion_meta(&topic, count).await {
             opened.iter().for_each(|p| p.mark_deleted());
             return Err(io(e));
         }
+        topic.partitions.write().expect(POISONED).extend(opened);
         Ok(topic)
+    }
+
+    /// The `topic.json` write of an expansion to `count` partitions (a fault point in tests).
+    async fn write_expansion_meta(&self, topic: &Topic, count: u32) -> std::io::Result<()> {
+        #[cfg(test)]
+        {
+            let fault = self.expansion_meta_fault.lock().expect(POISONED).take();
+            if let Some(fault) = fault {
+                return fault.strike().await;
+            }
+        }
+        topic.write_meta_counting(count)
     }
 
     /// Replaces a topic's config (the HTTP layer merges a PATCH into the current one).
@@ -474,7 +495,7 @@ impl Broker {
         config.validate().map_err(BrokerError::InvalidRequest)?;
         let _admin = self.admin.lock().await;
         let topic = self.topic(name)?;
-        *topic.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *topic.config.write().expect(POISONED) = config;
         for p in topic.partitions() {
             p.set_config(config.log_config(), config.flush_policy());
         }
@@ -756,8 +777,7 @@ impl Broker {
         Ok(())
     }
 
-    /// The retention and compaction task; ends at shutdown. The [`crate::node::Node`] spawns
-    /// and owns it.
+    /// The retention and compaction task; ends at shutdown. The node spawns and owns it.
     pub async fn run_retention(self: Arc<Self>) {
         let mut shutdown = self.shutdown_signal();
         let every = Duration::from_millis(self.config.retention_check_interval_ms.max(10));

@@ -44,9 +44,10 @@ pub struct Limits {
     pub streams_max: u32,
     /// Most partitions a topic may have.
     pub partitions_per_topic_max: u32,
-    /// Most topics a broker keeps.
+    /// Most user topics a broker keeps (internal `__` topics are not counted).
     pub topics_max: u32,
-    /// Most partitions a broker keeps over all its topics (each holds open files).
+    /// Most partitions a broker keeps over all its user topics (each holds open files;
+    /// internal topics are not counted, so group commits are never refused for room).
     pub partitions_max: u32,
     /// Most records one fetch returns.
     pub fetch_records_max: u32,

@@ -635,3 +635,40 @@ async fn a_new_group_reading_from_latest_skips_the_backlog_but_not_what_comes_af
     assert_eq!(d["partitions"][0]["position"], 5);
     assert_eq!(d["partitions"][0]["lag"], 3);
 }
+
+/// Item 13: user topics that fill `topics_max` and `partitions_max` must not block the
+/// broker's own `__consumer_offsets`, or every group commit would answer `limit_exceeded`.
+#[tokio::test]
+async fn group_commits_work_when_user_topics_fill_the_partition_and_topic_limits() {
+    let broker = TestBroker::start_with_config("[limits]\ntopics_max = 2\npartitions_max = 3\n");
+    let api = Api::new(&broker);
+    api.create_topic("a", 2).await;
+    api.create_topic("b", 1).await;
+    let (s, _, b) = api
+        .post("/v1/topics", json!({"name": "c", "partitions": 1}))
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (400, Some("limit_exceeded")),
+        "{b}"
+    );
+    api.produce_numbers("a", 2, 0, 4).await;
+    let (s, _, b) = api
+        .post(
+            "/v1/groups/full/offsets",
+            json!({"offsets": [{"topic": "a", "partition": 0, "offset": 2}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "a commit on a full broker: {b}");
+    let (_, _, o) = api.get("/v1/groups/full/offsets").await;
+    assert_eq!(o["offsets"][0]["offset"], 2);
+    // The internal topic took no user room: the limits still bind exactly as configured.
+    let (s, _, b) = api
+        .post("/v1/topics/b/partitions", json!({"count": 2}))
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (400, Some("limit_exceeded")),
+        "{b}"
+    );
+}

@@ -319,7 +319,7 @@ impl Broker {
         internal: bool,
     ) -> Result<Arc<Topic>, BrokerError> {
         validate_topic_name(name)?;
-        if name.starts_with("__") && !internal {
+        if is_internal_topic(name) && !internal {
             return Err(BrokerError::InternalTopic(name.to_string()));
         }
         let max = self.limits().partitions_per_topic_max;
@@ -338,15 +338,24 @@ impl Broker {
         if self.topics_read().contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
-        let topics_max = self.limits().topics_max;
-        if self.topics_read().len() as u64 >= u64::from(topics_max) {
-            return Err(BrokerError::LimitExceeded {
-                limit_name: "topics_max",
-                limit: u64::from(topics_max),
-                detail: format!("the broker already has {topics_max} topics"),
-            });
+        // Internal topics are the broker's own and never refused for room user topics took
+        // (a full broker must still store group commits); they are not counted either.
+        if !internal {
+            let topics_max = self.limits().topics_max;
+            let user_topics = self
+                .topics_read()
+                .keys()
+                .filter(|t| !is_internal_topic(t))
+                .count();
+            if user_topics as u64 >= u64::from(topics_max) {
+                return Err(BrokerError::LimitExceeded {
+                    limit_name: "topics_max",
+                    limit: u64::from(topics_max),
+                    detail: format!("the broker already has {topics_max} topics"),
+                });
+            }
+            self.check_partitions_max(partitions)?;
         }
-        self.check_partitions_max(partitions)?;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         let dir = self.config.data_dir.join("topics").join(name);
         if dir.exists() {
@@ -363,11 +372,13 @@ impl Broker {
 
     /// Every partition holds open files (a log and two indexes per segment): the broker-wide
     /// partition count is capped so the process stays well inside its file-descriptor limit.
+    /// Counts user topics only: the few internal partitions are room kept for the broker.
     fn check_partitions_max(&self, adding: u32) -> Result<(), BrokerError> {
         let max = self.limits().partitions_max;
         let current: u64 = self
             .topics_read()
             .values()
+            .filter(|t| !is_internal_topic(&t.name))
             .map(|t| u64::from(t.partition_count()))
             .sum();
         if current + u64::from(adding) > u64::from(max) {
@@ -515,7 +526,7 @@ impl Broker {
         name: &str,
         records: &[ProduceRecord<'_>],
     ) -> Result<Arc<Topic>, BrokerError> {
-        if name.starts_with("__") {
+        if is_internal_topic(name) {
             validate_topic_name(name)?;
             return Err(BrokerError::InternalTopic(name.to_string()));
         }
@@ -804,6 +815,12 @@ impl Broker {
             }
         }
     }
+}
+
+/// Names starting with `__` belong to the broker (`__consumer_offsets`): clients cannot
+/// create or produce to them, and they do not count against `topics_max`/`partitions_max`.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__")
 }
 
 /// Kafka's topic name rule.

@@ -813,6 +813,50 @@ fn topic_names() -> Vec<Case> {
     ]
 }
 
+/// Path parameters whose percent-decoded bytes are not UTF-8: problem+json like every other
+/// refusal (axum's own extractor answered `text/plain`).
+fn names_that_are_not_utf8() -> Vec<Case> {
+    vec![
+        case("describe group %FF", Method::GET, "/v1/groups/%FF").expect(400, "invalid_group_name"),
+        case("join group %FF", Method::POST, "/v1/groups/%FF/members")
+            .json(json!({"topics": ["kept"]}))
+            .expect(400, "invalid_group_name"),
+        case(
+            "commit to group %C3%28",
+            Method::POST,
+            "/v1/groups/%C3%28/offsets",
+        )
+        .json(json!({"offsets": [{"topic": "kept", "partition": 0, "offset": 0}]}))
+        .expect(400, "invalid_group_name"),
+        case(
+            "leave as member %FF",
+            Method::DELETE,
+            "/v1/groups/g/members/%FF",
+        )
+        .expect(400, "invalid_request"),
+        case("describe topic %FF", Method::GET, "/v1/topics/%FF").expect(400, "invalid_topic_name"),
+        case(
+            "produce to topic %FF",
+            Method::POST,
+            "/v1/topics/%FF/records",
+        )
+        .json(json!({"records": [{"value": 1}]}))
+        .expect(400, "invalid_topic_name"),
+        case(
+            "fetch from topic %FF",
+            Method::GET,
+            "/v1/topics/%FF/partitions/0/records",
+        )
+        .expect(400, "invalid_topic_name"),
+        case(
+            "fetch from partition %FF",
+            Method::GET,
+            "/v1/topics/kept/partitions/%FF/records",
+        )
+        .expect(400, "invalid_request"),
+    ]
+}
+
 fn numbers() -> Vec<Case> {
     let mut cases = vec![
         case(
@@ -1062,6 +1106,11 @@ async fn bad_topic_names_are_refused_and_no_topic_appears() {
 #[tokio::test]
 async fn a_refused_produce_to_a_missing_topic_does_not_create_it() {
     check_every_case(refused_produces_to_a_missing_topic()).await;
+}
+
+#[tokio::test]
+async fn names_that_are_not_utf8_are_refused_as_problems() {
+    check_every_case(names_that_are_not_utf8()).await;
 }
 
 #[tokio::test]

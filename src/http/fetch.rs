@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
 use super::json_response;
+use super::path::Path;
 use super::render::render_record;
 use crate::broker::{Broker, BrokerError, Fetched, Partition, WaitKind};
 use crate::limits::Limits;

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -22,6 +22,7 @@ use super::body::{parse_query, read_json};
 use super::error::{ApiError, ApiResult};
 use super::fetch::FetchBounds;
 use super::json_response;
+use super::path::Path;
 use super::render::render_record;
 use crate::groups::{GroupError, OffsetReset, ResetTo, TopicPartition};
 use crate::metrics as m;

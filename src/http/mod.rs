@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod groups;
 pub mod json_records;
 pub mod ndjson;
+pub mod path;
 pub mod produce;
 pub mod render;
 pub mod serve;

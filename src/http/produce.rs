@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
@@ -18,6 +18,7 @@ use super::json_records::{
     RecordPlace, RecordRules, as_produce_records, parse_json_body, parse_off_the_workers,
 };
 use super::ndjson::produce_ndjson;
+use super::path::Path;
 use super::render::render_produce;
 use crate::broker::{Acks, Broker, FailedProduce, ProduceRecord, RecordFate, now_ms};
 use crate::log::batch::RecordRef;

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::body::{bounded, parse_query, parse_u64};
 use super::error::{ApiError, ApiResult};
 use super::fetch::start_offset;
+use super::path::Path;
 use super::render::render_record;
 use crate::broker::{Broker, BrokerError, Partition, WaitKind, WaitSlot};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::body::{parse_u64, read_json};
 use super::error::{ApiError, ApiResult};
+use super::path::Path;
 use crate::broker::{Broker, BrokerError, Topic};
 use crate::config::TopicConfig;
 

@@ -27,6 +27,9 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicConfig,
     /// How often retention runs, in milliseconds.
     pub retention_check_interval_ms: u64,
+    /// A metric series not updated for this long leaves `/metrics`: that is how the series
+    /// of a deleted topic or group go. The node refreshes live ones every quarter of it.
+    pub metrics_idle_timeout_ms: u64,
     pub limits: Limits,
 }
 
@@ -39,6 +42,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             topic_defaults: TopicConfig::default(),
             retention_check_interval_ms: 30_000,
+            metrics_idle_timeout_ms: 300_000,
             limits: Limits::default(),
         }
     }

@@ -7,8 +7,10 @@
 //! a live scrape by `tests/metrics_exposition.rs`.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 pub const HTTP_REQUESTS: &str = "tidelog_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "tidelog_http_request_duration_seconds";
@@ -37,8 +39,25 @@ pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the global Prometheus recorder once per process and returns its handle.
+/// How long a series may go without an update before it leaves the exposition, unless the
+/// broker's `metrics_idle_timeout_ms` says otherwise.
+pub const SERIES_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+
+/// The global Prometheus recorder's handle, installed with the default idle timeout if
+/// [`install_with_idle_timeout`] was not called first.
 pub fn install() -> PrometheusHandle {
+    install_with_idle_timeout(SERIES_IDLE_TIMEOUT_DEFAULT)
+}
+
+/// Installs the global Prometheus recorder once per process and returns its handle.
+///
+/// Series labelled by a client-chosen name (topic, group) must not outlive the name: a
+/// client creating and deleting names in a loop would grow the exposition (and the memory
+/// behind it) without bound. The exporter cannot unregister one series, but it drops every
+/// series not updated within `idle`; the node refreshes the series of every live topic,
+/// partition and group well within that ([`crate::broker::Broker::refresh_metrics`] and the
+/// group coordinator's), so only the series of deleted names go.
+pub fn install_with_idle_timeout(idle: Duration) -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let latency_buckets = [
@@ -54,17 +73,26 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(Matcher::Full(FSYNC_RECORDS.into()), &count_buckets)
                 })
                 .expect("valid buckets")
+                .idle_timeout(MetricKindMask::ALL, Some(idle))
                 .install_recorder()
                 .inspect(|_| {
                     describe();
                     // Process-wide series start at zero rather than appearing on first use.
                     ::metrics::gauge!(LONG_POLLS_WAITING).set(0.0);
                     ::metrics::gauge!(SSE_STREAMS_OPEN).set(0.0);
-                    ::metrics::counter!(FSYNCS).increment(0);
+                    refresh_process_series();
                 })
                 .expect("the metrics recorder is installed once")
         })
         .clone()
+}
+
+/// Touches the process-wide series (no value change) so they never go idle: a gauge that
+/// went idle while non-zero would come back from zero.
+pub fn refresh_process_series() {
+    ::metrics::gauge!(LONG_POLLS_WAITING).increment(0.0);
+    ::metrics::gauge!(SSE_STREAMS_OPEN).increment(0.0);
+    ::metrics::counter!(FSYNCS).increment(0);
 }
 
 /// Help text and units for every metric, rendered as `# HELP` lines.

@@ -15,6 +15,7 @@
 //! still said ready.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -32,7 +33,8 @@ pub struct Node {
     pub broker: Arc<Broker>,
     /// Consumer groups; holds its own handle to the broker.
     pub groups: Arc<GroupCoordinator>,
-    /// Retention and group sessions; stopped by shutdown, aborted when the node drops.
+    /// Retention, group sessions, metrics refresh; stopped by shutdown, aborted when the node
+    /// drops.
     tasks: Arc<BackgroundTasks>,
 }
 
@@ -40,11 +42,19 @@ impl Node {
     /// Opens the data directory (recovering every topic), replays committed offsets, and
     /// starts the background tasks.
     pub async fn open(config: BrokerConfig) -> Result<Node, BrokerError> {
+        // Before anything records a metric, so the idle timeout holds for every series.
+        let idle = Duration::from_millis(config.metrics_idle_timeout_ms).max(METRICS_IDLE_MIN);
+        crate::metrics::install_with_idle_timeout(idle);
         let broker = Broker::open(config).await?;
         let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
         let tasks = vec![
             tokio::spawn(Arc::clone(&broker).run_retention()),
             tokio::spawn(run_sessions(Arc::clone(&groups))),
+            tokio::spawn(refresh_metrics(
+                Arc::clone(&broker),
+                Arc::clone(&groups),
+                idle / 4,
+            )),
         ];
         Ok(Node {
             broker,
@@ -75,6 +85,25 @@ impl Node {
             }
         }
         self.broker.close().await
+    }
+}
+
+/// Shortest metrics idle timeout honoured: the refresh task runs every quarter of it.
+const METRICS_IDLE_MIN: Duration = Duration::from_millis(100);
+
+/// Keeps the metric series of every live topic, partition and group (and the process-wide
+/// ones) from going idle, so only the series of deleted names leave `/metrics`. Ends at
+/// shutdown.
+async fn refresh_metrics(broker: Arc<Broker>, groups: Arc<GroupCoordinator>, every: Duration) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        crate::metrics::refresh_process_series();
+        broker.refresh_metrics();
+        groups.refresh_metrics();
     }
 }
 

@@ -574,3 +574,64 @@ fn every_dashboard_query_is_valid_promql() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One name's life: a topic and a group named `name` created, used and deleted.
+async fn create_use_and_delete(http: &reqwest::Client, url: &str, name: &str) {
+    common::create_topic(http, url, name, 2).await;
+    common::produce_json_acks_all(http, url, name, json!([{"value": 1}, {"value": 2}])).await;
+    let commit = http
+        .post(format!("{url}/v1/groups/{name}/offsets"))
+        .json(&json!({"offsets": [{"topic": name, "partition": 0, "offset": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(commit.status(), 200, "commit for {name}");
+    for path in [format!("/v1/groups/{name}"), format!("/v1/topics/{name}")] {
+        let r = http.delete(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 204, "DELETE {path}");
+    }
+}
+
+/// Item 7 (metric series): names a client creates and deletes in a loop must not grow
+/// `/metrics` without bound. A deleted topic's and group's series leave the exposition once
+/// idle (`metrics_idle_timeout_ms`, short here); a live topic's stay, however quiet it is.
+#[tokio::test]
+async fn deleted_topics_and_groups_leave_metrics_and_the_exposition_stays_flat() {
+    let broker = common::TestBroker::start_with_config("metrics_idle_timeout_ms = 1000\n");
+    let (http, url) = (broker.client(), broker.url.clone());
+    common::create_topic(&http, &url, "quiet", 1).await;
+    let churned_gone = |http: reqwest::Client, url: String| async move {
+        !common::scrape_metrics(&http, &url).await.contains("churn-")
+    };
+    create_use_and_delete(&http, &url, "churn-0").await;
+    common::wait_until("churn-0's series to leave", Duration::from_secs(15), || {
+        churned_gone(http.clone(), url.clone())
+    })
+    .await;
+    let baseline = common::scrape_metrics(&http, &url).await.len();
+    for i in 1..=10 {
+        create_use_and_delete(&http, &url, &format!("churn-{i}")).await;
+    }
+    assert!(
+        common::scrape_metrics(&http, &url)
+            .await
+            .contains("topic=\"churn-10\""),
+        "a used topic has series"
+    );
+    common::wait_until(
+        "every deleted name's series to leave",
+        Duration::from_secs(15),
+        || churned_gone(http.clone(), url.clone()),
+    )
+    .await;
+    let after = common::scrape_metrics(&http, &url).await;
+    assert!(
+        after.contains("topic=\"quiet\""),
+        "a live topic keeps its series while idle"
+    );
+    assert!(
+        after.len() <= baseline + baseline / 10,
+        "the exposition grew from {baseline} to {} bytes over 10 create/delete cycles",
+        after.len()
+    );
+}

@@ -788,6 +788,16 @@ impl Broker {
         Ok(())
     }
 
+    /// Refreshes the metric series of every topic and partition (see
+    /// [`Partition::refresh_metrics`]); the node calls it well within the idle timeout.
+    pub fn refresh_metrics(&self) {
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                p.refresh_metrics();
+            }
+        }
+    }
+
     /// The retention and compaction task; ends at shutdown. The node spawns and owns it.
     pub async fn run_retention(self: Arc<Self>) {
         let mut shutdown = self.shutdown_signal();

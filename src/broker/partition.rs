@@ -606,6 +606,14 @@ impl Partition {
         ::metrics::gauge!(m::PARTITION_BYTES, &labels).set(size_bytes as f64);
     }
 
+    /// Re-publishes every series of the partition (and its topic's counters) without changing
+    /// a value, so a live partition's series never go idle; idle series leave `/metrics`,
+    /// which is how a deleted topic's go.
+    pub fn refresh_metrics(&self) {
+        self.register_counters();
+        self.publish_gauges();
+    }
+
     /// Makes the partition's counters visible at zero from the start, so `rate()` and alerts
     /// see a series before the first event.
     fn register_counters(&self) {

@@ -84,12 +84,20 @@ impl Group {
         }
     }
 
-    /// Zeroes the gauges of a group that is being removed (series cannot be unregistered).
+    /// Zeroes the gauges of a group that is being removed; with no more updates, its series
+    /// leave `/metrics` after the idle timeout.
     pub(super) fn retire_gauges(&mut self, group: &str) {
         for tp in std::mem::take(&mut self.lag_published) {
             lag_gauge(group, &tp).set(0.0);
         }
         ::metrics::gauge!(m::GROUP_MEMBERS, "group" => group.to_string()).set(0.0);
+    }
+
+    /// Touches the group's own series (members, rebalances) without changing them.
+    pub(super) fn refresh_gauges(&self, group: &str) {
+        ::metrics::gauge!(m::GROUP_MEMBERS, "group" => group.to_string())
+            .set(self.members.len() as f64);
+        ::metrics::counter!(m::GROUP_REBALANCES, "group" => group.to_string()).increment(0);
     }
 
     pub(super) fn state(&self) -> &'static str {

@@ -74,4 +74,21 @@ impl GroupCoordinator {
         }
         next
     }
+
+    /// Refreshes every group's series (members, rebalances, lag), without changing what they
+    /// say, so a live group's series never go idle; a deleted group's do, and leave
+    /// `/metrics`. Lag is read after the registry lock is released.
+    pub fn refresh_metrics(&self) {
+        let mut lags = Vec::new();
+        {
+            let mut groups = self.lock();
+            for (name, g) in groups.iter_mut() {
+                g.refresh_gauges(name);
+                lags.push(plan_lag(name, g, &self.broker));
+            }
+        }
+        for lag in lags {
+            lag.publish();
+        }
+    }
 }

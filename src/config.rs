@@ -19,7 +19,8 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Directory holding all topics.
     pub data_dir: PathBuf,
-    /// Create a topic on its first produce.
+    /// Create a topic on its first produce (off by default: a typo in a topic name would
+    /// silently create a topic). Never re-creates a topic deleted in the last minute.
     pub auto_create_topics: bool,
     /// Partitions of an automatically created topic.
     pub default_partitions: u32,
@@ -38,7 +39,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             data_dir: PathBuf::from("./data"),
-            auto_create_topics: true,
+            auto_create_topics: false,
             default_partitions: 1,
             topic_defaults: TopicConfig::default(),
             retention_check_interval_ms: 30_000,

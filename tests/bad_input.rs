@@ -15,8 +15,10 @@ use common::TestBroker;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
-/// Small limits, so the cases that cross them stay small.
+/// Small limits, so the cases that cross them stay small. Auto-creation is on, so the cases
+/// can check that a refused produce to a missing topic creates nothing.
 const LIMITS: &str = "
+auto_create_topics = true
 [limits]
 request_body_bytes_max = 65536
 record_bytes_max = 4096
@@ -1299,7 +1301,8 @@ async fn a_raw_413_answer_arrives_before_the_body_is_sent() {
 
 #[tokio::test]
 async fn topics_past_topics_max_are_refused_whether_created_or_auto_created() {
-    let broker = TestBroker::start_with_config("[limits]\ntopics_max = 2\n");
+    let broker =
+        TestBroker::start_with_config("auto_create_topics = true\n[limits]\ntopics_max = 2\n");
     let http = broker.client();
     let url = &broker.url;
     for name in ["one", "two"] {

@@ -43,6 +43,7 @@ async fn a_full_disk_fails_the_partition_cleanly_and_keeps_what_was_acknowledged
     std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
     let mut broker = common::TestBroker::start_at(&mount.0.join("data"));
     let (http, url) = (broker.client(), broker.url.clone());
+    common::create_topic(&http, &url, "full", 1).await;
     let value = "x".repeat(60_000);
     let mut acknowledged = Vec::new();
     let mut refused = None;

@@ -519,17 +519,19 @@ async fn delete_records_moves_the_log_start_and_older_offsets_are_out_of_range()
 }
 
 #[tokio::test]
-async fn the_first_produce_creates_the_topic_with_the_default_partitions() {
-    let broker = TestBroker::start_with_config("default_partitions = 3\n");
+async fn with_auto_create_the_first_produce_creates_the_topic_with_the_default_partitions() {
+    let broker =
+        TestBroker::start_with_config("auto_create_topics = true\ndefault_partitions = 3\n");
     let api = Api::new(&broker);
     let offsets = api.produce("fresh", json!([{"value": 1}])).await;
     assert_eq!(offsets.len(), 1);
     assert_eq!(api.partition_count("fresh").await, 3);
 }
 
+/// Auto-creation is off unless configured: a typo in a topic name is a 404, not a new topic.
 #[tokio::test]
-async fn without_auto_create_a_produce_to_a_missing_topic_is_404() {
-    let broker = TestBroker::start_with_config("auto_create_topics = false\n");
+async fn by_default_a_produce_to_a_missing_topic_is_404() {
+    let broker = TestBroker::start();
     let api = Api::new(&broker);
     api.call_expecting_problem(
         Method::POST,
@@ -606,6 +608,7 @@ async fn binary_keys_and_values_round_trip_through_base64() {
     let api = Api::new(&broker);
     let value: Vec<u8> = (0..=255u8).rev().collect();
     let key: Vec<u8> = vec![0xff, 0x00, 0xfe, 0x80];
+    api.create_topic("bin", 1).await;
     api.produce(
         "bin",
         json!([{"key_b64": B64.encode(&key), "value_b64": B64.encode(&value)}]),
@@ -665,6 +668,7 @@ async fn a_large_ndjson_body_gets_dense_offsets_in_request_order() {
 async fn ndjson_accepts_crlf_blank_lines_and_no_final_newline() {
     let broker = TestBroker::start();
     let api = Api::new(&broker);
+    api.create_topic("nd", 1).await;
     let body = "{\"value\":0}\r\n\n{\"value\":1}\n   \n{\"value\":2}";
     let answer = assert_ok_json(
         api.post_body("/v1/topics/nd/records", "application/x-ndjson", body)
@@ -1493,6 +1497,7 @@ async fn sigterm_exits_zero_and_a_restart_keeps_every_acknowledged_record() {
 async fn health_readiness_cluster_metrics_and_openapi_answer_200() {
     let broker = TestBroker::start();
     let api = Api::new(&broker);
+    api.create_topic("m", 1).await;
     api.produce("m", json!([{"value": 1}])).await;
 
     let (status, health) = api.call(Method::GET, "/healthz", None).await;

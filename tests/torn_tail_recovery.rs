@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 use tidelog::log::batch::BatchView;
 
 const TOPIC: &str = "torn";
-/// Small segments, so the partition has several and only the last one is damaged.
-const CONFIG: &str = "[topic_defaults]\nsegment_bytes = 2048\n";
+/// Small segments, so the partition has several and only the last one is damaged. The topic
+/// is auto-created by the first produce, with these defaults.
+const CONFIG: &str = "auto_create_topics = true\n[topic_defaults]\nsegment_bytes = 2048\n";
 
 /// One acknowledged produce request: its first offset and its record values.
 #[derive(Debug, Clone)]

@@ -16,9 +16,9 @@
 
 pub mod error;
 pub mod partition;
-pub mod wait;
 #[cfg(test)]
 mod tests;
+pub mod wait;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -189,13 +189,62 @@ impl Topic {
     }
 }
 
+/// How long after a topic is deleted a produce may not auto-create it again: producers still
+/// running when it was deleted must not resurrect it with the defaults. An explicit create
+/// is always allowed.
+pub const AUTO_CREATE_AFTER_DELETE: Duration = Duration::from_secs(60);
+
+/// How a topic comes to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Creation {
+    /// `POST /v1/topics`.
+    Explicit,
+    /// A produce to a missing topic, with `auto_create_topics` on.
+    Auto,
+    /// The broker's own (`__consumer_offsets`).
+    Internal,
+}
+
+/// What the admin paths share, under the admin lock.
+#[derive(Debug, Default)]
+struct AdminState {
+    /// Names deleted within [`AUTO_CREATE_AFTER_DELETE`], with when: auto-creation refuses
+    /// them. Pruned on every deletion and at most `topics_max` long.
+    recently_deleted: HashMap<String, std::time::Instant>,
+}
+
+impl AdminState {
+    fn deleted_recently(&self, name: &str) -> bool {
+        self.recently_deleted
+            .get(name)
+            .is_some_and(|at| at.elapsed() < AUTO_CREATE_AFTER_DELETE)
+    }
+
+    fn remember_deleted(&mut self, name: &str, topics_max: u32) {
+        self.recently_deleted
+            .retain(|_, at| at.elapsed() < AUTO_CREATE_AFTER_DELETE);
+        if self.recently_deleted.len() >= topics_max as usize
+            && let Some(oldest) = self
+                .recently_deleted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, _)| n.clone())
+        {
+            self.recently_deleted.remove(&oldest);
+        }
+        self.recently_deleted
+            .insert(name.to_string(), std::time::Instant::now());
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     pub config: BrokerConfig,
     /// std lock: lookups are short and never span an `.await`.
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serializes topic creation, deletion and expansion (admin paths, not the hot path).
-    admin: tokio::sync::Mutex<()>,
+    /// Serializes topic creation, deletion and expansion (admin paths, not the hot path), and
+    /// guards what they share.
+    admin: tokio::sync::Mutex<AdminState>,
     /// Flipped once on shutdown; long-polls, streams and background tasks end when they see it.
     shutdown: watch::Sender<bool>,
     /// Bounds on long-polls and SSE streams (`long_polls_max`, `streams_max`).
@@ -223,7 +272,7 @@ impl Broker {
             config,
             waiters,
             topics: RwLock::new(HashMap::new()),
-            admin: tokio::sync::Mutex::new(()),
+            admin: tokio::sync::Mutex::new(AdminState::default()),
             shutdown: watch::Sender::new(false),
             #[cfg(test)]
             expansion_meta_fault: std::sync::Mutex::new(None),
@@ -318,6 +367,23 @@ impl Broker {
         config: TopicConfig,
         internal: bool,
     ) -> Result<Arc<Topic>, BrokerError> {
+        let creation = if internal {
+            Creation::Internal
+        } else {
+            Creation::Explicit
+        };
+        self.create_topic_as(name, partitions, config, creation)
+            .await
+    }
+
+    async fn create_topic_as(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        creation: Creation,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let internal = creation == Creation::Internal;
         validate_topic_name(name)?;
         if is_internal_topic(name) && !internal {
             return Err(BrokerError::InternalTopic(name.to_string()));
@@ -331,13 +397,19 @@ impl Broker {
             });
         }
         config.validate().map_err(BrokerError::InvalidRequest)?;
-        let _admin = self.admin.lock().await;
+        let mut admin = self.admin.lock().await;
         if self.is_shutting_down() {
             return Err(BrokerError::ShuttingDown);
         }
         if self.topics_read().contains_key(name) {
             return Err(BrokerError::TopicExists(name.to_string()));
         }
+        // Checked under the admin lock, so a produce that saw the topic missing while its
+        // deletion ran cannot bring it back once the deletion is done.
+        if creation == Creation::Auto && admin.deleted_recently(name) {
+            return Err(BrokerError::TopicNotFound(name.to_string()));
+        }
+        admin.recently_deleted.remove(name);
         // Internal topics are the broker's own and never refused for room user topics took
         // (a full broker must still store group commits); they are not counted either.
         if !internal {
@@ -395,7 +467,7 @@ impl Broker {
 
     /// Deletes a topic: it disappears at once, its files go in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        let _admin = self.admin.lock().await;
+        let mut admin = self.admin.lock().await;
         let topic = self.topic(name)?;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         // The whole name plus a suffix could pass the file system's 255-byte limit (names go
@@ -413,6 +485,7 @@ impl Broker {
         std::fs::rename(&topic.dir, &trash).map_err(io)?;
         sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         self.topics_write().remove(name);
+        admin.remember_deleted(name, self.limits().topics_max);
         for p in topic.partitions() {
             p.mark_deleted();
         }
@@ -516,7 +589,9 @@ impl Broker {
         Ok(topic)
     }
 
-    /// The topic to produce `records` to, created with the defaults if allowed.
+    /// The topic to produce `records` to, created with the defaults if `auto_create_topics`
+    /// is on and the name was not deleted in the last [`AUTO_CREATE_AFTER_DELETE`] (live
+    /// producers must not bring a deleted topic back).
     ///
     /// A topic is created only for records it would take: they are checked first against the
     /// defaults it would get, so a refused produce leaves no new topic behind. [`Self::produce`]
@@ -542,11 +617,11 @@ impl Broker {
                     .min(self.config.topic_defaults.max_message_bytes);
                 self.check_records(records, record_max, self.config.default_partitions)?;
                 let created = self
-                    .create_topic(
+                    .create_topic_as(
                         name,
                         self.config.default_partitions,
                         self.config.topic_defaults,
-                        false,
+                        Creation::Auto,
                     )
                     .await;
                 match created {

@@ -55,7 +55,7 @@ pub fn install() -> PrometheusHandle {
 /// client creating and deleting names in a loop would grow the exposition (and the memory
 /// behind it) without bound. The exporter cannot unregister one series, but it drops every
 /// series not updated within `idle`; the node refreshes the series of every live topic,
-/// partition and group well within that ([`crate::broker::Broker::refresh_metrics`] and the
+/// partition and group well within that (`Broker::refresh_metrics` and the
 /// group coordinator's), so only the series of deleted names go.
 pub fn install_with_idle_timeout(idle: Duration) -> PrometheusHandle {
     HANDLE

@@ -17,7 +17,7 @@
 pub mod error;
 pub mod partition;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod wait;
 
 use std::cell::Cell;

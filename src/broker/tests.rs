@@ -30,7 +30,8 @@ fn config(dir: &Path) -> BrokerConfig {
     }
 }
 
-fn record(partition: u32) -> ProduceRecord<'static> {
+/// A record with the JSON value `1`, for `partition`.
+pub(crate) fn one_record(partition: u32) -> ProduceRecord<'static> {
     ProduceRecord {
         partition: Some(partition),
         record: RecordRef {
@@ -42,6 +43,16 @@ fn record(partition: u32) -> ProduceRecord<'static> {
             headers: &[],
         },
     }
+}
+
+/// Produces `count` records of value `1` to `partition` of `topic` with `acks=all`.
+pub(crate) async fn produce_ones(broker: &Broker, topic: &str, partition: u32, count: usize) {
+    let topic = broker.topic(topic).unwrap();
+    let records = vec![one_record(partition); count];
+    broker
+        .produce(&topic, &records, Acks::All, Duration::from_secs(10))
+        .await
+        .unwrap();
 }
 
 /// Item 1 of the hardening issue: an expansion whose `topic.json` write fails must not have
@@ -66,7 +77,7 @@ async fn no_record_is_acknowledged_on_a_partition_whose_count_is_not_durable() {
     // with an offset unless the partition is already counted durably.
     let topic = broker.topic("t").unwrap();
     let acked = broker
-        .produce(&topic, &[record(1)], Acks::All, Duration::from_secs(10))
+        .produce(&topic, &[one_record(1)], Acks::All, Duration::from_secs(10))
         .await;
     fault.release.notify_one();
     assert!(expanding.await.unwrap().is_err(), "the expansion failed");

@@ -202,28 +202,23 @@ impl Group {
 
     /// Where the group reads `tp` next, within the partition's readable range. Below the log
     /// start (retention took it) reads from the log start; past the high watermark (the topic
-    /// was deleted and created again) is out of range, and `auto_offset_reset` decides.
+    /// was deleted and created again) is out of range, and `auto_offset_reset` decides. A
+    /// `latest` position is pinned until a commit, so the member reads from there.
     pub(super) fn position(&mut self, tp: &TopicPartition, partition: &Partition) -> u64 {
-        let progress = partition.progress();
-        let stored = self
-            .committed
-            .get(tp)
-            .map(|c| c.offset)
-            .or(self.pinned.get(tp).copied());
-        match stored {
-            Some(o) if o <= progress.high_watermark => o.max(progress.log_start_offset),
-            _ => match self.auto_offset_reset {
-                OffsetReset::Earliest => progress.log_start_offset,
-                OffsetReset::Latest => {
-                    self.pinned.insert(tp.clone(), progress.high_watermark);
-                    progress.high_watermark
-                }
-            },
+        let (position, reset) = self.resolve_position(tp, partition);
+        if reset && self.auto_offset_reset == OffsetReset::Latest {
+            self.pinned.insert(tp.clone(), position);
         }
+        position
     }
 
     /// Position without pinning (describe must not change what a member will read).
     pub(super) fn peek_position(&self, tp: &TopicPartition, partition: &Partition) -> u64 {
+        self.resolve_position(tp, partition).0
+    }
+
+    /// The position, and whether `auto_offset_reset` chose it (nothing stored in range).
+    fn resolve_position(&self, tp: &TopicPartition, partition: &Partition) -> (u64, bool) {
         let progress = partition.progress();
         let stored = self
             .committed
@@ -231,10 +226,10 @@ impl Group {
             .map(|c| c.offset)
             .or(self.pinned.get(tp).copied());
         match stored {
-            Some(o) if o <= progress.high_watermark => o.max(progress.log_start_offset),
+            Some(o) if o <= progress.high_watermark => (o.max(progress.log_start_offset), false),
             _ => match self.auto_offset_reset {
-                OffsetReset::Earliest => progress.log_start_offset,
-                OffsetReset::Latest => progress.high_watermark,
+                OffsetReset::Earliest => (progress.log_start_offset, true),
+                OffsetReset::Latest => (progress.high_watermark, true),
             },
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::group::Group;
 use super::sessions::run_sessions;
 use super::*;
+use crate::broker::tests::produce_ones;
 use crate::broker::{Broker, BrokerError};
 use crate::config::BrokerConfig;
 
@@ -235,31 +236,7 @@ async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
 async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, groups) = open_broker(dir.path(), "t", 1).await;
-    let value = b"1";
-    let records = vec![
-        crate::broker::ProduceRecord {
-            partition: Some(0),
-            record: crate::log::batch::RecordRef {
-                timestamp_ms: 1,
-                key: None,
-                key_is_utf8: false,
-                value: Some(value),
-                value_is_json: true,
-                headers: &[],
-            },
-        };
-        64
-    ];
-    let topic = broker.topic("t").unwrap();
-    broker
-        .produce(
-            &topic,
-            &records,
-            crate::broker::Acks::All,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    produce_ones(&broker, "t", 0, 64).await;
     let tp = TopicPartition::new("t", 0);
     let commits: Vec<_> = (1..=64u64)
         .map(|offset| {
@@ -283,27 +260,7 @@ async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives
 async fn committed_offsets_survive_reopening_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, groups) = open_broker(dir.path(), "t", 2).await;
-    let records = [crate::broker::ProduceRecord {
-        partition: Some(1),
-        record: crate::log::batch::RecordRef {
-            timestamp_ms: 1,
-            key: None,
-            key_is_utf8: false,
-            value: Some(b"1"),
-            value_is_json: true,
-            headers: &[],
-        },
-    }; 5];
-    let topic = broker.topic("t").unwrap();
-    broker
-        .produce(
-            &topic,
-            &records,
-            crate::broker::Acks::All,
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    produce_ones(&broker, "t", 1, 5).await;
     let tp = TopicPartition::new("t", 1);
     groups.commit("g", None, &[(tp.clone(), 3)]).await.unwrap();
     groups.commit("g", None, &[(tp.clone(), 5)]).await.unwrap();

@@ -53,6 +53,10 @@ pub struct Limits {
     pub fetch_records_max: u32,
     /// Most bytes one fetch reads from the log (one batch may exceed it, as in Kafka).
     pub fetch_bytes_max: u64,
+    /// Most bytes of fetch and SSE pages read for consumers and not yet handed to their
+    /// connections, over all of them (clients that do not read hold theirs); a page that does
+    /// not fit gets a 503 with `Retry-After`.
+    pub response_bytes_in_flight_max: u64,
     /// Most concurrent connections serving the API; more wait in the accept queue (past
     /// the health reserve below).
     pub connections_max: u32,
@@ -104,6 +108,7 @@ impl Default for Limits {
             partitions_max: 2_000,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
+            response_bytes_in_flight_max: 256 * 1024 * 1024,
             connections_max: 4096,
             health_connections_max: 16,
             header_read_timeout_ms: 10_000,

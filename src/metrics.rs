@@ -33,6 +33,7 @@ pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
 pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
 pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";
 pub const SSE_STREAMS_OPEN: &str = "tidelog_sse_streams_open";
+pub const RESPONSE_BYTES_IN_FLIGHT: &str = "tidelog_responses_in_flight_bytes";
 pub const GROUP_LAG: &str = "tidelog_consumer_group_lag_records";
 pub const GROUP_REBALANCES: &str = "tidelog_consumer_group_rebalances_total";
 pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
@@ -80,6 +81,7 @@ pub fn install_with_idle_timeout(idle: Duration) -> PrometheusHandle {
                     // Process-wide series start at zero rather than appearing on first use.
                     ::metrics::gauge!(LONG_POLLS_WAITING).set(0.0);
                     ::metrics::gauge!(SSE_STREAMS_OPEN).set(0.0);
+                    ::metrics::gauge!(RESPONSE_BYTES_IN_FLIGHT).set(0.0);
                     refresh_process_series();
                 })
                 .expect("the metrics recorder is installed once")
@@ -194,6 +196,11 @@ fn describe() {
         SSE_STREAMS_OPEN,
         Unit::Count,
         "Server-sent event streams open (each holds a slot of streams_max)."
+    );
+    describe_gauge!(
+        RESPONSE_BYTES_IN_FLIGHT,
+        Unit::Bytes,
+        "Bytes of fetch and SSE pages read and not yet handed to their connections."
     );
     describe_gauge!(
         GROUP_LAG,

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod partition;
+pub mod response_budget;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod wait;
@@ -34,6 +35,7 @@ pub use error::BrokerError;
 pub use partition::{
     Fetched, Partition, PartitionLocksForbidden, PartitionStats, Progress, now_ms,
 };
+pub use response_budget::{ResponseBudget, ResponseBytes};
 pub use wait::{WaitKind, WaitSlot, Waiters, Woken};
 
 use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
@@ -249,6 +251,8 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// Bounds on long-polls and SSE streams (`long_polls_max`, `streams_max`).
     waiters: Waiters,
+    /// Bytes read for consumers and not yet handed out (`response_bytes_in_flight_max`).
+    responses: Arc<ResponseBudget>,
     /// Tests only: a fault the next expansion's `topic.json` write waits on and fails with.
     #[cfg(test)]
     expansion_meta_fault: std::sync::Mutex<Option<Arc<tests::MetaWriteFault>>>,
@@ -268,9 +272,11 @@ impl Broker {
             sync_dir(&config.data_dir).map_err(io)?;
         }
         let waiters = Waiters::new(&config.limits);
+        let responses = ResponseBudget::new(config.limits.response_bytes_in_flight_max);
         let broker = Arc::new(Broker {
             config,
             waiters,
+            responses,
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(AdminState::default()),
             shutdown: watch::Sender::new(false),

@@ -10,11 +10,11 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::body::{bounded, parse_query, parse_u64};
+use super::budgeted_body::budgeted_json_response;
 use super::error::{ApiError, ApiResult};
-use super::json_response;
 use super::path::Path;
 use super::render::render_record;
-use crate::broker::{Broker, BrokerError, Fetched, Partition, WaitKind};
+use crate::broker::{Broker, BrokerError, Fetched, Partition, ResponseBytes, WaitKind};
 use crate::limits::Limits;
 use crate::metrics as m;
 
@@ -115,7 +115,7 @@ pub async fn fetch(
         .topic(&topic)?
         .partition(parse_u64("partition", &partition)?)?;
     let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?;
-    let fetched = fetch_waiting(
+    let (fetched, mut page) = fetch_waiting(
         &broker,
         &partition,
         offset,
@@ -142,11 +142,14 @@ pub async fn fetch(
         "],\"next_offset\":{next},\"high_watermark\":{},\"log_start_offset\":{}}}",
         fetched.high_watermark, fetched.log_start_offset
     );
-    Ok(json_response(StatusCode::OK, body))
+    page.settle(body.len() as u64);
+    Ok(budgeted_json_response(StatusCode::OK, body, page))
 }
 
 /// Fetches at `offset`; if nothing is there yet, waits up to `wait_ms` for the high watermark
-/// to pass it (woken by the flusher, not by polling) or for shutdown.
+/// to pass it (woken by the flusher, not by polling) or for shutdown. Each read first reserves
+/// its page (`max_bytes`) of the response budget; the reservation comes back with the records,
+/// and a long-poll waits without one.
 pub async fn fetch_waiting(
     broker: &Broker,
     partition: &Partition,
@@ -154,16 +157,19 @@ pub async fn fetch_waiting(
     max_records: u32,
     max_bytes: u64,
     wait_ms: u64,
-) -> Result<Fetched, BrokerError> {
+) -> Result<(Fetched, ResponseBytes), BrokerError> {
+    let page = broker.reserve_response(max_bytes)?;
     let fetched = partition.fetch(offset, max_records, max_bytes).await?;
     if wait_ms == 0 || offset < fetched.high_watermark {
-        return Ok(fetched);
+        return Ok((fetched, page));
     }
+    drop(page);
     let slot = broker.wait_slot(WaitKind::LongPoll)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     broker
         .wait_for_records(&slot, partition, offset, Some(deadline))
         .await;
     drop(slot);
-    partition.fetch(offset, max_records, max_bytes).await
+    let page = broker.reserve_response(max_bytes)?;
+    Ok((partition.fetch(offset, max_records, max_bytes).await?, page))
 }

@@ -9,6 +9,7 @@
 //! the `request_body_bytes_max` limit, and a 413 closes the connection.
 
 pub mod body;
+pub mod budgeted_body;
 pub mod error;
 pub mod fetch;
 pub mod groups;

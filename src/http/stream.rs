@@ -21,7 +21,7 @@ use super::error::{ApiError, ApiResult};
 use super::fetch::start_offset;
 use super::path::Path;
 use super::render::render_record;
-use crate::broker::{Broker, BrokerError, Partition, WaitKind, WaitSlot};
+use crate::broker::{Broker, BrokerError, Partition, ResponseBytes, WaitKind, WaitSlot};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +33,10 @@ pub struct StreamQuery {
 
 /// Records fetched per read from the log.
 const STREAM_FETCH_RECORDS: u32 = 500;
+/// An event's bytes besides its data (`event: record`, `id: <offset>`, line ends).
+const EVENT_FRAMING_BYTES: usize = 48;
+/// What a stream ended past a limit asks its client to wait before reconnecting.
+const OVERLOADED_RETRY: Duration = Duration::from_secs(1);
 
 struct StreamState {
     broker: Arc<Broker>,
@@ -44,6 +48,8 @@ struct StreamState {
     next: u64,
     /// Rendered events waiting to be sent; bounded by one fetch.
     ready: VecDeque<Event>,
+    /// The response budget `ready` holds, given back once it is sent.
+    page: Option<ResponseBytes>,
     max_bytes: u64,
     /// Set after an error event: the stream ends.
     done: bool,
@@ -83,6 +89,8 @@ pub async fn sse(
     };
     // Refuse a bad start now, with a problem, rather than inside the stream.
     partition.fetch(next, 1, 1).await?;
+    // Refuse now, with a 503, when the response budget has no room for a page.
+    drop(broker.reserve_response(max_bytes)?);
     let slot = broker.wait_slot(WaitKind::Stream)?;
     let state = StreamState {
         broker,
@@ -90,12 +98,16 @@ pub async fn sse(
         slot,
         next,
         ready: VecDeque::new(),
+        page: None,
         max_bytes,
         done: false,
     };
     let events = stream::unfold(state, |mut s| async move {
         loop {
             if let Some(event) = s.ready.pop_front() {
+                if s.ready.is_empty() {
+                    s.page = None;
+                }
                 return Some((Ok::<Event, Infallible>(event), s));
             }
             if s.done || s.broker.is_shutting_down() {
@@ -104,9 +116,13 @@ pub async fn sse(
             let high_watermark = match s.read_events().await {
                 Ok(hw) => hw,
                 Err(e) => {
-                    // Tell the client why, then end the stream.
+                    // Tell the client why, then end the stream; past a limit, when to retry.
                     s.done = true;
-                    return Some((Ok(Event::default().event("error").data(e.to_string())), s));
+                    let mut event = Event::default().event("error").data(e.to_string());
+                    if matches!(e, BrokerError::Overloaded { .. }) {
+                        event = event.retry(OVERLOADED_RETRY);
+                    }
+                    return Some((Ok(event), s));
                 }
             };
             if !s.ready.is_empty() || s.next < high_watermark {
@@ -134,16 +150,19 @@ impl StreamState {
     /// Reads one page at `next` and renders its records into `ready`; returns the high
     /// watermark the read saw.
     async fn read_events(&mut self) -> Result<u64, BrokerError> {
+        let mut page = self.broker.reserve_response(self.max_bytes)?;
         let fetched = self
             .partition
             .fetch(self.next, STREAM_FETCH_RECORDS, self.max_bytes)
             .await?;
         let partition_id = self.partition.id;
         let ready = &mut self.ready;
+        let mut rendered = 0u64;
         self.next = fetched.for_each_record(|r| {
             let mut data = Vec::with_capacity(128);
             render_record(&mut data, partition_id, r);
             let data = String::from_utf8(data).unwrap_or_default();
+            rendered += (data.len() + EVENT_FRAMING_BYTES) as u64;
             ready.push_back(
                 Event::default()
                     .event("record")
@@ -152,6 +171,10 @@ impl StreamState {
             );
             Ok(())
         })?;
+        if !self.ready.is_empty() {
+            page.settle(rendered);
+            self.page = Some(page);
+        }
         Ok(fetched.high_watermark)
     }
 }

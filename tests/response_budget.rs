@@ -1,0 +1,114 @@
+//! `response_bytes_in_flight_max`: clients that ask for big pages and never read them hold
+//! the response budget (not unbounded memory); past it, a page is refused with a 503 and
+//! `Retry-After`, health checks and small pages are still served, and the budget comes back
+//! when those clients go.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use common::{Api, TestBroker};
+use serde_json::json;
+
+/// Each page reserves its `max_bytes` (16 MiB) to read, then settles to what it rendered
+/// (about 12 MB): two settled pages leave less than a third needs.
+const BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+const IN_FLIGHT: &str = "tidelog_responses_in_flight_bytes";
+/// A page of every record: twelve of about 1 MB.
+/// Larger than what the kernel buffers for a connection that is not read (`tcp_wmem` lets a
+/// send buffer grow to 4 MiB), so most of each page stays in the broker.
+const BIG_PAGE: &str = "/v1/topics/t/partitions/0/records?offset=0&max_bytes=16777216";
+
+/// A client that asks for a big page and never reads it: a tiny receive buffer, so the
+/// answer stays on the broker's side.
+fn stalled_client(url: &str, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(url.trim_start_matches("http://")).expect("connect");
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket and a pointer to a c_int of the given length.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    stream
+}
+
+impl Api {
+    async fn in_flight(&self) -> f64 {
+        common::scrape_unlabelled_metric(&self.http, &self.url, IN_FLIGHT).await
+    }
+
+    async fn status_of_get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("the broker answers");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        let mut body = response.text().await.expect("a body");
+        // A page is megabytes: only its start goes into a failure message.
+        body.truncate(body.floor_char_boundary(300));
+        (status, format!("retry-after={retry_after:?} {body}"))
+    }
+}
+
+#[test]
+fn clients_that_never_read_hold_the_budget_and_give_it_back_when_they_go() {
+    let broker = TestBroker::start_with_config(&format!(
+        "[limits]\nresponse_bytes_in_flight_max = {BUDGET_BYTES}\n"
+    ));
+    let api = Api::new(&broker);
+    common::runtime().block_on(async {
+        common::create_topic(&api.http, &api.url, "t", 1).await;
+        let value = "v".repeat(1_000_000);
+        let records: Vec<_> = (0..12).map(|_| json!({ "value": value })).collect();
+        common::produce_json_acks_all(&api.http, &api.url, "t", json!(records)).await;
+
+        let stalled: Vec<TcpStream> = (0..2).map(|_| stalled_client(&api.url, BIG_PAGE)).collect();
+        common::wait_until(
+            "two unread pages to hold their bytes",
+            Duration::from_secs(20),
+            || async { api.in_flight().await >= 23_000_000.0 },
+        )
+        .await;
+
+        for path in [
+            BIG_PAGE.to_string(),
+            "/v1/topics/t/partitions/0/stream?offset=0&max_bytes=16777216".to_string(),
+        ] {
+            let (status, answer) = api.status_of_get(&path).await;
+            assert_eq!(status, 503, "{path}: {answer}");
+            assert!(answer.contains("\"overloaded\""), "{answer}");
+            assert!(answer.contains("response_bytes_in_flight_max"), "{answer}");
+            assert!(answer.starts_with("retry-after=Some(\"1\")"), "{answer}");
+        }
+        assert_eq!(api.status_of_get("/healthz").await.0, 200);
+        let small = "/v1/topics/t/partitions/0/records?offset=0&max_bytes=65536";
+        assert_eq!(api.status_of_get(small).await.0, 200, "a small page fits");
+
+        drop(stalled);
+        common::wait_until(
+            "the budget to come back",
+            Duration::from_secs(20),
+            || async { api.in_flight().await == 0.0 },
+        )
+        .await;
+        let page = common::get_json_ok(&api.http, &api.url, BIG_PAGE).await;
+        assert_eq!(page["records"].as_array().expect("records").len(), 12);
+    });
+}

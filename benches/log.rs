@@ -82,7 +82,10 @@ fn bench_read(c: &mut Criterion) {
     let mut offset = 0u64;
     group.bench_function("batch_1000x100B_read_slice_decode", |b| {
         b.iter(|| {
-            let slice = log.read_slice(offset).expect("offset below the log end");
+            let slice = log
+                .read_slice(offset)
+                .expect("segment loads")
+                .expect("offset below the log end");
             let bytes = slice.read(template.len() as u64).expect("read");
             let view = BatchView::parse(&bytes).expect("a whole batch");
             let mut value_bytes = 0usize;

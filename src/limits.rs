@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 /// Topic names: Kafka's rule, `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// Sealed segments per partition kept loaded for reads (log file open, two indexes mapped),
+/// least recently used out first; every other sealed segment holds no file descriptor. With
+/// the active segment's three files, a partition holds at most `3 + this` descriptors,
+/// however many segments it has (see `partitions_max`).
+pub const SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX: usize = 4;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {

@@ -202,7 +202,7 @@ impl Harness<'_> {
 
     /// Reads up to `limit` records from `from` and compares them with the model.
     fn check_from(&mut self, from: u64, limit: usize) {
-        let read = read_from(self.log.as_ref().expect("open"), from, limit);
+        let read = read_from(self.log.as_mut().expect("open"), from, limit);
         let end = self.model.len() as u64;
         let expected = (end - from).min(limit as u64) as usize;
         assert!(read.len() >= expected, "read {} of {expected}", read.len());
@@ -229,8 +229,8 @@ impl Harness<'_> {
         let expected = (start as usize..self.model.len())
             .find(|&i| self.model[i].timestamp_ms >= t)
             .map(|i| i as u64);
-        let log = self.log.as_ref().expect("open");
-        let found = log.time_slice(t).and_then(|slice| {
+        let log = self.log.as_mut().expect("open");
+        let found = log.time_slice(t).expect("load").and_then(|slice| {
             let bytes = slice.read(u64::MAX).expect("read");
             let base = BatchView::parse(&bytes).expect("batch").header.base_offset;
             read_from(log, base.max(start), usize::MAX)
@@ -253,11 +253,11 @@ fn last_log_file(dir: &Path) -> std::path::PathBuf {
 }
 
 /// Reads records from `from` on, in small reads that end mid-batch, across segments.
-fn read_from(log: &PartitionLog, from: u64, limit: usize) -> Vec<(u64, Rec)> {
+fn read_from(log: &mut PartitionLog, from: u64, limit: usize) -> Vec<(u64, Rec)> {
     let mut out = Vec::new();
     let mut offset = from;
     while out.len() < limit {
-        let Some(mut slice) = log.read_slice(offset) else {
+        let Some(mut slice) = log.read_slice(offset).expect("load") else {
             break;
         };
         slice.skip_before(offset).expect("skip");

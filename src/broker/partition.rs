@@ -312,7 +312,7 @@ impl Partition {
 
     /// Under the lock: checks `offset` and finds the bytes to read for it.
     fn plan_fetch(&self, offset: u64) -> Result<(Option<ReadSlice>, Progress), BrokerError> {
-        let log = self.lock();
+        let mut log = self.lock();
         let progress = self.progress();
         // Up to the log end, not the HW: an `acks=leader` producer already holds offsets
         // past the HW, and a long-poll there waits for them rather than being refused.
@@ -325,6 +325,7 @@ impl Partition {
         }
         let slice = if offset < progress.high_watermark {
             log.read_slice(offset)
+                .map_err(|e| BrokerError::Io(e.to_string()))?
         } else {
             None
         };
@@ -353,8 +354,11 @@ impl Partition {
     /// The first offset whose record timestamp is `>= timestamp_ms`, or the HW if none.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
         let (slice, progress) = {
-            let log = self.lock();
-            (log.time_slice(timestamp_ms), self.progress())
+            let mut log = self.lock();
+            let slice = log
+                .time_slice(timestamp_ms)
+                .map_err(|e| BrokerError::Io(e.to_string()))?;
+            (slice, self.progress())
         };
         let Some(slice) = slice else {
             return Ok(progress.high_watermark);

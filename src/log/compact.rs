@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::batch::{BatchBuilder, BatchView, RecordRef, stamp_batch};
 use super::index::{OffsetEntry, TimeEntry};
@@ -33,7 +32,8 @@ pub struct SegmentSnapshot {
     pub size: u64,
     pub max_timestamp_ms: i64,
     pub created_ms: i64,
-    pub file: Arc<File>,
+    /// The log file, opened only while compaction reads it, so a plan holds no descriptors.
+    pub path: PathBuf,
 }
 
 /// What to compact, taken under the partition lock.
@@ -68,7 +68,13 @@ fn for_each_batch(
     segment: &SegmentSnapshot,
     mut each: impl FnMut(BatchView<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut walk = FileBatches::new(&segment.file, 0, segment.size, segment.base_offset);
+    let file = match File::open(&segment.path) {
+        Ok(f) => f,
+        // Retention deleted the segment meanwhile: nothing to read, nothing to rewrite.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut walk = FileBatches::new(&file, 0, segment.size, segment.base_offset);
     while let Some((_, view)) = walk.next_batch()? {
         each(view)?;
     }
@@ -262,10 +268,10 @@ mod tests {
     }
 
     /// Every record from the log start, as (offset, key, value), following segment ends.
-    fn read_all(log: &PartitionLog) -> Vec<(u64, String, Option<String>)> {
+    fn read_all(log: &mut PartitionLog) -> Vec<(u64, String, Option<String>)> {
         let mut out = Vec::new();
         let mut offset = log.log_start_offset();
-        while let Some(slice) = log.read_slice(offset) {
+        while let Some(slice) = log.read_slice(offset).unwrap() {
             let bytes = slice.read(u64::MAX).unwrap();
             let mut advanced = false;
             for batch in BufferBatches::new(&bytes) {
@@ -329,7 +335,7 @@ mod tests {
             201 - 7,
             "all but the latest record of each of the 7 keys"
         );
-        let got = read_all(&log);
+        let got = read_all(&mut log);
         let want: Vec<_> = expected
             .iter()
             .map(|(k, (o, v))| (*o, k.clone(), v.clone()))
@@ -344,17 +350,17 @@ mod tests {
 
         // Once the tombstone is older than delete_retention_ms it goes too.
         compact_now(&mut log, 10_000_000, 1_000);
-        let got = read_all(&log);
+        let got = read_all(&mut log);
         assert!(got.iter().all(|(_, k, _)| k != "k3"), "{got:?}");
         assert_eq!(got.len(), 6);
 
         // Appends continue at the same end; a crash-style reopen reads the same.
         let next = append(&mut log, "k0", Some("new"), 5_000);
         assert_eq!(next, end);
-        let before = read_all(&log);
+        let before = read_all(&mut log);
         drop(log);
-        let (log, _) = PartitionLog::open(dir.path(), config(), false, 6_000).unwrap();
-        assert_eq!(read_all(&log), before);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(), false, 6_000).unwrap();
+        assert_eq!(read_all(&mut log), before);
         assert_eq!(log.log_end_offset(), end + 1);
     }
 
@@ -385,5 +391,47 @@ mod tests {
             "a damaged segment is not rewritten"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
+    }
+
+    #[test]
+    fn segments_compaction_empties_are_removed_and_offsets_keep_their_meaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), config(), false, 0).unwrap();
+        for i in 0..300i64 {
+            append(&mut log, "same", Some("v"), 1_000 + i);
+        }
+        let last = append(&mut log, "other", Some("w"), 2_000);
+        log.roll(3_000).unwrap();
+        let end = log.log_end_offset();
+        let before = log.segment_count();
+        assert!(before > 8, "{before} segments");
+        compact_now(&mut log, 3_000, 1_000_000);
+        // The first segment stays (it holds the log start); the emptied ones after it go.
+        let logs = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
+            .count();
+        assert!(log.segment_count() <= 4, "{} segments", log.segment_count());
+        assert_eq!(logs, log.segment_count());
+        let want = vec![
+            (last - 1, "same".to_string(), Some("v".to_string())),
+            (last, "other".to_string(), Some("w".to_string())),
+        ];
+        assert_eq!(read_all(&mut log), want);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.log_start_offset(), 0);
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), config(), false, 4_000).unwrap();
+        assert_eq!(read_all(&mut log), want);
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.log_start_offset(), 0);
+        let next = append(&mut log, "new", Some("x"), 5_000);
+        assert_eq!(next, end, "appends go on at the same end");
     }
 }

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use memmap2::MmapMut;
+use memmap2::{Mmap, MmapMut, MmapOptions};
 
 /// One offset index entry: the batch starting at `relative_offset` begins at `position`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,22 +81,28 @@ impl IndexEntry for TimeEntry {
 }
 
 /// A memory-mapped index file of entries of type `E`.
+///
+/// A writable index keeps its file and a writable map of the whole preallocated file. A sealed
+/// index keeps neither a file descriptor nor its entries on the heap: its entries are mapped
+/// read-only on demand ([`IndexFile::load`]) and unmapped again ([`IndexFile::unload`]) by
+/// the partition's bounded set of loaded sealed segments.
 #[derive(Debug)]
 pub struct IndexFile<E: IndexEntry> {
-    /// Where the index lives, for trimming and deleting.
+    /// Where the index lives, for loading, trimming and deleting.
     path: PathBuf,
     /// The open file while writable, so the map can be flushed and the file trimmed; `None`
     /// once sealed: a sealed index holds no file descriptor.
     file: Option<File>,
-    /// The mapping of the whole preallocated file; `None` once sealed (entries then live in
-    /// `sealed`), so a sealed index holds no writable map.
+    /// The mapping of the whole preallocated file; `None` once sealed.
     map: Option<MmapMut>,
-    /// Entries of a sealed index, read once when sealed or opened trimmed.
-    sealed: Vec<E>,
-    /// Valid entries at the front of the map.
+    /// A sealed index's entries, mapped read-only while loaded.
+    sealed: Option<Mmap>,
+    /// Valid entries at the front of the file.
     entries: usize,
     /// Capacity of the map in entries.
     capacity: usize,
+    /// The last entry, kept so a sealed index answers `last()` without being loaded.
+    last: Option<E>,
 }
 
 impl<E: IndexEntry> IndexFile<E> {
@@ -116,9 +122,10 @@ impl<E: IndexEntry> IndexFile<E> {
             path: path.to_path_buf(),
             file: Some(file),
             map: Some(map),
-            sealed: Vec::new(),
+            sealed: None,
             entries: 0,
             capacity: capacity.max(1),
+            last: None,
         })
     }
 
@@ -138,9 +145,10 @@ impl<E: IndexEntry> IndexFile<E> {
             path: path.to_path_buf(),
             file: None,
             map: None,
-            sealed: entries.to_vec(),
+            sealed: None,
             entries: entries.len(),
             capacity: entries.len(),
+            last: entries.last().copied(),
         })
     }
 
@@ -156,25 +164,43 @@ impl<E: IndexEntry> IndexFile<E> {
         if !len.is_multiple_of(E::BYTES) {
             return Ok(None);
         }
-        let mut bytes = Vec::with_capacity(len);
-        io::Read::read_to_end(&mut &file, &mut bytes)?;
-        let sealed: Vec<E> = bytes.chunks_exact(E::BYTES).map(E::decode).collect();
-        Ok(Some(IndexFile {
+        let entries = len / E::BYTES;
+        let mut index = IndexFile {
             path: path.to_path_buf(),
             file: None,
             map: None,
-            entries: sealed.len(),
-            capacity: sealed.len(),
-            sealed,
-        }))
+            sealed: map_entries::<E>(&file, entries)?,
+            entries,
+            capacity: entries,
+            last: None,
+        };
+        index.last = (entries > 0).then(|| index.get(entries - 1));
+        Ok(Some(index))
+    }
+
+    /// Maps a sealed index's entries (read-only) so that lookups can be answered. The file is
+    /// closed again at once: a map needs no descriptor.
+    pub fn load(&mut self) -> io::Result<()> {
+        if self.map.is_none() && self.sealed.is_none() && self.entries > 0 {
+            let file = File::open(&self.path)?;
+            self.sealed = map_entries::<E>(&file, self.entries)?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps a sealed index's entries; [`IndexFile::load`] maps them again.
+    pub fn unload(&mut self) {
+        self.sealed = None;
     }
 
     /// Turns a sealed index back into a writable one (the active segment after a clean start).
-    pub fn reopen_writable(self, capacity: usize) -> io::Result<Self> {
+    pub fn reopen_writable(mut self, capacity: usize) -> io::Result<Self> {
         if self.map.is_some() {
             return Ok(self);
         }
-        let entries = self.sealed.clone();
+        self.load()?;
+        let entries: Vec<E> = (0..self.entries).map(|i| self.get(i)).collect();
+        drop(self.sealed.take());
         let mut index = IndexFile::create(&self.path, capacity.max(entries.len() + 1))?;
         for e in entries {
             index.append(e);
@@ -198,16 +224,19 @@ impl<E: IndexEntry> IndexFile<E> {
         self.map.is_some() && self.entries >= self.capacity
     }
 
+    /// Entry `i`. A sealed index must be loaded (a bug otherwise).
     pub fn get(&self, i: usize) -> E {
         debug_assert!(i < self.entries);
-        match &self.map {
-            Some(map) => E::decode(&map[i * E::BYTES..(i + 1) * E::BYTES]),
-            None => self.sealed[i],
-        }
+        let bytes: &[u8] = match (&self.map, &self.sealed) {
+            (Some(map), _) => map,
+            (None, Some(sealed)) => sealed,
+            (None, None) => panic!("lookup in an unloaded sealed index"),
+        };
+        E::decode(&bytes[i * E::BYTES..(i + 1) * E::BYTES])
     }
 
     pub fn last(&self) -> Option<E> {
-        (self.entries > 0).then(|| self.get(self.entries - 1))
+        self.last
     }
 
     /// Appends an entry. The caller keeps entries ordered and checks [`IndexFile::is_full`].
@@ -220,6 +249,7 @@ impl<E: IndexEntry> IndexFile<E> {
         let at = self.entries * E::BYTES;
         entry.encode(&mut map[at..at + E::BYTES]);
         self.entries += 1;
+        self.last = Some(entry);
     }
 
     /// Index of the last entry whose key is `<= key`, if any.
@@ -240,12 +270,6 @@ impl<E: IndexEntry> IndexFile<E> {
     /// Index of the last entry whose key is `< key`, if any.
     pub fn lower(&self, key: i64) -> Option<usize> {
         self.floor(key.saturating_sub(1))
-    }
-
-    /// Drops every entry from `keep` on.
-    pub fn truncate_entries(&mut self, keep: usize) {
-        self.entries = self.entries.min(keep);
-        self.sealed.truncate(self.entries);
     }
 
     /// Checks that keys strictly increase, and that `in_bounds` accepts every entry.
@@ -274,9 +298,6 @@ impl<E: IndexEntry> IndexFile<E> {
     /// partition lock. `None` if it was sealed already.
     pub fn seal_later(&mut self) -> Option<PendingSeal> {
         let map = self.map.take()?;
-        self.sealed = (0..self.entries)
-            .map(|i| E::decode(&map[i * E::BYTES..(i + 1) * E::BYTES]))
-            .collect();
         self.capacity = self.entries;
         Some(PendingSeal {
             map: Mutex::new(Some(map)),
@@ -288,6 +309,19 @@ impl<E: IndexEntry> IndexFile<E> {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Maps the first `entries` entries of an index file read-only (`None` for an empty index:
+/// there is nothing to map).
+fn map_entries<E: IndexEntry>(file: &File, entries: usize) -> io::Result<Option<Mmap>> {
+    if entries == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the file is private to this broker's data directory. It is only ever trimmed
+    // down to its entries, never below, so the mapped bytes stay backed; a file replaced by
+    // compaction or deleted by retention is unlinked, which leaves the map valid.
+    let map = unsafe { MmapOptions::new().len(entries * E::BYTES).map(file)? };
+    Ok(Some(map))
 }
 
 /// The file work of sealing an index: flush the map, trim the file to its entries, sync it.

@@ -30,6 +30,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::limits::SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX;
 use batch::{BATCH_HEADER_BYTES, BatchHeader};
 use index::PendingSeal;
 use segment::{OpenMode, ReadSlice, Segment};
@@ -75,6 +76,8 @@ pub struct OpenReport {
     pub rebuilt_indexes: usize,
     /// Segments dropped because they followed a truncation or a gap.
     pub dropped_segments: usize,
+    /// Empty sealed segments (left by compaction) removed.
+    pub empty_segments_removed: usize,
 }
 
 /// A recovery checkpoint taken under the lock and written outside it.
@@ -156,6 +159,9 @@ pub struct PartitionLog {
     /// every plan syncs the directory while they differ.
     rolls: u64,
     dir_synced_rolls: u64,
+    /// Base offsets of the sealed segments loaded for reads (file open, indexes mapped),
+    /// least recently used first; at most [`SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX`].
+    loaded: Vec<u64>,
 }
 
 impl PartitionLog {
@@ -214,6 +220,14 @@ impl PartitionLog {
                 break;
             }
             let cut = seg_report.truncated_bytes > 0;
+            if segment.size == 0 && !cut && !segments.is_empty() && next_base.is_some() {
+                // A sealed segment compaction emptied (before emptied ones were removed at
+                // once): it goes, and the segment before it reaches to the next one's base.
+                drop(segment);
+                drop_segment_files(dir, base)?;
+                report.empty_segments_removed += 1;
+                continue;
+            }
             segments.push(segment);
             if cut && i + 1 < bases.len() {
                 report.dropped_segments += bases.len() - i - 1;
@@ -246,7 +260,7 @@ impl PartitionLog {
         // not the machine): sync it before calling it flushed.
         if !clean {
             for s in &segments {
-                s.file.sync_all()?;
+                s.sync_file()?;
             }
             sync_dir(dir)?;
         }
@@ -280,6 +294,7 @@ impl PartitionLog {
             unsynced: Vec::new(),
             rolls: 0,
             dir_synced_rolls: 0,
+            loaded: Vec::new(),
         };
         log.write_checkpoint()?;
         Ok((log, report))
@@ -374,44 +389,88 @@ impl PartitionLog {
         let sealed = self.segments.last_mut().expect("never empty");
         let seals = sealed.seal_indexes_later();
         self.unsynced.push(Unsynced {
-            file: Arc::clone(&sealed.file),
+            file: Arc::clone(sealed.file()),
             seals: seals.into_iter().map(Arc::new).collect(),
             end: next,
         });
+        sealed.unload();
         self.segments.push(created);
         self.rolls += 1;
         Ok(())
     }
 
     /// The bytes to read for `offset`, or `None` at the log end. The caller checks the range.
-    pub fn read_slice(&self, offset: u64) -> Option<ReadSlice> {
+    /// Loads the segment if it is sealed and not loaded (opens one file, maps its indexes).
+    pub fn read_slice(&mut self, offset: u64) -> io::Result<Option<ReadSlice>> {
         if offset >= self.log_end_offset() {
-            return None;
+            return Ok(None);
         }
-        let i = self
+        let Some(mut i) = self
             .segments
             .partition_point(|s| s.base_offset <= offset)
-            .checked_sub(1)?;
-        let segment = &self.segments[i];
-        if offset >= segment.next_offset {
-            return self.segments.get(i + 1).map(|s| s.read_slice(offset));
+            .checked_sub(1)
+        else {
+            return Ok(None);
+        };
+        if offset >= self.segments[i].next_offset {
+            i += 1;
         }
-        Some(segment.read_slice(offset))
+        if i >= self.segments.len() {
+            return Ok(None);
+        }
+        self.load(i)?;
+        Ok(Some(self.segments[i].read_slice(offset)))
     }
 
     /// Where to scan for the first record with timestamp `>= timestamp_ms`; `None` if no
     /// segment holds one.
-    pub fn time_slice(&self, timestamp_ms: i64) -> Option<ReadSlice> {
-        self.segments
+    pub fn time_slice(&mut self, timestamp_ms: i64) -> io::Result<Option<ReadSlice>> {
+        let Some(i) = self
+            .segments
             .iter()
-            .find(|s| s.size > 0 && s.max_timestamp_ms >= timestamp_ms)
-            .map(|s| s.time_slice(timestamp_ms))
+            .position(|s| s.size > 0 && s.max_timestamp_ms >= timestamp_ms)
+        else {
+            return Ok(None);
+        };
+        self.load(i)?;
+        Ok(Some(self.segments[i].time_slice(timestamp_ms)))
+    }
+
+    /// Makes segment `i` answer reads. A sealed segment joins the loaded set; past
+    /// [`SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX`], the least recently used one is unloaded.
+    fn load(&mut self, i: usize) -> io::Result<()> {
+        if i + 1 == self.segments.len() {
+            return Ok(());
+        }
+        let base = self.segments[i].base_offset;
+        self.loaded.retain(|&b| b != base);
+        self.segments[i].load()?;
+        self.loaded.push(base);
+        if self.loaded.len() > SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX {
+            let evicted = self.loaded.remove(0);
+            if let Some(j) = self.segment_index(evicted) {
+                self.segments[j].unload();
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the segment with base offset `base` is in the list.
+    fn segment_index(&self, base: u64) -> Option<usize> {
+        self.segments
+            .binary_search_by_key(&base, |s| s.base_offset)
+            .ok()
+    }
+
+    /// How many sealed segments are loaded (a file open and indexes mapped each).
+    pub fn loaded_segments(&self) -> usize {
+        self.loaded.len()
     }
 
     /// The file work that makes everything appended so far durable.
     pub fn flush_plan(&mut self) -> FlushPlan {
         let mut files: Vec<Arc<File>> = self.unsynced.iter().map(|u| Arc::clone(&u.file)).collect();
-        files.push(Arc::clone(&self.active().file));
+        files.push(Arc::clone(self.active().file()));
         let seals = self
             .unsynced
             .iter()
@@ -457,6 +516,7 @@ impl PartitionLog {
             }
             total -= oldest.size;
             let removed = self.segments.remove(0);
+            self.loaded.retain(|&b| b != removed.base_offset);
             removed.delete_files()?;
             deleted += 1;
         }
@@ -489,7 +549,7 @@ impl PartitionLog {
             size: s.size,
             max_timestamp_ms: s.max_timestamp_ms,
             created_ms: s.created_ms,
-            file: Arc::clone(&s.file),
+            path: s.log_path(),
         };
         let (active, sealed) = self.segments.split_last()?;
         let sealed: Vec<_> = sealed
@@ -519,6 +579,20 @@ impl PartitionLog {
                 std::fs::remove_file(&c.path)?;
                 continue;
             };
+            self.loaded.retain(|&b| b != base);
+            if c.meta.size == 0 && i > 0 {
+                // Compaction emptied the segment: remove it rather than keep an empty file
+                // (and its descriptors) forever. The segment before it now reaches to where
+                // the removed one ended, the next segment's base: no offset changes meaning,
+                // and a reopen finds the same gap. The first segment stays, so the log start
+                // keeps its file.
+                std::fs::remove_file(&c.path)?;
+                let removed = self.segments.remove(i);
+                drop_segment_files(&self.dir, base)?;
+                sync_dir(&self.dir)?;
+                self.segments[i - 1].next_offset = removed.next_offset;
+                continue;
+            }
             // Old indexes go first (and durably), so a crash can never pair them with the new
             // log: missing indexes are rebuilt on open.
             for path in self.segments[i].index_paths() {

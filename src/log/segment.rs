@@ -116,8 +116,10 @@ pub struct Segment {
     pub max_timestamp_ms: i64,
     /// When the segment was created (wall clock, ms), for roll by age.
     pub created_ms: i64,
-    /// Shared so reads and fsyncs can proceed without the partition lock.
-    pub file: Arc<File>,
+    /// The log file, shared so reads and fsyncs can proceed without the partition lock.
+    /// Always open for the active segment; a sealed segment holds it (and its mapped
+    /// indexes) only while loaded, so sealed segments do not each hold descriptors forever.
+    file: Option<Arc<File>>,
     /// offset → position, one entry per `index_interval_bytes` of log.
     offset_index: IndexFile<OffsetEntry>,
     /// running max timestamp → offset, one entry per `index_interval_bytes` of log.
@@ -160,7 +162,7 @@ impl Segment {
             size: 0,
             max_timestamp_ms: i64::MIN,
             created_ms: now_ms,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             offset_index: IndexFile::create(
                 &offset_index_path(dir, base_offset),
                 index_entries_max,
@@ -244,7 +246,7 @@ impl Segment {
             size: scan.valid_len,
             max_timestamp_ms: scan.max_timestamp_ms,
             created_ms,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             offset_index,
             time_index,
             bytes_since_index: scan.bytes_since_index,
@@ -256,6 +258,7 @@ impl Segment {
             segment.time_index = segment.time_index.reopen_writable(index_entries_max)?;
         } else {
             segment.seal_indexes()?;
+            segment.unload();
         }
         Ok((segment, report))
     }
@@ -308,10 +311,6 @@ impl Segment {
     /// index entries computed while writing it. Writes the trimmed index files.
     pub fn from_compacted(dir: &Path, compacted: Compacted) -> io::Result<Self> {
         let base_offset = compacted.base_offset;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(log_path(dir, base_offset))?;
         let offset_index = IndexFile::create_sealed(
             &offset_index_path(dir, base_offset),
             &compacted.offset_entries,
@@ -324,13 +323,54 @@ impl Segment {
             size: compacted.size,
             max_timestamp_ms: compacted.max_timestamp_ms,
             created_ms: compacted.created_ms,
-            file: Arc::new(file),
+            file: None,
             offset_index,
             time_index,
             bytes_since_index: 0,
             last_batch_relative: 0,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The log file. The segment must be active or loaded (a bug otherwise).
+    pub fn file(&self) -> &Arc<File> {
+        self.file.as_ref().expect("segment loaded")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        log_path(&self.dir, self.base_offset)
+    }
+
+    /// Whether reads can be answered now: active, or sealed and loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Opens a sealed segment's log file and maps its indexes, for reads.
+    pub fn load(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            self.offset_index.load()?;
+            self.time_index.load()?;
+            self.file = Some(Arc::new(File::open(self.log_path())?));
+        }
+        Ok(())
+    }
+
+    /// Closes a sealed segment's log file and unmaps its indexes. Readers that still hold
+    /// the file's `Arc` finish first.
+    pub fn unload(&mut self) {
+        debug_assert!(self.is_sealed(), "the active segment stays loaded");
+        self.file = None;
+        self.offset_index.unload();
+        self.time_index.unload();
+    }
+
+    /// fsyncs the log file, opening it for the call if the segment is not loaded.
+    pub fn sync_file(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => f.sync_all(),
+            None => File::open(self.log_path())?.sync_all(),
+        }
     }
 
     /// Paths of the index files, deleted before a compacted log replaces this one.
@@ -359,7 +399,7 @@ impl Segment {
         index_interval_bytes: u64,
     ) -> io::Result<()> {
         debug_assert_eq!(header.base_offset, self.next_offset);
-        self.file.write_all_at(batch, self.size)?;
+        self.file().write_all_at(batch, self.size)?;
         let relative = (header.base_offset - self.base_offset) as u32;
         self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp_ms);
         if self.offset_index.is_empty() || self.bytes_since_index >= index_interval_bytes {
@@ -401,7 +441,7 @@ impl Segment {
             .floor(relative)
             .map_or(0, |i| u64::from(self.offset_index.get(i).position));
         ReadSlice {
-            file: Arc::clone(&self.file),
+            file: Arc::clone(self.file()),
             position,
             len: self.size - position,
             segment_end: self.next_offset,

@@ -87,11 +87,11 @@ impl Model {
 }
 
 /// Reads every record from `from` to the log end, in small reads, across segments.
-fn read_from(log: &PartitionLog, from: u64) -> Vec<(u64, Rec)> {
+fn read_from(log: &mut PartitionLog, from: u64) -> Vec<(u64, Rec)> {
     let mut out = Vec::new();
     let mut offset = from;
     for _ in 0..100_000 {
-        let Some(mut slice) = log.read_slice(offset) else {
+        let Some(mut slice) = log.read_slice(offset).expect("load") else {
             return out;
         };
         slice.skip_before(offset).expect("skip");
@@ -120,7 +120,7 @@ fn read_from(log: &PartitionLog, from: u64) -> Vec<(u64, Rec)> {
 }
 
 /// Asserts the log holds exactly the model's records from `from` on, each at its offset.
-fn assert_matches(log: &PartitionLog, model: &Model, from: u64) {
+fn assert_matches(log: &mut PartitionLog, model: &Model, from: u64) {
     assert_eq!(log.log_end_offset(), model.log_end(), "log end offset");
     let read = read_from(log, from);
     assert_eq!(read.len() as u64, model.log_end() - from, "records read");
@@ -157,11 +157,14 @@ fn filled(dir: &Path, config: LogConfig, batches: usize) -> (PartitionLog, Model
 fn every_offset_is_found_through_the_sparse_index() {
     let dir = tempfile::tempdir().unwrap();
     let interval = 300;
-    let (log, model) = filled(dir.path(), config(1 << 20, interval), 120);
+    let (mut log, model) = filled(dir.path(), config(1 << 20, interval), 120);
     assert_eq!(log.segment_count(), 1);
     let largest_batch = 4 * 64 + 61;
     for offset in 0..model.log_end() {
-        let slice = log.read_slice(offset).expect("a slice below the log end");
+        let slice = log
+            .read_slice(offset)
+            .unwrap()
+            .expect("a slice below the log end");
         let bytes = slice.read(u64::MAX).unwrap();
         let mut rest = &bytes[..];
         let mut skipped = 0u64;
@@ -182,17 +185,17 @@ fn every_offset_is_found_through_the_sparse_index() {
             "{skipped} bytes skipped to reach {offset}"
         );
     }
-    assert!(log.read_slice(model.log_end()).is_none());
-    assert_matches(&log, &model, 0);
+    assert!(log.read_slice(model.log_end()).unwrap().is_none());
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
 fn reads_cross_segment_rolls() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, model) = filled(dir.path(), config(1024, 128), 100);
+    let (mut log, model) = filled(dir.path(), config(1024, 128), 100);
     assert!(log.segment_count() > 5, "{} segments", log.segment_count());
     for from in [0, 1, 17, 99, model.log_end() - 1] {
-        assert_matches(&log, &model, from);
+        assert_matches(&mut log, &model, from);
     }
     // Segment boundaries: each segment starts where the previous one ended.
     let bases: Vec<u64> = log.segments.iter().map(|s| s.base_offset).collect();
@@ -200,7 +203,7 @@ fn reads_cross_segment_rolls() {
         assert_eq!(pair[0].next_offset, pair[1].base_offset);
     }
     for base in bases {
-        assert_eq!(read_from(&log, base)[0].0, base);
+        assert_eq!(read_from(&mut log, base)[0].0, base);
     }
 }
 
@@ -215,10 +218,10 @@ fn roll_of_an_empty_active_segment_is_a_no_op() {
     log.roll(0).unwrap();
     model.append(&mut log, 2, 6, 0);
     assert_eq!(log.segment_count(), 2);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     drop(log);
-    let (log, _) = open(dir.path(), config(1 << 20, 128), false);
-    assert_matches(&log, &model, 0);
+    let (mut log, _) = open(dir.path(), config(1 << 20, 128), false);
+    assert_matches(&mut log, &model, 0);
 }
 
 /// The first offset (in log order) of a record stamped at or after `t`.
@@ -231,8 +234,8 @@ fn expected_for_time(model: &Model, t: i64) -> Option<u64> {
 }
 
 /// Seeks like the broker does: the time index gives a start, then records are scanned.
-fn seek_time(log: &PartitionLog, t: i64) -> Option<u64> {
-    let slice = log.time_slice(t)?;
+fn seek_time(log: &mut PartitionLog, t: i64) -> Option<u64> {
+    let slice = log.time_slice(t).unwrap()?;
     let first = BatchView::parse(&slice.read(u64::MAX).unwrap())
         .unwrap()
         .header
@@ -255,7 +258,7 @@ fn seek_by_time_across_segments_and_reopens() {
         model.append(&mut log, 1 + (i as usize % 3), ts, 0);
     }
     assert!(log.segment_count() > 3);
-    let check = |log: &PartitionLog, model: &Model| {
+    let check = |log: &mut PartitionLog, model: &Model| {
         for t in (9_000..19_500).step_by(37) {
             assert_eq!(
                 seek_time(log, t),
@@ -264,15 +267,15 @@ fn seek_by_time_across_segments_and_reopens() {
             );
         }
     };
-    check(&log, &model);
+    check(&mut log, &model);
     log.close().unwrap();
     drop(log);
-    let (log, _) = open(dir.path(), cfg, true);
-    check(&log, &model);
+    let (mut log, _) = open(dir.path(), cfg, true);
+    check(&mut log, &model);
     drop(log);
-    let (log, report) = open(dir.path(), cfg, false);
+    let (mut log, report) = open(dir.path(), cfg, false);
     assert!(report.rebuilt_indexes >= 1);
-    check(&log, &model);
+    check(&mut log, &model);
 }
 
 #[test]
@@ -297,7 +300,7 @@ fn rolls_by_age_with_injected_clock() {
     );
     model.append(&mut log, 1, 5, 2_002);
     assert_eq!(log.segment_count(), 3);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
@@ -330,7 +333,7 @@ fn retention_by_time_deletes_old_segments_only() {
     let start = log.log_start_offset();
     assert_eq!(start, log.segments[0].base_offset);
     assert!(model.records[start as usize - 1].timestamp_ms < now - 1_000);
-    assert_matches(&log, &model, start);
+    assert_matches(&mut log, &model, start);
     // The active segment stays, however old.
     assert!(log.apply_retention(i64::MAX, model.log_end()).unwrap() > 0);
     assert_eq!(log.segment_count(), 1);
@@ -339,9 +342,9 @@ fn retention_by_time_deletes_old_segments_only() {
     drop(log);
     let (mut log, _) = open(dir.path(), cfg, false);
     assert_eq!(log.log_start_offset(), start, "log start survives a crash");
-    assert_matches(&log, &model, start);
+    assert_matches(&mut log, &model, start);
     model.append(&mut log, 3, 9_999, 0);
-    assert_matches(&log, &model, start);
+    assert_matches(&mut log, &model, start);
 }
 
 #[test]
@@ -367,12 +370,12 @@ fn retention_by_size_keeps_the_newest_bytes() {
     );
     let start = log.log_start_offset();
     assert_eq!(start, log.segments[0].base_offset);
-    assert_matches(&log, &model, start);
+    assert_matches(&mut log, &model, start);
     log.close().unwrap();
     drop(log);
-    let (log, _) = open(dir.path(), cfg, true);
+    let (mut log, _) = open(dir.path(), cfg, true);
     assert_eq!(log.log_start_offset(), start);
-    assert_matches(&log, &model, start);
+    assert_matches(&mut log, &model, start);
 }
 
 #[test]
@@ -392,7 +395,7 @@ fn delete_records_before_moves_the_start_and_drops_whole_segments() {
         segments - 2,
         "segments wholly below go"
     );
-    assert_matches(&log, &model, target);
+    assert_matches(&mut log, &model, target);
     // Never backwards, never past `upto`.
     assert_eq!(
         log.delete_records_before(3, model.log_end()).unwrap(),
@@ -403,9 +406,9 @@ fn delete_records_before_moves_the_start_and_drops_whole_segments() {
     drop(log);
     let (mut log, _) = open(dir.path(), cfg, false);
     assert_eq!(log.log_start_offset(), upto);
-    assert_matches(&log, &model, upto);
+    assert_matches(&mut log, &model, upto);
     model.append(&mut log, 2, 1, 0);
-    assert_matches(&log, &model, upto);
+    assert_matches(&mut log, &model, upto);
 }
 
 #[test]
@@ -424,13 +427,13 @@ fn clean_reopen_trusts_the_indexes_and_keeps_offsets_dense() {
         report.rebuilt_indexes, 0,
         "a clean close leaves trusted indexes"
     );
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     for round in 0..3 {
         model.append(&mut log, 3, 5_000 + round, 0);
         log.close().unwrap();
         drop(log);
         log = open(dir.path(), cfg, true).0;
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
     }
 }
 
@@ -450,16 +453,16 @@ fn unclean_reopen_rebuilds_preallocated_indexes_and_loses_nothing() {
     let (mut log, report) = open(dir.path(), cfg, false);
     assert_eq!(report.truncated_bytes, 0);
     assert!(report.rebuilt_indexes >= 1);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     // Crash again right after a reopen, and again after more appends.
     for round in 0..3 {
         model.append(&mut log, 2, 7_000 + round, 0);
         drop(log);
         log = open(dir.path(), cfg, false).0;
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
         drop(log);
         log = open(dir.path(), cfg, false).0;
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
     }
     // A crash after a clean start: the active index was reopened writable (preallocated).
     log.close().unwrap();
@@ -467,14 +470,14 @@ fn unclean_reopen_rebuilds_preallocated_indexes_and_loses_nothing() {
     let (mut log, _) = open(dir.path(), cfg, true);
     model.append(&mut log, 4, 8_000, 0);
     drop(log);
-    let (log, report) = open(dir.path(), cfg, false);
+    let (mut log, report) = open(dir.path(), cfg, false);
     assert!(report.rebuilt_indexes >= 1);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
 }
 
 /// Byte position where the batch `(base, next)` starts in its segment's log file.
-fn batch_position(log: &PartitionLog, base: u64) -> u64 {
-    let slice = log.read_slice(base).unwrap();
+fn batch_position(log: &mut PartitionLog, base: u64) -> u64 {
+    let slice = log.read_slice(base).unwrap().unwrap();
     let bytes = slice.read(u64::MAX).unwrap();
     let mut rest = &bytes[..];
     let mut position = slice.position;
@@ -493,9 +496,9 @@ fn batch_position(log: &PartitionLog, base: u64) -> u64 {
 fn last_batch_damage_is_cut(what: &str, damage: impl Fn(&mut Vec<u8>, usize)) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(1 << 20, 128);
-    let (log, mut model) = filled(dir.path(), cfg, 30);
+    let (mut log, mut model) = filled(dir.path(), cfg, 30);
     let &(last_base, _) = model.batches.last().unwrap();
-    let position = batch_position(&log, last_base) as usize;
+    let position = batch_position(&mut log, last_base) as usize;
     drop(log);
     let path = last_log_file(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
@@ -511,13 +514,13 @@ fn last_batch_damage_is_cut(what: &str, damage: impl Fn(&mut Vec<u8>, usize)) {
     );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), position as u64);
     assert!(len_before > position);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     model.append(&mut log, 3, 1, 0);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     drop(log);
-    let (log, report) = open(dir.path(), cfg, false);
+    let (mut log, report) = open(dir.path(), cfg, false);
     assert_eq!(report.truncated_bytes, 0);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
@@ -559,16 +562,16 @@ fn garbage_after_the_last_batch_is_cut() {
     let (mut log, report) = open(dir.path(), cfg, false);
     assert_eq!(report.truncated_bytes, 500);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), intact as u64);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     model.append(&mut log, 2, 2, 0);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
 fn damage_in_a_sealed_segment_drops_what_follows() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(1024, 128);
-    let (log, mut model) = filled(dir.path(), cfg, 60);
+    let (mut log, mut model) = filled(dir.path(), cfg, 60);
     let victim = &log.segments[2];
     let (victim_base, victim_end) = (victim.base_offset, victim.next_offset);
     let &(cut_base, _) = model
@@ -576,7 +579,7 @@ fn damage_in_a_sealed_segment_drops_what_follows() {
         .iter()
         .rfind(|b| b.1 <= victim_end && b.0 >= victim_base)
         .unwrap();
-    let position = batch_position(&log, cut_base);
+    let position = batch_position(&mut log, cut_base);
     let segments = log.segment_count();
     drop(log);
     let path = segment_files(dir.path(), "log")[2].clone();
@@ -586,9 +589,9 @@ fn damage_in_a_sealed_segment_drops_what_follows() {
     assert_eq!(report.dropped_segments, segments - 3);
     assert_eq!(log.segment_count(), 3);
     model.truncate(cut_base);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     model.append(&mut log, 2, 3, 0);
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     assert_eq!(segment_files(dir.path(), "log").len(), log.segment_count());
 }
 
@@ -610,12 +613,12 @@ fn deleted_index_files_are_rebuilt_after_clean_and_unclean_stops() {
         let (mut log, report) = open(dir.path(), cfg, clean);
         assert_eq!(report.truncated_bytes, 0);
         assert_eq!(report.rebuilt_indexes, log.segment_count());
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
         for t in (900..1_500).step_by(50) {
-            assert_eq!(seek_time(&log, t), expected_for_time(&model, t));
+            assert_eq!(seek_time(&mut log, t), expected_for_time(&model, t));
         }
         model.append(&mut log, 2, 3_000, 0);
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
     }
 }
 
@@ -658,7 +661,7 @@ fn roll_by_age_counts_from_creation_across_restarts() {
     let (mut log, _) = PartitionLog::open(dir.path(), cfg, false, created + 8 * DAY_MS).unwrap();
     model.append(&mut log, 1, 2, created + 8 * DAY_MS);
     assert_eq!(log.segment_count(), 2, "rolled by age after a restart");
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
@@ -689,12 +692,12 @@ fn a_cut_below_the_log_start_never_gives_old_offsets_again() {
     let mut batch = encode(&model.records[..3]);
     assert_eq!(log.append(&mut batch, 0, 0).unwrap(), (start, start + 3));
     drop(log);
-    let (log, _) = open(dir.path(), cfg, false);
+    let (mut log, _) = open(dir.path(), cfg, false);
     assert_eq!(log.log_start_offset(), start, "the log start did not move");
     assert_eq!(log.log_end_offset(), start + 3);
     model.records.truncate(start as usize);
     model.records.extend_from_within(..3);
-    let read = read_from(&log, start);
+    let read = read_from(&mut log, start);
     assert_eq!(read.len(), 3);
     for (offset, rec) in read {
         assert_eq!(rec, model.records[offset as usize]);
@@ -730,20 +733,28 @@ fn a_clean_open_of_preallocated_indexes_still_reads_and_seeks_right() {
         let (log, mut model) = filled(dir.path(), cfg, batches);
         drop(log);
         let (mut log, _) = open(dir.path(), cfg, true);
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
         for t in (900..1_500).step_by(25) {
-            assert_eq!(seek_time(&log, t), expected_for_time(&model, t), "seek {t}");
+            assert_eq!(
+                seek_time(&mut log, t),
+                expected_for_time(&model, t),
+                "seek {t}"
+            );
         }
         for i in 0..30 {
             model.append(&mut log, 2, 2_000 + i, 0);
         }
-        assert_matches(&log, &model, 0);
+        assert_matches(&mut log, &model, 0);
         log.close().unwrap();
         drop(log);
-        let (log, _) = open(dir.path(), cfg, true);
-        assert_matches(&log, &model, 0);
+        let (mut log, _) = open(dir.path(), cfg, true);
+        assert_matches(&mut log, &model, 0);
         for t in (900..2_100).step_by(25) {
-            assert_eq!(seek_time(&log, t), expected_for_time(&model, t), "seek {t}");
+            assert_eq!(
+                seek_time(&mut log, t),
+                expected_for_time(&model, t),
+                "seek {t}"
+            );
         }
     }
 }
@@ -759,9 +770,9 @@ fn a_crash_between_deleting_segments_and_storing_the_start_is_repaired() {
     // was stored.
     let oldest = segment_files(dir.path(), "log")[0].clone();
     std::fs::remove_file(&oldest).unwrap();
-    let (log, _) = open(dir.path(), cfg, false);
+    let (mut log, _) = open(dir.path(), cfg, false);
     assert_eq!(log.log_start_offset(), second);
-    assert_matches(&log, &model, second);
+    assert_matches(&mut log, &model, second);
     let stored = std::fs::read_to_string(dir.path().join(super::LOG_START_FILE)).unwrap();
     assert_eq!(
         stored.trim(),
@@ -782,10 +793,10 @@ fn a_full_index_rolls_the_segment_after_a_config_change() {
         model.append(&mut log, 1 + i % 2, 2 + i as i64, 0);
     }
     assert!(log.segment_count() > 1, "the full index rolled the segment");
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     drop(log);
-    let (log, _) = open(dir.path(), config(1 << 20, 1), false);
-    assert_matches(&log, &model, 0);
+    let (mut log, _) = open(dir.path(), config(1 << 20, 1), false);
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
@@ -802,7 +813,7 @@ fn a_roll_leaves_its_file_work_to_the_next_flush_plan() {
         preallocated > 4096,
         "untouched by the roll: {preallocated} bytes"
     );
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
     let plan = log.flush_plan();
     assert!(!plan.only_active());
     plan.run().unwrap();
@@ -813,7 +824,7 @@ fn a_roll_leaves_its_file_work_to_the_next_flush_plan() {
         "trimmed by the plan: {trimmed}"
     );
     assert!(log.flush_plan().only_active());
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
 }
 
 #[test]
@@ -823,10 +834,50 @@ fn a_crash_between_a_roll_and_its_flush_loses_nothing_synced() {
     log.roll(0).unwrap();
     model.append(&mut log, 2, 5, 0);
     drop(log);
-    let (log, report) = open(dir.path(), config(1 << 20, 128), false);
+    let (mut log, report) = open(dir.path(), config(1 << 20, 128), false);
     assert!(
         report.rebuilt_indexes >= 1,
         "the untrimmed index is rebuilt: {report:?}"
     );
-    assert_matches(&log, &model, 0);
+    assert_matches(&mut log, &model, 0);
+}
+
+/// Descriptors this process holds on files under `dir`.
+fn open_files_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[test]
+fn sealed_segments_hold_no_files_beyond_the_loaded_bound() {
+    use crate::limits::SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX as LOADED_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, model) = filled(dir.path(), config(1024, 128), 200);
+    let segments = log.segment_count();
+    assert!(segments > 3 * LOADED_MAX, "{segments} segments");
+    // Rolled segments keep their files until the next flush has synced them.
+    let plan = log.flush_plan();
+    plan.run().unwrap();
+    log.mark_flushed(&plan);
+    drop(plan);
+    // The active segment holds its log and two index files; sealed ones hold nothing.
+    assert_eq!(open_files_under(dir.path()), 3);
+    assert_matches(&mut log, &model, 0);
+    assert!(log.loaded_segments() <= LOADED_MAX);
+    assert!(open_files_under(dir.path()) <= 3 + LOADED_MAX);
+    drop(log);
+    for clean in [false, true] {
+        let (mut log, _) = open(dir.path(), config(1024, 128), clean);
+        assert_eq!(
+            open_files_under(dir.path()),
+            3,
+            "after open (clean: {clean})"
+        );
+        assert_matches(&mut log, &model, 0);
+        assert!(open_files_under(dir.path()) <= 3 + LOADED_MAX);
+        log.close().unwrap();
+    }
 }

@@ -44,8 +44,38 @@ impl TestBroker {
         Self::spawn(data_dir, None, 0)
     }
 
+    /// Starts a broker on `data_dir` whose process may have at most `open_files_max` file
+    /// descriptors (`RLIMIT_NOFILE`, set in the child before it runs).
+    pub fn start_at_with_open_files_max(data_dir: &Path, open_files_max: u64) -> TestBroker {
+        Self::spawn_limited(data_dir, None, 0, Some(open_files_max))
+    }
+
     fn spawn(data_dir: &Path, config: Option<String>, port: u16) -> TestBroker {
+        Self::spawn_limited(data_dir, config, port, None)
+    }
+
+    fn spawn_limited(
+        data_dir: &Path,
+        config: Option<String>,
+        port: u16,
+        open_files_max: Option<u64>,
+    ) -> TestBroker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidelog"));
+        if let Some(max) = open_files_max {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: max,
+                        rlim_max: max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))

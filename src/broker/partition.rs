@@ -644,6 +644,8 @@ fn read_for_fetch(
     offset: u64,
     max_bytes: u64,
 ) -> Result<(Vec<u8>, Option<u64>), BrokerError> {
+    #[cfg(test)]
+    tests::FETCH_READS_ON_THIS_THREAD.set(tests::FETCH_READS_ON_THIS_THREAD.get() + 1);
     slice
         .skip_before(offset)
         .map_err(|e| BrokerError::Io(e.to_string()))?;
@@ -702,11 +704,15 @@ impl Drop for PartitionLocksForbidden {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
-    use std::task::Poll;
+    use std::cell::Cell;
 
     use super::*;
     use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
+
+    thread_local! {
+        /// File reads done for fetches on this thread.
+        pub(super) static FETCH_READS_ON_THIS_THREAD: Cell<u32> = const { Cell::new(0) };
+    }
 
     fn open(dir: &Path) -> Arc<Partition> {
         let flush = FlushPolicy {
@@ -737,13 +743,16 @@ mod tests {
         let mut batch = builder.finish(ProducerInfo::NONE, None);
         partition.append(&mut batch, 16, true).unwrap();
         partition.flush_now().await.unwrap();
-        // On a current-thread runtime, a read done inside `poll` would finish in the first
-        // poll and stall every other task meanwhile; handed to the blocking pool, the first
-        // poll only starts it.
-        let mut fetch = std::pin::pin!(partition.fetch(0, 100, 16 << 20));
-        let first = std::future::poll_fn(|cx| Poll::Ready(fetch.as_mut().poll(cx))).await;
-        assert!(first.is_pending(), "the read ran on the runtime thread");
-        let fetched = fetch.await.unwrap();
+        // A current-thread runtime runs every task on this thread: a read done here would
+        // stall them all meanwhile. It must run on the blocking pool.
+        let fetched = partition.fetch(0, 100, 16 << 20).await.unwrap();
+        assert_eq!(
+            FETCH_READS_ON_THIS_THREAD.get(),
+            0,
+            "the read ran on the runtime thread"
+        );
+        partition.fetch_blocking(0, 100, 16 << 20).unwrap();
+        assert_eq!(FETCH_READS_ON_THIS_THREAD.get(), 1, "the hook counts reads");
         let mut records = 0;
         fetched
             .for_each_record(|_| {

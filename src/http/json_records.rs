@@ -999,35 +999,25 @@ mod tests {
 
     #[test]
     fn ndjson_reports_a_bad_line_before_an_earlier_record_that_fails_to_decode() {
-        let mut line_no = 0;
-        let e = parse_ndjson_lines(
-            b"{\"value_b64\":\"***\"}\nnot json\n",
-            &mut line_no,
-            rules(0),
-            0,
-        )
-        .err()
-        .expect("refused");
+        let e = ndjson_refused(b"{\"value_b64\":\"***\"}\nnot json\n", rules(0), 0);
         assert_eq!(
             e.extra.get("line"),
             Some(&serde_json::json!(2)),
             "{}",
             e.detail
         );
-        let mut line_no = 0;
-        let e = parse_ndjson_lines(
-            b"{\"value\":1}\n{\"value_b64\":\"***\"}\n",
-            &mut line_no,
-            rules(0),
-            0,
-        )
-        .err()
-        .expect("refused");
+        let e = ndjson_refused(b"{\"value\":1}\n{\"value_b64\":\"***\"}\n", rules(0), 0);
         assert!(
             e.detail.starts_with("line 2: 'value_b64' is not base64"),
             "{}",
             e.detail
         );
+    }
+
+    fn ndjson_refused(lines: &[u8], rules: RecordRules, seen_before: u64) -> ApiError {
+        parse_ndjson_lines(lines, &mut 0, rules, seen_before)
+            .err()
+            .expect("refused")
     }
 
     fn refusal(e: &ApiError) -> (u16, &str, Option<&serde_json::Value>) {
@@ -1064,9 +1054,7 @@ mod tests {
         assert_eq!(e.extra.get("limit"), Some(&serde_json::json!(10)));
 
         let lines = format!("{}not json\n", "{}\n".repeat(11));
-        let e = parse_ndjson_lines(lines.as_bytes(), &mut 0, rules, 0)
-            .err()
-            .expect("refused");
+        let e = ndjson_refused(lines.as_bytes(), rules, 0);
         assert_eq!(
             refusal(&e),
             (400, "limit_exceeded", Some(&name)),
@@ -1074,9 +1062,7 @@ mod tests {
             e.detail
         );
         // Records of earlier batches count.
-        let e = parse_ndjson_lines(b"{}\n{}\nnot json\n", &mut 0, rules, 9)
-            .err()
-            .expect("refused");
+        let e = ndjson_refused(b"{}\n{}\nnot json\n", rules, 9);
         assert_eq!(
             refusal(&e),
             (400, "limit_exceeded", Some(&name)),
@@ -1146,9 +1132,7 @@ mod tests {
             assert!(e.detail.starts_with("records[1]: "), "{}", e.detail);
             assert_eq!(e.extra.get("record_index"), Some(&serde_json::json!(1)));
             let line = format!("{{\"value\":1}}\n{{\"value\":{value}}}\n");
-            let e = parse_ndjson_lines(line.as_bytes(), &mut 0, rules(0), 0)
-                .err()
-                .expect("refused");
+            let e = ndjson_refused(line.as_bytes(), rules(0), 0);
             assert_eq!(refusal(&e), want, "{}", e.detail);
             assert_eq!(e.extra.get("line"), Some(&serde_json::json!(2)));
         }

@@ -781,9 +781,12 @@ fn json_value_fault(value: &[u8], depth_max: u32) -> Option<JsonValueFault> {
 /// closing quote, or the fault found in it.
 fn string_end(value: &[u8], mut i: usize) -> Result<usize, JsonValueFault> {
     while i < value.len() {
-        match value[i] {
-            b'"' => return Ok(i + 1),
-            b'\\' if value.get(i + 1) == Some(&b'u') => {
+        // Most of a value's bytes are string content: skip to the next quote or escape.
+        i += memchr::memchr2(b'"', b'\\', &value[i..]).unwrap_or(value.len() - i);
+        match value.get(i) {
+            None => break,
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') if value.get(i + 1) == Some(&b'u') => {
                 let unit = hex4(value, i + 2);
                 i += 6;
                 if (0xDC00..=0xDFFF).contains(&unit) {
@@ -798,8 +801,7 @@ fn string_end(value: &[u8], mut i: usize) -> Result<usize, JsonValueFault> {
                     i += 6;
                 }
             }
-            b'\\' => i += 2,
-            _ => i += 1,
+            _ => i += 2,
         }
     }
     Ok(i)

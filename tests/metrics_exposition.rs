@@ -1,9 +1,11 @@
-//! `/metrics` of a live broker after real traffic: valid Prometheus exposition (checked by
-//! `promtool check metrics`), every name `tidelog_*` with help text, the required series
-//! present with bounded labels, the metric table in the OpenAPI document complete, and every
-//! metric the Grafana dashboard queries actually exposed.
+//! `/metrics` of a live broker after real traffic: valid Prometheus exposition (parsed in
+//! process, and linted as `promtool check metrics` would), every name `tidelog_*` with help
+//! text, the required series present with bounded labels, the metric table in the OpenAPI
+//! document complete, and every metric the Grafana dashboard queries actually exposed.
 //!
-//! `promtool` comes from Debian's `prometheus` package; the test installs it when missing.
+//! `promtool` (Debian's `prometheus` package; `.ci/run` puts it in the tools directory) adds
+//! its own `check metrics`, and `check rules` parses the dashboard's PromQL: both run when it
+//! is found, are skipped with one line when not, and fail in CI (see `common`).
 
 mod common;
 
@@ -54,33 +56,48 @@ const ALLOWED_LABELS: [&str; 9] = [
     "quantile",
 ];
 
-/// One parsed exposition: metric family name → type, help, and the label sets of its samples.
+/// One parsed exposition: metric family name → type, help, and its samples.
+///
+/// The text is parsed by `openmetrics-parser`, which refuses what Prometheus would refuse
+/// (bad names, bad escapes, a sample outside its family, two samples with one label set, a
+/// family whose samples disagree on their label names).
 #[derive(Debug, Default)]
 struct Exposition {
     types: BTreeMap<String, String>,
     helps: BTreeMap<String, String>,
-    /// (sample name, labels, value)
+    /// (family name, labels, value); a histogram's or summary's value is its count.
     samples: Vec<(String, BTreeMap<String, String>, f64)>,
 }
 
 impl Exposition {
     fn parse(text: &str) -> Exposition {
-        let mut out = Exposition::default();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
-                out.types.insert(name.to_string(), kind.trim().to_string());
-            } else if let Some(rest) = line.strip_prefix("# HELP ") {
-                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-                out.helps.insert(name.to_string(), help.to_string());
-            } else if !line.starts_with('#') {
-                out.samples.push(parse_sample(line));
-            }
-        }
-        out
+        Self::try_parse(text)
+            .unwrap_or_else(|e| panic!("not valid Prometheus exposition: {e}\n{text}"))
     }
 
-    /// The family a sample belongs to (`x_bucket` of histogram `x` → `x`).
+    fn try_parse(text: &str) -> Result<Exposition, String> {
+        let parsed =
+            openmetrics_parser::prometheus::parse_prometheus(text).map_err(|e| e.to_string())?;
+        let mut out = Exposition::default();
+        for (name, family) in &parsed.families {
+            out.types
+                .insert(name.clone(), family.family_type.to_string());
+            out.helps.insert(name.clone(), family.help.clone());
+            for sample in family.iter_samples() {
+                let labels = sample
+                    .get_labelset()
+                    .expect("a sample's labels")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                out.samples
+                    .push((name.clone(), labels, sample_value(&sample.value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The family a sample name belongs to (`x_bucket` of histogram `x` → `x`).
     fn family_of(&self, sample_name: &str) -> Option<String> {
         if self.types.contains_key(sample_name) {
             return Some(sample_name.to_string());
@@ -99,112 +116,100 @@ impl Exposition {
     }
 
     fn has_sample(&self, family: &str, labels: &[(&str, &str)]) -> bool {
-        self.samples.iter().any(|(name, l, _)| {
-            self.family_of(name).as_deref() == Some(family)
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
+        self.value(family, labels).is_some()
     }
 
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    fn value(&self, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
             .find(|(n, l, _)| {
-                n == name
+                n == family
                     && labels
                         .iter()
                         .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|(_, _, v)| *v)
     }
-}
 
-/// `name{a="x",b="y"} value` with escaped quotes in values.
-fn parse_sample(line: &str) -> (String, BTreeMap<String, String>, f64) {
-    let name_end = line
-        .find(['{', ' '])
-        .unwrap_or_else(|| panic!("sample line without value: {line}"));
-    let name = line[..name_end].to_string();
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices();
-        let mut key = String::new();
-        loop {
-            let (i, c) = chars.next().expect("unterminated label set");
-            match c {
-                '}' => {
-                    rest = &body[i + 1..];
-                    break;
-                }
-                ',' => {}
-                '=' => {
-                    assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
-                    let mut value = String::new();
-                    loop {
-                        let (_, c) = chars.next().expect("unterminated label value");
-                        match c {
-                            '\\' => value.push(chars.next().expect("escape").1),
-                            '"' => break,
-                            c => value.push(c),
-                        }
-                    }
-                    labels.insert(std::mem::take(&mut key), value);
-                }
-                c => key.push(c),
+    /// What `promtool check metrics` lints, checked here so it needs no outside tool: help
+    /// text, counters (and only counters) named `_total`, base units, and no `_bucket`,
+    /// `_sum` or `_count` on a family that is not a histogram or summary.
+    fn lint(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, kind) in &self.types {
+            if self.helps.get(name).is_none_or(|h| h.trim().is_empty()) {
+                problems.push(format!("{name}: no help text"));
+            }
+            if (kind == "counter") != name.ends_with("_total") {
+                problems.push(format!("{name}: a {kind}; only counters end in _total"));
+            }
+            let non_base = [
+                "_milliseconds",
+                "_microseconds",
+                "_nanoseconds",
+                "_minutes",
+                "_hours",
+                "_days",
+                "_kilobytes",
+                "_megabytes",
+                "_gigabytes",
+            ];
+            if let Some(unit) = non_base.iter().find(|u| name.contains(*u)) {
+                problems.push(format!("{name}: {unit} is not a base unit"));
+            }
+            let summary_like = matches!(kind.as_str(), "histogram" | "summary");
+            if !summary_like
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.ends_with(s))
+            {
+                problems.push(format!("{name}: a {kind} with a histogram suffix"));
             }
         }
+        problems
     }
-    let value = rest
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("no value: {line}"));
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().unwrap_or_else(|_| panic!("bad value in: {line}")),
-    };
-    (name, labels, value)
 }
 
-/// The path of `promtool`, installing Debian's `prometheus` package if it is missing (once
-/// per test process: the tests here run in parallel and apt-get takes a lock).
-fn promtool() -> String {
-    static PROMTOOL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PROMTOOL.get_or_init(find_or_install_promtool).clone()
+fn sample_value(value: &openmetrics_parser::PrometheusValue) -> f64 {
+    use openmetrics_parser::PrometheusValue as V;
+    match value {
+        V::Unknown(n) | V::Gauge(n) => n.as_f64(),
+        V::Counter(c) => c.value.as_f64(),
+        V::Histogram(h) => h.count.unwrap_or(0) as f64,
+        V::Summary(s) => s.count.unwrap_or(0) as f64,
+    }
 }
 
-fn find_or_install_promtool() -> String {
-    let find = || {
-        Command::new("sh")
-            .args(["-c", "command -v promtool"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    if let Some(path) = find() {
-        return path;
+/// The checks of this file that need `promtool` run when it is found; see `common`.
+fn promtool(check: &str) -> Option<std::path::PathBuf> {
+    common::tool_or_skip(check, "promtool")
+}
+
+/// The in-process checks refuse what `promtool check metrics` refuses (one case each).
+#[test]
+fn the_exposition_checks_find_broken_expositions() {
+    let good =
+        "# HELP tidelog_x_total Things.\n# TYPE tidelog_x_total counter\ntidelog_x_total 1\n";
+    let exposition = Exposition::try_parse(good).expect("a valid exposition");
+    assert_eq!(exposition.lint(), Vec::<String>::new());
+    let unparsable = [
+        "tidelog_x{a=\"1} 1\n",
+        "# TYPE tidelog_x gauge\ntidelog_x{a=\"1\"} 1\ntidelog_x{a=\"1\"} 2\n",
+        "tidelog x 1\n",
+    ];
+    for text in unparsable {
+        assert!(Exposition::try_parse(text).is_err(), "parsed: {text}");
     }
-    for args in [
-        vec!["update", "-q"],
-        vec![
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "prometheus",
-        ],
-    ] {
-        let status = Command::new("apt-get")
-            .args(&args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .expect("run apt-get");
-        assert!(status.success(), "apt-get {args:?} failed: {status}");
+    let linted = [
+        "# TYPE tidelog_x counter\ntidelog_x 1\n",
+        "# HELP tidelog_x_total Things.\n# TYPE tidelog_x_total gauge\ntidelog_x_total 1\n",
+        "# TYPE tidelog_x_total counter\ntidelog_x_total 1\n",
+        "# HELP tidelog_t_milliseconds T.\n# TYPE tidelog_t_milliseconds gauge\ntidelog_t_milliseconds 1\n",
+    ];
+    for text in linted {
+        let exposition = Exposition::try_parse(text).expect("parses");
+        assert!(!exposition.lint().is_empty(), "no lint for: {text}");
     }
-    find().expect("promtool is on PATH after installing prometheus")
 }
 
 /// Drives traffic through every path that records a metric; returns the scrape and how many
@@ -321,28 +326,12 @@ async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
     let (text, group_fetched) = scrape_after_traffic(&broker).await;
     let scraped = Exposition::parse(&text);
 
-    // promtool: format and lint (help text, counter suffixes, base units).
-    let promtool = promtool();
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let lint = scraped.lint();
     assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        lint.is_empty(),
+        "the exposition fails lint: {lint:#?}\n{text}"
     );
+    promtool_check_metrics(&text);
 
     for name in scraped.types.keys() {
         assert!(
@@ -537,6 +526,33 @@ fn dashboard_queries(dashboard: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Prometheus's own linter over the exposition, where `promtool` is available.
+fn promtool_check_metrics(text: &str) {
+    let Some(promtool) = promtool("promtool check metrics") else {
+        return;
+    };
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn every_dashboard_query_is_valid_promql() {
     let dashboard: Value =
@@ -546,6 +562,9 @@ fn every_dashboard_query_is_valid_promql() {
     for q in &queries {
         assert!(!q.contains('$'), "an unknown dashboard variable in: {q}");
     }
+    let Some(promtool) = promtool("promtool check rules (the dashboard's PromQL)") else {
+        return;
+    };
     // A rules file (JSON is YAML) with one recording rule per query: `promtool check rules`
     // parses each expression with Prometheus's own PromQL parser.
     let rules: Vec<Value> = queries
@@ -562,7 +581,7 @@ fn every_dashboard_query_is_valid_promql() {
         json!({"groups": [{"name": "tidelog-dashboard", "rules": rules}]}).to_string(),
     )
     .unwrap();
-    let out = Command::new(promtool())
+    let out = Command::new(promtool)
         .args(["check", "rules"])
         .arg(file.path())
         .output()

@@ -398,3 +398,93 @@ pub fn consumer_group_routes_served() -> bool {
         .iter()
         .any(|(path, _)| path.starts_with("/v1/groups"))
 }
+
+// ---------------------------------------------------------------------------------------
+// Outside tools. A check that needs a program cargo does not build (promtool, the Python
+// tools pinned in tests/openapi/requirements.txt, a tmpfs mount) runs when the program is
+// there and is otherwise skipped with one line on stderr that says how to enable it. With
+// CI=true a missing tool fails the test instead. Tests never install anything: `.ci/run`
+// does, into the tools directory below.
+// ---------------------------------------------------------------------------------------
+
+/// The environment variable naming the tools directory (a Python virtualenv whose `bin/`
+/// also holds `promtool`); by default `<target>/tools-venv`, where `.ci/run` creates it.
+pub const TOOLS_VENV_VAR: &str = "TIDELOG_TOOLS_VENV";
+
+/// How to get every outside tool, said by each skip line.
+pub const ENABLE_TOOLS: &str = "run `bash .ci/run` once (as root), or set TIDELOG_TOOLS_VENV";
+
+/// Whether a missing tool is a failure (`CI=true`) rather than a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// `<target>/`: a test binary is `<target>/<profile>/deps/<name>-<hash>`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary sits three levels under the target dir")
+        .to_path_buf()
+}
+
+/// The tools directory, whether or not it exists.
+pub fn tools_venv() -> PathBuf {
+    std::env::var_os(TOOLS_VENV_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("tools-venv"))
+}
+
+/// Skips the check `check` (one line on stderr, past the test harness's capture) or, in CI,
+/// fails it. `why` says what is missing, `enable` how to get it.
+pub fn skip_or_fail(check: &str, why: &str, enable: &str) {
+    let line = format!("SKIPPED {check}: {why}; to run it, {enable}");
+    assert!(!in_ci(), "CI=true and a tool is missing: {line}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The path of `program` in the tools directory or on PATH, looked up once per test process
+/// (a missing tool is remembered, not searched again by every test).
+pub fn find_tool(program: &'static str) -> Option<PathBuf> {
+    static FOUND: std::sync::Mutex<Vec<(&str, Option<PathBuf>)>> =
+        std::sync::Mutex::new(Vec::new());
+    // No .await in this file's helpers: a std Mutex is fine.
+    let mut found = FOUND.lock().expect("tool cache");
+    if let Some((_, path)) = found.iter().find(|(p, _)| *p == program) {
+        return path.clone();
+    }
+    let in_venv = tools_venv().join("bin").join(program);
+    let path = if is_executable(&in_venv) {
+        Some(in_venv)
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| is_executable(p))
+        })
+    };
+    found.push((program, path.clone()));
+    path
+}
+
+/// The path of `program`, or `None` after [`skip_or_fail`] said that `check` is skipped.
+pub fn tool_or_skip(check: &str, program: &'static str) -> Option<PathBuf> {
+    let path = find_tool(program);
+    if path.is_none() {
+        skip_or_fail(
+            check,
+            &format!(
+                "`{program}` is neither in {}/bin nor on PATH",
+                tools_venv().display()
+            ),
+            ENABLE_TOOLS,
+        );
+    }
+    path
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

@@ -55,6 +55,93 @@ impl BrokerConfig {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+
+    /// Refuses a configuration that cannot work (a limit of 0 where nothing would pass, limits
+    /// that contradict each other, an interval of 0); the message starts with the key, as it
+    /// is written in the config file.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let must_be_positive = [
+            ("limits.request_body_bytes_max", l.request_body_bytes_max),
+            ("limits.record_bytes_max", l.record_bytes_max),
+            (
+                "limits.records_per_request_max",
+                l.records_per_request_max.into(),
+            ),
+            (
+                "limits.partitions_per_topic_max",
+                l.partitions_per_topic_max.into(),
+            ),
+            ("limits.topics_max", l.topics_max.into()),
+            ("limits.partitions_max", l.partitions_max.into()),
+            ("limits.fetch_records_max", l.fetch_records_max.into()),
+            ("limits.fetch_bytes_max", l.fetch_bytes_max),
+            ("limits.json_depth_max", l.json_depth_max.into()),
+            ("limits.connections_max", l.connections_max.into()),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.body_stall_timeout_ms", l.body_stall_timeout_ms),
+            ("limits.body_read_timeout_ms", l.body_read_timeout_ms),
+            ("limits.ndjson_batch_bytes", l.ndjson_batch_bytes),
+            (
+                "limits.group_session_timeout_ms_max",
+                l.group_session_timeout_ms_max,
+            ),
+            ("limits.group_members_max", l.group_members_max.into()),
+            ("limits.groups_max", l.groups_max.into()),
+            ("limits.group_topics_max", l.group_topics_max.into()),
+            (
+                "limits.group_commit_offsets_max",
+                l.group_commit_offsets_max.into(),
+            ),
+            ("default_partitions", self.default_partitions.into()),
+            (
+                "retention_check_interval_ms",
+                self.retention_check_interval_ms,
+            ),
+        ];
+        for (key, value) in must_be_positive {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        // (key, value, the key it may not exceed, that key's value)
+        let at_most = [
+            (
+                "limits.record_bytes_max",
+                l.record_bytes_max,
+                "limits.request_body_bytes_max",
+                l.request_body_bytes_max,
+            ),
+            (
+                "limits.body_stall_timeout_ms",
+                l.body_stall_timeout_ms,
+                "limits.body_read_timeout_ms",
+                l.body_read_timeout_ms,
+            ),
+            (
+                "limits.group_session_timeout_ms_min",
+                l.group_session_timeout_ms_min,
+                "limits.group_session_timeout_ms_max",
+                l.group_session_timeout_ms_max,
+            ),
+            (
+                "default_partitions",
+                self.default_partitions.into(),
+                "limits.partitions_per_topic_max",
+                l.partitions_per_topic_max.into(),
+            ),
+        ];
+        for (key, value, bound_key, bound) in at_most {
+            if value > bound {
+                return Err(format!(
+                    "{key} ({value}) must not exceed {bound_key} ({bound})"
+                ));
+            }
+        }
+        self.topic_defaults
+            .validate()
+            .map_err(|e| format!("topic_defaults.{e}"))
+    }
 }
 
 /// When `acks=leader` data is synced (acks=all data is synced at once).
@@ -117,30 +204,39 @@ impl Default for TopicConfig {
 }
 
 impl TopicConfig {
-    /// Checks ranges; returns the first problem found.
+    /// Checks ranges; returns the first problem found, its message starting with the key.
+    /// `flush_ms = 0` is allowed: it syncs as soon as the flusher runs, batching whatever
+    /// arrived meanwhile.
     pub fn validate(&self) -> Result<(), String> {
-        if self.segment_bytes < 1024 || self.segment_bytes > SEGMENT_BYTES_MAX {
-            return Err(format!(
-                "segment_bytes must be between 1024 and {SEGMENT_BYTES_MAX}"
-            ));
+        let in_range = [
+            ("segment_bytes", self.segment_bytes, 1024, SEGMENT_BYTES_MAX),
+            ("flush_ms", self.flush_ms, 0, 60_000),
+            ("flush_bytes", self.flush_bytes, 1, SEGMENT_BYTES_MAX),
+            (
+                "max_message_bytes",
+                self.max_message_bytes,
+                1,
+                SEGMENT_BYTES_MAX,
+            ),
+        ];
+        for (key, value, min, max) in in_range {
+            if !(min..=max).contains(&value) {
+                return Err(format!("{key} must be between {min} and {max}"));
+            }
         }
         if self.segment_ms < 1 {
             return Err("segment_ms must be at least 1".into());
         }
-        if self.retention_ms < -1 || self.retention_bytes < -1 {
-            return Err("retention_ms and retention_bytes are -1 (unlimited) or positive".into());
+        for (key, value) in [
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+        ] {
+            if value < -1 {
+                return Err(format!("{key} is -1 (unlimited) or not negative"));
+            }
         }
         if self.delete_retention_ms < 0 {
             return Err("delete_retention_ms must not be negative".into());
-        }
-        if self.flush_ms > 60_000 {
-            return Err("flush_ms must be at most 60000".into());
-        }
-        if self.flush_bytes == 0 {
-            return Err("flush_bytes must be positive".into());
-        }
-        if self.max_message_bytes == 0 {
-            return Err("max_message_bytes must be positive".into());
         }
         Ok(())
     }
@@ -160,5 +256,92 @@ impl TopicConfig {
             retention_ms: (self.retention_ms >= 0).then_some(self.retention_ms),
             retention_bytes: (self.retention_bytes >= 0).then_some(self.retention_bytes as u64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each broken config file is refused, naming the key (the first word of the message).
+    #[test]
+    fn configurations_that_cannot_work_are_refused_with_their_key() {
+        let cases = [
+            ("[limits]\nconnections_max = 0", "limits.connections_max"),
+            (
+                "[limits]\nrecords_per_request_max = 0",
+                "limits.records_per_request_max",
+            ),
+            ("[limits]\nfetch_bytes_max = 0", "limits.fetch_bytes_max"),
+            (
+                "[limits]\nheader_read_timeout_ms = 0",
+                "limits.header_read_timeout_ms",
+            ),
+            (
+                "[limits]\nbody_stall_timeout_ms = 9000\nbody_read_timeout_ms = 10",
+                "limits.body_stall_timeout_ms",
+            ),
+            (
+                "retention_check_interval_ms = 0",
+                "retention_check_interval_ms",
+            ),
+            ("default_partitions = 0", "default_partitions"),
+            (
+                "[limits]\nrequest_body_bytes_max = 1000\nrecord_bytes_max = 2000",
+                "limits.record_bytes_max",
+            ),
+            (
+                "[limits]\ngroup_session_timeout_ms_min = 5000\ngroup_session_timeout_ms_max = 10",
+                "limits.group_session_timeout_ms_min",
+            ),
+            (
+                "default_partitions = 20\n[limits]\npartitions_per_topic_max = 10",
+                "default_partitions",
+            ),
+            (
+                "[topic_defaults]\nflush_bytes = 18446744073709551615",
+                "topic_defaults.flush_bytes",
+            ),
+            (
+                "[topic_defaults]\nmax_message_bytes = 18446744073709551615",
+                "topic_defaults.max_message_bytes",
+            ),
+            (
+                "[topic_defaults]\nflush_bytes = 0",
+                "topic_defaults.flush_bytes",
+            ),
+            (
+                "[topic_defaults]\nflush_ms = 600000",
+                "topic_defaults.flush_ms",
+            ),
+            (
+                "[topic_defaults]\nsegment_bytes = 10",
+                "topic_defaults.segment_bytes",
+            ),
+            (
+                "[topic_defaults]\nretention_ms = -2",
+                "topic_defaults.retention_ms",
+            ),
+            (
+                "[topic_defaults]\nretention_bytes = -5",
+                "topic_defaults.retention_bytes",
+            ),
+        ];
+        for (toml_text, key) in cases {
+            let config: BrokerConfig = toml::from_str(toml_text).expect(toml_text);
+            let error = config.validate().expect_err(toml_text);
+            assert_eq!(
+                error.split_whitespace().next(),
+                Some(key),
+                "{toml_text}: {error}"
+            );
+        }
+        BrokerConfig::default()
+            .validate()
+            .expect("the defaults work");
+        let flush_at_once: BrokerConfig = toml::from_str("[topic_defaults]\nflush_ms = 0").unwrap();
+        flush_at_once
+            .validate()
+            .expect("flush_ms = 0 syncs at once");
     }
 }

@@ -64,6 +64,10 @@ fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Err(e) = config.validate() {
+        eprintln!("tidelog: bad config: {e}");
+        return ExitCode::from(2);
+    }
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,6 +86,9 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     // Handlers first: a SIGTERM that arrives right after the address is printed must still
     // mean a clean shutdown, not the default action (immediate death).
     let signals = Signals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
+    // Held until the process ends: a second broker on this directory is refused before it
+    // binds or reads anything.
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -105,6 +112,36 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("clean shutdown failed: {e}"))?;
     eprintln!("tidelog: stopped cleanly");
     Ok(())
+}
+
+/// The file in the data directory that the running broker holds an exclusive lock on.
+const DATA_DIR_LOCK_FILE: &str = "tidelog.lock";
+
+/// Takes the data directory for this process: two brokers on one directory would both
+/// acknowledge writes that only one log keeps. The lock (flock) goes with the process, so a
+/// crash never leaves it behind; the file itself stays and means nothing while unlocked.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    let path = data_dir.join(DATA_DIR_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the data directory {} is in use by another tidelog process (it holds a lock on {}); \
+             stop it or choose another --data-dir",
+            data_dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("cannot lock {}: {e}", path.display()))
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, registered at start so none is lost before the server runs.

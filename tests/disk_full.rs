@@ -181,7 +181,10 @@ async fn a_json_produce_that_fails_part_way_reports_each_record_stored() {
     let partition_1 = data.join("topics/split/1");
     let saved = tmp.path().join("partition-1");
     std::fs::rename(&partition_1, &saved).unwrap();
-    let _mount = Mount::tmpfs(&partition_1, "256k");
+    let check = "the part-way produce test on a 256 KiB tmpfs";
+    let Some(_mount) = Mount::tmpfs_or_skip(check, &partition_1, "256k") else {
+        return;
+    };
     for file in std::fs::read_dir(&saved).unwrap() {
         let file = file.unwrap();
         std::fs::copy(file.path(), partition_1.join(file.file_name())).unwrap();

@@ -121,8 +121,12 @@ const DATA_DIR_LOCK_FILE: &str = "tidelog.lock";
 /// acknowledge writes that only one log keeps. The lock (flock) goes with the process, so a
 /// crash never leaves it behind; the file itself stays and means nothing while unlocked.
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create the data directory {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}",
+            data_dir.display()
+        )
+    })?;
     let path = data_dir.join(DATA_DIR_LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -138,9 +142,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
             data_dir.display(),
             path.display()
         )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("cannot lock {}: {e}", path.display()))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
     }
 }
 

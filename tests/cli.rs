@@ -157,12 +157,25 @@ fn a_second_broker_on_the_same_data_directory_is_refused() {
     let mut stdout = String::new();
     let mut stderr = String::new();
     use std::io::Read as _;
-    second.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    second.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    second
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = status.unwrap_or_else(|| panic!("the second broker kept running: {stdout}"));
     assert_ne!(status.code(), Some(0), "{stdout}{stderr}");
     assert!(status.code().is_some(), "it exits, not killed");
-    assert!(!stdout.contains("listening on"), "the second one served: {stdout}");
+    assert!(
+        !stdout.contains("listening on"),
+        "the second one served: {stdout}"
+    );
     assert!(
         stderr.contains("in use by another tidelog process"),
         "the refusal says why: {stderr}"
@@ -184,7 +197,11 @@ fn a_second_broker_on_the_same_data_directory_is_refused() {
 fn a_config_that_cannot_work_is_refused_at_start_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("zero.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:0\"\n[limits]\nconnections_max = 0\n").unwrap();
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\n[limits]\nconnections_max = 0\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tidelog"))
         .arg("--config")
         .arg(&config)

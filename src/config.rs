@@ -31,6 +31,13 @@ pub struct BrokerConfig {
     /// A metric series not updated for this long leaves `/metrics`: that is how the series
     /// of a deleted topic or group go. The node refreshes live ones every quarter of it.
     pub metrics_idle_timeout_ms: u64,
+    /// This broker's id in the cluster (`--node-id`, `TIDELOG_NODE_ID`).
+    pub node_id: u32,
+    /// The cluster's brokers, `ID=HOST:PORT,...` (`--peers`, `TIDELOG_PEERS`); empty: this
+    /// broker runs alone, as a cluster of one with no controller machinery.
+    pub peers: String,
+    /// The controller fences a broker whose heartbeats stop for this long, in milliseconds.
+    pub broker_session_timeout_ms: u64,
     pub limits: Limits,
 }
 
@@ -44,6 +51,9 @@ impl Default for BrokerConfig {
             topic_defaults: TopicConfig::default(),
             retention_check_interval_ms: 30_000,
             metrics_idle_timeout_ms: 300_000,
+            node_id: 1,
+            peers: String::new(),
+            broker_session_timeout_ms: 9_000,
             limits: Limits::default(),
         }
     }

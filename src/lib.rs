@@ -11,6 +11,8 @@
 //!   metadata image.
 //! - [`replication`]: the leader's view of its followers: high watermark over the ISR, ISR
 //!   shrink and expand (pure rules so far).
+//! - [`cluster`]: this process's part in a cluster: membership (register, heartbeat,
+//!   follow the metadata log) and, on the lowest peer id, the controller.
 //! - [`groups`]: the consumer group coordinator (holds the broker): membership, sticky
 //!   assignment, generations, committed offsets stored in the internal topic
 //!   `__consumer_offsets`.
@@ -22,6 +24,7 @@
 //! - `main.rs`: the command line (`tidelog serve`).
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod groups;

@@ -39,6 +39,12 @@ struct ServeArgs {
     /// A TOML config file; flags and environment variables override it.
     #[arg(long, env = "TIDELOG_CONFIG")]
     config: Option<PathBuf>,
+    /// This broker's id in the cluster.
+    #[arg(long, env = "TIDELOG_NODE_ID")]
+    node_id: Option<u32>,
+    /// The cluster's brokers, `ID=HOST:PORT,...`; without it the broker runs alone.
+    #[arg(long, env = "TIDELOG_PEERS")]
+    peers: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -64,8 +70,18 @@ fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(peers) = args.peers {
+        config.peers = peers;
+    }
     if let Err(e) = config.validate() {
         eprintln!("tidelog: bad config: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = tidelog::cluster::check_config(&config) {
+        eprintln!("tidelog: {e}");
         return ExitCode::from(2);
     }
     raise_open_files_limit();
@@ -99,7 +115,10 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let signal_node = node.clone();
     let shutdown = async move {
-        signals.wait().await;
+        tokio::select! {
+            _ = signals.wait() => {}
+            _ = signal_node.cluster.failed() => {}
+        }
         eprintln!("tidelog: shutting down");
         // Ends long-polls and streams so the graceful shutdown below does not wait on them.
         signal_node.begin_shutdown();
@@ -110,6 +129,9 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     node.close()
         .await
         .map_err(|e| format!("clean shutdown failed: {e}"))?;
+    if let Some(why) = node.cluster.fatal_error() {
+        return Err(why);
+    }
     eprintln!("tidelog: stopped cleanly");
     Ok(())
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError};
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::groups::GroupCoordinator;
 use crate::groups::sessions::run_sessions;
@@ -33,6 +34,8 @@ pub struct Node {
     pub broker: Arc<Broker>,
     /// Consumer groups; holds its own handle to the broker.
     pub groups: Arc<GroupCoordinator>,
+    /// Membership in the cluster (and the controller, on the lowest peer id).
+    pub cluster: Arc<Cluster>,
     /// Retention, group sessions, metrics refresh; stopped by shutdown, aborted when the node
     /// drops.
     tasks: Arc<BackgroundTasks>,
@@ -45,9 +48,10 @@ impl Node {
         // Before anything records a metric, so the idle timeout holds for every series.
         let idle = Duration::from_millis(config.metrics_idle_timeout_ms).max(METRICS_IDLE_MIN);
         crate::metrics::install_with_idle_timeout(idle);
+        let cluster = Cluster::open(&config).map_err(|e| BrokerError::Io(e.to_string()))?;
         let broker = Broker::open(config).await?;
         let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(Arc::clone(&broker).run_retention()),
             tokio::spawn(run_sessions(Arc::clone(&groups))),
             tokio::spawn(refresh_metrics(
@@ -56,9 +60,11 @@ impl Node {
                 idle / 4,
             )),
         ];
+        tasks.extend(cluster.start(&broker.shutdown_signal()));
         Ok(Node {
             broker,
             groups,
+            cluster,
             tasks: Arc::new(BackgroundTasks(Mutex::new(tasks))),
         })
     }

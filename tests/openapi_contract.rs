@@ -246,6 +246,7 @@ fn status_of(name: &str) -> Option<u16> {
         "PAYLOAD_TOO_LARGE" => 413,
         "UNSUPPORTED_MEDIA_TYPE" => 415,
         "RANGE_NOT_SATISFIABLE" => 416,
+        "MISDIRECTED_REQUEST" => 421,
         "UNPROCESSABLE_ENTITY" => 422,
         "TOO_MANY_REQUESTS" => 429,
         "INTERNAL_SERVER_ERROR" => 500,

@@ -79,6 +79,18 @@ impl Sessions {
         Ok(())
     }
 
+    /// Whether `node`'s current incarnation heartbeated within the session timeout: another
+    /// process registering under its id while it is alive is refused (two processes with
+    /// one node id).
+    pub fn is_alive(&self, image: &MetadataImage, node: NodeId, now_ms: u64) -> bool {
+        let Some(broker) = image.brokers.get(&node) else {
+            return false;
+        };
+        self.last.get(&node).is_some_and(|h| {
+            h.epoch == broker.broker_epoch && now_ms.saturating_sub(h.at_ms) <= self.timeout_ms
+        })
+    }
+
     /// The fence and unfence commands due at `now_ms`, in node order.
     pub fn decisions(&self, image: &MetadataImage, now_ms: u64) -> Vec<Command> {
         let mut commands = Vec::new();
@@ -209,6 +221,14 @@ mod tests {
             s.decisions(&image, 20).is_empty(),
             "the old heartbeat unfences nothing"
         );
+        assert!(
+            !s.is_alive(&image, NodeId(1), 20),
+            "the old incarnation's heartbeat does not count for the new one"
+        );
+        s.heartbeat(&image, NodeId(1), broker_epoch, false, 30)
+            .unwrap();
+        assert!(s.is_alive(&image, NodeId(1), 30 + TIMEOUT));
+        assert!(!s.is_alive(&image, NodeId(1), 31 + TIMEOUT));
         assert_eq!(
             s.heartbeat(&image, NodeId(9), old, true, 20),
             Err(HeartbeatError::UnknownBroker(NodeId(9)))

@@ -13,6 +13,7 @@ pub mod budgeted_body;
 pub mod error;
 pub mod fetch;
 pub mod groups;
+pub mod internal;
 pub mod json_records;
 pub mod ndjson;
 pub mod path;
@@ -139,6 +140,18 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
         ("/readyz", vec![on(Method::GET, system::readyz)]),
         ("/openapi.json", vec![on(Method::GET, system::openapi)]),
         ("/metrics", vec![on(Method::GET, system::metrics)]),
+        (
+            crate::cluster::protocol::REGISTER_PATH,
+            vec![on(Method::POST, internal::register)],
+        ),
+        (
+            crate::cluster::protocol::HEARTBEAT_PATH,
+            vec![on(Method::POST, internal::heartbeat)],
+        ),
+        (
+            crate::cluster::protocol::METADATA_PATH,
+            vec![on(Method::GET, internal::metadata)],
+        ),
     ]
 }
 

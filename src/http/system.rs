@@ -1,13 +1,11 @@
 //! Health, readiness, cluster view and the OpenAPI document.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::broker::Broker;
+use crate::node::Node;
 
 /// The OpenAPI spec, embedded at build time from `openapi/tidelog.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi/tidelog.json");
@@ -16,8 +14,10 @@ pub async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready while not shutting down and no partition has stopped taking writes.
-pub async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
+/// Ready while not shutting down, no partition has stopped taking writes, and (in a
+/// cluster) the broker has registered and caught up with the metadata.
+pub async fn readyz(State(node): State<Node>) -> Response {
+    let broker = &node.broker;
     let failed: Vec<String> = broker
         .topics()
         .iter()
@@ -25,21 +25,17 @@ pub async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
         .filter(|p| p.failure().is_some())
         .map(|p| format!("{}/{}", p.topic, p.id))
         .collect();
-    if broker.is_shutting_down() || !failed.is_empty() {
-        let body = json!({"status": "unavailable", "shutting_down": broker.is_shutting_down(), "failed_partitions": failed});
+    let cluster = node.cluster.not_ready();
+    if broker.is_shutting_down() || !failed.is_empty() || cluster.is_some() {
+        let body = json!({"status": "unavailable", "shutting_down": broker.is_shutting_down(), "failed_partitions": failed, "cluster": cluster});
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     }
     axum::Json(json!({"status": "ready"})).into_response()
 }
 
-pub async fn cluster(State(broker): State<Arc<Broker>>) -> Response {
-    axum::Json(json!({
-        "cluster_id": "tidelog-single-node",
-        "controller": 1,
-        "brokers": [{"node_id": 1, "address": broker.config.listen.to_string(), "status": "alive"}],
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
+/// The cluster as this broker knows it (alone: a cluster of one, itself alive).
+pub async fn cluster(State(node): State<Node>) -> Response {
+    axum::Json(node.cluster.view()).into_response()
 }
 
 pub async fn openapi() -> Response {

@@ -22,6 +22,9 @@ pub struct TestBroker {
     _tmp: Option<tempfile::TempDir>,
     /// Extra lines of the config file, kept for restarts.
     config: Option<String>,
+    /// The port asked for (0: any) and extra command-line arguments, kept for restarts.
+    port: u16,
+    args: Vec<String>,
 }
 
 impl TestBroker {
@@ -34,30 +37,37 @@ impl TestBroker {
     pub fn start_with_config(toml: &str) -> TestBroker {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("data");
-        let mut broker = Self::spawn(&data_dir, Some(toml.to_string()), 0);
+        let mut broker = Self::spawn(&data_dir, Some(toml.to_string()), 0, &[]);
         broker._tmp = Some(tmp);
         broker
     }
 
     /// Starts a broker on a data directory the caller owns (kept after the broker stops).
     pub fn start_at(data_dir: &Path) -> TestBroker {
-        Self::spawn(data_dir, None, 0)
+        Self::spawn(data_dir, None, 0, &[])
     }
 
     /// Starts a broker on `data_dir` whose process may have at most `open_files_max` file
     /// descriptors (`RLIMIT_NOFILE`, set in the child before it runs).
     pub fn start_at_with_open_files_max(data_dir: &Path, open_files_max: u64) -> TestBroker {
-        Self::spawn_limited(data_dir, None, 0, Some(open_files_max))
+        Self::spawn_limited(data_dir, None, 0, &[], Some(open_files_max))
     }
 
-    fn spawn(data_dir: &Path, config: Option<String>, port: u16) -> TestBroker {
-        Self::spawn_limited(data_dir, config, port, None)
+    /// Starts a broker on a data directory the caller owns, on a fixed port, with extra
+    /// arguments (`--node-id`, `--peers`) and `toml` as its config file; a restart keeps all.
+    pub fn start_member(data_dir: &Path, port: u16, args: &[String], toml: &str) -> TestBroker {
+        Self::spawn(data_dir, Some(toml.to_string()), port, args)
+    }
+
+    fn spawn(data_dir: &Path, config: Option<String>, port: u16, args: &[String]) -> TestBroker {
+        Self::spawn_limited(data_dir, config, port, args, None)
     }
 
     fn spawn_limited(
         data_dir: &Path,
         config: Option<String>,
         port: u16,
+        args: &[String],
         open_files_max: Option<u64>,
     ) -> TestBroker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidelog"));
@@ -85,7 +95,10 @@ impl TestBroker {
             .stderr(Stdio::inherit())
             .env_remove("TIDELOG_LISTEN")
             .env_remove("TIDELOG_DATA_DIR")
-            .env_remove("TIDELOG_CONFIG");
+            .env_remove("TIDELOG_CONFIG")
+            .env_remove("TIDELOG_NODE_ID")
+            .env_remove("TIDELOG_PEERS")
+            .args(args);
         if let Some(toml) = config.as_deref().filter(|t| !t.trim().is_empty()) {
             std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
             let path = data_dir.parent().unwrap().join("tidelog-test.toml");
@@ -112,6 +125,8 @@ impl TestBroker {
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             config,
+            port,
+            args: args.to_vec(),
         }
     }
 
@@ -153,10 +168,11 @@ impl TestBroker {
         signal(self.pid(), "CONT");
     }
 
-    /// Starts the broker again on the same data directory (a new port).
+    /// Starts the broker again on the same data directory (a new port, unless it was started
+    /// on a fixed one).
     pub fn restart(&mut self) {
         self.kill9();
-        let fresh = Self::spawn(&self.data_dir, self.config.clone(), 0);
+        let fresh = Self::spawn(&self.data_dir, self.config.clone(), self.port, &self.args);
         let mut fresh = fresh;
         self.child = fresh.child.take();
         self.url = fresh.url.clone();

@@ -1,0 +1,292 @@
+//! This process's part in a cluster (issue 9, part 1: membership; no partition replication
+//! yet, topics stay local to the broker that serves them).
+//!
+//! Without `--peers` the broker runs alone, exactly as before: no controller, no files under
+//! `<data>/__cluster/`, `/v1/cluster` shows a cluster of one. With `--peers`:
+//! - the broker with the lowest id runs the [`controller::Controller`] (part 2 puts it under
+//!   Raft): the metadata log and the cluster id live in its `<data>/__cluster/`;
+//! - every broker, the controller's own included, runs the membership task
+//!   (`member::run`): it registers with a fresh random incarnation, heartbeats, and follows
+//!   the metadata log into its own `MetadataImage`, over the internal routes on the
+//!   controller's port. It stores the cluster id it joined and refuses another one.
+//!
+//! `/readyz` is 200 only once the broker registered and caught up with the metadata.
+//!
+//! Locks: `member` is a std mutex held for bookkeeping only, never across an `.await`.
+
+pub mod client;
+pub mod controller;
+pub mod identity;
+mod member;
+pub mod protocol;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::controller::peers::Peers;
+use crate::metadata::{BrokerEpoch, MetadataImage, NodeId};
+use controller::Controller;
+use protocol::MetadataAnswer;
+
+/// The directory under the data directory that holds the cluster's files.
+pub const CLUSTER_DIR: &str = "__cluster";
+
+/// Shortest broker session timeout accepted, in milliseconds: below it heartbeats (a quarter
+/// of it) would flood the controller.
+pub const SESSION_TIMEOUT_MS_MIN: u64 = 100;
+
+/// Checks the cluster settings before anything opens: `None` when the broker runs alone.
+pub fn check_config(config: &BrokerConfig) -> Result<Option<Peers>, String> {
+    if config.peers.trim().is_empty() {
+        return Ok(None);
+    }
+    if config.node_id == 0 {
+        return Err("--node-id must be a positive integer".into());
+    }
+    if config.broker_session_timeout_ms < SESSION_TIMEOUT_MS_MIN {
+        return Err(format!(
+            "broker_session_timeout_ms must be at least {SESSION_TIMEOUT_MS_MIN}"
+        ));
+    }
+    Peers::parse(&config.peers, NodeId(config.node_id), config.listen)
+        .map(Some)
+        .map_err(|e| format!("bad --peers: {e}"))
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    node_id: NodeId,
+    listen: SocketAddr,
+    /// None: the broker runs alone.
+    peers: Option<Peers>,
+    dir: PathBuf,
+    controller: Option<Arc<Controller>>,
+    session_timeout_ms: u64,
+    member: Mutex<MemberState>,
+    /// Set once when the broker must stop (its data directory belongs to another cluster).
+    fatal: watch::Sender<Option<String>>,
+}
+
+/// What this broker knows of the cluster.
+#[derive(Debug, Default)]
+struct MemberState {
+    /// Stored in the data directory, or learned at the first registration.
+    cluster_id: Option<String>,
+    /// The epoch of this process's registration; None before it (or after it went stale).
+    broker_epoch: Option<BrokerEpoch>,
+    /// The metadata as followed from the controller's log.
+    image: MetadataImage,
+    /// The highest last index of the log the controller told us.
+    known_last: u64,
+}
+
+impl Cluster {
+    /// Opens this broker's cluster state: nothing when it runs alone; else its stored
+    /// cluster id, and on the controller the metadata log.
+    pub fn open(config: &BrokerConfig) -> io::Result<Arc<Cluster>> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let peers = check_config(config).map_err(invalid)?;
+        let dir = config.data_dir.join(CLUSTER_DIR);
+        let node_id = NodeId(config.node_id);
+        let mut member = MemberState::default();
+        let mut controller = None;
+        if let Some(peers) = &peers {
+            if peers.ids().next() == Some(node_id) {
+                let c = Controller::open(&dir, peers.clone(), config.broker_session_timeout_ms)?;
+                controller = Some(Arc::new(c));
+            }
+            member.cluster_id = identity::read_cluster_id(&dir)?;
+        }
+        Ok(Arc::new(Cluster {
+            node_id,
+            listen: config.listen,
+            peers,
+            dir,
+            controller,
+            session_timeout_ms: config.broker_session_timeout_ms,
+            member: Mutex::new(member),
+            fatal: watch::Sender::new(None),
+        }))
+    }
+
+    /// Starts the membership task (and the controller's liveness task); they end when
+    /// `shutdown` flips. Nothing when the broker runs alone.
+    pub fn start(self: &Arc<Self>, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if self.peers.is_none() {
+            return tasks;
+        }
+        if let Some(c) = &self.controller {
+            tasks.push(tokio::spawn(Arc::clone(c).run_liveness(shutdown.clone())));
+        }
+        tasks.push(tokio::spawn(member::run(
+            Arc::clone(self),
+            shutdown.clone(),
+        )));
+        tasks
+    }
+
+    /// The controller, when this broker runs it.
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.as_ref()
+    }
+
+    /// The controller's node id: the lowest of `--peers` (this broker when alone).
+    pub fn controller_id(&self) -> NodeId {
+        self.peers
+            .as_ref()
+            .and_then(|p| p.ids().next())
+            .unwrap_or(self.node_id)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// How often the broker heartbeats: every 500 ms, or a quarter of a shorter session.
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis((self.session_timeout_ms / 4).min(500))
+    }
+
+    /// Why the broker is not ready yet, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        self.peers.as_ref()?;
+        let m = self.lock();
+        if m.broker_epoch.is_none() {
+            Some("registering")
+        } else if m.image.applied < m.known_last {
+            Some("catching_up")
+        } else {
+            None
+        }
+    }
+
+    /// The answer of `GET /v1/cluster`.
+    pub fn view(&self) -> Value {
+        let version = env!("CARGO_PKG_VERSION");
+        if self.peers.is_none() {
+            return json!({
+                "cluster_id": "tidelog-single-node",
+                "controller": self.node_id,
+                "node_id": self.node_id,
+                "brokers": [{"node_id": self.node_id, "address": self.listen.to_string(), "status": "alive"}],
+                "version": version,
+            });
+        }
+        let m = self.lock();
+        let brokers: Vec<Value> = m
+            .image
+            .brokers
+            .values()
+            .map(|b| {
+                let status = if b.shutting_down {
+                    "shutting_down"
+                } else if b.fenced {
+                    "fenced"
+                } else {
+                    "alive"
+                };
+                json!({"node_id": b.node_id, "address": b.address, "status": status, "broker_epoch": b.broker_epoch})
+            })
+            .collect();
+        json!({
+            "cluster_id": m.cluster_id,
+            "controller": self.controller_id(),
+            "node_id": self.node_id,
+            "brokers": brokers,
+            "version": version,
+        })
+    }
+
+    /// The reason the broker must stop, once it has one.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Waits until the broker must stop; returns why.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        // The sender lives as long as `self`, so the wait ends only with a reason.
+        let why = rx.wait_for(Option::is_some).await.map(|w| w.clone());
+        why.ok().flatten().unwrap_or_default()
+    }
+
+    /// Makes the process stop (main prints `why` and exits non-zero).
+    fn fail(&self, why: String) {
+        self.fatal.send_replace(Some(why));
+    }
+
+    fn controller_address(&self) -> SocketAddr {
+        let peers = self.peers.as_ref().expect("a cluster member has peers");
+        peers
+            .address(self.controller_id())
+            .expect("the controller is one of the peers")
+    }
+
+    fn own_address(&self) -> String {
+        let peers = self.peers.as_ref().expect("a cluster member has peers");
+        peers
+            .address(self.node_id)
+            .expect("--peers names this broker")
+            .to_string()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemberState> {
+        self.member.lock().expect("the member lock is not poisoned")
+    }
+
+    fn stored_cluster_id(&self) -> Option<String> {
+        self.lock().cluster_id.clone()
+    }
+
+    fn registered(&self, cluster_id: String, epoch: BrokerEpoch) {
+        let mut m = self.lock();
+        m.cluster_id = Some(cluster_id);
+        m.broker_epoch = Some(epoch);
+        m.known_last = m.known_last.max(epoch.0);
+    }
+
+    fn lost_registration(&self) {
+        self.lock().broker_epoch = None;
+    }
+
+    fn applied(&self) -> u64 {
+        self.lock().image.applied
+    }
+
+    fn caught_up(&self) -> bool {
+        let m = self.lock();
+        m.image.applied >= m.known_last
+    }
+
+    fn saw_last_index(&self, last: u64) {
+        let mut m = self.lock();
+        m.known_last = m.known_last.max(last);
+    }
+
+    /// Applies a page of the metadata log. A log shorter than what we applied is not the
+    /// one we followed: the image starts over.
+    fn apply_page(&self, after: u64, page: MetadataAnswer) {
+        let mut m = self.lock();
+        if page.last_index < after {
+            m.image = MetadataImage::default();
+            m.known_last = page.last_index;
+            return;
+        }
+        m.known_last = m.known_last.max(page.last_index);
+        for c in page.commands {
+            if c.index > m.image.applied {
+                // A refused command is refused on every replica of the log alike.
+                let _ = m.image.apply(c.index, &c.command);
+            }
+        }
+    }
+}

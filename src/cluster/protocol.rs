@@ -1,0 +1,72 @@
+//! The bodies of the internal membership routes (`/internal/v1/`), shared by the handlers
+//! (`http::internal`) and the broker's client (`cluster::member`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::{BrokerEpoch, Command, NodeId};
+
+pub const REGISTER_PATH: &str = "/internal/v1/brokers/register";
+pub const HEARTBEAT_PATH: &str = "/internal/v1/brokers/heartbeat";
+pub const METADATA_PATH: &str = "/internal/v1/metadata";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub node_id: NodeId,
+    /// `host:port` as `--peers` names this broker.
+    pub address: String,
+    /// Random, chosen at each process start.
+    pub incarnation: u64,
+    /// The cluster id in the broker's data directory; absent on a fresh directory.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterAnswer {
+    pub cluster_id: String,
+    pub broker_epoch: BrokerEpoch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub node_id: NodeId,
+    pub broker_epoch: BrokerEpoch,
+    /// The broker applied the metadata up to the last index the controller told it.
+    pub caught_up: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    /// The index of the last command of the metadata log.
+    pub last_index: u64,
+}
+
+/// Query of `GET /internal/v1/metadata`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataQuery {
+    pub node_id: Option<NodeId>,
+    pub broker_epoch: Option<BrokerEpoch>,
+    /// Commands after this index (0: from the start).
+    pub after: Option<u64>,
+    /// How long to wait for a command after `after` when there is none yet.
+    pub wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadataAnswer {
+    pub cluster_id: String,
+    /// Commands after the requested index, in log order (at most a page).
+    pub commands: Vec<IndexedCommand>,
+    /// The index of the last command of the log: below `after`, the log is not the one the
+    /// broker followed, and it starts over from 0.
+    pub last_index: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexedCommand {
+    pub index: u64,
+    pub command: Command,
+}

@@ -1,0 +1,142 @@
+//! Internal routes (`/internal/v1/`, OpenAPI tag `internal`): brokers call them on the
+//! controller's port to register, heartbeat and follow the metadata log. Only the controller
+//! serves them; any other broker answers 421 `not_controller` with the controller's id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::body::{parse_query, read_json};
+use super::error::{ApiError, ApiResult};
+use crate::cluster::controller::{ControlError, Controller, Registration};
+use crate::cluster::protocol::{
+    HeartbeatAnswer, HeartbeatRequest, IndexedCommand, MetadataAnswer, MetadataQuery,
+    RegisterAnswer, RegisterRequest,
+};
+
+/// Most commands one metadata answer carries.
+const METADATA_PAGE_COMMANDS: usize = 1000;
+
+fn controller(node: &AppState) -> ApiResult<Arc<Controller>> {
+    let cluster = &node.cluster;
+    cluster.controller().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_controller",
+            format!(
+                "broker {} does not run the controller (broker {} does)",
+                cluster.node_id(),
+                cluster.controller_id()
+            ),
+        )
+        .with("controller", cluster.controller_id().0)
+    })
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let detail = e.to_string();
+        match e {
+            ControlError::UnknownBroker(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_broker", detail)
+            }
+            ControlError::StaleBrokerEpoch { current, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_broker_epoch", detail)
+                    .with("broker_epoch", current.0)
+            }
+            ControlError::ClusterIdMismatch { ours, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "cluster_id_mismatch", detail)
+                    .with("cluster_id", ours)
+            }
+            ControlError::PeersMismatch(_) => {
+                ApiError::new(StatusCode::CONFLICT, "peers_mismatch", detail)
+            }
+            ControlError::BrokerAlreadyAlive(_) => {
+                ApiError::new(StatusCode::CONFLICT, "broker_already_alive", detail).retry_after(1)
+            }
+            ControlError::Io(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                detail,
+            ),
+        }
+    }
+}
+
+/// `POST /internal/v1/brokers/register`.
+pub async fn register(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let controller = controller(&node)?;
+    let r: RegisterRequest =
+        read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    let registration = Registration {
+        node_id: r.node_id,
+        address: r.address,
+        incarnation: r.incarnation,
+        cluster_id: r.cluster_id,
+    };
+    let broker_epoch = controller.register(registration).await?;
+    let answer = RegisterAnswer {
+        cluster_id: controller.cluster_id().to_string(),
+        broker_epoch,
+    };
+    Ok(axum::Json(answer).into_response())
+}
+
+/// `POST /internal/v1/brokers/heartbeat`.
+pub async fn heartbeat(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let controller = controller(&node)?;
+    let h: HeartbeatRequest =
+        read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    let last_index = controller
+        .heartbeat(h.node_id, h.broker_epoch, h.caught_up)
+        .await?;
+    Ok(axum::Json(HeartbeatAnswer { last_index }).into_response())
+}
+
+/// `GET /internal/v1/metadata?node_id=&broker_epoch=&after=&wait_ms=`: the commands after
+/// `after`; when there are none yet, waits up to `wait_ms` (capped at `wait_ms_max`) for one.
+pub async fn metadata(
+    State(node): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let controller = controller(&node)?;
+    let q: MetadataQuery = parse_query(query.as_deref())?;
+    let (Some(node_id), Some(epoch)) = (q.node_id, q.broker_epoch) else {
+        return Err(ApiError::invalid(
+            "'node_id' and 'broker_epoch' are required",
+        ));
+    };
+    controller.check_member(node_id, epoch)?;
+    let after = q.after.unwrap_or(0);
+    let wait_ms = q.wait_ms.unwrap_or(0).min(node.limits().wait_ms_max);
+    let (mut commands, mut last_index) = controller.commands_after(after, METADATA_PAGE_COMMANDS);
+    if commands.is_empty() && last_index >= after && wait_ms > 0 {
+        let mut shutdown = node.broker.shutdown_signal();
+        controller
+            .wait_after(after, Duration::from_millis(wait_ms), &mut shutdown)
+            .await;
+        (commands, last_index) = controller.commands_after(after, METADATA_PAGE_COMMANDS);
+    }
+    let answer = MetadataAnswer {
+        cluster_id: controller.cluster_id().to_string(),
+        commands: commands
+            .into_iter()
+            .map(|(index, command)| IndexedCommand { index, command })
+            .collect(),
+        last_index,
+    };
+    Ok(axum::Json(answer).into_response())
+}

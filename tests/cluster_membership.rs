@@ -1,0 +1,402 @@
+//! Cluster membership (issue 9, part 1): three broker processes on loopback register with
+//! the controller (the lowest id), heartbeat, follow the metadata log; a killed broker is
+//! fenced after its session, and comes back with a new broker epoch; bad `--peers` and a
+//! data directory of another cluster stop the process with a clear error.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::TestBroker;
+use serde_json::{Value, json};
+
+/// Short sessions keep the test quick; heartbeats go every quarter of it.
+const SESSION_TIMEOUT_MS: u64 = 3_000;
+/// Generous: two shared cores, debug builds, other tests running.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Three ports free right now (bound together, then released).
+fn free_ports() -> [u16; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    [port(0), port(1), port(2)]
+}
+
+fn peers(ports: &[u16; 3]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn start_member(root: &Path, ports: &[u16; 3], id: usize) -> TestBroker {
+    let args = [
+        "--node-id".to_string(),
+        id.to_string(),
+        "--peers".to_string(),
+        peers(ports),
+    ];
+    let data = root.join(format!("n{id}")).join("data");
+    let toml = format!("broker_session_timeout_ms = {SESSION_TIMEOUT_MS}\n");
+    TestBroker::start_member(&data, ports[id - 1], &args, &toml)
+}
+
+/// One runtime and client for the test's plain-thread calls.
+fn http() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
+    static HTTP: OnceLock<(tokio::runtime::Runtime, reqwest::Client)> = OnceLock::new();
+    HTTP.get_or_init(|| {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        (common::runtime(), client)
+    })
+}
+
+/// Sends a request; `(0, null)` when the broker does not answer (not up yet, killed).
+fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
+    http().0.block_on(async move {
+        match request.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    })
+}
+
+fn get(url: &str) -> (u16, Value) {
+    call(http().1.get(url))
+}
+
+fn post(url: &str, body: Value) -> (u16, Value) {
+    call(http().1.post(url).json(&body))
+}
+
+/// Polls `check` until it gives a value or the deadline passes (then panics with `what` and
+/// the last state seen).
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("{what}: still {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Each broker's status as `url`'s broker sees it, by node id.
+fn statuses(cluster: &Value) -> Vec<(u64, String)> {
+    cluster["brokers"]
+        .as_array()
+        .map(|bs| {
+            bs.iter()
+                .map(|b| {
+                    let id = b["node_id"].as_u64().unwrap_or(0);
+                    (id, b["status"].as_str().unwrap_or("").to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn broker_epoch(cluster: &Value, node: u64) -> u64 {
+    cluster["brokers"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["node_id"] == node))
+        .and_then(|b| b["broker_epoch"].as_u64())
+        .unwrap_or_else(|| panic!("broker {node} in {cluster}"))
+}
+
+fn wait_until_statuses(url: &str, expected: &[(u64, &str)]) -> Value {
+    let expected: Vec<(u64, String)> = expected.iter().map(|(i, s)| (*i, s.to_string())).collect();
+    wait_for(&format!("{url}/v1/cluster shows {expected:?}"), || {
+        let (status, cluster) = get(&format!("{url}/v1/cluster"));
+        if status == 200 && statuses(&cluster) == expected {
+            Ok(cluster)
+        } else {
+            Err(format!("{status} {cluster}"))
+        }
+    })
+}
+
+#[test]
+fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports();
+    // Any start order: the controller (node 1) comes second.
+    let mut n3 = start_member(root.path(), &ports, 3);
+    let n1 = start_member(root.path(), &ports, 1);
+    let n2 = start_member(root.path(), &ports, 2);
+    let all_alive = [(1, "alive"), (2, "alive"), (3, "alive")];
+    let mut cluster_ids = Vec::new();
+    for b in [&n1, &n2, &n3] {
+        let cluster = wait_until_statuses(&b.url, &all_alive);
+        assert_eq!(cluster["controller"], 1, "{cluster}");
+        cluster_ids.push(cluster["cluster_id"].as_str().unwrap().to_string());
+        wait_for(&format!("{} ready", b.url), || {
+            match get(&format!("{}/readyz", b.url)) {
+                (200, _) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+    assert_eq!(cluster_ids[0].len(), 32);
+    assert!(
+        cluster_ids.iter().all(|c| *c == cluster_ids[0]),
+        "{cluster_ids:?}"
+    );
+    let before = get(&format!("{}/v1/cluster", n1.url)).1;
+    let old_epoch = broker_epoch(&before, 3);
+
+    // Internal routes: only the controller serves them; unknown nodes and stale epochs are
+    // refused with stable codes.
+    let (status, problem) = post(
+        &format!("{}/internal/v1/brokers/heartbeat", n2.url),
+        json!({"node_id": 2, "broker_epoch": 1, "caught_up": true}),
+    );
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (421, Some("not_controller")),
+        "{problem}"
+    );
+    assert_eq!(problem["controller"], 1);
+    let (status, problem) = post(
+        &format!("{}/internal/v1/brokers/heartbeat", n1.url),
+        json!({"node_id": 3, "broker_epoch": old_epoch - 1, "caught_up": true}),
+    );
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("stale_broker_epoch")),
+        "{problem}"
+    );
+    let (status, problem) = post(
+        &format!("{}/internal/v1/brokers/register", n1.url),
+        json!({"node_id": 7, "address": "127.0.0.1:1", "incarnation": 1}),
+    );
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("unknown_broker")),
+        "{problem}"
+    );
+    let (status, problem) = post(
+        &format!("{}/internal/v1/brokers/register", n1.url),
+        json!({"node_id": 3, "address": format!("127.0.0.1:{}", ports[2]), "incarnation": 1}),
+    );
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("broker_already_alive")),
+        "another process under node 3's id while it lives: {problem}"
+    );
+    let (status, problem) = get(&format!(
+        "{}/internal/v1/metadata?node_id=9&broker_epoch=1&after=0",
+        n1.url
+    ));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("unknown_broker")),
+        "{problem}"
+    );
+
+    // kill -9 a broker that is not the controller: fenced once its session expires.
+    n3.kill9();
+    let fenced = [(1, "alive"), (2, "alive"), (3, "fenced")];
+    wait_until_statuses(&n1.url, &fenced);
+    wait_until_statuses(&n2.url, &fenced);
+
+    // Restarted on the same directory: a new incarnation, a new broker epoch, alive again.
+    n3.restart();
+    for b in [&n1, &n2, &n3] {
+        let cluster = wait_until_statuses(&b.url, &all_alive);
+        assert!(broker_epoch(&cluster, 3) > old_epoch, "{cluster}");
+        assert_eq!(
+            cluster["cluster_id"].as_str(),
+            Some(cluster_ids[0].as_str())
+        );
+    }
+
+    // The same directory with another cluster's id: the broker refuses to join and exits.
+    n3.kill9();
+    let id_file = n3.data_dir.join("__cluster").join("cluster_id");
+    std::fs::write(&id_file, "00112233445566778899aabbccddeeff\n").unwrap();
+    let (code, stderr) = run_to_exit(&[
+        "--node-id",
+        "3",
+        "--peers",
+        &peers(&ports),
+        "--listen",
+        &format!("127.0.0.1:{}", ports[2]),
+        "--data-dir",
+        n3.data_dir.to_str().unwrap(),
+    ]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("belongs to cluster 00112233445566778899aabbccddeeff"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&id_file).unwrap(),
+        "00112233445566778899aabbccddeeff\n",
+        "the refused directory is left as it was"
+    );
+}
+
+/// Runs `tidelog serve ARGS` until it exits (killed after the deadline); exit code, stderr.
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+        .arg("serve")
+        .args(args)
+        .env_remove("TIDELOG_LISTEN")
+        .env_remove("TIDELOG_DATA_DIR")
+        .env_remove("TIDELOG_CONFIG")
+        .env_remove("TIDELOG_NODE_ID")
+        .env_remove("TIDELOG_PEERS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (code, stderr)
+}
+
+#[test]
+fn bad_peers_stop_the_broker_at_start_naming_the_fault() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data = data.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--node-id",
+                "4",
+                "--peers",
+                "1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003",
+                "--listen",
+                "127.0.0.1:9004",
+            ],
+            "does not name this broker's --node-id 4",
+        ),
+        (
+            &[
+                "--node-id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:9001,1=127.0.0.1:9002,3=127.0.0.1:9003",
+                "--listen",
+                "127.0.0.1:9001",
+            ],
+            "node id 1 is named twice",
+        ),
+        (
+            &[
+                "--node-id",
+                "1",
+                "--peers",
+                "1=localhost:9001",
+                "--listen",
+                "127.0.0.1:9001",
+            ],
+            "'localhost:9001' is not an IP address and port",
+        ),
+        (
+            &[
+                "--node-id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:9001",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "listens on 127.0.0.1:0",
+        ),
+        (
+            &[
+                "--node-id",
+                "0",
+                "--peers",
+                "1=127.0.0.1:9001",
+                "--listen",
+                "127.0.0.1:9001",
+            ],
+            "--node-id must be a positive integer",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", data]);
+        let (code, stderr) = run_to_exit(&all);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(
+        !Path::new(data).exists(),
+        "nothing is opened before the peers are checked"
+    );
+    // The environment names the same settings.
+    let output = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+        .env_remove("TIDELOG_CONFIG")
+        .env("TIDELOG_NODE_ID", "2")
+        .env(
+            "TIDELOG_PEERS",
+            "1=127.0.0.1:9001,3=127.0.0.1:9003,5=127.0.0.1:9005",
+        )
+        .env("TIDELOG_LISTEN", "127.0.0.1:9002")
+        .env("TIDELOG_DATA_DIR", data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--node-id 2"), "{stderr}");
+}
+
+#[test]
+fn a_broker_without_peers_is_a_cluster_of_one_and_writes_no_cluster_files() {
+    let broker = TestBroker::start();
+    let (status, cluster) = get(&format!("{}/v1/cluster", broker.url));
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&cluster),
+        vec![(1, "alive".to_string())],
+        "{cluster}"
+    );
+    assert_eq!(cluster["controller"], 1);
+    let (status, problem) = get(&format!(
+        "{}/internal/v1/metadata?node_id=1&broker_epoch=1",
+        broker.url
+    ));
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (421, Some("not_controller")),
+        "{problem}"
+    );
+    assert!(!broker.data_dir.join("__cluster").exists());
+}

@@ -244,3 +244,76 @@ async fn a_json_produce_that_fails_part_way_reports_each_record_stored() {
     );
     broker.kill9();
 }
+
+/// A partition whose disk filled up takes writes again once there is room, without a restart:
+/// the append that failed left nothing behind, `readyz` follows, and the broker still stops
+/// cleanly afterwards.
+#[tokio::test]
+async fn a_partition_takes_writes_again_once_the_disk_has_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = Mount::tmpfs(&tmp.path().join("small"), "2m");
+    let filler = mount.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 512 * 1024]).unwrap();
+    let mut broker = common::TestBroker::start_at(&mount.0.join("data"));
+    let (http, url) = (broker.client(), broker.url.clone());
+    common::create_topic(&http, &url, "refill", 1).await;
+    let produce = |value: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/topics/refill/records"))
+                .json(&json!({"records": [{"value": value}]}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let value = "x".repeat(60_000);
+    let mut acknowledged = 0u64;
+    let mut refused = None;
+    for _ in 0..100 {
+        match produce(value.clone()).await {
+            (200, _) => acknowledged += 1,
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let (status, problem) = refused.expect("a 2 MiB disk fills up within 100 records of 60 kB");
+    assert_eq!(
+        (status, &problem["code"]),
+        (503, &json!("storage_unavailable"))
+    );
+    let ready = |http: reqwest::Client, url: String| async move {
+        http.get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(ready(http.clone(), url.clone()).await, 503);
+
+    std::fs::remove_file(&filler).unwrap();
+    common::wait_until(
+        "a produce to be taken again",
+        Duration::from_secs(30),
+        || {
+            let produce = produce("small".to_string());
+            async move { produce.await.0 == 200 }
+        },
+    )
+    .await;
+    assert_eq!(ready(http.clone(), url.clone()).await, 200);
+    // Every record taken is there, dense, the last one after the refused ones.
+    let contents = common::read_partition_to_high_watermark(&http, &url, "refill", 0).await;
+    let offsets = common::offsets_of_records(&contents.records);
+    assert_eq!(offsets, (0..acknowledged + 1).collect::<Vec<u64>>());
+    assert_eq!(contents.records.last().unwrap()["value"], "small");
+    assert_eq!(
+        broker.terminate(),
+        Some(0),
+        "a recovered partition stops cleanly"
+    );
+}

@@ -17,7 +17,9 @@
 //!
 //! Failure policy: an I/O error on append or fsync marks the partition failed; it then refuses
 //! writes with `storage_error`, wakes its waiters with the failure, and keeps serving reads of
-//! what was durable before.
+//! what was durable before. A full disk on append is the exception: the partial write is cut,
+//! writes are refused for a growing pause, and the first append that succeeds afterwards ends
+//! it (see [`Partition::write_refusal`]).
 
 use std::cell::Cell;
 use std::io;
@@ -82,8 +84,11 @@ pub struct Partition {
     flush_bytes: AtomicU64,
     /// Bytes appended since the flusher last started a sync.
     unflushed_bytes: AtomicU64,
-    /// Why the partition stopped taking writes, once it has.
+    /// Why the partition stopped taking writes for good, once it has.
     failure: OnceLock<String>,
+    /// Set while the disk is full: writes are refused until `retry_at`, then the next append
+    /// tries again, and the first that succeeds clears it. Never held across `.await`.
+    storage_full: Mutex<Option<StorageFull>>,
     /// Set when the partition is closed or deleted; the flusher exits.
     closed: AtomicBool,
 }
@@ -175,6 +180,7 @@ impl Partition {
             flush_bytes: AtomicU64::new(flush.flush_bytes),
             unflushed_bytes: AtomicU64::new(0),
             failure: OnceLock::new(),
+            storage_full: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
         partition.register_counters();
@@ -204,8 +210,25 @@ impl Partition {
         self.progress.subscribe()
     }
 
+    /// Why the partition stopped taking writes for good (a failed fsync, an I/O error other
+    /// than a full disk, deletion).
     pub fn failure(&self) -> Option<&str> {
         self.failure.get().map(String::as_str)
+    }
+
+    /// Why the partition refuses writes now: [`Partition::failure`], or a full disk it will
+    /// recover from once an append succeeds again. `readyz` reports these partitions.
+    pub fn write_refusal(&self) -> Option<String> {
+        if let Some(why) = self.failure() {
+            return Some(why.to_string());
+        }
+        self.full().as_ref().map(|f| f.why.clone())
+    }
+
+    fn full(&self) -> MutexGuard<'_, Option<StorageFull>> {
+        self.storage_full
+            .lock()
+            .expect("storage-full lock poisoned")
     }
 
     /// Snapshot for describe: (log_start, high_watermark, log_end, segments, bytes).
@@ -237,9 +260,20 @@ impl Partition {
         if let Some(why) = self.failure() {
             return Err(BrokerError::StorageUnavailable(why.to_string()));
         }
+        if let Some(full) = self.full().as_ref()
+            && Instant::now() < full.retry_at
+        {
+            return Err(BrokerError::StorageUnavailable(full.why.clone()));
+        }
         let result = self.lock().append(batch, 0, now_ms());
         match result {
             Ok(range) => {
+                if self.full().take().is_some() {
+                    eprintln!(
+                        "tidelog: partition {}/{} takes writes again: the disk has room",
+                        self.topic, self.id
+                    );
+                }
                 let len = batch.len() as u64;
                 let unflushed = self.unflushed_bytes.fetch_add(len, Ordering::Relaxed) + len;
                 if urgent || unflushed >= self.flush_bytes.load(Ordering::Relaxed) {
@@ -252,8 +286,39 @@ impl Partition {
                     .increment(batch.len() as u64);
                 Ok(range)
             }
+            Err(e) if is_disk_full(&e) => Err(self.disk_full(e)),
             Err(e) => Err(self.fail(format!("append failed: {e}"))),
         }
+    }
+
+    /// An append found the disk full. Nothing was appended (the log's state did not move) but
+    /// the file may hold part of the batch: cut it back to the last good batch, then refuse
+    /// writes for a while and try again, with a growing pause. If the cut fails too, the
+    /// partition fails for good.
+    fn disk_full(&self, e: io::Error) -> BrokerError {
+        if let Err(cut) = self.lock().discard_unwritten() {
+            return self.fail(format!(
+                "append failed: {e}; cutting the partial write: {cut}"
+            ));
+        }
+        let why = format!("disk full: {e}");
+        let mut full = self.full();
+        let pause = full.as_ref().map_or(STORAGE_FULL_RETRY_MIN, |f| {
+            (f.pause * 2).min(STORAGE_FULL_RETRY_MAX)
+        });
+        if full.is_none() {
+            ::metrics::counter!(m::STORAGE_ERRORS, "topic" => Arc::clone(&self.topic)).increment(1);
+            eprintln!(
+                "tidelog: partition {}/{} refuses writes until the disk has room: {e}",
+                self.topic, self.id
+            );
+        }
+        *full = Some(StorageFull {
+            why: why.clone(),
+            retry_at: Instant::now() + pause,
+            pause,
+        });
+        BrokerError::StorageUnavailable(why)
     }
 
     /// Waits until the high watermark reaches `offset`, the partition fails, or `timeout`.
@@ -493,7 +558,7 @@ impl Partition {
 
     /// Stops the flusher after one last sync, seals the indexes (clean shutdown).
     pub async fn close(self: &Arc<Self>) -> io::Result<()> {
-        if let Some(why) = self.failure() {
+        if let Some(why) = self.write_refusal() {
             // After a failed fsync, a later successful one proves nothing: never let this
             // partition be sealed and trusted as cleanly shut down.
             self.closed.store(true, Ordering::Release);
@@ -654,6 +719,28 @@ fn read_for_fetch(
         .map_err(|e| BrokerError::Io(e.to_string()))?;
     let whole = bytes.len() as u64 >= slice.len;
     Ok((bytes, whole.then_some(slice.segment_end)))
+}
+
+/// First pause before an append is tried again on a full disk; it doubles up to the max.
+const STORAGE_FULL_RETRY_MIN: Duration = Duration::from_millis(100);
+const STORAGE_FULL_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A partition's full-disk state: writes wait until `retry_at`.
+#[derive(Debug)]
+struct StorageFull {
+    why: String,
+    /// The next append after this instant tries the disk again.
+    retry_at: Instant,
+    /// The pause that set `retry_at`; doubled after each failed try.
+    pause: Duration,
+}
+
+/// Whether an I/O error means "no room" (ENOSPC, or a quota), which a partition recovers from
+/// once there is room again, rather than a broken disk.
+fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// Numbers shown by describe.

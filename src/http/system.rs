@@ -22,7 +22,7 @@ pub async fn readyz(State(node): State<Node>) -> Response {
         .topics()
         .iter()
         .flat_map(|t| t.partitions())
-        .filter(|p| p.failure().is_some())
+        .filter(|p| p.write_refusal().is_some())
         .map(|p| format!("{}/{}", p.topic, p.id))
         .collect();
     let cluster = node.cluster.not_ready();

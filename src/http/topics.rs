@@ -180,7 +180,7 @@ pub fn describe_topic(topic: &Topic) -> Value {
                 "log_end_offset": s.log_end_offset,
                 "segments": s.segments,
                 "size_bytes": s.size_bytes,
-                "failure": p.failure(),
+                "failure": p.write_refusal(),
             })
         })
         .collect();

@@ -103,6 +103,9 @@ pub struct IndexFile<E: IndexEntry> {
     capacity: usize,
     /// The last entry, kept so a sealed index answers `last()` without being loaded.
     last: Option<E>,
+    /// Bytes at the front of a writable index's file known to have disk blocks (see
+    /// [`IndexFile::reserve`]); the rest of the preallocated file is sparse.
+    reserved: usize,
 }
 
 impl<E: IndexEntry> IndexFile<E> {
@@ -126,6 +129,7 @@ impl<E: IndexEntry> IndexFile<E> {
             entries: 0,
             capacity: capacity.max(1),
             last: None,
+            reserved: 0,
         })
     }
 
@@ -149,6 +153,7 @@ impl<E: IndexEntry> IndexFile<E> {
             entries: entries.len(),
             capacity: entries.len(),
             last: entries.last().copied(),
+            reserved: 0,
         })
     }
 
@@ -173,6 +178,7 @@ impl<E: IndexEntry> IndexFile<E> {
             entries,
             capacity: entries,
             last: None,
+            reserved: 0,
         };
         index.last = (entries > 0).then(|| index.get(entries - 1));
         Ok(Some(index))
@@ -202,6 +208,7 @@ impl<E: IndexEntry> IndexFile<E> {
         let entries: Vec<E> = (0..self.entries).map(|i| self.get(i)).collect();
         drop(self.sealed.take());
         let mut index = IndexFile::create(&self.path, capacity.max(entries.len() + 1))?;
+        index.reserve(entries.len() + 1)?;
         for e in entries {
             index.append(e);
         }
@@ -237,6 +244,36 @@ impl<E: IndexEntry> IndexFile<E> {
 
     pub fn last(&self) -> Option<E> {
         self.last
+    }
+
+    /// Makes sure the disk has blocks for the first `entries` entries of a writable index
+    /// (rounded up to `INDEX_RESERVE_BYTES`). The preallocated file is sparse: on a full disk
+    /// a store into a page without blocks would kill the process with SIGBUS, where this
+    /// fails the caller's append with ENOSPC before anything was written.
+    pub fn reserve(&mut self, entries: usize) -> io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let whole = self.capacity * E::BYTES;
+        let want = (entries.min(self.capacity) * E::BYTES)
+            .next_multiple_of(INDEX_RESERVE_BYTES)
+            .min(whole);
+        if want <= self.reserved {
+            return Ok(());
+        }
+        // SAFETY: a plain system call on a descriptor this index owns.
+        let failed = unsafe {
+            libc::posix_fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                self.reserved as libc::off_t,
+                (want - self.reserved) as libc::off_t,
+            )
+        };
+        if failed != 0 {
+            return Err(io::Error::from_raw_os_error(failed));
+        }
+        self.reserved = want;
+        Ok(())
     }
 
     /// Appends an entry. The caller keeps entries ordered and checks [`IndexFile::is_full`].
@@ -310,6 +347,9 @@ impl<E: IndexEntry> IndexFile<E> {
         &self.path
     }
 }
+
+/// How much of an index file [`IndexFile::reserve`] gives blocks at a time.
+const INDEX_RESERVE_BYTES: usize = 64 * 1024;
 
 /// Maps the first `entries` entries of an index file read-only (`None` for an empty index:
 /// there is nothing to map).

@@ -372,6 +372,13 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Cuts whatever a failed append left past the active segment's last whole batch (a
+    /// partial write on a full disk), so the next append starts on a clean end.
+    pub fn discard_unwritten(&mut self) -> io::Result<()> {
+        let active = self.active();
+        active.file().set_len(active.size)
+    }
+
     /// Seals the active segment and starts a new one at the log end offset.
     /// An empty active segment stays: a new one would have the same base offset (file name).
     ///

@@ -214,6 +214,10 @@ impl Segment {
                     IndexFile::create(&offset_index_path(dir, base_offset), capacity)?;
                 let mut time_index =
                     IndexFile::create(&time_index_path(dir, base_offset), capacity)?;
+                // Room for every entry the scan can add (see `IndexFile::reserve`).
+                let most = (file_len / index_interval_bytes.max(1)) as usize + 2;
+                offset_index.reserve(most)?;
+                time_index.reserve(most)?;
                 let scan = scan_log(&file, file_len, base_offset, 0, |pos, header, since| {
                     if since == 0 || since >= index_interval_bytes {
                         let rel = (header.base_offset - base_offset) as u32;
@@ -399,6 +403,10 @@ impl Segment {
         index_interval_bytes: u64,
     ) -> io::Result<()> {
         debug_assert_eq!(header.base_offset, self.next_offset);
+        // Disk blocks for this batch's index entries (and the time entry a seal adds) first,
+        // so a full disk fails the append before anything changed.
+        self.offset_index.reserve(self.offset_index.len() + 1)?;
+        self.time_index.reserve(self.time_index.len() + 2)?;
         self.file().write_all_at(batch, self.size)?;
         let relative = (header.base_offset - self.base_offset) as u32;
         self.max_timestamp_ms = self.max_timestamp_ms.max(header.max_timestamp_ms);

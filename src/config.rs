@@ -123,6 +123,12 @@ impl BrokerConfig {
                 l.request_body_bytes_max,
             ),
             (
+                "limits.fetch_bytes_max",
+                l.fetch_bytes_max,
+                "limits.response_bytes_in_flight_max",
+                l.response_bytes_in_flight_max,
+            ),
+            (
                 "limits.body_stall_timeout_ms",
                 l.body_stall_timeout_ms,
                 "limits.body_read_timeout_ms",
@@ -319,6 +325,10 @@ mod tests {
             (
                 "[topic_defaults]\nflush_bytes = 0",
                 "topic_defaults.flush_bytes",
+            ),
+            (
+                "[limits]\nresponse_bytes_in_flight_max = 1024",
+                "limits.fetch_bytes_max",
             ),
             (
                 "[topic_defaults]\nflush_ms = 600000",

@@ -47,24 +47,6 @@ impl Api {
     async fn in_flight(&self) -> f64 {
         common::scrape_unlabelled_metric(&self.http, &self.url, IN_FLIGHT).await
     }
-
-    async fn status_of_get(&self, path: &str) -> (u16, String) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("the broker answers");
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap_or("").to_string());
-        let mut body = response.text().await.expect("a body");
-        // A page is megabytes: only its start goes into a failure message.
-        body.truncate(body.floor_char_boundary(300));
-        (status, format!("retry-after={retry_after:?} {body}"))
-    }
 }
 
 #[test]
@@ -88,18 +70,20 @@ fn clients_that_never_read_hold_the_budget_and_give_it_back_when_they_go() {
         .await;
 
         for path in [
-            BIG_PAGE.to_string(),
-            "/v1/topics/t/partitions/0/stream?offset=0&max_bytes=16777216".to_string(),
+            BIG_PAGE,
+            "/v1/topics/t/partitions/0/stream?offset=0&max_bytes=16777216",
         ] {
-            let (status, answer) = api.status_of_get(&path).await;
-            assert_eq!(status, 503, "{path}: {answer}");
-            assert!(answer.contains("\"overloaded\""), "{answer}");
-            assert!(answer.contains("response_bytes_in_flight_max"), "{answer}");
-            assert!(answer.starts_with("retry-after=Some(\"1\")"), "{answer}");
+            common::assert_get_overloaded(
+                &api.http,
+                &api.url,
+                path,
+                "response_bytes_in_flight_max",
+            )
+            .await;
         }
-        assert_eq!(api.status_of_get("/healthz").await.0, 200);
+        common::get_json_ok(&api.http, &api.url, "/healthz").await;
         let small = "/v1/topics/t/partitions/0/records?offset=0&max_bytes=65536";
-        assert_eq!(api.status_of_get(small).await.0, 200, "a small page fits");
+        common::get_json_ok(&api.http, &api.url, small).await;
 
         drop(stalled);
         common::wait_until(

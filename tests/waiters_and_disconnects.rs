@@ -91,21 +91,7 @@ fn waiters_past_their_limits_get_503_and_producers_are_still_served() {
         api.wait_for_gauge(SSE_STREAMS_OPEN, 1.0).await;
 
         for (path, limit_name) in [(LONG_POLL, "long_polls_max"), (STREAM, "streams_max")] {
-            let response = api
-                .http
-                .get(format!("{}{path}", api.url))
-                .send()
-                .await
-                .expect("the broker answers");
-            assert_eq!(response.status(), 503, "{path}");
-            assert_eq!(
-                response.headers()["retry-after"],
-                "1",
-                "{path} says when to retry"
-            );
-            let problem: Value = response.json().await.expect("a problem");
-            assert_eq!(problem["code"], "overloaded", "{problem}");
-            assert_eq!(problem["limit_name"], limit_name, "{problem}");
+            common::assert_get_overloaded(&api.http, &api.url, path, limit_name).await;
         }
         // A fetch that does not wait needs no slot, and producers are served.
         common::get_json_ok(

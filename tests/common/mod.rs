@@ -379,6 +379,36 @@ pub async fn scrape_unlabelled_metric(http: &reqwest::Client, url: &str, name: &
         .unwrap_or(0.0)
 }
 
+/// `GET {url}{path}`; asserts the answer is a 503 `overloaded` problem naming `limit_name`,
+/// with `Retry-After: 1`.
+pub async fn assert_get_overloaded(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    limit_name: &str,
+) {
+    let response = http
+        .get(format!("{url}{path}"))
+        .send()
+        .await
+        .expect("the broker answers");
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").cloned();
+    let mut text = response.text().await.expect("a body");
+    // A page that was served by mistake is megabytes: only its start goes into the message.
+    text.truncate(text.floor_char_boundary(300));
+    assert_eq!(status, 503, "GET {path}: {text}");
+    assert_eq!(
+        retry_after.as_ref().map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "GET {path}"
+    );
+    let problem: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(problem["code"], "overloaded", "{problem}");
+    assert_eq!(problem["limit_name"], limit_name, "{problem}");
+}
+
 /// Polls `check` every 50 ms until it holds; panics naming `what` once `limit` has passed.
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
 where

@@ -83,6 +83,15 @@ fn post(url: &str, body: Value) -> (u16, Value) {
     call(http().1.post(url).json(&body))
 }
 
+/// Asserts a problem answer: its status and stable code.
+fn assert_problem(status: u16, problem: &Value, expected_status: u16, code: &str) {
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (expected_status, Some(code)),
+        "{problem}"
+    );
+}
+
 /// Polls `check` until it gives a value or the deadline passes (then panics with `what` and
 /// the last state seen).
 fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
@@ -166,48 +175,29 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
         &format!("{}/internal/v1/brokers/heartbeat", n2.url),
         json!({"node_id": 2, "broker_epoch": 1, "caught_up": true}),
     );
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (421, Some("not_controller")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 421, "not_controller");
     assert_eq!(problem["controller"], 1);
     let (status, problem) = post(
         &format!("{}/internal/v1/brokers/heartbeat", n1.url),
         json!({"node_id": 3, "broker_epoch": old_epoch - 1, "caught_up": true}),
     );
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (409, Some("stale_broker_epoch")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 409, "stale_broker_epoch");
     let (status, problem) = post(
         &format!("{}/internal/v1/brokers/register", n1.url),
         json!({"node_id": 7, "address": "127.0.0.1:1", "incarnation": 1}),
     );
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (404, Some("unknown_broker")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 404, "unknown_broker");
     let (status, problem) = post(
         &format!("{}/internal/v1/brokers/register", n1.url),
         json!({"node_id": 3, "address": format!("127.0.0.1:{}", ports[2]), "incarnation": 1}),
     );
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (409, Some("broker_already_alive")),
-        "another process under node 3's id while it lives: {problem}"
-    );
+    // Another process under node 3's id while it lives.
+    assert_problem(status, &problem, 409, "broker_already_alive");
     let (status, problem) = get(&format!(
         "{}/internal/v1/metadata?node_id=9&broker_epoch=1&after=0",
         n1.url
     ));
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (404, Some("unknown_broker")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 404, "unknown_broker");
 
     // kill -9 a broker that is not the controller: fenced once its session expires.
     n3.kill9();
@@ -393,10 +383,75 @@ fn a_broker_without_peers_is_a_cluster_of_one_and_writes_no_cluster_files() {
         "{}/internal/v1/metadata?node_id=1&broker_epoch=1",
         broker.url
     ));
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (421, Some("not_controller")),
-        "{problem}"
-    );
+    assert_problem(status, &problem, 421, "not_controller");
     assert!(!broker.data_dir.join("__cluster").exists());
+}
+
+/// The README's "Three brokers on one machine" block, run as written but for the ports
+/// (free ones) and the data directories (temporary ones): its three `tidelog serve` lines
+/// form a cluster and its curl line shows three brokers alive.
+#[test]
+fn the_readme_three_broker_commands_form_a_cluster() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Three brokers on one machine")
+        .nth(1)
+        .expect("the README has the section");
+    let block = section
+        .split("```text\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section starts with a text block");
+    let ports = free_ports();
+    let with_ports = |line: &str| {
+        (1..=3).fold(line.to_string(), |l, i| {
+            l.replace(
+                &format!("127.0.0.1:900{i}"),
+                &format!("127.0.0.1:{}", ports[i - 1]),
+            )
+        })
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut brokers = Vec::new();
+    for (i, line) in block
+        .lines()
+        .filter(|l| l.starts_with("tidelog serve"))
+        .enumerate()
+    {
+        // --listen and --data-dir come from the harness (the same port, a temporary directory).
+        let words: Vec<String> = with_ports(line)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let mut args = Vec::new();
+        let mut rest = words[2..].iter();
+        while let Some(flag) = rest.next() {
+            let value = rest.next().expect("each flag has a value").clone();
+            if flag != "--listen" && flag != "--data-dir" {
+                args.extend([flag.clone(), value]);
+            }
+        }
+        let data = root.path().join(format!("d{}", i + 1)).join("data");
+        brokers.push(TestBroker::start_member(&data, ports[i], &args, ""));
+    }
+    assert_eq!(brokers.len(), 3, "{block}");
+    let curl = block
+        .lines()
+        .find(|l| l.starts_with("curl"))
+        .expect("a curl line");
+    let curl = with_ports(curl);
+    wait_for(&format!("`{curl}` shows three brokers alive"), || {
+        let out = Command::new("bash").arg("-c").arg(&curl).output().unwrap();
+        let cluster: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let alive = statuses(&cluster)
+            .iter()
+            .filter(|(_, s)| s == "alive")
+            .count();
+        if alive == 3 {
+            Ok(())
+        } else {
+            Err(cluster.to_string())
+        }
+    });
 }

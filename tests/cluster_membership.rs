@@ -240,6 +240,12 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
         "00112233445566778899aabbccddeeff\n",
         "the refused directory is left as it was"
     );
+
+    // SIGTERM stops a member cleanly, the controller too.
+    let mut n2 = n2;
+    let mut n1 = n1;
+    assert_eq!(n2.terminate(), Some(0));
+    assert_eq!(n1.terminate(), Some(0));
 }
 
 /// Runs `tidelog serve ARGS` until it exits (killed after the deadline); exit code, stderr.
@@ -366,6 +372,16 @@ fn bad_peers_stop_the_broker_at_start_naming_the_fault() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--node-id 2"), "{stderr}");
+    // And so does the config file.
+    let config = tmp.path().join("tidelog.toml");
+    std::fs::write(
+        &config,
+        "node_id = 5\npeers = \"1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003\"\nlisten = \"127.0.0.1:9005\"\n",
+    )
+    .unwrap();
+    let (code, stderr) = run_to_exit(&["--config", config.to_str().unwrap(), "--data-dir", data]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--node-id 5"), "{stderr}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Cluster membership (issue 9, part 1): three broker processes on loopback register with
 //! the controller (the lowest id), heartbeat, follow the metadata log; a killed broker is
-//! fenced after its session, and comes back with a new broker epoch; bad `--peers` and a
+//! fenced after its session, and comes back with a new broker epoch; a restarted controller
+//! keeps the cluster and fences nobody at once; bad `--peers` and a
 //! data directory of another cluster stop the process with a clear error.
 
 mod common;
@@ -146,8 +147,8 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     let ports = free_ports();
     // Any start order: the controller (node 1) comes second.
     let mut n3 = start_member(root.path(), &ports, 3);
-    let n1 = start_member(root.path(), &ports, 1);
-    let n2 = start_member(root.path(), &ports, 2);
+    let mut n1 = start_member(root.path(), &ports, 1);
+    let mut n2 = start_member(root.path(), &ports, 2);
     let all_alive = [(1, "alive"), (2, "alive"), (3, "alive")];
     let mut cluster_ids = Vec::new();
     for b in [&n1, &n2, &n3] {
@@ -216,6 +217,20 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
         );
     }
 
+    // kill -9 the controller and restart it: it replays its log, keeps the cluster id, and
+    // fences nobody while it grants every broker a full session; broker 2 keeps its epoch.
+    let epoch_2 = broker_epoch(&wait_until_statuses(&n2.url, &all_alive), 2);
+    n1.kill9();
+    n1.restart();
+    for b in [&n1, &n2] {
+        let cluster = wait_until_statuses(&b.url, &all_alive);
+        assert_eq!(broker_epoch(&cluster, 2), epoch_2, "{cluster}");
+        assert_eq!(
+            cluster["cluster_id"].as_str(),
+            Some(cluster_ids[0].as_str())
+        );
+    }
+
     // The same directory with another cluster's id: the broker refuses to join and exits.
     n3.kill9();
     let id_file = n3.data_dir.join("__cluster").join("cluster_id");
@@ -242,8 +257,6 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     );
 
     // SIGTERM stops a member cleanly, the controller too.
-    let mut n2 = n2;
-    let mut n1 = n1;
     assert_eq!(n2.terminate(), Some(0));
     assert_eq!(n1.terminate(), Some(0));
 }

@@ -290,3 +290,79 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::protocol::IndexedCommand;
+    use super::*;
+    use crate::metadata::Command;
+
+    fn member_of_three(dir: &std::path::Path) -> Arc<Cluster> {
+        let config = BrokerConfig {
+            node_id: 2,
+            listen: "127.0.0.1:9002".parse().unwrap(),
+            peers: "1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003".into(),
+            data_dir: dir.to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        Cluster::open(&config).unwrap()
+    }
+
+    fn page(commands: Vec<(u64, Command)>, last_index: u64) -> MetadataAnswer {
+        MetadataAnswer {
+            cluster_id: "ab".into(),
+            commands: commands
+                .into_iter()
+                .map(|(index, command)| IndexedCommand { index, command })
+                .collect(),
+            last_index,
+        }
+    }
+
+    fn register(id: u32) -> Command {
+        Command::RegisterBroker {
+            node_id: NodeId(id),
+            address: format!("127.0.0.1:900{id}"),
+            incarnation: 7,
+        }
+    }
+
+    #[test]
+    fn ready_only_once_registered_and_caught_up_and_a_shorter_log_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = member_of_three(dir.path());
+        assert!(
+            c.controller().is_none(),
+            "node 2 does not run the controller"
+        );
+        assert_eq!(c.controller_id(), NodeId(1));
+        assert_eq!(c.not_ready(), Some("registering"));
+        c.registered("ab".into(), BrokerEpoch(2));
+        assert_eq!(c.not_ready(), Some("catching_up"));
+        c.apply_page(0, page(vec![(1, register(1))], 3));
+        assert_eq!(c.not_ready(), Some("catching_up"), "3 commands, 1 applied");
+        c.apply_page(1, page(vec![(2, register(2)), (3, register(3))], 3));
+        assert_eq!(c.not_ready(), None);
+        assert!(c.caught_up());
+        assert_eq!(c.view()["brokers"].as_array().unwrap().len(), 3);
+        // The controller's log is shorter than what we applied: not the log we followed.
+        c.apply_page(3, page(vec![], 1));
+        assert_eq!(c.applied(), 0);
+        assert!(!c.caught_up());
+        c.apply_page(0, page(vec![(1, register(1))], 1));
+        assert_eq!(c.view()["brokers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_broker_alone_is_a_cluster_of_one_and_always_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        let c = Cluster::open(&config).unwrap();
+        assert_eq!(c.not_ready(), None);
+        assert_eq!(c.view()["cluster_id"], "tidelog-single-node");
+        assert!(!dir.path().join(CLUSTER_DIR).exists());
+    }
+}

@@ -69,9 +69,23 @@ fn clients_that_never_read_hold_the_budget_and_give_it_back_when_they_go() {
         )
         .await;
 
+        let joined = api
+            .http
+            .post(format!("{}/v1/groups/g/members", api.url))
+            .json(&json!({"topics": ["t"]}))
+            .send()
+            .await
+            .expect("the broker answers");
+        assert_eq!(joined.status(), 201);
+        let member: serde_json::Value = joined.json().await.expect("JSON");
+        let member_page = format!(
+            "/v1/groups/g/members/{}/records?max_bytes=16777216",
+            member["member_id"].as_str().expect("a member id")
+        );
         for path in [
             BIG_PAGE,
             "/v1/topics/t/partitions/0/stream?offset=0&max_bytes=16777216",
+            &member_page,
         ] {
             common::assert_get_overloaded(
                 &api.http,

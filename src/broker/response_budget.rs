@@ -70,6 +70,17 @@ impl Broker {
     pub fn reserve_response(&self, bytes: u64) -> Result<ResponseBytes, BrokerError> {
         self.responses.reserve(bytes)
     }
+
+    /// Accounts `bytes` already read, without refusing: for a read whose size is known only
+    /// afterwards (a group member fetch, which may wait between admission and its read).
+    pub fn charge_response(&self, bytes: u64) -> ResponseBytes {
+        let mut page = ResponseBytes {
+            budget: Arc::clone(&self.responses),
+            bytes: 0,
+        };
+        page.settle(bytes);
+        page
+    }
 }
 
 impl ResponseBytes {

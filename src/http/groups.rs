@@ -19,9 +19,9 @@ use serde_json::json;
 
 use super::AppState;
 use super::body::{parse_query, read_json};
+use super::budgeted_body::budgeted_json_response;
 use super::error::{ApiError, ApiResult};
 use super::fetch::FetchBounds;
-use super::json_response;
 use super::path::Path;
 use super::render::render_record;
 use crate::groups::{GroupError, OffsetReset, ResetTo, TopicPartition};
@@ -140,6 +140,9 @@ pub async fn member_fetch(
             )));
         }
     };
+    // Admission only: the member fetch may wait before it reads, and a waiter holds no
+    // budget; what it read is charged once rendered.
+    drop(node.broker.reserve_response(bounds.max_bytes)?);
     let fetched = node
         .groups
         .fetch(
@@ -210,7 +213,8 @@ pub async fn member_fetch(
     );
     body.extend_from_slice(&records);
     body.extend_from_slice(b"]}");
-    Ok(json_response(StatusCode::OK, body))
+    let page = node.broker.charge_response(body.len() as u64);
+    Ok(budgeted_json_response(StatusCode::OK, body, page))
 }
 
 /// One offset of a commit.

@@ -320,3 +320,30 @@ async fn a_partition_takes_writes_again_once_the_disk_has_room() {
         "a recovered partition stops cleanly"
     );
 }
+
+/// Creating a topic on a full disk is a 503 `storage_unavailable` (worth retrying once there
+/// is room), not a 500.
+#[tokio::test]
+async fn creating_a_topic_on_a_full_disk_is_storage_unavailable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = "the full-disk topic creation test on a 1 MiB tmpfs";
+    let Some(mount) = Mount::tmpfs_or_skip(check, &tmp.path().join("small"), "1m") else {
+        return;
+    };
+    let broker = common::TestBroker::start_at(&mount.0.join("data"));
+    let (http, url) = (broker.client(), broker.url.clone());
+    // Fill the disk to the last block.
+    let mut filler = std::fs::File::create(mount.0.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    let r = http
+        .post(format!("{url}/v1/topics"))
+        .json(&json!({"name": "nowhere", "partitions": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["code"], "storage_unavailable", "{problem}");
+}

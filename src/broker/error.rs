@@ -47,6 +47,27 @@ pub enum BrokerError {
     Io(String),
 }
 
+impl BrokerError {
+    /// An I/O error from the data directory, with what was being done. A full disk is
+    /// `StorageUnavailable` (503 `storage_unavailable`: retry once there is room); anything
+    /// else is `Io` (500).
+    pub fn from_io(doing: impl fmt::Display, e: std::io::Error) -> BrokerError {
+        if is_disk_full(&e) {
+            BrokerError::StorageUnavailable(format!("{doing}: disk full: {e}"))
+        } else {
+            BrokerError::Io(format!("{doing}: {e}"))
+        }
+    }
+}
+
+/// Whether an I/O error means "no room" (ENOSPC, or a quota), which goes away once there is
+/// room again, rather than a broken disk.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(libc::ENOSPC)
+}
+
 impl fmt::Display for BrokerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -332,7 +332,7 @@ impl Broker {
                 config.flush_policy(),
                 clean,
             )
-            .map_err(|e| BrokerError::Io(format!("opening {name}/{p}: {e}")))?;
+            .map_err(|e| BrokerError::from_io(format_args!("opening {name}/{p}"), e))?;
             if report.truncated_bytes > 0 || report.dropped_segments > 0 {
                 eprintln!(
                     "tidelog: recovered {name}/{p}: truncated {} bytes of torn or corrupt tail, dropped {} segments, rebuilt {} indexes",
@@ -434,7 +434,7 @@ impl Broker {
             }
             self.check_partitions_max(partitions)?;
         }
-        let io = |e: std::io::Error| BrokerError::Io(e.to_string());
+        let io = |e: std::io::Error| BrokerError::from_io(format_args!("creating {name}"), e);
         let dir = self.config.data_dir.join("topics").join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io)?;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use super::error::BrokerError;
+use super::error::{BrokerError, is_disk_full};
 use crate::config::FlushPolicy;
 use crate::log::batch::RecordView;
 use crate::log::segment::ReadSlice;
@@ -733,14 +733,6 @@ struct StorageFull {
     retry_at: Instant,
     /// The pause that set `retry_at`; doubled after each failed try.
     pause: Duration,
-}
-
-/// Whether an I/O error means "no room" (ENOSPC, or a quota), which a partition recovers from
-/// once there is room again, rather than a broken disk.
-fn is_disk_full(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull
-        || e.kind() == io::ErrorKind::QuotaExceeded
-        || e.raw_os_error() == Some(libc::ENOSPC)
 }
 
 /// Numbers shown by describe.

@@ -1,11 +1,16 @@
-//! The `tidelog` command: `tidelog serve` (the default) runs one broker.
+//! The `tidelog` command: `tidelog serve` (the default) runs one broker; `tidelog config
+//! print` shows the effective configuration and `tidelog config check FILE` validates one.
+//!
+//! Logs are `tracing` events on stderr, one line per significant event (start, stop, topic
+//! changes, recovery, failed partitions), text or JSON; stdout carries only the
+//! `listening on` line that scripts and tests read.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tidelog::config::BrokerConfig;
 use tidelog::node::Node;
 
@@ -26,10 +31,25 @@ struct Cli {
 enum Command {
     /// Run a broker (the default).
     Serve(ServeArgs),
+    /// Show or check a configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Print(ConfigArgs),
+    /// Check a config file: known keys, valid values, nothing that cannot work. Exit 0 if so.
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+/// Where the configuration comes from: what `serve` and `config print` share.
 #[derive(Debug, Clone, clap::Args)]
-struct ServeArgs {
+struct ConfigArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, env = "TIDELOG_LISTEN")]
     listen: Option<SocketAddr>,
@@ -47,37 +67,58 @@ struct ServeArgs {
     peers: Option<String>,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or `RUST_LOG` syntax
+    /// (`tidelog=debug,tower=warn`). Without it, `RUST_LOG`, else `info`.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TIDELOG_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 fn main() -> ExitCode {
     tidelog::node::install_panic_hook();
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Serve(args)) => args,
+        Some(Command::Config(ConfigCommand::Print(args))) => {
+            return match effective_config(&args) {
+                Ok(config) => {
+                    print!("{}", toml::to_string(&config).expect("a config serializes"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => bad_config(&e),
+            };
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            return match BrokerConfig::from_toml_file(&file).and_then(|c| c.validate()) {
+                Ok(()) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => bad_config(&e),
+            };
+        }
     };
-    let mut config = match &args.config {
-        Some(path) => match BrokerConfig::from_toml_file(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("tidelog: bad config: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => BrokerConfig::default(),
+    let config = match effective_config(&args.config) {
+        Ok(config) => config,
+        Err(e) => return bad_config(&e),
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(id) = args.node_id {
-        config.node_id = id;
-    }
-    if let Some(peers) = args.peers {
-        config.peers = peers;
-    }
-    if let Err(e) = config.validate() {
-        eprintln!("tidelog: bad config: {e}");
+    if let Err(e) = init_logging(args.log_level.as_deref(), args.log_format) {
+        eprintln!("tidelog: bad --log-level: {e}");
         return ExitCode::from(2);
     }
     if let Err(e) = tidelog::cluster::check_config(&config) {
@@ -92,10 +133,57 @@ fn main() -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tidelog: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A configuration that is refused: exit code 2, like a bad flag.
+fn bad_config(error: &str) -> ExitCode {
+    eprintln!("tidelog: bad config: {error}");
+    ExitCode::from(2)
+}
+
+/// Defaults, then the file, then environment and flags (clap merged those two); validated.
+fn effective_config(args: &ConfigArgs) -> Result<BrokerConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => BrokerConfig::from_toml_file(path)?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(peers) = &args.peers {
+        config.peers = peers.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Installs the stderr subscriber: `--log-level`, else `RUST_LOG`, else `info`.
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).map_err(|e| e.to_string())?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 async fn serve(mut config: BrokerConfig) -> Result<(), String> {
@@ -110,16 +198,22 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     config.listen = listener.local_addr().map_err(|e| e.to_string())?;
     let listen = config.listen;
+    let data_dir = config.data_dir.clone();
     let node = Node::open(config).await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %listen,
+        data_dir = %data_dir.display(),
+        "tidelog started"
+    );
     println!("listening on http://{listen}");
     let _ = std::io::stdout().flush();
     let signal_node = node.clone();
     let shutdown = async move {
         tokio::select! {
-            _ = signals.wait() => {}
-            _ = signal_node.cluster.failed() => {}
+            _ = signals.wait() => tracing::info!("shutting down: a signal arrived"),
+            _ = signal_node.cluster.failed() => tracing::error!("shutting down: the cluster failed"),
         }
-        eprintln!("tidelog: shutting down");
         // Ends long-polls and streams so the graceful shutdown below does not wait on them.
         signal_node.begin_shutdown();
     };
@@ -132,7 +226,7 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     if let Some(why) = node.cluster.fatal_error() {
         return Err(why);
     }
-    eprintln!("tidelog: stopped cleanly");
+    tracing::info!("stopped cleanly");
     Ok(())
 }
 
@@ -205,7 +299,10 @@ fn raise_open_files_limit() {
         {
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!("tidelog: could not raise the open files limit");
+                tracing::warn!(
+                    soft = limit.rlim_cur,
+                    "could not raise the open files limit"
+                );
             }
         }
     }

@@ -239,3 +239,173 @@ async fn a_topic_config_that_cannot_work_is_refused_by_patch_naming_the_key() {
         );
     }
 }
+
+const EXAMPLE_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tidelog.toml");
+
+/// Every key of a TOML table, as `section.key`.
+fn toml_keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(inner) => toml_keys(inner, &format!("{path}."), out),
+            _ => out.push(path),
+        }
+    }
+}
+
+#[test]
+fn the_example_config_lists_every_key_with_its_default() {
+    let text = std::fs::read_to_string(EXAMPLE_CONFIG).expect("tidelog.toml in the repository");
+    // Unknown keys are refused by the real type, and every value shown is the default.
+    let parsed: tidelog::config::BrokerConfig = toml::from_str(&text).expect("the example parses");
+    assert_eq!(
+        parsed,
+        tidelog::config::BrokerConfig::default(),
+        "a value in tidelog.toml is not the default"
+    );
+    // Every key of the code is written out (a key added to the code and not here fails).
+    let defaults = toml::Table::try_from(tidelog::config::BrokerConfig::default()).unwrap();
+    let (mut in_code, mut in_example) = (Vec::new(), Vec::new());
+    toml_keys(&defaults, "", &mut in_code);
+    toml_keys(&toml::from_str(&text).unwrap(), "", &mut in_example);
+    in_code.sort();
+    in_example.sort();
+    assert_eq!(
+        in_code, in_example,
+        "tidelog.toml and the config type list different keys"
+    );
+    // Each key is documented: a meaning, then its default, just above it.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with('#') || line.starts_with('[') || !line.contains(" = ") {
+            continue;
+        }
+        assert!(
+            i >= 2 && lines[i - 1].starts_with("# Default: ") && lines[i - 2].starts_with("# "),
+            "`{line}` lacks its meaning and `# Default:` comment"
+        );
+    }
+}
+
+#[test]
+fn config_print_shows_the_effective_config_and_config_check_validates_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("small.toml");
+    std::fs::write(&file, "default_partitions = 3\n[limits]\ntopics_max = 7\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+        .args(["config", "print", "--data-dir", "/srv/tidelog", "--config"])
+        .arg(&file)
+        .env_remove("TIDELOG_LISTEN")
+        .env_remove("TIDELOG_DATA_DIR")
+        .env_remove("TIDELOG_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let printed: tidelog::config::BrokerConfig =
+        toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("config print is TOML");
+    assert_eq!(printed.default_partitions, 3, "from the file");
+    assert_eq!(printed.limits.topics_max, 7, "from the file");
+    assert_eq!(
+        printed.data_dir,
+        std::path::Path::new("/srv/tidelog"),
+        "from the flag"
+    );
+
+    let check = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_tidelog"))
+            .args(["config", "check"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(check(&file).status.code(), Some(0));
+    assert_eq!(
+        check(std::path::Path::new(EXAMPLE_CONFIG)).status.code(),
+        Some(0)
+    );
+    std::fs::write(&file, "[limits]\nconnections_max = 0\n").unwrap();
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.connections_max"));
+    std::fs::write(&file, "[limits]\nconnection_max = 10\n").unwrap();
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection_max"));
+}
+
+/// Runs a broker with `args`, sends a few requests, stops it with SIGTERM; returns stderr.
+fn broker_log(args: &[&str]) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("TIDELOG_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("a line").unwrap();
+    let url = line
+        .strip_prefix("listening on ")
+        .expect("the address")
+        .to_string();
+    common::runtime().block_on(async {
+        let http = reqwest::Client::new();
+        common::create_topic(&http, &url, "logged", 1).await;
+        for _ in 0..3 {
+            http.get(format!("{url}/v1/topics/logged/partitions/0/records"))
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn logs_are_one_line_per_event_in_text_or_json_and_none_per_request() {
+    let json = broker_log(&["--log-format", "json"]);
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"tidelog started"), "{json}");
+    assert!(messages.contains(&"stopped cleanly"), "{json}");
+    let started = events
+        .iter()
+        .find(|e| e["message"] == "tidelog started")
+        .unwrap();
+    assert_eq!(started["level"], "INFO");
+    assert!(
+        started["listen"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("127.0.0.1:"))
+    );
+    assert!(
+        !json.contains("/records"),
+        "a request was logged at the default level: {json}"
+    );
+
+    let text = broker_log(&[]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("INFO") && l.contains("tidelog started")),
+        "{text}"
+    );
+    // --log-level filters: at `warn`, the start and stop lines are gone.
+    let quiet = broker_log(&["--log-level", "warn"]);
+    assert!(!quiet.contains("tidelog started"), "{quiet}");
+}

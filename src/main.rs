@@ -193,6 +193,7 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     // Held until the process ends: a second broker on this directory is refused before it
     // binds or reads anything.
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    check_data_format(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -259,6 +260,52 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
             path.display()
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// The file in the data directory that says which on-disk format it holds.
+const DATA_FORMAT_FILE: &str = "format-version";
+
+/// The on-disk format this build writes. A broker reads every format up to its own and
+/// refuses a newer one (written after an upgrade it does not know), rather than misread it.
+const DATA_FORMAT_VERSION: u32 = 1;
+
+/// Reads the data directory's format version, or records ours in a directory that has none
+/// (a fresh one, or one written before the file existed, which is format 1).
+fn check_data_format(data_dir: &std::path::Path) -> Result<(), String> {
+    let path = data_dir.join(DATA_FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let version: u32 = text.trim().parse().map_err(|_| {
+                format!(
+                    "{} does not hold a format version: {text:?}",
+                    path.display()
+                )
+            })?;
+            if version > DATA_FORMAT_VERSION {
+                return Err(format!(
+                    "the data directory {} holds data format {version}, written by a newer \
+                     tidelog; this tidelog {} reads formats up to {DATA_FORMAT_VERSION}: run \
+                     the newer tidelog, or restore a backup taken before the upgrade",
+                    data_dir.display(),
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Written whole or not at all: a temporary file renamed over, then synced.
+            let temporary = data_dir.join(format!("{DATA_FORMAT_FILE}.tmp"));
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&temporary)?;
+                file.write_all(format!("{DATA_FORMAT_VERSION}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temporary, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 

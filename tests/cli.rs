@@ -409,3 +409,71 @@ fn logs_are_one_line_per_event_in_text_or_json_and_none_per_request() {
     let quiet = broker_log(&["--log-level", "warn"]);
     assert!(!quiet.contains("tidelog started"), "{quiet}");
 }
+
+#[test]
+fn the_example_systemd_unit_passes_systemd_analyze_verify() {
+    let unit_file = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tidelog.service");
+    let unit = std::fs::read_to_string(unit_file).expect("deploy/tidelog.service");
+    for line in ["User=tidelog", "Restart=on-failure", "LimitNOFILE="] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "no {line} in the unit"
+        );
+    }
+    let check = "systemd-analyze verify of deploy/tidelog.service";
+    let Some(analyze) = common::tool_or_skip(check, "systemd-analyze") else {
+        return;
+    };
+    // verify wants ExecStart's program to exist: point it at the binary under test.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("tidelog.service");
+    let here = unit.replace("/usr/local/bin/tidelog", env!("CARGO_BIN_EXE_tidelog"));
+    std::fs::write(&copy, here).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unknown keys are only warnings to systemd: any output at all fails the check.
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn a_data_directory_from_a_newer_format_is_refused_and_ours_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let envs = [
+        ("TIDELOG_LISTEN", "127.0.0.1:0".to_string()),
+        ("TIDELOG_DATA_DIR", data.display().to_string()),
+    ];
+    // A fresh directory records this build's format; a directory it wrote opens again.
+    let (line, code) = run_bare_with_env(&envs, tmp.path());
+    assert!(line.starts_with("listening on "), "{line}");
+    assert_eq!(code, Some(0));
+    let version = data.join("format-version");
+    assert_eq!(std::fs::read_to_string(&version).unwrap(), "1\n");
+    let (line, code) = run_bare_with_env(&envs, tmp.path());
+    assert!(line.starts_with("listening on "), "{line}");
+    assert_eq!(code, Some(0));
+
+    // Written by a newer tidelog: refused with a clear message, before serving.
+    std::fs::write(&version, "2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    assert!(
+        stderr.contains("data format 2, written by a newer tidelog"),
+        "{stderr}"
+    );
+}

@@ -349,13 +349,13 @@ impl Partition {
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
         let (slice, progress) = self.plan_fetch(offset)?;
-        let read = match slice {
-            Some(slice) => {
-                tokio::task::spawn_blocking(move || read_for_fetch(slice, offset, max_bytes))
-                    .await
-                    .map_err(|e| BrokerError::Io(e.to_string()))??
-            }
-            None => (Vec::new(), None),
+        // Nothing to read (a long-poll at the high watermark): no trip to the blocking pool.
+        let read = if slice.is_some() {
+            tokio::task::spawn_blocking(move || read_for_fetch(slice, offset, max_bytes))
+                .await
+                .map_err(|e| BrokerError::Io(e.to_string()))??
+        } else {
+            (Vec::new(), None)
         };
         Ok(self.fetched(offset, max_records, progress, read))
     }
@@ -368,10 +368,7 @@ impl Partition {
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
         let (slice, progress) = self.plan_fetch(offset)?;
-        let read = match slice {
-            Some(slice) => read_for_fetch(slice, offset, max_bytes)?,
-            None => (Vec::new(), None),
-        };
+        let read = read_for_fetch(slice, offset, max_bytes)?;
         Ok(self.fetched(offset, max_records, progress, read))
     }
 
@@ -703,12 +700,15 @@ impl Partition {
 }
 
 /// The blocking part of a fetch: the bytes from the batch holding `offset` on, and where the
-/// segment ends if the read reached it.
+/// segment ends if the read reached it (nothing for no slice).
 fn read_for_fetch(
-    mut slice: ReadSlice,
+    slice: Option<ReadSlice>,
     offset: u64,
     max_bytes: u64,
 ) -> Result<(Vec<u8>, Option<u64>), BrokerError> {
+    let Some(mut slice) = slice else {
+        return Ok((Vec::new(), None));
+    };
     #[cfg(test)]
     tests::FETCH_READS_ON_THIS_THREAD.set(tests::FETCH_READS_ON_THIS_THREAD.get() + 1);
     slice

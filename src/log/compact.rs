@@ -407,16 +407,7 @@ mod tests {
         assert!(before > 8, "{before} segments");
         compact_now(&mut log, 3_000, 1_000_000);
         // The first segment stays (it holds the log start); the emptied ones after it go.
-        let logs = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "log")
-            })
-            .count();
+        let logs = crate::log::tests::segment_files(dir.path(), "log").len();
         assert!(log.segment_count() <= 4, "{} segments", log.segment_count());
         assert_eq!(logs, log.segment_count());
         let want = vec![

@@ -129,7 +129,7 @@ fn assert_matches(log: &mut PartitionLog, model: &Model, from: u64) {
     }
 }
 
-fn segment_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+pub(super) fn segment_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

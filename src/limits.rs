@@ -1,8 +1,10 @@
-//! Every limit on client input, named in one place, unit last.
+//! Every limit on client input, named in one place ([`Limit`]), unit last.
 //!
 //! Crossing a limit is a 4xx problem that names the limit (`"limit": N`), never a crash or a
 //! hang. Defaults are sane for one broker on a small machine; all can be changed in the
 //! config file (`[limits]`).
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +129,190 @@ impl Default for Limits {
             groups_max: 10_000,
             group_topics_max: 100,
             group_commit_offsets_max: 1_000,
+        }
+    }
+}
+
+/// One field of [`Limits`], so a check names the limit it enforces by value, not by a string
+/// repeated at each check: [`Limit::name`] is the field's key in the config's `[limits]`
+/// table, and the `limit_name` of every problem that crosses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    RequestBodyBytesMax,
+    RecordBytesMax,
+    RecordsPerRequestMax,
+    JsonDepthMax,
+    TimestampMsAheadMax,
+    TimestampMsBehindMax,
+    KeyBytesMax,
+    HeadersPerRecordMax,
+    HeaderBytesMax,
+    WaitMsMax,
+    LongPollsMax,
+    StreamsMax,
+    PartitionsPerTopicMax,
+    TopicsMax,
+    PartitionsMax,
+    FetchRecordsMax,
+    FetchBytesMax,
+    ResponseBytesInFlightMax,
+    ConnectionsMax,
+    HealthConnectionsMax,
+    HeaderReadTimeoutMs,
+    BodyStallTimeoutMs,
+    BodyReadTimeoutMs,
+    NdjsonBatchBytes,
+    GroupSessionTimeoutMsMin,
+    GroupSessionTimeoutMsMax,
+    GroupMembersMax,
+    GroupsMax,
+    GroupTopicsMax,
+    GroupCommitOffsetsMax,
+}
+
+impl Limit {
+    /// Every limit, in the order of the fields of [`Limits`].
+    pub const ALL: [Limit; 30] = [
+        Limit::RequestBodyBytesMax,
+        Limit::RecordBytesMax,
+        Limit::RecordsPerRequestMax,
+        Limit::JsonDepthMax,
+        Limit::TimestampMsAheadMax,
+        Limit::TimestampMsBehindMax,
+        Limit::KeyBytesMax,
+        Limit::HeadersPerRecordMax,
+        Limit::HeaderBytesMax,
+        Limit::WaitMsMax,
+        Limit::LongPollsMax,
+        Limit::StreamsMax,
+        Limit::PartitionsPerTopicMax,
+        Limit::TopicsMax,
+        Limit::PartitionsMax,
+        Limit::FetchRecordsMax,
+        Limit::FetchBytesMax,
+        Limit::ResponseBytesInFlightMax,
+        Limit::ConnectionsMax,
+        Limit::HealthConnectionsMax,
+        Limit::HeaderReadTimeoutMs,
+        Limit::BodyStallTimeoutMs,
+        Limit::BodyReadTimeoutMs,
+        Limit::NdjsonBatchBytes,
+        Limit::GroupSessionTimeoutMsMin,
+        Limit::GroupSessionTimeoutMsMax,
+        Limit::GroupMembersMax,
+        Limit::GroupsMax,
+        Limit::GroupTopicsMax,
+        Limit::GroupCommitOffsetsMax,
+    ];
+
+    /// The limit's key in `[limits]`, as problems and messages name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Limit::RequestBodyBytesMax => "request_body_bytes_max",
+            Limit::RecordBytesMax => "record_bytes_max",
+            Limit::RecordsPerRequestMax => "records_per_request_max",
+            Limit::JsonDepthMax => "json_depth_max",
+            Limit::TimestampMsAheadMax => "timestamp_ms_ahead_max",
+            Limit::TimestampMsBehindMax => "timestamp_ms_behind_max",
+            Limit::KeyBytesMax => "key_bytes_max",
+            Limit::HeadersPerRecordMax => "headers_per_record_max",
+            Limit::HeaderBytesMax => "header_bytes_max",
+            Limit::WaitMsMax => "wait_ms_max",
+            Limit::LongPollsMax => "long_polls_max",
+            Limit::StreamsMax => "streams_max",
+            Limit::PartitionsPerTopicMax => "partitions_per_topic_max",
+            Limit::TopicsMax => "topics_max",
+            Limit::PartitionsMax => "partitions_max",
+            Limit::FetchRecordsMax => "fetch_records_max",
+            Limit::FetchBytesMax => "fetch_bytes_max",
+            Limit::ResponseBytesInFlightMax => "response_bytes_in_flight_max",
+            Limit::ConnectionsMax => "connections_max",
+            Limit::HealthConnectionsMax => "health_connections_max",
+            Limit::HeaderReadTimeoutMs => "header_read_timeout_ms",
+            Limit::BodyStallTimeoutMs => "body_stall_timeout_ms",
+            Limit::BodyReadTimeoutMs => "body_read_timeout_ms",
+            Limit::NdjsonBatchBytes => "ndjson_batch_bytes",
+            Limit::GroupSessionTimeoutMsMin => "group_session_timeout_ms_min",
+            Limit::GroupSessionTimeoutMsMax => "group_session_timeout_ms_max",
+            Limit::GroupMembersMax => "group_members_max",
+            Limit::GroupsMax => "groups_max",
+            Limit::GroupTopicsMax => "group_topics_max",
+            Limit::GroupCommitOffsetsMax => "group_commit_offsets_max",
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Limits {
+    /// The value of `limit`.
+    pub fn get(&self, limit: Limit) -> u64 {
+        match limit {
+            Limit::RequestBodyBytesMax => self.request_body_bytes_max,
+            Limit::RecordBytesMax => self.record_bytes_max,
+            Limit::RecordsPerRequestMax => u64::from(self.records_per_request_max),
+            Limit::JsonDepthMax => u64::from(self.json_depth_max),
+            Limit::TimestampMsAheadMax => self.timestamp_ms_ahead_max,
+            Limit::TimestampMsBehindMax => self.timestamp_ms_behind_max,
+            Limit::KeyBytesMax => u64::from(self.key_bytes_max),
+            Limit::HeadersPerRecordMax => u64::from(self.headers_per_record_max),
+            Limit::HeaderBytesMax => u64::from(self.header_bytes_max),
+            Limit::WaitMsMax => self.wait_ms_max,
+            Limit::LongPollsMax => u64::from(self.long_polls_max),
+            Limit::StreamsMax => u64::from(self.streams_max),
+            Limit::PartitionsPerTopicMax => u64::from(self.partitions_per_topic_max),
+            Limit::TopicsMax => u64::from(self.topics_max),
+            Limit::PartitionsMax => u64::from(self.partitions_max),
+            Limit::FetchRecordsMax => u64::from(self.fetch_records_max),
+            Limit::FetchBytesMax => self.fetch_bytes_max,
+            Limit::ResponseBytesInFlightMax => self.response_bytes_in_flight_max,
+            Limit::ConnectionsMax => u64::from(self.connections_max),
+            Limit::HealthConnectionsMax => u64::from(self.health_connections_max),
+            Limit::HeaderReadTimeoutMs => self.header_read_timeout_ms,
+            Limit::BodyStallTimeoutMs => self.body_stall_timeout_ms,
+            Limit::BodyReadTimeoutMs => self.body_read_timeout_ms,
+            Limit::NdjsonBatchBytes => self.ndjson_batch_bytes,
+            Limit::GroupSessionTimeoutMsMin => self.group_session_timeout_ms_min,
+            Limit::GroupSessionTimeoutMsMax => self.group_session_timeout_ms_max,
+            Limit::GroupMembersMax => u64::from(self.group_members_max),
+            Limit::GroupsMax => u64::from(self.groups_max),
+            Limit::GroupTopicsMax => u64::from(self.group_topics_max),
+            Limit::GroupCommitOffsetsMax => u64::from(self.group_commit_offsets_max),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `Limit` names a distinct key of `[limits]`, every key has its `Limit`, and
+    /// `Limits::get` reads the field of that key: each field set to its own value through its
+    /// name reads back as that value.
+    #[test]
+    fn every_limit_is_its_config_key() {
+        let keys: Vec<String> = match serde_json::to_value(Limits::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            other => panic!("limits serialize to an object, got {other:?}"),
+        };
+        let mut names: Vec<String> = Limit::ALL.iter().map(|l| l.name().to_owned()).collect();
+        names.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(names, keys);
+
+        let distinct: serde_json::Map<String, serde_json::Value> = Limit::ALL
+            .iter()
+            .zip(1u64..)
+            .map(|(l, n)| (l.name().to_owned(), n.into()))
+            .collect();
+        let limits: Limits = serde_json::from_value(distinct.into()).expect("every name is a key");
+        for (l, n) in Limit::ALL.iter().zip(1u64..) {
+            assert_eq!(limits.get(*l), n, "{l}");
         }
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
+use crate::limits::Limit;
+
 pub const HTTP_REQUESTS: &str = "tidelog_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "tidelog_http_request_duration_seconds";
 pub const PROBLEMS: &str = "tidelog_http_problems_total";
@@ -195,7 +197,10 @@ fn describe() {
     describe_gauge!(
         SSE_STREAMS_OPEN,
         Unit::Count,
-        "Server-sent event streams open (each holds a slot of streams_max)."
+        format!(
+            "Server-sent event streams open (each holds a slot of {}).",
+            Limit::StreamsMax
+        )
     );
     describe_gauge!(
         RESPONSE_BYTES_IN_FLIGHT,

@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::limits::Limit;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerError {
     TopicNotFound(String),
@@ -27,7 +29,7 @@ pub enum BrokerError {
     },
     /// A named limit was crossed.
     LimitExceeded {
-        limit_name: &'static str,
+        limit_name: Limit,
         limit: u64,
         detail: String,
     },
@@ -41,7 +43,7 @@ pub enum BrokerError {
     ShuttingDown,
     /// Too many requests of one kind are in flight (a named limit); try again shortly.
     Overloaded {
-        limit_name: &'static str,
+        limit_name: Limit,
         limit: u64,
     },
     Io(String),

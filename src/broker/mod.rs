@@ -39,7 +39,7 @@ pub use response_budget::{ResponseBudget, ResponseBytes};
 pub use wait::{WaitKind, WaitSlot, Waiters, Woken};
 
 use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
-use crate::limits::{Limits, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{Limit, Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 use crate::log::{sync_dir, write_file_atomic};
 use crate::metrics as m;
@@ -397,7 +397,7 @@ impl Broker {
         let max = self.limits().partitions_per_topic_max;
         if partitions == 0 || partitions > max {
             return Err(BrokerError::LimitExceeded {
-                limit_name: "partitions_per_topic_max",
+                limit_name: Limit::PartitionsPerTopicMax,
                 limit: u64::from(max),
                 detail: format!("partitions must be between 1 and {max}"),
             });
@@ -427,7 +427,7 @@ impl Broker {
                 .count();
             if user_topics as u64 >= u64::from(topics_max) {
                 return Err(BrokerError::LimitExceeded {
-                    limit_name: "topics_max",
+                    limit_name: Limit::TopicsMax,
                     limit: u64::from(topics_max),
                     detail: format!("the broker already has {topics_max} topics"),
                 });
@@ -461,7 +461,7 @@ impl Broker {
             .sum();
         if current + u64::from(adding) > u64::from(max) {
             return Err(BrokerError::LimitExceeded {
-                limit_name: "partitions_max",
+                limit_name: Limit::PartitionsMax,
                 limit: u64::from(max),
                 detail: format!(
                     "the broker has {current} partitions; {adding} more would pass {max}"
@@ -514,7 +514,7 @@ impl Broker {
         let max = self.limits().partitions_per_topic_max;
         if count > max {
             return Err(BrokerError::LimitExceeded {
-                limit_name: "partitions_per_topic_max",
+                limit_name: Limit::PartitionsPerTopicMax,
                 limit: u64::from(max),
                 detail: format!("partitions must be at most {max}"),
             });
@@ -813,7 +813,7 @@ impl Broker {
         }
         if records.len() as u64 > u64::from(limits.records_per_request_max) {
             return Err(BrokerError::LimitExceeded {
-                limit_name: "records_per_request_max",
+                limit_name: Limit::RecordsPerRequestMax,
                 limit: u64::from(limits.records_per_request_max),
                 detail: format!("{} records in one request", records.len()),
             });
@@ -956,14 +956,14 @@ fn check_record_limits(
         && key.len() as u64 > u64::from(limits.key_bytes_max)
     {
         return Err(BrokerError::LimitExceeded {
-            limit_name: "key_bytes_max",
+            limit_name: Limit::KeyBytesMax,
             limit: u64::from(limits.key_bytes_max),
             detail: format!("key of {} bytes", key.len()),
         });
     }
     if r.headers.len() as u64 > u64::from(limits.headers_per_record_max) {
         return Err(BrokerError::LimitExceeded {
-            limit_name: "headers_per_record_max",
+            limit_name: Limit::HeadersPerRecordMax,
             limit: u64::from(limits.headers_per_record_max),
             detail: format!("{} headers on one record", r.headers.len()),
         });
@@ -972,7 +972,7 @@ fn check_record_limits(
         let bytes = name.len() + value.len();
         if bytes as u64 > u64::from(limits.header_bytes_max) || name.len() > usize::from(u16::MAX) {
             return Err(BrokerError::LimitExceeded {
-                limit_name: "header_bytes_max",
+                limit_name: Limit::HeaderBytesMax,
                 limit: u64::from(limits.header_bytes_max),
                 detail: format!("header '{name}' of {bytes} bytes"),
             });

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Broker, BrokerError};
+use crate::limits::Limit;
 use crate::metrics as m;
 
 /// `response_bytes_in_flight_max` and what is reserved of it.
@@ -53,7 +54,7 @@ impl ResponseBudget {
             });
         if fits.is_err() {
             return Err(BrokerError::Overloaded {
-                limit_name: "response_bytes_in_flight_max",
+                limit_name: Limit::ResponseBytesInFlightMax,
                 limit: self.max,
             });
         }

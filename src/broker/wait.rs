@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::partition::{Partition, Progress};
 use super::{Broker, BrokerError};
-use crate::limits::Limits;
+use crate::limits::{Limit, Limits};
 use crate::metrics as m;
 
 /// Who waits; decides the bound, the gauge and what ends the wait.
@@ -112,10 +112,10 @@ impl Broker {
         let (semaphore, limit_name, limit) = match kind {
             WaitKind::LongPoll => (
                 &waiters.long_polls,
-                "long_polls_max",
+                Limit::LongPollsMax,
                 waiters.long_polls_max,
             ),
-            WaitKind::Stream => (&waiters.streams, "streams_max", waiters.streams_max),
+            WaitKind::Stream => (&waiters.streams, Limit::StreamsMax, waiters.streams_max),
         };
         let permit =
             Arc::clone(semaphore)

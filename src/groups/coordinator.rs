@@ -19,6 +19,7 @@ use super::views::{
     CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, plan_lag,
 };
 use crate::broker::{Broker, BrokerError, PartitionLocksForbidden, now_ms, validate_topic_name};
+use crate::limits::Limit;
 
 /// The locked registry of groups; forbids partition locks while held.
 pub(super) struct RegistryGuard<'a> {
@@ -128,7 +129,7 @@ impl GroupCoordinator {
         }
         if topics.len() as u64 > u64::from(limits.group_topics_max) {
             return Err(GroupError::LimitExceeded {
-                limit_name: "group_topics_max",
+                limit_name: Limit::GroupTopicsMax,
                 limit: u64::from(limits.group_topics_max),
                 detail: format!("a member subscribes to {} topics", topics.len()),
             });
@@ -142,7 +143,7 @@ impl GroupCoordinator {
         ));
         if timeout_ms < limits.group_session_timeout_ms_min {
             return Err(GroupError::LimitExceeded {
-                limit_name: "group_session_timeout_ms_min",
+                limit_name: Limit::GroupSessionTimeoutMsMin,
                 limit: limits.group_session_timeout_ms_min,
                 detail: format!(
                     "session_timeout_ms must be at least {}",
@@ -152,7 +153,7 @@ impl GroupCoordinator {
         }
         if timeout_ms > limits.group_session_timeout_ms_max {
             return Err(GroupError::LimitExceeded {
-                limit_name: "group_session_timeout_ms_max",
+                limit_name: Limit::GroupSessionTimeoutMsMax,
                 limit: limits.group_session_timeout_ms_max,
                 detail: format!(
                     "session_timeout_ms must be at most {}",
@@ -163,7 +164,7 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         if !groups.contains_key(group) && groups.len() as u64 >= u64::from(limits.groups_max) {
             return Err(GroupError::LimitExceeded {
-                limit_name: "groups_max",
+                limit_name: Limit::GroupsMax,
                 limit: u64::from(limits.groups_max),
                 detail: format!("the broker already has {} groups", limits.groups_max),
             });
@@ -171,7 +172,7 @@ impl GroupCoordinator {
         let g = groups.entry(group.to_string()).or_insert_with(Group::new);
         if g.members.len() as u64 >= u64::from(limits.group_members_max) {
             return Err(GroupError::LimitExceeded {
-                limit_name: "group_members_max",
+                limit_name: Limit::GroupMembersMax,
                 limit: u64::from(limits.group_members_max),
                 detail: format!(
                     "group '{group}' already has {} members",
@@ -291,7 +292,7 @@ impl GroupCoordinator {
         }
         if offsets.len() as u64 > u64::from(max) {
             return Err(GroupError::LimitExceeded {
-                limit_name: "group_commit_offsets_max",
+                limit_name: Limit::GroupCommitOffsetsMax,
                 limit: u64::from(max),
                 detail: format!("{} offsets in one commit", offsets.len()),
             });
@@ -335,7 +336,7 @@ impl GroupCoordinator {
             let max = broker.limits().groups_max;
             if groups.len() as u64 >= u64::from(max) {
                 return Err(GroupError::LimitExceeded {
-                    limit_name: "groups_max",
+                    limit_name: Limit::GroupsMax,
                     limit: u64::from(max),
                     detail: format!("the broker already has {max} groups"),
                 });

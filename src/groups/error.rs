@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::broker::BrokerError;
+use crate::limits::Limit;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupError {
@@ -28,7 +29,7 @@ pub enum GroupError {
     },
     /// A named limit was crossed.
     LimitExceeded {
-        limit_name: &'static str,
+        limit_name: Limit,
         limit: u64,
         detail: String,
     },

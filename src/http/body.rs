@@ -8,13 +8,14 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ApiResult};
 use super::serve::BodyTimeout;
+use crate::limits::{Limit, Limits};
 
 /// The 413 for a body over `request_body_bytes_max`.
 pub fn body_too_large(limit: u64) -> ApiError {
     ApiError::limit(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
-        "request_body_bytes_max",
+        Limit::RequestBodyBytesMax,
         limit,
         format!("the request body is larger than {limit} bytes"),
     )
@@ -146,9 +147,10 @@ pub fn bounded(
     name: &str,
     value: Option<&str>,
     default: u64,
-    max: u64,
-    limit_name: &str,
+    limits: &Limits,
+    limit: Limit,
 ) -> ApiResult<u64> {
+    let max = limits.get(limit);
     let Some(v) = value else {
         return Ok(default.min(max));
     };
@@ -157,7 +159,7 @@ pub fn bounded(
         return Err(ApiError::limit(
             StatusCode::BAD_REQUEST,
             "limit_exceeded",
-            limit_name,
+            limit,
             max,
             format!("'{name}' is {n}; the most allowed is {max}"),
         ));

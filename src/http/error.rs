@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::broker::BrokerError;
+use crate::limits::Limit;
 use crate::metrics as m;
 
 /// How long a client refused with `overloaded` is asked to wait: long enough for a waiter or
@@ -57,12 +58,12 @@ impl ApiError {
     pub fn limit(
         status: StatusCode,
         code: &'static str,
-        limit_name: &str,
+        limit_name: Limit,
         limit: u64,
         detail: impl Into<String>,
     ) -> Self {
         ApiError::new(status, code, detail)
-            .with("limit_name", limit_name)
+            .with("limit_name", limit_name.name())
             .with("limit", limit)
     }
 }
@@ -101,7 +102,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::RecordTooLarge { limit, .. } => ApiError::limit(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "record_too_large",
-                "record_bytes_max",
+                Limit::RecordBytesMax,
                 limit,
                 detail,
             ),

@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::path::Path;
 use super::render::render_record;
 use crate::broker::{Broker, BrokerError, Fetched, Partition, ResponseBytes, WaitKind};
-use crate::limits::Limits;
+use crate::limits::{Limit, Limits};
 use crate::metrics as m;
 
 /// Query of a fetch.
@@ -70,22 +70,21 @@ impl FetchBounds {
         wait_ms: Option<&str>,
         limits: &Limits,
     ) -> ApiResult<FetchBounds> {
-        let records_max = u64::from(limits.fetch_records_max);
         let max_records = bounded(
             "max_records",
             max_records,
             500,
-            records_max,
-            "fetch_records_max",
+            limits,
+            Limit::FetchRecordsMax,
         )?;
         let max_bytes = bounded(
             "max_bytes",
             max_bytes,
             1024 * 1024,
-            limits.fetch_bytes_max,
-            "fetch_bytes_max",
+            limits,
+            Limit::FetchBytesMax,
         )?;
-        let wait_ms = bounded("wait_ms", wait_ms, 0, limits.wait_ms_max, "wait_ms_max")?;
+        let wait_ms = bounded("wait_ms", wait_ms, 0, limits, Limit::WaitMsMax)?;
         if max_records == 0 || max_bytes == 0 {
             return Err(ApiError::invalid(
                 "'max_records' and 'max_bytes' must be positive",

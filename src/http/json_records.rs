@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 
 use super::error::{ApiError, ApiResult};
 use crate::broker::ProduceRecord;
-use crate::limits::Limits;
+use crate::limits::{Limit, Limits};
 use crate::log::batch::RecordRef;
 
 /// One record of a JSON or NDJSON produce, borrowing from the body.
@@ -184,7 +184,7 @@ impl RecordRules {
         ApiError::limit(
             StatusCode::BAD_REQUEST,
             "limit_exceeded",
-            "records_per_request_max",
+            Limit::RecordsPerRequestMax,
             u64::from(max),
             format!("the body holds more than {max} records"),
         )
@@ -195,13 +195,13 @@ impl RecordRules {
         let ahead = i128::from(timestamp_ms) - i128::from(self.now);
         let (limit_name, limit, how) = if ahead > i128::from(self.timestamp_ms_ahead_max) {
             (
-                "timestamp_ms_ahead_max",
+                Limit::TimestampMsAheadMax,
                 self.timestamp_ms_ahead_max,
                 "ahead of",
             )
         } else if -ahead > i128::from(self.timestamp_ms_behind_max) {
             (
-                "timestamp_ms_behind_max",
+                Limit::TimestampMsBehindMax,
                 self.timestamp_ms_behind_max,
                 "behind",
             )
@@ -233,11 +233,11 @@ impl RecordRules {
                     return Err(at.name(ApiError::limit(
                         StatusCode::BAD_REQUEST,
                         "limit_exceeded",
-                        "json_depth_max",
+                        Limit::JsonDepthMax,
                         u64::from(max),
                         format!(
-                            "{at}'value' nests arrays and objects more than {max} deep \
-                             (json_depth_max)"
+                            "{at}'value' nests arrays and objects more than {max} deep ({})",
+                            Limit::JsonDepthMax
                         ),
                     )));
                 }
@@ -724,7 +724,10 @@ pub(super) fn parse_ndjson_lines<'a>(
 /// The serde error that stops a parse at the record past `records_max` (the caller answers
 /// with [`RecordRules::too_many_records`], not with this text).
 fn too_many<E: serde::de::Error>(_: TooManyRecords) -> E {
-    E::custom("more records than records_per_request_max")
+    E::custom(format_args!(
+        "more records than {}",
+        Limit::RecordsPerRequestMax
+    ))
 }
 
 /// Why a record's JSON value is refused.
@@ -1046,7 +1049,7 @@ mod tests {
         let e = parse_json_body(eleven_then_garbage.as_bytes(), rules)
             .err()
             .expect("refused");
-        let name = serde_json::json!("records_per_request_max");
+        let name = serde_json::json!(Limit::RecordsPerRequestMax.name());
         assert_eq!(
             refusal(&e),
             (400, "limit_exceeded", Some(&name)),
@@ -1119,7 +1122,7 @@ mod tests {
     #[test]
     fn a_record_value_too_deep_with_a_lone_surrogate_or_an_infinite_number_is_refused() {
         let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-        let depth_name = serde_json::json!("json_depth_max");
+        let depth_name = serde_json::json!(Limit::JsonDepthMax.name());
         let cases = [
             (deep.as_str(), (400, "limit_exceeded", Some(&depth_name))),
             (r#""\ud800""#, (400, "invalid_request", None)),
@@ -1152,8 +1155,8 @@ mod tests {
         };
         let now = 1_700_000_000_000;
         let rules = RecordRules::new(&limits, now);
-        let ahead = serde_json::json!("timestamp_ms_ahead_max");
-        let behind = serde_json::json!("timestamp_ms_behind_max");
+        let ahead = serde_json::json!(Limit::TimestampMsAheadMax.name());
+        let behind = serde_json::json!(Limit::TimestampMsBehindMax.name());
         let cases = [
             (now, None),
             (now + 1_000, None),

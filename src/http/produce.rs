@@ -21,6 +21,7 @@ use super::ndjson::produce_ndjson;
 use super::path::Path;
 use super::render::render_produce;
 use crate::broker::{Acks, Broker, FailedProduce, ProduceRecord, RecordFate, now_ms};
+use crate::limits::Limit;
 use crate::log::batch::RecordRef;
 
 /// Query of a produce request.
@@ -51,13 +52,13 @@ fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams>
             )));
         }
     };
-    let max = broker.limits().wait_ms_max;
+    let limits = broker.limits();
     let timeout_ms = bounded(
         "timeout_ms",
         q.timeout_ms.as_deref(),
-        max,
-        max,
-        "wait_ms_max",
+        limits.wait_ms_max,
+        limits,
+        Limit::WaitMsMax,
     )?;
     Ok(ProduceParams {
         acks,

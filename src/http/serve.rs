@@ -39,7 +39,7 @@ use tower::ServiceExt;
 use super::error::ApiError;
 use super::{AppState, router};
 use crate::broker::BrokerError;
-use crate::limits::Limits;
+use crate::limits::{Limit, Limits};
 
 /// Paths a connection from the health reserve may call.
 const HEALTH_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -191,7 +191,7 @@ impl Connection {
 /// The answer on a health-reserve connection to anything but a probe or a scrape.
 fn health_reserve_refusal(connections_max: u32) -> Response {
     let mut response = ApiError::from(BrokerError::Overloaded {
-        limit_name: "connections_max",
+        limit_name: Limit::ConnectionsMax,
         limit: u64::from(connections_max),
     })
     .into_response();
@@ -206,14 +206,14 @@ fn health_reserve_refusal(connections_max: u32) -> Response {
 /// complete within `body_read_timeout_ms`.
 #[derive(Debug)]
 pub struct BodyTimeout {
-    pub limit_name: &'static str,
+    pub limit_name: Limit,
     pub limit_ms: u64,
 }
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.limit_name {
-            "body_stall_timeout_ms" => write!(
+            Limit::BodyStallTimeoutMs => write!(
                 f,
                 "the request body made no progress for {} ms",
                 self.limit_ms
@@ -256,12 +256,12 @@ impl TimedBody {
     fn timeout(&self) -> BodyTimeout {
         if Instant::now() >= self.deadline {
             BodyTimeout {
-                limit_name: "body_read_timeout_ms",
+                limit_name: Limit::BodyReadTimeoutMs,
                 limit_ms: self.clocks.total.as_millis() as u64,
             }
         } else {
             BodyTimeout {
-                limit_name: "body_stall_timeout_ms",
+                limit_name: Limit::BodyStallTimeoutMs,
                 limit_ms: self.clocks.stall.as_millis() as u64,
             }
         }

@@ -22,6 +22,7 @@ use super::fetch::start_offset;
 use super::path::Path;
 use super::render::render_record;
 use crate::broker::{Broker, BrokerError, Partition, ResponseBytes, WaitKind, WaitSlot};
+use crate::limits::Limit;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,8 +68,8 @@ pub async fn sse(
         "max_bytes",
         q.max_bytes.as_deref(),
         1024 * 1024,
-        limits.fetch_bytes_max,
-        "fetch_bytes_max",
+        limits,
+        Limit::FetchBytesMax,
     )?;
     let partition = broker
         .topic(&topic)?

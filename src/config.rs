@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Limits;
+use crate::limits::{Limit, Limits};
 use crate::log::{LogConfig, SEGMENT_BYTES_MAX};
 
 /// Settings of one broker.
@@ -71,44 +71,41 @@ impl BrokerConfig {
     /// is written in the config file.
     pub fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
-        let must_be_positive = [
-            ("limits.request_body_bytes_max", l.request_body_bytes_max),
-            ("limits.record_bytes_max", l.record_bytes_max),
-            (
-                "limits.records_per_request_max",
-                l.records_per_request_max.into(),
-            ),
-            (
-                "limits.partitions_per_topic_max",
-                l.partitions_per_topic_max.into(),
-            ),
-            ("limits.topics_max", l.topics_max.into()),
-            ("limits.partitions_max", l.partitions_max.into()),
-            ("limits.fetch_records_max", l.fetch_records_max.into()),
-            ("limits.fetch_bytes_max", l.fetch_bytes_max),
-            ("limits.json_depth_max", l.json_depth_max.into()),
-            ("limits.connections_max", l.connections_max.into()),
-            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
-            ("limits.body_stall_timeout_ms", l.body_stall_timeout_ms),
-            ("limits.body_read_timeout_ms", l.body_read_timeout_ms),
-            ("limits.ndjson_batch_bytes", l.ndjson_batch_bytes),
-            (
-                "limits.group_session_timeout_ms_max",
-                l.group_session_timeout_ms_max,
-            ),
-            ("limits.group_members_max", l.group_members_max.into()),
-            ("limits.groups_max", l.groups_max.into()),
-            ("limits.group_topics_max", l.group_topics_max.into()),
-            (
-                "limits.group_commit_offsets_max",
-                l.group_commit_offsets_max.into(),
-            ),
-            ("default_partitions", self.default_partitions.into()),
-            (
-                "retention_check_interval_ms",
-                self.retention_check_interval_ms,
-            ),
+        let key = |limit: Limit| format!("limits.{limit}");
+        let positive_limits = [
+            Limit::RequestBodyBytesMax,
+            Limit::RecordBytesMax,
+            Limit::RecordsPerRequestMax,
+            Limit::PartitionsPerTopicMax,
+            Limit::TopicsMax,
+            Limit::PartitionsMax,
+            Limit::FetchRecordsMax,
+            Limit::FetchBytesMax,
+            Limit::JsonDepthMax,
+            Limit::ConnectionsMax,
+            Limit::HeaderReadTimeoutMs,
+            Limit::BodyStallTimeoutMs,
+            Limit::BodyReadTimeoutMs,
+            Limit::NdjsonBatchBytes,
+            Limit::GroupSessionTimeoutMsMax,
+            Limit::GroupMembersMax,
+            Limit::GroupsMax,
+            Limit::GroupTopicsMax,
+            Limit::GroupCommitOffsetsMax,
         ];
+        let must_be_positive = positive_limits
+            .map(|limit| (key(limit), l.get(limit)))
+            .into_iter()
+            .chain([
+                (
+                    "default_partitions".to_owned(),
+                    self.default_partitions.into(),
+                ),
+                (
+                    "retention_check_interval_ms".to_owned(),
+                    self.retention_check_interval_ms,
+                ),
+            ]);
         for (key, value) in must_be_positive {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));
@@ -116,37 +113,22 @@ impl BrokerConfig {
         }
         // (key, value, the key it may not exceed, that key's value)
         let at_most = [
+            (Limit::RecordBytesMax, Limit::RequestBodyBytesMax),
+            (Limit::FetchBytesMax, Limit::ResponseBytesInFlightMax),
+            (Limit::BodyStallTimeoutMs, Limit::BodyReadTimeoutMs),
             (
-                "limits.record_bytes_max",
-                l.record_bytes_max,
-                "limits.request_body_bytes_max",
-                l.request_body_bytes_max,
+                Limit::GroupSessionTimeoutMsMin,
+                Limit::GroupSessionTimeoutMsMax,
             ),
-            (
-                "limits.fetch_bytes_max",
-                l.fetch_bytes_max,
-                "limits.response_bytes_in_flight_max",
-                l.response_bytes_in_flight_max,
-            ),
-            (
-                "limits.body_stall_timeout_ms",
-                l.body_stall_timeout_ms,
-                "limits.body_read_timeout_ms",
-                l.body_read_timeout_ms,
-            ),
-            (
-                "limits.group_session_timeout_ms_min",
-                l.group_session_timeout_ms_min,
-                "limits.group_session_timeout_ms_max",
-                l.group_session_timeout_ms_max,
-            ),
-            (
-                "default_partitions",
-                self.default_partitions.into(),
-                "limits.partitions_per_topic_max",
-                l.partitions_per_topic_max.into(),
-            ),
-        ];
+        ]
+        .map(|(limit, bound)| (key(limit), l.get(limit), key(bound), l.get(bound)))
+        .into_iter()
+        .chain([(
+            "default_partitions".to_owned(),
+            self.default_partitions.into(),
+            key(Limit::PartitionsPerTopicMax),
+            l.get(Limit::PartitionsPerTopicMax),
+        )]);
         for (key, value, bound_key, bound) in at_most {
             if value > bound {
                 return Err(format!(

@@ -3,15 +3,16 @@
 //! may spell one. Tests (`tests.rs` files, a file's closing `#[cfg(test)] mod tests`) are
 //! left out: they spell names on purpose, to pin what clients see.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tidelog::limits::Limit;
+
+mod common;
 
 #[test]
 fn no_limit_name_is_spelled_outside_limits_rs() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    let files = common::source_files();
     assert!(
         files.len() > 10,
         "found the sources under {}",
@@ -69,17 +70,6 @@ fn the_scan_finds_names_in_literals_only() {
     assert!(contains_word(literals[2], "partitions_max"));
     assert!(!contains_word(literals[3], "topics_max"));
     assert!(contains_word(literals[4], "topics_max"));
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read a source directory") {
-        let path = entry.expect("a directory entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// `word` stands in `text` (a literal as written) with no identifier character on either side

@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -188,12 +187,7 @@ fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
 /// HTTP layer names an error code (`ApiError::new` and `ApiError::limit`).
 fn codes_in_source() -> BTreeMap<String, u16> {
     let mut codes = BTreeMap::new();
-    let mut files = Vec::new();
-    collect_rs_files(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
-        &mut files,
-    );
-    for file in files {
+    for file in common::source_files() {
         let text = std::fs::read_to_string(&file).expect("read source");
         for (i, _) in text.match_indices("StatusCode::") {
             let rest = &text[i + "StatusCode::".len()..];
@@ -219,17 +213,6 @@ fn codes_in_source() -> BTreeMap<String, u16> {
         }
     }
     codes
-}
-
-fn collect_rs_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read src dir") {
-        let path = entry.expect("dir entry").path();
-        if path.is_dir() {
-            collect_rs_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 fn status_of(name: &str) -> Option<u16> {

@@ -17,6 +17,9 @@ use crate::log::{LogConfig, SEGMENT_BYTES_MAX};
 pub struct BrokerConfig {
     /// Address the HTTP API listens on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
+    /// Origins whose web pages may call the API from a browser (CORS), as
+    /// `scheme://host[:port]`, or `["*"]` for any; empty (the default) turns CORS off.
+    pub cors_allowed_origins: Vec<String>,
     /// Directory holding all topics.
     pub data_dir: PathBuf,
     /// Create a topic on its first produce (off by default: a typo in a topic name would
@@ -45,6 +48,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            cors_allowed_origins: Vec::new(),
             data_dir: PathBuf::from("./data"),
             auto_create_topics: false,
             default_partitions: 1,
@@ -133,6 +137,19 @@ impl BrokerConfig {
             if value > bound {
                 return Err(format!(
                     "{key} ({value}) must not exceed {bound_key} ({bound})"
+                ));
+            }
+        }
+        for origin in &self.cors_allowed_origins {
+            let any = origin == "*" && self.cors_allowed_origins.len() == 1;
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let is_origin = host.is_some_and(|h| !h.is_empty() && !h.contains(['/', ' ']));
+            if !(any || is_origin) {
+                return Err(format!(
+                    "cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port], \
+                     or \"*\" alone)"
                 ));
             }
         }
@@ -284,6 +301,18 @@ mod tests {
                 "retention_check_interval_ms",
             ),
             ("default_partitions = 0", "default_partitions"),
+            (
+                "cors_allowed_origins = [\"app.example\"]",
+                "cors_allowed_origins:",
+            ),
+            (
+                "cors_allowed_origins = [\"https://a.example/\"]",
+                "cors_allowed_origins:",
+            ),
+            (
+                "cors_allowed_origins = [\"*\", \"https://a.example\"]",
+                "cors_allowed_origins:",
+            ),
             (
                 "[limits]\nrequest_body_bytes_max = 1000\nrecord_bytes_max = 2000",
                 "limits.record_bytes_max",

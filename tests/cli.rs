@@ -477,3 +477,51 @@ fn a_data_directory_from_a_newer_format_is_refused_and_ours_is_read() {
         "{stderr}"
     );
 }
+
+/// `OPTIONS` preflight from `origin`; returns (status, Access-Control-Allow-Origin).
+async fn preflight(broker: &common::TestBroker, origin: &str) -> (u16, Option<String>) {
+    let r = broker
+        .client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/topics/t/records", broker.url),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    let allowed = r
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), allowed)
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_answers_preflights_for_configured_origins() {
+    let plain = common::TestBroker::start();
+    let (status, allowed) = preflight(&plain, "https://app.example").await;
+    assert_eq!((status, allowed), (405, None), "CORS is off by default");
+
+    let broker =
+        common::TestBroker::start_with_config("cors_allowed_origins = [\"https://app.example\"]\n");
+    let (status, allowed) = preflight(&broker, "https://app.example").await;
+    assert!((200..300).contains(&status), "preflight answered {status}");
+    assert_eq!(allowed.as_deref(), Some("https://app.example"));
+    let (_, allowed) = preflight(&broker, "https://evil.example").await;
+    assert_eq!(allowed, None, "an origin not listed is not allowed");
+    // A simple request from the page carries the header too.
+    let r = broker
+        .client()
+        .get(format!("{}/healthz", broker.url))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").unwrap(),
+        "https://app.example"
+    );
+}

@@ -189,11 +189,41 @@ pub fn router(node: Node) -> Router {
         }
         router = router.route(path, method_router);
     }
-    router
+    let mut router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(record_metrics))
-        .with_state(node)
+        .layer(axum::middleware::from_fn(record_metrics));
+    if let Some(cors) = cors_layer(&node.broker.config.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    router.with_state(node)
+}
+
+/// CORS for the configured origins (validated in `BrokerConfig::validate`); `None` when the
+/// list is empty, so by default no request is answered differently.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow_origin = match origins {
+        [] => return None,
+        [any] if any == "*" => AllowOrigin::any(),
+        list => AllowOrigin::list(list.iter().filter_map(|o| o.parse().ok())),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::PATCH,
+                axum::http::Method::DELETE,
+            ])
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([axum::http::header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> ApiError {

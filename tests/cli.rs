@@ -116,20 +116,32 @@ fn a_config_file_with_an_unknown_key_is_refused_at_start() {
     );
 }
 
+/// Starts `tidelog serve` on `data` with `args` and waits for the address it prints.
+fn serve_on(data: &std::path::Path, args: &[&str], stderr: Stdio) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("TIDELOG_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("a line").unwrap();
+    let url = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no address: {line}"))
+        .to_string();
+    (child, url)
+}
+
 #[test]
 fn a_second_broker_on_the_same_data_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shared");
-    let mut first = Command::new(env!("CARGO_BIN_EXE_tidelog"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("a line").unwrap();
-    assert!(line.starts_with("listening on "), "{line}");
+    let (mut first, _) = serve_on(&data, &[], Stdio::null());
 
     // Bounded: before the lock, the second broker served (and would run forever).
     let mut second = Command::new(env!("CARGO_BIN_EXE_tidelog"))
@@ -336,22 +348,7 @@ fn config_print_shows_the_effective_config_and_config_check_validates_a_file() {
 /// Runs a broker with `args`, sends a few requests, stops it with SIGTERM; returns stderr.
 fn broker_log(args: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("TIDELOG_LOG_FORMAT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("a line").unwrap();
-    let url = line
-        .strip_prefix("listening on ")
-        .expect("the address")
-        .to_string();
+    let (child, url) = serve_on(&tmp.path().join("data"), args, Stdio::piped());
     common::runtime().block_on(async {
         let http = reqwest::Client::new();
         common::create_topic(&http, &url, "logged", 1).await;

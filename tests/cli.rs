@@ -358,6 +358,19 @@ fn broker_log(args: &[&str]) -> String {
                 .await
                 .unwrap();
         }
+        let grow = http
+            .post(format!("{url}/v1/topics/logged/partitions"))
+            .json(&serde_json::json!({"count": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert!(grow.status().is_success());
+        let gone = http
+            .delete(format!("{url}/v1/topics/logged"))
+            .send()
+            .await
+            .unwrap();
+        assert!(gone.status().is_success());
     });
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -381,6 +394,13 @@ fn logs_are_one_line_per_event_in_text_or_json_and_none_per_request() {
         .collect();
     assert!(messages.contains(&"tidelog started"), "{json}");
     assert!(messages.contains(&"stopped cleanly"), "{json}");
+    // Topic changes are one line each, naming the topic.
+    for change in ["topic created", "topic expanded", "topic deleted"] {
+        let lines: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["message"] == change).collect();
+        assert_eq!(lines.len(), 1, "{change}: {json}");
+        assert_eq!(lines[0]["topic"], "logged", "{change}: {json}");
+    }
     let started = events
         .iter()
         .find(|e| e["message"] == "tidelog started")

@@ -334,9 +334,13 @@ impl Broker {
             )
             .map_err(|e| BrokerError::from_io(format_args!("opening {name}/{p}"), e))?;
             if report.truncated_bytes > 0 || report.dropped_segments > 0 {
-                eprintln!(
-                    "tidelog: recovered {name}/{p}: truncated {} bytes of torn or corrupt tail, dropped {} segments, rebuilt {} indexes",
-                    report.truncated_bytes, report.dropped_segments, report.rebuilt_indexes
+                tracing::warn!(
+                    topic = %name,
+                    partition = p,
+                    truncated_bytes = report.truncated_bytes,
+                    dropped_segments = report.dropped_segments,
+                    rebuilt_indexes = report.rebuilt_indexes,
+                    "recovery cut a torn or corrupt tail"
                 );
                 ::metrics::counter!(m::RECOVERY_TRUNCATIONS, "topic" => name.to_string())
                     .increment(1);
@@ -445,6 +449,7 @@ impl Broker {
         sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         self.topics_write()
             .insert(name.to_string(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
     }
 
@@ -496,6 +501,7 @@ impl Broker {
             p.mark_deleted();
         }
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
+        tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
 
@@ -561,6 +567,7 @@ impl Broker {
             return Err(io(e));
         }
         topic.partitions.write().expect(POISONED).extend(opened);
+        tracing::info!(topic = name, partitions = count, "topic expanded");
         Ok(topic)
     }
 
@@ -592,6 +599,7 @@ impl Broker {
         topic
             .write_meta()
             .map_err(|e| BrokerError::Io(e.to_string()))?;
+        tracing::info!(topic = name, ?config, "topic config changed");
         Ok(topic)
     }
 
@@ -900,7 +908,7 @@ impl Broker {
                     })
                     .await;
                     if let Ok(Err(e)) = result {
-                        eprintln!("tidelog: cleanup of {}/{} failed: {e}", p.topic, p.id);
+                        tracing::error!(topic = %p.topic, partition = p.id, "retention or compaction failed: {e}");
                     }
                 }
             }

@@ -152,6 +152,9 @@ impl Fetched {
     }
 }
 
+/// An fsync at least this long is logged (the disk or the machine is struggling).
+const SLOW_FSYNC: Duration = Duration::from_secs(1);
+
 impl Partition {
     /// Opens the partition's log and starts its flusher task on the current runtime.
     pub fn open(
@@ -269,9 +272,10 @@ impl Partition {
         match result {
             Ok(range) => {
                 if self.full().take().is_some() {
-                    eprintln!(
-                        "tidelog: partition {}/{} takes writes again: the disk has room",
-                        self.topic, self.id
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.id,
+                        "partition takes writes again: the disk has room"
                     );
                 }
                 let len = batch.len() as u64;
@@ -308,9 +312,10 @@ impl Partition {
         });
         if full.is_none() {
             ::metrics::counter!(m::STORAGE_ERRORS, "topic" => Arc::clone(&self.topic)).increment(1);
-            eprintln!(
-                "tidelog: partition {}/{} refuses writes until the disk has room: {e}",
-                self.topic, self.id
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.id,
+                "partition refuses writes until the disk has room: {e}"
             );
         }
         *full = Some(StorageFull {
@@ -545,9 +550,10 @@ impl Partition {
     fn fail(&self, why: String) -> BrokerError {
         let _ = self.failure.set(why.clone());
         ::metrics::counter!(m::STORAGE_ERRORS, "topic" => Arc::clone(&self.topic)).increment(1);
-        eprintln!(
-            "tidelog: partition {}/{} stops taking writes: {why}",
-            self.topic, self.id
+        tracing::error!(
+            topic = %self.topic,
+            partition = self.id,
+            "partition failed, it stops taking writes: {why}"
         );
         self.progress.send_modify(|p| p.failed = true);
         BrokerError::StorageUnavailable(why)
@@ -630,7 +636,16 @@ impl Partition {
         let synced = tokio::task::spawn_blocking(move || running.run())
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e)));
-        ::metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        ::metrics::histogram!(m::FSYNC_SECONDS).record(took.as_secs_f64());
+        if took >= SLOW_FSYNC {
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.id,
+                seconds = took.as_secs_f64(),
+                "slow fsync"
+            );
+        }
         ::metrics::counter!(m::FSYNCS).increment(1);
         if let Err(e) = synced {
             self.fail(format!("fsync failed: {e}"));

@@ -260,7 +260,7 @@ impl Controller {
                 .propose_with(move |state| propose_decisions(state, now))
                 .await
             {
-                eprintln!("tidelog: controller: {e}");
+                tracing::error!("controller: {e}");
             }
         }
     }

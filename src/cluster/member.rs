@@ -77,9 +77,12 @@ async fn register(
                         return None;
                     }
                 }
-                eprintln!(
-                    "tidelog: node {} registered with the controller at {to} (cluster {}, broker epoch {})",
-                    cluster.node_id, a.cluster_id, a.broker_epoch.0
+                tracing::info!(
+                    node_id = cluster.node_id.0,
+                    controller = %to,
+                    cluster_id = %a.cluster_id,
+                    broker_epoch = a.broker_epoch.0,
+                    "registered with the controller"
                 );
                 cluster.registered(a.cluster_id, a.broker_epoch);
                 return Some(a.broker_epoch);
@@ -91,7 +94,7 @@ async fn register(
             Err(e) => {
                 let why = e.to_string();
                 if why != last_error {
-                    eprintln!("tidelog: registering with the controller at {to}: {why}; retrying");
+                    tracing::warn!(controller = %to, "registering with the controller: {why}; retrying");
                     last_error = why;
                 }
             }

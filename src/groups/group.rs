@@ -157,6 +157,12 @@ impl Group {
         }
         let next = assignor::assign(&subscriptions, &counts, &previous);
         self.generation += 1;
+        tracing::info!(
+            group,
+            generation = self.generation,
+            members = self.members.len(),
+            "group rebalanced"
+        );
         let mut owners = BTreeMap::new();
         for (member, tps) in next {
             for tp in tps {

@@ -144,9 +144,9 @@ pub fn replay(
             let next = fetched.for_each_record(|r| {
                 replayed += 1;
                 let Some((group, tp)) = r.key.and_then(parse_offset_key) else {
-                    eprintln!(
-                        "tidelog: skipping an offset record with a bad key at {}",
-                        r.offset
+                    tracing::warn!(
+                        offset = r.offset,
+                        "skipping a committed-offset record with a bad key"
                     );
                     return Ok(());
                 };
@@ -154,7 +154,10 @@ pub fn replay(
                     None => apply(group, tp, None),
                     Some(Ok(v)) => apply(group, tp, Some(v)),
                     Some(Err(e)) => {
-                        eprintln!("tidelog: skipping a bad offset record at {}: {e}", r.offset)
+                        tracing::warn!(
+                            offset = r.offset,
+                            "skipping a bad committed-offset record: {e}"
+                        )
                     }
                 }
                 Ok(())

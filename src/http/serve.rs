@@ -21,6 +21,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use tower::ServiceExt;
 
 use super::error::ApiError;
 use super::{AppState, router};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, now_ms};
 use crate::limits::{Limit, Limits};
 
 /// Paths a connection from the health reserve may call.
@@ -92,6 +93,25 @@ struct ConnectionSlots {
     general: Arc<Semaphore>,
     /// `health_connections_max` permits: connections past the limit, for probes and scrapes.
     health: Arc<Semaphore>,
+    /// For the log line when the general pool is full.
+    general_max: u32,
+}
+
+/// When the "connections_max reached" line was last logged (ms since the epoch), so a flood
+/// of connections logs one line every [`REFUSALS_LOGGED_EVERY_MS`], not one per connection.
+static CONNECTIONS_FULL_LOGGED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+/// The same for requests refused on a health-reserve connection.
+static RESERVE_REFUSALS_LOGGED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+const REFUSALS_LOGGED_EVERY_MS: i64 = 10_000;
+
+/// True at most once every [`REFUSALS_LOGGED_EVERY_MS`] per `last`.
+fn first_in_a_while(last: &AtomicI64) -> bool {
+    let now = now_ms();
+    let before = last.load(Ordering::Relaxed);
+    now.saturating_sub(before) >= REFUSALS_LOGGED_EVERY_MS
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Which pool a connection's permit came from; given back when the connection closes.
@@ -105,6 +125,7 @@ impl ConnectionSlots {
         ConnectionSlots {
             general: Arc::new(Semaphore::new(limits.connections_max as usize)),
             health: Arc::new(Semaphore::new(limits.health_connections_max as usize)),
+            general_max: limits.connections_max,
         }
     }
 
@@ -112,6 +133,12 @@ impl ConnectionSlots {
     async fn acquire(&self) -> Slot {
         if let Ok(permit) = Arc::clone(&self.general).try_acquire_owned() {
             return Slot::General(permit);
+        }
+        if first_in_a_while(&CONNECTIONS_FULL_LOGGED_MS) {
+            tracing::warn!(
+                connections_max = self.general_max,
+                "connections_max reached: new connections wait, or are served only for health and metrics"
+            );
         }
         let closed = "connection semaphores are never closed";
         tokio::select! {
@@ -190,6 +217,12 @@ impl Connection {
 
 /// The answer on a health-reserve connection to anything but a probe or a scrape.
 fn health_reserve_refusal(connections_max: u32) -> Response {
+    if first_in_a_while(&RESERVE_REFUSALS_LOGGED_MS) {
+        tracing::warn!(
+            connections_max,
+            "refused a request on a health-reserve connection: connections_max is reached"
+        );
+    }
     let mut response = ApiError::from(BrokerError::Overloaded {
         limit_name: Limit::ConnectionsMax,
         limit: u64::from(connections_max),

@@ -54,7 +54,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             topic_defaults: TopicConfig::default(),
             retention_check_interval_ms: 30_000,
-            metrics_idle_timeout_ms: 300_000,
+            metrics_idle_timeout_ms: 60_000,
             node_id: 1,
             peers: String::new(),
             broker_session_timeout_ms: 9_000,

@@ -44,7 +44,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// How long a series may go without an update before it leaves the exposition, unless the
 /// broker's `metrics_idle_timeout_ms` says otherwise.
-pub const SERIES_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+pub const SERIES_IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 /// The global Prometheus recorder's handle, installed with the default idle timeout if
 /// [`install_with_idle_timeout`] was not called first.
@@ -89,6 +89,19 @@ pub fn install_with_idle_timeout(idle: Duration) -> PrometheusHandle {
                 .expect("the metrics recorder is installed once")
         })
         .clone()
+}
+
+/// Folds buffered histogram samples into their buckets (bounded memory between scrapes).
+pub fn upkeep() {
+    install().run_upkeep();
+}
+
+/// Drops the series idle past the timeout. The exporter does that only while it renders,
+/// so a broker nobody scrapes would otherwise keep the series of every deleted topic and
+/// group.
+pub fn drop_idle_series() {
+    // Rendering into a sink is the exporter's one way to run its idle check.
+    let _ = install().render_to_write(&mut std::io::sink());
 }
 
 /// Touches the process-wide series (no value change) so they never go idle: a gauge that

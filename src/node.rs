@@ -102,16 +102,26 @@ const METRICS_IDLE_MIN: Duration = Duration::from_millis(100);
 /// shutdown.
 async fn refresh_metrics(broker: Arc<Broker>, groups: Arc<GroupCoordinator>, every: Duration) {
     let mut shutdown = broker.shutdown_signal();
+    let mut refresh = tokio::time::interval(every);
+    let mut upkeep = tokio::time::interval(METRICS_UPKEEP_EVERY.min(every));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = refresh.tick() => {
+                crate::metrics::refresh_process_series();
+                broker.refresh_metrics();
+                groups.refresh_metrics();
+                crate::metrics::drop_idle_series();
+            }
+            _ = upkeep.tick() => crate::metrics::upkeep(),
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        crate::metrics::refresh_process_series();
-        broker.refresh_metrics();
-        groups.refresh_metrics();
     }
 }
+
+/// How often histogram samples are folded into their buckets. The recorder keeps every
+/// sample until then (the exporter's own listener would do this; we serve `/metrics`
+/// ourselves), so without it memory grows with every request between scrapes.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The node's background tasks; aborted when the last clone of the node drops.
 #[derive(Debug)]

@@ -37,16 +37,21 @@ const HELP: &str = "\
 tidelog soak benchmark (all traffic on 127.0.0.1)
 
 usage: cargo bench --bench soak -- [--duration-s N] [--sample-s N] [--data-dir DIR]
+                                   [--workloads LIST]
 
 --duration-s  how long the mixed traffic runs (default 600)
 --sample-s    seconds between samples of memory and descriptors (default 10)
 --data-dir    where the broker writes (default: a temp dir under $TMPDIR)
+--workloads   comma-separated subset of produce,long-poll,sse,groups,topic-churn (default:
+              all), to find which one a growth comes from
 ";
 
 struct Args {
     duration: Duration,
     sample: Duration,
     data_dir: Option<String>,
+    /// Names from `WORKLOADS` to run.
+    workloads: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         duration: Duration::from_secs(600),
         sample: Duration::from_secs(10),
         data_dir: None,
+        workloads: WORKLOADS.iter().map(|w| w.to_string()).collect(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -62,6 +68,17 @@ fn parse_args() -> Result<Args, String> {
             "--duration-s" => args.duration = Duration::from_secs(seconds(&value()?)?),
             "--sample-s" => args.sample = Duration::from_secs(seconds(&value()?)?.max(1)),
             "--data-dir" => args.data_dir = Some(value()?),
+            "--workloads" => {
+                let list = value()?;
+                args.workloads = list.split(',').map(str::to_string).collect();
+                if let Some(bad) = args
+                    .workloads
+                    .iter()
+                    .find(|w| !WORKLOADS.contains(&w.as_str()))
+                {
+                    return Err(format!("unknown workload {bad}"));
+                }
+            }
             // `cargo bench` passes `--bench`.
             "--bench" => {}
             "--help" | "-h" => return Err(String::new()),
@@ -182,22 +199,27 @@ async fn soak(base: &str, pid: u32, args: &Args) -> Vec<Sample> {
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
-    for producer in 0..4u32 {
+    let on = |w: &str| args.workloads.iter().any(|x| x == w);
+    for producer in (0..4u32).filter(|_| on("produce")) {
         let w = Worker::new("produce", &client, base, &tally, deadline);
         tasks.push(tokio::spawn(async move { w.produce(producer).await }));
     }
-    for partition in 0..PARTITIONS {
+    for partition in (0..PARTITIONS).filter(|_| on("long-poll")) {
         let w = Worker::new("long-poll", &client, base, &tally, deadline);
         tasks.push(tokio::spawn(async move { w.long_poll(partition).await }));
     }
-    for streamer in 0..2u32 {
+    for streamer in (0..2u32).filter(|_| on("sse")) {
         let w = Worker::new("sse", &client, base, &tally, deadline);
         tasks.push(tokio::spawn(async move { w.sse(streamer).await }));
     }
-    let w = Worker::new("groups", &client, base, &tally, deadline);
-    tasks.push(tokio::spawn(async move { w.groups().await }));
-    let w = Worker::new("topic-churn", &client, base, &tally, deadline);
-    tasks.push(tokio::spawn(async move { w.topic_churn().await }));
+    if on("groups") {
+        let w = Worker::new("groups", &client, base, &tally, deadline);
+        tasks.push(tokio::spawn(async move { w.groups().await }));
+    }
+    if on("topic-churn") {
+        let w = Worker::new("topic-churn", &client, base, &tally, deadline);
+        tasks.push(tokio::spawn(async move { w.topic_churn().await }));
+    }
 
     let mut samples = Vec::new();
     println!(

@@ -126,7 +126,14 @@ struct Broker {
 fn start_broker(data_dir: &Path) -> Broker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
         // Warnings only: topic churn and group rounds are events the broker logs at info.
-        .args(["serve", "--log-level", "warn", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--log-level",
+            "warn",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env_remove("TIDELOG_CONFIG")
         .stdout(Stdio::piped())

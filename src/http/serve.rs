@@ -136,8 +136,9 @@ impl ConnectionSlots {
         }
         if first_in_a_while(&CONNECTIONS_FULL_LOGGED_MS) {
             tracing::warn!(
-                connections_max = self.general_max,
-                "connections_max reached: new connections wait, or are served only for health and metrics"
+                limit = Limit::ConnectionsMax.name(),
+                value = self.general_max,
+                "the connection limit is reached: new connections wait, or are served only for health and metrics"
             );
         }
         let closed = "connection semaphores are never closed";
@@ -220,7 +221,8 @@ fn health_reserve_refusal(connections_max: u32) -> Response {
     if first_in_a_while(&RESERVE_REFUSALS_LOGGED_MS) {
         tracing::warn!(
             connections_max,
-            "refused a request on a health-reserve connection: connections_max is reached"
+            limit = Limit::ConnectionsMax.name(),
+            "refused a request on a health-reserve connection: the connection limit is reached"
         );
     }
     let mut response = ApiError::from(BrokerError::Overloaded {

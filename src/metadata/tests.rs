@@ -461,7 +461,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
 }
 
 /// Updates the model for a step that `apply` accepted (or, for `Commit`, that happened).
-fn observe(before: &MetadataImage, after: &MetadataImage, model: &mut Model, op: &Op) {
+fn observe(after: &MetadataImage, model: &mut Model, op: &Op) {
     let key = |image: &MetadataImage, t: usize, p: usize| {
         let topic = image.topics.get(TOPICS[t])?;
         Some((topic.topic_id, p % topic.partitions.len()))
@@ -511,7 +511,6 @@ fn observe(before: &MetadataImage, after: &MetadataImage, model: &mut Model, op:
         }
         _ => {}
     }
-    let _ = before;
 }
 
 fn check_invariants(before: &MetadataImage, after: &MetadataImage, model: &Model) {
@@ -605,7 +604,7 @@ proptest! {
                     }
                 }
             }
-            observe(&before, &image, &mut model, op);
+            observe(&image, &mut model, op);
             check_invariants(&before, &image, &model);
         }
         // The same commands from the same start give the same image.

@@ -73,6 +73,9 @@ pub struct Cluster {
     member: Mutex<MemberState>,
     /// Set once when the broker must stop (its data directory belongs to another cluster).
     fatal: watch::Sender<Option<String>>,
+    /// The index of the last metadata command applied to this broker's image (and bumped
+    /// when the image starts over): the replica manager and replication follow it.
+    image_version: watch::Sender<u64>,
 }
 
 /// What this broker knows of the cluster.
@@ -114,6 +117,7 @@ impl Cluster {
             session_timeout_ms: config.broker_session_timeout_ms,
             member: Mutex::new(member),
             fatal: watch::Sender::new(None),
+            image_version: watch::Sender::new(0),
         }))
     }
 
@@ -206,6 +210,32 @@ impl Cluster {
         })
     }
 
+    /// Moves whenever this broker's metadata image changes.
+    pub fn subscribe_image(&self) -> watch::Receiver<u64> {
+        self.image_version.subscribe()
+    }
+
+    /// Runs `f` on this broker's metadata image, under the member lock (keep `f` short;
+    /// never `.await` in it).
+    pub fn with_image<T>(&self, f: impl FnOnce(&MetadataImage) -> T) -> T {
+        f(&self.lock().image)
+    }
+
+    /// The broker epoch of this process's registration, once registered.
+    pub fn broker_epoch(&self) -> Option<BrokerEpoch> {
+        self.lock().broker_epoch
+    }
+
+    /// Where broker `node` listens, from `--peers` (None when it is not a peer).
+    pub fn peer_address(&self, node: NodeId) -> Option<SocketAddr> {
+        self.peers.as_ref()?.address(node)
+    }
+
+    /// True when the broker runs as part of a cluster (`--peers`).
+    pub fn is_clustered(&self) -> bool {
+        self.peers.is_some()
+    }
+
     /// The reason the broker must stop, once it has one.
     pub fn fatal_error(&self) -> Option<String> {
         self.fatal.borrow().clone()
@@ -275,18 +305,26 @@ impl Cluster {
     /// Applies a page of the metadata log. A log shorter than what we applied is not the
     /// one we followed: the image starts over.
     fn apply_page(&self, after: u64, page: MetadataAnswer) {
-        let mut m = self.lock();
-        if page.last_index < after {
-            m.image = MetadataImage::default();
-            m.known_last = page.last_index;
-            return;
-        }
-        m.known_last = m.known_last.max(page.last_index);
-        for c in page.commands {
-            if c.index > m.image.applied {
-                // A refused command is refused on every replica of the log alike.
-                let _ = m.image.apply(c.index, &c.command);
+        let changed = {
+            let mut m = self.lock();
+            if page.last_index < after {
+                m.image = MetadataImage::default();
+                m.known_last = page.last_index;
+                true
+            } else {
+                m.known_last = m.known_last.max(page.last_index);
+                let before = m.image.applied;
+                for c in page.commands {
+                    if c.index > m.image.applied {
+                        // A refused command is refused on every replica of the log alike.
+                        let _ = m.image.apply(c.index, &c.command);
+                    }
+                }
+                m.image.applied != before
             }
+        };
+        if changed {
+            self.image_version.send_modify(|v| *v += 1);
         }
     }
 }
@@ -339,7 +377,14 @@ mod tests {
         assert_eq!(c.not_ready(), Some("registering"));
         c.registered("ab".into(), BrokerEpoch(2));
         assert_eq!(c.not_ready(), Some("catching_up"));
+        let image = c.subscribe_image();
         c.apply_page(0, page(vec![(1, register(1))], 3));
+        assert!(
+            image.has_changed().unwrap(),
+            "followers of the image are woken"
+        );
+        assert_eq!(c.with_image(|i| i.applied), 1);
+        assert_eq!(c.broker_epoch(), Some(BrokerEpoch(2)));
         assert_eq!(c.not_ready(), Some("catching_up"), "3 commands, 1 applied");
         c.apply_page(1, page(vec![(2, register(2)), (3, register(3))], 3));
         assert_eq!(c.not_ready(), None);

@@ -96,6 +96,7 @@ impl BrokerConfig {
             Limit::GroupsMax,
             Limit::GroupTopicsMax,
             Limit::GroupCommitOffsetsMax,
+            Limit::CompactionKeysPerPassMax,
         ];
         let must_be_positive = positive_limits
             .map(|limit| (key(limit), l.get(limit)))

@@ -93,6 +93,10 @@ pub struct Limits {
     pub group_topics_max: u32,
     /// Most offsets in one commit (one commit is one batch in `__consumer_offsets`).
     pub group_commit_offsets_max: u32,
+    /// Most distinct keys one compaction pass maps (a 16-byte digest and an offset each, about
+    /// 40 bytes with the map's overhead); a partition with more keys is compacted in passes,
+    /// so a client writing ever new keys cannot grow the broker's memory.
+    pub compaction_keys_per_pass_max: u32,
 }
 
 impl Default for Limits {
@@ -129,6 +133,7 @@ impl Default for Limits {
             groups_max: 10_000,
             group_topics_max: 100,
             group_commit_offsets_max: 1_000,
+            compaction_keys_per_pass_max: 1_000_000,
         }
     }
 }
@@ -168,11 +173,12 @@ pub enum Limit {
     GroupsMax,
     GroupTopicsMax,
     GroupCommitOffsetsMax,
+    CompactionKeysPerPassMax,
 }
 
 impl Limit {
     /// Every limit, in the order of the fields of [`Limits`].
-    pub const ALL: [Limit; 30] = [
+    pub const ALL: [Limit; 31] = [
         Limit::RequestBodyBytesMax,
         Limit::RecordBytesMax,
         Limit::RecordsPerRequestMax,
@@ -203,6 +209,7 @@ impl Limit {
         Limit::GroupsMax,
         Limit::GroupTopicsMax,
         Limit::GroupCommitOffsetsMax,
+        Limit::CompactionKeysPerPassMax,
     ];
 
     /// The limit's key in `[limits]`, as problems and messages name it.
@@ -238,6 +245,7 @@ impl Limit {
             Limit::GroupsMax => "groups_max",
             Limit::GroupTopicsMax => "group_topics_max",
             Limit::GroupCommitOffsetsMax => "group_commit_offsets_max",
+            Limit::CompactionKeysPerPassMax => "compaction_keys_per_pass_max",
         }
     }
 }
@@ -282,6 +290,7 @@ impl Limits {
             Limit::GroupsMax => u64::from(self.groups_max),
             Limit::GroupTopicsMax => u64::from(self.group_topics_max),
             Limit::GroupCommitOffsetsMax => u64::from(self.group_commit_offsets_max),
+            Limit::CompactionKeysPerPassMax => u64::from(self.compaction_keys_per_pass_max),
         }
     }
 }

@@ -896,15 +896,16 @@ impl Broker {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            let keys_max = self.limits().compaction_keys_per_pass_max;
             for topic in self.topics() {
                 let config = topic.config();
                 for p in topic.partitions() {
                     let p2 = Arc::clone(&p);
                     let result = tokio::task::spawn_blocking(move || match config.cleanup_policy {
                         CleanupPolicy::Delete => p2.apply_retention(now_ms()).map(|_| ()),
-                        CleanupPolicy::Compact => {
-                            p2.compact(now_ms(), config.delete_retention_ms).map(|_| ())
-                        }
+                        CleanupPolicy::Compact => p2
+                            .compact(now_ms(), config.delete_retention_ms, keys_max)
+                            .map(|_| ()),
                     })
                     .await;
                     if let Ok(Err(e)) = result {

@@ -505,40 +505,33 @@ impl Partition {
 
     /// Compacts the sealed segments below the high watermark: the latest record per key is
     /// kept, tombstones older than `delete_retention_ms` go. Returns the records dropped.
-    /// Reads and writes the files without the partition lock; installs under it.
-    pub fn compact(&self, now_ms: i64, delete_retention_ms: i64) -> io::Result<u64> {
+    /// Passes of at most `keys_max` keys each (see [`compact`]) read and write the files
+    /// without the partition lock; each installs its result under it.
+    pub fn compact(&self, now_ms: i64, delete_retention_ms: i64, keys_max: u32) -> io::Result<u64> {
         let hw = self.progress().high_watermark;
-        let (plan, dir, interval) = {
-            let log = self.lock();
-            let Some(plan) = log.compaction_plan(hw) else {
-                return Ok(0);
-            };
-            (
-                plan,
-                log.dir().to_path_buf(),
-                log.config().index_interval_bytes,
-            )
-        };
-        let latest = compact::latest_offsets(&plan)?;
-        let mut rewritten = Vec::new();
+        let mut from = 0;
         let mut dropped = 0;
-        for segment in &plan.sealed {
-            let keep_tombstones =
-                segment.max_timestamp_ms >= now_ms.saturating_sub(delete_retention_ms);
-            if let Some(c) = compact::compact_segment(
-                &dir,
-                segment,
-                &latest,
-                plan.upto,
-                keep_tombstones,
-                interval,
-            )? {
-                dropped += c.dropped_records;
-                rewritten.push(c);
+        while from < hw {
+            let (plan, dir, interval) = {
+                let log = self.lock();
+                let Some(plan) = log.compaction_plan(hw) else {
+                    break;
+                };
+                (
+                    plan,
+                    log.dir().to_path_buf(),
+                    log.config().index_interval_bytes,
+                )
+            };
+            let times = (now_ms, delete_retention_ms);
+            let pass = compact::compaction_pass(&dir, &plan, from, keys_max, times, interval)?;
+            if !pass.rewritten.is_empty() {
+                self.lock().install_compacted(pass.rewritten)?;
             }
+            dropped += pass.dropped_records;
+            from = pass.end;
         }
-        if !rewritten.is_empty() {
-            self.lock().install_compacted(rewritten)?;
+        if dropped > 0 {
             ::metrics::counter!(m::COMPACTED_RECORDS, "topic" => Arc::clone(&self.topic))
                 .increment(dropped);
             self.publish_gauges();

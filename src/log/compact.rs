@@ -12,10 +12,20 @@
 //! one, write the new (small) index files. A crash at any step leaves either the old log or
 //! the new one, and indexes that are missing (rebuilt on open) or match.
 //!
-//! Invariant: a key's latest record at or below the high watermark is never removed.
+//! Memory is bounded, however many keys a partition holds: the map of latest offsets keeps a
+//! 16-byte keyed digest of each key (two SipHash-1-3 with random keys, never the key itself)
+//! and at most `compaction_keys_per_pass_max` of them. A partition with more keys is compacted
+//! in passes: each pass maps the keys of one window of offsets, starting where the last one
+//! stopped, and rewrites the sealed segments below the window's end against it. A record with
+//! a later record of its key is dropped in the pass whose window holds that later record, so
+//! after the last pass the log is as one unbounded pass would leave it.
+//!
+//! Invariant: a key's latest record at or below the high watermark is never removed (unless
+//! two keys share a 128-bit digest, as Kafka's cleaner accepts of its MD5 digests).
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -62,66 +72,163 @@ pub fn compacted_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log.compacted"))
 }
 
-/// Calls `each` for every batch of a segment, in order. A damaged batch is an error: the
-/// segment is left as it is rather than rewritten without the batches after the damage.
+/// Calls `each` for every batch of a segment, in order, until it returns `true` (then so does
+/// this). A damaged batch is an error: the segment is left as it is rather than rewritten
+/// without the batches after the damage.
 fn for_each_batch(
     segment: &SegmentSnapshot,
-    mut each: impl FnMut(BatchView<'_>) -> io::Result<()>,
-) -> io::Result<()> {
+    mut each: impl FnMut(BatchView<'_>) -> io::Result<bool>,
+) -> io::Result<bool> {
     let file = match File::open(&segment.path) {
         Ok(f) => f,
         // Retention deleted the segment meanwhile: nothing to read, nothing to rewrite.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
     let mut walk = FileBatches::new(&file, 0, segment.size, segment.base_offset);
     while let Some((_, view)) = walk.next_batch()? {
-        each(view)?;
+        if each(view)? {
+            return Ok(true);
+        }
     }
-    Ok(())
+    Ok(false)
 }
 
-/// The offset of the latest record of every key below `upto`, over all segments of the plan.
-/// Records without a key are not compacted and are not in the map.
-pub fn latest_offsets(plan: &CompactionPlan) -> io::Result<HashMap<Vec<u8>, u64>> {
-    let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
-    for segment in plan.sealed.iter().chain(std::iter::once(&plan.active)) {
-        for_each_batch(segment, |batch| {
+/// The latest offset of each key in one window of offsets, keyed by digest: what one pass
+/// of compaction holds in memory.
+#[derive(Debug)]
+pub struct KeyWindow {
+    digests: KeyDigests,
+    latest: HashMap<[u64; 2], u64>,
+    /// The first offset past the window: the record whose key did not fit, or the plan's end.
+    pub end: u64,
+}
+
+impl KeyWindow {
+    /// The latest offset of `key` in the window, if the key has a record there.
+    fn latest(&self, key: &[u8]) -> Option<u64> {
+        self.latest.get(&self.digests.of(key)).copied()
+    }
+
+    /// Keys mapped (at most the limit the window was built with).
+    pub fn keys(&self) -> usize {
+        self.latest.len()
+    }
+}
+
+/// A 128-bit keyed digest of a record key. Keyed at random per window, so a client cannot
+/// choose two keys that collide and have one's latest record dropped for the other's.
+#[derive(Debug)]
+struct KeyDigests([RandomState; 2]);
+
+impl KeyDigests {
+    fn new() -> KeyDigests {
+        KeyDigests([RandomState::new(), RandomState::new()])
+    }
+
+    fn of(&self, key: &[u8]) -> [u64; 2] {
+        [self.0[0].hash_one(key), self.0[1].hash_one(key)]
+    }
+}
+
+/// Maps the latest offset of each key from offset `from` on, stopping before the first record
+/// of a new key once `keys_max` keys are mapped, or at the plan's end (`upto`). Records
+/// without a key are not compacted and are not in the map.
+pub fn key_window(plan: &CompactionPlan, from: u64, keys_max: u32) -> io::Result<KeyWindow> {
+    let keys_max = keys_max.max(1) as usize;
+    let mut window = KeyWindow {
+        digests: KeyDigests::new(),
+        latest: HashMap::new(),
+        end: plan.upto,
+    };
+    let segments = plan.sealed.iter().chain(std::iter::once(&plan.active));
+    for segment in segments.filter(|s| s.next_offset > from) {
+        let full = for_each_batch(segment, |batch| {
             for record in batch.records().flatten() {
-                if record.offset >= plan.upto {
-                    break;
+                if record.offset < from {
+                    continue;
                 }
-                if let Some(key) = record.key {
-                    match latest.get_mut(key) {
-                        Some(offset) => *offset = record.offset,
-                        None => {
-                            latest.insert(key.to_vec(), record.offset);
-                        }
-                    }
+                if record.offset >= plan.upto {
+                    return Ok(true);
+                }
+                let Some(key) = record.key else { continue };
+                let digest = window.digests.of(key);
+                if let Some(offset) = window.latest.get_mut(&digest) {
+                    *offset = record.offset;
+                } else if window.latest.len() < keys_max {
+                    window.latest.insert(digest, record.offset);
+                } else {
+                    window.end = record.offset;
+                    return Ok(true);
                 }
             }
-            Ok(())
+            Ok(false)
         })?;
+        if full {
+            break;
+        }
     }
-    Ok(latest)
+    Ok(window)
 }
 
-/// Rewrites one sealed segment keeping only what compaction keeps. Returns `None` when
-/// nothing would be dropped (the segment is left as it is).
+/// What one pass of compaction rewrote, to be installed under the partition lock.
+#[derive(Debug)]
+pub struct CompactionPass {
+    pub rewritten: Vec<CompactedSegment>,
+    pub dropped_records: u64,
+    /// Where the next pass starts; at the plan's end (`upto`) there is no next pass.
+    pub end: u64,
+}
+
+/// One pass: maps the keys from `from` on (at most `keys_max`) and rewrites every sealed
+/// segment below the window's end against them. Tombstones in segments newer than
+/// `delete_retention_ms` before `now_ms` are kept.
+pub fn compaction_pass(
+    dir: &Path,
+    plan: &CompactionPlan,
+    from: u64,
+    keys_max: u32,
+    (now_ms, delete_retention_ms): (i64, i64),
+    index_interval_bytes: u64,
+) -> io::Result<CompactionPass> {
+    let window = key_window(plan, from, keys_max)?;
+    let mut pass = CompactionPass {
+        rewritten: Vec::new(),
+        dropped_records: 0,
+        end: window.end,
+    };
+    for segment in &plan.sealed {
+        let keep_tombstones =
+            segment.max_timestamp_ms >= now_ms.saturating_sub(delete_retention_ms);
+        let compacted =
+            compact_segment(dir, segment, &window, keep_tombstones, index_interval_bytes)?;
+        if let Some(c) = compacted {
+            pass.dropped_records += c.dropped_records;
+            pass.rewritten.push(c);
+        }
+    }
+    Ok(pass)
+}
+
+/// Rewrites one sealed segment against a window of keys, keeping only what compaction keeps:
+/// a record at or past the window's end is kept, and so is one whose key has no later record
+/// in the window. Returns `None` when nothing would be dropped (the segment is left as it is).
 pub fn compact_segment(
     dir: &Path,
     segment: &SegmentSnapshot,
-    latest: &HashMap<Vec<u8>, u64>,
-    upto: u64,
+    window: &KeyWindow,
     keep_tombstones: bool,
     index_interval_bytes: u64,
 ) -> io::Result<Option<CompactedSegment>> {
+    if segment.base_offset >= window.end {
+        return Ok(None);
+    }
     let keep = |offset: u64, key: Option<&[u8]>, value: Option<&[u8]>| -> bool {
-        if offset >= upto {
+        if offset >= window.end {
             return true;
         }
         let Some(key) = key else { return true };
-        let latest_for_key = latest.get(key).is_none_or(|&l| l == offset);
+        let latest_for_key = window.latest(key).is_none_or(|l| l == offset);
         latest_for_key && (value.is_some() || keep_tombstones)
     };
     // First pass: is there anything to drop at all?
@@ -132,7 +239,7 @@ pub fn compact_segment(
                 droppable += 1;
             }
         }
-        Ok(())
+        Ok(false)
     })?;
     if droppable == 0 {
         return Ok(None);
@@ -181,7 +288,7 @@ pub fn compact_segment(
             );
         }
         if builder.record_count() == 0 {
-            return Ok(());
+            return Ok(false);
         }
         // The batch keeps its whole offset range so the next batch still follows it.
         let mut bytes = builder.finish(batch.header.producer, Some(batch.header.last_offset_delta));
@@ -214,7 +321,7 @@ pub fn compact_segment(
         last_relative = relative;
         out.write_all(&bytes)?;
         meta.size += bytes.len() as u64;
-        Ok(())
+        Ok(false)
     })?;
     // As when a segment is sealed: the time index ends with the segment's largest timestamp.
     if meta.size > 0
@@ -292,20 +399,56 @@ mod tests {
     }
 
     fn compact_now(log: &mut PartitionLog, now: i64, delete_retention_ms: i64) -> u64 {
+        compact_in_passes(log, now, delete_retention_ms, u32::MAX).0
+    }
+
+    /// Compacts as the partition does, pass after pass. Returns the records dropped and the
+    /// most keys one pass mapped.
+    fn compact_in_passes(
+        log: &mut PartitionLog,
+        now: i64,
+        delete_retention_ms: i64,
+        keys_max: u32,
+    ) -> (u64, usize) {
         let upto = log.log_end_offset();
-        let plan = log.compaction_plan(upto).expect("sealed segments");
-        let latest = latest_offsets(&plan).unwrap();
-        let mut done = Vec::new();
-        let mut dropped = 0;
-        for s in &plan.sealed {
-            let keep = s.max_timestamp_ms >= now - delete_retention_ms;
-            if let Some(c) = compact_segment(log.dir(), s, &latest, upto, keep, 256).unwrap() {
-                dropped += c.dropped_records;
-                done.push(c);
-            }
+        let (mut dropped, mut most_keys, mut from) = (0, 0, 0);
+        while from < upto {
+            let plan = log.compaction_plan(upto).expect("sealed segments");
+            most_keys = most_keys.max(key_window(&plan, from, keys_max).unwrap().keys());
+            let times = (now, delete_retention_ms);
+            let pass = compaction_pass(log.dir(), &plan, from, keys_max, times, 256).unwrap();
+            dropped += pass.dropped_records;
+            log.install_compacted(pass.rewritten).unwrap();
+            from = pass.end;
         }
-        log.install_compacted(done).unwrap();
-        dropped
+        (dropped, most_keys)
+    }
+
+    #[test]
+    fn compaction_maps_at_most_keys_max_keys_and_leaves_what_one_unbounded_pass_would() {
+        let fill = |dir: &Path| {
+            let (mut log, _) = PartitionLog::open(dir, config(), false, 0).unwrap();
+            for i in 0..400u64 {
+                // 40 keys, newer keys arriving as older ones get their last values.
+                let key = format!("k{}", (i * 7 + i / 50) % 40);
+                append(&mut log, &key, Some(&format!("{i}")), 1_000 + i as i64);
+            }
+            append(&mut log, "k5", None, 2_000);
+            log.roll(3_000).unwrap();
+            log
+        };
+        let unbounded_dir = tempfile::tempdir().unwrap();
+        let mut unbounded = fill(unbounded_dir.path());
+        let (dropped_unbounded, keys_unbounded) =
+            compact_in_passes(&mut unbounded, 3_000, 1_000_000, u32::MAX);
+        assert_eq!(keys_unbounded, 40);
+        let bounded_dir = tempfile::tempdir().unwrap();
+        let mut bounded = fill(bounded_dir.path());
+        let (dropped, most_keys) = compact_in_passes(&mut bounded, 3_000, 1_000_000, 6);
+        assert!(most_keys <= 6, "a pass mapped {most_keys} keys");
+        assert_eq!(dropped, dropped_unbounded);
+        assert_eq!(dropped, 401 - 40, "all but the latest record of each key");
+        assert_eq!(read_all(&mut bounded), read_all(&mut unbounded));
     }
 
     #[test]
@@ -382,9 +525,14 @@ mod tests {
         bytes[middle] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let before = std::fs::metadata(&path).unwrap().len();
-        let latest = latest_offsets(&plan);
-        assert!(latest.is_err(), "damage is reported, not skipped");
-        let rewritten = compact_segment(dir.path(), first, &HashMap::new(), plan.upto, true, 256);
+        let window = key_window(&plan, 0, u32::MAX);
+        assert!(window.is_err(), "damage is reported, not skipped");
+        let empty = KeyWindow {
+            digests: KeyDigests::new(),
+            latest: HashMap::new(),
+            end: plan.upto,
+        };
+        let rewritten = compact_segment(dir.path(), first, &empty, true, 256);
         assert_eq!(
             rewritten.unwrap_err().kind(),
             io::ErrorKind::InvalidData,

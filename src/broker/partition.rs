@@ -419,7 +419,9 @@ impl Partition {
     }
 
     /// The first offset whose record timestamp is `>= timestamp_ms`, or the HW if none.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
+    /// As for a fetch, the lock is taken only to find the bytes to read; the file read (up
+    /// to the rest of a segment) runs on the blocking pool.
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
         let (slice, progress) = {
             let mut log = self.lock();
             let slice = log
@@ -430,39 +432,15 @@ impl Partition {
         let Some(slice) = slice else {
             return Ok(progress.high_watermark);
         };
-        const CHUNK_BYTES: u64 = 1 << 20;
-        let mut position = slice.position;
-        let end = slice.position + slice.len;
-        while position < end {
-            let chunk = ReadSlice {
-                file: Arc::clone(&slice.file),
-                position,
-                len: end - position,
-                segment_end: slice.segment_end,
-            }
-            .read(CHUNK_BYTES)
-            .map_err(|e| BrokerError::Io(e.to_string()))?;
-            let mut batches = BufferBatches::new(&chunk);
-            for batch in batches.by_ref() {
-                let batch = batch.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
-                if batch.header.max_timestamp_ms < timestamp_ms {
-                    continue;
-                }
-                for record in batch.records() {
-                    let record = record.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
-                    if record.timestamp_ms >= timestamp_ms {
-                        let offset = record.offset.max(progress.log_start_offset);
-                        return Ok(offset.min(progress.high_watermark));
-                    }
-                }
-            }
-            let consumed = (chunk.len() - batches.rest().len()) as u64;
-            if consumed == 0 {
-                break;
-            }
-            position += consumed;
-        }
-        Ok(progress.high_watermark)
+        let found =
+            tokio::task::spawn_blocking(move || first_offset_at_or_after(&slice, timestamp_ms))
+                .await
+                .map_err(|e| BrokerError::Io(e.to_string()))??;
+        Ok(found.map_or(progress.high_watermark, |offset| {
+            offset
+                .max(progress.log_start_offset)
+                .min(progress.high_watermark)
+        }))
     }
 
     /// Moves the log start offset forward (`delete-records`). Returns the new log start.
@@ -718,7 +696,7 @@ fn read_for_fetch(
         return Ok((Vec::new(), None));
     };
     #[cfg(test)]
-    tests::FETCH_READS_ON_THIS_THREAD.set(tests::FETCH_READS_ON_THIS_THREAD.get() + 1);
+    tests::FILE_READS_ON_THIS_THREAD.set(tests::FILE_READS_ON_THIS_THREAD.get() + 1);
     slice
         .skip_before(offset)
         .map_err(|e| BrokerError::Io(e.to_string()))?;
@@ -727,6 +705,48 @@ fn read_for_fetch(
         .map_err(|e| BrokerError::Io(e.to_string()))?;
     let whole = bytes.len() as u64 >= slice.len;
     Ok((bytes, whole.then_some(slice.segment_end)))
+}
+
+/// The blocking part of [`Partition::offset_for_timestamp`]: the offset of the first record
+/// in `slice` stamped at or after `timestamp_ms`, read a chunk at a time.
+fn first_offset_at_or_after(
+    slice: &ReadSlice,
+    timestamp_ms: i64,
+) -> Result<Option<u64>, BrokerError> {
+    #[cfg(test)]
+    tests::FILE_READS_ON_THIS_THREAD.set(tests::FILE_READS_ON_THIS_THREAD.get() + 1);
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let mut position = slice.position;
+    let end = slice.position + slice.len;
+    while position < end {
+        let chunk = ReadSlice {
+            file: Arc::clone(&slice.file),
+            position,
+            len: end - position,
+            segment_end: slice.segment_end,
+        }
+        .read(CHUNK_BYTES)
+        .map_err(|e| BrokerError::Io(e.to_string()))?;
+        let mut batches = BufferBatches::new(&chunk);
+        for batch in batches.by_ref() {
+            let batch = batch.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
+            if batch.header.max_timestamp_ms < timestamp_ms {
+                continue;
+            }
+            for record in batch.records() {
+                let record = record.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
+                if record.timestamp_ms >= timestamp_ms {
+                    return Ok(Some(record.offset));
+                }
+            }
+        }
+        let consumed = (chunk.len() - batches.rest().len()) as u64;
+        if consumed == 0 {
+            break;
+        }
+        position += consumed;
+    }
+    Ok(None)
 }
 
 /// First pause before an append is tried again on a full disk; it doubles up to the max.
@@ -797,8 +817,8 @@ mod tests {
     use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 
     thread_local! {
-        /// File reads done for fetches on this thread.
-        pub(super) static FETCH_READS_ON_THIS_THREAD: Cell<u32> = const { Cell::new(0) };
+        /// File reads done for fetches and seeks by time on this thread.
+        pub(super) static FILE_READS_ON_THIS_THREAD: Cell<u32> = const { Cell::new(0) };
     }
 
     fn open(dir: &Path) -> Arc<Partition> {
@@ -811,15 +831,13 @@ mod tests {
             .0
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_fetch_reads_the_file_off_the_runtime_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let partition = open(dir.path());
+    /// Sixteen records of 64 KiB, stamped 1 to 16, flushed: a megabyte to read.
+    async fn sixteen_large_records(partition: &Arc<Partition>) {
         let value = vec![b'x'; 64 * 1024];
         let mut builder = BatchBuilder::with_capacity(16 * value.len());
-        for _ in 0..16 {
+        for timestamp_ms in 1..=16 {
             builder.push(&RecordRef {
-                timestamp_ms: 1,
+                timestamp_ms,
                 key: None,
                 key_is_utf8: false,
                 value: Some(&value),
@@ -830,16 +848,23 @@ mod tests {
         let mut batch = builder.finish(ProducerInfo::NONE, None);
         partition.append(&mut batch, 16, true).unwrap();
         partition.flush_now().await.unwrap();
-        // A current-thread runtime runs every task on this thread: a read done here would
-        // stall them all meanwhile. It must run on the blocking pool.
+    }
+
+    // A current-thread runtime runs every task on this thread: a read done here would stall
+    // them all meanwhile. It must run on the blocking pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fetch_reads_the_file_off_the_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        sixteen_large_records(&partition).await;
         let fetched = partition.fetch(0, 100, 16 << 20).await.unwrap();
         assert_eq!(
-            FETCH_READS_ON_THIS_THREAD.get(),
+            FILE_READS_ON_THIS_THREAD.get(),
             0,
             "the read ran on the runtime thread"
         );
         partition.fetch_blocking(0, 100, 16 << 20).unwrap();
-        assert_eq!(FETCH_READS_ON_THIS_THREAD.get(), 1, "the hook counts reads");
+        assert_eq!(FILE_READS_ON_THIS_THREAD.get(), 1, "the hook counts reads");
         let mut records = 0;
         fetched
             .for_each_record(|_| {
@@ -848,5 +873,19 @@ mod tests {
             })
             .unwrap();
         assert_eq!(records, 16);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_seek_by_time_reads_the_file_off_the_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        sixteen_large_records(&partition).await;
+        assert_eq!(partition.offset_for_timestamp(9).await.unwrap(), 8);
+        assert_eq!(partition.offset_for_timestamp(17).await.unwrap(), 16);
+        assert_eq!(
+            FILE_READS_ON_THIS_THREAD.get(),
+            0,
+            "the read ran on the runtime thread"
+        );
     }
 }

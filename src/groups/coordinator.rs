@@ -392,7 +392,7 @@ impl GroupCoordinator {
                 let offset = match to {
                     ResetTo::Earliest => progress.log_start_offset,
                     ResetTo::Latest => progress.high_watermark,
-                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts)?,
+                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts).await?,
                     ResetTo::Offset(o)
                         if o < progress.log_start_offset || o > progress.high_watermark =>
                     {

@@ -30,7 +30,7 @@ pub struct FetchQuery {
 }
 
 /// Resolves `offset=N|earliest|latest` or `timestamp_ms=T` to an offset.
-pub fn start_offset(
+pub async fn start_offset(
     partition: &Partition,
     offset: Option<&str>,
     timestamp_ms: Option<&str>,
@@ -44,7 +44,7 @@ pub fn start_offset(
         let ts = ts.parse::<i64>().map_err(|_| {
             ApiError::invalid(format!("'timestamp_ms' must be an integer, got '{ts}'"))
         })?;
-        return Ok(partition.offset_for_timestamp(ts)?);
+        return Ok(partition.offset_for_timestamp(ts).await?);
     }
     let progress = partition.progress();
     match offset {
@@ -113,7 +113,7 @@ pub async fn fetch(
     let partition = broker
         .topic(&topic)?
         .partition(parse_u64("partition", &partition)?)?;
-    let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?;
+    let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref()).await?;
     let (fetched, mut page) = fetch_waiting(
         &broker,
         &partition,

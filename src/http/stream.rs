@@ -86,7 +86,7 @@ pub async fn sse(
     let next = match resume {
         // Saturating: `Last-Event-ID: 18446744073709551615` is past the end (a 416), not a panic.
         Some(last) => last.saturating_add(1),
-        None => start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref())?,
+        None => start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref()).await?,
     };
     // Refuse a bad start now, with a problem, rather than inside the stream.
     partition.fetch(next, 1, 1).await?;

@@ -358,6 +358,7 @@ fn broker_log(args: &[&str]) -> String {
                 .await
                 .unwrap();
         }
+        group_joins_leaves_and_expires(&http, &url).await;
         let grow = http
             .post(format!("{url}/v1/topics/logged/partitions"))
             .json(&serde_json::json!({"count": 2}))
@@ -381,6 +382,47 @@ fn broker_log(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// In group `audit` on topic `logged`: a member joins and lets its session expire, another
+/// joins, fetches and leaves; returns once the expired member is gone.
+async fn group_joins_leaves_and_expires(http: &reqwest::Client, url: &str) {
+    let join = |session_timeout_ms: u64| {
+        http.post(format!("{url}/v1/groups/audit/members"))
+            .json(&serde_json::json!({"topics": ["logged"], "session_timeout_ms": session_timeout_ms}))
+            .send()
+    };
+    let expiring = join(1_000).await.unwrap();
+    assert!(expiring.status().is_success());
+    let leaving: serde_json::Value = join(30_000).await.unwrap().json().await.unwrap();
+    let member = leaving["member_id"].as_str().expect("member_id");
+    let members = format!("{url}/v1/groups/audit/members/{member}");
+    let fetched = http.get(format!("{members}/records")).send().await.unwrap();
+    assert!(fetched.status().is_success());
+    assert!(
+        http.delete(&members)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    common::wait_until(
+        "the 1 s member to expire",
+        Duration::from_secs(30),
+        || async {
+            let group = http
+                .get(format!("{url}/v1/groups/audit"))
+                .send()
+                .await
+                .unwrap();
+            group.status() == reqwest::StatusCode::NOT_FOUND
+                || group.json::<serde_json::Value>().await.unwrap()["members"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+        },
+    )
+    .await;
+}
+
 #[test]
 fn logs_are_one_line_per_event_in_text_or_json_and_none_per_request() {
     let json = broker_log(&["--log-format", "json"]);
@@ -400,6 +442,26 @@ fn logs_are_one_line_per_event_in_text_or_json_and_none_per_request() {
             events.iter().filter(|e| e["message"] == change).collect();
         assert_eq!(lines.len(), 1, "{change}: {json}");
         assert_eq!(lines[0]["topic"], "logged", "{change}: {json}");
+    }
+    // Group membership changes are one line each, naming the group and the member.
+    for (change, count) in [
+        ("member joined", 2),
+        ("member left", 1),
+        ("member's session expired", 1),
+    ] {
+        let lines: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["message"] == change).collect();
+        assert_eq!(lines.len(), count, "{change}: {json}");
+        for line in lines {
+            assert_eq!(line["level"], "INFO", "{change}: {json}");
+            assert_eq!(line["group"], "audit", "{change}: {json}");
+            assert!(
+                line["member"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("member-")),
+                "{json}"
+            );
+        }
     }
     let started = events
         .iter()

@@ -193,6 +193,13 @@ impl GroupCoordinator {
                 deadline: Instant::now() + session_timeout,
             },
         );
+        tracing::info!(
+            group,
+            member = id,
+            topics = ?topics,
+            session_timeout_ms = timeout_ms,
+            "member joined"
+        );
         g.rebalance(group, broker);
         Ok(g.view(group, &id))
     }
@@ -214,6 +221,7 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         let g = member_group(&mut groups, group, member)?;
         g.members.remove(member);
+        tracing::info!(group, member, "member left");
         g.rebalance(group, broker);
         if g.members.is_empty() && g.committed.is_empty() {
             g.retire_gauges(group);

@@ -198,7 +198,13 @@ impl Group {
     /// Removes members whose session ended; rebalances if any did.
     pub(super) fn expire(&mut self, group: &str, broker: &Broker, now: Instant) -> usize {
         let before = self.members.len();
-        self.members.retain(|_, m| m.deadline > now);
+        self.members.retain(|member, m| {
+            let alive = m.deadline > now;
+            if !alive {
+                tracing::info!(group, member, "member's session expired");
+            }
+            alive
+        });
         let expired = before - self.members.len();
         if expired > 0 {
             self.rebalance(group, broker);

@@ -28,7 +28,7 @@ pub mod walk;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::limits::SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX;
 use batch::{BATCH_HEADER_BYTES, BatchHeader};
@@ -85,11 +85,26 @@ pub struct OpenReport {
 pub struct Checkpoint {
     path: PathBuf,
     flushed_offset: u64,
+    /// The partition's checkpoint writes, one at a time (see [`Checkpoint::write`]).
+    written: Arc<Mutex<u64>>,
 }
 
 impl Checkpoint {
+    /// Writes the checkpoint unless a later one was written meanwhile. Writes of one
+    /// partition take turns: the flusher's and a shutdown's may overlap, and two writes
+    /// through one temporary file fail (the second rename finds it gone) or leave the older
+    /// offset. The lock is held across the file write on purpose; no `.await` under it.
     pub fn write(&self) -> io::Result<()> {
-        write_u64_file(&self.path, self.flushed_offset)
+        let mut written = self
+            .written
+            .lock()
+            .expect("the checkpoint lock is not poisoned");
+        if self.flushed_offset < *written {
+            return Ok(());
+        }
+        write_u64_file(&self.path, self.flushed_offset)?;
+        *written = self.flushed_offset;
+        Ok(())
     }
 }
 
@@ -162,6 +177,9 @@ pub struct PartitionLog {
     /// Base offsets of the sealed segments loaded for reads (file open, indexes mapped),
     /// least recently used first; at most [`SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX`].
     loaded: Vec<u64>,
+    /// The last recovery checkpoint written, shared with the checkpoints taken to be written
+    /// outside the lock, which take turns on it.
+    checkpoint_written: Arc<Mutex<u64>>,
 }
 
 impl PartitionLog {
@@ -295,6 +313,7 @@ impl PartitionLog {
             rolls: 0,
             dir_synced_rolls: 0,
             loaded: Vec::new(),
+            checkpoint_written: Arc::new(Mutex::new(0)),
         };
         log.write_checkpoint()?;
         Ok((log, report))
@@ -626,6 +645,7 @@ impl PartitionLog {
         Checkpoint {
             path: self.dir.join(CHECKPOINT_FILE),
             flushed_offset: self.flushed_offset,
+            written: Arc::clone(&self.checkpoint_written),
         }
     }
 

@@ -881,3 +881,30 @@ fn sealed_segments_hold_no_files_beyond_the_loaded_bound() {
         log.close().unwrap();
     }
 }
+
+/// The flusher's checkpoint write and a shutdown's may overlap: neither fails, and the later
+/// checkpoint is the one left, whichever write ends last.
+#[test]
+fn overlapping_checkpoint_writes_take_turns_and_never_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut model) = filled(dir.path(), config(4096, 256), 1);
+    let older = log.checkpoint();
+    model.append(&mut log, 3, 2_000, 0);
+    let plan = log.flush_plan();
+    plan.run().unwrap();
+    log.mark_flushed(&plan);
+    let newer = log.checkpoint();
+    assert!(newer.flushed_offset > older.flushed_offset);
+    std::thread::scope(|s| {
+        for checkpoint in [&older, &newer] {
+            s.spawn(move || {
+                for _ in 0..100 {
+                    checkpoint.write().expect("a checkpoint write");
+                }
+            });
+        }
+    });
+    older.write().unwrap();
+    let stored = super::read_u64_file(&dir.path().join(super::CHECKPOINT_FILE)).unwrap();
+    assert_eq!(stored, newer.flushed_offset);
+}

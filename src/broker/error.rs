@@ -40,6 +40,18 @@ pub enum BrokerError {
     CorruptLog(String),
     /// `acks=all` did not become durable within the request's timeout.
     Timeout,
+    /// `acks=all` on a replicated partition whose in-sync replica set is below its
+    /// minimum: nothing was appended.
+    NotEnoughReplicas {
+        isr: u32,
+        min_insync_replicas: u32,
+    },
+    /// The in-sync replica set fell below its minimum after the append and before the
+    /// records were replicated: they may or may not be kept.
+    NotEnoughReplicasAfterAppend {
+        isr: u32,
+        min_insync_replicas: u32,
+    },
     ShuttingDown,
     /// Too many requests of one kind are in flight (a named limit); try again shortly.
     Overloaded {
@@ -111,6 +123,20 @@ impl fmt::Display for BrokerError {
             BrokerError::Timeout => {
                 write!(f, "records were not durable before the request timeout")
             }
+            BrokerError::NotEnoughReplicas {
+                isr,
+                min_insync_replicas,
+            } => write!(
+                f,
+                "{isr} in-sync replica(s), acks=all needs {min_insync_replicas}: nothing was written"
+            ),
+            BrokerError::NotEnoughReplicasAfterAppend {
+                isr,
+                min_insync_replicas,
+            } => write!(
+                f,
+                "the records were appended, then the in-sync replicas fell to {isr} (below {min_insync_replicas}) before they were replicated: the outcome is unknown, a retry may duplicate them"
+            ),
             BrokerError::ShuttingDown => write!(f, "the broker is shutting down"),
             BrokerError::Overloaded { limit_name, limit } => write!(
                 f,

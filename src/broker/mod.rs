@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use error::BrokerError;
 pub use partition::{
-    Fetched, Partition, PartitionLocksForbidden, PartitionStats, Progress, now_ms,
+    Fetched, IsrGate, Partition, PartitionLocksForbidden, PartitionStats, Progress, now_ms,
 };
 pub use response_budget::{ResponseBudget, ResponseBytes};
 pub use wait::{WaitKind, WaitSlot, Waiters, Woken};
@@ -82,6 +82,9 @@ pub enum Durability {
     None,
     Leader,
     Fsync,
+    /// Fsynced on every member of the in-sync replica set, which had at least
+    /// `min_insync_replicas` members.
+    IsrFsync,
 }
 
 impl Durability {
@@ -90,6 +93,7 @@ impl Durability {
             Durability::None => "none",
             Durability::Leader => "leader",
             Durability::Fsync => "fsync",
+            Durability::IsrFsync => "isr-fsync",
         }
     }
 }
@@ -685,6 +689,31 @@ impl Broker {
         let assignment = self
             .assign_partitions(topic, &partitions, records)
             .map_err(before_any_append)?;
+        // acks=all on a replicated partition: refused before anything is appended when its
+        // in-sync replica set is below the minimum; else each producer is counted on its
+        // partitions (before the append, so the leader's next answer to its followers asks
+        // them to fsync at once).
+        let mut replicated = false;
+        let mut waiters = Vec::new();
+        if acks == Acks::All {
+            let mut seen = vec![false; partitions.len()];
+            for &p in &assignment {
+                if std::mem::replace(&mut seen[p as usize], true) {
+                    continue;
+                }
+                let partition = &partitions[p as usize];
+                if let Some(gate) = partition.isr_gate() {
+                    if !gate.open() {
+                        return Err(before_any_append(BrokerError::NotEnoughReplicas {
+                            isr: gate.isr,
+                            min_insync_replicas: gate.min_insync_replicas,
+                        }));
+                    }
+                    replicated = true;
+                    waiters.push(partition.acks_all_waiter());
+                }
+            }
+        }
         let mut offsets = vec![(0u32, 0u64); records.len()];
         let mut waits: Vec<(u32, Arc<Partition>, u64)> = Vec::new();
         let mut done = vec![false; partitions.len()];
@@ -729,15 +758,17 @@ impl Broker {
         let mut failed_wait = None;
         if acks == Acks::All {
             for (k, (_, partition, next)) in waits.iter().enumerate() {
-                if let Err(e) = partition.wait_durable(*next, timeout).await {
+                if let Err(e) = partition.wait_replicated(*next, timeout).await {
                     (confirmed, failed_wait) = (k, Some(e));
                     break;
                 }
             }
         }
+        drop(waiters);
         let (error, failed_partition) = match (failed_append, failed_wait) {
             (None, None) => {
                 let durability = match acks {
+                    Acks::All if replicated => Durability::IsrFsync,
                     Acks::All => Durability::Fsync,
                     Acks::Leader => Durability::Leader,
                     Acks::None => Durability::None,

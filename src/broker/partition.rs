@@ -91,6 +91,36 @@ pub struct Partition {
     storage_full: Mutex<Option<StorageFull>>,
     /// Set when the partition is closed or deleted; the flusher exits.
     closed: AtomicBool,
+    /// On the leader of a replicated partition: its in-sync replica set against the minimum
+    /// `acks=all` needs. None on a standalone broker and on followers.
+    isr_gate: watch::Sender<Option<IsrGate>>,
+    /// `acks=all` producers appending to or waiting on this partition right now: the leader
+    /// asks its followers to fsync at once while there are any.
+    acks_all_waiters: AtomicU64,
+}
+
+/// The in-sync replica count of a replicated partition's leader and its minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsrGate {
+    pub isr: u32,
+    pub min_insync_replicas: u32,
+}
+
+impl IsrGate {
+    /// Enough in-sync replicas for `acks=all`.
+    pub fn open(&self) -> bool {
+        self.isr >= self.min_insync_replicas
+    }
+}
+
+/// Counts one `acks=all` producer on a partition while alive.
+#[derive(Debug)]
+pub struct AcksAllWaiter(Arc<Partition>);
+
+impl Drop for AcksAllWaiter {
+    fn drop(&mut self) {
+        self.0.acks_all_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Records read for a consumer: whole batches plus the range to show from them.
@@ -185,6 +215,8 @@ impl Partition {
             failure: OnceLock::new(),
             storage_full: Mutex::new(None),
             closed: AtomicBool::new(false),
+            isr_gate: watch::Sender::new(None),
+            acks_all_waiters: AtomicU64::new(0),
         });
         partition.register_counters();
         partition.publish_gauges();
@@ -341,6 +373,65 @@ impl Partition {
             Ok(Ok(_)) => Err(BrokerError::StorageUnavailable(
                 self.failure().unwrap_or("partition failed").to_string(),
             )),
+        }
+    }
+
+    /// Sets (or, with None, clears) the in-sync replica gate of a replicated partition's
+    /// leader. Producers waiting on it are woken when it closes.
+    pub fn set_isr_gate(&self, gate: Option<IsrGate>) {
+        self.isr_gate
+            .send_if_modified(|g| std::mem::replace(g, gate) != gate);
+    }
+
+    pub fn isr_gate(&self) -> Option<IsrGate> {
+        *self.isr_gate.borrow()
+    }
+
+    /// Registers an `acks=all` producer until the guard drops (taken before its append, so
+    /// a follower fetch woken by that append already sees it).
+    pub fn acks_all_waiter(self: &Arc<Self>) -> AcksAllWaiter {
+        self.acks_all_waiters.fetch_add(1, Ordering::AcqRel);
+        AcksAllWaiter(Arc::clone(self))
+    }
+
+    /// True while an `acks=all` producer appends to or waits on this partition.
+    pub fn acks_all_waiting(&self) -> bool {
+        self.acks_all_waiters.load(Ordering::Acquire) > 0
+    }
+
+    /// [`Partition::wait_durable`] for `acks=all`; on a replicated leader it also ends, with
+    /// [`BrokerError::NotEnoughReplicasAfterAppend`], when the in-sync replica set falls
+    /// below its minimum (the high watermark freezes then; the outcome is unknown).
+    pub async fn wait_replicated(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
+        let mut gate = self.isr_gate.subscribe();
+        if gate.borrow().is_none() {
+            return self.wait_durable(offset, timeout).await;
+        }
+        let closed = async {
+            let closed = gate
+                .wait_for(|g| g.is_some_and(|g| !g.open()))
+                .await
+                .map(|g| *g);
+            match closed {
+                Ok(g) => g,
+                // The partition is gone; `wait_durable` ends the wait.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            durable = self.wait_durable(offset, timeout) => durable,
+            g = closed => {
+                let g = g.expect("the gate closed, so it is set");
+                // The HW may have passed the records just before the set shrank.
+                if self.progress().high_watermark >= offset {
+                    return Ok(());
+                }
+                Err(BrokerError::NotEnoughReplicasAfterAppend {
+                    isr: g.isr,
+                    min_insync_replicas: g.min_insync_replicas,
+                })
+            }
         }
     }
 

@@ -113,3 +113,62 @@ async fn no_record_is_acknowledged_on_a_partition_whose_count_is_not_durable() {
         assert_eq!(records, 0);
     }
 }
+
+/// Issue 9: `acks=all` on a replicated partition whose in-sync replica set is below its
+/// minimum is refused before anything is appended (503 `not_enough_replicas`); with enough
+/// in-sync replicas it is answered `isr-fsync`; `acks=leader` is not gated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    broker
+        .create_topic("t", 1, TopicConfig::default(), false)
+        .await
+        .unwrap();
+    let topic = broker.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    let timeout = Duration::from_secs(10);
+    partition.set_isr_gate(Some(IsrGate {
+        isr: 1,
+        min_insync_replicas: 2,
+    }));
+    let refused = broker
+        .produce_reporting(&topic, &[one_record(0)], Acks::All, timeout)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.error,
+        BrokerError::NotEnoughReplicas {
+            isr: 1,
+            min_insync_replicas: 2
+        }
+    );
+    assert!(refused.fates.is_empty(), "nothing was stored");
+    assert_eq!(partition.stats().log_end_offset, 0);
+    assert!(!partition.acks_all_waiting());
+    let leader = broker
+        .produce(&topic, &[one_record(0)], Acks::Leader, timeout)
+        .await
+        .unwrap();
+    assert_eq!(leader.durability, Durability::Leader);
+    partition.set_isr_gate(Some(IsrGate {
+        isr: 2,
+        min_insync_replicas: 2,
+    }));
+    let all = broker
+        .produce(&topic, &[one_record(0)], Acks::All, timeout)
+        .await
+        .unwrap();
+    assert_eq!(all.durability, Durability::IsrFsync);
+    assert_eq!(all.offsets, vec![(0, 1)]);
+    assert!(
+        !partition.acks_all_waiting(),
+        "the waiter left with its answer"
+    );
+    partition.set_isr_gate(None);
+    let standalone = broker
+        .produce(&topic, &[one_record(0)], Acks::All, timeout)
+        .await
+        .unwrap();
+    assert_eq!(standalone.durability, Durability::Fsync);
+}

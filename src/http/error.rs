@@ -127,6 +127,29 @@ impl From<BrokerError> for ApiError {
             BrokerError::Timeout => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "request_timeout", detail)
             }
+            BrokerError::NotEnoughReplicas {
+                isr,
+                min_insync_replicas,
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_enough_replicas",
+                detail,
+            )
+            .with("isr", isr)
+            .with("min_insync_replicas", min_insync_replicas)
+            .retry_after(1),
+            BrokerError::NotEnoughReplicasAfterAppend {
+                isr,
+                min_insync_replicas,
+            } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_enough_replicas_after_append",
+                detail,
+            )
+            .with("isr", isr)
+            .with("min_insync_replicas", min_insync_replicas)
+            .with("outcome", "unknown")
+            .retry_after(1),
             BrokerError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
             }

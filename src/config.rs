@@ -41,6 +41,12 @@ pub struct BrokerConfig {
     pub peers: String,
     /// The controller fences a broker whose heartbeats stop for this long, in milliseconds.
     pub broker_session_timeout_ms: u64,
+    /// A follower not caught up with its leader for this long leaves the in-sync replica
+    /// set, in milliseconds. `acks=all` producers wait at most about this long on a dead
+    /// follower before the set shrinks and their records are acknowledged without it.
+    pub replica_lag_time_max_ms: u64,
+    /// Longest a follower's fetch waits at the leader for new records, in milliseconds.
+    pub replica_fetch_wait_max_ms: u64,
     pub limits: Limits,
 }
 
@@ -58,6 +64,8 @@ impl Default for BrokerConfig {
             node_id: 1,
             peers: String::new(),
             broker_session_timeout_ms: 9_000,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_wait_max_ms: 500,
             limits: Limits::default(),
         }
     }
@@ -110,11 +118,27 @@ impl BrokerConfig {
                     "retention_check_interval_ms".to_owned(),
                     self.retention_check_interval_ms,
                 ),
+                (
+                    "replica_lag_time_max_ms".to_owned(),
+                    self.replica_lag_time_max_ms,
+                ),
+                (
+                    "replica_fetch_wait_max_ms".to_owned(),
+                    self.replica_fetch_wait_max_ms,
+                ),
             ]);
         for (key, value) in must_be_positive {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        // A follower waiting at the leader as long as it may lag would leave the ISR while
+        // it is only waiting.
+        if self.replica_fetch_wait_max_ms >= self.replica_lag_time_max_ms {
+            return Err(format!(
+                "replica_fetch_wait_max_ms must be below replica_lag_time_max_ms ({})",
+                self.replica_lag_time_max_ms
+            ));
         }
         // (key, value, the key it may not exceed, that key's value)
         let at_most = [
@@ -302,6 +326,11 @@ mod tests {
                 "retention_check_interval_ms",
             ),
             ("default_partitions = 0", "default_partitions"),
+            ("replica_lag_time_max_ms = 0", "replica_lag_time_max_ms"),
+            (
+                "replica_lag_time_max_ms = 500\nreplica_fetch_wait_max_ms = 500",
+                "replica_fetch_wait_max_ms",
+            ),
             (
                 "cors_allowed_origins = [\"app.example\"]",
                 "cors_allowed_origins:",

@@ -39,6 +39,12 @@ pub const RESPONSE_BYTES_IN_FLIGHT: &str = "tidelog_responses_in_flight_bytes";
 pub const GROUP_LAG: &str = "tidelog_consumer_group_lag_records";
 pub const GROUP_REBALANCES: &str = "tidelog_consumer_group_rebalances_total";
 pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
+pub const ISR_SIZE: &str = "tidelog_partition_in_sync_replicas";
+pub const UNDER_REPLICATED: &str = "tidelog_partition_under_replicated";
+pub const FOLLOWER_LAG_RECORDS: &str = "tidelog_follower_lag_records";
+pub const REPLICA_FETCHES: &str = "tidelog_replica_fetches_total";
+pub const REPLICA_FETCH_ERRORS: &str = "tidelog_replica_fetch_errors_total";
+pub const REPLICA_FETCH_SECONDS: &str = "tidelog_replica_fetch_duration_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -234,5 +240,35 @@ fn describe() {
         GROUP_MEMBERS,
         Unit::Count,
         "Active members of a consumer group."
+    );
+    describe_gauge!(
+        ISR_SIZE,
+        Unit::Count,
+        "In-sync replicas of a partition this broker leads, by topic and partition."
+    );
+    describe_gauge!(
+        UNDER_REPLICATED,
+        Unit::Count,
+        "1 when a partition this broker leads has fewer in-sync replicas than replicas."
+    );
+    describe_gauge!(
+        FOLLOWER_LAG_RECORDS,
+        Unit::Count,
+        "Records a follower is behind the leader's log end, by topic, partition and follower."
+    );
+    describe_counter!(
+        REPLICA_FETCHES,
+        Unit::Count,
+        "Replica fetches this broker made as a follower and the leader answered."
+    );
+    describe_counter!(
+        REPLICA_FETCH_ERRORS,
+        Unit::Count,
+        "Replica fetches this broker made as a follower that got no answer."
+    );
+    describe_histogram!(
+        REPLICA_FETCH_SECONDS,
+        Unit::Seconds,
+        "Time of a follower's replica fetch (a long-poll: includes the leader's wait)."
     );
 }

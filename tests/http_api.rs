@@ -1012,6 +1012,18 @@ async fn fetch_starts_at_an_offset_earliest_latest_or_a_timestamp() {
     let default = api.fetch("seek", 0, "").await;
     assert_eq!(default["records"], earliest["records"]);
 
+    // A broker alone reads its own replica either way; only `local` is a replica choice.
+    let local = api.fetch("seek", 0, "offset=earliest&replica=local").await;
+    assert_eq!(local["records"], earliest["records"]);
+    let response = api
+        .send(
+            Method::GET,
+            "/v1/topics/seek/partitions/0/records?replica=leader",
+            None,
+        )
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+
     let latest = api.fetch("seek", 0, "offset=latest").await;
     assert_eq!(latest["records"], json!([]));
     assert_eq!(latest["next_offset"], 10);

@@ -84,6 +84,33 @@ impl InternalClient {
             .await
     }
 
+    /// `POST http://{to}{path}` with `body` as JSON; answers the raw bytes of a successful
+    /// answer of at most `answer_bytes_max` (the replica fetch's binary answer).
+    pub async fn post_for_bytes<B: Serialize>(
+        &self,
+        to: SocketAddr,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+        answer_bytes_max: usize,
+    ) -> Result<Bytes, CallError> {
+        let body = serde_json::to_vec(body).expect("a request body serializes");
+        let (status, bytes) = self
+            .exchange(
+                Method::POST,
+                to,
+                path,
+                Some(body),
+                timeout,
+                answer_bytes_max,
+            )
+            .await?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(refused(status, &bytes))
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -92,6 +119,26 @@ impl InternalClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, CallError> {
+        let (status, bytes) = self
+            .exchange(method, to, path, body, timeout, ANSWER_BYTES_MAX)
+            .await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| CallError::Unreachable(format!("{to}: {e}")));
+        }
+        Err(refused(status, &bytes))
+    }
+
+    /// One request and its whole answer, under `timeout`.
+    async fn exchange(
+        &self,
+        method: Method,
+        to: SocketAddr,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+        answer_bytes_max: usize,
+    ) -> Result<(hyper::StatusCode, Bytes), CallError> {
         let unreachable = |e: &dyn std::fmt::Display| CallError::Unreachable(format!("{to}: {e}"));
         let mut request = Request::builder()
             .method(method)
@@ -109,25 +156,26 @@ impl InternalClient {
                 .await
                 .map_err(|e| unreachable(&e))?;
             let status = response.status();
-            let bytes = Limited::new(response.into_body(), ANSWER_BYTES_MAX)
+            let bytes = Limited::new(response.into_body(), answer_bytes_max)
                 .collect()
                 .await
                 .map_err(|e| unreachable(&e))?
                 .to_bytes();
             Ok::<_, CallError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| unreachable(&"no answer in time"))??;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| unreachable(&e));
-        }
-        let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let text = |k: &str| problem[k].as_str().unwrap_or_default().to_string();
-        Err(CallError::Refused {
-            status: status.as_u16(),
-            code: text("code"),
-            detail: text("detail"),
-        })
+            .map_err(|_| unreachable(&"no answer in time"))?
+    }
+}
+
+/// A problem answer as a [`CallError::Refused`].
+fn refused(status: hyper::StatusCode, bytes: &[u8]) -> CallError {
+    let problem: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let text = |k: &str| problem[k].as_str().unwrap_or_default().to_string();
+    CallError::Refused {
+        status: status.as_u16(),
+        code: text("code"),
+        detail: text("detail"),
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{BrokerEpoch, Command, NodeId};
+use crate::metadata::{BrokerEpoch, Command, LeaderEpoch, NodeId, PartitionEpoch};
 
 pub const REGISTER_PATH: &str = "/internal/v1/brokers/register";
 pub const HEARTBEAT_PATH: &str = "/internal/v1/brokers/heartbeat";
@@ -69,4 +69,27 @@ pub struct MetadataAnswer {
 pub struct IndexedCommand {
     pub index: u64,
     pub command: Command,
+}
+
+pub const ALTER_PARTITION_PATH: &str = "/internal/v1/partitions/alter";
+
+/// A leader asks the controller to change its partition's ISR (compare-and-swap on the
+/// partition epoch; the new ISR comes back through the metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlterPartitionRequest {
+    /// The leader asking, on its current registration.
+    pub node_id: NodeId,
+    pub broker_epoch: BrokerEpoch,
+    pub topic: String,
+    pub partition: u32,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: PartitionEpoch,
+    pub isr: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlterPartitionAnswer {
+    /// The metadata log index of the change.
+    pub index: u64,
 }

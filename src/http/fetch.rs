@@ -27,6 +27,10 @@ pub struct FetchQuery {
     pub max_records: Option<String>,
     pub max_bytes: Option<String>,
     pub wait_ms: Option<String>,
+    /// `local`: read this broker's own replica up to its own high watermark (on a cluster
+    /// such a fetch is never forwarded to the leader; a broker without a replica answers
+    /// `not_a_replica`).
+    pub replica: Option<String>,
 }
 
 /// Resolves `offset=N|earliest|latest` or `timestamp_ms=T` to an offset.
@@ -110,6 +114,11 @@ pub async fn fetch(
         q.wait_ms.as_deref(),
         broker.limits(),
     )?;
+    if let Some(r) = q.replica.as_deref().filter(|r| *r != "local") {
+        return Err(ApiError::invalid(format!(
+            "'replica' can only be 'local', got '{r}'"
+        )));
+    }
     let partition = broker
         .topic(&topic)?
         .partition(parse_u64("partition", &partition)?)?;

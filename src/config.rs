@@ -105,6 +105,7 @@ impl BrokerConfig {
             Limit::GroupTopicsMax,
             Limit::GroupCommitOffsetsMax,
             Limit::CompactionKeysPerPassMax,
+            Limit::ForwardTimeoutMs,
         ];
         let must_be_positive = positive_limits
             .map(|limit| (key(limit), l.get(limit)))

@@ -97,6 +97,10 @@ pub struct Limits {
     /// 40 bytes with the map's overhead); a partition with more keys is compacted in passes,
     /// so a client writing ever new keys cannot grow the broker's memory.
     pub compaction_keys_per_pass_max: u32,
+    /// On a cluster, longest a broker waits for the broker it forwards a request to (the
+    /// controller, a partition's leader) to begin its answer, on top of the wait the request
+    /// itself asks for (`wait_ms`, `timeout_ms`); past it the client gets a 504.
+    pub forward_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -134,6 +138,7 @@ impl Default for Limits {
             group_topics_max: 100,
             group_commit_offsets_max: 1_000,
             compaction_keys_per_pass_max: 1_000_000,
+            forward_timeout_ms: 10_000,
         }
     }
 }
@@ -174,11 +179,12 @@ pub enum Limit {
     GroupTopicsMax,
     GroupCommitOffsetsMax,
     CompactionKeysPerPassMax,
+    ForwardTimeoutMs,
 }
 
 impl Limit {
     /// Every limit, in the order of the fields of [`Limits`].
-    pub const ALL: [Limit; 31] = [
+    pub const ALL: [Limit; 32] = [
         Limit::RequestBodyBytesMax,
         Limit::RecordBytesMax,
         Limit::RecordsPerRequestMax,
@@ -210,6 +216,7 @@ impl Limit {
         Limit::GroupTopicsMax,
         Limit::GroupCommitOffsetsMax,
         Limit::CompactionKeysPerPassMax,
+        Limit::ForwardTimeoutMs,
     ];
 
     /// The limit's key in `[limits]`, as problems and messages name it.
@@ -246,6 +253,7 @@ impl Limit {
             Limit::GroupTopicsMax => "group_topics_max",
             Limit::GroupCommitOffsetsMax => "group_commit_offsets_max",
             Limit::CompactionKeysPerPassMax => "compaction_keys_per_pass_max",
+            Limit::ForwardTimeoutMs => "forward_timeout_ms",
         }
     }
 }
@@ -291,6 +299,7 @@ impl Limits {
             Limit::GroupTopicsMax => u64::from(self.group_topics_max),
             Limit::GroupCommitOffsetsMax => u64::from(self.group_commit_offsets_max),
             Limit::CompactionKeysPerPassMax => u64::from(self.compaction_keys_per_pass_max),
+            Limit::ForwardTimeoutMs => self.forward_timeout_ms,
         }
     }
 }

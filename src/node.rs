@@ -24,6 +24,7 @@ use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::groups::GroupCoordinator;
 use crate::groups::sessions::run_sessions;
+use crate::http::forward::Forwarder;
 use crate::limits::Limits;
 
 /// One tidelog process: the broker, the group coordinator, their background tasks.
@@ -36,6 +37,8 @@ pub struct Node {
     pub groups: Arc<GroupCoordinator>,
     /// Membership in the cluster (and the controller, on the lowest peer id).
     pub cluster: Arc<Cluster>,
+    /// The pooled client that forwards requests to the broker serving them (cluster only).
+    pub forward: Forwarder,
     /// Retention, group sessions, metrics refresh; stopped by shutdown, aborted when the node
     /// drops.
     tasks: Arc<BackgroundTasks>,
@@ -61,10 +64,12 @@ impl Node {
             )),
         ];
         tasks.extend(cluster.start(&broker.shutdown_signal()));
+        let forward = Forwarder::new(Duration::from_millis(broker.limits().forward_timeout_ms));
         Ok(Node {
             broker,
             groups,
             cluster,
+            forward,
             tasks: Arc::new(BackgroundTasks(Mutex::new(tasks))),
         })
     }

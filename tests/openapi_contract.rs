@@ -234,6 +234,7 @@ fn status_of(name: &str) -> Option<u16> {
         "TOO_MANY_REQUESTS" => 429,
         "INTERNAL_SERVER_ERROR" => 500,
         "NOT_IMPLEMENTED" => 501,
+        "BAD_GATEWAY" => 502,
         "SERVICE_UNAVAILABLE" => 503,
         "GATEWAY_TIMEOUT" => 504,
         _ => return None,

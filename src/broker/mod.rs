@@ -88,6 +88,9 @@ pub enum Durability {
 }
 
 impl Durability {
+    /// Every durability, weakest first.
+    const ALL: [Durability; 3] = [Durability::None, Durability::Leader, Durability::Fsync];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Durability::None => "none",
@@ -95,6 +98,17 @@ impl Durability {
             Durability::Fsync => "fsync",
             Durability::IsrFsync => "isr-fsync",
         }
+    }
+
+    /// The durability named `name` (as [`Durability::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Durability> {
+        Self::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    /// The weaker of two: what a produce that reached partitions with each can promise.
+    pub fn weaker(self, other: Durability) -> Durability {
+        let rank = |d: Durability| Self::ALL.iter().position(|x| *x == d);
+        if rank(other) < rank(self) { other } else { self }
     }
 }
 
@@ -821,24 +835,15 @@ impl Broker {
         let mut next_rr = topic
             .round_robin
             .fetch_add(unkeyed as u64, Ordering::Relaxed);
-        let mut assignment = Vec::with_capacity(records.len());
-        for r in records {
-            let p = match (r.partition, r.record.key) {
-                (Some(p), _) => p,
-                (None, Some(key)) => partition_for_key(key, count),
-                (None, None) => {
-                    next_rr += 1;
-                    ((next_rr - 1) % u64::from(count)) as u32
-                }
-            };
-            assignment.push(p);
-        }
-        Ok(assignment)
+        Ok(records
+            .iter()
+            .map(|r| choose_partition(r, count, &mut next_rr))
+            .collect())
     }
 
     /// Validates a produce's records against the limits, a topic's `record_max` and its
     /// partition `count`, without touching the topic.
-    fn check_records(
+    pub fn check_records(
         &self,
         records: &[ProduceRecord<'_>],
         record_max: u64,
@@ -973,6 +978,19 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
+}
+
+/// The partition of one record of a topic with `count` partitions: its explicit one, by its
+/// key's hash, or else the next round-robin one (`next_round_robin` moves on).
+pub fn choose_partition(record: &ProduceRecord<'_>, count: u32, next_round_robin: &mut u64) -> u32 {
+    match (record.partition, record.record.key) {
+        (Some(p), _) => p,
+        (None, Some(key)) => partition_for_key(key, count),
+        (None, None) => {
+            *next_round_robin += 1;
+            ((*next_round_robin - 1) % u64::from(count.max(1))) as u32
+        }
+    }
 }
 
 /// Same key, same partition: a stable hash (CRC-32 of the key bytes) modulo the count.

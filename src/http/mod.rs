@@ -12,12 +12,14 @@ pub mod body;
 pub mod budgeted_body;
 pub mod error;
 pub mod fetch;
+pub mod forward;
 pub mod groups;
 pub mod internal;
 pub mod json_records;
 pub mod ndjson;
 pub mod path;
 pub mod produce;
+pub mod produce_split;
 pub mod render;
 pub mod serve;
 pub mod stream;
@@ -152,6 +154,10 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             crate::cluster::protocol::METADATA_PATH,
             vec![on(Method::GET, internal::metadata)],
         ),
+        (
+            produce_split::APPEND_ROUTE,
+            vec![on(Method::POST, produce_split::append)],
+        ),
     ]
 }
 
@@ -190,6 +196,10 @@ pub fn router(node: Node) -> Router {
         router = router.route(path, method_router);
     }
     let mut router = router
+        .route_layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            forward::route_request,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(record_metrics));

@@ -12,7 +12,9 @@ use super::json_records::{
     RecordRules, as_produce_records, parse_ndjson_lines, parse_off_the_workers,
 };
 use super::produce::ProduceParams;
-use crate::broker::{Broker, BrokerError, Durability, ProduceOutcome, Topic};
+use super::AppState;
+use super::produce_split::produce_records;
+use crate::broker::{Durability, ProduceOutcome, RecordFate};
 
 /// Streams an NDJSON body: complete lines are parsed and appended in batches.
 ///
@@ -21,7 +23,7 @@ use crate::broker::{Broker, BrokerError, Durability, ProduceOutcome, Topic};
 /// were stored (`appended_records`, always the first ones of the body, and their `offsets`),
 /// so a client resends only the rest instead of duplicating them.
 pub(super) async fn produce_ndjson(
-    broker: &Broker,
+    node: &AppState,
     topic_name: &str,
     headers: &HeaderMap,
     body: Body,
@@ -36,7 +38,7 @@ pub(super) async fn produce_ndjson(
         unconfirmed: 0,
     };
     let appended = append_ndjson_batches(
-        broker,
+        node,
         topic_name,
         headers,
         body,
@@ -62,7 +64,7 @@ struct NdjsonProgress {
 
 /// The body of [`produce_ndjson`]: appends batch after batch, recording each in `progress`.
 async fn append_ndjson_batches(
-    broker: &Broker,
+    node: &AppState,
     topic_name: &str,
     headers: &HeaderMap,
     body: Body,
@@ -70,7 +72,7 @@ async fn append_ndjson_batches(
     rules: RecordRules,
     progress: &mut NdjsonProgress,
 ) -> ApiResult<()> {
-    let limits = broker.limits();
+    let limits = node.limits();
     check_declared_length(headers, limits.request_body_bytes_max)?;
     let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;
     let mut stream = body.into_data_stream();
@@ -78,8 +80,6 @@ async fn append_ndjson_batches(
     let mut total: u64 = 0;
     let mut line_no = 0usize;
     let mut finished = false;
-    // Resolved at the first batch that parses, so a body refused up front creates nothing.
-    let mut topic: Option<std::sync::Arc<Topic>> = None;
     while !finished {
         match stream.next().await {
             Some(chunk) => {
@@ -114,21 +114,19 @@ async fn append_ndjson_batches(
         }
         let mut headers = Vec::new();
         let records = as_produce_records(&decoded, &mut headers);
-        if topic.is_none() {
-            topic = Some(broker.topic_for_produce(topic_name, &records).await?);
-        }
-        let topic = topic.as_deref().expect("resolved just above");
-        let outcome = broker
-            .produce(topic, &records, params.acks, params.timeout)
+        let outcome = produce_records(node, topic_name, &records, params.acks, params.timeout)
             .await
-            .map_err(|e| {
-                if matches!(
-                    e,
-                    BrokerError::Timeout | BrokerError::StorageUnavailable(_) | BrokerError::Io(_)
-                ) {
+            .map_err(|failure| {
+                let maybe_stored = failure.fates.iter().any(|f| *f != RecordFate::NotStored);
+                if maybe_stored
+                    || matches!(
+                        failure.error.code,
+                        "request_timeout" | "storage_unavailable" | "io_error"
+                    )
+                {
                     progress.unconfirmed = records.len();
                 }
-                e
+                failure.error
             })?;
         progress.stored.offsets.extend(outcome.offsets);
         progress.stored.durability = outcome.durability;

@@ -1,7 +1,6 @@
 //! Produce (`POST .../records`): the query, then the body by content type (JSON whole,
 //! NDJSON streamed, octet-stream as one record), handed to the broker as one slice of records.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,7 +19,9 @@ use super::json_records::{
 use super::ndjson::produce_ndjson;
 use super::path::Path;
 use super::render::render_produce;
-use crate::broker::{Acks, Broker, FailedProduce, ProduceRecord, RecordFate, now_ms};
+use super::AppState;
+use super::produce_split::{ProduceFailure, produce_records};
+use crate::broker::{Acks, Broker, ProduceRecord, RecordFate, now_ms};
 use crate::limits::Limit;
 use crate::log::batch::RecordRef;
 
@@ -41,7 +42,7 @@ pub(super) struct ProduceParams {
     pub(super) timeout: Duration,
 }
 
-fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
+pub(super) fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
     let acks = match q.acks.as_deref() {
         None | Some("all") | Some("-1") => Acks::All,
         Some("leader") | Some("1") => Acks::Leader,
@@ -67,14 +68,15 @@ fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams>
 }
 
 pub async fn produce(
-    State(broker): State<Arc<Broker>>,
+    State(node): State<AppState>,
     Path(topic): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let broker = &node.broker;
     let q: ProduceQuery = parse_query(query.as_deref())?;
-    let params = produce_params(&q, &broker)?;
+    let params = produce_params(&q, broker)?;
     let ct = content_type(&headers);
     let limit = broker.limits().request_body_bytes_max;
     let rules = RecordRules::new(broker.limits(), now_ms());
@@ -86,14 +88,12 @@ pub async fn produce(
             let decoded = parse_off_the_workers(bytes.len(), || parse_json_body(&bytes, rules))?;
             let mut headers = Vec::new();
             let records = as_produce_records(&decoded, &mut headers);
-            let topic = broker.topic_for_produce(&topic, &records).await?;
-            broker
-                .produce_reporting(&topic, &records, params.acks, params.timeout)
+            produce_records(&node, &topic, &records, params.acks, params.timeout)
                 .await
                 .map_err(with_record_fates)?
         }
         "application/x-ndjson" | "application/jsonl" => {
-            produce_ndjson(&broker, &topic, &headers, body, &params, rules).await?
+            produce_ndjson(&node, &topic, &headers, body, &params, rules).await?
         }
         "application/octet-stream" => {
             let bytes = read_limited(&headers, body, limit).await?;
@@ -122,10 +122,9 @@ pub async fn produce(
                     headers: &[],
                 },
             };
-            let topic = broker.topic_for_produce(&topic, &[record]).await?;
-            broker
-                .produce(&topic, &[record], params.acks, params.timeout)
-                .await?
+            produce_records(&node, &topic, &[record], params.acks, params.timeout)
+                .await
+                .map_err(|failure| failure.error)?
         }
         other => {
             return Err(unsupported_media_type(
@@ -144,8 +143,8 @@ pub async fn produce(
 /// has one entry per record of the body, in order: `{"partition":p,"offset":o}` if stored,
 /// `{"partition":p,"unconfirmed":true}` if it may or may not have been, `null` if not; a
 /// client resends the `null` ones (and decides about the unconfirmed ones).
-fn with_record_fates(failed: FailedProduce) -> ApiError {
-    let e = ApiError::from(failed.error);
+pub(super) fn with_record_fates(failed: ProduceFailure) -> ApiError {
+    let e = failed.error;
     if failed.fates.is_empty() {
         return e;
     }

@@ -1,0 +1,429 @@
+//! Any broker answers any request (issue 9): a one-hop proxy to the broker that serves it.
+//!
+//! On a cluster ([`Cluster::is_clustered`]) every matched route is classified by
+//! [`served_at`]: topic admin goes to the controller, consumer groups to their coordinator
+//! (the controller's broker in part 1), a partition's reads (fetch, long-poll, SSE) and
+//! `delete-records` to the partition's leader as this broker's metadata names it; everything
+//! else is served where it lands. A produce is not proxied whole: it is split per partition
+//! (`produce_split`). On a broker alone nothing here runs but one check.
+//!
+//! Invariants:
+//! - One hop. A proxied request carries [`FORWARDED_HEADER`]; a broker that would proxy such a
+//!   request again answers 421 (`not_leader` with the leader's id and address, or
+//!   `not_controller`) instead, so stale metadata on two brokers can never bounce a request
+//!   between them.
+//! - Nothing is buffered whole: the request body streams to the target (cut at
+//!   `request_body_bytes_max`), the answer streams back frame by frame as the target writes
+//!   it, so an SSE stream or a long-poll holds one frame at a time, paced by the client.
+//! - Bounded: the target must begin its answer within `forward_timeout_ms` plus the wait the
+//!   request asks for (`wait_ms`, `timeout_ms`, capped at `wait_ms_max`); connections come
+//!   from one pool per node with a connect timeout and a bounded idle set; each proxied
+//!   request holds one inbound connection (`connections_max`) and one outbound one.
+//! - `replica=local` reads are never proxied: they read this broker's own replica.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::Limited;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::cluster::PartitionHome;
+use crate::metadata::NodeId;
+
+/// Marks a request one broker proxied to another; its value is the proxying broker's id.
+pub const FORWARDED_HEADER: &str = "tidelog-forwarded";
+
+/// Idle connections kept per target broker; more are closed once their answer is done.
+const POOL_IDLE_PER_BROKER_MAX: usize = 64;
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long opening a connection to another broker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a client refused because a broker is unreachable is asked to wait.
+const UNAVAILABLE_RETRY_AFTER_S: u32 = 1;
+
+/// Where a route is served on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedAt {
+    /// Where the request lands.
+    Here,
+    /// The controller (topic admin).
+    Controller,
+    /// The consumer groups' coordinator.
+    GroupCoordinator,
+    /// The leader of the route's `{topic}`/`{partition}`.
+    PartitionLeader,
+}
+
+/// Where the route `template` with `method` is served on a cluster; `None` for a route this
+/// table does not know (a test keeps every route of the API in it).
+pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
+    use ServedAt::*;
+    let at = match (template, method) {
+        ("/v1/topics", &Method::POST) => Controller,
+        ("/v1/topics", &Method::GET) => Here,
+        ("/v1/topics/{topic}", &Method::GET) => Here,
+        ("/v1/topics/{topic}", &Method::PATCH | &Method::DELETE) => Controller,
+        ("/v1/topics/{topic}/partitions", _) => Controller,
+        ("/v1/topics/{topic}/partitions/{partition}/delete-records", _) => PartitionLeader,
+        // Split per partition where it lands (`produce_split`).
+        ("/v1/topics/{topic}/records", _) => Here,
+        ("/v1/topics/{topic}/partitions/{partition}/records", _) => PartitionLeader,
+        ("/v1/topics/{topic}/partitions/{partition}/stream", _) => PartitionLeader,
+        (t, _) if t == "/v1/groups" || t.starts_with("/v1/groups/") => GroupCoordinator,
+        ("/v1/cluster" | "/healthz" | "/readyz" | "/openapi.json" | "/metrics", _) => Here,
+        (t, _) if t.starts_with("/internal/") => Here,
+        _ => return None,
+    };
+    Some(at)
+}
+
+/// The HTTP client that proxies requests to other brokers: one pool, bounded.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    http: Client<HttpConnector, Body>,
+    /// `forward_timeout_ms`: how long a target has to begin its answer, beyond the wait the
+    /// request asks for.
+    timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(timeout: Duration) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_IDLE_PER_BROKER_MAX)
+            .build(connector);
+        Forwarder { http, timeout }
+    }
+
+    /// The pooled client, for the internal calls of a split produce.
+    pub(super) fn client(&self) -> &Client<HttpConnector, Body> {
+        &self.http
+    }
+
+    /// How long a target may take to begin answering a request that itself asks to wait up
+    /// to `wait`.
+    pub(super) fn deadline(&self, wait: Duration) -> Duration {
+        self.timeout + wait
+    }
+}
+
+/// The middleware: serves a request here, or proxies it one hop to the broker that serves it.
+pub async fn route_request(State(node): State<AppState>, request: Request, next: Next) -> Response {
+    if !node.cluster.is_clustered() {
+        return next.run(request).await;
+    }
+    let served = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|t| served_at(t.as_str(), request.method()));
+    match served {
+        None | Some(ServedAt::Here) => next.run(request).await,
+        Some(ServedAt::Controller | ServedAt::GroupCoordinator) => {
+            let controller = node.cluster.controller_id();
+            to_node(&node, controller, Miss::NotController, request, next).await
+        }
+        Some(ServedAt::PartitionLeader) => {
+            let (mut parts, body) = request.into_parts();
+            let home = partition_home(&node, &mut parts).await;
+            let request = Request::from_parts(parts, body);
+            match home {
+                PartitionHome::Unknown | PartitionHome::Here => next.run(request).await,
+                PartitionHome::Offline => partition_offline().into_response(),
+                PartitionHome::Remote(leader, _) => {
+                    to_node(&node, leader, Miss::NotLeader, request, next).await
+                }
+            }
+        }
+    }
+}
+
+/// What a broker answers a forwarded request it would forward again.
+#[derive(Debug, Clone, Copy)]
+enum Miss {
+    NotLeader,
+    NotController,
+}
+
+/// Serves the request here if `id` is this broker; else proxies it there, once.
+async fn to_node(node: &AppState, id: NodeId, miss: Miss, request: Request, next: Next) -> Response {
+    if id == node.cluster.node_id() {
+        return next.run(request).await;
+    }
+    let Some(address) = node.cluster.address_of(id) else {
+        return partition_offline().into_response();
+    };
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return second_miss(miss, id, address).into_response();
+    }
+    proxy(node, request, id, address).await
+}
+
+/// The partition a leader route names, and where it is served; a `replica=local` read, or a
+/// path that does not parse (the handler answers that), is served here.
+async fn partition_home(node: &AppState, parts: &mut axum::http::request::Parts) -> PartitionHome {
+    if wants_local_replica(parts.uri.query()) {
+        return PartitionHome::Unknown;
+    }
+    let params = axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .ok();
+    let named = params.as_ref().and_then(|axum::extract::Path(p)| {
+        let partition = p.get("partition")?.parse::<u32>().ok()?;
+        Some((p.get("topic")?.clone(), partition))
+    });
+    match named {
+        Some((topic, partition)) => node.cluster.partition_home(&topic, partition),
+        None => PartitionHome::Unknown,
+    }
+}
+
+/// The query parameters the proxy reads; every other one passes through untouched.
+#[derive(Debug, Default, Deserialize)]
+struct ProxiedQuery {
+    replica: Option<String>,
+    wait_ms: Option<String>,
+    timeout_ms: Option<String>,
+}
+
+fn proxied_query(query: Option<&str>) -> ProxiedQuery {
+    serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default()
+}
+
+fn wants_local_replica(query: Option<&str>) -> bool {
+    proxied_query(query).replica.as_deref() == Some("local")
+}
+
+/// The wait a request asks the target for (`wait_ms` of a long-poll, `timeout_ms` of a
+/// produce or an admin call), capped at `wait_ms_max`; a value that does not parse is the
+/// target's to refuse, and waits nothing here.
+fn requested_wait(query: Option<&str>, wait_ms_max: u64) -> Duration {
+    let q = proxied_query(query);
+    let ms = [q.wait_ms, q.timeout_ms]
+        .iter()
+        .flatten()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(ms.min(wait_ms_max))
+}
+
+/// Headers that describe one connection, never passed on by a proxy (RFC 9110, 7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Proxies `request` to broker `id` at `address` and streams its answer back.
+async fn proxy(node: &AppState, request: Request, id: NodeId, address: SocketAddr) -> Response {
+    let limits = node.limits();
+    let (mut parts, body) = request.into_parts();
+    let wait = requested_wait(parts.uri.query(), limits.wait_ms_max);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("http://{address}{path}").parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => return ApiError::invalid(format!("cannot forward {path}: {e}")).into_response(),
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.headers.insert(
+        HeaderName::from_static(FORWARDED_HEADER),
+        HeaderValue::from(node.cluster.node_id().0),
+    );
+    let body = Body::new(Limited::new(body, limits.request_body_bytes_max as usize));
+    let forwarder = &node.forward;
+    let deadline = forwarder.deadline(wait);
+    let sent = tokio::time::timeout(
+        deadline,
+        forwarder.http.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    match sent {
+        Ok(Ok(answer)) => {
+            let (mut parts, incoming) = answer.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(incoming))
+        }
+        Ok(Err(e)) if e.is_connect() => broker_unavailable(id, address, &e).into_response(),
+        Ok(Err(e)) => forward_failed(id, address, &format!("the exchange broke: {e}")).into_response(),
+        Err(_) => {
+            let why = format!("no answer within {} ms", deadline.as_millis());
+            forward_timeout(id, address, &why).into_response()
+        }
+    }
+}
+
+/// A broker that serves the request could not be reached: nothing was sent to it.
+pub(super) fn broker_unavailable(
+    id: NodeId,
+    address: SocketAddr,
+    e: &dyn std::fmt::Display,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        format!(
+            "broker {} at {address}, which serves this request, cannot be reached ({e}); \
+             nothing was sent to it",
+            id.0
+        ),
+    )
+    .with("node_id", id.0)
+    .with("address", address.to_string())
+    .retry_after(UNAVAILABLE_RETRY_AFTER_S)
+}
+
+/// The broker that serves the request was sent it and did not answer in time.
+pub(super) fn forward_timeout(id: NodeId, address: SocketAddr, why: &str) -> ApiError {
+    sent_but(StatusCode::GATEWAY_TIMEOUT, "forward_timeout", id, address, why)
+}
+
+/// The broker that serves the request was sent it and the exchange broke, or it answered
+/// something that is not a tidelog answer.
+pub(super) fn forward_failed(id: NodeId, address: SocketAddr, why: &str) -> ApiError {
+    sent_but(StatusCode::BAD_GATEWAY, "forward_failed", id, address, why)
+}
+
+fn sent_but(
+    status: StatusCode,
+    code: &'static str,
+    id: NodeId,
+    address: SocketAddr,
+    why: &str,
+) -> ApiError {
+    ApiError::new(
+        status,
+        code,
+        format!(
+            "broker {} at {address}, which serves this request, was sent it but {why}; \
+             whether it took effect is unknown",
+            id.0
+        ),
+    )
+    .with("node_id", id.0)
+    .with("address", address.to_string())
+}
+
+/// No replica may lead the partition now.
+pub(super) fn partition_offline() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "partition_offline",
+        "no replica of this partition may lead it now (its in-sync replicas are all down)",
+    )
+    .retry_after(UNAVAILABLE_RETRY_AFTER_S)
+}
+
+/// A request for a partition this broker does not lead, that it must not forward again.
+pub(super) fn not_leader(id: NodeId, address: SocketAddr) -> ApiError {
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "not_leader",
+        format!(
+            "this broker does not lead the partition; broker {} at {address} does, as far as \
+             this broker knows (a forwarded request is not forwarded again)",
+            id.0
+        ),
+    )
+    .with("leader", id.0)
+    .with("leader_address", address.to_string())
+}
+
+/// The answer to a forwarded request that this broker does not serve either.
+fn second_miss(miss: Miss, id: NodeId, address: SocketAddr) -> ApiError {
+    match miss {
+        Miss::NotLeader => not_leader(id, address),
+        Miss::NotController => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_controller",
+            format!(
+                "this broker does not run the controller; broker {} at {address} does \
+                 (a forwarded request is not forwarded again)",
+                id.0
+            ),
+        )
+        .with("controller", id.0)
+        .with("controller_address", address.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_of_the_api_says_where_it_is_served() {
+        for (template, methods) in super::super::route_table() {
+            for method in methods {
+                assert!(
+                    served_at(template, &method).is_some(),
+                    "{method} {template} is not in forward::served_at"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn admin_goes_to_the_controller_reads_to_the_leader_produce_stays() {
+        let cases = [
+            ("/v1/topics", Method::POST, ServedAt::Controller),
+            ("/v1/topics/{topic}", Method::DELETE, ServedAt::Controller),
+            ("/v1/topics/{topic}", Method::GET, ServedAt::Here),
+            (
+                "/v1/topics/{topic}/partitions/{partition}/stream",
+                Method::GET,
+                ServedAt::PartitionLeader,
+            ),
+            ("/v1/topics/{topic}/records", Method::POST, ServedAt::Here),
+            (
+                "/v1/groups/{group}/offsets",
+                Method::POST,
+                ServedAt::GroupCoordinator,
+            ),
+        ];
+        for (template, method, expected) in cases {
+            assert_eq!(served_at(template, &method), Some(expected), "{template}");
+        }
+    }
+
+    #[test]
+    fn the_wait_a_request_asks_for_is_capped_and_replica_local_is_seen() {
+        let max = 30_000;
+        assert_eq!(requested_wait(None, max), Duration::ZERO);
+        assert_eq!(
+            requested_wait(Some("offset=3&wait_ms=1500"), max),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            requested_wait(Some("timeout_ms=999999"), max),
+            Duration::from_millis(max)
+        );
+        assert_eq!(requested_wait(Some("wait_ms=x"), max), Duration::ZERO);
+        assert!(wants_local_replica(Some("offset=0&replica=local")));
+        assert!(!wants_local_replica(Some("offset=0")));
+    }
+}

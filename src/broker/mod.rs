@@ -108,7 +108,11 @@ impl Durability {
     /// The weaker of two: what a produce that reached partitions with each can promise.
     pub fn weaker(self, other: Durability) -> Durability {
         let rank = |d: Durability| Self::ALL.iter().position(|x| *x == d);
-        if rank(other) < rank(self) { other } else { self }
+        if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        }
     }
 }
 

@@ -61,29 +61,6 @@ pub fn check_config(config: &BrokerConfig) -> Result<Option<Peers>, String> {
         .map_err(|e| format!("bad --peers: {e}"))
 }
 
-/// Who serves a partition, as this broker's metadata says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartitionHome {
-    /// The metadata has no such topic or partition (a broker alone, or a topic only on
-    /// this broker's disk): served here, as on a single broker.
-    Unknown,
-    /// This broker leads it.
-    Here,
-    /// Another broker leads it, listening at this address.
-    Remote(NodeId, SocketAddr),
-    /// No replica may lead it now.
-    Offline,
-}
-
-/// A topic's partitions, for splitting a produce (see [`Cluster::topic_homes`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicHomes {
-    /// Indexed by partition id.
-    pub partitions: Vec<PartitionHome>,
-    /// The topic's `max_message_bytes`.
-    pub max_message_bytes: u64,
-}
-
 #[derive(Debug)]
 pub struct Cluster {
     node_id: NodeId,
@@ -176,50 +153,6 @@ impl Cluster {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
-    }
-
-    /// True when the broker runs with `--peers` (a cluster of one without them).
-    pub fn is_clustered(&self) -> bool {
-        self.peers.is_some()
-    }
-
-    /// Where a broker of the cluster listens (its `--peers` entry).
-    pub fn address_of(&self, node: NodeId) -> Option<SocketAddr> {
-        self.peers.as_ref()?.address(node)
-    }
-
-    /// Who serves a partition's reads and writes, as this broker's metadata says.
-    pub fn partition_home(&self, topic: &str, partition: u32) -> PartitionHome {
-        let m = self.lock();
-        let Some(t) = m.image.topics.get(topic) else {
-            return PartitionHome::Unknown;
-        };
-        match t.partitions.get(partition as usize) {
-            None => PartitionHome::Unknown,
-            Some(p) => self.home_of(p.leader),
-        }
-    }
-
-    /// A topic's partitions as the metadata knows them: each one's home and the topic's
-    /// record size cap; `None` when the metadata has no such topic.
-    pub fn topic_homes(&self, topic: &str) -> Option<TopicHomes> {
-        let m = self.lock();
-        let t = m.image.topics.get(topic)?;
-        Some(TopicHomes {
-            partitions: t.partitions.iter().map(|p| self.home_of(p.leader)).collect(),
-            max_message_bytes: t.config.max_message_bytes,
-        })
-    }
-
-    fn home_of(&self, leader: Option<NodeId>) -> PartitionHome {
-        match leader {
-            None => PartitionHome::Offline,
-            Some(node) if node == self.node_id => PartitionHome::Here,
-            Some(node) => match self.address_of(node) {
-                Some(address) => PartitionHome::Remote(node, address),
-                None => PartitionHome::Offline,
-            },
-        }
     }
 
     /// How often the broker heartbeats: every 500 ms, or a quarter of a shorter session.

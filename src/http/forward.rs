@@ -38,7 +38,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::cluster::PartitionHome;
+use crate::cluster::Cluster;
 use crate::metadata::NodeId;
 
 /// Marks a request one broker proxied to another; its value is the proxying broker's id.
@@ -87,6 +87,62 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
         _ => return None,
     };
     Some(at)
+}
+
+/// Who serves a partition, as this broker's metadata says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionHome {
+    /// The metadata has no such topic or partition (a broker alone, or a topic only on
+    /// this broker's disk): served here, as on a single broker.
+    Unknown,
+    /// This broker leads it.
+    Here,
+    /// Another broker leads it, listening at this address.
+    Remote(NodeId, SocketAddr),
+    /// No replica may lead it now.
+    Offline,
+}
+
+/// A topic's partitions, for splitting a produce (see [`topic_homes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicHomes {
+    /// Indexed by partition id.
+    pub partitions: Vec<PartitionHome>,
+    /// The topic's `max_message_bytes`.
+    pub max_message_bytes: u64,
+}
+
+/// Who serves `topic`'s `partition`, as this broker's metadata says.
+pub fn partition_home(cluster: &Cluster, topic: &str, partition: u32) -> PartitionHome {
+    let leader = cluster.with_image(|image| Some(image.partition(topic, partition)?.leader));
+    match leader {
+        None => PartitionHome::Unknown,
+        Some(leader) => home_of(cluster, leader),
+    }
+}
+
+/// A topic's partitions as the metadata knows them; `None` when it has no such topic.
+pub fn topic_homes(cluster: &Cluster, topic: &str) -> Option<TopicHomes> {
+    let (leaders, max_message_bytes) = cluster.with_image(|image| {
+        let t = image.topics.get(topic)?;
+        let leaders: Vec<Option<NodeId>> = t.partitions.iter().map(|p| p.leader).collect();
+        Some((leaders, t.config.max_message_bytes))
+    })?;
+    Some(TopicHomes {
+        partitions: leaders.into_iter().map(|l| home_of(cluster, l)).collect(),
+        max_message_bytes,
+    })
+}
+
+fn home_of(cluster: &Cluster, leader: Option<NodeId>) -> PartitionHome {
+    match leader {
+        None => PartitionHome::Offline,
+        Some(node) if node == cluster.node_id() => PartitionHome::Here,
+        Some(node) => match cluster.peer_address(node) {
+            Some(address) => PartitionHome::Remote(node, address),
+            None => PartitionHome::Offline,
+        },
+    }
 }
 
 /// The HTTP client that proxies requests to other brokers: one pool, bounded.
@@ -139,7 +195,7 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
         }
         Some(ServedAt::PartitionLeader) => {
             let (mut parts, body) = request.into_parts();
-            let home = partition_home(&node, &mut parts).await;
+            let home = home_of_request(&node, &mut parts).await;
             let request = Request::from_parts(parts, body);
             match home {
                 PartitionHome::Unknown | PartitionHome::Here => next.run(request).await,
@@ -160,11 +216,17 @@ enum Miss {
 }
 
 /// Serves the request here if `id` is this broker; else proxies it there, once.
-async fn to_node(node: &AppState, id: NodeId, miss: Miss, request: Request, next: Next) -> Response {
+async fn to_node(
+    node: &AppState,
+    id: NodeId,
+    miss: Miss,
+    request: Request,
+    next: Next,
+) -> Response {
     if id == node.cluster.node_id() {
         return next.run(request).await;
     }
-    let Some(address) = node.cluster.address_of(id) else {
+    let Some(address) = node.cluster.peer_address(id) else {
         return partition_offline().into_response();
     };
     if request.headers().contains_key(FORWARDED_HEADER) {
@@ -175,7 +237,7 @@ async fn to_node(node: &AppState, id: NodeId, miss: Miss, request: Request, next
 
 /// The partition a leader route names, and where it is served; a `replica=local` read, or a
 /// path that does not parse (the handler answers that), is served here.
-async fn partition_home(node: &AppState, parts: &mut axum::http::request::Parts) -> PartitionHome {
+async fn home_of_request(node: &AppState, parts: &mut axum::http::request::Parts) -> PartitionHome {
     if wants_local_replica(parts.uri.query()) {
         return PartitionHome::Unknown;
     }
@@ -187,7 +249,7 @@ async fn partition_home(node: &AppState, parts: &mut axum::http::request::Parts)
         Some((p.get("topic")?.clone(), partition))
     });
     match named {
-        Some((topic, partition)) => node.cluster.partition_home(&topic, partition),
+        Some((topic, partition)) => partition_home(&node.cluster, &topic, partition),
         None => PartitionHome::Unknown,
     }
 }
@@ -269,7 +331,9 @@ async fn proxy(node: &AppState, request: Request, id: NodeId, address: SocketAdd
             Response::from_parts(parts, Body::new(incoming))
         }
         Ok(Err(e)) if e.is_connect() => broker_unavailable(id, address, &e).into_response(),
-        Ok(Err(e)) => forward_failed(id, address, &format!("the exchange broke: {e}")).into_response(),
+        Ok(Err(e)) => {
+            forward_failed(id, address, &format!("the exchange broke: {e}")).into_response()
+        }
         Err(_) => {
             let why = format!("no answer within {} ms", deadline.as_millis());
             forward_timeout(id, address, &why).into_response()
@@ -299,7 +363,13 @@ pub(super) fn broker_unavailable(
 
 /// The broker that serves the request was sent it and did not answer in time.
 pub(super) fn forward_timeout(id: NodeId, address: SocketAddr, why: &str) -> ApiError {
-    sent_but(StatusCode::GATEWAY_TIMEOUT, "forward_timeout", id, address, why)
+    sent_but(
+        StatusCode::GATEWAY_TIMEOUT,
+        "forward_timeout",
+        id,
+        address,
+        why,
+    )
 }
 
 /// The broker that serves the request was sent it and the exchange broke, or it answered

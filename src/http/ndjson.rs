@@ -6,13 +6,13 @@ use axum::http::HeaderMap;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 
+use super::AppState;
 use super::body::{body_read_failed, body_too_large, check_declared_length};
 use super::error::{ApiError, ApiResult};
 use super::json_records::{
     RecordRules, as_produce_records, parse_ndjson_lines, parse_off_the_workers,
 };
 use super::produce::ProduceParams;
-use super::AppState;
 use super::produce_split::produce_records;
 use crate::broker::{Durability, ProduceOutcome, RecordFate};
 

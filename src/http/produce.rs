@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
+use super::AppState;
 use super::body::{
     bounded, content_type, parse_query, parse_u64, read_limited, unsupported_media_type,
 };
@@ -18,9 +19,8 @@ use super::json_records::{
 };
 use super::ndjson::produce_ndjson;
 use super::path::Path;
-use super::render::render_produce;
-use super::AppState;
 use super::produce_split::{ProduceFailure, produce_records};
+use super::render::render_produce;
 use crate::broker::{Acks, Broker, ProduceRecord, RecordFate, now_ms};
 use crate::limits::Limit;
 use crate::log::batch::RecordRef;

@@ -36,14 +36,16 @@ use serde_json::Value;
 use super::AppState;
 use super::body::{parse_query, read_limited};
 use super::error::{ApiError, ApiResult};
-use super::forward::{FORWARDED_HEADER, not_leader, partition_offline};
+use super::forward::{
+    FORWARDED_HEADER, PartitionHome, TopicHomes, not_leader, partition_home, partition_offline,
+    topic_homes,
+};
 use super::path::Path;
 use super::produce::{ProduceQuery, produce_params, with_record_fates};
 use crate::broker::{
     Acks, BrokerError, Durability, FailedProduce, ProduceOutcome, ProduceRecord, RecordFate,
     choose_partition, is_internal_topic,
 };
-use crate::cluster::{PartitionHome, TopicHomes};
 use crate::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef, stamp_batch};
 use crate::metadata::NodeId;
 
@@ -94,7 +96,7 @@ pub(super) async fn produce_records(
     timeout: Duration,
 ) -> Result<ProduceOutcome, ProduceFailure> {
     let homes = match node.cluster.is_clustered() {
-        true => node.cluster.topic_homes(name),
+        true => topic_homes(&node.cluster, name),
         false => None,
     };
     let Some(homes) = homes else {
@@ -132,7 +134,10 @@ async fn split(
         return Err(BrokerError::ShuttingDown.into());
     }
     let count = homes.partitions.len() as u32;
-    let record_max = broker.limits().record_bytes_max.min(homes.max_message_bytes);
+    let record_max = broker
+        .limits()
+        .record_bytes_max
+        .min(homes.max_message_bytes);
     broker.check_records(records, record_max, count)?;
     let unkeyed = records
         .iter()
@@ -317,7 +322,12 @@ async fn append_remote(
         .body(Body::from(batch));
     let request = match request {
         Ok(r) => r,
-        Err(e) => return (p, PartResult::Failed(ApiError::invalid(e.to_string()), false)),
+        Err(e) => {
+            return (
+                p,
+                PartResult::Failed(ApiError::invalid(e.to_string()), false),
+            );
+        }
     };
     let forwarder = &node.forward;
     let deadline = forwarder.deadline(timeout);
@@ -340,10 +350,9 @@ async fn append_remote(
             let why = format!("no answer within {} ms", deadline.as_millis());
             PartResult::Failed(super::forward::forward_timeout(id, address, &why), true)
         }
-        Ok(Err(Exchange::Connect(e))) => PartResult::Failed(
-            super::forward::broker_unavailable(id, address, &e),
-            false,
-        ),
+        Ok(Err(Exchange::Connect(e))) => {
+            PartResult::Failed(super::forward::broker_unavailable(id, address, &e), false)
+        }
         Ok(Err(Exchange::Broken(why))) => PartResult::Failed(
             super::forward::forward_failed(id, address, &format!("the exchange broke: {why}")),
             true,
@@ -417,7 +426,11 @@ fn part_answer(
         return bad(format!("it answered {status} without a problem"));
     };
     let text = |problem: &serde_json::Map<String, Value>, k: &str| {
-        problem.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
+        problem
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
     };
     let unconfirmed = problem
         .get("unconfirmed_records")
@@ -486,7 +499,7 @@ pub async fn append(
 ) -> ApiResult<Response> {
     let q: ProduceQuery = parse_query(query.as_deref())?;
     let params = produce_params(&q, &node.broker)?;
-    match node.cluster.partition_home(&topic, partition) {
+    match partition_home(&node.cluster, &topic, partition) {
         PartitionHome::Here | PartitionHome::Unknown => {}
         PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
         PartitionHome::Offline => return Err(partition_offline()),
@@ -634,6 +647,9 @@ mod tests {
             PartResult::Failed(_, true)
         ));
         assert_eq!(intern_code("Not A Code"), "forward_failed");
-        assert_eq!(intern_code("topic_not_found"), intern_code("topic_not_found"));
+        assert_eq!(
+            intern_code("topic_not_found"),
+            intern_code("topic_not_found")
+        );
     }
 }

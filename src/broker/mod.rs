@@ -89,7 +89,12 @@ pub enum Durability {
 
 impl Durability {
     /// Every durability, weakest first.
-    const ALL: [Durability; 3] = [Durability::None, Durability::Leader, Durability::Fsync];
+    const ALL: [Durability; 4] = [
+        Durability::None,
+        Durability::Leader,
+        Durability::Fsync,
+        Durability::IsrFsync,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,14 +1,17 @@
 //! Model test of the storage engine: random appends, reads, rolls, time seeks, record
-//! deletions, clean reopens and crashes (drop without close), checked against a `Vec`.
+//! deletions, clean reopens and crashes (drop without close), and the replication
+//! operations (new leader epochs, replicated appends good and bad, truncations, resets),
+//! checked against a `Vec`.
 //!
-//! The model is the list of every record appended, indexed by offset. After every step the
-//! log end offset must match it; reads must return each record at its offset with the same
-//! key, value and timestamp, across segments and across reopens.
+//! The model is the list of every record appended, indexed by offset, and the batches with
+//! their leader epochs. After every step the log end offset must match it and the
+//! leader-epoch cache must be the one the batches imply; reads must return each record at
+//! its offset with the same key, value and timestamp, across segments and across reopens.
 
 use std::path::Path;
 
 use proptest::prelude::*;
-use tidelog::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef};
+use tidelog::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef, stamp_batch};
 use tidelog::log::{LogConfig, PartitionLog};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,12 +40,23 @@ enum Op {
         pick: usize,
         flip: bool,
     },
+    /// Later appends are stamped with a leader epoch this much newer.
+    NewEpoch(u32),
+    /// One batch as a leader stored it, appended with `append_replicated`.
+    Replicate(Vec<(Option<u8>, usize)>),
+    /// A good batch then a bad one (`how`: flipped bit, offset below the end, older epoch,
+    /// cut short) in one `append_replicated`: refused, nothing appended.
+    ReplicateBad(Vec<(Option<u8>, usize)>, u8),
+    /// Cut the log at `log_start + pick % (length + 1)`.
+    Truncate(usize),
+    /// Empty the log and start it at `log_start + pick % (length + 4)`.
+    Reset(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let record = (proptest::option::of(0u8..6), 0usize..90);
     prop_oneof![
-        8 => (prop::collection::vec(record, 1..5), -50i64..200).prop_map(|(r, dt)| Op::Append(r, dt)),
+        8 => (prop::collection::vec(record.clone(), 1..5), -50i64..200).prop_map(|(r, dt)| Op::Append(r, dt)),
         3 => any::<usize>().prop_map(Op::Read),
         1 => Just(Op::Roll),
         1 => (0i64..8_000).prop_map(Op::SeekTime),
@@ -50,6 +64,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CloseReopen),
         2 => Just(Op::CrashReopen),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, flip)| Op::CrashDamaged { pick, flip }),
+        1 => (1u32..3).prop_map(Op::NewEpoch),
+        3 => prop::collection::vec(record.clone(), 1..5).prop_map(Op::Replicate),
+        1 => (prop::collection::vec(record.clone(), 1..3), 0u8..4).prop_map(|(r, how)| Op::ReplicateBad(r, how)),
+        1 => any::<usize>().prop_map(Op::Truncate),
+        1 => any::<usize>().prop_map(Op::Reset),
     ]
 }
 
@@ -58,6 +77,10 @@ struct Harness<'a> {
     config: LogConfig,
     log: Option<PartitionLog>,
     model: Vec<Rec>,
+    /// `(base offset, next offset, leader epoch)` of every batch, in order.
+    batches: Vec<(u64, u64, u32)>,
+    /// The leader epoch new batches get.
+    epoch: u32,
     log_start: u64,
     clock_ms: i64,
 }
@@ -125,6 +148,7 @@ impl Harness<'_> {
         // below it are never given again. (Records below the start stay in the model
         // unread.)
         self.model.truncate(kept_end.max(self.log_start) as usize);
+        self.batches.retain(|b| b.0 < kept_end);
         assert_eq!(log.log_start_offset(), self.log_start, "log start");
         self.log = Some(log);
         self.check_all();
@@ -163,12 +187,158 @@ impl Harness<'_> {
             Op::CloseReopen => self.reopen(true),
             Op::CrashReopen => self.reopen(false),
             Op::CrashDamaged { pick, flip } => self.crash_damaged(pick, flip),
+            Op::NewEpoch(step) => self.epoch += step,
+            Op::Replicate(records) => self.replicate(&records),
+            Op::ReplicateBad(records, how) => self.replicate_bad(&records, how),
+            Op::Truncate(pick) => self.truncate(pick),
+            Op::Reset(pick) => self.reset(pick),
         }
         assert_eq!(self.log().log_end_offset(), self.model.len() as u64, "LEO");
+        self.check_epochs();
+    }
+
+    /// The epoch cache must be what the batches say: each epoch from its first offset still
+    /// in the log (the log start for the one in force there); nothing for an empty log.
+    fn check_epochs(&mut self) {
+        let (start, end) = (self.log_start, self.model.len() as u64);
+        let mut expected: Vec<(u32, u64)> = Vec::new();
+        for &(base, next, epoch) in &self.batches {
+            if next <= start || base >= end || start >= end {
+                continue;
+            }
+            if expected.last().map(|e| e.0) != Some(epoch) {
+                expected.push((epoch, base.max(start)));
+            }
+        }
+        let cache: Vec<(u32, u64)> = self
+            .log()
+            .epoch_cache()
+            .entries()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect();
+        assert_eq!(cache, expected, "epoch cache");
+        assert_eq!(self.log().latest_epoch(), expected.last().map(|e| e.0));
+    }
+
+    /// A batch of `records` as the leader would have stored it at the log end.
+    fn leader_batch(&mut self, records: &[(Option<u8>, usize)]) -> (Vec<u8>, Vec<Rec>) {
+        let (mut batch, recs) = self.build(records);
+        stamp_batch(&mut batch, self.model.len() as u64, self.epoch);
+        (batch, recs)
+    }
+
+    fn replicate(&mut self, records: &[(Option<u8>, usize)]) {
+        let (batch, recs) = self.leader_batch(records);
+        let first = self.model.len() as u64;
+        self.clock_ms += 1;
+        let now = self.clock_ms;
+        let end = self
+            .log()
+            .append_replicated(&batch, now)
+            .expect("replicate");
+        assert_eq!(end, first + recs.len() as u64);
+        self.batches.push((first, end, self.epoch));
+        self.model.extend(recs);
+    }
+
+    fn replicate_bad(&mut self, records: &[(Option<u8>, usize)], how: u8) {
+        let (good, _) = self.leader_batch(records);
+        let next = self.model.len() as u64 + records.len() as u64;
+        let (mut bad, _) = self.build(records);
+        match how {
+            0 => {
+                stamp_batch(&mut bad, next, self.epoch);
+                let at = bad.len() / 2;
+                bad[at] ^= 0x10;
+            }
+            1 => stamp_batch(&mut bad, next - 1, self.epoch),
+            2 if self.epoch > 0 => stamp_batch(&mut bad, next, self.epoch - 1),
+            _ => {
+                stamp_batch(&mut bad, next, self.epoch);
+                bad.pop();
+            }
+        }
+        let (end, latest) = (self.model.len() as u64, self.log().latest_epoch());
+        let now = self.clock_ms;
+        let refused = self
+            .log()
+            .append_replicated(&[good, bad].concat(), now)
+            .expect_err("a bad batch is refused");
+        assert!(
+            matches!(
+                refused.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            ),
+            "{refused}"
+        );
+        assert_eq!(self.log().log_end_offset(), end, "nothing appended");
+        assert_eq!(self.log().latest_epoch(), latest);
+    }
+
+    fn truncate(&mut self, pick: usize) {
+        let end = self.model.len() as u64;
+        let offset = self.log_start + pick as u64 % (end - self.log_start + 1);
+        let expected = self
+            .batches
+            .iter()
+            .find(|b| b.0 <= offset && offset < b.1)
+            .map_or(end, |b| b.0);
+        let cut = self.log().truncate_to(offset);
+        if expected < self.log_start {
+            cut.expect_err("a cut below the log start is refused");
+            return;
+        }
+        assert_eq!(
+            cut.expect("truncate"),
+            expected,
+            "cut at the batch boundary"
+        );
+        self.model.truncate(expected as usize);
+        self.batches.retain(|b| b.0 < expected);
+    }
+
+    fn reset(&mut self, pick: usize) {
+        let end = self.model.len() as u64;
+        let offset = self.log_start + pick as u64 % (end - self.log_start + 4);
+        let now = self.clock_ms;
+        self.log().reset_to(offset, now).expect("reset");
+        self.model.truncate(offset as usize);
+        while (self.model.len() as u64) < offset {
+            // Offsets below the new start: never read again.
+            self.model.push(Rec {
+                key: None,
+                value: Vec::new(),
+                timestamp_ms: 0,
+            });
+        }
+        self.batches.clear();
+        self.log_start = offset;
     }
 
     fn append(&mut self, records: &[(Option<u8>, usize)], dt: i64) {
-        let last_ts = self.model.last().map_or(1_000, |r| r.timestamp_ms);
+        let (mut batch, recs) = self.build_at(records, dt);
+        let first = self.model.len();
+        self.clock_ms += 1;
+        let now = self.clock_ms;
+        let epoch = self.epoch;
+        let (base, next) = self.log().append(&mut batch, epoch, now).expect("append");
+        assert_eq!(base, first as u64, "dense offsets");
+        assert_eq!(next, (first + recs.len()) as u64);
+        self.batches.push((base, next, epoch));
+        self.model.extend(recs);
+    }
+
+    fn build(&self, records: &[(Option<u8>, usize)]) -> (Vec<u8>, Vec<Rec>) {
+        self.build_at(records, 1)
+    }
+
+    /// A batch of `records` stamped `dt` after the last record, and the records.
+    fn build_at(&self, records: &[(Option<u8>, usize)], dt: i64) -> (Vec<u8>, Vec<Rec>) {
+        let last_ts = self
+            .model
+            .last()
+            .map_or(1_000, |r| r.timestamp_ms.max(1_000));
         let timestamp_ms = last_ts + dt;
         let first = self.model.len();
         let recs: Vec<Rec> = records
@@ -191,13 +361,7 @@ impl Harness<'_> {
                 headers: &[],
             });
         }
-        let mut batch = builder.finish(ProducerInfo::NONE, None);
-        self.clock_ms += 1;
-        let now = self.clock_ms;
-        let (base, next) = self.log().append(&mut batch, 0, now).expect("append");
-        assert_eq!(base, first as u64, "dense offsets");
-        assert_eq!(next, (first + recs.len()) as u64);
-        self.model.extend(recs);
+        (builder.finish(ProducerInfo::NONE, None), recs)
     }
 
     /// Reads up to `limit` records from `from` and compares them with the model.
@@ -325,6 +489,8 @@ proptest! {
             config,
             log: Some(log),
             model: Vec::new(),
+            batches: Vec::new(),
+            epoch: 0,
             log_start: 0,
             clock_ms: 0,
         };

@@ -289,6 +289,18 @@ impl<E: IndexEntry> IndexFile<E> {
         self.last = Some(entry);
     }
 
+    /// Keeps the first `entries` entries of a writable index (a truncated segment); the rest
+    /// of the map is zeroed, as in a fresh file.
+    pub fn truncate(&mut self, entries: usize) {
+        let map = self.map.as_mut().expect("truncate a sealed index");
+        if entries >= self.entries {
+            return;
+        }
+        map[entries * E::BYTES..self.entries * E::BYTES].fill(0);
+        self.entries = entries;
+        self.last = (entries > 0).then(|| self.get(entries - 1));
+    }
+
     /// Index of the last entry whose key is `<= key`, if any.
     pub fn floor(&self, key: i64) -> Option<usize> {
         // partition_point: first entry with key > `key`.

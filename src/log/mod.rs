@@ -8,9 +8,14 @@
 //! - Offsets are dense: segment `i` ends exactly where segment `i + 1` begins, and the active
 //!   (last) segment ends at the log end offset.
 //! - `log_start_offset <= flushed_offset <= log_end_offset`, and `flushed_offset` only grows
-//!   (except by an explicit truncation, which replication will need).
+//!   except by an explicit truncation (`truncate_to`, `reset_to`: replication), after which a
+//!   flush planned before it counts for nothing.
 //! - Only the active segment is written; rolled segments are immutable and are synced before
 //!   the flushed offset moves past them.
+//! - The leader-epoch cache covers every batch of the log: each append records its batch's
+//!   epoch, and epochs never go down along the log. On disk, every epoch that starts below the
+//!   recovery checkpoint is in the epoch checkpoint (it is written first), so recovery, which
+//!   scans from that checkpoint's segment on, fills in the rest from the batches themselves.
 //!
 //! Failure policy: I/O errors are returned to the caller, which stops taking writes for the
 //! partition; recovery truncates a torn or corrupt tail and reports how many bytes it cut.
@@ -20,7 +25,10 @@ pub mod compact;
 pub mod epoch_cache;
 pub mod index;
 pub mod producer_state;
+#[cfg(test)]
+mod replication_tests;
 pub mod segment;
+pub mod sync_ledger;
 #[cfg(test)]
 mod tests;
 pub mod walk;
@@ -28,10 +36,12 @@ pub mod walk;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::limits::SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX;
 use batch::{BATCH_HEADER_BYTES, BatchHeader};
+use epoch_cache::{EpochCache, EpochEnd};
 use index::PendingSeal;
 use segment::{OpenMode, ReadSlice, Segment};
 
@@ -67,6 +77,8 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
 const CHECKPOINT_FILE: &str = "recovery-checkpoint";
 const LOG_START_FILE: &str = "log-start-offset";
+/// The leader-epoch cache's checkpoint (`epoch_cache`).
+pub const EPOCH_CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
 
 /// What opening a partition log found, for the log line and the metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -80,32 +92,52 @@ pub struct OpenReport {
     pub empty_segments_removed: usize,
 }
 
-/// A recovery checkpoint taken under the lock and written outside it.
+/// A recovery checkpoint (and the epoch cache, when it changed) taken under the lock and
+/// written outside it.
 #[derive(Debug)]
 pub struct Checkpoint {
-    path: PathBuf,
+    dir: PathBuf,
     flushed_offset: u64,
-    /// The partition's checkpoint writes, one at a time (see [`Checkpoint::write`]).
-    written: Arc<Mutex<u64>>,
+    /// Taken in this order under the partition lock: a write never replaces a later one.
+    seq: u64,
+    /// The epoch cache and its version, when that version is not known to be on disk.
+    epochs: Option<(EpochCache, u64)>,
+    files: Arc<CheckpointFiles>,
 }
 
 impl Checkpoint {
-    /// Writes the checkpoint unless a later one was written meanwhile. Writes of one
-    /// partition take turns: the flusher's and a shutdown's may overlap, and two writes
-    /// through one temporary file fail (the second rename finds it gone) or leave the older
-    /// offset. The lock is held across the file write on purpose; no `.await` under it.
+    /// Writes the epoch checkpoint (if it changed) and then the recovery checkpoint, unless a
+    /// checkpoint taken later was written already. Blocking.
     pub fn write(&self) -> io::Result<()> {
         let mut written = self
+            .files
             .written
             .lock()
-            .expect("the checkpoint lock is not poisoned");
-        if self.flushed_offset < *written {
+            .expect("checkpoint lock poisoned only after a panic");
+        if self.seq <= *written {
             return Ok(());
         }
-        write_u64_file(&self.path, self.flushed_offset)?;
-        *written = self.flushed_offset;
+        if let Some((epochs, version)) = &self.epochs {
+            epochs.write(&self.dir.join(EPOCH_CHECKPOINT_FILE))?;
+            self.files
+                .epochs_written
+                .fetch_max(*version, Ordering::AcqRel);
+        }
+        write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset)?;
+        *written = self.seq;
         Ok(())
     }
+}
+
+/// What is on disk of a partition's checkpoints, shared by the checkpoints in flight.
+#[derive(Debug, Default)]
+struct CheckpointFiles {
+    /// The `seq` of the last checkpoint written. Std mutex held across the file writes (on
+    /// the blocking pool, or under the partition lock for a truncation), never an `.await`;
+    /// it never waits for the partition lock.
+    written: Mutex<u64>,
+    /// The version of the epoch cache on disk (read under the partition lock, no waiting).
+    epochs_written: AtomicU64,
 }
 
 /// File work taken under the partition lock and done outside it (by [`FlushPlan::run`]), so
@@ -121,6 +153,8 @@ pub struct FlushPlan {
     dir: Option<PathBuf>,
     /// Rolls counted when the plan was taken: a synced directory covers those.
     rolls: u64,
+    /// Truncations counted when the plan was taken: a plan from before one counts for nothing.
+    truncations: u64,
     /// Everything below this offset is durable once the plan has run.
     pub target: u64,
 }
@@ -129,7 +163,7 @@ impl FlushPlan {
     /// Syncs the files, trims and syncs the rolled indexes, syncs the directory. Blocking.
     pub fn run(&self) -> io::Result<()> {
         for file in &self.files {
-            file.sync_data()?;
+            sync_ledger::sync_data(file)?;
         }
         for seal in &self.seals {
             seal.run()?;
@@ -177,9 +211,16 @@ pub struct PartitionLog {
     /// Base offsets of the sealed segments loaded for reads (file open, indexes mapped),
     /// least recently used first; at most [`SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX`].
     loaded: Vec<u64>,
-    /// The last recovery checkpoint written, shared with the checkpoints taken to be written
-    /// outside the lock, which take turns on it.
-    checkpoint_written: Arc<Mutex<u64>>,
+    /// Leader epoch -> first offset, for every batch of the log (KIP-101, KIP-279).
+    epochs: EpochCache,
+    /// Bumped at every change of `epochs`; a checkpoint carries the cache while the version
+    /// on disk is older.
+    epochs_version: u64,
+    /// Truncations so far (`truncate_to`, `reset_to`): flush plans taken before one are void.
+    truncations: u64,
+    /// Checkpoints taken so far (their order), and what is on disk.
+    checkpoints_taken: u64,
+    checkpoint_files: Arc<CheckpointFiles>,
 }
 
 impl PartitionLog {
@@ -195,6 +236,7 @@ impl PartitionLog {
         let mut bases = list_segment_bases(dir)?;
         let checkpoint = read_u64_file(&dir.join(CHECKPOINT_FILE)).unwrap_or(0);
         let stored_start = read_u64_file(&dir.join(LOG_START_FILE)).unwrap_or(0);
+        let (mut epochs, mut epochs_rebuild) = read_epochs(dir);
         let entries_max = index_entries_max(&config);
         let mut report = OpenReport::default();
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
@@ -212,6 +254,7 @@ impl PartitionLog {
                 OpenMode::Recover
             };
             let writable = next_base.is_none();
+            let recovered_epochs = (mode == OpenMode::Recover).then_some(&mut epochs);
             let (segment, seg_report) = Segment::open(
                 dir,
                 base,
@@ -219,7 +262,9 @@ impl PartitionLog {
                 writable,
                 config.index_interval_bytes,
                 entries_max,
+                recovered_epochs,
             )?;
+            epochs_rebuild |= seg_report.epochs_contradicted;
             report.truncated_bytes += seg_report.truncated_bytes;
             report.rebuilt_indexes += usize::from(seg_report.rebuilt_index);
             // Compaction may drop a segment's last records: a gap before the next segment is
@@ -268,6 +313,7 @@ impl PartitionLog {
                 true,
                 config.index_interval_bytes,
                 entries_max,
+                None,
             )?
             .0
         } else {
@@ -281,6 +327,9 @@ impl PartitionLog {
                 s.sync_file()?;
             }
             sync_dir(dir)?;
+        }
+        if epochs_rebuild {
+            epochs = epochs_from_batches(&segments)?;
         }
         // Retention deletes segments before it stores the new start; a crash between the two
         // leaves a stored start below the first segment.
@@ -303,7 +352,12 @@ impl PartitionLog {
         }
         report.segments = segments.len();
         let log_end = segments.last().expect("never empty").next_offset;
-        let log = PartitionLog {
+        epochs.truncate_from_end(log_end);
+        epochs.truncate_from_start(log_start_offset);
+        if log_start_offset == log_end {
+            epochs = EpochCache::default();
+        }
+        let mut log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
             segments,
@@ -313,7 +367,12 @@ impl PartitionLog {
             rolls: 0,
             dir_synced_rolls: 0,
             loaded: Vec::new(),
-            checkpoint_written: Arc::new(Mutex::new(0)),
+            epochs,
+            // Version 1 against 0 on disk: the first checkpoint writes the cache as recovered.
+            epochs_version: 1,
+            truncations: 0,
+            checkpoints_taken: 0,
+            checkpoint_files: Arc::default(),
         };
         log.write_checkpoint()?;
         Ok((log, report))
@@ -343,6 +402,22 @@ impl PartitionLog {
         self.segments.len()
     }
 
+    /// The epoch of the last batch written (a follower's `last_fetched_epoch`), if any.
+    pub fn latest_epoch(&self) -> Option<u32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// The end of `epoch` in this log (KIP-279, as a leader answers a follower): the largest
+    /// epoch here at most `epoch` and the first offset after its records. `None` when every
+    /// epoch here is newer (or the log is empty).
+    pub fn epoch_end(&self, epoch: u32) -> Option<EpochEnd> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    pub fn epoch_cache(&self) -> &EpochCache {
+        &self.epochs
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.size).sum()
     }
@@ -361,33 +436,138 @@ impl PartitionLog {
         leader_epoch: u32,
         now_ms: i64,
     ) -> io::Result<(u64, u64)> {
+        if let Some(latest) = self.epochs.latest_epoch()
+            && leader_epoch < latest
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("leader epoch {leader_epoch} is older than the log's latest, {latest}"),
+            ));
+        }
         let base = self.log_end_offset();
         batch::stamp_batch(batch, base, leader_epoch);
         let header = BatchHeader::parse(batch)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         assert_eq!(header.total_len(), batch.len(), "a batch is appended whole");
-        self.maybe_roll(batch.len() as u64, header.last_offset_delta, now_ms)?;
+        self.append_stamped(batch, &header, now_ms)?;
+        Ok((base, header.next_offset()))
+    }
+
+    /// Appends whole batches exactly as a leader stored them (replication): offsets and
+    /// leader epochs are kept, and the epoch cache follows. Every batch is checked before
+    /// anything is written: its CRC and that it is whole (`InvalidData`), that offsets start
+    /// at or past the log end and grow (gaps are fine: compaction), and that epochs never go
+    /// below the log's latest nor down (`InvalidInput`). Returns the new log end.
+    pub fn append_replicated(&mut self, batches: &[u8], now_ms: i64) -> io::Result<u64> {
+        self.check_replicated(batches)?;
+        let mut rest = batches;
+        while !rest.is_empty() {
+            let header = BatchHeader::parse(rest).expect("checked above");
+            let (batch, after) = rest.split_at(header.total_len());
+            self.append_stamped(batch, &header, now_ms)?;
+            rest = after;
+        }
+        Ok(self.log_end_offset())
+    }
+
+    /// The checks of [`PartitionLog::append_replicated`], on every batch, writing nothing.
+    fn check_replicated(&self, batches: &[u8]) -> io::Result<()> {
+        let invalid = |kind, why: String| Err(io::Error::new(kind, why));
+        let mut next = self.log_end_offset();
+        let mut epoch = self.epochs.latest_epoch().unwrap_or(0);
+        let mut walk = walk::BufferBatches::new(batches);
+        for view in walk.by_ref() {
+            let header = match view {
+                Ok(view) => view.header,
+                Err(e) => return invalid(io::ErrorKind::InvalidData, e.to_string()),
+            };
+            if header.base_offset < next {
+                return invalid(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a batch at offset {} where the log is at {next}",
+                        header.base_offset
+                    ),
+                );
+            }
+            if header.leader_epoch < epoch {
+                return invalid(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a batch of leader epoch {} after epoch {epoch}",
+                        header.leader_epoch
+                    ),
+                );
+            }
+            next = header.next_offset();
+            epoch = header.leader_epoch;
+        }
+        if !walk.rest().is_empty() {
+            return invalid(
+                io::ErrorKind::InvalidData,
+                format!("{} bytes of a cut batch at the end", walk.rest().len()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a stamped, checked batch at `header.base_offset` (at or past the log end) and
+    /// records its epoch.
+    fn append_stamped(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        now_ms: i64,
+    ) -> io::Result<()> {
+        self.maybe_roll(batch.len() as u64, header, now_ms)?;
         let interval = self.config.index_interval_bytes;
         self.segments
             .last_mut()
             .expect("never empty")
-            .append(batch, &header, interval)?;
-        Ok((base, header.next_offset()))
+            .append(batch, header, interval)?;
+        if self.epochs.latest_epoch() != Some(header.leader_epoch) {
+            self.epochs
+                .assign(header.leader_epoch, header.base_offset)
+                .expect("epochs were checked before the write");
+            self.epochs_version += 1;
+        }
+        Ok(())
     }
 
-    fn maybe_roll(&mut self, incoming: u64, last_delta: u32, now_ms: i64) -> io::Result<()> {
+    fn maybe_roll(&mut self, incoming: u64, header: &BatchHeader, now_ms: i64) -> io::Result<()> {
         let segment_bytes = self.config.segment_bytes.min(SEGMENT_BYTES_MAX);
         let active = self.active();
+        // Relative offsets are u32: the batch's last offset must fit (a replicated batch may
+        // start past the log end, after a compaction gap).
+        let offsets_overflow = header.next_offset() - active.base_offset >= u64::from(u32::MAX);
         if active.size == 0 {
+            if offsets_overflow {
+                self.restart_empty_active_at(header.base_offset, now_ms)?;
+            }
             return Ok(());
         }
         let too_big = active.size + incoming > segment_bytes;
         let too_old = now_ms.saturating_sub(active.created_ms) > self.config.segment_ms;
-        let offsets_overflow =
-            active.next_offset - active.base_offset + u64::from(last_delta) >= u64::from(u32::MAX);
         if too_big || too_old || offsets_overflow || active.index_is_full() {
             self.roll(now_ms)?;
+            if header.next_offset() - self.active().base_offset >= u64::from(u32::MAX) {
+                self.restart_empty_active_at(header.base_offset, now_ms)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Replaces the empty active segment by one based at `base` (past a gap too wide for one
+    /// segment's relative offsets). The next flush plan syncs the directory.
+    fn restart_empty_active_at(&mut self, base: u64, now_ms: i64) -> io::Result<()> {
+        let entries_max = index_entries_max(&self.config);
+        let created = Segment::create(&self.dir, base, entries_max, now_ms)?;
+        let empty = std::mem::replace(self.segments.last_mut().expect("never empty"), created);
+        empty.delete_files()?;
+        if let Some(before) = self.segments.len().checked_sub(2) {
+            self.segments[before].next_offset = base;
+        }
+        self.rolls += 1;
         Ok(())
     }
 
@@ -507,12 +687,17 @@ impl PartitionLog {
             seals,
             dir: (self.rolls > self.dir_synced_rolls).then(|| self.dir.clone()),
             rolls: self.rolls,
+            truncations: self.truncations,
             target: self.log_end_offset(),
         }
     }
 
-    /// Records that a [`FlushPlan`] has run.
-    pub fn mark_flushed(&mut self, plan: &FlushPlan) {
+    /// Records that a [`FlushPlan`] has run. Returns false, and records nothing, for a plan
+    /// taken before a truncation: what it synced may since have been cut and rewritten.
+    pub fn mark_flushed(&mut self, plan: &FlushPlan) -> bool {
+        if plan.truncations != self.truncations {
+            return false;
+        }
         let target = plan.target;
         assert!(target <= self.log_end_offset(), "flushed past the log end");
         self.flushed_offset = self.flushed_offset.max(target);
@@ -520,6 +705,130 @@ impl PartitionLog {
         if plan.dir.is_some() {
             self.dir_synced_rolls = self.dir_synced_rolls.max(plan.rolls);
         }
+        true
+    }
+
+    /// The end [`PartitionLog::truncate_to`] would leave for `offset`: the start of the batch
+    /// holding `offset` (or `offset` itself where it falls in a compaction gap), and the log
+    /// end for any offset at or past it.
+    pub fn truncation_point(&mut self, offset: u64) -> io::Result<u64> {
+        if offset >= self.log_end_offset() {
+            return Ok(self.log_end_offset());
+        }
+        let i = self.segment_holding(offset)?;
+        self.load(i)?;
+        Ok(self.segments[i].cut_point(offset)?.1)
+    }
+
+    /// Cuts the log at the batch boundary at or below `offset` (replication: a follower
+    /// dropping a tail its leader does not have). Returns the new end. The epoch cache and the
+    /// flushed offset follow, the cut file is synced and both checkpoints are written before
+    /// it returns, so no crash can bring the cut batches back or trust what replaces them
+    /// unsynced. Blocking (small file work under the partition lock; truncations are rare).
+    pub fn truncate_to(&mut self, offset: u64) -> io::Result<u64> {
+        if offset >= self.log_end_offset() {
+            return Ok(self.log_end_offset());
+        }
+        let i = self.segment_holding(offset)?;
+        self.load(i)?;
+        let (_, end) = self.segments[i].cut_point(offset)?;
+        if end < self.log_start_offset {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cutting at {offset} would end the log at {end}, below its start {} \
+                     (a batch straddles the start): reset it instead",
+                    self.log_start_offset
+                ),
+            ));
+        }
+        if i + 1 < self.segments.len() {
+            self.make_active(i)?;
+        }
+        let active = self.segments.last_mut().expect("never empty");
+        let end = active.truncate(offset)?;
+        sync_ledger::sync_all(active.file())?;
+        self.after_truncation(end)?;
+        Ok(end)
+    }
+
+    /// Empties the log and starts it at `offset` (replication: a follower whose log is below
+    /// its leader's start or wholly divergent). Every segment goes; log start, end and
+    /// flushed offset become `offset`, the epoch cache empties. Blocking.
+    pub fn reset_to(&mut self, offset: u64, now_ms: i64) -> io::Result<()> {
+        // The start first: a crash part way leaves a start past the data, which opening
+        // turns into an empty log there.
+        write_u64_file(&self.dir.join(LOG_START_FILE), offset)?;
+        self.log_start_offset = offset;
+        self.unsynced.clear();
+        self.loaded.clear();
+        for segment in self.segments.drain(..) {
+            segment.delete_files()?;
+        }
+        let entries_max = index_entries_max(&self.config);
+        self.segments
+            .push(Segment::create(&self.dir, offset, entries_max, now_ms)?);
+        sync_dir(&self.dir)?;
+        self.epochs = EpochCache::default();
+        self.flushed_offset = offset;
+        self.after_truncation(offset)
+    }
+
+    /// The index of the segment holding `offset`, which must be within the log.
+    fn segment_holding(&self, offset: u64) -> io::Result<usize> {
+        if offset < self.segments[0].base_offset || offset < self.log_start_offset {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "offset {offset} is below the log start {}",
+                    self.log_start_offset
+                ),
+            ));
+        }
+        Ok(self.segments.partition_point(|s| s.base_offset <= offset) - 1)
+    }
+
+    /// Makes sealed segment `i` the active one: the segments after it go, and it is opened
+    /// for writing again (its pending index seal is run first, so its indexes are trusted).
+    fn make_active(&mut self, i: usize) -> io::Result<()> {
+        let base = self.segments[i].base_offset;
+        // Rolled segments from `i` on: their index seals run now (the later ones' files go
+        // anyway), so none can trim an index file reopened for writing.
+        for u in self.unsynced.iter().filter(|u| u.end > base) {
+            for seal in &u.seals {
+                seal.run()?;
+            }
+        }
+        self.unsynced.retain(|u| u.end <= base);
+        for removed in self.segments.drain(i..) {
+            self.loaded.retain(|&b| b != removed.base_offset);
+            if removed.base_offset != base {
+                removed.delete_files()?;
+            }
+        }
+        let interval = self.config.index_interval_bytes;
+        let entries_max = index_entries_max(&self.config);
+        let (segment, _) = Segment::open(
+            &self.dir,
+            base,
+            OpenMode::Trusted,
+            true,
+            interval,
+            entries_max,
+            None,
+        )?;
+        self.segments.push(segment);
+        sync_dir(&self.dir)
+    }
+
+    /// The bookkeeping after the log was cut to end at `end`: flushed offset, epoch cache,
+    /// plans in flight voided, both checkpoints written now.
+    fn after_truncation(&mut self, end: u64) -> io::Result<()> {
+        self.flushed_offset = self.flushed_offset.min(end);
+        self.truncations += 1;
+        self.epochs.truncate_from_end(end);
+        self.epochs_version += 1;
+        self.write_checkpoint()
     }
 
     /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
@@ -550,6 +859,7 @@ impl PartitionLog {
             self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
             write_u64_file(&self.dir.join(LOG_START_FILE), self.log_start_offset)?;
             sync_dir(&self.dir)?;
+            self.epochs_start_at_log_start();
         }
         Ok(deleted)
     }
@@ -562,9 +872,23 @@ impl PartitionLog {
             // Stored first: if the write fails, memory and disk still agree.
             write_u64_file(&self.dir.join(LOG_START_FILE), offset)?;
             self.log_start_offset = offset;
+            self.epochs_start_at_log_start();
             self.apply_retention(i64::MIN, upto)?;
         }
         Ok(self.log_start_offset)
+    }
+
+    /// The log start moved: the epoch in force there now starts there. An empty log keeps
+    /// no epoch (as opening one finds).
+    fn epochs_start_at_log_start(&mut self) {
+        let before = self.epochs.entries().first().copied();
+        self.epochs.truncate_from_start(self.log_start_offset);
+        if self.log_start_offset >= self.log_end_offset() {
+            self.epochs = EpochCache::default();
+        }
+        if self.epochs.entries().first().copied() != before {
+            self.epochs_version += 1;
+        }
     }
 
     /// The sealed segments and the active one, for compaction (`None`: nothing sealed yet).
@@ -636,16 +960,22 @@ impl PartitionLog {
     }
 
     /// Writes the recovery checkpoint: everything below the flushed offset's segment is synced.
-    pub fn write_checkpoint(&self) -> io::Result<()> {
+    /// The epoch checkpoint first, when the cache changed.
+    pub fn write_checkpoint(&mut self) -> io::Result<()> {
         self.checkpoint().write()
     }
 
-    /// The recovery checkpoint to write, so the caller can write it without the log's lock.
-    pub fn checkpoint(&self) -> Checkpoint {
+    /// The checkpoints to write, so the caller can write them without the log's lock.
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        self.checkpoints_taken += 1;
+        let on_disk = self.checkpoint_files.epochs_written.load(Ordering::Acquire);
         Checkpoint {
-            path: self.dir.join(CHECKPOINT_FILE),
+            dir: self.dir.clone(),
             flushed_offset: self.flushed_offset,
-            written: Arc::clone(&self.checkpoint_written),
+            seq: self.checkpoints_taken,
+            epochs: (self.epochs_version > on_disk)
+                .then(|| (self.epochs.clone(), self.epochs_version)),
+            files: Arc::clone(&self.checkpoint_files),
         }
     }
 
@@ -671,6 +1001,35 @@ impl PartitionLog {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The epoch cache from its checkpoint, and whether it must be rebuilt from the batches (the
+/// file is damaged). Without a file (a log written before epochs were kept, when every
+/// batch was written at epoch 0) every offset is epoch 0 until recovery says otherwise;
+/// opening trims the cache to the log's range.
+fn read_epochs(dir: &Path) -> (EpochCache, bool) {
+    let path = dir.join(EPOCH_CHECKPOINT_FILE);
+    if !path.exists() {
+        let mut epochs = EpochCache::default();
+        epochs.assign(0, 0).expect("the first entry");
+        return (epochs, false);
+    }
+    match EpochCache::read(&path) {
+        Ok(epochs) => (epochs, false),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "leader-epoch checkpoint rebuilt from the log: {e}");
+            (EpochCache::default(), true)
+        }
+    }
+}
+
+/// The epoch cache read from every batch header of the log.
+fn epochs_from_batches(segments: &[Segment]) -> io::Result<EpochCache> {
+    let mut epochs = EpochCache::default();
+    for segment in segments {
+        segment.assign_epochs(&mut epochs)?;
+    }
+    Ok(epochs)
 }
 
 /// How many index entries a segment may need at most.

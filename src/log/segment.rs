@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::batch::{BATCH_HEADER_BYTES, BatchHeader};
+use super::epoch_cache::EpochCache;
 use super::index::{IndexFile, OffsetEntry, PendingSeal, TimeEntry};
+use super::sync_ledger;
 use super::walk::{FileBatches, WalkError};
 
 /// How far a segment's contents may be trusted when it is opened.
@@ -36,6 +38,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Whether the indexes were rebuilt from the log.
     pub rebuilt_index: bool,
+    /// A recovered batch's epoch was older than the epoch cache's latest before it: the
+    /// cache must be rebuilt from every batch.
+    pub epochs_contradicted: bool,
 }
 
 /// A segment rewritten by compaction, described for [`Segment::from_compacted`].
@@ -175,6 +180,9 @@ impl Segment {
     }
 
     /// Opens an existing segment. `writable` segments get preallocated, mapped indexes.
+    /// `recovered_epochs`, with [`OpenMode::Recover`]: the epoch cache, cut back to this
+    /// segment's base and then given the epoch of every batch the scan keeps.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &Path,
         base_offset: u64,
@@ -182,6 +190,7 @@ impl Segment {
         writable: bool,
         index_interval_bytes: u64,
         index_entries_max: usize,
+        recovered_epochs: Option<&mut EpochCache>,
     ) -> io::Result<(Self, RecoveryReport)> {
         let file = OpenOptions::new()
             .read(true)
@@ -208,6 +217,10 @@ impl Segment {
             Some(found) => found,
             None => {
                 report.rebuilt_index = true;
+                let mut epochs = recovered_epochs;
+                if let Some(epochs) = epochs.as_deref_mut() {
+                    epochs.truncate_from_end(base_offset);
+                }
                 let capacity =
                     index_entries_max.max((file_len / index_interval_bytes.max(1)) as usize + 2);
                 let mut offset_index =
@@ -219,6 +232,13 @@ impl Segment {
                 offset_index.reserve(most)?;
                 time_index.reserve(most)?;
                 let scan = scan_log(&file, file_len, base_offset, 0, |pos, header, since| {
+                    if let Some(epochs) = epochs.as_deref_mut()
+                        && epochs
+                            .assign(header.leader_epoch, header.base_offset)
+                            .is_err()
+                    {
+                        report.epochs_contradicted = true;
+                    }
                     if since == 0 || since >= index_interval_bytes {
                         let rel = (header.base_offset - base_offset) as u32;
                         offset_index.append(OffsetEntry {
@@ -239,7 +259,7 @@ impl Segment {
                 if scan.valid_len < file_len {
                     report.truncated_bytes = file_len - scan.valid_len;
                     file.set_len(scan.valid_len)?;
-                    file.sync_all()?;
+                    sync_ledger::sync_all(&file)?;
                 }
                 (offset_index, time_index, scan)
             }
@@ -372,8 +392,8 @@ impl Segment {
     /// fsyncs the log file, opening it for the call if the segment is not loaded.
     pub fn sync_file(&self) -> io::Result<()> {
         match &self.file {
-            Some(f) => f.sync_all(),
-            None => File::open(self.log_path())?.sync_all(),
+            Some(f) => sync_ledger::sync_all(f),
+            None => sync_ledger::sync_all(&File::open(self.log_path())?),
         }
     }
 
@@ -402,7 +422,7 @@ impl Segment {
         header: &BatchHeader,
         index_interval_bytes: u64,
     ) -> io::Result<()> {
-        debug_assert_eq!(header.base_offset, self.next_offset);
+        debug_assert!(header.base_offset >= self.next_offset, "offsets only grow");
         // Disk blocks for this batch's index entries (and the time entry a seal adds) first,
         // so a full disk fails the append before anything changed.
         self.offset_index.reserve(self.offset_index.len() + 1)?;
@@ -463,6 +483,79 @@ impl Segment {
             .lower(timestamp_ms)
             .map_or(0, |i| self.time_index.get(i).relative_offset);
         self.read_slice(self.base_offset + u64::from(start_relative))
+    }
+
+    /// Where cutting at `offset` (below `next_offset`) falls: the byte position and the new
+    /// end offset. That is the start of the first batch ending past `offset`, and its base
+    /// offset, or `offset` itself where it falls in a compaction gap. The segment must be
+    /// loaded.
+    pub fn cut_point(&self, offset: u64) -> io::Result<(u64, u64)> {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as i64;
+        let from = self
+            .offset_index
+            .floor(relative)
+            .map_or(0, |i| u64::from(self.offset_index.get(i).position));
+        let mut walk = FileBatches::new(self.file(), from, self.size, 0);
+        loop {
+            match walk.next_header() {
+                Ok(Some(h)) if h.next_offset() <= offset => walk.skip(),
+                Ok(Some(h)) => return Ok((walk.position(), h.base_offset.min(offset))),
+                Ok(None) => return Ok((self.size, offset.min(self.next_offset))),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Cuts the active segment at `offset` (see [`Segment::cut_point`]): the log file, its
+    /// indexes and the bookkeeping of its tail. Returns the new end offset. The caller syncs.
+    pub fn truncate(&mut self, offset: u64) -> io::Result<u64> {
+        debug_assert!(!self.is_sealed(), "only the active segment is cut");
+        if offset >= self.next_offset {
+            return Ok(self.next_offset);
+        }
+        let (cut, end) = self.cut_point(offset)?;
+        let offsets_kept = (0..self.offset_index.len())
+            .take_while(|&i| u64::from(self.offset_index.get(i).position) < cut)
+            .count();
+        self.offset_index.truncate(offsets_kept);
+        let cut_relative = (end - self.base_offset).min(u64::from(u32::MAX)) as u32;
+        let times_kept = (0..self.time_index.len())
+            .take_while(|&i| self.time_index.get(i).relative_offset < cut_relative)
+            .count();
+        self.time_index.truncate(times_kept);
+        self.file().set_len(cut)?;
+        // The tail after the last index entry kept: its batches give the bookkeeping the
+        // indexes do not hold (largest timestamp, last batch, bytes since the last entry).
+        let from = self
+            .offset_index
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        let scan = scan_log(self.file(), cut, self.base_offset, from, |_, _, _| false)?;
+        let indexed_max = self.time_index.last().map_or(i64::MIN, |e| e.timestamp_ms);
+        self.max_timestamp_ms = scan.max_timestamp_ms.max(indexed_max);
+        self.last_batch_relative = scan.last_batch_relative;
+        self.bytes_since_index = scan.bytes_since_index;
+        self.size = cut;
+        self.next_offset = end;
+        Ok(end)
+    }
+
+    /// Gives `epochs` the leader epoch of every batch, in order (reading headers only).
+    pub fn assign_epochs(&self, epochs: &mut EpochCache) -> io::Result<()> {
+        let file = match &self.file {
+            Some(file) => Arc::clone(file),
+            None => Arc::new(File::open(self.log_path())?),
+        };
+        let mut walk = FileBatches::new(&file, 0, self.size, self.base_offset);
+        while let Some(h) = walk.next_header().map_err(io::Error::from)? {
+            epochs.assign(h.leader_epoch, h.base_offset).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("the log's epochs: {e}"))
+            })?;
+            walk.skip();
+        }
+        Ok(())
     }
 
     /// Trims the indexes to their entries and makes them read-only (on shutdown and open).

@@ -1,0 +1,96 @@
+//! The test-only ledger of synced lengths, for simulating a power cut.
+//!
+//! With the environment variable `TIDELOG_TEST_SYNC_LEDGER=<file>` set when the process
+//! starts, every completed sync of a segment's log file appends one line `<path> <length>` to
+//! that file: `length` bytes of `path` were on disk when the sync returned. A test harness
+//! kills the broker with `kill -9`, cuts every segment file back to the last length recorded
+//! for it (to nothing when none was), and restarts it: that is what a machine losing power
+//! would have left, page cache gone. Without the variable it costs one load of an initialized
+//! `OnceLock` per sync, nothing per append.
+//!
+//! The length is taken before the sync starts: bytes written while it runs may or may not be
+//! covered, so they do not count. The path is the one the kernel knows for the open file
+//! (`/proc/self/fd`), so a segment renamed since it was opened (compaction) is recorded under
+//! its current name, and one already deleted is not recorded at all.
+//!
+//! Failure policy: the ledger is a test aid; failing to write it panics (a test that cannot
+//! trust its ledger must not pass).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+/// The environment variable naming the ledger file.
+pub const SYNC_LEDGER_ENV: &str = "TIDELOG_TEST_SYNC_LEDGER";
+
+/// The open ledger, when the variable is set. Std mutex: held for one `write` call.
+static LEDGER: OnceLock<Option<Mutex<File>>> = OnceLock::new();
+
+fn ledger() -> Option<&'static Mutex<File>> {
+    LEDGER
+        .get_or_init(|| {
+            let path = std::env::var_os(SYNC_LEDGER_ENV)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{SYNC_LEDGER_ENV}: cannot open {path:?}: {e}"));
+            Some(Mutex::new(file))
+        })
+        .as_ref()
+}
+
+/// `file.sync_data()`, recorded in the ledger when there is one.
+pub fn sync_data(file: &File) -> io::Result<()> {
+    recorded(file, File::sync_data)
+}
+
+/// `file.sync_all()`, recorded in the ledger when there is one.
+pub fn sync_all(file: &File) -> io::Result<()> {
+    recorded(file, File::sync_all)
+}
+
+fn recorded(file: &File, sync: fn(&File) -> io::Result<()>) -> io::Result<()> {
+    if ledger().is_none() {
+        return sync(file);
+    }
+    let length = file.metadata()?.len();
+    sync(file)?;
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
+        return Ok(());
+    };
+    if path.to_string_lossy().ends_with(" (deleted)") {
+        return Ok(());
+    }
+    record_synced(&path, length);
+    Ok(())
+}
+
+/// Records that `length` bytes of `path` are on disk (a file synced under another name and
+/// renamed since: compaction's rewritten segments).
+pub fn record_synced(path: &std::path::Path, length: u64) {
+    let Some(ledger) = ledger() else { return };
+    let line = format!("{} {length}\n", path.display());
+    ledger
+        .lock()
+        .expect("ledger lock poisoned")
+        .write_all(line.as_bytes())
+        .expect("write the sync ledger");
+}
+
+/// Reads a ledger: the last synced length recorded for each path.
+pub fn read(ledger: &std::path::Path) -> io::Result<std::collections::HashMap<PathBuf, u64>> {
+    let text = std::fs::read_to_string(ledger)?;
+    let mut synced = std::collections::HashMap::new();
+    for line in text.lines() {
+        let Some((path, length)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if let Ok(length) = length.parse() {
+            synced.insert(PathBuf::from(path), length);
+        }
+    }
+    Ok(synced)
+}

@@ -59,6 +59,12 @@ pub enum BrokerError {
         limit: u64,
     },
     Io(String),
+    /// A replica's log may not be cut below its high watermark (replication stops the
+    /// replica rather than lose records consumers may have seen).
+    BelowHighWatermark {
+        offset: u64,
+        high_watermark: u64,
+    },
 }
 
 impl BrokerError {
@@ -143,6 +149,13 @@ impl fmt::Display for BrokerError {
                 "the broker is at its limit {limit_name} = {limit}; retry shortly"
             ),
             BrokerError::Io(why) => write!(f, "I/O error: {why}"),
+            BrokerError::BelowHighWatermark {
+                offset,
+                high_watermark,
+            } => write!(
+                f,
+                "the log may not be cut at {offset}, below its high watermark {high_watermark}"
+            ),
         }
     }
 }

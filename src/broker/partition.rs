@@ -15,6 +15,12 @@
 //!   takes the log end offset, syncs outside the lock, then moves the HW to that offset and
 //!   wakes every waiter with one `watch` send.
 //!
+//! - Replication (the layer above drives it): `append_replicated` stores a leader's batches as
+//!   they are, `truncate_to`/`reset_to` cut a follower's log but never below its high
+//!   watermark, `end_watch` moves on every change of the log end, and in
+//!   [`HwMode::External`] the high watermark is whatever the replication layer says, never
+//!   above this broker's own fsynced offset: `high_watermark <= fsynced_offset <= log end`.
+//!
 //! Failure policy: an I/O error on append or fsync marks the partition failed; it then refuses
 //! writes with `storage_error`, wakes its waiters with the failure, and keeps serving reads of
 //! what was durable before. A full disk on append is the exception: the partial write is cut,
@@ -25,7 +31,7 @@ use std::cell::Cell;
 use std::io;
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,7 @@ use tokio::sync::{Notify, watch};
 use super::error::{BrokerError, is_disk_full};
 use crate::config::FlushPolicy;
 use crate::log::batch::RecordView;
+use crate::log::epoch_cache::EpochEnd;
 use crate::log::segment::ReadSlice;
 use crate::log::walk::BufferBatches;
 use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
@@ -56,11 +63,23 @@ pub struct Progress {
 impl Progress {
     /// Records a finished fsync up to `target`. Two flushes may overlap (the flusher and
     /// `close()`) and finish in either order: both offsets only grow. On a standalone broker
-    /// the high watermark is the fsynced offset.
-    fn follow_fsync(&mut self, target: u64) {
+    /// the high watermark is the fsynced offset; with `HwMode::External` it stays.
+    fn follow_fsync(&mut self, target: u64, mode: HwMode) {
         self.fsynced_offset = self.fsynced_offset.max(target);
-        self.high_watermark = self.high_watermark.max(self.fsynced_offset);
+        if mode == HwMode::Standalone {
+            self.high_watermark = self.high_watermark.max(self.fsynced_offset);
+        }
     }
+}
+
+/// Who moves a partition's high watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HwMode {
+    /// It follows this broker's fsync (a single broker, or a replica of a topic with one).
+    Standalone,
+    /// The replication layer sets it ([`Partition::advance_high_watermark`]): the offset
+    /// fsynced on every in-sync replica (leader), or the leader's, capped (follower).
+    External,
 }
 
 /// How long after the last append an idle flusher keeps its task around: forever; it exits
@@ -97,6 +116,13 @@ pub struct Partition {
     /// `acks=all` producers appending to or waiting on this partition right now: the leader
     /// asks its followers to fsync at once while there are any.
     acks_all_waiters: AtomicU64,
+    /// The leader epoch `append` stamps; only grows (the replication layer sets it).
+    leader_epoch: AtomicU32,
+    /// Set in [`HwMode::External`]: the flusher no longer moves the high watermark.
+    hw_external: AtomicBool,
+    /// The log end offset, sent under the partition lock at every change (the leader's
+    /// replica fetch long-polls on it).
+    end: watch::Sender<u64>,
 }
 
 /// The in-sync replica count of a replicated partition's leader and its minimum.
@@ -196,6 +222,8 @@ impl Partition {
         clean: bool,
     ) -> io::Result<(Arc<Self>, OpenReport)> {
         let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
+        let leader_epoch = log.latest_epoch().unwrap_or(0);
+        let end = watch::Sender::new(log.log_end_offset());
         let progress = Progress {
             log_start_offset: log.log_start_offset(),
             fsynced_offset: log.flushed_offset(),
@@ -217,6 +245,9 @@ impl Partition {
             closed: AtomicBool::new(false),
             isr_gate: watch::Sender::new(None),
             acks_all_waiters: AtomicU64::new(0),
+            leader_epoch: AtomicU32::new(leader_epoch),
+            hw_external: AtomicBool::new(false),
+            end,
         });
         partition.register_counters();
         partition.publish_gauges();
@@ -284,14 +315,72 @@ impl Partition {
         self.flush_bytes.store(flush.flush_bytes, Ordering::Relaxed);
     }
 
-    /// Appends one built batch. Returns `(base_offset, next_offset)`. `urgent` asks the flusher
-    /// to sync now (an `acks=all` producer will wait for it).
+    /// Appends one built batch, stamped with the current leader epoch. Returns
+    /// `(base_offset, next_offset)`. `urgent` asks the flusher to sync now (an `acks=all`
+    /// producer will wait for it).
     pub fn append(
         &self,
         batch: &mut [u8],
         records: u32,
         urgent: bool,
     ) -> Result<(u64, u64), BrokerError> {
+        self.check_writable()?;
+        let epoch = self.leader_epoch.load(Ordering::Acquire);
+        let result = {
+            let mut log = self.lock();
+            let appended = log.append(batch, epoch, now_ms());
+            if let Ok((_, next)) = appended {
+                self.end.send_replace(next);
+            }
+            appended
+        };
+        match result {
+            Ok(range) => {
+                self.appended(batch.len() as u64, urgent);
+                ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => Arc::clone(&self.topic))
+                    .increment(u64::from(records));
+                ::metrics::counter!(m::BYTES_PRODUCED, "topic" => Arc::clone(&self.topic))
+                    .increment(batch.len() as u64);
+                Ok(range)
+            }
+            Err(e) => Err(self.append_failed(e)),
+        }
+    }
+
+    /// Appends whole batches exactly as the leader stored them (a follower): offsets and
+    /// epochs are kept. Returns the new log end. Refused like [`Partition::append`] while the
+    /// partition does not take writes; a batch that fails its CRC or is cut is `CorruptLog`,
+    /// offsets or epochs out of order are `InvalidRequest`, and then nothing was appended.
+    /// `urgent` asks the flusher to sync now (the leader asked for `sync_now`).
+    pub fn append_replicated(&self, batches: &[u8], urgent: bool) -> Result<u64, BrokerError> {
+        self.check_writable()?;
+        if batches.is_empty() {
+            return Ok(self.log_end_offset());
+        }
+        let result = {
+            let mut log = self.lock();
+            let appended = log.append_replicated(batches, now_ms());
+            // Even a failed append may have written whole batches before the failure.
+            self.end.send_replace(log.log_end_offset());
+            appended
+        };
+        match result {
+            Ok(end) => {
+                self.appended(batches.len() as u64, urgent);
+                Ok(end)
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Err(BrokerError::CorruptLog(format!("replicated batches: {e}")))
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(BrokerError::InvalidRequest(
+                format!("replicated batches: {e}"),
+            )),
+            Err(e) => Err(self.append_failed(e)),
+        }
+    }
+
+    /// Refuses writes while the partition failed, or while a full disk's pause lasts.
+    fn check_writable(&self) -> Result<(), BrokerError> {
         if let Some(why) = self.failure() {
             return Err(BrokerError::StorageUnavailable(why.to_string()));
         }
@@ -300,30 +389,273 @@ impl Partition {
         {
             return Err(BrokerError::StorageUnavailable(full.why.clone()));
         }
-        let result = self.lock().append(batch, 0, now_ms());
-        match result {
-            Ok(range) => {
-                if self.full().take().is_some() {
-                    tracing::info!(
-                        topic = %self.topic,
-                        partition = self.id,
-                        "partition takes writes again: the disk has room"
-                    );
-                }
-                let len = batch.len() as u64;
-                let unflushed = self.unflushed_bytes.fetch_add(len, Ordering::Relaxed) + len;
-                if urgent || unflushed >= self.flush_bytes.load(Ordering::Relaxed) {
-                    self.flush_urgent.store(true, Ordering::Release);
-                }
-                self.flush_wanted.notify_one();
-                ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => Arc::clone(&self.topic))
-                    .increment(u64::from(records));
-                ::metrics::counter!(m::BYTES_PRODUCED, "topic" => Arc::clone(&self.topic))
-                    .increment(batch.len() as u64);
-                Ok(range)
+        Ok(())
+    }
+
+    /// After a successful append of `len` bytes: a full disk is over, the flusher is woken.
+    fn appended(&self, len: u64, urgent: bool) {
+        if self.full().take().is_some() {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.id,
+                "partition takes writes again: the disk has room"
+            );
+        }
+        let unflushed = self.unflushed_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if urgent || unflushed >= self.flush_bytes.load(Ordering::Relaxed) {
+            self.flush_urgent.store(true, Ordering::Release);
+        }
+        self.flush_wanted.notify_one();
+    }
+
+    fn append_failed(&self, e: io::Error) -> BrokerError {
+        if is_disk_full(&e) {
+            self.disk_full(e)
+        } else {
+            self.fail(format!("append failed: {e}"))
+        }
+    }
+
+    /// Sets the leader epoch `append` stamps from now on. An epoch below the log's latest is
+    /// refused (a leader never writes under an older epoch than its log holds).
+    pub fn set_leader_epoch(&self, epoch: u32) -> Result<(), BrokerError> {
+        let log = self.lock();
+        if let Some(latest) = log.latest_epoch()
+            && epoch < latest
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "leader epoch {epoch} is older than the log's latest, {latest}"
+            )));
+        }
+        self.leader_epoch.store(epoch, Ordering::Release);
+        Ok(())
+    }
+
+    /// The leader epoch `append` stamps.
+    pub fn leader_epoch(&self) -> u32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    /// The epoch of the log's last batch (a follower's `last_fetched_epoch`).
+    pub fn latest_epoch(&self) -> Option<u32> {
+        self.lock().latest_epoch()
+    }
+
+    /// The leader's answer to "where does epoch `epoch` end in your log" (KIP-279).
+    pub fn epoch_end(&self, epoch: u32) -> Option<EpochEnd> {
+        self.lock().epoch_end(epoch)
+    }
+
+    /// The log end offset (no lock: the last value sent on [`Partition::end_watch`]).
+    pub fn log_end_offset(&self) -> u64 {
+        *self.end.borrow()
+    }
+
+    /// The log end offset, moved on every append, replicated append, truncation and reset.
+    /// It is sent under the partition lock: never call into the partition while holding a
+    /// `borrow()` of it.
+    pub fn end_watch(&self) -> watch::Receiver<u64> {
+        self.end.subscribe()
+    }
+
+    /// Every record below this offset is fsynced on this broker.
+    pub fn fsynced_offset(&self) -> u64 {
+        self.progress().fsynced_offset
+    }
+
+    /// Who moves the high watermark from now on. Into `External` from `Standalone`, the
+    /// high watermark drops to the log start, once: a replica opened after a crash set it to
+    /// its recovered end, which may hold an unreplicated tail its leader will have it cut
+    /// (never below the high watermark); the replication layer raises it again. Setting the
+    /// mode it already has changes nothing. Back to `Standalone`, the high watermark catches
+    /// up with the fsynced offset at once.
+    pub fn set_hw_mode(&self, mode: HwMode) {
+        let was_external = self
+            .hw_external
+            .swap(mode == HwMode::External, Ordering::AcqRel);
+        if mode == HwMode::External && !was_external {
+            self.progress.send_if_modified(|p| {
+                let before = p.high_watermark;
+                p.high_watermark = p.log_start_offset;
+                p.high_watermark != before
+            });
+        }
+        if mode == HwMode::Standalone {
+            self.progress.send_if_modified(|p| {
+                let before = p.high_watermark;
+                p.high_watermark = p.high_watermark.max(p.fsynced_offset);
+                p.high_watermark != before
+            });
+        }
+    }
+
+    fn hw_mode(&self) -> HwMode {
+        if self.hw_external.load(Ordering::Acquire) {
+            HwMode::External
+        } else {
+            HwMode::Standalone
+        }
+    }
+
+    /// Raises the high watermark to `offset` (the replication layer, in
+    /// [`HwMode::External`]), capped at this broker's fsynced offset; it never goes back.
+    /// Wakes consumers and `acks=all` waiters when it moved. Returns the high watermark.
+    pub fn advance_high_watermark(&self, offset: u64) -> u64 {
+        let mut hw = 0;
+        self.progress.send_if_modified(|p| {
+            let before = p.high_watermark;
+            p.high_watermark = p.high_watermark.max(offset.min(p.fsynced_offset));
+            hw = p.high_watermark;
+            p.high_watermark != before
+        });
+        hw
+    }
+
+    /// Cuts the log at the batch boundary at or below `offset` (a follower dropping a
+    /// divergent tail). Returns the new end. Refused with `BelowHighWatermark` if the cut
+    /// would go below the high watermark: the caller stops the replica. Runs on the
+    /// blocking pool (the cut is synced, the checkpoints written).
+    pub async fn truncate_to(self: &Arc<Self>, offset: u64) -> Result<u64, BrokerError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.truncate_blocking(offset))
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?
+    }
+
+    fn truncate_blocking(&self, offset: u64) -> Result<u64, BrokerError> {
+        let mut log = self.lock();
+        let end = log
+            .truncation_point(offset)
+            .map_err(|e| BrokerError::from_io("truncating the log", e))?;
+        if end == log.log_end_offset() {
+            return Ok(end);
+        }
+        // Checked and lowered in one step, so a concurrent `advance_high_watermark` (capped
+        // at the fsynced offset) cannot pass the cut.
+        self.lower_fsynced_unless_below_hw(offset, end)?;
+        let end = match log.truncate_to(offset) {
+            Ok(end) => end,
+            Err(e) => return Err(self.fail(format!("truncation failed: {e}"))),
+        };
+        self.end.send_replace(end);
+        drop(log);
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.id,
+            offset = end,
+            "log truncated"
+        );
+        Ok(end)
+    }
+
+    /// Refuses a cut to `end` below the high watermark; else lowers the fsynced offset to it.
+    fn lower_fsynced_unless_below_hw(&self, offset: u64, end: u64) -> Result<(), BrokerError> {
+        let mut refused = None;
+        self.progress.send_if_modified(|p| {
+            if end < p.high_watermark {
+                refused = Some(p.high_watermark);
+                return false;
             }
-            Err(e) if is_disk_full(&e) => Err(self.disk_full(e)),
-            Err(e) => Err(self.fail(format!("append failed: {e}"))),
+            p.fsynced_offset = p.fsynced_offset.min(end);
+            true
+        });
+        match refused {
+            Some(high_watermark) => Err(BrokerError::BelowHighWatermark {
+                offset,
+                high_watermark,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Empties the log and starts it at `offset` (a follower below its leader's log start,
+    /// or wholly divergent). Refused with `BelowHighWatermark` for an offset below the high
+    /// watermark. Runs on the blocking pool.
+    pub async fn reset_to(self: &Arc<Self>, offset: u64) -> Result<(), BrokerError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.reset_blocking(offset))
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?
+    }
+
+    fn reset_blocking(&self, offset: u64) -> Result<(), BrokerError> {
+        let mut log = self.lock();
+        self.lower_fsynced_unless_below_hw(offset, offset.min(log.log_end_offset()))?;
+        if let Err(e) = log.reset_to(offset, now_ms()) {
+            return Err(self.fail(format!("reset failed: {e}")));
+        }
+        self.end.send_replace(offset);
+        self.progress.send_modify(|p| {
+            p.log_start_offset = offset;
+            p.fsynced_offset = offset;
+            p.high_watermark = offset;
+        });
+        drop(log);
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.id,
+            offset,
+            "log reset: it is empty and starts at the offset"
+        );
+        self.publish_gauges();
+        Ok(())
+    }
+
+    /// Whole batches for a follower, from the one holding `offset` up to the log end (not
+    /// the high watermark), about `max_bytes` but at least one batch, never a cut one.
+    /// Compaction gaps are skipped; at the log end the answer is empty. `offset` outside
+    /// `[log start, log end]` is `OffsetOutOfRange`. The file reads run on the blocking pool.
+    pub async fn read_for_replica(
+        self: &Arc<Self>,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, BrokerError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.read_for_replica_blocking(offset, max_bytes))
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?
+    }
+
+    fn read_for_replica_blocking(
+        &self,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, BrokerError> {
+        let mut from = offset;
+        loop {
+            let slice = {
+                let mut log = self.lock();
+                if from < log.log_start_offset() || from > log.log_end_offset() {
+                    return Err(BrokerError::OffsetOutOfRange {
+                        offset,
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: self.progress().high_watermark,
+                    });
+                }
+                log.read_slice(from)
+                    .map_err(|e| BrokerError::Io(e.to_string()))?
+            };
+            let Some(mut slice) = slice else {
+                return Ok(Vec::new());
+            };
+            slice
+                .skip_before(from)
+                .map_err(|e| BrokerError::Io(e.to_string()))?;
+            if slice.len == 0 {
+                // The rest of the segment is a compaction gap: go on at the next one.
+                from = slice.segment_end;
+                continue;
+            }
+            let mut bytes = slice
+                .read(max_bytes)
+                .map_err(|e| BrokerError::Io(e.to_string()))?;
+            let mut walk = BufferBatches::new(&bytes);
+            for batch in walk.by_ref() {
+                batch.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
+            }
+            let whole = bytes.len() - walk.rest().len();
+            bytes.truncate(whole);
+            return Ok(bytes);
         }
     }
 
@@ -717,13 +1049,17 @@ impl Partition {
             .record((plan.target - synced_before.min(plan.target)) as f64);
         {
             let mut log = self.lock();
-            log.mark_flushed(&plan);
-            let start = log.log_start_offset();
-            assert!(
-                start <= plan.target && plan.target <= log.log_end_offset(),
-                "HW out of range"
-            );
-            self.progress.send_modify(|p| p.follow_fsync(plan.target));
+            // A plan from before a truncation proves nothing about what is there now.
+            if log.mark_flushed(&plan) {
+                let start = log.log_start_offset();
+                assert!(
+                    start <= plan.target && plan.target <= log.log_end_offset(),
+                    "HW out of range"
+                );
+                let mode = self.hw_mode();
+                self.progress
+                    .send_modify(|p| p.follow_fsync(plan.target, mode));
+            }
         }
         self.publish_gauges();
         Ok(())
@@ -920,6 +1256,147 @@ mod tests {
         Partition::open("t".into(), 0, dir, LogConfig::default(), flush, false)
             .unwrap()
             .0
+    }
+
+    /// One batch of `records` small records, built as a producer's.
+    fn batch_of(records: usize) -> Vec<u8> {
+        let mut builder = BatchBuilder::with_capacity(64);
+        for _ in 0..records {
+            builder.push(&RecordRef {
+                timestamp_ms: 1,
+                key: None,
+                key_is_utf8: false,
+                value: Some(b"value"),
+                value_is_json: false,
+                headers: &[],
+            });
+        }
+        builder.finish(ProducerInfo::NONE, None)
+    }
+
+    #[tokio::test]
+    async fn an_external_high_watermark_is_set_by_replication_and_capped_by_the_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.append(&mut batch_of(2), 2, true).unwrap();
+        partition.flush_now().await.unwrap();
+        partition.close().await.unwrap();
+        drop(partition);
+        // Reopened, the HW is the recovered end; replication takes it from the log start.
+        let partition = open(dir.path());
+        assert_eq!(partition.progress().high_watermark, 2);
+        partition.set_hw_mode(HwMode::External);
+        assert_eq!(partition.progress().high_watermark, 0);
+        partition.advance_high_watermark(1);
+        partition.set_hw_mode(HwMode::External);
+        assert_eq!(
+            partition.progress().high_watermark,
+            1,
+            "once, at the change of mode"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.set_hw_mode(HwMode::External);
+        let mut end = partition.end_watch();
+        partition.append(&mut batch_of(3), 3, true).unwrap();
+        assert!(end.has_changed().unwrap());
+        assert_eq!(*end.borrow_and_update(), 3);
+        partition.flush_now().await.unwrap();
+        let p = partition.progress();
+        assert_eq!(
+            (p.fsynced_offset, p.high_watermark),
+            (3, 0),
+            "the fsync moves no HW"
+        );
+        partition.append(&mut batch_of(2), 2, false).unwrap();
+        assert_eq!(
+            partition.advance_high_watermark(5),
+            3,
+            "capped at the fsynced offset"
+        );
+        assert_eq!(partition.advance_high_watermark(1), 3, "never back");
+        // A follower reads past the high watermark, to the log end, whole batches.
+        let bytes = partition.read_for_replica(0, 1).await.unwrap();
+        let walked: Vec<u64> = BufferBatches::new(&bytes)
+            .map(|b| b.unwrap().header.base_offset)
+            .collect();
+        assert_eq!(walked, vec![0], "one whole batch, however small max_bytes");
+        let bytes = partition.read_for_replica(1, 1 << 20).await.unwrap();
+        assert_eq!(BufferBatches::new(&bytes).count(), 2);
+        assert!(partition.read_for_replica(5, 100).await.unwrap().is_empty());
+        assert!(matches!(
+            partition.read_for_replica(6, 100).await,
+            Err(BrokerError::OffsetOutOfRange { .. })
+        ));
+        // Back to standalone: the HW catches up with the fsync.
+        partition.set_hw_mode(HwMode::Standalone);
+        partition.flush_now().await.unwrap();
+        assert_eq!(partition.progress().high_watermark, 5);
+    }
+
+    #[tokio::test]
+    async fn a_follower_log_is_cut_and_reset_but_never_below_its_high_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.set_hw_mode(HwMode::External);
+        let mut stored = Vec::new();
+        for (base, records) in [(0u64, 2usize), (2, 3), (5, 1)] {
+            let mut batch = batch_of(records);
+            crate::log::batch::stamp_batch(&mut batch, base, 4);
+            stored.extend_from_slice(&batch);
+        }
+        assert_eq!(partition.append_replicated(&stored, true).unwrap(), 6);
+        assert_eq!(partition.latest_epoch(), Some(4));
+        assert_eq!(partition.epoch_end(4).map(|e| e.end_offset), Some(6));
+        assert!(matches!(
+            partition.append_replicated(&stored, false),
+            Err(BrokerError::InvalidRequest(_))
+        ));
+        let mut damaged = batch_of(1);
+        crate::log::batch::stamp_batch(&mut damaged, 6, 4);
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            partition.append_replicated(&damaged, false),
+            Err(BrokerError::CorruptLog(_))
+        ));
+        assert_eq!(partition.log_end_offset(), 6);
+        partition.flush_now().await.unwrap();
+        partition.advance_high_watermark(2);
+        let mut end = partition.end_watch();
+        assert!(matches!(
+            partition.truncate_to(1).await,
+            Err(BrokerError::BelowHighWatermark {
+                high_watermark: 2,
+                ..
+            })
+        ));
+        assert_eq!(partition.log_end_offset(), 6, "a refused cut cuts nothing");
+        // Offset 3 is inside the batch at 2: the whole batch goes.
+        assert_eq!(partition.truncate_to(3).await.unwrap(), 2);
+        assert_eq!(*end.borrow_and_update(), 2);
+        assert_eq!(partition.fsynced_offset(), 2);
+        assert!(matches!(
+            partition.reset_to(1).await,
+            Err(BrokerError::BelowHighWatermark { .. })
+        ));
+        partition.reset_to(40).await.unwrap();
+        let p = partition.progress();
+        assert_eq!(
+            (p.log_start_offset, p.fsynced_offset, p.high_watermark),
+            (40, 40, 40)
+        );
+        assert_eq!(
+            (partition.log_end_offset(), partition.latest_epoch()),
+            (40, None)
+        );
+        // A leader epoch below the log's latest is refused; the current one stamps appends.
+        let mut batch = batch_of(1);
+        crate::log::batch::stamp_batch(&mut batch, 40, 6);
+        partition.append_replicated(&batch, false).unwrap();
+        assert!(partition.set_leader_epoch(5).is_err());
+        partition.set_leader_epoch(7).unwrap();
+        partition.append(&mut batch_of(1), 1, false).unwrap();
+        assert_eq!(partition.latest_epoch(), Some(7));
     }
 
     /// Sixteen records of 64 KiB, stamped 1 to 16, flushed: a megabyte to read.

@@ -164,6 +164,10 @@ impl From<BrokerError> for ApiError {
             BrokerError::Io(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", detail)
             }
+            BrokerError::BelowHighWatermark { high_watermark, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "below_high_watermark", detail)
+                    .with("high_watermark", high_watermark)
+            }
         }
     }
 }

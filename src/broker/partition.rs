@@ -776,16 +776,14 @@ impl Partition {
         max_records: u32,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
-        let (slice, progress) = self.plan_fetch(offset)?;
+        let plan = self.plan_fetch(offset, max_records, max_bytes)?;
         // Nothing to read (a long-poll at the high watermark): no trip to the blocking pool.
-        let read = if slice.is_some() {
-            tokio::task::spawn_blocking(move || read_for_fetch(slice, offset, max_bytes))
-                .await
-                .map_err(|e| BrokerError::Io(e.to_string()))??
-        } else {
-            (Vec::new(), None)
-        };
-        Ok(self.fetched(offset, max_records, progress, read))
+        if plan.slice.is_none() {
+            return plan.read();
+        }
+        tokio::task::spawn_blocking(move || plan.read())
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?
     }
 
     /// [`Partition::fetch`] for callers that may block their thread (startup replay).
@@ -795,13 +793,16 @@ impl Partition {
         max_records: u32,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
-        let (slice, progress) = self.plan_fetch(offset)?;
-        let read = read_for_fetch(slice, offset, max_bytes)?;
-        Ok(self.fetched(offset, max_records, progress, read))
+        self.plan_fetch(offset, max_records, max_bytes)?.read()
     }
 
     /// Under the lock: checks `offset` and finds the bytes to read for it.
-    fn plan_fetch(&self, offset: u64) -> Result<(Option<ReadSlice>, Progress), BrokerError> {
+    fn plan_fetch(
+        &self,
+        offset: u64,
+        max_records: u32,
+        max_bytes: u64,
+    ) -> Result<FetchPlan, BrokerError> {
         let mut log = self.lock();
         let progress = self.progress();
         // Up to the log end, not the HW: an `acks=leader` producer already holds offsets
@@ -819,26 +820,14 @@ impl Partition {
         } else {
             None
         };
-        Ok((slice, progress))
-    }
-
-    fn fetched(
-        &self,
-        offset: u64,
-        max_records: u32,
-        progress: Progress,
-        (bytes, segment_end): (Vec<u8>, Option<u64>),
-    ) -> Fetched {
-        ::metrics::counter!(m::BYTES_FETCHED, "topic" => Arc::clone(&self.topic))
-            .increment(bytes.len() as u64);
-        Fetched {
-            bytes,
-            from: offset,
-            high_watermark: progress.high_watermark,
-            log_start_offset: progress.log_start_offset,
+        Ok(FetchPlan {
+            topic: Arc::clone(&self.topic),
+            slice,
+            progress,
+            offset,
             max_records,
-            segment_end,
-        }
+            max_bytes,
+        })
     }
 
     /// The first offset whose record timestamp is `>= timestamp_ms`, or the HW if none.
@@ -1112,26 +1101,47 @@ impl Partition {
     }
 }
 
-/// The blocking part of a fetch: the bytes from the batch holding `offset` on, and where the
-/// segment ends if the read reached it (nothing for no slice).
-fn read_for_fetch(
+/// A fetch planned under the partition lock, read without it.
+#[derive(Debug)]
+struct FetchPlan {
+    /// For the fetched-bytes metric.
+    topic: Arc<str>,
+    /// The bytes to read; `None` when nothing below the high watermark is there yet.
     slice: Option<ReadSlice>,
+    /// The high watermark and log start when the plan was made.
+    progress: Progress,
     offset: u64,
+    max_records: u32,
     max_bytes: u64,
-) -> Result<(Vec<u8>, Option<u64>), BrokerError> {
-    let Some(mut slice) = slice else {
-        return Ok((Vec::new(), None));
-    };
-    #[cfg(test)]
-    tests::FILE_READS_ON_THIS_THREAD.set(tests::FILE_READS_ON_THIS_THREAD.get() + 1);
-    slice
-        .skip_before(offset)
-        .map_err(|e| BrokerError::Io(e.to_string()))?;
-    let bytes = slice
-        .read(max_bytes)
-        .map_err(|e| BrokerError::Io(e.to_string()))?;
-    let whole = bytes.len() as u64 >= slice.len;
-    Ok((bytes, whole.then_some(slice.segment_end)))
+}
+
+impl FetchPlan {
+    /// The blocking part of a fetch: reads the bytes from the batch holding `offset` on (up to
+    /// `max_bytes`, a whole first batch at least) and notes where the segment ends if the read
+    /// reached it.
+    fn read(self) -> Result<Fetched, BrokerError> {
+        let (bytes, segment_end) = match self.slice {
+            Some(mut slice) => {
+                #[cfg(test)]
+                tests::FILE_READS_ON_THIS_THREAD.set(tests::FILE_READS_ON_THIS_THREAD.get() + 1);
+                let io = |e: io::Error| BrokerError::Io(e.to_string());
+                slice.skip_before(self.offset).map_err(io)?;
+                let bytes = slice.read(self.max_bytes).map_err(io)?;
+                let whole = bytes.len() as u64 >= slice.len;
+                (bytes, whole.then_some(slice.segment_end))
+            }
+            None => (Vec::new(), None),
+        };
+        ::metrics::counter!(m::BYTES_FETCHED, "topic" => self.topic).increment(bytes.len() as u64);
+        Ok(Fetched {
+            bytes,
+            from: self.offset,
+            high_watermark: self.progress.high_watermark,
+            log_start_offset: self.progress.log_start_offset,
+            max_records: self.max_records,
+            segment_end,
+        })
+    }
 }
 
 /// The blocking part of [`Partition::offset_for_timestamp`]: the offset of the first record

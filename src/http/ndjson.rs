@@ -37,16 +37,13 @@ pub(super) async fn produce_ndjson(
         },
         unconfirmed: 0,
     };
-    let appended = append_ndjson_batches(
+    let request = NdjsonRequest {
         node,
         topic_name,
-        headers,
-        body,
         params,
         rules,
-        &mut progress,
-    )
-    .await;
+    };
+    let appended = append_ndjson_batches(request, headers, body, &mut progress).await;
     match appended {
         Ok(()) => Ok(progress.stored),
         Err(e) => Err(with_stored_records(e, &progress)),
@@ -62,16 +59,27 @@ struct NdjsonProgress {
     unconfirmed: usize,
 }
 
+/// What the batches of an NDJSON produce are appended with.
+struct NdjsonRequest<'a> {
+    node: &'a AppState,
+    topic_name: &'a str,
+    params: &'a ProduceParams,
+    rules: RecordRules,
+}
+
 /// The body of [`produce_ndjson`]: appends batch after batch, recording each in `progress`.
 async fn append_ndjson_batches(
-    node: &AppState,
-    topic_name: &str,
+    request: NdjsonRequest<'_>,
     headers: &HeaderMap,
     body: Body,
-    params: &ProduceParams,
-    rules: RecordRules,
     progress: &mut NdjsonProgress,
 ) -> ApiResult<()> {
+    let NdjsonRequest {
+        node,
+        topic_name,
+        params,
+        rules,
+    } = request;
     let limits = node.limits();
     check_declared_length(headers, limits.request_body_bytes_max)?;
     let batch_bytes = limits.ndjson_batch_bytes.max(1) as usize;

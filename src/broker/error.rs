@@ -36,6 +36,11 @@ pub enum BrokerError {
     InvalidRequest(String),
     /// The partition stopped taking writes (storage failure or deletion).
     StorageUnavailable(String),
+    /// On a cluster member: this broker holds no replica of the partition.
+    NotAReplica {
+        topic: String,
+        partition: u64,
+    },
     /// A record read back from disk failed its checks.
     CorruptLog(String),
     /// `acks=all` did not become durable within the request's timeout.
@@ -124,6 +129,9 @@ impl fmt::Display for BrokerError {
             BrokerError::InvalidRequest(why) => write!(f, "{why}"),
             BrokerError::StorageUnavailable(why) => {
                 write!(f, "partition is not taking writes: {why}")
+            }
+            BrokerError::NotAReplica { topic, partition } => {
+                write!(f, "this broker holds no replica of {topic}/{partition}")
             }
             BrokerError::CorruptLog(why) => write!(f, "stored data failed its checks: {why}"),
             BrokerError::Timeout => {

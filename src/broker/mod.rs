@@ -163,9 +163,15 @@ pub struct Topic {
     pub name: Arc<str>,
     /// The topic's directory.
     dir: PathBuf,
+    /// On a cluster member: the metadata's id of the topic (the index of the command that
+    /// created it), which tells a re-created topic of the same name from this one. None: a
+    /// topic of this broker alone.
+    topic_id: Option<u64>,
     config: RwLock<TopicConfig>,
-    /// Only grows (online expansion); std lock, never held across `.await`.
-    partitions: RwLock<Vec<Arc<Partition>>>,
+    /// Indexed by partition id, as many as the topic has; `None` where this broker holds no
+    /// replica (only on a cluster member). Only grows (online expansion); std lock, never
+    /// held across `.await`.
+    partitions: RwLock<Vec<Option<Arc<Partition>>>>,
     /// Next partition for unkeyed records.
     round_robin: AtomicU64,
 }
@@ -175,6 +181,12 @@ struct TopicMeta {
     name: String,
     partitions: u32,
     config: TopicConfig,
+    /// Cluster members only (absent in a single broker's files, which stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic_id: Option<u64>,
+    /// Cluster members only: the partitions this broker holds a replica of (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local_partitions: Option<Vec<u32>>,
 }
 
 impl Topic {
@@ -182,24 +194,42 @@ impl Topic {
         *self.config.read().expect(POISONED)
     }
 
+    /// The metadata's id of the topic on a cluster member; None on a single broker.
+    pub fn topic_id(&self) -> Option<u64> {
+        self.topic_id
+    }
+
+    /// The partitions this broker holds a replica of (on a single broker: all), by id.
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        let slots = self.partitions.read().expect(POISONED);
+        slots.iter().flatten().cloned().collect()
+    }
+
+    /// Every partition of the topic by id, `None` where this broker holds no replica.
+    pub fn partition_slots(&self) -> Vec<Option<Arc<Partition>>> {
         self.partitions.read().expect(POISONED).clone()
     }
 
+    /// How many partitions the topic has (on a cluster: on every broker, local or not).
     pub fn partition_count(&self) -> u32 {
         self.partitions.read().expect(POISONED).len() as u32
     }
 
+    /// The local replica of partition `id`: `PartitionNotFound` past the topic's partitions,
+    /// `NotAReplica` when this broker holds no replica of it (a cluster member).
     pub fn partition(&self, id: u64) -> Result<Arc<Partition>, BrokerError> {
         let partitions = self.partitions.read().expect(POISONED);
-        usize::try_from(id)
+        let slot = usize::try_from(id)
             .ok()
             .and_then(|i| partitions.get(i))
-            .cloned()
             .ok_or(BrokerError::PartitionNotFound {
                 partition: id,
                 partitions: partitions.len() as u32,
-            })
+            })?;
+        slot.clone().ok_or_else(|| BrokerError::NotAReplica {
+            topic: self.name.to_string(),
+            partition: id,
+        })
     }
 
     fn write_meta(&self) -> std::io::Result<()> {
@@ -208,10 +238,22 @@ impl Topic {
 
     /// Writes `topic.json` saying the topic has `partitions` partitions.
     fn write_meta_counting(&self, partitions: u32) -> std::io::Result<()> {
+        let local = self.topic_id.map(|_| {
+            let slots = self.partitions.read().expect(POISONED);
+            slots.iter().flatten().map(|p| p.id).collect()
+        });
+        self.write_meta_as(partitions, local)
+    }
+
+    /// Writes `topic.json`: `partitions` partitions, of which `local` are held here (None:
+    /// all, a single broker's topic).
+    fn write_meta_as(&self, partitions: u32, local: Option<Vec<u32>>) -> std::io::Result<()> {
         let meta = TopicMeta {
             name: self.name.to_string(),
             partitions,
             config: self.config(),
+            topic_id: self.topic_id,
+            local_partitions: local,
         };
         let json = serde_json::to_vec_pretty(&meta).expect("topic meta serializes");
         write_file_atomic(&self.dir.join(TOPIC_META_FILE), &json)
@@ -266,6 +308,44 @@ impl AdminState {
     }
 }
 
+/// A topic as the cluster metadata describes it to one broker (see
+/// [`Broker::ensure_replica_topic`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaTopic {
+    pub name: String,
+    /// The metadata's id of the topic: another id under the same name is another topic.
+    pub topic_id: u64,
+    /// The topic's partition count.
+    pub partitions: u32,
+    /// The partitions this broker holds a replica of.
+    pub local: Vec<u32>,
+    pub config: TopicConfig,
+}
+
+/// Which partitions of a topic this broker opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopicShape {
+    /// The topic's partition count.
+    partitions: u32,
+    topic_id: Option<u64>,
+    /// The partitions held here; None: all of them (a single broker's topic).
+    local: Option<Vec<u32>>,
+}
+
+impl TopicShape {
+    fn all(partitions: u32) -> TopicShape {
+        TopicShape {
+            partitions,
+            topic_id: None,
+            local: None,
+        }
+    }
+
+    fn is_local(&self, partition: u32) -> bool {
+        self.local.as_ref().is_none_or(|l| l.contains(&partition))
+    }
+}
+
 #[derive(Debug)]
 pub struct Broker {
     pub config: BrokerConfig,
@@ -317,7 +397,12 @@ impl Broker {
             };
             let meta: TopicMeta = serde_json::from_slice(&text)
                 .map_err(|e| BrokerError::Io(format!("{}: {e}", dir.display())))?;
-            let topic = broker.open_topic(&dir, &meta.name, meta.partitions, meta.config, clean)?;
+            let shape = TopicShape {
+                partitions: meta.partitions,
+                topic_id: meta.topic_id,
+                local: meta.local_partitions,
+            };
+            let topic = broker.open_topic(&dir, &meta.name, &shape, meta.config, clean)?;
             broker.topics_write().insert(meta.name, topic);
         }
         // Leftovers of deletions interrupted by a crash.
@@ -340,17 +425,27 @@ impl Broker {
         &self.config.limits
     }
 
+    /// On a cluster member (`--peers` set) topics come from the cluster metadata
+    /// ([`Self::ensure_replica_topic`]); a produce never auto-creates one locally.
+    pub fn topics_from_metadata(&self) -> bool {
+        !self.config.peers.trim().is_empty()
+    }
+
     fn open_topic(
         &self,
         dir: &Path,
         name: &str,
-        partitions: u32,
+        shape: &TopicShape,
         config: TopicConfig,
         clean: bool,
     ) -> Result<Arc<Topic>, BrokerError> {
         let name: Arc<str> = Arc::from(name);
-        let mut opened = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
+        let mut opened = Vec::with_capacity(shape.partitions as usize);
+        for p in 0..shape.partitions {
+            if !shape.is_local(p) {
+                opened.push(None);
+                continue;
+            }
             let (partition, report) = Partition::open(
                 Arc::clone(&name),
                 p,
@@ -372,11 +467,12 @@ impl Broker {
                 ::metrics::counter!(m::RECOVERY_TRUNCATIONS, "topic" => name.to_string())
                     .increment(1);
             }
-            opened.push(partition);
+            opened.push(Some(partition));
         }
         Ok(Arc::new(Topic {
             name,
             dir: dir.to_path_buf(),
+            topic_id: shape.topic_id,
             config: RwLock::new(config),
             partitions: RwLock::new(opened),
             round_robin: AtomicU64::new(0),
@@ -421,19 +517,7 @@ impl Broker {
         creation: Creation,
     ) -> Result<Arc<Topic>, BrokerError> {
         let internal = creation == Creation::Internal;
-        validate_topic_name(name)?;
-        if is_internal_topic(name) && !internal {
-            return Err(BrokerError::InternalTopic(name.to_string()));
-        }
-        let max = self.limits().partitions_per_topic_max;
-        if partitions == 0 || partitions > max {
-            return Err(BrokerError::LimitExceeded {
-                limit_name: Limit::PartitionsPerTopicMax,
-                limit: u64::from(max),
-                detail: format!("partitions must be between 1 and {max}"),
-            });
-        }
-        config.validate().map_err(BrokerError::InvalidRequest)?;
+        self.check_new_topic(name, partitions, config, internal)?;
         let mut admin = self.admin.lock().await;
         if self.is_shutting_down() {
             return Err(BrokerError::ShuttingDown);
@@ -471,13 +555,44 @@ impl Broker {
             std::fs::remove_dir_all(&dir).map_err(io)?;
         }
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let topic = self.open_topic(&dir, name, partitions, config, false)?;
+        let topic = self.open_topic(&dir, name, &TopicShape::all(partitions), config, false)?;
         topic.write_meta().map_err(io)?;
         sync_dir(&self.config.data_dir.join("topics")).map_err(io)?;
         self.topics_write()
             .insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
+    }
+
+    /// The checks of a new topic that need nothing but its request: the name (`internal`
+    /// allows `__` names), the partition count, the config. A cluster's controller runs
+    /// them too before it proposes a topic.
+    pub fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+        internal: bool,
+    ) -> Result<(), BrokerError> {
+        validate_topic_name(name)?;
+        if is_internal_topic(name) && !internal {
+            return Err(BrokerError::InternalTopic(name.to_string()));
+        }
+        self.check_partitions_per_topic(partitions)?;
+        config.validate().map_err(BrokerError::InvalidRequest)
+    }
+
+    /// A topic has between 1 and `partitions_per_topic_max` partitions.
+    pub fn check_partitions_per_topic(&self, partitions: u32) -> Result<(), BrokerError> {
+        let max = self.limits().partitions_per_topic_max;
+        if partitions == 0 || partitions > max {
+            return Err(BrokerError::LimitExceeded {
+                limit_name: Limit::PartitionsPerTopicMax,
+                limit: u64::from(max),
+                detail: format!("partitions must be between 1 and {max}"),
+            });
+        }
+        Ok(())
     }
 
     /// Every partition holds open files (a log and two indexes per segment): the broker-wide
@@ -506,6 +621,10 @@ impl Broker {
     /// Deletes a topic: it disappears at once, its files go in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let mut admin = self.admin.lock().await;
+        self.delete_topic_locked(&mut admin, name)
+    }
+
+    fn delete_topic_locked(&self, admin: &mut AdminState, name: &str) -> Result<(), BrokerError> {
         let topic = self.topic(name)?;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
         // The whole name plus a suffix could pass the file system's 255-byte limit (names go
@@ -565,20 +684,8 @@ impl Broker {
         // it is removed, so a new partition always starts empty.
         let mut opened = Vec::with_capacity((count - current) as usize);
         for p in current..count {
-            let dir = topic.dir.join(p.to_string());
-            let result = match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Partition::open(
-                    Arc::clone(&topic.name),
-                    p,
-                    &dir,
-                    config.log_config(),
-                    config.flush_policy(),
-                    false,
-                ),
-            };
-            match result {
-                Ok((partition, _)) => opened.push(partition),
+            match open_empty_partition(&topic, p, config) {
+                Ok(partition) => opened.push(partition),
                 Err(e) => {
                     opened.iter().for_each(|p| p.mark_deleted());
                     return Err(io(e));
@@ -593,8 +700,120 @@ impl Broker {
             opened.iter().for_each(|p| p.mark_deleted());
             return Err(io(e));
         }
-        topic.partitions.write().expect(POISONED).extend(opened);
+        topic
+            .partitions
+            .write()
+            .expect(POISONED)
+            .extend(opened.into_iter().map(Some));
         tracing::info!(topic = name, partitions = count, "topic expanded");
+        Ok(topic)
+    }
+
+    /// On a cluster member: makes the local topic match the metadata's `spec` (the replica
+    /// manager calls it). Creates the topic, or replaces one of the same name with another
+    /// `topic_id` (a re-created topic: the old one's data goes), grows its partition count,
+    /// opens the partitions newly held here, and takes a changed config. Limits were checked
+    /// by the controller, so none are checked here. Returns the topic and whether anything
+    /// changed.
+    ///
+    /// A topic of a single broker's (no `topic_id`) under the same name is never replaced:
+    /// that is refused with `TopicExists`, nothing changed.
+    pub async fn ensure_replica_topic(
+        &self,
+        spec: &ReplicaTopic,
+    ) -> Result<(Arc<Topic>, bool), BrokerError> {
+        let mut admin = self.admin.lock().await;
+        if self.is_shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let name = spec.name.as_str();
+        let io = |e: std::io::Error| BrokerError::from_io(format_args!("replica of {name}"), e);
+        let existing = self.topics_read().get(name).cloned();
+        let topic = match existing {
+            Some(t) if t.topic_id == Some(spec.topic_id) => t,
+            Some(t) if t.topic_id.is_none() => {
+                return Err(BrokerError::TopicExists(name.to_string()));
+            }
+            other => {
+                if other.is_some() {
+                    self.delete_topic_locked(&mut admin, name)?;
+                }
+                let topic = self.create_replica_topic(spec).map_err(io)?;
+                self.topics_write()
+                    .insert(name.to_string(), Arc::clone(&topic));
+                tracing::info!(topic = name, topic_id = spec.topic_id, local = ?spec.local, "replica topic created");
+                return Ok((topic, true));
+            }
+        };
+        let mut changed = false;
+        if topic.config() != spec.config {
+            *topic.config.write().expect(POISONED) = spec.config;
+            for p in topic.partitions() {
+                p.set_config(spec.config.log_config(), spec.config.flush_policy());
+            }
+            topic.write_meta().map_err(io)?;
+            changed = true;
+        }
+        let slots = topic.partition_slots();
+        let count = spec.partitions.max(slots.len() as u32);
+        let adding: Vec<u32> = spec
+            .local
+            .iter()
+            .copied()
+            .filter(|p| *p < count && slots.get(*p as usize).is_none_or(Option::is_none))
+            .collect();
+        if count == slots.len() as u32 && adding.is_empty() {
+            return Ok((topic, changed));
+        }
+        // Opened, then counted durably in `topic.json`, then visible (as an expansion).
+        let mut opened = Vec::with_capacity(adding.len());
+        for &p in &adding {
+            match open_empty_partition(&topic, p, spec.config) {
+                Ok(partition) => opened.push(partition),
+                Err(e) => {
+                    opened.iter().for_each(|p| p.mark_deleted());
+                    return Err(io(e));
+                }
+            }
+        }
+        let mut local: Vec<u32> = slots.iter().flatten().map(|p| p.id).collect();
+        local.extend(&adding);
+        local.sort_unstable();
+        if let Err(e) = topic.write_meta_as(count, Some(local)) {
+            opened.iter().for_each(|p| p.mark_deleted());
+            return Err(io(e));
+        }
+        let mut slots = topic.partitions.write().expect(POISONED);
+        slots.resize(count as usize, None);
+        for partition in opened {
+            let at = partition.id as usize;
+            slots[at] = Some(partition);
+        }
+        drop(slots);
+        tracing::info!(topic = name, partitions = count, added = ?adding, "replica topic grew");
+        Ok((topic, true))
+    }
+
+    /// A new replica topic's directory, partitions and `topic.json`; not yet visible.
+    fn create_replica_topic(&self, spec: &ReplicaTopic) -> std::io::Result<Arc<Topic>> {
+        let topics = self.config.data_dir.join("topics");
+        let dir = topics.join(&spec.name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let shape = TopicShape {
+            partitions: spec.partitions,
+            topic_id: Some(spec.topic_id),
+            local: Some(spec.local.clone()),
+        };
+        let topic = self
+            .open_topic(&dir, &spec.name, &shape, spec.config, false)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Err(e) = topic.write_meta().and_then(|()| sync_dir(&topics)) {
+            topic.partitions().iter().for_each(|p| p.mark_deleted());
+            return Err(e);
+        }
         Ok(topic)
     }
 
@@ -647,7 +866,9 @@ impl Broker {
             return Err(BrokerError::InternalTopic(name.to_string()));
         }
         match self.topic(name) {
-            Err(BrokerError::TopicNotFound(_)) if self.config.auto_create_topics => {
+            Err(BrokerError::TopicNotFound(_))
+                if self.config.auto_create_topics && !self.topics_from_metadata() =>
+            {
                 validate_topic_name(name)?;
                 if self.is_shutting_down() {
                     return Err(BrokerError::ShuttingDown);
@@ -708,10 +929,21 @@ impl Broker {
         if *self.shutdown.borrow() {
             return Err(before_any_append(BrokerError::ShuttingDown));
         }
-        let partitions = topic.partitions();
+        let partitions = topic.partition_slots();
         let assignment = self
-            .assign_partitions(topic, &partitions, records)
+            .assign_partitions(topic, partitions.len() as u32, records)
             .map_err(before_any_append)?;
+        // On a cluster member, a record for a partition held elsewhere fails the whole
+        // produce before anything is appended (the HTTP layer splits produces by leader).
+        if let Some(&p) = assignment
+            .iter()
+            .find(|p| partitions[**p as usize].is_none())
+        {
+            return Err(before_any_append(BrokerError::NotAReplica {
+                topic: topic.name.to_string(),
+                partition: u64::from(p),
+            }));
+        }
         // acks=all on a replicated partition: refused before anything is appended when its
         // in-sync replica set is below the minimum; else each producer is counted on its
         // partitions (before the append, so the leader's next answer to its followers asks
@@ -724,7 +956,9 @@ impl Broker {
                 if std::mem::replace(&mut seen[p as usize], true) {
                     continue;
                 }
-                let partition = &partitions[p as usize];
+                let partition = partitions[p as usize]
+                    .as_ref()
+                    .expect("every assigned partition was checked to be local");
                 if let Some(gate) = partition.isr_gate() {
                     if !gate.open() {
                         return Err(before_any_append(BrokerError::NotEnoughReplicas {
@@ -759,7 +993,9 @@ impl Broker {
             }
             let count = builder.record_count();
             let mut batch = builder.finish(ProducerInfo::NONE, None);
-            let partition = &partitions[p as usize];
+            let partition = partitions[p as usize]
+                .as_ref()
+                .expect("every assigned partition was checked to be local");
             let appended = partition.append(&mut batch, count, acks == Acks::All);
             if batch.capacity() <= BATCH_BUFFER_KEEP_BYTES_MAX {
                 BATCH_BUFFER.set(batch);
@@ -828,14 +1064,13 @@ impl Broker {
     fn assign_partitions(
         &self,
         topic: &Topic,
-        partitions: &[Arc<Partition>],
+        count: u32,
         records: &[ProduceRecord<'_>],
     ) -> Result<Vec<u32>, BrokerError> {
         let record_max = self
             .limits()
             .record_bytes_max
             .min(topic.config().max_message_bytes);
-        let count = partitions.len() as u32;
         self.check_records(records, record_max, count)?;
         let unkeyed = records
             .iter()
@@ -1046,4 +1281,27 @@ fn check_record_limits(
         }
     }
     Ok(())
+}
+
+/// Opens partition `p` of `topic` as a new, empty log: a directory left there by an expansion
+/// that failed or crashed before `topic.json` counted it is not a partition and is removed.
+fn open_empty_partition(
+    topic: &Topic,
+    p: u32,
+    config: TopicConfig,
+) -> std::io::Result<Arc<Partition>> {
+    let dir = topic.dir.join(p.to_string());
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let (partition, _) = Partition::open(
+        Arc::clone(&topic.name),
+        p,
+        &dir,
+        config.log_config(),
+        config.flush_policy(),
+        false,
+    )?;
+    Ok(partition)
 }

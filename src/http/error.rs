@@ -121,6 +121,10 @@ impl From<BrokerError> for ApiError {
                 "storage_unavailable",
                 detail,
             ),
+            BrokerError::NotAReplica { partition, .. } => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_a_replica", detail)
+                    .with("partition", partition)
+            }
             BrokerError::CorruptLog(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)
             }

@@ -26,6 +26,7 @@ use crate::groups::GroupCoordinator;
 use crate::groups::sessions::run_sessions;
 use crate::http::forward::Forwarder;
 use crate::limits::Limits;
+use crate::replication::manager::ReplicaManager;
 
 /// One tidelog process: the broker, the group coordinator, their background tasks.
 /// Cheap to clone (every field is shared); the HTTP state is a clone.
@@ -39,6 +40,9 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     /// The pooled client that forwards requests to the broker serving them (cluster only).
     pub forward: Forwarder,
+    /// The local replicas of the cluster's partitions and their roles (idle on a broker
+    /// alone).
+    pub replicas: Arc<ReplicaManager>,
     /// Retention, group sessions, metrics refresh; stopped by shutdown, aborted when the node
     /// drops.
     tasks: Arc<BackgroundTasks>,
@@ -63,6 +67,8 @@ impl Node {
                 idle / 4,
             )),
         ];
+        let replicas = ReplicaManager::new(Arc::clone(&cluster), Arc::clone(&broker));
+        tasks.extend(replicas.start(&broker.shutdown_signal()));
         tasks.extend(cluster.start(&broker.shutdown_signal()));
         let forward = Forwarder::new(Duration::from_millis(broker.limits().forward_timeout_ms));
         Ok(Node {
@@ -70,6 +76,7 @@ impl Node {
             groups,
             cluster,
             forward,
+            replicas,
             tasks: Arc::new(BackgroundTasks(Mutex::new(tasks))),
         })
     }

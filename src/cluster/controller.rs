@@ -14,11 +14,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use std::collections::BTreeMap;
+
 use super::identity;
+use crate::config::TopicConfig;
 use crate::controller::liveness::{HeartbeatError, Sessions};
 use crate::controller::metadata_log::{MetadataLog, ProposeError};
 use crate::controller::peers::Peers;
+use crate::controller::placement::{PlacementError, place_replicas};
 use crate::metadata::{BrokerEpoch, Command, NodeId, Outcome};
+use crate::metadata::{MetadataError, MetadataImage};
 
 /// The metadata journal's file name under `<data>/__cluster/`.
 pub const METADATA_JOURNAL_FILE: &str = "metadata.journal";
@@ -39,8 +44,14 @@ pub enum ControlError {
     PeersMismatch(String),
     /// Another process of this node id is alive (heartbeats within the session timeout).
     BrokerAlreadyAlive(NodeId),
+    /// A request the controller cannot carry out as asked.
+    Invalid(String),
     /// The metadata log could not be written.
     Io(String),
+    /// Written, but `apply` refused it (a topic that exists, a stale partition epoch, ...).
+    Refused(MetadataError),
+    /// Replicas cannot be placed: a replication factor of 0 or above the active brokers.
+    NotEnoughBrokers { factor: u32, active_brokers: u32 },
 }
 
 impl std::fmt::Display for ControlError {
@@ -62,6 +73,15 @@ impl std::fmt::Display for ControlError {
                 "broker {node} is alive under another process; a new one may register once its session expires"
             ),
             ControlError::Io(e) => write!(f, "the metadata log could not be written: {e}"),
+            ControlError::Refused(e) => write!(f, "{e}"),
+            ControlError::Invalid(why) => f.write_str(why),
+            ControlError::NotEnoughBrokers {
+                factor,
+                active_brokers,
+            } => write!(
+                f,
+                "replication_factor {factor} needs {factor} live brokers; {active_brokers} are alive"
+            ),
         }
     }
 }
@@ -80,6 +100,21 @@ pub struct Registration {
 struct State {
     log: MetadataLog,
     sessions: Sessions,
+    /// Per broker: the metadata index its local replicas match, as its last heartbeat on
+    /// the given broker epoch said.
+    reconciled: BTreeMap<NodeId, (BrokerEpoch, u64)>,
+}
+
+/// A topic to create (checked by the caller against the limits and the name rules).
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    /// None: min(3, active brokers).
+    pub replication_factor: Option<u32>,
+    /// None: min(2, replication factor).
+    pub min_insync_replicas: Option<u32>,
+    pub config: TopicConfig,
 }
 
 #[derive(Debug)]
@@ -89,6 +124,8 @@ pub struct Controller {
     state: Arc<Mutex<State>>,
     /// The index of the last command in the log; metadata long-polls wait on it.
     last_index: watch::Sender<u64>,
+    /// Moves whenever a broker reports a higher reconciled index; admin calls wait on it.
+    reports: watch::Sender<u64>,
     /// The controller's monotonic clock starts here (liveness works in its milliseconds).
     started: Instant,
     session_timeout_ms: u64,
@@ -121,8 +158,10 @@ impl Controller {
             state: Arc::new(Mutex::new(State {
                 log,
                 sessions: Sessions::new(session_timeout_ms, 0),
+                reconciled: BTreeMap::new(),
             })),
             last_index: watch::Sender::new(last),
+            reports: watch::Sender::new(0),
             started: Instant::now(),
             session_timeout_ms,
         })
@@ -184,8 +223,10 @@ impl Controller {
         node: NodeId,
         epoch: BrokerEpoch,
         caught_up: bool,
+        reconciled: u64,
     ) -> Result<u64, ControlError> {
         let now = self.now_ms();
+        let reports = self.reports.clone();
         self.propose_with(move |state| {
             let image = state.log.image();
             state
@@ -202,6 +243,10 @@ impl Controller {
                         }
                     }
                 })?;
+            let before = state.reconciled.insert(node, (epoch, reconciled));
+            if before != Some((epoch, reconciled)) {
+                reports.send_modify(|r| *r += 1);
+            }
             propose_decisions(state, now)?;
             Ok(state.log.image().applied)
         })
@@ -221,6 +266,128 @@ impl Controller {
             });
         }
         Ok(())
+    }
+
+    /// A copy of the controller's metadata image.
+    pub fn image(&self) -> MetadataImage {
+        self.lock().log.image().clone()
+    }
+
+    /// Proposes `command`; answers its index once it is durable and applied.
+    pub async fn propose(&self, command: Command) -> Result<u64, ControlError> {
+        self.propose_built(move |_| Ok(command)).await
+    }
+
+    /// Proposes the command `build` makes from the current image (under the controller's
+    /// lock, so no other proposal comes between what it read and what it proposes).
+    pub async fn propose_built(
+        &self,
+        build: impl FnOnce(&MetadataImage) -> Result<Command, ControlError> + Send + 'static,
+    ) -> Result<u64, ControlError> {
+        self.propose_with(move |state| {
+            let command = build(state.log.image())?;
+            match state.log.propose(command) {
+                Ok((index, _)) => Ok(index),
+                Err(ProposeError::Refused { error, .. }) => Err(ControlError::Refused(error)),
+                Err(e) => Err(propose_error(e)),
+            }
+        })
+        .await
+    }
+
+    /// Creates a topic: replicas placed over the active brokers (`controller::placement`).
+    /// Answers the index of the command.
+    pub async fn create_topic(&self, t: NewTopic) -> Result<u64, ControlError> {
+        self.propose_built(move |image| {
+            let active = image.active_brokers().count() as u32;
+            let factor = t.replication_factor.unwrap_or(active.clamp(1, 3));
+            let assignment = place_replicas(image, t.partitions, factor).map_err(|e| match e {
+                PlacementError::ReplicationFactor {
+                    factor,
+                    active_brokers,
+                } => ControlError::NotEnoughBrokers {
+                    factor,
+                    active_brokers,
+                },
+            })?;
+            Ok(Command::CreateTopic {
+                name: t.name,
+                config: t.config,
+                min_insync_replicas: t.min_insync_replicas.unwrap_or(factor.min(2)),
+                assignment,
+            })
+        })
+        .await
+    }
+
+    /// Grows `topic` to `count` partitions, the new ones placed over the active brokers.
+    pub async fn create_partitions(&self, topic: String, count: u32) -> Result<u64, ControlError> {
+        self.propose_built(move |image| {
+            let record = image.topics.get(&topic).ok_or_else(|| {
+                ControlError::Refused(MetadataError::TopicNotFound(topic.clone()))
+            })?;
+            let current = record.partitions.len() as u32;
+            if count <= current {
+                return Err(ControlError::Invalid(format!(
+                    "count must be larger than the current {current} partitions"
+                )));
+            }
+            let factor = record.replication_factor;
+            let assignment =
+                place_replicas(image, count - current, factor).map_err(|e| match e {
+                    PlacementError::ReplicationFactor {
+                        factor,
+                        active_brokers,
+                    } => ControlError::NotEnoughBrokers {
+                        factor,
+                        active_brokers,
+                    },
+                })?;
+            Ok(Command::CreatePartitions { topic, assignment })
+        })
+        .await
+    }
+
+    /// Waits until every active broker reported its local replicas match the metadata up to
+    /// `index`, `wait` passed, or `shutdown` flipped; on the last two, answers the brokers
+    /// still behind.
+    pub async fn wait_reconciled(
+        &self,
+        index: u64,
+        wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Vec<NodeId>> {
+        let mut reports = self.reports.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            reports.mark_unchanged();
+            let behind = self.brokers_behind(index);
+            if behind.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = reports.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(behind),
+                _ = shutdown.wait_for(|s| *s) => return Err(behind),
+            }
+        }
+    }
+
+    /// The active brokers whose replicas do not match the metadata up to `index` yet.
+    fn brokers_behind(&self, index: u64) -> Vec<NodeId> {
+        let state = self.lock();
+        state
+            .log
+            .image()
+            .active_brokers()
+            .filter(|b| {
+                state
+                    .reconciled
+                    .get(&b.node_id)
+                    .is_none_or(|(epoch, r)| *epoch != b.broker_epoch || *r < index)
+            })
+            .map(|b| b.node_id)
+            .collect()
     }
 
     /// Up to `max` commands after `after`, and the last index of the log.

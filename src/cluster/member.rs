@@ -104,13 +104,18 @@ async fn register(
 }
 
 /// Heartbeats until the controller says the registration is stale or unknown.
+/// Besides every interval, a heartbeat goes at once when the local replicas caught up with
+/// more of the metadata, so an admin call waiting on every broker is answered promptly.
 async fn heartbeats(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpoch) {
     let to = cluster.controller_address();
+    let mut reconciled = cluster.reconciled.subscribe();
     loop {
+        reconciled.mark_unchanged();
         let request = HeartbeatRequest {
             node_id: cluster.node_id,
             broker_epoch: epoch,
             caught_up: cluster.caught_up(),
+            reconciled: cluster.reconciled(),
         };
         let answer: Result<HeartbeatAnswer, _> = client
             .post(to, HEARTBEAT_PATH, &request, CALL_TIMEOUT)
@@ -122,7 +127,10 @@ async fn heartbeats(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpo
             }
             Err(_) => {}
         }
-        tokio::time::sleep(cluster.heartbeat_interval()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(cluster.heartbeat_interval()) => {}
+            _ = reconciled.changed() => {}
+        }
     }
 }
 

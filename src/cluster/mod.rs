@@ -76,6 +76,9 @@ pub struct Cluster {
     /// The index of the last metadata command applied to this broker's image (and bumped
     /// when the image starts over): the replica manager and replication follow it.
     image_version: watch::Sender<u64>,
+    /// The metadata index the replica manager has made the local replicas match; heartbeats
+    /// carry it, so the controller answers an admin call once every broker has its replicas.
+    reconciled: watch::Sender<u64>,
 }
 
 /// What this broker knows of the cluster.
@@ -102,6 +105,9 @@ impl Cluster {
         let mut member = MemberState::default();
         let mut controller = None;
         if let Some(peers) = &peers {
+            if identity::read_cluster_id(&dir)?.is_none() {
+                refuse_single_broker_topics(&config.data_dir)?;
+            }
             if peers.ids().next() == Some(node_id) {
                 let c = Controller::open(&dir, peers.clone(), config.broker_session_timeout_ms)?;
                 controller = Some(Arc::new(c));
@@ -118,6 +124,7 @@ impl Cluster {
             member: Mutex::new(member),
             fatal: watch::Sender::new(None),
             image_version: watch::Sender::new(0),
+            reconciled: watch::Sender::new(0),
         }))
     }
 
@@ -236,6 +243,30 @@ impl Cluster {
         self.peers.is_some()
     }
 
+    /// The controller's address (None on a broker alone).
+    pub fn controller_addr(&self) -> Option<SocketAddr> {
+        self.peer_address(self.controller_id())
+    }
+
+    /// Whether the image holds every command the controller told this broker of.
+    pub fn caught_up(&self) -> bool {
+        let m = self.lock();
+        m.image.applied >= m.known_last
+    }
+
+    /// The replica manager made the local replicas match the image up to `index`.
+    pub fn set_reconciled(&self, index: u64) {
+        self.reconciled.send_if_modified(|r| {
+            let moved = index > *r;
+            *r = (*r).max(index);
+            moved
+        });
+    }
+
+    fn reconciled(&self) -> u64 {
+        *self.reconciled.borrow()
+    }
+
     /// The reason the broker must stop, once it has one.
     pub fn fatal_error(&self) -> Option<String> {
         self.fatal.borrow().clone()
@@ -292,11 +323,6 @@ impl Cluster {
         self.lock().image.applied
     }
 
-    fn caught_up(&self) -> bool {
-        let m = self.lock();
-        m.image.applied >= m.known_last
-    }
-
     fn saw_last_index(&self, last: u64) {
         let mut m = self.lock();
         m.known_last = m.known_last.max(last);
@@ -310,6 +336,7 @@ impl Cluster {
             if page.last_index < after {
                 m.image = MetadataImage::default();
                 m.known_last = page.last_index;
+                self.reconciled.send_replace(0);
                 true
             } else {
                 m.known_last = m.known_last.max(page.last_index);
@@ -327,6 +354,37 @@ impl Cluster {
             self.image_version.send_modify(|v| *v += 1);
         }
     }
+}
+
+/// A data directory that never joined a cluster but holds topics is a single broker's: a
+/// cluster member would not know them (the metadata has no record of them) and must not
+/// remove them, so it does not start on it.
+fn refuse_single_broker_topics(data_dir: &std::path::Path) -> io::Result<()> {
+    let topics = data_dir.join("topics");
+    let entries = match std::fs::read_dir(&topics) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.path().join("topic.json").exists() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} holds the topics of a single broker ({}) and has never joined a cluster: start it without --peers, or give the cluster member an empty data directory",
+            data_dir.display(),
+            names.join(", ")
+        ),
+    ))
 }
 
 #[cfg(test)]

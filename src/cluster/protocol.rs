@@ -35,6 +35,9 @@ pub struct HeartbeatRequest {
     pub broker_epoch: BrokerEpoch,
     /// The broker applied the metadata up to the last index the controller told it.
     pub caught_up: bool,
+    /// The metadata index up to which the broker's local replicas match the image.
+    #[serde(default)]
+    pub reconciled: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

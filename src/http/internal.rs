@@ -18,23 +18,29 @@ use crate::cluster::protocol::{
     HeartbeatAnswer, HeartbeatRequest, IndexedCommand, MetadataAnswer, MetadataQuery,
     RegisterAnswer, RegisterRequest,
 };
+use crate::metadata::MetadataError;
 
 /// Most commands one metadata answer carries.
 const METADATA_PAGE_COMMANDS: usize = 1000;
 
-fn controller(node: &AppState) -> ApiResult<Arc<Controller>> {
+/// The controller, if this broker runs it; else 421 `not_controller` naming the broker that
+/// does (`controller`, `controller_address`).
+pub(super) fn controller(node: &AppState) -> ApiResult<Arc<Controller>> {
     let cluster = &node.cluster;
     cluster.controller().cloned().ok_or_else(|| {
+        let address = cluster.controller_addr().map(|a| a.to_string());
         ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "not_controller",
             format!(
-                "broker {} does not run the controller (broker {} does)",
+                "broker {} does not run the controller (broker {} does, at {})",
                 cluster.node_id(),
-                cluster.controller_id()
+                cluster.controller_id(),
+                address.as_deref().unwrap_or("an unknown address")
             ),
         )
         .with("controller", cluster.controller_id().0)
+        .with("controller_address", address)
     })
 }
 
@@ -64,6 +70,12 @@ impl From<ControlError> for ApiError {
                 "storage_unavailable",
                 detail,
             ),
+            ControlError::Invalid(_) => ApiError::invalid(detail),
+            ControlError::NotEnoughBrokers { active_brokers, .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "not_enough_brokers", detail)
+                    .with("alive_brokers", active_brokers)
+            }
+            ControlError::Refused(e) => refused(e, detail),
         }
     }
 }
@@ -101,7 +113,7 @@ pub async fn heartbeat(
     let h: HeartbeatRequest =
         read_json(&headers, body, node.limits().request_body_bytes_max).await?;
     let last_index = controller
-        .heartbeat(h.node_id, h.broker_epoch, h.caught_up)
+        .heartbeat(h.node_id, h.broker_epoch, h.caught_up, h.reconciled)
         .await?;
     Ok(axum::Json(HeartbeatAnswer { last_index }).into_response())
 }
@@ -139,4 +151,23 @@ pub async fn metadata(
         last_index,
     };
     Ok(axum::Json(answer).into_response())
+}
+
+/// A command `apply` refused, as the problem a client can act on.
+fn refused(e: MetadataError, detail: String) -> ApiError {
+    match e {
+        MetadataError::TopicExists(_) => {
+            ApiError::new(StatusCode::CONFLICT, "topic_exists", detail)
+        }
+        MetadataError::TopicNotFound(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "topic_not_found", detail)
+        }
+        MetadataError::PartitionNotFound { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "partition_not_found", detail)
+        }
+        MetadataError::InvalidMinInsync { .. } | MetadataError::InvalidAssignment(_) => {
+            ApiError::invalid(detail)
+        }
+        _ => ApiError::new(StatusCode::CONFLICT, "metadata_conflict", detail),
+    }
 }

@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod budgeted_body;
+pub mod cluster_topics;
 pub mod error;
 pub mod fetch;
 pub mod forward;

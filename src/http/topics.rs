@@ -9,10 +9,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::body::{parse_u64, read_json};
+use super::cluster_topics;
 use super::error::{ApiError, ApiResult};
 use super::path::Path;
-use crate::broker::{Broker, BrokerError, Topic};
+use crate::broker::{Broker, BrokerError, Partition, Topic};
 use crate::config::TopicConfig;
 
 /// Body of `POST /v1/topics`.
@@ -27,12 +29,16 @@ pub struct CreateTopic {
 }
 
 pub async fn create(
-    State(broker): State<Arc<Broker>>,
+    State(node): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let broker = &node.broker;
     let req: CreateTopic =
         read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    if node.cluster.is_clustered() {
+        return cluster_topics::create(&node, req).await;
+    }
     if let Some(rf) = req.replication_factor
         && rf != 1
     {
@@ -47,11 +53,16 @@ pub async fn create(
     let topic = broker
         .create_topic(&req.name, partitions, config, false)
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(describe_topic(&topic))).into_response())
+    let view = describe_topic(&topic, node.cluster.node_id().0);
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
-pub async fn list(State(broker): State<Arc<Broker>>) -> Response {
-    let topics: Vec<Value> = broker
+pub async fn list(State(node): State<AppState>) -> Response {
+    if node.cluster.is_clustered() {
+        return cluster_topics::list(&node);
+    }
+    let topics: Vec<Value> = node
+        .broker
         .topics()
         .iter()
         .map(|t| json!({"name": &*t.name, "partitions": t.partition_count()}))
@@ -60,20 +71,24 @@ pub async fn list(State(broker): State<Arc<Broker>>) -> Response {
 }
 
 pub async fn describe(
-    State(broker): State<Arc<Broker>>,
+    State(node): State<AppState>,
     Path(topic): Path<String>,
 ) -> ApiResult<Response> {
-    let topic = broker.topic(&topic)?;
-    Ok(axum::Json(describe_topic(&topic)).into_response())
+    if node.cluster.is_clustered() {
+        return cluster_topics::describe(&node, &topic);
+    }
+    let topic = node.broker.topic(&topic)?;
+    Ok(axum::Json(describe_topic(&topic, node.cluster.node_id().0)).into_response())
 }
 
 pub async fn update_config(
-    State(broker): State<Arc<Broker>>,
+    State(node): State<AppState>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     refuse_internal(&topic)?;
+    let broker = &node.broker;
     let patch: Value = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
     let Value::Object(mut patch) = patch else {
         return Err(ApiError::invalid("the body must be a JSON object"));
@@ -84,18 +99,24 @@ pub async fn update_config(
         Some(_) => return Err(ApiError::invalid("'config' must be a JSON object")),
         None => {}
     }
+    if node.cluster.is_clustered() {
+        return cluster_topics::update_config(&node, &topic, patch).await;
+    }
     let current = broker.topic(&topic)?.config();
     let config = merge_config(current, patch)?;
     let topic = broker.update_topic_config(&topic, config).await?;
-    Ok(axum::Json(describe_topic(&topic)).into_response())
+    Ok(axum::Json(describe_topic(&topic, node.cluster.node_id().0)).into_response())
 }
 
 pub async fn delete(
-    State(broker): State<Arc<Broker>>,
+    State(node): State<AppState>,
     Path(topic): Path<String>,
 ) -> ApiResult<StatusCode> {
     refuse_internal(&topic)?;
-    broker.delete_topic(&topic).await?;
+    if node.cluster.is_clustered() {
+        return cluster_topics::delete(&node, &topic).await;
+    }
+    node.broker.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -106,15 +127,19 @@ pub struct Expand {
 }
 
 pub async fn expand(
-    State(broker): State<Arc<Broker>>,
+    State(node): State<AppState>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     refuse_internal(&topic)?;
+    let broker = &node.broker;
     let req: Expand = read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
+    if node.cluster.is_clustered() {
+        return cluster_topics::expand(&node, &topic, req.count).await;
+    }
     let topic = broker.expand_partitions(&topic, req.count).await?;
-    Ok(axum::Json(describe_topic(&topic)).into_response())
+    Ok(axum::Json(describe_topic(&topic, node.cluster.node_id().0)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +166,7 @@ pub async fn delete_records(
 
 /// Topics named `__...` belong to the broker (`__consumer_offsets`): clients may read them,
 /// never change them.
-fn refuse_internal(topic: &str) -> ApiResult<()> {
+pub(super) fn refuse_internal(topic: &str) -> ApiResult<()> {
     if topic.starts_with("__") {
         return Err(BrokerError::InternalTopic(topic.to_string()).into());
     }
@@ -149,7 +174,7 @@ fn refuse_internal(topic: &str) -> ApiResult<()> {
 }
 
 /// Applies a partial config object to `base`; unknown keys and bad values are 400s.
-fn merge_config(
+pub(super) fn merge_config(
     base: TopicConfig,
     patch: serde_json::Map<String, Value>,
 ) -> ApiResult<TopicConfig> {
@@ -163,25 +188,21 @@ fn merge_config(
     Ok(config)
 }
 
-/// The describe document of a topic.
-pub fn describe_topic(topic: &Topic) -> Value {
+/// The describe document of a single broker's topic (`node_id` leads every partition).
+pub fn describe_topic(topic: &Topic, node_id: u32) -> Value {
     let partitions: Vec<Value> = topic
         .partitions()
         .iter()
         .map(|p| {
-            let s = p.stats();
-            json!({
+            let mut view = json!({
                 "partition": p.id,
-                "leader": 1,
-                "replicas": [1],
-                "isr": [1],
-                "log_start_offset": s.log_start_offset,
-                "high_watermark": s.high_watermark,
-                "log_end_offset": s.log_end_offset,
-                "segments": s.segments,
-                "size_bytes": s.size_bytes,
-                "failure": p.write_refusal(),
-            })
+                "leader": node_id,
+                "leader_epoch": 0,
+                "replicas": [node_id],
+                "isr": [node_id],
+            });
+            add_local_stats(&mut view, Some(p));
+            view
         })
         .collect();
     json!({
@@ -190,4 +211,30 @@ pub fn describe_topic(topic: &Topic) -> Value {
         "config": topic.config(),
         "partitions": partitions,
     })
+}
+
+/// Adds the figures of the local replica `p` to a partition's view (nulls without one).
+pub(super) fn add_local_stats(view: &mut Value, p: Option<&Partition>) {
+    let stats = p.map(|p| (p.stats(), p.write_refusal()));
+    let fields = match stats {
+        Some((s, failure)) => json!({
+            "log_start_offset": s.log_start_offset,
+            "high_watermark": s.high_watermark,
+            "log_end_offset": s.log_end_offset,
+            "segments": s.segments,
+            "size_bytes": s.size_bytes,
+            "failure": failure,
+        }),
+        None => json!({
+            "log_start_offset": null,
+            "high_watermark": null,
+            "log_end_offset": null,
+            "segments": null,
+            "size_bytes": null,
+            "failure": null,
+        }),
+    };
+    if let (Value::Object(view), Value::Object(fields)) = (view, fields) {
+        view.extend(fields);
+    }
 }

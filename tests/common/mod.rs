@@ -5,6 +5,8 @@
 //! the handle drops, so a failing test leaves no process behind.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

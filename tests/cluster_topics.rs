@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestBroker;
-use common::cluster::{Cluster, assert_problem, delete, get, patch, post, run_to_exit};
+use common::cluster::{Cluster, assert_problem, call, delete, get, http, patch, post, run_to_exit};
 use serde_json::{Value, json};
 
 /// Short sessions keep the test quick; heartbeats go every quarter of it.
@@ -34,8 +34,14 @@ fn topics_are_made_at_the_controller_and_held_by_every_replica() {
     let cluster = Cluster::start(3, TOML);
     let topics = |id: usize| format!("{}/v1/topics", cluster.url(id));
 
-    // Only the controller (node 1) takes admin calls until forwarding comes.
-    let (status, problem) = post(&topics(2), json!({"name": "orders", "partitions": 3}));
+    // Only the controller (node 1) makes topics; a request forwarded once is not forwarded
+    // again.
+    let (status, problem) = call(
+        http()
+            .post(topics(2))
+            .header("tidelog-forwarded", "3")
+            .json(&json!({"name": "orders", "partitions": 3})),
+    );
     assert_problem(status, &problem, 421, "not_controller");
     assert_eq!(problem["controller"], 1, "{problem}");
     assert_eq!(
@@ -43,9 +49,10 @@ fn topics_are_made_at_the_controller_and_held_by_every_replica() {
         format!("127.0.0.1:{}", cluster.ports[0])
     );
 
-    // Factor 3 (the default with three brokers), min ISR 2 (the default): answered once every
-    // broker holds its replicas, so each shows the topic at once.
-    let (status, created) = post(&topics(1), json!({"name": "orders", "partitions": 3}));
+    // Factor 3 (the default with three brokers), min ISR 2 (the default), sent to node 2
+    // (forwarded to the controller): answered once every broker holds its replicas, so each
+    // shows the topic at once.
+    let (status, created) = post(&topics(2), json!({"name": "orders", "partitions": 3}));
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["replication_factor"], 3);
     assert_eq!(created["config"]["min_insync_replicas"], 2);
@@ -94,7 +101,8 @@ fn topics_are_made_at_the_controller_and_held_by_every_replica() {
     assert_problem(status, &problem, 409, "topic_exists");
 
     // Factor 1 over three partitions: one replica each, on three brokers. A broker that holds
-    // no replica of a partition says so, and shows the partition without local figures.
+    // no replica of a partition says so when asked for its own (`replica=local`; a plain
+    // fetch is forwarded to the leader), and shows the partition without local figures.
     let (status, solo) = post(
         &topics(1),
         json!({"name": "solo", "partitions": 3, "replication_factor": 1}),
@@ -104,10 +112,12 @@ fn topics_are_made_at_the_controller_and_held_by_every_replica() {
         let holder = view["replicas"][0].as_u64().unwrap() as usize;
         let other = holder % 3 + 1;
         let records = |id: usize| format!("{}/solo/partitions/{p}/records?offset=0", topics(id));
-        let (status, page) = get(&records(holder));
+        let (status, page) = get(&format!("{}&replica=local", records(holder)));
         assert_eq!(status, 200, "{page}");
-        let (status, problem) = get(&records(other));
+        let (status, problem) = get(&format!("{}&replica=local", records(other)));
         assert_problem(status, &problem, 421, "not_a_replica");
+        let (status, page) = get(&records(other));
+        assert_eq!(status, 200, "forwarded to the leader: {page}");
         let (_, seen) = get(&format!("{}/solo", topics(other)));
         assert_eq!(
             seen["partitions"][p]["log_end_offset"],

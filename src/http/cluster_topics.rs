@@ -1,6 +1,7 @@
 //! Topic admin on a cluster: topics live in the cluster metadata, so create, delete, expand
-//! and config changes are proposed at the controller (421 `not_controller` on any other
-//! broker, with the controller's id and address), and answered only once every active
+//! and config changes are proposed at the controller (`forward` brings them there; one that
+//! reaches another broker anyway is 421 `not_controller` with the controller's id and
+//! address), and answered only once every active
 //! broker has made its local replicas match (heartbeats carry how far each got). The views
 //! (`GET /v1/topics`, `GET /v1/topics/{t}`) come from this broker's copy of the metadata,
 //! with the figures of its own replicas.

@@ -112,8 +112,13 @@ pub fn start_member(root: &Path, ports: &[u16], id: usize, toml: &str) -> TestBr
     TestBroker::start_member(&member_data_dir(root, id), ports[id - 1], &args, toml)
 }
 
+/// The client of [`call`], for requests the helpers below do not build.
+pub fn http() -> &'static reqwest::Client {
+    &runtime_and_client().1
+}
+
 /// One runtime and client for the tests' plain-thread calls.
-fn http() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
+fn runtime_and_client() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
     static HTTP: OnceLock<(tokio::runtime::Runtime, reqwest::Client)> = OnceLock::new();
     HTTP.get_or_init(|| {
         let client = reqwest::Client::builder()
@@ -126,7 +131,7 @@ fn http() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
 
 /// Sends a request; `(0, null)` when the broker does not answer (not up yet, killed).
 pub fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
-    http().0.block_on(async move {
+    runtime_and_client().0.block_on(async move {
         match request.send().await {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -138,19 +143,19 @@ pub fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
 }
 
 pub fn get(url: &str) -> (u16, Value) {
-    call(http().1.get(url))
+    call(http().get(url))
 }
 
 pub fn post(url: &str, body: Value) -> (u16, Value) {
-    call(http().1.post(url).json(&body))
+    call(http().post(url).json(&body))
 }
 
 pub fn patch(url: &str, body: Value) -> (u16, Value) {
-    call(http().1.patch(url).json(&body))
+    call(http().patch(url).json(&body))
 }
 
 pub fn delete(url: &str) -> (u16, Value) {
-    call(http().1.delete(url))
+    call(http().delete(url))
 }
 
 /// Asserts a problem answer: its status and stable code.

@@ -954,6 +954,8 @@ impl PartitionLog {
             sync_dir(&self.dir)?;
             std::fs::rename(&c.path, segment::log_path(&self.dir, base))?;
             sync_dir(&self.dir)?;
+            // Synced under its temporary name: the ledger learns it under the real one.
+            sync_ledger::record_synced(&segment::log_path(&self.dir, base), c.meta.size);
             self.segments[i] = Segment::from_compacted(&self.dir, c.meta)?;
         }
         Ok(())

@@ -72,6 +72,7 @@ fn recorded(file: &File, sync: fn(&File) -> io::Result<()>) -> io::Result<()> {
 /// renamed since: compaction's rewritten segments).
 pub fn record_synced(path: &std::path::Path, length: u64) {
     let Some(ledger) = ledger() else { return };
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let line = format!("{} {length}\n", path.display());
     ledger
         .lock()

@@ -27,6 +27,8 @@ pub struct TestBroker {
     /// The port asked for (0: any) and extra command-line arguments, kept for restarts.
     port: u16,
     args: Vec<String>,
+    /// Extra environment variables of the process, kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 impl TestBroker {
@@ -61,6 +63,21 @@ impl TestBroker {
         Self::spawn(data_dir, Some(toml.to_string()), port, args)
     }
 
+    /// [`TestBroker::start_member`] with extra environment variables (kept for restarts),
+    /// such as the sync ledger of [`cut_to_synced`].
+    pub fn start_member_with_env(
+        data_dir: &Path,
+        port: u16,
+        args: &[String],
+        toml: &str,
+        env: &[(String, String)],
+    ) -> TestBroker {
+        let mut broker =
+            Self::spawn_with_env(data_dir, Some(toml.to_string()), port, args, None, env);
+        broker.env = env.to_vec();
+        broker
+    }
+
     fn spawn(data_dir: &Path, config: Option<String>, port: u16, args: &[String]) -> TestBroker {
         Self::spawn_limited(data_dir, config, port, args, None)
     }
@@ -71,6 +88,17 @@ impl TestBroker {
         port: u16,
         args: &[String],
         open_files_max: Option<u64>,
+    ) -> TestBroker {
+        Self::spawn_with_env(data_dir, config, port, args, open_files_max, &[])
+    }
+
+    fn spawn_with_env(
+        data_dir: &Path,
+        config: Option<String>,
+        port: u16,
+        args: &[String],
+        open_files_max: Option<u64>,
+        env: &[(String, String)],
     ) -> TestBroker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidelog"));
         if let Some(max) = open_files_max {
@@ -100,6 +128,8 @@ impl TestBroker {
             .env_remove("TIDELOG_CONFIG")
             .env_remove("TIDELOG_NODE_ID")
             .env_remove("TIDELOG_PEERS")
+            .env_remove(tidelog::log::sync_ledger::SYNC_LEDGER_ENV)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args(args);
         if let Some(toml) = config.as_deref().filter(|t| !t.trim().is_empty()) {
             std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
@@ -129,6 +159,7 @@ impl TestBroker {
             config,
             port,
             args: args.to_vec(),
+            env: env.to_vec(),
         }
     }
 
@@ -174,7 +205,14 @@ impl TestBroker {
     /// on a fixed one).
     pub fn restart(&mut self) {
         self.kill9();
-        let fresh = Self::spawn(&self.data_dir, self.config.clone(), self.port, &self.args);
+        let fresh = Self::spawn_with_env(
+            &self.data_dir,
+            self.config.clone(),
+            self.port,
+            &self.args,
+            None,
+            &self.env,
+        );
         let mut fresh = fresh;
         self.child = fresh.child.take();
         self.url = fresh.url.clone();
@@ -216,6 +254,49 @@ impl Api {
             url: broker.url.clone(),
         }
     }
+}
+
+/// What a power cut would have left of `data_dir` after a `kill -9`: every segment file
+/// (`<20 digits>.log`, in any folder below) is cut back to the length the sync ledger at
+/// `ledger` last recorded for it, or emptied if no sync of it was recorded. The broker must
+/// have run with `TIDELOG_TEST_SYNC_LEDGER=<ledger>` and be stopped. Returns the bytes cut.
+pub fn cut_to_synced(data_dir: &Path, ledger: &Path) -> u64 {
+    let synced: std::collections::HashMap<PathBuf, u64> = tidelog::log::sync_ledger::read(ledger)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(path, length)| (path.canonicalize().unwrap_or(path), length))
+        .collect();
+    let mut cut = 0;
+    let mut folders = vec![data_dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("list a data folder") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let is_segment = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .is_some_and(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()));
+            if !is_segment {
+                continue;
+            }
+            let canonical = path.canonicalize().expect("a segment path");
+            let keep = synced.get(&canonical).copied().unwrap_or(0);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open a segment");
+            let length = file.metadata().expect("a segment's size").len();
+            if length > keep {
+                file.set_len(keep).expect("cut a segment");
+                cut += length - keep;
+            }
+        }
+    }
+    cut
 }
 
 /// A small runtime for tests that are plain `#[test]` functions.

@@ -37,6 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::AppState;
+use super::body::check_declared_length;
 use super::error::ApiError;
 use crate::cluster::Cluster;
 use crate::metadata::NodeId;
@@ -304,6 +305,10 @@ fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
 async fn proxy(node: &AppState, request: Request, id: NodeId, address: SocketAddr) -> Response {
     let limits = node.limits();
     let (mut parts, body) = request.into_parts();
+    // A body declared too large is refused here, as the target would, before anything is sent.
+    if let Err(e) = check_declared_length(&parts.headers, limits.request_body_bytes_max) {
+        return e.into_response();
+    }
     let wait = requested_wait(parts.uri.query(), limits.wait_ms_max);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match format!("http://{address}{path}").parse::<Uri>() {

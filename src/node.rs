@@ -21,11 +21,15 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::Cluster;
+use crate::cluster::controller::ControlError;
 use crate::config::BrokerConfig;
+use crate::config::TopicConfig;
 use crate::groups::GroupCoordinator;
+use crate::groups::offsets::{OFFSETS_TOPIC, OffsetsTopicMaker};
 use crate::groups::sessions::run_sessions;
 use crate::http::forward::Forwarder;
 use crate::limits::Limits;
+use crate::metadata::{Command, MetadataError};
 use crate::replication::manager::ReplicaManager;
 
 /// One tidelog process: the broker, the group coordinator, their background tasks.
@@ -68,6 +72,9 @@ impl Node {
             )),
         ];
         let replicas = ReplicaManager::new(Arc::clone(&cluster), Arc::clone(&broker));
+        if cluster.is_clustered() {
+            groups.make_offsets_topic_with(offsets_topic_maker(&cluster, &broker, &replicas));
+        }
         tasks.extend(replicas.start(&broker.shutdown_signal()));
         tasks.extend(cluster.start(&broker.shutdown_signal()));
         let forward = Forwarder::new(Duration::from_millis(broker.limits().forward_timeout_ms));
@@ -103,6 +110,76 @@ impl Node {
             }
         }
         self.broker.close().await
+    }
+}
+
+/// How long a first group commit on a cluster waits for this broker to hold its replica of
+/// the `__consumer_offsets` it created in the metadata.
+const OFFSETS_TOPIC_WAIT: Duration = Duration::from_secs(15);
+
+/// On a cluster, `__consumer_offsets` is a topic of the metadata, replicated like any topic:
+/// one partition on min(3, active brokers), this broker (the controller's, which coordinates
+/// the groups) first so it is the preferred leader. Made the first time a commit needs it.
+fn offsets_topic_maker(
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
+    replicas: &Arc<ReplicaManager>,
+) -> OffsetsTopicMaker {
+    let (cluster, broker, replicas) = (
+        Arc::clone(cluster),
+        Arc::clone(broker),
+        Arc::clone(replicas),
+    );
+    OffsetsTopicMaker(Arc::new(move |config: TopicConfig| {
+        let (cluster, broker, replicas) = (
+            Arc::clone(&cluster),
+            Arc::clone(&broker),
+            Arc::clone(&replicas),
+        );
+        Box::pin(async move {
+            let mut changed = replicas.subscribe();
+            create_offsets_topic(&cluster, config).await?;
+            let wait = async {
+                while broker.topic(OFFSETS_TOPIC).is_err() {
+                    if changed.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(OFFSETS_TOPIC_WAIT, wait).await;
+            broker.topic(OFFSETS_TOPIC).map(|_| ())
+        })
+    }))
+}
+
+/// Proposes `__consumer_offsets` at the controller (this broker must run it: the groups are
+/// coordinated there); a topic that already exists is fine.
+async fn create_offsets_topic(cluster: &Cluster, config: TopicConfig) -> Result<(), BrokerError> {
+    let Some(controller) = cluster.controller() else {
+        return Err(BrokerError::InvalidRequest(format!(
+            "consumer groups are coordinated by the controller's broker, node {}",
+            cluster.controller_id().0
+        )));
+    };
+    let me = cluster.node_id();
+    let proposed = controller
+        .propose_built(move |image| {
+            let mut replicas = vec![me];
+            let others = image.active_brokers().map(|b| b.node_id);
+            replicas.extend(others.filter(|n| *n != me).take(2));
+            Ok(Command::CreateTopic {
+                name: OFFSETS_TOPIC.to_string(),
+                config,
+                min_insync_replicas: (replicas.len() as u32).min(2),
+                assignment: vec![replicas],
+            })
+        })
+        .await;
+    match proposed {
+        Ok(_) | Err(ControlError::Refused(MetadataError::TopicExists(_))) => Ok(()),
+        Err(e) => Err(BrokerError::StorageUnavailable(format!(
+            "creating {OFFSETS_TOPIC} in the cluster's metadata: {e}"
+        ))),
     }
 }
 

@@ -65,6 +65,9 @@ pub struct GroupCoordinator {
     ids: std::collections::hash_map::RandomState,
     /// Counter for member ids.
     sequence: AtomicU64,
+    /// On a cluster, how `__consumer_offsets` is made (replicated, in the metadata); unset on
+    /// a broker alone, where it is a local topic.
+    offsets_topic_maker: std::sync::OnceLock<offsets::OffsetsTopicMaker>,
 }
 
 impl GroupCoordinator {
@@ -89,7 +92,14 @@ impl GroupCoordinator {
             groups: Mutex::new(groups),
             ids: std::collections::hash_map::RandomState::new(),
             sequence: AtomicU64::new(0),
+            offsets_topic_maker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// On a cluster: `maker` makes `__consumer_offsets` (in the cluster's metadata) the first
+    /// time a commit needs it. Set once, by the node, before any request is served.
+    pub fn make_offsets_topic_with(&self, maker: offsets::OffsetsTopicMaker) {
+        let _ = self.offsets_topic_maker.set(maker);
     }
 
     /// The registry, locked. No partition lock may be taken while it is held (lock order:
@@ -269,7 +279,7 @@ impl GroupCoordinator {
                     (tp.clone(), Some(value))
                 })
                 .collect();
-            offsets::append(broker, group, &writes).await?;
+            offsets::append(broker, self.offsets_topic_maker.get(), group, &writes).await?;
             let mut groups = self.lock();
             let g = groups.entry(group.to_string()).or_insert_with(Group::new);
             for (tp, value) in writes {
@@ -452,7 +462,7 @@ impl GroupCoordinator {
             }
             g.committed.keys().map(|tp| (tp.clone(), None)).collect()
         };
-        offsets::append(broker, group, &tombstones).await?;
+        offsets::append(broker, self.offsets_topic_maker.get(), group, &tombstones).await?;
         let mut groups = self.lock();
         // A member may have joined while the tombstones were written: keep the group then.
         if let Some(g) = groups.get_mut(group) {

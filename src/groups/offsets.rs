@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::assignor::TopicPartition;
@@ -67,20 +68,47 @@ pub fn parse_offset_key(key: &[u8]) -> Option<(String, TopicPartition)> {
     Some((group.to_string(), TopicPartition::new(topic, partition)))
 }
 
-/// The offsets topic, created (internal, kept forever, one partition) on first use.
-pub async fn offsets_topic(broker: &Broker) -> Result<Arc<Topic>, BrokerError> {
+/// Makes the offsets topic where it does not exist yet, on a cluster: the node creates it in
+/// the cluster's metadata (replicated like any topic) and returns once this broker holds its
+/// replica. Given the topic's config. On a broker alone there is none: the topic is local.
+#[derive(Clone)]
+pub struct OffsetsTopicMaker(
+    pub Arc<dyn Fn(TopicConfig) -> BoxFuture<'static, Result<(), BrokerError>> + Send + Sync>,
+);
+
+impl std::fmt::Debug for OffsetsTopicMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OffsetsTopicMaker")
+    }
+}
+
+/// The offsets topic's config: kept forever, compacted.
+pub fn offsets_topic_config(defaults: TopicConfig) -> TopicConfig {
+    TopicConfig {
+        retention_ms: -1,
+        retention_bytes: -1,
+        cleanup_policy: CleanupPolicy::Compact,
+        segment_bytes: OFFSETS_SEGMENT_BYTES,
+        ..defaults
+    }
+}
+
+/// The offsets topic, created on first use (internal, kept forever, one partition): here, or
+/// by `maker` on a cluster.
+pub async fn offsets_topic(
+    broker: &Broker,
+    maker: Option<&OffsetsTopicMaker>,
+) -> Result<Arc<Topic>, BrokerError> {
     match broker.topic(OFFSETS_TOPIC) {
         Ok(topic) => return Ok(topic),
         Err(BrokerError::TopicNotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    let config = TopicConfig {
-        retention_ms: -1,
-        retention_bytes: -1,
-        cleanup_policy: CleanupPolicy::Compact,
-        segment_bytes: OFFSETS_SEGMENT_BYTES,
-        ..broker.config.topic_defaults
-    };
+    let config = offsets_topic_config(broker.config.topic_defaults);
+    if let Some(maker) = maker {
+        (maker.0)(config).await?;
+        return broker.topic(OFFSETS_TOPIC);
+    }
     match broker.create_topic(OFFSETS_TOPIC, 1, config, true).await {
         Ok(topic) => Ok(topic),
         Err(BrokerError::TopicExists(_)) => broker.topic(OFFSETS_TOPIC),
@@ -91,10 +119,11 @@ pub async fn offsets_topic(broker: &Broker) -> Result<Arc<Topic>, BrokerError> {
 /// Appends the writes durably (`acks=all`), at most [`OFFSET_RECORDS_PER_BATCH`] per batch.
 pub async fn append(
     broker: &Broker,
+    maker: Option<&OffsetsTopicMaker>,
     group: &str,
     writes: &[OffsetWrite],
 ) -> Result<(), BrokerError> {
-    let topic = offsets_topic(broker).await?;
+    let topic = offsets_topic(broker, maker).await?;
     let timeout = Duration::from_millis(broker.limits().wait_ms_max);
     let now = now_ms();
     for chunk in writes.chunks(OFFSET_RECORDS_PER_BATCH) {

@@ -1,41 +1,85 @@
-//! Runs every `sh` command of README.md against a live broker, so the walkthrough cannot rot.
+//! Runs every `sh` command of README.md against a live broker, so the walkthrough cannot rot;
+//! and the section "Three brokers on one machine" (its `sh cluster` lines, then the whole
+//! single-broker walkthrough sent round-robin to the three) against the cluster its script,
+//! `deploy/three-brokers.sh`, starts (issue 9: everything that works on one broker works
+//! through any broker of three).
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-/// The `sh` code blocks of the README, one command per line, in order.
-fn readme_commands() -> Vec<String> {
+/// The commands of the README's code blocks fenced as "```{fence}", one per line, in order.
+fn readme_commands_in(fence: &str) -> Vec<String> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let opening = format!("```{fence}");
     let mut commands = Vec::new();
-    let mut in_sh = false;
+    let mut inside = false;
     for line in readme.lines() {
         match line.trim() {
-            "```sh" => in_sh = true,
-            "```" => in_sh = false,
-            l if in_sh && !l.is_empty() && !l.starts_with('#') => commands.push(l.to_string()),
+            l if l == opening => inside = true,
+            "```" => inside = false,
+            l if inside && !l.is_empty() && !l.starts_with('#') => commands.push(l.to_string()),
             _ => {}
         }
     }
     commands
 }
 
+/// The `sh` code blocks of the README: the single-broker walkthrough.
+fn readme_commands() -> Vec<String> {
+    readme_commands_in("sh")
+}
+
 #[test]
 fn every_readme_command_works_as_written() {
     let broker = common::TestBroker::start();
-    let cwd = tempfile::tempdir().unwrap();
     let commands = readme_commands();
     assert!(
         commands.len() >= 10,
         "the walkthrough lost its examples: {commands:?}"
     );
-    for command in &commands {
-        let runnable = command.replace("http://localhost:8080", &broker.url);
+    let cwd = tempfile::tempdir().unwrap();
+    run_walkthrough(&commands, cwd.path(), |command, _| {
+        command.replace("http://localhost:8080", &broker.url)
+    });
+}
+
+#[test]
+fn the_three_broker_walkthrough_and_the_whole_single_broker_one_work_through_any_broker() {
+    let cluster = ScriptCluster::start();
+    let cluster_commands = readme_commands_in("sh cluster");
+    assert!(
+        cluster_commands.len() >= 5,
+        "the three-broker section lost its examples: {cluster_commands:?}"
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    let with_ports = |command: &str, _| cluster.with_ports(command);
+    run_walkthrough(&cluster_commands, cwd.path(), with_ports);
+    // Every command of the single-broker walkthrough, each sent to the next broker in turn
+    // (the first to broker 2, which neither runs the controller nor leads everything).
+    run_walkthrough(&readme_commands(), cwd.path(), |command, i| {
+        let url = format!("http://127.0.0.1:{}", cluster.ports[(i + 1) % 3]);
+        command.replace("http://localhost:8080", &url)
+    });
+}
+
+/// Runs each command (as `runnable` rewrites it, given its index) with bash in `cwd`, and
+/// checks what it printed: no problem (but where one is the point), records on a stream.
+fn run_walkthrough(
+    commands: &[String],
+    cwd: &std::path::Path,
+    runnable: impl Fn(&str, usize) -> String,
+) {
+    for (i, command) in commands.iter().enumerate() {
+        let runnable = runnable(command, i);
         let out = Command::new("bash")
             .arg("-c")
             .arg(format!("set -o pipefail; {runnable}"))
-            .current_dir(cwd.path())
+            .current_dir(cwd)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -44,30 +88,117 @@ fn every_readme_command_works_as_written() {
         let expected_exit = code == Some(0) || (command.contains("--max-time") && code == Some(28));
         assert!(
             expected_exit,
-            "`{command}` exited {code:?}: {stdout} {}",
+            "`{runnable}` exited {code:?}: {stdout} {}",
             String::from_utf8_lossy(&out.stderr)
         );
         if command.contains("offset=999999") {
             assert!(
                 stdout.contains("\"code\":\"offset_out_of_range\""),
-                "`{command}` printed {stdout}"
+                "`{runnable}` printed {stdout}"
             );
             continue;
         }
+        if command.contains("acks=all") && command.contains("127.0.0.1:900") {
+            assert!(
+                stdout.contains("\"durability\":\""),
+                "`{runnable}` printed {stdout}"
+            );
+        }
         if command.starts_with("curl") || command.contains("| curl") {
-            assert!(!stdout.trim().is_empty(), "`{command}` printed nothing");
+            assert!(!stdout.trim().is_empty(), "`{runnable}` printed nothing");
             assert!(
                 !stdout.contains("\"code\":"),
-                "`{command}` answered a problem: {stdout}"
+                "`{runnable}` answered a problem: {stdout}"
             );
         }
         if command.contains("/stream") {
             assert!(
                 stdout.contains("event: record") && stdout.contains("id: 0"),
-                "`{command}` printed {stdout}"
+                "`{runnable}` printed {stdout}"
             );
         }
     }
+}
+
+/// The three brokers `deploy/three-brokers.sh` starts, on free ports; the script and its
+/// brokers are stopped (SIGTERM to its process group, then SIGKILL) when this drops.
+struct ScriptCluster {
+    script: Child,
+    ports: [u16; 3],
+    _root: tempfile::TempDir,
+}
+
+impl ScriptCluster {
+    fn start() -> ScriptCluster {
+        let root = tempfile::tempdir().unwrap();
+        let ports = free_ports();
+        let mut script = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/three-brokers.sh"
+            ))
+            .arg(root.path().join("cluster-data"))
+            .env("TIDELOG_BIN", env!("CARGO_BIN_EXE_tidelog"))
+            .env(
+                "TIDELOG_PORTS",
+                format!("{} {} {}", ports[0], ports[1], ports[2]),
+            )
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("run deploy/three-brokers.sh");
+        let stdout = script.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("three brokers ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let cluster = ScriptCluster {
+            script,
+            ports,
+            _root: root,
+        };
+        rx.recv_timeout(Duration::from_secs(90))
+            .expect("the script says the three brokers are ready");
+        cluster
+    }
+
+    /// `command` with the README's ports 9001-9003 replaced by this cluster's.
+    fn with_ports(&self, command: &str) -> String {
+        (0..3).fold(command.to_string(), |c, i| {
+            c.replace(
+                &format!("127.0.0.1:900{}", i + 1),
+                &format!("127.0.0.1:{}", self.ports[i]),
+            )
+        })
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.script.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.script.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.script.wait();
+    }
+}
+
+/// Three ports free right now (bound together, then released).
+fn free_ports() -> [u16; 3] {
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    [port(0), port(1), port(2)]
 }
 
 /// The README and every local file it links to, as one text.

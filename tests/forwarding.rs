@@ -304,3 +304,57 @@ fn a_split_produce_whose_leader_is_down_reports_each_record() {
     }
     assert!(offsets[1].is_null(), "{problem}");
 }
+
+#[test]
+fn a_paused_leader_fails_forwarded_requests_within_their_deadline_and_leaves_parts_unconfirmed() {
+    // A session long enough that the paused broker is not fenced during the test.
+    let toml = "broker_session_timeout_ms = 60000\n[limits]\nforward_timeout_ms = 500\n\
+                request_body_bytes_max = 4096\nrecord_bytes_max = 1024\n";
+    let cluster = Cluster::start(3, toml);
+    let url = |id: usize| cluster.url(id).to_string();
+    let (status, created) = post(
+        &format!("{}/v1/topics", url(1)),
+        json!({"name": "stalled", "partitions": 3, "replication_factor": 1}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let led = leaders(&url(1), "stalled");
+    let p = led
+        .iter()
+        .position(|l| *l == 3)
+        .expect("broker 3 leads a partition");
+    let q = led
+        .iter()
+        .position(|l| *l == 1)
+        .expect("broker 1 leads a partition");
+    cluster.brokers[2].pause();
+
+    let started = Instant::now();
+    let (status, problem) = get(&format!(
+        "{}/v1/topics/stalled/partitions/{p}/records?offset=0&wait_ms=500",
+        url(2)
+    ));
+    assert_problem(status, &problem, 504, "forward_timeout");
+    assert!(started.elapsed() < Duration::from_secs(20), "bounded");
+
+    let (status, problem) = post(
+        &format!("{}/v1/topics/stalled/records?timeout_ms=500", url(2)),
+        json!({"records": [
+            {"partition": p, "value": "maybe"},
+            {"partition": q, "value": "surely"},
+        ]}),
+    );
+    assert_problem(status, &problem, 504, "forward_timeout");
+    let offsets = &problem["offsets"];
+    assert_eq!(offsets[0]["unconfirmed"], true, "{problem}");
+    assert_eq!(offsets[1]["partition"], q as u64, "{problem}");
+    assert!(offsets[1]["offset"].is_u64(), "{problem}");
+
+    // A body declared over the limit is refused where it lands, not sent to the leader.
+    let padding = "x".repeat(5000);
+    let (status, problem) = post(
+        &format!("{}/v1/topics/stalled/partitions/{p}/delete-records", url(2)),
+        json!({"before_offset": 0, "padding": padding}),
+    );
+    assert_problem(status, &problem, 413, "body_too_large");
+    cluster.brokers[2].resume();
+}

@@ -168,7 +168,19 @@ fn every_broker_serves_every_partition_of_a_topic_it_holds_one_replica_of() {
         "{}/v1/topics/spread/partitions/{p}/stream?offset=0",
         url(other)
     );
-    let events = common::runtime().block_on(async move {
+    let metrics_url = format!("{}/metrics", url(leader));
+    let streams_open = |metrics_url: &str| {
+        common::runtime().block_on(async {
+            let text = match http().get(metrics_url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            text.lines()
+                .find_map(|l| l.strip_prefix("tidelog_sse_streams_open "))
+                .map(str::to_string)
+        })
+    };
+    let (events, open_meanwhile) = common::runtime().block_on(async {
         let mut response = http().get(stream_url).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let mut text = String::new();
@@ -180,11 +192,28 @@ fn every_broker_serves_every_partition_of_a_topic_it_holds_one_replica_of() {
                 .expect("the stream stays open");
             text.push_str(&String::from_utf8_lossy(&chunk));
         }
-        text
+        let url = metrics_url.clone();
+        let open = tokio::task::spawn_blocking(move || streams_open(&url))
+            .await
+            .unwrap();
+        (text, open)
     });
     assert!(
         events.contains("id: 0") && events.contains("p0"),
         "{events}"
+    );
+    assert_eq!(
+        open_meanwhile.as_deref(),
+        Some("1"),
+        "the leader serves the stream"
+    );
+    // The client went away: the proxied stream on the leader ends too (nothing left open).
+    wait_for(
+        "the leader's proxied stream to close",
+        || match streams_open(&metrics_url).as_deref() {
+            Some("0") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
     );
 
     // Expansion through broker 3; the new partition is written through broker 1 and read

@@ -26,15 +26,18 @@ use crate::log::batch::RecordRef;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonRecord<'a> {
-    #[serde(borrow, default)]
-    pub key: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub key_b64: Option<Cow<'a, str>>,
+    /// The outer `Option` says whether the field is there at all (a `null` is there): a
+    /// record giving both `key` and `key_b64` (or `value` and `value_b64`) is refused even
+    /// when one of them is `null`, since which one was meant is a guess.
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub key: Option<Option<Cow<'a, str>>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub key_b64: Option<Option<Cow<'a, str>>>,
     /// Kept as raw JSON text; `null` or absent is a tombstone (no value).
-    #[serde(borrow, default)]
-    pub value: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub value_b64: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub value: Option<Option<&'a RawValue>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub value_b64: Option<Option<Cow<'a, str>>>,
     /// Boxed: most records have none, and the record is moved as it is parsed and decoded.
     #[serde(borrow, default)]
     pub headers: Option<Box<Headers<'a>>>,
@@ -42,6 +45,13 @@ pub struct JsonRecord<'a> {
     pub partition: Option<u32>,
     #[serde(default)]
     pub timestamp_ms: Option<i64>,
+}
+
+/// A field that is there, `null` or not (`default` covers the field left out).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A record's headers as a `BTreeMap` would hold them (sorted by name, the last of a
@@ -111,15 +121,15 @@ fn decode_record(r: JsonRecord<'_>, now: i64, line: Option<usize>) -> ApiResult<
         (Some(_), Some(_)) => {
             return Err(at("a record has either 'key' or 'key_b64', not both".into()));
         }
-        (Some(k), None) => (Some(str_bytes(k)), true),
-        (None, Some(k)) => (
+        (Some(Some(k)), None) => (Some(str_bytes(k)), true),
+        (None, Some(Some(k))) => (
             Some(Cow::Owned(
                 B64.decode(k.as_bytes())
                     .map_err(|e| at(format!("'key_b64' is not base64: {e}")))?,
             )),
             false,
         ),
-        (None, None) => (None, false),
+        _ => (None, false),
     };
     let (value, value_is_json) = match (r.value, r.value_b64) {
         (Some(_), Some(_)) => {
@@ -127,14 +137,14 @@ fn decode_record(r: JsonRecord<'_>, now: i64, line: Option<usize>) -> ApiResult<
                 "a record has either 'value' or 'value_b64', not both".into()
             ));
         }
-        (Some(v), None) => (Some(Cow::Borrowed(v.get().as_bytes())), true),
-        (None, Some(v)) => (
+        (Some(Some(v)), None) => (Some(Cow::Borrowed(v.get().as_bytes())), true),
+        (None, Some(Some(v))) => (
             Some(Cow::Owned(B64.decode(v.as_bytes()).map_err(|e| {
                 at(format!("'value_b64' is not base64: {e}"))
             })?)),
             false,
         ),
-        (None, None) => (None, false),
+        _ => (None, false),
     };
     Ok(Decoded {
         key,
@@ -555,6 +565,19 @@ fn set_once<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
     Ok(())
 }
 
+/// [`set_once`] for a field whose presence matters: a `null` is `Some(None)`.
+fn set_present<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
+    field: &mut Option<Option<T>>,
+    index: usize,
+    seen: &mut u8,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    let mut value = None;
+    set_once(&mut value, index, seen, map)?;
+    *field = Some(value);
+    Ok(())
+}
+
 fn first_time<E: serde::de::Error>(index: usize, seen: &mut u8) -> Result<(), E> {
     if *seen & (1 << index) != 0 {
         return Err(E::duplicate_field(RECORD_FIELDS[index]));
@@ -604,10 +627,10 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let record = JsonRecord {
-            key: seq.next_element()?.flatten(),
-            key_b64: seq.next_element()?.flatten(),
-            value: seq.next_element()?.flatten(),
-            value_b64: seq.next_element()?.flatten(),
+            key: seq.next_element()?,
+            key_b64: seq.next_element()?,
+            value: seq.next_element()?,
+            value_b64: seq.next_element()?,
             headers: seq.next_element()?.flatten(),
             partition: seq.next_element()?.flatten(),
             timestamp_ms: seq.next_element()?.flatten(),
@@ -631,11 +654,11 @@ impl<'de> serde::de::Visitor<'de> for RecordSeed<'_, 'de> {
             match field {
                 RecordField::Key => {
                     first_time(0, s)?;
-                    r.key = map.next_value::<Option<BorrowedStr<'de>>>()?.map(|k| k.0);
+                    r.key = Some(map.next_value::<Option<BorrowedStr<'de>>>()?.map(|k| k.0));
                 }
-                RecordField::KeyB64 => set_once(&mut r.key_b64, 1, s, &mut map)?,
-                RecordField::Value => set_once(&mut r.value, 2, s, &mut map)?,
-                RecordField::ValueB64 => set_once(&mut r.value_b64, 3, s, &mut map)?,
+                RecordField::KeyB64 => set_present(&mut r.key_b64, 1, s, &mut map)?,
+                RecordField::Value => set_present(&mut r.value, 2, s, &mut map)?,
+                RecordField::ValueB64 => set_present(&mut r.value_b64, 3, s, &mut map)?,
                 RecordField::Headers => {
                     first_time(4, s)?;
                     r.headers = map.next_value::<Option<Headers<'de>>>()?.map(Box::new);
@@ -919,6 +942,11 @@ mod tests {
             r#"{"records":[{"value":1,"headers":{"n":5}}]}"#,
             r#"{"records":[{"value":1,"timestamp_ms":"yesterday"}]}"#,
             r#"{"records":[{"key":"x","key_b64":"eA=="}]}"#,
+            r#"{"records":[{"key":null,"key_b64":"eA==","value":1}]}"#,
+            r#"{"records":[{"key_b64":null,"key":"x"}]}"#,
+            r#"{"records":[{"value":null,"value_b64":"eA=="}]}"#,
+            r#"{"records":[{"value_b64":null,"value":{"a":1}}]}"#,
+            r#"{"records":[{"key":null,"value":null},{"key_b64":null,"value_b64":null}]}"#,
             r#"{"records":[{"value":1},{"value_b64":"***"},{"key_b64":"%%%"}]}"#,
             r#"{"records":[{"value":"x","value_b64":"eA=="},{"value":1} garbage"#,
             r#"{"records":[{"value_b64":"***"}]} trailing"#,
@@ -933,12 +961,42 @@ mod tests {
     }
 
     #[test]
+    fn a_record_with_both_forms_of_its_key_or_value_is_refused_even_with_one_null() {
+        for record in [
+            r#"{"key":null,"key_b64":"eA==","value":1}"#,
+            r#"{"key":"x","key_b64":null}"#,
+            r#"{"value":null,"value_b64":"eA=="}"#,
+            r#"{"value_b64":null,"value":1}"#,
+        ] {
+            let body = format!(r#"{{"records":[{record}]}}"#);
+            let e = parse_json_body(body.as_bytes(), rules(7))
+                .err()
+                .expect(record);
+            assert!(e.detail.contains("not both"), "{record}: {}", e.detail);
+            let e = parse_ndjson_lines(record.as_bytes(), &mut 0, rules(7), 0)
+                .err()
+                .expect(record);
+            assert!(e.detail.contains("not both"), "{record}: {}", e.detail);
+        }
+        // One form, even null, is fine: a null key is no key, a null value a tombstone.
+        let body = r#"{"records":[{"key":null,"value":null},{"key_b64":null,"value_b64":null}]}"#;
+        let batch = parse_json_body(body.as_bytes(), rules(7)).expect(body);
+        assert!(
+            batch
+                .records
+                .iter()
+                .all(|r| r.key.is_none() && r.value.is_none())
+        );
+    }
+
+    #[test]
     fn ndjson_line_parses_and_fails_as_derived_parse_then_decode() {
         let lines = [
             r#"{"key":"k","value":{"a":1},"headers":{"b":"1","a":"2"},"partition":0}"#,
             r#"{"value":1,"value":null}"#,
             r#"{"value":1,"extra":true}"#,
             r#"{"key":"x","key_b64":"eA=="}"#,
+            r#"{"value":null,"value_b64":"eA=="}"#,
             r#"{"value_b64":"***"}"#,
             r#"{"value":1} {"value":2}"#,
             r#"[null,null,1]"#,

@@ -93,9 +93,18 @@ pub async fn update_config(
     let Value::Object(mut patch) = patch else {
         return Err(ApiError::invalid("the body must be a JSON object"));
     };
-    // Accept both `{"config": {...}}` and the bare config object.
+    // Accept both `{"config": {...}}` and the bare config object, never the two mixed: which
+    // of two values for one key would win is a guess the client should not have to make.
     match patch.remove("config") {
-        Some(Value::Object(inner)) => patch.extend(inner),
+        Some(Value::Object(inner)) if patch.is_empty() => patch = inner,
+        Some(Value::Object(_)) => {
+            let beside: Vec<&str> = patch.keys().map(String::as_str).collect();
+            return Err(ApiError::invalid(format!(
+                "give the config either bare or as {{\"config\": {{...}}}}, not both \
+                 ('config' with {})",
+                beside.join(", ")
+            )));
+        }
         Some(_) => return Err(ApiError::invalid("'config' must be a JSON object")),
         None => {}
     }

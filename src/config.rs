@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{Limit, Limits};
 use crate::log::{LogConfig, SEGMENT_BYTES_MAX};
 
+/// The largest integer a JSON number carries exactly in every client (2^53 - 1, JavaScript's
+/// `Number.MAX_SAFE_INTEGER`): a topic's config is read back by clients that parse JSON numbers
+/// as doubles, so a larger setting would read back rounded and could not be written back.
+pub const JSON_INTEGER_MAX: i64 = (1 << 53) - 1;
+
 /// Settings of one broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -279,6 +284,18 @@ impl TopicConfig {
         if self.delete_retention_ms < 0 {
             return Err("delete_retention_ms must not be negative".into());
         }
+        for (key, value) in [
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+            ("segment_ms", self.segment_ms),
+            ("delete_retention_ms", self.delete_retention_ms),
+        ] {
+            if value > JSON_INTEGER_MAX {
+                return Err(format!(
+                    "{key} must be at most {JSON_INTEGER_MAX} (what a JSON number carries exactly)"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -388,6 +405,22 @@ mod tests {
                 "[topic_defaults]\nretention_bytes = -5",
                 "topic_defaults.retention_bytes",
             ),
+            (
+                "[topic_defaults]\nretention_ms = 9007199254740992",
+                "topic_defaults.retention_ms",
+            ),
+            (
+                "[topic_defaults]\nsegment_ms = 9223372036854775807",
+                "topic_defaults.segment_ms",
+            ),
+            (
+                "[topic_defaults]\ndelete_retention_ms = 9007199254740992",
+                "topic_defaults.delete_retention_ms",
+            ),
+            (
+                "[topic_defaults]\nretention_bytes = 9007199254740992",
+                "topic_defaults.retention_bytes",
+            ),
         ];
         for (toml_text, key) in cases {
             let config: BrokerConfig = toml::from_str(toml_text).expect(toml_text);
@@ -405,5 +438,10 @@ mod tests {
         flush_at_once
             .validate()
             .expect("flush_ms = 0 syncs at once");
+        let largest: BrokerConfig =
+            toml::from_str("[topic_defaults]\nsegment_ms = 9007199254740991").unwrap();
+        largest
+            .validate()
+            .expect("2^53 - 1 is carried exactly by a JSON number");
     }
 }

@@ -479,11 +479,14 @@ impl Broker {
         }))
     }
 
+    /// The topic `name`; a name that breaks the naming rule is `InvalidTopicName` (the
+    /// client's mistake), not `TopicNotFound` (a topic that may exist later).
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
-        self.topics_read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+        if let Some(topic) = self.topics_read().get(name) {
+            return Ok(Arc::clone(topic));
+        }
+        validate_topic_name(name)?;
+        Err(BrokerError::TopicNotFound(name.to_string()))
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
@@ -582,10 +585,16 @@ impl Broker {
         config.validate().map_err(BrokerError::InvalidRequest)
     }
 
-    /// A topic has between 1 and `partitions_per_topic_max` partitions.
+    /// A topic has between 1 and `partitions_per_topic_max` partitions; none at all is a
+    /// malformed request, not a crossed limit.
     pub fn check_partitions_per_topic(&self, partitions: u32) -> Result<(), BrokerError> {
+        if partitions == 0 {
+            return Err(BrokerError::InvalidRequest(
+                "partitions must be at least 1".into(),
+            ));
+        }
         let max = self.limits().partitions_per_topic_max;
-        if partitions == 0 || partitions > max {
+        if partitions > max {
             return Err(BrokerError::LimitExceeded {
                 limit_name: Limit::PartitionsPerTopicMax,
                 limit: u64::from(max),

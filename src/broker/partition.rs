@@ -58,6 +58,9 @@ pub struct Progress {
     pub high_watermark: u64,
     /// Set when the partition stops taking writes (storage failure or deletion).
     pub failed: bool,
+    /// Set when its topic is deleted: every waiter wakes, and a consumer is told the topic is
+    /// gone (`TopicNotFound`) instead of being served an empty page.
+    pub deleted: bool,
 }
 
 impl Progress {
@@ -229,6 +232,7 @@ impl Partition {
             fsynced_offset: log.flushed_offset(),
             high_watermark: log.flushed_offset(),
             failed: false,
+            deleted: false,
         };
         let partition = Arc::new(Partition {
             topic,
@@ -776,6 +780,9 @@ impl Partition {
         max_records: u32,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
+        if self.progress.borrow().deleted {
+            return Err(BrokerError::TopicNotFound(self.topic.to_string()));
+        }
         let plan = self.plan_fetch(offset, max_records, max_bytes)?;
         // Nothing to read (a long-poll at the high watermark): no trip to the blocking pool.
         if plan.slice.is_none() {
@@ -968,7 +975,10 @@ impl Partition {
         let _ = self.failure.set("topic deleted".into());
         self.closed.store(true, Ordering::Release);
         self.flush_wanted.notify_one();
-        self.progress.send_modify(|p| p.failed = true);
+        self.progress.send_modify(|p| {
+            p.failed = true;
+            p.deleted = true;
+        });
     }
 
     /// The flusher: one task per partition, one fsync for every append made before it starts.

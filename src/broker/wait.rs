@@ -197,14 +197,14 @@ async fn wait_any(
 async fn progress_past(kind: WaitKind, mut rx: watch::Receiver<Progress>, offset: u64) -> Woken {
     let ends_on_failure = kind == WaitKind::Stream;
     let seen = rx
-        .wait_for(|p| p.high_watermark > offset || (ends_on_failure && p.failed))
+        .wait_for(|p| p.high_watermark > offset || p.deleted || (ends_on_failure && p.failed))
         .await
         .map(|p| *p);
     match seen {
         Ok(p) if p.high_watermark > offset => Woken::Records,
         Ok(_) => Woken::Failed,
-        // The partition is gone (its topic deleted): a stream ends, a long-poll waits out its
-        // deadline as on a failed partition.
+        // The partition is gone (dropped): a stream ends, a long-poll waits out its deadline
+        // as on a failed partition. A deletion wakes both first, through `deleted`.
         Err(_) if ends_on_failure => Woken::Failed,
         Err(_) => std::future::pending().await,
     }
@@ -233,6 +233,7 @@ mod tests {
             fsynced_offset: high_watermark,
             high_watermark,
             failed,
+            deleted: false,
         }
     }
 

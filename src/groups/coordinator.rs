@@ -144,8 +144,10 @@ impl GroupCoordinator {
                 detail: format!("a member subscribes to {} topics", topics.len()),
             });
         }
+        // A subscription to a topic that does not exist is refused (404), not answered with
+        // an empty assignment the client cannot tell from an idle topic.
         for t in topics {
-            validate_topic_name(t)?;
+            broker.topic(t)?;
         }
         let timeout_ms = session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS_DEFAULT.clamp(
             limits.group_session_timeout_ms_min,

@@ -11,7 +11,7 @@ use super::assignor::TopicPartition;
 use super::coordinator::{GroupCoordinator, member_group};
 use super::error::GroupError;
 use super::views::{MemberFetch, MemberView};
-use crate::broker::{Broker, Partition, WaitKind};
+use crate::broker::{Broker, BrokerError, Partition, WaitKind};
 
 /// The partitions a fetch reads, and where, taken under the lock.
 struct FetchPlan {
@@ -109,7 +109,11 @@ impl GroupCoordinator {
                 break;
             }
             let (tp, partition, position) = &plan.positions[(start + i) % n];
-            let fetched = partition.fetch(*position, records_left, bytes_left).await?;
+            let fetched = match partition.fetch(*position, records_left, bytes_left).await {
+                // Its topic was deleted since the plan: nothing to read there any more.
+                Err(BrokerError::TopicNotFound(_)) => continue,
+                other => other?,
+            };
             let mut count = 0u32;
             fetched.for_each_record(|_| {
                 count += 1;

@@ -299,6 +299,43 @@ fn malformed_bodies() -> Vec<Case> {
         )
         .json(json!({"config": 5}))
         .expect(400, "invalid_request"),
+        case(
+            "PATCH config both bare and wrapped",
+            Method::PATCH,
+            "/v1/topics/kept",
+        )
+        .json(json!({"retention_ms": 5, "config": {"retention_ms": 6}}))
+        .expect(400, "invalid_request"),
+        case(
+            "PATCH a value past 2^53 - 1",
+            Method::PATCH,
+            "/v1/topics/kept",
+        )
+        .json(json!({"segment_ms": 9_223_372_036_854_775_807_i64}))
+        .expect(400, "invalid_request"),
+        case(
+            "create with a value past 2^53 - 1",
+            Method::POST,
+            "/v1/topics",
+        )
+        .json(json!({"name": "big", "config": {"retention_ms": 9_007_199_254_740_992_i64}}))
+        .expect(400, "invalid_request"),
+        produce_json(
+            "key and key_b64, the key null",
+            json!({"records": [{"key": null, "key_b64": "eA==", "value": 1}]}),
+        )
+        .expect(400, "invalid_request"),
+        produce_json(
+            "value and value_b64, the value null",
+            json!({"records": [{"value": null, "value_b64": "eA=="}]}),
+        )
+        .expect(400, "invalid_request"),
+        case("NDJSON value and value_b64", Method::POST, PRODUCE)
+            .raw(
+                "application/x-ndjson",
+                "{\"value_b64\":\"eA==\",\"value\":null}\n",
+            )
+            .expect(400, "invalid_request"),
         case("PATCH unknown key", Method::PATCH, "/v1/topics/kept")
             .json(json!({"config": {"retention_hours": 5}}))
             .expect(400, "invalid_request"),
@@ -541,8 +578,8 @@ fn limits() -> Vec<Case> {
         .expect(400, "limit_exceeded"),
         case("zero partitions", Method::POST, "/v1/topics")
             .json(json!({"name": "zero", "partitions": 0}))
-            .expect(400, "limit_exceeded")
-            .with("limit_name", "partitions_per_topic_max"),
+            .expect(400, "invalid_request")
+            .with("limit_name", Value::Null),
         case("too many partitions", Method::POST, "/v1/topics")
             .json(json!({"name": "huge", "partitions": 100000}))
             .expect(400, "limit_exceeded")
@@ -812,6 +849,41 @@ fn topic_names() -> Vec<Case> {
         .expect(404, "topic_not_found"),
         case("delete a missing topic", Method::DELETE, "/v1/topics/nope")
             .expect(404, "topic_not_found"),
+        // A name no topic can have is the client's mistake, not a topic that is missing.
+        case("describe a bad name", Method::GET, "/v1/topics/a%20b")
+            .expect(400, "invalid_topic_name"),
+        case("delete a bad name", Method::DELETE, "/v1/topics/t%C5%8Dpic")
+            .expect(400, "invalid_topic_name"),
+        case("patch a bad name", Method::PATCH, "/v1/topics/a%20b")
+            .json(json!({"retention_ms": 1}))
+            .expect(400, "invalid_topic_name"),
+        case(
+            "fetch a bad name",
+            Method::GET,
+            "/v1/topics/a%20b/partitions/0/records",
+        )
+        .expect(400, "invalid_topic_name"),
+        case(
+            "expand a bad name",
+            Method::POST,
+            format!("/v1/topics/{long}/partitions"),
+        )
+        .json(json!({"count": 2}))
+        .expect(400, "invalid_topic_name"),
+        case(
+            "join a group for a missing topic",
+            Method::POST,
+            "/v1/groups/g/members",
+        )
+        .json(json!({"topics": ["kept", "nope"]}))
+        .expect(404, "topic_not_found"),
+        case(
+            "join a group for a bad topic name",
+            Method::POST,
+            "/v1/groups/g/members",
+        )
+        .json(json!({"topics": ["a b"]}))
+        .expect(400, "invalid_topic_name"),
     ]
 }
 

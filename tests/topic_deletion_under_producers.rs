@@ -83,3 +83,40 @@ async fn a_topic_deleted_under_live_producers_stays_deleted() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// A long-poll waiting on a partition whose topic is deleted is told so (404
+/// `topic_not_found`), not answered an empty page as if no record had come.
+#[tokio::test]
+async fn a_long_poll_on_a_topic_deleted_while_it_waits_gets_topic_not_found() {
+    let broker = TestBroker::start();
+    let http = broker.client();
+    let url = broker.url.clone();
+    common::create_topic(&http, &url, "short-lived", 1).await;
+    let poll = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .get(format!(
+                    "{url}/v1/topics/short-lived/partitions/0/records?offset=latest&wait_ms=30000"
+                ))
+                .send()
+                .await
+                .expect("the long-poll is answered");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    });
+    common::wait_until("the long-poll waits", Duration::from_secs(10), || async {
+        common::scrape_unlabelled_metric(&http, &url, "tidelog_long_polls_waiting").await == 1.0
+    })
+    .await;
+    let r = http
+        .delete(format!("{url}/v1/topics/short-lived"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (status, problem) = poll.await.unwrap();
+    assert_eq!(status, 404, "{problem}");
+    assert_eq!(problem["code"], "topic_not_found", "{problem}");
+}

@@ -317,3 +317,91 @@ async fn the_served_document_is_the_file() {
         "GET /openapi.json differs from openapi/tidelog.json"
     );
 }
+
+/// A typed client switches on a problem's `code`: each problem response's schema lists, as an
+/// enum, exactly the codes `x-tidelog-problem-codes` gives its status; `ProblemCode` lists them
+/// all; and every operation has a `default` problem response (404 `not_found` and 405
+/// `method_not_allowed` come from every route), so no generated error type is `never`.
+#[test]
+fn problem_responses_list_the_codes_of_their_status_and_every_operation_has_a_default() {
+    let spec = spec();
+    let table = spec["x-tidelog-problem-codes"]
+        .as_object()
+        .expect("code table");
+    let strings = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("an enum: {v}"))
+            .iter()
+            .map(|c| c.as_str().expect("a code").to_string())
+            .collect()
+    };
+    let all: BTreeSet<String> = table.keys().cloned().collect();
+    assert_eq!(
+        strings(&spec["components"]["schemas"]["ProblemCode"]["enum"]),
+        all,
+        "ProblemCode differs from x-tidelog-problem-codes"
+    );
+    let codes_of = |status: u64| -> BTreeSet<String> {
+        table
+            .iter()
+            .filter(|(_, e)| e["status"].as_u64() == Some(status))
+            .map(|(c, _)| c.clone())
+            .collect()
+    };
+    // The status each problem response stands for, from its schema's `status` const.
+    let mut status_of_response = BTreeMap::new();
+    for (name, response) in spec["components"]["responses"]
+        .as_object()
+        .expect("responses")
+    {
+        let schema = resolve(
+            &spec,
+            &response["content"]["application/problem+json"]["schema"],
+        );
+        if name == "Problem" {
+            assert_eq!(
+                response["content"]["application/problem+json"]["schema"]["$ref"],
+                "#/components/schemas/Problem"
+            );
+            continue;
+        }
+        let status = schema["properties"]["status"]["const"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("response {name}: no status const in {schema}"));
+        assert_eq!(
+            strings(&schema["properties"]["code"]["enum"]),
+            codes_of(status),
+            "response {name} ({status}): its code enum differs from the code table"
+        );
+        status_of_response.insert(format!("#/components/responses/{name}"), status);
+    }
+    for (path, method) in spec_operations(&spec).keys() {
+        let responses = spec["paths"][path][method]["responses"]
+            .as_object()
+            .expect("responses");
+        assert_eq!(
+            responses.get("default").map(|d| &d["$ref"]),
+            Some(&Value::from("#/components/responses/Problem")),
+            "{method} {path} has no default problem response"
+        );
+        for (status, response) in responses {
+            let Ok(status) = status.parse::<u64>() else {
+                continue;
+            };
+            // Not a problem: `/readyz` answers 503 with its own document.
+            let is_problem = response.get("$ref").is_some()
+                || response["content"]
+                    .get("application/problem+json")
+                    .is_some();
+            if status < 400 || !is_problem {
+                continue;
+            }
+            let target = response["$ref"].as_str().unwrap_or_default();
+            assert_eq!(
+                status_of_response.get(target),
+                Some(&status),
+                "{method} {path}: response {status} is {target}, not the problem response of its status"
+            );
+        }
+    }
+}

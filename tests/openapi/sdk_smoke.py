@@ -65,7 +65,7 @@ assert values == [{"n": 0}, {"n": 2}, {"n": 4}], values
 assert fetched.records[-1].value_b64 == "AAH/", fetched.records[-1]
 assert fetched.next_offset == 4 and fetched.high_watermark == 4, fetched
 
-out_of_range = fetch_records.sync("sdk-orders", 0, client=client, offset="99")
+out_of_range = fetch_records.sync("sdk-orders", 0, client=client, offset=99)
 out_of_range = expect(out_of_range, Problem, "fetch past the high watermark")
 assert out_of_range.code == "offset_out_of_range" and out_of_range.status == 416, out_of_range
 

@@ -16,8 +16,8 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -29,38 +29,6 @@ fn spec_path() -> PathBuf {
 
 fn tools_dir() -> PathBuf {
     Path::new(MANIFEST_DIR).join("tests/openapi")
-}
-
-/// Runs `cmd` to completion within `limit`, killing it past that. Returns (success, output).
-fn run(mut cmd: Command, limit: Duration) -> (bool, String) {
-    let shown = format!("{cmd:?}");
-    let log = tempfile::NamedTempFile::new().expect("temp file");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.reopen().expect("reopen log"))
-        .stderr(log.reopen().expect("reopen log"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {shown}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = std::fs::read_to_string(log.path()).unwrap_or_default();
-    match status {
-        Some(s) => (s.success(), output),
-        None => (
-            false,
-            format!("{output}\n--- killed after {limit:?}: {shown}"),
-        ),
-    }
 }
 
 /// What is wrong with an OpenAPI document, as far as a typed model and its references show.
@@ -209,7 +177,7 @@ fn openapi_spec_validator_accepts_the_spec() {
     };
     let mut cmd = Command::new(validator);
     cmd.arg(spec_path());
-    let (ok, out) = run(cmd, Duration::from_secs(60));
+    let (ok, out) = common::run_bounded(cmd, Duration::from_secs(60));
     assert!(ok && out.contains("OK"), "openapi-spec-validator:\n{out}");
 }
 /// Small limits keep the fuzzer's requests cheap: a long-poll waits at most 200 ms, and the
@@ -248,7 +216,7 @@ fn schemathesis_finds_no_server_error_or_undocumented_response() {
     if !common::consumer_group_routes_served() {
         cmd.args(["--exclude-tag", "groups"]);
     }
-    let (ok, out) = run(cmd, Duration::from_secs(150));
+    let (ok, out) = common::run_bounded(cmd, Duration::from_secs(150));
     assert!(ok, "schemathesis found problems:\n{out}");
     let generated = out
         .lines()
@@ -288,7 +256,7 @@ fn a_generated_python_sdk_creates_produces_and_consumes() {
         .arg(spec_path())
         .arg("--output-path")
         .arg(&package);
-    let (ok, out) = run(cmd, Duration::from_secs(120));
+    let (ok, out) = common::run_bounded(cmd, Duration::from_secs(120));
     assert!(ok, "openapi-python-client generate failed:\n{out}");
     assert!(package.join("api/records/produce.py").exists(), "{out}");
 
@@ -302,7 +270,7 @@ fn a_generated_python_sdk_creates_produces_and_consumes() {
         } else {
             "no"
         });
-    let (ok, out) = run(cmd, Duration::from_secs(60));
+    let (ok, out) = common::run_bounded(cmd, Duration::from_secs(60));
     println!("{out}");
     assert!(ok, "the SDK script failed:\n{out}");
     assert!(out.contains("sdk: create, produce"), "{out}");

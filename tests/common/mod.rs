@@ -637,3 +637,35 @@ fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
+
+/// Runs `cmd` to completion within `limit`, killing it past that. Returns (success, output).
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
+    let shown = format!("{cmd:?}");
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.reopen().expect("reopen log"))
+        .stderr(log.reopen().expect("reopen log"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {shown}: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(log.path()).unwrap_or_default();
+    match status {
+        Some(s) => (s.success(), output),
+        None => (
+            false,
+            format!("{output}\n--- killed after {limit:?}: {shown}"),
+        ),
+    }
+}

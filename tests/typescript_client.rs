@@ -1,0 +1,116 @@
+//! The OpenAPI document as a TypeScript user sees it: types generated from
+//! `openapi/tidelog.json` by openapi-typescript (`tests/typescript/generate.mjs`), a program
+//! (`tests/typescript/client.ts`) calling a live broker with openapi-fetch, compiled by `tsc`
+//! with `strict` and `noUncheckedIndexedAccess` and without type assertions or `any`, then
+//! run: create, produce JSON, binary and NDJSON, fetch by offset and long-poll, SSE, a group's
+//! join/fetch/commit, and problems read through their typed `code`.
+//!
+//! The tools are the versions pinned in `tests/typescript/package.json` (and its lock file),
+//! installed by `.ci/run` with `npm ci` into `<target>/ts-tools` (or `TIDELOG_TS_TOOLS`).
+//! Without node or them the test is skipped with one line; with CI=true it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const PROGRAM_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/typescript");
+const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.json");
+const PROGRAM_FILES: [&str; 4] = ["client.ts", "generate.mjs", "tsconfig.json", "package.json"];
+const ENABLE: &str = "run `bash .ci/run` once, or `npm ci` in a copy of tests/typescript and set TIDELOG_TS_TOOLS to it";
+
+/// `<target>/ts-tools`, where `.ci/run` installs the pinned npm packages, or `TIDELOG_TS_TOOLS`.
+fn ts_tools() -> PathBuf {
+    std::env::var_os("TIDELOG_TS_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::target_dir().join("ts-tools"))
+}
+
+/// The words of a TypeScript program outside its `//` comments.
+fn code_words(program: &str) -> Vec<(usize, String)> {
+    program
+        .lines()
+        .enumerate()
+        .flat_map(|(i, line)| {
+            let code = line.split("//").next().unwrap_or_default();
+            code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .map(move |w| (i + 1, w.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Type assertions (`x as T`) and `any` would let the program compile whatever the spec says.
+fn escapes_from_the_types(program: &str) -> Vec<String> {
+    code_words(program)
+        .into_iter()
+        .filter(|(_, w)| w == "as" || w == "any")
+        .map(|(line, w)| format!("line {line}: `{w}`"))
+        .collect()
+}
+
+#[test]
+fn the_escape_check_finds_casts_and_any() {
+    assert!(escapes_from_the_types("const x = 1; // cast as any in a comment").is_empty());
+    assert_eq!(
+        escapes_from_the_types("const x = y as Foo;\nlet z: any = 1;"),
+        ["line 1: `as`", "line 2: `any`"]
+    );
+    let program = std::fs::read_to_string(Path::new(PROGRAM_DIR).join("client.ts")).unwrap();
+    let escapes = escapes_from_the_types(&program);
+    assert!(
+        escapes.is_empty(),
+        "client.ts escapes the types: {escapes:?}"
+    );
+}
+
+#[test]
+fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
+    let check = "the TypeScript client";
+    let Some(node) = common::find_tool("node") else {
+        return common::skip_or_fail(check, "`node` is not on PATH", ENABLE);
+    };
+    let modules = ts_tools().join("node_modules");
+    let tsc = modules.join("typescript/bin/tsc");
+    if !tsc.exists() || !modules.join("openapi-fetch").exists() {
+        return common::skip_or_fail(
+            check,
+            &format!("the npm packages are not in {}", modules.display()),
+            ENABLE,
+        );
+    }
+    // The program, its types and its build live in a scratch directory under target/, next to
+    // a link to the installed packages (node resolves imports from there).
+    let work = tempfile::Builder::new()
+        .prefix("ts-client-")
+        .tempdir_in(common::target_dir())
+        .expect("temp dir under target");
+    for file in PROGRAM_FILES {
+        std::fs::copy(Path::new(PROGRAM_DIR).join(file), work.path().join(file))
+            .unwrap_or_else(|e| panic!("copy {file}: {e}"));
+    }
+    std::os::unix::fs::symlink(&modules, work.path().join("node_modules")).expect("link");
+
+    let mut generate = Command::new(&node);
+    generate
+        .current_dir(work.path())
+        .args(["generate.mjs", SPEC, "tidelog.d.ts"]);
+    let (ok, out) = common::run_bounded(generate, Duration::from_secs(120));
+    assert!(ok, "openapi-typescript failed:\n{out}");
+
+    let mut compile = Command::new(&node);
+    compile.current_dir(work.path()).arg(&tsc).args(["-p", "."]);
+    let (ok, out) = common::run_bounded(compile, Duration::from_secs(180));
+    assert!(ok, "tsc --strict refused the program:\n{out}");
+
+    let broker = common::TestBroker::start();
+    let mut run = Command::new(&node);
+    run.current_dir(work.path())
+        .args(["out/client.js", &broker.url]);
+    let (ok, out) = common::run_bounded(run, Duration::from_secs(120));
+    println!("{out}");
+    assert!(ok, "the TypeScript client failed:\n{out}");
+    assert!(out.contains("ts-client: topics, produce"), "{out}");
+}

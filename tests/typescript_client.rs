@@ -3,7 +3,9 @@
 //! (`tests/typescript/client.ts`) calling a live broker with openapi-fetch, compiled by `tsc`
 //! with `strict` and `noUncheckedIndexedAccess` and without type assertions or `any`, then
 //! run: create, produce JSON, binary and NDJSON, fetch by offset and long-poll, SSE, a group's
-//! join/fetch/commit, and problems read through their typed `code`.
+//! join/fetch/commit, and problems read through their typed `code`. With the same tools,
+//! Redocly's lint engine (`tests/typescript/lint.mjs`) finds no problem in the spec under its
+//! `recommended` rules (the one rule turned off says why there).
 //!
 //! The tools are the versions pinned in `tests/typescript/package.json` (and its lock file),
 //! installed by `.ci/run` with `npm ci` into `<target>/ts-tools` (or `TIDELOG_TS_TOOLS`).
@@ -17,7 +19,13 @@ use std::time::Duration;
 
 const PROGRAM_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/typescript");
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.json");
-const PROGRAM_FILES: [&str; 4] = ["client.ts", "generate.mjs", "tsconfig.json", "package.json"];
+const PROGRAM_FILES: [&str; 5] = [
+    "client.ts",
+    "generate.mjs",
+    "lint.mjs",
+    "tsconfig.json",
+    "package.json",
+];
 const ENABLE: &str = "run `bash .ci/run` once, or `npm ci` in a copy of tests/typescript and set TIDELOG_TS_TOOLS to it";
 
 /// `<target>/ts-tools`, where `.ci/run` installs the pinned npm packages, or `TIDELOG_TS_TOOLS`.
@@ -66,23 +74,30 @@ fn the_escape_check_finds_casts_and_any() {
     );
 }
 
-#[test]
-fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
-    let check = "the TypeScript client";
+/// `node` and the installed packages, or `None` after the check was skipped (or failed in CI).
+fn node_and_packages(check: &str) -> Option<(PathBuf, PathBuf)> {
     let Some(node) = common::find_tool("node") else {
-        return common::skip_or_fail(check, "`node` is not on PATH", ENABLE);
+        common::skip_or_fail(check, "`node` is not on PATH", ENABLE);
+        return None;
     };
     let modules = ts_tools().join("node_modules");
-    let tsc = modules.join("typescript/bin/tsc");
-    if !tsc.exists() || !modules.join("openapi-fetch").exists() {
-        return common::skip_or_fail(
-            check,
-            &format!("the npm packages are not in {}", modules.display()),
-            ENABLE,
-        );
+    let installed = [
+        "typescript",
+        "openapi-fetch",
+        "openapi-typescript",
+        "@redocly/openapi-core",
+    ];
+    if !installed.iter().all(|p| modules.join(p).exists()) {
+        let why = format!("the npm packages are not in {}", modules.display());
+        common::skip_or_fail(check, &why, ENABLE);
+        return None;
     }
-    // The program, its types and its build live in a scratch directory under target/, next to
-    // a link to the installed packages (node resolves imports from there).
+    Some((node, modules))
+}
+
+/// A scratch directory under target/ holding the program files next to a link to the
+/// installed packages (node resolves imports from there).
+fn program_dir(modules: &Path) -> tempfile::TempDir {
     let work = tempfile::Builder::new()
         .prefix("ts-client-")
         .tempdir_in(common::target_dir())
@@ -91,8 +106,29 @@ fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
         std::fs::copy(Path::new(PROGRAM_DIR).join(file), work.path().join(file))
             .unwrap_or_else(|e| panic!("copy {file}: {e}"));
     }
-    std::os::unix::fs::symlink(&modules, work.path().join("node_modules")).expect("link");
+    std::os::unix::fs::symlink(modules, work.path().join("node_modules")).expect("link");
+    work
+}
 
+#[test]
+fn the_spec_passes_redocly_lint_with_its_recommended_rules() {
+    let Some((node, modules)) = node_and_packages("Redocly's lint of the spec") else {
+        return;
+    };
+    let work = program_dir(&modules);
+    let mut lint = Command::new(&node);
+    lint.current_dir(work.path()).args(["lint.mjs", SPEC]);
+    let (ok, out) = common::run_bounded(lint, Duration::from_secs(120));
+    assert!(ok && out.contains(": 0 problems"), "redocly lint:\n{out}");
+}
+
+#[test]
+fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
+    let Some((node, modules)) = node_and_packages("the TypeScript client") else {
+        return;
+    };
+    let work = program_dir(&modules);
+    let tsc = modules.join("typescript/bin/tsc");
     let mut generate = Command::new(&node);
     generate
         .current_dir(work.path())

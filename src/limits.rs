@@ -93,9 +93,10 @@ pub struct Limits {
     pub group_topics_max: u32,
     /// Most offsets in one commit (one commit is one batch in `__consumer_offsets`).
     pub group_commit_offsets_max: u32,
-    /// Most distinct keys one compaction pass maps (a 16-byte digest and an offset each, about
-    /// 40 bytes with the map's overhead); a partition with more keys is compacted in passes,
-    /// so a client writing ever new keys cannot grow the broker's memory.
+    /// Most distinct keys one compaction pass maps (a 16-byte digest and an offset each: 25 to
+    /// 55 bytes a key with the hash map's spare room, at most about 50 MiB at the default); a
+    /// partition with more keys is compacted in passes, so a client writing ever new keys
+    /// cannot grow the broker's memory. Compaction runs one partition at a time.
     pub compaction_keys_per_pass_max: u32,
     /// On a cluster, longest a broker waits for the broker it forwards a request to (the
     /// controller, a partition's leader) to begin its answer, on top of the wait the request

@@ -25,7 +25,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(90);
 const PAGE: &str = r#"<!doctype html>
 <html><body><script>
 const broker = "BROKER";
-const report = (what) => fetch("/report?" + encodeURIComponent(what));
+const report = (what) => fetch("/report?what=" + encodeURIComponent(what));
 const stream = new EventSource(broker + "/v1/topics/browser/partitions/0/stream?offset=0");
 stream.addEventListener("record", (e) => report("record " + e.lastEventId + " " + e.data));
 stream.onerror = () => report("stream error, readyState " + stream.readyState);
@@ -168,15 +168,11 @@ fn answer(mut stream: TcpStream, reports: &Sender<String>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, content_type, body) = match path {
         "/" => {
-            let broker = query.strip_prefix("broker=").unwrap_or_default();
-            (
-                "200 OK",
-                "text/html",
-                PAGE.replace("BROKER", &percent_decode(broker)),
-            )
+            let broker = query_value(query, "broker");
+            ("200 OK", "text/html", PAGE.replace("BROKER", &broker))
         }
         "/report" => {
-            let _ = reports.send(percent_decode(query));
+            let _ = reports.send(query_value(query, "what"));
             ("204 No Content", "text/plain", String::new())
         }
         _ => ("404 Not Found", "text/plain", String::new()),
@@ -188,26 +184,12 @@ fn answer(mut stream: TcpStream, reports: &Sender<String>) {
     );
 }
 
-/// Decodes `%XX` escapes (what `encodeURIComponent` writes).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The value of `name` in a query string (`%XX` decoded), or nothing.
+fn query_value(query: &str, name: &str) -> String {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs
+        .into_iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+        .unwrap_or_default()
 }

@@ -126,6 +126,9 @@ pub struct Partition {
     /// The log end offset, sent under the partition lock at every change (the leader's
     /// replica fetch long-polls on it).
     end: watch::Sender<u64>,
+    /// Where recovery cut fsynced data that failed its checks, at open (see
+    /// [`Partition::synced_data_lost_at`]).
+    synced_data_lost_at: Option<u64>,
 }
 
 /// The in-sync replica count of a replicated partition's leader and its minimum.
@@ -252,7 +255,16 @@ impl Partition {
             leader_epoch: AtomicU32::new(leader_epoch),
             hw_external: AtomicBool::new(false),
             end,
+            synced_data_lost_at: report.synced_data_lost_at,
         });
+        if let Some(offset) = report.synced_data_lost_at {
+            tracing::warn!(
+                topic = %partition.topic,
+                partition = id,
+                offset,
+                "fsynced data failed its checks on recovery; the log was cut there"
+            );
+        }
         partition.register_counters();
         partition.publish_gauges();
         tokio::spawn(Arc::clone(&partition).run_flusher());
@@ -603,6 +615,36 @@ impl Partition {
         );
         self.publish_gauges();
         Ok(())
+    }
+
+    /// Where recovery cut data that had been fsynced, because it failed its checks (a
+    /// flipped bit on disk, not a torn write), if it did when the partition was opened. The
+    /// records from there on are gone from this replica: a follower fetches them again from
+    /// its leader, and replication must not count this replica as holding what it acknowledged
+    /// before the crash (issue 9 item 7).
+    pub fn synced_data_lost_at(&self) -> Option<u64> {
+        self.synced_data_lost_at
+    }
+
+    /// Reads every batch of the log and checks its CRC (recovery only checks what follows the
+    /// recovery checkpoint). Returns where the first damaged batch is: the offset to cut the
+    /// log at (`truncate_to`, then fetch again from the leader), or None. The reads run on the
+    /// blocking pool, outside the partition lock; appends go on meanwhile.
+    pub async fn scrub(self: &Arc<Self>) -> Result<Option<u64>, BrokerError> {
+        let plan = self.lock().scrub_plan();
+        let found = tokio::task::spawn_blocking(move || plan.run())
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?
+            .map_err(|e| BrokerError::from_io("checking the log", e))?;
+        if let Some(offset) = found {
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.id,
+                offset,
+                "a stored batch failed its CRC check"
+            );
+        }
+        Ok(found)
     }
 
     /// Whole batches for a follower, from the one holding `offset` up to the log end (not
@@ -1352,6 +1394,41 @@ mod tests {
         partition.set_hw_mode(HwMode::Standalone);
         partition.flush_now().await.unwrap();
         assert_eq!(partition.progress().high_watermark, 5);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_in_fsynced_data_is_cut_on_open_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        for _ in 0..4 {
+            partition.append(&mut batch_of(2), 2, true).unwrap();
+        }
+        partition.flush_now().await.unwrap();
+        partition.close().await.unwrap();
+        drop(partition);
+        let path = dir.path().join(format!("{:020}.log", 0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let third_batch = 2 * batch_of(2).len();
+        bytes[third_batch + 70] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        let partition = Partition::open(
+            "t".into(),
+            0,
+            dir.path(),
+            LogConfig::default(),
+            FlushPolicy {
+                flush_ms: 1,
+                flush_bytes: 1,
+            },
+            true,
+        )
+        .unwrap()
+        .0;
+        // The open reads the active segment from its last index entry, here its start: the
+        // damage is found, cut, and reported as fsynced data lost.
+        assert_eq!(partition.synced_data_lost_at(), Some(4));
+        assert_eq!(partition.log_end_offset(), 4);
+        assert_eq!(partition.scrub().await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -90,6 +90,10 @@ pub struct OpenReport {
     pub dropped_segments: usize,
     /// Empty sealed segments (left by compaction) removed.
     pub empty_segments_removed: usize,
+    /// Recovery cut the log at this offset, below the recovery checkpoint: data that had been
+    /// fsynced failed its checks (a flipped bit, not a torn write) and is gone. Replication
+    /// must not count this replica as holding what it held (issue 9 item 7).
+    pub synced_data_lost_at: Option<u64>,
 }
 
 /// A recovery checkpoint (and the epoch cache, when it changed) taken under the lock and
@@ -180,6 +184,42 @@ impl FlushPlan {
     }
 }
 
+/// The segments to check batch by batch, taken under the lock and run outside it.
+#[derive(Debug)]
+pub struct ScrubPlan {
+    /// Each segment's log file, base offset and size when the plan was taken.
+    segments: Vec<(PathBuf, u64, u64)>,
+}
+
+impl ScrubPlan {
+    /// Reads every batch and checks its CRC. Returns where the first damage is: the offset
+    /// after the last good batch before it, where the log must be cut. A segment deleted or
+    /// rewritten (retention, compaction) since the plan was taken is skipped. Blocking.
+    pub fn run(&self) -> io::Result<Option<u64>> {
+        for (path, base, size) in &self.segments {
+            let file = match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if file.metadata()?.len() < *size {
+                continue;
+            }
+            let mut walk = walk::FileBatches::new(&file, 0, *size, *base);
+            let mut good_end = *base;
+            loop {
+                match walk.next_batch() {
+                    Ok(Some((_, batch))) => good_end = batch.header.next_offset(),
+                    Ok(None) => break,
+                    Err(walk::WalkError::Damaged { .. }) => return Ok(Some(good_end)),
+                    Err(walk::WalkError::Io(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// A rolled segment whose file work waits for the next flush.
 #[derive(Debug)]
 struct Unsynced {
@@ -265,6 +305,12 @@ impl PartitionLog {
                 recovered_epochs,
             )?;
             epochs_rebuild |= seg_report.epochs_contradicted;
+            if let Some(cut) = seg_report.cut_at
+                && cut < checkpoint
+            {
+                report.synced_data_lost_at =
+                    Some(report.synced_data_lost_at.unwrap_or(cut).min(cut));
+            }
             report.truncated_bytes += seg_report.truncated_bytes;
             report.rebuilt_indexes += usize::from(seg_report.rebuilt_index);
             // Compaction may drop a segment's last records: a gap before the next segment is
@@ -959,6 +1005,18 @@ impl PartitionLog {
             self.segments[i] = Segment::from_compacted(&self.dir, c.meta)?;
         }
         Ok(())
+    }
+
+    /// Every segment's file and size, to check every batch's CRC outside the lock
+    /// ([`ScrubPlan::run`]).
+    pub fn scrub_plan(&self) -> ScrubPlan {
+        ScrubPlan {
+            segments: self
+                .segments
+                .iter()
+                .map(|s| (s.log_path(), s.base_offset, s.size))
+                .collect(),
+        }
     }
 
     /// Writes the recovery checkpoint: everything below the flushed offset's segment is synced.

@@ -41,6 +41,8 @@ pub struct RecoveryReport {
     /// A recovered batch's epoch was older than the epoch cache's latest before it: the
     /// cache must be rebuilt from every batch.
     pub epochs_contradicted: bool,
+    /// Where the kept batches end when bytes were cut.
+    pub cut_at: Option<u64>,
 }
 
 /// A segment rewritten by compaction, described for [`Segment::from_compacted`].
@@ -258,6 +260,7 @@ impl Segment {
                 }
                 if scan.valid_len < file_len {
                     report.truncated_bytes = file_len - scan.valid_len;
+                    report.cut_at = Some(scan.next_offset.unwrap_or(base_offset));
                     file.set_len(scan.valid_len)?;
                     sync_ledger::sync_all(&file)?;
                 }
@@ -487,23 +490,36 @@ impl Segment {
 
     /// Where cutting at `offset` (below `next_offset`) falls: the byte position and the new
     /// end offset. That is the start of the first batch ending past `offset`, and its base
-    /// offset, or `offset` itself where it falls in a compaction gap. The segment must be
+    /// offset, or `offset` itself where it falls in a compaction gap. A damaged header before
+    /// that batch is cut too (a scrub found it: the cut removes it). The segment must be
     /// loaded.
     pub fn cut_point(&self, offset: u64) -> io::Result<(u64, u64)> {
         let relative = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as i64;
-        let from = self
-            .offset_index
-            .floor(relative)
-            .map_or(0, |i| u64::from(self.offset_index.get(i).position));
+        let (from, mut good_end) =
+            self.offset_index
+                .floor(relative)
+                .map_or((0, self.base_offset), |i| {
+                    let entry = self.offset_index.get(i);
+                    (
+                        u64::from(entry.position),
+                        self.base_offset + u64::from(entry.relative_offset),
+                    )
+                });
         let mut walk = FileBatches::new(self.file(), from, self.size, 0);
         loop {
             match walk.next_header() {
-                Ok(Some(h)) if h.next_offset() <= offset => walk.skip(),
+                Ok(Some(h)) if h.next_offset() <= offset => {
+                    good_end = h.next_offset();
+                    walk.skip();
+                }
                 Ok(Some(h)) => return Ok((walk.position(), h.base_offset.min(offset))),
                 Ok(None) => return Ok((self.size, offset.min(self.next_offset))),
-                Err(e) => return Err(e.into()),
+                Err(WalkError::Damaged { position, .. }) => {
+                    return Ok((position, good_end.min(offset)));
+                }
+                Err(WalkError::Io(e)) => return Err(e),
             }
         }
     }

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod forwarder;
 pub mod identity;
 mod member;
 pub mod protocol;

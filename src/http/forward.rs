@@ -31,9 +31,6 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::Limited;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::AppState;
@@ -45,12 +42,6 @@ use crate::metadata::NodeId;
 /// Marks a request one broker proxied to another; its value is the proxying broker's id.
 pub const FORWARDED_HEADER: &str = "tidelog-forwarded";
 
-/// Idle connections kept per target broker; more are closed once their answer is done.
-const POOL_IDLE_PER_BROKER_MAX: usize = 64;
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long opening a connection to another broker may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a client refused because a broker is unreachable is asked to wait.
 const UNAVAILABLE_RETRY_AFTER_S: u32 = 1;
 
@@ -143,39 +134,6 @@ fn home_of(cluster: &Cluster, leader: Option<NodeId>) -> PartitionHome {
             Some(address) => PartitionHome::Remote(node, address),
             None => PartitionHome::Offline,
         },
-    }
-}
-
-/// The HTTP client that proxies requests to other brokers: one pool, bounded.
-#[derive(Debug, Clone)]
-pub struct Forwarder {
-    http: Client<HttpConnector, Body>,
-    /// `forward_timeout_ms`: how long a target has to begin its answer, beyond the wait the
-    /// request asks for.
-    timeout: Duration,
-}
-
-impl Forwarder {
-    pub fn new(timeout: Duration) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_IDLE_PER_BROKER_MAX)
-            .build(connector);
-        Forwarder { http, timeout }
-    }
-
-    /// The pooled client, for the internal calls of a split produce.
-    pub(super) fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.http
-    }
-
-    /// How long a target may take to begin answering a request that itself asks to wait up
-    /// to `wait`.
-    pub(super) fn deadline(&self, wait: Duration) -> Duration {
-        self.timeout + wait
     }
 }
 
@@ -326,7 +284,7 @@ async fn proxy(node: &AppState, request: Request, id: NodeId, address: SocketAdd
     let deadline = forwarder.deadline(wait);
     let sent = tokio::time::timeout(
         deadline,
-        forwarder.http.request(Request::from_parts(parts, body)),
+        forwarder.client().request(Request::from_parts(parts, body)),
     )
     .await;
     match sent {

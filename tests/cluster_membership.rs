@@ -6,104 +6,19 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::TestBroker;
+use common::cluster::{assert_problem, free_ports, get, peers, post, run_to_exit, wait_for};
 use serde_json::{Value, json};
 
 /// Short sessions keep the test quick; heartbeats go every quarter of it.
 const SESSION_TIMEOUT_MS: u64 = 3_000;
-/// Generous: two shared cores, debug builds, other tests running.
-const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Three ports free right now (bound together, then released).
-fn free_ports() -> [u16; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let port = |i: usize| listeners[i].local_addr().unwrap().port();
-    [port(0), port(1), port(2)]
-}
-
-fn peers(ports: &[u16; 3]) -> String {
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn start_member(root: &Path, ports: &[u16; 3], id: usize) -> TestBroker {
-    let args = [
-        "--node-id".to_string(),
-        id.to_string(),
-        "--peers".to_string(),
-        peers(ports),
-    ];
-    let data = root.join(format!("n{id}")).join("data");
+fn start_member(root: &Path, ports: &[u16], id: usize) -> TestBroker {
     let toml = format!("broker_session_timeout_ms = {SESSION_TIMEOUT_MS}\n");
-    TestBroker::start_member(&data, ports[id - 1], &args, &toml)
-}
-
-/// One runtime and client for the test's plain-thread calls.
-fn http() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
-    static HTTP: OnceLock<(tokio::runtime::Runtime, reqwest::Client)> = OnceLock::new();
-    HTTP.get_or_init(|| {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
-        (common::runtime(), client)
-    })
-}
-
-/// Sends a request; `(0, null)` when the broker does not answer (not up yet, killed).
-fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
-    http().0.block_on(async move {
-        match request.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (status, r.json().await.unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
-    })
-}
-
-fn get(url: &str) -> (u16, Value) {
-    call(http().1.get(url))
-}
-
-fn post(url: &str, body: Value) -> (u16, Value) {
-    call(http().1.post(url).json(&body))
-}
-
-/// Asserts a problem answer: its status and stable code.
-fn assert_problem(status: u16, problem: &Value, expected_status: u16, code: &str) {
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (expected_status, Some(code)),
-        "{problem}"
-    );
-}
-
-/// Polls `check` until it gives a value or the deadline passes (then panics with `what` and
-/// the last state seen).
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: still {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
+    common::cluster::start_member(root, ports, id, &toml)
 }
 
 /// Each broker's status as `url`'s broker sees it, by node id.
@@ -144,7 +59,7 @@ fn wait_until_statuses(url: &str, expected: &[(u64, &str)]) -> Value {
 #[test]
 fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     let root = tempfile::tempdir().unwrap();
-    let ports = free_ports();
+    let ports = free_ports(3);
     // Any start order: the controller (node 1) comes second.
     let mut n3 = start_member(root.path(), &ports, 3);
     let mut n1 = start_member(root.path(), &ports, 1);
@@ -259,42 +174,6 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     // SIGTERM stops a member cleanly, the controller too.
     assert_eq!(n2.terminate(), Some(0));
     assert_eq!(n1.terminate(), Some(0));
-}
-
-/// Runs `tidelog serve ARGS` until it exits (killed after the deadline); exit code, stderr.
-fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
-        .arg("serve")
-        .args(args)
-        .env_remove("TIDELOG_LISTEN")
-        .env_remove("TIDELOG_DATA_DIR")
-        .env_remove("TIDELOG_CONFIG")
-        .env_remove("TIDELOG_NODE_ID")
-        .env_remove("TIDELOG_PEERS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (code, stderr)
 }
 
 #[test]
@@ -432,7 +311,7 @@ fn the_readme_three_broker_commands_form_a_cluster() {
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("the section starts with a text block");
-    let ports = free_ports();
+    let ports = free_ports(3);
     let with_ports = |line: &str| {
         (1..=3).fold(line.to_string(), |l, i| {
             l.replace(

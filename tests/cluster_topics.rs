@@ -163,6 +163,55 @@ fn topics_are_made_at_the_controller_and_held_by_every_replica() {
     }
     let (status, problem) = delete(&format!("{}/orders", topics(1)));
     assert_problem(status, &problem, 404, "topic_not_found");
+
+    // Created again under the same name, with factor 2: another topic, held by two brokers.
+    let (status, again) = post(
+        &topics(3),
+        json!({"name": "orders", "partitions": 1, "replication_factor": 2}),
+    );
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["topic_id"], created["topic_id"]);
+    let holders = ids(&again["partitions"][0]["replicas"]);
+    for id in 1..=3 {
+        let held = cluster.data_dir(id).join("topics/orders/0").is_dir();
+        assert_eq!(held, holders.contains(&(id as u64)), "broker {id}: {again}");
+    }
+}
+
+#[test]
+fn a_restarted_broker_keeps_its_replicas_and_drops_those_deleted_while_it_was_down() {
+    let mut cluster = Cluster::start(3, TOML);
+    let topics = format!("{}/v1/topics", cluster.url(1));
+    for name in ["kept", "dropped"] {
+        let (status, view) = post(&topics, json!({"name": name, "partitions": 2}));
+        assert_eq!(status, 201, "{view}");
+    }
+    let third = cluster.data_dir(3);
+    assert!(third.join("topics/dropped/1").is_dir());
+
+    // Answered once node 3 is fenced (its session expired): it holds no live replica then.
+    cluster.brokers[2].kill9();
+    let (status, problem) = delete(&format!("{topics}/dropped"));
+    assert_eq!(status, 204, "{problem}");
+    assert!(third.join("topics/dropped/1").is_dir(), "node 3 was down");
+
+    cluster.brokers[2].restart();
+    cluster.wait_ready(3);
+    let url = cluster.url(3).to_string();
+    common::cluster::wait_for("node 3 drops the deleted topic's replicas", || {
+        if third.join("topics/dropped").exists() {
+            Err("still there".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let (status, view) = get(&format!("{url}/v1/topics/kept"));
+    assert_eq!(status, 200, "{view}");
+    for p in partitions(&view) {
+        assert_eq!(p["log_end_offset"], 0, "its own replica, reopened: {view}");
+    }
+    let (status, problem) = get(&format!("{url}/v1/topics/dropped"));
+    assert_problem(status, &problem, 404, "topic_not_found");
 }
 
 #[test]

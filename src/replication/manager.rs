@@ -427,6 +427,79 @@ mod tests {
         assert!(replica_topics(&image, NodeId(4)).is_empty());
     }
 
+    fn local(
+        topic: &str,
+        partition: u32,
+        topic_id: u64,
+        role: Role,
+        replica: &Arc<Partition>,
+    ) -> Roles {
+        let mut roles = Roles::new();
+        let replica = LocalReplica {
+            topic: Arc::from(topic),
+            partition,
+            topic_id,
+            role,
+            replica: Arc::clone(replica),
+        };
+        roles
+            .entry(Arc::from(topic))
+            .or_default()
+            .insert(partition, replica);
+        roles
+    }
+
+    fn follower(leader: u32, epoch: u32) -> Role {
+        Role::Follower {
+            leader: NodeId(leader),
+            leader_epoch: LeaderEpoch(epoch),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_is_reported_once_and_a_recreated_topic_as_a_removal_and_an_addition() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TopicConfig::default();
+        let open = |sub: &str| {
+            Partition::open(
+                Arc::from("t"),
+                0,
+                &dir.path().join(sub),
+                config.log_config(),
+                config.flush_policy(),
+                false,
+            )
+            .unwrap()
+            .0
+        };
+        let (old, new) = (open("a"), open("b"));
+        let before = local("t", 0, 7, follower(1, 0), &old);
+        assert!(
+            diff_roles(&before, &before.clone()).is_empty(),
+            "nothing changed"
+        );
+
+        let moved = local("t", 0, 7, follower(2, 1), &old);
+        let changes = diff_roles(&before, &moved);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].before, Some(follower(1, 0)));
+        assert_eq!(changes[0].after, Some(follower(2, 1)));
+
+        // Deleted and created again under the same name: another id, another partition.
+        let recreated = local("t", 0, 9, follower(1, 0), &new);
+        let changes = diff_roles(&before, &recreated);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!((changes[0].topic_id, changes[0].after.clone()), (7, None));
+        assert!(Arc::ptr_eq(&changes[0].replica, &old));
+        assert_eq!((changes[1].topic_id, changes[1].before.clone()), (9, None));
+        assert!(Arc::ptr_eq(&changes[1].replica, &new));
+
+        let gone = diff_roles(&before, &Roles::new());
+        assert_eq!((gone.len(), gone[0].after.clone()), (1, None));
+        let added = diff_roles(&Roles::new(), &before);
+        assert_eq!((added.len(), added[0].before.clone()), (1, None));
+    }
+
     #[test]
     fn roles_follow_the_leader_in_the_image() {
         let image = image_of_three();

@@ -273,7 +273,7 @@ fn every_broker_serves_every_partition_of_a_topic_it_holds_one_replica_of() {
 
 #[test]
 fn a_forwarded_admin_call_is_not_forwarded_again_and_a_dead_controller_is_a_clear_503() {
-    let mut cluster = Cluster::start(3, TOML);
+    let mut cluster = Cluster::start(3, &format!("{TOML}auto_create_topics = true\n"));
     let url = |id: usize| cluster.url(id).to_string();
     let (status, problem) = call(
         http()
@@ -283,6 +283,15 @@ fn a_forwarded_admin_call_is_not_forwarded_again_and_a_dead_controller_is_a_clea
     );
     assert_problem(status, &problem, 421, "not_controller");
     assert_eq!(problem["controller"], 1, "{problem}");
+
+    // Topics of a cluster are made at the controller only: a produce does not make one.
+    let (status, problem) = post(
+        &format!("{}/v1/topics/ghost/records", url(3)),
+        json!({"records": [{"value": 1}]}),
+    );
+    assert_problem(status, &problem, 404, "topic_not_found");
+    let (status, _) = get(&format!("{}/v1/topics/ghost", url(3)));
+    assert_eq!(status, 404);
 
     let u2 = url(2);
     cluster.brokers[0].kill9();

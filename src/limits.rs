@@ -68,8 +68,10 @@ pub struct Limits {
     /// Most concurrent connections serving the API; more wait in the accept queue (past
     /// the health reserve below).
     pub connections_max: u32,
-    /// Connections accepted past `connections_max` that serve only `/healthz`, `/readyz` and
-    /// `/metrics`, so a full broker can still be probed and scraped.
+    /// Connections accepted past `connections_max` that serve only probes (`/healthz`,
+    /// `/readyz`), scrapes (`/metrics`) and admin calls (topics, groups and their offsets
+    /// looked at or changed; never produce, fetch, streams or group members), so a broker
+    /// full of clients can still be probed, scraped and administered.
     pub health_connections_max: u32,
     /// Longest wait for a request's headers, from the moment a connection waits for them (so
     /// also how long an idle keep-alive connection stays open).

@@ -1,6 +1,6 @@
 //! Connections: `connections_max` general connections, `health_connections_max` more for
-//! probes and scrapes, then the accept queue; and the clocks that close a connection whose
-//! client is too slow (headers, idle keep-alive, a stalled or endless body).
+//! probes, scrapes and admin calls, then the accept queue; and the clocks that close a
+//! connection whose client is too slow (headers, idle keep-alive, a stalled or endless body).
 
 mod common;
 
@@ -20,6 +20,20 @@ fn connect(url: &str) -> TcpStream {
 /// Sends a keep-alive `GET path` and reads the answer (one read: these answers are small).
 fn get(stream: &mut TcpStream, path: &str) -> std::io::Result<String> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    send(stream, &request)
+}
+
+/// Sends a keep-alive `POST path` with a JSON body and reads the answer (one read).
+fn post_json(stream: &mut TcpStream, path: &str, body: &str) -> std::io::Result<String> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    send(stream, &request)
+}
+
+fn send(stream: &mut TcpStream, request: &str) -> std::io::Result<String> {
     stream.write_all(request.as_bytes())?;
     let mut buf = [0u8; 4096];
     let n = stream.read(&mut buf)?;
@@ -51,7 +65,7 @@ fn read_until_closed(stream: &mut TcpStream) -> String {
 }
 
 #[test]
-fn past_connections_max_the_health_reserve_serves_probes_and_then_connections_wait() {
+fn past_connections_max_the_health_reserve_serves_probes_and_admin_calls_then_connections_wait() {
     let broker = common::TestBroker::start_with_config(
         "[limits]\nconnections_max = 2\nhealth_connections_max = 1\n",
     );
@@ -60,10 +74,22 @@ fn past_connections_max_the_health_reserve_serves_probes_and_then_connections_wa
         let answer = get(stream, "/v1/topics").unwrap();
         assert!(status_line(&answer).contains("200"), "{answer}");
     }
-    // The third connection comes from the health reserve: anything but a probe is refused
-    // and the connection closed, which frees the reserve slot again.
-    let mut refused = connect(&broker.url);
-    let answer = get(&mut refused, "/v1/topics").unwrap();
+    // The third connection comes from the health reserve: an operator can still look at and
+    // change topics there, but client traffic is refused and the connection closed, which
+    // frees the reserve slot again.
+    let mut reserve = connect(&broker.url);
+    let answer = get(&mut reserve, "/v1/topics").unwrap();
+    assert!(status_line(&answer).contains("200"), "{answer}");
+    let answer = post_json(&mut reserve, "/v1/topics", r#"{"name":"t","partitions":1}"#).unwrap();
+    assert!(status_line(&answer).contains("201"), "{answer}");
+    let answer = get(&mut reserve, "/v1/topics/t").unwrap();
+    assert!(status_line(&answer).contains("200"), "{answer}");
+    let answer = post_json(
+        &mut reserve,
+        "/v1/topics/t/records",
+        r#"{"records":[{"value":1}]}"#,
+    )
+    .unwrap();
     assert!(status_line(&answer).contains("503"), "{answer}");
     assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
     assert!(
@@ -74,7 +100,7 @@ fn past_connections_max_the_health_reserve_serves_probes_and_then_connections_wa
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
     );
-    read_until_closed(&mut refused);
+    read_until_closed(&mut reserve);
     let mut probe = connect(&broker.url);
     for path in ["/healthz", "/readyz", "/metrics"] {
         let answer = get(&mut probe, path).unwrap();

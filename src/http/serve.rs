@@ -2,9 +2,11 @@
 //!
 //! Invariants:
 //! - At most `connections_max` connections serve the API. Past it, `health_connections_max`
-//!   more are accepted for `/healthz`, `/readyz` and `/metrics` only (anything else there is a
-//!   503 `overloaded` and the connection closes), so a broker full of clients can still be
-//!   probed and scraped. Past both, connections wait in the kernel's accept queue.
+//!   more are accepted for probes, scrapes and admin calls only ([`reserve_serves`]: topic
+//!   and group administration, never produce, fetch, streams or group members; anything else
+//!   there is a 503 `overloaded` and the connection closes), so a broker full of clients can
+//!   still be probed, scraped and administered. Past both, connections wait in the kernel's
+//!   accept queue.
 //! - A client must send a request's headers within `header_read_timeout_ms`, counted from the
 //!   moment the connection waits for them: a fresh connection, or a keep-alive connection
 //!   after its last answer. So the same clock closes slow headers and idle keep-alive
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, header};
+use axum::http::{Method, Request, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -42,8 +44,28 @@ use super::{AppState, router};
 use crate::broker::{BrokerError, now_ms};
 use crate::limits::{Limit, Limits};
 
-/// Paths a connection from the health reserve may call.
-const HEALTH_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// Whether a connection from the health reserve may make this call: a probe, a scrape, or
+/// an admin call (topics and groups looked at or changed, the cluster's view). Client
+/// traffic (produce, fetch, long-polls, streams, group members and their commits) and the
+/// brokers' internal routes are not served there: they are what fills the general pool.
+pub fn reserve_serves(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let get = method == Method::GET;
+    match segments.as_slice() {
+        ["healthz" | "readyz" | "metrics" | "openapi.json"] => get,
+        ["v1", "cluster"] => get,
+        // List and create; describe, reconfigure and delete; expand.
+        ["v1", "topics"] | ["v1", "topics", _] => true,
+        ["v1", "topics", _, "partitions"] => true,
+        ["v1", "topics", _, "partitions", _, "delete-records"] => true,
+        // List, describe and delete groups; look at and reset their offsets (a member's
+        // commit is a POST to `offsets`: client traffic).
+        ["v1", "groups"] | ["v1", "groups", _] => true,
+        ["v1", "groups", _, "offsets"] => get,
+        ["v1", "groups", _, "offsets", "reset"] => true,
+        _ => false,
+    }
+}
 
 /// Serves the API until `shutdown` resolves; then finishes in-flight requests and returns.
 pub async fn serve(
@@ -91,7 +113,8 @@ pub async fn serve(
 struct ConnectionSlots {
     /// `connections_max` permits: connections that may call anything.
     general: Arc<Semaphore>,
-    /// `health_connections_max` permits: connections past the limit, for probes and scrapes.
+    /// `health_connections_max` permits: connections past the limit, for probes, scrapes and
+    /// admin calls.
     health: Arc<Semaphore>,
     /// For the log line when the general pool is full.
     general_max: u32,
@@ -198,7 +221,7 @@ impl Connection {
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let app = app.clone();
             async move {
-                if health_only && !HEALTH_PATHS.contains(&request.uri().path()) {
+                if health_only && !reserve_serves(request.method(), request.uri().path()) {
                     return Ok::<_, Infallible>(health_reserve_refusal(connections_max));
                 }
                 let request = request.map(|body| Body::new(TimedBody::new(body, clocks)));
@@ -216,7 +239,8 @@ impl Connection {
     }
 }
 
-/// The answer on a health-reserve connection to anything but a probe or a scrape.
+/// The answer on a health-reserve connection to anything but a probe, a scrape or an admin
+/// call.
 fn health_reserve_refusal(connections_max: u32) -> Response {
     if first_in_a_while(&RESERVE_REFUSALS_LOGGED_MS) {
         tracing::warn!(
@@ -333,5 +357,56 @@ impl HttpBody for TimedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route of the API, with its placeholders filled in, is served on the reserve
+    /// exactly when it is a probe, a scrape or an admin call.
+    #[test]
+    fn the_reserve_serves_probes_scrapes_and_admin_calls_and_no_client_traffic() {
+        let admin: &[(&str, Method)] = &[
+            ("/healthz", Method::GET),
+            ("/readyz", Method::GET),
+            ("/metrics", Method::GET),
+            ("/openapi.json", Method::GET),
+            ("/v1/cluster", Method::GET),
+            ("/v1/topics", Method::GET),
+            ("/v1/topics", Method::POST),
+            ("/v1/topics/{topic}", Method::GET),
+            ("/v1/topics/{topic}", Method::PATCH),
+            ("/v1/topics/{topic}", Method::DELETE),
+            ("/v1/topics/{topic}/partitions", Method::POST),
+            (
+                "/v1/topics/{topic}/partitions/{partition}/delete-records",
+                Method::POST,
+            ),
+            ("/v1/groups", Method::GET),
+            ("/v1/groups/{group}", Method::GET),
+            ("/v1/groups/{group}", Method::DELETE),
+            ("/v1/groups/{group}/offsets", Method::GET),
+            ("/v1/groups/{group}/offsets/reset", Method::POST),
+        ];
+        let mut seen_client_traffic = 0;
+        for (template, methods) in super::super::route_table() {
+            let path = template
+                .replace("{topic}", "orders")
+                .replace("{partition}", "0")
+                .replace("{group}", "g")
+                .replace("{member}", "m-1");
+            for method in methods {
+                let is_admin = admin.iter().any(|(t, m)| *t == template && *m == method);
+                seen_client_traffic += usize::from(!is_admin);
+                assert_eq!(
+                    reserve_serves(&method, &path),
+                    is_admin,
+                    "{method} {template} on a health-reserve connection"
+                );
+            }
+        }
+        assert!(seen_client_traffic >= 8, "produce, fetch, streams, members");
     }
 }

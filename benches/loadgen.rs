@@ -11,6 +11,12 @@
 //!   (`baseline-1fsync`) each request holds the file for its own write + fsync, which gives
 //!   the one-fsync-per-request figure.
 //!
+//! With `--cluster` it starts instead, as processes of the release binary on loopback
+//! ports, a single broker and a cluster of three (topics with replication factor 3 and
+//! `min_insync_replicas` 2), and runs every scenario against both, alternating which goes
+//! first (`cluster` module). The `e2e` scenarios measure end-to-end latency from produce to a
+//! long-polling or SSE consumer at a fixed rate (`e2e` module).
+//!
 //! Each scenario drives each target with N keep-alive clients for a bounded time and count,
 //! and prints records/s, MB/s, p50/p99/max latency, fsyncs/s and their mean duration (for
 //! tidelog from `tidelog_fsyncs_total` and `tidelog_fsync_duration_seconds` in `/metrics`). Servers and clients run on separate tokio runtimes
@@ -39,6 +45,11 @@ use tidelog::node::Node;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot, watch};
 
+#[path = "loadgen/cluster.rs"]
+mod cluster;
+#[path = "loadgen/e2e.rs"]
+mod e2e;
+
 /// Bytes of each record's value as stored (a JSON string of this many bytes with its quotes).
 const VALUE_BYTES: usize = 100;
 /// Every request gives up after this long, so no client loop can hang.
@@ -48,6 +59,7 @@ const REQUESTS_PER_CLIENT_MAX: u64 = 2_000_000;
 /// Runtime thread names start with this, then `server` or `client`.
 const THREAD_PREFIX: &str = "loadgen-";
 const SERVER_THREADS: &str = "loadgen-server";
+const CLIENT_THREADS: &str = "loadgen-client";
 /// A scenario stops early once this many requests failed.
 const ERRORS_MAX: u64 = 100;
 
@@ -56,15 +68,30 @@ tidelog load generator (all traffic on 127.0.0.1)
 
 usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--repeat N]
                                       [--fetch-records N] [--data-dir DIR]
+                                      [--cluster] [--cluster-url URL] [--via leader|any]
+                                      [--partitions N]
 
---scenarios   comma-separated; presets: default, matrix, group-commit, all; or single
-              scenarios:
+--scenarios   comma-separated; presets: default, matrix, group-commit, replication, all;
+              or single scenarios:
                 produce:BATCH:CLIENTS:ACKS   ACKS is all or leader; runs tidelog and baseline
                 1fsync:BATCH:CLIENTS         baseline with one fsync per request (acks=all)
                 fetch:CLIENTS                reads back --fetch-records records, max_records=1000
+                e2e:RATE:poll|sse            RATE single records/s (acks=all), end-to-end
+                                             latency to a long-polling or SSE consumer
               default = produce:1000:8:all,produce:1000:8:leader,produce:1:32:all,
                         1fsync:1:32,fetch:8
               matrix  = produce:{1,100,1000}:{1,8,32}:{all,leader}
+              replication = produce:1000:8:all,produce:1:32:all,e2e:2000:poll,e2e:2000:sse
+                        (the default with --cluster)
+--cluster     targets are broker processes of the release binary instead of the in-process
+              broker and baseline: a single broker and a cluster of three (replication
+              factor 3, min_insync_replicas 2), each scenario on both in alternating order
+--cluster-url with --cluster: measure the cluster that answers at URL (for example one of
+              deploy/three-brokers.sh) instead of starting one
+--via         with --cluster: send each client to its partition's leader (default) or
+              spread the clients over every broker (`any`: forwarded to the leader)
+--partitions  with --cluster: partitions of the produce topics (default 1); client c
+              writes to partition c % N
 --duration-ms measured time per scenario and target (default 2000)
 --repeat      runs of the whole set; the summary shows medians (default 3)
 --fetch-records records produced before the fetch scenario (default 1000000)
@@ -91,10 +118,33 @@ fn main() {
     .expect("create the data directory");
     let server_rt = runtime("server");
     let client_rt = runtime("client");
-    let tidelog = server_rt.block_on(start_tidelog(&dir.path().join("tidelog")));
+    let tidelog =
+        (!args.cluster).then(|| server_rt.block_on(start_tidelog(&dir.path().join("tidelog"))));
+    let fleets = args.cluster.then(|| {
+        client_rt.block_on(async {
+            let single = cluster::Brokers::start_single(dir.path()).await;
+            let rf3 = match &args.cluster_url {
+                Some(url) => cluster::Brokers::external(url).await,
+                None => cluster::Brokers::start_cluster(&dir.path().join("cluster"), 3).await,
+            };
+            (single, rf3)
+        })
+    });
+    match (&tidelog, &fleets) {
+        (Some(t), _) => println!("tidelog on http://{} (in process)", t.addr),
+        (_, Some((single, rf3))) => {
+            println!("single broker: {}", single.describe());
+            println!(
+                "cluster: {} (replication factor 3, min_insync_replicas 2, --via {:?}, {} partition(s))",
+                rf3.describe(),
+                args.via,
+                args.partitions
+            );
+        }
+        _ => {}
+    }
     println!(
-        "tidelog on http://{} (data in {}), {} cores, {} ms per measurement, {} repeats",
-        tidelog.addr,
+        "data in {}, {} cores, {} ms per measurement, {} repeats",
         dir.path().display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.duration.as_millis(),
@@ -103,24 +153,29 @@ fn main() {
     let mut results: Vec<Measured> = Vec::new();
     for repeat in 0..args.repeat {
         for scenario in &args.scenarios {
-            for target in scenario.targets() {
-                let server = match target {
-                    Target::Tidelog => None,
-                    Target::Baseline { group_commit } => Some(
-                        server_rt
-                            .block_on(start_baseline(&dir.path().join("baseline"), group_commit)),
-                    ),
+            for target in scenario.targets(args.cluster, repeat) {
+                let client_cpu = thread_cpu_seconds(CLIENT_THREADS);
+                let mut run = match (target, &tidelog, &fleets) {
+                    (Target::Single, _, Some((single, _))) => {
+                        client_rt.block_on(cluster::run_scenario(scenario, single, &args, repeat))
+                    }
+                    (Target::Rf3, _, Some((_, rf3))) => {
+                        client_rt.block_on(cluster::run_scenario(scenario, rf3, &args, repeat))
+                    }
+                    (Target::Tidelog, Some(t), _) => {
+                        client_rt.block_on(run_scenario(scenario, target, t, &args, repeat))
+                    }
+                    (Target::Baseline { group_commit }, _, _) => {
+                        let server = server_rt
+                            .block_on(start_baseline(&dir.path().join("baseline"), group_commit));
+                        let run = client_rt
+                            .block_on(run_scenario(scenario, target, &server, &args, repeat));
+                        server_rt.block_on(server.stop());
+                        run
+                    }
+                    _ => unreachable!("a target without its servers"),
                 };
-                let run = client_rt.block_on(run_scenario(
-                    scenario,
-                    target,
-                    server.as_ref().unwrap_or(&tidelog),
-                    &args,
-                    repeat,
-                ));
-                if let Some(s) = server {
-                    server_rt.block_on(s.stop());
-                }
+                run.client_cpu_s = thread_cpu_seconds(CLIENT_THREADS) - client_cpu;
                 println!(
                     "[{}/{}] {:<22} {:<16} {}",
                     repeat + 1,
@@ -139,7 +194,13 @@ fn main() {
         }
     }
     print!("{}", summary(&args, &results));
-    server_rt.block_on(tidelog.stop());
+    if let Some(t) = tidelog {
+        server_rt.block_on(t.stop());
+    }
+    if let Some((single, rf3)) = fleets {
+        single.stop();
+        rf3.stop();
+    }
 }
 
 /// CPU seconds (user + system) used so far by this process's threads whose name starts
@@ -190,6 +251,14 @@ struct Args {
     fetch_records: u64,
     data_dir: Option<PathBuf>,
     help: bool,
+    /// Broker processes: a single broker beside a cluster of three.
+    cluster: bool,
+    /// A running cluster to measure instead of starting one.
+    cluster_url: Option<String>,
+    /// Where clients send (cluster targets).
+    via: cluster::Via,
+    /// Partitions of the produce topics (cluster targets).
+    partitions: u32,
 }
 
 impl Args {
@@ -201,25 +270,50 @@ impl Args {
             fetch_records: 1_000_000,
             data_dir: None,
             help: false,
+            cluster: false,
+            cluster_url: None,
+            via: cluster::Via::Leader,
+            partitions: 1,
         };
-        let mut list = String::from("default");
+        let mut list = None;
         while let Some(a) = it.next() {
             let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
             match a.as_str() {
                 // `cargo bench` passes `--bench` to every bench binary.
                 "--bench" => {}
                 "--help" | "-h" => args.help = true,
-                "--scenarios" => list = value(&a)?,
+                "--scenarios" => list = Some(value(&a)?),
                 "--duration-ms" => args.duration = Duration::from_millis(number(&value(&a)?)?),
                 "--repeat" => args.repeat = number(&value(&a)?)?.clamp(1, 100) as usize,
                 "--fetch-records" => args.fetch_records = number(&value(&a)?)?.max(1000),
                 "--data-dir" => args.data_dir = Some(PathBuf::from(value(&a)?)),
+                "--cluster" => args.cluster = true,
+                "--cluster-url" => {
+                    args.cluster = true;
+                    args.cluster_url = Some(value(&a)?.trim_end_matches('/').to_string());
+                }
+                "--via" => {
+                    args.via = match value(&a)?.as_str() {
+                        "leader" => cluster::Via::Leader,
+                        "any" => cluster::Via::Any,
+                        other => return Err(format!("--via '{other}' is not leader or any")),
+                    }
+                }
+                "--partitions" => args.partitions = number(&value(&a)?)?.clamp(1, 64) as u32,
                 other => return Err(format!("unknown argument '{other}'")),
             }
         }
         if args.duration.is_zero() || args.duration > Duration::from_secs(600) {
             return Err("--duration-ms must be between 1 and 600000".into());
         }
+        let list = list.unwrap_or_else(|| {
+            if args.cluster {
+                "replication"
+            } else {
+                "default"
+            }
+            .to_string()
+        });
         for name in list.split(',').filter(|s| !s.is_empty()) {
             args.scenarios.extend(Scenario::parse_list(name)?);
         }
@@ -258,6 +352,8 @@ enum Scenario {
     OneFsync { batch: usize, clients: usize },
     /// Read back records produced beforehand, 1,000 per request.
     Fetch { clients: usize },
+    /// Single records at `rate` per second (acks=all) and one consumer: end-to-end latency.
+    E2e { rate: u32, consumer: e2e::Consumer },
 }
 
 impl Scenario {
@@ -286,6 +382,18 @@ impl Scenario {
                 },
             ],
             "matrix" => matrix(),
+            "replication" => vec![
+                produce(1000, 8, Acks::All),
+                produce(1, 32, Acks::All),
+                Scenario::E2e {
+                    rate: 2000,
+                    consumer: e2e::Consumer::LongPoll,
+                },
+                Scenario::E2e {
+                    rate: 2000,
+                    consumer: e2e::Consumer::Sse,
+                },
+            ],
             "all" => {
                 let mut all = matrix();
                 all.push(Scenario::OneFsync {
@@ -326,6 +434,11 @@ impl Scenario {
             ("fetch", 2) => Ok(Scenario::Fetch {
                 clients: n(1)?.min(1024),
             }),
+            ("e2e", 3) => Ok(Scenario::E2e {
+                rate: n(1)? as u32,
+                consumer: e2e::Consumer::parse(parts[2])
+                    .ok_or(format!("consumer '{}' is not poll or sse", parts[2]))?,
+            }),
             _ => Err(format!("unknown scenario '{spec}'")),
         }
     }
@@ -339,18 +452,23 @@ impl Scenario {
             } => format!("produce:{batch}:{clients}:{}", acks.as_str()),
             Scenario::OneFsync { batch, clients } => format!("1fsync:{batch}:{clients}"),
             Scenario::Fetch { clients } => format!("fetch:{clients}"),
+            Scenario::E2e { rate, consumer } => format!("e2e:{rate}:{}", consumer.as_str()),
         }
     }
 
-    fn targets(&self) -> Vec<Target> {
+    /// The targets this scenario runs on; with `--cluster` the single broker and the cluster
+    /// take turns going first, by `repeat`.
+    fn targets(&self, cluster: bool, repeat: usize) -> Vec<Target> {
         match self {
-            Scenario::Produce { .. } => {
-                vec![Target::Tidelog, Target::Baseline { group_commit: true }]
-            }
             Scenario::OneFsync { .. } => vec![Target::Baseline {
                 group_commit: false,
             }],
-            Scenario::Fetch { .. } => vec![Target::Tidelog],
+            _ if cluster && repeat.is_multiple_of(2) => vec![Target::Single, Target::Rf3],
+            _ if cluster => vec![Target::Rf3, Target::Single],
+            Scenario::Produce { .. } => {
+                vec![Target::Tidelog, Target::Baseline { group_commit: true }]
+            }
+            Scenario::Fetch { .. } | Scenario::E2e { .. } => vec![Target::Tidelog],
         }
     }
 }
@@ -374,7 +492,13 @@ fn matrix() -> Vec<Scenario> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Tidelog,
-    Baseline { group_commit: bool },
+    Baseline {
+        group_commit: bool,
+    },
+    /// `--cluster`: one broker process, no `--peers`.
+    Single,
+    /// `--cluster`: three broker processes, topics replicated 3 ways.
+    Rf3,
 }
 
 impl Target {
@@ -385,6 +509,8 @@ impl Target {
             Target::Baseline {
                 group_commit: false,
             } => "baseline-1fsync",
+            Target::Single => "single",
+            Target::Rf3 => "rf3",
         }
     }
 }
@@ -639,8 +765,21 @@ struct Run {
     latencies_us: Vec<u32>,
     /// fsyncs done by the server during the run, and their summed duration in seconds.
     fsyncs: Option<(u64, f64)>,
-    /// CPU seconds used by the server runtime's threads (workers and blocking pool).
+    /// CPU seconds used by the server: the in-process runtime's threads (workers and
+    /// blocking pool), or the broker processes this run started.
     server_cpu_s: f64,
+    /// CPU seconds used by the client runtime's threads (the load generator itself).
+    client_cpu_s: f64,
+    /// Broker processes (`--cluster`): each one's CPU, fsyncs and replica fetches.
+    brokers: Vec<cluster::BrokerFigures>,
+    /// End-to-end runs: the produce answers' latencies (the run's own are the consumer's).
+    ack_latencies_us: Vec<u32>,
+    /// End-to-end runs: acknowledged records the consumer had not seen when the run gave up.
+    missing: u64,
+    /// End-to-end runs: how far (ms) the fixed-rate producer fell behind its schedule.
+    behind_ms_max: Option<u32>,
+    /// Broker processes: the `durability` a produce with the run's acks was answered with.
+    durability: Option<String>,
 }
 
 impl Run {
@@ -667,11 +806,10 @@ impl Run {
             .map(|(n, secs)| secs * 1000.0 / n as f64)
     }
     fn latency_ms(&self, percentile: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * percentile / 100.0).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
+        percentile_ms(&self.latencies_us, percentile)
+    }
+    fn ack_latency_ms(&self, percentile: f64) -> f64 {
+        percentile_ms(&self.ack_latencies_us, percentile)
     }
 
     fn line(&self) -> String {
@@ -692,10 +830,26 @@ impl Run {
         }
         let _ = write!(
             s,
-            "  server {:.0}% cpu, {:.0} us cpu/req",
+            "  server {:.0}% cpu, {:.0} us cpu/req, client {:.0}% cpu",
             self.server_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
-            self.server_cpu_us_per_request()
+            self.server_cpu_us_per_request(),
+            self.client_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
         );
+        if !self.ack_latencies_us.is_empty() {
+            let _ = write!(
+                s,
+                "  (end to end; produce answered p50 {:.2} ms p99 {:.2} ms)",
+                self.ack_latency_ms(50.0),
+                self.ack_latency_ms(99.0)
+            );
+        }
+        if let Some(ms) = self.behind_ms_max.filter(|ms| *ms > 1) {
+            let _ = write!(s, "  producer up to {ms} ms behind its rate");
+        }
+        if self.missing > 0 {
+            let _ = write!(s, "  {} RECORDS NOT SEEN", self.missing);
+        }
+        s.push_str(&cluster::broker_line(self));
         if self.errors > 0 {
             let _ = write!(
                 s,
@@ -708,6 +862,15 @@ impl Run {
     }
 }
 
+/// The `percentile` of sorted microsecond latencies, in milliseconds (NaN when empty).
+fn percentile_ms(sorted_us: &[u32], percentile: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * percentile / 100.0).round() as usize;
+    f64::from(sorted_us[i]) / 1000.0
+}
+
 fn http_client(clients: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -718,8 +881,9 @@ fn http_client(clients: usize) -> reqwest::Client {
         .expect("build the HTTP client")
 }
 
-/// `{"records":[{"value":"xx..."}, ...]}` with `batch` records of `VALUE_BYTES` each.
-fn produce_body(batch: usize) -> Bytes {
+/// `{"records":[{"value":"xx..."}, ...]}` with `batch` records of `VALUE_BYTES` each, each
+/// with `"partition"` when one is given.
+fn produce_body(batch: usize, partition: Option<u32>) -> Bytes {
     let value = format!("\"{}\"", "x".repeat(VALUE_BYTES - 2));
     let mut body = String::with_capacity(16 + batch * (VALUE_BYTES + 12));
     body.push_str("{\"records\":[");
@@ -727,7 +891,14 @@ fn produce_body(batch: usize) -> Bytes {
         if i > 0 {
             body.push(',');
         }
-        let _ = write!(body, "{{\"value\":{value}}}");
+        match partition {
+            Some(p) => {
+                let _ = write!(body, "{{\"partition\":{p},\"value\":{value}}}");
+            }
+            None => {
+                let _ = write!(body, "{{\"value\":{value}}}");
+            }
+        }
     }
     body.push_str("]}");
     Bytes::from(body)
@@ -755,7 +926,8 @@ async fn run_scenario(
             let url = format!("{base}/v1/topics/{topic}/records?acks={}", acks.as_str());
             let before = fsyncs(server).await;
             let cpu = thread_cpu_seconds(SERVER_THREADS);
-            let mut run = produce(&url, batch, clients, args.duration, u64::MAX).await;
+            let targets = vec![(url, produce_body(batch, None)); clients];
+            let mut run = produce(targets, batch, args.duration, u64::MAX).await;
             run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
             run.fsyncs = Some(fsyncs_since(server, before).await);
             if is_tidelog {
@@ -767,16 +939,31 @@ async fn run_scenario(
             let url = format!("{base}/v1/topics/{topic}/records?acks=all");
             let before = fsyncs(server).await;
             let cpu = thread_cpu_seconds(SERVER_THREADS);
-            let mut run = produce(&url, batch, clients, args.duration, u64::MAX).await;
+            let targets = vec![(url, produce_body(batch, None)); clients];
+            let mut run = produce(targets, batch, args.duration, u64::MAX).await;
             run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
             run.fsyncs = Some(fsyncs_since(server, before).await);
+            run
+        }
+        Scenario::E2e { rate, consumer } => {
+            create_topic(&base, &topic).await;
+            let produce_url = format!("{base}/v1/topics/{topic}/records?acks=all");
+            let partition_url = format!("{base}/v1/topics/{topic}/partitions/0");
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
+            let mut run =
+                e2e::run(&produce_url, &partition_url, consumer, rate, args.duration).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
+            delete_topic(&base, &topic).await;
             run
         }
         Scenario::Fetch { clients } => {
             create_topic(&base, &topic).await;
             let url = format!("{base}/v1/topics/{topic}/records?acks=all");
             let requests = args.fetch_records.div_ceil(1000);
-            let filled = produce(&url, 1000, 8, Duration::from_secs(120), requests).await;
+            let targets = vec![(url, produce_body(1000, None)); 8];
+            let filled = produce(targets, 1000, Duration::from_secs(120), requests).await;
             assert_eq!(filled.errors, 0, "filling the fetch topic failed");
             let before = fsyncs(server).await;
             let cpu = thread_cpu_seconds(SERVER_THREADS);
@@ -900,28 +1087,21 @@ fn merge(tallies: Vec<ClientTally>, elapsed: Duration) -> Run {
     run
 }
 
-/// `clients` tasks POST the same body back to back until `duration` has passed or
-/// `requests_max` requests were sent in all.
+/// One task per `(url, body)` target POSTs its body to its URL back to back until `duration`
+/// has passed or `requests_max` requests were sent in all.
 async fn produce(
-    url: &str,
+    targets: Vec<(String, Bytes)>,
     batch: usize,
-    clients: usize,
     duration: Duration,
     requests_max: u64,
 ) -> Run {
-    let client = http_client(clients);
-    let body = produce_body(batch);
+    let client = http_client(targets.len());
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
-    let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let (client, body, url, issued) = (
-            client.clone(),
-            body.clone(),
-            url.to_string(),
-            Arc::clone(&issued),
-        );
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (url, body) in targets {
+        let (client, issued) = (client.clone(), Arc::clone(&issued));
         tasks.push(tokio::spawn(async move {
             let mut tally = ClientTally::default();
             for _ in 0..REQUESTS_PER_CLIENT_MAX {
@@ -1068,8 +1248,9 @@ fn summary(args: &Args, results: &[Measured]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nMedians over {} repeats ({} ms each); ratio = tidelog/baseline records/s and cpu ratio = \
-         tidelog/baseline server CPU per request, each the median of per-repeat ratios\n",
+        "\nMedians over {} repeats ({} ms each); ratio = tidelog/baseline (rf3/single with \
+         --cluster) records/s and cpu ratio = the same for server CPU per request, each the \
+         median of per-repeat ratios; e2e rows: records/s and latencies are the consumer's\n",
         args.repeat,
         args.duration.as_millis()
     );
@@ -1083,7 +1264,7 @@ fn summary(args: &Args, results: &[Measured]) -> String {
     );
     for scenario in &args.scenarios {
         let name = scenario.name();
-        for target in scenario.targets() {
+        for target in scenario.targets(args.cluster, 0) {
             let rs = runs(results, &name, target);
             if rs.is_empty() {
                 continue;
@@ -1091,26 +1272,16 @@ fn summary(args: &Args, results: &[Measured]) -> String {
             let med = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| f(r)).collect());
             let fsyncs = med(&|r| r.fsyncs_per_s().unwrap_or(f64::NAN));
             let fsync_ms = med(&|r| r.fsync_mean_ms().unwrap_or(f64::NAN));
-            let ratio = (target == Target::Tidelog)
-                .then(|| {
-                    median_ratio(
-                        results,
-                        (&name, Target::Tidelog),
-                        (&name, Target::Baseline { group_commit: true }),
-                        Run::records_per_s,
-                    )
-                })
-                .flatten();
-            let cpu_ratio = (target == Target::Tidelog)
-                .then(|| {
-                    median_ratio(
-                        results,
-                        (&name, Target::Tidelog),
-                        (&name, Target::Baseline { group_commit: true }),
-                        Run::server_cpu_us_per_request,
-                    )
-                })
-                .flatten();
+            let against = match target {
+                Target::Tidelog => Some(Target::Baseline { group_commit: true }),
+                Target::Rf3 => Some(Target::Single),
+                _ => None,
+            };
+            let ratio_of = |f: fn(&Run) -> f64| {
+                against.and_then(|b| median_ratio(results, (&name, target), (&name, b), f))
+            };
+            let ratio = ratio_of(Run::records_per_s);
+            let cpu_ratio = ratio_of(Run::server_cpu_us_per_request);
             let errors: u64 = rs.iter().map(|r| r.errors).sum();
             let _ = writeln!(
                 out,
@@ -1143,8 +1314,77 @@ fn summary(args: &Args, results: &[Measured]) -> String {
             );
         }
     }
+    out.push_str(&details(args, results));
     out.push_str(&targets(results));
     out
+}
+
+/// Medians the main table has no room for: end-to-end runs' produce answers, and each
+/// broker process's CPU, fsyncs and replica fetches.
+fn details(args: &Args, results: &[Measured]) -> String {
+    let mut out = String::new();
+    for scenario in &args.scenarios {
+        let name = scenario.name();
+        for target in scenario.targets(args.cluster, 0) {
+            let rs = runs(results, &name, target);
+            let Some(first) = rs.first() else {
+                continue;
+            };
+            let med = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            if !first.ack_latencies_us.is_empty() {
+                let missing: u64 = rs.iter().map(|r| r.missing).sum();
+                let _ = writeln!(
+                    out,
+                    "- {name} {}: end to end p50 {:.2} ms p99 {:.2} ms; produce answered p50 {:.2} ms p99 {:.2} ms; {} produced/s{}",
+                    target.name(),
+                    med(&|r| r.latency_ms(50.0)),
+                    med(&|r| r.latency_ms(99.0)),
+                    med(&|r| r.ack_latency_ms(50.0)),
+                    med(&|r| r.ack_latency_ms(99.0)),
+                    med(&Run::requests_per_s).round(),
+                    if missing > 0 {
+                        format!("; {missing} acknowledged records NOT SEEN")
+                    } else {
+                        String::new()
+                    },
+                );
+            }
+            if first.brokers.is_empty() {
+                continue;
+            }
+            let _ = write!(out, "- {name} {}:", target.name());
+            if let Some(d) = &first.durability {
+                let _ = write!(out, " answered with durability {d};");
+            }
+            let _ = write!(out, " per broker");
+            for (i, b) in first.brokers.iter().enumerate() {
+                let secs = |r: &Run| r.elapsed.as_secs_f64();
+                let at = |r: &Run| r.brokers.get(i).cloned().unwrap_or_default();
+                let cpu = med(&|r| at(r).cpu_s.map_or(f64::NAN, |c| c * 100.0 / secs(r)));
+                let _ = write!(
+                    out,
+                    "; n{} {} cpu, {:.0} fsyncs/s, {:.0} replica fetches/s",
+                    b.node_id,
+                    if cpu.is_finite() {
+                        format!("{cpu:.0}%")
+                    } else {
+                        "-".into()
+                    },
+                    med(&|r| at(r).fsyncs as f64 / secs(r)),
+                    med(&|r| at(r).replica_fetches as f64 / secs(r)),
+                );
+            }
+            let _ = writeln!(
+                out,
+                "; client {:.0}% cpu",
+                med(&|r| r.client_cpu_s * 100.0 / r.elapsed.as_secs_f64())
+            );
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\nDetails (medians):\n{out}")
 }
 
 /// The issue's targets, checked against the medians of this run where it measured them.
@@ -1214,5 +1454,26 @@ fn targets(results: &[Measured]) -> String {
         0.8,
         "x",
     );
+    check(
+        "RF=3 over single broker records/s, batches of 1000x100B from 8 clients, acks=all",
+        median_ratio(
+            results,
+            ("produce:1000:8:all", Target::Rf3),
+            ("produce:1000:8:all", Target::Single),
+            Run::records_per_s,
+        ),
+        0.33,
+        "x",
+    );
+    for consumer in ["poll", "sse"] {
+        let scenario = format!("e2e:2000:{consumer}");
+        if let Some(p99) = med(&scenario, Target::Rf3, |r| r.latency_ms(99.0)) {
+            let verdict = if p99 < 5.0 { "met" } else { "NOT met" };
+            let _ = writeln!(
+                out,
+                "- RF=3 end-to-end p99 at 2,000 records/s ({consumer} consumer): {p99:.2} ms (goal < 5 ms): {verdict}"
+            );
+        }
+    }
     out
 }

@@ -1236,4 +1236,32 @@ mod tests {
             );
         }
     }
+
+    /// A large body is parsed with the worker handed over (`block_in_place`): on a runtime of
+    /// one worker, a task queued behind the parsing one still runs while the parse blocks.
+    /// Parsed on the worker, the queued task would wait for the parse, which waits for it.
+    #[test]
+    fn a_large_body_is_parsed_off_the_async_worker_and_a_small_one_on_it() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let queued_task_ran_during_parse = |len: usize| {
+            runtime.block_on(async {
+                tokio::spawn(async move {
+                    let (ran, ran_seen) = std::sync::mpsc::channel();
+                    tokio::spawn(async move { ran.send(()) });
+                    parse_off_the_workers(len, || {
+                        ran_seen
+                            .recv_timeout(std::time::Duration::from_secs(2))
+                            .is_ok()
+                    })
+                })
+                .await
+                .unwrap()
+            })
+        };
+        assert!(queued_task_ran_during_parse(PARSE_ON_WORKER_BYTES_MAX + 1));
+        assert!(!queued_task_ran_during_parse(PARSE_ON_WORKER_BYTES_MAX));
+    }
 }

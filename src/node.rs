@@ -30,6 +30,7 @@ use crate::groups::offsets::{OFFSETS_TOPIC, OffsetsTopicMaker};
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
 use crate::metadata::{Command, MetadataError};
+use crate::replication::Replicator;
 use crate::replication::manager::ReplicaManager;
 
 /// One tidelog process: the broker, the group coordinator, their background tasks.
@@ -47,6 +48,9 @@ pub struct Node {
     /// The local replicas of the cluster's partitions and their roles (idle on a broker
     /// alone).
     pub replicas: Arc<ReplicaManager>,
+    /// The replication data path: leaders' follower fetches, high watermarks and ISR
+    /// changes, and this broker's fetchers (idle on a broker alone).
+    pub replication: Arc<Replicator>,
     /// Retention, group sessions, metrics refresh; stopped by shutdown, aborted when the node
     /// drops.
     tasks: Arc<BackgroundTasks>,
@@ -75,6 +79,14 @@ impl Node {
         if cluster.is_clustered() {
             groups.make_offsets_topic_with(offsets_topic_maker(&cluster, &broker, &replicas));
         }
+        let settings = crate::replication::Settings::from_config(&broker.config);
+        let replication = Replicator::new(
+            Arc::clone(&broker),
+            Arc::clone(&cluster),
+            Arc::clone(&replicas),
+            settings,
+        );
+        tasks.extend(replication.start());
         tasks.extend(replicas.start(&broker.shutdown_signal()));
         tasks.extend(cluster.start(&broker.shutdown_signal()));
         let forward = Forwarder::new(Duration::from_millis(broker.limits().forward_timeout_ms));
@@ -84,6 +96,7 @@ impl Node {
             cluster,
             forward,
             replicas,
+            replication,
             tasks: Arc::new(BackgroundTasks(Mutex::new(tasks))),
         })
     }

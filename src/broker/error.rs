@@ -45,6 +45,12 @@ pub enum BrokerError {
     CorruptLog(String),
     /// `acks=all` did not become durable within the request's timeout.
     Timeout,
+    /// A producer's append reached a replica that follows a leader (or whose partition has
+    /// none right now): only the leader takes appends.
+    NotLeader {
+        topic: String,
+        partition: u32,
+    },
     /// `acks=all` on a replicated partition whose in-sync replica set is below its
     /// minimum: nothing was appended.
     NotEnoughReplicas {
@@ -137,6 +143,10 @@ impl fmt::Display for BrokerError {
             BrokerError::Timeout => {
                 write!(f, "records were not durable before the request timeout")
             }
+            BrokerError::NotLeader { topic, partition } => write!(
+                f,
+                "this broker does not lead {topic}/{partition}: its replica here follows the leader"
+            ),
             BrokerError::NotEnoughReplicas {
                 isr,
                 min_insync_replicas,

@@ -129,6 +129,9 @@ pub struct Partition {
     /// Where recovery cut fsynced data that failed its checks, at open (see
     /// [`Partition::synced_data_lost_at`]).
     synced_data_lost_at: Option<u64>,
+    /// Set while this replica follows a leader (or its partition has none): producers'
+    /// appends are refused (`not_leader`), only the leader's batches are appended.
+    follower: AtomicBool,
 }
 
 /// The in-sync replica count of a replicated partition's leader and its minimum.
@@ -256,6 +259,7 @@ impl Partition {
             hw_external: AtomicBool::new(false),
             end,
             synced_data_lost_at: report.synced_data_lost_at,
+            follower: AtomicBool::new(false),
         });
         if let Some(offset) = report.synced_data_lost_at {
             tracing::warn!(
@@ -341,6 +345,12 @@ impl Partition {
         urgent: bool,
     ) -> Result<(u64, u64), BrokerError> {
         self.check_writable()?;
+        if self.follower.load(Ordering::Acquire) {
+            return Err(BrokerError::NotLeader {
+                topic: self.topic.to_string(),
+                partition: self.id,
+            });
+        }
         let epoch = self.leader_epoch.load(Ordering::Acquire);
         let result = {
             let mut log = self.lock();
@@ -759,6 +769,11 @@ impl Partition {
     pub fn set_isr_gate(&self, gate: Option<IsrGate>) {
         self.isr_gate
             .send_if_modified(|g| std::mem::replace(g, gate) != gate);
+    }
+
+    /// Makes this replica a follower (producers' appends refused) or a leader again.
+    pub fn set_follower(&self, follower: bool) {
+        self.follower.store(follower, Ordering::Release);
     }
 
     pub fn isr_gate(&self) -> Option<IsrGate> {

@@ -172,3 +172,34 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
         .unwrap();
     assert_eq!(standalone.durability, Durability::Fsync);
 }
+
+/// Issue 9: a replica that follows a leader refuses producers (only the leader's batches
+/// are appended to it), whatever the acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_replica_refuses_producers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    broker
+        .create_topic("t", 1, TopicConfig::default(), false)
+        .await
+        .unwrap();
+    let topic = broker.topic("t").unwrap();
+    let partition = topic.partition(0).unwrap();
+    partition.set_follower(true);
+    for acks in [Acks::All, Acks::Leader, Acks::None] {
+        let refused = broker
+            .produce(&topic, &[one_record(0)], acks, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            BrokerError::NotLeader {
+                topic: "t".into(),
+                partition: 0
+            }
+        );
+    }
+    assert_eq!(partition.stats().log_end_offset, 0);
+    partition.set_follower(false);
+    produce_ones(&broker, "t", 0, 1).await;
+}

@@ -131,6 +131,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::Timeout => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "request_timeout", detail)
             }
+            BrokerError::NotLeader { .. } => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", detail)
+            }
             BrokerError::NotEnoughReplicas {
                 isr,
                 min_insync_replicas,

@@ -1,6 +1,7 @@
 //! Internal routes (`/internal/v1/`, OpenAPI tag `internal`): brokers call them on the
-//! controller's port to register, heartbeat and follow the metadata log. Only the controller
-//! serves them; any other broker answers 421 `not_controller` with the controller's id.
+//! controller's port to register, heartbeat, follow the metadata log and change ISRs (only
+//! the controller serves those; any other broker answers 421 `not_controller` with the
+//! controller's id), and on a leader's port to fetch replicated data (every broker).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,11 @@ use super::body::{parse_query, read_json};
 use super::error::{ApiError, ApiResult};
 use crate::cluster::controller::{ControlError, Controller, Registration};
 use crate::cluster::protocol::{
-    HeartbeatAnswer, HeartbeatRequest, IndexedCommand, MetadataAnswer, MetadataQuery,
-    RegisterAnswer, RegisterRequest,
+    AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest, IndexedCommand,
+    MetadataAnswer, MetadataQuery, RegisterAnswer, RegisterRequest,
 };
-use crate::metadata::MetadataError;
+use crate::metadata::{Command, MetadataError};
+use crate::replication::wire::{self, FetchRequest};
 
 /// Most commands one metadata answer carries.
 const METADATA_PAGE_COMMANDS: usize = 1000;
@@ -170,4 +172,52 @@ fn refused(e: MetadataError, detail: String) -> ApiError {
         }
         _ => ApiError::new(StatusCode::CONFLICT, "metadata_conflict", detail),
     }
+}
+
+/// `POST /internal/v1/partitions/alter`: a leader changes its partition's ISR
+/// (compare-and-swap on the partition epoch); served by the controller.
+pub async fn alter_partition(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let controller = controller(&node)?;
+    let r: AlterPartitionRequest =
+        read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    controller.check_member(r.node_id, r.broker_epoch)?;
+    let index = controller
+        .propose(Command::AlterPartition {
+            topic: r.topic,
+            partition: r.partition,
+            leader: r.node_id,
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+            isr: r.isr,
+        })
+        .await?;
+    Ok(axum::Json(AlterPartitionAnswer { index }).into_response())
+}
+
+/// `POST /internal/v1/replica/fetch`: a follower's long-poll for the partitions it follows
+/// from this broker (JSON request, binary answer: `replication::wire`).
+pub async fn replica_fetch(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let request: FetchRequest =
+        read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    if request.partitions.len() as u64 > u64::from(wire::FETCH_PARTITIONS_MAX) {
+        return Err(ApiError::invalid(format!(
+            "{} partitions in one replica fetch (at most {})",
+            request.partitions.len(),
+            wire::FETCH_PARTITIONS_MAX
+        )));
+    }
+    let answer = node.replication.serve_fetch(&request).await;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        answer,
+    )
+        .into_response())
 }

@@ -159,6 +159,14 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             produce_split::APPEND_ROUTE,
             vec![on(Method::POST, produce_split::append)],
         ),
+        (
+            crate::cluster::protocol::ALTER_PARTITION_PATH,
+            vec![on(Method::POST, internal::alter_partition)],
+        ),
+        (
+            crate::replication::fetcher::REPLICA_FETCH_PATH,
+            vec![on(Method::POST, internal::replica_fetch)],
+        ),
     ]
 }
 

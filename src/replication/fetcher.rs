@@ -1,0 +1,266 @@
+//! The follower side: one fetcher task per source leader broker, every partition followed
+//! from that broker in one long-poll (`POST /internal/v1/replica/fetch`).
+//!
+//! Per partition and answer: truncate where the leader says the logs diverge (never below
+//! this replica's high watermark: a replica asked to do that stops, loudly), append the
+//! batches as the leader stored them, fsync at once when the leader says an `acks=all`
+//! producer waits (then fetch again at once, so the leader learns the fsynced offset), and
+//! move this replica's high watermark to min(leader's HW, own fsynced end).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::Replicator;
+use super::wire::{self, FetchError, FetchRequest, PartitionAnswer, PartitionFetch};
+use crate::broker::{BrokerError, Partition};
+use crate::cluster::client::CallError;
+use crate::metadata::{LeaderEpoch, NodeId};
+use crate::metrics as m;
+
+/// The replica fetch route.
+pub const REPLICA_FETCH_PATH: &str = "/internal/v1/replica/fetch";
+/// Most record bytes one fetch asks for over all its partitions.
+const FETCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// How long a partition whose fetch failed (stale metadata on either side) waits before it
+/// is asked for again; also the pause after a leader did not answer.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// The long-poll wait while this follower holds appended data not yet fsynced: short, so the
+/// leader learns the fsync (and moves the high watermark) soon after it completes.
+const UNSYNCED_WAIT: Duration = Duration::from_millis(20);
+
+/// One partition followed from a leader.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub replica: Arc<Partition>,
+    pub leader_epoch: LeaderEpoch,
+}
+
+/// Follows every partition in `set` from `leader` until the set's sender is dropped or the
+/// broker shuts down.
+pub async fn run(
+    replicator: Arc<Replicator>,
+    leader: NodeId,
+    mut set: watch::Receiver<Vec<Followed>>,
+) {
+    let mut shutdown = replicator.broker.shutdown_signal();
+    let mut fetcher = Fetcher {
+        replicator,
+        leader,
+        retry_at: HashMap::new(),
+        stopped: HashMap::new(),
+    };
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let followed = set.borrow_and_update().clone();
+        let round = fetcher.round(&followed);
+        let pause = tokio::select! {
+            pause = round => pause,
+            // The followed set changed: start over with it (the long-poll is dropped).
+            changed = set.changed() => match changed {
+                Ok(()) => None,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                changed = set.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+struct Fetcher {
+    replicator: Arc<Replicator>,
+    leader: NodeId,
+    /// Partitions not asked for until then.
+    retry_at: HashMap<(Arc<str>, u32), Instant>,
+    /// Replicas stopped in a leader epoch (asked to cut below their high watermark).
+    stopped: HashMap<(Arc<str>, u32), LeaderEpoch>,
+}
+
+impl Fetcher {
+    /// One fetch and its answer. Returns how long to pause before the next one, if at all.
+    async fn round(&mut self, followed: &[Followed]) -> Option<Duration> {
+        let now = Instant::now();
+        self.retry_at.retain(|_, at| *at > now);
+        let mut asked = Vec::new();
+        let mut unsynced = false;
+        for f in followed {
+            let key = (Arc::clone(&f.topic), f.partition);
+            if self.retry_at.contains_key(&key) || self.stopped.get(&key) == Some(&f.leader_epoch) {
+                continue;
+            }
+            let end = f.replica.log_end_offset();
+            let flushed = f.replica.progress().fsynced_offset;
+            unsynced |= flushed < end;
+            asked.push(PartitionFetch {
+                topic: f.topic.to_string(),
+                partition: f.partition,
+                leader_epoch: f.leader_epoch,
+                fetch_offset: end,
+                last_fetched_epoch: f.replica.latest_epoch(),
+                flushed_offset: flushed,
+            });
+        }
+        if asked.is_empty() {
+            return Some(RETRY_AFTER);
+        }
+        let r = &self.replicator;
+        let (Some(broker_epoch), Some(to)) = (
+            r.cluster.broker_epoch(),
+            r.cluster.peer_address(self.leader),
+        ) else {
+            return Some(RETRY_AFTER);
+        };
+        let wait = if unsynced {
+            UNSYNCED_WAIT.min(r.settings.fetch_wait_max)
+        } else {
+            r.settings.fetch_wait_max
+        };
+        let request = FetchRequest {
+            replica: r.node_id,
+            broker_epoch,
+            max_wait_ms: wait.as_millis() as u64,
+            max_bytes: FETCH_BYTES_MAX,
+            partitions: asked,
+        };
+        let started = Instant::now();
+        let answer = self.call(to, &request, wait).await;
+        ::metrics::histogram!(m::REPLICA_FETCH_SECONDS).record(started.elapsed().as_secs_f64());
+        let bytes = match answer {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                ::metrics::counter!(m::REPLICA_FETCH_ERRORS).increment(1);
+                tracing::debug!(leader = self.leader.0, "replica fetch: {e}");
+                return Some(RETRY_AFTER);
+            }
+        };
+        ::metrics::counter!(m::REPLICA_FETCHES).increment(1);
+        // Kept alive (at its value) while fetches go well, so rate() sees it before a failure.
+        ::metrics::counter!(m::REPLICA_FETCH_ERRORS).increment(0);
+        let parts = match wire::decode_answer(&bytes) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(leader = self.leader.0, "replica fetch answer: {e}");
+                return Some(RETRY_AFTER);
+            }
+        };
+        let mut synced = Vec::new();
+        for (answer, records) in parts {
+            let Some(f) = followed
+                .iter()
+                .find(|f| *f.topic == *answer.topic && f.partition == answer.partition)
+            else {
+                continue;
+            };
+            if self.apply(f, &answer, records).await && answer.sync_now {
+                synced.push((f, answer.high_watermark));
+            }
+        }
+        // The leader waits on these: fsync now, then fetch again at once to say so.
+        for (f, leader_hw) in &synced {
+            if let Err(e) = f.replica.flush_now().await {
+                tracing::error!(topic = %f.topic, partition = f.partition, "fsync of replicated data: {e}");
+            }
+            f.replica.advance_high_watermark(*leader_hw);
+        }
+        None
+    }
+
+    async fn call(
+        &self,
+        to: SocketAddr,
+        request: &FetchRequest,
+        wait: Duration,
+    ) -> Result<bytes::Bytes, CallError> {
+        // Room for the leader's wait, its reads, and a busy machine.
+        let deadline = wait + self.replicator.settings.fetch_timeout;
+        self.replicator
+            .client
+            .post_for_bytes(
+                to,
+                REPLICA_FETCH_PATH,
+                request,
+                deadline,
+                (FETCH_BYTES_MAX as usize).saturating_mul(2) + (1 << 20),
+            )
+            .await
+    }
+
+    /// Applies one partition's answer. Returns true when it appended records.
+    async fn apply(&mut self, f: &Followed, answer: &PartitionAnswer, records: &[u8]) -> bool {
+        let key = (Arc::clone(&f.topic), f.partition);
+        if let Some(error) = answer.error {
+            if error == FetchError::OffsetOutOfRange
+                && f.replica.log_end_offset() < answer.log_start_offset
+            {
+                // Everything this replica holds precedes the leader's log: start over there.
+                self.stop_on(f, f.replica.reset_to(answer.log_start_offset).await);
+                return false;
+            }
+            tracing::debug!(topic = %f.topic, partition = f.partition, ?error, "replica fetch refused");
+            self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
+            return false;
+        }
+        if let Some(d) = answer.diverging {
+            let own = f.replica.epoch_end(d.epoch).map_or(0, |e| e.end_offset);
+            let cut = d.end_offset.min(own);
+            tracing::info!(
+                topic = %f.topic,
+                partition = f.partition,
+                leader_epoch = d.epoch,
+                cut,
+                "log diverges from the leader's: truncating"
+            );
+            self.stop_on(f, f.replica.truncate_to(cut).await.map(|_| ()));
+            return false;
+        }
+        let mut appended = false;
+        if !records.is_empty() {
+            match f.replica.append_replicated(records, false) {
+                Ok(_) => appended = true,
+                Err(e) => {
+                    tracing::warn!(topic = %f.topic, partition = f.partition, "appending replicated batches: {e}");
+                    self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
+                    return false;
+                }
+            }
+        }
+        f.replica.advance_high_watermark(answer.high_watermark);
+        appended
+    }
+
+    /// A truncation or reset refused below the high watermark stops this replica for the
+    /// leader epoch (it would drop records acknowledged as replicated); other failures are
+    /// retried.
+    fn stop_on(&mut self, f: &Followed, result: Result<(), BrokerError>) {
+        let key = (Arc::clone(&f.topic), f.partition);
+        match result {
+            Ok(()) => {}
+            Err(e @ BrokerError::BelowHighWatermark { .. }) => {
+                tracing::error!(
+                    topic = %f.topic,
+                    partition = f.partition,
+                    leader_epoch = f.leader_epoch.0,
+                    "replica stopped: {e}"
+                );
+                self.stopped.insert(key, f.leader_epoch);
+            }
+            Err(e) => {
+                tracing::warn!(topic = %f.topic, partition = f.partition, "{e}");
+                self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! The leader side of replication: one [`Led`] per partition this broker leads, fed by the
+//! followers' fetches (`POST /internal/v1/replica/fetch`), which moves the partition's high
+//! watermark and decides ISR changes (rules in [`super::isr`]).
+//!
+//! Locks: a `Led`'s state is a std mutex held for bookkeeping only, never across an
+//! `.await` and never while a `Partition` method runs (the partition's own lock is taken
+//! after it is released).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use super::isr::{LeaderReplicas, PendingIsr};
+use super::wire::{Diverging, FetchError, PartitionAnswer, PartitionFetch};
+use crate::broker::{BrokerError, IsrGate, Partition};
+use crate::metadata::{LeaderEpoch, NodeId, PartitionEpoch};
+
+/// One partition this broker leads, in one leader epoch.
+#[derive(Debug)]
+pub struct Led {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub replica: Arc<Partition>,
+    pub leader_epoch: LeaderEpoch,
+    state: Mutex<LedState>,
+    /// Flipped when the leadership ends; the partition's leader task stops.
+    retired: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct LedState {
+    replicas: LeaderReplicas,
+    /// The partition epoch of the ISR in `replicas.isr`: an ISR change names it (CAS).
+    partition_epoch: PartitionEpoch,
+}
+
+/// The confirmed ISR of a partition as the metadata gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrRecord {
+    pub replicas: Vec<NodeId>,
+    pub isr: Vec<NodeId>,
+    pub min_insync_replicas: u32,
+    pub partition_epoch: PartitionEpoch,
+}
+
+/// An ISR change to propose to the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrProposal {
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: PartitionEpoch,
+    pub isr: Vec<NodeId>,
+}
+
+impl Led {
+    /// A new leadership of `replica` by `me`. Its high watermark starts where the replica's
+    /// is; it moves only as the in-sync replicas fsync.
+    pub fn new(
+        topic: Arc<str>,
+        partition: u32,
+        replica: Arc<Partition>,
+        me: NodeId,
+        leader_epoch: LeaderEpoch,
+        record: &IsrRecord,
+        now_ms: u64,
+    ) -> Led {
+        let hw = replica.progress().high_watermark;
+        let replicas = LeaderReplicas::new(
+            me,
+            &record.replicas,
+            record.isr.clone(),
+            record.min_insync_replicas,
+            hw,
+            now_ms,
+        );
+        let led = Led {
+            topic,
+            partition,
+            replica,
+            leader_epoch,
+            state: Mutex::new(LedState {
+                replicas,
+                partition_epoch: record.partition_epoch,
+            }),
+            retired: watch::Sender::new(false),
+        };
+        led.publish_gate();
+        led
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LedState> {
+        self.state
+            .lock()
+            .expect("a leader state lock is not poisoned")
+    }
+
+    /// The metadata brought a new ISR (or the same one under a new partition epoch): it is
+    /// the confirmed set now, and a pending change is settled either way.
+    pub fn confirm(&self, record: &IsrRecord) {
+        {
+            let mut s = self.lock();
+            if s.partition_epoch == record.partition_epoch
+                && s.replicas.isr == record.isr
+                && s.replicas.min_insync_replicas == record.min_insync_replicas
+            {
+                return;
+            }
+            s.replicas.isr = record.isr.clone();
+            s.replicas.min_insync_replicas = record.min_insync_replicas;
+            s.replicas.pending = None;
+            s.partition_epoch = record.partition_epoch;
+        }
+        self.publish_gate();
+        self.advance();
+    }
+
+    /// The proposal failed (refused or unanswered): the next check proposes again.
+    pub fn proposal_failed(&self) {
+        self.lock().replicas.pending = None;
+    }
+
+    /// Tells producers how many replicas are in sync (the confirmed set).
+    fn publish_gate(&self) {
+        let gate = {
+            let s = self.lock();
+            IsrGate {
+                isr: s.replicas.isr.len() as u32,
+                min_insync_replicas: s.replicas.min_insync_replicas,
+            }
+        };
+        self.replica.set_isr_gate(Some(gate));
+    }
+
+    /// Moves the high watermark from what the ISR fsynced (the leader's own fsync included)
+    /// and publishes it to the partition. Returns it.
+    pub fn advance(&self) -> u64 {
+        let fsynced = self.replica.progress().fsynced_offset;
+        let hw = self.lock().replicas.advance_high_watermark(fsynced);
+        self.replica.advance_high_watermark(hw)
+    }
+
+    /// The ISR change to propose now, if any (and marks it pending). `eligible` says which
+    /// followers may join (active brokers).
+    pub fn isr_check(
+        &self,
+        now_ms: u64,
+        lag_max_ms: u64,
+        eligible: &[NodeId],
+    ) -> Option<IsrProposal> {
+        let mut s = self.lock();
+        let next = s
+            .replicas
+            .isr_change(now_ms, lag_max_ms, |n| eligible.contains(&n))?;
+        s.replicas.pending = Some(PendingIsr {
+            proposed: next.clone(),
+        });
+        Some(IsrProposal {
+            leader_epoch: self.leader_epoch,
+            partition_epoch: s.partition_epoch,
+            isr: next,
+        })
+    }
+
+    /// Per follower: records behind the leader's log end (for the lag metrics).
+    pub fn follower_lags(&self) -> Vec<(NodeId, u64)> {
+        let end = self.replica.log_end_offset();
+        self.lock()
+            .replicas
+            .followers
+            .iter()
+            .map(|(n, f)| (*n, end.saturating_sub(f.fetch_offset)))
+            .collect()
+    }
+
+    /// The confirmed ISR's size and the replication factor.
+    pub fn isr_and_replicas(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.replicas.isr.len(), s.replicas.followers.len() + 1)
+    }
+
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        self.retired.subscribe()
+    }
+
+    /// Checks one partition of a follower's fetch and records its position. Answers the
+    /// partition's header (no records yet) and, when the fetch is valid, the offset to read
+    /// from. `now_ms` is the replication clock.
+    pub fn on_fetch(
+        &self,
+        follower: NodeId,
+        fetch: &PartitionFetch,
+        now_ms: u64,
+    ) -> (PartitionAnswer, Option<u64>) {
+        let progress = self.replica.progress();
+        let mut answer = PartitionAnswer {
+            topic: fetch.topic.clone(),
+            partition: fetch.partition,
+            error: None,
+            high_watermark: progress.high_watermark,
+            log_start_offset: progress.log_start_offset,
+            diverging: None,
+            sync_now: false,
+        };
+        if fetch.leader_epoch < self.leader_epoch {
+            answer.error = Some(FetchError::FencedLeaderEpoch);
+            return (answer, None);
+        }
+        if fetch.leader_epoch > self.leader_epoch {
+            answer.error = Some(FetchError::UnknownLeaderEpoch);
+            return (answer, None);
+        }
+        if fetch.fetch_offset < progress.log_start_offset {
+            answer.error = Some(FetchError::OffsetOutOfRange);
+            return (answer, None);
+        }
+        let end = self.replica.log_end_offset();
+        if let Some(diverging) = self.divergence(fetch, end) {
+            answer.diverging = Some(diverging);
+            return (answer, None);
+        }
+        if !self.lock().replicas.on_fetch(
+            follower,
+            fetch.fetch_offset,
+            fetch.flushed_offset,
+            end,
+            now_ms,
+        ) {
+            answer.error = Some(FetchError::NotAFollower);
+            return (answer, None);
+        }
+        answer.high_watermark = self.advance();
+        answer.sync_now = self.replica.acks_all_waiting();
+        (answer, Some(fetch.fetch_offset))
+    }
+
+    /// Where the follower's log leaves this one (KIP-101, KIP-279), if it does.
+    fn divergence(&self, fetch: &PartitionFetch, end: u64) -> Option<Diverging> {
+        let Some(epoch) = fetch.last_fetched_epoch else {
+            // An empty follower log (or one reset to a start offset): it only diverges by
+            // being ahead of this log.
+            return (fetch.fetch_offset > end).then(|| Diverging {
+                epoch: self.replica.latest_epoch().unwrap_or(0),
+                end_offset: end,
+            });
+        };
+        match self.replica.epoch_end(epoch) {
+            Some(e) if e.epoch == epoch && e.end_offset >= fetch.fetch_offset => None,
+            Some(e) => Some(Diverging {
+                epoch: e.epoch,
+                end_offset: e.end_offset,
+            }),
+            // Every epoch here is newer than the follower's last: none of its records past
+            // this log's start are ours. It keeps at most what precedes our log start.
+            None => Some(Diverging {
+                epoch,
+                end_offset: self.replica.progress().log_start_offset,
+            }),
+        }
+    }
+
+    /// Reads the batches a fetch asked for: up to the log end, at most `max_bytes` (at
+    /// least one batch). A read error becomes the partition's answer's error.
+    pub async fn read(&self, answer: &mut PartitionAnswer, from: u64, max_bytes: u64) -> Vec<u8> {
+        if from >= self.replica.log_end_offset() {
+            return Vec::new();
+        }
+        match self.replica.read_for_replica(from, max_bytes).await {
+            Ok(bytes) => bytes,
+            Err(BrokerError::OffsetOutOfRange {
+                log_start_offset, ..
+            }) => {
+                answer.error = Some(FetchError::OffsetOutOfRange);
+                answer.log_start_offset = log_start_offset;
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    "reading for a follower: {e}"
+                );
+                answer.error = Some(FetchError::StorageUnavailable);
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::FlushPolicy;
+    use crate::log::LogConfig;
+    use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
+
+    fn n(id: u32) -> NodeId {
+        NodeId(id)
+    }
+
+    async fn open(dir: &Path) -> Arc<Partition> {
+        let flush = FlushPolicy {
+            flush_ms: 1,
+            flush_bytes: 1,
+        };
+        let p = Partition::open("t".into(), 0, dir, LogConfig::default(), flush, false)
+            .unwrap()
+            .0;
+        p.set_hw_mode(crate::broker::partition::HwMode::External);
+        p
+    }
+
+    /// Appends `records` records under `epoch` and fsyncs them.
+    async fn append(p: &Arc<Partition>, epoch: u32, records: u32) {
+        p.set_leader_epoch(epoch).unwrap();
+        let mut builder = BatchBuilder::with_capacity(64);
+        for _ in 0..records {
+            builder.push(&RecordRef {
+                timestamp_ms: 1,
+                key: None,
+                key_is_utf8: false,
+                value: Some(b"1"),
+                value_is_json: true,
+                headers: &[],
+            });
+        }
+        let mut batch = builder.finish(ProducerInfo::NONE, None);
+        p.append(&mut batch, records, true).unwrap();
+        p.flush_now().await.unwrap();
+    }
+
+    fn led(p: &Arc<Partition>, epoch: u32) -> Led {
+        let record = IsrRecord {
+            replicas: vec![n(1), n(2), n(3)],
+            isr: vec![n(1), n(2), n(3)],
+            min_insync_replicas: 2,
+            partition_epoch: PartitionEpoch(0),
+        };
+        Led::new(
+            "t".into(),
+            0,
+            Arc::clone(p),
+            n(1),
+            LeaderEpoch(epoch),
+            &record,
+            0,
+        )
+    }
+
+    fn fetch(epoch: u32, offset: u64, last: Option<u32>, flushed: u64) -> PartitionFetch {
+        PartitionFetch {
+            topic: "t".into(),
+            partition: 0,
+            leader_epoch: LeaderEpoch(epoch),
+            fetch_offset: offset,
+            last_fetched_epoch: last,
+            flushed_offset: flushed,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_high_watermark_moves_as_the_isr_fsyncs_and_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        append(&p, 0, 3).await;
+        let l = led(&p, 0);
+        assert_eq!(p.progress().high_watermark, 0, "no follower fetched yet");
+        let (a, from) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
+        assert_eq!((a.error, from), (None, Some(3)));
+        assert_eq!(a.high_watermark, 0, "follower 3 has nothing yet");
+        let (a, _) = l.on_fetch(n(3), &fetch(0, 3, Some(0), 1), 1);
+        assert_eq!(a.high_watermark, 1, "follower 3 fsynced only 1");
+        l.on_fetch(n(3), &fetch(0, 3, Some(0), 3), 2);
+        assert_eq!(p.progress().high_watermark, 3, "published to consumers");
+        assert_eq!(
+            p.isr_gate(),
+            Some(IsrGate {
+                isr: 3,
+                min_insync_replicas: 2
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_and_future_epochs_and_strangers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        append(&p, 4, 1).await;
+        let l = led(&p, 4);
+        let error = |node, f: PartitionFetch| l.on_fetch(n(node), &f, 0).0.error;
+        assert_eq!(
+            error(2, fetch(3, 0, None, 0)),
+            Some(FetchError::FencedLeaderEpoch)
+        );
+        assert_eq!(
+            error(2, fetch(5, 0, None, 0)),
+            Some(FetchError::UnknownLeaderEpoch)
+        );
+        assert_eq!(
+            error(7, fetch(4, 0, None, 0)),
+            Some(FetchError::NotAFollower)
+        );
+        assert_eq!(error(2, fetch(4, 0, None, 0)), None);
+    }
+
+    /// KIP-101/279: the leader answers where the follower's log leaves its own.
+    #[tokio::test]
+    async fn a_follower_that_diverges_is_told_where_to_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        append(&p, 0, 5).await;
+        append(&p, 2, 3).await;
+        let l = led(&p, 2);
+        let diverging = |f: PartitionFetch| {
+            let (a, from) = l.on_fetch(n(2), &f, 0);
+            assert!(a.diverging.is_none() || from.is_none());
+            a.diverging.map(|d| (d.epoch, d.end_offset))
+        };
+        // It wrote offsets 5 and 6 under epoch 1, which this log never had: cut at 5.
+        assert_eq!(diverging(fetch(2, 7, Some(1), 7)), Some((0, 5)));
+        // More of epoch 0 than this log has.
+        assert_eq!(diverging(fetch(2, 6, Some(0), 6)), Some((0, 5)));
+        // Ahead of this log's end in the current epoch.
+        assert_eq!(diverging(fetch(2, 10, Some(2), 10)), Some((2, 8)));
+        // Agreeing logs.
+        assert_eq!(diverging(fetch(2, 5, Some(0), 5)), None);
+        assert_eq!(diverging(fetch(2, 8, Some(2), 8)), None);
+        assert_eq!(diverging(fetch(2, 0, None, 0)), None);
+    }
+}

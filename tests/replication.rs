@@ -9,6 +9,7 @@
 mod checker;
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -300,48 +301,77 @@ fn every_acknowledged_record_is_on_every_replica() {
 }
 
 /// A producer that keeps sending acks=all batches of 5 to `partition`'s current leader (as
-/// node 1 sees it) until `stop`; returns the acknowledgement count after each batch, with
-/// when it came.
-fn spawn_steady_producer(
-    urls: Vec<String>,
-    topic: &'static str,
-    partition: u32,
-    history: &Arc<Mutex<History>>,
-    stop: &Arc<std::sync::atomic::AtomicBool>,
-    acked: &Arc<std::sync::atomic::AtomicUsize>,
-) -> thread::JoinHandle<()> {
-    let history = Arc::clone(history);
-    let stop = Arc::clone(stop);
-    let acked = Arc::clone(acked);
-    thread::spawn(move || {
-        let deadline = Instant::now() + 4 * DEADLINE;
-        let mut i = 0;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-            let (_, d) = get(&format!("{}/v1/topics/{topic}", urls[0]));
-            let leader = d["partitions"][partition as usize]["leader"]
-                .as_u64()
-                .unwrap_or(0) as usize;
-            if leader == 0 {
-                thread::sleep(Duration::from_millis(50));
-                continue;
+/// node 1 sees it) until stopped, counting the records acknowledged.
+struct SteadyProducer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl SteadyProducer {
+    fn start(
+        urls: Vec<String>,
+        topic: &'static str,
+        partition: u32,
+        history: &Arc<Mutex<History>>,
+    ) -> SteadyProducer {
+        let history = Arc::clone(history);
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let (stopped, counted) = (Arc::clone(&stop), Arc::clone(&acked));
+        let thread = thread::spawn(move || {
+            let deadline = Instant::now() + 4 * DEADLINE;
+            let mut i = 0;
+            while !stopped.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let (_, d) = get(&format!("{}/v1/topics/{topic}", urls[0]));
+                let leader = d["partitions"][partition as usize]["leader"]
+                    .as_u64()
+                    .unwrap_or(0) as usize;
+                if leader == 0 {
+                    thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                let values: Vec<String> = (i..i + 5).map(|k| format!("s{partition}-{k}")).collect();
+                i += 5;
+                let url = &urls[leader - 1];
+                if produce(url, topic, partition, &values, "all", &history) == 200 {
+                    counted.fetch_add(values.len(), Ordering::SeqCst);
+                } else {
+                    thread::sleep(Duration::from_millis(20));
+                }
             }
-            let values: Vec<String> = (i..i + 5).map(|k| format!("s{partition}-{k}")).collect();
-            i += 5;
-            if produce(
-                &urls[leader - 1],
-                topic,
-                partition,
-                &values,
-                "all",
-                &history,
-            ) == 200
-            {
-                acked.fetch_add(values.len(), std::sync::atomic::Ordering::SeqCst);
-            } else {
-                thread::sleep(Duration::from_millis(20));
-            }
+        });
+        SteadyProducer {
+            stop,
+            acked,
+            thread,
         }
-    })
+    }
+
+    /// Waits until `more` records more than now are acknowledged.
+    fn wait_more(&self, more: usize, what: &str) {
+        let from = self.acked.load(Ordering::SeqCst);
+        wait_for(what, || {
+            let n = self.acked.load(Ordering::SeqCst);
+            if n >= from + more {
+                Ok(())
+            } else {
+                Err(format!("{n} acknowledged, {from} before"))
+            }
+        });
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
+/// Waits until every replica has everything, reads them all, and checks the history.
+fn check_every_replica(c: &Cluster, topic: &str, partitions: u32, history: &Mutex<History>) {
+    wait_converged(c, topic, partitions);
+    let reads = read_every_replica(c, topic, partitions, history);
+    assert_no_anomalies(history, &reads);
 }
 
 fn urls(c: &Cluster) -> Vec<String> {
@@ -359,23 +389,13 @@ fn follower_not_controller(leader: usize) -> usize {
 /// catches up and rejoins; no acknowledged record is lost.
 #[test]
 fn a_killed_follower_leaves_the_isr_and_rejoins_once_restarted() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let mut c = Cluster::start(3, TOML);
     create_topic(&c, "f", 1);
     let (leader, _, _) = partition_state(&c, 1, "f", 0);
     let follower = follower_not_controller(leader);
     let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let producer = spawn_steady_producer(urls(&c), "f", 0, &history, &stop, &acked);
-    wait_for("acks before the kill", || {
-        let n = acked.load(Ordering::SeqCst);
-        if n >= 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} acked"))
-        }
-    });
+    let producer = SteadyProducer::start(urls(&c), "f", 0, &history);
+    producer.wait_more(20, "acks before the kill");
     c.brokers[follower - 1].kill9();
     let killed = Instant::now();
     wait_for("the ISR shrinks", || {
@@ -388,15 +408,7 @@ fn a_killed_follower_leaves_the_isr_and_rejoins_once_restarted() {
     });
     let shrank_after = killed.elapsed();
     eprintln!("ISR shrank {shrank_after:?} after the kill (replica_lag_time_max_ms {LAG_MAX:?})");
-    let before = acked.load(Ordering::SeqCst);
-    wait_for("acks=all goes on without the follower", || {
-        let n = acked.load(Ordering::SeqCst);
-        if n >= before + 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} acked, {before} at the shrink"))
-        }
-    });
+    producer.wait_more(20, "acks=all goes on without the follower");
     c.brokers[follower - 1].restart();
     wait_for("the follower rejoins the ISR", || {
         let (_, _, isr) = partition_state(&c, leader, "f", 0);
@@ -406,11 +418,8 @@ fn a_killed_follower_leaves_the_isr_and_rejoins_once_restarted() {
             Err(format!("isr {isr:?}"))
         }
     });
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-    wait_converged(&c, "f", 1);
-    let reads = read_every_replica(&c, "f", 1, &history);
-    assert_no_anomalies(&history, &reads);
+    producer.stop();
+    check_every_replica(&c, "f", 1, &history);
 }
 
 /// Item 3: both followers of a partition down: acks=all fails cleanly (refused before the
@@ -495,9 +504,7 @@ fn with_both_followers_down_acks_all_fails_cleanly_and_acks_leader_stays_invisib
             Err(page.to_string())
         }
     });
-    wait_converged(&c, "b", 3);
-    let reads = read_every_replica(&c, "b", 3, &history);
-    assert_no_anomalies(&history, &reads);
+    check_every_replica(&c, "b", 3, &history);
 }
 
 /// Item 5: kill -9 a partition's leader (not the controller) under acks=all load and
@@ -506,7 +513,6 @@ fn with_both_followers_down_acks_all_fails_cleanly_and_acks_leader_stays_invisib
 /// record is lost, and the replicas are identical below the high watermark.
 #[test]
 fn a_killed_leader_comes_back_as_a_follower_and_nothing_acknowledged_is_lost() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let mut c = Cluster::start(3, TOML);
     create_topic(&c, "l", 3);
     let p = (0..3)
@@ -514,17 +520,8 @@ fn a_killed_leader_comes_back_as_a_follower_and_nothing_acknowledged_is_lost() {
         .expect("a partition led by node 2 or 3");
     let (old_leader, old_epoch, _) = partition_state(&c, 1, "l", p);
     let history = Arc::new(Mutex::new(History::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let producer = spawn_steady_producer(urls(&c), "l", p, &history, &stop, &acked);
-    wait_for("acks before the kill", || {
-        let n = acked.load(Ordering::SeqCst);
-        if n >= 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} acked"))
-        }
-    });
+    let producer = SteadyProducer::start(urls(&c), "l", p, &history);
+    producer.wait_more(20, "acks before the kill");
     // acks=leader records right before the kill: maybe only on the old leader, a tail the
     // new leader never had.
     let tail: Vec<String> = (0..20).map(|i| format!("tail-{i}")).collect();
@@ -538,15 +535,7 @@ fn a_killed_leader_comes_back_as_a_follower_and_nothing_acknowledged_is_lost() {
             Err(format!("leader {leader} epoch {epoch}"))
         }
     });
-    let before = acked.load(Ordering::SeqCst);
-    wait_for("acks=all goes on at the new leader", || {
-        let n = acked.load(Ordering::SeqCst);
-        if n >= before + 20 {
-            Ok(())
-        } else {
-            Err(format!("{n} acked"))
-        }
-    });
+    producer.wait_more(20, "acks=all goes on at the new leader");
     c.brokers[old_leader - 1].restart();
     wait_for("the old leader rejoins the ISR", || {
         let (_, epoch, isr) = partition_state(&c, 1, "l", p);
@@ -557,9 +546,6 @@ fn a_killed_leader_comes_back_as_a_follower_and_nothing_acknowledged_is_lost() {
             Err(format!("isr {isr:?}"))
         }
     });
-    stop.store(true, Ordering::SeqCst);
-    producer.join().unwrap();
-    wait_converged(&c, "l", 3);
-    let reads = read_every_replica(&c, "l", 3, &history);
-    assert_no_anomalies(&history, &reads);
+    producer.stop();
+    check_every_replica(&c, "l", 3, &history);
 }

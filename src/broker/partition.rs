@@ -1314,7 +1314,7 @@ impl Drop for PartitionLocksForbidden {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::Cell;
 
     use super::*;
@@ -1336,7 +1336,7 @@ mod tests {
     }
 
     /// One batch of `records` small records, built as a producer's.
-    fn batch_of(records: usize) -> Vec<u8> {
+    pub(crate) fn batch_of(records: usize) -> Vec<u8> {
         let mut builder = BatchBuilder::with_capacity(64);
         for _ in 0..records {
             builder.push(&RecordRef {

@@ -114,19 +114,25 @@ async fn no_record_is_acknowledged_on_a_partition_whose_count_is_not_durable() {
     }
 }
 
-/// Issue 9: `acks=all` on a replicated partition whose in-sync replica set is below its
-/// minimum is refused before anything is appended (503 `not_enough_replicas`); with enough
-/// in-sync replicas it is answered `isr-fsync`; `acks=leader` is not gated.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(config(dir.path())).await.unwrap();
+/// A broker in `dir` with topic "t" of one partition.
+async fn broker_with_one_partition(dir: &Path) -> (Arc<Broker>, Arc<Topic>, Arc<Partition>) {
+    let broker = Broker::open(config(dir)).await.unwrap();
     broker
         .create_topic("t", 1, TopicConfig::default(), false)
         .await
         .unwrap();
     let topic = broker.topic("t").unwrap();
     let partition = topic.partition(0).unwrap();
+    (broker, topic, partition)
+}
+
+/// Issue 9: `acks=all` on a replicated partition whose in-sync replica set is below its
+/// minimum is refused before anything is appended (503 `not_enough_replicas`); with enough
+/// in-sync replicas it is answered `isr-fsync`; `acks=leader` is not gated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, topic, partition) = broker_with_one_partition(dir.path()).await;
     let timeout = Duration::from_secs(10);
     partition.set_isr_gate(Some(IsrGate {
         isr: 1,
@@ -178,13 +184,7 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_replica_refuses_producers() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(config(dir.path())).await.unwrap();
-    broker
-        .create_topic("t", 1, TopicConfig::default(), false)
-        .await
-        .unwrap();
-    let topic = broker.topic("t").unwrap();
-    let partition = topic.partition(0).unwrap();
+    let (broker, topic, partition) = broker_with_one_partition(dir.path()).await;
     partition.set_follower(true);
     for acks in [Acks::All, Acks::Leader, Acks::None] {
         let refused = broker

@@ -294,9 +294,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::broker::partition::tests::batch_of;
     use crate::config::FlushPolicy;
     use crate::log::LogConfig;
-    use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 
     fn n(id: u32) -> NodeId {
         NodeId(id)
@@ -317,18 +317,7 @@ mod tests {
     /// Appends `records` records under `epoch` and fsyncs them.
     async fn append(p: &Arc<Partition>, epoch: u32, records: u32) {
         p.set_leader_epoch(epoch).unwrap();
-        let mut builder = BatchBuilder::with_capacity(64);
-        for _ in 0..records {
-            builder.push(&RecordRef {
-                timestamp_ms: 1,
-                key: None,
-                key_is_utf8: false,
-                value: Some(b"1"),
-                value_is_json: true,
-                headers: &[],
-            });
-        }
-        let mut batch = builder.finish(ProducerInfo::NONE, None);
+        let mut batch = batch_of(records as usize);
         p.append(&mut batch, records, true).unwrap();
         p.flush_now().await.unwrap();
     }

@@ -57,6 +57,12 @@ pub enum BrokerError {
         isr: u32,
         min_insync_replicas: u32,
     },
+    /// The partition's leadership changed after the append and before the records were
+    /// replicated: they may or may not be kept.
+    LeaderChangedAfterAppend {
+        topic: String,
+        partition: u32,
+    },
     /// The in-sync replica set fell below its minimum after the append and before the
     /// records were replicated: they may or may not be kept.
     NotEnoughReplicasAfterAppend {
@@ -153,6 +159,10 @@ impl fmt::Display for BrokerError {
             } => write!(
                 f,
                 "{isr} in-sync replica(s), acks=all needs {min_insync_replicas}: nothing was written"
+            ),
+            BrokerError::LeaderChangedAfterAppend { topic, partition } => write!(
+                f,
+                "the records were appended, then this broker stopped leading {topic}/{partition} before they were replicated: the outcome is unknown, a retry may duplicate them"
             ),
             BrokerError::NotEnoughReplicasAfterAppend {
                 isr,

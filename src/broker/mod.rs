@@ -959,6 +959,8 @@ impl Broker {
         // them to fsync at once).
         let mut replicated = false;
         let mut waiters = Vec::new();
+        // Per partition: the leadership (gate) its acks=all wait belongs to.
+        let mut gates: Vec<Option<IsrGate>> = vec![None; partitions.len()];
         if acks == Acks::All {
             let mut seen = vec![false; partitions.len()];
             for &p in &assignment {
@@ -976,6 +978,7 @@ impl Broker {
                         }));
                     }
                     replicated = true;
+                    gates[p as usize] = Some(gate);
                     waiters.push(partition.acks_all_waiter());
                 }
             }
@@ -1025,8 +1028,9 @@ impl Broker {
         let mut confirmed = waits.len();
         let mut failed_wait = None;
         if acks == Acks::All {
-            for (k, (_, partition, next)) in waits.iter().enumerate() {
-                if let Err(e) = partition.wait_replicated(*next, timeout).await {
+            for (k, (p, partition, next)) in waits.iter().enumerate() {
+                let gate = gates[*p as usize];
+                if let Err(e) = partition.wait_replicated(*next, timeout, gate).await {
                     (confirmed, failed_wait) = (k, Some(e));
                     break;
                 }

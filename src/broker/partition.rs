@@ -139,6 +139,8 @@ pub struct Partition {
 pub struct IsrGate {
     pub isr: u32,
     pub min_insync_replicas: u32,
+    /// The leadership the gate belongs to: a producer's wait ends when it does.
+    pub leader_epoch: u32,
 }
 
 impl IsrGate {
@@ -792,17 +794,28 @@ impl Partition {
         self.acks_all_waiters.load(Ordering::Acquire) > 0
     }
 
-    /// [`Partition::wait_durable`] for `acks=all`; on a replicated leader it also ends, with
-    /// [`BrokerError::NotEnoughReplicasAfterAppend`], when the in-sync replica set falls
-    /// below its minimum (the high watermark freezes then; the outcome is unknown).
-    pub async fn wait_replicated(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
-        let mut gate = self.isr_gate.subscribe();
-        if gate.borrow().is_none() {
+    /// [`Partition::wait_durable`] for `acks=all`. On a replicated leader (`leader`: its
+    /// gate when the records were appended) it also ends when the in-sync replica set falls
+    /// below its minimum ([`BrokerError::NotEnoughReplicasAfterAppend`]: the high watermark
+    /// freezes then) or the leadership of that epoch ends
+    /// ([`BrokerError::LeaderChangedAfterAppend`]: as a follower this replica's high
+    /// watermark follows another leader's log, which may hold other records at these
+    /// offsets). Either way the outcome is unknown.
+    pub async fn wait_replicated(
+        &self,
+        offset: u64,
+        timeout: Duration,
+        leader: Option<IsrGate>,
+    ) -> Result<(), BrokerError> {
+        let Some(leader) = leader else {
             return self.wait_durable(offset, timeout).await;
-        }
+        };
+        let epoch = leader.leader_epoch;
+        let leads = |g: &Option<IsrGate>| g.is_some_and(|g| g.leader_epoch == epoch);
+        let mut gate = self.isr_gate.subscribe();
         let closed = async {
             let closed = gate
-                .wait_for(|g| g.is_some_and(|g| !g.open()))
+                .wait_for(|g| !(leads(g) && g.is_some_and(|g| g.open())))
                 .await
                 .map(|g| *g);
             match closed {
@@ -811,20 +824,30 @@ impl Partition {
                 Err(_) => std::future::pending().await,
             }
         };
+        let changed = || BrokerError::LeaderChangedAfterAppend {
+            topic: self.topic.to_string(),
+            partition: self.id,
+        };
         tokio::select! {
             biased;
-            durable = self.wait_durable(offset, timeout) => durable,
-            g = closed => {
-                let g = g.expect("the gate closed, so it is set");
-                // The HW may have passed the records just before the set shrank.
-                if self.progress().high_watermark >= offset {
-                    return Ok(());
+            durable = self.wait_durable(offset, timeout) => match durable {
+                Ok(()) if !leads(&self.isr_gate()) => Err(changed()),
+                other => other,
+            },
+            g = closed => match g {
+                // Still the leader of that epoch: the set shrank. The high watermark may
+                // have passed the records just before.
+                Some(g) if g.leader_epoch == epoch => {
+                    if self.progress().high_watermark >= offset {
+                        return Ok(());
+                    }
+                    Err(BrokerError::NotEnoughReplicasAfterAppend {
+                        isr: g.isr,
+                        min_insync_replicas: g.min_insync_replicas,
+                    })
                 }
-                Err(BrokerError::NotEnoughReplicasAfterAppend {
-                    isr: g.isr,
-                    min_insync_replicas: g.min_insync_replicas,
-                })
-            }
+                _ => Err(changed()),
+            },
         }
     }
 

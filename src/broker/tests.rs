@@ -137,6 +137,7 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
     partition.set_isr_gate(Some(IsrGate {
         isr: 1,
         min_insync_replicas: 2,
+        leader_epoch: 0,
     }));
     let refused = broker
         .produce_reporting(&topic, &[one_record(0)], Acks::All, timeout)
@@ -160,6 +161,7 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
     partition.set_isr_gate(Some(IsrGate {
         isr: 2,
         min_insync_replicas: 2,
+        leader_epoch: 0,
     }));
     let all = broker
         .produce(&topic, &[one_record(0)], Acks::All, timeout)
@@ -202,4 +204,57 @@ async fn a_follower_replica_refuses_producers() {
     assert_eq!(partition.stats().log_end_offset, 0);
     partition.set_follower(false);
     produce_ones(&broker, "t", 0, 1).await;
+}
+
+/// Issue 9: an `acks=all` producer waiting on a leader is never told "stored" once the
+/// leadership of its epoch ended (as a follower the replica's high watermark follows
+/// another leader's log, which may hold other records at those offsets), and learns the
+/// outcome is unknown when the ISR falls below its minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acks_all_wait_ends_unknown_when_the_leadership_or_the_isr_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, topic, partition) = broker_with_one_partition(dir.path()).await;
+    partition.set_hw_mode(crate::broker::partition::HwMode::External);
+    let gate = |isr| IsrGate {
+        isr,
+        min_insync_replicas: 2,
+        leader_epoch: 0,
+    };
+    for lose in ["leadership", "isr"] {
+        partition.set_isr_gate(Some(gate(3)));
+        let producing = tokio::spawn({
+            let (broker, topic) = (Arc::clone(&broker), Arc::clone(&topic));
+            async move {
+                broker
+                    .produce_reporting(&topic, &[one_record(0)], Acks::All, Duration::from_secs(30))
+                    .await
+            }
+        });
+        while partition.stats().log_end_offset == partition.progress().high_watermark {
+            tokio::task::yield_now().await;
+        }
+        let end = partition.stats().log_end_offset;
+        if lose == "leadership" {
+            // The hook makes it a follower; then its HW moves with another leader's log.
+            partition.set_isr_gate(None);
+            partition.flush_now().await.unwrap();
+            partition.advance_high_watermark(end);
+        } else {
+            partition.set_isr_gate(Some(gate(1)));
+        }
+        let failed = producing.await.unwrap().unwrap_err();
+        let expected = if lose == "leadership" {
+            BrokerError::LeaderChangedAfterAppend {
+                topic: "t".into(),
+                partition: 0,
+            }
+        } else {
+            BrokerError::NotEnoughReplicasAfterAppend {
+                isr: 1,
+                min_insync_replicas: 2,
+            }
+        };
+        assert_eq!(failed.error, expected, "{lose}");
+        assert_eq!(failed.fates, vec![RecordFate::Unconfirmed(0)], "{lose}");
+    }
 }

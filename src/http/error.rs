@@ -145,6 +145,13 @@ impl From<BrokerError> for ApiError {
             .with("isr", isr)
             .with("min_insync_replicas", min_insync_replicas)
             .retry_after(1),
+            BrokerError::LeaderChangedAfterAppend { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leader_changed_after_append",
+                detail,
+            )
+            .with("outcome", "unknown")
+            .retry_after(1),
             BrokerError::NotEnoughReplicasAfterAppend {
                 isr,
                 min_insync_replicas,

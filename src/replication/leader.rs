@@ -125,6 +125,7 @@ impl Led {
             IsrGate {
                 isr: s.replicas.isr.len() as u32,
                 min_insync_replicas: s.replicas.min_insync_replicas,
+                leader_epoch: self.leader_epoch.0,
             }
         };
         self.replica.set_isr_gate(Some(gate));
@@ -369,7 +370,8 @@ mod tests {
             p.isr_gate(),
             Some(IsrGate {
                 isr: 3,
-                min_insync_replicas: 2
+                min_insync_replicas: 2,
+                leader_epoch: 0
             })
         );
     }

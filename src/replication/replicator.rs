@@ -452,6 +452,7 @@ fn apply_role(change: &RoleChange) {
             replica.set_isr_gate(Some(IsrGate {
                 isr: isr.len() as u32,
                 min_insync_replicas: *min_insync_replicas,
+                leader_epoch: leader_epoch.0,
             }));
             match replica.set_leader_epoch(leader_epoch.0) {
                 Ok(()) => replica.set_follower(false),

@@ -2,6 +2,8 @@
 //! factor 3 and `min_insync_replicas` 2, producers recorded by the history checker, then
 //! every replica read back with `replica=local`.
 //!
+//! Item 4 puts a TCP proxy (tests/common/proxy.rs) between a follower and its leader.
+//!
 //! Counts are small so `cargo test` stays quick; `TIDELOG_REPLICATION_RECORDS` raises the
 //! records per producer (the figure is 10000).
 
@@ -9,6 +11,8 @@
 mod checker;
 mod common;
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use checker::{History, Outcome, ReplicaRead};
 use common::cluster::{self, Cluster, DEADLINE, get, post, wait_for};
+use common::proxy::{Mode, Proxy};
 use serde_json::{Value, json};
 
 /// Short enough for quick tests, long enough for two busy cores.
@@ -305,6 +310,8 @@ fn every_acknowledged_record_is_on_every_replica() {
 struct SteadyProducer {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
+    /// The longest a produce took to be answered (any answer).
+    slowest: Arc<Mutex<Duration>>,
     thread: thread::JoinHandle<()>,
 }
 
@@ -318,7 +325,9 @@ impl SteadyProducer {
         let history = Arc::clone(history);
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
-        let (stopped, counted) = (Arc::clone(&stop), Arc::clone(&acked));
+        let slowest = Arc::new(Mutex::new(Duration::ZERO));
+        let (stopped, counted, slow) =
+            (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&slowest));
         let thread = thread::spawn(move || {
             let deadline = Instant::now() + 4 * DEADLINE;
             let mut i = 0;
@@ -334,7 +343,13 @@ impl SteadyProducer {
                 let values: Vec<String> = (i..i + 5).map(|k| format!("s{partition}-{k}")).collect();
                 i += 5;
                 let url = &urls[leader - 1];
-                if produce(url, topic, partition, &values, "all", &history) == 200 {
+                let sent = Instant::now();
+                let status = produce(url, topic, partition, &values, "all", &history);
+                let took = sent.elapsed();
+                let mut slowest = slow.lock().unwrap();
+                *slowest = (*slowest).max(took);
+                drop(slowest);
+                if status == 200 {
                     counted.fetch_add(values.len(), Ordering::SeqCst);
                 } else {
                     thread::sleep(Duration::from_millis(20));
@@ -344,6 +359,7 @@ impl SteadyProducer {
         SteadyProducer {
             stop,
             acked,
+            slowest,
             thread,
         }
     }
@@ -359,6 +375,11 @@ impl SteadyProducer {
                 Err(format!("{n} acknowledged, {from} before"))
             }
         });
+    }
+
+    /// The longest answer time so far, and resets it.
+    fn take_slowest(&self) -> Duration {
+        std::mem::take(&mut *self.slowest.lock().unwrap())
     }
 
     fn stop(self) {
@@ -548,4 +569,195 @@ fn a_killed_leader_comes_back_as_a_follower_and_nothing_acknowledged_is_lost() {
     });
     producer.stop();
     check_every_replica(&c, "l", 3, &history);
+}
+
+/// The proxy of item 4 does what the test relies on: it passes bytes, black-holes them on
+/// open and new connections alike, delays them, and after a black hole closes the
+/// connections that lost bytes while new ones pass again.
+#[test]
+fn the_test_proxy_passes_black_holes_and_delays() {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            thread::spawn(move || {
+                let mut from = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut from, &mut conn);
+            });
+        }
+    });
+    let proxy = Proxy::start(target);
+    let round_trip = |conn: &mut TcpStream, message: &[u8]| -> Option<Duration> {
+        let sent = Instant::now();
+        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        conn.write_all(message).unwrap();
+        let mut back = vec![0; message.len()];
+        conn.read_exact(&mut back).ok()?;
+        assert_eq!(back, message);
+        Some(sent.elapsed())
+    };
+    let mut open = TcpStream::connect(proxy.addr).unwrap();
+    assert!(round_trip(&mut open, b"pass").is_some());
+    proxy.set_mode(Mode::Delay(300));
+    let took = round_trip(&mut open, b"slow").expect("delayed, not dropped");
+    assert!(
+        took >= Duration::from_millis(600),
+        "each way delayed: {took:?}"
+    );
+    proxy.set_mode(Mode::BlackHole);
+    assert_eq!(round_trip(&mut open, b"gone"), None, "an open connection");
+    let mut new = TcpStream::connect(proxy.addr).expect("the black hole accepts");
+    assert_eq!(round_trip(&mut new, b"gone too"), None, "a new connection");
+    assert!(proxy.dropped() >= 12, "{} bytes dropped", proxy.dropped());
+    proxy.set_mode(Mode::Pass);
+    for conn in [&mut open, &mut new] {
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut rest = [0u8; 16];
+        let read = conn.read(&mut rest);
+        assert!(
+            matches!(read, Ok(0)) || read.is_err_and(|e| e.kind() != ErrorKind::WouldBlock),
+            "a connection that lost bytes is closed once healed"
+        );
+    }
+    let mut healed = TcpStream::connect(proxy.addr).unwrap();
+    assert!(round_trip(&mut healed, b"healed").is_some());
+}
+
+/// How long each proxied chunk waits in the "slow" phase of item 4: past a fetch's deadline
+/// (its wait plus `max(replica_lag_time_max_ms / 2, 500 ms)`, about 1.2 s here).
+const SLOW_MS: u64 = 2_000;
+/// `forward_timeout_ms` of the item 4 cluster.
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Every produce of item 4 is answered within its `timeout_ms` (5 s) and room for two
+/// busy cores; a hung request would take the client's 30 s.
+const ANSWER_BOUND: Duration = Duration::from_secs(10);
+
+fn fetch_errors(url: &str) -> f64 {
+    let http = reqwest::Client::new();
+    common::runtime().block_on(common::scrape_unlabelled_metric(
+        &http,
+        url,
+        "tidelog_replica_fetch_errors_total",
+    ))
+}
+
+/// Item 4: a follower that is alive but cut off from its leader, then very slow. Node 3
+/// reaches node 2 only through a TCP proxy (its `--peers` entry for node 2 is the proxy);
+/// node 2 leads partition `p`, node 3 follows it; heartbeats to the controller (node 1) go
+/// direct, so node 3 stays alive and leaves the ISR by lag alone. For each fault (black
+/// hole, then a delay past the fetch deadline): node 3's fetches fail at their deadline, it
+/// leaves the ISR within `replica_lag_time_max_ms` + 1 s, acks=all goes on, every request
+/// is answered within a bound (produces, a read through node 3 forwarded to node 2, node 3's
+/// own replica); healed, it catches up and rejoins. Nothing acknowledged is lost.
+#[test]
+fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
+    let ports = cluster::free_ports(3);
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], ports[1])));
+    let direct = cluster::peers(&ports);
+    let through_proxy = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
+        ports[0],
+        proxy.port(),
+        ports[2]
+    );
+    let toml = format!(
+        "{TOML}[limits]\nforward_timeout_ms = {}\n",
+        FORWARD_TIMEOUT.as_millis()
+    );
+    let c = Cluster::start_with_peers(ports, &toml, |id| {
+        if id == 3 {
+            through_proxy.clone()
+        } else {
+            direct.clone()
+        }
+    });
+    create_topic(&c, "cut", 3);
+    let p = (0..3)
+        .find(|p| partition_state(&c, 1, "cut", *p).0 == 2)
+        .expect("placement gives node 2 a leadership");
+    let history = Arc::new(Mutex::new(History::default()));
+    let producer = SteadyProducer::start(urls(&c), "cut", p, &history);
+    producer.wait_more(20, "acks before the cut");
+    assert!(
+        proxy.accepted() > 0,
+        "node 3 fetches from node 2 through the proxy"
+    );
+    for (fault, mode) in [
+        ("black-holed", Mode::BlackHole),
+        ("slow", Mode::Delay(SLOW_MS)),
+    ] {
+        let errors_before = fetch_errors(c.url(3));
+        producer.take_slowest();
+        proxy.set_mode(mode);
+        let cut = Instant::now();
+        wait_for(&format!("node 3 leaves the ISR ({fault})"), || {
+            let (_, _, isr) = partition_state(&c, 2, "cut", p);
+            if isr.contains(&3) {
+                Err(format!("isr {isr:?}"))
+            } else {
+                Ok(())
+            }
+        });
+        let shrank_after = cut.elapsed();
+        eprintln!("{fault}: ISR shrank {shrank_after:?} after the cut (lag max {LAG_MAX:?})");
+        assert!(
+            shrank_after <= LAG_MAX + Duration::from_secs(1),
+            "{fault}: the ISR shrank {shrank_after:?} after the cut"
+        );
+        let (_, brokers) = get(&format!("{}/v1/cluster", c.url(1)));
+        assert_eq!(
+            brokers["brokers"][2]["status"], "alive",
+            "node 3 left by lag, not by fencing: {brokers}"
+        );
+        producer.wait_more(20, &format!("acks=all goes on ({fault})"));
+        wait_for(
+            &format!("node 3's fetches fail at their deadline ({fault})"),
+            || {
+                let errors = fetch_errors(c.url(3));
+                if errors > errors_before {
+                    Ok(())
+                } else {
+                    Err(format!("{errors} fetch errors"))
+                }
+            },
+        );
+        if mode == Mode::BlackHole {
+            // Node 3 forwards a read of p to node 2, through the black hole.
+            let sent = Instant::now();
+            let (status, body) = get(&format!(
+                "{}/v1/topics/cut/partitions/{p}/records?offset=0",
+                c.url(3)
+            ));
+            let took = sent.elapsed();
+            cluster::assert_problem(status, &body, 504, "forward_timeout");
+            assert!(
+                took < FORWARD_TIMEOUT + Duration::from_secs(5),
+                "forward_timeout after {took:?}"
+            );
+        }
+        let sent = Instant::now();
+        read_local(&c, 3, "cut", p, 0).expect("node 3 serves its own replica");
+        assert!(sent.elapsed() < ANSWER_BOUND, "replica=local on node 3");
+        let slowest = producer.take_slowest();
+        assert!(
+            slowest < ANSWER_BOUND,
+            "a produce took {slowest:?} while the follower was {fault}"
+        );
+        proxy.set_mode(Mode::Pass);
+        wait_for(
+            &format!("node 3 rejoins the ISR once healed ({fault})"),
+            || {
+                let (_, _, isr) = partition_state(&c, 2, "cut", p);
+                if isr.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("isr {isr:?}"))
+                }
+            },
+        );
+        producer.wait_more(20, &format!("acks=all with node 3 back ({fault})"));
+    }
+    producer.stop();
+    check_every_replica(&c, "cut", 3, &history);
 }

@@ -50,10 +50,23 @@ impl Cluster {
     /// Starts `n` brokers with `toml` as their config file and waits until each is ready
     /// (registered, caught up) and sees all of them alive.
     pub fn start(n: usize, toml: &str) -> Cluster {
-        let root = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
+        let all = peers(&ports);
+        Cluster::start_with_peers(ports, toml, |_| all.clone())
+    }
+
+    /// [`Cluster::start`] on `ports` (node `i + 1` listens on `ports[i]`), node `id` started
+    /// with `peers_of(id)` as its `--peers`: a broker may reach some peers through a proxy
+    /// (its own entry must stay its listen address, the controller checks it).
+    pub fn start_with_peers(
+        ports: Vec<u16>,
+        toml: &str,
+        peers_of: impl Fn(usize) -> String,
+    ) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let n = ports.len();
         let brokers = (1..=n)
-            .map(|id| start_member(root.path(), &ports, id, toml))
+            .map(|id| start_member_with_peers(root.path(), &ports, id, toml, &peers_of(id)))
             .collect();
         let cluster = Cluster {
             root,
@@ -103,11 +116,22 @@ pub fn member_data_dir(root: &Path, id: usize) -> PathBuf {
 
 /// Starts node `id` of the cluster on `ports` (does not wait for it to be ready).
 pub fn start_member(root: &Path, ports: &[u16], id: usize, toml: &str) -> TestBroker {
+    start_member_with_peers(root, ports, id, toml, &peers(ports))
+}
+
+/// [`start_member`] with its own `--peers` value.
+pub fn start_member_with_peers(
+    root: &Path,
+    ports: &[u16],
+    id: usize,
+    toml: &str,
+    peers: &str,
+) -> TestBroker {
     let args = [
         "--node-id".to_string(),
         id.to_string(),
         "--peers".to_string(),
-        peers(ports),
+        peers.to_string(),
     ];
     TestBroker::start_member(&member_data_dir(root, id), ports[id - 1], &args, toml)
 }

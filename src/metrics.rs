@@ -42,6 +42,7 @@ pub const GROUP_MEMBERS: &str = "tidelog_consumer_group_members";
 pub const ISR_SIZE: &str = "tidelog_partition_in_sync_replicas";
 pub const UNDER_REPLICATED: &str = "tidelog_partition_under_replicated";
 pub const FOLLOWER_LAG_RECORDS: &str = "tidelog_follower_lag_records";
+pub const FOLLOWER_LAG_BYTES: &str = "tidelog_follower_lag_bytes";
 pub const REPLICA_FETCHES: &str = "tidelog_replica_fetches_total";
 pub const REPLICA_FETCH_ERRORS: &str = "tidelog_replica_fetch_errors_total";
 pub const REPLICA_FETCH_SECONDS: &str = "tidelog_replica_fetch_duration_seconds";
@@ -255,6 +256,11 @@ fn describe() {
         FOLLOWER_LAG_RECORDS,
         Unit::Count,
         "Records a follower is behind the leader's log end, by topic, partition and follower."
+    );
+    describe_gauge!(
+        FOLLOWER_LAG_BYTES,
+        Unit::Bytes,
+        "Bytes a follower is behind the leader's log end, by topic, partition and follower."
     );
     describe_counter!(
         REPLICA_FETCHES,

@@ -523,6 +523,46 @@ async fn every_metric_the_dashboard_queries_is_exposed() {
     );
 }
 
+/// Issue 9: the dashboard shows replication: under-replicated partitions, ISR size,
+/// follower lag in records and bytes, replica fetch rate (and failures) and latency; every
+/// metric of the replication module is queried by some panel.
+#[test]
+fn the_dashboard_shows_every_replication_metric() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD_FILE).unwrap()).unwrap();
+    let used: BTreeSet<String> = dashboard_metric_names(&dashboard)
+        .into_iter()
+        .map(|n| n.strip_suffix("_bucket").unwrap_or(&n).to_string())
+        .collect();
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(SPEC_FILE).unwrap()).unwrap();
+    let replication: BTreeSet<String> = spec["x-tidelog-metrics"]
+        .as_array()
+        .expect("x-tidelog-metrics")
+        .iter()
+        .filter(|m| m["module"] == "replication")
+        .map(|m| m["name"].as_str().expect("a name").to_string())
+        .collect();
+    for name in [
+        "tidelog_partition_under_replicated",
+        "tidelog_partition_in_sync_replicas",
+        "tidelog_follower_lag_records",
+        "tidelog_follower_lag_bytes",
+        "tidelog_replica_fetches_total",
+        "tidelog_replica_fetch_errors_total",
+        "tidelog_replica_fetch_duration_seconds",
+    ] {
+        assert!(
+            replication.contains(name),
+            "{name} is a documented replication metric"
+        );
+    }
+    let missing: Vec<&String> = replication.difference(&used).collect();
+    assert!(
+        missing.is_empty(),
+        "replication metrics no dashboard panel shows: {missing:?}"
+    );
+}
+
 /// Every query of the dashboard as Prometheus would see it: Grafana's variables replaced by
 /// plain values.
 fn dashboard_queries(dashboard: &Value) -> Vec<String> {

@@ -633,6 +633,18 @@ const FORWARD_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// busy cores; a hung request would take the client's 30 s.
 const ANSWER_BOUND: Duration = Duration::from_secs(10);
 
+/// The value of the series of `name` whose labels include every one of `labels`.
+fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|l| l == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 fn fetch_errors(url: &str) -> f64 {
     let http = reqwest::Client::new();
     common::runtime().block_on(common::scrape_unlabelled_metric(
@@ -711,6 +723,39 @@ fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
             "node 3 left by lag, not by fencing: {brokers}"
         );
         producer.wait_more(20, &format!("acks=all goes on ({fault})"));
+        // The leader's metrics say so: under-replicated, node 3 behind in records and bytes.
+        let partition = p.to_string();
+        wait_for(
+            &format!("node 2's metrics show node 3 behind ({fault})"),
+            || {
+                let text = scrape(c.url(2));
+                let of = |name| {
+                    let labels = [("topic", "cut"), ("partition", partition.as_str())];
+                    series_value(&text, name, &labels).unwrap_or(0.0)
+                };
+                let lag = |name| {
+                    let labels = [
+                        ("topic", "cut"),
+                        ("partition", partition.as_str()),
+                        ("follower", "3"),
+                    ];
+                    series_value(&text, name, &labels).unwrap_or(0.0)
+                };
+                let seen = (
+                    of("tidelog_partition_under_replicated"),
+                    of("tidelog_partition_in_sync_replicas"),
+                    lag("tidelog_follower_lag_records"),
+                    lag("tidelog_follower_lag_bytes"),
+                );
+                if seen.0 == 1.0 && seen.1 == 2.0 && seen.2 > 0.0 && seen.3 > seen.2 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "under-replicated, isr, lag records, lag bytes: {seen:?}"
+                    ))
+                }
+            },
+        );
         wait_for(
             &format!("node 3's fetches fail at their deadline ({fault})"),
             || {

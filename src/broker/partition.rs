@@ -474,6 +474,13 @@ impl Partition {
         self.lock().epoch_end(epoch)
     }
 
+    /// Bytes stored from the batch holding `offset` to the log end (a follower's lag in
+    /// bytes; see [`crate::log::PartitionLog::bytes_from`]). Takes the partition lock briefly,
+    /// reads no file.
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        self.lock().bytes_from(offset)
+    }
+
     /// The log end offset (no lock: the last value sent on [`Partition::end_watch`]).
     pub fn log_end_offset(&self) -> u64 {
         *self.end.borrow()

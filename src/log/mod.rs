@@ -468,6 +468,37 @@ impl PartitionLog {
         self.segments.iter().map(|s| s.size).sum()
     }
 
+    /// Bytes stored from the batch holding `offset` to the log end: what a reader at
+    /// `offset` (a follower) has still to read. In a loaded segment it starts at the offset
+    /// index entry at or before `offset` (at most `index_interval_bytes` and a batch more
+    /// than exact); in a sealed segment that is not loaded it is prorated by offsets, so no
+    /// file is opened. 0 at or past the log end.
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        if offset >= self.log_end_offset() {
+            return 0;
+        }
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let segment = &self.segments[i];
+        let first = if offset < segment.base_offset || offset >= segment.next_offset {
+            // Below the log start, or in a compaction gap at a segment's end.
+            if offset < segment.base_offset {
+                segment.size
+            } else {
+                0
+            }
+        } else if segment.is_loaded() {
+            segment.read_slice(offset).len
+        } else {
+            let span = segment.next_offset - segment.base_offset;
+            let left = segment.next_offset - offset;
+            (u128::from(segment.size) * u128::from(left) / u128::from(span)) as u64
+        };
+        first + self.segments[i + 1..].iter().map(|s| s.size).sum::<u64>()
+    }
+
     fn active(&self) -> &Segment {
         self.segments
             .last()

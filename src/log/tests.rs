@@ -207,6 +207,61 @@ fn reads_cross_segment_rolls() {
     }
 }
 
+/// A follower's lag in bytes: from the batch holding an offset to the log end, exact to
+/// the index granularity in loaded segments, prorated in unloaded ones, never growing with
+/// the offset.
+#[test]
+fn bytes_from_an_offset_to_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = 128;
+    let (mut log, model) = filled(dir.path(), config(1024, interval), 100);
+    assert!(log.segment_count() > 5, "{} segments", log.segment_count());
+    let end = model.log_end();
+    assert_eq!(log.bytes_from(0), log.size_bytes());
+    assert_eq!(log.bytes_from(end), 0);
+    assert_eq!(log.bytes_from(end + 10), 0);
+    // Exact: the bytes of every batch that ends past the offset.
+    let mut batches = Vec::new(); // (next offset, bytes)
+    for segment in 0..log.segment_count() {
+        let base = log.segments[segment].base_offset;
+        let slice = log.read_slice(base).unwrap().unwrap();
+        let bytes = slice.read(u64::MAX).unwrap();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let batch = BatchView::parse(rest).unwrap();
+            batches.push((batch.header.next_offset(), batch.bytes.len() as u64));
+            rest = &rest[batch.bytes.len()..];
+        }
+    }
+    let largest_batch = 4 * 64 + 61;
+    let mut last = u64::MAX;
+    for offset in 0..end {
+        let exact: u64 = batches
+            .iter()
+            .filter(|(next, _)| *next > offset)
+            .map(|(_, b)| b)
+            .sum();
+        let i = log
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let got = log.bytes_from(offset);
+        assert!(got <= last, "grows at {offset}: {got} after {last}");
+        last = got;
+        let later: u64 = log.segments[i + 1..].iter().map(|s| s.size).sum();
+        assert!(
+            got >= later && got <= later + log.segments[i].size,
+            "{offset}: {got} outside the segment holding it"
+        );
+        if log.segments[i].is_loaded() {
+            assert!(
+                got >= exact && got < exact + interval + largest_batch,
+                "{offset}: {got} bytes, exactly {exact}"
+            );
+        }
+    }
+}
+
 #[test]
 fn roll_of_an_empty_active_segment_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();

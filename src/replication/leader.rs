@@ -161,14 +161,20 @@ impl Led {
         })
     }
 
-    /// Per follower: records behind the leader's log end (for the lag metrics).
-    pub fn follower_lags(&self) -> Vec<(NodeId, u64)> {
+    /// Per follower: records and bytes behind the leader's log end (for the lag metrics).
+    pub fn follower_lags(&self) -> Vec<(NodeId, u64, u64)> {
         let end = self.replica.log_end_offset();
-        self.lock()
+        let positions: Vec<(NodeId, u64)> = self
+            .lock()
             .replicas
             .followers
             .iter()
-            .map(|(n, f)| (*n, end.saturating_sub(f.fetch_offset)))
+            .map(|(n, f)| (*n, f.fetch_offset))
+            .collect();
+        // The Led's lock is released: the partition's is taken for the bytes.
+        positions
+            .into_iter()
+            .map(|(n, at)| (n, end.saturating_sub(at), self.replica.bytes_from(at)))
             .collect()
     }
 

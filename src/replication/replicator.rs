@@ -509,14 +509,14 @@ fn publish_metrics(led: &Led) {
     let l = labels(led);
     ::metrics::gauge!(m::ISR_SIZE, &l).set(isr as f64);
     ::metrics::gauge!(m::UNDER_REPLICATED, &l).set(if isr < replicas { 1.0 } else { 0.0 });
-    for (follower, lag) in led.follower_lags() {
-        ::metrics::gauge!(
-            m::FOLLOWER_LAG_RECORDS,
-            "topic" => led.topic.to_string(),
-            "partition" => led.partition.to_string(),
-            "follower" => follower.0.to_string()
-        )
-        .set(lag as f64);
+    for (follower, records, bytes) in led.follower_lags() {
+        let l = [
+            ("topic", led.topic.to_string()),
+            ("partition", led.partition.to_string()),
+            ("follower", follower.0.to_string()),
+        ];
+        ::metrics::gauge!(m::FOLLOWER_LAG_RECORDS, &l).set(records as f64);
+        ::metrics::gauge!(m::FOLLOWER_LAG_BYTES, &l).set(bytes as f64);
     }
 }
 

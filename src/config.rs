@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub replica_lag_time_max_ms: u64,
     /// Longest a follower's fetch waits at the leader for new records, in milliseconds.
     pub replica_fetch_wait_max_ms: u64,
+    /// How often every local replica's stored batches are read back and checked against
+    /// their CRCs (a cluster only), in milliseconds; also once when the broker starts, before
+    /// its followers fetch. A follower with damage cuts it and fetches it again.
+    pub replica_scrub_interval_ms: u64,
     pub limits: Limits,
 }
 
@@ -71,6 +75,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9_000,
             replica_lag_time_max_ms: 10_000,
             replica_fetch_wait_max_ms: 500,
+            replica_scrub_interval_ms: 86_400_000,
             limits: Limits::default(),
         }
     }
@@ -131,6 +136,10 @@ impl BrokerConfig {
                 (
                     "replica_fetch_wait_max_ms".to_owned(),
                     self.replica_fetch_wait_max_ms,
+                ),
+                (
+                    "replica_scrub_interval_ms".to_owned(),
+                    self.replica_scrub_interval_ms,
                 ),
             ]);
         for (key, value) in must_be_positive {

@@ -33,6 +33,7 @@ pub const SEGMENTS_DELETED: &str = "tidelog_segments_deleted_total";
 pub const COMPACTED_RECORDS: &str = "tidelog_compaction_dropped_records_total";
 pub const STORAGE_ERRORS: &str = "tidelog_storage_errors_total";
 pub const RECOVERY_TRUNCATIONS: &str = "tidelog_recovery_truncations_total";
+pub const DAMAGED_BATCHES_FOUND: &str = "tidelog_damaged_batches_found_total";
 pub const LONG_POLLS_WAITING: &str = "tidelog_long_polls_waiting";
 pub const SSE_STREAMS_OPEN: &str = "tidelog_sse_streams_open";
 pub const RESPONSE_BYTES_IN_FLIGHT: &str = "tidelog_responses_in_flight_bytes";
@@ -208,6 +209,11 @@ fn describe() {
         RECOVERY_TRUNCATIONS,
         Unit::Count,
         "Torn or corrupt log tails truncated at startup, by topic."
+    );
+    describe_counter!(
+        DAMAGED_BATCHES_FOUND,
+        Unit::Count,
+        "Stored batches a replica scrub found failing their CRC check, by topic."
     );
     describe_gauge!(
         LONG_POLLS_WAITING,

@@ -132,6 +132,12 @@ pub struct Partition {
     /// Set while this replica follows a leader (or its partition has none): producers'
     /// appends are refused (`not_leader`), only the leader's batches are appended.
     follower: AtomicBool,
+    /// Every batch has been checked against its CRC since the partition was opened (or it
+    /// opened empty): see [`Partition::scrubbed`].
+    scrubbed: AtomicBool,
+    /// This replica lost fsynced records (at open, or cut by [`Partition::cut_damaged`]) and
+    /// has not fetched them back since: see [`Partition::lost_data`].
+    lost_data: AtomicBool,
 }
 
 /// The in-sync replica count of a replicated partition's leader and its minimum.
@@ -234,7 +240,8 @@ impl Partition {
     ) -> io::Result<(Arc<Self>, OpenReport)> {
         let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
         let leader_epoch = log.latest_epoch().unwrap_or(0);
-        let end = watch::Sender::new(log.log_end_offset());
+        let end_offset = log.log_end_offset();
+        let end = watch::Sender::new(end_offset);
         let progress = Progress {
             log_start_offset: log.log_start_offset(),
             fsynced_offset: log.flushed_offset(),
@@ -262,6 +269,8 @@ impl Partition {
             end,
             synced_data_lost_at: report.synced_data_lost_at,
             follower: AtomicBool::new(false),
+            scrubbed: AtomicBool::new(progress.log_start_offset == end_offset),
+            lost_data: AtomicBool::new(report.synced_data_lost_at.is_some()),
         });
         if let Some(offset) = report.synced_data_lost_at {
             tracing::warn!(
@@ -381,12 +390,42 @@ impl Partition {
     /// offsets or epochs out of order are `InvalidRequest`, and then nothing was appended.
     /// `urgent` asks the flusher to sync now (the leader asked for `sync_now`).
     pub fn append_replicated(&self, batches: &[u8], urgent: bool) -> Result<u64, BrokerError> {
+        self.append_replicated_onto(batches, None, urgent)
+    }
+
+    /// [`Partition::append_replicated`] of batches fetched from `fetched_at`: refused
+    /// (`InvalidRequest`, nothing appended) unless the log still ends there. The log may
+    /// have been cut meanwhile ([`Partition::cut_damaged`]); batches from past the cut
+    /// would leave a hole in it.
+    pub fn append_replicated_at(
+        &self,
+        batches: &[u8],
+        fetched_at: u64,
+        urgent: bool,
+    ) -> Result<u64, BrokerError> {
+        self.append_replicated_onto(batches, Some(fetched_at), urgent)
+    }
+
+    fn append_replicated_onto(
+        &self,
+        batches: &[u8],
+        expected_end: Option<u64>,
+        urgent: bool,
+    ) -> Result<u64, BrokerError> {
         self.check_writable()?;
         if batches.is_empty() {
             return Ok(self.log_end_offset());
         }
         let result = {
             let mut log = self.lock();
+            if let Some(expected) = expected_end
+                && log.log_end_offset() != expected
+            {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "the log ends at {}, not at {expected} where the batches were fetched from",
+                    log.log_end_offset()
+                )));
+            }
             let appended = log.append_replicated(batches, now_ms());
             // Even a failed append may have written whole batches before the failure.
             self.end.send_replace(log.log_end_offset());
@@ -647,23 +686,118 @@ impl Partition {
 
     /// Reads every batch of the log and checks its CRC (recovery only checks what follows the
     /// recovery checkpoint). Returns where the first damaged batch is: the offset to cut the
-    /// log at (`truncate_to`, then fetch again from the leader), or None. The reads run on the
-    /// blocking pool, outside the partition lock; appends go on meanwhile.
+    /// log at ([`Partition::cut_damaged`] on a follower, which then fetches again from its
+    /// leader), or None. The reads run on the blocking pool, outside the partition lock;
+    /// appends go on meanwhile. Once a scrub has run, [`Partition::scrubbed`] is true.
     pub async fn scrub(self: &Arc<Self>) -> Result<Option<u64>, BrokerError> {
         let plan = self.lock().scrub_plan();
         let found = tokio::task::spawn_blocking(move || plan.run())
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?
             .map_err(|e| BrokerError::from_io("checking the log", e))?;
-        if let Some(offset) = found {
-            tracing::warn!(
-                topic = %self.topic,
-                partition = self.id,
-                offset,
-                "a stored batch failed its CRC check"
-            );
+        match found {
+            Some(offset) => {
+                ::metrics::counter!(m::DAMAGED_BATCHES_FOUND, "topic" => Arc::clone(&self.topic))
+                    .increment(1);
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.id,
+                    offset,
+                    "a stored batch failed its CRC check"
+                );
+            }
+            None => self.scrubbed.store(true, Ordering::Release),
         }
         Ok(found)
+    }
+
+    /// Every batch has passed a CRC check since this replica was opened ([`Partition::scrub`]
+    /// found nothing, or the damage it found was cut), or the log opened empty. Recovery
+    /// checks only what follows the recovery checkpoint: until this is true a follower does
+    /// not fetch, so it cannot rejoin the in-sync replica set with damage below it.
+    pub fn scrubbed(&self) -> bool {
+        self.scrubbed.load(Ordering::Acquire)
+    }
+
+    /// This replica lost fsynced records (recovery cut data that failed its checks, or a
+    /// scrub found damage and [`Partition::cut_damaged`] cut it) and has not fetched back
+    /// up to its leader's high watermark since ([`Partition::refetched_lost_data`]). Such a
+    /// replica must not lead: records acknowledged to producers are missing from it.
+    pub fn lost_data(&self) -> bool {
+        self.lost_data.load(Ordering::Acquire)
+    }
+
+    /// A follower that lost data has fetched and fsynced everything up to its leader's high
+    /// watermark: it holds every acknowledged record again.
+    pub fn refetched_lost_data(&self) {
+        if self.lost_data.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.id,
+                "the records this replica lost are fetched back from the leader"
+            );
+        }
+    }
+
+    /// Cuts a follower's log where a scrub found damage (`offset`, from
+    /// [`Partition::scrub`]), below its high watermark if it must: the high watermark drops
+    /// to the cut, so nothing past it is served from this replica, and the replica counts
+    /// as having lost data ([`Partition::lost_data`]) until it has fetched the records back.
+    /// A cut at or below the log start empties the log there. Returns the new log end. Runs
+    /// on the blocking pool (the cut is synced, the checkpoints written).
+    pub async fn cut_damaged(self: &Arc<Self>, offset: u64) -> Result<u64, BrokerError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.cut_damaged_blocking(offset))
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?
+    }
+
+    fn cut_damaged_blocking(&self, offset: u64) -> Result<u64, BrokerError> {
+        let mut log = self.lock();
+        let start = log.log_start_offset();
+        let end = if offset > start {
+            log.truncation_point(offset)
+                .map_err(|e| BrokerError::from_io("cutting damaged data", e))?
+        } else {
+            start
+        };
+        self.lost_data.store(true, Ordering::Release);
+        // Lowered before the cut, in one step: a concurrent `advance_high_watermark` is capped
+        // at the fsynced offset, so it cannot pass the cut.
+        let end = end.max(start);
+        self.progress.send_modify(|p| {
+            p.fsynced_offset = p.fsynced_offset.min(end);
+            p.high_watermark = p.high_watermark.min(end);
+        });
+        let cut = if end > start {
+            log.truncate_to(offset)
+        } else {
+            log.reset_to(start, now_ms()).map(|()| start)
+        };
+        let end = match cut {
+            Ok(end) => end,
+            Err(e) => return Err(self.fail(format!("cutting damaged data failed: {e}"))),
+        };
+        self.end.send_replace(end);
+        drop(log);
+        self.scrubbed.store(true, Ordering::Release);
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.id,
+            offset = end,
+            "damaged data cut: this replica fetches it again from its leader"
+        );
+        self.publish_gauges();
+        Ok(end)
+    }
+
+    /// A leader whose fsynced data failed its CRC check stops taking writes: it cannot fetch
+    /// the records back, and cutting them would hand their offsets out again.
+    pub fn fail_damaged(&self, offset: u64) -> BrokerError {
+        self.scrubbed.store(true, Ordering::Release);
+        self.fail(format!(
+            "a stored batch at offset {offset} failed its CRC check"
+        ))
     }
 
     /// Whole batches for a follower, from the one holding `offset` up to the log end (not
@@ -1192,6 +1326,7 @@ impl Partition {
             m::COMPACTED_RECORDS,
             m::STORAGE_ERRORS,
             m::RECOVERY_TRUNCATIONS,
+            m::DAMAGED_BATCHES_FOUND,
         ] {
             ::metrics::counter!(name, "topic" => topic.clone()).increment(0);
         }
@@ -1474,6 +1609,53 @@ pub(crate) mod tests {
         assert_eq!(partition.synced_data_lost_at(), Some(4));
         assert_eq!(partition.log_end_offset(), 4);
         assert_eq!(partition.scrub().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_follower_is_cut_below_its_high_watermark_and_counts_as_lost_until_caught_up()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        assert!(partition.scrubbed(), "an empty log needs no check");
+        partition.set_hw_mode(HwMode::External);
+        let mut stored = Vec::new();
+        for (base, records) in [(0u64, 2usize), (2, 3), (5, 1)] {
+            let mut batch = batch_of(records);
+            crate::log::batch::stamp_batch(&mut batch, base, 4);
+            stored.extend_from_slice(&batch);
+        }
+        assert!(matches!(
+            partition.append_replicated_at(&stored, 3, false),
+            Err(BrokerError::InvalidRequest(_))
+        ));
+        assert_eq!(partition.log_end_offset(), 0, "not onto another end");
+        assert_eq!(partition.append_replicated_at(&stored, 0, true).unwrap(), 6);
+        partition.flush_now().await.unwrap();
+        assert_eq!(partition.advance_high_watermark(6), 6);
+        // A scrub found the batch at 2 damaged: the cut goes below the high watermark.
+        assert_eq!(partition.cut_damaged(2).await.unwrap(), 2);
+        let p = partition.progress();
+        assert_eq!((p.high_watermark, p.fsynced_offset), (2, 2));
+        assert_eq!(partition.log_end_offset(), 2);
+        assert!(partition.lost_data() && partition.scrubbed());
+        // A fetch answer from before the cut is not appended past it.
+        assert!(
+            partition
+                .append_replicated_at(&stored[..0], 6, false)
+                .is_ok()
+        );
+        let mut rest = batch_of(3);
+        crate::log::batch::stamp_batch(&mut rest, 2, 4);
+        assert!(partition.append_replicated_at(&rest, 6, false).is_err());
+        assert_eq!(partition.append_replicated_at(&rest, 2, true).unwrap(), 5);
+        partition.flush_now().await.unwrap();
+        assert_eq!(partition.advance_high_watermark(5), 5);
+        assert!(partition.lost_data(), "caught up only with its leader's HW");
+        partition.refetched_lost_data();
+        assert!(!partition.lost_data());
+        // At the log start, the log is emptied there.
+        assert_eq!(partition.cut_damaged(0).await.unwrap(), 0);
+        assert_eq!(partition.progress().high_watermark, 0);
     }
 
     #[tokio::test]

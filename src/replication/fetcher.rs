@@ -32,6 +32,23 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// leader learns the fsync (and moves the high watermark) soon after it completes.
 const UNSYNCED_WAIT: Duration = Duration::from_millis(20);
 
+/// The offset `request` asked `f`'s partition from.
+fn asked_at(request: &FetchRequest, f: &Followed) -> Option<u64> {
+    request
+        .partitions
+        .iter()
+        .find(|p| *p.topic == *f.topic && p.partition == f.partition)
+        .map(|p| p.fetch_offset)
+}
+
+/// Moves the replica's high watermark to the leader's, as far as it has fsynced. A replica
+/// that lost data holds every acknowledged record again once it reaches the leader's.
+fn caught_up(f: &Followed, leader_hw: u64) {
+    if f.replica.advance_high_watermark(leader_hw) >= leader_hw {
+        f.replica.refetched_lost_data();
+    }
+}
+
 /// One partition followed from a leader.
 #[derive(Debug, Clone)]
 pub struct Followed {
@@ -101,6 +118,11 @@ impl Fetcher {
             if self.retry_at.contains_key(&key) || self.stopped.get(&key) == Some(&f.leader_epoch) {
                 continue;
             }
+            // Not before every batch below its log end passed a CRC check (`scrub`): a
+            // damaged replica must not catch up and rejoin the ISR over its damage.
+            if !f.replica.scrubbed() {
+                continue;
+            }
             let end = f.replica.log_end_offset();
             let flushed = f.replica.progress().fsynced_offset;
             unsynced |= flushed < end;
@@ -164,7 +186,10 @@ impl Fetcher {
             else {
                 continue;
             };
-            if self.apply(f, &answer, records).await && answer.sync_now {
+            let Some(fetched_at) = asked_at(&request, f) else {
+                continue;
+            };
+            if self.apply(f, fetched_at, &answer, records).await && answer.sync_now {
                 synced.push((f, answer.high_watermark));
             }
         }
@@ -173,7 +198,7 @@ impl Fetcher {
             if let Err(e) = f.replica.flush_now().await {
                 tracing::error!(topic = %f.topic, partition = f.partition, "fsync of replicated data: {e}");
             }
-            f.replica.advance_high_watermark(*leader_hw);
+            caught_up(f, *leader_hw);
         }
         None
     }
@@ -198,8 +223,15 @@ impl Fetcher {
             .await
     }
 
-    /// Applies one partition's answer. Returns true when it appended records.
-    async fn apply(&mut self, f: &Followed, answer: &PartitionAnswer, records: &[u8]) -> bool {
+    /// Applies one partition's answer to a fetch from `fetched_at`. Returns true when it
+    /// appended records.
+    async fn apply(
+        &mut self,
+        f: &Followed,
+        fetched_at: u64,
+        answer: &PartitionAnswer,
+        records: &[u8],
+    ) -> bool {
         let key = (Arc::clone(&f.topic), f.partition);
         if let Some(error) = answer.error {
             if error == FetchError::OffsetOutOfRange
@@ -228,7 +260,8 @@ impl Fetcher {
         }
         let mut appended = false;
         if !records.is_empty() {
-            match f.replica.append_replicated(records, false) {
+            // Only onto the log end the fetch asked from: a scrub may have cut the log since.
+            match f.replica.append_replicated_at(records, fetched_at, false) {
                 Ok(_) => appended = true,
                 Err(e) => {
                     tracing::warn!(topic = %f.topic, partition = f.partition, "appending replicated batches: {e}");
@@ -237,7 +270,7 @@ impl Fetcher {
                 }
             }
         }
-        f.replica.advance_high_watermark(answer.high_watermark);
+        caught_up(f, answer.high_watermark);
         appended
     }
 

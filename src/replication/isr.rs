@@ -15,6 +15,11 @@
 //! - Expand: a follower outside the ISR that is eligible (active broker on its current
 //!   epoch, checked by the caller) and has fsynced up to the high watermark, fetching in
 //!   the current leader epoch, joins.
+//! - Lost data: every ISR member holds every record below the high watermark, so a member
+//!   whose fetch asks for an offset below it has lost records it acknowledged (a flipped
+//!   bit found by its CRC check, its log cut there, issue 9 item 7). It leaves at once, not
+//!   after the lag bound, and is not counted in sync meanwhile ([`LeaderReplicas::in_sync`]);
+//!   it joins again like any follower, once it has fsynced up to the high watermark.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +34,9 @@ pub struct FollowerProgress {
     pub flushed_offset: u64,
     /// When it was last known caught up with the leader's log end.
     pub last_caught_up_ms: u64,
+    /// Its last fetch asked for an offset below the high watermark: its log lacks records
+    /// the ISR acknowledged.
+    pub below_high_watermark: bool,
     /// When it last fetched, and the leader's log end then.
     last_fetch_ms: u64,
     leader_end_at_last_fetch: u64,
@@ -110,6 +118,7 @@ impl LeaderReplicas {
         } else if fetch_offset >= f.leader_end_at_last_fetch {
             f.last_caught_up_ms = f.last_caught_up_ms.max(f.last_fetch_ms);
         }
+        f.below_high_watermark = fetch_offset < self.high_watermark;
         f.fetch_offset = fetch_offset;
         f.flushed_offset = flushed_offset.min(fetch_offset);
         f.last_fetch_ms = now_ms;
@@ -129,6 +138,21 @@ impl LeaderReplicas {
             }
         }
         isr
+    }
+
+    /// How many members of the confirmed ISR are in sync: all but those whose last fetch
+    /// showed they lost acknowledged records (they are on their way out). What `acks=all`
+    /// admission counts.
+    pub fn in_sync(&self) -> u32 {
+        self.isr
+            .iter()
+            .filter(|n| {
+                !self
+                    .followers
+                    .get(n)
+                    .is_some_and(|f| f.below_high_watermark)
+            })
+            .count() as u32
     }
 
     /// Moves the high watermark given the leader's own fsynced offset; returns it. It moves
@@ -153,7 +177,7 @@ impl LeaderReplicas {
     }
 
     /// The ISR to propose now, if it should change: members not caught up within `lag_max_ms`
-    /// leave; eligible followers that have fsynced up to the high watermark join. None while
+    /// leave, and members that lost acknowledged records leave at once; eligible followers that have fsynced up to the high watermark join. None while
     /// a change is pending or when nothing changes.
     pub fn isr_change(
         &self,
@@ -169,7 +193,17 @@ impl LeaderReplicas {
                 .get(n)
                 .is_some_and(|f| now_ms.saturating_sub(f.last_caught_up_ms) > lag_max_ms)
         };
-        let mut next: Vec<NodeId> = self.isr.iter().copied().filter(|n| !lagging(n)).collect();
+        let lost = |n: &NodeId| {
+            self.followers
+                .get(n)
+                .is_some_and(|f| f.below_high_watermark)
+        };
+        let mut next: Vec<NodeId> = self
+            .isr
+            .iter()
+            .copied()
+            .filter(|n| !lagging(n) && !lost(n))
+            .collect();
         for (n, f) in &self.followers {
             let joins = !next.contains(n)
                 && !self.isr.contains(n)
@@ -290,6 +324,48 @@ mod tests {
         l.isr = vec![n(1), n(2)];
         l.pending = None;
         assert_eq!(l.advance_high_watermark(20), 20);
+    }
+
+    #[test]
+    fn a_member_whose_fetch_goes_back_below_the_high_watermark_leaves_at_once() {
+        let mut l = three();
+        l.on_fetch(n(2), 10, 10, 10, 1);
+        l.on_fetch(n(3), 10, 10, 10, 1);
+        assert_eq!(l.advance_high_watermark(10), 10);
+        assert_eq!(l.in_sync(), 3);
+        // Follower 3 found a flipped bit at 6 and cut its log there.
+        l.on_fetch(n(3), 6, 6, 10, 2);
+        assert_eq!(
+            l.in_sync(),
+            2,
+            "not counted while it lacks acknowledged records"
+        );
+        assert_eq!(
+            l.isr_change(2, 30_000, |_| true),
+            Some(vec![n(1), n(2)]),
+            "long before the lag bound"
+        );
+        assert_eq!(
+            l.advance_high_watermark(12),
+            10,
+            "frozen until the controller confirms the removal"
+        );
+        l.isr = vec![n(1), n(2)];
+        l.on_fetch(n(2), 12, 12, 12, 3);
+        assert_eq!(l.advance_high_watermark(12), 12);
+        l.on_fetch(n(3), 10, 10, 12, 3);
+        assert_eq!(
+            l.isr_change(3, 30_000, |_| true),
+            None,
+            "still below the HW"
+        );
+        l.on_fetch(n(3), 12, 12, 12, 4);
+        assert_eq!(l.in_sync(), 2);
+        assert_eq!(
+            l.isr_change(4, 30_000, |_| true),
+            Some(vec![n(1), n(2), n(3)]),
+            "caught up again: it rejoins"
+        );
     }
 
     #[test]

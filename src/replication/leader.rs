@@ -118,12 +118,13 @@ impl Led {
         self.lock().replicas.pending = None;
     }
 
-    /// Tells producers how many replicas are in sync (the confirmed set).
+    /// Tells producers how many replicas are in sync: the confirmed set, less the members
+    /// whose fetches show they lost acknowledged records (on their way out).
     fn publish_gate(&self) {
         let gate = {
             let s = self.lock();
             IsrGate {
-                isr: s.replicas.isr.len() as u32,
+                isr: s.replicas.in_sync(),
                 min_insync_replicas: s.replicas.min_insync_replicas,
                 leader_epoch: self.leader_epoch.0,
             }
@@ -228,15 +229,33 @@ impl Led {
             answer.diverging = Some(diverging);
             return (answer, None);
         }
-        if !self.lock().replicas.on_fetch(
-            follower,
-            fetch.fetch_offset,
-            fetch.flushed_offset,
-            end,
-            now_ms,
-        ) {
-            answer.error = Some(FetchError::NotAFollower);
-            return (answer, None);
+        let in_sync = {
+            let mut s = self.lock();
+            let before = s.replicas.in_sync();
+            if !s.replicas.on_fetch(
+                follower,
+                fetch.fetch_offset,
+                fetch.flushed_offset,
+                end,
+                now_ms,
+            ) {
+                answer.error = Some(FetchError::NotAFollower);
+                return (answer, None);
+            }
+            (before, s.replicas.in_sync())
+        };
+        if in_sync.0 != in_sync.1 {
+            if in_sync.1 < in_sync.0 {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    follower = follower.0,
+                    fetch_offset = fetch.fetch_offset,
+                    "an in-sync follower fetches below the high watermark: it lost records, \
+                     it leaves the ISR"
+                );
+            }
+            self.publish_gate();
         }
         answer.high_watermark = self.advance();
         answer.sync_now = self.replica.acks_all_waiting();

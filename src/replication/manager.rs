@@ -157,6 +157,11 @@ impl ReplicaManager {
         self.filtered(|r| matches!(r, Role::Follower { .. }))
     }
 
+    /// Every local replica, whatever its role.
+    pub fn all(&self) -> Vec<LocalReplica> {
+        self.filtered(|_| true)
+    }
+
     /// Registers a hook called on every role change, on the manager's task, after the local
     /// partition exists and before [`Self::subscribe`] moves. It must not block.
     pub fn on_role_change(&self, hook: impl Fn(&RoleChange) + Send + Sync + 'static) {

@@ -38,6 +38,8 @@ pub struct Settings {
     /// A fetch's deadline beyond its wait: a leader that does not answer by then is
     /// treated as unreachable (its partitions are asked again).
     pub fetch_timeout: Duration,
+    /// How often every local replica is checked against its CRCs (`scrub`).
+    pub scrub_every: Duration,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             fetch_wait_max: Duration::from_millis(config.replica_fetch_wait_max_ms),
             fetch_timeout: Duration::from_millis(config.replica_lag_time_max_ms / 2)
                 .max(Duration::from_millis(500)),
+            scrub_every: Duration::from_millis(config.replica_scrub_interval_ms),
         }
     }
 
@@ -102,7 +105,14 @@ impl Replicator {
         if !self.cluster.is_clustered() {
             return Vec::new();
         }
-        vec![tokio::spawn(Arc::clone(self).run_roles())]
+        vec![
+            tokio::spawn(Arc::clone(self).run_roles()),
+            tokio::spawn(super::scrub::run(
+                Arc::clone(&self.broker),
+                Arc::clone(&self.manager),
+                self.settings.scrub_every,
+            )),
+        ]
     }
 
     fn now_ms(&self) -> u64 {
@@ -175,6 +185,10 @@ impl Replicator {
                     min_insync_replicas: *min_insync_replicas,
                     partition_epoch: *partition_epoch,
                 };
+                if r.replica.lost_data() {
+                    // Refused in `apply_role`: no follower fetches from it either.
+                    continue;
+                }
                 let key = (Arc::clone(&r.topic), r.partition);
                 let kept = leaders.remove(&key).filter(|l| {
                     l.leader_epoch == *leader_epoch && Arc::ptr_eq(&l.replica, &r.replica)
@@ -442,6 +456,20 @@ impl Replicator {
 fn apply_role(change: &RoleChange) {
     let replica = &change.replica;
     match &change.after {
+        Some(Role::Leader { leader_epoch, .. }) if replica.lost_data() => {
+            // Records it acknowledged are missing from it (a flipped bit cut at recovery, or
+            // not yet fetched back after a scrub cut them): leading would hand their offsets
+            // out again. The partition stays without a working leader instead.
+            replica.set_follower(true);
+            replica.set_isr_gate(None);
+            replica.set_hw_mode(HwMode::External);
+            tracing::error!(
+                topic = %change.topic,
+                partition = change.partition,
+                leader_epoch = leader_epoch.0,
+                "cannot lead: this replica lost fsynced records it has not fetched back"
+            );
+        }
         Some(Role::Leader {
             leader_epoch,
             isr,

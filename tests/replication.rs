@@ -806,3 +806,171 @@ fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
     producer.stop();
     check_every_replica(&c, "cut", 3, &history);
 }
+
+/// POSTs `body` as JSON; the status and the raw answer (a replica fetch answers bytes).
+fn post_for_bytes(url: &str, body: &Value) -> (u16, Vec<u8>) {
+    common::runtime().block_on(async {
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the broker answers");
+        let status = r.status().as_u16();
+        (status, r.bytes().await.expect("a body").to_vec())
+    })
+}
+
+/// The header of the first partition of a replica fetch answer ("TLRF", version, count,
+/// then per partition a length-prefixed JSON header).
+fn first_partition_answer(bytes: &[u8]) -> Value {
+    assert_eq!(&bytes[..4], b"TLRF", "a replica fetch answer");
+    let count = u32::from_le_bytes(bytes[5..9].try_into().unwrap());
+    assert!(count >= 1);
+    let len = u32::from_le_bytes(bytes[9..13].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[13..13 + len]).expect("a JSON partition header")
+}
+
+/// Issue 9, "Bad input" on a running cluster: internal requests from a node outside the
+/// cluster or from an incarnation the metadata replaced are refused with stable problems
+/// (replica fetch, ISR change); an ISR change on a wrong leader or partition epoch or from
+/// a broker that does not lead is a 409; a fetch in a leader epoch the leader has not seen is
+/// refused per partition; a replication factor of 0 or above the live brokers is a 400 that
+/// says how many are alive; a second process under a live node id stops at start (same data
+/// directory, or the same address) or is refused by the controller (another address). None
+/// of it changes who is alive, who is in sync, or what is stored.
+#[test]
+fn bad_internal_requests_and_a_second_process_under_a_live_node_id_change_nothing() {
+    let c = Cluster::start(3, TOML);
+    create_topic(&c, "bad", 3);
+    let p = (0..3)
+        .find(|p| partition_state(&c, 1, "bad", *p).0 == 2)
+        .expect("placement gives node 2 a leadership");
+    let (_, leader_epoch, _) = partition_state(&c, 1, "bad", p);
+    let history = Arc::new(Mutex::new(History::default()));
+    let before: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
+    assert_eq!(produce(c.url(2), "bad", p, &before, "all", &history), 200);
+    let (_, view) = get(&format!("{}/v1/cluster", c.url(1)));
+    let epoch_of = |view: &Value, node: u64| -> u64 {
+        view["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["node_id"] == node)
+            .and_then(|b| b["broker_epoch"].as_u64())
+            .unwrap_or_else(|| panic!("node {node} in {view}"))
+    };
+    let epoch_3 = epoch_of(&view, 3);
+    let epoch_2 = epoch_of(&view, 2);
+    assert!(epoch_3 >= 1, "{view}");
+
+    // Replica fetches at the leader (node 2).
+    let fetch = |replica: u64, broker_epoch: u64, leader_epoch: u64| {
+        post_for_bytes(
+            &format!("{}/internal/v1/replica/fetch", c.url(2)),
+            &json!({"replica": replica, "broker_epoch": broker_epoch, "max_wait_ms": 0,
+                    "max_bytes": 65536, "partitions": [{"topic": "bad", "partition": p,
+                    "leader_epoch": leader_epoch, "fetch_offset": 0, "flushed_offset": 0}]}),
+        )
+    };
+    let problem = |bytes: &[u8]| -> Value { serde_json::from_slice(bytes).expect("a problem") };
+    let (status, body) = fetch(9, 1, leader_epoch);
+    cluster::assert_problem(status, &problem(&body), 404, "unknown_broker");
+    let (status, body) = fetch(3, epoch_3 - 1, leader_epoch);
+    let refused = problem(&body);
+    cluster::assert_problem(status, &refused, 409, "stale_broker_epoch");
+    assert_eq!(refused["broker_epoch"], epoch_3, "{refused}");
+    let (status, body) = fetch(3, epoch_3, leader_epoch + 1);
+    assert_eq!(status, 200);
+    let answer = first_partition_answer(&body);
+    assert_eq!(answer["error"], "unknown_leader_epoch", "{answer}");
+
+    // ISR changes at the controller (node 1): only the leader, in its epochs, may make one.
+    let alter = |node: u64, broker_epoch: u64, leader_epoch: u64, partition_epoch: u64| {
+        post(
+            &format!("{}/internal/v1/partitions/alter", c.url(1)),
+            json!({"node_id": node, "broker_epoch": broker_epoch, "topic": "bad",
+                   "partition": p, "leader_epoch": leader_epoch,
+                   "partition_epoch": partition_epoch, "isr": [2]}),
+        )
+    };
+    let (status, refused) = alter(9, 1, leader_epoch, 0);
+    cluster::assert_problem(status, &refused, 404, "unknown_broker");
+    let (status, refused) = alter(2, epoch_2 - 1, leader_epoch, 0);
+    cluster::assert_problem(status, &refused, 409, "stale_broker_epoch");
+    let (status, refused) = alter(3, epoch_3, leader_epoch, 0);
+    cluster::assert_problem(status, &refused, 409, "metadata_conflict");
+    let (status, refused) = alter(2, epoch_2, leader_epoch + 1, 0);
+    cluster::assert_problem(status, &refused, 409, "metadata_conflict");
+    let (status, refused) = alter(2, epoch_2, leader_epoch, 1_000_000);
+    cluster::assert_problem(status, &refused, 409, "metadata_conflict");
+
+    // Replication factors the cluster cannot hold, through a broker that is not the
+    // controller (forwarded).
+    for factor in [0, 4] {
+        let (status, refused) = post(
+            &format!("{}/v1/topics", c.url(3)),
+            json!({"name": format!("rf{factor}"), "replication_factor": factor}),
+        );
+        cluster::assert_problem(status, &refused, 400, "not_enough_brokers");
+        assert_eq!(refused["alive_brokers"], 3, "{refused}");
+        assert!(
+            refused["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("3 brokers are alive") || d.contains("3 are alive")),
+            "{refused}"
+        );
+    }
+
+    // A second process under node 3's id while node 3 lives.
+    let other_dir = c.root.path().join("second-3");
+    let listen = format!("127.0.0.1:{}", c.ports[2]);
+    let peers = cluster::peers(&c.ports);
+    let third_dir = c.data_dir(3);
+    for (dir, expected) in [
+        (&third_dir, "is in use by another tidelog process"),
+        (&other_dir, "cannot listen on"),
+    ] {
+        let (code, stderr) = cluster::run_to_exit(&[
+            "--node-id",
+            "3",
+            "--peers",
+            &peers,
+            "--listen",
+            &listen,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert_ne!(code, Some(0), "{stderr}");
+        assert!(stderr.contains(expected), "{dir:?}: {stderr}");
+    }
+    // At another address: the controller refuses it (its registration is what a process
+    // started with other --peers would send).
+    let (status, refused) = post(
+        &format!("{}/internal/v1/brokers/register", c.url(1)),
+        json!({"node_id": 3, "address": "127.0.0.1:1", "incarnation": 7}),
+    );
+    cluster::assert_problem(status, &refused, 409, "peers_mismatch");
+
+    // Nothing changed: the same incarnations alive, the full ISR, acks=all goes on.
+    let (_, after) = get(&format!("{}/v1/cluster", c.url(1)));
+    assert_eq!(
+        (epoch_of(&after, 2), epoch_of(&after, 3)),
+        (epoch_2, epoch_3),
+        "{after}"
+    );
+    assert!(
+        after["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["status"] == "alive"),
+        "{after}"
+    );
+    let (_, epoch, isr) = partition_state(&c, 2, "bad", p);
+    assert_eq!((epoch, isr.len()), (leader_epoch, 3));
+    let after: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
+    assert_eq!(produce(c.url(2), "bad", p, &after, "all", &history), 200);
+    check_every_replica(&c, "bad", 3, &history);
+}

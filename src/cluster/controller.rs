@@ -76,6 +76,13 @@ impl std::fmt::Display for ControlError {
             ControlError::Refused(e) => write!(f, "{e}"),
             ControlError::Invalid(why) => f.write_str(why),
             ControlError::NotEnoughBrokers {
+                factor: 0,
+                active_brokers,
+            } => write!(
+                f,
+                "replication_factor 0: a topic needs 1 to {active_brokers} replicas ({active_brokers} brokers are alive)"
+            ),
+            ControlError::NotEnoughBrokers {
                 factor,
                 active_brokers,
             } => write!(

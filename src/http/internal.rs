@@ -199,7 +199,10 @@ pub async fn alter_partition(
 }
 
 /// `POST /internal/v1/replica/fetch`: a follower's long-poll for the partitions it follows
-/// from this broker (JSON request, binary answer: `replication::wire`).
+/// from this broker (JSON request, binary answer: `replication::wire`). A node not in
+/// `--peers` is 404 `unknown_broker`, an older broker epoch than the metadata's 409
+/// `stale_broker_epoch`; per partition, leader-epoch fencing and non-replicas are errors in
+/// the answer.
 pub async fn replica_fetch(
     State(node): State<AppState>,
     headers: HeaderMap,
@@ -213,6 +216,25 @@ pub async fn replica_fetch(
             request.partitions.len(),
             wire::FETCH_PARTITIONS_MAX
         )));
+    }
+    // Whole-request refusals, as problems: a node outside the cluster, or an incarnation the
+    // metadata has replaced. A broker epoch newer than this broker's image is served per
+    // partition (`not_a_follower`): the follower retries once this broker caught up.
+    let replica = request.replica;
+    if node.cluster.peer_address(replica).is_none() {
+        return Err(
+            ControlError::UnknownBroker(format!("node {replica} is not in --peers")).into(),
+        );
+    }
+    let current = node
+        .cluster
+        .with_image(|i| i.brokers.get(&replica).map(|b| b.broker_epoch));
+    if let Some(current) = current.filter(|c| *c > request.broker_epoch) {
+        return Err(ControlError::StaleBrokerEpoch {
+            node_id: replica,
+            current,
+        }
+        .into());
     }
     let answer = node.replication.serve_fetch(&request).await;
     Ok((

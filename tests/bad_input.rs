@@ -11,8 +11,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::Client;
 use common::TestBroker;
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// Small limits, so the cases that cross them stay small. Auto-creation is on, so the cases
@@ -1262,7 +1263,7 @@ async fn a_body_over_request_body_bytes_max_is_413_and_the_broker_serves_new_con
     }
 
     // A fresh client (a new connection) is served too.
-    let fresh = reqwest::Client::new();
+    let fresh = common::Client::new();
     let health = fresh.get(fixture.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     fixture.assert_intact("the chunked body").await;
@@ -1358,6 +1359,7 @@ async fn a_raw_413_answer_arrives_before_the_body_is_sent() {
                 Err(e) => panic!("no 413 and no close: {e}; got so far: {:?}", String::from_utf8_lossy(&answer)),
             }
         }
+        common::contract::assert_raw_answer_keeps_the_spec("POST", PRODUCE, &answer);
         String::from_utf8_lossy(&answer).to_string()
     })
     .await

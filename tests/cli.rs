@@ -350,7 +350,7 @@ fn broker_log(args: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let (child, url) = serve_on(&tmp.path().join("data"), args, Stdio::piped());
     common::runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = common::Client::new();
         common::create_topic(&http, &url, "logged", 1).await;
         for _ in 0..3 {
             http.get(format!("{url}/v1/topics/logged/partitions/0/records"))
@@ -384,7 +384,7 @@ fn broker_log(args: &[&str]) -> String {
 
 /// In group `audit` on topic `logged`: a member joins and lets its session expire, another
 /// joins, fetches and leaves; returns once the expired member is gone.
-async fn group_joins_leaves_and_expires(http: &reqwest::Client, url: &str) {
+async fn group_joins_leaves_and_expires(http: &common::Client, url: &str) {
     let join = |session_timeout_ms: u64| {
         http.post(format!("{url}/v1/groups/audit/members"))
             .json(&serde_json::json!({"topics": ["logged"], "session_timeout_ms": session_timeout_ms}))

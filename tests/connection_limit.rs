@@ -37,6 +37,15 @@ fn send(stream: &mut TcpStream, request: &str) -> std::io::Result<String> {
     stream.write_all(request.as_bytes())?;
     let mut buf = [0u8; 4096];
     let n = stream.read(&mut buf)?;
+    if n > 0 {
+        let mut request_line = request.split(' ');
+        let (method, path) = (request_line.next(), request_line.next());
+        common::contract::assert_raw_answer_keeps_the_spec(
+            method.unwrap_or_default(),
+            path.unwrap_or_default(),
+            &buf[..n],
+        );
+    }
     Ok(String::from_utf8_lossy(&buf[..n]).to_string())
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Api, TestBroker};
 use serde_json::{Value, json};
 
-async fn send(req: reqwest::RequestBuilder) -> (u16, String, Value) {
+async fn send(req: common::client::RequestBuilder) -> (u16, String, Value) {
     let r = req.send().await.expect("request sent");
     let status = r.status().as_u16();
     let ct = r

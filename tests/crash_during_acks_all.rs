@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Client;
 use common::{TestBroker, create_topic, read_partition_to_high_watermark};
-use reqwest::Client;
 use serde_json::{Value, json};
 
 const TOPIC: &str = "crash";

@@ -289,7 +289,7 @@ async fn a_partition_takes_writes_again_once_the_disk_has_room() {
         (status, &problem["code"]),
         (503, &json!("storage_unavailable"))
     );
-    let ready = |http: reqwest::Client, url: String| async move {
+    let ready = |http: common::Client, url: String| async move {
         http.get(format!("{url}/readyz"))
             .send()
             .await

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 const TOML: &str = "broker_session_timeout_ms = 3000\n";
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+fn http() -> common::Client {
+    common::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::client::Response;
 use common::{Api, TestBroker, offsets_of_records, produced_partition_offsets};
 use futures_util::StreamExt;
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// The calls this file's tests need, on the shared client.

@@ -282,7 +282,7 @@ async fn scrape_after_traffic(broker: &common::TestBroker) -> (String, u64) {
 
 /// Makes the consumer-group series appear: a member joins, reads and commits (the shapes are
 /// the spec's: `member_id`, `generation`, `offsets`).
-async fn join_and_commit(http: &reqwest::Client, url: &str) -> u64 {
+async fn join_and_commit(http: &common::Client, url: &str) -> u64 {
     let r = http
         .post(format!("{url}/v1/groups/dashboard/members"))
         .json(&json!({"topics": ["orders"]}))
@@ -659,7 +659,7 @@ fn every_dashboard_query_is_valid_promql() {
 }
 
 /// One name's life: a topic and a group named `name` created, used and deleted.
-async fn create_use_and_delete(http: &reqwest::Client, url: &str, name: &str) {
+async fn create_use_and_delete(http: &common::Client, url: &str, name: &str) {
     common::create_topic(http, url, name, 2).await;
     common::produce_json_acks_all(http, url, name, json!([{"value": 1}, {"value": 2}])).await;
     let commit = http
@@ -683,7 +683,7 @@ async fn deleted_topics_and_groups_leave_metrics_and_the_exposition_stays_flat()
     let broker = common::TestBroker::start_with_config("metrics_idle_timeout_ms = 1000\n");
     let (http, url) = (broker.client(), broker.url.clone());
     common::create_topic(&http, &url, "quiet", 1).await;
-    let churned_gone = |http: reqwest::Client, url: String| async move {
+    let churned_gone = |http: common::Client, url: String| async move {
         !common::scrape_metrics(&http, &url).await.contains("churn-")
     };
     create_use_and_delete(&http, &url, "churn-0").await;

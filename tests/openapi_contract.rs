@@ -4,7 +4,8 @@
 //! route and method. They fail when a route exists that the spec lacks, when the spec lists an
 //! operation the router does not serve, when an error code in the source is missing from the
 //! spec's code table (or carries another status), and when the served document differs from
-//! the file.
+//! the file. The checker every test's client runs on each answer (`common::contract`) is tested
+//! here on made-up answers, and against a fake server for the client's panic.
 //!
 //! Consumer-group operations (tag `groups`) come from the groups module. While the router has
 //! no `/v1/groups` route at all they may be absent from it; once any exists, all must match.
@@ -404,4 +405,223 @@ fn problem_responses_list_the_codes_of_their_status_and_every_operation_has_a_de
             );
         }
     }
+}
+
+/// One made-up answer for the in-process checker of `common::contract`.
+struct Answer {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    preflight: bool,
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    /// `None`: a stream the checker does not read.
+    body: Option<&'static str>,
+    /// A piece of the violation expected, or `None` when the answer keeps the spec.
+    breaks: Option<&'static str>,
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const PROBLEM: (&str, &str) = ("content-type", "application/problem+json");
+
+fn answer(name: &'static str, method: &'static str, path: &'static str, status: u16) -> Answer {
+    Answer {
+        name,
+        method,
+        path,
+        preflight: false,
+        status,
+        headers: &[],
+        body: Some(""),
+        breaks: None,
+    }
+}
+
+impl Answer {
+    fn headers(self, headers: &'static [(&'static str, &'static str)]) -> Self {
+        Answer { headers, ..self }
+    }
+    fn body(self, body: &'static str) -> Self {
+        Answer {
+            body: Some(body),
+            ..self
+        }
+    }
+    fn streamed(self) -> Self {
+        Answer { body: None, ..self }
+    }
+    fn preflight(self) -> Self {
+        Answer {
+            preflight: true,
+            ..self
+        }
+    }
+    fn breaks(self, because: &'static str) -> Self {
+        Answer {
+            breaks: Some(because),
+            ..self
+        }
+    }
+}
+
+/// The checker every test's client runs (`common::contract`) passes answers that keep the spec
+/// and names what is wrong with each that does not: status, content type, body, headers, and a
+/// problem's code against its status.
+#[test]
+fn the_answer_checker_passes_answers_that_keep_the_spec_and_names_each_break() {
+    let topic_not_found = r#"{"type":"urn:tidelog:problem:topic_not_found","title":"Not Found","status":404,"code":"topic_not_found","detail":"no topic x"}"#;
+    let answers = [
+        answer("health", "GET", "/healthz", 200)
+            .headers(&[JSON])
+            .body(r#"{"status":"ok"}"#),
+        answer("health, a body of another shape", "GET", "/healthz", 200)
+            .headers(&[JSON])
+            .body(r#"{"status":"fine"}"#)
+            .breaks("body"),
+        answer("health, not JSON", "GET", "/healthz", 200)
+            .headers(&[JSON])
+            .body("ok")
+            .breaks("not JSON"),
+        answer("health, as HTML", "GET", "/healthz", 200)
+            .headers(&[("content-type", "text/html")])
+            .body("<p>ok</p>")
+            .breaks("content type"),
+        answer("a topic that is not there", "GET", "/v1/topics/x", 404)
+            .headers(&[PROBLEM])
+            .body(topic_not_found),
+        answer("a 404 with a 409's code", "GET", "/v1/topics/x", 404)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"urn:tidelog:problem:topic_exists","title":"Not Found","status":404,"code":"topic_exists","detail":"x"}"#)
+            .breaks("code"),
+        answer("a problem whose status is not the answer's", "GET", "/v1/topics/x", 400)
+            .headers(&[PROBLEM])
+            .body(topic_not_found)
+            .breaks("status"),
+        answer("a problem under default with a code of another status", "GET", "/v1/topics", 500)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"urn:tidelog:problem:topic_not_found","title":"Internal Server Error","status":500,"code":"topic_not_found","detail":"x"}"#)
+            .breaks("listed with status 404"),
+        answer("a problem whose type is not its code's", "GET", "/v1/topics/x", 404)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"about:blank","title":"Not Found","status":404,"code":"topic_not_found","detail":"x"}"#)
+            .breaks("type"),
+        answer("a delete answered 200 instead of 204", "DELETE", "/v1/topics/x", 200)
+            .breaks("Content-Type"),
+        answer("a delete", "DELETE", "/v1/topics/x", 204),
+        answer("a 204 with a body", "DELETE", "/v1/topics/x", 204)
+            .headers(&[JSON])
+            .body("{}")
+            .breaks("a body where the spec documents none"),
+        answer("a produce", "POST", "/v1/topics/x/records", 200)
+            .headers(&[JSON, ("tidelog-durability", "fsync")])
+            .body(r#"{"offsets":[{"partition":0,"offset":0}],"durability":"fsync"}"#),
+        answer("a produce without its durability header", "POST", "/v1/topics/x/records", 200)
+            .headers(&[JSON])
+            .body(r#"{"offsets":[{"partition":0,"offset":0}],"durability":"fsync"}"#)
+            .breaks("Tidelog-Durability is missing"),
+        answer("a produce with a durability header of no known value", "POST", "/v1/topics/x/records", 200)
+            .headers(&[JSON, ("tidelog-durability", "maybe")])
+            .body(r#"{"offsets":[{"partition":0,"offset":0}],"durability":"fsync"}"#)
+            .breaks("header Tidelog-Durability"),
+        answer("a 200 produce saying none", "POST", "/v1/topics/x/records", 200)
+            .headers(&[JSON, ("tidelog-durability", "none")])
+            .body(r#"{"offsets":[],"durability":"none"}"#)
+            .breaks("body"),
+        answer("a fetch whose next offset is text", "GET", "/v1/topics/x/partitions/0/records", 200)
+            .headers(&[JSON])
+            .body(r#"{"records":[],"next_offset":"3","high_watermark":3,"log_start_offset":0}"#)
+            .breaks("next_offset"),
+        answer("an event stream", "GET", "/v1/topics/x/partitions/0/stream", 200)
+            .headers(&[("content-type", "text/event-stream")])
+            .streamed(),
+        answer("no such route", "GET", "/v2/nothing", 404)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"urn:tidelog:problem:not_found","title":"Not Found","status":404,"code":"not_found","detail":"no route"}"#),
+        answer("no such route, answered 200", "GET", "/v2/nothing", 200)
+            .headers(&[JSON])
+            .body("{}")
+            .breaks("content type"),
+        answer("a method the route lacks", "PUT", "/v1/topics", 405)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"urn:tidelog:problem:method_not_allowed","title":"Method Not Allowed","status":405,"code":"method_not_allowed","detail":"PUT"}"#),
+        answer("a CORS preflight", "OPTIONS", "/v1/topics", 200).preflight(),
+    ];
+    for a in answers {
+        let headers: reqwest::header::HeaderMap = a
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    reqwest::header::HeaderName::from_static(k),
+                    reqwest::header::HeaderValue::from_static(v),
+                )
+            })
+            .collect();
+        let exchange = common::contract::Exchange {
+            method: a.method,
+            path: a.path,
+            preflight: a.preflight,
+            status: a.status,
+            headers: &headers,
+            body: a.body.map(str::as_bytes),
+        };
+        let found = common::contract::violations(&exchange);
+        match a.breaks {
+            None => assert!(found.is_empty(), "{}: {found:#?}", a.name),
+            Some(piece) => assert!(
+                found.iter().any(|v| v.contains(piece)),
+                "{}: expected a break naming {piece:?}, got {found:#?}",
+                a.name
+            ),
+        }
+    }
+}
+
+/// The harness client really checks: an answer that breaks the spec (here from a fake server
+/// on loopback) panics the request and is remembered for the broker it came from.
+#[tokio::test]
+async fn the_test_client_panics_on_an_answer_that_breaks_the_spec() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let body = r#"{"status":"fine"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let url = format!("http://{authority}/healthz");
+    let request = tokio::spawn(async move { common::Client::new().get(url).send().await });
+    let joined = request.await;
+    let panic = joined.expect_err("the request panics").into_panic();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("GET /healthz") && message.contains("fine"),
+        "{message}"
+    );
+    assert_eq!(common::contract::take_breaks(&authority).len(), 1);
+    assert!(common::contract::take_breaks(&authority).is_empty());
+}
+
+/// The check for tests that read raw HTTP/1.1 from a socket parses the status, headers and
+/// body, and leaves a body read only in part unchecked.
+#[test]
+fn the_raw_answer_check_reads_status_headers_and_body() {
+    use common::contract::assert_raw_answer_keeps_the_spec as check;
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n";
+    check(
+        "GET",
+        "/healthz",
+        format!("{head}{{\"status\":\"ok\"}}").as_bytes(),
+    );
+    check("GET", "/healthz?x=1", format!("{head}{{\"stat").as_bytes());
+    let bad_body = format!("{head}{{\"status\":\"no\"}}");
+    assert!(std::panic::catch_unwind(|| check("GET", "/healthz", bad_body.as_bytes())).is_err());
+    let bad_type = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nok";
+    assert!(std::panic::catch_unwind(|| check("GET", "/healthz", bad_type.as_bytes())).is_err());
 }

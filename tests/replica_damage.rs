@@ -333,7 +333,7 @@ impl Reader {
 
 /// A counter's sum over its labels on broker `id`.
 fn counter(c: &Cluster, id: usize, name: &str) -> f64 {
-    let http = reqwest::Client::new();
+    let http = common::Client::new();
     let text = common::runtime().block_on(common::scrape_metrics(&http, c.url(id)));
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))

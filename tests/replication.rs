@@ -205,7 +205,7 @@ fn wait_converged(c: &Cluster, topic: &str, partitions: u32) {
 }
 
 fn scrape(url: &str) -> String {
-    let http = reqwest::Client::new();
+    let http = common::Client::new();
     common::runtime().block_on(common::scrape_metrics(&http, url))
 }
 
@@ -646,7 +646,7 @@ fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 }
 
 fn fetch_errors(url: &str) -> f64 {
-    let http = reqwest::Client::new();
+    let http = common::Client::new();
     common::runtime().block_on(common::scrape_unlabelled_metric(
         &http,
         url,
@@ -810,7 +810,7 @@ fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
 /// POSTs `body` as JSON; the status and the raw answer (a replica fetch answers bytes).
 fn post_for_bytes(url: &str, body: &Value) -> (u16, Vec<u8>) {
     common::runtime().block_on(async {
-        let r = reqwest::Client::new()
+        let r = common::Client::new()
             .post(url)
             .json(body)
             .timeout(Duration::from_secs(30))

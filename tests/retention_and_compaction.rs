@@ -17,7 +17,7 @@ const CONFIG: &str = "retention_check_interval_ms = 50\n";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Reads partition 0 of `topic` from its log start to its high watermark.
-async fn read_all(http: &reqwest::Client, url: &str, topic: &str) -> Vec<Value> {
+async fn read_all(http: &common::Client, url: &str, topic: &str) -> Vec<Value> {
     read_partition_to_high_watermark(http, url, topic, 0)
         .await
         .records

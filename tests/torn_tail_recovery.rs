@@ -12,11 +12,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::Client;
 use common::{
     TestBroker, get_json_ok, produce_json_acks_all, produced_partition_offsets,
     read_partition_to_high_watermark,
 };
-use reqwest::Client;
 use serde_json::{Value, json};
 use tidelog::log::batch::BatchView;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::TestBroker;
+use super::client::{Client, RequestBuilder};
 
 /// Generous: two shared cores, debug builds, other tests running.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -137,15 +138,15 @@ pub fn start_member_with_peers(
 }
 
 /// The client of [`call`], for requests the helpers below do not build.
-pub fn http() -> &'static reqwest::Client {
+pub fn http() -> &'static Client {
     &runtime_and_client().1
 }
 
 /// One runtime and client for the tests' plain-thread calls.
-fn runtime_and_client() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
-    static HTTP: OnceLock<(tokio::runtime::Runtime, reqwest::Client)> = OnceLock::new();
+fn runtime_and_client() -> &'static (tokio::runtime::Runtime, Client) {
+    static HTTP: OnceLock<(tokio::runtime::Runtime, Client)> = OnceLock::new();
     HTTP.get_or_init(|| {
-        let client = reqwest::Client::builder()
+        let client = Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
@@ -154,7 +155,7 @@ fn runtime_and_client() -> &'static (tokio::runtime::Runtime, reqwest::Client) {
 }
 
 /// Sends a request; `(0, null)` when the broker does not answer (not up yet, killed).
-pub fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
+pub fn call(request: RequestBuilder) -> (u16, Value) {
     runtime_and_client().0.block_on(async move {
         match request.send().await {
             Ok(r) => {

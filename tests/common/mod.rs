@@ -5,8 +5,12 @@
 //! the handle drops, so a failing test leaves no process behind.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod cluster;
+pub mod contract;
 pub mod proxy;
+
+pub use client::Client;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -206,6 +210,7 @@ impl TestBroker {
     /// on a fixed one).
     pub fn restart(&mut self) {
         self.kill9();
+        self.assert_answers_kept_the_spec();
         let fresh = Self::spawn_with_env(
             &self.data_dir,
             self.config.clone(),
@@ -219,17 +224,33 @@ impl TestBroker {
         self.url = fresh.url.clone();
     }
 
-    pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
+    /// A client whose every answer is checked against the spec (`client`, `contract`).
+    pub fn client(&self) -> Client {
+        Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
             .expect("http client")
+    }
+
+    /// Panics if an answer of this broker broke the spec, even one whose request ran in a
+    /// task that swallowed the client's panic.
+    fn assert_answers_kept_the_spec(&self) {
+        let authority = self.url.trim_start_matches("http://");
+        let breaks = contract::take_breaks(authority);
+        if !breaks.is_empty() && !std::thread::panicking() {
+            panic!(
+                "{} answer(s) of the broker at {authority} broke the spec:\n{}",
+                breaks.len(),
+                breaks.join("\n")
+            );
+        }
     }
 }
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
         self.kill9();
+        self.assert_answers_kept_the_spec();
     }
 }
 
@@ -243,7 +264,7 @@ fn signal(pid: u32, sig: &str) {
 /// A client bound to one broker. Each test file adds the calls it needs in its own
 /// `impl Api` block.
 pub struct Api {
-    pub http: reqwest::Client,
+    pub http: Client,
     /// `http://127.0.0.1:PORT`
     pub url: String,
 }
@@ -316,7 +337,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// `POST /v1/topics` with `body`; asserts a 201 and returns the topic's description.
 pub async fn create_topic_from_body(
-    http: &reqwest::Client,
+    http: &Client,
     url: &str,
     body: serde_json::Value,
 ) -> serde_json::Value {
@@ -334,7 +355,7 @@ pub async fn create_topic_from_body(
 
 /// Creates `name` with `partitions` partitions and default config; returns its description.
 pub async fn create_topic(
-    http: &reqwest::Client,
+    http: &Client,
     url: &str,
     name: &str,
     partitions: u32,
@@ -350,7 +371,7 @@ pub async fn create_topic(
 /// Produces `{"records": records}` as JSON with `acks=all`; asserts a 200 that says the
 /// records were fsynced, and returns the answer.
 pub async fn produce_json_acks_all(
-    http: &reqwest::Client,
+    http: &Client,
     url: &str,
     topic: &str,
     records: serde_json::Value,
@@ -387,7 +408,7 @@ pub fn produced_partition_offsets(produce_answer: &serde_json::Value) -> Vec<(u6
 }
 
 /// `GET {url}{path}`; asserts a 200 and returns the JSON body.
-pub async fn get_json_ok(http: &reqwest::Client, url: &str, path: &str) -> serde_json::Value {
+pub async fn get_json_ok(http: &Client, url: &str, path: &str) -> serde_json::Value {
     let response = http
         .get(format!("{url}{path}"))
         .send()
@@ -410,7 +431,7 @@ pub struct PartitionContents {
 /// Reads a whole partition from `earliest`, following `next_offset` until it reaches the
 /// high watermark. Every fetch must be a 200 and move forward; the loop is bounded.
 pub async fn read_partition_to_high_watermark(
-    http: &reqwest::Client,
+    http: &Client,
     url: &str,
     topic: &str,
     partition: u64,
@@ -444,7 +465,7 @@ pub async fn read_partition_to_high_watermark(
 }
 
 /// The text of `GET /metrics` (asserts a 200).
-pub async fn scrape_metrics(http: &reqwest::Client, url: &str) -> String {
+pub async fn scrape_metrics(http: &Client, url: &str) -> String {
     let response = http
         .get(format!("{url}/metrics"))
         .send()
@@ -455,7 +476,7 @@ pub async fn scrape_metrics(http: &reqwest::Client, url: &str) -> String {
 }
 
 /// The value of the unlabelled metric `name` in `GET /metrics` (0 when it is absent).
-pub async fn scrape_unlabelled_metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+pub async fn scrape_unlabelled_metric(http: &Client, url: &str, name: &str) -> f64 {
     let text = scrape_metrics(http, url).await;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
@@ -465,12 +486,7 @@ pub async fn scrape_unlabelled_metric(http: &reqwest::Client, url: &str, name: &
 
 /// `GET {url}{path}`; asserts the answer is a 503 `overloaded` problem naming `limit_name`,
 /// with `Retry-After: 1`.
-pub async fn assert_get_overloaded(
-    http: &reqwest::Client,
-    url: &str,
-    path: &str,
-    limit_name: &str,
-) {
+pub async fn assert_get_overloaded(http: &Client, url: &str, path: &str, limit_name: &str) {
     let response = http
         .get(format!("{url}{path}"))
         .send()

@@ -625,3 +625,76 @@ fn the_raw_answer_check_reads_status_headers_and_body() {
     let bad_type = "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 2\r\n\r\nok";
     assert!(std::panic::catch_unwind(|| check("GET", "/healthz", bad_type.as_bytes())).is_err());
 }
+
+/// Where `text` (a test file) makes or names reqwest's own client, request builder or response,
+/// whose answers nobody checks: `line: text` for each.
+fn unchecked_client_uses(text: &str) -> Vec<String> {
+    const TYPES: [&str; 4] = ["Client", "ClientBuilder", "RequestBuilder", "Response"];
+    let crate_path = "reqwest::";
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let named = TYPES.iter().any(|t| {
+            line.match_indices(&format!("{crate_path}{t}"))
+                .any(|(at, m)| {
+                    !line[at + m.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                })
+        }) || line.contains(&format!("{crate_path}get("));
+        let imported = line.trim_start().starts_with(&format!("use {crate_path}"))
+            && line
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|word| TYPES.contains(&word));
+        if named || imported {
+            found.push(format!("{}: {}", i + 1, line.trim()));
+        }
+    }
+    found
+}
+
+/// Every test speaks HTTP through `common::Client`, so every answer is checked: no test file
+/// makes reqwest's client itself (only `tests/common/client.rs` wraps it).
+#[test]
+fn no_test_sends_requests_around_the_checking_client() {
+    assert_eq!(
+        unchecked_client_uses(
+            &[
+                "use R::{Client, Method};",
+                "let a = R::Client::new();",
+                "fn f(r: R::RequestBuilder) {}",
+                "let b = R::get(url);",
+                "use R::{Method, StatusCode};",
+                "let c = common::Client::new();",
+                "let d = R::Body::from(x);",
+            ]
+            .join("\n")
+            .replace("R::", "reqwest::")
+        )
+        .len(),
+        4
+    );
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read tests/") {
+            let path = entry.expect("an entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut files = Vec::new();
+    walk(&tests, &mut files);
+    let wrapper = tests.join("common/client.rs");
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| **f != wrapper) {
+        let text = std::fs::read_to_string(file).expect("read a test file");
+        for use_ in unchecked_client_uses(&text) {
+            found.push(format!("{}:{use_}", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "use common::Client (its answers are checked against the spec), not reqwest's:\n{}",
+        found.join("\n")
+    );
+}

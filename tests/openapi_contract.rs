@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const SPEC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.json");
 const HTTP_METHODS: [&str; 8] = [
@@ -696,5 +696,164 @@ fn no_test_sends_requests_around_the_checking_client() {
         found.is_empty(),
         "use common::Client (its answers are checked against the spec), not reqwest's:\n{}",
         found.join("\n")
+    );
+}
+
+/// Every schema in `v` (walking objects and arrays), with its JSON pointer.
+fn schemas_with_pointers<'v>(v: &'v Value, at: String, out: &mut Vec<(String, &'v Value)>) {
+    match v {
+        Value::Object(map) => {
+            out.push((at.clone(), v));
+            for (k, x) in map {
+                schemas_with_pointers(
+                    x,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                schemas_with_pointers(x, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What a JavaScript number carries exactly: 2^53 - 1.
+const JSON_SAFE_INTEGER_MAX: i64 = 9_007_199_254_740_991;
+
+/// Issue 14, item 1: an integer that may pass 2^31 says `format: int64` (a typed client then
+/// knows it is 64-bit), and no bound passes what a JSON number carries exactly.
+#[test]
+fn every_integer_that_may_pass_2_to_the_31_says_int64_and_no_bound_passes_2_to_the_53() {
+    let spec = spec();
+    let mut all = Vec::new();
+    schemas_with_pointers(&spec, String::new(), &mut all);
+    let is_integer = |s: &Value| {
+        s["type"] == "integer"
+            || s["type"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "integer"))
+    };
+    let mut problems = Vec::new();
+    for (at, schema) in all.iter().filter(|(_, s)| is_integer(s)) {
+        let max = schema["maximum"].as_i64();
+        let min = schema["minimum"].as_i64();
+        let fits_32_bits = max.is_some_and(|m| m <= i64::from(i32::MAX))
+            && min.is_none_or(|m| m >= i64::from(i32::MIN));
+        if !fits_32_bits && schema["format"] != "int64" {
+            problems.push(format!("{at}: may pass 2^31 and has no `format: int64`"));
+        }
+        for bound in ["maximum", "minimum"] {
+            let b = &schema[bound];
+            if !b.is_null() && b.as_i64().is_none_or(|b| b.abs() > JSON_SAFE_INTEGER_MAX) {
+                problems.push(format!("{at}: {bound} {b} passes 2^53 - 1"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Issue 14, items 3 to 6 and 9, as the spec must say them for a generated client to work
+/// without casts (the TypeScript test compiles against them where node is found; this holds
+/// them everywhere).
+#[test]
+fn the_spec_types_what_typed_clients_pass_back_and_switch_on() {
+    let spec = spec();
+    let schema_at = |pointer: &str| -> &Value {
+        let v = spec.pointer(pointer).unwrap_or_else(|| panic!("{pointer}"));
+        resolve(&spec, v)
+    };
+    let accepts = |pointer: &str, value: Value| -> bool {
+        let mut root = spec.clone();
+        root["$schema"] = Value::from("https://json-schema.org/draft/2020-12/schema");
+        let fragment = pointer.replace('{', "%7B").replace('}', "%7D");
+        root["$ref"] = Value::from(format!("#{fragment}"));
+        jsonschema::validator_for(&root)
+            .unwrap_or_else(|e| panic!("{pointer}: {e}"))
+            .is_valid(&value)
+    };
+    // 3: a fetch's `next_offset` (an integer) passes back as `offset`, as do the two words.
+    let offset = "/components/parameters/offset/schema";
+    assert!(accepts(offset, json!(41)));
+    assert!(accepts(offset, json!("earliest")) && accepts(offset, json!("latest")));
+    assert!(!accepts(offset, json!("soonest")) && !accepts(offset, json!(-1)));
+    // 4: `auto_commit` is a boolean.
+    let fetch = &spec["paths"]["/v1/groups/{group}/members/{member}/records"]["get"];
+    let auto_commit = fetch["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| resolve(&spec, p))
+        .find(|p| p["name"] == "auto_commit")
+        .expect("an auto_commit parameter");
+    assert_eq!(auto_commit["schema"]["type"], "boolean");
+    // 5: no `default` in a schema of a body (openapi-typescript makes such a property
+    // required); a server default is said in the description. Parameters keep theirs
+    // (their own `required` decides).
+    let mut all = Vec::new();
+    schemas_with_pointers(
+        &spec["components"]["schemas"],
+        "/components/schemas".into(),
+        &mut all,
+    );
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            if let Some(content) = op["requestBody"]["content"].as_object() {
+                for (media, c) in content {
+                    let at = format!("{method} {path} {media}");
+                    schemas_with_pointers(&c["schema"], at, &mut all);
+                }
+            }
+        }
+    }
+    let defaults: Vec<&String> = all
+        .iter()
+        .filter(|(at, s)| s.get("default").is_some() && !at.ends_with("/properties"))
+        .map(|(at, _)| at)
+        .collect();
+    assert!(
+        defaults.is_empty(),
+        "defaults in body schemas: {defaults:?}"
+    );
+    // 6: `GET /openapi.json` is typed as a document, not an empty object.
+    let document =
+        schema_at("/paths/~1openapi.json/get/responses/200/content/application~1json/schema");
+    assert!(!accepts(
+        "/paths/~1openapi.json/get/responses/200/content/application~1json/schema",
+        json!({})
+    ));
+    assert!(
+        document["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("paths")))
+    );
+    // 9: no authentication yet, said once for every operation; a 200 produce answer is never
+    // `durability: none` (that is the 202), so a client narrows the union by it.
+    assert_eq!(spec["security"], json!([]));
+    let produced = "/paths/~1v1~1topics~1{topic}~1records/post/responses";
+    let answer_200 = format!("{produced}/200/content/application~1json/schema");
+    let answer_202 = format!("{produced}/202/content/application~1json/schema");
+    let offsets = json!([{"partition": 0, "offset": 1}]);
+    assert!(accepts(
+        &answer_200,
+        json!({"offsets": offsets, "durability": "fsync"})
+    ));
+    assert!(!accepts(
+        &answer_200,
+        json!({"offsets": offsets, "durability": "none"})
+    ));
+    assert!(accepts(&answer_202, json!({"durability": "none"})));
+    assert!(!accepts(&answer_202, json!({"durability": "fsync"})));
+    // 2: the octet-stream produce body is bytes (generated as Blob | Uint8Array).
+    let raw = schema_at(&format!(
+        "{}/requestBody/content/application~1octet-stream/schema",
+        "/paths/~1v1~1topics~1{topic}~1records/post"
+    ));
+    assert_eq!(
+        (&raw["type"], &raw["format"]),
+        (&json!("string"), &json!("binary"))
     );
 }

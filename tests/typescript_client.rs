@@ -5,7 +5,9 @@
 //! run: create, produce JSON, binary and NDJSON, fetch by offset and long-poll, SSE, a group's
 //! join/fetch/commit, and problems read through their typed `code`. With the same tools,
 //! Redocly's lint engine (`tests/typescript/lint.mjs`) finds no problem in the spec under its
-//! `recommended` rules (the one rule turned off says why there).
+//! `recommended` rules (the one rule turned off says why there). The README's TypeScript
+//! example (bytes as a produce body) is `tests/typescript/readme.ts`: compiled and run the
+//! same way, and its call must read as the README shows it (a test without node checks that).
 //!
 //! The tools are the versions pinned in `tests/typescript/package.json` (and its lock file),
 //! installed by `.ci/run` with `npm ci` into `<target>/ts-tools` (or `TIDELOG_TS_TOOLS`).
@@ -19,8 +21,9 @@ use std::time::Duration;
 
 const PROGRAM_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/typescript");
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.json");
-const PROGRAM_FILES: [&str; 5] = [
+const PROGRAM_FILES: [&str; 6] = [
     "client.ts",
+    "readme.ts",
     "generate.mjs",
     "lint.mjs",
     "tsconfig.json",
@@ -66,11 +69,41 @@ fn the_escape_check_finds_casts_and_any() {
         escapes_from_the_types("const x = y as Foo;\nlet z: any = 1;"),
         ["line 1: `as`", "line 2: `any`"]
     );
-    let program = std::fs::read_to_string(Path::new(PROGRAM_DIR).join("client.ts")).unwrap();
-    let escapes = escapes_from_the_types(&program);
+    for file in ["client.ts", "readme.ts"] {
+        let program = std::fs::read_to_string(Path::new(PROGRAM_DIR).join(file)).unwrap();
+        let escapes = escapes_from_the_types(&program);
+        assert!(escapes.is_empty(), "{file} escapes the types: {escapes:?}");
+    }
+}
+
+/// `text` with every run of whitespace made one space.
+fn one_spaced(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The call between `// README begin` and `// README end` in readme.ts.
+fn readme_ts_call() -> String {
+    let program = std::fs::read_to_string(Path::new(PROGRAM_DIR).join("readme.ts")).unwrap();
+    let begin = program
+        .find("// README begin")
+        .expect("a README begin mark")
+        + 15;
+    let end = program.find("// README end").expect("a README end mark");
+    one_spaced(program[begin..end].trim().trim_start_matches("await "))
+}
+
+/// README item 2 of issue 14: how to send bytes from TypeScript. The README's example is the
+/// call readme.ts makes (which the node test compiles strictly and runs), word for word.
+#[test]
+fn the_readme_sends_bytes_from_typescript_with_the_call_the_test_compiles() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let readme = one_spaced(&readme);
+    let call = readme_ts_call();
+    assert!(call.starts_with("client.POST("), "{call}");
     assert!(
-        escapes.is_empty(),
-        "client.ts escapes the types: {escapes:?}"
+        readme.contains(&format!("`{call}`")),
+        "the README's TypeScript example is not readme.ts's call:\n{call}"
     );
 }
 
@@ -149,4 +182,26 @@ fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
     println!("{out}");
     assert!(ok, "the TypeScript client failed:\n{out}");
     assert!(out.contains("ts-client: topics, produce"), "{out}");
+
+    // The README's example stores the bytes themselves (0, 1, 255), not a JSON string.
+    let rt = common::runtime();
+    let http = broker.client();
+    rt.block_on(common::create_topic(&http, &broker.url, "ts-readme", 1));
+    let mut readme = Command::new(&node);
+    readme
+        .current_dir(work.path())
+        .args(["out/readme.js", &broker.url, "ts-readme"]);
+    let (ok, out) = common::run_bounded(readme, Duration::from_secs(120));
+    assert!(ok, "the README's example failed:\n{out}");
+    let page = rt.block_on(common::get_json_ok(
+        &http,
+        &broker.url,
+        "/v1/topics/ts-readme/partitions/0/records?offset=earliest",
+    ));
+    let record = &page["records"][0];
+    assert_eq!(
+        (&record["key"], &record["value_b64"]),
+        (&serde_json::json!("k"), &serde_json::json!("AAH/")),
+        "{page}"
+    );
 }

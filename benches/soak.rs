@@ -14,6 +14,9 @@
 //! (`/proc/PID/status`, `/proc/PID/fd`) and the requests done; the summary compares the
 //! samples after the first minute (warm-up) with the first one after it. Nothing is
 //! asserted: it is a measurement, read by a person.
+// A load generator, not a test: it counts answers and never checks them against the spec,
+// so reqwest's own client (which clippy.toml keeps out of the tests) is right here.
+#![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;

@@ -37,6 +37,8 @@ fn readme_commands() -> Vec<String> {
 #[test]
 fn every_readme_command_works_as_written() {
     let broker = common::TestBroker::start();
+    // curl talks to the broker through a proxy that checks every answer against the spec.
+    let proxy = common::checking_proxy::CheckingProxy::start(&broker.url);
     let commands = readme_commands();
     assert!(
         commands.len() >= 10,
@@ -44,7 +46,7 @@ fn every_readme_command_works_as_written() {
     );
     let cwd = tempfile::tempdir().unwrap();
     run_walkthrough(&commands, cwd.path(), |command, _| {
-        command.replace("http://localhost:8080", &broker.url)
+        command.replace("http://localhost:8080", &proxy.url)
     });
 }
 
@@ -57,13 +59,22 @@ fn the_three_broker_walkthrough_and_the_whole_single_broker_one_work_through_any
         "the three-broker section lost its examples: {cluster_commands:?}"
     );
     let cwd = tempfile::tempdir().unwrap();
-    let with_ports = |command: &str, _| cluster.with_ports(command);
+    // Every answer checked against the spec on its way back, as in the single-broker test.
+    let proxies: Vec<_> = cluster
+        .ports
+        .iter()
+        .map(|p| common::checking_proxy::CheckingProxy::start(&format!("http://127.0.0.1:{p}")))
+        .collect();
+    let with_ports = |command: &str, _| {
+        (0..3).fold(command.to_string(), |c, i| {
+            c.replace(&format!("http://127.0.0.1:900{}", i + 1), &proxies[i].url)
+        })
+    };
     run_walkthrough(&cluster_commands, cwd.path(), with_ports);
     // Every command of the single-broker walkthrough, each sent to the next broker in turn
     // (the first to broker 2, which neither runs the controller nor leads everything).
     run_walkthrough(&readme_commands(), cwd.path(), |command, i| {
-        let url = format!("http://127.0.0.1:{}", cluster.ports[(i + 1) % 3]);
-        command.replace("http://localhost:8080", &url)
+        command.replace("http://localhost:8080", &proxies[(i + 1) % 3].url)
     });
 }
 
@@ -164,16 +175,6 @@ impl ScriptCluster {
         rx.recv_timeout(Duration::from_secs(90))
             .expect("the script says the three brokers are ready");
         cluster
-    }
-
-    /// `command` with the README's ports 9001-9003 replaced by this cluster's.
-    fn with_ports(&self, command: &str) -> String {
-        (0..3).fold(command.to_string(), |c, i| {
-            c.replace(
-                &format!("127.0.0.1:900{}", i + 1),
-                &format!("127.0.0.1:{}", self.ports[i]),
-            )
-        })
     }
 }
 

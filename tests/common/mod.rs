@@ -5,6 +5,7 @@
 //! the handle drops, so a failing test leaves no process behind.
 #![allow(dead_code)]
 
+pub mod checking_proxy;
 pub mod client;
 pub mod cluster;
 pub mod contract;

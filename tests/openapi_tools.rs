@@ -261,10 +261,12 @@ fn a_generated_python_sdk_creates_produces_and_consumes() {
     assert!(package.join("api/records/produce.py").exists(), "{out}");
 
     let broker = common::TestBroker::start();
+    // The SDK's answers are checked against the spec on their way back, as the tests' own.
+    let proxy = common::checking_proxy::CheckingProxy::start(&broker.url);
     let mut cmd = Command::new(python);
     cmd.arg(tools_dir().join("sdk_smoke.py"))
         .arg(sdk_parent.path())
-        .arg(&broker.url)
+        .arg(&proxy.url)
         .arg(if common::consumer_group_routes_served() {
             "yes"
         } else {

@@ -175,9 +175,11 @@ fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
     assert!(ok, "tsc --strict refused the program:\n{out}");
 
     let broker = common::TestBroker::start();
+    // Every answer the program gets is checked against the spec on its way back.
+    let proxy = common::checking_proxy::CheckingProxy::start(&broker.url);
     let mut run = Command::new(&node);
     run.current_dir(work.path())
-        .args(["out/client.js", &broker.url]);
+        .args(["out/client.js", &proxy.url]);
     let (ok, out) = common::run_bounded(run, Duration::from_secs(120));
     println!("{out}");
     assert!(ok, "the TypeScript client failed:\n{out}");
@@ -190,7 +192,7 @@ fn a_strict_typescript_client_generated_from_the_spec_runs_against_a_broker() {
     let mut readme = Command::new(&node);
     readme
         .current_dir(work.path())
-        .args(["out/readme.js", &broker.url, "ts-readme"]);
+        .args(["out/readme.js", &proxy.url, "ts-readme"]);
     let (ok, out) = common::run_bounded(readme, Duration::from_secs(120));
     assert!(ok, "the README's example failed:\n{out}");
     let page = rt.block_on(common::get_json_ok(

@@ -116,6 +116,8 @@ impl BrokerConfig {
             Limit::GroupCommitOffsetsMax,
             Limit::CompactionKeysPerPassMax,
             Limit::ForwardTimeoutMs,
+            Limit::ProducersPerPartitionMax,
+            Limit::ProducerIdleTimeoutMs,
         ];
         let must_be_positive = positive_limits
             .map(|limit| (key(limit), l.get(limit)))
@@ -322,6 +324,7 @@ impl TopicConfig {
             index_interval_bytes: 4096,
             retention_ms: (self.retention_ms >= 0).then_some(self.retention_ms),
             retention_bytes: (self.retention_bytes >= 0).then_some(self.retention_bytes as u64),
+            ..LogConfig::default()
         }
     }
 }

@@ -104,6 +104,14 @@ pub struct Limits {
     /// controller, a partition's leader) to begin its answer, on top of the wait the request
     /// itself asks for (`wait_ms`, `timeout_ms`); past it the client gets a 504.
     pub forward_timeout_ms: u64,
+    /// Most idempotent producers one partition tracks (their last sequences and offsets); a
+    /// new producer past it is refused until idle ones expire.
+    pub producers_per_partition_max: u32,
+    /// How long a partition keeps an idempotent producer that has not written to it; after
+    /// that, a retry of its old requests is no longer recognized.
+    pub producer_idle_timeout_ms: u64,
+    /// Most named producers (`POST /v1/producers` with a `name`) a broker keeps.
+    pub producer_names_max: u32,
 }
 
 impl Default for Limits {
@@ -142,6 +150,9 @@ impl Default for Limits {
             group_commit_offsets_max: 1_000,
             compaction_keys_per_pass_max: 1_000_000,
             forward_timeout_ms: 10_000,
+            producers_per_partition_max: 10_000,
+            producer_idle_timeout_ms: 86_400_000,
+            producer_names_max: 100_000,
         }
     }
 }
@@ -183,11 +194,14 @@ pub enum Limit {
     GroupCommitOffsetsMax,
     CompactionKeysPerPassMax,
     ForwardTimeoutMs,
+    ProducersPerPartitionMax,
+    ProducerIdleTimeoutMs,
+    ProducerNamesMax,
 }
 
 impl Limit {
     /// Every limit, in the order of the fields of [`Limits`].
-    pub const ALL: [Limit; 32] = [
+    pub const ALL: [Limit; 35] = [
         Limit::RequestBodyBytesMax,
         Limit::RecordBytesMax,
         Limit::RecordsPerRequestMax,
@@ -220,6 +234,9 @@ impl Limit {
         Limit::GroupCommitOffsetsMax,
         Limit::CompactionKeysPerPassMax,
         Limit::ForwardTimeoutMs,
+        Limit::ProducersPerPartitionMax,
+        Limit::ProducerIdleTimeoutMs,
+        Limit::ProducerNamesMax,
     ];
 
     /// The limit's key in `[limits]`, as problems and messages name it.
@@ -257,6 +274,9 @@ impl Limit {
             Limit::GroupCommitOffsetsMax => "group_commit_offsets_max",
             Limit::CompactionKeysPerPassMax => "compaction_keys_per_pass_max",
             Limit::ForwardTimeoutMs => "forward_timeout_ms",
+            Limit::ProducersPerPartitionMax => "producers_per_partition_max",
+            Limit::ProducerIdleTimeoutMs => "producer_idle_timeout_ms",
+            Limit::ProducerNamesMax => "producer_names_max",
         }
     }
 }
@@ -303,6 +323,9 @@ impl Limits {
             Limit::GroupCommitOffsetsMax => u64::from(self.group_commit_offsets_max),
             Limit::CompactionKeysPerPassMax => u64::from(self.compaction_keys_per_pass_max),
             Limit::ForwardTimeoutMs => self.forward_timeout_ms,
+            Limit::ProducersPerPartitionMax => u64::from(self.producers_per_partition_max),
+            Limit::ProducerIdleTimeoutMs => self.producer_idle_timeout_ms,
+            Limit::ProducerNamesMax => u64::from(self.producer_names_max),
         }
     }
 }

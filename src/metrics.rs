@@ -47,6 +47,9 @@ pub const FOLLOWER_LAG_BYTES: &str = "tidelog_follower_lag_bytes";
 pub const REPLICA_FETCHES: &str = "tidelog_replica_fetches_total";
 pub const REPLICA_FETCH_ERRORS: &str = "tidelog_replica_fetch_errors_total";
 pub const REPLICA_FETCH_SECONDS: &str = "tidelog_replica_fetch_duration_seconds";
+pub const DUPLICATES_SUPPRESSED: &str = "tidelog_duplicate_records_suppressed_total";
+pub const PRODUCERS_FENCED: &str = "tidelog_producers_fenced_total";
+pub const PRODUCERS_TRACKED: &str = "tidelog_partition_producers";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -282,5 +285,23 @@ fn describe() {
         REPLICA_FETCH_SECONDS,
         Unit::Seconds,
         "Time of a follower's replica fetch (a long-poll: includes the leader's wait)."
+    );
+    describe_counter!(
+        DUPLICATES_SUPPRESSED,
+        Unit::Count,
+        "Records of retried idempotent produces answered with their original offsets and not written again, by topic."
+    );
+    describe_counter!(
+        PRODUCERS_FENCED,
+        Unit::Count,
+        "Produces refused because a newer epoch of their producer exists, by topic."
+    );
+    describe_gauge!(
+        PRODUCERS_TRACKED,
+        Unit::Count,
+        format!(
+            "Idempotent producers a partition tracks (at most {}).",
+            Limit::ProducersPerPartitionMax
+        )
     );
 }

@@ -482,6 +482,7 @@ proptest! {
             index_interval_bytes,
             retention_ms: None,
             retention_bytes: None,
+            ..LogConfig::default()
         };
         let (log, _) = PartitionLog::open(dir.path(), config, false, 0).unwrap();
         let mut h = Harness {

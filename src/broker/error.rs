@@ -82,6 +82,29 @@ pub enum BrokerError {
         offset: u64,
         high_watermark: u64,
     },
+    /// An idempotent produce from an epoch older than the producer's current one.
+    ProducerFenced {
+        current_epoch: i16,
+    },
+    /// An idempotent produce whose sequence is older than every batch the partition keeps for
+    /// its producer: it may or may not have been written, which can no longer be told.
+    SequenceTooOld {
+        sequence: i32,
+        oldest_kept: i32,
+    },
+    /// An idempotent produce whose sequence falls between the producer's kept batches without
+    /// matching one: never written, and a later request of the producer already was.
+    SequenceOutOfOrder {
+        sequence: i32,
+        last: i32,
+    },
+    /// A sequence retried with another request: the partition holds a batch of `held` records
+    /// for it, the request has `sent`.
+    SequenceReused {
+        sequence: i32,
+        held: u64,
+        sent: u64,
+    },
 }
 
 impl BrokerError {
@@ -177,6 +200,32 @@ impl fmt::Display for BrokerError {
                 "the broker is at its limit {limit_name} = {limit}; retry shortly"
             ),
             BrokerError::Io(why) => write!(f, "I/O error: {why}"),
+            BrokerError::ProducerFenced { current_epoch } => write!(
+                f,
+                "a newer incarnation of this producer (epoch {current_epoch}) has written; this one is fenced"
+            ),
+            BrokerError::SequenceTooOld {
+                sequence,
+                oldest_kept,
+            } => write!(
+                f,
+                "sequence {sequence} is older than the oldest the partition keeps for this producer \
+                 ({oldest_kept}); whether it was written can no longer be told"
+            ),
+            BrokerError::SequenceOutOfOrder { sequence, last } => write!(
+                f,
+                "sequence {sequence} was never written and the producer's later sequence {last} was: \
+                 a producer's requests must be sent in sequence order"
+            ),
+            BrokerError::SequenceReused {
+                sequence,
+                held,
+                sent,
+            } => write!(
+                f,
+                "sequence {sequence} was written with {held} records to this partition, the request has \
+                 {sent}: a retry must resend the same request"
+            ),
             BrokerError::BelowHighWatermark {
                 offset,
                 high_watermark,

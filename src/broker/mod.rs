@@ -431,6 +431,17 @@ impl Broker {
         !self.config.peers.trim().is_empty()
     }
 
+    /// A topic's log settings with the broker's limits on idempotent producers.
+    fn log_config(&self, config: &TopicConfig) -> crate::log::LogConfig {
+        let limits = self.limits();
+        crate::log::LogConfig {
+            producers_max: limits.producers_per_partition_max,
+            producer_idle_timeout_ms: i64::try_from(limits.producer_idle_timeout_ms)
+                .unwrap_or(i64::MAX),
+            ..config.log_config()
+        }
+    }
+
     fn open_topic(
         &self,
         dir: &Path,
@@ -450,7 +461,7 @@ impl Broker {
                 Arc::clone(&name),
                 p,
                 &dir.join(p.to_string()),
-                config.log_config(),
+                self.log_config(&config),
                 config.flush_policy(),
                 clean,
             )
@@ -693,7 +704,7 @@ impl Broker {
         // it is removed, so a new partition always starts empty.
         let mut opened = Vec::with_capacity((count - current) as usize);
         for p in current..count {
-            match open_empty_partition(&topic, p, config) {
+            match open_empty_partition(&topic, p, config, self.log_config(&config)) {
                 Ok(partition) => opened.push(partition),
                 Err(e) => {
                     opened.iter().for_each(|p| p.mark_deleted());
@@ -758,7 +769,7 @@ impl Broker {
         if topic.config() != spec.config {
             *topic.config.write().expect(POISONED) = spec.config;
             for p in topic.partitions() {
-                p.set_config(spec.config.log_config(), spec.config.flush_policy());
+                p.set_config(self.log_config(&spec.config), spec.config.flush_policy());
             }
             topic.write_meta().map_err(io)?;
             changed = true;
@@ -777,7 +788,7 @@ impl Broker {
         // Opened, then counted durably in `topic.json`, then visible (as an expansion).
         let mut opened = Vec::with_capacity(adding.len());
         for &p in &adding {
-            match open_empty_partition(&topic, p, spec.config) {
+            match open_empty_partition(&topic, p, spec.config, self.log_config(&spec.config)) {
                 Ok(partition) => opened.push(partition),
                 Err(e) => {
                     opened.iter().for_each(|p| p.mark_deleted());
@@ -849,7 +860,7 @@ impl Broker {
         let topic = self.topic(name)?;
         *topic.config.write().expect(POISONED) = config;
         for p in topic.partitions() {
-            p.set_config(config.log_config(), config.flush_policy());
+            p.set_config(self.log_config(&config), config.flush_policy());
         }
         topic
             .write_meta()
@@ -931,6 +942,25 @@ impl Broker {
         acks: Acks,
         timeout: Duration,
     ) -> Result<ProduceOutcome, FailedProduce> {
+        self.produce_as(topic, records, acks, timeout, ProducerInfo::NONE)
+            .await
+    }
+
+    /// [`Self::produce_reporting`] as an idempotent `producer` (or [`ProducerInfo::NONE`]):
+    /// each partition's batch carries its id, epoch and sequence, and a partition that
+    /// already holds that sequence answers the offsets it gave it and writes nothing.
+    ///
+    /// Unkeyed records without a partition go round-robin from a start chosen by the
+    /// sequence, not by the topic's counter, so a retry puts every record where its first
+    /// attempt did.
+    pub async fn produce_as(
+        &self,
+        topic: &Topic,
+        records: &[ProduceRecord<'_>],
+        acks: Acks,
+        timeout: Duration,
+        producer: ProducerInfo,
+    ) -> Result<ProduceOutcome, FailedProduce> {
         let before_any_append = |error| FailedProduce {
             error,
             fates: Vec::new(),
@@ -939,8 +969,10 @@ impl Broker {
             return Err(before_any_append(BrokerError::ShuttingDown));
         }
         let partitions = topic.partition_slots();
+        let round_robin_from =
+            (producer.producer_id >= 0).then(|| producer.base_sequence.unsigned_abs().into());
         let assignment = self
-            .assign_partitions(topic, partitions.len() as u32, records)
+            .assign_partitions(topic, partitions.len() as u32, records, round_robin_from)
             .map_err(before_any_append)?;
         // On a cluster member, a record for a partition held elsewhere fails the whole
         // produce before anything is appended (the HTTP layer splits produces by leader).
@@ -1004,7 +1036,7 @@ impl Broker {
                 builder.push(&records[i].record);
             }
             let count = builder.record_count();
-            let mut batch = builder.finish(ProducerInfo::NONE, None);
+            let mut batch = builder.finish(producer, None);
             let partition = partitions[p as usize]
                 .as_ref()
                 .expect("every assigned partition was checked to be local");
@@ -1073,12 +1105,14 @@ impl Broker {
         Err(FailedProduce { error, fates })
     }
 
-    /// Validates every record and picks its partition: explicit, by key hash, or round-robin.
+    /// Validates every record and picks its partition: explicit, by key hash, or round-robin
+    /// (from `round_robin_from` if given, else from the topic's counter).
     fn assign_partitions(
         &self,
         topic: &Topic,
         count: u32,
         records: &[ProduceRecord<'_>],
+        round_robin_from: Option<u64>,
     ) -> Result<Vec<u32>, BrokerError> {
         let record_max = self
             .limits()
@@ -1089,9 +1123,11 @@ impl Broker {
             .iter()
             .filter(|r| r.partition.is_none() && r.record.key.is_none())
             .count();
-        let mut next_rr = topic
-            .round_robin
-            .fetch_add(unkeyed as u64, Ordering::Relaxed);
+        let mut next_rr = round_robin_from.unwrap_or_else(|| {
+            topic
+                .round_robin
+                .fetch_add(unkeyed as u64, Ordering::Relaxed)
+        });
         Ok(records
             .iter()
             .map(|r| choose_partition(r, count, &mut next_rr))
@@ -1194,11 +1230,14 @@ impl Broker {
                 let config = topic.config();
                 for p in topic.partitions() {
                     let p2 = Arc::clone(&p);
-                    let result = tokio::task::spawn_blocking(move || match config.cleanup_policy {
-                        CleanupPolicy::Delete => p2.apply_retention(now_ms()).map(|_| ()),
-                        CleanupPolicy::Compact => p2
-                            .compact(now_ms(), config.delete_retention_ms, keys_max)
-                            .map(|_| ()),
+                    let result = tokio::task::spawn_blocking(move || {
+                        p2.expire_producers(now_ms());
+                        match config.cleanup_policy {
+                            CleanupPolicy::Delete => p2.apply_retention(now_ms()).map(|_| ()),
+                            CleanupPolicy::Compact => p2
+                                .compact(now_ms(), config.delete_retention_ms, keys_max)
+                                .map(|_| ()),
+                        }
                     })
                     .await;
                     if let Ok(Err(e)) = result {
@@ -1302,6 +1341,7 @@ fn open_empty_partition(
     topic: &Topic,
     p: u32,
     config: TopicConfig,
+    log_config: crate::log::LogConfig,
 ) -> std::io::Result<Arc<Partition>> {
     let dir = topic.dir.join(p.to_string());
     match std::fs::remove_dir_all(&dir) {
@@ -1312,7 +1352,7 @@ fn open_empty_partition(
         Arc::clone(&topic.name),
         p,
         &dir,
-        config.log_config(),
+        log_config,
         config.flush_policy(),
         false,
     )?;

@@ -39,8 +39,10 @@ use tokio::sync::{Notify, watch};
 
 use super::error::{BrokerError, is_disk_full};
 use crate::config::FlushPolicy;
-use crate::log::batch::RecordView;
+use crate::limits::Limit;
+use crate::log::batch::{BatchHeader, RecordView};
 use crate::log::epoch_cache::EpochEnd;
+use crate::log::producer_state::{SequenceCheck, SequenceError};
 use crate::log::segment::ReadSlice;
 use crate::log::walk::BufferBatches;
 use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
@@ -225,6 +227,26 @@ impl Fetched {
     }
 }
 
+/// The error for a batch its producer's state refuses.
+fn sequence_refusal(e: SequenceError, batch: &[u8]) -> BrokerError {
+    let sequence = BatchHeader::parse(batch).map_or(-1, |h| h.producer.base_sequence);
+    match e {
+        SequenceError::Fenced { current_epoch } => BrokerError::ProducerFenced { current_epoch },
+        SequenceError::TooOld { oldest_kept } => BrokerError::SequenceTooOld {
+            sequence,
+            oldest_kept,
+        },
+        SequenceError::OutOfOrder { last } => BrokerError::SequenceOutOfOrder { sequence, last },
+        SequenceError::TooManyProducers { max } => BrokerError::LimitExceeded {
+            limit_name: Limit::ProducersPerPartitionMax,
+            limit: max as u64,
+            detail: format!(
+                "the partition tracks {max} idempotent producers; a new one may write once idle ones expire"
+            ),
+        },
+    }
+}
+
 /// An fsync at least this long is logged (the disk or the machine is struggling).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 
@@ -365,6 +387,9 @@ impl Partition {
         let epoch = self.leader_epoch.load(Ordering::Acquire);
         let result = {
             let mut log = self.lock();
+            if let Some(original) = self.replayed(&log, batch, records)? {
+                return Ok(original);
+            }
             let appended = log.append(batch, epoch, now_ms());
             if let Ok((_, next)) = appended {
                 self.end.send_replace(next);
@@ -858,6 +883,42 @@ impl Partition {
         }
     }
 
+    /// Under the partition lock, before an append: `Some(range)` if `batch` is a retry of an
+    /// idempotent producer's batch this partition holds (the range it was given; nothing is
+    /// written), an error if its producer state refuses it, `None` to append it.
+    fn replayed(
+        &self,
+        log: &PartitionLog,
+        batch: &[u8],
+        records: u32,
+    ) -> Result<Option<(u64, u64)>, BrokerError> {
+        let original = match log.check_producer(batch) {
+            Ok(SequenceCheck::Append) => return Ok(None),
+            Ok(SequenceCheck::Duplicate(original)) => original,
+            Err(e) => {
+                if let SequenceError::Fenced { .. } = e {
+                    ::metrics::counter!(m::PRODUCERS_FENCED, "topic" => Arc::clone(&self.topic))
+                        .increment(1);
+                }
+                return Err(sequence_refusal(e, batch));
+            }
+        };
+        let held = original.last_offset - original.base_offset + 1;
+        if held != u64::from(records) {
+            return Err(BrokerError::SequenceReused {
+                sequence: original.sequence,
+                held,
+                sent: u64::from(records),
+            });
+        }
+        ::metrics::counter!(m::DUPLICATES_SUPPRESSED, "topic" => Arc::clone(&self.topic))
+            .increment(u64::from(records));
+        // The original may still wait for its fsync; an `acks=all` retry waits for it too.
+        self.flush_urgent.store(true, Ordering::Release);
+        self.flush_wanted.notify_one();
+        Ok(Some((original.base_offset, original.last_offset + 1)))
+    }
+
     /// An append found the disk full. Nothing was appended (the log's state did not move) but
     /// the file may hold part of the batch: cut it back to the last good batch, then refuse
     /// writes for a while and try again, with a growing pause. If the cut fails too, the
@@ -1121,6 +1182,11 @@ impl Partition {
         Ok(deleted)
     }
 
+    /// Forgets idempotent producers idle for `producer_idle_timeout_ms`; returns how many.
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        self.lock().expire_producers(now_ms)
+    }
+
     /// Compacts the sealed segments below the high watermark: the latest record per key is
     /// kept, tombstones older than `delete_retention_ms` go. Returns the records dropped.
     /// Passes of at most `keys_max` keys each (see [`compact`]) read and write the files
@@ -1290,9 +1356,15 @@ impl Partition {
     /// a metrics update on every produce), retention, delete-records and compaction.
     fn publish_gauges(&self) {
         let p = self.progress();
-        let (log_end_offset, segments, size_bytes) = {
+        let (log_end_offset, segments, size_bytes, producers) = {
             let log = self.lock();
-            (log.log_end_offset(), log.segment_count(), log.size_bytes())
+            let producers = log.producers_tracked();
+            (
+                log.log_end_offset(),
+                log.segment_count(),
+                log.size_bytes(),
+                producers,
+            )
         };
         let labels = [
             ("topic", self.topic.to_string()),
@@ -1303,6 +1375,7 @@ impl Partition {
         ::metrics::gauge!(m::LOG_END_OFFSET, &labels).set(log_end_offset as f64);
         ::metrics::gauge!(m::PARTITION_SEGMENTS, &labels).set(segments as f64);
         ::metrics::gauge!(m::PARTITION_BYTES, &labels).set(size_bytes as f64);
+        ::metrics::gauge!(m::PRODUCERS_TRACKED, &labels).set(producers as f64);
     }
 
     /// Re-publishes every series of the partition (and its topic's counters) without changing
@@ -1327,6 +1400,8 @@ impl Partition {
             m::STORAGE_ERRORS,
             m::RECOVERY_TRUNCATIONS,
             m::DAMAGED_BATCHES_FOUND,
+            m::DUPLICATES_SUPPRESSED,
+            m::PRODUCERS_FENCED,
         ] {
             ::metrics::counter!(name, "topic" => topic.clone()).increment(0);
         }

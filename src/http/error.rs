@@ -178,6 +178,21 @@ impl From<BrokerError> for ApiError {
             BrokerError::Io(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", detail)
             }
+            BrokerError::ProducerFenced { current_epoch } => {
+                ApiError::new(StatusCode::CONFLICT, "producer_fenced", detail)
+                    .with("producer_epoch", current_epoch)
+            }
+            BrokerError::SequenceTooOld { oldest_kept, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "sequence_too_old", detail)
+                    .with("oldest_sequence", oldest_kept)
+            }
+            BrokerError::SequenceOutOfOrder { last, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "sequence_out_of_order", detail)
+                    .with("last_sequence", last)
+            }
+            BrokerError::SequenceReused { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "sequence_reused", detail)
+            }
             BrokerError::BelowHighWatermark { high_watermark, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "below_high_watermark", detail)
                     .with("high_watermark", high_watermark)

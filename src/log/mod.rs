@@ -43,7 +43,9 @@ use crate::limits::SEALED_SEGMENTS_LOADED_PER_PARTITION_MAX;
 use batch::{BATCH_HEADER_BYTES, BatchHeader};
 use epoch_cache::{EpochCache, EpochEnd};
 use index::PendingSeal;
+use producer_state::{ProducerStates, SequenceCheck, SequenceError};
 use segment::{OpenMode, ReadSlice, Segment};
+use walk::{FileBatches, WalkError};
 
 /// Per-partition storage settings (a topic's config, resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,11 @@ pub struct LogConfig {
     pub retention_ms: Option<i64>,
     /// Delete the oldest segments while the log is larger than this (`None`: no size limit).
     pub retention_bytes: Option<u64>,
+    /// Most idempotent producers tracked (`producers_per_partition_max`).
+    pub producers_max: u32,
+    /// A producer that has not written for this long is forgotten
+    /// (`producer_idle_timeout_ms`); on open, only segments written to within it are scanned.
+    pub producer_idle_timeout_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -68,6 +75,8 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
+            producers_max: 10_000,
+            producer_idle_timeout_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -261,6 +270,10 @@ pub struct PartitionLog {
     /// Checkpoints taken so far (their order), and what is on disk.
     checkpoints_taken: u64,
     checkpoint_files: Arc<CheckpointFiles>,
+    /// Idempotent producers' last batches, rebuilt from the batch headers on open and kept
+    /// by every append (replicated ones too), so a retried batch is recognized after a
+    /// restart and on a new leader.
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -419,9 +432,79 @@ impl PartitionLog {
             truncations: 0,
             checkpoints_taken: 0,
             checkpoint_files: Arc::default(),
+            producers: ProducerStates::new(config.producers_max as usize),
         };
         log.write_checkpoint()?;
+        log.rebuild_producers(now_ms)?;
         Ok((log, report))
+    }
+
+    /// Rebuilds the idempotent producers' state from the batch headers (no batch body is
+    /// read). A segment is scanned only if it may hold a batch appended within
+    /// `producer_idle_timeout_ms`: the active one, and those whose successor was created
+    /// since (a segment is created at the append that follows the last one of the segment
+    /// before). A batch counts as written at the later of its newest record's timestamp and
+    /// its segment's creation, both no later than its append (give or take the clock skew
+    /// `timestamp_ms_ahead_max` allows).
+    fn rebuild_producers(&mut self, now_ms: i64) -> io::Result<()> {
+        let since = now_ms.saturating_sub(self.config.producer_idle_timeout_ms);
+        let last = self.segments.len() - 1;
+        let first = (0..last)
+            .find(|&i| self.segments[i + 1].created_ms >= since)
+            .unwrap_or(last);
+        for i in first..=last {
+            let segment = &self.segments[i];
+            if segment.size == 0 {
+                continue;
+            }
+            // A sealed segment's file is opened for the walk only: it does not join the loaded
+            // set, so opening a log still holds one descriptor at a time.
+            let sealed_file;
+            let file: &File = if segment.is_loaded() {
+                segment.file()
+            } else {
+                sealed_file = File::open(segment.log_path())?;
+                &sealed_file
+            };
+            let mut walk = FileBatches::new(file, 0, segment.size, segment.base_offset);
+            loop {
+                match walk.next_header() {
+                    Ok(Some(header)) => {
+                        let written_ms = header.max_timestamp_ms.max(segment.created_ms);
+                        self.producers.record_header(&header, written_ms);
+                        walk.skip();
+                    }
+                    // Opening checked every segment it does not trust; a damaged trusted one
+                    // is reported by the reads that reach it.
+                    Ok(None) | Err(WalkError::Damaged { .. }) => break,
+                    Err(WalkError::Io(e)) => return Err(e),
+                }
+            }
+        }
+        self.producers
+            .expire(now_ms, self.config.producer_idle_timeout_ms);
+        Ok(())
+    }
+
+    /// What an append of `batch` (built, not stamped yet) should do given its producer's
+    /// earlier batches: append it, answer a duplicate's original offsets, or refuse it.
+    pub fn check_producer(&self, batch: &[u8]) -> Result<SequenceCheck, SequenceError> {
+        match BatchHeader::parse(batch) {
+            Ok(header) => self.producers.check_header(&header),
+            // `append` refuses it with the reason.
+            Err(_) => Ok(SequenceCheck::Append),
+        }
+    }
+
+    /// Forgets producers idle for `producer_idle_timeout_ms`; returns how many.
+    pub fn expire_producers(&mut self, now_ms: i64) -> usize {
+        self.producers
+            .expire(now_ms, self.config.producer_idle_timeout_ms)
+    }
+
+    /// Idempotent producers tracked.
+    pub fn producers_tracked(&self) -> usize {
+        self.producers.len()
     }
 
     pub fn config(&self) -> LogConfig {
@@ -602,6 +685,7 @@ impl PartitionLog {
             .last_mut()
             .expect("never empty")
             .append(batch, header, interval)?;
+        self.producers.record_header(header, now_ms);
         if self.epochs.latest_epoch() != Some(header.leader_epoch) {
             self.epochs
                 .assign(header.leader_epoch, header.base_offset)
@@ -902,6 +986,8 @@ impl PartitionLog {
     /// plans in flight voided, both checkpoints written now.
     fn after_truncation(&mut self, end: u64) -> io::Result<()> {
         self.flushed_offset = self.flushed_offset.min(end);
+        // A cut batch no longer deduplicates: a retry of it is written again.
+        self.producers.truncate_from(end);
         self.truncations += 1;
         self.epochs.truncate_from_end(end);
         self.epochs_version += 1;

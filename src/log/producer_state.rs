@@ -24,6 +24,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::batch::BatchHeader;
+
 /// Batches kept per producer for deduplication (Kafka keeps 5).
 pub const PRODUCER_BATCHES_KEPT: usize = 5;
 
@@ -151,6 +153,31 @@ impl ProducerStates {
         }
         entry.batches.push_back(batch);
         entry.last_timestamp_ms = entry.last_timestamp_ms.max(timestamp_ms);
+    }
+
+    /// [`Self::check`] for a batch about to be appended; a batch without a producer
+    /// (`producer_id` -1) is always appended.
+    pub fn check_header(&self, header: &BatchHeader) -> Result<SequenceCheck, SequenceError> {
+        let p = header.producer;
+        if p.producer_id < 0 {
+            return Ok(SequenceCheck::Append);
+        }
+        self.check(p.producer_id, p.producer_epoch, p.base_sequence)
+    }
+
+    /// [`Self::record`] for a batch appended (or found on recovery); a batch without a
+    /// producer is not recorded.
+    pub fn record_header(&mut self, header: &BatchHeader, timestamp_ms: i64) {
+        let p = header.producer;
+        if p.producer_id < 0 {
+            return;
+        }
+        let batch = ProducerBatch {
+            sequence: p.base_sequence,
+            base_offset: header.base_offset,
+            last_offset: header.base_offset + u64::from(header.last_offset_delta),
+        };
+        self.record(p.producer_id, p.producer_epoch, batch, timestamp_ms);
     }
 
     /// Forgets producers whose newest batch is older than `idle_ms` before `now_ms`; returns

@@ -33,6 +33,7 @@ fn config(segment_bytes: u64, index_interval_bytes: u64) -> LogConfig {
         index_interval_bytes,
         retention_ms: None,
         retention_bytes: None,
+        ..LogConfig::default()
     }
 }
 

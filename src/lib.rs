@@ -16,6 +16,8 @@
 //! - [`groups`]: the consumer group coordinator (holds the broker): membership, sticky
 //!   assignment, generations, committed offsets stored in the internal topic
 //!   `__consumer_offsets`.
+//! - [`producers`]: producer sessions for idempotent produce (ids, names, epochs), stored in
+//!   the internal topic `__producers`; the sequence checks live in the partitions.
 //! - [`node`]: composes broker and coordinator, owns background tasks and shutdown.
 //! - [`http`]: axum routes, one file per resource, and the problem+json error type; handlers
 //!   reach the layers through the node.
@@ -34,4 +36,5 @@ pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub mod node;
+pub mod producers;
 pub mod replication;

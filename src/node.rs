@@ -30,6 +30,7 @@ use crate::groups::offsets::{OFFSETS_TOPIC, OffsetsTopicMaker};
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
 use crate::metadata::{Command, MetadataError};
+use crate::producers::ProducerRegistry;
 use crate::replication::Replicator;
 use crate::replication::manager::ReplicaManager;
 
@@ -41,6 +42,8 @@ pub struct Node {
     pub broker: Arc<Broker>,
     /// Consumer groups; holds its own handle to the broker.
     pub groups: Arc<GroupCoordinator>,
+    /// Producer sessions (ids, names, epochs) for idempotent produce; holds the broker.
+    pub producers: Arc<ProducerRegistry>,
     /// Membership in the cluster (and the controller, on the lowest peer id).
     pub cluster: Arc<Cluster>,
     /// The pooled client that forwards requests to the broker serving them (cluster only).
@@ -66,6 +69,7 @@ impl Node {
         let cluster = Cluster::open(&config).map_err(|e| BrokerError::Io(e.to_string()))?;
         let broker = Broker::open(config).await?;
         let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
+        let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker))?);
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&broker).run_retention()),
             tokio::spawn(run_sessions(Arc::clone(&groups))),
@@ -93,6 +97,7 @@ impl Node {
         Ok(Node {
             broker,
             groups,
+            producers,
             cluster,
             forward,
             replicas,

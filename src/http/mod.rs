@@ -21,6 +21,7 @@ pub mod ndjson;
 pub mod path;
 pub mod produce;
 pub mod produce_split;
+pub mod producers;
 pub mod render;
 pub mod serve;
 pub mod stream;
@@ -42,6 +43,7 @@ use crate::broker::Broker;
 use crate::groups::GroupCoordinator;
 use crate::metrics as m;
 use crate::node::Node;
+use crate::producers::ProducerRegistry;
 use error::ApiError;
 
 /// Shared state of every handler: the node. A handler that needs one layer extracts it
@@ -53,6 +55,12 @@ pub use serve::serve;
 impl FromRef<Node> for Arc<Broker> {
     fn from_ref(node: &Node) -> Arc<Broker> {
         Arc::clone(&node.broker)
+    }
+}
+
+impl FromRef<Node> for Arc<ProducerRegistry> {
+    fn from_ref(node: &Node) -> Arc<ProducerRegistry> {
+        Arc::clone(&node.producers)
     }
 }
 
@@ -95,6 +103,7 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             "/v1/topics/{topic}/records",
             vec![on(Method::POST, produce::produce)],
         ),
+        ("/v1/producers", vec![on(Method::POST, producers::create)]),
         (
             "/v1/topics/{topic}/partitions/{partition}/records",
             vec![on(Method::GET, fetch::fetch)],

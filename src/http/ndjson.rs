@@ -15,6 +15,7 @@ use super::json_records::{
 use super::produce::ProduceParams;
 use super::produce_split::produce_records;
 use crate::broker::{Durability, ProduceOutcome, RecordFate};
+use crate::log::batch::ProducerInfo;
 
 /// Streams an NDJSON body: complete lines are parsed and appended in batches.
 ///
@@ -122,20 +123,26 @@ async fn append_ndjson_batches(
         }
         let mut headers = Vec::new();
         let records = as_produce_records(&decoded, &mut headers);
-        let outcome = produce_records(node, topic_name, &records, params.acks, params.timeout)
-            .await
-            .map_err(|failure| {
-                let maybe_stored = failure.fates.iter().any(|f| *f != RecordFate::NotStored);
-                if maybe_stored
-                    || matches!(
-                        failure.error.code,
-                        "request_timeout" | "storage_unavailable" | "io_error"
-                    )
-                {
-                    progress.unconfirmed = records.len();
-                }
-                failure.error
-            })?;
+        let outcome = produce_records(
+            node,
+            topic_name,
+            &records,
+            (params.acks, params.timeout),
+            ProducerInfo::NONE,
+        )
+        .await
+        .map_err(|failure| {
+            let maybe_stored = failure.fates.iter().any(|f| *f != RecordFate::NotStored);
+            if maybe_stored
+                || matches!(
+                    failure.error.code,
+                    "request_timeout" | "storage_unavailable" | "io_error"
+                )
+            {
+                progress.unconfirmed = records.len();
+            }
+            failure.error
+        })?;
         progress.stored.offsets.extend(outcome.offsets);
         progress.stored.durability = outcome.durability;
     }

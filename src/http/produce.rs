@@ -20,10 +20,11 @@ use super::json_records::{
 use super::ndjson::produce_ndjson;
 use super::path::Path;
 use super::produce_split::{ProduceFailure, produce_records};
+use super::producers::producer_from_query;
 use super::render::render_produce;
 use crate::broker::{Acks, Broker, ProduceRecord, RecordFate, now_ms};
 use crate::limits::Limit;
-use crate::log::batch::RecordRef;
+use crate::log::batch::{ProducerInfo, RecordRef};
 
 /// Query of a produce request.
 #[derive(Debug, Default, Deserialize)]
@@ -35,11 +36,17 @@ pub struct ProduceQuery {
     pub key: Option<String>,
     pub partition: Option<String>,
     pub timestamp_ms: Option<String>,
+    /// An idempotent produce: the session's id and epoch, and the request's sequence.
+    pub producer_id: Option<String>,
+    pub producer_epoch: Option<String>,
+    pub sequence: Option<String>,
 }
 
 pub(super) struct ProduceParams {
     pub(super) acks: Acks,
     pub(super) timeout: Duration,
+    /// [`ProducerInfo::NONE`] unless the produce is idempotent.
+    pub(super) producer: ProducerInfo,
 }
 
 pub(super) fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
@@ -61,9 +68,15 @@ pub(super) fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<Pro
         limits,
         Limit::WaitMsMax,
     )?;
+    let producer = producer_from_query(
+        q.producer_id.as_deref(),
+        q.producer_epoch.as_deref(),
+        q.sequence.as_deref(),
+    )?;
     Ok(ProduceParams {
         acks,
         timeout: Duration::from_millis(timeout_ms),
+        producer,
     })
 }
 
@@ -78,6 +91,10 @@ pub async fn produce(
     let q: ProduceQuery = parse_query(query.as_deref())?;
     let params = produce_params(&q, broker)?;
     let ct = content_type(&headers);
+    let idempotent = params.producer.producer_id >= 0;
+    if idempotent {
+        node.producers.check(params.producer, &topic)?;
+    }
     let limit = broker.limits().request_body_bytes_max;
     let rules = RecordRules::new(broker.limits(), now_ms());
     // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
@@ -88,9 +105,21 @@ pub async fn produce(
             let decoded = parse_off_the_workers(bytes.len(), || parse_json_body(&bytes, rules))?;
             let mut headers = Vec::new();
             let records = as_produce_records(&decoded, &mut headers);
-            produce_records(&node, &topic, &records, params.acks, params.timeout)
-                .await
-                .map_err(with_record_fates)?
+            produce_records(
+                &node,
+                &topic,
+                &records,
+                (params.acks, params.timeout),
+                params.producer,
+            )
+            .await
+            .map_err(with_record_fates)?
+        }
+        "application/x-ndjson" | "application/jsonl" if idempotent => {
+            return Err(ApiError::invalid(
+                "an idempotent produce is one request, one sequence: send application/json or \
+                 application/octet-stream (an NDJSON body is appended in several batches)",
+            ));
         }
         "application/x-ndjson" | "application/jsonl" => {
             produce_ndjson(&node, &topic, &headers, body, &params, rules).await?
@@ -122,9 +151,15 @@ pub async fn produce(
                     headers: &[],
                 },
             };
-            produce_records(&node, &topic, &[record], params.acks, params.timeout)
-                .await
-                .map_err(|failure| failure.error)?
+            produce_records(
+                &node,
+                &topic,
+                &[record],
+                (params.acks, params.timeout),
+                params.producer,
+            )
+            .await
+            .map_err(|failure| failure.error)?
         }
         other => {
             return Err(unsupported_media_type(

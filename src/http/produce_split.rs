@@ -87,13 +87,14 @@ impl From<BrokerError> for ProduceFailure {
 }
 
 /// Produces `records` to the topic `name`: split per partition on a cluster, else locally
-/// (the topic looked up, or auto-created, as on a single broker).
+/// (the topic looked up, or auto-created, as on a single broker). An idempotent `producer`
+/// goes with every part, so each partition's leader deduplicates it.
 pub(super) async fn produce_records(
     node: &AppState,
     name: &str,
     records: &[ProduceRecord<'_>],
-    acks: Acks,
-    timeout: Duration,
+    (acks, timeout): (Acks, Duration),
+    producer: ProducerInfo,
 ) -> Result<ProduceOutcome, ProduceFailure> {
     let homes = match node.cluster.is_clustered() {
         true => topic_homes(&node.cluster, name),
@@ -103,10 +104,10 @@ pub(super) async fn produce_records(
         let topic = node.broker.topic_for_produce(name, records).await?;
         return Ok(node
             .broker
-            .produce_reporting(&topic, records, acks, timeout)
+            .produce_as(&topic, records, acks, timeout, producer)
             .await?);
     };
-    split(node, name, &homes, records, acks, timeout).await
+    split(node, name, &homes, records, (acks, timeout), producer).await
 }
 
 /// What became of one partition's part of a split produce.
@@ -123,8 +124,8 @@ async fn split(
     name: &str,
     homes: &TopicHomes,
     records: &[ProduceRecord<'_>],
-    acks: Acks,
-    timeout: Duration,
+    (acks, timeout): (Acks, Duration),
+    producer: ProducerInfo,
 ) -> Result<ProduceOutcome, ProduceFailure> {
     let broker = &node.broker;
     if is_internal_topic(name) {
@@ -143,7 +144,11 @@ async fn split(
         .iter()
         .filter(|r| r.partition.is_none() && r.record.key.is_none())
         .count() as u64;
-    let mut next_rr = ROUND_ROBIN.fetch_add(unkeyed, Ordering::Relaxed);
+    // As on one broker: an idempotent retry spreads its unkeyed records as the first try did.
+    let mut next_rr = match producer.producer_id >= 0 {
+        true => producer.base_sequence.unsigned_abs().into(),
+        false => ROUND_ROBIN.fetch_add(unkeyed, Ordering::Relaxed),
+    };
     let assignment: Vec<u32> = records
         .iter()
         .map(|r| choose_partition(r, count, &mut next_rr))
@@ -172,7 +177,7 @@ async fn split(
             (p, id, address),
             records,
             &assignment,
-            (acks, timeout),
+            (acks, timeout, producer),
         )),
         _ => None,
     });
@@ -182,7 +187,7 @@ async fn split(
         }
         let result = match broker.topic(name) {
             Ok(topic) => broker
-                .produce_reporting(&topic, &local, acks, timeout)
+                .produce_as(&topic, &local, acks, timeout, producer)
                 .await
                 .map_err(ProduceFailure::from),
             Err(e) => Err(e.into()),
@@ -286,7 +291,7 @@ async fn append_remote(
     (p, id, address): (u32, NodeId, SocketAddr),
     records: &[ProduceRecord<'_>],
     assignment: &[u32],
-    (acks, timeout): (Acks, Duration),
+    (acks, timeout, producer): (Acks, Duration, ProducerInfo),
 ) -> (u32, PartResult) {
     let members = || {
         assignment
@@ -299,7 +304,7 @@ async fn append_remote(
     let mut builder = BatchBuilder::with_capacity(bytes);
     members().for_each(|r| builder.push(r));
     let sent_records = builder.record_count();
-    let mut batch = builder.finish(ProducerInfo::NONE, None);
+    let mut batch = builder.finish(producer, None);
     // Sealed with a CRC so the leader can check the part arrived whole.
     stamp_batch(&mut batch, 0, 0);
     let acks = match acks {
@@ -514,9 +519,11 @@ pub async fn append(
     let mut header_pairs = Vec::new();
     let records = records_of_batch(&batch, partition, &mut header_pairs)?;
     let topic = node.broker.topic(&topic)?;
+    // The part's producer (if idempotent) is checked against this partition's state here.
+    let producer = batch.header.producer;
     let outcome = node
         .broker
-        .produce_reporting(&topic, &records, params.acks, params.timeout)
+        .produce_as(&topic, &records, params.acks, params.timeout, producer)
         .await
         .map_err(|f| with_record_fates(f.into()))?;
     let answer = Appended {

@@ -73,6 +73,8 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
         ("/v1/topics/{topic}/records", _) => Here,
         ("/v1/topics/{topic}/partitions/{partition}/records", _) => PartitionLeader,
         ("/v1/topics/{topic}/partitions/{partition}/stream", _) => PartitionLeader,
+        // One registry hands out producer ids, so none is handed out twice.
+        ("/v1/producers", _) => Controller,
         (t, _) if t == "/v1/groups" || t.starts_with("/v1/groups/") => GroupCoordinator,
         ("/v1/cluster" | "/healthz" | "/readyz" | "/openapi.json" | "/metrics", _) => Here,
         (t, _) if t.starts_with("/internal/") => Here,

@@ -92,7 +92,9 @@ pub async fn produce(
     let params = produce_params(&q, broker)?;
     let ct = content_type(&headers);
     let idempotent = params.producer.producer_id >= 0;
-    if idempotent {
+    // On a cluster the sessions live on the controller: the partitions' leaders still fence
+    // older epochs and deduplicate, but unknown ids are not refused here.
+    if idempotent && !node.cluster.is_clustered() {
         node.producers.check(params.producer, &topic)?;
     }
     let limit = broker.limits().request_body_bytes_max;

@@ -17,8 +17,8 @@
 //! memory follows log order (writes are serialized by `writes`, and memory changes only after
 //! the write is durable).
 //!
-//! Known limit: on a cluster each broker keeps its own registry; ids must then come from one
-//! place (the leader of `__producers`), which the cluster work has to provide.
+//! On a cluster, `POST /v1/producers` is served by the controller (`http::forward`), so ids
+//! come from its registry; brokers that do not run it do not check produces against theirs.
 
 pub mod error;
 

@@ -13,6 +13,7 @@ fn config() -> LogConfig {
         index_interval_bytes: 128,
         retention_ms: None,
         retention_bytes: None,
+        ..LogConfig::default()
     }
 }
 

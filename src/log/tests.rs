@@ -964,3 +964,90 @@ fn overlapping_checkpoint_writes_take_turns_and_never_go_back() {
     let stored = super::read_u64_file(&dir.path().join(super::CHECKPOINT_FILE)).unwrap();
     assert_eq!(stored, newer.flushed_offset);
 }
+
+/// A batch of `records` one-byte records from producer 7 at epoch 0 with `sequence`.
+fn idempotent_batch(sequence: i32, records: usize) -> Vec<u8> {
+    let mut builder = BatchBuilder::with_capacity(64);
+    for _ in 0..records {
+        builder.push(&RecordRef {
+            timestamp_ms: 1_000,
+            key: None,
+            key_is_utf8: false,
+            value: Some(b"v"),
+            value_is_json: false,
+            headers: &[],
+        });
+    }
+    let producer = ProducerInfo {
+        producer_id: 7,
+        producer_epoch: 0,
+        base_sequence: sequence,
+    };
+    builder.finish(producer, None)
+}
+
+/// The producer state follows the log on every path that changes it: a leader's appends,
+/// a follower's replicated batches, a reopen (rebuilt from the headers, recent segments
+/// only) and a truncation (cut batches no longer deduplicate).
+#[test]
+fn producer_state_is_rebuilt_from_appends_replicas_reopens_and_truncations() {
+    use super::producer_state::{ProducerBatch, SequenceCheck};
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (mut leader, _) = open(leader_dir.path(), config(1 << 20, 128), false);
+    let mut stored = Vec::new();
+    for (sequence, records) in [(0, 2), (1, 3)] {
+        let mut batch = idempotent_batch(sequence, records);
+        leader.append(&mut batch, 0, 1_000).unwrap();
+        stored.extend_from_slice(&batch);
+    }
+    let duplicate = |base_offset, last_offset, sequence| {
+        Ok(SequenceCheck::Duplicate(ProducerBatch {
+            sequence,
+            base_offset,
+            last_offset,
+        }))
+    };
+    assert_eq!(
+        leader.check_producer(&idempotent_batch(1, 3)),
+        duplicate(2, 4, 1)
+    );
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut follower, _) = open(follower_dir.path(), config(1 << 20, 128), false);
+    follower.append_replicated(&stored, 1_000).unwrap();
+    assert_eq!(
+        follower.check_producer(&idempotent_batch(1, 3)),
+        duplicate(2, 4, 1)
+    );
+    drop(follower);
+
+    let (mut follower, _) = open(follower_dir.path(), config(1 << 20, 128), false);
+    assert_eq!(
+        follower.check_producer(&idempotent_batch(0, 2)),
+        duplicate(0, 1, 0)
+    );
+    assert_eq!(follower.producers_tracked(), 1);
+    follower.truncate_to(2).unwrap();
+    assert_eq!(
+        follower.check_producer(&idempotent_batch(1, 3)),
+        Ok(SequenceCheck::Append),
+        "the cut batch is written again"
+    );
+    assert_eq!(
+        follower.check_producer(&idempotent_batch(0, 2)),
+        duplicate(0, 1, 0)
+    );
+
+    // Opened after the producer has been idle for longer than the timeout (segment creation
+    // times are the files' own, on the wall clock): it is forgotten.
+    drop(follower);
+    let idle = config(1 << 20, 128).producer_idle_timeout_ms;
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let later = wall_ms + 3 * idle;
+    let (follower, _) =
+        PartitionLog::open(follower_dir.path(), config(1 << 20, 128), false, later).unwrap();
+    assert_eq!(follower.producers_tracked(), 0);
+}

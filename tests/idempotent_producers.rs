@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{TestBroker, create_topic, read_partition_to_high_watermark, runtime, wait_until};
-use reqwest::Client;
+use common::{
+    Client, TestBroker, create_topic, read_partition_to_high_watermark, runtime, wait_until,
+};
 use serde_json::{Value, json};
 
 const PARTITIONS: u64 = 8;
@@ -58,14 +59,15 @@ async fn produce(
     topic: &str,
     query: &str,
     records: &Value,
-) -> Result<(u16, Value), reqwest::Error> {
+) -> Result<(u16, Value), String> {
     let response = http
         .post(format!("{url}/v1/topics/{topic}/records?{query}"))
         .json(&json!({ "records": records }))
         .send()
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let body = response.json().await?;
+    let body = response.json().await.map_err(|e| format!("{e:?}"))?;
     Ok((status, body))
 }
 

@@ -429,6 +429,10 @@ fn a_killed_follower_leaves_the_isr_and_rejoins_once_restarted() {
     });
     let shrank_after = killed.elapsed();
     eprintln!("ISR shrank {shrank_after:?} after the kill (replica_lag_time_max_ms {LAG_MAX:?})");
+    assert!(
+        shrank_after <= LAG_MAX + Duration::from_secs(1),
+        "the ISR shrank {shrank_after:?} after the kill"
+    );
     producer.wait_more(20, "acks=all goes on without the follower");
     c.brokers[follower - 1].restart();
     wait_for("the follower rejoins the ISR", || {

@@ -544,6 +544,13 @@ fn the_answer_checker_passes_answers_that_keep_the_spec_and_names_each_break() {
         answer("a method the route lacks", "PUT", "/v1/topics", 405)
             .headers(&[PROBLEM])
             .body(r#"{"type":"urn:tidelog:problem:method_not_allowed","title":"Method Not Allowed","status":405,"code":"method_not_allowed","detail":"PUT"}"#),
+        answer("overloaded, retry in a second", "GET", "/v1/topics/x/partitions/0/records", 503)
+            .headers(&[PROBLEM, ("retry-after", "1")])
+            .body(r#"{"type":"urn:tidelog:problem:overloaded","title":"Service Unavailable","status":503,"code":"overloaded","detail":"x"}"#),
+        answer("a Retry-After that is no number of seconds", "GET", "/v1/topics/x/partitions/0/records", 503)
+            .headers(&[PROBLEM, ("retry-after", "soon")])
+            .body(r#"{"type":"urn:tidelog:problem:overloaded","title":"Service Unavailable","status":503,"code":"overloaded","detail":"x"}"#)
+            .breaks("header Retry-After"),
         answer("a CORS preflight", "OPTIONS", "/v1/topics", 200).preflight(),
     ];
     for a in answers {

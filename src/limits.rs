@@ -112,6 +112,13 @@ pub struct Limits {
     pub producer_idle_timeout_ms: u64,
     /// Most named producers (`POST /v1/producers` with a `name`) a broker keeps.
     pub producer_names_max: u32,
+    /// How long an `Idempotency-Key` is honoured after its answer was stored: a retry within
+    /// it is answered again, one after it runs as a new request.
+    pub idempotency_key_lifetime_ms: u64,
+    /// Most `Idempotency-Key`s a broker keeps (stored and in progress), a few hundred bytes
+    /// of memory each and their answers on disk; a new key past it is refused until keys
+    /// expire.
+    pub idempotency_keys_max: u32,
 }
 
 impl Default for Limits {
@@ -153,6 +160,8 @@ impl Default for Limits {
             producers_per_partition_max: 10_000,
             producer_idle_timeout_ms: 86_400_000,
             producer_names_max: 100_000,
+            idempotency_key_lifetime_ms: 86_400_000,
+            idempotency_keys_max: 100_000,
         }
     }
 }
@@ -197,11 +206,13 @@ pub enum Limit {
     ProducersPerPartitionMax,
     ProducerIdleTimeoutMs,
     ProducerNamesMax,
+    IdempotencyKeyLifetimeMs,
+    IdempotencyKeysMax,
 }
 
 impl Limit {
     /// Every limit, in the order of the fields of [`Limits`].
-    pub const ALL: [Limit; 35] = [
+    pub const ALL: [Limit; 37] = [
         Limit::RequestBodyBytesMax,
         Limit::RecordBytesMax,
         Limit::RecordsPerRequestMax,
@@ -237,6 +248,8 @@ impl Limit {
         Limit::ProducersPerPartitionMax,
         Limit::ProducerIdleTimeoutMs,
         Limit::ProducerNamesMax,
+        Limit::IdempotencyKeyLifetimeMs,
+        Limit::IdempotencyKeysMax,
     ];
 
     /// The limit's key in `[limits]`, as problems and messages name it.
@@ -277,6 +290,8 @@ impl Limit {
             Limit::ProducersPerPartitionMax => "producers_per_partition_max",
             Limit::ProducerIdleTimeoutMs => "producer_idle_timeout_ms",
             Limit::ProducerNamesMax => "producer_names_max",
+            Limit::IdempotencyKeyLifetimeMs => "idempotency_key_lifetime_ms",
+            Limit::IdempotencyKeysMax => "idempotency_keys_max",
         }
     }
 }
@@ -326,6 +341,8 @@ impl Limits {
             Limit::ProducersPerPartitionMax => u64::from(self.producers_per_partition_max),
             Limit::ProducerIdleTimeoutMs => self.producer_idle_timeout_ms,
             Limit::ProducerNamesMax => u64::from(self.producer_names_max),
+            Limit::IdempotencyKeyLifetimeMs => self.idempotency_key_lifetime_ms,
+            Limit::IdempotencyKeysMax => u64::from(self.idempotency_keys_max),
         }
     }
 }

@@ -50,6 +50,8 @@ pub const REPLICA_FETCH_SECONDS: &str = "tidelog_replica_fetch_duration_seconds"
 pub const DUPLICATES_SUPPRESSED: &str = "tidelog_duplicate_records_suppressed_total";
 pub const PRODUCERS_FENCED: &str = "tidelog_producers_fenced_total";
 pub const PRODUCERS_TRACKED: &str = "tidelog_partition_producers";
+pub const IDEMPOTENCY_KEYS: &str = "tidelog_idempotency_keys";
+pub const IDEMPOTENT_REPLAYS: &str = "tidelog_idempotency_key_replays_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -303,5 +305,18 @@ fn describe() {
             "Idempotent producers a partition tracks (at most {}).",
             Limit::ProducersPerPartitionMax
         )
+    );
+    describe_gauge!(
+        IDEMPOTENCY_KEYS,
+        Unit::Count,
+        format!(
+            "Idempotency-Keys the broker keeps, stored and in progress (at most {}).",
+            Limit::IdempotencyKeysMax
+        )
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        Unit::Count,
+        "Produces with an Idempotency-Key answered with their stored answer and not written again."
     );
 }

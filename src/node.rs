@@ -31,6 +31,7 @@ use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
 use crate::metadata::{Command, MetadataError};
 use crate::producers::ProducerRegistry;
+use crate::producers::idempotency_keys::IdempotencyKeys;
 use crate::replication::Replicator;
 use crate::replication::manager::ReplicaManager;
 
@@ -44,6 +45,8 @@ pub struct Node {
     pub groups: Arc<GroupCoordinator>,
     /// Producer sessions (ids, names, epochs) for idempotent produce; holds the broker.
     pub producers: Arc<ProducerRegistry>,
+    /// `Idempotency-Key`s of produces and where their answers are stored; holds the broker.
+    pub idempotency_keys: Arc<IdempotencyKeys>,
     /// Membership in the cluster (and the controller, on the lowest peer id).
     pub cluster: Arc<Cluster>,
     /// The pooled client that forwards requests to the broker serving them (cluster only).
@@ -70,12 +73,14 @@ impl Node {
         let broker = Broker::open(config).await?;
         let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
         let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker))?);
+        let idempotency_keys = Arc::new(IdempotencyKeys::open(Arc::clone(&broker))?);
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&broker).run_retention()),
             tokio::spawn(run_sessions(Arc::clone(&groups))),
             tokio::spawn(refresh_metrics(
                 Arc::clone(&broker),
                 Arc::clone(&groups),
+                Arc::clone(&idempotency_keys),
                 idle / 4,
             )),
         ];
@@ -98,6 +103,7 @@ impl Node {
             broker,
             groups,
             producers,
+            idempotency_keys,
             cluster,
             forward,
             replicas,
@@ -207,7 +213,12 @@ const METRICS_IDLE_MIN: Duration = Duration::from_millis(100);
 /// Keeps the metric series of every live topic, partition and group (and the process-wide
 /// ones) from going idle, so only the series of deleted names leave `/metrics`. Ends at
 /// shutdown.
-async fn refresh_metrics(broker: Arc<Broker>, groups: Arc<GroupCoordinator>, every: Duration) {
+async fn refresh_metrics(
+    broker: Arc<Broker>,
+    groups: Arc<GroupCoordinator>,
+    idempotency_keys: Arc<IdempotencyKeys>,
+    every: Duration,
+) {
     let mut shutdown = broker.shutdown_signal();
     let mut refresh = tokio::time::interval(every);
     let mut upkeep = tokio::time::interval(METRICS_UPKEEP_EVERY.min(every));
@@ -217,6 +228,7 @@ async fn refresh_metrics(broker: Arc<Broker>, groups: Arc<GroupCoordinator>, eve
                 crate::metrics::refresh_process_series();
                 broker.refresh_metrics();
                 groups.refresh_metrics();
+                idempotency_keys.refresh_metrics();
                 crate::metrics::drop_idle_series();
             }
             _ = upkeep.tick() => crate::metrics::upkeep(),

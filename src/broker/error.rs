@@ -105,6 +105,10 @@ pub enum BrokerError {
         held: u64,
         sent: u64,
     },
+    /// An `Idempotency-Key` sent again with another request (`idempotency_key_reused`).
+    IdempotencyKeyReused,
+    /// An `Idempotency-Key` whose first request is still running.
+    IdempotencyKeyInProgress,
 }
 
 impl BrokerError {
@@ -225,6 +229,15 @@ impl fmt::Display for BrokerError {
                 f,
                 "sequence {sequence} was written with {held} records to this partition, the request has \
                  {sent}: a retry must resend the same request"
+            ),
+            BrokerError::IdempotencyKeyReused => write!(
+                f,
+                "this Idempotency-Key was used for another request (another body, content type, \
+                 topic or query); a retry must resend the same request, a new request needs a new key"
+            ),
+            BrokerError::IdempotencyKeyInProgress => write!(
+                f,
+                "a request with this Idempotency-Key is still running; retry once it has been answered"
             ),
             BrokerError::BelowHighWatermark {
                 offset,

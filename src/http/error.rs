@@ -193,6 +193,15 @@ impl From<BrokerError> for ApiError {
             BrokerError::SequenceReused { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "sequence_reused", detail)
             }
+            BrokerError::IdempotencyKeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                detail,
+            ),
+            BrokerError::IdempotencyKeyInProgress => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_key_in_progress", detail)
+                    .retry_after(1)
+            }
             BrokerError::BelowHighWatermark { high_watermark, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "below_high_watermark", detail)
                     .with("high_watermark", high_watermark)

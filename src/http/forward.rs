@@ -83,6 +83,25 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
     Some(at)
 }
 
+/// A produce with an `Idempotency-Key` is served by the controller's broker, where the keys
+/// are stored: one place decides whether a key was seen, and the produce is split from there
+/// like any other. (Keys checked where they land would let two brokers each run a retry.)
+fn keyed_produce_at(at: ServedAt, request: &Request) -> ServedAt {
+    let is_produce = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|t| t.as_str() == "/v1/topics/{topic}/records");
+    if is_produce
+        && request
+            .headers()
+            .contains_key(super::idempotency_key::HEADER)
+    {
+        ServedAt::Controller
+    } else {
+        at
+    }
+}
+
 /// Who serves a partition, as this broker's metadata says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionHome {
@@ -147,7 +166,8 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
     let served = request
         .extensions()
         .get::<MatchedPath>()
-        .and_then(|t| served_at(t.as_str(), request.method()));
+        .and_then(|t| served_at(t.as_str(), request.method()))
+        .map(|at| keyed_produce_at(at, &request));
     match served {
         None | Some(ServedAt::Here) => next.run(request).await,
         Some(ServedAt::Controller | ServedAt::GroupCoordinator) => {

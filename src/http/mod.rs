@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod forward;
 pub mod groups;
+pub mod idempotency_key;
 pub mod internal;
 pub mod json_records;
 pub mod ndjson;

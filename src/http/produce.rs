@@ -14,6 +14,7 @@ use super::body::{
     bounded, content_type, parse_query, parse_u64, read_limited, unsupported_media_type,
 };
 use super::error::{ApiError, ApiResult};
+use super::idempotency_key::{key_of, produce_with_key};
 use super::json_records::{
     RecordPlace, RecordRules, as_produce_records, parse_json_body, parse_off_the_workers,
 };
@@ -87,15 +88,29 @@ pub async fn produce(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    match key_of(&headers)? {
+        Some(key) => produce_with_key(node, key, topic, query, headers, body).await,
+        None => produce_body(&node, &topic, query.as_deref(), &headers, body).await,
+    }
+}
+
+/// A produce once its `Idempotency-Key` (if any) is dealt with.
+pub(super) async fn produce_body(
+    node: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let broker = &node.broker;
-    let q: ProduceQuery = parse_query(query.as_deref())?;
+    let q: ProduceQuery = parse_query(query)?;
     let params = produce_params(&q, broker)?;
-    let ct = content_type(&headers);
+    let ct = content_type(headers);
     let idempotent = params.producer.producer_id >= 0;
     // On a cluster the sessions live on the controller: the partitions' leaders still fence
     // older epochs and deduplicate, but unknown ids are not refused here.
     if idempotent && !node.cluster.is_clustered() {
-        node.producers.check(params.producer, &topic)?;
+        node.producers.check(params.producer, topic)?;
     }
     let limit = broker.limits().request_body_bytes_max;
     let rules = RecordRules::new(broker.limits(), now_ms());
@@ -103,13 +118,13 @@ pub async fn produce(
     // body refused as unreadable leaves no new topic behind.
     let offsets = match ct.as_str() {
         "application/json" | "" => {
-            let bytes = read_limited(&headers, body, limit).await?;
+            let bytes = read_limited(headers, body, limit).await?;
             let decoded = parse_off_the_workers(bytes.len(), || parse_json_body(&bytes, rules))?;
             let mut headers = Vec::new();
             let records = as_produce_records(&decoded, &mut headers);
             produce_records(
-                &node,
-                &topic,
+                node,
+                topic,
                 &records,
                 (params.acks, params.timeout),
                 params.producer,
@@ -124,10 +139,10 @@ pub async fn produce(
             ));
         }
         "application/x-ndjson" | "application/jsonl" => {
-            produce_ndjson(&node, &topic, &headers, body, &params, rules).await?
+            produce_ndjson(node, topic, headers, body, &params, rules).await?
         }
         "application/octet-stream" => {
-            let bytes = read_limited(&headers, body, limit).await?;
+            let bytes = read_limited(headers, body, limit).await?;
             let partition = match q.partition.as_deref() {
                 Some(p) => Some(
                     u32::try_from(parse_u64("partition", p)?)
@@ -154,8 +169,8 @@ pub async fn produce(
                 },
             };
             produce_records(
-                &node,
-                &topic,
+                node,
+                topic,
                 &[record],
                 (params.acks, params.timeout),
                 params.producer,

@@ -17,10 +17,14 @@
 //! memory follows log order (writes are serialized by `writes`, and memory changes only after
 //! the write is durable).
 //!
+//! `idempotency_keys`: the other way to retry without duplicates, `Idempotency-Key` on a
+//! produce, stored with its answer in the internal topic `__idempotency_keys`.
+//!
 //! On a cluster, `POST /v1/producers` is served by the controller (`http::forward`), so ids
 //! come from its registry; brokers that do not run it do not check produces against theirs.
 
 pub mod error;
+pub mod idempotency_keys;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

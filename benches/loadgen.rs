@@ -179,6 +179,7 @@ fn main() {
                     _ => unreachable!("a target without its servers"),
                 };
                 run.client_cpu_s = thread_cpu_seconds(CLIENT_THREADS) - client_cpu;
+                run.load_average = load_average();
                 println!(
                     "[{}/{}] {:<22} {:<16} {}",
                     repeat + 1,
@@ -204,6 +205,15 @@ fn main() {
         single.stop();
         rf3.stop();
     }
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`), NaN where unknown: how many other
+/// jobs shared the cores during a measurement.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// CPU seconds (user + system) used so far by this process's threads whose name starts
@@ -783,6 +793,8 @@ struct Run {
     behind_ms_max: Option<u32>,
     /// Broker processes: the `durability` a produce with the run's acks was answered with.
     durability: Option<String>,
+    /// The machine's 1-minute load average just after the run.
+    load_average: f64,
 }
 
 impl Run {
@@ -838,6 +850,9 @@ impl Run {
             self.server_cpu_us_per_request(),
             self.client_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
         );
+        if self.load_average.is_finite() {
+            let _ = write!(s, ", load {:.1}", self.load_average);
+        }
         if !self.ack_latencies_us.is_empty() {
             let _ = write!(
                 s,
@@ -1234,7 +1249,18 @@ fn median_ratio(
     b: (&str, Target),
     f: impl Fn(&Run) -> f64,
 ) -> Option<f64> {
-    let ratios: Vec<f64> = results
+    let ratios = ratios(results, a, b, f);
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
+/// `f(run of a) / f(run of b)` for each repeat that measured both, in repeat order.
+fn ratios(
+    results: &[Measured],
+    a: (&str, Target),
+    b: (&str, Target),
+    f: impl Fn(&Run) -> f64,
+) -> Vec<f64> {
+    results
         .iter()
         .filter(|m| m.scenario == a.0 && m.target == a.1)
         .filter_map(|ma| {
@@ -1243,8 +1269,7 @@ fn median_ratio(
                 .find(|mb| mb.scenario == b.0 && mb.target == b.1 && mb.repeat == ma.repeat)
                 .map(|mb| f(&ma.run) / f(&mb.run))
         })
-        .collect();
-    (!ratios.is_empty()).then(|| median(ratios))
+        .collect()
 }
 
 fn summary(args: &Args, results: &[Measured]) -> String {
@@ -1364,9 +1389,10 @@ fn details(args: &Args, results: &[Measured]) -> String {
                 let secs = |r: &Run| r.elapsed.as_secs_f64();
                 let at = |r: &Run| r.brokers.get(i).cloned().unwrap_or_default();
                 let cpu = med(&|r| at(r).cpu_s.map_or(f64::NAN, |c| c * 100.0 / secs(r)));
+                let fsync_p99 = med(&|r| at(r).fsync_p99_ms.unwrap_or(f64::NAN));
                 let _ = write!(
                     out,
-                    "; n{} {} cpu, {:.0} fsyncs/s, {:.0} replica fetches/s",
+                    "; n{} {} cpu, {:.0} fsyncs/s (p99 <= {fsync_p99} ms), {:.0} replica fetches/s",
                     b.node_id,
                     if cpu.is_finite() {
                         format!("{cpu:.0}%")
@@ -1379,8 +1405,9 @@ fn details(args: &Args, results: &[Measured]) -> String {
             }
             let _ = writeln!(
                 out,
-                "; client {:.0}% cpu",
-                med(&|r| r.client_cpu_s * 100.0 / r.elapsed.as_secs_f64())
+                "; client {:.0}% cpu; load average {:.1}",
+                med(&|r| r.client_cpu_s * 100.0 / r.elapsed.as_secs_f64()),
+                med(&|r| r.load_average)
             );
         }
     }
@@ -1468,6 +1495,16 @@ fn targets(results: &[Measured]) -> String {
         0.33,
         "x",
     );
+    let each = ratios(
+        results,
+        ("produce:1000:8:all", Target::Rf3),
+        ("produce:1000:8:all", Target::Single),
+        Run::records_per_s,
+    );
+    if each.len() > 1 {
+        let each: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
+        let _ = writeln!(out, "  (per repeat: {})", each.join(", "));
+    }
     for consumer in ["poll", "sse"] {
         let scenario = format!("e2e:2000:{consumer}");
         if let Some(p99) = med(&scenario, Target::Rf3, |r| r.latency_ms(99.0)) {

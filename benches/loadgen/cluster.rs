@@ -59,15 +59,20 @@ pub struct BrokerFigures {
     pub fsync_s: f64,
     /// Replica fetch requests this broker answered as a leader.
     pub replica_fetches: u64,
+    /// The upper bound (ms) of the `tidelog_fsync_duration_seconds` bucket that holds the
+    /// 99th percentile of this run's fsyncs.
+    pub fsync_p99_ms: Option<f64>,
 }
 
 /// Counters of one broker at one moment.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Counters {
     cpu_s: Option<f64>,
     fsyncs: f64,
     fsync_s: f64,
     replica_fetches: f64,
+    /// `(le, cumulative count)` of the fsync duration histogram, in bucket order.
+    fsync_buckets: Vec<(f64, f64)>,
 }
 
 impl Brokers {
@@ -267,6 +272,7 @@ impl Brokers {
                 fsyncs: metric_sum(&text, "tidelog_fsyncs_total"),
                 fsync_s: metric_sum(&text, "tidelog_fsync_duration_seconds_sum"),
                 replica_fetches: metric_sum(&text, "tidelog_replica_fetches_total"),
+                fsync_buckets: buckets(&text, "tidelog_fsync_duration_seconds_bucket"),
             });
         }
         all
@@ -362,6 +368,7 @@ pub async fn run_scenario(
             fsyncs: (a.fsyncs - b.fsyncs).max(0.0) as u64,
             fsync_s: (a.fsync_s - b.fsync_s).max(0.0),
             replica_fetches: (a.replica_fetches - b.replica_fetches).max(0.0) as u64,
+            fsync_p99_ms: p99_bucket(&b.fsync_buckets, &a.fsync_buckets).map(|s| s * 1000.0),
         })
         .collect();
     let fsyncs: u64 = run.brokers.iter().map(|b| b.fsyncs).sum();
@@ -407,6 +414,9 @@ pub fn broker_line(run: &Run) -> String {
             let _ = write!(s, " {:.0}% cpu", cpu * 100.0 / secs);
         }
         let _ = write!(s, " {:.0} fsyncs/s", b.fsyncs as f64 / secs);
+        if let Some(ms) = b.fsync_p99_ms {
+            let _ = write!(s, " (p99 <= {ms} ms)");
+        }
         if b.replica_fetches > 0 {
             let _ = write!(
                 s,
@@ -434,6 +444,41 @@ fn metric_sum(text: &str, name: &str) -> f64 {
             value.split_whitespace().next()?.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// `(le, count)` of every bucket of histogram `name` (no other labels), in exposition order.
+fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix("{le=\"")?;
+            let (le, rest) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound under which 99% of the observations made between two scrapes
+/// fall; None without observations.
+fn p99_bucket(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
+    let count_before = |le: f64| {
+        before
+            .iter()
+            .find(|(b, _)| *b == le)
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let total = after.last().map(|(le, c)| c - count_before(*le))?;
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|(le, c)| c - count_before(*le) >= total * 0.99)
+        .map(|(le, _)| *le)
 }
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.

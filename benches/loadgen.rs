@@ -843,11 +843,17 @@ impl Run {
         if let Some(ms) = self.fsync_mean_ms() {
             let _ = write!(s, " of {ms:.2} ms");
         }
+        if self.server_cpu_s.is_finite() {
+            let _ = write!(
+                s,
+                "  server {:.0}% cpu, {:.0} us cpu/req,",
+                self.server_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
+                self.server_cpu_us_per_request(),
+            );
+        }
         let _ = write!(
             s,
-            "  server {:.0}% cpu, {:.0} us cpu/req, client {:.0}% cpu",
-            self.server_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
-            self.server_cpu_us_per_request(),
+            "  client {:.0}% cpu",
             self.client_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
         );
         if self.load_average.is_finite() {
@@ -1306,7 +1312,9 @@ fn summary(args: &Args, results: &[Measured]) -> String {
                 _ => None,
             };
             let ratio_of = |f: fn(&Run) -> f64| {
-                against.and_then(|b| median_ratio(results, (&name, target), (&name, b), f))
+                against
+                    .and_then(|b| median_ratio(results, (&name, target), (&name, b), f))
+                    .filter(|r| r.is_finite())
             };
             let ratio = ratio_of(Run::records_per_s);
             let cpu_ratio = ratio_of(Run::server_cpu_us_per_request);

@@ -374,7 +374,12 @@ pub async fn run_scenario(
     let fsyncs: u64 = run.brokers.iter().map(|b| b.fsyncs).sum();
     let fsync_s: f64 = run.brokers.iter().map(|b| b.fsync_s).sum();
     run.fsyncs = Some((fsyncs, fsync_s));
-    run.server_cpu_s = run.brokers.iter().filter_map(|b| b.cpu_s).sum();
+    // Unknown (NaN) for brokers this run did not start.
+    run.server_cpu_s = run
+        .brokers
+        .iter()
+        .map(|b| b.cpu_s.unwrap_or(f64::NAN))
+        .sum();
     run.durability = durability;
     brokers.delete_topic(&topic).await;
     run

@@ -63,6 +63,9 @@ fn a_page_of_another_origin_produces_with_fetch_and_follows_with_event_source() 
     let rt = common::runtime();
     let http = broker.client();
     rt.block_on(common::create_topic(&http, &broker.url, "browser", 1));
+    // The page reaches the broker through a proxy that checks every answer against the spec
+    // (CORS preflights pass unchecked: the CORS layer answers them on every path).
+    let proxy = common::checking_proxy::CheckingProxy::start(&broker.url);
 
     let profile = tempfile::tempdir().unwrap();
     let _browser = Browser(
@@ -78,7 +81,7 @@ fn a_page_of_another_origin_produces_with_fetch_and_follows_with_event_source() 
                 "--disable-sync",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(format!("{origin}/?broker={}", broker.url))
+            .arg(format!("{origin}/?broker={}", proxy.url))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

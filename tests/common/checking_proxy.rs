@@ -3,17 +3,17 @@
 //! README's curl lines): their answers are checked against the spec like the tests' own.
 //!
 //! Request bodies are read whole before they go on (the programs send small ones); an answer
-//! comes back as the client gives it, an event stream chunk by chunk. An answer that breaks
+//! comes back as the client gives it, an event stream chunk by chunk; no answer from the broker
+//! closes the program's connection. An answer that breaks
 //! the spec panics the proxy's task for that request (the program sees the connection close)
 //! and is remembered for the broker, so the proxy's drop fails the test with the reason.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use tokio::sync::oneshot;
@@ -99,12 +99,9 @@ async fn forward(
     request: Request<Incoming>,
     upstream: Arc<String>,
     client: Client,
-) -> Result<Response<UnsyncBoxBody<Bytes, Error>>, Infallible> {
+) -> Result<Response<UnsyncBoxBody<Bytes, Error>>, Error> {
     let (parts, body) = request.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(bad_gateway(format!("reading the request body: {e}"))),
-    };
+    let body = body.collect().await?.to_bytes();
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = client.request(parts.method, format!("{upstream}{target}"));
     for (name, value) in &parts.headers {
@@ -112,11 +109,10 @@ async fn forward(
             outgoing = outgoing.header(name, value);
         }
     }
-    // Checked here: a break panics this task.
-    let answer = match outgoing.body(body).send().await {
-        Ok(a) => a,
-        Err(e) => return Ok(bad_gateway(format!("the broker: {e}"))),
-    };
+    // Checked here: a break panics this task. No answer from the broker (it is restarting,
+    // say) closes the program's connection without one, as the broker's absence would: an
+    // EventSource then reconnects, where a 502 would end it.
+    let answer = outgoing.body(body).send().await?;
     let mut back = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
         if !HOP_BY_HOP.contains(&name.as_str()) {
@@ -129,15 +125,4 @@ async fn forward(
     Ok(back
         .body(BodyExt::boxed_unsync(StreamBody::new(streamed)))
         .expect("an answer"))
-}
-
-fn bad_gateway(why: String) -> Response<UnsyncBoxBody<Bytes, Error>> {
-    Response::builder()
-        .status(502)
-        .body(
-            Full::new(Bytes::from(why))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .expect("an answer")
 }

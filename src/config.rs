@@ -46,6 +46,11 @@ pub struct BrokerConfig {
     pub peers: String,
     /// The controller fences a broker whose heartbeats stop for this long, in milliseconds.
     pub broker_session_timeout_ms: u64,
+    /// The metadata Raft leader's heartbeat to the other voters, in milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// A voter that hears no leader for this long (drawn between it and twice it) starts an
+    /// election, in milliseconds. Must be more than twice `raft_heartbeat_ms`.
+    pub raft_election_timeout_ms: u64,
     /// A follower not caught up with its leader for this long leaves the in-sync replica
     /// set, in milliseconds. `acks=all` producers wait at most about this long on a dead
     /// follower before the set shrinks and their records are acknowledged without it.
@@ -73,6 +78,8 @@ impl Default for BrokerConfig {
             node_id: 1,
             peers: String::new(),
             broker_session_timeout_ms: 9_000,
+            raft_heartbeat_ms: 300,
+            raft_election_timeout_ms: 1_500,
             replica_lag_time_max_ms: 10_000,
             replica_fetch_wait_max_ms: 500,
             replica_scrub_interval_ms: 86_400_000,
@@ -143,11 +150,20 @@ impl BrokerConfig {
                     "replica_scrub_interval_ms".to_owned(),
                     self.replica_scrub_interval_ms,
                 ),
+                ("raft_heartbeat_ms".to_owned(), self.raft_heartbeat_ms),
             ]);
         for (key, value) in must_be_positive {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        // Heartbeats must reach a follower several times within an election timeout, or it
+        // starts elections against a live leader.
+        if self.raft_election_timeout_ms <= 2 * self.raft_heartbeat_ms {
+            return Err(format!(
+                "raft_election_timeout_ms ({}) must be more than twice raft_heartbeat_ms ({})",
+                self.raft_election_timeout_ms, self.raft_heartbeat_ms
+            ));
         }
         // A follower waiting at the leader as long as it may lag would leave the ISR while
         // it is only waiting.

@@ -11,8 +11,10 @@
 //!   metadata image.
 //! - [`replication`]: the leader's view of its followers: high watermark over the ISR, ISR
 //!   shrink and expand (pure rules so far).
-//! - [`cluster`]: this process's part in a cluster: membership (register, heartbeat,
-//!   follow the metadata log) and, on the lowest peer id, the controller.
+//! - [`raft`]: the openraft adapter: the metadata kept by a Raft quorum of the `--peers`
+//!   brokers (log over the controller journal, snapshots, RPCs over HTTP).
+//! - [`cluster`]: this process's part in a cluster: its Raft voter, membership (register,
+//!   heartbeat) and the controller, which acts on the Raft leader.
 //! - [`groups`]: the consumer group coordinator (holds the broker): membership, sticky
 //!   assignment, generations, committed offsets stored in the internal topic
 //!   `__consumer_offsets`.
@@ -37,4 +39,5 @@ pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod producers;
+pub mod raft;
 pub mod replication;

@@ -167,12 +167,31 @@ fn effective_config(args: &ConfigArgs) -> Result<BrokerConfig, String> {
     Ok(config)
 }
 
-/// Installs the stderr subscriber: `--log-level`, else `RUST_LOG`, else `info`.
+/// Installs the stderr subscriber: `--log-level`, else `RUST_LOG`, else `info`. openraft
+/// logs every vote and message at `info`: it gets `warn` unless a directive names it.
 fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
+    let quiet_raft = |directives: String| {
+        if directives.contains("openraft") {
+            directives
+        } else {
+            format!("{directives},openraft=warn")
+        }
+    };
     let filter = match level {
-        Some(level) => EnvFilter::try_new(level).map_err(|e| e.to_string())?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        Some(level) => {
+            EnvFilter::try_new(quiet_raft(level.to_string())).map_err(|e| e.to_string())?
+        }
+        None => {
+            let from_env = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+            let directives = if from_env.trim().is_empty() {
+                "info".to_string()
+            } else {
+                from_env
+            };
+            EnvFilter::try_new(quiet_raft(directives))
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"))
+        }
     };
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()

@@ -47,7 +47,7 @@ pub struct Node {
     pub producers: Arc<ProducerRegistry>,
     /// `Idempotency-Key`s of produces and where their answers are stored; holds the broker.
     pub idempotency_keys: Arc<IdempotencyKeys>,
-    /// Membership in the cluster (and the controller, on the lowest peer id).
+    /// Membership in the cluster, its metadata Raft voter and controller.
     pub cluster: Arc<Cluster>,
     /// The pooled client that forwards requests to the broker serving them (cluster only).
     pub forward: Forwarder,
@@ -69,7 +69,9 @@ impl Node {
         // Before anything records a metric, so the idle timeout holds for every series.
         let idle = Duration::from_millis(config.metrics_idle_timeout_ms).max(METRICS_IDLE_MIN);
         crate::metrics::install_with_idle_timeout(idle);
-        let cluster = Cluster::open(&config).map_err(|e| BrokerError::Io(e.to_string()))?;
+        let cluster = Cluster::open(&config)
+            .await
+            .map_err(|e| BrokerError::Io(e.to_string()))?;
         let broker = Broker::open(config).await?;
         let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
         let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker))?);

@@ -1,7 +1,7 @@
-//! Cluster membership (issue 9, part 1): three broker processes on loopback register with
-//! the controller (the lowest id), heartbeat, follow the metadata log; a killed broker is
-//! fenced after its session, and comes back with a new broker epoch; a restarted controller
-//! keeps the cluster and fences nobody at once; bad `--peers` and a
+//! Cluster membership: three broker processes on loopback elect a controller (the metadata
+//! Raft's leader), register with it and heartbeat; a killed broker is fenced after its
+//! session, and comes back with a new broker epoch; a killed controller leader is replaced
+//! by another voter, which keeps the cluster and fences nobody at once; bad `--peers` and a
 //! data directory of another cluster stop the process with a clear error.
 
 mod common;
@@ -61,14 +61,17 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     let root = tempfile::tempdir().unwrap();
     let ports = free_ports(3);
     // Any start order: the controller (node 1) comes second.
-    let mut n3 = start_member(root.path(), &ports, 3);
-    let mut n1 = start_member(root.path(), &ports, 1);
-    let mut n2 = start_member(root.path(), &ports, 2);
+    let n3 = start_member(root.path(), &ports, 3);
+    let n1 = start_member(root.path(), &ports, 1);
+    let n2 = start_member(root.path(), &ports, 2);
     let all_alive = [(1, "alive"), (2, "alive"), (3, "alive")];
     let mut cluster_ids = Vec::new();
+    let mut controllers = Vec::new();
     for b in [&n1, &n2, &n3] {
         let cluster = wait_until_statuses(&b.url, &all_alive);
-        assert_eq!(cluster["controller"], 1, "{cluster}");
+        controllers.push(cluster["controller"].as_u64().unwrap_or(0));
+        let voters = cluster["raft"]["voters"].as_array().map_or(0, Vec::len);
+        assert_eq!(voters, 3, "{cluster}");
         cluster_ids.push(cluster["cluster_id"].as_str().unwrap().to_string());
         wait_for(&format!("{} ready", b.url), || {
             match get(&format!("{}/readyz", b.url)) {
@@ -82,20 +85,49 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
         cluster_ids.iter().all(|c| *c == cluster_ids[0]),
         "{cluster_ids:?}"
     );
+    let leader = wait_for("every broker names the same controller", || {
+        let seen: Vec<u64> = [&n1, &n2, &n3]
+            .iter()
+            .map(|b| {
+                get(&format!("{}/v1/cluster", b.url)).1["controller"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect();
+        if seen[0] > 0 && seen.iter().all(|c| *c == seen[0]) {
+            Ok(seen[0] as usize)
+        } else {
+            Err(format!("{seen:?} (first seen {controllers:?})"))
+        }
+    });
+    // The test kills broker 3 below as a follower: it must not be the leader.
+    // From here on `n1` is the controller leader, `n3` a follower, `id1`.. their node ids.
+    let (mut n1, mut n2, mut n3) = match leader {
+        3 => (n3, n2, n1),
+        1 => (n1, n2, n3),
+        _ => (n2, n1, n3),
+    };
+    let id = |b: &TestBroker| {
+        let at = ports.iter().position(|p| b.url.ends_with(&format!(":{p}")));
+        at.expect("a broker of the cluster") as u64 + 1
+    };
+    let (id1, id2, id3) = (id(&n1), id(&n2), id(&n3));
     let before = get(&format!("{}/v1/cluster", n1.url)).1;
-    let old_epoch = broker_epoch(&before, 3);
+    assert_eq!(before["controller"], id1, "{before}");
+    assert_eq!(before["raft"]["state"], "leader", "{before}");
+    let old_epoch = broker_epoch(&before, id3);
 
     // Internal routes: only the controller serves them; unknown nodes and stale epochs are
     // refused with stable codes.
     let (status, problem) = post(
         &format!("{}/internal/v1/brokers/heartbeat", n2.url),
-        json!({"node_id": 2, "broker_epoch": 1, "caught_up": true}),
+        json!({"node_id": id2, "broker_epoch": 1, "caught_up": true}),
     );
     assert_problem(status, &problem, 421, "not_controller");
-    assert_eq!(problem["controller"], 1);
+    assert_eq!(problem["controller"], id1);
     let (status, problem) = post(
         &format!("{}/internal/v1/brokers/heartbeat", n1.url),
-        json!({"node_id": 3, "broker_epoch": old_epoch - 1, "caught_up": true}),
+        json!({"node_id": id3, "broker_epoch": old_epoch - 1, "caught_up": true}),
     );
     assert_problem(status, &problem, 409, "stale_broker_epoch");
     let (status, problem) = post(
@@ -105,19 +137,21 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     assert_problem(status, &problem, 404, "unknown_broker");
     let (status, problem) = post(
         &format!("{}/internal/v1/brokers/register", n1.url),
-        json!({"node_id": 3, "address": format!("127.0.0.1:{}", ports[2]), "incarnation": 1}),
+        json!({"node_id": id3, "address": format!("127.0.0.1:{}", ports[id3 as usize - 1]), "incarnation": 1}),
     );
     // Another process under node 3's id while it lives.
     assert_problem(status, &problem, 409, "broker_already_alive");
-    let (status, problem) = get(&format!(
-        "{}/internal/v1/metadata?node_id=9&broker_epoch=1&after=0",
-        n1.url
-    ));
-    assert_problem(status, &problem, 404, "unknown_broker");
+    // A Raft message from a broker with another voter list is refused.
+    let (status, problem) = post(
+        &format!("{}/internal/v1/raft/vote", n2.url),
+        json!({"voters": "1=127.0.0.1:1", "cluster_id": null, "rpc": {}}),
+    );
+    assert_problem(status, &problem, 409, "peers_mismatch");
 
     // kill -9 a broker that is not the controller: fenced once its session expires.
     n3.kill9();
-    let fenced = [(1, "alive"), (2, "alive"), (3, "fenced")];
+    let mut fenced = vec![(id1, "alive"), (id2, "alive"), (id3, "fenced")];
+    fenced.sort();
     wait_until_statuses(&n1.url, &fenced);
     wait_until_statuses(&n2.url, &fenced);
 
@@ -125,21 +159,32 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     n3.restart();
     for b in [&n1, &n2, &n3] {
         let cluster = wait_until_statuses(&b.url, &all_alive);
-        assert!(broker_epoch(&cluster, 3) > old_epoch, "{cluster}");
+        assert!(broker_epoch(&cluster, id3) > old_epoch, "{cluster}");
         assert_eq!(
             cluster["cluster_id"].as_str(),
             Some(cluster_ids[0].as_str())
         );
     }
 
-    // kill -9 the controller and restart it: it replays its log, keeps the cluster id, and
-    // fences nobody while it grants every broker a full session; broker 2 keeps its epoch.
-    let epoch_2 = broker_epoch(&wait_until_statuses(&n2.url, &all_alive), 2);
+    // kill -9 the controller leader: another voter is elected, keeps the cluster id, and
+    // fences nobody but the dead one while it grants every broker a full session; the
+    // others keep their epochs. Restarted, the old leader rejoins as a follower.
+    let epoch_2 = broker_epoch(&wait_until_statuses(&n2.url, &all_alive), id2);
+    let epoch_3 = broker_epoch(&wait_until_statuses(&n2.url, &all_alive), id3);
     n1.kill9();
+    let new_leader = wait_for("a new controller leader", || {
+        let c = get(&format!("{}/v1/cluster", n2.url)).1;
+        match c["controller"].as_u64() {
+            Some(l) if l != id1 => Ok(l),
+            other => Err(format!("{other:?} {c}")),
+        }
+    });
+    assert!(new_leader == id2 || new_leader == id3);
     n1.restart();
-    for b in [&n1, &n2] {
+    for b in [&n1, &n2, &n3] {
         let cluster = wait_until_statuses(&b.url, &all_alive);
-        assert_eq!(broker_epoch(&cluster, 2), epoch_2, "{cluster}");
+        assert_eq!(broker_epoch(&cluster, id2), epoch_2, "{cluster}");
+        assert_eq!(broker_epoch(&cluster, id3), epoch_3, "{cluster}");
         assert_eq!(
             cluster["cluster_id"].as_str(),
             Some(cluster_ids[0].as_str())
@@ -152,11 +197,11 @@ fn three_brokers_join_a_killed_one_is_fenced_and_rejoins_with_a_new_epoch() {
     std::fs::write(&id_file, "00112233445566778899aabbccddeeff\n").unwrap();
     let (code, stderr) = run_to_exit(&[
         "--node-id",
-        "3",
+        &id3.to_string(),
         "--peers",
         &peers(&ports),
         "--listen",
-        &format!("127.0.0.1:{}", ports[2]),
+        &format!("127.0.0.1:{}", ports[id3 as usize - 1]),
         "--data-dir",
         n3.data_dir.to_str().unwrap(),
     ]);
@@ -287,10 +332,10 @@ fn a_broker_without_peers_is_a_cluster_of_one_and_writes_no_cluster_files() {
         "{cluster}"
     );
     assert_eq!(cluster["controller"], 1);
-    let (status, problem) = get(&format!(
-        "{}/internal/v1/metadata?node_id=1&broker_epoch=1",
-        broker.url
-    ));
+    let (status, problem) = post(
+        &format!("{}/internal/v1/brokers/heartbeat", broker.url),
+        json!({"node_id": 1, "broker_epoch": 1, "caught_up": true}),
+    );
     assert_problem(status, &problem, 421, "not_controller");
     assert!(!broker.data_dir.join("__cluster").exists());
 }

@@ -1,14 +1,15 @@
-//! The controller of part 1: it runs on the broker with the lowest id of `--peers`, keeps
-//! the metadata log (`<data>/__cluster/metadata.journal`) and the cluster id, registers
-//! brokers, takes their heartbeats and fences the silent ones.
+//! The controller: every broker of a cluster runs one, and the one whose metadata Raft
+//! (`crate::raft`) leads acts: it registers brokers, takes their heartbeats, fences the
+//! silent ones and proposes admin changes. The others answer 421 `not_controller` naming
+//! the leader.
 //!
-//! Decisions come from the pure modules (`controller::liveness`), changes go through
-//! `MetadataLog::propose` (journal fsynced, then `apply`). Part 2 puts the same log under
-//! Raft. Every proposal runs on tokio's blocking pool (it fsyncs); the state's std mutex is
-//! never held across an `.await`.
+//! Decisions come from the pure modules (`controller::liveness`, `controller::placement`);
+//! changes are proposed to Raft and answered once committed and applied here. Proposals take
+//! turns (an async mutex), so a command built from the image is proposed before any other
+//! reads it. The session table is the leader's own: a broker that becomes leader starts a
+//! new one that grants every broker a full session before anyone is fenced. The std mutex of
+//! the table is never held across an `.await`.
 
-use std::io;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,13 +20,14 @@ use std::collections::BTreeMap;
 use super::identity;
 use crate::config::TopicConfig;
 use crate::controller::liveness::{HeartbeatError, Sessions};
-use crate::controller::metadata_log::{MetadataLog, ProposeError};
 use crate::controller::peers::Peers;
 use crate::controller::placement::{PlacementError, place_replicas};
 use crate::metadata::{BrokerEpoch, Command, NodeId, Outcome};
 use crate::metadata::{MetadataError, MetadataImage};
+use crate::raft::{MetadataRaft, ProposeError};
 
-/// The metadata journal's file name under `<data>/__cluster/`.
+/// The part-1 controller's metadata journal under `<data>/__cluster/`: a directory that holds
+/// one is refused (its metadata is not in the Raft log).
 pub const METADATA_JOURNAL_FILE: &str = "metadata.journal";
 
 /// Why the controller refused an internal request.
@@ -52,6 +54,10 @@ pub enum ControlError {
     Refused(MetadataError),
     /// Replicas cannot be placed: a replication factor of 0 or above the active brokers.
     NotEnoughBrokers { factor: u32, active_brokers: u32 },
+    /// This broker is not the controller leader (the leader, when one is known).
+    NotController { leader: Option<NodeId> },
+    /// Proposed, but not known to be committed (leadership lost, no quorum in time).
+    OutcomeUnknown(String),
 }
 
 impl std::fmt::Display for ControlError {
@@ -75,6 +81,16 @@ impl std::fmt::Display for ControlError {
             ControlError::Io(e) => write!(f, "the metadata log could not be written: {e}"),
             ControlError::Refused(e) => write!(f, "{e}"),
             ControlError::Invalid(why) => f.write_str(why),
+            ControlError::NotController { leader: Some(l) } => {
+                write!(f, "this broker is not the controller; broker {l} leads")
+            }
+            ControlError::NotController { leader: None } => {
+                f.write_str("no controller leader is elected right now; retry shortly")
+            }
+            ControlError::OutcomeUnknown(why) => write!(
+                f,
+                "the metadata change was proposed but its outcome is unknown ({why}); read the metadata before retrying"
+            ),
             ControlError::NotEnoughBrokers {
                 factor: 0,
                 active_brokers,
@@ -103,9 +119,10 @@ pub struct Registration {
     pub cluster_id: Option<String>,
 }
 
+/// The leader's liveness state: it belongs to one term of leadership.
 #[derive(Debug)]
-struct State {
-    log: MetadataLog,
+struct Leadership {
+    term: u64,
     sessions: Sessions,
     /// Per broker: the metadata index its local replicas match, as its last heartbeat on
     /// the given broker epoch said.
@@ -126,11 +143,16 @@ pub struct NewTopic {
 
 #[derive(Debug)]
 pub struct Controller {
-    cluster_id: String,
+    node_id: NodeId,
     peers: Peers,
-    state: Arc<Mutex<State>>,
-    /// The index of the last command in the log; metadata long-polls wait on it.
-    last_index: watch::Sender<u64>,
+    raft: MetadataRaft,
+    /// The cluster id this broker's data directory holds (proposed by a first leader that
+    /// finds none in the metadata).
+    stored_cluster_id: Option<String>,
+    /// Proposals take turns: what one built from the image is proposed before the next reads.
+    proposals: tokio::sync::Mutex<()>,
+    /// The session table of the current leadership (None while this broker does not lead).
+    leadership: Mutex<Option<Leadership>>,
     /// Moves whenever a broker reports a higher reconciled index; admin calls wait on it.
     reports: watch::Sender<u64>,
     /// The controller's monotonic clock starts here (liveness works in its milliseconds).
@@ -139,51 +161,91 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Opens (or creates) the metadata log and the cluster id in `dir`. A new cluster id is
-    /// generated only when the directory has none and its log is empty.
-    pub fn open(dir: &Path, peers: Peers, session_timeout_ms: u64) -> io::Result<Controller> {
-        std::fs::create_dir_all(dir)?;
-        let log = MetadataLog::open(&dir.join(METADATA_JOURNAL_FILE))?;
-        let cluster_id = match identity::read_cluster_id(dir)? {
-            Some(id) => id,
-            None if log.image().applied == 0 => {
-                let id = identity::new_cluster_id();
-                identity::write_cluster_id(dir, &id)?;
-                id
-            }
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} holds a metadata log but no cluster id", dir.display()),
-                ));
-            }
-        };
-        let last = log.image().applied;
-        Ok(Controller {
-            cluster_id,
+    pub fn new(
+        node_id: NodeId,
+        peers: Peers,
+        raft: MetadataRaft,
+        stored_cluster_id: Option<String>,
+        session_timeout_ms: u64,
+    ) -> Controller {
+        Controller {
+            node_id,
             peers,
-            state: Arc::new(Mutex::new(State {
-                log,
-                sessions: Sessions::new(session_timeout_ms, 0),
-                reconciled: BTreeMap::new(),
-            })),
-            last_index: watch::Sender::new(last),
+            raft,
+            stored_cluster_id,
+            proposals: tokio::sync::Mutex::new(()),
+            leadership: Mutex::new(None),
             reports: watch::Sender::new(0),
             started: Instant::now(),
             session_timeout_ms,
-        })
+        }
     }
 
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+    /// The metadata quorum this broker is a voter of.
+    pub fn raft(&self) -> &MetadataRaft {
+        &self.raft
+    }
+
+    /// The cluster id of the metadata, once the first leader proposed it.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.raft.state().cluster_id()
+    }
+
+    /// Whether this broker leads the metadata quorum now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.leader_term().is_some()
+    }
+
+    /// The controller leader, as far as this broker knows.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.leader()
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Registers a broker process; answers its broker epoch.
-    pub async fn register(&self, r: Registration) -> Result<BrokerEpoch, ControlError> {
+    fn not_controller(&self) -> ControlError {
+        ControlError::NotController {
+            leader: self.raft.leader().filter(|l| *l != self.node_id),
+        }
+    }
+
+    /// Runs `f` on the session table of the current leadership: a new one (a full session
+    /// for every broker) when this broker just became leader. Err when it does not lead.
+    fn with_leadership<T>(&self, f: impl FnOnce(&mut Leadership) -> T) -> Result<T, ControlError> {
+        let Some(term) = self.raft.leader_term() else {
+            *self.lock_leadership() = None;
+            return Err(self.not_controller());
+        };
+        let now = self.now_ms();
+        let mut leadership = self.lock_leadership();
+        if leadership.as_ref().is_none_or(|l| l.term != term) {
+            tracing::info!(term, "controller: leading the metadata quorum");
+            *leadership = Some(Leadership {
+                term,
+                sessions: Sessions::new(self.session_timeout_ms, now),
+                reconciled: BTreeMap::new(),
+            });
+        }
+        Ok(f(leadership.as_mut().expect("set above")))
+    }
+
+    fn lock_leadership(&self) -> MutexGuard<'_, Option<Leadership>> {
+        self.leadership
+            .lock()
+            .expect("the controller lock is not poisoned")
+    }
+
+    /// The cluster id, or not_controller while the first leader has not proposed it.
+    fn require_cluster_id(&self) -> Result<String, ControlError> {
+        self.cluster_id()
+            .ok_or(ControlError::NotController { leader: None })
+    }
+
+    /// Registers a broker process; answers the cluster id and its broker epoch.
+    pub async fn register(&self, r: Registration) -> Result<(String, BrokerEpoch), ControlError> {
+        self.with_leadership(|_| ())?;
         let expected = self.peers.address(r.node_id).ok_or_else(|| {
             ControlError::UnknownBroker(format!("node {} is not in --peers", r.node_id))
         })?;
@@ -193,38 +255,38 @@ impl Controller {
                 r.node_id, r.address
             )));
         }
-        if let Some(theirs) = r.cluster_id.as_ref().filter(|c| **c != self.cluster_id) {
+        let cluster_id = self.require_cluster_id()?;
+        if let Some(theirs) = r.cluster_id.as_ref().filter(|c| **c != cluster_id) {
             return Err(ControlError::ClusterIdMismatch {
-                ours: self.cluster_id.clone(),
+                ours: cluster_id.clone(),
                 theirs: theirs.clone(),
             });
         }
+        let _turn = self.proposals.lock().await;
         let now = self.now_ms();
-        self.propose_with(move |state| {
-            let image = state.log.image();
-            let same_process = image
-                .brokers
-                .get(&r.node_id)
-                .is_some_and(|b| b.incarnation == r.incarnation);
-            if !same_process && state.sessions.is_alive(image, r.node_id, now) {
-                return Err(ControlError::BrokerAlreadyAlive(r.node_id));
-            }
-            let command = Command::RegisterBroker {
-                node_id: r.node_id,
-                address: r.address,
-                incarnation: r.incarnation,
-            };
-            match state.log.propose(command) {
-                Ok((_, Outcome::Registered { broker_epoch })) => Ok(broker_epoch),
-                Ok((_, outcome)) => unreachable!("a registration answers its epoch: {outcome:?}"),
-                Err(e) => Err(propose_error(e)),
-            }
-        })
-        .await
+        let image = self.image();
+        let same_process = image
+            .brokers
+            .get(&r.node_id)
+            .is_some_and(|b| b.incarnation == r.incarnation);
+        let alive = self.with_leadership(|l| l.sessions.is_alive(&image, r.node_id, now))?;
+        if !same_process && alive {
+            return Err(ControlError::BrokerAlreadyAlive(r.node_id));
+        }
+        let command = Command::RegisterBroker {
+            node_id: r.node_id,
+            address: r.address,
+            incarnation: r.incarnation,
+        };
+        match self.raft.propose(command).await.map_err(propose_error)? {
+            (_, Ok(Outcome::Registered { broker_epoch })) => Ok((cluster_id, broker_epoch)),
+            (_, Ok(outcome)) => unreachable!("a registration answers its epoch: {outcome:?}"),
+            (_, Err(e)) => Err(ControlError::Refused(e)),
+        }
     }
 
     /// Takes a heartbeat, then proposes the fence and unfence commands due (an unfence as
-    /// soon as the broker says it caught up). Answers the last index of the log.
+    /// soon as the broker says it caught up). Answers the last index of the image.
     pub async fn heartbeat(
         &self,
         node: NodeId,
@@ -233,12 +295,11 @@ impl Controller {
         reconciled: u64,
     ) -> Result<u64, ControlError> {
         let now = self.now_ms();
+        let image = self.image();
         let reports = self.reports.clone();
-        self.propose_with(move |state| {
-            let image = state.log.image();
-            state
-                .sessions
-                .heartbeat(image, node, epoch, caught_up, now)
+        self.with_leadership(|l| {
+            l.sessions
+                .heartbeat(&image, node, epoch, caught_up, now)
                 .map_err(|e| match e {
                     HeartbeatError::UnknownBroker(n) => {
                         ControlError::UnknownBroker(format!("broker {n} is not registered"))
@@ -250,56 +311,57 @@ impl Controller {
                         }
                     }
                 })?;
-            let before = state.reconciled.insert(node, (epoch, reconciled));
+            let before = l.reconciled.insert(node, (epoch, reconciled));
             if before != Some((epoch, reconciled)) {
                 reports.send_modify(|r| *r += 1);
             }
-            propose_decisions(state, now)?;
-            Ok(state.log.image().applied)
-        })
-        .await
+            Ok::<_, ControlError>(())
+        })??;
+        self.propose_decisions().await?;
+        Ok(self.raft.state().with_image(|i| i.applied))
     }
 
     /// Checks that `node` is registered on `epoch` (for requests other than a heartbeat).
     pub fn check_member(&self, node: NodeId, epoch: BrokerEpoch) -> Result<(), ControlError> {
-        let state = self.lock();
-        let b = state.log.image().brokers.get(&node).ok_or_else(|| {
-            ControlError::UnknownBroker(format!("broker {node} is not registered"))
-        })?;
-        if b.broker_epoch != epoch {
-            return Err(ControlError::StaleBrokerEpoch {
-                node_id: node,
-                current: b.broker_epoch,
-            });
-        }
-        Ok(())
+        self.raft.state().with_image(|image| {
+            let b = image.brokers.get(&node).ok_or_else(|| {
+                ControlError::UnknownBroker(format!("broker {node} is not registered"))
+            })?;
+            if b.broker_epoch != epoch {
+                return Err(ControlError::StaleBrokerEpoch {
+                    node_id: node,
+                    current: b.broker_epoch,
+                });
+            }
+            Ok(())
+        })
     }
 
-    /// A copy of the controller's metadata image.
+    /// A copy of the applied metadata image.
     pub fn image(&self) -> MetadataImage {
-        self.lock().log.image().clone()
+        self.raft.state().with_image(MetadataImage::clone)
     }
 
-    /// Proposes `command`; answers its index once it is durable and applied.
+    /// Proposes `command`; answers its index once it is committed and applied.
     pub async fn propose(&self, command: Command) -> Result<u64, ControlError> {
         self.propose_built(move |_| Ok(command)).await
     }
 
-    /// Proposes the command `build` makes from the current image (under the controller's
-    /// lock, so no other proposal comes between what it read and what it proposes).
+    /// Proposes the command `build` makes from the current image (no other proposal comes
+    /// between what it read and what it proposes). A new leader first applies everything
+    /// committed before it, so `build` never reads an image older than the last answer.
     pub async fn propose_built(
         &self,
         build: impl FnOnce(&MetadataImage) -> Result<Command, ControlError> + Send + 'static,
     ) -> Result<u64, ControlError> {
-        self.propose_with(move |state| {
-            let command = build(state.log.image())?;
-            match state.log.propose(command) {
-                Ok((index, _)) => Ok(index),
-                Err(ProposeError::Refused { error, .. }) => Err(ControlError::Refused(error)),
-                Err(e) => Err(propose_error(e)),
-            }
-        })
-        .await
+        self.with_leadership(|_| ())?;
+        let _turn = self.proposals.lock().await;
+        self.raft.read_barrier().await.map_err(propose_error)?;
+        let command = build(&self.image())?;
+        match self.raft.propose(command).await.map_err(propose_error)? {
+            (index, Ok(_)) => Ok(index),
+            (_, Err(e)) => Err(ControlError::Refused(e)),
+        }
     }
 
     /// Creates a topic: replicas placed over the active brokers (`controller::placement`).
@@ -380,16 +442,17 @@ impl Controller {
         }
     }
 
-    /// The active brokers whose replicas do not match the metadata up to `index` yet.
+    /// The active brokers whose replicas do not match the metadata up to `index` yet (all
+    /// of them when this broker no longer leads: it hears no heartbeats).
     fn brokers_behind(&self, index: u64) -> Vec<NodeId> {
-        let state = self.lock();
-        state
-            .log
-            .image()
+        let image = self.image();
+        let reconciled = self
+            .with_leadership(|l| l.reconciled.clone())
+            .unwrap_or_default();
+        image
             .active_brokers()
             .filter(|b| {
-                state
-                    .reconciled
+                reconciled
                     .get(&b.node_id)
                     .is_none_or(|(epoch, r)| *epoch != b.broker_epoch || *r < index)
             })
@@ -397,30 +460,8 @@ impl Controller {
             .collect()
     }
 
-    /// Up to `max` commands after `after`, and the last index of the log.
-    pub fn commands_after(&self, after: u64, max: usize) -> (Vec<(u64, Command)>, u64) {
-        let state = self.lock();
-        let commands = state.log.commands_after(after);
-        let page = commands[..commands.len().min(max)].to_vec();
-        (page, state.log.image().applied)
-    }
-
-    /// Waits until the log holds a command after `after`, `wait` passed or `shutdown` flips.
-    pub async fn wait_after(
-        &self,
-        after: u64,
-        wait: Duration,
-        shutdown: &mut watch::Receiver<bool>,
-    ) {
-        let mut last = self.last_index.subscribe();
-        tokio::select! {
-            _ = last.wait_for(|l| *l > after) => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => {}
-        }
-    }
-
-    /// Fences brokers whose sessions expired, until `shutdown` flips. Runs every eighth of
+    /// While this broker leads: proposes the cluster id if the metadata has none yet, and
+    /// fences brokers whose sessions expired; until `shutdown` flips. Runs every eighth of
     /// the session timeout (at most 250 ms), so a fence comes at most that late.
     pub async fn run_liveness(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_millis((self.session_timeout_ms / 8).clamp(10, 250));
@@ -429,60 +470,79 @@ impl Controller {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let now = self.now_ms();
-            if let Err(e) = self
-                .propose_with(move |state| propose_decisions(state, now))
-                .await
-            {
-                tracing::error!("controller: {e}");
+            if !self.is_leader() {
+                *self.lock_leadership() = None;
+                continue;
+            }
+            if self.cluster_id().is_none() {
+                let id = self
+                    .stored_cluster_id
+                    .clone()
+                    .unwrap_or_else(identity::new_cluster_id);
+                if let Err(e) = self.raft.propose_cluster_id(id).await {
+                    tracing::warn!("controller: proposing the cluster id: {e}");
+                }
+                continue;
+            }
+            match self.propose_decisions().await {
+                Ok(()) | Err(ControlError::NotController { .. }) => {}
+                Err(e) => tracing::error!("controller: {e}"),
             }
         }
     }
 
-    /// Runs `f` on the state on the blocking pool (it may fsync), then wakes the metadata
-    /// long-polls if the log grew.
-    async fn propose_with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut State) -> Result<T, ControlError> + Send + 'static,
-    ) -> Result<T, ControlError> {
-        let state = Arc::clone(&self.state);
-        let (result, last) = tokio::task::spawn_blocking(move || {
-            let mut state = state.lock().expect("the controller lock is not poisoned");
-            let result = f(&mut state);
-            (result, state.log.image().applied)
-        })
-        .await
-        .expect("a controller proposal does not panic");
-        self.last_index.send_if_modified(|l| {
-            let grew = last > *l;
-            *l = (*l).max(last);
-            grew
-        });
-        result
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("the controller lock is not poisoned")
+    /// Proposes the fence and unfence commands due now.
+    async fn propose_decisions(&self) -> Result<(), ControlError> {
+        let now = self.now_ms();
+        let due = {
+            let image = self.image();
+            self.with_leadership(|l| l.sessions.decisions(&image, now))?
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.proposals.lock().await;
+        // Decide again under the turn: another proposal may have made some of them moot.
+        let image = self.image();
+        let due = self.with_leadership(|l| l.sessions.decisions(&image, now))?;
+        for command in due {
+            if let Some(c) = fence_note(&command) {
+                tracing::info!("controller: {c}");
+            }
+            // A refusal (the broker registered again meanwhile) changes nothing.
+            let (_, applied) = self.raft.propose(command).await.map_err(propose_error)?;
+            if let Err(e) = applied {
+                tracing::debug!("controller: a liveness decision was refused: {e}");
+            }
+        }
+        Ok(())
     }
 }
 
-/// Proposes the fence and unfence commands due at `now`.
-fn propose_decisions(state: &mut State, now: u64) -> Result<(), ControlError> {
-    let due = state.sessions.decisions(state.log.image(), now);
-    for command in due {
-        match state.log.propose(command) {
-            Ok(_) | Err(ProposeError::Refused { .. }) => {}
-            Err(e) => return Err(propose_error(e)),
-        }
+/// A line for the log about a fence or unfence.
+fn fence_note(command: &Command) -> Option<String> {
+    match command {
+        Command::FenceBroker {
+            node_id,
+            broker_epoch,
+        } => Some(format!(
+            "fencing broker {node_id} (epoch {}): its session expired",
+            broker_epoch.0
+        )),
+        Command::UnfenceBroker {
+            node_id,
+            broker_epoch,
+        } => Some(format!(
+            "unfencing broker {node_id} (epoch {}): it heartbeats caught up",
+            broker_epoch.0
+        )),
+        _ => None,
     }
-    Ok(())
 }
 
 fn propose_error(e: ProposeError) -> ControlError {
     match e {
-        ProposeError::Io(e) => ControlError::Io(e.to_string()),
-        refused @ ProposeError::Refused { .. } => ControlError::Io(refused.to_string()),
+        ProposeError::NotLeader(leader) => ControlError::NotController { leader },
+        ProposeError::Unknown(why) => ControlError::OutcomeUnknown(why),
     }
 }

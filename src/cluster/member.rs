@@ -1,8 +1,10 @@
-//! The membership task of one broker process: register with the controller (with a random
-//! incarnation chosen once per process), then heartbeat and follow the metadata log at the
-//! same time; when the controller says the registration is stale or unknown, register again.
-//! Failures to reach the controller are retried every heartbeat interval, so brokers may
-//! start in any order.
+//! The membership task of one broker process: register with the controller leader (with a
+//! random incarnation chosen once per process), then heartbeat to it; when the controller
+//! says the registration is stale or unknown, register again. Each call goes to the leader
+//! this broker's Raft knows now, so the task follows a failover by itself; failures (no
+//! leader yet, a leader that lost its place, an unreachable one) are retried every heartbeat
+//! interval, so brokers may start in any order. The metadata itself comes from the local
+//! Raft state machine, not from the controller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +15,11 @@ use super::Cluster;
 use super::client::{CallError, InternalClient};
 use super::identity;
 use super::protocol::{
-    HEARTBEAT_PATH, HeartbeatAnswer, HeartbeatRequest, METADATA_PATH, MetadataAnswer,
-    REGISTER_PATH, RegisterAnswer, RegisterRequest,
+    HEARTBEAT_PATH, HeartbeatAnswer, HeartbeatRequest, REGISTER_PATH, RegisterAnswer,
+    RegisterRequest,
 };
 use crate::metadata::BrokerEpoch;
 
-/// How long a metadata long-poll waits at the controller.
-const METADATA_WAIT: Duration = Duration::from_secs(5);
 /// Deadline of a register or heartbeat call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -38,7 +38,6 @@ pub(super) async fn run(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
         let Some(epoch) = epoch else { return };
         tokio::select! {
             _ = heartbeats(&cluster, &client, epoch) => {}
-            _ = follow(&cluster, &client, epoch) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         cluster.lost_registration();
@@ -51,9 +50,12 @@ async fn register(
     client: &InternalClient,
     incarnation: u64,
 ) -> Option<BrokerEpoch> {
-    let to = cluster.controller_address();
     let mut last_error = String::new();
     loop {
+        let Some(to) = cluster.controller_address() else {
+            tokio::time::sleep(cluster.heartbeat_interval()).await;
+            continue;
+        };
         let stored = cluster.stored_cluster_id();
         let request = RegisterRequest {
             node_id: cluster.node_id,
@@ -107,10 +109,13 @@ async fn register(
 /// Besides every interval, a heartbeat goes at once when the local replicas caught up with
 /// more of the metadata, so an admin call waiting on every broker is answered promptly.
 async fn heartbeats(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpoch) {
-    let to = cluster.controller_address();
     let mut reconciled = cluster.reconciled.subscribe();
     loop {
         reconciled.mark_unchanged();
+        let Some(to) = cluster.controller_address() else {
+            tokio::time::sleep(cluster.heartbeat_interval()).await;
+            continue;
+        };
         let request = HeartbeatRequest {
             node_id: cluster.node_id,
             broker_epoch: epoch,
@@ -130,29 +135,6 @@ async fn heartbeats(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpo
         tokio::select! {
             _ = tokio::time::sleep(cluster.heartbeat_interval()) => {}
             _ = reconciled.changed() => {}
-        }
-    }
-}
-
-/// Follows the metadata log (long-polls) until the registration goes stale.
-async fn follow(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpoch) {
-    let to = cluster.controller_address();
-    loop {
-        let after = cluster.applied();
-        let path = format!(
-            "{METADATA_PATH}?node_id={}&broker_epoch={}&after={after}&wait_ms={}",
-            cluster.node_id,
-            epoch.0,
-            METADATA_WAIT.as_millis()
-        );
-        let answer: Result<MetadataAnswer, _> =
-            client.get(to, &path, METADATA_WAIT + CALL_TIMEOUT).await;
-        match answer {
-            Ok(page) => cluster.apply_page(after, page),
-            Err(CallError::Refused { code, .. }) if REGISTER_AGAIN.contains(&code.as_str()) => {
-                return;
-            }
-            Err(_) => tokio::time::sleep(cluster.heartbeat_interval()).await,
         }
     }
 }

@@ -1,16 +1,18 @@
-//! This process's part in a cluster (issue 9, part 1: membership; no partition replication
-//! yet, topics stay local to the broker that serves them).
+//! This process's part in a cluster.
 //!
 //! Without `--peers` the broker runs alone, exactly as before: no controller, no files under
 //! `<data>/__cluster/`, `/v1/cluster` shows a cluster of one. With `--peers`:
-//! - the broker with the lowest id runs the [`controller::Controller`] (part 2 puts it under
-//!   Raft): the metadata log and the cluster id live in its `<data>/__cluster/`;
-//! - every broker, the controller's own included, runs the membership task
-//!   (`member::run`): it registers with a fresh random incarnation, heartbeats, and follows
-//!   the metadata log into its own `MetadataImage`, over the internal routes on the
-//!   controller's port. It stores the cluster id it joined and refuses another one.
+//! - every broker is a voter of the metadata Raft (`crate::raft`, files in
+//!   `<data>/__cluster/raft/`): its image is the state machine, applied as entries commit;
+//! - every broker runs a [`controller::Controller`]; the one of the Raft leader acts as the
+//!   controller (registrations, heartbeats, fencing, admin proposals), the others answer
+//!   421 `not_controller` naming the leader;
+//! - every broker runs the membership task (`member::run`): it registers with the current
+//!   controller leader with a fresh random incarnation and heartbeats to it, following the
+//!   leader wherever it moves. It stores the cluster id it joined and refuses another one.
 //!
-//! `/readyz` is 200 only once the broker registered and caught up with the metadata.
+//! `/readyz` is 200 only once the broker registered and applied the metadata up to the last
+//! index the controller told it.
 //!
 //! Locks: `member` is a std mutex held for bookkeeping only, never across an `.await`.
 
@@ -34,8 +36,8 @@ use tokio::task::JoinHandle;
 use crate::config::BrokerConfig;
 use crate::controller::peers::Peers;
 use crate::metadata::{BrokerEpoch, MetadataImage, NodeId};
+use crate::raft::{MetadataRaft, RAFT_DIR, Timing};
 use controller::Controller;
-use protocol::MetadataAnswer;
 
 /// The directory under the data directory that holds the cluster's files.
 pub const CLUSTER_DIR: &str = "__cluster";
@@ -69,14 +71,12 @@ pub struct Cluster {
     /// None: the broker runs alone.
     peers: Option<Peers>,
     dir: PathBuf,
+    /// Every member runs one; it acts while its Raft leads.
     controller: Option<Arc<Controller>>,
     session_timeout_ms: u64,
     member: Mutex<MemberState>,
     /// Set once when the broker must stop (its data directory belongs to another cluster).
     fatal: watch::Sender<Option<String>>,
-    /// The index of the last metadata command applied to this broker's image (and bumped
-    /// when the image starts over): the replica manager and replication follow it.
-    image_version: watch::Sender<u64>,
     /// The metadata index the replica manager has made the local replicas match; heartbeats
     /// carry it, so the controller answers an admin call once every broker has its replicas.
     reconciled: watch::Sender<u64>,
@@ -89,16 +89,14 @@ struct MemberState {
     cluster_id: Option<String>,
     /// The epoch of this process's registration; None before it (or after it went stale).
     broker_epoch: Option<BrokerEpoch>,
-    /// The metadata as followed from the controller's log.
-    image: MetadataImage,
-    /// The highest last index of the log the controller told us.
+    /// The highest index of the image the controller told us of.
     known_last: u64,
 }
 
 impl Cluster {
     /// Opens this broker's cluster state: nothing when it runs alone; else its stored
-    /// cluster id, and on the controller the metadata log.
-    pub fn open(config: &BrokerConfig) -> io::Result<Arc<Cluster>> {
+    /// cluster id and its voter of the metadata Raft (started).
+    pub async fn open(config: &BrokerConfig) -> io::Result<Arc<Cluster>> {
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
         let peers = check_config(config).map_err(invalid)?;
         let dir = config.data_dir.join(CLUSTER_DIR);
@@ -106,14 +104,24 @@ impl Cluster {
         let mut member = MemberState::default();
         let mut controller = None;
         if let Some(peers) = &peers {
-            if identity::read_cluster_id(&dir)?.is_none() {
+            let stored = identity::read_cluster_id(&dir)?;
+            if stored.is_none() {
                 refuse_single_broker_topics(&config.data_dir)?;
             }
-            if peers.ids().next() == Some(node_id) {
-                let c = Controller::open(&dir, peers.clone(), config.broker_session_timeout_ms)?;
-                controller = Some(Arc::new(c));
-            }
-            member.cluster_id = identity::read_cluster_id(&dir)?;
+            refuse_part_one_journal(&dir)?;
+            let timing = Timing {
+                heartbeat_ms: config.raft_heartbeat_ms,
+                election_timeout_ms: config.raft_election_timeout_ms,
+            };
+            let raft = MetadataRaft::open(&dir.join(RAFT_DIR), node_id, peers, timing).await?;
+            controller = Some(Arc::new(Controller::new(
+                node_id,
+                peers.clone(),
+                raft,
+                stored.clone(),
+                config.broker_session_timeout_ms,
+            )));
+            member.cluster_id = stored;
         }
         Ok(Arc::new(Cluster {
             node_id,
@@ -124,7 +132,6 @@ impl Cluster {
             session_timeout_ms: config.broker_session_timeout_ms,
             member: Mutex::new(member),
             fatal: watch::Sender::new(None),
-            image_version: watch::Sender::new(0),
             reconciled: watch::Sender::new(0),
         }))
     }
@@ -138,6 +145,11 @@ impl Cluster {
         }
         if let Some(c) = &self.controller {
             tasks.push(tokio::spawn(Arc::clone(c).run_liveness(shutdown.clone())));
+            let (c, mut shutdown) = (Arc::clone(c), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+                c.raft().shutdown().await;
+            }));
         }
         tasks.push(tokio::spawn(member::run(
             Arc::clone(self),
@@ -146,17 +158,32 @@ impl Cluster {
         tasks
     }
 
-    /// The controller, when this broker runs it.
+    /// The controller, while this broker's metadata Raft leads.
     pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.as_ref().filter(|c| c.is_leader())
+    }
+
+    /// This broker's controller, leading or not (its Raft voter serves the Raft RPCs).
+    pub fn local_controller(&self) -> Option<&Arc<Controller>> {
         self.controller.as_ref()
     }
 
-    /// The controller's node id: the lowest of `--peers` (this broker when alone).
+    /// The controller's node id: the Raft leader as far as this broker knows (this broker
+    /// when alone). While no leader is known (an election), the lowest id of `--peers`:
+    /// a request sent there is answered 421 `not_controller` or fails to connect, both
+    /// retryable.
     pub fn controller_id(&self) -> NodeId {
-        self.peers
-            .as_ref()
-            .and_then(|p| p.ids().next())
+        self.known_controller()
+            .or_else(|| self.peers.as_ref().and_then(|p| p.ids().next()))
             .unwrap_or(self.node_id)
+    }
+
+    /// The controller leader if one is known (this broker when alone).
+    pub fn known_controller(&self) -> Option<NodeId> {
+        match &self.controller {
+            None => Some(self.node_id),
+            Some(c) => c.leader(),
+        }
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -171,10 +198,11 @@ impl Cluster {
     /// Why the broker is not ready yet, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
         self.peers.as_ref()?;
+        let applied = self.applied();
         let m = self.lock();
         if m.broker_epoch.is_none() {
             Some("registering")
-        } else if m.image.applied < m.known_last {
+        } else if applied < m.known_last {
             Some("catching_up")
         } else {
             None
@@ -193,9 +221,9 @@ impl Cluster {
                 "version": version,
             });
         }
-        let m = self.lock();
-        let brokers: Vec<Value> = m
-            .image
+        let cluster_id = self.lock().cluster_id.clone();
+        let brokers: Vec<Value> = self.with_image(|image| {
+            image
             .brokers
             .values()
             .map(|b| {
@@ -208,25 +236,34 @@ impl Cluster {
                 };
                 json!({"node_id": b.node_id, "address": b.address, "status": status, "broker_epoch": b.broker_epoch})
             })
-            .collect();
+            .collect()
+        });
+        let raft = self.controller.as_ref().map(|c| c.raft().view());
         json!({
-            "cluster_id": m.cluster_id,
-            "controller": self.controller_id(),
+            "cluster_id": cluster_id,
+            "controller": self.known_controller(),
             "node_id": self.node_id,
             "brokers": brokers,
+            "raft": raft,
             "version": version,
         })
     }
 
-    /// Moves whenever this broker's metadata image changes.
+    /// Moves whenever this broker's metadata image changes (never on a broker alone).
     pub fn subscribe_image(&self) -> watch::Receiver<u64> {
-        self.image_version.subscribe()
+        match &self.controller {
+            Some(c) => c.raft().state().subscribe(),
+            None => watch::Sender::new(0).subscribe(),
+        }
     }
 
-    /// Runs `f` on this broker's metadata image, under the member lock (keep `f` short;
-    /// never `.await` in it).
+    /// Runs `f` on this broker's metadata image (the applied Raft state; empty on a broker
+    /// alone), under its lock (keep `f` short; never `.await` in it).
     pub fn with_image<T>(&self, f: impl FnOnce(&MetadataImage) -> T) -> T {
-        f(&self.lock().image)
+        match &self.controller {
+            Some(c) => c.raft().state().with_image(f),
+            None => f(&MetadataImage::default()),
+        }
     }
 
     /// The broker epoch of this process's registration, once registered.
@@ -251,8 +288,7 @@ impl Cluster {
 
     /// Whether the image holds every command the controller told this broker of.
     pub fn caught_up(&self) -> bool {
-        let m = self.lock();
-        m.image.applied >= m.known_last
+        self.applied() >= self.lock().known_last
     }
 
     /// The replica manager made the local replicas match the image up to `index`.
@@ -286,11 +322,10 @@ impl Cluster {
         self.fatal.send_replace(Some(why));
     }
 
-    fn controller_address(&self) -> SocketAddr {
+    /// Where the controller leader listens, once one is known.
+    fn controller_address(&self) -> Option<SocketAddr> {
         let peers = self.peers.as_ref().expect("a cluster member has peers");
-        peers
-            .address(self.controller_id())
-            .expect("the controller is one of the peers")
+        peers.address(self.known_controller()?)
     }
 
     fn own_address(&self) -> String {
@@ -321,39 +356,12 @@ impl Cluster {
     }
 
     fn applied(&self) -> u64 {
-        self.lock().image.applied
+        self.with_image(|i| i.applied)
     }
 
     fn saw_last_index(&self, last: u64) {
         let mut m = self.lock();
         m.known_last = m.known_last.max(last);
-    }
-
-    /// Applies a page of the metadata log. A log shorter than what we applied is not the
-    /// one we followed: the image starts over.
-    fn apply_page(&self, after: u64, page: MetadataAnswer) {
-        let changed = {
-            let mut m = self.lock();
-            if page.last_index < after {
-                m.image = MetadataImage::default();
-                m.known_last = page.last_index;
-                self.reconciled.send_replace(0);
-                true
-            } else {
-                m.known_last = m.known_last.max(page.last_index);
-                let before = m.image.applied;
-                for c in page.commands {
-                    if c.index > m.image.applied {
-                        // A refused command is refused on every replica of the log alike.
-                        let _ = m.image.apply(c.index, &c.command);
-                    }
-                }
-                m.image.applied != before
-            }
-        };
-        if changed {
-            self.image_version.send_modify(|v| *v += 1);
-        }
     }
 }
 
@@ -388,83 +396,80 @@ fn refuse_single_broker_topics(data_dir: &std::path::Path) -> io::Result<()> {
     ))
 }
 
+/// A data directory of a part-1 cluster (the fixed controller's journal, no Raft state) is
+/// refused: its metadata is not in a Raft log, and starting over would forget its topics.
+fn refuse_part_one_journal(dir: &std::path::Path) -> io::Result<()> {
+    let journal = dir.join(controller::METADATA_JOURNAL_FILE);
+    if journal.exists() && !dir.join(RAFT_DIR).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is the metadata log of a cluster whose controller was fixed on one broker; \
+                 this version keeps the metadata in a Raft log and does not import it: start \
+                 the cluster on empty data directories",
+                journal.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::protocol::IndexedCommand;
     use super::*;
-    use crate::metadata::Command;
 
-    fn member_of_three(dir: &std::path::Path) -> Arc<Cluster> {
-        let config = BrokerConfig {
+    fn member_of_three(dir: &std::path::Path) -> BrokerConfig {
+        BrokerConfig {
             node_id: 2,
             listen: "127.0.0.1:9002".parse().unwrap(),
             peers: "1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003".into(),
             data_dir: dir.to_path_buf(),
             ..BrokerConfig::default()
-        };
-        Cluster::open(&config).unwrap()
-    }
-
-    fn page(commands: Vec<(u64, Command)>, last_index: u64) -> MetadataAnswer {
-        MetadataAnswer {
-            cluster_id: "ab".into(),
-            commands: commands
-                .into_iter()
-                .map(|(index, command)| IndexedCommand { index, command })
-                .collect(),
-            last_index,
         }
     }
 
-    fn register(id: u32) -> Command {
-        Command::RegisterBroker {
-            node_id: NodeId(id),
-            address: format!("127.0.0.1:900{id}"),
-            incarnation: 7,
-        }
-    }
-
-    #[test]
-    fn ready_only_once_registered_and_caught_up_and_a_shorter_log_starts_over() {
+    #[tokio::test]
+    async fn a_member_is_not_ready_before_it_registers_and_no_controller_is_known_yet() {
         let dir = tempfile::tempdir().unwrap();
-        let c = member_of_three(dir.path());
-        assert!(
-            c.controller().is_none(),
-            "node 2 does not run the controller"
+        let c = Cluster::open(&member_of_three(dir.path())).await.unwrap();
+        assert!(c.controller().is_none(), "no leader yet: nobody else runs");
+        assert_eq!(c.known_controller(), None);
+        assert_eq!(
+            c.controller_id(),
+            NodeId(1),
+            "the fallback is the lowest id"
         );
-        assert_eq!(c.controller_id(), NodeId(1));
         assert_eq!(c.not_ready(), Some("registering"));
         c.registered("ab".into(), BrokerEpoch(2));
-        assert_eq!(c.not_ready(), Some("catching_up"));
-        let image = c.subscribe_image();
-        c.apply_page(0, page(vec![(1, register(1))], 3));
-        assert!(
-            image.has_changed().unwrap(),
-            "followers of the image are woken"
+        assert_eq!(
+            c.not_ready(),
+            Some("catching_up"),
+            "the image lacks index 2"
         );
-        assert_eq!(c.with_image(|i| i.applied), 1);
-        assert_eq!(c.broker_epoch(), Some(BrokerEpoch(2)));
-        assert_eq!(c.not_ready(), Some("catching_up"), "3 commands, 1 applied");
-        c.apply_page(1, page(vec![(2, register(2)), (3, register(3))], 3));
-        assert_eq!(c.not_ready(), None);
-        assert!(c.caught_up());
-        assert_eq!(c.view()["brokers"].as_array().unwrap().len(), 3);
-        // The controller's log is shorter than what we applied: not the log we followed.
-        c.apply_page(3, page(vec![], 1));
-        assert_eq!(c.applied(), 0);
-        assert!(!c.caught_up());
-        c.apply_page(0, page(vec![(1, register(1))], 1));
-        assert_eq!(c.view()["brokers"].as_array().unwrap().len(), 1);
+        assert!(dir.path().join(CLUSTER_DIR).join(RAFT_DIR).exists());
+        c.local_controller().unwrap().raft().shutdown().await;
     }
 
-    #[test]
-    fn a_broker_alone_is_a_cluster_of_one_and_always_ready() {
+    #[tokio::test]
+    async fn a_part_one_metadata_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster_dir = dir.path().join(CLUSTER_DIR);
+        std::fs::create_dir_all(&cluster_dir).unwrap();
+        std::fs::write(cluster_dir.join(controller::METADATA_JOURNAL_FILE), b"").unwrap();
+        let e = Cluster::open(&member_of_three(dir.path()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("does not import it"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_broker_alone_is_a_cluster_of_one_and_always_ready() {
         let dir = tempfile::tempdir().unwrap();
         let config = BrokerConfig {
             data_dir: dir.path().to_path_buf(),
             ..BrokerConfig::default()
         };
-        let c = Cluster::open(&config).unwrap();
+        let c = Cluster::open(&config).await.unwrap();
         assert_eq!(c.not_ready(), None);
         assert_eq!(c.view()["cluster_id"], "tidelog-single-node");
         assert!(!dir.path().join(CLUSTER_DIR).exists());

@@ -3,11 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{BrokerEpoch, Command, LeaderEpoch, NodeId, PartitionEpoch};
+use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch};
 
 pub const REGISTER_PATH: &str = "/internal/v1/brokers/register";
 pub const HEARTBEAT_PATH: &str = "/internal/v1/brokers/heartbeat";
-pub const METADATA_PATH: &str = "/internal/v1/metadata";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,34 +43,6 @@ pub struct HeartbeatRequest {
 pub struct HeartbeatAnswer {
     /// The index of the last command of the metadata log.
     pub last_index: u64,
-}
-
-/// Query of `GET /internal/v1/metadata`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetadataQuery {
-    pub node_id: Option<NodeId>,
-    pub broker_epoch: Option<BrokerEpoch>,
-    /// Commands after this index (0: from the start).
-    pub after: Option<u64>,
-    /// How long to wait for a command after `after` when there is none yet.
-    pub wait_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetadataAnswer {
-    pub cluster_id: String,
-    /// Commands after the requested index, in log order (at most a page).
-    pub commands: Vec<IndexedCommand>,
-    /// The index of the last command of the log: below `after`, the log is not the one the
-    /// broker followed, and it starts over from 0.
-    pub last_index: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IndexedCommand {
-    pub index: u64,
-    pub command: Command,
 }
 
 pub const ALTER_PARTITION_PATH: &str = "/internal/v1/partitions/alter";

@@ -1,49 +1,69 @@
 //! Internal routes (`/internal/v1/`, OpenAPI tag `internal`): brokers call them on the
-//! controller's port to register, heartbeat, follow the metadata log and change ISRs (only
-//! the controller serves those; any other broker answers 421 `not_controller` with the
-//! controller's id), and on a leader's port to fetch replicated data (every broker).
+//! controller leader's port to register, heartbeat and change ISRs (any other broker answers
+//! 421 `not_controller` naming the leader), on every voter's port for the metadata Raft's
+//! RPCs (`/internal/v1/raft/{append,vote,snapshot}`), and on a leader's port to fetch
+//! replicated data (every broker).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::body::{parse_query, read_json};
+use super::body::read_json;
 use super::error::{ApiError, ApiResult};
 use crate::cluster::controller::{ControlError, Controller, Registration};
 use crate::cluster::protocol::{
-    AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest, IndexedCommand,
-    MetadataAnswer, MetadataQuery, RegisterAnswer, RegisterRequest,
+    AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest,
+    RegisterAnswer, RegisterRequest,
 };
-use crate::metadata::{Command, MetadataError};
+use crate::metadata::{Command, MetadataError, NodeId};
+use crate::raft::{RPC_BYTES_MAX, Rpc, RpcRefusal};
 use crate::replication::wire::{self, FetchRequest};
 
-/// Most commands one metadata answer carries.
-const METADATA_PAGE_COMMANDS: usize = 1000;
-
-/// The controller, if this broker runs it; else 421 `not_controller` naming the broker that
-/// does (`controller`, `controller_address`).
+/// The controller, if this broker's metadata Raft leads; else 421 `not_controller` naming
+/// the leader this broker knows (`controller`, `controller_address`; null during an
+/// election, with `Retry-After`).
 pub(super) fn controller(node: &AppState) -> ApiResult<Arc<Controller>> {
     let cluster = &node.cluster;
-    cluster.controller().cloned().ok_or_else(|| {
-        let address = cluster.controller_addr().map(|a| a.to_string());
-        ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "not_controller",
-            format!(
-                "broker {} does not run the controller (broker {} does, at {})",
-                cluster.node_id(),
-                cluster.controller_id(),
-                address.as_deref().unwrap_or("an unknown address")
-            ),
-        )
-        .with("controller", cluster.controller_id().0)
-        .with("controller_address", address)
-    })
+    match cluster.controller() {
+        Some(c) => Ok(Arc::clone(c)),
+        None => {
+            let leader = cluster
+                .known_controller()
+                .filter(|l| *l != cluster.node_id());
+            Err(not_controller(node, leader))
+        }
+    }
+}
+
+/// 421 `not_controller` naming `leader` (if known) and its address.
+fn not_controller(node: &AppState, leader: Option<NodeId>) -> ApiError {
+    let cluster = &node.cluster;
+    let address = leader
+        .and_then(|l| cluster.peer_address(l))
+        .map(|a| a.to_string());
+    let detail = match (leader, &address) {
+        (Some(l), Some(a)) => format!(
+            "broker {} is not the controller leader (broker {l} is, at {a})",
+            cluster.node_id()
+        ),
+        _ => format!(
+            "broker {} is not the controller leader, and no leader is elected right now; \
+             retry shortly",
+            cluster.node_id()
+        ),
+    };
+    let problem = ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_controller", detail)
+        .with("controller", leader.map(|l| l.0))
+        .with("controller_address", address);
+    if leader.is_none() {
+        problem.retry_after(1)
+    } else {
+        problem
+    }
 }
 
 impl From<ControlError> for ApiError {
@@ -78,6 +98,14 @@ impl From<ControlError> for ApiError {
                     .with("alive_brokers", active_brokers)
             }
             ControlError::Refused(e) => refused(e, detail),
+            ControlError::NotController { leader } => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_controller", detail)
+                    .with("controller", leader.map(|l| l.0))
+                    .retry_after(1)
+            }
+            ControlError::OutcomeUnknown(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "request_timeout", detail)
+            }
         }
     }
 }
@@ -97,9 +125,9 @@ pub async fn register(
         incarnation: r.incarnation,
         cluster_id: r.cluster_id,
     };
-    let broker_epoch = controller.register(registration).await?;
+    let (cluster_id, broker_epoch) = controller.register(registration).await?;
     let answer = RegisterAnswer {
-        cluster_id: controller.cluster_id().to_string(),
+        cluster_id,
         broker_epoch,
     };
     Ok(axum::Json(answer).into_response())
@@ -118,41 +146,6 @@ pub async fn heartbeat(
         .heartbeat(h.node_id, h.broker_epoch, h.caught_up, h.reconciled)
         .await?;
     Ok(axum::Json(HeartbeatAnswer { last_index }).into_response())
-}
-
-/// `GET /internal/v1/metadata?node_id=&broker_epoch=&after=&wait_ms=`: the commands after
-/// `after`; when there are none yet, waits up to `wait_ms` (capped at `wait_ms_max`) for one.
-pub async fn metadata(
-    State(node): State<AppState>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
-    let controller = controller(&node)?;
-    let q: MetadataQuery = parse_query(query.as_deref())?;
-    let (Some(node_id), Some(epoch)) = (q.node_id, q.broker_epoch) else {
-        return Err(ApiError::invalid(
-            "'node_id' and 'broker_epoch' are required",
-        ));
-    };
-    controller.check_member(node_id, epoch)?;
-    let after = q.after.unwrap_or(0);
-    let wait_ms = q.wait_ms.unwrap_or(0).min(node.limits().wait_ms_max);
-    let (mut commands, mut last_index) = controller.commands_after(after, METADATA_PAGE_COMMANDS);
-    if commands.is_empty() && last_index >= after && wait_ms > 0 {
-        let mut shutdown = node.broker.shutdown_signal();
-        controller
-            .wait_after(after, Duration::from_millis(wait_ms), &mut shutdown)
-            .await;
-        (commands, last_index) = controller.commands_after(after, METADATA_PAGE_COMMANDS);
-    }
-    let answer = MetadataAnswer {
-        cluster_id: controller.cluster_id().to_string(),
-        commands: commands
-            .into_iter()
-            .map(|(index, command)| IndexedCommand { index, command })
-            .collect(),
-        last_index,
-    };
-    Ok(axum::Json(answer).into_response())
 }
 
 /// A command `apply` refused, as the problem a client can act on.
@@ -242,4 +235,64 @@ pub async fn replica_fetch(
         answer,
     )
         .into_response())
+}
+
+/// `POST /internal/v1/raft/append`: the metadata Raft leader's AppendEntries.
+pub async fn raft_append(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    raft_rpc(&node, Rpc::Append, &headers, body).await
+}
+
+/// `POST /internal/v1/raft/vote`: a candidate's RequestVote.
+pub async fn raft_vote(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    raft_rpc(&node, Rpc::Vote, &headers, body).await
+}
+
+/// `POST /internal/v1/raft/snapshot`: a chunk of the leader's snapshot of the image.
+pub async fn raft_snapshot(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    raft_rpc(&node, Rpc::Snapshot, &headers, body).await
+}
+
+/// Hands a Raft RPC to this broker's voter. A broker alone has none (409 `peers_mismatch`:
+/// it was started without `--peers`).
+async fn raft_rpc(
+    node: &AppState,
+    rpc: Rpc,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let Some(controller) = node.cluster.local_controller() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "peers_mismatch",
+            "this broker runs alone (no --peers): it is no voter of a cluster",
+        ));
+    };
+    let body: serde_json::Value = read_json(headers, body, RPC_BYTES_MAX).await?;
+    match controller.raft().handle(rpc, body).await {
+        Ok(answer) => Ok(axum::Json(answer).into_response()),
+        Err(RpcRefusal::PeersMismatch(why)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "peers_mismatch", why))
+        }
+        Err(RpcRefusal::ClusterIdMismatch { ours, theirs }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_id_mismatch",
+            format!("the sender runs cluster {theirs}, this broker belongs to cluster {ours}"),
+        )
+        .with("cluster_id", ours)),
+        Err(RpcRefusal::Invalid(why)) => {
+            Err(ApiError::invalid(format!("not a raft message: {why}")))
+        }
+    }
 }

@@ -162,8 +162,16 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             vec![on(Method::POST, internal::heartbeat)],
         ),
         (
-            crate::cluster::protocol::METADATA_PATH,
-            vec![on(Method::GET, internal::metadata)],
+            crate::raft::APPEND_PATH,
+            vec![on(Method::POST, internal::raft_append)],
+        ),
+        (
+            crate::raft::VOTE_PATH,
+            vec![on(Method::POST, internal::raft_vote)],
+        ),
+        (
+            crate::raft::SNAPSHOT_PATH,
+            vec![on(Method::POST, internal::raft_snapshot)],
         ),
         (
             produce_split::APPEND_ROUTE,

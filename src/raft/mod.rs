@@ -1,0 +1,464 @@
+//! The openraft adapter: the cluster metadata kept by a Raft quorum of the `--peers` brokers.
+//! Every openraft type stays in this folder; the rest of the crate sees [`MetadataRaft`]
+//! (propose a [`Command`], who leads, the voters' view, the RPC handlers), [`MetadataState`]
+//! (the applied image) and plain error enums.
+//!
+//! - `log_store`: the log over `controller::journal` (fsync before an append is reported
+//!   flushed), the vote and the purge mark, each durable before the call returns.
+//! - `state_machine`: the image, the cluster id, snapshots in `snapshot.json`.
+//! - `network`: the RPCs over HTTP on the brokers' own port (`/internal/v1/raft/...`).
+//!
+//! Formation: the voters are the `--peers` brokers (1, 3 or 5). The lowest id initializes the
+//! membership, only when its Raft state is empty; the others wait to be contacted. A broker
+//! whose `--peers` differs from the membership in its log refuses to start, and RPCs carry the
+//! sender's voter list, so brokers with different lists refuse each other (409
+//! `peers_mismatch`) rather than form two quorums.
+//!
+//! openraft 0.9 (pinned with `=`): the stable line; 0.10 is still alpha. Timings come from the
+//! config (`raft_heartbeat_ms`, `raft_election_timeout_ms`): defaults 300 ms and 1.5-3 s, as
+//! the defaults of openraft flap on a busy 2-core machine.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::{self, Cursor};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::client::InternalClient;
+use crate::controller::peers::Peers;
+use crate::metadata::{Command, MetadataError, NodeId, Outcome};
+pub use network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use network::{Envelope, Network};
+pub use state_machine::Shared as MetadataState;
+
+/// The directory of the Raft files under `<data>/__cluster/`.
+pub const RAFT_DIR: &str = "raft";
+
+/// A snapshot of the image is taken every this many log entries; the log before it (but the
+/// last [`LOG_KEPT_AFTER_SNAPSHOT`] entries) is then purged.
+pub const SNAPSHOT_EVERY: u64 = 1000;
+const LOG_KEPT_AFTER_SNAPSHOT: u64 = 200;
+
+/// Largest Raft RPC body a broker reads: entries are capped at
+/// `controller::journal::ENTRY_BYTES_MAX` and sent [`ENTRIES_PER_APPEND`] at a time.
+pub const RPC_BYTES_MAX: u64 = 32 * 1024 * 1024;
+const ENTRIES_PER_APPEND: u64 = 16;
+const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Longest a proposal waits for its entry to commit: a leader cut off from its quorum does
+/// not hang its callers (the outcome is then unknown: the entry may still commit).
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+openraft::declare_raft_types!(
+    /// The metadata Raft's types.
+    pub TypeConfig:
+        D = Request,
+        R = Applied,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// An entry of the metadata log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Command(Command),
+    /// The cluster's id, proposed once by the first leader (the first one applied wins).
+    ClusterId {
+        cluster_id: String,
+    },
+}
+
+/// What applying an entry gave: `MetadataImage::apply`'s answer. Only the leader's proposer
+/// reads it, in process; it never crosses the network (its serde form is a placeholder that
+/// openraft's `serde` feature requires).
+#[derive(Debug, Clone)]
+pub struct Applied(pub Result<Outcome, MetadataError>);
+
+impl Serialize for Applied {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for Applied {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "an apply result is never sent over the network",
+        ))
+    }
+}
+
+/// Raft timings, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    /// The election timeout is drawn between this and twice this.
+    pub election_timeout_ms: u64,
+}
+
+/// Why a proposal did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This broker is not the leader (the leader, when known). Nothing was proposed.
+    NotLeader(Option<NodeId>),
+    /// The entry was handed to Raft but its fate is unknown (leadership lost, no quorum
+    /// within [`PROPOSE_TIMEOUT`]): it may still commit.
+    Unknown(String),
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NotLeader(Some(l)) => {
+                write!(f, "not the controller leader (node {l} is)")
+            }
+            ProposeError::NotLeader(None) => write!(f, "no controller leader is elected right now"),
+            ProposeError::Unknown(why) => write!(f, "the outcome is unknown: {why}"),
+        }
+    }
+}
+
+/// Why a Raft RPC was refused before openraft saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcRefusal {
+    /// The sender's voter list differs from ours.
+    PeersMismatch(String),
+    /// The sender runs another cluster.
+    ClusterIdMismatch { ours: String, theirs: String },
+    /// The body is not the RPC the route takes.
+    Invalid(String),
+}
+
+/// Which Raft RPC a route carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// A voter as this broker sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoterView {
+    pub node_id: NodeId,
+    pub address: String,
+    /// `leader` or `follower` (as far as this broker knows).
+    pub role: &'static str,
+    /// On the leader: the last log index the voter has stored (null: not known yet).
+    pub matched_index: Option<u64>,
+}
+
+/// This broker's Raft state, for `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RaftView {
+    pub term: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub state: &'static str,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub voters: Vec<VoterView>,
+}
+
+/// One broker's member of the metadata quorum.
+pub struct MetadataRaft {
+    raft: openraft::Raft<TypeConfig>,
+    state: Arc<MetadataState>,
+    node_id: NodeId,
+    peers: Peers,
+    voters: Arc<str>,
+}
+
+impl std::fmt::Debug for MetadataRaft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataRaft")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `--peers` in a canonical form: `1=HOST:PORT,2=...`, in id order.
+fn canonical_voters(peers: &Peers) -> String {
+    peers
+        .ids()
+        .map(|id| format!("{id}={}", peers.address(id).expect("an id of the list")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn members(peers: &Peers) -> BTreeMap<u64, BasicNode> {
+    peers
+        .ids()
+        .map(|id| {
+            let address = peers.address(id).expect("an id of the list");
+            (u64::from(id.0), BasicNode::new(address.to_string()))
+        })
+        .collect()
+}
+
+impl MetadataRaft {
+    /// Opens this voter's Raft state in `dir` and starts it. The lowest id of `peers`
+    /// initializes the cluster's membership when its state is empty.
+    pub async fn open(
+        dir: &Path,
+        node_id: NodeId,
+        peers: &Peers,
+        timing: Timing,
+    ) -> io::Result<MetadataRaft> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let log = log_store::LogStore::open(dir)?;
+        let fresh = log.is_fresh();
+        let sm = state_machine::StateMachine::open(dir)?;
+        let state = sm.shared();
+        let voters: Arc<str> = canonical_voters(peers).into();
+        if let Some(stored) = log.last_membership().or_else(|| sm.membership()) {
+            let wanted = members(peers);
+            if stored != wanted {
+                return Err(invalid(format!(
+                    "--peers names the voters {voters}, but this broker's metadata log has {}: \
+                     every broker must be started with the same --peers",
+                    stored
+                        .iter()
+                        .map(|(id, n)| format!("{id}={}", n.addr))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )));
+            }
+        }
+        let election = timing.election_timeout_ms.max(2 * timing.heartbeat_ms + 1);
+        let config = Config {
+            cluster_name: "tidelog-metadata".into(),
+            heartbeat_interval: timing.heartbeat_ms,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            max_payload_entries: ENTRIES_PER_APPEND,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| invalid(format!("raft timings: {e}")))?;
+        let network = Network {
+            client: InternalClient::default(),
+            voters: Arc::clone(&voters),
+            shared: Arc::clone(&state),
+        };
+        let raft = openraft::Raft::new(u64::from(node_id.0), Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| io::Error::other(format!("raft: {e}")))?;
+        if fresh
+            && peers.ids().next() == Some(node_id)
+            && let Err(e) = raft.initialize(members(peers)).await
+        {
+            tracing::warn!("raft initialize: {e}");
+        }
+        Ok(MetadataRaft {
+            raft,
+            state,
+            node_id,
+            peers: peers.clone(),
+            voters,
+        })
+    }
+
+    /// The applied metadata.
+    pub fn state(&self) -> &Arc<MetadataState> {
+        &self.state
+    }
+
+    /// The current leader, as far as this broker knows.
+    pub fn leader(&self) -> Option<NodeId> {
+        let m = self.raft.metrics();
+        let leader = m.borrow().current_leader;
+        leader.and_then(|l| u32::try_from(l).ok()).map(NodeId)
+    }
+
+    /// The term of this broker's leadership, while it leads.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(u64::from(self.node_id.0)))
+            .then_some(m.current_term)
+    }
+
+    /// Proposes `command`; answers its index and what `apply` made of it once it is
+    /// committed and applied here.
+    pub async fn propose(
+        &self,
+        command: Command,
+    ) -> Result<(u64, Result<Outcome, MetadataError>), ProposeError> {
+        let (index, applied) = self.write(Request::Command(command)).await?;
+        Ok((index, applied.0))
+    }
+
+    /// Proposes the cluster id (the first applied wins).
+    pub async fn propose_cluster_id(&self, cluster_id: String) -> Result<(), ProposeError> {
+        self.write(Request::ClusterId { cluster_id })
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(&self, request: Request) -> Result<(u64, Applied), ProposeError> {
+        let written = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(request)).await;
+        match written {
+            Err(_) => Err(ProposeError::Unknown(format!(
+                "not committed within {} s",
+                PROPOSE_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(answer)) => Ok((answer.log_id.index, answer.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader(
+                    f.leader_id.and_then(|l| u32::try_from(l).ok()).map(NodeId),
+                ))
+            }
+            Ok(Err(e)) => Err(ProposeError::Unknown(e.to_string())),
+        }
+    }
+
+    /// Waits until this broker, as leader, has applied every entry committed before now (a
+    /// new leader's image may lag its log for a moment).
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let checked = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.ensure_linearizable()).await;
+        match checked {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(e))) => match e {
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
+                    Err(ProposeError::NotLeader(
+                        f.leader_id.and_then(|l| u32::try_from(l).ok()).map(NodeId),
+                    ))
+                }
+                other => Err(ProposeError::NotLeader(None)).inspect_err(|_| {
+                    tracing::debug!("read barrier: {other}");
+                }),
+            },
+            Ok(Err(e)) => Err(ProposeError::Unknown(e.to_string())),
+            Err(_) => Err(ProposeError::Unknown(format!(
+                "no quorum within {} s",
+                PROPOSE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Hands a Raft RPC (the JSON body of its route) to openraft; answers its JSON answer.
+    pub async fn handle(
+        &self,
+        rpc: Rpc,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, RpcRefusal> {
+        let envelope: Envelope<serde_json::Value> =
+            serde_json::from_value(body).map_err(|e| RpcRefusal::Invalid(e.to_string()))?;
+        self.check(&envelope)?;
+        fn open<T: serde::de::DeserializeOwned>(rpc: serde_json::Value) -> Result<T, RpcRefusal> {
+            serde_json::from_value(rpc).map_err(|e| RpcRefusal::Invalid(e.to_string()))
+        }
+        let answer = match rpc {
+            Rpc::Append => {
+                serde_json::to_value(self.raft.append_entries(open(envelope.rpc)?).await)
+            }
+            Rpc::Vote => serde_json::to_value(self.raft.vote(open(envelope.rpc)?).await),
+            Rpc::Snapshot => {
+                serde_json::to_value(self.raft.install_snapshot(open(envelope.rpc)?).await)
+            }
+        };
+        Ok(answer.expect("a raft answer serializes"))
+    }
+
+    fn check<T>(&self, e: &Envelope<T>) -> Result<(), RpcRefusal> {
+        if *e.voters != *self.voters {
+            return Err(RpcRefusal::PeersMismatch(format!(
+                "the sender's --peers names the voters {}, this broker's {}: every broker must \
+                 be started with the same --peers",
+                e.voters, self.voters
+            )));
+        }
+        if let (Some(theirs), Some(ours)) = (&e.cluster_id, self.state.cluster_id())
+            && *theirs != ours
+        {
+            return Err(RpcRefusal::ClusterIdMismatch {
+                ours,
+                theirs: theirs.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// This broker's view of the quorum.
+    pub fn view(&self) -> RaftView {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m
+            .current_leader
+            .and_then(|l| u32::try_from(l).ok())
+            .map(NodeId);
+        let voters = self
+            .peers
+            .ids()
+            .map(|id| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&u64::from(id.0)).copied().flatten())
+                    .map(|l| l.index);
+                let matched = if leader == Some(id) && leader == Some(self.node_id) {
+                    m.last_log_index
+                } else {
+                    matched
+                };
+                VoterView {
+                    node_id: id,
+                    address: self
+                        .peers
+                        .address(id)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    role: if leader == Some(id) {
+                        "leader"
+                    } else {
+                        "follower"
+                    },
+                    matched_index: matched,
+                }
+            })
+            .collect();
+        RaftView {
+            term: m.current_term,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            leader,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            voters,
+        }
+    }
+
+    /// Takes a snapshot of the image now (tests; the policy takes one every
+    /// [`SNAPSHOT_EVERY`] entries).
+    pub async fn snapshot_now(&self) {
+        let _ = self.raft.trigger().snapshot().await;
+    }
+
+    /// Stops this voter (at shutdown).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+}

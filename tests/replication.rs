@@ -153,8 +153,8 @@ fn read_every_replica(
     history: &Mutex<History>,
 ) -> Vec<ReplicaRead> {
     let mut reads = Vec::new();
-    for id in 1..=3 {
-        for p in 0..partitions {
+    for p in 0..partitions {
+        for id in replicas_of(c, topic, p) {
             let mut read = ReplicaRead {
                 node: id as u32,
                 partition: p,
@@ -184,11 +184,27 @@ fn read_every_replica(
 
 /// Waits until every replica's high watermark reached the leader's log end (every record
 /// the producers got an answer for is replicated and visible everywhere).
+/// The brokers holding a replica of `topic`/`p`, as broker 1's metadata says.
+fn replicas_of(c: &Cluster, topic: &str, p: u32) -> Vec<usize> {
+    let d = describe(c, 1, topic);
+    d["partitions"][p as usize]["replicas"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|n| n as usize)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn wait_converged(c: &Cluster, topic: &str, partitions: u32) {
     for p in 0..partitions {
+        let replicas = replicas_of(c, topic, p);
         wait_for(&format!("{topic}/{p} converged"), || {
-            let hws: Vec<u64> = (1..=3)
-                .map(|id| read_local(c, id, topic, p, 0).map_or(0, |(_, _, hw)| hw))
+            let hws: Vec<u64> = replicas
+                .iter()
+                .map(|&id| read_local(c, id, topic, p, 0).map_or(0, |(_, _, hw)| hw))
                 .collect();
             let (leader, _, _) = partition_state(c, 1, topic, p);
             let d = describe(c, leader, topic);
@@ -453,19 +469,29 @@ fn a_killed_follower_leaves_the_isr_and_rejoins_once_restarted() {
 /// them.
 #[test]
 fn with_both_followers_down_acks_all_fails_cleanly_and_acks_leader_stays_invisible() {
-    let mut c = Cluster::start(3, TOML);
-    create_topic(&c, "b", 3);
-    // The partition node 1 leads: nodes 2 and 3 are then its followers, and the controller
-    // (node 1) stays up.
-    let p = (0..3)
+    // Five brokers: with both followers of a partition down, three of the five voters of the
+    // metadata Raft are still up, so the controller can still shrink the ISR (with three
+    // brokers, two down would leave the metadata without a quorum: no ISR change at all).
+    let mut c = Cluster::start(5, TOML);
+    create_topic(&c, "b", 5);
+    // The partition node 1 leads: its two followers are killed, node 1 stays up.
+    let p = (0..5)
         .find(|p| partition_state(&c, 1, "b", *p).0 == 1)
         .expect("placement gives node 1 a leadership");
+    let followers: Vec<usize> = partition_state(&c, 1, "b", p)
+        .2
+        .into_iter()
+        .map(|n| n as usize)
+        .filter(|n| *n != 1)
+        .collect();
+    assert_eq!(followers.len(), 2, "{followers:?}");
     let history = Arc::new(Mutex::new(History::default()));
     let url = c.url(1).to_string();
     let first: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
     assert_eq!(produce(&url, "b", p, &first, "all", &history), 200);
-    c.brokers[1].kill9();
-    c.brokers[2].kill9();
+    for f in &followers {
+        c.brokers[f - 1].kill9();
+    }
     let mut i = 0;
     wait_for("acks=all refused with not_enough_replicas", || {
         let values = vec![format!("down-{i}")];
@@ -506,8 +532,9 @@ fn with_both_followers_down_acks_all_fails_cleanly_and_acks_leader_stays_invisib
         !seen.contains(&"leader-only"),
         "an acks=leader record is visible below min ISR: {seen:?}"
     );
-    c.brokers[1].restart();
-    c.brokers[2].restart();
+    for f in &followers {
+        c.brokers[f - 1].restart();
+    }
     wait_for("the followers rejoin", || {
         let (_, _, isr) = partition_state(&c, 1, "b", p);
         if isr.len() == 3 {
@@ -529,7 +556,7 @@ fn with_both_followers_down_acks_all_fails_cleanly_and_acks_leader_stays_invisib
             Err(page.to_string())
         }
     });
-    check_every_replica(&c, "b", 3, &history);
+    check_every_replica(&c, "b", 5, &history);
 }
 
 /// Item 5: kill -9 a partition's leader (not the controller) under acks=all load and

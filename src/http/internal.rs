@@ -16,8 +16,8 @@ use super::body::read_json;
 use super::error::{ApiError, ApiResult};
 use crate::cluster::controller::{ControlError, Controller, Registration};
 use crate::cluster::protocol::{
-    AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest,
-    RegisterAnswer, RegisterRequest,
+    AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest, RegisterAnswer,
+    RegisterRequest,
 };
 use crate::metadata::{Command, MetadataError, NodeId};
 use crate::raft::{RPC_BYTES_MAX, Rpc, RpcRefusal};

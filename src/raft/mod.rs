@@ -188,11 +188,13 @@ impl std::fmt::Debug for MetadataRaft {
     }
 }
 
-/// `--peers` in a canonical form: `1=HOST:PORT,2=...`, in id order.
+/// The voters of `--peers` in a canonical form: their ids in order, `1,2,3`. Addresses are
+/// left out: a broker may reach a peer under another address (a proxy, another interface);
+/// each reaches the others at the addresses of its own `--peers`.
 fn canonical_voters(peers: &Peers) -> String {
     peers
         .ids()
-        .map(|id| format!("{id}={}", peers.address(id).expect("an id of the list")))
+        .map(|id| id.to_string())
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -223,16 +225,12 @@ impl MetadataRaft {
         let state = sm.shared();
         let voters: Arc<str> = canonical_voters(peers).into();
         if let Some(stored) = log.last_membership().or_else(|| sm.membership()) {
-            let wanted = members(peers);
-            if stored != wanted {
+            let stored: Vec<String> = stored.keys().map(u64::to_string).collect();
+            if stored.join(",") != *voters {
                 return Err(invalid(format!(
-                    "--peers names the voters {voters}, but this broker's metadata log has {}: \
-                     every broker must be started with the same --peers",
-                    stored
-                        .iter()
-                        .map(|(id, n)| format!("{id}={}", n.addr))
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    "--peers names the voters {voters}, but this broker's metadata log has the \
+                     voters {}: every broker must be started with the same voters",
+                    stored.join(",")
                 )));
             }
         }
@@ -253,6 +251,12 @@ impl MetadataRaft {
         let network = Network {
             client: InternalClient::default(),
             voters: Arc::clone(&voters),
+            addresses: Arc::new(
+                peers
+                    .ids()
+                    .filter_map(|id| Some((u64::from(id.0), peers.address(id)?)))
+                    .collect(),
+            ),
             shared: Arc::clone(&state),
         };
         let raft = openraft::Raft::new(u64::from(node_id.0), Arc::new(config), network, log, sm)
@@ -379,7 +383,7 @@ impl MetadataRaft {
         if *e.voters != *self.voters {
             return Err(RpcRefusal::PeersMismatch(format!(
                 "the sender's --peers names the voters {}, this broker's {}: every broker must \
-                 be started with the same --peers",
+                 be started with the same voters",
                 e.voters, self.voters
             )));
         }

@@ -4,6 +4,7 @@
 //! is refused (409 `peers_mismatch` / `cluster_id_mismatch`) instead of joining the quorum.
 //! The answer is openraft's `Result<answer, RaftError>` as JSON.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub const SNAPSHOT_PATH: &str = "/internal/v1/raft/snapshot";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Envelope<T> {
-    /// The sender's `--peers`, canonical (`1=HOST:PORT,2=...` in id order).
+    /// The voter ids of the sender's `--peers`, canonical (`1,2,3`).
     pub(super) voters: String,
     /// The cluster id the sender's state machine holds, once it has one.
     pub(super) cluster_id: Option<String>,
@@ -44,6 +45,9 @@ pub(super) struct Envelope<T> {
 pub(super) struct Network {
     pub(super) client: InternalClient,
     pub(super) voters: Arc<str>,
+    /// Where this broker reaches each voter: its own `--peers` (the addresses in the Raft
+    /// membership are the first leader's, only a fallback).
+    pub(super) addresses: Arc<BTreeMap<u64, SocketAddr>>,
     pub(super) shared: Arc<Shared>,
 }
 
@@ -53,7 +57,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         Peer {
             target,
-            address: node.addr.parse().ok(),
+            address: self
+                .addresses
+                .get(&target)
+                .copied()
+                .or_else(|| node.addr.parse().ok()),
             network: self.clone(),
         }
     }

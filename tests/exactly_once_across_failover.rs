@@ -136,10 +136,31 @@ fn send_until_stored(
     failed
 }
 
-/// Reads every partition through node 1 (forwarded to its leader) to its high watermark.
-fn read_all(c: &Cluster) -> HashMap<String, (u64, u64)> {
+/// Reads every partition through node 1 (forwarded to its leader) to its high watermark,
+/// once that covers every offset an answer reported (a leader elected a moment ago may still
+/// be raising it).
+fn read_all(c: &Cluster, told: &Told) -> HashMap<String, (u64, u64)> {
     let mut seen = HashMap::new();
     for p in 0..PARTITIONS as u64 {
+        let needed = told
+            .values()
+            .filter(|(tp, _)| *tp == p)
+            .map(|(_, o)| o + 1)
+            .max()
+            .unwrap_or(0);
+        wait_for(
+            &format!("eo/{p}'s high watermark to reach {needed}"),
+            || {
+                let (_, page) = get(&format!(
+                    "{}/v1/topics/eo/partitions/{p}/records?offset=latest",
+                    c.url(1)
+                ));
+                match page["high_watermark"].as_u64() {
+                    Some(hw) if hw >= needed => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
         let mut offset = 0u64;
         for _ in 0..100_000 {
             let (status, page) = get(&format!(
@@ -229,7 +250,7 @@ fn an_idempotent_producer_stores_every_record_once_across_a_leader_kill_9() {
         now_leaders.iter().all(|n| *n != 0),
         "every partition has a leader: {now_leaders:?}"
     );
-    let seen = read_all(&c);
+    let seen = read_all(&c, &told);
     for (id, at) in &told {
         assert_eq!(seen.get(id), Some(at), "{id} is not where its answer said");
     }

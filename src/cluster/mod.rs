@@ -109,6 +109,7 @@ impl Cluster {
                 refuse_single_broker_topics(&config.data_dir)?;
             }
             refuse_part_one_journal(&dir)?;
+            refuse_lost_raft_state(&dir, stored.as_deref())?;
             let timing = Timing {
                 heartbeat_ms: config.raft_heartbeat_ms,
                 election_timeout_ms: config.raft_election_timeout_ms,
@@ -414,6 +415,32 @@ fn refuse_part_one_journal(dir: &std::path::Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A directory that joined a cluster (it stores the cluster id) but holds no Raft state lost
+/// it (wiped, restored from an old copy): a voter without its log and vote could vote twice
+/// in a term, or, as the lowest id, form a second cluster. Refused; the operator removes the
+/// cluster id too to join as a new, empty voter.
+fn refuse_lost_raft_state(dir: &std::path::Path, cluster_id: Option<&str>) -> io::Result<()> {
+    let Some(cluster_id) = cluster_id else {
+        return Ok(());
+    };
+    let raft = dir.join(RAFT_DIR);
+    let holds = |f: &str| raft.join(f).metadata().is_ok_and(|m| m.len() > 0);
+    if holds(crate::raft::LOG_FILE) || holds(crate::raft::VOTE_FILE) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} joined cluster {cluster_id} but holds no metadata log or vote in {}: a voter \
+             that lost them must not vote again; restore them, or remove {} to join as a new \
+             voter once the others have a quorum",
+            dir.display(),
+            raft.display(),
+            dir.join(identity::CLUSTER_ID_FILE).display()
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +475,18 @@ mod tests {
         );
         assert!(dir.path().join(CLUSTER_DIR).join(RAFT_DIR).exists());
         c.local_controller().unwrap().raft().shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_member_that_lost_its_raft_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster_dir = dir.path().join(CLUSTER_DIR);
+        identity::write_cluster_id(&cluster_dir, "00112233445566778899aabbccddeeff").unwrap();
+        let e = Cluster::open(&member_of_three(dir.path()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("must not vote again"), "{e}");
+        assert!(!cluster_dir.join(RAFT_DIR).exists(), "nothing was created");
     }
 
     #[tokio::test]

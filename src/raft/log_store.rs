@@ -28,8 +28,10 @@ use crate::controller::journal::{self, Journal};
 
 type Entry = openraft::Entry<TypeConfig>;
 
-pub(super) const LOG_FILE: &str = "log.journal";
-const VOTE_FILE: &str = "vote.json";
+/// The log's file in the Raft directory.
+pub const LOG_FILE: &str = "log.journal";
+/// The vote's file in the Raft directory.
+pub const VOTE_FILE: &str = "vote.json";
 const PURGED_FILE: &str = "purged.json";
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@
 //! the defaults of openraft flap on a busy 2-core machine.
 
 mod log_store;
+pub use log_store::{LOG_FILE, VOTE_FILE};
 mod network;
 mod state_machine;
 
@@ -464,5 +465,109 @@ impl MetadataRaft {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::MetadataImage;
+
+    fn one_voter() -> Peers {
+        Peers::parse(
+            "1=127.0.0.1:9001",
+            NodeId(1),
+            "127.0.0.1:9001".parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    const FAST: Timing = Timing {
+        heartbeat_ms: 50,
+        election_timeout_ms: 200,
+    };
+
+    async fn leading(raft: &MetadataRaft) {
+        for _ in 0..200 {
+            if raft.leader_term().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("a single voter leads: {:?}", raft.view());
+    }
+
+    fn register(id: u32) -> Command {
+        Command::RegisterBroker {
+            node_id: NodeId(id),
+            address: format!("127.0.0.1:{}", 9000 + id),
+            incarnation: 5,
+        }
+    }
+
+    /// One voter: proposals commit and apply, a refusal is answered as `apply`'s, and the
+    /// image survives a restart from a snapshot plus the log after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_voter_commits_snapshots_and_restarts_to_the_same_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft = MetadataRaft::open(dir.path(), NodeId(1), &one_voter(), FAST)
+            .await
+            .unwrap();
+        leading(&raft).await;
+        let (index, applied) = raft.propose(register(1)).await.unwrap();
+        assert!(
+            matches!(applied, Ok(Outcome::Registered { .. })),
+            "{applied:?}"
+        );
+        assert_eq!(raft.state().with_image(|i| i.applied), index);
+        let stale = Command::UnfenceBroker {
+            node_id: NodeId(1),
+            broker_epoch: crate::metadata::BrokerEpoch(index + 100),
+        };
+        let (_, refused) = raft.propose(stale).await.unwrap();
+        assert!(refused.is_err(), "apply's refusal comes back: {refused:?}");
+        raft.propose_cluster_id("ab".into()).await.unwrap();
+        raft.propose_cluster_id("cd".into()).await.unwrap();
+        assert_eq!(
+            raft.state().cluster_id().as_deref(),
+            Some("ab"),
+            "the first wins"
+        );
+        raft.snapshot_now().await;
+        for _ in 0..200 {
+            if raft.view().snapshot_index.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(raft.view().snapshot_index.is_some(), "{:?}", raft.view());
+        // After the snapshot: one more command, only in the log.
+        let (_, applied) = raft.propose(register(2)).await.unwrap();
+        assert!(applied.is_ok(), "{applied:?}");
+        let before: MetadataImage = raft.state().with_image(MetadataImage::clone);
+        raft.shutdown().await;
+        drop(raft);
+
+        let raft = MetadataRaft::open(dir.path(), NodeId(1), &one_voter(), FAST)
+            .await
+            .unwrap();
+        leading(&raft).await;
+        raft.read_barrier().await.unwrap();
+        assert_eq!(raft.state().with_image(MetadataImage::clone), before);
+        assert_eq!(raft.state().cluster_id().as_deref(), Some("ab"));
+        raft.shutdown().await;
+        drop(raft);
+
+        // Another voter list than the one in the log: refused at start.
+        let three = Peers::parse(
+            "1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003",
+            NodeId(1),
+            "127.0.0.1:9001".parse().unwrap(),
+        )
+        .unwrap();
+        let e = MetadataRaft::open(dir.path(), NodeId(1), &three, FAST)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("the same voters"), "{e}");
     }
 }

@@ -4,8 +4,11 @@
 //! Per partition and answer: truncate where the leader says the logs diverge (never below
 //! this replica's high watermark: a replica asked to do that stops, loudly), append the
 //! batches as the leader stored them, fsync at once when the leader says an `acks=all`
-//! producer waits (then fetch again at once, so the leader learns the fsynced offset), and
-//! move this replica's high watermark to min(leader's HW, own fsynced end).
+//! producer waits and this replica holds anything unsynced (then fetch again at once, so the
+//! leader learns the fsynced offset), and move this replica's high watermark to
+//! min(leader's HW, own fsynced end). An answer is applied only while the replica still
+//! follows that leader in the fetch's leader epoch: after a role change (this replica may
+//! lead now) an answer of the old leadership is dropped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::Replicator;
+use super::manager::Role;
 use super::wire::{self, FetchError, FetchRequest, PartitionAnswer, PartitionFetch};
 use crate::broker::{BrokerError, Partition};
 use crate::cluster::client::CallError;
@@ -189,7 +193,13 @@ impl Fetcher {
             let Some(fetched_at) = asked_at(&request, f) else {
                 continue;
             };
-            if self.apply(f, fetched_at, &answer, records).await && answer.sync_now {
+            // Everything unsynced, not only what this answer brought: records appended from
+            // an earlier answer (one without `sync_now`, or whose fsync a role change dropped)
+            // would otherwise wait for the flusher's `flush_ms` while `acks=all` waits on them.
+            if self.apply(f, fetched_at, &answer, records).await
+                && answer.sync_now
+                && f.replica.fsynced_offset() < f.replica.log_end_offset()
+            {
                 synced.push((f, answer.high_watermark));
             }
         }
@@ -198,7 +208,9 @@ impl Fetcher {
             if let Err(e) = f.replica.flush_now().await {
                 tracing::error!(topic = %f.topic, partition = f.partition, "fsync of replicated data: {e}");
             }
-            caught_up(f, *leader_hw);
+            if self.still_follows(f) {
+                caught_up(f, *leader_hw);
+            }
         }
         None
     }
@@ -223,8 +235,20 @@ impl Fetcher {
             .await
     }
 
-    /// Applies one partition's answer to a fetch from `fetched_at`. Returns true when it
-    /// appended records.
+    /// This replica still follows this fetcher's leader in `f`'s leader epoch, as the
+    /// manager's roles say (they change before the replica takes a new role).
+    fn still_follows(&self, f: &Followed) -> bool {
+        matches!(
+            self.replicator.manager.role_of(&f.topic, f.partition),
+            Some(Role::Follower { leader, leader_epoch })
+                if leader == self.leader && leader_epoch == f.leader_epoch
+        )
+    }
+
+    /// Applies one partition's answer to a fetch from `fetched_at`. Returns true when the
+    /// answer was applied in full (records, if any, appended; the high watermark moved).
+    /// An answer that reaches a replica no longer following this leader in `f`'s epoch is
+    /// dropped: its records and high watermark belong to the old leadership.
     async fn apply(
         &mut self,
         f: &Followed,
@@ -233,6 +257,10 @@ impl Fetcher {
         records: &[u8],
     ) -> bool {
         let key = (Arc::clone(&f.topic), f.partition);
+        if !self.still_follows(f) {
+            tracing::debug!(topic = %f.topic, partition = f.partition, "answer of an ended leadership dropped");
+            return false;
+        }
         if let Some(error) = answer.error {
             if error == FetchError::OffsetOutOfRange
                 && f.replica.log_end_offset() < answer.log_start_offset
@@ -258,11 +286,10 @@ impl Fetcher {
             self.stop_on(f, f.replica.truncate_to(cut).await.map(|_| ()));
             return false;
         }
-        let mut appended = false;
         if !records.is_empty() {
             // Only onto the log end the fetch asked from: a scrub may have cut the log since.
             match f.replica.append_replicated_at(records, fetched_at, false) {
-                Ok(_) => appended = true,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(topic = %f.topic, partition = f.partition, "appending replicated batches: {e}");
                     self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
@@ -271,7 +298,7 @@ impl Fetcher {
             }
         }
         caught_up(f, answer.high_watermark);
-        appended
+        true
     }
 
     /// A truncation or reset refused below the high watermark stops this replica for the

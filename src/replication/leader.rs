@@ -229,7 +229,7 @@ impl Led {
             answer.diverging = Some(diverging);
             return (answer, None);
         }
-        let in_sync = {
+        let (in_sync, joining) = {
             let mut s = self.lock();
             let before = s.replicas.in_sync();
             if !s.replicas.on_fetch(
@@ -242,7 +242,13 @@ impl Led {
                 answer.error = Some(FetchError::NotAFollower);
                 return (answer, None);
             }
-            (before, s.replicas.in_sync())
+            // Outside the ISR, holding everything below the high watermark but not fsynced:
+            // it joins only once fsynced (not after its own `flush_ms`).
+            let hw = s.replicas.high_watermark();
+            let joining = !s.replicas.maximal_isr().contains(&follower)
+                && fetch.fetch_offset >= hw
+                && fetch.flushed_offset < hw;
+            ((before, s.replicas.in_sync()), joining)
         };
         if in_sync.0 != in_sync.1 {
             if in_sync.1 < in_sync.0 {
@@ -258,7 +264,7 @@ impl Led {
             self.publish_gate();
         }
         answer.high_watermark = self.advance();
-        answer.sync_now = self.replica.acks_all_waiting();
+        answer.sync_now = self.replica.acks_all_waiting() || joining;
         (answer, Some(fetch.fetch_offset))
     }
 
@@ -421,6 +427,43 @@ mod tests {
             Some(FetchError::NotAFollower)
         );
         assert_eq!(error(2, fetch(4, 0, None, 0)), None);
+    }
+
+    /// A follower outside the ISR that holds the high watermark but has not fsynced it is
+    /// asked to fsync now: it would otherwise join only after its own `flush_ms`.
+    #[tokio::test]
+    async fn a_follower_outside_the_isr_holding_the_high_watermark_is_asked_to_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        append(&p, 0, 3).await;
+        let record = IsrRecord {
+            replicas: vec![n(1), n(2), n(3)],
+            isr: vec![n(1), n(2)],
+            min_insync_replicas: 2,
+            partition_epoch: PartitionEpoch(0),
+        };
+        let l = Led::new(
+            "t".into(),
+            0,
+            Arc::clone(&p),
+            n(1),
+            LeaderEpoch(0),
+            &record,
+            0,
+        );
+        let (a, _) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
+        assert_eq!((a.high_watermark, a.sync_now), (3, false));
+        let sync_now = |offset, flushed| {
+            l.on_fetch(n(3), &fetch(0, offset, Some(0), flushed), 2)
+                .0
+                .sync_now
+        };
+        assert!(!sync_now(1, 0), "still fetching below the high watermark");
+        assert!(
+            sync_now(3, 0),
+            "holds the high watermark, fsynced none of it"
+        );
+        assert!(!sync_now(3, 3), "fsynced: nothing to ask");
     }
 
     /// KIP-101/279: the leader answers where the follower's log leaves its own.

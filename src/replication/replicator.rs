@@ -67,7 +67,7 @@ pub struct Replicator {
     pub(super) node_id: NodeId,
     pub(super) broker: Arc<Broker>,
     pub(super) cluster: Arc<Cluster>,
-    manager: Arc<ReplicaManager>,
+    pub(super) manager: Arc<ReplicaManager>,
     pub(super) settings: Settings,
     pub(super) client: InternalClient,
     /// The replication clock (monotonic) starts here.

@@ -96,8 +96,8 @@ pub struct PartitionAnswer {
     pub log_start_offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diverging: Option<Diverging>,
-    /// `acks=all` producers wait on this follower: fsync what you append now, and fetch
-    /// again at once.
+    /// `acks=all` producers wait on this follower, or it waits outside the ISR for its own
+    /// fsync to join: fsync everything it holds now, and fetch again at once.
     #[serde(default)]
     pub sync_now: bool,
 }

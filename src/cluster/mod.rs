@@ -287,9 +287,13 @@ impl Cluster {
         self.peer_address(self.controller_id())
     }
 
-    /// Whether the image holds every command the controller told this broker of.
+    /// Whether the image holds every command the controller told this broker of, since its
+    /// registration: before it, the image may be a voter's log replayed halfway after a
+    /// restart (openraft applies what it learns is committed), an old state nobody may act on.
     pub fn caught_up(&self) -> bool {
-        self.applied() >= self.lock().known_last
+        let applied = self.applied();
+        let m = self.lock();
+        m.broker_epoch.is_some() && applied >= m.known_last
     }
 
     /// The replica manager made the local replicas match the image up to `index`.

@@ -10,7 +10,7 @@
 //! - groups: join, member fetch, commit, leave and delete a group of a new name each round;
 //! - admin: create a topic of a new name, produce to it, delete it.
 //!
-//! Every `--sample-s` seconds it prints the broker's VmRSS and open descriptors
+//! Every `--sample-s` seconds it prints the broker's VmRSS, open descriptors and threads
 //! (`/proc/PID/status`, `/proc/PID/fd`) and the requests done; the summary compares the
 //! samples after the first minute (warm-up) with the first one after it. Nothing is
 //! asserted: it is a measurement, read by a person.
@@ -47,6 +47,8 @@ usage: cargo bench --bench soak -- [--duration-s N] [--sample-s N] [--data-dir D
 --data-dir    where the broker writes (default: a temp dir under $TMPDIR)
 --workloads   comma-separated subset of produce,long-poll,sse,groups,topic-churn (default:
               all), to find which one a growth comes from
+
+environment: SOAK_BROKER_BIN runs that broker binary instead of this build's
 ";
 
 struct Args {
@@ -127,7 +129,11 @@ struct Broker {
 }
 
 fn start_broker(data_dir: &Path) -> Broker {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidelog"))
+    // `SOAK_BROKER_BIN` runs another build of the broker (a copy kept from before a change)
+    // under the same traffic.
+    let bin = std::env::var_os("SOAK_BROKER_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidelog").into());
+    let mut child = Command::new(bin)
         // Warnings only: topic churn and group rounds are events the broker logs at info.
         .args([
             "serve",
@@ -194,6 +200,8 @@ struct Sample {
     at: Duration,
     rss_kib: u64,
     fds: u64,
+    /// The broker's threads (`Threads:`): the tokio workers and its blocking pool.
+    threads: u64,
     ok: u64,
     failed: u64,
 }
@@ -234,16 +242,17 @@ async fn soak(base: &str, pid: u32, args: &Args) -> Vec<Sample> {
 
     let mut samples = Vec::new();
     println!(
-        "{:>6}  {:>9}  {:>5}  {:>9}  {:>7}",
-        "s", "rss_MiB", "fds", "ok", "failed"
+        "{:>6}  {:>9}  {:>5}  {:>7}  {:>9}  {:>7}",
+        "s", "rss_MiB", "fds", "threads", "ok", "failed"
     );
     loop {
         let s = sample(pid, started, &tally);
         println!(
-            "{:>6}  {:>9.1}  {:>5}  {:>9}  {:>7}",
+            "{:>6}  {:>9.1}  {:>5}  {:>7}  {:>9}  {:>7}",
             s.at.as_secs(),
             s.rss_kib as f64 / 1024.0,
             s.fds,
+            s.threads,
             s.ok,
             s.failed
         );
@@ -263,16 +272,21 @@ async fn soak(base: &str, pid: u32, args: &Args) -> Vec<Sample> {
 
 fn sample(pid: u32, started: Instant, tally: &Tally) -> Sample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let rss_kib = field("VmRSS:");
+    let threads = field("Threads:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
     Sample {
         at: started.elapsed(),
         rss_kib,
         fds,
+        threads,
         ok: tally.ok.load(Ordering::Relaxed),
         failed: tally.failed.load(Ordering::Relaxed),
     }

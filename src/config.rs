@@ -39,6 +39,11 @@ pub struct BrokerConfig {
     /// A metric series not updated for this long leaves `/metrics`: that is how the series
     /// of a deleted topic or group go. The node refreshes live ones every quarter of it.
     pub metrics_idle_timeout_ms: u64,
+    /// Most threads of the pool that runs file work off the async workers (fsyncs, reads,
+    /// segment rolls). Threads start on demand and stay while work comes; beyond this many
+    /// busy ones, file work waits for a free thread. Each thread costs a stack and a share
+    /// of the allocator's caches, so the pool's size bounds the broker's memory too.
+    pub blocking_threads: u64,
     /// This broker's id in the cluster (`--node-id`, `TIDELOG_NODE_ID`).
     pub node_id: u32,
     /// The cluster's brokers, `ID=HOST:PORT,...` (`--peers`, `TIDELOG_PEERS`); empty: this
@@ -75,6 +80,7 @@ impl Default for BrokerConfig {
             topic_defaults: TopicConfig::default(),
             retention_check_interval_ms: 30_000,
             metrics_idle_timeout_ms: 60_000,
+            blocking_threads: 64,
             node_id: 1,
             peers: String::new(),
             broker_session_timeout_ms: 9_000,
@@ -138,6 +144,7 @@ impl BrokerConfig {
                     "retention_check_interval_ms".to_owned(),
                     self.retention_check_interval_ms,
                 ),
+                ("blocking_threads".to_owned(), self.blocking_threads),
                 (
                     "replica_lag_time_max_ms".to_owned(),
                     self.replica_lag_time_max_ms,
@@ -372,6 +379,7 @@ mod tests {
                 "retention_check_interval_ms",
             ),
             ("default_partitions = 0", "default_partitions"),
+            ("blocking_threads = 0", "blocking_threads"),
             ("replica_lag_time_max_ms = 0", "replica_lag_time_max_ms"),
             (
                 "replica_lag_time_max_ms = 500\nreplica_fetch_wait_max_ms = 500",

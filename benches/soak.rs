@@ -131,8 +131,8 @@ struct Broker {
 fn start_broker(data_dir: &Path) -> Broker {
     // `SOAK_BROKER_BIN` runs another build of the broker (a copy kept from before a change)
     // under the same traffic.
-    let bin = std::env::var_os("SOAK_BROKER_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidelog").into());
+    let bin =
+        std::env::var_os("SOAK_BROKER_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tidelog").into());
     let mut child = Command::new(bin)
         // Warnings only: topic churn and group rounds are events the broker logs at info.
         .args([

@@ -88,6 +88,7 @@ impl Node {
         ];
         let replicas = ReplicaManager::new(Arc::clone(&cluster), Arc::clone(&broker));
         if cluster.is_clustered() {
+            broker.set_session_lease(cluster.session_lease());
             groups.make_offsets_topic_with(offsets_topic_maker(&cluster, &broker, &replicas));
         }
         let settings = crate::replication::Settings::from_config(&broker.config);

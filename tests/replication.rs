@@ -1005,3 +1005,117 @@ fn bad_internal_requests_and_a_second_process_under_a_live_node_id_change_nothin
     assert_eq!(produce(c.url(2), "bad", p, &after, "all", &history), 200);
     check_every_replica(&c, "bad", 3, &history);
 }
+
+/// Issue 10 item 2: the leader of a busy partition paused (SIGSTOP) for three session
+/// timeouts, then resumed. Meanwhile the controller fences it and elects an in-sync
+/// follower, which acknowledges acks=all produces. The produces queued at the paused
+/// leader (acks=all and acks=leader) are refused when it resumes, since its session lease
+/// ran out, or forwarded to the new leader once it knows of it: any success they get, even
+/// acks=leader, is checked against the final logs (no false success from the "zombie",
+/// which the checker would find); it steps down, truncates the
+/// acks=leader tail it alone had, rejoins the ISR, and the history checker finds every
+/// acknowledged record on every replica, identical below the high watermark.
+#[test]
+fn a_paused_leader_acknowledges_nothing_once_resumed_then_steps_down_and_truncates() {
+    const SESSION_MS: u64 = 1500;
+    let toml = format!(
+        "broker_session_timeout_ms = {SESSION_MS}\n\
+         replica_lag_time_max_ms = 2000\n\
+         replica_fetch_wait_max_ms = 200\n"
+    );
+    let c = Cluster::start(3, &toml);
+    create_topic(&c, "z", 3);
+    let p = (0..3)
+        .find(|p| partition_state(&c, 1, "z", *p).0 != 1)
+        .expect("a partition led by node 2 or 3");
+    let (old_leader, old_epoch, _) = partition_state(&c, 1, "z", p);
+    let old_url = c.url(old_leader).to_string();
+    let history = Arc::new(Mutex::new(History::default()));
+    let producer = SteadyProducer::start(urls(&c), "z", p, &history);
+    producer.wait_more(20, "acks before the pause");
+    // An acks=leader tail right before the pause: maybe only on the old leader.
+    let tail: Vec<String> = (0..20).map(|i| format!("tail-{i}")).collect();
+    produce(&old_url, "z", p, &tail, "leader", &history);
+    c.brokers[old_leader - 1].pause();
+    let paused = Instant::now();
+    // Produces queued at the paused leader, answered only once it resumes.
+    let zombie_clients: Vec<_> = (0..4)
+        .map(|k| {
+            let (url, history) = (old_url.clone(), Arc::clone(&history));
+            let acks = if k % 2 == 0 { "leader" } else { "all" };
+            thread::spawn(move || {
+                let values: Vec<String> = (0..5).map(|i| format!("zombie-{k}-{i}")).collect();
+                let records: Vec<Value> = values
+                    .iter()
+                    .map(|v| json!({"partition": p, "value": v}))
+                    .collect();
+                let (status, body) = post(
+                    &format!("{url}/v1/topics/z/records?acks={acks}&timeout_ms=5000"),
+                    json!({ "records": records }),
+                );
+                // Any success, acks=leader included, is a claim the final log must hold:
+                // nothing fails after the resume, so only a zombie's answer could break it
+                // (a success forwarded to the new leader holds).
+                let mut h = history.lock().unwrap();
+                for (i, v) in values.iter().enumerate() {
+                    let outcome = match status {
+                        200 => Outcome::Acknowledged {
+                            partition: p,
+                            offset: body["offsets"][i]["offset"].as_u64().unwrap(),
+                        },
+                        _ => Outcome::Unknown,
+                    };
+                    h.produced(v, outcome);
+                }
+                (status, body)
+            })
+        })
+        .collect();
+    let new_epoch = wait_for(
+        "an in-sync follower elected while the leader is paused",
+        || {
+            let (leader, epoch, isr) = partition_state(&c, 1, "z", p);
+            if leader != 0 && leader != old_leader && epoch > old_epoch {
+                Ok(epoch)
+            } else {
+                Err(format!("leader {leader} epoch {epoch} isr {isr:?}"))
+            }
+        },
+    );
+    let (new_leader, _, _) = partition_state(&c, 1, "z", p);
+    wait_for("the new leader acknowledges acks=all", || {
+        let values: Vec<String> = (0..5)
+            .map(|i| format!("new-{i}-{:?}", Instant::now()))
+            .collect();
+        match produce(c.url(new_leader), "z", p, &values, "all", &history) {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    });
+    let three_sessions = Duration::from_millis(3 * SESSION_MS);
+    thread::sleep(three_sessions.saturating_sub(paused.elapsed()));
+    c.brokers[old_leader - 1].resume();
+    for client in zombie_clients {
+        let (status, body) = client.join().unwrap();
+        eprintln!(
+            "a produce queued at the paused leader: {status} {}",
+            body["code"]
+        );
+        assert_ne!(status, 0, "the resumed leader answers every queued produce");
+    }
+    wait_for("the old leader steps down and rejoins the ISR", || {
+        let (leader, epoch, isr) = partition_state(&c, 1, "z", p);
+        assert!(epoch >= new_epoch);
+        let (seen_leader, _, _) = partition_state(&c, old_leader, "z", p);
+        if leader != old_leader && seen_leader == leader && isr.contains(&(old_leader as u64)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "leader {leader} (old one sees {seen_leader}), isr {isr:?}"
+            ))
+        }
+    });
+    producer.wait_more(20, "acks=all goes on after the resume");
+    producer.stop();
+    check_every_replica(&c, "z", 3, &history);
+}

@@ -69,6 +69,13 @@ pub enum BrokerError {
         isr: u32,
         min_insync_replicas: u32,
     },
+    /// This broker leads the partition but its controller session may have ended (no
+    /// answered heartbeat within the lease, see [`crate::broker::lease`]): the controller may
+    /// have moved the leadership. `appended`: the records were appended before it was seen,
+    /// so whether they are kept is unknown.
+    SessionLost {
+        appended: bool,
+    },
     ShuttingDown,
     /// Too many requests of one kind are in flight (a named limit); try again shortly.
     Overloaded {
@@ -186,6 +193,14 @@ impl fmt::Display for BrokerError {
             } => write!(
                 f,
                 "{isr} in-sync replica(s), acks=all needs {min_insync_replicas}: nothing was written"
+            ),
+            BrokerError::SessionLost { appended: false } => write!(
+                f,
+                "this broker has not reached the controller within its session timeout, so another broker may lead the partition now: nothing was written"
+            ),
+            BrokerError::SessionLost { appended: true } => write!(
+                f,
+                "the records were appended, then this broker's controller session may have ended (another broker may lead the partition now): the outcome is unknown, a retry may duplicate them"
             ),
             BrokerError::LeaderChangedAfterAppend { topic, partition } => write!(
                 f,

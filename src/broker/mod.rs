@@ -15,6 +15,7 @@
 //!   start; its presence lets the next start trust the indexes.
 
 pub mod error;
+pub mod lease;
 pub mod partition;
 pub mod response_budget;
 #[cfg(test)]
@@ -25,13 +26,14 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use error::BrokerError;
+pub use lease::SessionLease;
 pub use partition::{
     Fetched, IsrGate, Partition, PartitionLocksForbidden, PartitionStats, Progress, now_ms,
 };
@@ -360,6 +362,9 @@ pub struct Broker {
     waiters: Waiters,
     /// Bytes read for consumers and not yet handed out (`response_bytes_in_flight_max`).
     responses: Arc<ResponseBudget>,
+    /// On a cluster member: the lease on its controller session; produces are refused
+    /// while it is not held. Unset on a broker alone.
+    session_lease: OnceLock<Arc<SessionLease>>,
     /// Tests only: a fault the next expansion's `topic.json` write waits on and fails with.
     #[cfg(test)]
     expansion_meta_fault: std::sync::Mutex<Option<Arc<tests::MetaWriteFault>>>,
@@ -384,6 +389,7 @@ impl Broker {
             config,
             waiters,
             responses,
+            session_lease: OnceLock::new(),
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(AdminState::default()),
             shutdown: watch::Sender::new(false),
@@ -419,6 +425,16 @@ impl Broker {
 
     fn topics_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
         self.topics.write().expect(POISONED)
+    }
+
+    /// Makes produces depend on the lease of this cluster member's controller session.
+    pub fn set_session_lease(&self, lease: Arc<SessionLease>) {
+        let _ = self.session_lease.set(lease);
+    }
+
+    /// False while this cluster member's controller session may have ended.
+    fn session_held(&self) -> bool {
+        self.session_lease.get().is_none_or(|l| l.held())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -968,6 +984,11 @@ impl Broker {
         if *self.shutdown.borrow() {
             return Err(before_any_append(BrokerError::ShuttingDown));
         }
+        if !self.session_held() {
+            return Err(before_any_append(BrokerError::SessionLost {
+                appended: false,
+            }));
+        }
         let partitions = topic.partition_slots();
         let round_robin_from =
             (producer.producer_id >= 0).then(|| producer.base_sequence.unsigned_abs().into());
@@ -1069,6 +1090,11 @@ impl Broker {
             }
         }
         drop(waiters);
+        // A leader whose session ran out meanwhile may have been replaced by one without
+        // these records: nothing is reported stored.
+        if failed_append.is_none() && failed_wait.is_none() && !self.session_held() {
+            (confirmed, failed_wait) = (0, Some(BrokerError::SessionLost { appended: true }));
+        }
         let (error, failed_partition) = match (failed_append, failed_wait) {
             (None, None) => {
                 let durability = match acks {

@@ -122,11 +122,12 @@ async fn heartbeats(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpo
             caught_up: cluster.caught_up(),
             reconciled: cluster.reconciled(),
         };
+        let sent = std::time::Instant::now();
         let answer: Result<HeartbeatAnswer, _> = client
             .post(to, HEARTBEAT_PATH, &request, CALL_TIMEOUT)
             .await;
         match answer {
-            Ok(a) => cluster.saw_last_index(a.last_index),
+            Ok(a) => cluster.heartbeat_answered(sent, a.last_index).await,
             Err(CallError::Refused { code, .. }) if REGISTER_AGAIN.contains(&code.as_str()) => {
                 return;
             }

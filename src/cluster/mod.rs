@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::broker::SessionLease;
 use crate::config::BrokerConfig;
 use crate::controller::peers::Peers;
 use crate::metadata::{BrokerEpoch, MetadataImage, NodeId};
@@ -80,6 +81,9 @@ pub struct Cluster {
     /// The metadata index the replica manager has made the local replicas match; heartbeats
     /// carry it, so the controller answers an admin call once every broker has its replicas.
     reconciled: watch::Sender<u64>,
+    /// The lease on this broker's controller session (see `crate::broker::lease`): renewed
+    /// by answered heartbeats, checked by produces.
+    lease: Arc<SessionLease>,
 }
 
 /// What this broker knows of the cluster.
@@ -134,6 +138,9 @@ impl Cluster {
             member: Mutex::new(member),
             fatal: watch::Sender::new(None),
             reconciled: watch::Sender::new(0),
+            lease: Arc::new(SessionLease::new(Duration::from_millis(
+                config.broker_session_timeout_ms,
+            ))),
         }))
     }
 
@@ -358,6 +365,28 @@ impl Cluster {
 
     fn lost_registration(&self) {
         self.lock().broker_epoch = None;
+        self.lease.revoke();
+    }
+
+    /// The lease on this broker's controller session, for the produce path.
+    pub fn session_lease(&self) -> Arc<SessionLease> {
+        Arc::clone(&self.lease)
+    }
+
+    /// A heartbeat sent at `sent` was answered when the controller's log ended at `last`:
+    /// the lease is renewed once the local replicas match that much of the metadata (a
+    /// leadership lost by then is given up), waiting for it at most a heartbeat interval;
+    /// else the next heartbeat tries.
+    async fn heartbeat_answered(&self, sent: std::time::Instant, last: u64) {
+        self.saw_last_index(last);
+        let mut reconciled = self.reconciled.subscribe();
+        let caught_up = reconciled.wait_for(|r| *r >= last);
+        if tokio::time::timeout(self.heartbeat_interval(), caught_up)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            self.lease.renew(sent);
+        }
     }
 
     fn applied(&self) -> u64 {

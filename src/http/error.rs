@@ -152,6 +152,11 @@ impl From<BrokerError> for ApiError {
             )
             .with("outcome", "unknown")
             .retry_after(1),
+            BrokerError::SessionLost { appended } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "session_lost", detail)
+                    .with("outcome", if appended { "unknown" } else { "not_written" })
+                    .retry_after(1)
+            }
             BrokerError::NotEnoughReplicasAfterAppend {
                 isr,
                 min_insync_replicas,

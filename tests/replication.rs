@@ -1021,13 +1021,22 @@ fn a_paused_leader_acknowledges_nothing_once_resumed_then_steps_down_and_truncat
     let toml = format!(
         "broker_session_timeout_ms = {SESSION_MS}\n\
          replica_lag_time_max_ms = 2000\n\
-         replica_fetch_wait_max_ms = 200\n"
+         replica_fetch_wait_max_ms = 200\n\
+         raft_heartbeat_ms = 100\n\
+         raft_election_timeout_ms = 500\n"
     );
     let c = Cluster::start(3, &toml);
     create_topic(&c, "z", 3);
+    // A partition led by a broker that is not the controller (pausing the Raft leader is
+    // the controller failover's part).
+    let controller = wait_for("a controller", || {
+        get(&format!("{}/v1/cluster", c.url(1))).1["controller"]
+            .as_u64()
+            .ok_or_else(|| "none yet".to_string())
+    }) as usize;
     let p = (0..3)
-        .find(|p| partition_state(&c, 1, "z", *p).0 != 1)
-        .expect("a partition led by node 2 or 3");
+        .find(|p| partition_state(&c, 1, "z", *p).0 != controller)
+        .expect("placement gives another broker a leadership");
     let (old_leader, old_epoch, _) = partition_state(&c, 1, "z", p);
     let old_url = c.url(old_leader).to_string();
     let history = Arc::new(Mutex::new(History::default()));

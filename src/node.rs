@@ -74,7 +74,9 @@ impl Node {
             .map_err(|e| BrokerError::Io(e.to_string()))?;
         let broker = Broker::open(config).await?;
         let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
-        let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker))?);
+        let id_base =
+            crate::producers::id_base(cluster.is_clustered().then(|| cluster.node_id().0));
+        let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker), id_base)?);
         let idempotency_keys = Arc::new(IdempotencyKeys::open(Arc::clone(&broker))?);
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&broker).run_retention()),

@@ -22,6 +22,12 @@
 //!
 //! On a cluster, `POST /v1/producers` is served by the controller (`http::forward`), so ids
 //! come from its registry; brokers that do not run it do not check produces against theirs.
+//! The controller may move (Raft) and each broker keeps its own `__producers`, so each hands
+//! out ids from its own range ([`id_base`]: the node id times 2^40): two controllers never
+//! give one id to two producers, which a partition would take for one (a new producer's
+//! sequence 0 answered with an old producer's offsets). A name's epochs are kept per
+//! controller too: after a controller change a name gets a new id, which does not fence the
+//! incarnations the previous controller handed out.
 
 pub mod error;
 pub mod idempotency_keys;
@@ -100,9 +106,14 @@ pub struct ProducerRegistry {
 }
 
 impl ProducerRegistry {
-    /// Replays `__producers` (blocking reads; call before serving).
-    pub fn open(broker: Arc<Broker>) -> Result<ProducerRegistry, BrokerError> {
-        let mut state = RegistryState::default();
+    /// Replays `__producers` (blocking reads; call before serving); ids are handed out from
+    /// `id_base` on ([`id_base`]).
+    pub fn open(broker: Arc<Broker>, id_base: i64) -> Result<ProducerRegistry, BrokerError> {
+        let mut state = RegistryState {
+            next_id: id_base,
+            reserved_to: id_base,
+            ..RegistryState::default()
+        };
         replay(&broker, |key, value| {
             if key == IDS_KEY {
                 if let Ok(v) = serde_json::from_slice::<IdsValue>(value) {
@@ -252,6 +263,13 @@ impl ProducerRegistry {
     }
 }
 
+/// The first id a broker's registry hands out: 0 alone, the node id (its low 12 bits) times
+/// 2^40 on a cluster, so registries of different controllers never meet (ids stay below
+/// 2^52, exact in a JSON number).
+pub fn id_base(node_id: Option<u32>) -> i64 {
+    node_id.map_or(0, |id| i64::from(id & 0xfff) << 40)
+}
+
 /// Producer names follow the topic-name rule: `[a-zA-Z0-9._-]{1,249}`.
 pub fn validate_producer_name(name: &str) -> Result<(), ProducerError> {
     let ok = !name.is_empty()
@@ -338,6 +356,14 @@ mod tests {
         for bad in ["", "a/b", "é", &"x".repeat(250)] {
             assert!(validate_producer_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_controller_hands_out_ids_from_its_own_range() {
+        assert_eq!(id_base(None), 0);
+        assert_eq!(id_base(Some(1)), 1 << 40);
+        assert!(id_base(Some(2)) - id_base(Some(1)) >= 1 << 40);
+        assert!(id_base(Some(u32::MAX)) < 1 << 52);
     }
 
     #[test]

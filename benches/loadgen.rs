@@ -165,7 +165,7 @@ fn main() {
                     (Target::Rf3, _, Some((_, rf3))) => {
                         client_rt.block_on(cluster::run_scenario(scenario, rf3, &args, repeat))
                     }
-                    (Target::Tidelog, Some(t), _) => {
+                    (Target::Tidelog | Target::TidelogIdempotent, Some(t), _) => {
                         client_rt.block_on(run_scenario(scenario, target, t, &args, repeat))
                     }
                     (Target::Baseline { group_commit }, _, _) => {
@@ -367,6 +367,9 @@ enum Scenario {
     Fetch { clients: usize },
     /// Single records at `rate` per second (acks=all) and one consumer: end-to-end latency.
     E2e { rate: u32, consumer: e2e::Consumer },
+    /// Produce `batch` records per request with acks=all, plain and idempotent (a producer
+    /// session per client, a sequence per request), on the in-process broker.
+    Idempotent { batch: usize, clients: usize },
 }
 
 impl Scenario {
@@ -395,6 +398,16 @@ impl Scenario {
                 },
             ],
             "matrix" => matrix(),
+            "idempotent" => vec![
+                Scenario::Idempotent {
+                    batch: 1000,
+                    clients: 8,
+                },
+                Scenario::Idempotent {
+                    batch: 1,
+                    clients: 32,
+                },
+            ],
             "replication" => vec![
                 produce(1000, 8, Acks::All),
                 produce(1, 32, Acks::All),
@@ -447,6 +460,10 @@ impl Scenario {
             ("fetch", 2) => Ok(Scenario::Fetch {
                 clients: n(1)?.min(1024),
             }),
+            ("idem", 3) => Ok(Scenario::Idempotent {
+                batch: n(1)?,
+                clients: n(2)?.min(1024),
+            }),
             ("e2e", 3) => Ok(Scenario::E2e {
                 rate: n(1)? as u32,
                 consumer: e2e::Consumer::parse(parts[2])
@@ -466,6 +483,7 @@ impl Scenario {
             Scenario::OneFsync { batch, clients } => format!("1fsync:{batch}:{clients}"),
             Scenario::Fetch { clients } => format!("fetch:{clients}"),
             Scenario::E2e { rate, consumer } => format!("e2e:{rate}:{}", consumer.as_str()),
+            Scenario::Idempotent { batch, clients } => format!("idem:{batch}:{clients}"),
         }
     }
 
@@ -476,6 +494,11 @@ impl Scenario {
             Scenario::OneFsync { .. } => vec![Target::Baseline {
                 group_commit: false,
             }],
+            Scenario::Idempotent { .. } if cluster => Vec::new(),
+            Scenario::Idempotent { .. } if repeat.is_multiple_of(2) => {
+                vec![Target::Tidelog, Target::TidelogIdempotent]
+            }
+            Scenario::Idempotent { .. } => vec![Target::TidelogIdempotent, Target::Tidelog],
             _ if cluster && repeat.is_multiple_of(2) => vec![Target::Single, Target::Rf3],
             _ if cluster => vec![Target::Rf3, Target::Single],
             Scenario::Produce { .. } => {
@@ -505,6 +528,8 @@ fn matrix() -> Vec<Scenario> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Tidelog,
+    /// The in-process broker, produced to idempotently (`idem` scenarios).
+    TidelogIdempotent,
     Baseline {
         group_commit: bool,
     },
@@ -518,6 +543,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Tidelog => "tidelog",
+            Target::TidelogIdempotent => "tidelog-idempotent",
             Target::Baseline { group_commit: true } => "baseline",
             Target::Baseline {
                 group_commit: false,
@@ -959,6 +985,28 @@ async fn run_scenario(
             }
             run
         }
+        Scenario::Idempotent { batch, clients } => {
+            let topic = format!("{topic}-{}", target.name());
+            create_topic(&base, &topic).await;
+            let url = format!("{base}/v1/topics/{topic}/records?acks=all");
+            let targets = if target == Target::TidelogIdempotent {
+                producer_sessions(&base, &url, clients).await
+            } else {
+                vec![url; clients]
+            };
+            let targets = targets
+                .into_iter()
+                .map(|url| (url, produce_body(batch, None)))
+                .collect();
+            let numbered = target == Target::TidelogIdempotent;
+            let before = fsyncs(server).await;
+            let cpu = thread_cpu_seconds(SERVER_THREADS);
+            let mut run = produce_numbered(targets, batch, args.duration, u64::MAX, numbered).await;
+            run.server_cpu_s = thread_cpu_seconds(SERVER_THREADS) - cpu;
+            run.fsyncs = Some(fsyncs_since(server, before).await);
+            delete_topic(&base, &topic).await;
+            run
+        }
         Scenario::OneFsync { batch, clients } => {
             let url = format!("{base}/v1/topics/{topic}/records?acks=all");
             let before = fsyncs(server).await;
@@ -1119,6 +1167,41 @@ async fn produce(
     duration: Duration,
     requests_max: u64,
 ) -> Run {
+    produce_numbered(targets, batch, duration, requests_max, false).await
+}
+
+/// One producer session per client (`POST /v1/producers`): each client's URL, ending in
+/// `sequence=` for [`produce_numbered`] to number its requests.
+async fn producer_sessions(base: &str, url: &str, clients: usize) -> Vec<String> {
+    let client = http_client(1);
+    let mut urls = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let session: serde_json::Value = client
+            .post(format!("{base}/v1/producers"))
+            .send()
+            .await
+            .expect("POST /v1/producers")
+            .json()
+            .await
+            .expect("a producer session");
+        let id = session["producer_id"].as_u64().expect("a producer id");
+        let epoch = session["producer_epoch"].as_u64().expect("an epoch");
+        urls.push(format!(
+            "{url}&producer_id={id}&producer_epoch={epoch}&sequence="
+        ));
+    }
+    urls
+}
+
+/// [`produce`]; with `numbered`, each client appends its request's number (0, 1, ...) to its
+/// URL, the sequence of an idempotent produce.
+async fn produce_numbered(
+    targets: Vec<(String, Bytes)>,
+    batch: usize,
+    duration: Duration,
+    requests_max: u64,
+    numbered: bool,
+) -> Run {
     let client = http_client(targets.len());
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -1128,16 +1211,23 @@ async fn produce(
         let (client, issued) = (client.clone(), Arc::clone(&issued));
         tasks.push(tokio::spawn(async move {
             let mut tally = ClientTally::default();
-            for _ in 0..REQUESTS_PER_CLIENT_MAX {
+            for n in 0..REQUESTS_PER_CLIENT_MAX {
                 if Instant::now() >= deadline
                     || issued.fetch_add(1, Ordering::Relaxed) >= requests_max
                     || tally.errors >= ERRORS_MAX
                 {
                     break;
                 }
+                let numbered_url;
+                let url = if numbered {
+                    numbered_url = format!("{url}{n}");
+                    &numbered_url
+                } else {
+                    &url
+                };
                 let sent = Instant::now();
                 let outcome = client
-                    .post(&url)
+                    .post(url)
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()
@@ -1284,7 +1374,8 @@ fn summary(args: &Args, results: &[Measured]) -> String {
         out,
         "\nMedians over {} repeats ({} ms each); ratio = tidelog/baseline (rf3/single with \
          --cluster) records/s and cpu ratio = the same for server CPU per request, each the \
-         median of per-repeat ratios; e2e rows: records/s and latencies are the consumer's\n",
+         median of per-repeat ratios (tidelog-idempotent: over plain tidelog in the same idem \
+         scenario); e2e rows: records/s and latencies are the consumer's\n",
         args.repeat,
         args.duration.as_millis()
     );
@@ -1308,6 +1399,7 @@ fn summary(args: &Args, results: &[Measured]) -> String {
             let fsync_ms = med(&|r| r.fsync_mean_ms().unwrap_or(f64::NAN));
             let against = match target {
                 Target::Tidelog => Some(Target::Baseline { group_commit: true }),
+                Target::TidelogIdempotent => Some(Target::Tidelog),
                 Target::Rf3 => Some(Target::Single),
                 _ => None,
             };

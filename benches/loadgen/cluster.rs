@@ -356,6 +356,7 @@ pub async fn run_scenario(
             )
         }
         Scenario::OneFsync { .. } => unreachable!("the baseline runs in process"),
+        Scenario::Idempotent { .. } => unreachable!("idem runs on the in-process broker"),
     };
     let after = brokers.counters().await;
     run.brokers = brokers

@@ -369,10 +369,13 @@ fn problem_responses_list_the_codes_of_their_status_and_every_operation_has_a_de
         let status = schema["properties"]["status"]["const"]
             .as_u64()
             .unwrap_or_else(|| panic!("response {name}: no status const in {schema}"));
-        assert_eq!(
-            strings(&schema["properties"]["code"]["enum"]),
-            codes_of(status),
-            "response {name} ({status}): its code enum differs from the code table"
+        // Per operation (or route family): some of its status's codes, never another's.
+        let listed = strings(&schema["properties"]["code"]["enum"]);
+        let of_status = codes_of(status);
+        let foreign: Vec<&String> = listed.difference(&of_status).collect();
+        assert!(
+            !listed.is_empty() && foreign.is_empty(),
+            "response {name} ({status}): codes {foreign:?} are not codes of its status (or it lists none)"
         );
         status_of_response.insert(format!("#/components/responses/{name}"), status);
     }
@@ -405,6 +408,218 @@ fn problem_responses_list_the_codes_of_their_status_and_every_operation_has_a_de
             );
         }
     }
+}
+
+/// Every problem code an operation lists for a status (its per-status responses, not the
+/// shared `default`), by `(path, method)`.
+fn listed_codes(spec: &Value) -> BTreeMap<(String, String), BTreeMap<u16, BTreeSet<String>>> {
+    let mut out = BTreeMap::new();
+    for (path, method) in spec_operations(spec).keys() {
+        let mut by_status = BTreeMap::new();
+        let responses = spec["paths"][path][method]["responses"]
+            .as_object()
+            .expect("responses");
+        for (status, response) in responses {
+            let Ok(status) = status.parse::<u16>() else {
+                continue;
+            };
+            let response = resolve(spec, response);
+            let schema = resolve(
+                spec,
+                &response["content"]["application/problem+json"]["schema"],
+            );
+            if let Some(codes) = schema["properties"]["code"]["enum"].as_array() {
+                let codes = codes.iter().filter_map(Value::as_str).map(String::from);
+                by_status.insert(status, codes.collect());
+            }
+        }
+        out.insert((path.clone(), method.clone()), by_status);
+    }
+    out
+}
+
+/// Whether a schema (followed through `$ref`s) has a property named one of `names`.
+fn has_property(spec: &Value, schema: &Value, names: &[&str], depth: usize) -> bool {
+    let schema = resolve(spec, schema);
+    if depth == 0 {
+        return false;
+    }
+    let own = schema["properties"]
+        .as_object()
+        .is_some_and(|p| p.keys().any(|k| names.contains(&k.as_str())));
+    own || match schema {
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "$ref")
+            .any(|(_, v)| has_property(spec, v, names, depth - 1)),
+        Value::Array(items) => items
+            .iter()
+            .any(|v| has_property(spec, v, names, depth - 1)),
+        _ => false,
+    }
+}
+
+fn has_parameter(spec: &Value, op: &Value, name: &str) -> bool {
+    op["parameters"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| resolve(spec, p)["name"] == name))
+}
+
+/// Issue 14: each operation's problem responses list the codes it can answer, by status. Which
+/// handler can produce which code is not derivable from the source; what is checked here is
+/// that the lists are plausible and complete: no operation lists a code of another resource
+/// family (each family read off the spec: the path, its parameters, its request body), each
+/// code of the table is listed somewhere (only the router's own `not_found` and
+/// `method_not_allowed` come from `default` alone), and the 421 codes follow where
+/// `tidelog::http::forward::served_at` serves the route on a cluster. That no answer in the
+/// suite carries a code its operation does not list is `common::contract`'s check.
+#[test]
+fn each_operation_lists_the_codes_of_its_own_resources_and_every_code_is_listed() {
+    use tidelog::http::forward::{ServedAt, served_at};
+    let spec = spec();
+    let table: BTreeSet<String> = spec["x-tidelog-problem-codes"]
+        .as_object()
+        .expect("code table")
+        .keys()
+        .cloned()
+        .collect();
+    let families: [(&str, &[&str]); 5] = [
+        (
+            "group",
+            &[
+                "invalid_group_name",
+                "group_not_found",
+                "member_not_found",
+                "stale_generation",
+                "group_not_empty",
+                "conflict",
+            ],
+        ),
+        (
+            "topic",
+            &[
+                "invalid_topic_name",
+                "topic_not_found",
+                "partition_not_found",
+                "topic_exists",
+                "internal_topic",
+            ],
+        ),
+        (
+            "producer",
+            &[
+                "unknown_producer",
+                "producer_fenced",
+                "producer_epoch_exhausted",
+                "sequence_too_old",
+                "sequence_out_of_order",
+                "sequence_reused",
+            ],
+        ),
+        (
+            "idempotency key",
+            &[
+                "invalid_idempotency_key",
+                "idempotency_key_reused",
+                "idempotency_key_in_progress",
+            ],
+        ),
+        (
+            "broker",
+            &[
+                "unknown_broker",
+                "stale_broker_epoch",
+                "cluster_id_mismatch",
+                "peers_mismatch",
+                "broker_already_alive",
+                "below_high_watermark",
+            ],
+        ),
+    ];
+    for (_, codes) in &families {
+        for code in *codes {
+            assert!(table.contains(*code), "{code} is not in the code table");
+        }
+    }
+    let mut everywhere = BTreeSet::new();
+    let mut broken = Vec::new();
+    for ((path, method), by_status) in listed_codes(&spec) {
+        let op = &spec["paths"][&path][&method];
+        let body = &op["requestBody"]["content"];
+        // Which resources the operation names: a family's codes only there.
+        let names = |family: &str| match family {
+            "group" => is_groups_path(&path),
+            "topic" => {
+                path.contains("{topic}")
+                    || path == "/v1/topics"
+                    || has_parameter(&spec, op, "topic")
+                    || has_property(&spec, body, &["topic", "topics"], 12)
+            }
+            "producer" => path == "/v1/producers" || has_parameter(&spec, op, "producer_id"),
+            "idempotency key" => has_parameter(&spec, op, "Idempotency-Key"),
+            "broker" => path.starts_with("/internal/"),
+            other => panic!("family {other}"),
+        };
+        for (status, codes) in &by_status {
+            everywhere.extend(codes.iter().cloned());
+            for (family, family_codes) in &families {
+                for code in codes.iter().filter(|c| family_codes.contains(&c.as_str())) {
+                    if !names(family) {
+                        broken.push(format!(
+                            "{method} {path} lists {status} {code}, a {family} code, but names no {family}"
+                        ));
+                    }
+                }
+            }
+        }
+        // The 421 codes follow where the route is served on a cluster.
+        let Some(misdirected) = by_status.get(&421) else {
+            continue;
+        };
+        let http_method = axum::http::Method::from_bytes(method.to_uppercase().as_bytes())
+            .expect("an HTTP method");
+        let at = served_at(&path, &http_method)
+            .unwrap_or_else(|| panic!("{method} {path}: forward::served_at does not know it"));
+        let internal = path.starts_with("/internal/");
+        let produce = path == "/v1/topics/{topic}/records";
+        let controller = matches!(at, ServedAt::Controller | ServedAt::GroupCoordinator)
+            || (internal && !path.starts_with("/internal/v1/append/"))
+            || produce; // a produce with an Idempotency-Key goes to the controller
+        let leader = at == ServedAt::PartitionLeader
+            || produce
+            || path.starts_with("/internal/v1/append/")
+            || path.starts_with("/v1/groups/"); // the groups' reads and commits reach partitions
+        for (code, allowed) in [
+            ("not_controller", controller),
+            ("not_leader", leader),
+            ("not_a_replica", leader),
+        ] {
+            if misdirected.contains(code) && !allowed {
+                broken.push(format!(
+                    "{method} {path} lists 421 {code}, served at {at:?}"
+                ));
+            }
+        }
+        let first = if at == ServedAt::PartitionLeader {
+            "not_leader"
+        } else if matches!(at, ServedAt::Controller | ServedAt::GroupCoordinator) {
+            "not_controller"
+        } else {
+            continue;
+        };
+        if !misdirected.contains(first) {
+            broken.push(format!(
+                "{method} {path} is served at {at:?} and its 421 lacks {first}"
+            ));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    let unlisted: BTreeSet<&String> = table.difference(&everywhere).collect();
+    assert_eq!(
+        unlisted,
+        BTreeSet::from([&"method_not_allowed".to_string(), &"not_found".to_string()]),
+        "codes no operation lists (only the router's own come from `default` alone)"
+    );
 }
 
 /// One made-up answer for the in-process checker of `common::contract`.
@@ -493,6 +708,17 @@ fn the_answer_checker_passes_answers_that_keep_the_spec_and_names_each_break() {
             .headers(&[PROBLEM])
             .body(r#"{"type":"urn:tidelog:problem:topic_exists","title":"Not Found","status":404,"code":"topic_exists","detail":"x"}"#)
             .breaks("code"),
+        answer("a topic route's 404 with a group's code", "GET", "/v1/topics/x", 404)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"urn:tidelog:problem:group_not_found","title":"Not Found","status":404,"code":"group_not_found","detail":"x"}"#)
+            .breaks("code group_not_found is not one this operation lists for its status"),
+        answer("a group route's 404 with its group's code", "GET", "/v1/groups/g", 404)
+            .headers(&[PROBLEM])
+            .body(r#"{"type":"urn:tidelog:problem:group_not_found","title":"Not Found","status":404,"code":"group_not_found","detail":"x"}"#),
+        answer("a group route's 404 with a topic's code", "GET", "/v1/groups/g", 404)
+            .headers(&[PROBLEM])
+            .body(topic_not_found)
+            .breaks("code topic_not_found is not one this operation lists"),
         answer("a problem whose status is not the answer's", "GET", "/v1/topics/x", 400)
             .headers(&[PROBLEM])
             .body(topic_not_found)

@@ -371,6 +371,7 @@ impl Spec {
         }
         if media == "application/problem+json" {
             self.check_problem(at, exchange.status, &value, out);
+            self.check_listed_code(at, &schema_pointer, &value, out);
         }
     }
 
@@ -401,6 +402,33 @@ impl Spec {
             out.push(format!(
                 "{at}: type {} is not {expected_type}",
                 problem["type"]
+            ));
+        }
+    }
+
+    /// The problem's `code` is one the operation lists for this status (issue 14: each
+    /// operation's problem responses narrow `code` to what it answers). The schema check says
+    /// so too; this names the operation's list. `default` lists every code.
+    fn check_listed_code(
+        &self,
+        at: &str,
+        schema_pointer: &str,
+        problem: &Value,
+        out: &mut Vec<String>,
+    ) {
+        let (Some(code), Some(schema)) =
+            (problem["code"].as_str(), self.doc.pointer(schema_pointer))
+        else {
+            return;
+        };
+        let schema = self.resolve_schema(schema);
+        let Some(listed) = schema["properties"]["code"]["enum"].as_array() else {
+            return;
+        };
+        if !listed.iter().any(|c| c == code) {
+            let listed: Vec<&str> = listed.iter().filter_map(Value::as_str).collect();
+            out.push(format!(
+                "{at}: code {code} is not one this operation lists for its status ({listed:?})"
             ));
         }
     }

@@ -27,6 +27,33 @@ function show(value: unknown): string {
 // JSON-encode them otherwise).
 const asIs = <T>(body: T): T => body;
 
+// The problem a topic lookup's 404 carries, as the spec types it.
+type TopicLookupNotFound =
+  paths["/v1/topics/{topic}"]["get"]["responses"][404]["content"]["application/problem+json"];
+
+function whyNoTopic(problem: TopicLookupNotFound): string {
+  switch (problem.code) {
+    case "topic_not_found":
+      return "no such topic";
+    // @ts-expect-error a group's code is not among a topic route's 404 codes
+    case "group_not_found":
+      return "a group";
+    default: {
+      const unlisted: never = problem.code;
+      return unlisted;
+    }
+  }
+}
+
+// Narrows an error union to its member of one status (the `default` problem, whose status is
+// any number, is not one of them).
+function hasStatus<E extends { status: number }, S extends number>(
+  error: E,
+  status: S,
+): error is Extract<E, { status: S }> {
+  return error.status === status;
+}
+
 const topic = "ts-orders";
 const group = "ts-group";
 const steps: string[] = [];
@@ -58,6 +85,13 @@ async function topics(): Promise<void> {
   }
   const badName = await client.GET("/v1/topics/{topic}", { params: { path: { topic: "a b" } } });
   check(badName.error?.code === "invalid_topic_name", `a bad name: ${show(badName.error)}`);
+
+  // Each operation's problem codes are narrowed per status: a topic route's 404 is the
+  // topic's code alone, so an exhaustive switch compiles with nothing else and a group's code
+  // does not compile at all.
+  const gone = await client.GET("/v1/topics/{topic}", { params: { path: { topic: "ts-none" } } });
+  check(gone.error !== undefined && hasStatus(gone.error, 404), `no topic: ${show(gone.error)}`);
+  check(whyNoTopic(gone.error) === "no such topic", `no topic: ${show(gone.error)}`);
 
   // Bare config and wrapped config mixed: does not compile, and the broker refuses it.
   // @ts-expect-error a `config` object with keys beside it

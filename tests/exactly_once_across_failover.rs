@@ -212,8 +212,20 @@ fn an_idempotent_producer_stores_every_record_once_across_a_leader_kill_9() {
         s["producer_id"].as_u64().expect("id"),
         s["producer_epoch"].as_u64().expect("epoch"),
     );
-    // The victim leads some partitions and does not run the controller (node 1).
-    let victim = if leaders(&c, "eo").contains(&2) { 2 } else { 3 };
+    // The victim leads some partitions and does not run the controller: the controller (the
+    // Raft leader, any of the three) keeps the producer sessions, and this test is about a
+    // partition leader's failover, not the controller's.
+    let controller = wait_for("a controller", || {
+        let (_, cluster) = get(&format!("{}/v1/cluster", c.url(1)));
+        cluster["controller"]
+            .as_u64()
+            .map(|id| id as usize)
+            .ok_or_else(|| cluster.to_string())
+    });
+    let led = leaders(&c, "eo");
+    let victim = (1..=3)
+        .find(|id| *id != controller && led.contains(id))
+        .expect("a partition leader that is not the controller");
     let urls: Vec<String> = (1..=3).map(|id| c.url(id).to_string()).collect();
     let mut told = Told::new();
     let mut failed_attempts = 0;

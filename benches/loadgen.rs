@@ -841,6 +841,10 @@ impl Run {
     fn server_cpu_us_per_request(&self) -> f64 {
         self.server_cpu_s * 1e6 / self.requests as f64
     }
+    /// Records per second of server CPU (per core, so comparable on a loaded machine).
+    fn records_per_cpu_s(&self) -> f64 {
+        self.records as f64 / self.server_cpu_s
+    }
     fn fsync_mean_ms(&self) -> Option<f64> {
         self.fsyncs
             .filter(|(n, _)| *n > 0)
@@ -855,12 +859,13 @@ impl Run {
 
     fn line(&self) -> String {
         let mut s = format!(
-            "{:>11.0} rec/s {:>8.0} req/s {:>7.1} MB/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+            "{:>11.0} rec/s {:>8.0} req/s {:>7.1} MB/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms",
             self.records_per_s(),
             self.requests_per_s(),
             self.mb_per_s(),
             self.latency_ms(50.0),
             self.latency_ms(99.0),
+            self.latency_ms(99.9),
             self.latency_ms(100.0),
         );
         if let Some(f) = self.fsyncs_per_s() {
@@ -872,9 +877,10 @@ impl Run {
         if self.server_cpu_s.is_finite() {
             let _ = write!(
                 s,
-                "  server {:.0}% cpu, {:.0} us cpu/req,",
+                "  server {:.0}% cpu, {:.0} us cpu/req, {:.0} rec/cpu-s,",
                 self.server_cpu_s * 100.0 / self.elapsed.as_secs_f64(),
                 self.server_cpu_us_per_request(),
+                self.records_per_cpu_s(),
             );
         }
         let _ = write!(
@@ -1381,11 +1387,11 @@ fn summary(args: &Args, results: &[Measured]) -> String {
     );
     let _ = writeln!(
         out,
-        "| scenario | target | records/s | requests/s | MB/s | p50 ms | p99 ms | max ms | fsyncs/s | fsync ms | server cpu us/req | ratio | cpu ratio |"
+        "| scenario | target | records/s | requests/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms | fsyncs/s | fsync ms | server cpu us/req | records/cpu-s | ratio | cpu ratio |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for scenario in &args.scenarios {
         let name = scenario.name();
@@ -1413,7 +1419,7 @@ fn summary(args: &Args, results: &[Measured]) -> String {
             let errors: u64 = rs.iter().map(|r| r.errors).sum();
             let _ = writeln!(
                 out,
-                "| {name} | {}{} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {} | {} |",
+                "| {name} | {}{} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} | {:.0} | {} | {} |",
                 target.name(),
                 if errors > 0 {
                     format!(" ({errors} errors)")
@@ -1425,6 +1431,7 @@ fn summary(args: &Args, results: &[Measured]) -> String {
                 med(&Run::mb_per_s),
                 med(&|r| r.latency_ms(50.0)),
                 med(&|r| r.latency_ms(99.0)),
+                med(&|r| r.latency_ms(99.9)),
                 med(&|r| r.latency_ms(100.0)),
                 if fsyncs.is_finite() {
                     format!("{fsyncs:.0}")
@@ -1437,6 +1444,7 @@ fn summary(args: &Args, results: &[Measured]) -> String {
                     "-".into()
                 },
                 med(&Run::server_cpu_us_per_request),
+                med(&Run::records_per_cpu_s),
                 ratio.map_or("-".into(), |r| format!("{r:.2}")),
                 cpu_ratio.map_or("-".into(), |r| format!("{r:.2}")),
             );

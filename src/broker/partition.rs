@@ -134,6 +134,10 @@ pub struct Partition {
     /// Set while this replica follows a leader (or its partition has none): producers'
     /// appends are refused (`not_leader`), only the leader's batches are appended.
     follower: AtomicBool,
+    /// The handles of the partition's series, looked up once rather than on every append and
+    /// fsync; looked up again at each [`Partition::refresh_metrics`], so a series the exporter
+    /// dropped as idle comes back. Taken with no other lock held.
+    series: Mutex<PartitionSeries>,
     /// Every batch has been checked against its CRC since the partition was opened (or it
     /// opened empty): see [`Partition::scrubbed`].
     scrubbed: AtomicBool,
@@ -250,6 +254,36 @@ fn sequence_refusal(e: SequenceError, batch: &[u8]) -> BrokerError {
 /// An fsync at least this long is logged (the disk or the machine is struggling).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 
+/// The handles of a partition's series: its topic's produced counters and its gauges (see
+/// `Partition::series`).
+#[derive(Debug)]
+struct PartitionSeries {
+    records_produced: ::metrics::Counter,
+    bytes_produced: ::metrics::Counter,
+    high_watermark: ::metrics::Gauge,
+    log_start_offset: ::metrics::Gauge,
+    log_end_offset: ::metrics::Gauge,
+    segments: ::metrics::Gauge,
+    size_bytes: ::metrics::Gauge,
+    producers: ::metrics::Gauge,
+}
+
+impl PartitionSeries {
+    fn resolve(topic: &Arc<str>, id: u32) -> Self {
+        let labels = [("topic", topic.to_string()), ("partition", id.to_string())];
+        PartitionSeries {
+            records_produced: ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => Arc::clone(topic)),
+            bytes_produced: ::metrics::counter!(m::BYTES_PRODUCED, "topic" => Arc::clone(topic)),
+            high_watermark: ::metrics::gauge!(m::HIGH_WATERMARK, &labels),
+            log_start_offset: ::metrics::gauge!(m::LOG_START_OFFSET, &labels),
+            log_end_offset: ::metrics::gauge!(m::LOG_END_OFFSET, &labels),
+            segments: ::metrics::gauge!(m::PARTITION_SEGMENTS, &labels),
+            size_bytes: ::metrics::gauge!(m::PARTITION_BYTES, &labels),
+            producers: ::metrics::gauge!(m::PRODUCERS_TRACKED, &labels),
+        }
+    }
+}
+
 impl Partition {
     /// Opens the partition's log and starts its flusher task on the current runtime.
     pub fn open(
@@ -271,6 +305,7 @@ impl Partition {
             failed: false,
             deleted: false,
         };
+        let topic_label = Arc::clone(&topic);
         let partition = Arc::new(Partition {
             topic,
             id,
@@ -293,6 +328,7 @@ impl Partition {
             follower: AtomicBool::new(false),
             scrubbed: AtomicBool::new(progress.log_start_offset == end_offset),
             lost_data: AtomicBool::new(report.synced_data_lost_at.is_some()),
+            series: Mutex::new(PartitionSeries::resolve(&topic_label, id)),
         });
         if let Some(offset) = report.synced_data_lost_at {
             tracing::warn!(
@@ -399,10 +435,9 @@ impl Partition {
         match result {
             Ok(range) => {
                 self.appended(batch.len() as u64, urgent);
-                ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => Arc::clone(&self.topic))
-                    .increment(u64::from(records));
-                ::metrics::counter!(m::BYTES_PRODUCED, "topic" => Arc::clone(&self.topic))
-                    .increment(batch.len() as u64);
+                let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+                series.records_produced.increment(u64::from(records));
+                series.bytes_produced.increment(batch.len() as u64);
                 Ok(range)
             }
             Err(e) => Err(self.append_failed(e)),
@@ -1366,16 +1401,13 @@ impl Partition {
                 producers,
             )
         };
-        let labels = [
-            ("topic", self.topic.to_string()),
-            ("partition", self.id.to_string()),
-        ];
-        ::metrics::gauge!(m::HIGH_WATERMARK, &labels).set(p.high_watermark as f64);
-        ::metrics::gauge!(m::LOG_START_OFFSET, &labels).set(p.log_start_offset as f64);
-        ::metrics::gauge!(m::LOG_END_OFFSET, &labels).set(log_end_offset as f64);
-        ::metrics::gauge!(m::PARTITION_SEGMENTS, &labels).set(segments as f64);
-        ::metrics::gauge!(m::PARTITION_BYTES, &labels).set(size_bytes as f64);
-        ::metrics::gauge!(m::PRODUCERS_TRACKED, &labels).set(producers as f64);
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series.high_watermark.set(p.high_watermark as f64);
+        series.log_start_offset.set(p.log_start_offset as f64);
+        series.log_end_offset.set(log_end_offset as f64);
+        series.segments.set(segments as f64);
+        series.size_bytes.set(size_bytes as f64);
+        series.producers.set(producers as f64);
     }
 
     /// Re-publishes every series of the partition (and its topic's counters) without changing
@@ -1383,6 +1415,10 @@ impl Partition {
     /// which is how a deleted topic's go.
     pub fn refresh_metrics(&self) {
         self.register_counters();
+        // A series the exporter dropped as idle (its handle then counts into nothing) is
+        // registered again here; take its new handles.
+        let series = PartitionSeries::resolve(&self.topic, self.id);
+        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = series;
         self.publish_gauges();
     }
 

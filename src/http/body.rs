@@ -1,5 +1,7 @@
 //! Request inputs with limits: bodies, query strings, path numbers.
 
+use std::borrow::Cow;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::{Bytes, BytesMut};
@@ -72,18 +74,20 @@ pub fn body_read_failed(e: axum::Error) -> ApiError {
 }
 
 /// The media type of the request, lower-cased, without parameters.
-pub fn content_type(headers: &HeaderMap) -> String {
-    headers
+pub fn content_type(headers: &HeaderMap) -> Cow<'_, str> {
+    let Some(v) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
+    else {
+        return Cow::Borrowed("");
+    };
+    let v = v.split(';').next().unwrap_or("").trim();
+    // Borrowed in the usual case, so a request does not allocate for its media type.
+    if v.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(v.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(v)
+    }
 }
 
 pub fn unsupported_media_type(got: &str, expected: &str) -> ApiError {

@@ -24,6 +24,7 @@ pub mod produce;
 pub mod produce_split;
 pub mod producers;
 pub mod render;
+mod request_metrics;
 pub mod serve;
 pub mod stream;
 pub mod system;
@@ -42,7 +43,6 @@ use axum::routing::{MethodFilter, MethodRouter};
 
 use crate::broker::Broker;
 use crate::groups::GroupCoordinator;
-use crate::metrics as m;
 use crate::node::Node;
 use crate::producers::ProducerRegistry;
 use error::ApiError;
@@ -215,7 +215,9 @@ pub fn router(node: Node) -> Router {
     // Installed before the first request so nothing recorded is lost.
     crate::metrics::install();
     let mut router = Router::new();
-    for (path, methods) in routes() {
+    let routes = routes();
+    request_metrics::set_routes(routes.iter().map(|(path, _)| *path));
+    for (path, methods) in routes {
         let mut method_router = MethodRouter::new();
         for (_, handler) in methods {
             method_router = method_router.merge(handler);
@@ -278,28 +280,20 @@ async fn method_not_allowed() -> ApiError {
 /// Counts requests and times them by route template (bounded cardinality) and status.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    // Extension methods are any token a client likes; only the standard ones become labels.
-    let method = match *request.method() {
-        Method::GET
-        | Method::POST
-        | Method::PUT
-        | Method::PATCH
-        | Method::DELETE
-        | Method::HEAD
-        | Method::OPTIONS => request.method().as_str().to_string(),
-        _ => "other".to_string(),
-    };
+    let route = request_metrics::route_label(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str()),
+    );
+    let method = request_metrics::method_label(request.method());
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
-    ::metrics::counter!(m::HTTP_REQUESTS, &labels).increment(1);
-    ::metrics::histogram!(m::HTTP_REQUEST_SECONDS, &labels[..2])
-        .record(started.elapsed().as_secs_f64());
+    request_metrics::record(
+        route,
+        method,
+        response.status(),
+        started.elapsed().as_secs_f64(),
+    );
     response
 }
 
@@ -307,7 +301,10 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

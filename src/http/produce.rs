@@ -116,7 +116,7 @@ pub(super) async fn produce_body(
     let rules = RecordRules::new(broker.limits(), now_ms());
     // The topic is looked up (and maybe auto-created) only once the body has parsed, so a
     // body refused as unreadable leaves no new topic behind.
-    let offsets = match ct.as_str() {
+    let offsets = match &*ct {
         "application/json" | "" => {
             let bytes = read_limited(headers, body, limit).await?;
             let decoded = parse_off_the_workers(bytes.len(), || parse_json_body(&bytes, rules))?;

@@ -2,7 +2,7 @@
 
 use std::io::Write as _;
 
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -37,7 +37,7 @@ pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
     };
     let mut response = json_response(status, body);
     response.headers_mut().insert(
-        "tidelog-durability",
+        HeaderName::from_static("tidelog-durability"),
         HeaderValue::from_static(durability.as_str()),
     );
     response

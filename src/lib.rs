@@ -11,7 +11,7 @@
 //!   metadata image.
 //! - [`replication`]: the leader's view of its followers: high watermark over the ISR, ISR
 //!   shrink and expand (pure rules so far).
-//! - [`raft`]: the openraft adapter: the metadata kept by a Raft quorum of the `--peers`
+//! - [`cluster::raft`]: the openraft adapter: the metadata kept by a Raft quorum of the `--peers`
 //!   brokers (log over the controller journal, snapshots, RPCs over HTTP).
 //! - [`cluster`]: this process's part in a cluster: its Raft voter, membership (register,
 //!   heartbeat) and the controller, which acts on the Raft leader.
@@ -39,5 +39,4 @@ pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod producers;
-pub mod raft;
 pub mod replication;

@@ -1,5 +1,5 @@
 //! The controller: every broker of a cluster runs one, and the one whose metadata Raft
-//! (`crate::raft`) leads acts: it registers brokers, takes their heartbeats, fences the
+//! (`crate::cluster::raft`) leads acts: it registers brokers, takes their heartbeats, fences the
 //! silent ones and proposes admin changes. The others answer 421 `not_controller` naming
 //! the leader.
 //!
@@ -18,13 +18,13 @@ use tokio::sync::watch;
 use std::collections::BTreeMap;
 
 use super::identity;
+use crate::cluster::raft::{MetadataRaft, ProposeError};
 use crate::config::TopicConfig;
 use crate::controller::liveness::{HeartbeatError, Sessions};
 use crate::controller::peers::Peers;
 use crate::controller::placement::{PlacementError, place_replicas};
 use crate::metadata::{BrokerEpoch, Command, NodeId, Outcome};
 use crate::metadata::{MetadataError, MetadataImage};
-use crate::raft::{MetadataRaft, ProposeError};
 
 /// The part-1 controller's metadata journal under `<data>/__cluster/`: a directory that holds
 /// one is refused (its metadata is not in the Raft log).

@@ -2,7 +2,7 @@
 //!
 //! Without `--peers` the broker runs alone, exactly as before: no controller, no files under
 //! `<data>/__cluster/`, `/v1/cluster` shows a cluster of one. With `--peers`:
-//! - every broker is a voter of the metadata Raft (`crate::raft`, files in
+//! - every broker is a voter of the metadata Raft (`crate::cluster::raft`, files in
 //!   `<data>/__cluster/raft/`): its image is the state machine, applied as entries commit;
 //! - every broker runs a [`controller::Controller`]; the one of the Raft leader acts as the
 //!   controller (registrations, heartbeats, fencing, admin proposals), the others answer
@@ -22,6 +22,7 @@ pub mod forwarder;
 pub mod identity;
 mod member;
 pub mod protocol;
+pub mod raft;
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,10 +35,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::SessionLease;
+use crate::cluster::raft::{MetadataRaft, RAFT_DIR, Timing};
 use crate::config::BrokerConfig;
 use crate::controller::peers::Peers;
 use crate::metadata::{BrokerEpoch, MetadataImage, NodeId};
-use crate::raft::{MetadataRaft, RAFT_DIR, Timing};
 use controller::Controller;
 
 /// The directory under the data directory that holds the cluster's files.
@@ -458,7 +459,7 @@ fn refuse_lost_raft_state(dir: &std::path::Path, cluster_id: Option<&str>) -> io
     };
     let raft = dir.join(RAFT_DIR);
     let holds = |f: &str| raft.join(f).metadata().is_ok_and(|m| m.len() > 0);
-    if holds(crate::raft::LOG_FILE) || holds(crate::raft::VOTE_FILE) {
+    if holds(crate::cluster::raft::LOG_FILE) || holds(crate::cluster::raft::VOTE_FILE) {
         return Ok(());
     }
     Err(io::Error::new(

@@ -19,8 +19,8 @@ use crate::cluster::protocol::{
     AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest, RegisterAnswer,
     RegisterRequest,
 };
+use crate::cluster::raft::{RPC_BYTES_MAX, Rpc, RpcRefusal};
 use crate::metadata::{Command, MetadataError, NodeId};
-use crate::raft::{RPC_BYTES_MAX, Rpc, RpcRefusal};
 use crate::replication::wire::{self, FetchRequest};
 
 /// The controller, if this broker's metadata Raft leads; else 421 `not_controller` naming

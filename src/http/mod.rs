@@ -162,15 +162,15 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             vec![on(Method::POST, internal::heartbeat)],
         ),
         (
-            crate::raft::APPEND_PATH,
+            crate::cluster::raft::APPEND_PATH,
             vec![on(Method::POST, internal::raft_append)],
         ),
         (
-            crate::raft::VOTE_PATH,
+            crate::cluster::raft::VOTE_PATH,
             vec![on(Method::POST, internal::raft_vote)],
         ),
         (
-            crate::raft::SNAPSHOT_PATH,
+            crate::cluster::raft::SNAPSHOT_PATH,
             vec![on(Method::POST, internal::raft_snapshot)],
         ),
         (

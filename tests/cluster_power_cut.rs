@@ -12,8 +12,6 @@
 //! `TIDELOG_POWER_CUT_RECORDS` raises the records acknowledged per producer before the cut
 //! (default 100), `TIDELOG_POWER_CUT_ROUNDS` the number of cuts (default 1).
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 
 use std::path::PathBuf;
@@ -22,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use checker::{History, Outcome, ReplicaRead};
-use common::cluster::wait_for;
-use common::cluster::{Cluster, DEADLINE, free_ports, get, member_data_dir, peers, post};
+use common::checker::{History, Outcome};
+use common::cluster::{
+    Cluster, DEADLINE, describe, free_ports, member_data_dir, peers, post, read_every_replica,
+    wait_for,
+};
 use common::{TestBroker, cut_to_synced};
 use serde_json::{Value, json};
 
@@ -90,24 +90,9 @@ fn start_cluster() -> Cluster {
     cluster
 }
 
-fn describe(c: &Cluster, id: usize) -> Value {
-    get(&format!("{}/v1/topics/{TOPIC}", c.url(id))).1
-}
-
-/// Partition `p`'s leader and ISR as broker `id` sees them.
-fn leader_and_isr(c: &Cluster, id: usize, p: u32) -> (usize, Vec<u64>) {
-    let d = describe(c, id);
-    let part = &d["partitions"][p as usize];
-    let isr = part["isr"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    (part["leader"].as_u64().unwrap_or(0) as usize, isr)
-}
-
 fn wait_full_isrs(c: &Cluster, what: &str) {
     wait_for(what, || {
-        let d = describe(c, 1);
+        let d = describe(c, 1, TOPIC);
         let full = d["partitions"].as_array().is_some_and(|ps| {
             ps.len() == PARTITIONS as usize
                 && ps
@@ -190,92 +175,6 @@ fn spawn_producer(
         }
     });
     Producer { acked, thread }
-}
-
-/// Records (offset, value), the next offset, the replica's high watermark.
-type LocalPage = (Vec<(u64, String)>, u64, u64);
-
-/// One page of broker `id`'s own replica of `p` from `offset` (None: from its log start,
-/// which a power cut may have moved past records never synced anywhere).
-fn read_local(c: &Cluster, id: usize, p: u32, offset: Option<u64>) -> Option<LocalPage> {
-    let offset = offset.map_or("earliest".to_string(), |o| o.to_string());
-    let (status, page) = get(&format!(
-        "{}/v1/topics/{TOPIC}/partitions/{p}/records?offset={offset}&replica=local&max_records=1000",
-        c.url(id)
-    ));
-    if status != 200 {
-        return None;
-    }
-    let records = page["records"]
-        .as_array()?
-        .iter()
-        .map(|r| {
-            (
-                r["offset"].as_u64().unwrap(),
-                r["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    Some((
-        records,
-        page["next_offset"].as_u64()?,
-        page["high_watermark"].as_u64()?,
-    ))
-}
-
-/// Waits until every replica's high watermark is its leader's log end, then reads every
-/// replica of every partition to its high watermark.
-fn read_every_replica(c: &Cluster, history: &Mutex<History>) -> Vec<ReplicaRead> {
-    for p in 0..PARTITIONS {
-        wait_for(&format!("{TOPIC}/{p} converged"), || {
-            let (leader, _) = leader_and_isr(c, 1, p);
-            if leader == 0 {
-                return Err("no leader".to_string());
-            }
-            let end = describe(c, leader)["partitions"][p as usize]["log_end_offset"]
-                .as_u64()
-                .unwrap_or(u64::MAX);
-            let hws: Vec<u64> = (1..=3)
-                .map(|id| read_local(c, id, p, None).map_or(0, |(_, _, hw)| hw))
-                .collect();
-            if hws.iter().all(|hw| *hw == end) {
-                Ok(())
-            } else {
-                let seen: Vec<String> = (1..=3)
-                    .map(|id| describe(c, id)["partitions"][p as usize].to_string())
-                    .collect();
-                Err(format!("hws {hws:?}, leader {leader} end {end}: {seen:?}"))
-            }
-        });
-    }
-    let mut reads = Vec::new();
-    for id in 1..=3 {
-        for p in 0..PARTITIONS {
-            let mut read = ReplicaRead {
-                node: id as u32,
-                partition: p,
-                high_watermark: 0,
-                records: Vec::new(),
-            };
-            let mut offset = None;
-            for _ in 0..100_000 {
-                let (records, next, hw) = read_local(c, id, p, offset)
-                    .unwrap_or_else(|| panic!("reading {TOPIC}/{p} on {id}"));
-                read.records.extend(records);
-                read.high_watermark = hw;
-                if next >= hw {
-                    break;
-                }
-                offset = Some(next);
-            }
-            history
-                .lock()
-                .unwrap()
-                .high_watermark(id as u32, p, read.high_watermark);
-            reads.push(read);
-        }
-    }
-    reads
 }
 
 #[test]
@@ -365,8 +264,11 @@ fn every_acknowledged_record_survives_a_power_cut_of_every_broker() {
         }
         wait_full_isrs(&c, "full ISRs after the power cut");
     }
-    let reads = read_every_replica(&c, &history);
-    let history = history.lock().unwrap();
+    let reads = read_every_replica(&c, 1, TOPIC, PARTITIONS);
+    let mut history = history.lock().unwrap();
+    for r in &reads {
+        history.high_watermark(r.node, r.partition, r.high_watermark);
+    }
     assert!(history.acknowledged() >= 3 * records * rounds);
     let anomalies = history.check(&reads);
     assert!(anomalies.is_empty(), "{anomalies:#?}");

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Client;
+use common::rng::Rng;
 use common::{TestBroker, create_topic, read_partition_to_high_watermark};
 use serde_json::{Value, json};
 
@@ -53,23 +54,6 @@ struct Acked {
 struct Ledger {
     sent: HashMap<String, Sent>,
     acked: Vec<Acked>,
-}
-
-/// splitmix64: enough randomness for kill moments and batch sizes, and it replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// One producer: batches of 1 to 3 records, `acks=all`, one request at a time, until `stop`.

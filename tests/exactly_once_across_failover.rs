@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, DEADLINE, call, get, http, post, wait_for};
+use common::rng::Rng;
 use serde_json::{Value, json};
 
 const PARTITIONS: u32 = 8;
@@ -25,23 +26,6 @@ const PER_REQUEST: u64 = 10;
 const TOML: &str = "broker_session_timeout_ms = 3000\n\
                     replica_lag_time_max_ms = 2000\n\
                     replica_fetch_wait_max_ms = 200\n";
-
-/// splitmix64: retries and targets at random, replayable from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -13,29 +13,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::{
     Client, TestBroker, create_topic, read_partition_to_high_watermark, runtime, wait_until,
 };
 use serde_json::{Value, json};
 
 const PARTITIONS: u64 = 8;
-
-/// splitmix64: retries and cut-offs at random, replayable from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 async fn session(http: &Client, url: &str, body: Option<Value>) -> (u64, i64) {
     let mut request = http.post(format!("{url}/v1/producers"));

@@ -11,8 +11,6 @@
 //! - A bit of a running follower's sealed segment is flipped: the periodic scrub
 //!   (`replica_scrub_interval_ms`) finds it.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -21,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use checker::{History, Outcome, ReplicaRead};
-use common::cluster::{Cluster, DEADLINE, get, post, wait_for};
+use common::checker::{History, Outcome};
+use common::cluster::{Cluster, DEADLINE, get, post, read_every_replica, wait_for};
 use serde_json::{Value, json};
 
 const TOPIC: &str = "d";
@@ -67,10 +65,10 @@ fn wait_full_isr(c: &Cluster, what: &str) {
     });
 }
 
-/// Creates the topic at the controller and waits for a full ISR; returns (leader, a
-/// follower that is not the controller, node 1: killing the controller would stop every
-/// ISR change in this part of the issue).
-fn create_topic(c: &Cluster) -> (usize, usize) {
+/// Creates the topic at the controller and waits for a full ISR; returns a follower that is
+/// not node 1 (the controller when the cluster formed: killing the controller would stop
+/// every ISR change in this part of the issue).
+fn create_topic(c: &Cluster) -> usize {
     let (status, body) = post(
         &format!("{}/v1/topics", c.url(1)),
         json!({"name": TOPIC, "partitions": 1, "replication_factor": 3,
@@ -79,8 +77,7 @@ fn create_topic(c: &Cluster) -> (usize, usize) {
     assert_eq!(status, 201, "{body}");
     wait_full_isr(c, "a full ISR");
     let (leader, _) = leader_and_isr(c, 1);
-    let follower = if leader == 3 { 2 } else { 3 };
-    (leader, follower)
+    if leader == 3 { 2 } else { 3 }
 }
 
 /// Keeps producing acks=all batches of 5 unique values to the partition's leader until
@@ -207,80 +204,6 @@ fn flip_a_bit(path: &Path, at: f64) {
         .unwrap();
 }
 
-/// Records (offset, value), the next offset, the replica's high watermark.
-type LocalPage = (Vec<(u64, String)>, u64, u64);
-
-/// One page of broker `id`'s own replica from `offset`, or the status and problem of a
-/// refusal.
-fn read_local(c: &Cluster, id: usize, offset: u64) -> Result<LocalPage, (u16, Value)> {
-    let (status, page) = get(&format!(
-        "{}/v1/topics/{TOPIC}/partitions/0/records?offset={offset}&replica=local&max_records=1000",
-        c.url(id)
-    ));
-    if status != 200 {
-        return Err((status, page));
-    }
-    let records = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["offset"].as_u64().unwrap(),
-                r["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    Ok((
-        records,
-        page["next_offset"].as_u64().unwrap(),
-        page["high_watermark"].as_u64().unwrap(),
-    ))
-}
-
-/// Every replica read to its own high watermark, once each has the leader's whole log; a
-/// replica that answers anything but records (a damaged batch answers `corrupt_log`) fails.
-fn read_every_replica(c: &Cluster, leader: usize) -> Vec<ReplicaRead> {
-    wait_for(
-        "every replica's high watermark at the leader's log end",
-        || {
-            let end = describe(c, leader)["partitions"][0]["log_end_offset"]
-                .as_u64()
-                .unwrap_or(u64::MAX);
-            let hws: Vec<u64> = (1..=3)
-                .map(|id| read_local(c, id, 0).map_or(0, |(_, _, hw)| hw))
-                .collect();
-            if hws.iter().all(|hw| *hw == end) {
-                Ok(())
-            } else {
-                Err(format!("hws {hws:?}, leader end {end}"))
-            }
-        },
-    );
-    (1..=3)
-        .map(|id| {
-            let mut read = ReplicaRead {
-                node: id as u32,
-                partition: 0,
-                high_watermark: 0,
-                records: Vec::new(),
-            };
-            let mut offset = 0;
-            for _ in 0..10_000 {
-                let (records, next, hw) = read_local(c, id, offset)
-                    .unwrap_or_else(|e| panic!("reading the replica on {id}: {e:?}"));
-                read.records.extend(records);
-                read.high_watermark = hw;
-                if next >= hw {
-                    break;
-                }
-                offset = next;
-            }
-            read
-        })
-        .collect()
-}
-
 /// Reads broker `id`'s own replica from the start, again and again, until stopped: every
 /// record it is served goes into the history, which flags one that is later gone or
 /// different (a replica served while damaged). Refusals are fine; wrong records are not.
@@ -341,8 +264,11 @@ fn counter(c: &Cluster, id: usize, name: &str) -> f64 {
         .sum()
 }
 
-fn check(c: &Cluster, leader: usize, history: &Mutex<History>) {
-    let reads = read_every_replica(c, leader);
+/// Every replica read once converged (a replica that answers anything but records, such as
+/// `corrupt_log` for a damaged batch, fails), checked against the history; all of the same
+/// length.
+fn check(c: &Cluster, history: &Mutex<History>) {
+    let reads = read_every_replica(c, 1, TOPIC, 1);
     let history = history.lock().unwrap();
     assert!(history.acknowledged() > 0);
     let anomalies = history.check(&reads);
@@ -367,7 +293,7 @@ enum Where {
 fn a_flipped_bit_in_a_stopped_follower(place: Where) {
     // The periodic scrub stays out of the way (a day): only the start's checks find it.
     let mut c = Cluster::start(3, &toml(86_400_000));
-    let (leader, follower) = create_topic(&c);
+    let follower = create_topic(&c);
     let history = Arc::new(Mutex::new(History::default()));
     let producer = Producer::start(&c, &history);
     // The first segment sealed below the follower's recovery checkpoint, so recovery after
@@ -411,7 +337,7 @@ fn a_flipped_bit_in_a_stopped_follower(place: Where) {
     producer.wait_more(20, "acks=all with the follower back");
     producer.stop();
     assert!(reader.stop() > 0, "the follower's replica was read");
-    check(&c, leader, &history);
+    check(&c, &history);
     let (metric, what) = match place {
         Where::Sealed => (
             "tidelog_damaged_batches_found_total",
@@ -441,7 +367,7 @@ fn a_flipped_bit_in_a_stopped_followers_active_segment_is_cut_by_recovery_and_fe
 #[test]
 fn a_flipped_bit_in_a_running_follower_is_found_by_the_periodic_scrub() {
     let c = Cluster::start(3, &toml(500));
-    let (leader, follower) = create_topic(&c);
+    let follower = create_topic(&c);
     let history = Arc::new(Mutex::new(History::default()));
     let producer = Producer::start(&c, &history);
     wait_for("the follower holds a sealed segment", || {
@@ -468,5 +394,5 @@ fn a_flipped_bit_in_a_running_follower_is_found_by_the_periodic_scrub() {
     wait_full_isr(&c, "the follower rejoins the ISR");
     producer.stop();
     assert!(reader.stop() > 0, "the follower's replica was read");
-    check(&c, leader, &history);
+    check(&c, &history);
 }

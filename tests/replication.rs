@@ -7,8 +7,6 @@
 //! Counts are small so `cargo test` stays quick; `TIDELOG_REPLICATION_RECORDS` raises the
 //! records per producer (the issue's figure is 10000).
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -18,8 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use checker::{History, Outcome, ReplicaRead};
-use common::cluster::{self, Cluster, DEADLINE, get, post, wait_for};
+use common::checker::{History, Outcome, ReplicaRead};
+use common::cluster::{
+    self, Cluster, DEADLINE, describe, get, partition_state, post, read_every_replica, read_local,
+    wait_for,
+};
 use common::proxy::{Mode, Proxy};
 use serde_json::{Value, json};
 
@@ -57,25 +58,6 @@ fn create_topic(c: &Cluster, name: &str, partitions: u32) {
             if full { Ok(()) } else { Err(d.to_string()) }
         });
     }
-}
-
-fn describe(c: &Cluster, id: usize, topic: &str) -> Value {
-    get(&format!("{}/v1/topics/{topic}", c.url(id))).1
-}
-
-/// The partition's leader, leader epoch and ISR as broker `id` sees them.
-fn partition_state(c: &Cluster, id: usize, topic: &str, p: u32) -> (usize, u64, Vec<u64>) {
-    let d = describe(c, id, topic);
-    let part = &d["partitions"][p as usize];
-    let isr = part["isr"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_u64).collect())
-        .unwrap_or_default();
-    (
-        part["leader"].as_u64().unwrap_or(0) as usize,
-        part["leader_epoch"].as_u64().unwrap_or(0),
-        isr,
-    )
 }
 
 /// Sends one produce of `values` to `partition` at broker `id`; records each value's
@@ -116,117 +98,18 @@ fn produce(
     status
 }
 
-/// Records (offset, value), the next offset, the replica's high watermark.
-type LocalPage = (Vec<(u64, String)>, u64, u64);
-
-/// One page of broker `id`'s own replica of `p` from `offset`: (records, next, hw).
-fn read_local(c: &Cluster, id: usize, topic: &str, p: u32, offset: u64) -> Option<LocalPage> {
-    let (status, page) = get(&format!(
-        "{}/v1/topics/{topic}/partitions/{p}/records?offset={offset}&replica=local&max_records=1000",
-        c.url(id)
-    ));
-    if status != 200 {
-        return None;
-    }
-    let records = page["records"]
-        .as_array()?
-        .iter()
-        .map(|r| {
-            (
-                r["offset"].as_u64().unwrap(),
-                r["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    Some((
-        records,
-        page["next_offset"].as_u64()?,
-        page["high_watermark"].as_u64()?,
-    ))
-}
-
-/// Every replica of every partition, read to its own high watermark.
-fn read_every_replica(
-    c: &Cluster,
-    topic: &str,
-    partitions: u32,
-    history: &Mutex<History>,
-) -> Vec<ReplicaRead> {
-    let mut reads = Vec::new();
-    for p in 0..partitions {
-        for id in replicas_of(c, topic, p) {
-            let mut read = ReplicaRead {
-                node: id as u32,
-                partition: p,
-                high_watermark: 0,
-                records: Vec::new(),
-            };
-            let mut offset = 0;
-            for _ in 0..100_000 {
-                let (records, next, hw) = read_local(c, id, topic, p, offset)
-                    .unwrap_or_else(|| panic!("reading {topic}/{p} on {id}"));
-                read.records.extend(records);
-                read.high_watermark = hw;
-                if next >= hw {
-                    break;
-                }
-                offset = next;
-            }
-            history
-                .lock()
-                .unwrap()
-                .high_watermark(id as u32, p, read.high_watermark);
-            reads.push(read);
-        }
-    }
-    reads
-}
-
-/// Waits until every replica's high watermark reached the leader's log end (every record
-/// the producers got an answer for is replicated and visible everywhere).
-/// The brokers holding a replica of `topic`/`p`, as broker 1's metadata says.
-fn replicas_of(c: &Cluster, topic: &str, p: u32) -> Vec<usize> {
-    let d = describe(c, 1, topic);
-    d["partitions"][p as usize]["replicas"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|n| n as usize)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn wait_converged(c: &Cluster, topic: &str, partitions: u32) {
-    for p in 0..partitions {
-        let replicas = replicas_of(c, topic, p);
-        wait_for(&format!("{topic}/{p} converged"), || {
-            let hws: Vec<u64> = replicas
-                .iter()
-                .map(|&id| read_local(c, id, topic, p, 0).map_or(0, |(_, _, hw)| hw))
-                .collect();
-            let (leader, _, _) = partition_state(c, 1, topic, p);
-            let d = describe(c, leader, topic);
-            let end = d["partitions"][p as usize]["log_end_offset"]
-                .as_u64()
-                .unwrap_or(u64::MAX);
-            if hws.iter().all(|hw| *hw == end) {
-                Ok(())
-            } else {
-                Err(format!("hws {hws:?}, leader end {end}"))
-            }
-        });
-    }
-}
-
 fn scrape(url: &str) -> String {
     let http = common::Client::new();
     common::runtime().block_on(common::scrape_metrics(&http, url))
 }
 
+/// The history checker over `reads`, with each replica's high watermark as read.
 fn assert_no_anomalies(history: &Mutex<History>, reads: &[ReplicaRead]) {
-    let anomalies = history.lock().unwrap().check(reads);
+    let mut history = history.lock().unwrap();
+    for r in reads {
+        history.high_watermark(r.node, r.partition, r.high_watermark);
+    }
+    let anomalies = history.check(reads);
     assert!(anomalies.is_empty(), "{anomalies:#?}");
 }
 
@@ -288,8 +171,7 @@ fn every_acknowledged_record_is_on_every_replica() {
             "every acks=all produce is acknowledged"
         );
     }
-    wait_converged(&c, "r", 3);
-    let reads = read_every_replica(&c, "r", 3, &history);
+    let reads = read_every_replica(&c, 1, "r", 3);
     assert_eq!(history.lock().unwrap().acknowledged(), 3 * count);
     for read in &reads {
         assert_eq!(
@@ -406,8 +288,7 @@ impl SteadyProducer {
 
 /// Waits until every replica has everything, reads them all, and checks the history.
 fn check_every_replica(c: &Cluster, topic: &str, partitions: u32, history: &Mutex<History>) {
-    wait_converged(c, topic, partitions);
-    let reads = read_every_replica(c, topic, partitions, history);
+    let reads = read_every_replica(c, 1, topic, partitions);
     assert_no_anomalies(history, &reads);
 }
 
@@ -813,7 +694,7 @@ fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
             );
         }
         let sent = Instant::now();
-        read_local(&c, 3, "cut", p, 0).expect("node 3 serves its own replica");
+        read_local(&c, 3, "cut", p, Some(0)).expect("node 3 serves its own replica");
         assert!(sent.elapsed() < ANSWER_BOUND, "replica=local on node 3");
         let slowest = producer.take_slowest();
         assert!(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::TestBroker;
+use super::checker::ReplicaRead;
 use super::client::{Client, RequestBuilder};
 
 /// Generous: two shared cores, debug builds, other tests running.
@@ -109,6 +110,142 @@ impl Cluster {
             }
         });
     }
+}
+
+/// `GET /v1/topics/{topic}` at broker `id` (null when it does not answer).
+pub fn describe(c: &Cluster, id: usize, topic: &str) -> Value {
+    get(&format!("{}/v1/topics/{topic}", c.url(id))).1
+}
+
+/// Partition `p`'s leader (0: none), leader epoch and ISR as broker `id` sees them.
+pub fn partition_state(c: &Cluster, id: usize, topic: &str, p: u32) -> (usize, u64, Vec<u64>) {
+    let d = describe(c, id, topic);
+    let part = &d["partitions"][p as usize];
+    let isr = part["isr"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    (
+        part["leader"].as_u64().unwrap_or(0) as usize,
+        part["leader_epoch"].as_u64().unwrap_or(0),
+        isr,
+    )
+}
+
+/// Records (offset, value), the next offset, the replica's high watermark.
+pub type LocalPage = (Vec<(u64, String)>, u64, u64);
+
+/// One page of broker `id`'s own replica (`replica=local`) of `topic`/`p` from `offset`
+/// (None: from its log start), or the status and body of the refusal.
+pub fn read_local(
+    c: &Cluster,
+    id: usize,
+    topic: &str,
+    p: u32,
+    offset: Option<u64>,
+) -> Result<LocalPage, (u16, Value)> {
+    let offset = offset.map_or("earliest".to_string(), |o| o.to_string());
+    let (status, page) = get(&format!(
+        "{}/v1/topics/{topic}/partitions/{p}/records?offset={offset}&replica=local&max_records=1000",
+        c.url(id)
+    ));
+    let parsed = (|| {
+        let records = page["records"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let value = r["value"].as_str().unwrap_or_default().to_string();
+                Some((r["offset"].as_u64()?, value))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some((
+            records,
+            page["next_offset"].as_u64()?,
+            page["high_watermark"].as_u64()?,
+        ))
+    })();
+    match parsed {
+        Some(local) if status == 200 => Ok(local),
+        _ => Err((status, page)),
+    }
+}
+
+/// Broker `id`'s replica of `topic`/`p` read from its log start to its own high watermark
+/// (panics, naming the refusal, if a page is refused).
+pub fn read_replica(c: &Cluster, id: usize, topic: &str, p: u32) -> ReplicaRead {
+    let mut read = ReplicaRead {
+        node: id as u32,
+        partition: p,
+        high_watermark: 0,
+        records: Vec::new(),
+    };
+    let mut offset = None;
+    for _ in 0..100_000 {
+        let (records, next, hw) = read_local(c, id, topic, p, offset)
+            .unwrap_or_else(|e| panic!("reading {topic}/{p} on {id}: {e:?}"));
+        read.records.extend(records);
+        read.high_watermark = hw;
+        if next >= hw {
+            break;
+        }
+        offset = Some(next);
+    }
+    read
+}
+
+/// The brokers holding a replica of `topic`/`p`, as broker `id`'s metadata says.
+pub fn replicas_of(c: &Cluster, id: usize, topic: &str, p: u32) -> Vec<usize> {
+    describe(c, id, topic)["partitions"][p as usize]["replicas"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|n| n as usize)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every replica of `topic`/`p` (as broker `id` names them) has a high
+/// watermark at its leader's log end: every record a producer was answered for is on each
+/// and visible.
+pub fn wait_replicas_converged(c: &Cluster, id: usize, topic: &str, p: u32) {
+    wait_for(&format!("{topic}/{p} converged"), || {
+        let (leader, _, _) = partition_state(c, id, topic, p);
+        if leader == 0 {
+            return Err("no leader".to_string());
+        }
+        let end = describe(c, leader, topic)["partitions"][p as usize]["log_end_offset"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        let hws: Vec<u64> = replicas_of(c, id, topic, p)
+            .into_iter()
+            .map(|r| read_local(c, r, topic, p, None).map_or(0, |(_, _, hw)| hw))
+            .collect();
+        if !hws.is_empty() && hws.iter().all(|hw| *hw == end) {
+            Ok(())
+        } else {
+            Err(format!("hws {hws:?}, leader {leader} end {end}"))
+        }
+    });
+}
+
+/// Every replica of every partition of `topic` (`partitions` of them), once converged
+/// ([`wait_replicas_converged`]), each read to its own high watermark.
+pub fn read_every_replica(
+    c: &Cluster,
+    id: usize,
+    topic: &str,
+    partitions: u32,
+) -> Vec<ReplicaRead> {
+    let mut reads = Vec::new();
+    for p in 0..partitions {
+        wait_replicas_converged(c, id, topic, p);
+        for r in replicas_of(c, id, topic, p) {
+            reads.push(read_replica(c, r, topic, p));
+        }
+    }
+    reads
 }
 
 pub fn member_data_dir(root: &Path, id: usize) -> PathBuf {

@@ -5,11 +5,13 @@
 //! the handle drops, so a failing test leaves no process behind.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod checking_proxy;
 pub mod client;
 pub mod cluster;
 pub mod contract;
 pub mod proxy;
+pub mod rng;
 
 pub use client::Client;
 

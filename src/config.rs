@@ -66,6 +66,10 @@ pub struct BrokerConfig {
     /// their CRCs (a cluster only), in milliseconds; also once when the broker starts, before
     /// its followers fetch. A follower with damage cuts it and fetches it again.
     pub replica_scrub_interval_ms: u64,
+    /// Longest a SIGTERM'd cluster member waits, in milliseconds, for the controller to move
+    /// its leaderships to other in-sync replicas (controlled shutdown) before it stops
+    /// anyway; 0 stops at once, as a broker alone does.
+    pub controlled_shutdown_timeout_ms: u64,
     pub limits: Limits,
 }
 
@@ -89,6 +93,7 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 10_000,
             replica_fetch_wait_max_ms: 500,
             replica_scrub_interval_ms: 86_400_000,
+            controlled_shutdown_timeout_ms: 10_000,
             limits: Limits::default(),
         }
     }

@@ -254,9 +254,18 @@ async fn serve(mut config: BrokerConfig) -> Result<(), String> {
     println!("listening on http://{listen}");
     let _ = std::io::stdout().flush();
     let signal_node = node.clone();
+    let mut signals = signals;
     let shutdown = async move {
         tokio::select! {
-            _ = signals.wait() => tracing::info!("shutting down: a signal arrived"),
+            _ = signals.wait() => {
+                tracing::info!("shutting down: a signal arrived");
+                // A cluster member first hands its leaderships over (bounded); a second
+                // signal stops it at once.
+                tokio::select! {
+                    _ = signal_node.drain() => {}
+                    _ = signals.wait() => tracing::warn!("a second signal: stopping without waiting for the controlled shutdown"),
+                }
+            }
             _ = signal_node.cluster.failed() => tracing::error!("shutting down: the cluster failed"),
         }
         // Ends long-polls and streams so the graceful shutdown below does not wait on them.
@@ -368,7 +377,8 @@ impl Signals {
         })
     }
 
-    async fn wait(mut self) {
+    /// The next SIGTERM or Ctrl-C (each wait takes one).
+    async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.interrupt.recv() => {}

@@ -121,12 +121,59 @@ impl Node {
         self.broker.limits()
     }
 
+    /// A cluster member's controlled shutdown, before [`Node::begin_shutdown`] (SIGTERM):
+    /// asks the controller to move this broker's leaderships to other in-sync replicas and
+    /// take it out of every in-sync set, then waits until its local replicas lead nothing;
+    /// `controlled_shutdown_timeout_ms` bounds the whole. The broker serves meanwhile:
+    /// produces for the partitions it no longer leads are forwarded to their new leaders. On
+    /// a broker alone, or with the bound 0, nothing.
+    pub async fn drain(&self) {
+        let bound = Duration::from_millis(self.broker.config.controlled_shutdown_timeout_ms);
+        if !self.cluster.is_clustered() || bound.is_zero() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + bound;
+        let led = self.replicas.led().len();
+        let Some(answer) = self.cluster.drain_leaderships(deadline).await else {
+            return;
+        };
+        let mut changed = self.replicas.subscribe();
+        loop {
+            changed.mark_unchanged();
+            let still = self.replicas.led();
+            if still.is_empty() {
+                break;
+            }
+            tokio::select! {
+                moved = changed.changed() => if moved.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let names: Vec<String> =
+                        still.iter().map(|r| format!("{}/{}", r.topic, r.partition)).collect();
+                    tracing::warn!(
+                        "controlled shutdown: still leading {} after {} ms; stopping anyway",
+                        names.join(", "),
+                        bound.as_millis()
+                    );
+                    return;
+                }
+            }
+        }
+        tracing::info!(
+            index = answer.index,
+            brokers_behind = ?answer.brokers_behind,
+            "controlled shutdown: leads nothing now ({led} leaderships moved in {} ms)",
+            started.elapsed().as_millis()
+        );
+    }
+
     /// Begins shutdown: long-polls, streams and background tasks end; produces are refused.
     pub fn begin_shutdown(&self) {
         self.broker.begin_shutdown();
     }
 
-    /// Finishes a clean shutdown: background tasks stopped, then the broker closed (every
+    /// Finishes a clean shutdown: background tasks stopped (a cluster member then tells the
+    /// controller it stopped, which fences it at once), then the broker closed (every
     /// partition synced and sealed, then the clean-shutdown marker).
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.begin_shutdown();
@@ -138,6 +185,7 @@ impl Node {
                 std::panic::resume_unwind(e.into_panic());
             }
         }
+        self.cluster.report_stopped().await;
         self.broker.close().await
     }
 }

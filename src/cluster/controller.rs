@@ -300,17 +300,7 @@ impl Controller {
         self.with_leadership(|l| {
             l.sessions
                 .heartbeat(&image, node, epoch, caught_up, now)
-                .map_err(|e| match e {
-                    HeartbeatError::UnknownBroker(n) => {
-                        ControlError::UnknownBroker(format!("broker {n} is not registered"))
-                    }
-                    HeartbeatError::StaleBrokerEpoch { current } => {
-                        ControlError::StaleBrokerEpoch {
-                            node_id: node,
-                            current,
-                        }
-                    }
-                })?;
+                .map_err(|e| heartbeat_refusal(node, e))?;
             let before = l.reconciled.insert(node, (epoch, reconciled));
             if before != Some((epoch, reconciled)) {
                 reports.send_modify(|r| *r += 1);
@@ -319,6 +309,70 @@ impl Controller {
         })??;
         self.propose_decisions().await?;
         Ok(self.raft.state().with_image(|i| i.applied))
+    }
+
+    /// A controlled shutdown begins: `node` leaves every in-sync set and its leaderships
+    /// move to other in-sync replicas, leader epochs bumped (`Command::BeginShutdown`); a
+    /// broker shutting down is no candidate for any leadership or in-sync set until its
+    /// next process registers. Then waits until every active broker applied it (the new
+    /// leaders lead), at most `wait`; answers the index and the brokers still behind.
+    /// Asking again is harmless (the same change, a later index).
+    pub async fn begin_shutdown(
+        &self,
+        node: NodeId,
+        epoch: BrokerEpoch,
+        wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(u64, Vec<NodeId>), ControlError> {
+        self.check_member(node, epoch)?;
+        let led = self.image().topics.values().fold(0, |n, t| {
+            n + t
+                .partitions
+                .iter()
+                .filter(|p| p.leader == Some(node))
+                .count()
+        });
+        let index = self
+            .propose(Command::BeginShutdown {
+                node_id: node,
+                broker_epoch: epoch,
+            })
+            .await?;
+        tracing::info!(
+            node_id = node.0,
+            index,
+            "controller: broker {node} shuts down: {led} leaderships moved to other in-sync replicas"
+        );
+        let behind = match self.wait_reconciled(index, wait, shutdown).await {
+            Ok(()) => Vec::new(),
+            Err(behind) => behind,
+        };
+        Ok((index, behind))
+    }
+
+    /// `node`'s process stopped (the end of its controlled shutdown): its session ends and
+    /// it is fenced at once, so its next process may register without waiting for the
+    /// session timeout. Answers the index of the fence.
+    pub async fn broker_stopped(
+        &self,
+        node: NodeId,
+        epoch: BrokerEpoch,
+    ) -> Result<u64, ControlError> {
+        let image = self.image();
+        self.with_leadership(|l| l.sessions.end(&image, node, epoch))?
+            .map_err(|e| heartbeat_refusal(node, e))?;
+        let index = self
+            .propose(Command::FenceBroker {
+                node_id: node,
+                broker_epoch: epoch,
+            })
+            .await?;
+        tracing::info!(
+            node_id = node.0,
+            index,
+            "controller: broker {node} stopped; fenced"
+        );
+        Ok(index)
     }
 
     /// Checks that `node` is registered on `epoch` (for requests other than a heartbeat).
@@ -516,6 +570,19 @@ impl Controller {
             }
         }
         Ok(())
+    }
+}
+
+/// A refused heartbeat (or session end) of `node`, as the controller answers it.
+fn heartbeat_refusal(node: NodeId, e: HeartbeatError) -> ControlError {
+    match e {
+        HeartbeatError::UnknownBroker(n) => {
+            ControlError::UnknownBroker(format!("broker {n} is not registered"))
+        }
+        HeartbeatError::StaleBrokerEpoch { current } => ControlError::StaleBrokerEpoch {
+            node_id: node,
+            current,
+        },
     }
 }
 

@@ -127,7 +127,7 @@ async fn heartbeats(cluster: &Cluster, client: &InternalClient, epoch: BrokerEpo
             .post(to, HEARTBEAT_PATH, &request, CALL_TIMEOUT)
             .await;
         match answer {
-            Ok(a) => cluster.heartbeat_answered(sent, a.last_index).await,
+            Ok(a) => cluster.heartbeat_answered(to, sent, a.last_index).await,
             Err(CallError::Refused { code, .. }) if REGISTER_AGAIN.contains(&code.as_str()) => {
                 return;
             }

@@ -9,7 +9,9 @@
 //!   421 `not_controller` naming the leader;
 //! - every broker runs the membership task (`member::run`): it registers with the current
 //!   controller leader with a fresh random incarnation and heartbeats to it, following the
-//!   leader wherever it moves. It stores the cluster id it joined and refuses another one.
+//!   leader wherever it moves. It stores the cluster id it joined and refuses another one;
+//! - on SIGTERM the node drains it first (`shutdown`: a controlled shutdown moves its
+//!   leaderships away), and reports it stopped once it no longer serves.
 //!
 //! `/readyz` is 200 only once the broker registered and applied the metadata up to the last
 //! index the controller told it.
@@ -23,6 +25,7 @@ pub mod identity;
 mod member;
 pub mod protocol;
 pub mod raft;
+mod shutdown;
 
 use std::io;
 use std::net::SocketAddr;
@@ -96,6 +99,9 @@ struct MemberState {
     broker_epoch: Option<BrokerEpoch>,
     /// The highest index of the image the controller told us of.
     known_last: u64,
+    /// The controller that answered the last heartbeat: it holds this process's session,
+    /// and is told when the process stops.
+    session_holder: Option<SocketAddr>,
 }
 
 impl Cluster {
@@ -236,10 +242,11 @@ impl Cluster {
             .brokers
             .values()
             .map(|b| {
-                let status = if b.shutting_down {
-                    "shutting_down"
-                } else if b.fenced {
+                // A broker fenced after its controlled shutdown stopped it is `fenced`.
+                let status = if b.fenced {
                     "fenced"
+                } else if b.shutting_down {
+                    "shutting_down"
                 } else {
                     "alive"
                 };
@@ -378,8 +385,9 @@ impl Cluster {
     /// the lease is renewed once the local replicas match that much of the metadata (a
     /// leadership lost by then is given up), waiting for it at most a heartbeat interval;
     /// else the next heartbeat tries.
-    async fn heartbeat_answered(&self, sent: std::time::Instant, last: u64) {
+    async fn heartbeat_answered(&self, to: SocketAddr, sent: std::time::Instant, last: u64) {
         self.saw_last_index(last);
+        self.lock().session_holder = Some(to);
         let mut reconciled = self.reconciled.subscribe();
         let caught_up = reconciled.wait_for(|r| *r >= last);
         if tokio::time::timeout(self.heartbeat_interval(), caught_up)

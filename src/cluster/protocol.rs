@@ -45,6 +45,42 @@ pub struct HeartbeatAnswer {
     pub last_index: u64,
 }
 
+pub const SHUTDOWN_PATH: &str = "/internal/v1/brokers/shutdown";
+
+/// A broker's controlled shutdown, in two stages (see [`ShutdownStage`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    pub node_id: NodeId,
+    pub broker_epoch: BrokerEpoch,
+    pub stage: ShutdownStage,
+    /// `drain` only: how long the controller waits for the other brokers to take over the
+    /// leaderships before it answers (capped by the controller).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownStage {
+    /// The broker is about to stop: it leaves every in-sync set and its leaderships move to
+    /// other in-sync replicas (`Command::BeginShutdown`); answered once the other active
+    /// brokers applied that, or `wait_ms` passed.
+    Drain,
+    /// The broker stopped serving and heartbeating: its session ends and it is fenced at
+    /// once, so its next process registers without waiting for the session timeout.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShutdownAnswer {
+    /// The metadata log index of the change.
+    pub index: u64,
+    /// Active brokers that had not applied the change when the answer was sent (`drain`).
+    #[serde(default)]
+    pub brokers_behind: Vec<NodeId>,
+}
+
 pub const ALTER_PARTITION_PATH: &str = "/internal/v1/partitions/alter";
 
 /// A leader asks the controller to change its partition's ISR (compare-and-swap on the

@@ -10,6 +10,9 @@
 //!   fences brokers en masse.
 //! - A fenced broker that is not shutting down is unfenced once it heartbeats on its current
 //!   epoch and says it has caught up with the metadata.
+//! - A broker that says it stopped (the end of a controlled shutdown) ends its session at
+//!   once: it is no longer alive, so its next process registers without waiting for the
+//!   session timeout.
 
 use std::collections::BTreeMap;
 
@@ -76,6 +79,27 @@ impl Sessions {
             caught_up,
         };
         self.last.insert(node, beat);
+        Ok(())
+    }
+
+    /// Ends the session of `node`'s incarnation `epoch`: its process said it stopped (and
+    /// heartbeats no more). Refused like a heartbeat for an unknown node or an older epoch.
+    pub fn end(
+        &mut self,
+        image: &MetadataImage,
+        node: NodeId,
+        epoch: BrokerEpoch,
+    ) -> Result<(), HeartbeatError> {
+        let broker = image
+            .brokers
+            .get(&node)
+            .ok_or(HeartbeatError::UnknownBroker(node))?;
+        if broker.broker_epoch != epoch {
+            return Err(HeartbeatError::StaleBrokerEpoch {
+                current: broker.broker_epoch,
+            });
+        }
+        self.last.remove(&node);
         Ok(())
     }
 
@@ -231,6 +255,49 @@ mod tests {
         assert!(!s.is_alive(&image, NodeId(1), 31 + TIMEOUT));
         assert_eq!(
             s.heartbeat(&image, NodeId(9), old, true, 20),
+            Err(HeartbeatError::UnknownBroker(NodeId(9)))
+        );
+    }
+
+    #[test]
+    fn a_stopped_broker_is_not_alive_and_is_fenced_at_once() {
+        let mut image = registered(2);
+        let everyone: Vec<Command> = (1..=2)
+            .map(|id| Command::UnfenceBroker {
+                node_id: NodeId(id),
+                broker_epoch: epoch(&image, id),
+            })
+            .collect();
+        apply_all(&mut image, &everyone);
+        let mut s = Sessions::new(TIMEOUT, 0);
+        for id in 1..=2 {
+            s.heartbeat(&image, NodeId(id), epoch(&image, id), true, 7_000)
+                .unwrap();
+        }
+        assert!(s.is_alive(&image, NodeId(2), 7_001));
+        let stale = BrokerEpoch(epoch(&image, 2).0 - 1);
+        assert_eq!(
+            s.end(&image, NodeId(2), stale),
+            Err(HeartbeatError::StaleBrokerEpoch {
+                current: epoch(&image, 2)
+            })
+        );
+        assert!(
+            s.is_alive(&image, NodeId(2), 7_001),
+            "a stale end ends nothing"
+        );
+        s.end(&image, NodeId(2), epoch(&image, 2)).unwrap();
+        assert!(!s.is_alive(&image, NodeId(2), 7_001));
+        assert_eq!(
+            s.decisions(&image, 7_001),
+            vec![Command::FenceBroker {
+                node_id: NodeId(2),
+                broker_epoch: epoch(&image, 2)
+            }],
+            "fenced at once, not a session later"
+        );
+        assert_eq!(
+            s.end(&image, NodeId(9), epoch(&image, 2)),
             Err(HeartbeatError::UnknownBroker(NodeId(9)))
         );
     }

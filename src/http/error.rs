@@ -169,8 +169,11 @@ impl From<BrokerError> for ApiError {
             .with("min_insync_replicas", min_insync_replicas)
             .with("outcome", "unknown")
             .retry_after(1),
+            // Retryable: on a cluster another broker serves the request meanwhile, and a
+            // restarted broker soon again.
             BrokerError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+                    .retry_after(1)
             }
             BrokerError::Overloaded { limit_name, limit } => ApiError::limit(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,5 @@
 //! Internal routes (`/internal/v1/`, OpenAPI tag `internal`): brokers call them on the
-//! controller leader's port to register, heartbeat and change ISRs (any other broker answers
+//! controller leader's port to register, heartbeat, shut down under control and change ISRs (any other broker answers
 //! 421 `not_controller` naming the leader), on every voter's port for the metadata Raft's
 //! RPCs (`/internal/v1/raft/{append,vote,snapshot}`), and on a leader's port to fetch
 //! replicated data (every broker).
@@ -17,7 +17,7 @@ use super::error::{ApiError, ApiResult};
 use crate::cluster::controller::{ControlError, Controller, Registration};
 use crate::cluster::protocol::{
     AlterPartitionAnswer, AlterPartitionRequest, HeartbeatAnswer, HeartbeatRequest, RegisterAnswer,
-    RegisterRequest,
+    RegisterRequest, ShutdownAnswer, ShutdownRequest, ShutdownStage,
 };
 use crate::cluster::raft::{RPC_BYTES_MAX, Rpc, RpcRefusal};
 use crate::metadata::{Command, MetadataError, NodeId};
@@ -146,6 +146,41 @@ pub async fn heartbeat(
         .heartbeat(h.node_id, h.broker_epoch, h.caught_up, h.reconciled)
         .await?;
     Ok(axum::Json(HeartbeatAnswer { last_index }).into_response())
+}
+
+/// Longest the controller holds a `drain` answer while the other brokers take over.
+const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `POST /internal/v1/brokers/shutdown`: a broker's controlled shutdown. `drain`: its
+/// leaderships move to other in-sync replicas and it leaves every in-sync set, answered once
+/// the other brokers applied that (or `wait_ms` passed: `brokers_behind` names who had not);
+/// `stopped`: it stopped serving, so its session ends and it is fenced at once.
+pub async fn shutdown(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let controller = controller(&node)?;
+    let r: ShutdownRequest =
+        read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    let answer = match r.stage {
+        ShutdownStage::Drain => {
+            let wait = std::time::Duration::from_millis(r.wait_ms).min(SHUTDOWN_WAIT_MAX);
+            let mut shutdown = node.broker.shutdown_signal();
+            let (index, brokers_behind) = controller
+                .begin_shutdown(r.node_id, r.broker_epoch, wait, &mut shutdown)
+                .await?;
+            ShutdownAnswer {
+                index,
+                brokers_behind,
+            }
+        }
+        ShutdownStage::Stopped => ShutdownAnswer {
+            index: controller.broker_stopped(r.node_id, r.broker_epoch).await?,
+            brokers_behind: Vec::new(),
+        },
+    };
+    Ok(axum::Json(answer).into_response())
 }
 
 /// A command `apply` refused, as the problem a client can act on.

@@ -162,6 +162,10 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             vec![on(Method::POST, internal::heartbeat)],
         ),
         (
+            crate::cluster::protocol::SHUTDOWN_PATH,
+            vec![on(Method::POST, internal::shutdown)],
+        ),
+        (
             crate::cluster::raft::APPEND_PATH,
             vec![on(Method::POST, internal::raft_append)],
         ),

@@ -15,8 +15,6 @@
 //! after the election timeout, 500 ms here). `TIDELOG_ROLLING_ROUNDS` restarts more brokers
 //! (default 3: each once).
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 
 use std::collections::BTreeMap;
@@ -25,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use checker::{History, Outcome, ReplicaRead};
+use common::checker::{History, Outcome};
 use common::client::Client;
-use common::cluster::{self, Cluster, DEADLINE, get, post, wait_for};
+use common::cluster::{self, Cluster, DEADLINE, get, post, read_every_replica, wait_for};
 use serde_json::{Value, json};
 
 const TOPIC: &str = "rolling";
@@ -56,13 +54,9 @@ const RETRYABLE: [&str; 11] = [
     "forward_timeout",
 ];
 
-fn describe(c: &Cluster, id: usize) -> Value {
-    get(&format!("{}/v1/topics/{TOPIC}", c.url(id))).1
-}
-
 /// Each partition's (leader, ISR size) in broker `id`'s view.
 fn leaders(c: &Cluster, id: usize) -> Vec<(u64, usize)> {
-    describe(c, id)["partitions"]
+    cluster::describe(c, id, TOPIC)["partitions"]
         .as_array()
         .map(|ps| {
             ps.iter()
@@ -230,86 +224,6 @@ fn spawn_producer(
     })
 }
 
-/// Records (offset, value), the next offset, the replica's high watermark.
-type LocalPage = (Vec<(u64, String)>, u64, u64);
-
-fn read_local(c: &Cluster, id: usize, p: u32, offset: u64) -> Option<LocalPage> {
-    let (status, page) = get(&format!(
-        "{}/v1/topics/{TOPIC}/partitions/{p}/records?offset={offset}&replica=local&max_records=1000",
-        c.url(id)
-    ));
-    if status != 200 {
-        return None;
-    }
-    let records = page["records"]
-        .as_array()?
-        .iter()
-        .map(|r| {
-            (
-                r["offset"].as_u64().unwrap(),
-                r["value"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    Some((
-        records,
-        page["next_offset"].as_u64()?,
-        page["high_watermark"].as_u64()?,
-    ))
-}
-
-/// Waits until every replica's high watermark is its leader's log end, then reads every
-/// replica of every partition up to its high watermark.
-fn read_every_replica(c: &Cluster, history: &Mutex<History>) -> Vec<ReplicaRead> {
-    for p in 0..PARTITIONS {
-        wait_for(&format!("{TOPIC}/{p} converged"), || {
-            let leader = leaders(c, 1)[p as usize].0 as usize;
-            if leader == 0 {
-                return Err("no leader".to_string());
-            }
-            let end = describe(c, leader)["partitions"][p as usize]["log_end_offset"]
-                .as_u64()
-                .unwrap_or(u64::MAX);
-            let hws: Vec<u64> = (1..=3)
-                .map(|id| read_local(c, id, p, 0).map_or(0, |(_, _, hw)| hw))
-                .collect();
-            if hws.iter().all(|hw| *hw == end) {
-                Ok(())
-            } else {
-                Err(format!("hws {hws:?}, leader {leader} end {end}"))
-            }
-        });
-    }
-    let mut reads = Vec::new();
-    for id in 1..=3 {
-        for p in 0..PARTITIONS {
-            let mut read = ReplicaRead {
-                node: id as u32,
-                partition: p,
-                high_watermark: 0,
-                records: Vec::new(),
-            };
-            let mut offset = 0;
-            for _ in 0..100_000 {
-                let (records, next, hw) = read_local(c, id, p, offset)
-                    .unwrap_or_else(|| panic!("reading {TOPIC}/{p} on {id}"));
-                read.records.extend(records);
-                read.high_watermark = hw;
-                if next >= hw {
-                    break;
-                }
-                offset = next;
-            }
-            history
-                .lock()
-                .unwrap()
-                .high_watermark(id as u32, p, read.high_watermark);
-            reads.push(read);
-        }
-    }
-    reads
-}
-
 /// The controlled-shutdown route refuses what it must, with stable codes (each answer is
 /// checked against the spec).
 fn the_shutdown_route_refuses_strangers(c: &Cluster) {
@@ -474,8 +388,11 @@ fn a_rolling_sigterm_restart_under_load_costs_only_retryable_errors_and_loses_no
         );
     }
     assert!(moved >= rounds, "the victims led partitions to hand over");
-    let reads = read_every_replica(&c, &history);
-    let history = history.lock().unwrap();
+    let reads = read_every_replica(&c, 1, TOPIC, PARTITIONS);
+    let mut history = history.lock().unwrap();
+    for r in &reads {
+        history.high_watermark(r.node, r.partition, r.high_watermark);
+    }
     let anomalies = history.check(&reads);
     assert!(anomalies.is_empty(), "{anomalies:#?}");
     assert!(history.acknowledged() >= 120, "{}", history.acknowledged());

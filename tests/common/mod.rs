@@ -175,6 +175,11 @@ impl TestBroker {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The process id while it runs (not killed).
+    pub fn running_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: no flush, no clean-shutdown marker.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

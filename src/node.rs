@@ -216,8 +216,11 @@ fn offsets_topic_maker(
         Box::pin(async move {
             let mut changed = replicas.subscribe();
             create_offsets_topic(&cluster, config).await?;
+            // Held and given its role: a replica takes no write before its role.
             let wait = async {
-                while broker.topic(OFFSETS_TOPIC).is_err() {
+                while broker.topic(OFFSETS_TOPIC).is_err()
+                    || replicas.role_of(OFFSETS_TOPIC, 0).is_none()
+                {
                     if changed.changed().await.is_err() {
                         break;
                     }

@@ -7,7 +7,9 @@
 //!
 //! A retry after the failover reaches a new leader, which rebuilt the producer's sequences
 //! from the batches it replicated: a batch the old leader had replicated before it died is
-//! recognized, one it had not is written anew. The short seeded run stays in `cargo test`;
+//! recognized, one it had not is written anew. The restarted victim takes no write before the
+//! metadata gives its replicas their roles: one that did answered a retry with its own stale
+//! log end's offsets, fsynced only there. The short seeded run stays in `cargo test`;
 //! `TIDELOG_EXACTLY_ONCE_RECORDS` raises the record count (the issue's figure is 20000) and
 //! `TIDELOG_EXACTLY_ONCE_SEED` replays a run.
 
@@ -171,17 +173,6 @@ fn read_all(c: &Cluster, told: &Told) -> HashMap<String, (u64, u64)> {
 
 #[test]
 fn an_idempotent_producer_stores_every_record_once_across_a_leader_kill_9() {
-    // A known failure, open in issue 11 (item 5): about one run in two, a retry sent after the
-    // killed leader is restarted is answered with the offsets of an older batch of the same
-    // producer (seed 11: "a retry of 66 got other offsets", 40 instead of 83), so
-    // deduplication across a failover is not yet exactly once. It runs on request until fixed.
-    if std::env::var_os("TIDELOG_EXACTLY_ONCE_FAILOVER").is_none() {
-        eprintln!(
-            "SKIPPED exactly once across a leader kill -9: a known failure (issue 11 item 5); \
-             set TIDELOG_EXACTLY_ONCE_FAILOVER=1 to run it"
-        );
-        return;
-    }
     let records = env_u64("TIDELOG_EXACTLY_ONCE_RECORDS", 1_000);
     let seed = env_u64("TIDELOG_EXACTLY_ONCE_SEED", 11);
     let requests = records.div_ceil(PER_REQUEST);

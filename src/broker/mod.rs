@@ -482,6 +482,9 @@ impl Broker {
                 clean,
             )
             .map_err(|e| BrokerError::from_io(format_args!("opening {name}/{p}"), e))?;
+            if shape.topic_id.is_some() {
+                partition.await_role();
+            }
             if report.truncated_bytes > 0 || report.dropped_segments > 0 {
                 tracing::warn!(
                     topic = %name,
@@ -1382,5 +1385,8 @@ fn open_empty_partition(
         config.flush_policy(),
         false,
     )?;
+    if topic.topic_id.is_some() {
+        partition.await_role();
+    }
     Ok(partition)
 }

@@ -1010,6 +1010,16 @@ impl Partition {
             .send_if_modified(|g| std::mem::replace(g, gate) != gate);
     }
 
+    /// A replica of a cluster member, just opened: it refuses producers until the
+    /// replication layer gives it a role from the metadata ([`Partition::set_follower`]).
+    /// Opened from disk after a restart it may be a deposed leader's log, and the metadata
+    /// that says so may not be replayed yet: taking a write then would stamp it at this log's
+    /// end, with the local fsync as its only high watermark, offsets the partition's leader
+    /// has given to other records (issue 11, item 5).
+    pub fn await_role(&self) {
+        self.set_follower(true);
+    }
+
     /// Makes this replica a follower (producers' appends refused) or a leader again.
     pub fn set_follower(&self, follower: bool) {
         self.follower.store(follower, Ordering::Release);

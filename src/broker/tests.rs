@@ -258,3 +258,69 @@ async fn an_acks_all_wait_ends_unknown_when_the_leadership_or_the_isr_goes() {
         assert_eq!(failed.fates, vec![RecordFate::Unconfirmed(0)], "{lose}");
     }
 }
+
+/// Issue 11 item 5: a replica of a cluster member takes no producer's write before the
+/// replication layer gives it a role, whether the metadata just made it here, grew its
+/// topic, or a restart opened it from disk. A restarted leader that took one (its metadata
+/// not replayed yet, its session lease held) answered an idempotent retry with offsets of
+/// its own stale log end, fsynced only here, which the partition's leader had given to
+/// other records. The broker here has no lease, as one whose lease is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_replica_takes_no_write_before_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = || BrokerConfig {
+        peers: "1=127.0.0.1:9".into(),
+        ..config(dir.path())
+    };
+    let mut spec = ReplicaTopic {
+        name: "t".into(),
+        topic_id: 7,
+        partitions: 1,
+        local: vec![0],
+        config: TopicConfig::default(),
+    };
+    let refused = |partition: u32| BrokerError::NotLeader {
+        topic: "t".into(),
+        partition,
+    };
+    let produce = |broker: Arc<Broker>, p: u32| async move {
+        let topic = broker.topic("t").unwrap();
+        broker
+            .produce(&topic, &[one_record(p)], Acks::All, Duration::from_secs(10))
+            .await
+            .map(|o| o.offsets)
+    };
+    let broker = Broker::open(member()).await.unwrap();
+    broker.ensure_replica_topic(&spec).await.unwrap();
+    assert_eq!(
+        produce(Arc::clone(&broker), 0).await,
+        Err(refused(0)),
+        "made here"
+    );
+    // The role hook makes it a leader: it takes writes.
+    let topic = broker.topic("t").unwrap();
+    topic.partition(0).unwrap().set_follower(false);
+    assert_eq!(produce(Arc::clone(&broker), 0).await, Ok(vec![(0, 0)]));
+    spec.partitions = 2;
+    spec.local = vec![0, 1];
+    broker.ensure_replica_topic(&spec).await.unwrap();
+    assert_eq!(
+        produce(Arc::clone(&broker), 1).await,
+        Err(refused(1)),
+        "grown here"
+    );
+    drop(topic);
+    broker.close().await.unwrap();
+    drop(broker);
+
+    let reopened = Broker::open(member()).await.unwrap();
+    for p in 0..2 {
+        assert_eq!(
+            produce(Arc::clone(&reopened), p).await,
+            Err(refused(p)),
+            "reopened"
+        );
+    }
+    let partition = reopened.topic("t").unwrap().partition(0).unwrap();
+    assert_eq!(partition.stats().log_end_offset, 1, "nothing written");
+}

@@ -328,7 +328,7 @@ fn a_split_produce_whose_leader_is_down_reports_each_record() {
     assert!(
         matches!(
             (status, code.as_str()),
-            (503, "broker_unavailable" | "partition_offline")
+            (503, "broker_unavailable" | "leader_not_available")
         ),
         "{status} {problem}"
     );

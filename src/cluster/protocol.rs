@@ -96,6 +96,9 @@ pub struct AlterPartitionRequest {
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: PartitionEpoch,
     pub isr: Vec<NodeId>,
+    /// The leader's high watermark now (the metadata keeps the highest reported).
+    #[serde(default)]
+    pub high_watermark: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

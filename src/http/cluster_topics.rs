@@ -157,7 +157,8 @@ pub fn describe(node: &AppState, topic: &str) -> ApiResult<Response> {
     Ok(axum::Json(describe_in(node, &image, topic)?).into_response())
 }
 
-/// A topic's view from `image`: each partition's leader, epoch, replicas and ISR, with the
+/// A topic's view from `image`: each partition's leader (null: offline), epoch, replicas, ISR
+/// and ELR (KIP-966 eligible leader replicas), with the
 /// figures of this broker's own replica where it holds one (nulls elsewhere).
 fn describe_in(node: &AppState, image: &MetadataImage, topic: &str) -> ApiResult<Value> {
     let record = exists(image, topic)?;
@@ -181,6 +182,7 @@ fn describe_in(node: &AppState, image: &MetadataImage, topic: &str) -> ApiResult
                 "leader_epoch": p.leader_epoch,
                 "replicas": p.replicas,
                 "isr": p.isr,
+                "elr": p.elr,
             });
             add_local_stats(&mut view, slots.get(i).and_then(Option::as_deref));
             view
@@ -248,7 +250,7 @@ fn check_cluster_limits(
 }
 
 /// Waits until every active broker made its replicas match the metadata up to `index`.
-async fn wait_every_broker(
+pub(super) async fn wait_every_broker(
     node: &AppState,
     controller: &Controller,
     index: u64,

@@ -69,6 +69,7 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
         ("/v1/topics/{topic}", &Method::PATCH | &Method::DELETE) => Controller,
         ("/v1/topics/{topic}/partitions", _) => Controller,
         ("/v1/topics/{topic}/partitions/{partition}/delete-records", _) => PartitionLeader,
+        ("/v1/topics/{topic}/partitions/{partition}/elect", _) => Controller,
         // Split per partition where it lands (`produce_split`).
         ("/v1/topics/{topic}/records", _) => Here,
         ("/v1/topics/{topic}/partitions/{partition}/records", _) => PartitionLeader,
@@ -180,7 +181,7 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
             let request = Request::from_parts(parts, body);
             match home {
                 PartitionHome::Unknown | PartitionHome::Here => next.run(request).await,
-                PartitionHome::Offline => partition_offline().into_response(),
+                PartitionHome::Offline => leader_not_available().into_response(),
                 PartitionHome::Remote(leader, _) => {
                     to_node(&node, leader, Miss::NotLeader, request, next).await
                 }
@@ -208,7 +209,7 @@ async fn to_node(
         return next.run(request).await;
     }
     let Some(address) = node.cluster.peer_address(id) else {
-        return partition_offline().into_response();
+        return leader_not_available().into_response();
     };
     if request.headers().contains_key(FORWARDED_HEADER) {
         return second_miss(miss, id, address).into_response();
@@ -383,12 +384,14 @@ fn sent_but(
     .with("address", address.to_string())
 }
 
-/// No replica may lead the partition now.
-pub(super) fn partition_offline() -> ApiError {
+/// The partition has no leader now: no in-sync or eligible replica is alive (Kafka's
+/// `LEADER_NOT_AVAILABLE`). Retryable: a returning eligible replica is elected at once.
+pub(super) fn leader_not_available() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "partition_offline",
-        "no replica of this partition may lead it now (its in-sync replicas are all down)",
+        "leader_not_available",
+        "the partition has no leader now: none of its in-sync or eligible replicas is alive \
+         (one is elected as soon as it returns; an operator may force an unclean election)",
     )
     .retry_after(UNAVAILABLE_RETRY_AFTER_S)
 }

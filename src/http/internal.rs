@@ -198,6 +198,23 @@ fn refused(e: MetadataError, detail: String) -> ApiError {
         MetadataError::InvalidMinInsync { .. } | MetadataError::InvalidAssignment(_) => {
             ApiError::invalid(detail)
         }
+        MetadataError::NotInReplicaSet { replica } => {
+            ApiError::new(StatusCode::CONFLICT, "not_in_replica_set", detail)
+                .with("replica", replica.0)
+        }
+        MetadataError::ReplicaFenced { replica } => {
+            ApiError::new(StatusCode::CONFLICT, "replica_fenced", detail).with("replica", replica.0)
+        }
+        MetadataError::PartitionHasLeader { leader } => {
+            ApiError::new(StatusCode::CONFLICT, "partition_has_leader", detail)
+                .with("leader", leader.0)
+        }
+        MetadataError::PreferredLeaderNotAvailable { replica } => ApiError::new(
+            StatusCode::CONFLICT,
+            "preferred_leader_not_available",
+            detail,
+        )
+        .with("replica", replica.0),
         _ => ApiError::new(StatusCode::CONFLICT, "metadata_conflict", detail),
     }
 }
@@ -221,6 +238,7 @@ pub async fn alter_partition(
             leader_epoch: r.leader_epoch,
             partition_epoch: r.partition_epoch,
             isr: r.isr,
+            high_watermark: r.high_watermark,
         })
         .await?;
     Ok(axum::Json(AlterPartitionAnswer { index }).into_response())

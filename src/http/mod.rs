@@ -11,6 +11,7 @@
 pub mod body;
 pub mod budgeted_body;
 pub mod cluster_topics;
+pub mod elect;
 pub mod error;
 pub mod fetch;
 pub mod forward;
@@ -99,6 +100,10 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
         (
             "/v1/topics/{topic}/partitions/{partition}/delete-records",
             vec![on(Method::POST, topics::delete_records)],
+        ),
+        (
+            "/v1/topics/{topic}/partitions/{partition}/elect",
+            vec![on(Method::POST, elect::elect)],
         ),
         (
             "/v1/topics/{topic}/records",

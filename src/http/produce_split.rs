@@ -37,7 +37,7 @@ use super::AppState;
 use super::body::{parse_query, read_limited};
 use super::error::{ApiError, ApiResult};
 use super::forward::{
-    FORWARDED_HEADER, PartitionHome, TopicHomes, not_leader, partition_home, partition_offline,
+    FORWARDED_HEADER, PartitionHome, TopicHomes, leader_not_available, not_leader, partition_home,
     topic_homes,
 };
 use super::path::Path;
@@ -250,7 +250,7 @@ async fn split(
     }
     for &p in &parts {
         if home(p) == PartitionHome::Offline {
-            errors.push((p, partition_offline()));
+            errors.push((p, leader_not_available()));
         }
     }
     // The problem of the failed part that comes first in the request.
@@ -507,7 +507,7 @@ pub async fn append(
     match partition_home(&node.cluster, &topic, partition) {
         PartitionHome::Here | PartitionHome::Unknown => {}
         PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
-        PartitionHome::Offline => return Err(partition_offline()),
+        PartitionHome::Offline => return Err(leader_not_available()),
     }
     let limit = node.limits().request_body_bytes_max;
     let bytes = read_limited(&headers, body, limit).await?;

@@ -57,7 +57,14 @@ pub fn reserve_serves(method: &Method, path: &str) -> bool {
         // List and create; describe, reconfigure and delete; expand.
         ["v1", "topics"] | ["v1", "topics", _] => true,
         ["v1", "topics", _, "partitions"] => true,
-        ["v1", "topics", _, "partitions", _, "delete-records"] => true,
+        [
+            "v1",
+            "topics",
+            _,
+            "partitions",
+            _,
+            "delete-records" | "elect",
+        ] => true,
         // List, describe and delete groups; look at and reset their offsets (a member's
         // commit is a POST to `offsets`: client traffic).
         ["v1", "groups"] | ["v1", "groups", _] => true,
@@ -382,6 +389,10 @@ mod tests {
             ("/v1/topics/{topic}/partitions", Method::POST),
             (
                 "/v1/topics/{topic}/partitions/{partition}/delete-records",
+                Method::POST,
+            ),
+            (
+                "/v1/topics/{topic}/partitions/{partition}/elect",
                 Method::POST,
             ),
             ("/v1/groups", Method::GET),

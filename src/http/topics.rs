@@ -209,6 +209,7 @@ pub fn describe_topic(topic: &Topic, node_id: u32) -> Value {
                 "leader_epoch": 0,
                 "replicas": [node_id],
                 "isr": [node_id],
+                "elr": [],
             });
             add_local_stats(&mut view, Some(p));
             view

@@ -53,10 +53,28 @@ pub enum MetadataError {
         given: PartitionEpoch,
     },
     InvalidIsr(String),
-    /// An election for a replica that cannot lead.
+    /// An ISR change naming a replica that cannot be in sync.
     IneligibleReplica {
         replica: NodeId,
         reason: &'static str,
+    },
+    /// An election names a broker that holds no replica of the partition.
+    NotInReplicaSet {
+        replica: NodeId,
+    },
+    /// An election names a replica that is fenced (never registered, or its session
+    /// expired) or shutting down: it cannot lead.
+    ReplicaFenced {
+        replica: NodeId,
+    },
+    /// An unclean election for a partition that has a leader: only an offline partition
+    /// may be elected unclean.
+    PartitionHasLeader {
+        leader: NodeId,
+    },
+    /// A preferred election while the first replica is not an active ISR member.
+    PreferredLeaderNotAvailable {
+        replica: NodeId,
     },
 }
 
@@ -106,8 +124,23 @@ impl std::fmt::Display for MetadataError {
             ),
             E::InvalidIsr(why) => write!(f, "invalid in-sync replica set: {why}"),
             E::IneligibleReplica { replica, reason } => {
-                write!(f, "broker {replica} cannot lead: {reason}")
+                write!(f, "broker {replica} cannot be in sync: {reason}")
             }
+            E::NotInReplicaSet { replica } => {
+                write!(f, "broker {replica} holds no replica of the partition")
+            }
+            E::ReplicaFenced { replica } => write!(
+                f,
+                "broker {replica} is fenced (not registered, or its session expired) or shutting down, so it cannot lead"
+            ),
+            E::PartitionHasLeader { leader } => write!(
+                f,
+                "the partition has a leader (broker {leader}); only an offline partition may be elected unclean"
+            ),
+            E::PreferredLeaderNotAvailable { replica } => write!(
+                f,
+                "the preferred replica, broker {replica}, is not an alive in-sync replica"
+            ),
         }
     }
 }
@@ -188,6 +221,7 @@ impl MetadataImage {
                 leader_epoch,
                 partition_epoch,
                 isr,
+                high_watermark,
             } => {
                 let min = self.topic(topic)?.min_insync_replicas;
                 let p = self.partition_ref(topic, *partition)?;
@@ -198,7 +232,9 @@ impl MetadataImage {
                         reason: "fenced or shutting down",
                     });
                 }
-                set_isr(self.partition_mut(topic, *partition)?, isr, min);
+                let p = self.partition_mut(topic, *partition)?;
+                set_isr(p, isr, min);
+                p.high_watermark = p.high_watermark.max(*high_watermark);
                 Ok(Outcome::Applied)
             }
             Command::ElectLeader {
@@ -376,6 +412,7 @@ impl MetadataImage {
             elr: Vec::new(),
             leader_epoch: LeaderEpoch(0),
             partition_epoch: PartitionEpoch(0),
+            high_watermark: 0,
         }
     }
 
@@ -386,43 +423,37 @@ impl MetadataImage {
         election: &Election,
     ) -> Result<Outcome, MetadataError> {
         let p = self.partition_ref(topic, partition)?;
-        let (leader, unclean) = match election {
+        match election {
             Election::Preferred => {
                 let first = p.replicas[0];
                 if p.leader == Some(first) {
                     return Ok(Outcome::Applied);
                 }
-                if !p.isr.contains(&first) {
-                    return Err(MetadataError::IneligibleReplica {
-                        replica: first,
-                        reason: "not in the in-sync replica set",
-                    });
+                if !p.isr.contains(&first) || !self.is_active(first) {
+                    return Err(MetadataError::PreferredLeaderNotAvailable { replica: first });
                 }
-                (first, false)
+                set_leader(self.partition_mut(topic, partition)?, Some(first));
             }
-            Election::Unclean { replica } => {
+            Election::Unclean {
+                replica,
+                log_end_offset,
+            } => {
                 if !p.replicas.contains(replica) {
-                    return Err(MetadataError::IneligibleReplica {
-                        replica: *replica,
-                        reason: "not a replica of the partition",
-                    });
+                    return Err(MetadataError::NotInReplicaSet { replica: *replica });
                 }
-                (*replica, true)
+                if let Some(leader) = p.leader {
+                    return Err(MetadataError::PartitionHasLeader { leader });
+                }
+                if !self.is_active(*replica) {
+                    return Err(MetadataError::ReplicaFenced { replica: *replica });
+                }
+                let p = self.partition_mut(topic, partition)?;
+                p.isr = vec![*replica];
+                p.elr.clear();
+                p.high_watermark = *log_end_offset;
+                set_leader(p, Some(*replica));
             }
-        };
-        if !self.is_active(leader) {
-            return Err(MetadataError::IneligibleReplica {
-                replica: leader,
-                reason: "fenced or shutting down",
-            });
         }
-        let p = self.partition_mut(topic, partition)?;
-        if unclean {
-            p.isr = vec![leader];
-            p.elr.clear();
-            p.partition_epoch.0 += 1;
-        }
-        set_leader(p, Some(leader));
         Ok(Outcome::Applied)
     }
 

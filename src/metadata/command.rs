@@ -65,6 +65,11 @@ pub enum Command {
         leader_epoch: LeaderEpoch,
         partition_epoch: PartitionEpoch,
         isr: Vec<NodeId>,
+        /// The leader's high watermark when it asked (kept as
+        /// `PartitionRecord::high_watermark`, so an unclean election can say what it gives
+        /// up). 0 in commands written before it was kept.
+        #[serde(default)]
+        high_watermark: u64,
     },
     ElectLeader {
         topic: String,
@@ -78,7 +83,14 @@ pub enum Command {
 pub enum Election {
     /// Move leadership to the first replica, if it is an active ISR member.
     Preferred,
-    /// Make `replica` the leader and the only ISR member even if it is not in sync: the
-    /// records it lacks are given up. Only on an operator's explicit request.
-    Unclean { replica: NodeId },
+    /// Make `replica` the leader and the only ISR member of a partition that has no leader
+    /// (no ISR or ELR member is active), though it is not in sync: the records it lacks are
+    /// given up. Only on an operator's explicit request.
+    Unclean {
+        replica: NodeId,
+        /// The replica's log end offset when the controller asked it: the partition's log
+        /// is its log from now on, so this becomes the partition's recorded high watermark.
+        #[serde(default)]
+        log_end_offset: u64,
+    },
 }

@@ -73,6 +73,14 @@ pub struct PartitionRecord {
     pub leader: Option<NodeId>,
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: PartitionEpoch,
+    /// The highest high watermark a leader reported with an ISR change (0 before any): every
+    /// record below it was acknowledged to `acks=all` producers, or could have been. The
+    /// real one does not move while the ISR is below `min_insync_replicas`, and a leader
+    /// reports it then, so for a partition whose last leader saw its ISR below the minimum
+    /// (the usual road to an unclean election) it is exact; otherwise a lower bound. An
+    /// unclean election sets it to the new leader's log end.
+    #[serde(default)]
+    pub high_watermark: u64,
 }
 
 impl MetadataImage {

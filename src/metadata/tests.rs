@@ -161,6 +161,7 @@ fn an_isr_change_is_a_compare_and_swap_on_the_partition_epoch() {
         leader_epoch: p.leader_epoch,
         partition_epoch: p.partition_epoch,
         isr: nodes(&[1, 2]),
+        high_watermark: 0,
     };
     apply_ok(&mut image, &shrink);
     let index = image.applied + 1;
@@ -180,6 +181,7 @@ fn an_isr_change_is_a_compare_and_swap_on_the_partition_epoch() {
         leader_epoch: p.leader_epoch,
         partition_epoch: image.partition("t", 0).unwrap().partition_epoch,
         isr: nodes(&[2]),
+        high_watermark: 0,
     };
     assert!(matches!(
         image.apply(index + 1, &from_follower),
@@ -191,26 +193,96 @@ fn an_isr_change_is_a_compare_and_swap_on_the_partition_epoch() {
 fn an_unclean_election_makes_the_replica_the_only_isr_member() {
     let mut image = cluster(3);
     create(&mut image, "t", &[&[1, 2, 3]], 2);
+    // 2 leaves while the ISR stays at its minimum (not eligible), then 1 and 3: offline.
     fence(&mut image, 2);
     fence(&mut image, 1);
-    let elect = Command::ElectLeader {
+    fence(&mut image, 3);
+    unfence(&mut image, 2);
+    assert_eq!(image.partition("t", 0).unwrap().leader, None);
+    let unclean = |replica: u32| Command::ElectLeader {
         topic: "t".into(),
         partition: 0,
-        election: Election::Unclean { replica: n(9) },
+        election: Election::Unclean {
+            replica: n(replica),
+            log_end_offset: 40,
+        },
     };
-    let index = image.applied + 1;
-    assert!(image.apply(index, &elect).is_err(), "9 is no replica");
-    let elect = Command::ElectLeader {
-        topic: "t".into(),
-        partition: 0,
-        election: Election::Unclean { replica: n(3) },
-    };
-    apply_ok(&mut image, &elect);
+    let before = image.clone();
+    for (replica, expected) in [
+        (9, MetadataError::NotInReplicaSet { replica: n(9) }),
+        (1, MetadataError::ReplicaFenced { replica: n(1) }),
+    ] {
+        let index = image.applied + 1;
+        assert_eq!(image.apply(index, &unclean(replica)), Err(expected));
+    }
+    assert_eq!(image.topics, before.topics, "a refusal changes nothing");
+    apply_ok(&mut image, &unclean(2));
     let p = image.partition("t", 0).unwrap();
     assert_eq!(
-        (p.leader, p.isr.clone(), p.elr.clone()),
-        (Some(n(3)), nodes(&[3]), vec![])
+        (p.leader, p.isr.clone(), p.elr.clone(), p.high_watermark),
+        (Some(n(2)), nodes(&[2]), vec![], 40)
     );
+    assert!(p.leader_epoch > before.partition("t", 0).unwrap().leader_epoch);
+    let index = image.applied + 1;
+    assert_eq!(
+        image.apply(index, &unclean(2)),
+        Err(MetadataError::PartitionHasLeader { leader: n(2) }),
+        "only an offline partition is elected unclean"
+    );
+}
+
+#[test]
+fn the_high_watermark_a_leader_reports_with_an_isr_change_is_kept() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    for (isr, reported, kept) in [(&[1, 2][..], 10, 10), (&[1][..], 7, 10), (&[1][..], 25, 25)] {
+        let p = image.partition("t", 0).unwrap().clone();
+        let alter = Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: n(1),
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: nodes(isr),
+            high_watermark: reported,
+        };
+        apply_ok(&mut image, &alter);
+        assert_eq!(image.partition("t", 0).unwrap().high_watermark, kept);
+    }
+}
+
+#[test]
+fn a_preferred_election_moves_leadership_to_the_first_replica_once_in_sync() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    let preferred = Command::ElectLeader {
+        topic: "t".into(),
+        partition: 0,
+        election: Election::Preferred,
+    };
+    fence(&mut image, 1);
+    let index = image.applied + 1;
+    assert_eq!(
+        image.apply(index, &preferred),
+        Err(MetadataError::PreferredLeaderNotAvailable { replica: n(1) })
+    );
+    unfence(&mut image, 1);
+    let p = image.partition("t", 0).unwrap().clone();
+    assert_eq!(p.leader, Some(n(2)));
+    let alter = Command::AlterPartition {
+        topic: "t".into(),
+        partition: 0,
+        leader: n(2),
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        isr: nodes(&[2, 3, 1]),
+        high_watermark: 0,
+    };
+    apply_ok(&mut image, &alter);
+    apply_ok(&mut image, &preferred);
+    let after = image.partition("t", 0).unwrap();
+    assert_eq!(after.leader, Some(n(1)));
+    assert!(after.leader_epoch > p.leader_epoch);
 }
 
 #[test]
@@ -246,7 +318,10 @@ fn commands_and_images_survive_a_serde_round_trip() {
     let command = Command::ElectLeader {
         topic: "t".into(),
         partition: 0,
-        election: Election::Unclean { replica: n(2) },
+        election: Election::Unclean {
+            replica: n(2),
+            log_end_offset: 7,
+        },
     };
     let text = serde_json::to_string(&command).unwrap();
     assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), command);
@@ -418,6 +493,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 leader_epoch: record.leader_epoch,
                 partition_epoch: epoch,
                 isr,
+                high_watermark: 0,
             }
         }
         Op::Grow {
@@ -437,6 +513,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 leader_epoch: record.leader_epoch,
                 partition_epoch: record.partition_epoch,
                 isr,
+                high_watermark: 0,
             }
         }
         Op::Preferred {
@@ -454,7 +531,10 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
         } => Command::ElectLeader {
             topic: TOPICS[*topic].to_string(),
             partition: partition(*topic, *p)?.0,
-            election: Election::Unclean { replica: n(*node) },
+            election: Election::Unclean {
+                replica: n(*node),
+                log_end_offset: 0,
+            },
         },
         Op::Commit { .. } => return None,
     })

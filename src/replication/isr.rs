@@ -15,6 +15,10 @@
 //! - Expand: a follower outside the ISR that is eligible (active broker on its current
 //!   epoch, checked by the caller) and has fsynced up to the high watermark, fetching in
 //!   the current leader epoch, joins.
+//! - Report: while the ISR is below its minimum the high watermark stops; a leader whose
+//!   stopped high watermark is above the one the metadata holds proposes the same ISR with
+//!   it, once (the metadata keeps the highest reported, so an unclean election can say what
+//!   it gives up even when the ISR shrank by the controller fencing a member).
 //! - Lost data: every ISR member holds every record below the high watermark, so a member
 //!   whose fetch asks for an offset below it has lost records it acknowledged (a flipped
 //!   bit found by its CRC check, its log cut there, issue 9 item 7). It leaves at once, not
@@ -61,6 +65,11 @@ pub struct LeaderReplicas {
     pub followers: BTreeMap<NodeId, FollowerProgress>,
     /// Never goes backwards.
     high_watermark: u64,
+    /// The high watermark the metadata holds for the partition (the highest a leader
+    /// reported with an ISR change). Below the minimum ISR the high watermark stops; a
+    /// leader whose stopped one is above the recorded one reports it (an ISR change to the
+    /// same set), so an unclean election can say exactly what it gives up.
+    pub recorded_high_watermark: u64,
 }
 
 impl LeaderReplicas {
@@ -93,6 +102,7 @@ impl LeaderReplicas {
             min_insync_replicas,
             followers,
             high_watermark,
+            recorded_high_watermark: 0,
         }
     }
 
@@ -214,7 +224,9 @@ impl LeaderReplicas {
                 next.push(*n);
             }
         }
-        (next != self.isr).then_some(next)
+        let below_min = (self.isr.len() as u32) < self.min_insync_replicas;
+        let unreported = below_min && self.high_watermark > self.recorded_high_watermark;
+        (next != self.isr || unreported).then_some(next)
     }
 }
 
@@ -230,6 +242,25 @@ mod tests {
 
     fn three() -> LeaderReplicas {
         LeaderReplicas::new(n(1), &[n(1), n(2), n(3)], vec![n(1), n(2), n(3)], 2, 0, 0)
+    }
+
+    #[test]
+    fn below_the_minimum_the_stopped_high_watermark_is_reported_once() {
+        let mut l = three();
+        l.on_fetch(n(2), 10, 10, 10, 1);
+        l.on_fetch(n(3), 10, 10, 10, 1);
+        assert_eq!(l.advance_high_watermark(10), 10);
+        assert_eq!(
+            l.isr_change(2, 1000, |_| true),
+            None,
+            "at the minimum: nothing"
+        );
+        // The controller fenced 2 and 3: the ISR fell below its minimum without a request.
+        l.isr = vec![n(1)];
+        let fenced = |_| false;
+        assert_eq!(l.isr_change(3, 1000, fenced), Some(vec![n(1)]));
+        l.recorded_high_watermark = 10;
+        assert_eq!(l.isr_change(4, 1000, fenced), None, "reported already");
     }
 
     #[test]

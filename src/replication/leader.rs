@@ -41,6 +41,8 @@ pub struct IsrRecord {
     pub isr: Vec<NodeId>,
     pub min_insync_replicas: u32,
     pub partition_epoch: PartitionEpoch,
+    /// The high watermark the metadata holds (see `LeaderReplicas::recorded_high_watermark`).
+    pub recorded_high_watermark: u64,
 }
 
 /// An ISR change to propose to the controller.
@@ -64,7 +66,7 @@ impl Led {
         now_ms: u64,
     ) -> Led {
         let hw = replica.progress().high_watermark;
-        let replicas = LeaderReplicas::new(
+        let mut replicas = LeaderReplicas::new(
             me,
             &record.replicas,
             record.isr.clone(),
@@ -72,6 +74,7 @@ impl Led {
             hw,
             now_ms,
         );
+        replicas.recorded_high_watermark = record.recorded_high_watermark;
         let led = Led {
             topic,
             partition,
@@ -98,6 +101,7 @@ impl Led {
     pub fn confirm(&self, record: &IsrRecord) {
         {
             let mut s = self.lock();
+            s.replicas.recorded_high_watermark = record.recorded_high_watermark;
             if s.partition_epoch == record.partition_epoch
                 && s.replicas.isr == record.isr
                 && s.replicas.min_insync_replicas == record.min_insync_replicas
@@ -360,6 +364,7 @@ mod tests {
             isr: vec![n(1), n(2), n(3)],
             min_insync_replicas: 2,
             partition_epoch: PartitionEpoch(0),
+            recorded_high_watermark: 0,
         };
         Led::new(
             "t".into(),
@@ -441,6 +446,7 @@ mod tests {
             isr: vec![n(1), n(2)],
             min_insync_replicas: 2,
             partition_epoch: PartitionEpoch(0),
+            recorded_high_watermark: 0,
         };
         let l = Led::new(
             "t".into(),

@@ -41,6 +41,9 @@ pub enum Role {
         min_insync_replicas: u32,
         /// The compare-and-swap token of an ISR change (`Command::AlterPartition`).
         partition_epoch: PartitionEpoch,
+        /// The high watermark the metadata holds for the partition (the highest a leader
+        /// reported with an ISR change).
+        recorded_high_watermark: u64,
     },
     /// It copies the leader's log.
     Follower {
@@ -325,6 +328,7 @@ pub fn role_for(p: &PartitionRecord, me: NodeId, min_insync_replicas: u32) -> Ro
             isr: p.isr.clone(),
             min_insync_replicas,
             partition_epoch: p.partition_epoch,
+            recorded_high_watermark: p.high_watermark,
         },
         Some(leader) => Role::Follower {
             leader,
@@ -517,6 +521,7 @@ mod tests {
                 isr: vec![NodeId(1), NodeId(2)],
                 min_insync_replicas: 2,
                 partition_epoch: p.partition_epoch,
+                recorded_high_watermark: 0,
             }
         );
         assert_eq!(

@@ -175,6 +175,7 @@ impl Replicator {
                     isr,
                     min_insync_replicas,
                     partition_epoch,
+                    recorded_high_watermark,
                 } = &r.role
                 else {
                     continue;
@@ -184,6 +185,7 @@ impl Replicator {
                     isr: isr.clone(),
                     min_insync_replicas: *min_insync_replicas,
                     partition_epoch: *partition_epoch,
+                    recorded_high_watermark: *recorded_high_watermark,
                 };
                 if r.replica.lost_data() {
                     // Refused in `apply_role`: no follower fetches from it either.
@@ -342,6 +344,7 @@ impl Replicator {
             leader_epoch: p.leader_epoch,
             partition_epoch: p.partition_epoch,
             isr: p.isr.clone(),
+            high_watermark: led.replica.progress().high_watermark,
         };
         let answer: Result<AlterPartitionAnswer, _> = self
             .client

@@ -129,6 +129,23 @@ impl History {
             .count()
     }
 
+    /// Every acknowledged record of `partition` as (offset, value), in offset order.
+    pub fn acknowledged_in(&self, partition: u32) -> Vec<(u64, String)> {
+        let mut records: Vec<(u64, String)> = self
+            .produced
+            .iter()
+            .filter_map(|(value, outcome)| match outcome {
+                Outcome::Acknowledged {
+                    partition: p,
+                    offset,
+                } if *p == partition => Some((*offset, value.clone())),
+                _ => None,
+            })
+            .collect();
+        records.sort();
+        records
+    }
+
     /// Every anomaly, in a stable order; empty when the run kept every promise.
     pub fn check(&self, reads: &[ReplicaRead]) -> Vec<Anomaly> {
         let mut anomalies = Vec::new();

@@ -40,7 +40,7 @@ const TOML: &str = "broker_session_timeout_ms = 3000\n\
 
 /// The problem codes a producer may see while brokers restart: each says "not now, or not
 /// here": retry (the outcome is unknown for some; the checker takes them as such).
-const RETRYABLE: [&str; 11] = [
+const RETRYABLE: [&str; 10] = [
     "not_leader",
     "shutting_down",
     "not_enough_replicas",
@@ -48,7 +48,6 @@ const RETRYABLE: [&str; 11] = [
     "leader_changed_after_append",
     "session_lost",
     "broker_unavailable",
-    "partition_offline",
     "leader_not_available",
     "forward_failed",
     "forward_timeout",

@@ -396,3 +396,47 @@ fn the_last_in_sync_replica_killed_leaves_the_partition_offline_until_an_eligibl
     an_eligible_replica_returns_and_is_elected_without_loss();
     a_forced_unclean_election_reports_exactly_what_it_gave_up();
 }
+
+/// On a broker alone every partition is led by the broker: a preferred election changes
+/// nothing, an unclean one is refused as on a cluster, and bad requests get their codes.
+#[test]
+fn a_broker_alone_answers_elections_with_the_cluster_codes() {
+    let broker = common::TestBroker::start();
+    let url = &broker.url;
+    let (status, body) = post(
+        &format!("{url}/v1/topics"),
+        json!({"name": TOPIC, "partitions": 2}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let elect = |topic: &str, partition: u32, body: Value| {
+        post(
+            &format!("{url}/v1/topics/{topic}/partitions/{partition}/elect"),
+            body,
+        )
+    };
+    let (_, cluster_view) = get(&format!("{url}/v1/cluster"));
+    let me = cluster_view["node_id"].as_u64().unwrap();
+    let (status, answer) = elect(TOPIC, 1, json!({"type": "preferred"}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (
+            answer["leader"].as_u64(),
+            answer["changed"].as_bool(),
+            &answer["given_up"]
+        ),
+        (Some(me), Some(false), &Value::Null),
+        "{answer}"
+    );
+    let (status, body) = elect(TOPIC, 0, json!({"type": "unclean", "replica": me}));
+    cluster::assert_problem(status, &body, 409, "partition_has_leader");
+    let (status, body) = elect(TOPIC, 0, json!({"type": "unclean", "replica": me + 1}));
+    cluster::assert_problem(status, &body, 409, "not_in_replica_set");
+    let (status, body) = elect(TOPIC, 0, json!({"type": "clean"}));
+    cluster::assert_problem(status, &body, 400, "invalid_request");
+    let (status, body) = elect(TOPIC, 0, json!({"type": "unclean"}));
+    cluster::assert_problem(status, &body, 400, "invalid_request");
+    let (status, body) = elect(TOPIC, 2, json!({"type": "preferred"}));
+    cluster::assert_problem(status, &body, 404, "partition_not_found");
+    let (status, body) = elect("nope", 0, json!({"type": "preferred"}));
+    cluster::assert_problem(status, &body, 404, "topic_not_found");
+}

@@ -433,7 +433,7 @@ async fn a_live_broker_exposes_valid_complete_bounded_metrics() {
     }
     for (name, (_, from_groups)) in &documented {
         if m_is_replication(&spec, name) {
-            // Emitted only on a cluster (tests/replication.rs scrapes them there).
+            // Emitted only on a cluster (tests/cluster/replication.rs scrapes them there).
             continue;
         }
         if *from_groups && !common::consumer_group_routes_served() {
@@ -512,7 +512,7 @@ async fn every_metric_the_dashboard_queries_is_exposed() {
             continue;
         }
         if replication_only(name) {
-            // Exposed only on a cluster: tests/replication.rs scrapes them there.
+            // Exposed only on a cluster: tests/cluster/replication.rs scrapes them there.
             continue;
         }
         missing.push(name.clone());

@@ -12,7 +12,7 @@
 //! `TIDELOG_POWER_CUT_RECORDS` raises the records acknowledged per producer before the cut
 //! (default 100), `TIDELOG_POWER_CUT_ROUNDS` the number of cuts (default 1).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

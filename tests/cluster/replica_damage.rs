@@ -11,7 +11,7 @@
 //! - A bit of a running follower's sealed segment is flipped: the periodic scrub
 //!   (`replica_scrub_interval_ms`) finds it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -4,7 +4,7 @@
 //! by another voter, which keeps the cluster and fences nobody at once; bad `--peers` and a
 //! data directory of another cluster stop the process with a clear error.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! partition's leader, epoch, replicas and ISR; a broker without a replica of a partition
 //! says `not_a_replica`; a single broker's data directory is never started as a member.
 
-mod common;
+use crate::common;
 
 use common::TestBroker;
 use common::cluster::{Cluster, assert_problem, call, delete, get, http, patch, post, run_to_exit};

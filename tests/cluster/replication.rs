@@ -7,7 +7,7 @@
 //! Counts are small so `cargo test` stays quick; `TIDELOG_REPLICATION_RECORDS` raises the
 //! records per producer (the figure is 10000).
 
-mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

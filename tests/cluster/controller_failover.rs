@@ -10,7 +10,7 @@
 //!
 //! Timings are shortened by config (`raft_election_timeout_ms` 500, sessions 3 s).
 
-mod common;
+use crate::common;
 
 use std::thread;
 use std::time::{Duration, Instant};

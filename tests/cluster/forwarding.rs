@@ -7,7 +7,7 @@
 //! The topic has replication factor 1, so each partition lives on one broker only and every
 //! request that reaches another must be forwarded to be served at all.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -15,7 +15,7 @@
 //! after the election timeout, 500 ms here). `TIDELOG_ROLLING_ROUNDS` restarts more brokers
 //! (default 3: each once).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -20,7 +20,7 @@
 //! as a new attempt whose values carry the attempt number (`p2-40.1`), since a plain retry
 //! may store the records twice, which the checker must not take for a replayed batch.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -11,7 +11,7 @@
 //!
 //! `TIDELOG_HW_ROUNDS` sets the number of leader kills (default 2).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -13,7 +13,7 @@
 //! `TIDELOG_EXACTLY_ONCE_RECORDS` raises the record count (the issue's figure is 20000) and
 //! `TIDELOG_EXACTLY_ONCE_SEED` replays a run.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 const PARTITIONS: u32 = 8;
 const PER_REQUEST: u64 = 10;
-/// Short enough for quick tests, long enough for two busy cores (as tests/replication.rs).
+/// Short enough for quick tests, long enough for two busy cores (as tests/cluster/replication.rs).
 const TOML: &str = "broker_session_timeout_ms = 3000\n\
                     replica_lag_time_max_ms = 2000\n\
                     replica_fetch_wait_max_ms = 200\n";

@@ -4,7 +4,7 @@
 //! the machine. In one binary the test harness runs them side by side (as many at a time as
 //! it runs tests, the machine's core count by default) instead of one binary after another:
 //! most of a cluster test's time is waiting for session, lag and election timeouts, so this
-//! keeps the whole `cargo test` within its budget, and one link replaces eleven.
+//! keeps the whole `cargo test` within its budget, and one link replaces twelve.
 //!
 //! One suite alone: `cargo test --test cluster replication::` (a module path filters).
 
@@ -22,3 +22,4 @@ mod replica_damage;
 mod replication;
 mod replication_hw;
 mod rolling_restart;
+mod unclean_election;

@@ -17,7 +17,7 @@
 //! then the leader L. A comes back: the quorum is whole again, L is fenced, and nobody may
 //! lead. Run 1 brings L back; run 2 elects A unclean.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

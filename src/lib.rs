@@ -15,6 +15,9 @@
 //!   brokers (log over the controller journal, snapshots, RPCs over HTTP).
 //! - [`cluster`]: this process's part in a cluster: its Raft voter, membership (register,
 //!   heartbeat) and the controller, which acts on the Raft leader.
+//! - [`coordination`]: where the state kept in an internal topic (offsets, producer
+//!   sessions, idempotency keys) is served: on a cluster, by its partition's leader once
+//!   it replayed it.
 //! - [`groups`]: the consumer group coordinator (holds the broker): membership, sticky
 //!   assignment, generations, committed offsets stored in the internal topic
 //!   `__consumer_offsets`.
@@ -31,6 +34,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod coordination;
 pub mod groups;
 pub mod http;
 pub mod limits;

@@ -25,15 +25,16 @@ use crate::cluster::controller::ControlError;
 use crate::cluster::forwarder::Forwarder;
 use crate::config::BrokerConfig;
 use crate::config::TopicConfig;
+use crate::coordination::{InternalTopicMaker, follow_leadership};
 use crate::groups::GroupCoordinator;
-use crate::groups::offsets::{OFFSETS_TOPIC, OffsetsTopicMaker};
+use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
 use crate::metadata::{Command, MetadataError};
-use crate::producers::ProducerRegistry;
-use crate::producers::idempotency_keys::IdempotencyKeys;
+use crate::producers::idempotency_keys::{IDEMPOTENCY_KEYS_TOPIC, IdempotencyKeys};
+use crate::producers::{PRODUCERS_TOPIC, ProducerRegistry};
 use crate::replication::Replicator;
-use crate::replication::manager::ReplicaManager;
+use crate::replication::manager::{ReplicaManager, Role};
 
 /// One tidelog process: the broker, the group coordinator, their background tasks.
 /// Cheap to clone (every field is shared); the HTTP state is a clone.
@@ -73,11 +74,10 @@ impl Node {
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?;
         let broker = Broker::open(config).await?;
-        let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker))?);
-        let id_base =
-            crate::producers::id_base(cluster.is_clustered().then(|| cluster.node_id().0));
-        let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker), id_base)?);
-        let idempotency_keys = Arc::new(IdempotencyKeys::open(Arc::clone(&broker))?);
+        let clustered = cluster.is_clustered();
+        let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker), clustered)?);
+        let producers = Arc::new(ProducerRegistry::open(Arc::clone(&broker), clustered)?);
+        let idempotency_keys = Arc::new(IdempotencyKeys::open(Arc::clone(&broker), clustered)?);
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&broker).run_retention()),
             tokio::spawn(run_sessions(Arc::clone(&groups))),
@@ -89,9 +89,12 @@ impl Node {
             )),
         ];
         let replicas = ReplicaManager::new(Arc::clone(&cluster), Arc::clone(&broker));
-        if cluster.is_clustered() {
+        if clustered {
             broker.set_session_lease(cluster.session_lease());
-            groups.make_offsets_topic_with(offsets_topic_maker(&cluster, &broker, &replicas));
+            let maker = internal_topic_maker(&cluster, &broker, &replicas);
+            groups.make_offsets_topic_with(maker.clone());
+            producers.make_topic_with(maker.clone());
+            idempotency_keys.make_topic_with(maker);
         }
         let settings = crate::replication::Settings::from_config(&broker.config);
         let replication = Replicator::new(
@@ -100,6 +103,11 @@ impl Node {
             Arc::clone(&replicas),
             settings,
         );
+        if clustered {
+            // After the replicator's hook (hooks run in order), so a new leader's replica is
+            // in its leader role, high watermark included, before a load looks at it.
+            follow_internal_leaders(&replicas, &groups, &producers, &idempotency_keys);
+        }
         tasks.extend(replication.start());
         tasks.extend(replicas.start(&broker.shutdown_signal()));
         tasks.extend(cluster.start(&broker.shutdown_signal()));
@@ -190,24 +198,26 @@ impl Node {
     }
 }
 
-/// How long a first group commit on a cluster waits for this broker to hold its replica of
-/// the `__consumer_offsets` it created in the metadata.
-const OFFSETS_TOPIC_WAIT: Duration = Duration::from_secs(15);
+/// How long the first call that needs an internal topic on a cluster waits for this broker
+/// to hold its replica of the topic it created in the metadata.
+const INTERNAL_TOPIC_WAIT: Duration = Duration::from_secs(15);
 
-/// On a cluster, `__consumer_offsets` is a topic of the metadata, replicated like any topic:
-/// one partition on min(3, active brokers), this broker (the controller's, which coordinates
-/// the groups) first so it is the preferred leader. Made the first time a commit needs it.
-fn offsets_topic_maker(
+/// On a cluster, the internal topics (`__consumer_offsets`, `__producers`,
+/// `__idempotency_keys`) are topics of the metadata, replicated like any topic: one partition
+/// on min(3, active brokers), this broker (the controller's, where a call goes while the
+/// metadata has no such topic) first so it is the preferred leader. Made the first time a
+/// call needs one.
+fn internal_topic_maker(
     cluster: &Arc<Cluster>,
     broker: &Arc<Broker>,
     replicas: &Arc<ReplicaManager>,
-) -> OffsetsTopicMaker {
+) -> InternalTopicMaker {
     let (cluster, broker, replicas) = (
         Arc::clone(cluster),
         Arc::clone(broker),
         Arc::clone(replicas),
     );
-    OffsetsTopicMaker(Arc::new(move |config: TopicConfig| {
+    InternalTopicMaker(Arc::new(move |name: &'static str, config: TopicConfig| {
         let (cluster, broker, replicas) = (
             Arc::clone(&cluster),
             Arc::clone(&broker),
@@ -215,31 +225,33 @@ fn offsets_topic_maker(
         );
         Box::pin(async move {
             let mut changed = replicas.subscribe();
-            create_offsets_topic(&cluster, config).await?;
+            if !create_internal_topic(&cluster, name, config).await? {
+                return Err(BrokerError::NotCoordinator { topic: name });
+            }
             // Held and given its role: a replica takes no write before its role.
             let wait = async {
-                while broker.topic(OFFSETS_TOPIC).is_err()
-                    || replicas.role_of(OFFSETS_TOPIC, 0).is_none()
-                {
+                while broker.topic(name).is_err() || replicas.role_of(name, 0).is_none() {
                     if changed.changed().await.is_err() {
                         break;
                     }
                 }
             };
-            let _ = tokio::time::timeout(OFFSETS_TOPIC_WAIT, wait).await;
-            broker.topic(OFFSETS_TOPIC).map(|_| ())
+            let _ = tokio::time::timeout(INTERNAL_TOPIC_WAIT, wait).await;
+            broker.topic(name).map(|_| ())
         })
     }))
 }
 
-/// Proposes `__consumer_offsets` at the controller (this broker must run it: the groups are
-/// coordinated there); a topic that already exists is fine.
-async fn create_offsets_topic(cluster: &Cluster, config: TopicConfig) -> Result<(), BrokerError> {
+/// Proposes the internal topic `name` at the controller (this broker must run it: a call
+/// reaches it while the metadata has no such topic); a topic that already exists is fine.
+/// True if this broker holds one of its replicas.
+async fn create_internal_topic(
+    cluster: &Cluster,
+    name: &'static str,
+    config: TopicConfig,
+) -> Result<bool, BrokerError> {
     let Some(controller) = cluster.controller() else {
-        return Err(BrokerError::InvalidRequest(format!(
-            "consumer groups are coordinated by the controller's broker, node {}",
-            cluster.controller_id().0
-        )));
+        return Err(BrokerError::NotCoordinator { topic: name });
     };
     let me = cluster.node_id();
     let proposed = controller
@@ -248,7 +260,7 @@ async fn create_offsets_topic(cluster: &Cluster, config: TopicConfig) -> Result<
             let others = image.active_brokers().map(|b| b.node_id);
             replicas.extend(others.filter(|n| *n != me).take(2));
             Ok(Command::CreateTopic {
-                name: OFFSETS_TOPIC.to_string(),
+                name: name.to_string(),
                 config,
                 min_insync_replicas: (replicas.len() as u32).min(2),
                 assignment: vec![replicas],
@@ -256,11 +268,50 @@ async fn create_offsets_topic(cluster: &Cluster, config: TopicConfig) -> Result<
         })
         .await;
     match proposed {
-        Ok(_) | Err(ControlError::Refused(MetadataError::TopicExists(_))) => Ok(()),
-        Err(e) => Err(BrokerError::StorageUnavailable(format!(
-            "creating {OFFSETS_TOPIC} in the cluster's metadata: {e}"
-        ))),
+        Ok(_) | Err(ControlError::Refused(MetadataError::TopicExists(_))) => {}
+        Err(e) => {
+            return Err(BrokerError::StorageUnavailable(format!(
+                "creating {name} in the cluster's metadata: {e}"
+            )));
+        }
     }
+    Ok(cluster.with_image(|image| {
+        image
+            .partition(name, 0)
+            .is_some_and(|p| p.replicas.contains(&me))
+    }))
+}
+
+/// On a cluster, the state kept in an internal topic is served by its partition's leader
+/// (`crate::coordination`): each owner hears when this broker starts leading the partition
+/// (it drops its state and replays the log) and when it stops (it drops its state).
+fn follow_internal_leaders(
+    replicas: &ReplicaManager,
+    groups: &Arc<GroupCoordinator>,
+    producers: &Arc<ProducerRegistry>,
+    idempotency_keys: &Arc<IdempotencyKeys>,
+) {
+    let (groups, producers, keys) = (
+        Arc::clone(groups),
+        Arc::clone(producers),
+        Arc::clone(idempotency_keys),
+    );
+    replicas.on_role_change(move |change| {
+        if change.partition != 0 {
+            return;
+        }
+        let leader_epoch = match &change.after {
+            Some(Role::Leader { leader_epoch, .. }) => Some(leader_epoch.0),
+            _ => None,
+        };
+        let replica = Arc::clone(&change.replica);
+        match &*change.topic {
+            OFFSETS_TOPIC => follow_leadership(&groups, leader_epoch, replica),
+            PRODUCERS_TOPIC => follow_leadership(&producers, leader_epoch, replica),
+            IDEMPOTENCY_KEYS_TOPIC => follow_leadership(&keys, leader_epoch, replica),
+            _ => {}
+        }
+    });
 }
 
 /// Shortest metrics idle timeout honoured: the refresh task runs every quarter of it.

@@ -582,9 +582,9 @@ fn each_operation_lists_the_codes_of_its_own_resources_and_every_code_is_listed(
             .unwrap_or_else(|| panic!("{method} {path}: forward::served_at does not know it"));
         let internal = path.starts_with("/internal/");
         let produce = path == "/v1/topics/{topic}/records";
-        let controller = matches!(at, ServedAt::Controller | ServedAt::GroupCoordinator)
+        let controller = matches!(at, ServedAt::Controller | ServedAt::Coordinator(_))
             || (internal && !path.starts_with("/internal/v1/append/"))
-            || produce; // a produce with an Idempotency-Key goes to the controller
+            || produce; // a keyed produce goes to the controller while __idempotency_keys is not made
         let leader = at == ServedAt::PartitionLeader
             || produce
             || path.starts_with("/internal/v1/append/")
@@ -602,7 +602,7 @@ fn each_operation_lists_the_codes_of_its_own_resources_and_every_code_is_listed(
         }
         let first = if at == ServedAt::PartitionLeader {
             "not_leader"
-        } else if matches!(at, ServedAt::Controller | ServedAt::GroupCoordinator) {
+        } else if matches!(at, ServedAt::Controller | ServedAt::Coordinator(_)) {
             "not_controller"
         } else {
             continue;

@@ -116,6 +116,16 @@ pub enum BrokerError {
     IdempotencyKeyReused,
     /// An `Idempotency-Key` whose first request is still running.
     IdempotencyKeyInProgress,
+    /// This broker leads the internal topic that keeps the state a call needs (committed
+    /// offsets, producer sessions, idempotency keys) and is still replaying it.
+    CoordinatorLoading {
+        topic: &'static str,
+    },
+    /// This broker does not lead the internal topic that keeps the state a call needs (the
+    /// leadership moved, or no replica leads it now).
+    NotCoordinator {
+        topic: &'static str,
+    },
 }
 
 impl BrokerError {
@@ -253,6 +263,16 @@ impl fmt::Display for BrokerError {
             BrokerError::IdempotencyKeyInProgress => write!(
                 f,
                 "a request with this Idempotency-Key is still running; retry once it has been answered"
+            ),
+            BrokerError::CoordinatorLoading { topic } => write!(
+                f,
+                "this broker just took the lead of {topic} and is replaying it before it serves \
+                 (after a failover); retry shortly"
+            ),
+            BrokerError::NotCoordinator { topic } => write!(
+                f,
+                "this broker does not lead {topic}, which keeps the state this call needs (its \
+                 leadership moved or no replica leads it now); retry shortly, through any broker"
             ),
             BrokerError::BelowHighWatermark {
                 offset,

@@ -19,6 +19,7 @@ use super::views::{
     CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, plan_lag,
 };
 use crate::broker::{Broker, BrokerError, PartitionLocksForbidden, now_ms, validate_topic_name};
+use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 
 /// The locked registry of groups; forbids partition locks while held.
@@ -65,41 +66,52 @@ pub struct GroupCoordinator {
     ids: std::collections::hash_map::RandomState,
     /// Counter for member ids.
     sequence: AtomicU64,
-    /// On a cluster, how `__consumer_offsets` is made (replicated, in the metadata); unset on
-    /// a broker alone, where it is a local topic.
-    offsets_topic_maker: std::sync::OnceLock<offsets::OffsetsTopicMaker>,
+    /// Whether the groups are served here: always on a broker alone; on a cluster only by
+    /// the leader of `__consumer_offsets` once it replayed it (it also makes the topic, in
+    /// the cluster's metadata, the first time a call needs it).
+    pub(super) residence: Residence,
 }
 
 impl GroupCoordinator {
-    /// A coordinator over `broker`, with committed offsets replayed from `__consumer_offsets`.
+    /// A coordinator over `broker`. Alone, with committed offsets replayed from
+    /// `__consumer_offsets` at once; on a cluster (`clustered`) empty, serving nothing until
+    /// the node tells it this broker leads `__consumer_offsets` ([`Self::lead`]).
     /// Its owner runs [`super::sessions::run_sessions`] beside it.
-    pub fn open(broker: Arc<Broker>) -> Result<GroupCoordinator, BrokerError> {
-        let mut groups = BTreeMap::new();
-        offsets::replay(&broker, |group, tp, value| {
-            let g: &mut Group = groups.entry(group).or_insert_with(Group::new);
-            match value {
-                Some(v) => {
-                    g.committed.insert(tp, v);
-                }
-                None => {
-                    g.committed.remove(&tp);
-                }
-            }
-        })?;
-        groups.retain(|_, g| !g.committed.is_empty());
+    pub fn open(broker: Arc<Broker>, clustered: bool) -> Result<GroupCoordinator, BrokerError> {
+        let (groups, residence) = if clustered {
+            (BTreeMap::new(), Residence::member(offsets::OFFSETS_TOPIC))
+        } else {
+            (
+                replay_groups(&broker)?,
+                Residence::alone(offsets::OFFSETS_TOPIC),
+            )
+        };
         Ok(GroupCoordinator {
             broker,
             groups: Mutex::new(groups),
             ids: std::collections::hash_map::RandomState::new(),
             sequence: AtomicU64::new(0),
-            offsets_topic_maker: std::sync::OnceLock::new(),
+            residence,
         })
     }
 
     /// On a cluster: `maker` makes `__consumer_offsets` (in the cluster's metadata) the first
-    /// time a commit needs it. Set once, by the node, before any request is served.
-    pub fn make_offsets_topic_with(&self, maker: offsets::OffsetsTopicMaker) {
-        let _ = self.offsets_topic_maker.set(maker);
+    /// time a call needs it. Set once, by the node, before any request is served.
+    pub fn make_offsets_topic_with(&self, maker: InternalTopicMaker) {
+        self.residence.make_topic_with(maker);
+    }
+
+    /// Waits until the groups are served here (at once on a broker alone): every call first
+    /// passes here. 503 `coordinator_loading` while this broker replays `__consumer_offsets`
+    /// after taking its lead, `not_coordinator` where it does not lead it.
+    pub async fn ready(&self) -> Result<LoadId, GroupError> {
+        let missing = match self.broker.topic(offsets::OFFSETS_TOPIC) {
+            Ok(_) => None,
+            Err(_) => Some(offsets::offsets_topic_config(
+                self.broker.config.topic_defaults,
+            )),
+        };
+        Ok(self.residence.ready(missing).await?)
     }
 
     /// The registry, locked. No partition lock may be taken while it is held (lock order:
@@ -253,6 +265,7 @@ impl GroupCoordinator {
     ) -> Result<(), GroupError> {
         let broker = &self.broker;
         validate_group_name(group)?;
+        let load = self.residence.serving()?;
         self.check_offsets(broker, offsets)?;
         for _attempt in 0..3 {
             let lock = self.with_group_for_commit(broker, group, fence.is_none(), |g| {
@@ -281,7 +294,12 @@ impl GroupCoordinator {
                     (tp.clone(), Some(value))
                 })
                 .collect();
-            offsets::append(broker, self.offsets_topic_maker.get(), group, &writes).await?;
+            offsets::append(broker, self.residence.maker(), group, &writes).await?;
+            if !self.residence.is_current(load) {
+                // Durable in the partition this broker led when it wrote: the next leader
+                // replays it. Memory here was dropped (or rebuilt by another load).
+                return Ok(());
+            }
             let mut groups = self.lock();
             let g = groups.entry(group.to_string()).or_insert_with(Group::new);
             for (tp, value) in writes {
@@ -442,6 +460,7 @@ impl GroupCoordinator {
     /// Deletes a group without members, and its committed offsets (tombstones, fsynced).
     pub async fn delete_group(&self, group: &str) -> Result<(), GroupError> {
         let broker = &self.broker;
+        let load = self.residence.serving()?;
         let lock = {
             let groups = self.lock();
             let g = groups
@@ -464,7 +483,10 @@ impl GroupCoordinator {
             }
             g.committed.keys().map(|tp| (tp.clone(), None)).collect()
         };
-        offsets::append(broker, self.offsets_topic_maker.get(), group, &tombstones).await?;
+        offsets::append(broker, self.residence.maker(), group, &tombstones).await?;
+        if !self.residence.is_current(load) {
+            return Ok(());
+        }
         let mut groups = self.lock();
         // A member may have joined while the tombstones were written: keep the group then.
         if let Some(g) = groups.get_mut(group) {
@@ -524,6 +546,50 @@ impl GroupCoordinator {
             })
             .collect()
     }
+}
+
+impl LoadedFromLog for GroupCoordinator {
+    fn residence(&self) -> &Residence {
+        &self.residence
+    }
+
+    /// Every group goes: a new leadership starts from the log, and members join again
+    /// wherever the groups are served next.
+    fn drop_state(&self) {
+        let mut groups = self.lock();
+        for (name, g) in groups.iter_mut() {
+            g.retire_gauges(name);
+        }
+        groups.clear();
+    }
+
+    fn replay(self: &Arc<Self>) -> Result<Box<dyn FnOnce(LoadId) + Send>, BrokerError> {
+        let groups = replay_groups(&self.broker)?;
+        let me = Arc::clone(self);
+        Ok(Box::new(move |_| {
+            tracing::info!(groups = groups.len(), "consumer groups loaded");
+            *me.lock() = groups;
+        }))
+    }
+}
+
+/// Every group with committed offsets, replayed from `__consumer_offsets` up to its high
+/// watermark (blocking reads).
+fn replay_groups(broker: &Broker) -> Result<BTreeMap<String, Group>, BrokerError> {
+    let mut groups = BTreeMap::new();
+    offsets::replay(broker, |group, tp, value| {
+        let g: &mut Group = groups.entry(group).or_insert_with(Group::new);
+        match value {
+            Some(v) => {
+                g.committed.insert(tp, v);
+            }
+            None => {
+                g.committed.remove(&tp);
+            }
+        }
+    })?;
+    groups.retain(|_, g| !g.committed.is_empty());
+    Ok(groups)
 }
 
 pub(super) fn member_group<'a>(

@@ -24,12 +24,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::assignor::TopicPartition;
 use crate::broker::{Acks, Broker, BrokerError, ProduceRecord, Topic, now_ms};
 use crate::config::{CleanupPolicy, TopicConfig};
+use crate::coordination::InternalTopicMaker;
 use crate::log::batch::RecordRef;
 
 /// The internal topic holding committed offsets.
@@ -68,20 +68,6 @@ pub fn parse_offset_key(key: &[u8]) -> Option<(String, TopicPartition)> {
     Some((group.to_string(), TopicPartition::new(topic, partition)))
 }
 
-/// Makes the offsets topic where it does not exist yet, on a cluster: the node creates it in
-/// the cluster's metadata (replicated like any topic) and returns once this broker holds its
-/// replica. Given the topic's config. On a broker alone there is none: the topic is local.
-#[derive(Clone)]
-pub struct OffsetsTopicMaker(
-    pub Arc<dyn Fn(TopicConfig) -> BoxFuture<'static, Result<(), BrokerError>> + Send + Sync>,
-);
-
-impl std::fmt::Debug for OffsetsTopicMaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OffsetsTopicMaker")
-    }
-}
-
 /// The offsets topic's config: kept forever, compacted.
 pub fn offsets_topic_config(defaults: TopicConfig) -> TopicConfig {
     TopicConfig {
@@ -97,7 +83,7 @@ pub fn offsets_topic_config(defaults: TopicConfig) -> TopicConfig {
 /// by `maker` on a cluster.
 pub async fn offsets_topic(
     broker: &Broker,
-    maker: Option<&OffsetsTopicMaker>,
+    maker: Option<&InternalTopicMaker>,
 ) -> Result<Arc<Topic>, BrokerError> {
     match broker.topic(OFFSETS_TOPIC) {
         Ok(topic) => return Ok(topic),
@@ -106,7 +92,7 @@ pub async fn offsets_topic(
     }
     let config = offsets_topic_config(broker.config.topic_defaults);
     if let Some(maker) = maker {
-        (maker.0)(config).await?;
+        (maker.0)(OFFSETS_TOPIC, config).await?;
         return broker.topic(OFFSETS_TOPIC);
     }
     match broker.create_topic(OFFSETS_TOPIC, 1, config, true).await {
@@ -119,7 +105,7 @@ pub async fn offsets_topic(
 /// Appends the writes durably (`acks=all`), at most [`OFFSET_RECORDS_PER_BATCH`] per batch.
 pub async fn append(
     broker: &Broker,
-    maker: Option<&OffsetsTopicMaker>,
+    maker: Option<&InternalTopicMaker>,
     group: &str,
     writes: &[OffsetWrite],
 ) -> Result<(), BrokerError> {

@@ -27,7 +27,8 @@ async fn open_broker(
             .await
             .expect("topic created");
     }
-    let groups = Arc::new(GroupCoordinator::open(Arc::clone(&broker)).expect("offsets replay"));
+    let groups =
+        Arc::new(GroupCoordinator::open(Arc::clone(&broker), false).expect("offsets replay"));
     tokio::spawn(run_sessions(Arc::clone(&groups)));
     (broker, groups)
 }

@@ -210,6 +210,16 @@ impl From<BrokerError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_key_in_progress", detail)
                     .retry_after(1)
             }
+            BrokerError::CoordinatorLoading { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "coordinator_loading",
+                detail,
+            )
+            .retry_after(1),
+            BrokerError::NotCoordinator { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_coordinator", detail)
+                    .retry_after(1)
+            }
             BrokerError::BelowHighWatermark { high_watermark, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "below_high_watermark", detail)
                     .with("high_watermark", high_watermark)

@@ -1,10 +1,13 @@
 //! Any broker answers any request (issue 9): a one-hop proxy to the broker that serves it.
 //!
 //! On a cluster ([`Cluster::is_clustered`]) every matched route is classified by
-//! [`served_at`]: topic admin goes to the controller, consumer groups to their coordinator
-//! (the controller's broker in part 1), a partition's reads (fetch, long-poll, SSE) and
-//! `delete-records` to the partition's leader as this broker's metadata names it; everything
-//! else is served where it lands. A produce is not proxied whole: it is split per partition
+//! [`served_at`]: topic admin goes to the controller; consumer groups, producer sessions and
+//! produces with an `Idempotency-Key` to their coordinator, the leader of the internal topic
+//! that keeps their state (`__consumer_offsets`, `__producers`, `__idempotency_keys`; the
+//! controller while the metadata has no such topic yet, which makes it: see
+//! `crate::coordination`); a partition's reads (fetch, long-poll, SSE) and `delete-records`
+//! to the partition's leader as this broker's metadata names it; everything else is served
+//! where it lands. A produce is not proxied whole: it is split per partition
 //! (`produce_split`). On a broker alone nothing here runs but one check.
 //!
 //! Invariants:
@@ -36,8 +39,12 @@ use serde::Deserialize;
 use super::AppState;
 use super::body::check_declared_length;
 use super::error::ApiError;
+use crate::broker::BrokerError;
 use crate::cluster::Cluster;
+use crate::groups::OFFSETS_TOPIC;
 use crate::metadata::NodeId;
+use crate::producers::PRODUCERS_TOPIC;
+use crate::producers::idempotency_keys::IDEMPOTENCY_KEYS_TOPIC;
 
 /// Marks a request one broker proxied to another; its value is the proxying broker's id.
 pub const FORWARDED_HEADER: &str = "tidelog-forwarded";
@@ -52,8 +59,9 @@ pub enum ServedAt {
     Here,
     /// The controller (topic admin).
     Controller,
-    /// The consumer groups' coordinator.
-    GroupCoordinator,
+    /// The leader of this internal topic's partition, which serves the state it keeps
+    /// (consumer groups, producer sessions, idempotency keys).
+    Coordinator(&'static str),
     /// The leader of the route's `{topic}`/`{partition}`.
     PartitionLeader,
 }
@@ -75,8 +83,8 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
         ("/v1/topics/{topic}/partitions/{partition}/records", _) => PartitionLeader,
         ("/v1/topics/{topic}/partitions/{partition}/stream", _) => PartitionLeader,
         // One registry hands out producer ids, so none is handed out twice.
-        ("/v1/producers", _) => Controller,
-        (t, _) if t == "/v1/groups" || t.starts_with("/v1/groups/") => GroupCoordinator,
+        ("/v1/producers", _) => Coordinator(PRODUCERS_TOPIC),
+        (t, _) if t == "/v1/groups" || t.starts_with("/v1/groups/") => Coordinator(OFFSETS_TOPIC),
         ("/v1/cluster" | "/healthz" | "/readyz" | "/openapi.json" | "/metrics", _) => Here,
         (t, _) if t.starts_with("/internal/") => Here,
         _ => return None,
@@ -84,9 +92,10 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
     Some(at)
 }
 
-/// A produce with an `Idempotency-Key` is served by the controller's broker, where the keys
-/// are stored: one place decides whether a key was seen, and the produce is split from there
-/// like any other. (Keys checked where they land would let two brokers each run a retry.)
+/// A produce with an `Idempotency-Key` is served by the leader of `__idempotency_keys`, where
+/// the keys are stored: one place decides whether a key was seen, and the produce is split
+/// from there like any other. (Keys checked where they land would let two brokers each run a
+/// retry.)
 fn keyed_produce_at(at: ServedAt, request: &Request) -> ServedAt {
     let is_produce = request
         .extensions()
@@ -97,7 +106,7 @@ fn keyed_produce_at(at: ServedAt, request: &Request) -> ServedAt {
             .headers()
             .contains_key(super::idempotency_key::HEADER)
     {
-        ServedAt::Controller
+        ServedAt::Coordinator(IDEMPOTENCY_KEYS_TOPIC)
     } else {
         at
     }
@@ -171,10 +180,24 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
         .map(|at| keyed_produce_at(at, &request));
     match served {
         None | Some(ServedAt::Here) => next.run(request).await,
-        Some(ServedAt::Controller | ServedAt::GroupCoordinator) => {
+        Some(ServedAt::Controller) => {
             let controller = node.cluster.controller_id();
-            to_node(&node, controller, Miss::NotController, request, next).await
+            to_node(&node, controller, Miss::Controller, request, next).await
         }
+        Some(ServedAt::Coordinator(topic)) => match partition_home(&node.cluster, topic, 0) {
+            // No such topic yet: the controller makes it, with itself as preferred leader.
+            PartitionHome::Unknown => {
+                let controller = node.cluster.controller_id();
+                to_node(&node, controller, Miss::Controller, request, next).await
+            }
+            PartitionHome::Here => next.run(request).await,
+            PartitionHome::Remote(leader, _) => {
+                to_node(&node, leader, Miss::Coordinator(topic), request, next).await
+            }
+            PartitionHome::Offline => {
+                ApiError::from(BrokerError::NotCoordinator { topic }).into_response()
+            }
+        },
         Some(ServedAt::PartitionLeader) => {
             let (mut parts, body) = request.into_parts();
             let home = home_of_request(&node, &mut parts).await;
@@ -183,7 +206,7 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
                 PartitionHome::Unknown | PartitionHome::Here => next.run(request).await,
                 PartitionHome::Offline => leader_not_available().into_response(),
                 PartitionHome::Remote(leader, _) => {
-                    to_node(&node, leader, Miss::NotLeader, request, next).await
+                    to_node(&node, leader, Miss::Leader, request, next).await
                 }
             }
         }
@@ -193,8 +216,10 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
 /// What a broker answers a forwarded request it would forward again.
 #[derive(Debug, Clone, Copy)]
 enum Miss {
-    NotLeader,
-    NotController,
+    Leader,
+    Controller,
+    /// The leader of this internal topic, as this broker's metadata names it.
+    Coordinator(&'static str),
 }
 
 /// Serves the request here if `id` is this broker; else proxies it there, once.
@@ -414,8 +439,11 @@ pub(super) fn not_leader(id: NodeId, address: SocketAddr) -> ApiError {
 /// The answer to a forwarded request that this broker does not serve either.
 fn second_miss(miss: Miss, id: NodeId, address: SocketAddr) -> ApiError {
     match miss {
-        Miss::NotLeader => not_leader(id, address),
-        Miss::NotController => ApiError::new(
+        Miss::Leader => not_leader(id, address),
+        Miss::Coordinator(topic) => ApiError::from(BrokerError::NotCoordinator { topic })
+            .with("coordinator", id.0)
+            .with("coordinator_address", address.to_string()),
+        Miss::Controller => ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "not_controller",
             format!(
@@ -460,7 +488,12 @@ mod tests {
             (
                 "/v1/groups/{group}/offsets",
                 Method::POST,
-                ServedAt::GroupCoordinator,
+                ServedAt::Coordinator(OFFSETS_TOPIC),
+            ),
+            (
+                "/v1/producers",
+                Method::POST,
+                ServedAt::Coordinator(PRODUCERS_TOPIC),
             ),
         ];
         for (template, method, expected) in cases {

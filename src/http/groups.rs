@@ -6,6 +6,8 @@
 //! generation it gives), `group_not_empty` (409: reset, delete and commits without membership
 //! need a group without members), `invalid_group_name` (400), `conflict` (409, retry),
 //! plus the broker's codes (`topic_not_found`, `offset_out_of_range`, `limit_exceeded`, ...).
+//! On a cluster every call first waits for the groups to be served here
+//! (`GroupCoordinator::ready`): 503 `coordinator_loading` or `not_coordinator` otherwise.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -79,6 +81,7 @@ pub async fn join(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     let req: JoinBody = read_json(&headers, body, node.limits().request_body_bytes_max).await?;
     let member = node.groups.join(
         &group,
@@ -93,6 +96,7 @@ pub async fn heartbeat(
     State(node): State<AppState>,
     Path((group, member)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     let view = node.groups.heartbeat(&group, &member)?;
     Ok(axum::Json(view).into_response())
 }
@@ -101,6 +105,7 @@ pub async fn leave(
     State(node): State<AppState>,
     Path((group, member)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     node.groups.leave(&group, &member)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -124,6 +129,7 @@ pub async fn member_fetch(
     Path((group, member)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     let q: MemberFetchQuery = parse_query(query.as_deref())?;
     let bounds = FetchBounds::from_query(
         q.max_records.as_deref(),
@@ -242,6 +248,7 @@ pub async fn commit(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     let req: CommitBody = read_json(&headers, body, node.limits().request_body_bytes_max).await?;
     let fence = match (&req.member_id, req.generation) {
         (Some(member), Some(generation)) => Some((member.as_str(), generation)),
@@ -265,6 +272,7 @@ pub async fn committed(
     State(node): State<AppState>,
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     let offsets = node.groups.committed(&group)?;
     Ok(axum::Json(json!({"group": group, "offsets": offsets})).into_response())
 }
@@ -287,6 +295,7 @@ pub async fn reset(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     let req: ResetBody = read_json(&headers, body, node.limits().request_body_bytes_max).await?;
     let to = match (req.to.as_str(), req.timestamp_ms, req.offset) {
         ("earliest", None, None) => ResetTo::Earliest,
@@ -310,17 +319,20 @@ pub async fn describe(
     State(node): State<AppState>,
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     Ok(axum::Json(node.groups.describe(&group)?).into_response())
 }
 
-pub async fn list(State(node): State<AppState>) -> Response {
-    axum::Json(json!({"groups": node.groups.list()})).into_response()
+pub async fn list(State(node): State<AppState>) -> ApiResult<Response> {
+    node.groups.ready().await?;
+    Ok(axum::Json(json!({"groups": node.groups.list()})).into_response())
 }
 
 pub async fn delete(
     State(node): State<AppState>,
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
+    node.groups.ready().await?;
     node.groups.delete_group(&group).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,8 +6,8 @@
 //! produce runs in a task of its own, so a client that disconnects mid-request does not cut
 //! it between its append and the storing of its answer; the key stays in progress (409
 //! `idempotency_key_in_progress`) until then. The keys themselves are kept by
-//! `producers::idempotency_keys`. On a cluster the request is served by the controller's
-//! broker, which holds the keys (`forward`).
+//! `producers::idempotency_keys`. On a cluster the request is served by the leader of
+//! `__idempotency_keys`, which holds the keys (`forward`).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{Acks, Broker, BrokerError, ProduceRecord, Topic, now_ms};
 use crate::config::{CleanupPolicy, TopicConfig};
+use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 use crate::log::batch::RecordRef;
 use crate::metrics as m;
@@ -149,11 +150,13 @@ pub struct KeyTicket {
     key: String,
     fingerprint: Fingerprint,
     done: bool,
+    /// The load that admitted it: another load's memory does not hold its key.
+    load: LoadId,
 }
 
 impl Drop for KeyTicket {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.keys.residence.is_current(self.load) {
             let mut s = self.keys.state();
             if matches!(s.entries.get(&self.key), Some(Entry::InProgress(_))) {
                 s.entries.remove(&self.key);
@@ -224,52 +227,41 @@ pub struct IdempotencyKeys {
     broker: Arc<Broker>,
     /// std mutex: lookups and updates only, never held across `.await`.
     state: Mutex<KeysState>,
+    /// Whether the keys are served here: always alone; on a cluster by the leader of
+    /// `__idempotency_keys` once it replayed it.
+    residence: Residence,
 }
 
 impl IdempotencyKeys {
-    /// Replays `__idempotency_keys` (blocking reads; call before serving), keeping the keys
-    /// still within their lifetime.
-    pub fn open(broker: Arc<Broker>) -> Result<IdempotencyKeys, BrokerError> {
-        let mut state = KeysState::default();
-        let now = now_ms();
-        let lifetime = lifetime_ms(&broker);
-        super::replay_topic(&broker, IDEMPOTENCY_KEYS_TOPIC, |key, offset, value| {
-            let Ok(head) = serde_json::from_slice::<Head>(value) else {
-                return; // a body chunk
-            };
-            let (Ok(key), Some(fingerprint)) = (
-                std::str::from_utf8(key),
-                Fingerprint::from_hex(&head.fingerprint),
-            ) else {
-                tracing::warn!("skipping a bad record in {IDEMPOTENCY_KEYS_TOPIC}");
-                return;
-            };
-            if now.saturating_sub(head.stored_ms) < lifetime {
-                state.insert_stored(
-                    key.to_string(),
-                    StoredKey {
-                        fingerprint,
-                        offset,
-                        stored_ms: head.stored_ms,
-                        bytes: batch_bytes_estimate(key.len(), head.body_bytes, head.chunks),
-                    },
-                );
-            }
-        })?;
-        // A lower limit than before the restart: the oldest keys go first.
-        let max = broker.limits().idempotency_keys_max as usize;
-        while state.entries.len() > max {
-            let Some((_, _, key)) = state.by_time.pop_front() else {
-                break;
-            };
-            state.entries.remove(&key);
-        }
+    /// The keys over `broker`. Alone, `__idempotency_keys` is replayed at once (blocking
+    /// reads; call before serving), keeping the keys still within their lifetime; on a
+    /// cluster (`clustered`) nothing is served until this broker leads the topic and has
+    /// replayed it ([`crate::coordination::follow_leadership`]).
+    pub fn open(broker: Arc<Broker>, clustered: bool) -> Result<IdempotencyKeys, BrokerError> {
+        let (state, residence) = if clustered {
+            (
+                KeysState::default(),
+                Residence::member(IDEMPOTENCY_KEYS_TOPIC),
+            )
+        } else {
+            (
+                replay_keys(&broker)?,
+                Residence::alone(IDEMPOTENCY_KEYS_TOPIC),
+            )
+        };
         let keys = IdempotencyKeys {
             broker,
             state: Mutex::new(state),
+            residence,
         };
         keys.refresh_metrics();
         Ok(keys)
+    }
+
+    /// On a cluster: how `__idempotency_keys` is made (in the cluster's metadata) the first
+    /// time a key needs it. Set once, by the node, before any request is served.
+    pub fn make_topic_with(&self, maker: InternalTopicMaker) {
+        self.residence.make_topic_with(maker);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, KeysState> {
@@ -285,6 +277,11 @@ impl IdempotencyKeys {
         key: &str,
         fingerprint: Fingerprint,
     ) -> Result<Begin, BrokerError> {
+        let missing = match self.broker.topic(IDEMPOTENCY_KEYS_TOPIC) {
+            Ok(_) => None,
+            Err(_) => Some(keys_topic_config(&self.broker)),
+        };
+        let load = self.residence.ready(missing).await?;
         // Twice at most: a stored answer the log no longer holds makes the key expired.
         loop {
             let Some(stored) = self.admit(key, fingerprint)? else {
@@ -293,6 +290,7 @@ impl IdempotencyKeys {
                     key: key.to_string(),
                     fingerprint,
                     done: false,
+                    load,
                 }));
             };
             if let Some(answer) = self.read_answer(key, stored).await? {
@@ -343,13 +341,15 @@ impl IdempotencyKeys {
             .append(&ticket.key, ticket.fingerprint, stored_ms, answer)
             .await
         {
-            Ok(stored) => {
+            // Durable: a new leader replays it. Memory is the admitting load's only.
+            Ok(stored) if self.residence.is_current(ticket.load) => {
                 let mut s = self.state();
                 s.insert_stored(ticket.key.clone(), stored);
                 ticket.done = true;
                 drop(s);
                 self.refresh_metrics();
             }
+            Ok(_) => ticket.done = true,
             Err(e) => tracing::warn!(
                 error = %e,
                 "could not store the answer of an Idempotency-Key; a retry will run again"
@@ -384,7 +384,7 @@ impl IdempotencyKeys {
         stored_ms: i64,
         answer: &StoredAnswer,
     ) -> Result<StoredKey, BrokerError> {
-        let topic = keys_topic(&self.broker).await?;
+        let topic = keys_topic(&self.broker, self.residence.maker()).await?;
         let chunk_bytes = self
             .broker
             .limits()
@@ -550,25 +550,98 @@ fn key_error(e: KeyError) -> BrokerError {
     }
 }
 
-/// The `__idempotency_keys` topic, created (internal, deleted by time) on first use.
-async fn keys_topic(broker: &Broker) -> Result<Arc<Topic>, BrokerError> {
-    match broker.topic(IDEMPOTENCY_KEYS_TOPIC) {
-        Err(BrokerError::TopicNotFound(_)) => {}
-        other => return other,
-    }
-    let config = TopicConfig {
+/// `__idempotency_keys`' config: deleted by time, kept past the keys' lifetime.
+fn keys_topic_config(broker: &Broker) -> TopicConfig {
+    TopicConfig {
         retention_ms: lifetime_ms(broker).saturating_add(RETENTION_MARGIN_MS),
         retention_bytes: -1,
         cleanup_policy: CleanupPolicy::Delete,
         segment_bytes: KEYS_SEGMENT_BYTES,
         ..broker.config.topic_defaults
-    };
+    }
+}
+
+/// The `__idempotency_keys` topic, created on first use: here (internal), or by `maker` on
+/// a cluster.
+async fn keys_topic(
+    broker: &Broker,
+    maker: Option<&InternalTopicMaker>,
+) -> Result<Arc<Topic>, BrokerError> {
+    match broker.topic(IDEMPOTENCY_KEYS_TOPIC) {
+        Err(BrokerError::TopicNotFound(_)) => {}
+        other => return other,
+    }
+    let config = keys_topic_config(broker);
+    if let Some(maker) = maker {
+        (maker.0)(IDEMPOTENCY_KEYS_TOPIC, config).await?;
+        return broker.topic(IDEMPOTENCY_KEYS_TOPIC);
+    }
     match broker
         .create_topic(IDEMPOTENCY_KEYS_TOPIC, 1, config, true)
         .await
     {
         Err(BrokerError::TopicExists(_)) => broker.topic(IDEMPOTENCY_KEYS_TOPIC),
         other => other,
+    }
+}
+
+/// The keys within their lifetime, replayed from `__idempotency_keys` (blocking reads); the
+/// oldest go first when there are more than `idempotency_keys_max` (a lower limit than
+/// before a restart).
+fn replay_keys(broker: &Broker) -> Result<KeysState, BrokerError> {
+    let mut state = KeysState::default();
+    let now = now_ms();
+    let lifetime = lifetime_ms(broker);
+    super::replay_topic(broker, IDEMPOTENCY_KEYS_TOPIC, |key, offset, value| {
+        let Ok(head) = serde_json::from_slice::<Head>(value) else {
+            return; // a body chunk
+        };
+        let (Ok(key), Some(fingerprint)) = (
+            std::str::from_utf8(key),
+            Fingerprint::from_hex(&head.fingerprint),
+        ) else {
+            tracing::warn!("skipping a bad record in {IDEMPOTENCY_KEYS_TOPIC}");
+            return;
+        };
+        if now.saturating_sub(head.stored_ms) < lifetime {
+            state.insert_stored(
+                key.to_string(),
+                StoredKey {
+                    fingerprint,
+                    offset,
+                    stored_ms: head.stored_ms,
+                    bytes: batch_bytes_estimate(key.len(), head.body_bytes, head.chunks),
+                },
+            );
+        }
+    })?;
+    let max = broker.limits().idempotency_keys_max as usize;
+    while state.entries.len() > max {
+        let Some((_, _, key)) = state.by_time.pop_front() else {
+            break;
+        };
+        state.entries.remove(&key);
+    }
+    Ok(state)
+}
+
+impl LoadedFromLog for IdempotencyKeys {
+    fn residence(&self) -> &Residence {
+        &self.residence
+    }
+
+    fn drop_state(&self) {
+        *self.state() = KeysState::default();
+        self.refresh_metrics();
+    }
+
+    fn replay(self: &Arc<Self>) -> Result<Box<dyn FnOnce(LoadId) + Send>, BrokerError> {
+        let state = replay_keys(&self.broker)?;
+        let me = Arc::clone(self);
+        Ok(Box::new(move |_| {
+            tracing::info!(keys = state.entries.len(), "idempotency keys loaded");
+            *me.state() = state;
+        }))
     }
 }
 

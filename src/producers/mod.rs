@@ -20,14 +20,16 @@
 //! `idempotency_keys`: the other way to retry without duplicates, `Idempotency-Key` on a
 //! produce, stored with its answer in the internal topic `__idempotency_keys`.
 //!
-//! On a cluster, `POST /v1/producers` is served by the controller (`http::forward`), so ids
-//! come from its registry; brokers that do not run it do not check produces against theirs.
-//! The controller may move (Raft) and each broker keeps its own `__producers`, so each hands
-//! out ids from its own range ([`id_base`]: the node id times 2^40): two controllers never
-//! give one id to two producers, which a partition would take for one (a new producer's
-//! sequence 0 answered with an old producer's offsets). A name's epochs are kept per
-//! controller too: after a controller change a name gets a new id, which does not fence the
-//! incarnations the previous controller handed out.
+//! On a cluster, `__producers` is a replicated topic like `__consumer_offsets`, and the
+//! registry is served by its partition's leader only (`crate::coordination`): it replays the
+//! topic before it serves, and `POST /v1/producers` is forwarded there (`http::forward`). A
+//! block is reserved with `acks=all` before any id of it is handed out, so a new leader,
+//! which holds every acknowledged record, starts after every block its predecessor used: no
+//! id is handed out twice across a failover, and a name's epoch keeps growing. A deposed
+//! leader cannot get a write acknowledged, so it cannot bump an epoch either. The produce
+//! path does not ask the registry on a cluster (it is on one broker, the produce anywhere):
+//! the partitions fence older epochs that wrote to them and deduplicate sequences, and the
+//! split produce sends the producer with each part (`http::produce_split`).
 
 pub mod error;
 pub mod idempotency_keys;
@@ -42,6 +44,7 @@ pub use error::ProducerError;
 
 use crate::broker::{Acks, Broker, BrokerError, ProduceRecord, Topic, now_ms};
 use crate::config::{CleanupPolicy, TopicConfig};
+use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 use crate::log::batch::{ProducerInfo, RecordRef};
 
@@ -103,37 +106,33 @@ pub struct ProducerRegistry {
     state: Mutex<RegistryState>,
     /// Serializes session creation, held across its durable write, so memory follows the log.
     writes: tokio::sync::Mutex<()>,
+    /// Whether the registry is served here: always alone; on a cluster by the leader of
+    /// `__producers` once it replayed it.
+    residence: Residence,
 }
 
 impl ProducerRegistry {
-    /// Replays `__producers` (blocking reads; call before serving); ids are handed out from
-    /// `id_base` on ([`id_base`]).
-    pub fn open(broker: Arc<Broker>, id_base: i64) -> Result<ProducerRegistry, BrokerError> {
-        let mut state = RegistryState {
-            next_id: id_base,
-            reserved_to: id_base,
-            ..RegistryState::default()
+    /// A registry over `broker`. Alone, `__producers` is replayed at once (blocking reads;
+    /// call before serving); on a cluster (`clustered`) nothing is served until the node
+    /// tells it this broker leads `__producers` ([`crate::coordination::follow_leadership`]).
+    pub fn open(broker: Arc<Broker>, clustered: bool) -> Result<ProducerRegistry, BrokerError> {
+        let (state, residence) = if clustered {
+            (RegistryState::default(), Residence::member(PRODUCERS_TOPIC))
+        } else {
+            (replay_state(&broker)?, Residence::alone(PRODUCERS_TOPIC))
         };
-        replay(&broker, |key, value| {
-            if key == IDS_KEY {
-                if let Ok(v) = serde_json::from_slice::<IdsValue>(value) {
-                    state.apply_ids(v.reserved_to);
-                    return;
-                }
-            } else if let Some(name) = key.strip_prefix(NAME_KEY_PREFIX)
-                && let Ok(s) = serde_json::from_slice::<ProducerSession>(value)
-            {
-                state.apply_name(name.to_string(), s);
-                return;
-            }
-            tracing::warn!(key, "skipping a bad record in {PRODUCERS_TOPIC}");
-        })?;
-        state.next_id = state.next_id.max(state.reserved_to);
         Ok(ProducerRegistry {
             broker,
             state: Mutex::new(state),
             writes: tokio::sync::Mutex::new(()),
+            residence,
         })
+    }
+
+    /// On a cluster: how `__producers` is made (in the cluster's metadata) the first time a
+    /// session needs it. Set once, by the node, before any request is served.
+    pub fn make_topic_with(&self, maker: InternalTopicMaker) {
+        self.residence.make_topic_with(maker);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, RegistryState> {
@@ -150,7 +149,18 @@ impl ProducerRegistry {
         if let Some(name) = name {
             validate_producer_name(name)?;
         }
+        let missing = match self.broker.topic(PRODUCERS_TOPIC) {
+            Ok(_) => None,
+            Err(_) => Some(producers_topic_config(&self.broker)),
+        };
+        let load = self.residence.ready(missing).await?;
         let _writes = self.writes.lock().await;
+        if !self.residence.is_current(load) {
+            let moved = BrokerError::NotCoordinator {
+                topic: PRODUCERS_TOPIC,
+            };
+            return Err(moved.into());
+        }
         let current = name.and_then(|n| self.state().names.get(n).copied());
         let session = match current {
             Some(s) => ProducerSession {
@@ -171,7 +181,7 @@ impl ProducerRegistry {
                     }
                 }
                 ProducerSession {
-                    producer_id: self.next_id().await?,
+                    producer_id: self.next_id(load).await?,
                     producer_epoch: 0,
                 }
             }
@@ -180,14 +190,17 @@ impl ProducerRegistry {
             let value = serde_json::to_vec(&session).expect("a session serializes");
             self.append(&format!("{NAME_KEY_PREFIX}{name}"), &value)
                 .await?;
-            self.state().apply_name(name.to_string(), session);
+            // Durable: a new leader replays it. Memory is this load's only.
+            if self.residence.is_current(load) {
+                self.state().apply_name(name.to_string(), session);
+            }
         }
         Ok(session)
     }
 
     /// Hands out the next id, reserving a block durably first when the last one is used up.
-    /// Called with `writes` held.
-    async fn next_id(&self) -> Result<i64, BrokerError> {
+    /// Called with `writes` held, by the current `load`.
+    async fn next_id(&self, load: LoadId) -> Result<i64, BrokerError> {
         let (next, reserved_to) = {
             let s = self.state();
             (s.next_id, s.reserved_to)
@@ -199,6 +212,13 @@ impl ProducerRegistry {
             })
             .expect("ids serialize");
             self.append(IDS_KEY, &value).await?;
+            if !self.residence.is_current(load) {
+                // Another load replays the block and starts after it; this one hands out
+                // nothing from memory it no longer owns.
+                return Err(BrokerError::NotCoordinator {
+                    topic: PRODUCERS_TOPIC,
+                });
+            }
             let mut s = self.state();
             s.reserved_to = s.reserved_to.max(block_end);
         }
@@ -243,7 +263,7 @@ impl ProducerRegistry {
     }
 
     async fn append(&self, key: &str, value: &[u8]) -> Result<(), BrokerError> {
-        let topic = producers_topic(&self.broker).await?;
+        let topic = producers_topic(&self.broker, self.residence.maker()).await?;
         let record = ProduceRecord {
             partition: Some(0),
             record: RecordRef {
@@ -263,13 +283,6 @@ impl ProducerRegistry {
     }
 }
 
-/// The first id a broker's registry hands out: 0 alone, the node id (its low 12 bits) times
-/// 2^40 on a cluster, so registries of different controllers never meet (ids stay below
-/// 2^52, exact in a JSON number).
-pub fn id_base(node_id: Option<u32>) -> i64 {
-    node_id.map_or(0, |id| i64::from(id & 0xfff) << 40)
-}
-
 /// Producer names follow the topic-name rule: `[a-zA-Z0-9._-]{1,249}`.
 pub fn validate_producer_name(name: &str) -> Result<(), ProducerError> {
     let ok = !name.is_empty()
@@ -286,19 +299,32 @@ pub fn validate_producer_name(name: &str) -> Result<(), ProducerError> {
     }
 }
 
-/// The `__producers` topic, created (internal, compacted, kept forever) on first use.
-async fn producers_topic(broker: &Broker) -> Result<Arc<Topic>, BrokerError> {
-    match broker.topic(PRODUCERS_TOPIC) {
-        Err(BrokerError::TopicNotFound(_)) => {}
-        other => return other,
-    }
-    let config = TopicConfig {
+/// `__producers`' config: compacted, kept forever.
+fn producers_topic_config(broker: &Broker) -> TopicConfig {
+    TopicConfig {
         retention_ms: -1,
         retention_bytes: -1,
         cleanup_policy: CleanupPolicy::Compact,
         segment_bytes: PRODUCERS_SEGMENT_BYTES,
         ..broker.config.topic_defaults
-    };
+    }
+}
+
+/// The `__producers` topic, created on first use: here (internal), or by `maker` on a
+/// cluster.
+async fn producers_topic(
+    broker: &Broker,
+    maker: Option<&InternalTopicMaker>,
+) -> Result<Arc<Topic>, BrokerError> {
+    match broker.topic(PRODUCERS_TOPIC) {
+        Err(BrokerError::TopicNotFound(_)) => {}
+        other => return other,
+    }
+    let config = producers_topic_config(broker);
+    if let Some(maker) = maker {
+        (maker.0)(PRODUCERS_TOPIC, config).await?;
+        return broker.topic(PRODUCERS_TOPIC);
+    }
     match broker.create_topic(PRODUCERS_TOPIC, 1, config, true).await {
         Err(BrokerError::TopicExists(_)) => broker.topic(PRODUCERS_TOPIC),
         other => other,
@@ -335,6 +361,50 @@ pub(crate) fn replay_topic(
     Ok(())
 }
 
+/// The registry's state replayed from `__producers` (blocking reads).
+fn replay_state(broker: &Broker) -> Result<RegistryState, BrokerError> {
+    let mut state = RegistryState::default();
+    replay(broker, |key, value| {
+        if key == IDS_KEY {
+            if let Ok(v) = serde_json::from_slice::<IdsValue>(value) {
+                state.apply_ids(v.reserved_to);
+                return;
+            }
+        } else if let Some(name) = key.strip_prefix(NAME_KEY_PREFIX)
+            && let Ok(s) = serde_json::from_slice::<ProducerSession>(value)
+        {
+            state.apply_name(name.to_string(), s);
+            return;
+        }
+        tracing::warn!(key, "skipping a bad record in {PRODUCERS_TOPIC}");
+    })?;
+    state.next_id = state.next_id.max(state.reserved_to);
+    Ok(state)
+}
+
+impl LoadedFromLog for ProducerRegistry {
+    fn residence(&self) -> &Residence {
+        &self.residence
+    }
+
+    fn drop_state(&self) {
+        *self.state() = RegistryState::default();
+    }
+
+    fn replay(self: &Arc<Self>) -> Result<Box<dyn FnOnce(LoadId) + Send>, BrokerError> {
+        let state = replay_state(&self.broker)?;
+        let me = Arc::clone(self);
+        Ok(Box::new(move |_| {
+            tracing::info!(
+                next_id = state.next_id,
+                names = state.names.len(),
+                "producer sessions loaded"
+            );
+            *me.state() = state;
+        }))
+    }
+}
+
 fn replay(broker: &Broker, mut apply: impl FnMut(&str, &[u8])) -> Result<(), BrokerError> {
     replay_topic(
         broker,
@@ -356,14 +426,6 @@ mod tests {
         for bad in ["", "a/b", "é", &"x".repeat(250)] {
             assert!(validate_producer_name(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn each_controller_hands_out_ids_from_its_own_range() {
-        assert_eq!(id_base(None), 0);
-        assert_eq!(id_base(Some(1)), 1 << 40);
-        assert!(id_base(Some(2)) - id_base(Some(1)) >= 1 << 40);
-        assert!(id_base(Some(u32::MAX)) < 1 << 52);
     }
 
     #[test]

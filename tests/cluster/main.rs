@@ -16,6 +16,7 @@ mod cluster_membership;
 mod cluster_power_cut;
 mod cluster_topics;
 mod controller_failover;
+mod coordinator_failover;
 mod exactly_once_across_failover;
 mod forwarding;
 mod replica_damage;

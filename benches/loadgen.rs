@@ -52,6 +52,8 @@ use tokio::sync::{Notify, oneshot, watch};
 mod cluster;
 #[path = "loadgen/e2e.rs"]
 mod e2e;
+#[path = "loadgen/failover.rs"]
+mod failover;
 
 /// Bytes of each record's value as stored (a JSON string of this many bytes with its quotes).
 const VALUE_BYTES: usize = 100;
@@ -73,6 +75,7 @@ usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--re
                                       [--fetch-records N] [--data-dir DIR]
                                       [--cluster] [--cluster-url URL] [--via leader|any]
                                       [--partitions N]
+       cargo bench --bench loadgen -- --failover KILLS [--failover-timings test|default]
 
 --scenarios   comma-separated; presets: default, matrix, group-commit, replication, all;
               or single scenarios:
@@ -95,6 +98,11 @@ usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--re
               spread the clients over every broker (`any`: forwarded to the leader)
 --partitions  with --cluster: partitions of the produce topics (default 1); client c
               writes to partition c % N
+--failover    instead of the scenarios: kill -9 the leader of a busy partition of a
+              three-broker cluster KILLS times (restarting it each time) and print the time
+              to a new leader and to the first produce it acknowledges, with medians
+--failover-timings  test (default: broker session 1.5 s, Raft 100/500 ms, as the fault
+              tests) or default (the broker's defaults: 9 s, 300/1500 ms)
 --duration-ms measured time per scenario and target (default 2000)
 --repeat      runs of the whole set; the summary shows medians (default 3)
 --fetch-records records produced before the fetch scenario (default 1000000)
@@ -121,6 +129,10 @@ fn main() {
     .expect("create the data directory");
     let server_rt = runtime("server");
     let client_rt = runtime("client");
+    if let Some(kills) = args.failover {
+        client_rt.block_on(failover::run(dir.path(), kills, &args.failover_timings));
+        return;
+    }
     let tidelog =
         (!args.cluster).then(|| server_rt.block_on(start_tidelog(&dir.path().join("tidelog"))));
     let fleets = args.cluster.then(|| {
@@ -272,6 +284,10 @@ struct Args {
     via: cluster::Via,
     /// Partitions of the produce topics (cluster targets).
     partitions: u32,
+    /// `--failover KILLS`: the failover measurement instead of the scenarios.
+    failover: Option<usize>,
+    /// The broker timings of the failover measurement: `test` or `default`.
+    failover_timings: String,
 }
 
 impl Args {
@@ -287,6 +303,8 @@ impl Args {
             cluster_url: None,
             via: cluster::Via::Leader,
             partitions: 1,
+            failover: None,
+            failover_timings: "test".to_string(),
         };
         let mut list = None;
         while let Some(a) = it.next() {
@@ -313,6 +331,12 @@ impl Args {
                     }
                 }
                 "--partitions" => args.partitions = number(&value(&a)?)?.clamp(1, 64) as u32,
+                "--failover" => args.failover = Some(number(&value(&a)?)?.clamp(1, 1000) as usize),
+                "--failover-timings" => {
+                    let timings = value(&a)?;
+                    failover::config(&timings)?;
+                    args.failover_timings = timings;
+                }
                 other => return Err(format!("unknown argument '{other}'")),
             }
         }

@@ -498,7 +498,7 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some((at(14)? + at(15)?) as f64 / TICKS_PER_SECOND)
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
+pub(super) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
         .collect();
@@ -509,7 +509,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// `tidelog serve` (the binary cargo built with this bench) on `port` with data in `dir`.
-fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Child {
+pub(super) fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Child {
     std::fs::create_dir_all(dir).expect("broker data directory");
     Command::new(env!("CARGO_BIN_EXE_tidelog"))
         .arg("serve")

@@ -79,6 +79,8 @@ pub enum Anomaly {
         offset: u64,
         value: String,
         node: u32,
+        /// What the replica holds there now (None: nothing).
+        found: Option<String>,
     },
     /// Acknowledged, yet no replica's high watermark covers it.
     AcknowledgedBeyondHighWatermark {
@@ -256,6 +258,7 @@ impl History {
                     offset,
                     value: value.clone(),
                     node,
+                    found: stored.get(&offset).map(|v| v.to_string()),
                 });
             }
         }

@@ -54,6 +54,8 @@ mod cluster;
 mod e2e;
 #[path = "loadgen/failover.rs"]
 mod failover;
+#[path = "loadgen/rolling.rs"]
+mod rolling;
 
 /// Bytes of each record's value as stored (a JSON string of this many bytes with its quotes).
 const VALUE_BYTES: usize = 100;
@@ -74,7 +76,7 @@ tidelog load generator (all traffic on 127.0.0.1)
 usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--repeat N]
                                       [--fetch-records N] [--data-dir DIR]
                                       [--cluster] [--cluster-url URL] [--via leader|any]
-                                      [--partitions N]
+                                      [--partitions N] [--rolling-restart]
        cargo bench --bench loadgen -- --failover KILLS [--failover-timings test|default]
 
 --scenarios   comma-separated; presets: default, matrix, group-commit, replication, all;
@@ -103,6 +105,9 @@ usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--re
               to a new leader and to the first produce it acknowledges, with medians
 --failover-timings  test (default: broker session 1.5 s, Raft 100/500 ms, as the fault
               tests) or default (the broker's defaults: 9 s, 300/1500 ms)
+--rolling-restart instead of the scenarios: a cluster of three release brokers under
+              acks=all load, each restarted in turn with SIGTERM; records/s before, during
+              and after (--duration-ms each side), errors seen (`rolling` module)
 --duration-ms measured time per scenario and target (default 2000)
 --repeat      runs of the whole set; the summary shows medians (default 3)
 --fetch-records records produced before the fetch scenario (default 1000000)
@@ -131,6 +136,10 @@ fn main() {
     let client_rt = runtime("client");
     if let Some(kills) = args.failover {
         client_rt.block_on(failover::run(dir.path(), kills, &args.failover_timings));
+        return;
+    }
+    if args.rolling_restart {
+        client_rt.block_on(rolling::run(&args, dir.path()));
         return;
     }
     let tidelog =
@@ -288,6 +297,8 @@ struct Args {
     failover: Option<usize>,
     /// The broker timings of the failover measurement: `test` or `default`.
     failover_timings: String,
+    /// A rolling restart of a three-broker cluster instead of the scenarios.
+    rolling_restart: bool,
 }
 
 impl Args {
@@ -305,6 +316,7 @@ impl Args {
             partitions: 1,
             failover: None,
             failover_timings: "test".to_string(),
+            rolling_restart: false,
         };
         let mut list = None;
         while let Some(a) = it.next() {
@@ -337,6 +349,7 @@ impl Args {
                     failover::config(&timings)?;
                     args.failover_timings = timings;
                 }
+                "--rolling-restart" => args.rolling_restart = true,
                 other => return Err(format!("unknown argument '{other}'")),
             }
         }

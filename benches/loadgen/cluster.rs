@@ -534,7 +534,7 @@ pub(super) fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .expect("start the tidelog binary")
 }
 
-async fn get_json(url: &str) -> Result<Value, String> {
+pub(super) async fn get_json(url: &str) -> Result<Value, String> {
     let response = http_client(1)
         .get(url)
         .timeout(Duration::from_secs(5))

@@ -96,6 +96,9 @@ fn a_high_watermark_going_back_and_a_read_record_gone_are_reported() {
     h.high_watermark(2, 0, 5);
     h.high_watermark(2, 0, 4);
     h.consumed(0, 1, "b");
+    // Read as "y" first, as "a" later: the first read is the one gone.
+    h.consumed(0, 0, "y");
+    h.consumed(0, 0, "a");
     let anomalies = h.check(&[replica(1, 2, &["a", "z"])]);
     assert!(anomalies.contains(&Anomaly::HighWatermarkBackwards {
         partition: 0,
@@ -107,5 +110,10 @@ fn a_high_watermark_going_back_and_a_read_record_gone_are_reported() {
         anomalies
             .iter()
             .any(|a| matches!(a, Anomaly::ReadThenGone { offset: 1, .. }))
+    );
+    assert!(
+        anomalies
+            .iter()
+            .any(|a| matches!(a, Anomaly::ReadThenGone { offset: 0, .. }))
     );
 }

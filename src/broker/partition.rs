@@ -1015,9 +1015,13 @@ impl Partition {
     /// Opened from disk after a restart it may be a deposed leader's log, and the metadata
     /// that says so may not be replayed yet: taking a write then would stamp it at this log's
     /// end, with the local fsync as its only high watermark, offsets the partition's leader
-    /// has given to other records (issue 11, item 5).
+    /// has given to other records (issue 11, item 5). For the same reason its high
+    /// watermark is the replication layer's to raise from the start: its recovered end may
+    /// hold a tail no in-sync replica has, which consumers must never be served (its
+    /// replayed metadata may still name it leader, so reads are served here).
     pub fn await_role(&self) {
         self.set_follower(true);
+        self.set_hw_mode(HwMode::External);
     }
 
     /// Makes this replica a follower (producers' appends refused) or a leader again.

@@ -297,9 +297,13 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
         Err(refused(0)),
         "made here"
     );
-    // The role hook makes it a leader: it takes writes.
+    // The role hook makes it a leader: it takes writes. (Its high watermark, which the
+    // replication layer raises on a member, follows the local fsync here, as alone.)
     let topic = broker.topic("t").unwrap();
-    topic.partition(0).unwrap().set_follower(false);
+    let leader = topic.partition(0).unwrap();
+    leader.set_follower(false);
+    leader.set_hw_mode(crate::broker::partition::HwMode::Standalone);
+    drop(leader);
     assert_eq!(produce(Arc::clone(&broker), 0).await, Ok(vec![(0, 0)]));
     spec.partitions = 2;
     spec.local = vec![0, 1];

@@ -676,6 +676,84 @@ fn a_leader_cut_off_from_the_other_brokers_is_fenced_and_replaced_and_its_client
     check(c, &history, "a leader cut off", &[]);
 }
 
+/// A leader killed with a tail no other replica has (appended and fsynced on it alone),
+/// then restarted: until it learns it was replaced, its replayed metadata names it leader,
+/// so a read sent straight to it is served there. It must serve nothing a successor did not
+/// keep: whatever it serves from the tail's first offset must still be there at the end.
+#[test]
+fn a_restarted_leader_never_serves_a_tail_its_successor_did_not_have() {
+    let mut c = Cluster::start(BROKERS, TOML);
+    create_topic(&c);
+    let boss = controller(&c, 1);
+    let p = (0..PARTITIONS)
+        .find(|q| partition_state(&c, boss, TOPIC, *q).0 != boss)
+        .expect("placement gives another broker a leadership");
+    let (victim, old_epoch, _) = partition_state(&c, boss, TOPIC, p);
+    let victim_url = c.url(victim).to_string();
+    let history = Arc::new(Mutex::new(History::default()));
+    let before: Vec<String> = (0..BATCH).map(|i| format!("before-{i}")).collect();
+    let answer = produce(&victim_url, p, &before, "all");
+    record_acks_all(&history, p, &before, &answer);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let tail_start = answer.body["offsets"][BATCH - 1]["offset"]
+        .as_u64()
+        .unwrap()
+        + 1;
+    let followers: Vec<usize> = (1..=BROKERS).filter(|id| *id != victim).collect();
+    for &f in &followers {
+        c.brokers[f - 1].pause();
+    }
+    // Appended and fsynced on the leader alone; never acknowledged (no follower fetches).
+    let tail: Vec<String> = (0..BATCH).map(|i| format!("tail-{i}")).collect();
+    let answer = produce(&victim_url, p, &tail, "all");
+    record_acks_all(&history, p, &tail, &answer);
+    c.brokers[victim - 1].kill9();
+    for &f in &followers {
+        c.brokers[f - 1].resume();
+    }
+    let witness = followers[0];
+    wait_for("a follower elected", || {
+        let (leader, epoch, isr) = partition_state(&c, witness, TOPIC, p);
+        if leader != 0 && leader != victim && epoch > old_epoch {
+            Ok(())
+        } else {
+            Err(format!("leader {leader} epoch {epoch} isr {isr:?}"))
+        }
+    });
+    let after: Vec<String> = (0..2 * BATCH).map(|i| format!("after-{i}")).collect();
+    wait_for("the new leader acknowledges", || {
+        let answer = produce(c.url(witness), p, &after, "all");
+        record_acks_all(&history, p, &after, &answer);
+        if answer.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", answer.status, answer.body))
+        }
+    });
+    c.brokers[victim - 1].restart();
+    let restarted = Instant::now();
+    let mut served = Vec::new();
+    while restarted.elapsed() < Duration::from_secs(3) {
+        let (status, page) = get(&format!(
+            "{victim_url}/v1/topics/{TOPIC}/partitions/{p}/records?offset={tail_start}&max_records=100"
+        ));
+        if status == 200 {
+            let mut h = history.lock().unwrap();
+            for r in page["records"].as_array().into_iter().flatten() {
+                if let (Some(o), Some(v)) = (r["offset"].as_u64(), r["value"].as_str()) {
+                    h.consumed(p, o, v);
+                    served.push(v.to_string());
+                }
+            }
+        }
+    }
+    served.dedup();
+    eprintln!("the restarted leader served from offset {tail_start}: {served:?}");
+    c.wait_ready(victim);
+    wait_full_isrs(&c, witness, "full ISRs once the old leader is back");
+    check(&c, &history, "a restarted leader", &[]);
+}
+
 /// One fault of the random run.
 #[derive(Debug, Clone, Copy)]
 enum Fault {

@@ -111,9 +111,13 @@ impl History {
         }
     }
 
-    /// Records a record a consumer read (served, so below the high watermark).
+    /// Records a record a consumer read (served, so below the high watermark). The first
+    /// value read at an offset is kept: a later read of another value there must not hide
+    /// that the first is gone.
     pub fn consumed(&mut self, partition: u32, offset: u64, value: &str) {
-        self.consumed.insert((partition, offset), value.to_string());
+        self.consumed
+            .entry((partition, offset))
+            .or_insert_with(|| value.to_string());
     }
 
     /// Records a high watermark one replica reported.

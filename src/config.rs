@@ -56,6 +56,11 @@ pub struct BrokerConfig {
     /// A voter that hears no leader for this long (drawn between it and twice it) starts an
     /// election, in milliseconds. Must be more than twice `raft_heartbeat_ms`.
     pub raft_election_timeout_ms: u64,
+    /// Lets a voter start although its data directory lost its cluster state (wiped, or a new
+    /// disk) while the other voters know its node id (`--rejoin-after-data-loss`): it then
+    /// neither votes nor campaigns until its metadata log holds what they had applied when it
+    /// started. Off, such a broker refuses to start.
+    pub rejoin_after_data_loss: bool,
     /// A follower not caught up with its leader for this long leaves the in-sync replica
     /// set, in milliseconds. `acks=all` producers wait at most about this long on a dead
     /// follower before the set shrinks and their records are acknowledged without it.
@@ -90,6 +95,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9_000,
             raft_heartbeat_ms: 300,
             raft_election_timeout_ms: 1_500,
+            rejoin_after_data_loss: false,
             replica_lag_time_max_ms: 10_000,
             replica_fetch_wait_max_ms: 500,
             replica_scrub_interval_ms: 86_400_000,

@@ -65,6 +65,10 @@ struct ConfigArgs {
     /// The cluster's brokers, `ID=HOST:PORT,...`; without it the broker runs alone.
     #[arg(long, env = "TIDELOG_PEERS")]
     peers: Option<String>,
+    /// Start although this voter's data directory lost its cluster state while the other
+    /// voters know its node id: it votes again only once it caught up with their log.
+    #[arg(long)]
+    rejoin_after_data_loss: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -187,6 +191,9 @@ fn effective_config(args: &ConfigArgs) -> Result<BrokerConfig, String> {
     }
     if let Some(peers) = &args.peers {
         config.peers = peers.clone();
+    }
+    if args.rejoin_after_data_loss {
+        config.rejoin_after_data_loss = true;
     }
     config.validate()?;
     Ok(config)

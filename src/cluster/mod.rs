@@ -121,11 +121,16 @@ impl Cluster {
             }
             refuse_part_one_journal(&dir)?;
             refuse_lost_raft_state(&dir, stored.as_deref())?;
+            let rejoin_at = match stored.is_none() && !holds_raft_state(&dir) {
+                true => lost_state(config, peers, node_id).await?,
+                false => None,
+            };
             let timing = Timing {
                 heartbeat_ms: config.raft_heartbeat_ms,
                 election_timeout_ms: config.raft_election_timeout_ms,
             };
-            let raft = MetadataRaft::open(&dir.join(RAFT_DIR), node_id, peers, timing).await?;
+            let raft =
+                MetadataRaft::open(&dir.join(RAFT_DIR), node_id, peers, timing, rejoin_at).await?;
             controller = Some(Arc::new(Controller::new(
                 node_id,
                 peers.clone(),
@@ -466,19 +471,85 @@ fn refuse_lost_raft_state(dir: &std::path::Path, cluster_id: Option<&str>) -> io
         return Ok(());
     };
     let raft = dir.join(RAFT_DIR);
-    let holds = |f: &str| raft.join(f).metadata().is_ok_and(|m| m.len() > 0);
-    if holds(crate::cluster::raft::LOG_FILE) || holds(crate::cluster::raft::VOTE_FILE) {
+    if holds_raft_state(dir) {
         return Ok(());
     }
     Err(io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(
             "{} joined cluster {cluster_id} but holds no metadata log or vote in {}: a voter \
-             that lost them must not vote again; restore them, or remove {} to join as a new \
-             voter once the others have a quorum",
+             that lost them must not vote again; restore them, or start it with \
+             --rejoin-after-data-loss to rejoin as a voter that votes once it has caught up",
             dir.display(),
             raft.display(),
-            dir.join(identity::CLUSTER_ID_FILE).display()
+        ),
+    ))
+}
+
+/// Whether `<data>/__cluster/raft/` holds a metadata log or a vote.
+fn holds_raft_state(dir: &std::path::Path) -> bool {
+    let raft = dir.join(RAFT_DIR);
+    let holds = |f: &str| raft.join(f).metadata().is_ok_and(|m| m.len() > 0);
+    holds(crate::cluster::raft::LOG_FILE) || holds(crate::cluster::raft::VOTE_FILE)
+}
+
+/// How long a broker whose directory holds no cluster state waits for each other voter's
+/// `GET /v1/cluster`. A voter not started yet refuses the connection at once.
+const LOST_STATE_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A broker whose directory holds no cluster state (no cluster id, no Raft log or vote):
+/// a new voter, or one whose state was lost (a wiped directory, a new disk). The other
+/// voters tell: if one of them lists this node id among the brokers of its cluster, this
+/// node ran there before, its Raft log counted in their majorities, and a voter with an
+/// empty log would grant its vote to a candidate lacking what it had acknowledged. Such a
+/// broker refuses to start unless `rejoin_after_data_loss` is set; then it starts with its
+/// vote withheld until it has applied what they had applied (`Some` of that index). None: a
+/// new voter (none of the reachable voters knows it; a first formation).
+///
+/// Known limit: with every other voter unreachable at start, a wiped voter is taken for a
+/// new one.
+async fn lost_state(config: &BrokerConfig, peers: &Peers, me: NodeId) -> io::Result<Option<u64>> {
+    let client = client::InternalClient::default();
+    let asks = peers
+        .ids()
+        .filter(|id| *id != me)
+        .filter_map(|id| peers.address(id))
+        .map(|to| {
+            let client = &client;
+            async move {
+                client
+                    .get::<Value>(to, "/v1/cluster", LOST_STATE_ASK_TIMEOUT)
+                    .await
+                    .ok()
+            }
+        });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut known_in = None;
+    let mut applied = 0;
+    for view in answers.into_iter().flatten() {
+        let lists_me = view["brokers"].as_array().is_some_and(|b| {
+            b.iter()
+                .any(|b| b["node_id"].as_u64() == Some(u64::from(me.0)))
+        });
+        if let (true, Some(id)) = (lists_me, view["cluster_id"].as_str()) {
+            known_in = Some(id.to_string());
+        }
+        applied = applied.max(view["raft"]["last_applied_index"].as_u64().unwrap_or(0));
+    }
+    let Some(cluster_id) = known_in else {
+        return Ok(None);
+    };
+    if config.rejoin_after_data_loss {
+        return Ok(Some(applied));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{} holds no cluster state, but cluster {cluster_id} knows broker {me}: its metadata \
+             log was lost (a wiped directory or a new disk), and a voter with an empty log could \
+             elect a leader that lacks committed metadata. Restore the directory, or start it \
+             with --rejoin-after-data-loss: it then votes only once it has caught up",
+            config.data_dir.display()
         ),
     ))
 }

@@ -40,6 +40,8 @@ pub use network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use network::{Envelope, Network};
 pub use state_machine::Shared as MetadataState;
 
+const WITHHELD_LOCK: &str = "the vote gate lock is not poisoned";
+
 /// The directory of the Raft files under `<data>/__cluster/`.
 pub const RAFT_DIR: &str = "raft";
 
@@ -169,6 +171,8 @@ pub struct RaftView {
     pub last_log_index: Option<u64>,
     pub last_applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// This voter lost its state and has not caught up: it neither votes nor campaigns.
+    pub votes_withheld: bool,
     pub voters: Vec<VoterView>,
 }
 
@@ -179,6 +183,9 @@ pub struct MetadataRaft {
     node_id: NodeId,
     peers: Peers,
     voters: Arc<str>,
+    /// Set while a voter that lost its state catches up: it grants no vote until it has
+    /// applied this index (see [`MetadataRaft::open`]).
+    withheld_until: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl std::fmt::Debug for MetadataRaft {
@@ -213,11 +220,18 @@ fn members(peers: &Peers) -> BTreeMap<u64, BasicNode> {
 impl MetadataRaft {
     /// Opens this voter's Raft state in `dir` and starts it. The lowest id of `peers`
     /// initializes the cluster's membership when its state is empty.
+    ///
+    /// `rejoin_at`: this voter lost its state (its data directory was wiped) and the others
+    /// had applied up to this index when it started. An empty log would grant its vote to
+    /// any candidate, one that lacks entries this voter had acknowledged too (committed by
+    /// its ack), so it neither votes nor campaigns nor initializes anything until it has
+    /// applied that far; from then on its log holds every entry committed before the loss.
     pub async fn open(
         dir: &Path,
         node_id: NodeId,
         peers: &Peers,
         timing: Timing,
+        rejoin_at: Option<u64>,
     ) -> io::Result<MetadataRaft> {
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
         let log = log_store::LogStore::open(dir)?;
@@ -245,6 +259,7 @@ impl MetadataRaft {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
             max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            enable_elect: rejoin_at.is_none(),
             ..Config::default()
         }
         .validate()
@@ -264,10 +279,35 @@ impl MetadataRaft {
             .await
             .map_err(|e| io::Error::other(format!("raft: {e}")))?;
         if fresh
+            && rejoin_at.is_none()
             && peers.ids().next() == Some(node_id)
             && let Err(e) = raft.initialize(members(peers)).await
         {
             tracing::warn!("raft initialize: {e}");
+        }
+        let withheld_until = Arc::new(std::sync::Mutex::new(rejoin_at));
+        if let Some(target) = rejoin_at {
+            tracing::warn!(
+                applied_elsewhere = target,
+                "this voter lost its metadata state: it neither votes nor campaigns until it \
+                 has applied what the other voters had"
+            );
+            let (raft, withheld) = (raft.clone(), Arc::clone(&withheld_until));
+            tokio::spawn(async move {
+                let mut metrics = raft.metrics();
+                let caught_up = metrics
+                    .wait_for(|m| m.last_applied.is_some_and(|l| l.index >= target))
+                    .await
+                    .is_ok();
+                if caught_up {
+                    *withheld.lock().expect(WITHHELD_LOCK) = None;
+                    raft.runtime_config().elect(true);
+                    tracing::info!(
+                        applied = target,
+                        "this voter caught up after losing its state: it votes again"
+                    );
+                }
+            });
         }
         Ok(MetadataRaft {
             raft,
@@ -275,7 +315,13 @@ impl MetadataRaft {
             node_id,
             peers: peers.clone(),
             voters,
+            withheld_until,
         })
+    }
+
+    /// Whether this voter still withholds its vote (it lost its state and has not caught up).
+    pub fn withholds_votes(&self) -> bool {
+        self.withheld_until.lock().expect(WITHHELD_LOCK).is_some()
     }
 
     /// The applied metadata.
@@ -372,6 +418,20 @@ impl MetadataRaft {
             Rpc::Append => {
                 serde_json::to_value(self.raft.append_entries(open(envelope.rpc)?).await)
             }
+            Rpc::Vote if self.withholds_votes() => {
+                // Refused, as a voter whose log is ahead refuses: the candidate counts no
+                // vote here and sees nothing that makes it step down.
+                let request: openraft::raft::VoteRequest<u64> = open(envelope.rpc)?;
+                tracing::debug!(candidate = %request.vote, "vote withheld: catching up after losing state");
+                let vote = self.raft.metrics().borrow().vote;
+                let refusal: Result<openraft::raft::VoteResponse<u64>, RaftError<u64>> =
+                    Ok(openraft::raft::VoteResponse {
+                        vote,
+                        vote_granted: false,
+                        last_log_id: None,
+                    });
+                serde_json::to_value(refusal)
+            }
             Rpc::Vote => serde_json::to_value(self.raft.vote(open(envelope.rpc)?).await),
             Rpc::Snapshot => {
                 serde_json::to_value(self.raft.install_snapshot(open(envelope.rpc)?).await)
@@ -450,6 +510,7 @@ impl MetadataRaft {
             last_log_index: m.last_log_index,
             last_applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
+            votes_withheld: self.withholds_votes(),
             voters,
         }
     }
@@ -510,7 +571,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_single_voter_commits_snapshots_and_restarts_to_the_same_image() {
         let dir = tempfile::tempdir().unwrap();
-        let raft = MetadataRaft::open(dir.path(), NodeId(1), &one_voter(), FAST)
+        let raft = MetadataRaft::open(dir.path(), NodeId(1), &one_voter(), FAST, None)
             .await
             .unwrap();
         leading(&raft).await;
@@ -548,7 +609,7 @@ mod tests {
         raft.shutdown().await;
         drop(raft);
 
-        let raft = MetadataRaft::open(dir.path(), NodeId(1), &one_voter(), FAST)
+        let raft = MetadataRaft::open(dir.path(), NodeId(1), &one_voter(), FAST, None)
             .await
             .unwrap();
         leading(&raft).await;
@@ -565,7 +626,7 @@ mod tests {
             "127.0.0.1:9001".parse().unwrap(),
         )
         .unwrap();
-        let e = MetadataRaft::open(dir.path(), NodeId(1), &three, FAST)
+        let e = MetadataRaft::open(dir.path(), NodeId(1), &three, FAST, None)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("the same voters"), "{e}");

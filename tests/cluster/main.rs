@@ -24,3 +24,4 @@ mod replication;
 mod replication_hw;
 mod rolling_restart;
 mod unclean_election;
+mod wiped_voter;

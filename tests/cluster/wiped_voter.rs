@@ -6,7 +6,7 @@
 //! campaigns until it holds the log the others had applied when it started, and its replicas
 //! rejoin the in-sync sets only once fetched again (a new incarnation leaves them all).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

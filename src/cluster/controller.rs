@@ -117,6 +117,8 @@ pub struct Registration {
     pub incarnation: u64,
     /// The cluster id in the broker's data directory, if it has one.
     pub cluster_id: Option<String>,
+    /// Its data directory lost what a former process of it held.
+    pub data_lost: bool,
 }
 
 /// The leader's liveness state: it belongs to one term of leadership.
@@ -277,6 +279,7 @@ impl Controller {
             node_id: r.node_id,
             address: r.address,
             incarnation: r.incarnation,
+            data_lost: r.data_lost,
         };
         match self.raft.propose(command).await.map_err(propose_error)? {
             (_, Ok(Outcome::Registered { broker_epoch })) => Ok((cluster_id, broker_epoch)),

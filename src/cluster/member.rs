@@ -62,6 +62,7 @@ async fn register(
             address: cluster.own_address(),
             incarnation,
             cluster_id: stored.clone(),
+            data_lost: cluster.data_lost(),
         };
         let answer: Result<RegisterAnswer, _> =
             client.post(to, REGISTER_PATH, &request, CALL_TIMEOUT).await;

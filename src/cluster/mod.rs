@@ -88,6 +88,10 @@ pub struct Cluster {
     /// The lease on this broker's controller session (see `crate::broker::lease`): renewed
     /// by answered heartbeats, checked by produces.
     lease: Arc<SessionLease>,
+    /// This node ran in the cluster before and its data directory lost everything
+    /// (`rejoin_after_data_loss`): its registration says so, and the controller takes it out
+    /// of every eligible leader set, where its empty replicas no longer belong.
+    data_lost: bool,
 }
 
 /// What this broker knows of the cluster.
@@ -114,6 +118,7 @@ impl Cluster {
         let node_id = NodeId(config.node_id);
         let mut member = MemberState::default();
         let mut controller = None;
+        let mut data_lost = false;
         if let Some(peers) = &peers {
             let stored = identity::read_cluster_id(&dir)?;
             if stored.is_none() {
@@ -125,6 +130,7 @@ impl Cluster {
                 true => lost_state(config, peers, node_id).await?,
                 false => None,
             };
+            data_lost = rejoin_at.is_some();
             let timing = Timing {
                 heartbeat_ms: config.raft_heartbeat_ms,
                 election_timeout_ms: config.raft_election_timeout_ms,
@@ -153,6 +159,7 @@ impl Cluster {
             lease: Arc::new(SessionLease::new(Duration::from_millis(
                 config.broker_session_timeout_ms,
             ))),
+            data_lost,
         }))
     }
 
@@ -363,6 +370,11 @@ impl Cluster {
 
     fn lock(&self) -> MutexGuard<'_, MemberState> {
         self.member.lock().expect("the member lock is not poisoned")
+    }
+
+    /// Whether this process started on a data directory that lost a former member's state.
+    fn data_lost(&self) -> bool {
+        self.data_lost
     }
 
     fn stored_cluster_id(&self) -> Option<String> {

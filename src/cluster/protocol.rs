@@ -19,6 +19,10 @@ pub struct RegisterRequest {
     /// The cluster id in the broker's data directory; absent on a fresh directory.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// The broker ran in this cluster before and its data directory lost everything
+    /// (started with `rejoin_after_data_loss`).
+    #[serde(default)]
+    pub data_lost: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

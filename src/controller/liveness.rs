@@ -157,6 +157,7 @@ mod tests {
                 node_id: NodeId(id),
                 address: String::new(),
                 incarnation: 1,
+                data_lost: false,
             };
             let index = image.applied + 1;
             image.apply(index, &command).unwrap();
@@ -230,6 +231,7 @@ mod tests {
             node_id: NodeId(1),
             address: String::new(),
             incarnation: 2,
+            data_lost: false,
         };
         let index = image.applied + 1;
         let Ok(Outcome::Registered { broker_epoch }) = image.apply(index, &restart) else {

@@ -138,6 +138,7 @@ mod tests {
                 node_id: NodeId(id),
                 address: String::new(),
                 incarnation: 1,
+                data_lost: false,
             };
             let index = image.applied + 1;
             let Ok(Outcome::Registered { broker_epoch }) = image.apply(index, &register) else {

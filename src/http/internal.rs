@@ -124,6 +124,7 @@ pub async fn register(
         address: r.address,
         incarnation: r.incarnation,
         cluster_id: r.cluster_id,
+        data_lost: r.data_lost,
     };
     let (cluster_id, broker_epoch) = controller.register(registration).await?;
     let answer = RegisterAnswer {

@@ -162,7 +162,8 @@ impl MetadataImage {
                 node_id,
                 address,
                 incarnation,
-            } => Ok(self.register(index, *node_id, address, *incarnation)),
+                data_lost,
+            } => Ok(self.register(index, *node_id, address, *incarnation, *data_lost)),
             Command::FenceBroker {
                 node_id,
                 broker_epoch,
@@ -251,6 +252,7 @@ impl MetadataImage {
         node_id: NodeId,
         address: &str,
         incarnation: u64,
+        data_lost: bool,
     ) -> Outcome {
         if let Some(b) = self.brokers.get_mut(&node_id)
             && b.incarnation == incarnation
@@ -273,7 +275,22 @@ impl MetadataImage {
         // The previous process's ISR places are not the new one's (KIP-841): it rejoins once
         // its leader sees it caught up.
         self.leave_every_isr(node_id);
+        if data_lost {
+            self.leave_every_elr(node_id);
+        }
         Outcome::Registered { broker_epoch }
+    }
+
+    /// Takes `node` out of every eligible leader set: its replicas lost what they held, so
+    /// electing one would silently give up acknowledged records (an operator can still ask
+    /// for that with an unclean election, which reports what it gives up).
+    fn leave_every_elr(&mut self, node: NodeId) {
+        for p in self.topics.values_mut().flat_map(|t| &mut t.partitions) {
+            if let Some(at) = p.elr.iter().position(|n| *n == node) {
+                p.elr.remove(at);
+                p.partition_epoch.0 += 1;
+            }
+        }
     }
 
     fn check_broker_epoch(&self, node: NodeId, given: BrokerEpoch) -> Result<(), MetadataError> {

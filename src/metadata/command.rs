@@ -19,6 +19,11 @@ pub enum Command {
         node_id: NodeId,
         address: String,
         incarnation: u64,
+        /// The broker's data directory lost everything it held (a wiped disk it was allowed
+        /// to rejoin with): it also leaves every eligible leader set (KIP-966 ELR), whose
+        /// promise is that the replica still holds the records up to the high watermark.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        data_lost: bool,
     },
     /// The broker's session expired: it leaves every ISR and leadership.
     FenceBroker {

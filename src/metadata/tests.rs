@@ -38,6 +38,7 @@ fn register(image: &mut MetadataImage, id: u32, incarnation: u64) -> BrokerEpoch
         node_id: n(id),
         address: format!("127.0.0.1:{}", 9000 + id),
         incarnation,
+        data_lost: false,
     };
     match apply_ok(image, &command) {
         Outcome::Registered { broker_epoch } => broker_epoch,
@@ -125,6 +126,37 @@ fn the_last_in_sync_replica_fenced_leaves_the_partition_offline_until_it_returns
     let p = image.partition("t", 0).unwrap();
     assert_eq!(p.leader, Some(n(1)), "an eligible leader replica came back");
     assert_eq!((p.isr.clone(), p.elr.clone()), (nodes(&[1]), nodes(&[2])));
+}
+
+#[test]
+fn a_broker_back_with_a_wiped_directory_leaves_every_eligible_leader_set() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    fence(&mut image, 3);
+    fence(&mut image, 2);
+    fence(&mut image, 1);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!((p.leader, p.elr.clone()), (None, nodes(&[2, 1])));
+    // Node 2's disk was replaced: it comes back empty, saying so.
+    let wiped = Command::RegisterBroker {
+        node_id: n(2),
+        address: "127.0.0.1:9002".into(),
+        incarnation: 7,
+        data_lost: true,
+    };
+    apply_ok(&mut image, &wiped);
+    unfence(&mut image, 2);
+    let p = image.partition("t", 0).unwrap();
+    assert_eq!(
+        (p.leader, p.elr.clone()),
+        (None, nodes(&[1])),
+        "an empty replica is never elected by itself: the records up to the high watermark \
+         are not on it"
+    );
+    // A restart that kept its data stays eligible and is elected.
+    register(&mut image, 1, 8);
+    unfence(&mut image, 1);
+    assert_eq!(image.partition("t", 0).unwrap().leader, Some(n(1)));
 }
 
 #[test]
@@ -432,6 +464,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 node_id: n(*id),
                 address: format!("127.0.0.1:{id}"),
                 incarnation: *incarnation,
+                data_lost: false,
             }
         }
         Op::Fence(id) => Command::FenceBroker {

@@ -398,6 +398,7 @@ mod tests {
                     node_id: NodeId(id),
                     address: format!("127.0.0.1:900{id}"),
                     incarnation: 1,
+                    data_lost: false,
                 },
             );
             let broker_epoch = image.brokers[&NodeId(id)].broker_epoch;

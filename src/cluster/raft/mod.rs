@@ -563,6 +563,7 @@ mod tests {
             node_id: NodeId(id),
             address: format!("127.0.0.1:{}", 9000 + id),
             incarnation: 5,
+            data_lost: false,
         }
     }
 

@@ -14,7 +14,10 @@
 //!   leader's log end, or the end the leader had at its previous fetch).
 //! - Expand: a follower outside the ISR that is eligible (active broker on its current
 //!   epoch, checked by the caller) and has fsynced up to the high watermark, fetching in
-//!   the current leader epoch, joins.
+//!   the current leader epoch, joins. Only on a fetch seen in this leadership: a fetch is
+//!   answered only once the follower's log agrees with the leader's (its divergent tail
+//!   cut), and a follower not heard from may hold such a tail even when the high watermark
+//!   is 0 (a leader restarted from disk opens with it at the log start).
 //! - Report: while the ISR is below its minimum the high watermark stops; a leader whose
 //!   stopped high watermark is above the one the metadata holds proposes the same ISR with
 //!   it, once (the metadata keeps the highest reported, so an unclean election can say what
@@ -41,6 +44,10 @@ pub struct FollowerProgress {
     /// Its last fetch asked for an offset below the high watermark: its log lacks records
     /// the ISR acknowledged.
     pub below_high_watermark: bool,
+    /// It has fetched in this leadership. Until then nothing is known of its log, which may
+    /// hold a tail this leader does not have (a deposed leader's, after an unclean
+    /// election): a follower joins only on what a fetch showed, never on the defaults.
+    pub fetched: bool,
     /// When it last fetched, and the leader's log end then.
     last_fetch_ms: u64,
     leader_end_at_last_fetch: u64,
@@ -129,6 +136,7 @@ impl LeaderReplicas {
             f.last_caught_up_ms = f.last_caught_up_ms.max(f.last_fetch_ms);
         }
         f.below_high_watermark = fetch_offset < self.high_watermark;
+        f.fetched = true;
         f.fetch_offset = fetch_offset;
         f.flushed_offset = flushed_offset.min(fetch_offset);
         f.last_fetch_ms = now_ms;
@@ -218,6 +226,7 @@ impl LeaderReplicas {
             let joins = !next.contains(n)
                 && !self.isr.contains(n)
                 && eligible(*n)
+                && f.fetched
                 && f.flushed_offset >= self.high_watermark
                 && !lagging(n);
             if joins {
@@ -324,6 +333,25 @@ mod tests {
         assert_eq!(
             l.isr_change(11, 30_000, |_| true),
             Some(vec![n(1), n(2), n(3)])
+        );
+    }
+
+    /// An unclean election's leader opens with its high watermark at its log start (0): a
+    /// returning replica it has not heard from yet (the deposed leader, with a tail it must
+    /// cut first) is not taken into the ISR on its default progress.
+    #[test]
+    fn a_follower_joins_only_on_a_fetch_of_this_leadership() {
+        let mut l = LeaderReplicas::new(n(2), &[n(1), n(2), n(3)], vec![n(2)], 2, 0, 0);
+        l.on_fetch(n(3), 20, 20, 20, 10);
+        assert_eq!(
+            l.isr_change(10, 30_000, |_| true),
+            Some(vec![n(2), n(3)]),
+            "3 fetched: it joins; 1 never fetched: it does not"
+        );
+        l.on_fetch(n(1), 20, 20, 20, 11);
+        assert_eq!(
+            l.isr_change(11, 30_000, |_| true),
+            Some(vec![n(2), n(1), n(3)])
         );
     }
 

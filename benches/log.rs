@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tidelog::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef};
-use tidelog::log::{LogConfig, PartitionLog};
+use tidelog::log::{LogConfig, Offset, PartitionLog};
 
 const RECORDS_PER_BATCH: usize = 1_000;
 const VALUE_BYTES: usize = 100;
@@ -79,7 +79,7 @@ fn bench_read(c: &mut Criterion) {
     let end = log.log_end_offset();
     let mut group = c.benchmark_group("read");
     group.throughput(Throughput::Elements(RECORDS_PER_BATCH as u64));
-    let mut offset = 0u64;
+    let mut offset = Offset(0);
     group.bench_function("batch_1000x100B_read_slice_decode", |b| {
         b.iter(|| {
             let slice = log
@@ -92,7 +92,7 @@ fn bench_read(c: &mut Criterion) {
             for record in view.records() {
                 value_bytes += record.expect("record decodes").value.map_or(0, <[u8]>::len);
             }
-            offset = (view.header.next_offset()) % end;
+            offset = Offset(view.header.next_offset() % end.0);
             black_box(value_bytes)
         })
     });

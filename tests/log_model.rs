@@ -12,7 +12,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use tidelog::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef, stamp_batch};
-use tidelog::log::{LogConfig, PartitionLog};
+use tidelog::log::{LogConfig, Offset, PartitionLog};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rec {
@@ -99,7 +99,11 @@ impl Harness<'_> {
             PartitionLog::open(self.dir, self.config, clean, self.clock_ms).expect("reopen");
         assert_eq!(report.truncated_bytes, 0, "nothing was damaged");
         assert_eq!(report.dropped_segments, 0);
-        assert_eq!(log.log_start_offset(), self.log_start, "log start survives");
+        assert_eq!(
+            log.log_start_offset().0,
+            self.log_start,
+            "log start survives"
+        );
         self.log = Some(log);
         self.check_all();
     }
@@ -149,7 +153,7 @@ impl Harness<'_> {
         // unread.)
         self.model.truncate(kept_end.max(self.log_start) as usize);
         self.batches.retain(|b| b.0 < kept_end);
-        assert_eq!(log.log_start_offset(), self.log_start, "log start");
+        assert_eq!(log.log_start_offset().0, self.log_start, "log start");
         self.log = Some(log);
         self.check_all();
     }
@@ -179,8 +183,9 @@ impl Harness<'_> {
                 let target = self.log_start + pick as u64 % (end - self.log_start + 1);
                 let start = self
                     .log()
-                    .delete_records_before(target, end)
-                    .expect("delete");
+                    .delete_records_before(Offset(target), Offset(end))
+                    .expect("delete")
+                    .0;
                 assert_eq!(start, target.max(self.log_start));
                 self.log_start = start;
             }
@@ -193,7 +198,11 @@ impl Harness<'_> {
             Op::Truncate(pick) => self.truncate(pick),
             Op::Reset(pick) => self.reset(pick),
         }
-        assert_eq!(self.log().log_end_offset(), self.model.len() as u64, "LEO");
+        assert_eq!(
+            self.log().log_end_offset().0,
+            self.model.len() as u64,
+            "LEO"
+        );
         self.check_epochs();
     }
 
@@ -215,7 +224,7 @@ impl Harness<'_> {
             .epoch_cache()
             .entries()
             .iter()
-            .map(|e| (e.epoch, e.start_offset))
+            .map(|e| (e.epoch, e.start_offset.0))
             .collect();
         assert_eq!(cache, expected, "epoch cache");
         assert_eq!(self.log().latest_epoch(), expected.last().map(|e| e.0));
@@ -236,7 +245,8 @@ impl Harness<'_> {
         let end = self
             .log()
             .append_replicated(&batch, now)
-            .expect("replicate");
+            .expect("replicate")
+            .0;
         assert_eq!(end, first + recs.len() as u64);
         self.batches.push((first, end, self.epoch));
         self.model.extend(recs);
@@ -272,7 +282,7 @@ impl Harness<'_> {
             ),
             "{refused}"
         );
-        assert_eq!(self.log().log_end_offset(), end, "nothing appended");
+        assert_eq!(self.log().log_end_offset().0, end, "nothing appended");
         assert_eq!(self.log().latest_epoch(), latest);
     }
 
@@ -284,7 +294,7 @@ impl Harness<'_> {
             .iter()
             .find(|b| b.0 <= offset && offset < b.1)
             .map_or(end, |b| b.0);
-        let cut = self.log().truncate_to(offset);
+        let cut = self.log().truncate_to(Offset(offset)).map(|end| end.0);
         if expected < self.log_start {
             cut.expect_err("a cut below the log start is refused");
             return;
@@ -302,7 +312,7 @@ impl Harness<'_> {
         let end = self.model.len() as u64;
         let offset = self.log_start + pick as u64 % (end - self.log_start + 4);
         let now = self.clock_ms;
-        self.log().reset_to(offset, now).expect("reset");
+        self.log().reset_to(Offset(offset), now).expect("reset");
         self.model.truncate(offset as usize);
         while (self.model.len() as u64) < offset {
             // Offsets below the new start: never read again.
@@ -323,9 +333,9 @@ impl Harness<'_> {
         let now = self.clock_ms;
         let epoch = self.epoch;
         let (base, next) = self.log().append(&mut batch, epoch, now).expect("append");
-        assert_eq!(base, first as u64, "dense offsets");
-        assert_eq!(next, (first + recs.len()) as u64);
-        self.batches.push((base, next, epoch));
+        assert_eq!(base.0, first as u64, "dense offsets");
+        assert_eq!(next.0, (first + recs.len()) as u64);
+        self.batches.push((base.0, next.0, epoch));
         self.model.extend(recs);
     }
 
@@ -421,7 +431,7 @@ fn read_from(log: &mut PartitionLog, from: u64, limit: usize) -> Vec<(u64, Rec)>
     let mut out = Vec::new();
     let mut offset = from;
     while out.len() < limit {
-        let Some(mut slice) = log.read_slice(offset).expect("load") else {
+        let Some(mut slice) = log.read_slice(Offset(offset)).expect("load") else {
             break;
         };
         slice.skip_before(offset).expect("skip");

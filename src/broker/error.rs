@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::limits::Limit;
+use crate::log::Offset;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerError {
@@ -19,9 +20,9 @@ pub enum BrokerError {
         partitions: u32,
     },
     OffsetOutOfRange {
-        offset: u64,
-        log_start_offset: u64,
-        high_watermark: u64,
+        offset: Offset,
+        log_start_offset: Offset,
+        high_watermark: Offset,
     },
     RecordTooLarge {
         bytes: u64,
@@ -86,8 +87,8 @@ pub enum BrokerError {
     /// A replica's log may not be cut below its high watermark (replication stops the
     /// replica rather than lose records consumers may have seen).
     BelowHighWatermark {
-        offset: u64,
-        high_watermark: u64,
+        offset: Offset,
+        high_watermark: Offset,
     },
     /// An idempotent produce from an epoch older than the producer's current one.
     ProducerFenced {

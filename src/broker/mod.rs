@@ -43,7 +43,7 @@ pub use wait::{WaitKind, WaitSlot, Waiters, Woken};
 use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
 use crate::limits::{Limit, Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
-use crate::log::{sync_dir, write_file_atomic};
+use crate::log::{Offset, sync_dir, write_file_atomic};
 use crate::metrics as m;
 
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
@@ -134,7 +134,7 @@ pub struct ProduceRecord<'a> {
 /// The answer to a produce: one `(partition, offset)` per record, in request order.
 #[derive(Debug)]
 pub struct ProduceOutcome {
-    pub offsets: Vec<(u32, u64)>,
+    pub offsets: Vec<(u32, Offset)>,
     pub durability: Durability,
 }
 
@@ -142,7 +142,7 @@ pub struct ProduceOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordFate {
     /// Appended, and durable as `acks` asked: its partition and offset.
-    Stored(u32, u64),
+    Stored(u32, Offset),
     /// Its partition's append or durability wait failed in a way that may have stored it
     /// anyway (a storage failure, a timeout).
     Unconfirmed(u32),
@@ -1039,8 +1039,8 @@ impl Broker {
                 }
             }
         }
-        let mut offsets = vec![(0u32, 0u64); records.len()];
-        let mut waits: Vec<(u32, Arc<Partition>, u64)> = Vec::new();
+        let mut offsets = vec![(0u32, Offset::ZERO); records.len()];
+        let mut waits: Vec<(u32, Arc<Partition>, Offset)> = Vec::new();
         let mut done = vec![false; partitions.len()];
         let mut failed_append = None;
         for &p in &assignment {

@@ -45,19 +45,19 @@ use crate::log::epoch_cache::EpochEnd;
 use crate::log::producer_state::{SequenceCheck, SequenceError};
 use crate::log::segment::ReadSlice;
 use crate::log::walk::BufferBatches;
-use crate::log::{LogConfig, OpenReport, PartitionLog, compact};
+use crate::log::{LogConfig, Offset, OpenReport, PartitionLog, compact};
 use crate::metrics as m;
 
 /// Where the partition's visible range stands; published through a `watch` channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    pub log_start_offset: u64,
+    pub log_start_offset: Offset,
     /// Every record below this offset is fsynced on this broker; moved by the flusher.
-    pub fsynced_offset: u64,
+    pub fsynced_offset: Offset,
     /// Consumers see records below this offset only; `acks=all` waits for it. On a standalone
     /// broker it follows `fsynced_offset` ([`Progress::follow_fsync`]); with replication it
     /// will be the offset fsynced on every in-sync replica, which may lag this broker's own.
-    pub high_watermark: u64,
+    pub high_watermark: Offset,
     /// Set when the partition stops taking writes (storage failure or deletion).
     pub failed: bool,
     /// Set when its topic is deleted: every waiter wakes, and a consumer is told the topic is
@@ -69,7 +69,7 @@ impl Progress {
     /// Records a finished fsync up to `target`. Two flushes may overlap (the flusher and
     /// `close()`) and finish in either order: both offsets only grow. On a standalone broker
     /// the high watermark is the fsynced offset; with `HwMode::External` it stays.
-    fn follow_fsync(&mut self, target: u64, mode: HwMode) {
+    fn follow_fsync(&mut self, target: Offset, mode: HwMode) {
         self.fsynced_offset = self.fsynced_offset.max(target);
         if mode == HwMode::Standalone {
             self.high_watermark = self.high_watermark.max(self.fsynced_offset);
@@ -127,10 +127,10 @@ pub struct Partition {
     hw_external: AtomicBool,
     /// The log end offset, sent under the partition lock at every change (the leader's
     /// replica fetch long-polls on it).
-    end: watch::Sender<u64>,
+    end: watch::Sender<Offset>,
     /// Where recovery cut fsynced data that failed its checks, at open (see
     /// [`Partition::synced_data_lost_at`]).
-    synced_data_lost_at: Option<u64>,
+    synced_data_lost_at: Option<Offset>,
     /// Set while this replica follows a leader (or its partition has none): producers'
     /// appends are refused (`not_leader`), only the leader's batches are appended.
     follower: AtomicBool,
@@ -178,14 +178,14 @@ pub struct Fetched {
     /// Raw batches as read from the log.
     pub bytes: Vec<u8>,
     /// First offset to show.
-    pub from: u64,
+    pub from: Offset,
     /// Offset to stop at: the high watermark at the time of the read.
-    pub high_watermark: u64,
-    pub log_start_offset: u64,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
     /// Most records to show.
     pub max_records: u32,
     /// Set when the read covered the rest of its segment: where the next segment begins.
-    pub segment_end: Option<u64>,
+    pub segment_end: Option<Offset>,
 }
 
 impl Fetched {
@@ -193,7 +193,7 @@ impl Fetched {
     pub fn for_each_record(
         &self,
         mut each: impl FnMut(&RecordView<'_>) -> Result<(), BrokerError>,
-    ) -> Result<u64, BrokerError> {
+    ) -> Result<Offset, BrokerError> {
         let mut next = self.from;
         let mut shown = 0u32;
         let mut batches = BufferBatches::new(&self.bytes);
@@ -201,23 +201,25 @@ impl Fetched {
             // The walk ends quietly where max_bytes cut the read in the middle of a batch.
             let Some(batch) = batches.next() else { break };
             let batch = batch.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
-            if batch.header.next_offset() <= self.from {
+            let batch_end = Offset(batch.header.next_offset());
+            if batch_end <= self.from {
                 continue;
             }
             for record in batch.records() {
                 let record = record.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
-                if record.offset < self.from {
+                let offset = Offset(record.offset);
+                if offset < self.from {
                     continue;
                 }
-                if record.offset >= self.high_watermark || shown >= self.max_records {
+                if offset >= self.high_watermark || shown >= self.max_records {
                     return Ok(next);
                 }
                 each(&record)?;
                 shown += 1;
-                next = record.offset + 1;
+                next = offset.next();
             }
             // Compaction may leave offset gaps at the end of a batch; skip them.
-            next = next.max(batch.header.next_offset().min(self.high_watermark));
+            next = next.max(batch_end.min(self.high_watermark));
         }
         // Everything to the segment's end was read (maybe nothing, after compaction): go on
         // from the next segment rather than asking for the same gap again.
@@ -334,7 +336,7 @@ impl Partition {
             tracing::warn!(
                 topic = %partition.topic,
                 partition = id,
-                offset,
+                offset = offset.0,
                 "fsynced data failed its checks on recovery; the log was cut there"
             );
         }
@@ -412,7 +414,7 @@ impl Partition {
         batch: &mut [u8],
         records: u32,
         urgent: bool,
-    ) -> Result<(u64, u64), BrokerError> {
+    ) -> Result<(Offset, Offset), BrokerError> {
         self.check_writable()?;
         if self.follower.load(Ordering::Acquire) {
             return Err(BrokerError::NotLeader {
@@ -449,7 +451,7 @@ impl Partition {
     /// partition does not take writes; a batch that fails its CRC or is cut is `CorruptLog`,
     /// offsets or epochs out of order are `InvalidRequest`, and then nothing was appended.
     /// `urgent` asks the flusher to sync now (the leader asked for `sync_now`).
-    pub fn append_replicated(&self, batches: &[u8], urgent: bool) -> Result<u64, BrokerError> {
+    pub fn append_replicated(&self, batches: &[u8], urgent: bool) -> Result<Offset, BrokerError> {
         self.append_replicated_onto(batches, None, urgent)
     }
 
@@ -460,18 +462,18 @@ impl Partition {
     pub fn append_replicated_at(
         &self,
         batches: &[u8],
-        fetched_at: u64,
+        fetched_at: Offset,
         urgent: bool,
-    ) -> Result<u64, BrokerError> {
+    ) -> Result<Offset, BrokerError> {
         self.append_replicated_onto(batches, Some(fetched_at), urgent)
     }
 
     fn append_replicated_onto(
         &self,
         batches: &[u8],
-        expected_end: Option<u64>,
+        expected_end: Option<Offset>,
         urgent: bool,
-    ) -> Result<u64, BrokerError> {
+    ) -> Result<Offset, BrokerError> {
         self.check_writable()?;
         if batches.is_empty() {
             return Ok(self.log_end_offset());
@@ -576,24 +578,24 @@ impl Partition {
     /// Bytes stored from the batch holding `offset` to the log end (a follower's lag in
     /// bytes; see [`crate::log::PartitionLog::bytes_from`]). Takes the partition lock briefly,
     /// reads no file.
-    pub fn bytes_from(&self, offset: u64) -> u64 {
+    pub fn bytes_from(&self, offset: Offset) -> u64 {
         self.lock().bytes_from(offset)
     }
 
     /// The log end offset (no lock: the last value sent on [`Partition::end_watch`]).
-    pub fn log_end_offset(&self) -> u64 {
+    pub fn log_end_offset(&self) -> Offset {
         *self.end.borrow()
     }
 
     /// The log end offset, moved on every append, replicated append, truncation and reset.
     /// It is sent under the partition lock: never call into the partition while holding a
     /// `borrow()` of it.
-    pub fn end_watch(&self) -> watch::Receiver<u64> {
+    pub fn end_watch(&self) -> watch::Receiver<Offset> {
         self.end.subscribe()
     }
 
     /// Every record below this offset is fsynced on this broker.
-    pub fn fsynced_offset(&self) -> u64 {
+    pub fn fsynced_offset(&self) -> Offset {
         self.progress().fsynced_offset
     }
 
@@ -634,8 +636,8 @@ impl Partition {
     /// Raises the high watermark to `offset` (the replication layer, in
     /// [`HwMode::External`]), capped at this broker's fsynced offset; it never goes back.
     /// Wakes consumers and `acks=all` waiters when it moved. Returns the high watermark.
-    pub fn advance_high_watermark(&self, offset: u64) -> u64 {
-        let mut hw = 0;
+    pub fn advance_high_watermark(&self, offset: Offset) -> Offset {
+        let mut hw = Offset::ZERO;
         self.progress.send_if_modified(|p| {
             let before = p.high_watermark;
             p.high_watermark = p.high_watermark.max(offset.min(p.fsynced_offset));
@@ -649,14 +651,14 @@ impl Partition {
     /// divergent tail). Returns the new end. Refused with `BelowHighWatermark` if the cut
     /// would go below the high watermark: the caller stops the replica. Runs on the
     /// blocking pool (the cut is synced, the checkpoints written).
-    pub async fn truncate_to(self: &Arc<Self>, offset: u64) -> Result<u64, BrokerError> {
+    pub async fn truncate_to(self: &Arc<Self>, offset: Offset) -> Result<Offset, BrokerError> {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.truncate_blocking(offset))
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?
     }
 
-    fn truncate_blocking(&self, offset: u64) -> Result<u64, BrokerError> {
+    fn truncate_blocking(&self, offset: Offset) -> Result<Offset, BrokerError> {
         let mut log = self.lock();
         let end = log
             .truncation_point(offset)
@@ -676,14 +678,18 @@ impl Partition {
         tracing::info!(
             topic = %self.topic,
             partition = self.id,
-            offset = end,
+            offset = end.0,
             "log truncated"
         );
         Ok(end)
     }
 
     /// Refuses a cut to `end` below the high watermark; else lowers the fsynced offset to it.
-    fn lower_fsynced_unless_below_hw(&self, offset: u64, end: u64) -> Result<(), BrokerError> {
+    fn lower_fsynced_unless_below_hw(
+        &self,
+        offset: Offset,
+        end: Offset,
+    ) -> Result<(), BrokerError> {
         let mut refused = None;
         self.progress.send_if_modified(|p| {
             if end < p.high_watermark {
@@ -705,14 +711,14 @@ impl Partition {
     /// Empties the log and starts it at `offset` (a follower below its leader's log start,
     /// or wholly divergent). Refused with `BelowHighWatermark` for an offset below the high
     /// watermark. Runs on the blocking pool.
-    pub async fn reset_to(self: &Arc<Self>, offset: u64) -> Result<(), BrokerError> {
+    pub async fn reset_to(self: &Arc<Self>, offset: Offset) -> Result<(), BrokerError> {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.reset_blocking(offset))
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?
     }
 
-    fn reset_blocking(&self, offset: u64) -> Result<(), BrokerError> {
+    fn reset_blocking(&self, offset: Offset) -> Result<(), BrokerError> {
         let mut log = self.lock();
         self.lower_fsynced_unless_below_hw(offset, offset.min(log.log_end_offset()))?;
         if let Err(e) = log.reset_to(offset, now_ms()) {
@@ -728,7 +734,7 @@ impl Partition {
         tracing::info!(
             topic = %self.topic,
             partition = self.id,
-            offset,
+            offset = offset.0,
             "log reset: it is empty and starts at the offset"
         );
         self.publish_gauges();
@@ -740,7 +746,7 @@ impl Partition {
     /// records from there on are gone from this replica: a follower fetches them again from
     /// its leader, and replication must not count this replica as holding what it acknowledged
     /// before the crash (issue 9 item 7).
-    pub fn synced_data_lost_at(&self) -> Option<u64> {
+    pub fn synced_data_lost_at(&self) -> Option<Offset> {
         self.synced_data_lost_at
     }
 
@@ -749,7 +755,7 @@ impl Partition {
     /// log at ([`Partition::cut_damaged`] on a follower, which then fetches again from its
     /// leader), or None. The reads run on the blocking pool, outside the partition lock;
     /// appends go on meanwhile. Once a scrub has run, [`Partition::scrubbed`] is true.
-    pub async fn scrub(self: &Arc<Self>) -> Result<Option<u64>, BrokerError> {
+    pub async fn scrub(self: &Arc<Self>) -> Result<Option<Offset>, BrokerError> {
         let plan = self.lock().scrub_plan();
         let found = tokio::task::spawn_blocking(move || plan.run())
             .await
@@ -762,7 +768,7 @@ impl Partition {
                 tracing::warn!(
                     topic = %self.topic,
                     partition = self.id,
-                    offset,
+                    offset = offset.0,
                     "a stored batch failed its CRC check"
                 );
             }
@@ -805,14 +811,14 @@ impl Partition {
     /// as having lost data ([`Partition::lost_data`]) until it has fetched the records back.
     /// A cut at or below the log start empties the log there. Returns the new log end. Runs
     /// on the blocking pool (the cut is synced, the checkpoints written).
-    pub async fn cut_damaged(self: &Arc<Self>, offset: u64) -> Result<u64, BrokerError> {
+    pub async fn cut_damaged(self: &Arc<Self>, offset: Offset) -> Result<Offset, BrokerError> {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.cut_damaged_blocking(offset))
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?
     }
 
-    fn cut_damaged_blocking(&self, offset: u64) -> Result<u64, BrokerError> {
+    fn cut_damaged_blocking(&self, offset: Offset) -> Result<Offset, BrokerError> {
         let mut log = self.lock();
         let start = log.log_start_offset();
         let end = if offset > start {
@@ -844,7 +850,7 @@ impl Partition {
         tracing::warn!(
             topic = %self.topic,
             partition = self.id,
-            offset = end,
+            offset = end.0,
             "damaged data cut: this replica fetches it again from its leader"
         );
         self.publish_gauges();
@@ -853,7 +859,7 @@ impl Partition {
 
     /// A leader whose fsynced data failed its CRC check stops taking writes: it cannot fetch
     /// the records back, and cutting them would hand their offsets out again.
-    pub fn fail_damaged(&self, offset: u64) -> BrokerError {
+    pub fn fail_damaged(&self, offset: Offset) -> BrokerError {
         self.scrubbed.store(true, Ordering::Release);
         self.fail(format!(
             "a stored batch at offset {offset} failed its CRC check"
@@ -866,7 +872,7 @@ impl Partition {
     /// `[log start, log end]` is `OffsetOutOfRange`. The file reads run on the blocking pool.
     pub async fn read_for_replica(
         self: &Arc<Self>,
-        offset: u64,
+        offset: Offset,
         max_bytes: u64,
     ) -> Result<Vec<u8>, BrokerError> {
         let me = Arc::clone(self);
@@ -877,7 +883,7 @@ impl Partition {
 
     fn read_for_replica_blocking(
         &self,
-        offset: u64,
+        offset: Offset,
         max_bytes: u64,
     ) -> Result<Vec<u8>, BrokerError> {
         let mut from = offset;
@@ -898,11 +904,11 @@ impl Partition {
                 return Ok(Vec::new());
             };
             slice
-                .skip_before(from)
+                .skip_before(from.0)
                 .map_err(|e| BrokerError::Io(e.to_string()))?;
             if slice.len == 0 {
                 // The rest of the segment is a compaction gap: go on at the next one.
-                from = slice.segment_end;
+                from = Offset(slice.segment_end);
                 continue;
             }
             let mut bytes = slice
@@ -926,7 +932,7 @@ impl Partition {
         log: &PartitionLog,
         batch: &[u8],
         records: u32,
-    ) -> Result<Option<(u64, u64)>, BrokerError> {
+    ) -> Result<Option<(Offset, Offset)>, BrokerError> {
         let original = match log.check_producer(batch) {
             Ok(SequenceCheck::Append) => return Ok(None),
             Ok(SequenceCheck::Duplicate(original)) => original,
@@ -951,7 +957,10 @@ impl Partition {
         // The original may still wait for its fsync; an `acks=all` retry waits for it too.
         self.flush_urgent.store(true, Ordering::Release);
         self.flush_wanted.notify_one();
-        Ok(Some((original.base_offset, original.last_offset + 1)))
+        Ok(Some((
+            Offset(original.base_offset),
+            Offset(original.last_offset).next(),
+        )))
     }
 
     /// An append found the disk full. Nothing was appended (the log's state did not move) but
@@ -986,7 +995,7 @@ impl Partition {
     }
 
     /// Waits until the high watermark reaches `offset`, the partition fails, or `timeout`.
-    pub async fn wait_durable(&self, offset: u64, timeout: Duration) -> Result<(), BrokerError> {
+    pub async fn wait_durable(&self, offset: Offset, timeout: Duration) -> Result<(), BrokerError> {
         let mut rx = self.progress.subscribe();
         let waited = tokio::time::timeout(
             timeout,
@@ -1054,7 +1063,7 @@ impl Partition {
     /// offsets). Either way the outcome is unknown.
     pub async fn wait_replicated(
         &self,
-        offset: u64,
+        offset: Offset,
         timeout: Duration,
         leader: Option<IsrGate>,
     ) -> Result<(), BrokerError> {
@@ -1107,7 +1116,7 @@ impl Partition {
     /// worker: the lock is taken only to find the bytes to read.
     pub async fn fetch(
         &self,
-        offset: u64,
+        offset: Offset,
         max_records: u32,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
@@ -1127,7 +1136,7 @@ impl Partition {
     /// [`Partition::fetch`] for callers that may block their thread (startup replay).
     pub fn fetch_blocking(
         &self,
-        offset: u64,
+        offset: Offset,
         max_records: u32,
         max_bytes: u64,
     ) -> Result<Fetched, BrokerError> {
@@ -1137,7 +1146,7 @@ impl Partition {
     /// Under the lock: checks `offset` and finds the bytes to read for it.
     fn plan_fetch(
         &self,
-        offset: u64,
+        offset: Offset,
         max_records: u32,
         max_bytes: u64,
     ) -> Result<FetchPlan, BrokerError> {
@@ -1171,7 +1180,7 @@ impl Partition {
     /// The first offset whose record timestamp is `>= timestamp_ms`, or the HW if none.
     /// As for a fetch, the lock is taken only to find the bytes to read; the file read (up
     /// to the rest of a segment) runs on the blocking pool.
-    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, BrokerError> {
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Offset, BrokerError> {
         let (slice, progress) = {
             let mut log = self.lock();
             let slice = log
@@ -1194,7 +1203,7 @@ impl Partition {
     }
 
     /// Moves the log start offset forward (`delete-records`). Returns the new log start.
-    pub fn delete_records_before(&self, offset: u64) -> Result<u64, BrokerError> {
+    pub fn delete_records_before(&self, offset: Offset) -> Result<Offset, BrokerError> {
         let hw = self.progress().high_watermark;
         if offset > hw {
             return Err(BrokerError::OffsetOutOfRange {
@@ -1244,7 +1253,7 @@ impl Partition {
         let hw = self.progress().high_watermark;
         let mut from = 0;
         let mut dropped = 0;
-        while from < hw {
+        while from < hw.0 {
             let (plan, dir, interval) = {
                 let log = self.lock();
                 let Some(plan) = log.compaction_plan(hw) else {
@@ -1381,7 +1390,7 @@ impl Partition {
             return Err(e);
         }
         ::metrics::histogram!(m::FSYNC_RECORDS)
-            .record((plan.target - synced_before.min(plan.target)) as f64);
+            .record(plan.target.saturating_distance_from(synced_before) as f64);
         {
             let mut log = self.lock();
             // A plan from before a truncation proves nothing about what is there now.
@@ -1416,9 +1425,9 @@ impl Partition {
             )
         };
         let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.high_watermark.set(p.high_watermark as f64);
-        series.log_start_offset.set(p.log_start_offset as f64);
-        series.log_end_offset.set(log_end_offset as f64);
+        series.high_watermark.set(p.high_watermark.0 as f64);
+        series.log_start_offset.set(p.log_start_offset.0 as f64);
+        series.log_end_offset.set(log_end_offset.0 as f64);
         series.segments.set(segments as f64);
         series.size_bytes.set(size_bytes as f64);
         series.producers.set(producers as f64);
@@ -1467,7 +1476,7 @@ struct FetchPlan {
     slice: Option<ReadSlice>,
     /// The high watermark and log start when the plan was made.
     progress: Progress,
-    offset: u64,
+    offset: Offset,
     max_records: u32,
     max_bytes: u64,
 }
@@ -1482,10 +1491,10 @@ impl FetchPlan {
                 #[cfg(test)]
                 tests::FILE_READS_ON_THIS_THREAD.set(tests::FILE_READS_ON_THIS_THREAD.get() + 1);
                 let io = |e: io::Error| BrokerError::Io(e.to_string());
-                slice.skip_before(self.offset).map_err(io)?;
+                slice.skip_before(self.offset.0).map_err(io)?;
                 let bytes = slice.read(self.max_bytes).map_err(io)?;
                 let whole = bytes.len() as u64 >= slice.len;
-                (bytes, whole.then_some(slice.segment_end))
+                (bytes, whole.then_some(Offset(slice.segment_end)))
             }
             None => (Vec::new(), None),
         };
@@ -1506,7 +1515,7 @@ impl FetchPlan {
 fn first_offset_at_or_after(
     slice: &ReadSlice,
     timestamp_ms: i64,
-) -> Result<Option<u64>, BrokerError> {
+) -> Result<Option<Offset>, BrokerError> {
     #[cfg(test)]
     tests::FILE_READS_ON_THIS_THREAD.set(tests::FILE_READS_ON_THIS_THREAD.get() + 1);
     const CHUNK_BYTES: u64 = 1 << 20;
@@ -1530,7 +1539,7 @@ fn first_offset_at_or_after(
             for record in batch.records() {
                 let record = record.map_err(|e| BrokerError::CorruptLog(e.to_string()))?;
                 if record.timestamp_ms >= timestamp_ms {
-                    return Ok(Some(record.offset));
+                    return Ok(Some(Offset(record.offset)));
                 }
             }
         }
@@ -1560,9 +1569,9 @@ struct StorageFull {
 /// Numbers shown by describe.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct PartitionStats {
-    pub log_start_offset: u64,
-    pub high_watermark: u64,
-    pub log_end_offset: u64,
+    pub log_start_offset: Offset,
+    pub high_watermark: Offset,
+    pub log_end_offset: Offset,
     pub segments: u64,
     pub size_bytes: u64,
 }
@@ -1651,14 +1660,14 @@ pub(crate) mod tests {
         drop(partition);
         // Reopened, the HW is the recovered end; replication takes it from the log start.
         let partition = open(dir.path());
-        assert_eq!(partition.progress().high_watermark, 2);
+        assert_eq!(partition.progress().high_watermark, Offset(2));
         partition.set_hw_mode(HwMode::External);
-        assert_eq!(partition.progress().high_watermark, 0);
-        partition.advance_high_watermark(1);
+        assert_eq!(partition.progress().high_watermark, Offset(0));
+        partition.advance_high_watermark(Offset(1));
         partition.set_hw_mode(HwMode::External);
         assert_eq!(
             partition.progress().high_watermark,
-            1,
+            Offset(1),
             "once, at the change of mode"
         );
         let dir = tempfile::tempdir().unwrap();
@@ -1667,38 +1676,51 @@ pub(crate) mod tests {
         let mut end = partition.end_watch();
         partition.append(&mut batch_of(3), 3, true).unwrap();
         assert!(end.has_changed().unwrap());
-        assert_eq!(*end.borrow_and_update(), 3);
+        assert_eq!(*end.borrow_and_update(), Offset(3));
         partition.flush_now().await.unwrap();
         let p = partition.progress();
         assert_eq!(
             (p.fsynced_offset, p.high_watermark),
-            (3, 0),
+            (Offset(3), Offset(0)),
             "the fsync moves no HW"
         );
         partition.append(&mut batch_of(2), 2, false).unwrap();
         assert_eq!(
-            partition.advance_high_watermark(5),
-            3,
+            partition.advance_high_watermark(Offset(5)),
+            Offset(3),
             "capped at the fsynced offset"
         );
-        assert_eq!(partition.advance_high_watermark(1), 3, "never back");
+        assert_eq!(
+            partition.advance_high_watermark(Offset(1)),
+            Offset(3),
+            "never back"
+        );
         // A follower reads past the high watermark, to the log end, whole batches.
-        let bytes = partition.read_for_replica(0, 1).await.unwrap();
+        let bytes = partition.read_for_replica(Offset(0), 1).await.unwrap();
         let walked: Vec<u64> = BufferBatches::new(&bytes)
             .map(|b| b.unwrap().header.base_offset)
             .collect();
         assert_eq!(walked, vec![0], "one whole batch, however small max_bytes");
-        let bytes = partition.read_for_replica(1, 1 << 20).await.unwrap();
+        let bytes = partition
+            .read_for_replica(Offset(1), 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(BufferBatches::new(&bytes).count(), 2);
-        assert!(partition.read_for_replica(5, 100).await.unwrap().is_empty());
+        assert!(
+            partition
+                .read_for_replica(Offset(5), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert!(matches!(
-            partition.read_for_replica(6, 100).await,
+            partition.read_for_replica(Offset(6), 100).await,
             Err(BrokerError::OffsetOutOfRange { .. })
         ));
         // Back to standalone: the HW catches up with the fsync.
         partition.set_hw_mode(HwMode::Standalone);
         partition.flush_now().await.unwrap();
-        assert_eq!(partition.progress().high_watermark, 5);
+        assert_eq!(partition.progress().high_watermark, Offset(5));
     }
 
     #[tokio::test]
@@ -1731,8 +1753,8 @@ pub(crate) mod tests {
         .0;
         // The open reads the active segment from its last index entry, here its start: the
         // damage is found, cut, and reported as fsynced data lost.
-        assert_eq!(partition.synced_data_lost_at(), Some(4));
-        assert_eq!(partition.log_end_offset(), 4);
+        assert_eq!(partition.synced_data_lost_at(), Some(Offset(4)));
+        assert_eq!(partition.log_end_offset(), Offset(4));
         assert_eq!(partition.scrub().await.unwrap(), None);
     }
 
@@ -1750,37 +1772,55 @@ pub(crate) mod tests {
             stored.extend_from_slice(&batch);
         }
         assert!(matches!(
-            partition.append_replicated_at(&stored, 3, false),
+            partition.append_replicated_at(&stored, Offset(3), false),
             Err(BrokerError::InvalidRequest(_))
         ));
-        assert_eq!(partition.log_end_offset(), 0, "not onto another end");
-        assert_eq!(partition.append_replicated_at(&stored, 0, true).unwrap(), 6);
+        assert_eq!(
+            partition.log_end_offset(),
+            Offset(0),
+            "not onto another end"
+        );
+        assert_eq!(
+            partition
+                .append_replicated_at(&stored, Offset(0), true)
+                .unwrap(),
+            Offset(6)
+        );
         partition.flush_now().await.unwrap();
-        assert_eq!(partition.advance_high_watermark(6), 6);
+        assert_eq!(partition.advance_high_watermark(Offset(6)), Offset(6));
         // A scrub found the batch at 2 damaged: the cut goes below the high watermark.
-        assert_eq!(partition.cut_damaged(2).await.unwrap(), 2);
+        assert_eq!(partition.cut_damaged(Offset(2)).await.unwrap(), Offset(2));
         let p = partition.progress();
-        assert_eq!((p.high_watermark, p.fsynced_offset), (2, 2));
-        assert_eq!(partition.log_end_offset(), 2);
+        assert_eq!((p.high_watermark, p.fsynced_offset), (Offset(2), Offset(2)));
+        assert_eq!(partition.log_end_offset(), Offset(2));
         assert!(partition.lost_data() && partition.scrubbed());
         // A fetch answer from before the cut is not appended past it.
         assert!(
             partition
-                .append_replicated_at(&stored[..0], 6, false)
+                .append_replicated_at(&stored[..0], Offset(6), false)
                 .is_ok()
         );
         let mut rest = batch_of(3);
         crate::log::batch::stamp_batch(&mut rest, 2, 4);
-        assert!(partition.append_replicated_at(&rest, 6, false).is_err());
-        assert_eq!(partition.append_replicated_at(&rest, 2, true).unwrap(), 5);
+        assert!(
+            partition
+                .append_replicated_at(&rest, Offset(6), false)
+                .is_err()
+        );
+        assert_eq!(
+            partition
+                .append_replicated_at(&rest, Offset(2), true)
+                .unwrap(),
+            Offset(5)
+        );
         partition.flush_now().await.unwrap();
-        assert_eq!(partition.advance_high_watermark(5), 5);
+        assert_eq!(partition.advance_high_watermark(Offset(5)), Offset(5));
         assert!(partition.lost_data(), "caught up only with its leader's HW");
         partition.refetched_lost_data();
         assert!(!partition.lost_data());
         // At the log start, the log is emptied there.
-        assert_eq!(partition.cut_damaged(0).await.unwrap(), 0);
-        assert_eq!(partition.progress().high_watermark, 0);
+        assert_eq!(partition.cut_damaged(Offset(0)).await.unwrap(), Offset(0));
+        assert_eq!(partition.progress().high_watermark, Offset(0));
     }
 
     #[tokio::test]
@@ -1794,9 +1834,15 @@ pub(crate) mod tests {
             crate::log::batch::stamp_batch(&mut batch, base, 4);
             stored.extend_from_slice(&batch);
         }
-        assert_eq!(partition.append_replicated(&stored, true).unwrap(), 6);
+        assert_eq!(
+            partition.append_replicated(&stored, true).unwrap(),
+            Offset(6)
+        );
         assert_eq!(partition.latest_epoch(), Some(4));
-        assert_eq!(partition.epoch_end(4).map(|e| e.end_offset), Some(6));
+        assert_eq!(
+            partition.epoch_end(4).map(|e| e.end_offset),
+            Some(Offset(6))
+        );
         assert!(matches!(
             partition.append_replicated(&stored, false),
             Err(BrokerError::InvalidRequest(_))
@@ -1808,35 +1854,39 @@ pub(crate) mod tests {
             partition.append_replicated(&damaged, false),
             Err(BrokerError::CorruptLog(_))
         ));
-        assert_eq!(partition.log_end_offset(), 6);
+        assert_eq!(partition.log_end_offset(), Offset(6));
         partition.flush_now().await.unwrap();
-        partition.advance_high_watermark(2);
+        partition.advance_high_watermark(Offset(2));
         let mut end = partition.end_watch();
         assert!(matches!(
-            partition.truncate_to(1).await,
+            partition.truncate_to(Offset(1)).await,
             Err(BrokerError::BelowHighWatermark {
-                high_watermark: 2,
+                high_watermark: Offset(2),
                 ..
             })
         ));
-        assert_eq!(partition.log_end_offset(), 6, "a refused cut cuts nothing");
+        assert_eq!(
+            partition.log_end_offset(),
+            Offset(6),
+            "a refused cut cuts nothing"
+        );
         // Offset 3 is inside the batch at 2: the whole batch goes.
-        assert_eq!(partition.truncate_to(3).await.unwrap(), 2);
-        assert_eq!(*end.borrow_and_update(), 2);
-        assert_eq!(partition.fsynced_offset(), 2);
+        assert_eq!(partition.truncate_to(Offset(3)).await.unwrap(), Offset(2));
+        assert_eq!(*end.borrow_and_update(), Offset(2));
+        assert_eq!(partition.fsynced_offset(), Offset(2));
         assert!(matches!(
-            partition.reset_to(1).await,
+            partition.reset_to(Offset(1)).await,
             Err(BrokerError::BelowHighWatermark { .. })
         ));
-        partition.reset_to(40).await.unwrap();
+        partition.reset_to(Offset(40)).await.unwrap();
         let p = partition.progress();
         assert_eq!(
             (p.log_start_offset, p.fsynced_offset, p.high_watermark),
-            (40, 40, 40)
+            (Offset(40), Offset(40), Offset(40))
         );
         assert_eq!(
             (partition.log_end_offset(), partition.latest_epoch()),
-            (40, None)
+            (Offset(40), None)
         );
         // A leader epoch below the log's latest is refused; the current one stamps appends.
         let mut batch = batch_of(1);
@@ -1874,13 +1924,13 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let partition = open(dir.path());
         sixteen_large_records(&partition).await;
-        let fetched = partition.fetch(0, 100, 16 << 20).await.unwrap();
+        let fetched = partition.fetch(Offset(0), 100, 16 << 20).await.unwrap();
         assert_eq!(
             FILE_READS_ON_THIS_THREAD.get(),
             0,
             "the read ran on the runtime thread"
         );
-        partition.fetch_blocking(0, 100, 16 << 20).unwrap();
+        partition.fetch_blocking(Offset(0), 100, 16 << 20).unwrap();
         assert_eq!(FILE_READS_ON_THIS_THREAD.get(), 1, "the hook counts reads");
         let mut records = 0;
         fetched
@@ -1897,8 +1947,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let partition = open(dir.path());
         sixteen_large_records(&partition).await;
-        assert_eq!(partition.offset_for_timestamp(9).await.unwrap(), 8);
-        assert_eq!(partition.offset_for_timestamp(17).await.unwrap(), 16);
+        assert_eq!(partition.offset_for_timestamp(9).await.unwrap(), Offset(8));
+        assert_eq!(
+            partition.offset_for_timestamp(17).await.unwrap(),
+            Offset(16)
+        );
         assert_eq!(
             FILE_READS_ON_THIS_THREAD.get(),
             0,

@@ -97,7 +97,7 @@ async fn no_record_is_acknowledged_on_a_partition_whose_count_is_not_durable() {
         .unwrap()
         .partition(1)
         .unwrap()
-        .fetch(0, 10, 1 << 20)
+        .fetch(Offset(0), 10, 1 << 20)
         .await
         .unwrap();
     let mut records = 0;
@@ -151,7 +151,7 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
         }
     );
     assert!(refused.fates.is_empty(), "nothing was stored");
-    assert_eq!(partition.stats().log_end_offset, 0);
+    assert_eq!(partition.stats().log_end_offset, Offset(0));
     assert!(!partition.acks_all_waiting());
     let leader = broker
         .produce(&topic, &[one_record(0)], Acks::Leader, timeout)
@@ -168,7 +168,7 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
         .await
         .unwrap();
     assert_eq!(all.durability, Durability::IsrFsync);
-    assert_eq!(all.offsets, vec![(0, 1)]);
+    assert_eq!(all.offsets, vec![(0, Offset(1))]);
     assert!(
         !partition.acks_all_waiting(),
         "the waiter left with its answer"
@@ -201,7 +201,7 @@ async fn a_follower_replica_refuses_producers() {
             }
         );
     }
-    assert_eq!(partition.stats().log_end_offset, 0);
+    assert_eq!(partition.stats().log_end_offset, Offset(0));
     partition.set_follower(false);
     produce_ones(&broker, "t", 0, 1).await;
 }
@@ -304,7 +304,10 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
     leader.set_follower(false);
     leader.set_hw_mode(crate::broker::partition::HwMode::Standalone);
     drop(leader);
-    assert_eq!(produce(Arc::clone(&broker), 0).await, Ok(vec![(0, 0)]));
+    assert_eq!(
+        produce(Arc::clone(&broker), 0).await,
+        Ok(vec![(0, Offset(0))])
+    );
     spec.partitions = 2;
     spec.local = vec![0, 1];
     broker.ensure_replica_topic(&spec).await.unwrap();
@@ -326,5 +329,9 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
         );
     }
     let partition = reopened.topic("t").unwrap().partition(0).unwrap();
-    assert_eq!(partition.stats().log_end_offset, 1, "nothing written");
+    assert_eq!(
+        partition.stats().log_end_offset,
+        Offset(1),
+        "nothing written"
+    );
 }

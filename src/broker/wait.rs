@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use super::partition::{Partition, Progress};
 use super::{Broker, BrokerError};
 use crate::limits::{Limit, Limits};
+use crate::log::Offset;
 use crate::metrics as m;
 
 /// Who waits; decides the bound, the gauge and what ends the wait.
@@ -137,7 +138,7 @@ impl Broker {
         &self,
         slot: &WaitSlot,
         partition: &Partition,
-        offset: u64,
+        offset: Offset,
         deadline: Option<Instant>,
     ) -> Woken {
         let targets = [(partition.subscribe(), offset)];
@@ -149,7 +150,7 @@ impl Broker {
     pub async fn wait_for_any_records<'a>(
         &self,
         slot: &WaitSlot,
-        targets: impl IntoIterator<Item = (&'a Partition, u64)>,
+        targets: impl IntoIterator<Item = (&'a Partition, Offset)>,
         deadline: Option<Instant>,
     ) -> Woken {
         let targets: Vec<_> = targets
@@ -165,7 +166,7 @@ type ProgressWait = Pin<Box<dyn Future<Output = Woken> + Send>>;
 /// The primitive: the first of any target's progress, shutdown, or the deadline.
 async fn wait_any(
     kind: WaitKind,
-    targets: impl IntoIterator<Item = (watch::Receiver<Progress>, u64)>,
+    targets: impl IntoIterator<Item = (watch::Receiver<Progress>, Offset)>,
     mut shutdown: watch::Receiver<bool>,
     deadline: Option<Instant>,
 ) -> Woken {
@@ -194,7 +195,7 @@ async fn wait_any(
 }
 
 /// One partition's part of a wait: records past `offset` (or, for a stream, a failure).
-async fn progress_past(kind: WaitKind, mut rx: watch::Receiver<Progress>, offset: u64) -> Woken {
+async fn progress_past(kind: WaitKind, mut rx: watch::Receiver<Progress>, offset: Offset) -> Woken {
     let ends_on_failure = kind == WaitKind::Stream;
     let seen = rx
         .wait_for(|p| p.high_watermark > offset || p.deleted || (ends_on_failure && p.failed))
@@ -229,9 +230,9 @@ mod tests {
 
     fn progress(high_watermark: u64, failed: bool) -> Progress {
         Progress {
-            log_start_offset: 0,
-            fsynced_offset: high_watermark,
-            high_watermark,
+            log_start_offset: Offset(0),
+            fsynced_offset: Offset(high_watermark),
+            high_watermark: Offset(high_watermark),
             failed,
             deleted: false,
         }
@@ -245,7 +246,7 @@ mod tests {
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut wait = Box::pin(wait_any(
             WaitKind::Stream,
-            [(progress_rx, 5)],
+            [(progress_rx, Offset(5))],
             shutdown_rx,
             None,
         ));
@@ -273,7 +274,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(2);
         let wait = tokio::spawn(wait_any(
             WaitKind::LongPoll,
-            [(progress_rx, 5)],
+            [(progress_rx, Offset(5))],
             shutdown_rx,
             Some(deadline),
         ));
@@ -289,7 +290,7 @@ mod tests {
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         let wait = tokio::spawn(wait_any(
             WaitKind::Stream,
-            [(a_rx, 1), (b_rx, 1)],
+            [(a_rx, Offset(1)), (b_rx, Offset(1))],
             shutdown_rx,
             None,
         ));
@@ -301,7 +302,12 @@ mod tests {
     async fn shutdown_ends_a_wait() {
         let (_tx, rx) = watch::channel(progress(0, false));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let wait = tokio::spawn(wait_any(WaitKind::LongPoll, [(rx, 0)], shutdown_rx, None));
+        let wait = tokio::spawn(wait_any(
+            WaitKind::LongPoll,
+            [(rx, Offset(0))],
+            shutdown_rx,
+            None,
+        ));
         shutdown_tx.send_replace(true);
         assert_eq!(wait.await.unwrap(), Woken::Shutdown);
     }

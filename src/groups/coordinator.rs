@@ -21,6 +21,7 @@ use super::views::{
 use crate::broker::{Broker, BrokerError, PartitionLocksForbidden, now_ms, validate_topic_name};
 use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
+use crate::log::Offset;
 
 /// The locked registry of groups; forbids partition locks while held.
 pub(super) struct RegistryGuard<'a> {
@@ -346,9 +347,9 @@ impl GroupCoordinator {
                 .topic(&tp.topic)?
                 .partition(u64::from(tp.partition))?;
             let progress = partition.progress();
-            if *offset > progress.high_watermark {
+            if Offset(*offset) > progress.high_watermark {
                 return Err(BrokerError::OffsetOutOfRange {
-                    offset: *offset,
+                    offset: Offset(*offset),
                     log_start_offset: progress.log_start_offset,
                     high_watermark: progress.high_watermark,
                 }
@@ -428,14 +429,15 @@ impl GroupCoordinator {
             for partition in topic.partitions() {
                 let progress = partition.progress();
                 let offset = match to {
-                    ResetTo::Earliest => progress.log_start_offset,
-                    ResetTo::Latest => progress.high_watermark,
-                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts).await?,
+                    ResetTo::Earliest => progress.log_start_offset.0,
+                    ResetTo::Latest => progress.high_watermark.0,
+                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts).await?.0,
                     ResetTo::Offset(o)
-                        if o < progress.log_start_offset || o > progress.high_watermark =>
+                        if Offset(o) < progress.log_start_offset
+                            || Offset(o) > progress.high_watermark =>
                     {
                         return Err(BrokerError::OffsetOutOfRange {
-                            offset: o,
+                            offset: Offset(o),
                             log_start_offset: progress.log_start_offset,
                             high_watermark: progress.high_watermark,
                         }

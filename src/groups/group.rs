@@ -238,10 +238,12 @@ impl Group {
             .map(|c| c.offset)
             .or(self.pinned.get(tp).copied());
         match stored {
-            Some(o) if o <= progress.high_watermark => (o.max(progress.log_start_offset), false),
+            Some(o) if o <= progress.high_watermark.0 => {
+                (o.max(progress.log_start_offset.0), false)
+            }
             _ => match self.auto_offset_reset {
-                OffsetReset::Earliest => (progress.log_start_offset, true),
-                OffsetReset::Latest => (progress.high_watermark, true),
+                OffsetReset::Earliest => (progress.log_start_offset.0, true),
+                OffsetReset::Latest => (progress.high_watermark.0, true),
             },
         }
     }

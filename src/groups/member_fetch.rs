@@ -12,6 +12,7 @@ use super::coordinator::{GroupCoordinator, member_group};
 use super::error::GroupError;
 use super::views::{MemberFetch, MemberView};
 use crate::broker::{Broker, BrokerError, Partition, WaitKind};
+use crate::log::Offset;
 
 /// The partitions a fetch reads, and where, taken under the lock.
 struct FetchPlan {
@@ -109,7 +110,10 @@ impl GroupCoordinator {
                 break;
             }
             let (tp, partition, position) = &plan.positions[(start + i) % n];
-            let fetched = match partition.fetch(*position, records_left, bytes_left).await {
+            let fetched = match partition
+                .fetch(Offset(*position), records_left, bytes_left)
+                .await
+            {
                 // Its topic was deleted since the plan: nothing to read there any more.
                 Err(BrokerError::TopicNotFound(_)) => continue,
                 other => other?,
@@ -144,7 +148,7 @@ async fn wait_for_progress(
     let targets = plan
         .positions
         .iter()
-        .map(|(_, p, position)| (&**p, *position));
+        .map(|(_, p, position)| (&**p, Offset(*position)));
     let mut changes = plan.changes.clone();
     tokio::select! {
         _ = broker.wait_for_any_records(&slot, targets, Some(Instant::now() + wait)) => {}

@@ -138,15 +138,15 @@ impl LagPlan {
             .into_iter()
             .map(|p| {
                 let stats = p.partition.stats();
-                let lag = stats.high_watermark.saturating_sub(p.position);
+                let lag = stats.high_watermark.0.saturating_sub(p.position);
                 lag_gauge(&group, &p.tp).set(lag as f64);
                 PartitionLag {
                     member_id: p.member_id,
                     committed_offset: p.committed_offset,
                     position: p.position,
-                    log_start_offset: stats.log_start_offset,
-                    log_end_offset: stats.log_end_offset,
-                    high_watermark: stats.high_watermark,
+                    log_start_offset: stats.log_start_offset.0,
+                    log_end_offset: stats.log_end_offset.0,
+                    high_watermark: stats.high_watermark.0,
                     lag,
                     topic: p.tp.topic,
                     partition: p.tp.partition,

@@ -97,8 +97,8 @@ impl From<BrokerError> for ApiError {
                 "offset_out_of_range",
                 detail,
             )
-            .with("log_start_offset", log_start_offset)
-            .with("high_watermark", high_watermark),
+            .with("log_start_offset", log_start_offset.0)
+            .with("high_watermark", high_watermark.0),
             BrokerError::RecordTooLarge { limit, .. } => ApiError::limit(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "record_too_large",
@@ -222,7 +222,7 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::BelowHighWatermark { high_watermark, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "below_high_watermark", detail)
-                    .with("high_watermark", high_watermark)
+                    .with("high_watermark", high_watermark.0)
             }
         }
     }

@@ -16,6 +16,7 @@ use super::path::Path;
 use super::render::render_record;
 use crate::broker::{Broker, BrokerError, Fetched, Partition, ResponseBytes, WaitKind};
 use crate::limits::{Limit, Limits};
+use crate::log::Offset;
 use crate::metrics as m;
 
 /// Query of a fetch.
@@ -38,7 +39,7 @@ pub async fn start_offset(
     partition: &Partition,
     offset: Option<&str>,
     timestamp_ms: Option<&str>,
-) -> ApiResult<u64> {
+) -> ApiResult<Offset> {
     if offset.is_some() && timestamp_ms.is_some() {
         return Err(ApiError::invalid(
             "give either 'offset' or 'timestamp_ms', not both",
@@ -54,7 +55,7 @@ pub async fn start_offset(
     match offset {
         None | Some("earliest") => Ok(progress.log_start_offset),
         Some("latest") => Ok(progress.high_watermark),
-        Some(n) => parse_u64("offset", n),
+        Some(n) => parse_u64("offset", n).map(Offset),
     }
 }
 
@@ -161,7 +162,7 @@ pub async fn fetch(
 pub async fn fetch_waiting(
     broker: &Broker,
     partition: &Partition,
-    offset: u64,
+    offset: Offset,
     max_records: u32,
     max_bytes: u64,
     wait_ms: u64,

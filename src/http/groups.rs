@@ -184,7 +184,7 @@ pub async fn member_fetch(
         })?;
         ::metrics::counter!(m::RECORDS_FETCHED, "topic" => tp.topic.clone()).increment(shown);
         if shown > 0 {
-            next_offsets.push((tp.clone(), next));
+            next_offsets.push((tp.clone(), next.0));
         }
     }
     let view = &fetched.member;

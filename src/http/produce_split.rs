@@ -46,6 +46,7 @@ use crate::broker::{
     Acks, BrokerError, Durability, FailedProduce, ProduceOutcome, ProduceRecord, RecordFate,
     choose_partition, is_internal_topic,
 };
+use crate::log::Offset;
 use crate::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef, stamp_batch};
 use crate::metadata::NodeId;
 
@@ -234,7 +235,7 @@ async fn split(
         match result {
             PartResult::Stored(base, d) => {
                 for (k, (i, _)) in members.enumerate() {
-                    fates[i] = RecordFate::Stored(p, base + k as u64);
+                    fates[i] = RecordFate::Stored(p, Offset(base) + k as u64);
                 }
                 durability = Some(durability.map_or(d, |old| old.weaker(d)));
             }
@@ -527,7 +528,7 @@ pub async fn append(
         .await
         .map_err(|f| with_record_fates(f.into()))?;
     let answer = Appended {
-        base_offset: outcome.offsets.first().map_or(0, |&(_, o)| o),
+        base_offset: outcome.offsets.first().map_or(0, |&(_, o)| o.0),
         records: records.len() as u32,
         durability: outcome.durability.as_str().to_string(),
     };

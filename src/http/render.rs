@@ -27,7 +27,7 @@ pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
             body.extend_from_slice(b"{\"partition\":");
             push_u64(&mut body, u64::from(p));
             body.extend_from_slice(b",\"offset\":");
-            push_u64(&mut body, o);
+            push_u64(&mut body, o.0);
             body.push(b'}');
         }
         body.extend_from_slice(b"],\"durability\":\"");

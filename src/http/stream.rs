@@ -23,6 +23,7 @@ use super::path::Path;
 use super::render::render_record;
 use crate::broker::{Broker, BrokerError, Partition, ResponseBytes, WaitKind, WaitSlot};
 use crate::limits::Limit;
+use crate::log::Offset;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +47,7 @@ struct StreamState {
     /// drops, however it ends.
     slot: WaitSlot,
     /// Next offset to read from the log.
-    next: u64,
+    next: Offset,
     /// Rendered events waiting to be sent; bounded by one fetch.
     ready: VecDeque<Event>,
     /// The response budget `ready` holds, given back once it is sent.
@@ -85,7 +86,7 @@ pub async fn sse(
         .transpose()?;
     let next = match resume {
         // Saturating: `Last-Event-ID: 18446744073709551615` is past the end (a 416), not a panic.
-        Some(last) => last.saturating_add(1),
+        Some(last) => Offset(last.saturating_add(1)),
         None => start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref()).await?,
     };
     // Refuse a bad start now, with a problem, rather than inside the stream.
@@ -150,7 +151,7 @@ pub async fn sse(
 impl StreamState {
     /// Reads one page at `next` and renders its records into `ready`; returns the high
     /// watermark the read saw.
-    async fn read_events(&mut self) -> Result<u64, BrokerError> {
+    async fn read_events(&mut self) -> Result<Offset, BrokerError> {
         let mut page = self.broker.reserve_response(self.max_bytes)?;
         let fetched = self
             .partition

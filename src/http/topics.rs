@@ -16,6 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::path::Path;
 use crate::broker::{Broker, BrokerError, Partition, Topic};
 use crate::config::TopicConfig;
+use crate::log::Offset;
 
 /// Body of `POST /v1/topics`.
 #[derive(Debug, Deserialize)]
@@ -169,7 +170,7 @@ pub async fn delete_records(
     let partition = broker
         .topic(&topic)?
         .partition(parse_u64("partition", &partition)?)?;
-    let start = partition.delete_records_before(req.before_offset)?;
+    let start = partition.delete_records_before(Offset(req.before_offset))?;
     Ok(axum::Json(json!({ "partition": partition.id, "log_start_offset": start })).into_response())
 }
 

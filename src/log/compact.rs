@@ -349,7 +349,7 @@ mod tests {
     use super::*;
     use crate::log::batch::{BatchBuilder, ProducerInfo};
     use crate::log::walk::BufferBatches;
-    use crate::log::{LogConfig, PartitionLog};
+    use crate::log::{LogConfig, Offset, PartitionLog};
 
     fn config() -> LogConfig {
         LogConfig {
@@ -371,14 +371,14 @@ mod tests {
             headers: &[("h", b"v")],
         });
         let mut batch = b.finish(ProducerInfo::NONE, None);
-        log.append(&mut batch, 0, ts).unwrap().0
+        log.append(&mut batch, 0, ts).unwrap().0.0
     }
 
     /// Every record from the log start, as (offset, key, value), following segment ends.
     fn read_all(log: &mut PartitionLog) -> Vec<(u64, String, Option<String>)> {
         let mut out = Vec::new();
-        let mut offset = log.log_start_offset();
-        while let Some(slice) = log.read_slice(offset).unwrap() {
+        let mut offset = log.log_start_offset().0;
+        while let Some(slice) = log.read_slice(Offset(offset)).unwrap() {
             let bytes = slice.read(u64::MAX).unwrap();
             let mut advanced = false;
             for batch in BufferBatches::new(&bytes) {
@@ -410,10 +410,10 @@ mod tests {
         delete_retention_ms: i64,
         keys_max: u32,
     ) -> (u64, usize) {
-        let upto = log.log_end_offset();
+        let upto = log.log_end_offset().0;
         let (mut dropped, mut most_keys, mut from) = (0, 0, 0);
         while from < upto {
-            let plan = log.compaction_plan(upto).expect("sealed segments");
+            let plan = log.compaction_plan(Offset(upto)).expect("sealed segments");
             most_keys = most_keys.max(key_window(&plan, from, keys_max).unwrap().keys());
             let times = (now, delete_retention_ms);
             let pass = compaction_pass(log.dir(), &plan, from, keys_max, times, 256).unwrap();
@@ -466,7 +466,7 @@ mod tests {
         let tomb = append(&mut log, "k3", None, 2_000);
         expected.insert("k3".into(), (tomb, None));
         log.roll(3_000).unwrap();
-        let end = log.log_end_offset();
+        let end = log.log_end_offset().0;
         assert!(
             log.segment_count() > 3,
             "the test needs several sealed segments"
@@ -489,7 +489,7 @@ mod tests {
             got, want,
             "latest per key, tombstone kept while young, offsets unchanged"
         );
-        assert_eq!(log.log_end_offset(), end, "compaction never renumbers");
+        assert_eq!(log.log_end_offset().0, end, "compaction never renumbers");
 
         // Once the tombstone is older than delete_retention_ms it goes too.
         compact_now(&mut log, 10_000_000, 1_000);
@@ -504,7 +504,7 @@ mod tests {
         drop(log);
         let (mut log, _) = PartitionLog::open(dir.path(), config(), false, 6_000).unwrap();
         assert_eq!(read_all(&mut log), before);
-        assert_eq!(log.log_end_offset(), end + 1);
+        assert_eq!(log.log_end_offset().0, end + 1);
     }
 
     #[test]
@@ -550,7 +550,7 @@ mod tests {
         }
         let last = append(&mut log, "other", Some("w"), 2_000);
         log.roll(3_000).unwrap();
-        let end = log.log_end_offset();
+        let end = log.log_end_offset().0;
         let before = log.segment_count();
         assert!(before > 8, "{before} segments");
         compact_now(&mut log, 3_000, 1_000_000);
@@ -563,13 +563,13 @@ mod tests {
             (last, "other".to_string(), Some("w".to_string())),
         ];
         assert_eq!(read_all(&mut log), want);
-        assert_eq!(log.log_end_offset(), end);
-        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(log.log_end_offset().0, end);
+        assert_eq!(log.log_start_offset().0, 0);
         drop(log);
         let (mut log, _) = PartitionLog::open(dir.path(), config(), false, 4_000).unwrap();
         assert_eq!(read_all(&mut log), want);
-        assert_eq!(log.log_end_offset(), end);
-        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(log.log_end_offset().0, end);
+        assert_eq!(log.log_start_offset().0, 0);
         let next = append(&mut log, "new", Some("x"), 5_000);
         assert_eq!(next, end, "appends go on at the same end");
     }

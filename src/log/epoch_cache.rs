@@ -16,6 +16,8 @@
 use std::io;
 use std::path::Path;
 
+use super::Offset;
+
 /// Format version of the checkpoint file's first line.
 const CHECKPOINT_VERSION: u32 = 0;
 /// Most entries a checkpoint may hold; a longer one is damaged (it is rebuilt).
@@ -25,7 +27,7 @@ const CHECKPOINT_ENTRIES_MAX: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochEntry {
     pub epoch: u32,
-    pub start_offset: u64,
+    pub start_offset: Offset,
 }
 
 /// What a replica answers for "the end of epoch E in your log" (`end_offset_for`).
@@ -34,7 +36,7 @@ pub struct EpochEnd {
     /// The largest epoch of this log that is at most the asked one.
     pub epoch: u32,
     /// The first offset after that epoch's records in this log.
-    pub end_offset: u64,
+    pub end_offset: Offset,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,7 +58,7 @@ impl EpochCache {
     /// batch (it does nothing unless the epoch is new). An epoch older than the latest is a
     /// bug in the caller (a leader never writes under an old epoch; a follower truncates
     /// first), refused with `InvalidInput`.
-    pub fn assign(&mut self, epoch: u32, start_offset: u64) -> io::Result<()> {
+    pub fn assign(&mut self, epoch: u32, start_offset: Offset) -> io::Result<()> {
         match self.entries.last_mut() {
             Some(last) if epoch == last.epoch => return Ok(()),
             Some(last) if epoch < last.epoch || start_offset < last.start_offset => {
@@ -85,7 +87,7 @@ impl EpochCache {
     /// The end of `epoch` in a log ending at `log_end_offset`: the largest known epoch at
     /// most `epoch`, and where it ends. None when every known epoch is newer (the asker's
     /// records all predate this log's: it truncates to this log's start).
-    pub fn end_offset_for(&self, epoch: u32, log_end_offset: u64) -> Option<EpochEnd> {
+    pub fn end_offset_for(&self, epoch: u32, log_end_offset: Offset) -> Option<EpochEnd> {
         let at = self.entries.partition_point(|e| e.epoch <= epoch);
         let found = self.entries.get(at.checked_sub(1)?)?;
         let end_offset = self
@@ -99,7 +101,7 @@ impl EpochCache {
     }
 
     /// The log was cut to end at `end_offset`: forget epochs that started at or after it.
-    pub fn truncate_from_end(&mut self, end_offset: u64) {
+    pub fn truncate_from_end(&mut self, end_offset: Offset) {
         let keep = self
             .entries
             .partition_point(|e| e.start_offset < end_offset);
@@ -108,7 +110,7 @@ impl EpochCache {
 
     /// The log now starts at `start_offset` (retention, delete-records): the epoch in force
     /// there now starts there, older ones are forgotten.
-    pub fn truncate_from_start(&mut self, start_offset: u64) {
+    pub fn truncate_from_start(&mut self, start_offset: Offset) {
         let first_kept = self
             .entries
             .partition_point(|e| e.start_offset <= start_offset);
@@ -147,7 +149,7 @@ impl EpochCache {
                 .ok_or_else(|| bad("fewer entries than counted"))?;
             let (epoch, offset) = line.split_once(' ').ok_or_else(|| bad("bad entry"))?;
             let epoch = parse(Some(epoch)).ok_or_else(|| bad("bad epoch"))?;
-            let offset = parse(Some(offset)).ok_or_else(|| bad("bad offset"))?;
+            let offset = Offset(parse(Some(offset)).ok_or_else(|| bad("bad offset"))?);
             if cache.latest_epoch().is_some_and(|last| epoch <= last) {
                 return Err(bad("epochs out of order"));
             }
@@ -198,15 +200,15 @@ fn parse<T: std::str::FromStr>(s: Option<&str>) -> Option<T> {
 /// prefix of the two logs, and every step cuts something.
 pub fn divergence(
     follower: &EpochCache,
-    follower_end: u64,
+    follower_end: Offset,
     leader: Option<EpochEnd>,
-) -> Option<u64> {
+) -> Option<Offset> {
     let Some(leader) = leader else {
-        return (follower_end > 0).then_some(0);
+        return (follower_end > Offset::ZERO).then_some(Offset::ZERO);
     };
     let own_end = follower
         .end_offset_for(leader.epoch, follower_end)
-        .map_or(0, |own| own.end_offset);
+        .map_or(Offset::ZERO, |own| own.end_offset);
     let cut = leader.end_offset.min(own_end);
     (cut < follower_end).then_some(cut)
 }
@@ -220,7 +222,7 @@ mod tests {
     fn cache(entries: &[(u32, u64)]) -> EpochCache {
         let mut c = EpochCache::default();
         for (epoch, offset) in entries {
-            c.assign(*epoch, *offset).unwrap();
+            c.assign(*epoch, Offset(*offset)).unwrap();
         }
         c
     }
@@ -228,7 +230,10 @@ mod tests {
     #[test]
     fn end_offset_for_answers_the_start_of_the_next_known_epoch() {
         let c = cache(&[(1, 0), (3, 10), (4, 25)]);
-        let end = |epoch| c.end_offset_for(epoch, 40).map(|e| (e.epoch, e.end_offset));
+        let end = |epoch| {
+            c.end_offset_for(epoch, Offset(40))
+                .map(|e| (e.epoch, e.end_offset.0))
+        };
         assert_eq!(end(0), None);
         assert_eq!(end(1), Some((1, 10)));
         assert_eq!(
@@ -244,45 +249,45 @@ mod tests {
     #[test]
     fn an_epoch_without_records_is_replaced_and_an_older_one_is_refused() {
         let mut c = cache(&[(1, 0), (2, 5)]);
-        c.assign(3, 5).unwrap();
+        c.assign(3, Offset(5)).unwrap();
         assert_eq!(
             c.entries(),
             &[
                 EpochEntry {
                     epoch: 1,
-                    start_offset: 0
+                    start_offset: Offset(0)
                 },
                 EpochEntry {
                     epoch: 3,
-                    start_offset: 5
+                    start_offset: Offset(5)
                 }
             ]
         );
-        assert!(c.assign(2, 9).is_err());
-        assert!(c.assign(4, 4).is_err());
-        c.assign(3, 7).unwrap();
+        assert!(c.assign(2, Offset(9)).is_err());
+        assert!(c.assign(4, Offset(4)).is_err());
+        c.assign(3, Offset(7)).unwrap();
         assert_eq!(c.latest_epoch(), Some(3));
     }
 
     #[test]
     fn truncation_from_either_end() {
         let mut c = cache(&[(1, 0), (3, 10), (4, 25)]);
-        c.truncate_from_end(25);
+        c.truncate_from_end(Offset(25));
         assert_eq!(c.latest_epoch(), Some(3));
-        c.truncate_from_start(12);
+        c.truncate_from_start(Offset(12));
         assert_eq!(
             c.entries(),
             &[EpochEntry {
                 epoch: 3,
-                start_offset: 12
+                start_offset: Offset(12)
             }]
         );
-        c.truncate_from_start(5);
+        c.truncate_from_start(Offset(5));
         assert_eq!(
             c.entries(),
             &[EpochEntry {
                 epoch: 3,
-                start_offset: 12
+                start_offset: Offset(12)
             }]
         );
     }
@@ -312,7 +317,7 @@ mod tests {
     fn epochs_cache(log: &[u32]) -> EpochCache {
         let mut c = EpochCache::default();
         for (offset, epoch) in log.iter().enumerate() {
-            c.assign(*epoch, offset as u64).unwrap();
+            c.assign(*epoch, Offset(offset as u64)).unwrap();
         }
         c
     }
@@ -357,12 +362,12 @@ mod tests {
             let mut follower = follower;
             for _ in 0..100 {
                 let Some(&epoch) = follower.last() else { break };
-                let answer = leader_cache.end_offset_for(epoch, leader.len() as u64);
+                let answer = leader_cache.end_offset_for(epoch, Offset(leader.len() as u64));
                 let own = epochs_cache(&follower);
-                match divergence(&own, follower.len() as u64, answer) {
+                match divergence(&own, Offset(follower.len() as u64), answer) {
                     Some(cut) => {
-                        prop_assert!(cut < follower.len() as u64, "each step cuts something");
-                        follower.truncate(cut as usize);
+                        prop_assert!(cut.0 < follower.len() as u64, "each step cuts something");
+                        follower.truncate(cut.0 as usize);
                     }
                     None => break,
                 }

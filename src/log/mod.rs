@@ -24,6 +24,7 @@ pub mod batch;
 pub mod compact;
 pub mod epoch_cache;
 pub mod index;
+mod offset;
 pub mod producer_state;
 #[cfg(test)]
 mod replication_tests;
@@ -32,6 +33,8 @@ pub mod sync_ledger;
 #[cfg(test)]
 mod tests;
 pub mod walk;
+
+pub use offset::Offset;
 
 use std::fs::File;
 use std::io;
@@ -102,7 +105,7 @@ pub struct OpenReport {
     /// Recovery cut the log at this offset, below the recovery checkpoint: data that had been
     /// fsynced failed its checks (a flipped bit, not a torn write) and is gone. Replication
     /// must not count this replica as holding what it held (issue 9 item 7).
-    pub synced_data_lost_at: Option<u64>,
+    pub synced_data_lost_at: Option<Offset>,
 }
 
 /// A recovery checkpoint (and the epoch cache, when it changed) taken under the lock and
@@ -110,7 +113,7 @@ pub struct OpenReport {
 #[derive(Debug)]
 pub struct Checkpoint {
     dir: PathBuf,
-    flushed_offset: u64,
+    flushed_offset: Offset,
     /// Taken in this order under the partition lock: a write never replaces a later one.
     seq: u64,
     /// The epoch cache and its version, when that version is not known to be on disk.
@@ -136,7 +139,7 @@ impl Checkpoint {
                 .epochs_written
                 .fetch_max(*version, Ordering::AcqRel);
         }
-        write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset)?;
+        write_u64_file(&self.dir.join(CHECKPOINT_FILE), self.flushed_offset.0)?;
         *written = self.seq;
         Ok(())
     }
@@ -169,7 +172,7 @@ pub struct FlushPlan {
     /// Truncations counted when the plan was taken: a plan from before one counts for nothing.
     truncations: u64,
     /// Everything below this offset is durable once the plan has run.
-    pub target: u64,
+    pub target: Offset,
 }
 
 impl FlushPlan {
@@ -204,7 +207,7 @@ impl ScrubPlan {
     /// Reads every batch and checks its CRC. Returns where the first damage is: the offset
     /// after the last good batch before it, where the log must be cut. A segment deleted or
     /// rewritten (retention, compaction) since the plan was taken is skipped. Blocking.
-    pub fn run(&self) -> io::Result<Option<u64>> {
+    pub fn run(&self) -> io::Result<Option<Offset>> {
         for (path, base, size) in &self.segments {
             let file = match File::open(path) {
                 Ok(file) => file,
@@ -220,7 +223,7 @@ impl ScrubPlan {
                 match walk.next_batch() {
                     Ok(Some((_, batch))) => good_end = batch.header.next_offset(),
                     Ok(None) => break,
-                    Err(walk::WalkError::Damaged { .. }) => return Ok(Some(good_end)),
+                    Err(walk::WalkError::Damaged { .. }) => return Ok(Some(Offset(good_end))),
                     Err(walk::WalkError::Io(e)) => return Err(e),
                 }
             }
@@ -235,7 +238,7 @@ struct Unsynced {
     file: Arc<File>,
     seals: Vec<Arc<PendingSeal>>,
     /// The segment's end offset: a flush marked done at or past it covered this segment.
-    end: u64,
+    end: Offset,
 }
 
 #[derive(Debug)]
@@ -246,9 +249,9 @@ pub struct PartitionLog {
     /// Sorted by base offset; the last one is the active segment. Never empty.
     segments: Vec<Segment>,
     /// First offset a consumer may read; moved by retention and delete-records.
-    log_start_offset: u64,
+    log_start_offset: Offset,
     /// Every record below this offset has been fsynced.
-    flushed_offset: u64,
+    flushed_offset: Offset,
     /// Rolled segments whose data has not been synced yet (or whose indexes are not trimmed
     /// yet). Each stays until a flush reaching its end is marked done, so overlapping flushes
     /// (the flusher and a shutdown) all sync it.
@@ -321,6 +324,7 @@ impl PartitionLog {
             if let Some(cut) = seg_report.cut_at
                 && cut < checkpoint
             {
+                let cut = Offset(cut);
                 report.synced_data_lost_at =
                     Some(report.synced_data_lost_at.unwrap_or(cut).min(cut));
             }
@@ -410,7 +414,8 @@ impl PartitionLog {
             write_u64_file(&dir.join(LOG_START_FILE), log_start_offset)?;
         }
         report.segments = segments.len();
-        let log_end = segments.last().expect("never empty").next_offset;
+        let log_end = Offset(segments.last().expect("never empty").next_offset);
+        let log_start_offset = Offset(log_start_offset);
         epochs.truncate_from_end(log_end);
         epochs.truncate_from_start(log_start_offset);
         if log_start_offset == log_end {
@@ -515,15 +520,15 @@ impl PartitionLog {
         self.config = config;
     }
 
-    pub fn log_start_offset(&self) -> u64 {
+    pub fn log_start_offset(&self) -> Offset {
         self.log_start_offset
     }
 
-    pub fn log_end_offset(&self) -> u64 {
-        self.active().next_offset
+    pub fn log_end_offset(&self) -> Offset {
+        Offset(self.active().next_offset)
     }
 
-    pub fn flushed_offset(&self) -> u64 {
+    pub fn flushed_offset(&self) -> Offset {
         self.flushed_offset
     }
 
@@ -556,10 +561,11 @@ impl PartitionLog {
     /// index entry at or before `offset` (at most `index_interval_bytes` and a batch more
     /// than exact); in a sealed segment that is not loaded it is prorated by offsets, so no
     /// file is opened. 0 at or past the log end.
-    pub fn bytes_from(&self, offset: u64) -> u64 {
+    pub fn bytes_from(&self, offset: Offset) -> u64 {
         if offset >= self.log_end_offset() {
             return 0;
         }
+        let offset = offset.0;
         let i = self
             .segments
             .partition_point(|s| s.base_offset <= offset)
@@ -595,7 +601,7 @@ impl PartitionLog {
         batch: &mut [u8],
         leader_epoch: u32,
         now_ms: i64,
-    ) -> io::Result<(u64, u64)> {
+    ) -> io::Result<(Offset, Offset)> {
         if let Some(latest) = self.epochs.latest_epoch()
             && leader_epoch < latest
         {
@@ -605,12 +611,12 @@ impl PartitionLog {
             ));
         }
         let base = self.log_end_offset();
-        batch::stamp_batch(batch, base, leader_epoch);
+        batch::stamp_batch(batch, base.0, leader_epoch);
         let header = BatchHeader::parse(batch)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         assert_eq!(header.total_len(), batch.len(), "a batch is appended whole");
         self.append_stamped(batch, &header, now_ms)?;
-        Ok((base, header.next_offset()))
+        Ok((base, Offset(header.next_offset())))
     }
 
     /// Appends whole batches exactly as a leader stored them (replication): offsets and
@@ -618,7 +624,7 @@ impl PartitionLog {
     /// anything is written: its CRC and that it is whole (`InvalidData`), that offsets start
     /// at or past the log end and grow (gaps are fine: compaction), and that epochs never go
     /// below the log's latest nor down (`InvalidInput`). Returns the new log end.
-    pub fn append_replicated(&mut self, batches: &[u8], now_ms: i64) -> io::Result<u64> {
+    pub fn append_replicated(&mut self, batches: &[u8], now_ms: i64) -> io::Result<Offset> {
         self.check_replicated(batches)?;
         let mut rest = batches;
         while !rest.is_empty() {
@@ -633,7 +639,7 @@ impl PartitionLog {
     /// The checks of [`PartitionLog::append_replicated`], on every batch, writing nothing.
     fn check_replicated(&self, batches: &[u8]) -> io::Result<()> {
         let invalid = |kind, why: String| Err(io::Error::new(kind, why));
-        let mut next = self.log_end_offset();
+        let mut next = self.log_end_offset().0;
         let mut epoch = self.epochs.latest_epoch().unwrap_or(0);
         let mut walk = walk::BufferBatches::new(batches);
         for view in walk.by_ref() {
@@ -688,7 +694,7 @@ impl PartitionLog {
         self.producers.record_header(header, now_ms);
         if self.epochs.latest_epoch() != Some(header.leader_epoch) {
             self.epochs
-                .assign(header.leader_epoch, header.base_offset)
+                .assign(header.leader_epoch, Offset(header.base_offset))
                 .expect("epochs were checked before the write");
             self.epochs_version += 1;
         }
@@ -752,7 +758,7 @@ impl PartitionLog {
         }
         let next = self.log_end_offset();
         let entries_max = index_entries_max(&self.config);
-        let created = Segment::create(&self.dir, next, entries_max, now_ms)?;
+        let created = Segment::create(&self.dir, next.0, entries_max, now_ms)?;
         let sealed = self.segments.last_mut().expect("never empty");
         let seals = sealed.seal_indexes_later();
         self.unsynced.push(Unsynced {
@@ -768,10 +774,11 @@ impl PartitionLog {
 
     /// The bytes to read for `offset`, or `None` at the log end. The caller checks the range.
     /// Loads the segment if it is sealed and not loaded (opens one file, maps its indexes).
-    pub fn read_slice(&mut self, offset: u64) -> io::Result<Option<ReadSlice>> {
+    pub fn read_slice(&mut self, offset: Offset) -> io::Result<Option<ReadSlice>> {
         if offset >= self.log_end_offset() {
             return Ok(None);
         }
+        let offset = offset.0;
         let Some(mut i) = self
             .segments
             .partition_point(|s| s.base_offset <= offset)
@@ -872,13 +879,13 @@ impl PartitionLog {
     /// The end [`PartitionLog::truncate_to`] would leave for `offset`: the start of the batch
     /// holding `offset` (or `offset` itself where it falls in a compaction gap), and the log
     /// end for any offset at or past it.
-    pub fn truncation_point(&mut self, offset: u64) -> io::Result<u64> {
+    pub fn truncation_point(&mut self, offset: Offset) -> io::Result<Offset> {
         if offset >= self.log_end_offset() {
             return Ok(self.log_end_offset());
         }
         let i = self.segment_holding(offset)?;
         self.load(i)?;
-        Ok(self.segments[i].cut_point(offset)?.1)
+        Ok(Offset(self.segments[i].cut_point(offset.0)?.1))
     }
 
     /// Cuts the log at the batch boundary at or below `offset` (replication: a follower
@@ -886,13 +893,13 @@ impl PartitionLog {
     /// flushed offset follow, the cut file is synced and both checkpoints are written before
     /// it returns, so no crash can bring the cut batches back or trust what replaces them
     /// unsynced. Blocking (small file work under the partition lock; truncations are rare).
-    pub fn truncate_to(&mut self, offset: u64) -> io::Result<u64> {
+    pub fn truncate_to(&mut self, offset: Offset) -> io::Result<Offset> {
         if offset >= self.log_end_offset() {
             return Ok(self.log_end_offset());
         }
         let i = self.segment_holding(offset)?;
         self.load(i)?;
-        let (_, end) = self.segments[i].cut_point(offset)?;
+        let end = Offset(self.segments[i].cut_point(offset.0)?.1);
         if end < self.log_start_offset {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -907,7 +914,7 @@ impl PartitionLog {
             self.make_active(i)?;
         }
         let active = self.segments.last_mut().expect("never empty");
-        let end = active.truncate(offset)?;
+        let end = Offset(active.truncate(offset.0)?);
         sync_ledger::sync_all(active.file())?;
         self.after_truncation(end)?;
         Ok(end)
@@ -916,10 +923,10 @@ impl PartitionLog {
     /// Empties the log and starts it at `offset` (replication: a follower whose log is below
     /// its leader's start or wholly divergent). Every segment goes; log start, end and
     /// flushed offset become `offset`, the epoch cache empties. Blocking.
-    pub fn reset_to(&mut self, offset: u64, now_ms: i64) -> io::Result<()> {
+    pub fn reset_to(&mut self, offset: Offset, now_ms: i64) -> io::Result<()> {
         // The start first: a crash part way leaves a start past the data, which opening
         // turns into an empty log there.
-        write_u64_file(&self.dir.join(LOG_START_FILE), offset)?;
+        write_u64_file(&self.dir.join(LOG_START_FILE), offset.0)?;
         self.log_start_offset = offset;
         self.unsynced.clear();
         self.loaded.clear();
@@ -928,7 +935,7 @@ impl PartitionLog {
         }
         let entries_max = index_entries_max(&self.config);
         self.segments
-            .push(Segment::create(&self.dir, offset, entries_max, now_ms)?);
+            .push(Segment::create(&self.dir, offset.0, entries_max, now_ms)?);
         sync_dir(&self.dir)?;
         self.epochs = EpochCache::default();
         self.flushed_offset = offset;
@@ -936,8 +943,8 @@ impl PartitionLog {
     }
 
     /// The index of the segment holding `offset`, which must be within the log.
-    fn segment_holding(&self, offset: u64) -> io::Result<usize> {
-        if offset < self.segments[0].base_offset || offset < self.log_start_offset {
+    fn segment_holding(&self, offset: Offset) -> io::Result<usize> {
+        if offset.0 < self.segments[0].base_offset || offset < self.log_start_offset {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -946,7 +953,7 @@ impl PartitionLog {
                 ),
             ));
         }
-        Ok(self.segments.partition_point(|s| s.base_offset <= offset) - 1)
+        Ok(self.segments.partition_point(|s| s.base_offset <= offset.0) - 1)
     }
 
     /// Makes sealed segment `i` the active one: the segments after it go, and it is opened
@@ -955,12 +962,12 @@ impl PartitionLog {
         let base = self.segments[i].base_offset;
         // Rolled segments from `i` on: their index seals run now (the later ones' files go
         // anyway), so none can trim an index file reopened for writing.
-        for u in self.unsynced.iter().filter(|u| u.end > base) {
+        for u in self.unsynced.iter().filter(|u| u.end.0 > base) {
             for seal in &u.seals {
                 seal.run()?;
             }
         }
-        self.unsynced.retain(|u| u.end <= base);
+        self.unsynced.retain(|u| u.end.0 <= base);
         for removed in self.segments.drain(i..) {
             self.loaded.retain(|&b| b != removed.base_offset);
             if removed.base_offset != base {
@@ -984,10 +991,10 @@ impl PartitionLog {
 
     /// The bookkeeping after the log was cut to end at `end`: flushed offset, epoch cache,
     /// plans in flight voided, both checkpoints written now.
-    fn after_truncation(&mut self, end: u64) -> io::Result<()> {
+    fn after_truncation(&mut self, end: Offset) -> io::Result<()> {
         self.flushed_offset = self.flushed_offset.min(end);
         // A cut batch no longer deduplicates: a retry of it is written again.
-        self.producers.truncate_from(end);
+        self.producers.truncate_from(end.0);
         self.truncations += 1;
         self.epochs.truncate_from_end(end);
         self.epochs_version += 1;
@@ -995,7 +1002,8 @@ impl PartitionLog {
     }
 
     /// Deletes whole segments below `upto` that retention no longer keeps. Returns how many.
-    pub fn apply_retention(&mut self, now_ms: i64, upto: u64) -> io::Result<usize> {
+    pub fn apply_retention(&mut self, now_ms: i64, upto: Offset) -> io::Result<usize> {
+        let upto = upto.0;
         let mut total: u64 = self.size_bytes();
         let mut deleted = 0;
         while self.segments.len() > 1 {
@@ -1008,7 +1016,7 @@ impl PartitionLog {
                 .retention_ms
                 .is_some_and(|ms| oldest.max_timestamp_ms < now_ms.saturating_sub(ms));
             let oversize = self.config.retention_bytes.is_some_and(|max| total > max);
-            let below_start = oldest.next_offset <= self.log_start_offset;
+            let below_start = oldest.next_offset <= self.log_start_offset.0;
             if !(expired || oversize || below_start) {
                 break;
             }
@@ -1019,8 +1027,10 @@ impl PartitionLog {
             deleted += 1;
         }
         if deleted > 0 {
-            self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
-            write_u64_file(&self.dir.join(LOG_START_FILE), self.log_start_offset)?;
+            self.log_start_offset = self
+                .log_start_offset
+                .max(Offset(self.segments[0].base_offset));
+            write_u64_file(&self.dir.join(LOG_START_FILE), self.log_start_offset.0)?;
             sync_dir(&self.dir)?;
             self.epochs_start_at_log_start();
         }
@@ -1029,11 +1039,11 @@ impl PartitionLog {
 
     /// Moves the log start offset forward (Kafka's DeleteRecords). `offset` must not pass
     /// `upto` (the high watermark); whole segments below it are deleted.
-    pub fn delete_records_before(&mut self, offset: u64, upto: u64) -> io::Result<u64> {
+    pub fn delete_records_before(&mut self, offset: Offset, upto: Offset) -> io::Result<Offset> {
         let offset = offset.min(upto);
         if offset > self.log_start_offset {
             // Stored first: if the write fails, memory and disk still agree.
-            write_u64_file(&self.dir.join(LOG_START_FILE), offset)?;
+            write_u64_file(&self.dir.join(LOG_START_FILE), offset.0)?;
             self.log_start_offset = offset;
             self.epochs_start_at_log_start();
             self.apply_retention(i64::MIN, upto)?;
@@ -1055,7 +1065,8 @@ impl PartitionLog {
     }
 
     /// The sealed segments and the active one, for compaction (`None`: nothing sealed yet).
-    pub fn compaction_plan(&self, upto: u64) -> Option<compact::CompactionPlan> {
+    pub fn compaction_plan(&self, upto: Offset) -> Option<compact::CompactionPlan> {
+        let upto = upto.0;
         let snapshot = |s: &Segment| compact::SegmentSnapshot {
             base_offset: s.base_offset,
             next_offset: s.next_offset,
@@ -1188,7 +1199,7 @@ fn read_epochs(dir: &Path) -> (EpochCache, bool) {
     let path = dir.join(EPOCH_CHECKPOINT_FILE);
     if !path.exists() {
         let mut epochs = EpochCache::default();
-        epochs.assign(0, 0).expect("the first entry");
+        epochs.assign(0, Offset::ZERO).expect("the first entry");
         return (epochs, false);
     }
     match EpochCache::read(&path) {

@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::Offset;
 use super::batch::{BATCH_HEADER_BYTES, BatchHeader};
 use super::epoch_cache::EpochCache;
 use super::index::{IndexFile, OffsetEntry, PendingSeal, TimeEntry};
@@ -221,7 +222,7 @@ impl Segment {
                 report.rebuilt_index = true;
                 let mut epochs = recovered_epochs;
                 if let Some(epochs) = epochs.as_deref_mut() {
-                    epochs.truncate_from_end(base_offset);
+                    epochs.truncate_from_end(Offset(base_offset));
                 }
                 let capacity =
                     index_entries_max.max((file_len / index_interval_bytes.max(1)) as usize + 2);
@@ -236,7 +237,7 @@ impl Segment {
                 let scan = scan_log(&file, file_len, base_offset, 0, |pos, header, since| {
                     if let Some(epochs) = epochs.as_deref_mut()
                         && epochs
-                            .assign(header.leader_epoch, header.base_offset)
+                            .assign(header.leader_epoch, Offset(header.base_offset))
                             .is_err()
                     {
                         report.epochs_contradicted = true;
@@ -566,9 +567,11 @@ impl Segment {
         };
         let mut walk = FileBatches::new(&file, 0, self.size, self.base_offset);
         while let Some(h) = walk.next_header().map_err(io::Error::from)? {
-            epochs.assign(h.leader_epoch, h.base_offset).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("the log's epochs: {e}"))
-            })?;
+            epochs
+                .assign(h.leader_epoch, Offset(h.base_offset))
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("the log's epochs: {e}"))
+                })?;
             walk.skip();
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef};
 use super::walk::BufferBatches;
-use super::{LogConfig, OpenReport, PartitionLog};
+use super::{LogConfig, Offset, OpenReport, PartitionLog};
 
 /// One record as the test appended it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,10 @@ impl Model {
             })
             .collect();
         let mut batch = encode(&records);
-        let (base, next) = log.append(&mut batch, 0, now_ms).expect("append");
+        let (base, next) = log
+            .append(&mut batch, 0, now_ms)
+            .map(|(b, n)| (b.0, n.0))
+            .expect("append");
         assert_eq!(base, start as u64, "offsets are dense");
         assert_eq!(next, (start + count) as u64);
         self.records.extend(records);
@@ -92,7 +95,7 @@ fn read_from(log: &mut PartitionLog, from: u64) -> Vec<(u64, Rec)> {
     let mut out = Vec::new();
     let mut offset = from;
     for _ in 0..100_000 {
-        let Some(mut slice) = log.read_slice(offset).expect("load") else {
+        let Some(mut slice) = log.read_slice(Offset(offset)).expect("load") else {
             return out;
         };
         slice.skip_before(offset).expect("skip");
@@ -122,7 +125,7 @@ fn read_from(log: &mut PartitionLog, from: u64) -> Vec<(u64, Rec)> {
 
 /// Asserts the log holds exactly the model's records from `from` on, each at its offset.
 fn assert_matches(log: &mut PartitionLog, model: &Model, from: u64) {
-    assert_eq!(log.log_end_offset(), model.log_end(), "log end offset");
+    assert_eq!(log.log_end_offset().0, model.log_end(), "log end offset");
     let read = read_from(log, from);
     assert_eq!(read.len() as u64, model.log_end() - from, "records read");
     for (offset, rec) in read {
@@ -163,7 +166,7 @@ fn every_offset_is_found_through_the_sparse_index() {
     let largest_batch = 4 * 64 + 61;
     for offset in 0..model.log_end() {
         let slice = log
-            .read_slice(offset)
+            .read_slice(Offset(offset))
             .unwrap()
             .expect("a slice below the log end");
         let bytes = slice.read(u64::MAX).unwrap();
@@ -186,7 +189,7 @@ fn every_offset_is_found_through_the_sparse_index() {
             "{skipped} bytes skipped to reach {offset}"
         );
     }
-    assert!(log.read_slice(model.log_end()).unwrap().is_none());
+    assert!(log.read_slice(Offset(model.log_end())).unwrap().is_none());
     assert_matches(&mut log, &model, 0);
 }
 
@@ -218,14 +221,14 @@ fn bytes_from_an_offset_to_the_log_end() {
     let (mut log, model) = filled(dir.path(), config(1024, interval), 100);
     assert!(log.segment_count() > 5, "{} segments", log.segment_count());
     let end = model.log_end();
-    assert_eq!(log.bytes_from(0), log.size_bytes());
-    assert_eq!(log.bytes_from(end), 0);
-    assert_eq!(log.bytes_from(end + 10), 0);
+    assert_eq!(log.bytes_from(Offset(0)), log.size_bytes());
+    assert_eq!(log.bytes_from(Offset(end)), 0);
+    assert_eq!(log.bytes_from(Offset(end + 10)), 0);
     // Exact: the bytes of every batch that ends past the offset.
     let mut batches = Vec::new(); // (next offset, bytes)
     for segment in 0..log.segment_count() {
         let base = log.segments[segment].base_offset;
-        let slice = log.read_slice(base).unwrap().unwrap();
+        let slice = log.read_slice(Offset(base)).unwrap().unwrap();
         let bytes = slice.read(u64::MAX).unwrap();
         let mut rest = &bytes[..];
         while !rest.is_empty() {
@@ -246,7 +249,7 @@ fn bytes_from_an_offset_to_the_log_end() {
             .segments
             .partition_point(|s| s.base_offset <= offset)
             .saturating_sub(1);
-        let got = log.bytes_from(offset);
+        let got = log.bytes_from(Offset(offset));
         assert!(got <= last, "grows at {offset}: {got} after {last}");
         last = got;
         let later: u64 = log.segments[i + 1..].iter().map(|s| s.size).sum();
@@ -376,9 +379,9 @@ fn retention_by_time_deletes_old_segments_only() {
     let now = 3_000;
     // Not past the high watermark: nothing at or past `upto` may go.
     let upto = log.segments[1].next_offset;
-    assert_eq!(log.apply_retention(now, upto).unwrap(), 2);
-    assert_eq!(log.log_start_offset(), upto);
-    let deleted = log.apply_retention(now, model.log_end()).unwrap();
+    assert_eq!(log.apply_retention(now, Offset(upto)).unwrap(), 2);
+    assert_eq!(log.log_start_offset().0, upto);
+    let deleted = log.apply_retention(now, Offset(model.log_end())).unwrap();
     for s in &log.segments[..log.segments.len() - 1] {
         assert!(
             s.max_timestamp_ms >= now - 1_000,
@@ -386,18 +389,26 @@ fn retention_by_time_deletes_old_segments_only() {
         );
     }
     assert_eq!(log.segment_count(), before - 2 - deleted);
-    let start = log.log_start_offset();
+    let start = log.log_start_offset().0;
     assert_eq!(start, log.segments[0].base_offset);
     assert!(model.records[start as usize - 1].timestamp_ms < now - 1_000);
     assert_matches(&mut log, &model, start);
     // The active segment stays, however old.
-    assert!(log.apply_retention(i64::MAX, model.log_end()).unwrap() > 0);
+    assert!(
+        log.apply_retention(i64::MAX, Offset(model.log_end()))
+            .unwrap()
+            > 0
+    );
     assert_eq!(log.segment_count(), 1);
-    assert_eq!(log.log_start_offset(), log.segments[0].base_offset);
-    let start = log.log_start_offset();
+    assert_eq!(log.log_start_offset().0, log.segments[0].base_offset);
+    let start = log.log_start_offset().0;
     drop(log);
     let (mut log, _) = open(dir.path(), cfg, false);
-    assert_eq!(log.log_start_offset(), start, "log start survives a crash");
+    assert_eq!(
+        log.log_start_offset().0,
+        start,
+        "log start survives a crash"
+    );
     assert_matches(&mut log, &model, start);
     model.append(&mut log, 3, 9_999, 0);
     assert_matches(&mut log, &model, start);
@@ -414,7 +425,7 @@ fn retention_by_size_keeps_the_newest_bytes() {
     let total = log.size_bytes();
     assert!(total > 4_000);
     let sizes_before: Vec<u64> = log.segments.iter().map(|s| s.size).collect();
-    let deleted = log.apply_retention(0, model.log_end()).unwrap();
+    let deleted = log.apply_retention(0, Offset(model.log_end())).unwrap();
     assert!(deleted > 0);
     assert!(log.size_bytes() <= 2_000, "{} bytes left", log.size_bytes());
     // Keeping the newest segment that went would have been too much: nothing extra went.
@@ -424,13 +435,13 @@ fn retention_by_size_keeps_the_newest_bytes() {
         "deleted no more than needed: {} bytes kept, the last deleted segment had {last_deleted}",
         log.size_bytes()
     );
-    let start = log.log_start_offset();
+    let start = log.log_start_offset().0;
     assert_eq!(start, log.segments[0].base_offset);
     assert_matches(&mut log, &model, start);
     log.close().unwrap();
     drop(log);
     let (mut log, _) = open(dir.path(), cfg, true);
-    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(log.log_start_offset().0, start);
     assert_matches(&mut log, &model, start);
 }
 
@@ -442,10 +453,12 @@ fn delete_records_before_moves_the_start_and_drops_whole_segments() {
     let segments = log.segment_count();
     let target = log.segments[2].base_offset + 1;
     assert_eq!(
-        log.delete_records_before(target, model.log_end()).unwrap(),
+        log.delete_records_before(Offset(target), Offset(model.log_end()))
+            .map(|o| o.0)
+            .unwrap(),
         target
     );
-    assert_eq!(log.log_start_offset(), target);
+    assert_eq!(log.log_start_offset().0, target);
     assert_eq!(
         log.segment_count(),
         segments - 2,
@@ -454,14 +467,21 @@ fn delete_records_before_moves_the_start_and_drops_whole_segments() {
     assert_matches(&mut log, &model, target);
     // Never backwards, never past `upto`.
     assert_eq!(
-        log.delete_records_before(3, model.log_end()).unwrap(),
+        log.delete_records_before(Offset(3), Offset(model.log_end()))
+            .map(|o| o.0)
+            .unwrap(),
         target
     );
     let upto = target + 5;
-    assert_eq!(log.delete_records_before(upto + 100, upto).unwrap(), upto);
+    assert_eq!(
+        log.delete_records_before(Offset(upto + 100), Offset(upto))
+            .map(|o| o.0)
+            .unwrap(),
+        upto
+    );
     drop(log);
     let (mut log, _) = open(dir.path(), cfg, false);
-    assert_eq!(log.log_start_offset(), upto);
+    assert_eq!(log.log_start_offset().0, upto);
     assert_matches(&mut log, &model, upto);
     model.append(&mut log, 2, 1, 0);
     assert_matches(&mut log, &model, upto);
@@ -533,7 +553,7 @@ fn unclean_reopen_rebuilds_preallocated_indexes_and_loses_nothing() {
 
 /// Byte position where the batch `(base, next)` starts in its segment's log file.
 fn batch_position(log: &mut PartitionLog, base: u64) -> u64 {
-    let slice = log.read_slice(base).unwrap().unwrap();
+    let slice = log.read_slice(Offset(base)).unwrap().unwrap();
     let bytes = slice.read(u64::MAX).unwrap();
     let mut rest = &bytes[..];
     let mut position = slice.position;
@@ -727,7 +747,12 @@ fn a_cut_below_the_log_start_never_gives_old_offsets_again() {
     let (mut log, mut model) = filled(dir.path(), cfg, 10);
     let end = model.log_end();
     let start = end - 2;
-    assert_eq!(log.delete_records_before(start, end).unwrap(), start);
+    assert_eq!(
+        log.delete_records_before(Offset(start), Offset(end))
+            .map(|o| o.0)
+            .unwrap(),
+        start
+    );
     drop(log);
     // Damage below the log start: recovery cuts the log to offset 0.
     let path = last_log_file(dir.path());
@@ -738,19 +763,28 @@ fn a_cut_below_the_log_start_never_gives_old_offsets_again() {
         .set_len(30)
         .unwrap();
     let (mut log, _) = open(dir.path(), cfg, false);
-    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(log.log_start_offset().0, start);
     assert_eq!(
-        log.log_end_offset(),
+        log.log_end_offset().0,
         start,
         "the log restarts empty at its start"
     );
     // New records get offsets the old ones never had, and stay visible across reopens.
     let mut batch = encode(&model.records[..3]);
-    assert_eq!(log.append(&mut batch, 0, 0).unwrap(), (start, start + 3));
+    assert_eq!(
+        log.append(&mut batch, 0, 0)
+            .map(|(b, n)| (b.0, n.0))
+            .unwrap(),
+        (start, start + 3)
+    );
     drop(log);
     let (mut log, _) = open(dir.path(), cfg, false);
-    assert_eq!(log.log_start_offset(), start, "the log start did not move");
-    assert_eq!(log.log_end_offset(), start + 3);
+    assert_eq!(
+        log.log_start_offset().0,
+        start,
+        "the log start did not move"
+    );
+    assert_eq!(log.log_end_offset().0, start + 3);
     model.records.truncate(start as usize);
     model.records.extend_from_within(..3);
     let read = read_from(&mut log, start);
@@ -776,7 +810,7 @@ fn a_rolled_segment_stays_in_every_flush_plan_until_one_is_marked_done() {
     log.mark_flushed(&second);
     assert!(log.flush_plan().only_active(), "synced once, forgotten");
     log.mark_flushed(&first);
-    assert_eq!(log.flushed_offset(), model.log_end());
+    assert_eq!(log.flushed_offset().0, model.log_end());
 }
 
 #[test]
@@ -827,7 +861,7 @@ fn a_crash_between_deleting_segments_and_storing_the_start_is_repaired() {
     let oldest = segment_files(dir.path(), "log")[0].clone();
     std::fs::remove_file(&oldest).unwrap();
     let (mut log, _) = open(dir.path(), cfg, false);
-    assert_eq!(log.log_start_offset(), second);
+    assert_eq!(log.log_start_offset().0, second);
     assert_matches(&mut log, &model, second);
     let stored = std::fs::read_to_string(dir.path().join(super::LOG_START_FILE)).unwrap();
     assert_eq!(
@@ -962,7 +996,7 @@ fn overlapping_checkpoint_writes_take_turns_and_never_go_back() {
     });
     older.write().unwrap();
     let stored = super::read_u64_file(&dir.path().join(super::CHECKPOINT_FILE)).unwrap();
-    assert_eq!(stored, newer.flushed_offset);
+    assert_eq!(stored, newer.flushed_offset.0);
 }
 
 /// A batch of `records` one-byte records from producer 7 at epoch 0 with `sequence`.
@@ -997,7 +1031,10 @@ fn producer_state_is_rebuilt_from_appends_replicas_reopens_and_truncations() {
     let mut stored = Vec::new();
     for (sequence, records) in [(0, 2), (1, 3)] {
         let mut batch = idempotent_batch(sequence, records);
-        leader.append(&mut batch, 0, 1_000).unwrap();
+        leader
+            .append(&mut batch, 0, 1_000)
+            .map(|(b, n)| (b.0, n.0))
+            .unwrap();
         stored.extend_from_slice(&batch);
     }
     let duplicate = |base_offset, last_offset, sequence| {
@@ -1014,7 +1051,10 @@ fn producer_state_is_rebuilt_from_appends_replicas_reopens_and_truncations() {
 
     let follower_dir = tempfile::tempdir().unwrap();
     let (mut follower, _) = open(follower_dir.path(), config(1 << 20, 128), false);
-    follower.append_replicated(&stored, 1_000).unwrap();
+    follower
+        .append_replicated(&stored, 1_000)
+        .map(|o| o.0)
+        .unwrap();
     assert_eq!(
         follower.check_producer(&idempotent_batch(1, 3)),
         duplicate(2, 4, 1)
@@ -1027,7 +1067,7 @@ fn producer_state_is_rebuilt_from_appends_replicas_reopens_and_truncations() {
         duplicate(0, 1, 0)
     );
     assert_eq!(follower.producers_tracked(), 1);
-    follower.truncate_to(2).unwrap();
+    follower.truncate_to(Offset(2)).map(|o| o.0).unwrap();
     assert_eq!(
         follower.check_producer(&idempotent_batch(1, 3)),
         Ok(SequenceCheck::Append),

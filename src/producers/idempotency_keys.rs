@@ -36,6 +36,7 @@ use crate::broker::{Acks, Broker, BrokerError, ProduceRecord, Topic, now_ms};
 use crate::config::{CleanupPolicy, TopicConfig};
 use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
+use crate::log::Offset;
 use crate::log::batch::RecordRef;
 use crate::metrics as m;
 
@@ -408,7 +409,7 @@ impl IdempotencyKeys {
             .broker
             .produce(&topic, &records, Acks::All, timeout)
             .await?;
-        let offset = outcome.offsets.first().map_or(0, |&(_, o)| o);
+        let offset = outcome.offsets.first().map_or(0, |&(_, o)| o.0);
         Ok(StoredKey {
             fingerprint,
             offset,
@@ -470,7 +471,7 @@ fn read_answer_at(
     offset: u64,
     max_bytes: u64,
 ) -> Result<Read, BrokerError> {
-    let fetched = partition.fetch_blocking(offset, u32::MAX, max_bytes)?;
+    let fetched = partition.fetch_blocking(Offset(offset), u32::MAX, max_bytes)?;
     let mut head: Option<Head> = None;
     let mut body = Vec::new();
     let mut seen = 0u32;

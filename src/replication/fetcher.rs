@@ -22,6 +22,7 @@ use super::manager::Role;
 use super::wire::{self, FetchError, FetchRequest, PartitionAnswer, PartitionFetch};
 use crate::broker::{BrokerError, Partition};
 use crate::cluster::client::CallError;
+use crate::log::Offset;
 use crate::metadata::{LeaderEpoch, NodeId};
 use crate::metrics as m;
 
@@ -48,7 +49,7 @@ fn asked_at(request: &FetchRequest, f: &Followed) -> Option<u64> {
 /// Moves the replica's high watermark to the leader's, as far as it has fsynced. A replica
 /// that lost data holds every acknowledged record again once it reaches the leader's.
 fn caught_up(f: &Followed, leader_hw: u64) {
-    if f.replica.advance_high_watermark(leader_hw) >= leader_hw {
+    if f.replica.advance_high_watermark(Offset(leader_hw)) >= Offset(leader_hw) {
         f.replica.refetched_lost_data();
     }
 }
@@ -134,9 +135,9 @@ impl Fetcher {
                 topic: f.topic.to_string(),
                 partition: f.partition,
                 leader_epoch: f.leader_epoch,
-                fetch_offset: end,
+                fetch_offset: end.0,
                 last_fetched_epoch: f.replica.latest_epoch(),
-                flushed_offset: flushed,
+                flushed_offset: flushed.0,
             });
         }
         if asked.is_empty() {
@@ -263,10 +264,11 @@ impl Fetcher {
         }
         if let Some(error) = answer.error {
             if error == FetchError::OffsetOutOfRange
-                && f.replica.log_end_offset() < answer.log_start_offset
+                && f.replica.log_end_offset() < Offset(answer.log_start_offset)
             {
                 // Everything this replica holds precedes the leader's log: start over there.
-                self.stop_on(f, f.replica.reset_to(answer.log_start_offset).await);
+                let start = Offset(answer.log_start_offset);
+                self.stop_on(f, f.replica.reset_to(start).await);
                 return false;
             }
             tracing::debug!(topic = %f.topic, partition = f.partition, ?error, "replica fetch refused");
@@ -274,7 +276,7 @@ impl Fetcher {
             return false;
         }
         if let Some(d) = answer.diverging {
-            let own = f.replica.epoch_end(d.epoch).map_or(0, |e| e.end_offset);
+            let own = f.replica.epoch_end(d.epoch).map_or(0, |e| e.end_offset.0);
             let cut = d.end_offset.min(own);
             tracing::info!(
                 topic = %f.topic,
@@ -283,12 +285,16 @@ impl Fetcher {
                 cut,
                 "log diverges from the leader's: truncating"
             );
+            let cut = Offset(cut);
             self.stop_on(f, f.replica.truncate_to(cut).await.map(|_| ()));
             return false;
         }
         if !records.is_empty() {
             // Only onto the log end the fetch asked from: a scrub may have cut the log since.
-            match f.replica.append_replicated_at(records, fetched_at, false) {
+            match f
+                .replica
+                .append_replicated_at(records, Offset(fetched_at), false)
+            {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(topic = %f.topic, partition = f.partition, "appending replicated batches: {e}");

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::isr::{LeaderReplicas, PendingIsr};
 use super::wire::{Diverging, FetchError, PartitionAnswer, PartitionFetch};
 use crate::broker::{BrokerError, IsrGate, Partition};
+use crate::log::Offset;
 use crate::metadata::{LeaderEpoch, NodeId, PartitionEpoch};
 
 /// One partition this broker leads, in one leader epoch.
@@ -65,7 +66,7 @@ impl Led {
         record: &IsrRecord,
         now_ms: u64,
     ) -> Led {
-        let hw = replica.progress().high_watermark;
+        let hw = replica.progress().high_watermark.0;
         let mut replicas = LeaderReplicas::new(
             me,
             &record.replicas,
@@ -139,9 +140,9 @@ impl Led {
     /// Moves the high watermark from what the ISR fsynced (the leader's own fsync included)
     /// and publishes it to the partition. Returns it.
     pub fn advance(&self) -> u64 {
-        let fsynced = self.replica.progress().fsynced_offset;
+        let fsynced = self.replica.progress().fsynced_offset.0;
         let hw = self.lock().replicas.advance_high_watermark(fsynced);
-        self.replica.advance_high_watermark(hw)
+        self.replica.advance_high_watermark(Offset(hw)).0
     }
 
     /// The ISR change to propose now, if any (and marks it pending). `eligible` says which
@@ -168,7 +169,7 @@ impl Led {
 
     /// Per follower: records and bytes behind the leader's log end (for the lag metrics).
     pub fn follower_lags(&self) -> Vec<(NodeId, u64, u64)> {
-        let end = self.replica.log_end_offset();
+        let end = self.replica.log_end_offset().0;
         let positions: Vec<(NodeId, u64)> = self
             .lock()
             .replicas
@@ -179,7 +180,13 @@ impl Led {
         // The Led's lock is released: the partition's is taken for the bytes.
         positions
             .into_iter()
-            .map(|(n, at)| (n, end.saturating_sub(at), self.replica.bytes_from(at)))
+            .map(|(n, at)| {
+                (
+                    n,
+                    end.saturating_sub(at),
+                    self.replica.bytes_from(Offset(at)),
+                )
+            })
             .collect()
     }
 
@@ -211,8 +218,8 @@ impl Led {
             topic: fetch.topic.clone(),
             partition: fetch.partition,
             error: None,
-            high_watermark: progress.high_watermark,
-            log_start_offset: progress.log_start_offset,
+            high_watermark: progress.high_watermark.0,
+            log_start_offset: progress.log_start_offset.0,
             diverging: None,
             sync_now: false,
         };
@@ -224,11 +231,11 @@ impl Led {
             answer.error = Some(FetchError::UnknownLeaderEpoch);
             return (answer, None);
         }
-        if fetch.fetch_offset < progress.log_start_offset {
+        if fetch.fetch_offset < progress.log_start_offset.0 {
             answer.error = Some(FetchError::OffsetOutOfRange);
             return (answer, None);
         }
-        let end = self.replica.log_end_offset();
+        let end = self.replica.log_end_offset().0;
         if let Some(diverging) = self.divergence(fetch, end) {
             answer.diverging = Some(diverging);
             return (answer, None);
@@ -283,16 +290,16 @@ impl Led {
             });
         };
         match self.replica.epoch_end(epoch) {
-            Some(e) if e.epoch == epoch && e.end_offset >= fetch.fetch_offset => None,
+            Some(e) if e.epoch == epoch && e.end_offset.0 >= fetch.fetch_offset => None,
             Some(e) => Some(Diverging {
                 epoch: e.epoch,
-                end_offset: e.end_offset,
+                end_offset: e.end_offset.0,
             }),
             // Every epoch here is newer than the follower's last: none of its records past
             // this log's start are ours. It keeps at most what precedes our log start.
             None => Some(Diverging {
                 epoch,
-                end_offset: self.replica.progress().log_start_offset,
+                end_offset: self.replica.progress().log_start_offset.0,
             }),
         }
     }
@@ -300,16 +307,16 @@ impl Led {
     /// Reads the batches a fetch asked for: up to the log end, at most `max_bytes` (at
     /// least one batch). A read error becomes the partition's answer's error.
     pub async fn read(&self, answer: &mut PartitionAnswer, from: u64, max_bytes: u64) -> Vec<u8> {
-        if from >= self.replica.log_end_offset() {
+        if Offset(from) >= self.replica.log_end_offset() {
             return Vec::new();
         }
-        match self.replica.read_for_replica(from, max_bytes).await {
+        match self.replica.read_for_replica(Offset(from), max_bytes).await {
             Ok(bytes) => bytes,
             Err(BrokerError::OffsetOutOfRange {
                 log_start_offset, ..
             }) => {
                 answer.error = Some(FetchError::OffsetOutOfRange);
-                answer.log_start_offset = log_start_offset;
+                answer.log_start_offset = log_start_offset.0;
                 Vec::new()
             }
             Err(e) => {
@@ -394,14 +401,22 @@ mod tests {
         let p = open(dir.path()).await;
         append(&p, 0, 3).await;
         let l = led(&p, 0);
-        assert_eq!(p.progress().high_watermark, 0, "no follower fetched yet");
+        assert_eq!(
+            p.progress().high_watermark,
+            Offset(0),
+            "no follower fetched yet"
+        );
         let (a, from) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
         assert_eq!((a.error, from), (None, Some(3)));
         assert_eq!(a.high_watermark, 0, "follower 3 has nothing yet");
         let (a, _) = l.on_fetch(n(3), &fetch(0, 3, Some(0), 1), 1);
         assert_eq!(a.high_watermark, 1, "follower 3 fsynced only 1");
         l.on_fetch(n(3), &fetch(0, 3, Some(0), 3), 2);
-        assert_eq!(p.progress().high_watermark, 3, "published to consumers");
+        assert_eq!(
+            p.progress().high_watermark,
+            Offset(3),
+            "published to consumers"
+        );
         assert_eq!(
             p.isr_gate(),
             Some(IsrGate {

@@ -344,7 +344,7 @@ impl Replicator {
             leader_epoch: p.leader_epoch,
             partition_epoch: p.partition_epoch,
             isr: p.isr.clone(),
-            high_watermark: led.replica.progress().high_watermark,
+            high_watermark: led.replica.progress().high_watermark.0,
         };
         let answer: Result<AlterPartitionAnswer, _> = self
             .client

@@ -92,7 +92,7 @@ async fn check(r: &LocalReplica) {
                 tracing::error!(
                     topic = %r.topic,
                     partition = r.partition,
-                    offset,
+                    offset = offset.0,
                     "cutting a damaged replica: {e}"
                 );
             }

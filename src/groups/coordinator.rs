@@ -53,7 +53,7 @@ pub enum ResetTo {
     /// The first offset whose timestamp is at or after this time.
     Timestamp(i64),
     /// This offset, which must be inside the readable range.
-    Offset(u64),
+    Offset(Offset),
 }
 
 /// Owns every group of this broker.
@@ -262,7 +262,7 @@ impl GroupCoordinator {
         &self,
         group: &str,
         fence: Option<(&str, u32)>,
-        offsets: &[(TopicPartition, u64)],
+        offsets: &[(TopicPartition, Offset)],
     ) -> Result<(), GroupError> {
         let broker = &self.broker;
         validate_group_name(group)?;
@@ -321,7 +321,7 @@ impl GroupCoordinator {
     fn check_offsets(
         &self,
         broker: &Broker,
-        offsets: &[(TopicPartition, u64)],
+        offsets: &[(TopicPartition, Offset)],
     ) -> Result<(), GroupError> {
         let max = broker.limits().group_commit_offsets_max;
         if offsets.is_empty() {
@@ -347,9 +347,9 @@ impl GroupCoordinator {
                 .topic(&tp.topic)?
                 .partition(u64::from(tp.partition))?;
             let progress = partition.progress();
-            if Offset(*offset) > progress.high_watermark {
+            if *offset > progress.high_watermark {
                 return Err(BrokerError::OffsetOutOfRange {
-                    offset: Offset(*offset),
+                    offset: *offset,
                     log_start_offset: progress.log_start_offset,
                     high_watermark: progress.high_watermark,
                 }
@@ -409,7 +409,7 @@ impl GroupCoordinator {
         group: &str,
         topics: Option<&[String]>,
         to: ResetTo,
-    ) -> Result<Vec<(TopicPartition, u64)>, GroupError> {
+    ) -> Result<Vec<(TopicPartition, Offset)>, GroupError> {
         let broker = &self.broker;
         validate_group_name(group)?;
         let topics: Vec<String> = match topics {
@@ -429,15 +429,14 @@ impl GroupCoordinator {
             for partition in topic.partitions() {
                 let progress = partition.progress();
                 let offset = match to {
-                    ResetTo::Earliest => progress.log_start_offset.0,
-                    ResetTo::Latest => progress.high_watermark.0,
-                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts).await?.0,
+                    ResetTo::Earliest => progress.log_start_offset,
+                    ResetTo::Latest => progress.high_watermark,
+                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts).await?,
                     ResetTo::Offset(o)
-                        if Offset(o) < progress.log_start_offset
-                            || Offset(o) > progress.high_watermark =>
+                        if o < progress.log_start_offset || o > progress.high_watermark =>
                     {
                         return Err(BrokerError::OffsetOutOfRange {
-                            offset: Offset(o),
+                            offset: o,
                             log_start_offset: progress.log_start_offset,
                             high_watermark: progress.high_watermark,
                         }

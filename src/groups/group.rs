@@ -17,6 +17,7 @@ use super::error::GroupError;
 use super::offsets::OffsetValue;
 use super::views::{MemberView, lag_gauge};
 use crate::broker::{Broker, Partition};
+use crate::log::Offset;
 use crate::metrics as m;
 
 /// Where a group starts reading a partition it has no committed offset for.
@@ -39,7 +40,7 @@ pub(super) struct Group {
     /// Durable committed offsets (replayed from `__consumer_offsets` on start).
     pub(super) committed: BTreeMap<TopicPartition, OffsetValue>,
     /// `latest` positions resolved for partitions without a commit; in memory only.
-    pub(super) pinned: BTreeMap<TopicPartition, u64>,
+    pub(super) pinned: BTreeMap<TopicPartition, Offset>,
     pub(super) auto_offset_reset: OffsetReset,
     /// Partition counts of the subscribed topics at the last rebalance (expansion check).
     pub(super) partition_counts: BTreeMap<String, u32>,
@@ -216,7 +217,7 @@ impl Group {
     /// start (retention took it) reads from the log start; past the high watermark (the topic
     /// was deleted and created again) is out of range, and `auto_offset_reset` decides. A
     /// `latest` position is pinned until a commit, so the member reads from there.
-    pub(super) fn position(&mut self, tp: &TopicPartition, partition: &Partition) -> u64 {
+    pub(super) fn position(&mut self, tp: &TopicPartition, partition: &Partition) -> Offset {
         let (position, reset) = self.resolve_position(tp, partition);
         if reset && self.auto_offset_reset == OffsetReset::Latest {
             self.pinned.insert(tp.clone(), position);
@@ -225,12 +226,12 @@ impl Group {
     }
 
     /// Position without pinning (describe must not change what a member will read).
-    pub(super) fn peek_position(&self, tp: &TopicPartition, partition: &Partition) -> u64 {
+    pub(super) fn peek_position(&self, tp: &TopicPartition, partition: &Partition) -> Offset {
         self.resolve_position(tp, partition).0
     }
 
     /// The position, and whether `auto_offset_reset` chose it (nothing stored in range).
-    fn resolve_position(&self, tp: &TopicPartition, partition: &Partition) -> (u64, bool) {
+    fn resolve_position(&self, tp: &TopicPartition, partition: &Partition) -> (Offset, bool) {
         let progress = partition.progress();
         let stored = self
             .committed
@@ -238,12 +239,10 @@ impl Group {
             .map(|c| c.offset)
             .or(self.pinned.get(tp).copied());
         match stored {
-            Some(o) if o <= progress.high_watermark.0 => {
-                (o.max(progress.log_start_offset.0), false)
-            }
+            Some(o) if o <= progress.high_watermark => (o.max(progress.log_start_offset), false),
             _ => match self.auto_offset_reset {
-                OffsetReset::Earliest => (progress.log_start_offset.0, true),
-                OffsetReset::Latest => (progress.high_watermark.0, true),
+                OffsetReset::Earliest => (progress.log_start_offset, true),
+                OffsetReset::Latest => (progress.high_watermark, true),
             },
         }
     }
@@ -253,7 +252,7 @@ impl Group {
         &mut self,
         group: &str,
         fence: Option<(&str, u32)>,
-        offsets: &[(TopicPartition, u64)],
+        offsets: &[(TopicPartition, Offset)],
     ) -> Result<(), GroupError> {
         let Some((member, generation)) = fence else {
             if !self.members.is_empty() {

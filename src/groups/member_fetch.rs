@@ -17,7 +17,7 @@ use crate::log::Offset;
 /// The partitions a fetch reads, and where, taken under the lock.
 struct FetchPlan {
     member: MemberView,
-    positions: Vec<(TopicPartition, Arc<Partition>, u64)>,
+    positions: Vec<(TopicPartition, Arc<Partition>, Offset)>,
     changes: watch::Receiver<u32>,
 }
 
@@ -102,7 +102,7 @@ impl GroupCoordinator {
             let sum = plan
                 .positions
                 .iter()
-                .fold(0u64, |acc, (_, _, p)| acc.wrapping_add(*p));
+                .fold(0u64, |acc, (_, _, p)| acc.wrapping_add(p.0));
             (sum % n as u64) as usize
         };
         for i in 0..n {
@@ -110,10 +110,7 @@ impl GroupCoordinator {
                 break;
             }
             let (tp, partition, position) = &plan.positions[(start + i) % n];
-            let fetched = match partition
-                .fetch(Offset(*position), records_left, bytes_left)
-                .await
-            {
+            let fetched = match partition.fetch(*position, records_left, bytes_left).await {
                 // Its topic was deleted since the plan: nothing to read there any more.
                 Err(BrokerError::TopicNotFound(_)) => continue,
                 other => other?,
@@ -148,7 +145,7 @@ async fn wait_for_progress(
     let targets = plan
         .positions
         .iter()
-        .map(|(_, p, position)| (&**p, Offset(*position)));
+        .map(|(_, p, position)| (&**p, *position));
     let mut changes = plan.changes.clone();
     tokio::select! {
         _ = broker.wait_for_any_records(&slot, targets, Some(Instant::now() + wait)) => {}

@@ -30,6 +30,7 @@ use super::assignor::TopicPartition;
 use crate::broker::{Acks, Broker, BrokerError, ProduceRecord, Topic, now_ms};
 use crate::config::{CleanupPolicy, TopicConfig};
 use crate::coordination::InternalTopicMaker;
+use crate::log::Offset;
 use crate::log::batch::RecordRef;
 
 /// The internal topic holding committed offsets.
@@ -43,7 +44,7 @@ pub const OFFSET_RECORDS_PER_BATCH: usize = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OffsetValue {
     /// The next offset to read.
-    pub offset: u64,
+    pub offset: Offset,
     pub committed_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_id: Option<String>,

@@ -8,6 +8,7 @@ use super::*;
 use crate::broker::tests::produce_ones;
 use crate::broker::{Broker, BrokerError};
 use crate::config::BrokerConfig;
+use crate::log::Offset;
 
 /// A broker with topic `topic` and a coordinator over it, its session task running (as the
 /// node runs it).
@@ -173,7 +174,11 @@ async fn commits_are_fenced_by_the_generation_a_partition_was_owned_since() {
     let mut groups = groups.lock();
     let g = groups.get_mut("g").unwrap();
     // a lost `lost` in generation 2: its generation-1 commit of it is refused.
-    let refused = g.check_commit("g", Some((&a.member_id, a.generation)), &[(lost, 0)]);
+    let refused = g.check_commit(
+        "g",
+        Some((&a.member_id, a.generation)),
+        &[(lost, Offset(0))],
+    );
     assert!(
         matches!(
             refused,
@@ -185,16 +190,16 @@ async fn commits_are_fenced_by_the_generation_a_partition_was_owned_since() {
     g.check_commit(
         "g",
         Some((&a.member_id, a.generation)),
-        &[(kept.clone(), 0)],
+        &[(kept.clone(), Offset(0))],
     )
     .unwrap();
     // A generation from the future is refused; so is a commit without membership.
     assert!(matches!(
-        g.check_commit("g", Some((&a.member_id, 9)), &[(kept.clone(), 0)]),
+        g.check_commit("g", Some((&a.member_id, 9)), &[(kept.clone(), Offset(0))]),
         Err(GroupError::StaleGeneration { .. })
     ));
     assert!(matches!(
-        g.check_commit("g", None, &[(kept, 0)]),
+        g.check_commit("g", None, &[(kept, Offset(0))]),
         Err(GroupError::GroupNotEmpty { members: 2, .. })
     ));
 }
@@ -222,15 +227,19 @@ async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
     g.committed.insert(
         tp.clone(),
         OffsetValue {
-            offset: 500,
+            offset: Offset(500),
             committed_at_ms: 0,
             member_id: None,
             generation: None,
         },
     );
-    assert_eq!(g.position(&tp, &partition), 0, "earliest: nothing skipped");
-    g.committed.get_mut(&tp).unwrap().offset = 0;
-    assert_eq!(g.position(&tp, &partition), 0);
+    assert_eq!(
+        g.position(&tp, &partition),
+        Offset(0),
+        "earliest: nothing skipped"
+    );
+    g.committed.get_mut(&tp).unwrap().offset = Offset(0);
+    assert_eq!(g.position(&tp, &partition), Offset(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +252,7 @@ async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives
         .map(|offset| {
             let groups = Arc::clone(&groups);
             let tp = tp.clone();
-            tokio::spawn(async move { groups.commit("g", None, &[(tp, offset)]).await })
+            tokio::spawn(async move { groups.commit("g", None, &[(tp, Offset(offset))]).await })
         })
         .collect();
     for c in commits {
@@ -263,16 +272,22 @@ async fn committed_offsets_survive_reopening_the_broker() {
     let (broker, groups) = open_broker(dir.path(), "t", 2).await;
     produce_ones(&broker, "t", 1, 5).await;
     let tp = TopicPartition::new("t", 1);
-    groups.commit("g", None, &[(tp.clone(), 3)]).await.unwrap();
-    groups.commit("g", None, &[(tp.clone(), 5)]).await.unwrap();
     groups
-        .commit("gone", None, &[(tp.clone(), 2)])
+        .commit("g", None, &[(tp.clone(), Offset(3))])
+        .await
+        .unwrap();
+    groups
+        .commit("g", None, &[(tp.clone(), Offset(5))])
+        .await
+        .unwrap();
+    groups
+        .commit("gone", None, &[(tp.clone(), Offset(2))])
         .await
         .unwrap();
     groups.delete_group("gone").await.unwrap();
     // Past the high watermark is refused.
     assert!(matches!(
-        groups.commit("g", None, &[(tp.clone(), 6)]).await,
+        groups.commit("g", None, &[(tp.clone(), Offset(6))]).await,
         Err(GroupError::Broker(BrokerError::OffsetOutOfRange { .. }))
     ));
     broker.close().await.unwrap();
@@ -281,7 +296,10 @@ async fn committed_offsets_survive_reopening_the_broker() {
     let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
     let committed = groups.committed("g").unwrap();
     assert_eq!(committed.len(), 1);
-    assert_eq!((committed[0].partition, committed[0].offset), (1, 5));
+    assert_eq!(
+        (committed[0].partition, committed[0].offset),
+        (1, Offset(5))
+    );
     assert!(matches!(
         groups.committed("gone"),
         Err(GroupError::GroupNotFound(_))
@@ -299,7 +317,7 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
     let dir = tempfile::tempdir().unwrap();
     let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
     let tp = TopicPartition::new("t", 0);
-    groups.commit("g", None, &[(tp, 0)]).await.unwrap();
+    groups.commit("g", None, &[(tp, Offset(0))]).await.unwrap();
     let member = join_t(&groups, 10_000);
     let d = groups.describe("g").unwrap();
     assert_eq!(d.partitions.len(), 2);
@@ -308,7 +326,7 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
         .commit(
             "g",
             Some((&member.member_id, member.generation)),
-            &[(TopicPartition::new("t", 1), 0)],
+            &[(TopicPartition::new("t", 1), Offset(0))],
         )
         .await
         .unwrap();

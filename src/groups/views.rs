@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::assignor::TopicPartition;
 use super::group::{Group, OffsetReset};
 use crate::broker::{Broker, Fetched, Partition};
+use crate::log::Offset;
 use crate::metrics as m;
 
 /// A member as it sees itself: the answer to join, heartbeat and fetch.
@@ -56,12 +57,12 @@ pub struct PartitionLag {
     pub topic: String,
     pub partition: u32,
     pub member_id: Option<String>,
-    pub committed_offset: Option<u64>,
+    pub committed_offset: Option<Offset>,
     /// Where the group reads next: the committed offset, or where `auto_offset_reset` puts it.
-    pub position: u64,
-    pub log_start_offset: u64,
-    pub log_end_offset: u64,
-    pub high_watermark: u64,
+    pub position: Offset,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+    pub high_watermark: Offset,
     /// `high_watermark - position`: records the group has not committed past.
     pub lag: u64,
 }
@@ -80,7 +81,7 @@ pub struct GroupSummary {
 pub struct CommittedOffset {
     pub topic: String,
     pub partition: u32,
-    pub offset: u64,
+    pub offset: Offset,
     pub committed_at_ms: i64,
 }
 
@@ -95,8 +96,8 @@ struct PlannedLag {
     tp: TopicPartition,
     partition: Arc<Partition>,
     member_id: Option<String>,
-    committed_offset: Option<u64>,
-    position: u64,
+    committed_offset: Option<Offset>,
+    position: Offset,
 }
 
 /// Under the registry lock: the lag to read for every partition the group owns or has
@@ -138,15 +139,15 @@ impl LagPlan {
             .into_iter()
             .map(|p| {
                 let stats = p.partition.stats();
-                let lag = stats.high_watermark.0.saturating_sub(p.position);
+                let lag = stats.high_watermark.saturating_distance_from(p.position);
                 lag_gauge(&group, &p.tp).set(lag as f64);
                 PartitionLag {
                     member_id: p.member_id,
                     committed_offset: p.committed_offset,
                     position: p.position,
-                    log_start_offset: stats.log_start_offset.0,
-                    log_end_offset: stats.log_end_offset.0,
-                    high_watermark: stats.high_watermark.0,
+                    log_start_offset: stats.log_start_offset,
+                    log_end_offset: stats.log_end_offset,
+                    high_watermark: stats.high_watermark,
                     lag,
                     topic: p.tp.topic,
                     partition: p.tp.partition,

@@ -27,6 +27,7 @@ use super::fetch::FetchBounds;
 use super::path::Path;
 use super::render::render_record;
 use crate::groups::{GroupError, OffsetReset, ResetTo, TopicPartition};
+use crate::log::Offset;
 use crate::metrics as m;
 
 impl From<GroupError> for ApiError {
@@ -161,7 +162,7 @@ pub async fn member_fetch(
         .await?;
     let mut records = Vec::new();
     let mut scratch = Vec::with_capacity(256);
-    let mut next_offsets: Vec<(TopicPartition, u64)> = Vec::new();
+    let mut next_offsets: Vec<(TopicPartition, Offset)> = Vec::new();
     let mut count = 0u64;
     for (tp, part) in &fetched.parts {
         let mut topic_json = Vec::with_capacity(tp.topic.len() + 12);
@@ -184,7 +185,7 @@ pub async fn member_fetch(
         })?;
         ::metrics::counter!(m::RECORDS_FETCHED, "topic" => tp.topic.clone()).increment(shown);
         if shown > 0 {
-            next_offsets.push((tp.clone(), next.0));
+            next_offsets.push((tp.clone(), next));
         }
     }
     let view = &fetched.member;
@@ -230,7 +231,7 @@ pub struct OffsetEntry {
     pub topic: String,
     pub partition: u32,
     /// The next offset to read.
-    pub offset: u64,
+    pub offset: Offset,
 }
 
 /// Body of `POST /v1/groups/{group}/offsets`.
@@ -259,7 +260,7 @@ pub async fn commit(
             ));
         }
     };
-    let offsets: Vec<(TopicPartition, u64)> = req
+    let offsets: Vec<(TopicPartition, Offset)> = req
         .offsets
         .iter()
         .map(|o| (TopicPartition::new(o.topic.clone(), o.partition), o.offset))
@@ -284,7 +285,7 @@ pub struct ResetBody {
     /// `earliest`, `latest`, `timestamp` (with `timestamp_ms`) or `offset` (with `offset`).
     pub to: String,
     pub timestamp_ms: Option<i64>,
-    pub offset: Option<u64>,
+    pub offset: Option<Offset>,
     /// Topics whose every partition is reset; default: those the group has offsets for.
     pub topics: Option<Vec<String>>,
 }
@@ -337,7 +338,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn offsets_json(offsets: &[(TopicPartition, u64)]) -> Vec<serde_json::Value> {
+fn offsets_json(offsets: &[(TopicPartition, Offset)]) -> Vec<serde_json::Value> {
     offsets
         .iter()
         .map(|(tp, o)| json!({"topic": tp.topic, "partition": tp.partition, "offset": o}))

@@ -38,7 +38,7 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 const UNSYNCED_WAIT: Duration = Duration::from_millis(20);
 
 /// The offset `request` asked `f`'s partition from.
-fn asked_at(request: &FetchRequest, f: &Followed) -> Option<u64> {
+fn asked_at(request: &FetchRequest, f: &Followed) -> Option<Offset> {
     request
         .partitions
         .iter()
@@ -48,8 +48,8 @@ fn asked_at(request: &FetchRequest, f: &Followed) -> Option<u64> {
 
 /// Moves the replica's high watermark to the leader's, as far as it has fsynced. A replica
 /// that lost data holds every acknowledged record again once it reaches the leader's.
-fn caught_up(f: &Followed, leader_hw: u64) {
-    if f.replica.advance_high_watermark(Offset(leader_hw)) >= Offset(leader_hw) {
+fn caught_up(f: &Followed, leader_hw: Offset) {
+    if f.replica.advance_high_watermark(leader_hw) >= leader_hw {
         f.replica.refetched_lost_data();
     }
 }
@@ -135,9 +135,9 @@ impl Fetcher {
                 topic: f.topic.to_string(),
                 partition: f.partition,
                 leader_epoch: f.leader_epoch,
-                fetch_offset: end.0,
+                fetch_offset: end,
                 last_fetched_epoch: f.replica.latest_epoch(),
-                flushed_offset: flushed.0,
+                flushed_offset: flushed,
             });
         }
         if asked.is_empty() {
@@ -253,7 +253,7 @@ impl Fetcher {
     async fn apply(
         &mut self,
         f: &Followed,
-        fetched_at: u64,
+        fetched_at: Offset,
         answer: &PartitionAnswer,
         records: &[u8],
     ) -> bool {
@@ -264,11 +264,10 @@ impl Fetcher {
         }
         if let Some(error) = answer.error {
             if error == FetchError::OffsetOutOfRange
-                && f.replica.log_end_offset() < Offset(answer.log_start_offset)
+                && f.replica.log_end_offset() < answer.log_start_offset
             {
                 // Everything this replica holds precedes the leader's log: start over there.
-                let start = Offset(answer.log_start_offset);
-                self.stop_on(f, f.replica.reset_to(start).await);
+                self.stop_on(f, f.replica.reset_to(answer.log_start_offset).await);
                 return false;
             }
             tracing::debug!(topic = %f.topic, partition = f.partition, ?error, "replica fetch refused");
@@ -276,25 +275,24 @@ impl Fetcher {
             return false;
         }
         if let Some(d) = answer.diverging {
-            let own = f.replica.epoch_end(d.epoch).map_or(0, |e| e.end_offset.0);
+            let own = f
+                .replica
+                .epoch_end(d.epoch)
+                .map_or(Offset::ZERO, |e| e.end_offset);
             let cut = d.end_offset.min(own);
             tracing::info!(
                 topic = %f.topic,
                 partition = f.partition,
                 leader_epoch = d.epoch,
-                cut,
+                cut = cut.0,
                 "log diverges from the leader's: truncating"
             );
-            let cut = Offset(cut);
             self.stop_on(f, f.replica.truncate_to(cut).await.map(|_| ()));
             return false;
         }
         if !records.is_empty() {
             // Only onto the log end the fetch asked from: a scrub may have cut the log since.
-            match f
-                .replica
-                .append_replicated_at(records, Offset(fetched_at), false)
-            {
+            match f.replica.append_replicated_at(records, fetched_at, false) {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(topic = %f.topic, partition = f.partition, "appending replicated batches: {e}");

@@ -30,15 +30,16 @@
 
 use std::collections::BTreeMap;
 
+use crate::log::Offset;
 use crate::metadata::NodeId;
 
 /// What the leader knows about one follower from its fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FollowerProgress {
     /// The offset its last fetch asked for: everything before it is in its log.
-    pub fetch_offset: u64,
+    pub fetch_offset: Offset,
     /// Everything before this offset is fsynced in its log.
-    pub flushed_offset: u64,
+    pub flushed_offset: Offset,
     /// When it was last known caught up with the leader's log end.
     pub last_caught_up_ms: u64,
     /// Its last fetch asked for an offset below the high watermark: its log lacks records
@@ -50,7 +51,7 @@ pub struct FollowerProgress {
     pub fetched: bool,
     /// When it last fetched, and the leader's log end then.
     last_fetch_ms: u64,
-    leader_end_at_last_fetch: u64,
+    leader_end_at_last_fetch: Offset,
 }
 
 /// A change of the ISR the leader has asked the controller for and not yet seen applied.
@@ -71,12 +72,12 @@ pub struct LeaderReplicas {
     /// Followers by node, including those outside the ISR.
     pub followers: BTreeMap<NodeId, FollowerProgress>,
     /// Never goes backwards.
-    high_watermark: u64,
+    high_watermark: Offset,
     /// The high watermark the metadata holds for the partition (the highest a leader
     /// reported with an ISR change). Below the minimum ISR the high watermark stops; a
     /// leader whose stopped one is above the recorded one reports it (an ISR change to the
     /// same set), so an unclean election can say exactly what it gives up.
-    pub recorded_high_watermark: u64,
+    pub recorded_high_watermark: Offset,
 }
 
 impl LeaderReplicas {
@@ -87,7 +88,7 @@ impl LeaderReplicas {
         replicas: &[NodeId],
         isr: Vec<NodeId>,
         min_insync_replicas: u32,
-        high_watermark: u64,
+        high_watermark: Offset,
         now_ms: u64,
     ) -> LeaderReplicas {
         let followers = replicas
@@ -109,11 +110,11 @@ impl LeaderReplicas {
             min_insync_replicas,
             followers,
             high_watermark,
-            recorded_high_watermark: 0,
+            recorded_high_watermark: Offset::ZERO,
         }
     }
 
-    pub fn high_watermark(&self) -> u64 {
+    pub fn high_watermark(&self) -> Offset {
         self.high_watermark
     }
 
@@ -122,9 +123,9 @@ impl LeaderReplicas {
     pub fn on_fetch(
         &mut self,
         node: NodeId,
-        fetch_offset: u64,
-        flushed_offset: u64,
-        leader_end: u64,
+        fetch_offset: Offset,
+        flushed_offset: Offset,
+        leader_end: Offset,
         now_ms: u64,
     ) -> bool {
         let Some(f) = self.followers.get_mut(&node) else {
@@ -175,7 +176,7 @@ impl LeaderReplicas {
 
     /// Moves the high watermark given the leader's own fsynced offset; returns it. It moves
     /// only forward, and not while the confirmed ISR is below its minimum.
-    pub fn advance_high_watermark(&mut self, leader_flushed: u64) -> u64 {
+    pub fn advance_high_watermark(&mut self, leader_flushed: Offset) -> Offset {
         if (self.isr.len() as u32) < self.min_insync_replicas {
             return self.high_watermark;
         }
@@ -185,7 +186,7 @@ impl LeaderReplicas {
             .map(|n| match self.followers.get(n) {
                 Some(f) => f.flushed_offset,
                 None if *n == self.leader => leader_flushed,
-                None => 0,
+                None => Offset::ZERO,
             })
             .min()
             .unwrap_or(leader_flushed)
@@ -250,15 +251,22 @@ mod tests {
     }
 
     fn three() -> LeaderReplicas {
-        LeaderReplicas::new(n(1), &[n(1), n(2), n(3)], vec![n(1), n(2), n(3)], 2, 0, 0)
+        LeaderReplicas::new(
+            n(1),
+            &[n(1), n(2), n(3)],
+            vec![n(1), n(2), n(3)],
+            2,
+            Offset(0),
+            0,
+        )
     }
 
     #[test]
     fn below_the_minimum_the_stopped_high_watermark_is_reported_once() {
         let mut l = three();
-        l.on_fetch(n(2), 10, 10, 10, 1);
-        l.on_fetch(n(3), 10, 10, 10, 1);
-        assert_eq!(l.advance_high_watermark(10), 10);
+        l.on_fetch(n(2), Offset(10), Offset(10), Offset(10), 1);
+        l.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 1);
+        assert_eq!(l.advance_high_watermark(Offset(10)), Offset(10));
         assert_eq!(
             l.isr_change(2, 1000, |_| true),
             None,
@@ -268,26 +276,26 @@ mod tests {
         l.isr = vec![n(1)];
         let fenced = |_| false;
         assert_eq!(l.isr_change(3, 1000, fenced), Some(vec![n(1)]));
-        l.recorded_high_watermark = 10;
+        l.recorded_high_watermark = Offset(10);
         assert_eq!(l.isr_change(4, 1000, fenced), None, "reported already");
     }
 
     #[test]
     fn the_high_watermark_is_the_lowest_fsynced_offset_of_the_isr() {
         let mut l = three();
-        l.on_fetch(n(2), 10, 8, 10, 1);
-        l.on_fetch(n(3), 6, 6, 10, 1);
-        assert_eq!(l.advance_high_watermark(10), 6);
-        l.on_fetch(n(3), 10, 10, 10, 2);
+        l.on_fetch(n(2), Offset(10), Offset(8), Offset(10), 1);
+        l.on_fetch(n(3), Offset(6), Offset(6), Offset(10), 1);
+        assert_eq!(l.advance_high_watermark(Offset(10)), Offset(6));
+        l.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 2);
         assert_eq!(
-            l.advance_high_watermark(9),
-            8,
+            l.advance_high_watermark(Offset(9)),
+            Offset(8),
             "follower 2 fsynced only to 8"
         );
-        l.on_fetch(n(2), 10, 10, 10, 3);
+        l.on_fetch(n(2), Offset(10), Offset(10), Offset(10), 3);
         assert_eq!(
-            l.advance_high_watermark(9),
-            9,
+            l.advance_high_watermark(Offset(9)),
+            Offset(9),
             "the leader's own fsync bounds it too"
         );
     }
@@ -295,8 +303,8 @@ mod tests {
     #[test]
     fn a_lagging_follower_leaves_and_the_high_watermark_freezes_below_the_minimum() {
         let mut l = three();
-        l.on_fetch(n(2), 5, 5, 5, 100);
-        l.on_fetch(n(3), 0, 0, 5, 100);
+        l.on_fetch(n(2), Offset(5), Offset(5), Offset(5), 100);
+        l.on_fetch(n(3), Offset(0), Offset(0), Offset(5), 100);
         // 3 fetched at 100 but was behind: last caught up at 0, when the leadership began.
         assert_eq!(l.isr_change(30_000, 30_000, |_| true), None);
         assert_eq!(
@@ -304,10 +312,10 @@ mod tests {
             Some(vec![n(1), n(2)])
         );
         l.isr = vec![n(1)];
-        l.on_fetch(n(2), 9, 9, 9, 200);
+        l.on_fetch(n(2), Offset(9), Offset(9), Offset(9), 200);
         assert_eq!(
-            l.advance_high_watermark(9),
-            0,
+            l.advance_high_watermark(Offset(9)),
+            Offset(0),
             "ISR {{1}} is below min 2: frozen"
         );
     }
@@ -316,15 +324,15 @@ mod tests {
     fn a_follower_that_fsynced_up_to_the_high_watermark_rejoins_if_eligible() {
         let mut l = three();
         l.isr = vec![n(1), n(2)];
-        l.on_fetch(n(2), 20, 20, 20, 10);
-        l.advance_high_watermark(20);
-        l.on_fetch(n(3), 20, 15, 20, 10);
+        l.on_fetch(n(2), Offset(20), Offset(20), Offset(20), 10);
+        l.advance_high_watermark(Offset(20));
+        l.on_fetch(n(3), Offset(20), Offset(15), Offset(20), 10);
         assert_eq!(
             l.isr_change(10, 30_000, |_| true),
             None,
             "fsynced only to 15 < HW 20"
         );
-        l.on_fetch(n(3), 20, 20, 20, 11);
+        l.on_fetch(n(3), Offset(20), Offset(20), Offset(20), 11);
         assert_eq!(
             l.isr_change(11, 30_000, |x| x != n(3)),
             None,
@@ -341,14 +349,14 @@ mod tests {
     /// cut first) is not taken into the ISR on its default progress.
     #[test]
     fn a_follower_joins_only_on_a_fetch_of_this_leadership() {
-        let mut l = LeaderReplicas::new(n(2), &[n(1), n(2), n(3)], vec![n(2)], 2, 0, 0);
-        l.on_fetch(n(3), 20, 20, 20, 10);
+        let mut l = LeaderReplicas::new(n(2), &[n(1), n(2), n(3)], vec![n(2)], 2, Offset(0), 0);
+        l.on_fetch(n(3), Offset(20), Offset(20), Offset(20), 10);
         assert_eq!(
             l.isr_change(10, 30_000, |_| true),
             Some(vec![n(2), n(3)]),
             "3 fetched: it joins; 1 never fetched: it does not"
         );
-        l.on_fetch(n(1), 20, 20, 20, 11);
+        l.on_fetch(n(1), Offset(20), Offset(20), Offset(20), 11);
         assert_eq!(
             l.isr_change(11, 30_000, |_| true),
             Some(vec![n(2), n(1), n(3)])
@@ -359,16 +367,16 @@ mod tests {
     fn a_pending_addition_counts_at_once_a_pending_removal_only_once_confirmed() {
         let mut l = three();
         l.isr = vec![n(1), n(2)];
-        l.on_fetch(n(2), 10, 10, 10, 1);
-        l.on_fetch(n(3), 10, 10, 10, 1);
-        assert_eq!(l.advance_high_watermark(10), 10);
+        l.on_fetch(n(2), Offset(10), Offset(10), Offset(10), 1);
+        l.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 1);
+        assert_eq!(l.advance_high_watermark(Offset(10)), Offset(10));
         let grown = l.isr_change(1, 30_000, |_| true).unwrap();
         l.pending = Some(PendingIsr { proposed: grown });
-        l.on_fetch(n(2), 20, 20, 20, 2);
-        l.on_fetch(n(3), 20, 12, 20, 2);
+        l.on_fetch(n(2), Offset(20), Offset(20), Offset(20), 2);
+        l.on_fetch(n(3), Offset(20), Offset(12), Offset(20), 2);
         assert_eq!(
-            l.advance_high_watermark(20),
-            12,
+            l.advance_high_watermark(Offset(20)),
+            Offset(12),
             "3 may already count as in sync"
         );
         l.isr = vec![n(1), n(2), n(3)];
@@ -376,24 +384,24 @@ mod tests {
             proposed: vec![n(1), n(2)],
         });
         assert_eq!(
-            l.advance_high_watermark(20),
-            12,
+            l.advance_high_watermark(Offset(20)),
+            Offset(12),
             "3 is still in the confirmed ISR"
         );
         l.isr = vec![n(1), n(2)];
         l.pending = None;
-        assert_eq!(l.advance_high_watermark(20), 20);
+        assert_eq!(l.advance_high_watermark(Offset(20)), Offset(20));
     }
 
     #[test]
     fn a_member_whose_fetch_goes_back_below_the_high_watermark_leaves_at_once() {
         let mut l = three();
-        l.on_fetch(n(2), 10, 10, 10, 1);
-        l.on_fetch(n(3), 10, 10, 10, 1);
-        assert_eq!(l.advance_high_watermark(10), 10);
+        l.on_fetch(n(2), Offset(10), Offset(10), Offset(10), 1);
+        l.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 1);
+        assert_eq!(l.advance_high_watermark(Offset(10)), Offset(10));
         assert_eq!(l.in_sync(), 3);
         // Follower 3 found a flipped bit at 6 and cut its log there.
-        l.on_fetch(n(3), 6, 6, 10, 2);
+        l.on_fetch(n(3), Offset(6), Offset(6), Offset(10), 2);
         assert_eq!(
             l.in_sync(),
             2,
@@ -405,20 +413,20 @@ mod tests {
             "long before the lag bound"
         );
         assert_eq!(
-            l.advance_high_watermark(12),
-            10,
+            l.advance_high_watermark(Offset(12)),
+            Offset(10),
             "frozen until the controller confirms the removal"
         );
         l.isr = vec![n(1), n(2)];
-        l.on_fetch(n(2), 12, 12, 12, 3);
-        assert_eq!(l.advance_high_watermark(12), 12);
-        l.on_fetch(n(3), 10, 10, 12, 3);
+        l.on_fetch(n(2), Offset(12), Offset(12), Offset(12), 3);
+        assert_eq!(l.advance_high_watermark(Offset(12)), Offset(12));
+        l.on_fetch(n(3), Offset(10), Offset(10), Offset(12), 3);
         assert_eq!(
             l.isr_change(3, 30_000, |_| true),
             None,
             "still below the HW"
         );
-        l.on_fetch(n(3), 12, 12, 12, 4);
+        l.on_fetch(n(3), Offset(12), Offset(12), Offset(12), 4);
         assert_eq!(l.in_sync(), 2);
         assert_eq!(
             l.isr_change(4, 30_000, |_| true),
@@ -430,7 +438,7 @@ mod tests {
     #[test]
     fn fetches_from_strangers_are_refused() {
         let mut l = three();
-        assert!(!l.on_fetch(n(7), 0, 0, 0, 0));
+        assert!(!l.on_fetch(n(7), Offset(0), Offset(0), Offset(0), 0));
     }
 
     proptest! {
@@ -446,7 +454,7 @@ mod tests {
             let mut leader_end = 0u64;
             let mut leader_flushed = 0u64;
             let mut now = 0u64;
-            let mut last_hw = 0;
+            let mut last_hw = Offset::ZERO;
             for (kind, node, a, b) in steps {
                 now += 500;
                 match kind {
@@ -456,7 +464,7 @@ mod tests {
                     }
                     1 if node != 1 => {
                         let fetch = a.min(leader_end);
-                        l.on_fetch(n(node), fetch, fetch.saturating_sub(b), leader_end, now);
+                        l.on_fetch(n(node), Offset(fetch), Offset(fetch.saturating_sub(b)), Offset(leader_end), now);
                     }
                     2 => {
                         if let Some(next) = l.isr_change(now, 1_000, |_| true) {
@@ -469,10 +477,10 @@ mod tests {
                         }
                     }
                 }
-                let hw = l.advance_high_watermark(leader_flushed);
+                let hw = l.advance_high_watermark(Offset(leader_flushed));
                 prop_assert!(hw >= last_hw);
                 if hw > last_hw {
-                    prop_assert!(leader_flushed >= hw);
+                    prop_assert!(Offset(leader_flushed) >= hw);
                     prop_assert!(l.isr.len() as u32 >= l.min_insync_replicas);
                     for m in l.maximal_isr().iter().filter(|m| **m != n(1)) {
                         let flushed = l.followers[m].flushed_offset;

@@ -43,7 +43,7 @@ pub struct IsrRecord {
     pub min_insync_replicas: u32,
     pub partition_epoch: PartitionEpoch,
     /// The high watermark the metadata holds (see `LeaderReplicas::recorded_high_watermark`).
-    pub recorded_high_watermark: u64,
+    pub recorded_high_watermark: Offset,
 }
 
 /// An ISR change to propose to the controller.
@@ -66,7 +66,7 @@ impl Led {
         record: &IsrRecord,
         now_ms: u64,
     ) -> Led {
-        let hw = replica.progress().high_watermark.0;
+        let hw = replica.progress().high_watermark;
         let mut replicas = LeaderReplicas::new(
             me,
             &record.replicas,
@@ -139,10 +139,10 @@ impl Led {
 
     /// Moves the high watermark from what the ISR fsynced (the leader's own fsync included)
     /// and publishes it to the partition. Returns it.
-    pub fn advance(&self) -> u64 {
-        let fsynced = self.replica.progress().fsynced_offset.0;
+    pub fn advance(&self) -> Offset {
+        let fsynced = self.replica.progress().fsynced_offset;
         let hw = self.lock().replicas.advance_high_watermark(fsynced);
-        self.replica.advance_high_watermark(Offset(hw)).0
+        self.replica.advance_high_watermark(hw)
     }
 
     /// The ISR change to propose now, if any (and marks it pending). `eligible` says which
@@ -169,8 +169,8 @@ impl Led {
 
     /// Per follower: records and bytes behind the leader's log end (for the lag metrics).
     pub fn follower_lags(&self) -> Vec<(NodeId, u64, u64)> {
-        let end = self.replica.log_end_offset().0;
-        let positions: Vec<(NodeId, u64)> = self
+        let end = self.replica.log_end_offset();
+        let positions: Vec<(NodeId, Offset)> = self
             .lock()
             .replicas
             .followers
@@ -181,11 +181,8 @@ impl Led {
         positions
             .into_iter()
             .map(|(n, at)| {
-                (
-                    n,
-                    end.saturating_sub(at),
-                    self.replica.bytes_from(Offset(at)),
-                )
+                let records = end.saturating_distance_from(at);
+                (n, records, self.replica.bytes_from(at))
             })
             .collect()
     }
@@ -212,14 +209,14 @@ impl Led {
         follower: NodeId,
         fetch: &PartitionFetch,
         now_ms: u64,
-    ) -> (PartitionAnswer, Option<u64>) {
+    ) -> (PartitionAnswer, Option<Offset>) {
         let progress = self.replica.progress();
         let mut answer = PartitionAnswer {
             topic: fetch.topic.clone(),
             partition: fetch.partition,
             error: None,
-            high_watermark: progress.high_watermark.0,
-            log_start_offset: progress.log_start_offset.0,
+            high_watermark: progress.high_watermark,
+            log_start_offset: progress.log_start_offset,
             diverging: None,
             sync_now: false,
         };
@@ -231,11 +228,11 @@ impl Led {
             answer.error = Some(FetchError::UnknownLeaderEpoch);
             return (answer, None);
         }
-        if fetch.fetch_offset < progress.log_start_offset.0 {
+        if fetch.fetch_offset < progress.log_start_offset {
             answer.error = Some(FetchError::OffsetOutOfRange);
             return (answer, None);
         }
-        let end = self.replica.log_end_offset().0;
+        let end = self.replica.log_end_offset();
         if let Some(diverging) = self.divergence(fetch, end) {
             answer.diverging = Some(diverging);
             return (answer, None);
@@ -267,7 +264,7 @@ impl Led {
                     topic = %self.topic,
                     partition = self.partition,
                     follower = follower.0,
-                    fetch_offset = fetch.fetch_offset,
+                    fetch_offset = fetch.fetch_offset.0,
                     "an in-sync follower fetches below the high watermark: it lost records, \
                      it leaves the ISR"
                 );
@@ -280,7 +277,7 @@ impl Led {
     }
 
     /// Where the follower's log leaves this one (KIP-101, KIP-279), if it does.
-    fn divergence(&self, fetch: &PartitionFetch, end: u64) -> Option<Diverging> {
+    fn divergence(&self, fetch: &PartitionFetch, end: Offset) -> Option<Diverging> {
         let Some(epoch) = fetch.last_fetched_epoch else {
             // An empty follower log (or one reset to a start offset): it only diverges by
             // being ahead of this log.
@@ -290,33 +287,38 @@ impl Led {
             });
         };
         match self.replica.epoch_end(epoch) {
-            Some(e) if e.epoch == epoch && e.end_offset.0 >= fetch.fetch_offset => None,
+            Some(e) if e.epoch == epoch && e.end_offset >= fetch.fetch_offset => None,
             Some(e) => Some(Diverging {
                 epoch: e.epoch,
-                end_offset: e.end_offset.0,
+                end_offset: e.end_offset,
             }),
             // Every epoch here is newer than the follower's last: none of its records past
             // this log's start are ours. It keeps at most what precedes our log start.
             None => Some(Diverging {
                 epoch,
-                end_offset: self.replica.progress().log_start_offset.0,
+                end_offset: self.replica.progress().log_start_offset,
             }),
         }
     }
 
     /// Reads the batches a fetch asked for: up to the log end, at most `max_bytes` (at
     /// least one batch). A read error becomes the partition's answer's error.
-    pub async fn read(&self, answer: &mut PartitionAnswer, from: u64, max_bytes: u64) -> Vec<u8> {
-        if Offset(from) >= self.replica.log_end_offset() {
+    pub async fn read(
+        &self,
+        answer: &mut PartitionAnswer,
+        from: Offset,
+        max_bytes: u64,
+    ) -> Vec<u8> {
+        if from >= self.replica.log_end_offset() {
             return Vec::new();
         }
-        match self.replica.read_for_replica(Offset(from), max_bytes).await {
+        match self.replica.read_for_replica(from, max_bytes).await {
             Ok(bytes) => bytes,
             Err(BrokerError::OffsetOutOfRange {
                 log_start_offset, ..
             }) => {
                 answer.error = Some(FetchError::OffsetOutOfRange);
-                answer.log_start_offset = log_start_offset.0;
+                answer.log_start_offset = log_start_offset;
                 Vec::new()
             }
             Err(e) => {
@@ -371,7 +373,7 @@ mod tests {
             isr: vec![n(1), n(2), n(3)],
             min_insync_replicas: 2,
             partition_epoch: PartitionEpoch(0),
-            recorded_high_watermark: 0,
+            recorded_high_watermark: Offset(0),
         };
         Led::new(
             "t".into(),
@@ -389,9 +391,9 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             leader_epoch: LeaderEpoch(epoch),
-            fetch_offset: offset,
+            fetch_offset: Offset(offset),
             last_fetched_epoch: last,
-            flushed_offset: flushed,
+            flushed_offset: Offset(flushed),
         }
     }
 
@@ -407,10 +409,10 @@ mod tests {
             "no follower fetched yet"
         );
         let (a, from) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
-        assert_eq!((a.error, from), (None, Some(3)));
-        assert_eq!(a.high_watermark, 0, "follower 3 has nothing yet");
+        assert_eq!((a.error, from), (None, Some(Offset(3))));
+        assert_eq!(a.high_watermark, Offset(0), "follower 3 has nothing yet");
         let (a, _) = l.on_fetch(n(3), &fetch(0, 3, Some(0), 1), 1);
-        assert_eq!(a.high_watermark, 1, "follower 3 fsynced only 1");
+        assert_eq!(a.high_watermark, Offset(1), "follower 3 fsynced only 1");
         l.on_fetch(n(3), &fetch(0, 3, Some(0), 3), 2);
         assert_eq!(
             p.progress().high_watermark,
@@ -461,7 +463,7 @@ mod tests {
             isr: vec![n(1), n(2)],
             min_insync_replicas: 2,
             partition_epoch: PartitionEpoch(0),
-            recorded_high_watermark: 0,
+            recorded_high_watermark: Offset(0),
         };
         let l = Led::new(
             "t".into(),
@@ -473,7 +475,7 @@ mod tests {
             0,
         );
         let (a, _) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
-        assert_eq!((a.high_watermark, a.sync_now), (3, false));
+        assert_eq!((a.high_watermark, a.sync_now), (Offset(3), false));
         let sync_now = |offset, flushed| {
             l.on_fetch(n(3), &fetch(0, offset, Some(0), flushed), 2)
                 .0
@@ -498,7 +500,7 @@ mod tests {
         let diverging = |f: PartitionFetch| {
             let (a, from) = l.on_fetch(n(2), &f, 0);
             assert!(a.diverging.is_none() || from.is_none());
-            a.diverging.map(|d| (d.epoch, d.end_offset))
+            a.diverging.map(|d| (d.epoch, d.end_offset.0))
         };
         // It wrote offsets 5 and 6 under epoch 1, which this log never had: cut at 5.
         assert_eq!(diverging(fetch(2, 7, Some(1), 7)), Some((0, 5)));

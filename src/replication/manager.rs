@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError, Partition, ReplicaTopic};
 use crate::cluster::Cluster;
+use crate::log::Offset;
 use crate::metadata::{LeaderEpoch, MetadataImage, NodeId, PartitionEpoch, PartitionRecord};
 
 /// What this broker does for one partition it holds a replica of.
@@ -43,7 +44,7 @@ pub enum Role {
         partition_epoch: PartitionEpoch,
         /// The high watermark the metadata holds for the partition (the highest a leader
         /// reported with an ISR change).
-        recorded_high_watermark: u64,
+        recorded_high_watermark: Offset,
     },
     /// It copies the leader's log.
     Follower {
@@ -328,7 +329,7 @@ pub fn role_for(p: &PartitionRecord, me: NodeId, min_insync_replicas: u32) -> Ro
             isr: p.isr.clone(),
             min_insync_replicas,
             partition_epoch: p.partition_epoch,
-            recorded_high_watermark: p.high_watermark,
+            recorded_high_watermark: Offset(p.high_watermark),
         },
         Some(leader) => Role::Follower {
             leader,
@@ -522,7 +523,7 @@ mod tests {
                 isr: vec![NodeId(1), NodeId(2)],
                 min_insync_replicas: 2,
                 partition_epoch: p.partition_epoch,
-                recorded_high_watermark: 0,
+                recorded_high_watermark: Offset(0),
             }
         );
         assert_eq!(

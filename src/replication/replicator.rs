@@ -25,6 +25,7 @@ use crate::cluster::Cluster;
 use crate::cluster::client::InternalClient;
 use crate::cluster::protocol::{ALTER_PARTITION_PATH, AlterPartitionAnswer, AlterPartitionRequest};
 use crate::config::BrokerConfig;
+use crate::log::Offset;
 use crate::metadata::NodeId;
 use crate::metrics as m;
 
@@ -382,7 +383,7 @@ impl Replicator {
         let wait = Duration::from_millis(request.max_wait_ms).min(self.settings.fetch_wait_max);
         let deadline = tokio::time::Instant::now() + wait;
         let mut shutdown = self.broker.shutdown_signal();
-        let mut first_hws: Option<Vec<u64>> = None;
+        let mut first_hws: Option<Vec<Offset>> = None;
         loop {
             let leds: Vec<Option<Arc<Led>>> = request
                 .partitions
@@ -419,7 +420,7 @@ impl Replicator {
                 ready |= answer.error.is_some() || answer.diverging.is_some() || !bytes.is_empty();
                 parts.push((answer, bytes));
             }
-            let hws: Vec<u64> = parts.iter().map(|(a, _)| a.high_watermark).collect();
+            let hws: Vec<Offset> = parts.iter().map(|(a, _)| a.high_watermark).collect();
             match &first_hws {
                 Some(first) => ready |= *first != hws,
                 None => first_hws = Some(hws),
@@ -520,8 +521,8 @@ fn refusal(fetch: &PartitionFetch, error: FetchError) -> PartitionAnswer {
         topic: fetch.topic.clone(),
         partition: fetch.partition,
         error: Some(error),
-        high_watermark: 0,
-        log_start_offset: 0,
+        high_watermark: Offset::ZERO,
+        log_start_offset: Offset::ZERO,
         diverging: None,
         sync_now: false,
     }

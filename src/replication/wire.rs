@@ -9,12 +9,16 @@
 //! per partition: header_len:u32le header(JSON PartitionAnswer) records_len:u32le records
 //! ```
 //!
+//! Offsets in the JSON headers are plain numbers (`Offset` is serde-transparent): the
+//! format is the same as when they were `u64`.
+//!
 //! Decoding checks every length against what is left and against its maximum before it
 //! borrows or allocates anything, so a damaged or hostile answer is an error, never a panic
 //! or a large allocation. The records are borrowed from the answer's buffer.
 
 use serde::{Deserialize, Serialize};
 
+use crate::log::Offset;
 use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId};
 
 const MAGIC: &[u8; 4] = b"TLRF";
@@ -50,13 +54,13 @@ pub struct PartitionFetch {
     /// to this leader yet (retry).
     pub leader_epoch: LeaderEpoch,
     /// The follower's log end: the first offset it wants.
-    pub fetch_offset: u64,
+    pub fetch_offset: Offset,
     /// Epoch of the follower's last batch, checked against the leader's epoch cache
     /// (None: the follower's log is empty).
     pub last_fetched_epoch: Option<u32>,
     /// Everything before this offset is fsynced on the follower: what counts for the high
     /// watermark.
-    pub flushed_offset: u64,
+    pub flushed_offset: Offset,
 }
 
 /// Why a partition of a fetch was not served.
@@ -81,7 +85,7 @@ pub enum FetchError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diverging {
     pub epoch: u32,
-    pub end_offset: u64,
+    pub end_offset: Offset,
 }
 
 /// The leader's answer for one partition; its batches follow it on the wire.
@@ -92,8 +96,8 @@ pub struct PartitionAnswer {
     pub partition: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<FetchError>,
-    pub high_watermark: u64,
-    pub log_start_offset: u64,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diverging: Option<Diverging>,
     /// `acks=all` producers wait on this follower, or it waits outside the ISR for its own
@@ -216,10 +220,12 @@ mod tests {
             Just(Some(FetchError::FencedLeaderEpoch)),
             Just(Some(FetchError::OffsetOutOfRange)),
         ];
-        let diverging = proptest::option::of(
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(epoch, end_offset)| Diverging { epoch, end_offset }),
-        );
+        let diverging = proptest::option::of((any::<u32>(), any::<u64>()).prop_map(
+            |(epoch, end_offset)| Diverging {
+                epoch,
+                end_offset: Offset(end_offset),
+            },
+        ));
         (
             "[a-z._-]{1,20}",
             any::<u32>(),
@@ -242,8 +248,8 @@ mod tests {
                     topic,
                     partition,
                     error,
-                    high_watermark,
-                    log_start_offset,
+                    high_watermark: Offset(high_watermark),
+                    log_start_offset: Offset(log_start_offset),
                     diverging,
                     sync_now,
                 },
@@ -316,9 +322,9 @@ mod tests {
                 topic: "t".into(),
                 partition: 0,
                 leader_epoch: LeaderEpoch(3),
-                fetch_offset: 10,
+                fetch_offset: Offset(10),
                 last_fetched_epoch: Some(2),
-                flushed_offset: 9,
+                flushed_offset: Offset(9),
             }],
         };
         let text = serde_json::to_string(&request).unwrap();

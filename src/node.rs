@@ -30,7 +30,7 @@ use crate::groups::GroupCoordinator;
 use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
-use crate::metadata::{Command, MetadataError};
+use crate::metadata::{Command, MetadataError, PartitionId};
 use crate::producers::idempotency_keys::{IDEMPOTENCY_KEYS_TOPIC, IdempotencyKeys};
 use crate::producers::{PRODUCERS_TOPIC, ProducerRegistry};
 use crate::replication::Replicator;
@@ -230,7 +230,9 @@ fn internal_topic_maker(
             }
             // Held and given its role: a replica takes no write before its role.
             let wait = async {
-                while broker.topic(name).is_err() || replicas.role_of(name, 0).is_none() {
+                while broker.topic(name).is_err()
+                    || replicas.role_of(name, PartitionId(0)).is_none()
+                {
                     if changed.changed().await.is_err() {
                         break;
                     }
@@ -277,7 +279,7 @@ async fn create_internal_topic(
     }
     Ok(cluster.with_image(|image| {
         image
-            .partition(name, 0)
+            .partition(name, PartitionId(0))
             .is_some_and(|p| p.replicas.contains(&me))
     }))
 }
@@ -297,7 +299,7 @@ fn follow_internal_leaders(
         Arc::clone(idempotency_keys),
     );
     replicas.on_role_change(move |change| {
-        if change.partition != 0 {
+        if change.partition != PartitionId(0) {
             return;
         }
         let leader_epoch = match &change.after {

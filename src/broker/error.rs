@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::limits::Limit;
 use crate::log::Offset;
+use crate::metadata::PartitionId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerError {
@@ -40,7 +41,7 @@ pub enum BrokerError {
     /// On a cluster member: this broker holds no replica of the partition.
     NotAReplica {
         topic: String,
-        partition: u64,
+        partition: PartitionId,
     },
     /// A record read back from disk failed its checks.
     CorruptLog(String),
@@ -50,7 +51,7 @@ pub enum BrokerError {
     /// none right now): only the leader takes appends.
     NotLeader {
         topic: String,
-        partition: u32,
+        partition: PartitionId,
     },
     /// `acks=all` on a replicated partition whose in-sync replica set is below its
     /// minimum: nothing was appended.
@@ -62,7 +63,7 @@ pub enum BrokerError {
     /// replicated: they may or may not be kept.
     LeaderChangedAfterAppend {
         topic: String,
-        partition: u32,
+        partition: PartitionId,
     },
     /// The in-sync replica set fell below its minimum after the append and before the
     /// records were replicated: they may or may not be kept.

@@ -44,6 +44,7 @@ use crate::config::{BrokerConfig, CleanupPolicy, TopicConfig};
 use crate::limits::{Limit, Limits, TOPIC_NAME_BYTES_MAX};
 use crate::log::batch::{BatchBuilder, ProducerInfo, RecordRef};
 use crate::log::{Offset, sync_dir, write_file_atomic};
+use crate::metadata::PartitionId;
 use crate::metrics as m;
 
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
@@ -127,14 +128,14 @@ impl Durability {
 #[derive(Debug, Clone, Copy)]
 pub struct ProduceRecord<'a> {
     /// Explicit partition; otherwise chosen from the key or round-robin.
-    pub partition: Option<u32>,
+    pub partition: Option<PartitionId>,
     pub record: RecordRef<'a>,
 }
 
 /// The answer to a produce: one `(partition, offset)` per record, in request order.
 #[derive(Debug)]
 pub struct ProduceOutcome {
-    pub offsets: Vec<(u32, Offset)>,
+    pub offsets: Vec<(PartitionId, Offset)>,
     pub durability: Durability,
 }
 
@@ -142,10 +143,10 @@ pub struct ProduceOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordFate {
     /// Appended, and durable as `acks` asked: its partition and offset.
-    Stored(u32, Offset),
+    Stored(PartitionId, Offset),
     /// Its partition's append or durability wait failed in a way that may have stored it
     /// anyway (a storage failure, a timeout).
-    Unconfirmed(u32),
+    Unconfirmed(PartitionId),
     /// Never handed to its partition: a partition before it failed.
     NotStored,
 }
@@ -188,7 +189,7 @@ struct TopicMeta {
     topic_id: Option<u64>,
     /// Cluster members only: the partitions this broker holds a replica of (absent: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    local_partitions: Option<Vec<u32>>,
+    local_partitions: Option<Vec<PartitionId>>,
 }
 
 impl Topic {
@@ -219,13 +220,12 @@ impl Topic {
 
     /// The local replica of partition `id`: `PartitionNotFound` past the topic's partitions,
     /// `NotAReplica` when this broker holds no replica of it (a cluster member).
-    pub fn partition(&self, id: u64) -> Result<Arc<Partition>, BrokerError> {
+    pub fn partition(&self, id: PartitionId) -> Result<Arc<Partition>, BrokerError> {
         let partitions = self.partitions.read().expect(POISONED);
-        let slot = usize::try_from(id)
-            .ok()
-            .and_then(|i| partitions.get(i))
+        let slot = partitions
+            .get(id.index())
             .ok_or(BrokerError::PartitionNotFound {
-                partition: id,
+                partition: u64::from(id.0),
                 partitions: partitions.len() as u32,
             })?;
         slot.clone().ok_or_else(|| BrokerError::NotAReplica {
@@ -249,7 +249,11 @@ impl Topic {
 
     /// Writes `topic.json`: `partitions` partitions, of which `local` are held here (None:
     /// all, a single broker's topic).
-    fn write_meta_as(&self, partitions: u32, local: Option<Vec<u32>>) -> std::io::Result<()> {
+    fn write_meta_as(
+        &self,
+        partitions: u32,
+        local: Option<Vec<PartitionId>>,
+    ) -> std::io::Result<()> {
         let meta = TopicMeta {
             name: self.name.to_string(),
             partitions,
@@ -320,7 +324,7 @@ pub struct ReplicaTopic {
     /// The topic's partition count.
     pub partitions: u32,
     /// The partitions this broker holds a replica of.
-    pub local: Vec<u32>,
+    pub local: Vec<PartitionId>,
     pub config: TopicConfig,
 }
 
@@ -331,7 +335,7 @@ struct TopicShape {
     partitions: u32,
     topic_id: Option<u64>,
     /// The partitions held here; None: all of them (a single broker's topic).
-    local: Option<Vec<u32>>,
+    local: Option<Vec<PartitionId>>,
 }
 
 impl TopicShape {
@@ -343,7 +347,7 @@ impl TopicShape {
         }
     }
 
-    fn is_local(&self, partition: u32) -> bool {
+    fn is_local(&self, partition: PartitionId) -> bool {
         self.local.as_ref().is_none_or(|l| l.contains(&partition))
     }
 }
@@ -468,7 +472,7 @@ impl Broker {
     ) -> Result<Arc<Topic>, BrokerError> {
         let name: Arc<str> = Arc::from(name);
         let mut opened = Vec::with_capacity(shape.partitions as usize);
-        for p in 0..shape.partitions {
+        for p in PartitionId::all(shape.partitions) {
             if !shape.is_local(p) {
                 opened.push(None);
                 continue;
@@ -488,7 +492,7 @@ impl Broker {
             if report.truncated_bytes > 0 || report.dropped_segments > 0 {
                 tracing::warn!(
                     topic = %name,
-                    partition = p,
+                    partition = p.0,
                     truncated_bytes = report.truncated_bytes,
                     dropped_segments = report.dropped_segments,
                     rebuilt_indexes = report.rebuilt_indexes,
@@ -722,7 +726,7 @@ impl Broker {
         // expansion that failed or crashed before `topic.json` counted it is not a partition:
         // it is removed, so a new partition always starts empty.
         let mut opened = Vec::with_capacity((count - current) as usize);
-        for p in current..count {
+        for p in (current..count).map(PartitionId) {
             match open_empty_partition(&topic, p, config, self.log_config(&config)) {
                 Ok(partition) => opened.push(partition),
                 Err(e) => {
@@ -795,11 +799,11 @@ impl Broker {
         }
         let slots = topic.partition_slots();
         let count = spec.partitions.max(slots.len() as u32);
-        let adding: Vec<u32> = spec
+        let adding: Vec<PartitionId> = spec
             .local
             .iter()
             .copied()
-            .filter(|p| *p < count && slots.get(*p as usize).is_none_or(Option::is_none))
+            .filter(|p| p.0 < count && slots.get(p.index()).is_none_or(Option::is_none))
             .collect();
         if count == slots.len() as u32 && adding.is_empty() {
             return Ok((topic, changed));
@@ -815,7 +819,7 @@ impl Broker {
                 }
             }
         }
-        let mut local: Vec<u32> = slots.iter().flatten().map(|p| p.id).collect();
+        let mut local: Vec<PartitionId> = slots.iter().flatten().map(|p| p.id).collect();
         local.extend(&adding);
         local.sort_unstable();
         if let Err(e) = topic.write_meta_as(count, Some(local)) {
@@ -825,7 +829,7 @@ impl Broker {
         let mut slots = topic.partitions.write().expect(POISONED);
         slots.resize(count as usize, None);
         for partition in opened {
-            let at = partition.id as usize;
+            let at = partition.id.index();
             slots[at] = Some(partition);
         }
         drop(slots);
@@ -1000,13 +1004,10 @@ impl Broker {
             .map_err(before_any_append)?;
         // On a cluster member, a record for a partition held elsewhere fails the whole
         // produce before anything is appended (the HTTP layer splits produces by leader).
-        if let Some(&p) = assignment
-            .iter()
-            .find(|p| partitions[**p as usize].is_none())
-        {
+        if let Some(&p) = assignment.iter().find(|p| partitions[p.index()].is_none()) {
             return Err(before_any_append(BrokerError::NotAReplica {
                 topic: topic.name.to_string(),
-                partition: u64::from(p),
+                partition: p,
             }));
         }
         // acks=all on a replicated partition: refused before anything is appended when its
@@ -1020,10 +1021,10 @@ impl Broker {
         if acks == Acks::All {
             let mut seen = vec![false; partitions.len()];
             for &p in &assignment {
-                if std::mem::replace(&mut seen[p as usize], true) {
+                if std::mem::replace(&mut seen[p.index()], true) {
                     continue;
                 }
-                let partition = partitions[p as usize]
+                let partition = partitions[p.index()]
                     .as_ref()
                     .expect("every assigned partition was checked to be local");
                 if let Some(gate) = partition.isr_gate() {
@@ -1034,17 +1035,17 @@ impl Broker {
                         }));
                     }
                     replicated = true;
-                    gates[p as usize] = Some(gate);
+                    gates[p.index()] = Some(gate);
                     waiters.push(partition.acks_all_waiter());
                 }
             }
         }
-        let mut offsets = vec![(0u32, Offset::ZERO); records.len()];
-        let mut waits: Vec<(u32, Arc<Partition>, Offset)> = Vec::new();
+        let mut offsets = vec![(PartitionId(0), Offset::ZERO); records.len()];
+        let mut waits: Vec<(PartitionId, Arc<Partition>, Offset)> = Vec::new();
         let mut done = vec![false; partitions.len()];
         let mut failed_append = None;
         for &p in &assignment {
-            if std::mem::replace(&mut done[p as usize], true) {
+            if std::mem::replace(&mut done[p.index()], true) {
                 continue;
             }
             let members = || {
@@ -1061,7 +1062,7 @@ impl Broker {
             }
             let count = builder.record_count();
             let mut batch = builder.finish(producer, None);
-            let partition = partitions[p as usize]
+            let partition = partitions[p.index()]
                 .as_ref()
                 .expect("every assigned partition was checked to be local");
             let appended = partition.append(&mut batch, count, acks == Acks::All);
@@ -1085,7 +1086,7 @@ impl Broker {
         let mut failed_wait = None;
         if acks == Acks::All {
             for (k, (p, partition, next)) in waits.iter().enumerate() {
-                let gate = gates[*p as usize];
+                let gate = gates[p.index()];
                 if let Err(e) = partition.wait_replicated(*next, timeout, gate).await {
                     (confirmed, failed_wait) = (k, Some(e));
                     break;
@@ -1117,15 +1118,15 @@ impl Broker {
         // Per partition: `Some(true)` stored, `Some(false)` unconfirmed, `None` never tried.
         let mut stored: Vec<Option<bool>> = vec![None; partitions.len()];
         for (k, (p, _, _)) in waits.iter().enumerate() {
-            stored[*p as usize] = Some(k < confirmed);
+            stored[p.index()] = Some(k < confirmed);
         }
         if let Some(p) = failed_partition {
-            stored[p as usize] = Some(false);
+            stored[p.index()] = Some(false);
         }
         let fates = assignment
             .iter()
             .zip(&offsets)
-            .map(|(&p, &(_, offset))| match stored[p as usize] {
+            .map(|(&p, &(_, offset))| match stored[p.index()] {
                 Some(true) => RecordFate::Stored(p, offset),
                 Some(false) => RecordFate::Unconfirmed(p),
                 None => RecordFate::NotStored,
@@ -1142,7 +1143,7 @@ impl Broker {
         count: u32,
         records: &[ProduceRecord<'_>],
         round_robin_from: Option<u64>,
-    ) -> Result<Vec<u32>, BrokerError> {
+    ) -> Result<Vec<PartitionId>, BrokerError> {
         let record_max = self
             .limits()
             .record_bytes_max
@@ -1187,10 +1188,10 @@ impl Broker {
         for r in records {
             check_record_limits(&r.record, record_max, limits)?;
             if let Some(p) = r.partition
-                && p >= count
+                && p.0 >= count
             {
                 return Err(BrokerError::PartitionNotFound {
-                    partition: u64::from(p),
+                    partition: u64::from(p.0),
                     partitions: count,
                 });
             }
@@ -1270,7 +1271,7 @@ impl Broker {
                     })
                     .await;
                     if let Ok(Err(e)) = result {
-                        tracing::error!(topic = %p.topic, partition = p.id, "retention or compaction failed: {e}");
+                        tracing::error!(topic = %p.topic, partition = p.id.0, "retention or compaction failed: {e}");
                     }
                 }
             }
@@ -1307,20 +1308,24 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
 
 /// The partition of one record of a topic with `count` partitions: its explicit one, by its
 /// key's hash, or else the next round-robin one (`next_round_robin` moves on).
-pub fn choose_partition(record: &ProduceRecord<'_>, count: u32, next_round_robin: &mut u64) -> u32 {
+pub fn choose_partition(
+    record: &ProduceRecord<'_>,
+    count: u32,
+    next_round_robin: &mut u64,
+) -> PartitionId {
     match (record.partition, record.record.key) {
         (Some(p), _) => p,
         (None, Some(key)) => partition_for_key(key, count),
         (None, None) => {
             *next_round_robin += 1;
-            ((*next_round_robin - 1) % u64::from(count.max(1))) as u32
+            PartitionId(((*next_round_robin - 1) % u64::from(count.max(1))) as u32)
         }
     }
 }
 
 /// Same key, same partition: a stable hash (CRC-32 of the key bytes) modulo the count.
-pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    crc32fast::hash(key) % partitions.max(1)
+pub fn partition_for_key(key: &[u8], partitions: u32) -> PartitionId {
+    PartitionId(crc32fast::hash(key) % partitions.max(1))
 }
 
 fn check_record_limits(
@@ -1368,7 +1373,7 @@ fn check_record_limits(
 /// that failed or crashed before `topic.json` counted it is not a partition and is removed.
 fn open_empty_partition(
     topic: &Topic,
-    p: u32,
+    p: PartitionId,
     config: TopicConfig,
     log_config: crate::log::LogConfig,
 ) -> std::io::Result<Arc<Partition>> {

@@ -46,6 +46,7 @@ use crate::log::producer_state::{SequenceCheck, SequenceError};
 use crate::log::segment::ReadSlice;
 use crate::log::walk::BufferBatches;
 use crate::log::{LogConfig, Offset, OpenReport, PartitionLog, compact};
+use crate::metadata::PartitionId;
 use crate::metrics as m;
 
 /// Where the partition's visible range stands; published through a `watch` channel.
@@ -93,7 +94,7 @@ pub enum HwMode {
 pub struct Partition {
     /// The topic's name, for metrics labels and errors.
     pub topic: Arc<str>,
-    pub id: u32,
+    pub id: PartitionId,
     /// The log; std mutex because no `.await` happens under it (see module docs).
     log: Mutex<PartitionLog>,
     /// HW and log start, watched by long-polls, SSE streams and `acks=all` producers.
@@ -271,7 +272,7 @@ struct PartitionSeries {
 }
 
 impl PartitionSeries {
-    fn resolve(topic: &Arc<str>, id: u32) -> Self {
+    fn resolve(topic: &Arc<str>, id: PartitionId) -> Self {
         let labels = [("topic", topic.to_string()), ("partition", id.to_string())];
         PartitionSeries {
             records_produced: ::metrics::counter!(m::RECORDS_PRODUCED, "topic" => Arc::clone(topic)),
@@ -290,7 +291,7 @@ impl Partition {
     /// Opens the partition's log and starts its flusher task on the current runtime.
     pub fn open(
         topic: Arc<str>,
-        id: u32,
+        id: PartitionId,
         dir: &Path,
         log_config: LogConfig,
         flush: FlushPolicy,
@@ -335,7 +336,7 @@ impl Partition {
         if let Some(offset) = report.synced_data_lost_at {
             tracing::warn!(
                 topic = %partition.topic,
-                partition = id,
+                partition = id.0,
                 offset = offset.0,
                 "fsynced data failed its checks on recovery; the log was cut there"
             );
@@ -526,7 +527,7 @@ impl Partition {
         if self.full().take().is_some() {
             tracing::info!(
                 topic = %self.topic,
-                partition = self.id,
+                partition = self.id.0,
                 "partition takes writes again: the disk has room"
             );
         }
@@ -677,7 +678,7 @@ impl Partition {
         drop(log);
         tracing::info!(
             topic = %self.topic,
-            partition = self.id,
+            partition = self.id.0,
             offset = end.0,
             "log truncated"
         );
@@ -733,7 +734,7 @@ impl Partition {
         drop(log);
         tracing::info!(
             topic = %self.topic,
-            partition = self.id,
+            partition = self.id.0,
             offset = offset.0,
             "log reset: it is empty and starts at the offset"
         );
@@ -767,7 +768,7 @@ impl Partition {
                     .increment(1);
                 tracing::warn!(
                     topic = %self.topic,
-                    partition = self.id,
+                    partition = self.id.0,
                     offset = offset.0,
                     "a stored batch failed its CRC check"
                 );
@@ -799,7 +800,7 @@ impl Partition {
         if self.lost_data.swap(false, Ordering::AcqRel) {
             tracing::info!(
                 topic = %self.topic,
-                partition = self.id,
+                partition = self.id.0,
                 "the records this replica lost are fetched back from the leader"
             );
         }
@@ -849,7 +850,7 @@ impl Partition {
         self.scrubbed.store(true, Ordering::Release);
         tracing::warn!(
             topic = %self.topic,
-            partition = self.id,
+            partition = self.id.0,
             offset = end.0,
             "damaged data cut: this replica fetches it again from its leader"
         );
@@ -982,7 +983,7 @@ impl Partition {
             ::metrics::counter!(m::STORAGE_ERRORS, "topic" => Arc::clone(&self.topic)).increment(1);
             tracing::warn!(
                 topic = %self.topic,
-                partition = self.id,
+                partition = self.id.0,
                 "partition refuses writes until the disk has room: {e}"
             );
         }
@@ -1287,7 +1288,7 @@ impl Partition {
         ::metrics::counter!(m::STORAGE_ERRORS, "topic" => Arc::clone(&self.topic)).increment(1);
         tracing::error!(
             topic = %self.topic,
-            partition = self.id,
+            partition = self.id.0,
             "partition failed, it stops taking writes: {why}"
         );
         self.progress.send_modify(|p| p.failed = true);
@@ -1379,7 +1380,7 @@ impl Partition {
         if took >= SLOW_FSYNC {
             tracing::warn!(
                 topic = %self.topic,
-                partition = self.id,
+                partition = self.id.0,
                 seconds = took.as_secs_f64(),
                 "slow fsync"
             );
@@ -1629,9 +1630,16 @@ pub(crate) mod tests {
             flush_ms: 1,
             flush_bytes: 1,
         };
-        Partition::open("t".into(), 0, dir, LogConfig::default(), flush, false)
-            .unwrap()
-            .0
+        Partition::open(
+            "t".into(),
+            PartitionId(0),
+            dir,
+            LogConfig::default(),
+            flush,
+            false,
+        )
+        .unwrap()
+        .0
     }
 
     /// One batch of `records` small records, built as a producer's.
@@ -1740,7 +1748,7 @@ pub(crate) mod tests {
         std::fs::write(&path, bytes).unwrap();
         let partition = Partition::open(
             "t".into(),
-            0,
+            PartitionId(0),
             dir.path(),
             LogConfig::default(),
             FlushPolicy {

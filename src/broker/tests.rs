@@ -33,7 +33,7 @@ fn config(dir: &Path) -> BrokerConfig {
 /// A record with the JSON value `1`, for `partition`.
 pub(crate) fn one_record(partition: u32) -> ProduceRecord<'static> {
     ProduceRecord {
-        partition: Some(partition),
+        partition: Some(PartitionId(partition)),
         record: RecordRef {
             timestamp_ms: 1,
             key: None,
@@ -95,7 +95,7 @@ async fn no_record_is_acknowledged_on_a_partition_whose_count_is_not_durable() {
     let stored = broker
         .topic("t")
         .unwrap()
-        .partition(1)
+        .partition(PartitionId(1))
         .unwrap()
         .fetch(Offset(0), 10, 1 << 20)
         .await
@@ -122,7 +122,7 @@ async fn broker_with_one_partition(dir: &Path) -> (Arc<Broker>, Arc<Topic>, Arc<
         .await
         .unwrap();
     let topic = broker.topic("t").unwrap();
-    let partition = topic.partition(0).unwrap();
+    let partition = topic.partition(PartitionId(0)).unwrap();
     (broker, topic, partition)
 }
 
@@ -168,7 +168,7 @@ async fn acks_all_needs_the_minimum_in_sync_replicas_before_the_append() {
         .await
         .unwrap();
     assert_eq!(all.durability, Durability::IsrFsync);
-    assert_eq!(all.offsets, vec![(0, Offset(1))]);
+    assert_eq!(all.offsets, vec![(PartitionId(0), Offset(1))]);
     assert!(
         !partition.acks_all_waiting(),
         "the waiter left with its answer"
@@ -197,7 +197,7 @@ async fn a_follower_replica_refuses_producers() {
             refused,
             BrokerError::NotLeader {
                 topic: "t".into(),
-                partition: 0
+                partition: PartitionId(0)
             }
         );
     }
@@ -246,7 +246,7 @@ async fn an_acks_all_wait_ends_unknown_when_the_leadership_or_the_isr_goes() {
         let expected = if lose == "leadership" {
             BrokerError::LeaderChangedAfterAppend {
                 topic: "t".into(),
-                partition: 0,
+                partition: PartitionId(0),
             }
         } else {
             BrokerError::NotEnoughReplicasAfterAppend {
@@ -255,7 +255,11 @@ async fn an_acks_all_wait_ends_unknown_when_the_leadership_or_the_isr_goes() {
             }
         };
         assert_eq!(failed.error, expected, "{lose}");
-        assert_eq!(failed.fates, vec![RecordFate::Unconfirmed(0)], "{lose}");
+        assert_eq!(
+            failed.fates,
+            vec![RecordFate::Unconfirmed(PartitionId(0))],
+            "{lose}"
+        );
     }
 }
 
@@ -276,12 +280,12 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
         name: "t".into(),
         topic_id: 7,
         partitions: 1,
-        local: vec![0],
+        local: vec![PartitionId(0)],
         config: TopicConfig::default(),
     };
     let refused = |partition: u32| BrokerError::NotLeader {
         topic: "t".into(),
-        partition,
+        partition: PartitionId(partition),
     };
     let produce = |broker: Arc<Broker>, p: u32| async move {
         let topic = broker.topic("t").unwrap();
@@ -300,16 +304,16 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
     // The role hook makes it a leader: it takes writes. (Its high watermark, which the
     // replication layer raises on a member, follows the local fsync here, as alone.)
     let topic = broker.topic("t").unwrap();
-    let leader = topic.partition(0).unwrap();
+    let leader = topic.partition(PartitionId(0)).unwrap();
     leader.set_follower(false);
     leader.set_hw_mode(crate::broker::partition::HwMode::Standalone);
     drop(leader);
     assert_eq!(
         produce(Arc::clone(&broker), 0).await,
-        Ok(vec![(0, Offset(0))])
+        Ok(vec![(PartitionId(0), Offset(0))])
     );
     spec.partitions = 2;
-    spec.local = vec![0, 1];
+    spec.local = vec![PartitionId(0), PartitionId(1)];
     broker.ensure_replica_topic(&spec).await.unwrap();
     assert_eq!(
         produce(Arc::clone(&broker), 1).await,
@@ -328,7 +332,11 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
             "reopened"
         );
     }
-    let partition = reopened.topic("t").unwrap().partition(0).unwrap();
+    let partition = reopened
+        .topic("t")
+        .unwrap()
+        .partition(PartitionId(0))
+        .unwrap();
     assert_eq!(
         partition.stats().log_end_offset,
         Offset(1),

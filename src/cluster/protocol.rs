@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch};
+use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
 
 pub const REGISTER_PATH: &str = "/internal/v1/brokers/register";
 pub const HEARTBEAT_PATH: &str = "/internal/v1/brokers/heartbeat";
@@ -96,7 +96,7 @@ pub struct AlterPartitionRequest {
     pub node_id: NodeId,
     pub broker_epoch: BrokerEpoch,
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: PartitionEpoch,
     pub isr: Vec<NodeId>,

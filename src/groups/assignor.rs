@@ -13,17 +13,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::metadata::PartitionId;
+
 /// One partition of one topic.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct TopicPartition {
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
 }
 
 impl TopicPartition {
-    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+    pub fn new(topic: impl Into<String>, partition: PartitionId) -> Self {
         TopicPartition {
             topic: topic.into(),
             partition,
@@ -54,7 +56,7 @@ pub fn assign(
             .is_some_and(|topics| topics.contains(&tp.topic))
             && partition_counts
                 .get(&tp.topic)
-                .is_some_and(|&n| tp.partition < n)
+                .is_some_and(|&n| tp.partition.0 < n)
     };
     // 1. Stickiness: keep what each live member had and may still own.
     let mut taken: BTreeSet<TopicPartition> = BTreeSet::new();
@@ -70,7 +72,7 @@ pub fn assign(
     }
     // 2. Every partition nobody holds goes to the least loaded eligible member.
     for (topic, &count) in partition_counts {
-        for partition in 0..count {
+        for partition in PartitionId::all(count) {
             let tp = TopicPartition::new(topic.clone(), partition);
             if taken.contains(&tp) {
                 continue;
@@ -154,12 +156,12 @@ mod tests {
                     s[member].contains(&tp.topic),
                     "{member} owns unsubscribed {tp:?}"
                 );
-                assert!(tp.partition < c[&tp.topic]);
+                assert!(tp.partition.0 < c[&tp.topic]);
             }
         }
         for (topic, &n) in c {
             let subscribed = s.values().any(|t| t.contains(topic));
-            for p in 0..n {
+            for p in PartitionId::all(n) {
                 let tp = TopicPartition::new(topic.clone(), p);
                 assert_eq!(seen.contains(&tp), subscribed, "{tp:?}");
             }

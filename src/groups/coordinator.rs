@@ -343,9 +343,7 @@ impl GroupCoordinator {
             ));
         }
         for (tp, offset) in offsets {
-            let partition = broker
-                .topic(&tp.topic)?
-                .partition(u64::from(tp.partition))?;
+            let partition = broker.topic(&tp.topic)?.partition(tp.partition)?;
             let progress = partition.progress();
             if *offset > progress.high_watermark {
                 return Err(BrokerError::OffsetOutOfRange {

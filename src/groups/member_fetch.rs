@@ -69,7 +69,7 @@ impl GroupCoordinator {
         for tp in &view.assignment {
             let Ok(partition) = broker
                 .topic(&tp.topic)
-                .and_then(|t| t.partition(u64::from(tp.partition)))
+                .and_then(|t| t.partition(tp.partition))
             else {
                 continue;
             };

@@ -32,6 +32,7 @@ use crate::config::{CleanupPolicy, TopicConfig};
 use crate::coordination::InternalTopicMaker;
 use crate::log::Offset;
 use crate::log::batch::RecordRef;
+use crate::metadata::PartitionId;
 
 /// The internal topic holding committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -65,7 +66,7 @@ pub fn parse_offset_key(key: &[u8]) -> Option<(String, TopicPartition)> {
     let mut parts = key.splitn(3, '/');
     let group = parts.next()?;
     let topic = parts.next()?;
-    let partition = parts.next()?.parse::<u32>().ok()?;
+    let partition = PartitionId(parts.next()?.parse::<u32>().ok()?);
     Some((group.to_string(), TopicPartition::new(topic, partition)))
 }
 
@@ -126,7 +127,7 @@ pub async fn append(
         let records: Vec<ProduceRecord<'_>> = encoded
             .iter()
             .map(|(key, value)| ProduceRecord {
-                partition: Some(0),
+                partition: Some(PartitionId(0)),
                 record: RecordRef {
                     timestamp_ms: now,
                     key: Some(key.as_bytes()),
@@ -193,7 +194,7 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_junk_is_refused() {
-        let tp = TopicPartition::new("orders.v1", 7);
+        let tp = TopicPartition::new("orders.v1", PartitionId(7));
         let key = offset_key("billing-workers", &tp);
         assert_eq!(key, "billing-workers/orders.v1/7");
         assert_eq!(

@@ -9,6 +9,7 @@ use crate::broker::tests::produce_ones;
 use crate::broker::{Broker, BrokerError};
 use crate::config::BrokerConfig;
 use crate::log::Offset;
+use crate::metadata::PartitionId;
 
 /// A broker with topic `topic` and a coordinator over it, its session task running (as the
 /// node runs it).
@@ -49,7 +50,9 @@ fn assert_exactly_once(views: &[MemberView], n: u32) {
             assert!(seen.insert(tp.clone()), "{tp:?} owned twice");
         }
     }
-    let all: BTreeSet<TopicPartition> = (0..n).map(|p| TopicPartition::new("t", p)).collect();
+    let all: BTreeSet<TopicPartition> = PartitionId::all(n)
+        .map(|p| TopicPartition::new("t", p))
+        .collect();
     assert_eq!(seen, all);
 }
 
@@ -220,8 +223,12 @@ async fn partition_expansion_rebalances_the_subscribers() {
 async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, _groups) = open_broker(dir.path(), "t", 1).await;
-    let partition = broker.topic("t").unwrap().partition(0).unwrap();
-    let tp = TopicPartition::new("t", 0);
+    let partition = broker
+        .topic("t")
+        .unwrap()
+        .partition(PartitionId(0))
+        .unwrap();
+    let tp = TopicPartition::new("t", PartitionId(0));
     let mut g = Group::new();
     // As after the topic was deleted and created again: the commit is past the end.
     g.committed.insert(
@@ -247,7 +254,7 @@ async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives
     let dir = tempfile::tempdir().unwrap();
     let (broker, groups) = open_broker(dir.path(), "t", 1).await;
     produce_ones(&broker, "t", 0, 64).await;
-    let tp = TopicPartition::new("t", 0);
+    let tp = TopicPartition::new("t", PartitionId(0));
     let commits: Vec<_> = (1..=64u64)
         .map(|offset| {
             let groups = Arc::clone(&groups);
@@ -271,7 +278,7 @@ async fn committed_offsets_survive_reopening_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let (broker, groups) = open_broker(dir.path(), "t", 2).await;
     produce_ones(&broker, "t", 1, 5).await;
-    let tp = TopicPartition::new("t", 1);
+    let tp = TopicPartition::new("t", PartitionId(1));
     groups
         .commit("g", None, &[(tp.clone(), Offset(3))])
         .await
@@ -298,7 +305,7 @@ async fn committed_offsets_survive_reopening_the_broker() {
     assert_eq!(committed.len(), 1);
     assert_eq!(
         (committed[0].partition, committed[0].offset),
-        (1, Offset(5))
+        (PartitionId(1), Offset(5))
     );
     assert!(matches!(
         groups.committed("gone"),
@@ -316,7 +323,7 @@ async fn committed_offsets_survive_reopening_the_broker() {
 async fn no_partition_lock_is_taken_under_the_registry_lock() {
     let dir = tempfile::tempdir().unwrap();
     let (_broker, groups) = open_broker(dir.path(), "t", 2).await;
-    let tp = TopicPartition::new("t", 0);
+    let tp = TopicPartition::new("t", PartitionId(0));
     groups.commit("g", None, &[(tp, Offset(0))]).await.unwrap();
     let member = join_t(&groups, 10_000);
     let d = groups.describe("g").unwrap();
@@ -326,7 +333,7 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
         .commit(
             "g",
             Some((&member.member_id, member.generation)),
-            &[(TopicPartition::new("t", 1), Offset(0))],
+            &[(TopicPartition::new("t", PartitionId(1)), Offset(0))],
         )
         .await
         .unwrap();

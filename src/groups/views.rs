@@ -10,6 +10,7 @@ use super::assignor::TopicPartition;
 use super::group::{Group, OffsetReset};
 use crate::broker::{Broker, Fetched, Partition};
 use crate::log::Offset;
+use crate::metadata::PartitionId;
 use crate::metrics as m;
 
 /// A member as it sees itself: the answer to join, heartbeat and fetch.
@@ -55,7 +56,7 @@ pub struct MemberDescription {
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionLag {
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
     pub member_id: Option<String>,
     pub committed_offset: Option<Offset>,
     /// Where the group reads next: the committed offset, or where `auto_offset_reset` puts it.
@@ -80,7 +81,7 @@ pub struct GroupSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct CommittedOffset {
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
     pub offset: Offset,
     pub committed_at_ms: i64,
 }
@@ -113,7 +114,7 @@ pub(super) fn plan_lag(group: &str, g: &mut Group, broker: &Broker) -> LagPlan {
     for tp in tps {
         let Ok(partition) = broker
             .topic(&tp.topic)
-            .and_then(|t| t.partition(u64::from(tp.partition)))
+            .and_then(|t| t.partition(tp.partition))
         else {
             continue;
         };

@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ApiResult};
 use super::serve::BodyTimeout;
+use crate::broker::{BrokerError, Partition, Topic};
 use crate::limits::{Limit, Limits};
+use crate::metadata::PartitionId;
 
 /// The 413 for a body over `request_body_bytes_max`.
 pub fn body_too_large(limit: u64) -> ApiError {
@@ -143,6 +145,22 @@ pub fn parse_u64(name: &str, value: &str) -> ApiResult<u64> {
             "'{name}' must be a non-negative integer, got '{value}'"
         ))
     })
+}
+
+/// The local replica of the partition of `topic` a path names (`value`, its number). A
+/// number too large for a partition id names a partition the topic does not have.
+pub fn path_partition(topic: &Topic, value: &str) -> ApiResult<std::sync::Arc<Partition>> {
+    Ok(topic.partition(partition_id(topic, parse_u64("partition", value)?)?)?)
+}
+
+/// `number` as one of `topic`'s partition ids: `PartitionNotFound` when it cannot be one.
+pub fn partition_id(topic: &Topic, number: u64) -> Result<PartitionId, BrokerError> {
+    u32::try_from(number)
+        .map(PartitionId)
+        .map_err(|_| BrokerError::PartitionNotFound {
+            partition: number,
+            partitions: topic.partition_count(),
+        })
 }
 
 /// Parses an optional numeric parameter against its maximum. The default is bounded by the

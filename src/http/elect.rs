@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::body::{parse_u64, read_json};
+use super::body::{parse_u64, partition_id, read_json};
 use super::cluster_topics::wait_every_broker;
 use super::error::{ApiError, ApiResult};
 use super::forward::broker_unavailable;
@@ -42,7 +42,7 @@ use super::internal::controller;
 use super::path::Path;
 use crate::cluster::client::{CallError, InternalClient};
 use crate::cluster::controller::ControlError;
-use crate::metadata::{Command, Election, MetadataError, MetadataImage, NodeId};
+use crate::metadata::{Command, Election, MetadataError, MetadataImage, NodeId, PartitionId};
 
 /// How long the controller waits for the chosen replica to say where its log ends.
 const REPLICA_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,10 +78,10 @@ pub async fn elect(
     if !node.cluster.is_clustered() {
         return alone(&node, &topic, partition, request);
     }
-    let partition = u32::try_from(partition).map_err(|_| {
+    let partition = u32::try_from(partition).map(PartitionId).map_err(|_| {
         ApiError::from(ControlError::Refused(MetadataError::PartitionNotFound {
             topic: topic.clone(),
-            partition: u32::MAX,
+            partition: PartitionId(u32::MAX),
         }))
     })?;
     let controller = controller(&node)?;
@@ -127,7 +127,7 @@ pub async fn elect(
         };
         tracing::warn!(
             topic = %topic,
-            partition,
+            partition = partition.0,
             replica = replica.0,
             leader_epoch = new.leader_epoch.0,
             given_up_start = given_up.start_offset,
@@ -160,7 +160,7 @@ pub async fn elect(
 fn dry_run(
     image: &MetadataImage,
     topic: &str,
-    partition: u32,
+    partition: PartitionId,
     election: Election,
 ) -> Result<(), ControlError> {
     let mut copy = image.clone();
@@ -180,7 +180,7 @@ async fn replica_log_end(
     node: &AppState,
     image: &MetadataImage,
     topic: &str,
-    partition: u32,
+    partition: PartitionId,
     replica: NodeId,
 ) -> ApiResult<u64> {
     let address = node
@@ -198,7 +198,7 @@ async fn replica_log_end(
             CallError::Unreachable(why) => broker_unavailable(replica, address, &why),
             CallError::Refused { detail, .. } => broker_unavailable(replica, address, &detail),
         })?;
-    let end = view["partitions"][partition as usize]["log_end_offset"].as_u64();
+    let end = view["partitions"][partition.index()]["log_end_offset"].as_u64();
     match end {
         Some(end) if view["topic_id"].as_u64() == topic_id => Ok(end),
         _ => Err(broker_unavailable(
@@ -227,7 +227,8 @@ fn alone(
     partition: u64,
     request: ElectRequest,
 ) -> ApiResult<Response> {
-    let held = node.broker.topic(topic)?.partition(partition)?;
+    let topic_held = node.broker.topic(topic)?;
+    let held = topic_held.partition(partition_id(&topic_held, partition)?)?;
     let me = node.cluster.node_id();
     if let ElectRequest::Unclean { replica } = request {
         let refusal = if replica == me.0 {
@@ -244,7 +245,7 @@ fn alone(
 
 fn answer(
     topic: &str,
-    partition: u32,
+    partition: PartitionId,
     request: ElectRequest,
     leader: Option<u32>,
     leader_epoch: u32,

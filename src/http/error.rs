@@ -123,7 +123,7 @@ impl From<BrokerError> for ApiError {
             ),
             BrokerError::NotAReplica { partition, .. } => {
                 ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_a_replica", detail)
-                    .with("partition", partition)
+                    .with("partition", partition.0)
             }
             BrokerError::CorruptLog(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_log", detail)

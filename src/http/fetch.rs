@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::body::{bounded, parse_query, parse_u64};
+use super::body::{bounded, parse_query, parse_u64, path_partition};
 use super::budgeted_body::budgeted_json_response;
 use super::error::{ApiError, ApiResult};
 use super::path::Path;
@@ -120,9 +120,7 @@ pub async fn fetch(
             "'replica' can only be 'local', got '{r}'"
         )));
     }
-    let partition = broker
-        .topic(&topic)?
-        .partition(parse_u64("partition", &partition)?)?;
+    let partition = path_partition(&*broker.topic(&topic)?, &partition)?;
     let offset = start_offset(&partition, q.offset.as_deref(), q.timestamp_ms.as_deref()).await?;
     let (fetched, mut page) = fetch_waiting(
         &broker,

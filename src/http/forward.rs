@@ -42,7 +42,7 @@ use super::error::ApiError;
 use crate::broker::BrokerError;
 use crate::cluster::Cluster;
 use crate::groups::OFFSETS_TOPIC;
-use crate::metadata::NodeId;
+use crate::metadata::{NodeId, PartitionId};
 use crate::producers::PRODUCERS_TOPIC;
 use crate::producers::idempotency_keys::IDEMPOTENCY_KEYS_TOPIC;
 
@@ -136,7 +136,7 @@ pub struct TopicHomes {
 }
 
 /// Who serves `topic`'s `partition`, as this broker's metadata says.
-pub fn partition_home(cluster: &Cluster, topic: &str, partition: u32) -> PartitionHome {
+pub fn partition_home(cluster: &Cluster, topic: &str, partition: PartitionId) -> PartitionHome {
     let leader = cluster.with_image(|image| Some(image.partition(topic, partition)?.leader));
     match leader {
         None => PartitionHome::Unknown,
@@ -184,20 +184,22 @@ pub async fn route_request(State(node): State<AppState>, request: Request, next:
             let controller = node.cluster.controller_id();
             to_node(&node, controller, Miss::Controller, request, next).await
         }
-        Some(ServedAt::Coordinator(topic)) => match partition_home(&node.cluster, topic, 0) {
-            // No such topic yet: the controller makes it, with itself as preferred leader.
-            PartitionHome::Unknown => {
-                let controller = node.cluster.controller_id();
-                to_node(&node, controller, Miss::Controller, request, next).await
+        Some(ServedAt::Coordinator(topic)) => {
+            match partition_home(&node.cluster, topic, PartitionId(0)) {
+                // No such topic yet: the controller makes it, with itself as preferred leader.
+                PartitionHome::Unknown => {
+                    let controller = node.cluster.controller_id();
+                    to_node(&node, controller, Miss::Controller, request, next).await
+                }
+                PartitionHome::Here => next.run(request).await,
+                PartitionHome::Remote(leader, _) => {
+                    to_node(&node, leader, Miss::Coordinator(topic), request, next).await
+                }
+                PartitionHome::Offline => {
+                    ApiError::from(BrokerError::NotCoordinator { topic }).into_response()
+                }
             }
-            PartitionHome::Here => next.run(request).await,
-            PartitionHome::Remote(leader, _) => {
-                to_node(&node, leader, Miss::Coordinator(topic), request, next).await
-            }
-            PartitionHome::Offline => {
-                ApiError::from(BrokerError::NotCoordinator { topic }).into_response()
-            }
-        },
+        }
         Some(ServedAt::PartitionLeader) => {
             let (mut parts, body) = request.into_parts();
             let home = home_of_request(&node, &mut parts).await;
@@ -252,7 +254,7 @@ async fn home_of_request(node: &AppState, parts: &mut axum::http::request::Parts
         .await
         .ok();
     let named = params.as_ref().and_then(|axum::extract::Path(p)| {
-        let partition = p.get("partition")?.parse::<u32>().ok()?;
+        let partition = PartitionId(p.get("partition")?.parse::<u32>().ok()?);
         Some((p.get("topic")?.clone(), partition))
     });
     match named {

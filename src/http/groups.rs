@@ -28,6 +28,7 @@ use super::path::Path;
 use super::render::render_record;
 use crate::groups::{GroupError, OffsetReset, ResetTo, TopicPartition};
 use crate::log::Offset;
+use crate::metadata::PartitionId;
 use crate::metrics as m;
 
 impl From<GroupError> for ApiError {
@@ -229,7 +230,7 @@ pub async fn member_fetch(
 #[serde(deny_unknown_fields)]
 pub struct OffsetEntry {
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
     /// The next offset to read.
     pub offset: Offset,
 }

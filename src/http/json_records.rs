@@ -18,6 +18,7 @@ use super::error::{ApiError, ApiResult};
 use crate::broker::ProduceRecord;
 use crate::limits::{Limit, Limits};
 use crate::log::batch::RecordRef;
+use crate::metadata::PartitionId;
 
 /// One record of a JSON or NDJSON produce, borrowing from the body.
 ///
@@ -692,7 +693,7 @@ pub(super) fn as_produce_records<'a>(
         let (own, after) = rest.split_at(d.headers.as_ref().map_or(0, |h| h.len()));
         rest = after;
         records.push(ProduceRecord {
-            partition: d.partition,
+            partition: d.partition.map(PartitionId),
             record: RecordRef {
                 timestamp_ms: d.timestamp_ms,
                 key: d.key.as_deref(),

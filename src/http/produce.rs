@@ -26,6 +26,7 @@ use super::render::render_produce;
 use crate::broker::{Acks, Broker, ProduceRecord, RecordFate, now_ms};
 use crate::limits::Limit;
 use crate::log::batch::{ProducerInfo, RecordRef};
+use crate::metadata::PartitionId;
 
 /// Query of a produce request.
 #[derive(Debug, Default, Deserialize)]
@@ -158,7 +159,7 @@ pub(super) async fn produce_body(
             };
             rules.check_timestamp(timestamp_ms, RecordPlace::Only)?;
             let record = ProduceRecord {
-                partition,
+                partition: partition.map(PartitionId),
                 record: RecordRef {
                     timestamp_ms,
                     key: q.key.as_deref().map(str::as_bytes),

@@ -48,7 +48,7 @@ use crate::broker::{
 };
 use crate::log::Offset;
 use crate::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef, stamp_batch};
-use crate::metadata::NodeId;
+use crate::metadata::{NodeId, PartitionId};
 
 /// The internal append route; a part goes to `{APPEND_PATH}/{topic}/{partition}`.
 pub const APPEND_ROUTE: &str = "/internal/v1/append/{topic}/{partition}";
@@ -150,11 +150,11 @@ async fn split(
         true => producer.base_sequence.unsigned_abs().into(),
         false => ROUND_ROBIN.fetch_add(unkeyed, Ordering::Relaxed),
     };
-    let assignment: Vec<u32> = records
+    let assignment: Vec<PartitionId> = records
         .iter()
         .map(|r| choose_partition(r, count, &mut next_rr))
         .collect();
-    let home = |p: u32| homes.partitions[p as usize];
+    let home = |p: PartitionId| homes.partitions[p.index()];
     // The parts led here go in one local produce, their partitions explicit.
     let local: Vec<ProduceRecord<'_>> = records
         .iter()
@@ -165,7 +165,7 @@ async fn split(
             record: r.record,
         })
         .collect();
-    let mut parts: Vec<u32> = Vec::new();
+    let mut parts: Vec<PartitionId> = Vec::new();
     for &p in &assignment {
         if !parts.contains(&p) {
             parts.push(p);
@@ -200,7 +200,7 @@ async fn split(
     // Per record, in request order.
     let mut fates = vec![RecordFate::NotStored; records.len()];
     let mut durability: Option<Durability> = None;
-    let mut errors: Vec<(u32, ApiError)> = Vec::new();
+    let mut errors: Vec<(PartitionId, ApiError)> = Vec::new();
     let local_indexes = assignment
         .iter()
         .enumerate()
@@ -223,7 +223,7 @@ async fn split(
                     _ => None,
                 })
                 .or_else(|| local.first().and_then(|r| r.partition))
-                .unwrap_or(0);
+                .unwrap_or(PartitionId(0));
             for (i, fate) in local_indexes.zip(&failure.fates) {
                 fates[i] = *fate;
             }
@@ -289,11 +289,11 @@ struct Appended {
 async fn append_remote(
     node: &AppState,
     topic: &str,
-    (p, id, address): (u32, NodeId, SocketAddr),
+    (p, id, address): (PartitionId, NodeId, SocketAddr),
     records: &[ProduceRecord<'_>],
-    assignment: &[u32],
+    assignment: &[PartitionId],
     (acks, timeout, producer): (Acks, Duration, ProducerInfo),
-) -> (u32, PartResult) {
+) -> (PartitionId, PartResult) {
     let members = || {
         assignment
             .iter()
@@ -498,7 +498,7 @@ fn intern_code(code: &str) -> &'static str {
 /// "durability"}`, or the problem a produce of those records here would answer.
 pub async fn append(
     State(node): State<AppState>,
-    Path((topic, partition)): Path<(String, u32)>,
+    Path((topic, partition)): Path<(String, PartitionId)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -539,7 +539,7 @@ pub async fn append(
 /// go into `headers` (one buffer for all of them).
 fn records_of_batch<'a>(
     batch: &BatchView<'a>,
-    partition: u32,
+    partition: PartitionId,
     headers: &'a mut Vec<(&'a str, &'a [u8])>,
 ) -> ApiResult<Vec<ProduceRecord<'a>>> {
     let broken = |e: &dyn std::fmt::Display| ApiError::invalid(format!("a record is broken: {e}"));
@@ -606,10 +606,10 @@ mod tests {
         stamp_batch(&mut batch, 0, 0);
         let view = BatchView::parse(&batch).unwrap();
         let mut pairs = Vec::new();
-        let got = records_of_batch(&view, 7, &mut pairs).unwrap();
+        let got = records_of_batch(&view, PartitionId(7), &mut pairs).unwrap();
         assert_eq!(got.len(), 2);
         for (g, s) in got.iter().zip(&sent) {
-            assert_eq!(g.partition, Some(7));
+            assert_eq!(g.partition, Some(PartitionId(7)));
             assert_eq!(
                 (g.record.timestamp_ms, g.record.key, g.record.value),
                 (s.timestamp_ms, s.key, s.value)

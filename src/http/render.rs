@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use super::json_response;
 use crate::broker::{Durability, ProduceOutcome};
 use crate::log::batch::RecordView;
+use crate::metadata::PartitionId;
 
 /// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.
 pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
@@ -25,7 +26,7 @@ pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
                 body.push(b',');
             }
             body.extend_from_slice(b"{\"partition\":");
-            push_u64(&mut body, u64::from(p));
+            push_u64(&mut body, u64::from(p.0));
             body.extend_from_slice(b",\"offset\":");
             push_u64(&mut body, o.0);
             body.push(b'}');
@@ -44,9 +45,9 @@ pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
 }
 
 /// Writes one record as a JSON object. A JSON value is written as-is; bytes as base64.
-pub fn render_record(out: &mut Vec<u8>, partition: u32, r: &RecordView<'_>) {
+pub fn render_record(out: &mut Vec<u8>, partition: PartitionId, r: &RecordView<'_>) {
     out.extend_from_slice(b"{\"partition\":");
-    push_u64(out, u64::from(partition));
+    push_u64(out, u64::from(partition.0));
     out.extend_from_slice(b",\"offset\":");
     push_u64(out, r.offset);
     out.extend_from_slice(b",\"timestamp_ms\":");

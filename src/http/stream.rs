@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Deserialize;
 
-use super::body::{bounded, parse_query, parse_u64};
+use super::body::{bounded, parse_query, path_partition};
 use super::error::{ApiError, ApiResult};
 use super::fetch::start_offset;
 use super::path::Path;
@@ -72,9 +72,7 @@ pub async fn sse(
         limits,
         Limit::FetchBytesMax,
     )?;
-    let partition = broker
-        .topic(&topic)?
-        .partition(parse_u64("partition", &partition)?)?;
+    let partition = path_partition(&*broker.topic(&topic)?, &partition)?;
     let resume = headers
         .get("last-event-id")
         .map(|v| {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::body::{parse_u64, read_json};
+use super::body::{path_partition, read_json};
 use super::cluster_topics;
 use super::error::{ApiError, ApiResult};
 use super::path::Path;
@@ -167,9 +167,7 @@ pub async fn delete_records(
     refuse_internal(&topic)?;
     let req: DeleteRecords =
         read_json(&headers, body, broker.limits().request_body_bytes_max).await?;
-    let partition = broker
-        .topic(&topic)?
-        .partition(parse_u64("partition", &partition)?)?;
+    let partition = path_partition(&*broker.topic(&topic)?, &partition)?;
     let start = partition.delete_records_before(Offset(req.before_offset))?;
     Ok(axum::Json(json!({ "partition": partition.id, "log_start_offset": start })).into_response())
 }

@@ -4,7 +4,7 @@
 //! image as it was (but for `applied`).
 
 use super::image::{MetadataImage, PartitionRecord, TopicRecord};
-use super::{BrokerEpoch, Command, Election, LeaderEpoch, NodeId, PartitionEpoch};
+use super::{BrokerEpoch, Command, Election, LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
 use crate::metadata::image::BrokerRecord;
 
 /// What an applied command produced, beyond the new image.
@@ -31,7 +31,7 @@ pub enum MetadataError {
     TopicNotFound(String),
     PartitionNotFound {
         topic: String,
-        partition: u32,
+        partition: PartitionId,
     },
     InvalidAssignment(String),
     InvalidMinInsync {
@@ -436,7 +436,7 @@ impl MetadataImage {
     fn elect(
         &mut self,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
         election: &Election,
     ) -> Result<Outcome, MetadataError> {
         let p = self.partition_ref(topic, partition)?;
@@ -489,11 +489,11 @@ impl MetadataImage {
     fn partition_ref(
         &self,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
     ) -> Result<&PartitionRecord, MetadataError> {
         self.topic(topic)?
             .partitions
-            .get(partition as usize)
+            .get(partition.index())
             .ok_or_else(|| MetadataError::PartitionNotFound {
                 topic: topic.to_string(),
                 partition,
@@ -503,11 +503,11 @@ impl MetadataImage {
     fn partition_mut(
         &mut self,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
     ) -> Result<&mut PartitionRecord, MetadataError> {
         self.topic_mut(topic)?
             .partitions
-            .get_mut(partition as usize)
+            .get_mut(partition.index())
             .ok_or_else(|| MetadataError::PartitionNotFound {
                 topic: topic.to_string(),
                 partition,

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch};
+use super::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
 use crate::config::TopicConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ pub enum Command {
     /// epoch are the current ones.
     AlterPartition {
         topic: String,
-        partition: u32,
+        partition: PartitionId,
         leader: NodeId,
         leader_epoch: LeaderEpoch,
         partition_epoch: PartitionEpoch,
@@ -78,7 +78,7 @@ pub enum Command {
     },
     ElectLeader {
         topic: String,
-        partition: u32,
+        partition: PartitionId,
         election: Election,
     },
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch};
+use super::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
 use crate::config::TopicConfig;
 
 /// The whole cluster metadata. Ordered maps, so that two equal images serialize to the
@@ -85,11 +85,8 @@ pub struct PartitionRecord {
 
 impl MetadataImage {
     /// The topic and partition, if both exist.
-    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionRecord> {
-        self.topics
-            .get(topic)?
-            .partitions
-            .get(usize::try_from(partition).ok()?)
+    pub fn partition(&self, topic: &str, partition: PartitionId) -> Option<&PartitionRecord> {
+        self.topics.get(topic)?.partitions.get(partition.index())
     }
 
     /// Brokers that may lead and join ISRs, in id order.

@@ -41,6 +41,14 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct NodeId(pub u32);
 
+/// A partition's number within its topic, from 0 to the topic's partition count less one.
+/// Partition counts stay plain `u32`: a count is not an id.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct PartitionId(pub u32);
+
 /// The epoch of a partition's leadership; bumped at every leader change.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
@@ -67,5 +75,23 @@ pub struct BrokerEpoch(pub u64);
 impl std::fmt::Display for NodeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartitionId {
+    /// Every partition of a topic with `count` partitions, in order.
+    pub fn all(count: u32) -> impl Iterator<Item = PartitionId> {
+        (0..count).map(PartitionId)
+    }
+
+    /// The partition's place in a list of the topic's partitions.
+    pub fn index(self) -> usize {
+        self.0 as usize
     }
 }

@@ -87,7 +87,7 @@ fn nodes(ids: &[u32]) -> Vec<NodeId> {
 fn a_new_topic_is_led_by_its_first_replica_with_every_replica_in_sync() {
     let mut image = cluster(3);
     create(&mut image, "t", &[&[1, 2, 3], &[2, 3, 1]], 2);
-    let p1 = image.partition("t", 1).unwrap();
+    let p1 = image.partition("t", PartitionId(1)).unwrap();
     assert_eq!(p1.leader, Some(n(2)));
     assert_eq!(p1.isr, nodes(&[2, 3, 1]));
     assert_eq!(image.topics["t"].replication_factor, 3);
@@ -98,7 +98,7 @@ fn fencing_the_leader_moves_leadership_within_the_isr_and_bumps_the_epoch() {
     let mut image = cluster(3);
     create(&mut image, "t", &[&[1, 2, 3]], 2);
     fence(&mut image, 1);
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(p.leader, Some(n(2)));
     assert_eq!(p.leader_epoch, LeaderEpoch(1));
     assert_eq!(p.isr, nodes(&[2, 3]));
@@ -111,19 +111,19 @@ fn the_last_in_sync_replica_fenced_leaves_the_partition_offline_until_it_returns
     create(&mut image, "t", &[&[1, 2, 3]], 2);
     fence(&mut image, 3);
     fence(&mut image, 2);
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!((p.isr.clone(), p.elr.clone()), (nodes(&[1]), nodes(&[2])));
     fence(&mut image, 1);
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(
         p.leader, None,
         "3 may lack committed records: no clean leader"
     );
     assert_eq!(p.elr, nodes(&[2, 1]));
     unfence(&mut image, 3);
-    assert_eq!(image.partition("t", 0).unwrap().leader, None);
+    assert_eq!(image.partition("t", PartitionId(0)).unwrap().leader, None);
     unfence(&mut image, 1);
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(p.leader, Some(n(1)), "an eligible leader replica came back");
     assert_eq!((p.isr.clone(), p.elr.clone()), (nodes(&[1]), nodes(&[2])));
 }
@@ -135,7 +135,7 @@ fn a_broker_back_with_a_wiped_directory_leaves_every_eligible_leader_set() {
     fence(&mut image, 3);
     fence(&mut image, 2);
     fence(&mut image, 1);
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!((p.leader, p.elr.clone()), (None, nodes(&[2, 1])));
     // Node 2's disk was replaced: it comes back empty, saying so.
     let wiped = Command::RegisterBroker {
@@ -146,7 +146,7 @@ fn a_broker_back_with_a_wiped_directory_leaves_every_eligible_leader_set() {
     };
     apply_ok(&mut image, &wiped);
     unfence(&mut image, 2);
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(
         (p.leader, p.elr.clone()),
         (None, nodes(&[1])),
@@ -156,7 +156,10 @@ fn a_broker_back_with_a_wiped_directory_leaves_every_eligible_leader_set() {
     // A restart that kept its data stays eligible and is elected.
     register(&mut image, 1, 8);
     unfence(&mut image, 1);
-    assert_eq!(image.partition("t", 0).unwrap().leader, Some(n(1)));
+    assert_eq!(
+        image.partition("t", PartitionId(0)).unwrap().leader,
+        Some(n(1))
+    );
 }
 
 #[test]
@@ -169,7 +172,10 @@ fn a_restarted_broker_is_fenced_and_out_of_every_isr() {
     let new = register(&mut image, 2, 2);
     assert!(new > old);
     assert!(image.brokers[&n(2)].fenced);
-    assert_eq!(image.partition("t", 0).unwrap().isr, nodes(&[1, 3]));
+    assert_eq!(
+        image.partition("t", PartitionId(0)).unwrap().isr,
+        nodes(&[1, 3])
+    );
     let stale = Command::UnfenceBroker {
         node_id: n(2),
         broker_epoch: old,
@@ -185,10 +191,10 @@ fn a_restarted_broker_is_fenced_and_out_of_every_isr() {
 fn an_isr_change_is_a_compare_and_swap_on_the_partition_epoch() {
     let mut image = cluster(3);
     create(&mut image, "t", &[&[1, 2, 3]], 2);
-    let p = image.partition("t", 0).unwrap().clone();
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
     let shrink = Command::AlterPartition {
         topic: "t".into(),
-        partition: 0,
+        partition: PartitionId(0),
         leader: n(1),
         leader_epoch: p.leader_epoch,
         partition_epoch: p.partition_epoch,
@@ -208,10 +214,13 @@ fn an_isr_change_is_a_compare_and_swap_on_the_partition_epoch() {
     );
     let from_follower = Command::AlterPartition {
         topic: "t".into(),
-        partition: 0,
+        partition: PartitionId(0),
         leader: n(2),
         leader_epoch: p.leader_epoch,
-        partition_epoch: image.partition("t", 0).unwrap().partition_epoch,
+        partition_epoch: image
+            .partition("t", PartitionId(0))
+            .unwrap()
+            .partition_epoch,
         isr: nodes(&[2]),
         high_watermark: 0,
     };
@@ -230,10 +239,10 @@ fn an_unclean_election_makes_the_replica_the_only_isr_member() {
     fence(&mut image, 1);
     fence(&mut image, 3);
     unfence(&mut image, 2);
-    assert_eq!(image.partition("t", 0).unwrap().leader, None);
+    assert_eq!(image.partition("t", PartitionId(0)).unwrap().leader, None);
     let unclean = |replica: u32| Command::ElectLeader {
         topic: "t".into(),
-        partition: 0,
+        partition: PartitionId(0),
         election: Election::Unclean {
             replica: n(replica),
             log_end_offset: 40,
@@ -249,12 +258,12 @@ fn an_unclean_election_makes_the_replica_the_only_isr_member() {
     }
     assert_eq!(image.topics, before.topics, "a refusal changes nothing");
     apply_ok(&mut image, &unclean(2));
-    let p = image.partition("t", 0).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(
         (p.leader, p.isr.clone(), p.elr.clone(), p.high_watermark),
         (Some(n(2)), nodes(&[2]), vec![], 40)
     );
-    assert!(p.leader_epoch > before.partition("t", 0).unwrap().leader_epoch);
+    assert!(p.leader_epoch > before.partition("t", PartitionId(0)).unwrap().leader_epoch);
     let index = image.applied + 1;
     assert_eq!(
         image.apply(index, &unclean(2)),
@@ -268,10 +277,10 @@ fn the_high_watermark_a_leader_reports_with_an_isr_change_is_kept() {
     let mut image = cluster(3);
     create(&mut image, "t", &[&[1, 2, 3]], 2);
     for (isr, reported, kept) in [(&[1, 2][..], 10, 10), (&[1][..], 7, 10), (&[1][..], 25, 25)] {
-        let p = image.partition("t", 0).unwrap().clone();
+        let p = image.partition("t", PartitionId(0)).unwrap().clone();
         let alter = Command::AlterPartition {
             topic: "t".into(),
-            partition: 0,
+            partition: PartitionId(0),
             leader: n(1),
             leader_epoch: p.leader_epoch,
             partition_epoch: p.partition_epoch,
@@ -279,7 +288,10 @@ fn the_high_watermark_a_leader_reports_with_an_isr_change_is_kept() {
             high_watermark: reported,
         };
         apply_ok(&mut image, &alter);
-        assert_eq!(image.partition("t", 0).unwrap().high_watermark, kept);
+        assert_eq!(
+            image.partition("t", PartitionId(0)).unwrap().high_watermark,
+            kept
+        );
     }
 }
 
@@ -289,7 +301,7 @@ fn a_preferred_election_moves_leadership_to_the_first_replica_once_in_sync() {
     create(&mut image, "t", &[&[1, 2, 3]], 2);
     let preferred = Command::ElectLeader {
         topic: "t".into(),
-        partition: 0,
+        partition: PartitionId(0),
         election: Election::Preferred,
     };
     fence(&mut image, 1);
@@ -299,11 +311,11 @@ fn a_preferred_election_moves_leadership_to_the_first_replica_once_in_sync() {
         Err(MetadataError::PreferredLeaderNotAvailable { replica: n(1) })
     );
     unfence(&mut image, 1);
-    let p = image.partition("t", 0).unwrap().clone();
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
     assert_eq!(p.leader, Some(n(2)));
     let alter = Command::AlterPartition {
         topic: "t".into(),
-        partition: 0,
+        partition: PartitionId(0),
         leader: n(2),
         leader_epoch: p.leader_epoch,
         partition_epoch: p.partition_epoch,
@@ -312,7 +324,7 @@ fn a_preferred_election_moves_leadership_to_the_first_replica_once_in_sync() {
     };
     apply_ok(&mut image, &alter);
     apply_ok(&mut image, &preferred);
-    let after = image.partition("t", 0).unwrap();
+    let after = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(after.leader, Some(n(1)));
     assert!(after.leader_epoch > p.leader_epoch);
 }
@@ -349,7 +361,7 @@ fn commands_and_images_survive_a_serde_round_trip() {
     assert_eq!(serde_json::from_str::<MetadataImage>(&text).unwrap(), image);
     let command = Command::ElectLeader {
         topic: "t".into(),
-        partition: 0,
+        partition: PartitionId(0),
         election: Election::Unclean {
             replica: n(2),
             log_end_offset: 7,
@@ -454,7 +466,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
     let partition = |t: usize, p: usize| {
         let topic = image.topics.get(TOPICS[t])?;
         let p = p % topic.partitions.len();
-        Some((p as u32, topic.partitions[p].clone()))
+        Some((PartitionId(p as u32), topic.partitions[p].clone()))
     };
     Some(match op {
         Op::Restart(id) => {

@@ -38,6 +38,7 @@ use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 use crate::log::Offset;
 use crate::log::batch::RecordRef;
+use crate::metadata::PartitionId;
 use crate::metrics as m;
 
 /// The internal topic holding keys and their answers.
@@ -429,7 +430,7 @@ impl IdempotencyKeys {
             Err(BrokerError::TopicNotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let partition = topic.partition(0)?;
+        let partition = topic.partition(PartitionId(0))?;
         let key = key.to_string();
         // Past the batch itself, a read may start up to an index interval (and a batch)
         // before it: start with room for that and double while the answer is cut.
@@ -515,7 +516,7 @@ fn read_answer_at(
 
 fn key_record<'r>(key: &'r str, value: &'r [u8], is_json: bool, at_ms: i64) -> ProduceRecord<'r> {
     ProduceRecord {
-        partition: Some(0),
+        partition: Some(PartitionId(0)),
         record: RecordRef {
             timestamp_ms: at_ms,
             key: Some(key.as_bytes()),

@@ -47,6 +47,7 @@ use crate::config::{CleanupPolicy, TopicConfig};
 use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 use crate::log::batch::{ProducerInfo, RecordRef};
+use crate::metadata::PartitionId;
 
 /// The internal topic holding producer ids and names.
 pub const PRODUCERS_TOPIC: &str = "__producers";
@@ -265,7 +266,7 @@ impl ProducerRegistry {
     async fn append(&self, key: &str, value: &[u8]) -> Result<(), BrokerError> {
         let topic = producers_topic(&self.broker, self.residence.maker()).await?;
         let record = ProduceRecord {
-            partition: Some(0),
+            partition: Some(PartitionId(0)),
             record: RecordRef {
                 timestamp_ms: now_ms(),
                 key: Some(key.as_bytes()),

@@ -23,7 +23,7 @@ use super::wire::{self, FetchError, FetchRequest, PartitionAnswer, PartitionFetc
 use crate::broker::{BrokerError, Partition};
 use crate::cluster::client::CallError;
 use crate::log::Offset;
-use crate::metadata::{LeaderEpoch, NodeId};
+use crate::metadata::{LeaderEpoch, NodeId, PartitionId};
 use crate::metrics as m;
 
 /// The replica fetch route.
@@ -58,7 +58,7 @@ fn caught_up(f: &Followed, leader_hw: Offset) {
 #[derive(Debug, Clone)]
 pub struct Followed {
     pub topic: Arc<str>,
-    pub partition: u32,
+    pub partition: PartitionId,
     pub replica: Arc<Partition>,
     pub leader_epoch: LeaderEpoch,
 }
@@ -106,9 +106,9 @@ struct Fetcher {
     replicator: Arc<Replicator>,
     leader: NodeId,
     /// Partitions not asked for until then.
-    retry_at: HashMap<(Arc<str>, u32), Instant>,
+    retry_at: HashMap<(Arc<str>, PartitionId), Instant>,
     /// Replicas stopped in a leader epoch (asked to cut below their high watermark).
-    stopped: HashMap<(Arc<str>, u32), LeaderEpoch>,
+    stopped: HashMap<(Arc<str>, PartitionId), LeaderEpoch>,
 }
 
 impl Fetcher {
@@ -207,7 +207,7 @@ impl Fetcher {
         // The leader waits on these: fsync now, then fetch again at once to say so.
         for (f, leader_hw) in &synced {
             if let Err(e) = f.replica.flush_now().await {
-                tracing::error!(topic = %f.topic, partition = f.partition, "fsync of replicated data: {e}");
+                tracing::error!(topic = %f.topic, partition = f.partition.0, "fsync of replicated data: {e}");
             }
             if self.still_follows(f) {
                 caught_up(f, *leader_hw);
@@ -259,7 +259,7 @@ impl Fetcher {
     ) -> bool {
         let key = (Arc::clone(&f.topic), f.partition);
         if !self.still_follows(f) {
-            tracing::debug!(topic = %f.topic, partition = f.partition, "answer of an ended leadership dropped");
+            tracing::debug!(topic = %f.topic, partition = f.partition.0, "answer of an ended leadership dropped");
             return false;
         }
         if let Some(error) = answer.error {
@@ -270,7 +270,7 @@ impl Fetcher {
                 self.stop_on(f, f.replica.reset_to(answer.log_start_offset).await);
                 return false;
             }
-            tracing::debug!(topic = %f.topic, partition = f.partition, ?error, "replica fetch refused");
+            tracing::debug!(topic = %f.topic, partition = f.partition.0, ?error, "replica fetch refused");
             self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
             return false;
         }
@@ -282,7 +282,7 @@ impl Fetcher {
             let cut = d.end_offset.min(own);
             tracing::info!(
                 topic = %f.topic,
-                partition = f.partition,
+                partition = f.partition.0,
                 leader_epoch = d.epoch,
                 cut = cut.0,
                 "log diverges from the leader's: truncating"
@@ -295,7 +295,7 @@ impl Fetcher {
             match f.replica.append_replicated_at(records, fetched_at, false) {
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(topic = %f.topic, partition = f.partition, "appending replicated batches: {e}");
+                    tracing::warn!(topic = %f.topic, partition = f.partition.0, "appending replicated batches: {e}");
                     self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
                     return false;
                 }
@@ -315,14 +315,14 @@ impl Fetcher {
             Err(e @ BrokerError::BelowHighWatermark { .. }) => {
                 tracing::error!(
                     topic = %f.topic,
-                    partition = f.partition,
+                    partition = f.partition.0,
                     leader_epoch = f.leader_epoch.0,
                     "replica stopped: {e}"
                 );
                 self.stopped.insert(key, f.leader_epoch);
             }
             Err(e) => {
-                tracing::warn!(topic = %f.topic, partition = f.partition, "{e}");
+                tracing::warn!(topic = %f.topic, partition = f.partition.0, "{e}");
                 self.retry_at.insert(key, Instant::now() + RETRY_AFTER);
             }
         }

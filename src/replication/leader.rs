@@ -14,13 +14,13 @@ use super::isr::{LeaderReplicas, PendingIsr};
 use super::wire::{Diverging, FetchError, PartitionAnswer, PartitionFetch};
 use crate::broker::{BrokerError, IsrGate, Partition};
 use crate::log::Offset;
-use crate::metadata::{LeaderEpoch, NodeId, PartitionEpoch};
+use crate::metadata::{LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
 
 /// One partition this broker leads, in one leader epoch.
 #[derive(Debug)]
 pub struct Led {
     pub topic: Arc<str>,
-    pub partition: u32,
+    pub partition: PartitionId,
     pub replica: Arc<Partition>,
     pub leader_epoch: LeaderEpoch,
     state: Mutex<LedState>,
@@ -59,7 +59,7 @@ impl Led {
     /// is; it moves only as the in-sync replicas fsync.
     pub fn new(
         topic: Arc<str>,
-        partition: u32,
+        partition: PartitionId,
         replica: Arc<Partition>,
         me: NodeId,
         leader_epoch: LeaderEpoch,
@@ -262,7 +262,7 @@ impl Led {
             if in_sync.1 < in_sync.0 {
                 tracing::warn!(
                     topic = %self.topic,
-                    partition = self.partition,
+                    partition = self.partition.0,
                     follower = follower.0,
                     fetch_offset = fetch.fetch_offset.0,
                     "an in-sync follower fetches below the high watermark: it lost records, \
@@ -324,7 +324,7 @@ impl Led {
             Err(e) => {
                 tracing::warn!(
                     topic = %self.topic,
-                    partition = self.partition,
+                    partition = self.partition.0,
                     "reading for a follower: {e}"
                 );
                 answer.error = Some(FetchError::StorageUnavailable);
@@ -352,9 +352,16 @@ mod tests {
             flush_ms: 1,
             flush_bytes: 1,
         };
-        let p = Partition::open("t".into(), 0, dir, LogConfig::default(), flush, false)
-            .unwrap()
-            .0;
+        let p = Partition::open(
+            "t".into(),
+            PartitionId(0),
+            dir,
+            LogConfig::default(),
+            flush,
+            false,
+        )
+        .unwrap()
+        .0;
         p.set_hw_mode(crate::broker::partition::HwMode::External);
         p
     }
@@ -377,7 +384,7 @@ mod tests {
         };
         Led::new(
             "t".into(),
-            0,
+            PartitionId(0),
             Arc::clone(p),
             n(1),
             LeaderEpoch(epoch),
@@ -389,7 +396,7 @@ mod tests {
     fn fetch(epoch: u32, offset: u64, last: Option<u32>, flushed: u64) -> PartitionFetch {
         PartitionFetch {
             topic: "t".into(),
-            partition: 0,
+            partition: PartitionId(0),
             leader_epoch: LeaderEpoch(epoch),
             fetch_offset: Offset(offset),
             last_fetched_epoch: last,
@@ -467,7 +474,7 @@ mod tests {
         };
         let l = Led::new(
             "t".into(),
-            0,
+            PartitionId(0),
             Arc::clone(&p),
             n(1),
             LeaderEpoch(0),

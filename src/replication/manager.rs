@@ -29,7 +29,9 @@ use tokio::task::JoinHandle;
 use crate::broker::{Broker, BrokerError, Partition, ReplicaTopic};
 use crate::cluster::Cluster;
 use crate::log::Offset;
-use crate::metadata::{LeaderEpoch, MetadataImage, NodeId, PartitionEpoch, PartitionRecord};
+use crate::metadata::{
+    LeaderEpoch, MetadataImage, NodeId, PartitionEpoch, PartitionId, PartitionRecord,
+};
 
 /// What this broker does for one partition it holds a replica of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +61,7 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct LocalReplica {
     pub topic: Arc<str>,
-    pub partition: u32,
+    pub partition: PartitionId,
     /// The metadata's id of the topic: another id under the same name is another topic.
     pub topic_id: u64,
     pub role: Role,
@@ -70,7 +72,7 @@ pub struct LocalReplica {
 #[derive(Debug, Clone)]
 pub struct RoleChange {
     pub topic: Arc<str>,
-    pub partition: u32,
+    pub partition: PartitionId,
     pub topic_id: u64,
     /// None: the replica is new here.
     pub before: Option<Role>,
@@ -83,7 +85,7 @@ pub struct RoleChange {
 type Hook = Arc<dyn Fn(&RoleChange) + Send + Sync>;
 
 /// Local replicas by topic, then partition id.
-type Roles = BTreeMap<Arc<str>, BTreeMap<u32, LocalReplica>>;
+type Roles = BTreeMap<Arc<str>, BTreeMap<PartitionId, LocalReplica>>;
 
 pub struct ReplicaManager {
     cluster: Arc<Cluster>,
@@ -143,11 +145,11 @@ impl ReplicaManager {
     }
 
     /// The role of the local replica of `topic`/`partition`; None: no local replica.
-    pub fn role_of(&self, topic: &str, partition: u32) -> Option<Role> {
+    pub fn role_of(&self, topic: &str, partition: PartitionId) -> Option<Role> {
         self.replica(topic, partition).map(|r| r.role)
     }
 
-    pub fn replica(&self, topic: &str, partition: u32) -> Option<LocalReplica> {
+    pub fn replica(&self, topic: &str, partition: PartitionId) -> Option<LocalReplica> {
         self.lock().get(topic)?.get(&partition).cloned()
     }
 
@@ -249,7 +251,7 @@ impl ReplicaManager {
             };
             let replicas = next.entry(Arc::clone(&topic.name)).or_default();
             for replica in topic.partitions() {
-                let Some(p) = record.partitions.get(replica.id as usize) else {
+                let Some(p) = record.partitions.get(replica.id.index()) else {
                     continue;
                 };
                 let role = role_for(p, me, record.min_insync_replicas);
@@ -273,7 +275,7 @@ impl ReplicaManager {
         *self.lock() = next;
         let hooks = self.hooks.lock().expect(POISONED).clone();
         for change in &changes {
-            tracing::debug!(topic = %change.topic, partition = change.partition, before = ?change.before, after = ?change.after, "replica role");
+            tracing::debug!(topic = %change.topic, partition = change.partition.0, before = ?change.before, after = ?change.after, "replica role");
             for hook in &hooks {
                 hook(change);
             }
@@ -302,12 +304,12 @@ pub fn replica_topics(image: &MetadataImage, me: NodeId) -> Vec<ReplicaTopic> {
         .topics
         .values()
         .filter_map(|t| {
-            let local: Vec<u32> = t
+            let local: Vec<PartitionId> = t
                 .partitions
                 .iter()
-                .enumerate()
-                .filter(|(_, p)| p.replicas.contains(&me))
-                .map(|(i, _)| i as u32)
+                .zip(PartitionId::all(t.partitions.len() as u32))
+                .filter(|(p, _)| p.replicas.contains(&me))
+                .map(|(_, id)| id)
                 .collect();
             (!local.is_empty()).then(|| ReplicaTopic {
                 name: t.name.clone(),
@@ -432,7 +434,7 @@ mod tests {
         let image = image_of_three();
         let specs = replica_topics(&image, NodeId(1));
         assert_eq!(specs.len(), 1);
-        assert_eq!(specs[0].local, vec![0, 2]);
+        assert_eq!(specs[0].local, vec![PartitionId(0), PartitionId(2)]);
         assert_eq!(specs[0].partitions, 3);
         assert_eq!(specs[0].topic_id, image.topics["t"].topic_id);
         assert!(replica_topics(&image, NodeId(4)).is_empty());
@@ -440,7 +442,7 @@ mod tests {
 
     fn local(
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
         topic_id: u64,
         role: Role,
         replica: &Arc<Partition>,
@@ -474,7 +476,7 @@ mod tests {
         let open = |sub: &str| {
             Partition::open(
                 Arc::from("t"),
-                0,
+                PartitionId(0),
                 &dir.path().join(sub),
                 config.log_config(),
                 config.flush_policy(),
@@ -484,20 +486,20 @@ mod tests {
             .0
         };
         let (old, new) = (open("a"), open("b"));
-        let before = local("t", 0, 7, follower(1, 0), &old);
+        let before = local("t", PartitionId(0), 7, follower(1, 0), &old);
         assert!(
             diff_roles(&before, &before.clone()).is_empty(),
             "nothing changed"
         );
 
-        let moved = local("t", 0, 7, follower(2, 1), &old);
+        let moved = local("t", PartitionId(0), 7, follower(2, 1), &old);
         let changes = diff_roles(&before, &moved);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].before, Some(follower(1, 0)));
         assert_eq!(changes[0].after, Some(follower(2, 1)));
 
         // Deleted and created again under the same name: another id, another partition.
-        let recreated = local("t", 0, 9, follower(1, 0), &new);
+        let recreated = local("t", PartitionId(0), 9, follower(1, 0), &new);
         let changes = diff_roles(&before, &recreated);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!((changes[0].topic_id, changes[0].after.clone()), (7, None));

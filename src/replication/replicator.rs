@@ -26,7 +26,7 @@ use crate::cluster::client::InternalClient;
 use crate::cluster::protocol::{ALTER_PARTITION_PATH, AlterPartitionAnswer, AlterPartitionRequest};
 use crate::config::BrokerConfig;
 use crate::log::Offset;
-use crate::metadata::NodeId;
+use crate::metadata::{NodeId, PartitionId};
 use crate::metrics as m;
 
 /// Replication settings (`replica_lag_time_max_ms`, `replica_fetch_wait_max_ms`).
@@ -61,7 +61,7 @@ impl Settings {
     }
 }
 
-type PartitionKey = (Arc<str>, u32);
+type PartitionKey = (Arc<str>, PartitionId);
 
 #[derive(Debug)]
 pub struct Replicator {
@@ -153,7 +153,7 @@ impl Replicator {
             .expect("the fetchers lock is not poisoned")
     }
 
-    fn led(&self, topic: &str, partition: u32) -> Option<Arc<Led>> {
+    fn led(&self, topic: &str, partition: PartitionId) -> Option<Arc<Led>> {
         let leaders = self
             .leaders
             .read()
@@ -214,7 +214,7 @@ impl Replicator {
                         ));
                         tracing::info!(
                             topic = %r.topic,
-                            partition = r.partition,
+                            partition = r.partition.0,
                             leader_epoch = leader_epoch.0,
                             isr = ?isr,
                             "leading the partition"
@@ -354,14 +354,14 @@ impl Replicator {
         match answer {
             Ok(_) => tracing::info!(
                 topic = %led.topic,
-                partition = led.partition,
+                partition = led.partition.0,
                 isr = ?p.isr,
                 "in-sync replica set changed"
             ),
             Err(e) => {
                 tracing::warn!(
                     topic = %led.topic,
-                    partition = led.partition,
+                    partition = led.partition.0,
                     isr = ?p.isr,
                     "in-sync replica change not made: {e}"
                 );
@@ -469,7 +469,7 @@ fn apply_role(change: &RoleChange) {
             replica.set_hw_mode(HwMode::External);
             tracing::error!(
                 topic = %change.topic,
-                partition = change.partition,
+                partition = change.partition.0,
                 leader_epoch = leader_epoch.0,
                 "cannot lead: this replica lost fsynced records it has not fetched back"
             );
@@ -492,7 +492,7 @@ fn apply_role(change: &RoleChange) {
                     replica.set_follower(true);
                     tracing::error!(
                         topic = %change.topic,
-                        partition = change.partition,
+                        partition = change.partition.0,
                         leader_epoch = leader_epoch.0,
                         "cannot lead: {e}"
                     );

@@ -79,7 +79,7 @@ async fn check(r: &LocalReplica) {
     let found = match r.replica.scrub().await {
         Ok(found) => found,
         Err(e) => {
-            tracing::warn!(topic = %r.topic, partition = r.partition, "replica scrub: {e}");
+            tracing::warn!(topic = %r.topic, partition = r.partition.0, "replica scrub: {e}");
             return;
         }
     };
@@ -91,7 +91,7 @@ async fn check(r: &LocalReplica) {
             if let Err(e) = r.replica.cut_damaged(offset).await {
                 tracing::error!(
                     topic = %r.topic,
-                    partition = r.partition,
+                    partition = r.partition.0,
                     offset = offset.0,
                     "cutting a damaged replica: {e}"
                 );

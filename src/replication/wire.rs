@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::log::Offset;
-use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId};
+use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId, PartitionId};
 
 const MAGIC: &[u8; 4] = b"TLRF";
 const VERSION: u8 = 1;
@@ -49,7 +49,7 @@ pub struct FetchRequest {
 #[serde(deny_unknown_fields)]
 pub struct PartitionFetch {
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
     /// The leader epoch the follower believes current: older is fenced, newer is unknown
     /// to this leader yet (retry).
     pub leader_epoch: LeaderEpoch,
@@ -93,7 +93,7 @@ pub struct Diverging {
 #[serde(deny_unknown_fields)]
 pub struct PartitionAnswer {
     pub topic: String,
-    pub partition: u32,
+    pub partition: PartitionId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<FetchError>,
     pub high_watermark: Offset,
@@ -246,7 +246,7 @@ mod tests {
                     sync_now,
                 )| PartitionAnswer {
                     topic,
-                    partition,
+                    partition: PartitionId(partition),
                     error,
                     high_watermark: Offset(high_watermark),
                     log_start_offset: Offset(log_start_offset),
@@ -320,7 +320,7 @@ mod tests {
             max_bytes: 1 << 20,
             partitions: vec![PartitionFetch {
                 topic: "t".into(),
-                partition: 0,
+                partition: PartitionId(0),
                 leader_epoch: LeaderEpoch(3),
                 fetch_offset: Offset(10),
                 last_fetched_epoch: Some(2),

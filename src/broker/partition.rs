@@ -360,6 +360,14 @@ impl Partition {
             .expect("the partition lock is poisoned only after a panic")
     }
 
+    /// The series' handles. Held for a few stores into atomics, never across I/O; poisoned
+    /// only by a panic, which stops the process.
+    fn series(&self) -> MutexGuard<'_, PartitionSeries> {
+        self.series
+            .lock()
+            .expect("the series lock is poisoned only after a panic")
+    }
+
     pub fn progress(&self) -> Progress {
         *self.progress.borrow()
     }
@@ -438,7 +446,7 @@ impl Partition {
         match result {
             Ok(range) => {
                 self.appended(batch.len() as u64, urgent);
-                let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+                let series = self.series();
                 series.records_produced.increment(u64::from(records));
                 series.bytes_produced.increment(batch.len() as u64);
                 Ok(range)
@@ -1425,7 +1433,7 @@ impl Partition {
                 producers,
             )
         };
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let series = self.series();
         series.high_watermark.set(p.high_watermark.0 as f64);
         series.log_start_offset.set(p.log_start_offset.0 as f64);
         series.log_end_offset.set(log_end_offset.0 as f64);
@@ -1442,7 +1450,7 @@ impl Partition {
         // A series the exporter dropped as idle (its handle then counts into nothing) is
         // registered again here; take its new handles.
         let series = PartitionSeries::resolve(&self.topic, self.id);
-        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = series;
+        *self.series() = series;
         self.publish_gauges();
     }
 

@@ -70,7 +70,9 @@ pub(super) fn record(route: &'static str, method: &'static str, status: StatusCo
     let now = Instant::now();
     let key = (route, method, status.as_u16());
     let map = HANDLES.get_or_init(Default::default);
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = map
+        .lock()
+        .expect("the request series lock is poisoned only after a panic");
     let fresh = |h: &Handles| now.saturating_duration_since(h.resolved) < RESOLVE_EVERY;
     let handles = match map.get(&key) {
         Some(h) if fresh(h) => h,

@@ -25,16 +25,21 @@
 //! - `replica=local` reads are never proxied: they read this broker's own replica.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::Route;
+use axum::routing::future::RouteFuture;
+use futures_util::future::{BoxFuture, Either};
 use http_body_util::Limited;
 use serde::Deserialize;
+use tower::{Layer, Service};
 
 use super::AppState;
 use super::body::check_declared_length;
@@ -168,11 +173,69 @@ fn home_of(cluster: &Cluster, leader: Option<NodeId>) -> PartitionHome {
     }
 }
 
-/// The middleware: serves a request here, or proxies it one hop to the broker that serves it.
-pub async fn route_request(State(node): State<AppState>, request: Request, next: Next) -> Response {
-    if !node.cluster.is_clustered() {
-        return next.run(request).await;
+/// Wraps every matched route in [`Forward`].
+#[derive(Debug, Clone)]
+pub struct ForwardLayer {
+    /// Where the cluster's metadata and the forwarding client are.
+    pub node: AppState,
+}
+
+impl Layer<Route> for ForwardLayer {
+    type Service = Forward;
+
+    fn layer(&self, route: Route) -> Forward {
+        Forward {
+            node: self.node.clone(),
+            route,
+        }
     }
+}
+
+/// A matched route that serves a request here, or proxies it one hop to the broker that
+/// serves it. A tower service of its own rather than `axum::middleware::from_fn_with_state`,
+/// which clones the state and boxes the route, a `Next` and a future on every request: on a
+/// broker alone the route is called as it is, with nothing boxed.
+#[derive(Clone)]
+pub struct Forward {
+    /// Where the cluster's metadata and the forwarding client are.
+    node: AppState,
+    /// The route, always ready (`Route::poll_ready` is `Ready`), so it is called as it is.
+    route: Route,
+}
+
+impl Service<Request> for Forward {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.route, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if !self.node.cluster.is_clustered() {
+            return Either::Left(self.route.call(request));
+        }
+        let node = self.node.clone();
+        let next = Next(self.route.clone());
+        Either::Right(Box::pin(async move {
+            Ok(route_request(node, request, next).await)
+        }))
+    }
+}
+
+/// The route under [`Forward`], for a request served here.
+struct Next(Route);
+
+impl Next {
+    async fn run(mut self, request: Request) -> Response {
+        let Ok(response) = self.0.call(request).await;
+        response
+    }
+}
+
+/// Serves a request here, or proxies it one hop to the broker that serves it (on a cluster).
+async fn route_request(node: AppState, request: Request, next: Next) -> Response {
     let served = request
         .extensions()
         .get::<MatchedPath>()

@@ -32,13 +32,11 @@ pub mod system;
 pub mod topics;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{FromRef, MatchedPath, Request};
+use axum::extract::FromRef;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 
@@ -234,13 +232,10 @@ pub fn router(node: Node) -> Router {
         router = router.route(path, method_router);
     }
     let mut router = router
-        .route_layer(axum::middleware::from_fn_with_state(
-            node.clone(),
-            forward::route_request,
-        ))
+        .route_layer(forward::ForwardLayer { node: node.clone() })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(record_metrics));
+        .layer(request_metrics::RequestMetricsLayer);
     if let Some(cors) = cors_layer(&node.broker.config.cors_allowed_origins) {
         router = router.layer(cors);
     }
@@ -284,26 +279,6 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this route",
     )
-}
-
-/// Counts requests and times them by route template (bounded cardinality) and status.
-async fn record_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request_metrics::route_label(
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str()),
-    );
-    let method = request_metrics::method_label(request.method());
-    let response = next.run(request).await;
-    request_metrics::record(
-        route,
-        method,
-        response.status(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
 }
 
 /// A JSON response from pre-rendered bytes.

@@ -7,6 +7,11 @@
 //! (route templates from the router's table, the standard methods) and the handles are
 //! kept per (route, method, status), so a request costs one map lookup.
 //!
+//! [`RequestMetricsLayer`] wraps every route and fallback: a tower service of its own, not
+//! `axum::middleware::from_fn`, which boxes a clone of the inner service, a `Next` and its
+//! own future on every request. Here the route's future is wrapped as it is (no box), and
+//! the series is recorded when it yields the answer.
+//!
 //! A kept handle would count into nothing once the exporter dropped its series as idle (see
 //! [`crate::metrics::install_with_idle_timeout`]). So a handle is looked up again through the
 //! registry when it is older than [`RESOLVE_EVERY`], which is shorter than the shortest idle
@@ -14,11 +19,20 @@
 //! less than the idle timeout ago, and its series is still there.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::routing::Route;
+use axum::routing::future::RouteFuture;
 use metrics::{Counter, Histogram};
+use tower::{Layer, Service};
 
 use crate::metrics as m;
 
@@ -38,13 +52,83 @@ struct Handles {
 
 static HANDLES: OnceLock<Mutex<HashMap<SeriesKey, Handles>>> = OnceLock::new();
 
+/// Counts requests and times them by route template (bounded cardinality) and status.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RequestMetricsLayer;
+
+impl Layer<Route> for RequestMetricsLayer {
+    type Service = RequestMetrics;
+
+    fn layer(&self, inner: Route) -> RequestMetrics {
+        RequestMetrics { inner }
+    }
+}
+
+/// A route (or fallback) whose requests are counted and timed.
+#[derive(Clone)]
+pub(super) struct RequestMetrics {
+    /// The route, always ready (`Route::poll_ready` is `Ready`), so it is called as it is.
+    inner: Route,
+}
+
+impl Service<Request> for RequestMetrics {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Timed;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Timed {
+        let started = Instant::now();
+        let route = route_label(
+            request
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str()),
+        );
+        let method = method_label(request.method());
+        Timed {
+            answer: self.inner.call(request),
+            started,
+            route,
+            method,
+        }
+    }
+}
+
+/// A request's answer on its way; recorded when it is ready (not if the request is dropped
+/// first, as with a client gone).
+pub(super) struct Timed {
+    /// The route's future (`Unpin`: the services under it box their futures).
+    answer: RouteFuture<Infallible>,
+    /// When the request reached the route.
+    started: Instant,
+    /// The `route` label.
+    route: &'static str,
+    /// The `method` label.
+    method: &'static str,
+}
+
+impl Future for Timed {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(response) = ready!(Pin::new(&mut self.answer).poll(cx));
+        let took = self.started.elapsed().as_secs_f64();
+        record(self.route, self.method, response.status(), took);
+        Poll::Ready(Ok(response))
+    }
+}
+
 /// Remembers the router's route templates (the only values the `route` label takes).
 pub(super) fn set_routes(paths: impl IntoIterator<Item = &'static str>) {
     let _ = ROUTES.set(paths.into_iter().collect());
 }
 
 /// The `route` label: the matched template, or `unmatched`.
-pub(super) fn route_label(matched: Option<&str>) -> &'static str {
+fn route_label(matched: Option<&str>) -> &'static str {
     matched
         .and_then(|p| ROUTES.get()?.get(p).copied())
         .unwrap_or("unmatched")
@@ -52,7 +136,7 @@ pub(super) fn route_label(matched: Option<&str>) -> &'static str {
 
 /// The `method` label: extension methods are any token a client likes, so only the
 /// standard ones become labels.
-pub(super) fn method_label(method: &Method) -> &'static str {
+fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -66,7 +150,7 @@ pub(super) fn method_label(method: &Method) -> &'static str {
 }
 
 /// Counts one request and records its duration.
-pub(super) fn record(route: &'static str, method: &'static str, status: StatusCode, took: f64) {
+fn record(route: &'static str, method: &'static str, status: StatusCode, took: f64) {
     let now = Instant::now();
     let key = (route, method, status.as_u16());
     let map = HANDLES.get_or_init(Default::default);

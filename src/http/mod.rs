@@ -46,27 +46,46 @@ use crate::node::Node;
 use crate::producers::ProducerRegistry;
 use error::ApiError;
 
-/// Shared state of every handler: the node. A handler that needs one layer extracts it
-/// (`State<Arc<Broker>>`, `State<Arc<GroupCoordinator>>`).
-pub type AppState = Node;
+/// Shared state of every handler: the node, behind one `Arc`. A handler that needs one
+/// layer extracts it (`State<Arc<Broker>>`, `State<Arc<GroupCoordinator>>`).
+///
+/// The router clones its state for every request it hands a handler (and the handler's
+/// `State` extractor clones it again): one increment here, where a [`Node`] is eight `Arc`s
+/// and the forwarding client's pool.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Node>);
+
+impl std::ops::Deref for AppState {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
 
 pub use serve::serve;
 
-impl FromRef<Node> for Arc<Broker> {
-    fn from_ref(node: &Node) -> Arc<Broker> {
-        Arc::clone(&node.broker)
+impl FromRef<AppState> for Node {
+    fn from_ref(state: &AppState) -> Node {
+        Node::clone(state)
     }
 }
 
-impl FromRef<Node> for Arc<ProducerRegistry> {
-    fn from_ref(node: &Node) -> Arc<ProducerRegistry> {
-        Arc::clone(&node.producers)
+impl FromRef<AppState> for Arc<Broker> {
+    fn from_ref(state: &AppState) -> Arc<Broker> {
+        Arc::clone(&state.broker)
     }
 }
 
-impl FromRef<Node> for Arc<GroupCoordinator> {
-    fn from_ref(node: &Node) -> Arc<GroupCoordinator> {
-        Arc::clone(&node.groups)
+impl FromRef<AppState> for Arc<ProducerRegistry> {
+    fn from_ref(state: &AppState) -> Arc<ProducerRegistry> {
+        Arc::clone(&state.producers)
+    }
+}
+
+impl FromRef<AppState> for Arc<GroupCoordinator> {
+    fn from_ref(state: &AppState) -> Arc<GroupCoordinator> {
+        Arc::clone(&state.groups)
     }
 }
 
@@ -219,6 +238,7 @@ pub fn route_table() -> Vec<(&'static str, Vec<Method>)> {
 
 /// Builds the router with every route of the API.
 pub fn router(node: Node) -> Router {
+    let node = AppState(Arc::new(node));
     // Installed before the first request so nothing recorded is lost.
     crate::metrics::install();
     let mut router = Router::new();

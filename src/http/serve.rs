@@ -40,9 +40,10 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use super::error::ApiError;
-use super::{AppState, router};
+use super::router;
 use crate::broker::{BrokerError, now_ms};
 use crate::limits::{Limit, Limits};
+use crate::node::Node;
 
 /// Whether a connection from the health reserve may make this call: a probe, a scrape, or
 /// an admin call (topics and groups looked at or changed, the cluster's view). Client
@@ -76,12 +77,12 @@ pub fn reserve_serves(method: &Method, path: &str) -> bool {
 
 /// Serves the API until `shutdown` resolves; then finishes in-flight requests and returns.
 pub async fn serve(
-    state: AppState,
+    node: Node,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let limits = state.limits().clone();
-    let app = router(state);
+    let limits = node.limits().clone();
+    let app = router(node);
     let slots = ConnectionSlots::new(&limits);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1

@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -173,11 +174,26 @@ fn home_of(cluster: &Cluster, leader: Option<NodeId>) -> PartitionHome {
     }
 }
 
-/// Wraps every matched route in [`Forward`].
+/// Wraps every route and fallback in [`Forward`].
 #[derive(Debug, Clone)]
 pub struct ForwardLayer {
     /// Where the cluster's metadata and the forwarding client are.
-    pub node: AppState,
+    node: AppState,
+    /// Each route template's methods, from the router's table: only a request that one of
+    /// them serves is forwarded (a 404 or a 405 is answered where it lands).
+    routes: Arc<HashMap<&'static str, Vec<Method>>>,
+}
+
+impl ForwardLayer {
+    pub fn new(
+        node: AppState,
+        routes: impl IntoIterator<Item = (&'static str, Vec<Method>)>,
+    ) -> ForwardLayer {
+        ForwardLayer {
+            node,
+            routes: Arc::new(routes.into_iter().collect()),
+        }
+    }
 }
 
 impl Layer<Route> for ForwardLayer {
@@ -186,21 +202,40 @@ impl Layer<Route> for ForwardLayer {
     fn layer(&self, route: Route) -> Forward {
         Forward {
             node: self.node.clone(),
+            routes: Arc::clone(&self.routes),
             route,
         }
     }
 }
 
-/// A matched route that serves a request here, or proxies it one hop to the broker that
-/// serves it. A tower service of its own rather than `axum::middleware::from_fn_with_state`,
-/// which clones the state and boxes the route, a `Next` and a future on every request: on a
-/// broker alone the route is called as it is, with nothing boxed.
+/// A route that serves a request here, or proxies it one hop to the broker that serves it.
+/// A tower service of its own rather than `axum::middleware::from_fn_with_state`, which
+/// clones the state and boxes the route, a `Next` and a future on every request: on a broker
+/// alone the route is called as it is, with nothing boxed.
 #[derive(Clone)]
 pub struct Forward {
     /// Where the cluster's metadata and the forwarding client are.
     node: AppState,
+    /// Each route template's methods (see [`ForwardLayer`]).
+    routes: Arc<HashMap<&'static str, Vec<Method>>>,
     /// The route, always ready (`Route::poll_ready` is `Ready`), so it is called as it is.
     route: Route,
+}
+
+impl Forward {
+    /// Whether the request matched a route template and one of its methods (a `GET` route
+    /// serves `HEAD` too).
+    fn is_routed(&self, request: &Request) -> bool {
+        let Some(methods) = request
+            .extensions()
+            .get::<MatchedPath>()
+            .and_then(|t| self.routes.get(t.as_str()))
+        else {
+            return false;
+        };
+        let method = request.method();
+        methods.contains(method) || (method == Method::HEAD && methods.contains(&Method::GET))
+    }
 }
 
 impl Service<Request> for Forward {
@@ -213,7 +248,7 @@ impl Service<Request> for Forward {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if !self.node.cluster.is_clustered() {
+        if !self.node.cluster.is_clustered() || !self.is_routed(&request) {
             return Either::Left(self.route.call(request));
         }
         let node = self.node.clone();

@@ -244,6 +244,12 @@ pub fn router(node: Node) -> Router {
     let mut router = Router::new();
     let routes = routes();
     request_metrics::set_routes(routes.iter().map(|(path, _)| *path));
+    let forward = forward::ForwardLayer::new(
+        node.clone(),
+        routes
+            .iter()
+            .map(|(path, methods)| (*path, methods.iter().map(|(m, _)| m.clone()).collect())),
+    );
     for (path, methods) in routes {
         let mut method_router = MethodRouter::new();
         for (_, handler) in methods {
@@ -251,11 +257,12 @@ pub fn router(node: Node) -> Router {
         }
         router = router.route(path, method_router);
     }
+    // One axum layer for both, metrics outside forwarding: each axum layer boxes the
+    // service under it and its future again on every request.
     let mut router = router
-        .route_layer(forward::ForwardLayer { node: node.clone() })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(request_metrics::RequestMetricsLayer);
+        .layer((request_metrics::RequestMetricsLayer, forward));
     if let Some(cors) = cors_layer(&node.broker.config.cors_allowed_origins) {
         router = router.layer(cors);
     }

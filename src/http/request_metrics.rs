@@ -7,10 +7,11 @@
 //! (route templates from the router's table, the standard methods) and the handles are
 //! kept per (route, method, status), so a request costs one map lookup.
 //!
-//! [`RequestMetricsLayer`] wraps every route and fallback: a tower service of its own, not
-//! `axum::middleware::from_fn`, which boxes a clone of the inner service, a `Next` and its
-//! own future on every request. Here the route's future is wrapped as it is (no box), and
-//! the series is recorded when it yields the answer.
+//! [`RequestMetricsLayer`] wraps every route and fallback (around the forwarding layer, in
+//! one axum layer): a tower service of its own, not `axum::middleware::from_fn`, which boxes
+//! a clone of the inner service, a `Next` and its own future on every request. Here the
+//! inner future is wrapped as it is (no box), and the series is recorded when it yields the
+//! answer.
 //!
 //! A kept handle would count into nothing once the exporter dropped its series as idle (see
 //! [`crate::metrics::install_with_idle_timeout`]). So a handle is looked up again through the
@@ -29,8 +30,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::routing::Route;
-use axum::routing::future::RouteFuture;
 use metrics::{Counter, Histogram};
 use tower::{Layer, Service};
 
@@ -56,31 +55,35 @@ static HANDLES: OnceLock<Mutex<HashMap<SeriesKey, Handles>>> = OnceLock::new();
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RequestMetricsLayer;
 
-impl Layer<Route> for RequestMetricsLayer {
-    type Service = RequestMetrics;
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
 
-    fn layer(&self, inner: Route) -> RequestMetrics {
+    fn layer(&self, inner: S) -> RequestMetrics<S> {
         RequestMetrics { inner }
     }
 }
 
 /// A route (or fallback) whose requests are counted and timed.
 #[derive(Clone)]
-pub(super) struct RequestMetrics {
-    /// The route, always ready (`Route::poll_ready` is `Ready`), so it is called as it is.
-    inner: Route,
+pub(super) struct RequestMetrics<S> {
+    /// What serves the request.
+    inner: S,
 }
 
-impl Service<Request> for RequestMetrics {
+impl<S> Service<Request> for RequestMetrics<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Unpin,
+{
     type Response = Response;
     type Error = Infallible;
-    type Future = Timed;
+    type Future = Timed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<Request>::poll_ready(&mut self.inner, cx)
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Timed {
+    fn call(&mut self, request: Request) -> Timed<S::Future> {
         let started = Instant::now();
         let route = route_label(
             request
@@ -100,9 +103,9 @@ impl Service<Request> for RequestMetrics {
 
 /// A request's answer on its way; recorded when it is ready (not if the request is dropped
 /// first, as with a client gone).
-pub(super) struct Timed {
-    /// The route's future (`Unpin`: the services under it box their futures).
-    answer: RouteFuture<Infallible>,
+pub(super) struct Timed<F> {
+    /// The answer's future (`Unpin`: the services under it box what they must).
+    answer: F,
     /// When the request reached the route.
     started: Instant,
     /// The `route` label.
@@ -111,7 +114,10 @@ pub(super) struct Timed {
     method: &'static str,
 }
 
-impl Future for Timed {
+impl<F> Future for Timed<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -301,6 +301,9 @@ fn a_forwarded_admin_call_is_not_forwarded_again_and_a_dead_controller_is_a_clea
     );
     assert_problem(status, &problem, 503, "broker_unavailable");
     assert_eq!(problem["node_id"], 1, "{problem}");
+    // A method no route serves is answered where it lands, never forwarded.
+    let (status, problem) = call(http().put(format!("{u2}/v1/topics/orphan/partitions")));
+    assert_problem(status, &problem, 405, "method_not_allowed");
 }
 
 #[test]

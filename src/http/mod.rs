@@ -11,6 +11,7 @@
 pub mod body;
 pub mod budgeted_body;
 pub mod cluster_topics;
+mod content_length;
 pub mod elect;
 pub mod error;
 pub mod fetch;
@@ -308,9 +309,11 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// A JSON response from pre-rendered bytes.
+/// A JSON response from pre-rendered bytes; a small one has its `content-length` already
+/// (see [`content_length`]).
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (
+    let length = content_length::static_content_length(body.len());
+    let mut response = (
         status,
         [(
             axum::http::header::CONTENT_TYPE,
@@ -318,5 +321,11 @@ pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         )],
         body,
     )
-        .into_response()
+        .into_response();
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, length);
+    }
+    response
 }

@@ -15,33 +15,76 @@ use crate::metadata::PartitionId;
 /// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.
 pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
     let durability = outcome.durability;
-    let mut body = Vec::with_capacity(32 + outcome.offsets.len() * 32);
+    let mut body = Vec::with_capacity(produce_answer_bytes(outcome));
     let status = if durability == Durability::None {
-        body.extend_from_slice(b"{\"durability\":\"none\"}");
+        body.extend_from_slice(NONE_ANSWER);
         StatusCode::ACCEPTED
     } else {
-        body.extend_from_slice(b"{\"offsets\":[");
+        body.extend_from_slice(OFFSETS_OPEN);
         for (i, &(p, o)) in outcome.offsets.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(b"{\"partition\":");
+            body.extend_from_slice(PARTITION_OPEN);
             push_u64(&mut body, u64::from(p.0));
-            body.extend_from_slice(b",\"offset\":");
+            body.extend_from_slice(OFFSET_FIELD);
             push_u64(&mut body, o.0);
             body.push(b'}');
         }
-        body.extend_from_slice(b"],\"durability\":\"");
+        body.extend_from_slice(DURABILITY_FIELD);
         body.extend_from_slice(durability.as_str().as_bytes());
-        body.extend_from_slice(b"\"}");
+        body.extend_from_slice(ANSWER_CLOSE);
         StatusCode::OK
     };
+    debug_assert_eq!(body.len(), body.capacity(), "produce_answer_bytes is exact");
     let mut response = json_response(status, body);
     response.headers_mut().insert(
         HeaderName::from_static("tidelog-durability"),
         HeaderValue::from_static(durability.as_str()),
     );
     response
+}
+
+/// The pieces of the produce answer, written by [`render_produce`] and counted by
+/// [`produce_answer_bytes`].
+const NONE_ANSWER: &[u8] = b"{\"durability\":\"none\"}";
+const OFFSETS_OPEN: &[u8] = b"{\"offsets\":[";
+const PARTITION_OPEN: &[u8] = b"{\"partition\":";
+const OFFSET_FIELD: &[u8] = b",\"offset\":";
+const DURABILITY_FIELD: &[u8] = b"],\"durability\":\"";
+const ANSWER_CLOSE: &[u8] = b"\"}";
+
+/// The produce answer's length in bytes, so its buffer is allocated once, at exactly that
+/// size: a `Vec` whose capacity is its length becomes the response body as it is, where a
+/// longer one costs another allocation (`Bytes` keeps the capacity in a shared header) and
+/// a buffer that grows one more (an answer with a five-digit offset outgrew the old guess).
+fn produce_answer_bytes(outcome: &ProduceOutcome) -> usize {
+    if outcome.durability == Durability::None {
+        return NONE_ANSWER.len();
+    }
+    let offsets: usize = outcome
+        .offsets
+        .iter()
+        .map(|&(p, o)| {
+            PARTITION_OPEN.len()
+                + decimal_digits(u64::from(p.0))
+                + OFFSET_FIELD.len()
+                + decimal_digits(o.0)
+                + 1
+        })
+        .sum();
+    let commas = outcome.offsets.len().saturating_sub(1);
+    OFFSETS_OPEN.len()
+        + offsets
+        + commas
+        + DURABILITY_FIELD.len()
+        + outcome.durability.as_str().len()
+        + ANSWER_CLOSE.len()
+}
+
+/// How many digits [`push_u64`] writes for `n`.
+fn decimal_digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// Writes one record as a JSON object. A JSON value is written as-is; bytes as base64.
@@ -113,6 +156,36 @@ fn push_i64(out: &mut Vec<u8>, n: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Offset;
+
+    #[test]
+    fn the_produce_answer_fills_its_buffer_exactly() {
+        let cases = [
+            (vec![], Durability::None),
+            (vec![(0, 0)], Durability::Fsync),
+            (vec![(3, 9), (12, 10)], Durability::IsrFsync),
+            (vec![(0, 12_345), (1, u64::MAX)], Durability::Leader),
+            (vec![(u32::MAX, 99_999_999)], Durability::Fsync),
+        ];
+        for (offsets, durability) in cases {
+            let offsets = offsets
+                .into_iter()
+                .map(|(p, o)| (PartitionId(p), Offset(o)))
+                .collect();
+            let outcome = ProduceOutcome {
+                offsets,
+                durability,
+            };
+            // render_produce asserts it too (debug builds); the length here, the value
+            // of the header.
+            let response = render_produce(&outcome);
+            let length = response.headers()[axum::http::header::CONTENT_LENGTH].clone();
+            assert_eq!(
+                length.to_str().unwrap(),
+                produce_answer_bytes(&outcome).to_string()
+            );
+        }
+    }
 
     #[test]
     fn decimal_writers_match_display() {
@@ -131,6 +204,7 @@ mod tests {
             let mut out = Vec::new();
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(decimal_digits(n), out.len());
         }
         for n in [0, -1, 1, -10, 1_700_000_000_000, i64::MIN, i64::MAX] {
             let mut out = Vec::new();

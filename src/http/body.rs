@@ -113,8 +113,12 @@ pub fn parse_query<T: DeserializeOwned + Default>(raw: Option<&str>) -> ApiResul
 }
 
 /// serde_urlencoded replaces invalid UTF-8 with U+FFFD; a record key silently changed
-/// (`?key=%FF`) is worse than a 400, so the decoded bytes are checked first.
+/// (`?key=%FF`) is worse than a 400, so the decoded bytes are checked first. A query with no
+/// escape is the `str` it came as (the usual `?acks=all`: nothing decoded, nothing allocated).
 fn percent_decodes_to_utf8(query: &str) -> bool {
+    if !query.contains('%') {
+        return true;
+    }
     let hex = |b: u8| (b as char).to_digit(16);
     let bytes = query.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());

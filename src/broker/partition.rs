@@ -1633,7 +1633,8 @@ pub(crate) mod tests {
         pub(super) static FILE_READS_ON_THIS_THREAD: Cell<u32> = const { Cell::new(0) };
     }
 
-    fn open(dir: &Path) -> Arc<Partition> {
+    /// A standalone partition `t`/0 in `dir` that fsyncs at once.
+    pub(crate) fn open(dir: &Path) -> Arc<Partition> {
         let flush = FlushPolicy {
             flush_ms: 1,
             flush_bytes: 1,

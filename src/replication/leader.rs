@@ -340,28 +340,13 @@ mod tests {
 
     use super::*;
     use crate::broker::partition::tests::batch_of;
-    use crate::config::FlushPolicy;
-    use crate::log::LogConfig;
 
     fn n(id: u32) -> NodeId {
         NodeId(id)
     }
 
     async fn open(dir: &Path) -> Arc<Partition> {
-        let flush = FlushPolicy {
-            flush_ms: 1,
-            flush_bytes: 1,
-        };
-        let p = Partition::open(
-            "t".into(),
-            PartitionId(0),
-            dir,
-            LogConfig::default(),
-            flush,
-            false,
-        )
-        .unwrap()
-        .0;
+        let p = crate::broker::partition::tests::open(dir);
         p.set_hw_mode(crate::broker::partition::HwMode::External);
         p
     }

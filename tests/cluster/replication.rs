@@ -988,7 +988,7 @@ fn a_paused_leader_acknowledges_nothing_once_resumed_then_steps_down_and_truncat
     for client in zombie_clients {
         let (status, body) = client.join().unwrap();
         eprintln!(
-            "a produce queued at the paused leader: {status} {}",
+            "a produce queued at the paused leader: {status} {} {body}",
             body["code"]
         );
         assert_ne!(status, 0, "the resumed leader answers every queued produce");

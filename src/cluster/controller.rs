@@ -289,12 +289,7 @@ impl Controller {
     }
 
     /// Takes a heartbeat, then proposes the fence and unfence commands due (an unfence as
-    /// soon as the broker says it caught up). Answers the last index of the image, once a
-    /// quorum confirmed this broker still leads (a read barrier): the broker renews its
-    /// lease on this answer, and a deposed leader that does not know it yet (a paused
-    /// process resumed, the asking broker itself perhaps) would answer from an image
-    /// without the fence and the new leaderships, so a zombie partition leader would hold
-    /// its lease again and acknowledge writes its successor never gets.
+    /// soon as the broker says it caught up). Answers the last index of the image.
     pub async fn heartbeat(
         &self,
         node: NodeId,
@@ -316,7 +311,6 @@ impl Controller {
             Ok::<_, ControlError>(())
         })??;
         self.propose_decisions().await?;
-        self.raft.read_barrier().await.map_err(propose_error)?;
         Ok(self.raft.state().with_image(|i| i.applied))
     }
 

@@ -36,15 +36,7 @@ fn describe(c: &Cluster, id: usize) -> Value {
 fn state(c: &Cluster, id: usize, p: u32) -> (usize, u64, Vec<usize>) {
     let d = describe(c, id);
     let part = &d["partitions"][p as usize];
-    let isr = part["isr"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|n| n as usize)
-                .collect()
-        })
-        .unwrap_or_default();
+    let isr = common::cluster::node_ids(&part["isr"]);
     (
         part["leader"].as_u64().unwrap_or(0) as usize,
         part["leader_epoch"].as_u64().unwrap_or(0),

@@ -55,17 +55,6 @@ fn partition_view(c: &Cluster, id: usize) -> Value {
     get(&format!("{}/v1/topics/{TOPIC}", c.url(id))).1["partitions"][0].clone()
 }
 
-fn ids(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|n| n as usize)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Produces `values` with acks=all through broker `via`; records each outcome.
 fn produce_all(c: &Cluster, via: usize, values: &[String], history: &mut History) -> Vec<u64> {
     let records: Vec<Value> = values
@@ -101,7 +90,8 @@ fn produce_all(c: &Cluster, via: usize, values: &[String], history: &mut History
 fn wait_isr(c: &Cluster, via: usize, isr: &[usize], elr: &[usize]) {
     wait_for(&format!("isr {isr:?} elr {elr:?}"), || {
         let p = partition_view(c, via);
-        let (mut now_isr, mut now_elr) = (ids(&p["isr"]), ids(&p["elr"]));
+        let (mut now_isr, mut now_elr) =
+            (cluster::node_ids(&p["isr"]), cluster::node_ids(&p["elr"]));
         now_isr.sort_unstable();
         now_elr.sort_unstable();
         let (mut want_isr, mut want_elr) = (isr.to_vec(), elr.to_vec());
@@ -150,7 +140,7 @@ fn set_up_offline_partition() -> Offline {
     );
     assert_eq!(status, 201, "{body}");
     let p = &body["partitions"][0];
-    let replicas = ids(&p["replicas"]);
+    let replicas = cluster::node_ids(&p["replicas"]);
     let leader = p["leader"].as_u64().unwrap() as usize;
     let followers: Vec<usize> = replicas.iter().copied().filter(|r| *r != leader).collect();
     let (stale, eligible) = (followers[0], followers[1]);
@@ -188,7 +178,7 @@ fn set_up_offline_partition() -> Offline {
     c.brokers[stale - 1].restart();
     wait_for("the partition offline, its last leader fenced", || {
         let p = partition_view(&c, via);
-        let elr = ids(&p["elr"]);
+        let elr = cluster::node_ids(&p["elr"]);
         if p["leader"].is_null() && elr.contains(&leader) && elr.contains(&eligible) {
             Ok(())
         } else {
@@ -335,7 +325,7 @@ fn a_forced_unclean_election_reports_exactly_what_it_gave_up() {
     assert_eq!((start, end), (first_lost, last_acked + 1), "{answer}");
     let p = partition_view(&o.c, o.via);
     assert_eq!(
-        (ids(&p["isr"]), ids(&p["elr"])),
+        (cluster::node_ids(&p["isr"]), cluster::node_ids(&p["elr"])),
         (vec![o.stale], vec![]),
         "{p}"
     );

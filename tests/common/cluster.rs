@@ -193,10 +193,9 @@ pub fn read_replica(c: &Cluster, id: usize, topic: &str, p: u32) -> ReplicaRead 
     read
 }
 
-/// The brokers holding a replica of `topic`/`p`, as broker `id`'s metadata says.
-pub fn replicas_of(c: &Cluster, id: usize, topic: &str, p: u32) -> Vec<usize> {
-    describe(c, id, topic)["partitions"][p as usize]["replicas"]
-        .as_array()
+/// The broker ids of a JSON list (`replicas`, `isr`, `elr`); empty when it is not one.
+pub fn node_ids(v: &Value) -> Vec<usize> {
+    v.as_array()
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_u64)
@@ -204,6 +203,11 @@ pub fn replicas_of(c: &Cluster, id: usize, topic: &str, p: u32) -> Vec<usize> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The brokers holding a replica of `topic`/`p`, as broker `id`'s metadata says.
+pub fn replicas_of(c: &Cluster, id: usize, topic: &str, p: u32) -> Vec<usize> {
+    node_ids(&describe(c, id, topic)["partitions"][p as usize]["replicas"])
 }
 
 /// Waits until every replica of `topic`/`p` (as broker `id` names them) has a high

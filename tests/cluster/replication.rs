@@ -902,10 +902,9 @@ fn a_paused_leader_acknowledges_nothing_once_resumed_then_steps_down_and_truncat
 }
 
 /// The same with a paused partition leader that is also the controller leader. Resumed, it
-/// still believes it leads the metadata quorum for a moment, and its own controller answers
-/// its heartbeat: from an image without its fencing, that answer renewed its lease and let
-/// it acknowledge queued produces its successor never got (seen once under heavy load).
-/// The controller answers a heartbeat only once a quorum confirms it still leads.
+/// still believes it leads the metadata quorum for a moment, and its own controller may
+/// answer its heartbeat: such an answer, from an image without its fencing, must not renew
+/// its lease.
 #[test]
 fn a_paused_leader_that_was_also_the_controller_acknowledges_nothing_once_resumed() {
     paused_leader_run(true);

@@ -206,9 +206,21 @@ impl TestBroker {
         }
     }
 
-    /// Sends SIGSTOP / SIGCONT.
+    /// Sends SIGSTOP and waits until every thread of the process has stopped. `kill`
+    /// returns before that: Linux wakes one thread to take the signal, and the others run
+    /// on until it does, which on two busy cores can be milliseconds in which the "paused"
+    /// broker still answers requests sent after the pause.
     pub fn pause(&self) {
-        signal(self.pid(), "STOP");
+        let pid = self.pid();
+        signal(pid, "STOP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !every_thread_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} did not stop within 30 s of SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     pub fn resume(&self) {
         signal(self.pid(), "CONT");
@@ -260,6 +272,21 @@ impl Drop for TestBroker {
         self.kill9();
         self.assert_answers_kept_the_spec();
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T`, or `t` when traced), as
+/// `/proc/PID/task/*/stat` say (the state follows the command name's closing parenthesis).
+fn every_thread_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't')
+        })
+    })
 }
 
 fn signal(pid: u32, sig: &str) {

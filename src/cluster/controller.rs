@@ -30,6 +30,10 @@ use crate::metadata::{MetadataError, MetadataImage};
 /// one is refused (its metadata is not in the Raft log).
 pub const METADATA_JOURNAL_FILE: &str = "metadata.journal";
 
+/// Longest a heartbeat waits for a quorum to confirm this controller still leads (less
+/// than the broker's deadline for the call).
+const CONFIRM_LEADING_WITHIN: Duration = Duration::from_secs(2);
+
 /// Why the controller refused an internal request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlError {
@@ -289,7 +293,13 @@ impl Controller {
     }
 
     /// Takes a heartbeat, then proposes the fence and unfence commands due (an unfence as
-    /// soon as the broker says it caught up). Answers the last index of the image.
+    /// soon as the broker says it caught up). Answers the last index of the image, once a
+    /// quorum of voters confirmed this broker led when the heartbeat arrived and the image
+    /// holds everything its log did then (`MetadataRaft::confirm_leading_since`): the
+    /// broker renews its lease on this answer, so it must cover every fence and leadership
+    /// committed before the heartbeat was sent. Without it, a deposed controller that does
+    /// not know it yet (a paused process resumed, answering its own heartbeat) or a new one
+    /// whose image lags its log would answer from an image without them.
     pub async fn heartbeat(
         &self,
         node: NodeId,
@@ -297,6 +307,7 @@ impl Controller {
         caught_up: bool,
         reconciled: u64,
     ) -> Result<u64, ControlError> {
+        let received = Instant::now();
         let now = self.now_ms();
         let image = self.image();
         let reports = self.reports.clone();
@@ -311,6 +322,10 @@ impl Controller {
             Ok::<_, ControlError>(())
         })??;
         self.propose_decisions().await?;
+        self.raft
+            .confirm_leading_since(received, CONFIRM_LEADING_WITHIN)
+            .await
+            .map_err(propose_error)?;
         Ok(self.raft.state().with_image(|i| i.applied))
     }
 

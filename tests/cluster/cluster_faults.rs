@@ -556,21 +556,28 @@ impl Mesh {
 #[test]
 fn a_leader_cut_off_from_the_other_brokers_is_fenced_and_replaced_and_its_clients_get_no_false_success()
  {
-    cut_off_leader_run(false);
+    cut_off_leader_run(false, SESSION_MS);
 }
 
 /// The same with a partition leader that is also the controller leader. Cut off, its Raft
-/// still believes it leads the metadata quorum (nothing tells it otherwise), so it answers
-/// its own heartbeats: a controller that answered without a quorum confirming it still
-/// leads renewed its own lease from an image without its fencing, and the cut-off broker
-/// went on acknowledging acks=leader produces the new leader never got.
+/// still believes it leads the metadata quorum (nothing tells it otherwise), and it answers
+/// its own heartbeats until the others' sessions run out on it (then it owes them fences it
+/// cannot commit). A controller that answered without a quorum confirming it still leads
+/// renewed its own broker's lease until then, from an image without its fencing: with a
+/// session of 4 s that lease outlived the new controller's full session grant and the
+/// election of a new partition leader by about 2 s, and the cut-off broker acknowledged
+/// acks=leader produces the new leader never got.
 #[test]
 fn a_leader_cut_off_that_was_also_the_controller_acknowledges_nothing_to_its_clients() {
-    cut_off_leader_run(true);
+    cut_off_leader_run(true, 4_000);
 }
 
-fn cut_off_leader_run(controller_too: bool) {
-    let mesh = Mesh::start(BROKERS, TOML);
+fn cut_off_leader_run(controller_too: bool, session_ms: u64) {
+    let toml = TOML.replace(
+        &format!("broker_session_timeout_ms = {SESSION_MS}"),
+        &format!("broker_session_timeout_ms = {session_ms}"),
+    );
+    let mesh = Mesh::start(BROKERS, &toml);
     let c = &mesh.cluster;
     create_topic(c);
     let boss = controller(c, 1);
@@ -633,7 +640,7 @@ fn cut_off_leader_run(controller_too: bool) {
     );
     producers.wait_more(10, "acknowledged produces while the leader is cut off");
     // A session more, so its clients see what a zombie answers.
-    thread::sleep(Duration::from_millis(2 * SESSION_MS));
+    thread::sleep(Duration::from_millis(2 * session_ms));
     mesh.heal();
     let healed = Instant::now();
     zombie_stop.store(true, Ordering::SeqCst);

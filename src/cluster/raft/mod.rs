@@ -7,6 +7,8 @@
 //!   flushed), the vote and the purge mark, each durable before the call returns.
 //! - `state_machine`: the image, the cluster id, snapshots in `snapshot.json`.
 //! - `network`: the RPCs over HTTP on the brokers' own port (`/internal/v1/raft/...`).
+//! - `leader_clock`: which voters acknowledged this leader's AppendEntries sent since when,
+//!   for [`MetadataRaft::confirm_leading_since`].
 //!
 //! Formation: the voters are the `--peers` brokers (1, 3 or 5). The lowest id initializes the
 //! membership, only when its Raft state is empty; the others wait to be contacted. A broker
@@ -18,6 +20,7 @@
 //! config (`raft_heartbeat_ms`, `raft_election_timeout_ms`): defaults 300 ms and 1.5-3 s, as
 //! the defaults of openraft flap on a busy 2-core machine.
 
+mod leader_clock;
 mod log_store;
 pub use log_store::{LOG_FILE, VOTE_FILE};
 mod network;
@@ -27,7 +30,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Cursor};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
@@ -36,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::client::InternalClient;
 use crate::controller::peers::Peers;
 use crate::metadata::{Command, MetadataError, NodeId, Outcome};
+use leader_clock::LeaderClock;
 pub use network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use network::{Envelope, Network};
 pub use state_machine::Shared as MetadataState;
@@ -186,6 +190,7 @@ pub struct MetadataRaft {
     /// Set while a voter that lost its state catches up: it grants no vote until it has
     /// applied this index (see [`MetadataRaft::open`]).
     withheld_until: Arc<std::sync::Mutex<Option<u64>>>,
+    clock: Arc<LeaderClock>,
 }
 
 impl std::fmt::Debug for MetadataRaft {
@@ -264,6 +269,7 @@ impl MetadataRaft {
         }
         .validate()
         .map_err(|e| invalid(format!("raft timings: {e}")))?;
+        let clock = Arc::new(LeaderClock::default());
         let network = Network {
             client: InternalClient::default(),
             voters: Arc::clone(&voters),
@@ -274,6 +280,7 @@ impl MetadataRaft {
                     .collect(),
             ),
             shared: Arc::clone(&state),
+            clock: Arc::clone(&clock),
         };
         let raft = openraft::Raft::new(u64::from(node_id.0), Arc::new(config), network, log, sm)
             .await
@@ -316,6 +323,7 @@ impl MetadataRaft {
             peers: peers.clone(),
             voters,
             withheld_until,
+            clock,
         })
     }
 
@@ -376,6 +384,61 @@ impl MetadataRaft {
             }
             Ok(Err(e)) => Err(ProposeError::Unknown(e.to_string())),
         }
+    }
+
+    /// Confirms this broker still leads: waits, at most `within`, until a quorum of voters
+    /// acknowledged its leadership for AppendEntries sent at or after `since`, so no later
+    /// leader was elected before `since` (see `leader_clock`); then until it has applied
+    /// every entry its log held at that moment, every entry committed before `since` among
+    /// them. Heartbeats go out at once rather than at the next interval. No extra round of
+    /// requests is made: the replication streams' own AppendEntries count. Err when this
+    /// broker does not lead, or when no quorum answered in time.
+    pub async fn confirm_leading_since(
+        &self,
+        since: Instant,
+        within: Duration,
+    ) -> Result<(), ProposeError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let me = u64::from(self.node_id.0);
+        let mut metrics = self.raft.metrics();
+        let mut acks = self.clock.subscribe();
+        if self.raft.trigger().heartbeat().await.is_err() {
+            return Err(ProposeError::NotLeader(None));
+        }
+        let last_log_index = loop {
+            acks.mark_unchanged();
+            metrics.mark_unchanged();
+            {
+                let m = metrics.borrow();
+                if m.state != ServerState::Leader || m.current_leader != Some(me) {
+                    let leader = m.current_leader.filter(|l| *l != me);
+                    return Err(ProposeError::NotLeader(
+                        leader.and_then(|l| u32::try_from(l).ok()).map(NodeId),
+                    ));
+                }
+                let configs = m.membership_config.membership().get_joint_config();
+                if self.clock.quorum_since(me, &m.vote, configs, since) {
+                    break m.last_log_index;
+                }
+            }
+            tokio::select! {
+                _ = acks.changed() => {}
+                _ = metrics.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ProposeError::Unknown(format!(
+                        "no quorum confirmed this controller's leadership within {} ms",
+                        within.as_millis()
+                    )));
+                }
+            }
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(last_log_index, "confirm leading")
+            .await
+            .map_err(|e| ProposeError::Unknown(format!("applying the log: {e}")))?;
+        Ok(())
     }
 
     /// Waits until this broker, as leader, has applied every entry committed before now (a

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
+use super::leader_clock::LeaderClock;
 use super::state_machine::Shared;
 use crate::cluster::client::{CallError, InternalClient};
 
@@ -49,6 +50,8 @@ pub(super) struct Network {
     /// membership are the first leader's, only a fallback).
     pub(super) addresses: Arc<BTreeMap<u64, SocketAddr>>,
     pub(super) shared: Arc<Shared>,
+    /// What the other voters acknowledged of this node's leadership.
+    pub(super) clock: Arc<LeaderClock>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -131,7 +134,17 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(APPEND_PATH, rpc, option.hard_ttl()).await
+        let (vote, sent) = (rpc.vote, std::time::Instant::now());
+        let answer = self.call(APPEND_PATH, rpc, option.hard_ttl()).await;
+        if let Ok(
+            AppendEntriesResponse::Success
+            | AppendEntriesResponse::PartialSuccess(_)
+            | AppendEntriesResponse::Conflict,
+        ) = &answer
+        {
+            self.network.clock.acknowledged(self.target, &vote, sent);
+        }
+        answer
     }
 
     async fn install_snapshot(

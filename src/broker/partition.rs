@@ -257,6 +257,17 @@ fn sequence_refusal(e: SequenceError, batch: &[u8]) -> BrokerError {
 /// An fsync at least this long is logged (the disk or the machine is struggling).
 const SLOW_FSYNC: Duration = Duration::from_secs(1);
 
+/// The flusher writes a partition's recovery checkpoint (two fsyncs: the file and its
+/// directory) at most once per `CHECKPOINT_INTERVAL_MIN`, and then only once
+/// `CHECKPOINT_BYTES` were appended since the last one or `CHECKPOINT_INTERVAL_MAX` passed. A
+/// restart after a crash scans what follows the checkpoint, so a busy partition still
+/// checkpoints every second. Without the byte bound, 1,000 partitions each written a few
+/// times a second made 2,000 extra fsyncs a second: batched throughput over 1,000
+/// partitions fell to 0.58x that over 8 (`cargo bench --bench partitions`).
+const CHECKPOINT_INTERVAL_MIN: Duration = Duration::from_secs(1);
+const CHECKPOINT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The handles of a partition's series: its topic's produced counters and its gauges (see
 /// `Partition::series`).
 #[derive(Debug)]
@@ -1338,6 +1349,9 @@ impl Partition {
     /// The flusher: one task per partition, one fsync for every append made before it starts.
     async fn run_flusher(self: Arc<Self>) {
         let mut last_checkpoint = Instant::now();
+        // Bytes appended since the last recovery checkpoint: what a restart after a crash
+        // would scan beyond it.
+        let mut since_checkpoint: u64 = 0;
         loop {
             self.flush_wanted.notified().await;
             if self.closed.load(Ordering::Acquire) {
@@ -1354,12 +1368,17 @@ impl Partition {
                 .await;
                 self.flush_urgent.store(false, Ordering::Release);
             }
-            self.unflushed_bytes.store(0, Ordering::Relaxed);
+            since_checkpoint =
+                since_checkpoint.saturating_add(self.unflushed_bytes.swap(0, Ordering::Relaxed));
             if self.flush_now().await.is_err() {
                 return;
             }
-            if last_checkpoint.elapsed() >= Duration::from_secs(1) {
+            let since = last_checkpoint.elapsed();
+            if since >= CHECKPOINT_INTERVAL_MIN
+                && (since_checkpoint >= CHECKPOINT_BYTES || since >= CHECKPOINT_INTERVAL_MAX)
+            {
                 last_checkpoint = Instant::now();
+                since_checkpoint = 0;
                 let me = Arc::clone(&self);
                 // Read the offset under the lock, write the file (and fsync) outside it.
                 let checkpoint = me.lock().checkpoint();

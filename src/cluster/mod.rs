@@ -398,7 +398,8 @@ impl Cluster {
         Arc::clone(&self.lease)
     }
 
-    /// A heartbeat sent at `sent` was answered when the controller's log ended at `last`:
+    /// A heartbeat sent at `sent` was answered with the controller's image at `last`, an
+    /// image holding every fence and leadership committed before the heartbeat arrived:
     /// the lease is renewed once the local replicas match that much of the metadata (a
     /// leadership lost by then is given up), waiting for it at most a heartbeat interval;
     /// else the next heartbeat tries.

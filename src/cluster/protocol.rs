@@ -45,7 +45,9 @@ pub struct HeartbeatRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatAnswer {
-    /// The index of the last command of the metadata log.
+    /// The index of the last command of the controller's image, once a quorum confirmed it
+    /// led when the heartbeat arrived and the image held every entry its log did then: the
+    /// broker renews its lease only once its replicas match that much of the metadata.
     pub last_index: u64,
 }
 

@@ -173,13 +173,19 @@ pub struct FlushPlan {
     truncations: u64,
     /// Everything below this offset is durable once the plan has run.
     pub target: Offset,
+    /// The active segment's batches end here in its file (the last of `files`); zeros
+    /// written ahead may follow.
+    active_size: u64,
 }
 
 impl FlushPlan {
     /// Syncs the files, trims and syncs the rolled indexes, syncs the directory. Blocking.
     pub fn run(&self) -> io::Result<()> {
-        for file in &self.files {
-            sync_ledger::sync_data(file)?;
+        if let Some((active, rolled)) = self.files.split_last() {
+            for file in rolled {
+                sync_ledger::sync_data(file)?;
+            }
+            sync_ledger::sync_data_upto(active, self.active_size)?;
         }
         for seal in &self.seals {
             seal.run()?;
@@ -345,7 +351,7 @@ impl PartitionLog {
                 }
                 break;
             }
-            let cut = seg_report.truncated_bytes > 0;
+            let cut = seg_report.cut_at.is_some();
             if segment.size == 0 && !cut && !segments.is_empty() && next_base.is_some() {
                 // A sealed segment compaction emptied (before emptied ones were removed at
                 // once): it goes, and the segment before it reaches to the next one's base.
@@ -741,8 +747,10 @@ impl PartitionLog {
     /// Cuts whatever a failed append left past the active segment's last whole batch (a
     /// partial write on a full disk), so the next append starts on a clean end.
     pub fn discard_unwritten(&mut self) -> io::Result<()> {
-        let active = self.active();
-        active.file().set_len(active.size)
+        self.segments
+            .last_mut()
+            .expect("never empty")
+            .discard_unwritten()
     }
 
     /// Seals the active segment and starts a new one at the log end offset.
@@ -758,6 +766,7 @@ impl PartitionLog {
         }
         let next = self.log_end_offset();
         let entries_max = index_entries_max(&self.config);
+        self.segments.last_mut().expect("never empty").trim()?;
         let created = Segment::create(&self.dir, next.0, entries_max, now_ms)?;
         let sealed = self.segments.last_mut().expect("never empty");
         let seals = sealed.seal_indexes_later();
@@ -857,6 +866,7 @@ impl PartitionLog {
             rolls: self.rolls,
             truncations: self.truncations,
             target: self.log_end_offset(),
+            active_size: self.active().size,
         }
     }
 
@@ -1169,6 +1179,8 @@ impl PartitionLog {
 
     /// Seals every index (trims the files) for a clean shutdown. The log stays usable for reads.
     pub fn close(&mut self) -> io::Result<()> {
+        // The zeros written ahead go, and the plan's sync makes the length durable.
+        self.segments.last_mut().expect("never empty").trim()?;
         let plan = self.flush_plan();
         plan.run()?;
         self.mark_flushed(&plan);

@@ -9,7 +9,9 @@
 //! `OnceLock` per sync, nothing per append.
 //!
 //! The length is taken before the sync starts: bytes written while it runs may or may not be
-//! covered, so they do not count. The path is the one the kernel knows for the open file
+//! covered, so they do not count. For the active segment it is where its batches end, not
+//! the file's length: zeros written ahead of small appends follow them (`log::segment`), and
+//! the batches later written over those zeros are not synced yet. The path is the one the kernel knows for the open file
 //! (`/proc/self/fd`), so a segment renamed since it was opened (compaction) is recorded under
 //! its current name, and one already deleted is not recorded at all.
 //!
@@ -44,19 +46,26 @@ fn ledger() -> Option<&'static Mutex<File>> {
 
 /// `file.sync_data()`, recorded in the ledger when there is one.
 pub fn sync_data(file: &File) -> io::Result<()> {
-    recorded(file, File::sync_data)
+    recorded(file, u64::MAX, File::sync_data)
+}
+
+/// `file.sync_data()` of a file whose batches end at `data_len` (zeros written ahead follow
+/// them, see `log::segment`): the ledger records at most that much, since zeros are no data
+/// a power cut could keep or lose.
+pub fn sync_data_upto(file: &File, data_len: u64) -> io::Result<()> {
+    recorded(file, data_len, File::sync_data)
 }
 
 /// `file.sync_all()`, recorded in the ledger when there is one.
 pub fn sync_all(file: &File) -> io::Result<()> {
-    recorded(file, File::sync_all)
+    recorded(file, u64::MAX, File::sync_all)
 }
 
-fn recorded(file: &File, sync: fn(&File) -> io::Result<()>) -> io::Result<()> {
+fn recorded(file: &File, data_len: u64, sync: fn(&File) -> io::Result<()>) -> io::Result<()> {
     if ledger().is_none() {
         return sync(file);
     }
-    let length = file.metadata()?.len();
+    let length = file.metadata()?.len().min(data_len);
     sync(file)?;
     let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else {
         return Ok(());

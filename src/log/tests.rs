@@ -575,9 +575,12 @@ fn last_batch_damage_is_cut(what: &str, damage: impl Fn(&mut Vec<u8>, usize)) {
     let (mut log, mut model) = filled(dir.path(), cfg, 30);
     let &(last_base, _) = model.batches.last().unwrap();
     let position = batch_position(&mut log, last_base) as usize;
+    // The batches' end: the file may go on with zeros written ahead, which a crash leaves.
+    let end = log.segments.last().unwrap().size as usize;
     drop(log);
     let path = last_log_file(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(end);
     let len_before = bytes.len();
     damage(&mut bytes, position);
     std::fs::write(&path, &bytes).unwrap();
@@ -629,10 +632,11 @@ fn garbage_after_the_last_batch_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(1 << 20, 128);
     let (log, mut model) = filled(dir.path(), cfg, 30);
+    let intact = log.segments.last().unwrap().size as usize;
     drop(log);
     let path = last_log_file(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
-    let intact = bytes.len();
+    bytes.truncate(intact);
     bytes.extend((0..500u32).map(|i| (i * 7 + 3) as u8));
     std::fs::write(&path, &bytes).unwrap();
     let (mut log, report) = open(dir.path(), cfg, false);
@@ -1090,4 +1094,48 @@ fn producer_state_is_rebuilt_from_appends_replicas_reopens_and_truncations() {
     let (follower, _) =
         PartitionLog::open(follower_dir.path(), config(1 << 20, 128), false, later).unwrap();
     assert_eq!(follower.producers_tracked(), 0);
+}
+
+/// Small appends write into zeros written ahead, so an fsync need not commit a new file
+/// length. The zeros never count as data: a crash leaves them and recovery cuts them without
+/// calling them a torn write; a roll trims the sealed segment's file to its batches, and a
+/// clean shutdown the active one's, so a clean start trusts both.
+#[test]
+fn zeros_written_ahead_of_small_appends_are_cut_at_a_roll_a_shutdown_and_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(10_000, 256);
+    let file_len = |path: &Path| std::fs::metadata(path).unwrap().len();
+    let (log, mut model) = filled(dir.path(), cfg, 30);
+    let size = log.segments.last().unwrap().size;
+    let active = last_log_file(dir.path());
+    assert!(
+        file_len(&active) > size,
+        "zeros ahead: file {} bytes, batches {size}",
+        file_len(&active)
+    );
+    // A crash: the zeros stay on disk; recovery cuts them, reports no torn bytes.
+    drop(log);
+    let (mut log, report) = open(dir.path(), cfg, false);
+    assert_eq!(report.truncated_bytes, 0, "zeros are no torn write");
+    assert_eq!(file_len(&active), size);
+    assert_matches(&mut log, &model, 0);
+    // Rolls: every sealed segment's file ends at its last batch.
+    for i in 0..400 {
+        model.append(&mut log, 1 + i % 4, 2_000 + i as i64, 0);
+    }
+    assert!(log.segment_count() > 2, "rolled: {}", log.segment_count());
+    let files = segment_files(dir.path(), "log");
+    for (segment, path) in log.segments.iter().zip(&files).take(files.len() - 1) {
+        assert_eq!(file_len(path), segment.size, "{}", path.display());
+    }
+    assert_matches(&mut log, &model, 0);
+    // A clean shutdown trims the active segment too, and a clean start rebuilds nothing.
+    log.close().unwrap();
+    let active = last_log_file(dir.path());
+    assert_eq!(file_len(&active), log.segments.last().unwrap().size);
+    drop(log);
+    let (mut log, report) = open(dir.path(), cfg, true);
+    assert_eq!(report.rebuilt_indexes, 0);
+    assert_eq!(report.truncated_bytes, 0);
+    assert_matches(&mut log, &model, 0);
 }

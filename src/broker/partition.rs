@@ -268,6 +268,13 @@ const CHECKPOINT_INTERVAL_MIN: Duration = Duration::from_secs(1);
 const CHECKPOINT_INTERVAL_MAX: Duration = Duration::from_secs(10);
 const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Whether the flusher writes the recovery checkpoint now: `since` the last one, with
+/// `appended` bytes appended meanwhile (see [`CHECKPOINT_BYTES`]).
+fn checkpoint_due(since: Duration, appended: u64) -> bool {
+    since >= CHECKPOINT_INTERVAL_MIN
+        && (appended >= CHECKPOINT_BYTES || since >= CHECKPOINT_INTERVAL_MAX)
+}
+
 /// The handles of a partition's series: its topic's produced counters and its gauges (see
 /// `Partition::series`).
 #[derive(Debug)]
@@ -1373,10 +1380,7 @@ impl Partition {
             if self.flush_now().await.is_err() {
                 return;
             }
-            let since = last_checkpoint.elapsed();
-            if since >= CHECKPOINT_INTERVAL_MIN
-                && (since_checkpoint >= CHECKPOINT_BYTES || since >= CHECKPOINT_INTERVAL_MAX)
-            {
+            if checkpoint_due(last_checkpoint.elapsed(), since_checkpoint) {
                 last_checkpoint = Instant::now();
                 since_checkpoint = 0;
                 let me = Arc::clone(&self);
@@ -1650,6 +1654,27 @@ pub(crate) mod tests {
     thread_local! {
         /// File reads done for fetches and seeks by time on this thread.
         pub(super) static FILE_READS_ON_THIS_THREAD: Cell<u32> = const { Cell::new(0) };
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_after_8_mib_or_10_s_and_never_twice_within_a_second() {
+        let s = Duration::from_secs;
+        assert!(
+            !checkpoint_due(s(0), u64::MAX),
+            "never twice within a second"
+        );
+        assert!(!checkpoint_due(
+            Duration::from_millis(999),
+            CHECKPOINT_BYTES
+        ));
+        assert!(
+            checkpoint_due(s(1), CHECKPOINT_BYTES),
+            "a busy partition: every second"
+        );
+        assert!(!checkpoint_due(s(1), CHECKPOINT_BYTES - 1));
+        assert!(!checkpoint_due(s(9), 1), "a quiet partition waits");
+        assert!(checkpoint_due(s(10), 1), "but not past 10 s");
+        assert!(checkpoint_due(s(10), 0));
     }
 
     /// A standalone partition `t`/0 in `dir` that fsyncs at once.

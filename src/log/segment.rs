@@ -495,6 +495,9 @@ impl Segment {
         while self.file_len < to {
             let n = (to - self.file_len).min(ZEROS.len() as u64) as usize;
             if file.write_all_at(&ZEROS[..n], self.file_len).is_err() {
+                // Part of it may be written: a trim must still find those zeros.
+                let len = file.metadata().map_or(self.file_len, |m| m.len());
+                self.file_len = self.file_len.max(len);
                 self.prefill_failed = true;
                 return;
             }

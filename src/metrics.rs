@@ -22,6 +22,7 @@ pub const BYTES_PRODUCED: &str = "tidelog_produced_bytes_total";
 pub const RECORDS_FETCHED: &str = "tidelog_records_fetched_total";
 pub const BYTES_FETCHED: &str = "tidelog_fetched_bytes_total";
 pub const FSYNCS: &str = "tidelog_fsyncs_total";
+pub const FSYNCS_INLINE: &str = "tidelog_fsyncs_inline_total";
 pub const FSYNC_SECONDS: &str = "tidelog_fsync_duration_seconds";
 pub const FSYNC_RECORDS: &str = "tidelog_fsync_covered_records";
 pub const HIGH_WATERMARK: &str = "tidelog_partition_high_watermark_offset";
@@ -123,6 +124,7 @@ pub fn refresh_process_series() {
     ::metrics::gauge!(LONG_POLLS_WAITING).increment(0.0);
     ::metrics::gauge!(SSE_STREAMS_OPEN).increment(0.0);
     ::metrics::counter!(FSYNCS).increment(0);
+    ::metrics::counter!(FSYNCS_INLINE).increment(0);
 }
 
 /// Help text and units for every metric, rendered as `# HELP` lines.
@@ -163,6 +165,11 @@ fn describe() {
         FSYNCS,
         Unit::Count,
         "fsync rounds of the partition flushers; one round covers every producer waiting."
+    );
+    describe_counter!(
+        FSYNCS_INLINE,
+        Unit::Count,
+        "fsync rounds run on a runtime worker rather than the blocking pool (a share of tidelog_fsyncs_total)."
     );
     describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Time of one fsync round.");
     describe_histogram!(

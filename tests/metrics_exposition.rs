@@ -20,7 +20,7 @@ const SPEC_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tidelog.js
 const DASHBOARD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/tidelog.json");
 
 /// Series the broker must expose after produce, fetch, long-poll and rejected requests.
-const REQUIRED: [&str; 20] = [
+const REQUIRED: [&str; 21] = [
     "tidelog_http_requests_total",
     "tidelog_http_request_duration_seconds",
     "tidelog_http_problems_total",
@@ -29,6 +29,7 @@ const REQUIRED: [&str; 20] = [
     "tidelog_records_fetched_total",
     "tidelog_fetched_bytes_total",
     "tidelog_fsyncs_total",
+    "tidelog_fsyncs_inline_total",
     "tidelog_fsync_duration_seconds",
     "tidelog_fsync_covered_records",
     "tidelog_partition_log_end_offset",

@@ -12,7 +12,7 @@ mod common;
 
 use common::{
     TestBroker, create_topic, cut_to_synced, get_json_ok, produce_json_acks_all,
-    produced_partition_offsets, read_partition_to_high_watermark,
+    produced_partition_offsets, read_partition_to_high_watermark, scrape_unlabelled_metric,
 };
 use serde_json::json;
 
@@ -20,15 +20,34 @@ const TOPIC: &str = "power";
 const ACKS_ALL_BATCHES: u64 = 12;
 const ACKS_LEADER_RECORDS: u64 = 8;
 
+/// With two runtime workers the flusher runs its fsync rounds on a worker (`inline_sync`),
+/// except the rounds after a roll: both kinds are cut here.
 #[tokio::test]
-async fn acks_all_records_survive_a_power_cut_and_an_unsynced_tail_does_not() {
+async fn acks_all_records_synced_on_a_worker_survive_a_power_cut() {
+    let inline = power_cut_with_workers(2).await;
+    assert!(inline >= 1.0, "no fsync round ran on a worker");
+}
+
+/// With one runtime worker every fsync round runs on the blocking pool.
+#[tokio::test]
+async fn acks_all_records_synced_on_the_pool_survive_a_power_cut() {
+    let inline = power_cut_with_workers(1).await;
+    assert_eq!(inline, 0.0, "an fsync round ran on the only worker");
+}
+
+/// Produces, cuts the power, restarts and checks (module docs), on a broker of `workers`
+/// runtime workers. Returns how many fsync rounds ran on a worker before the cut.
+async fn power_cut_with_workers(workers: usize) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let ledger = tmp.path().join("sync-ledger");
-    let env = [(
-        "TIDELOG_TEST_SYNC_LEDGER".to_string(),
-        ledger.display().to_string(),
-    )];
+    let env = [
+        (
+            "TIDELOG_TEST_SYNC_LEDGER".to_string(),
+            ledger.display().to_string(),
+        ),
+        ("TOKIO_WORKER_THREADS".to_string(), workers.to_string()),
+    ];
     // Small segments, so the acknowledged records span rolled segments too.
     let config = "[topic_defaults]\nsegment_bytes = 1024\n";
     let mut broker = TestBroker::start_member_with_env(&data_dir, 0, &[], config, &env);
@@ -78,6 +97,7 @@ async fn acks_all_records_survive_a_power_cut_and_an_unsynced_tail_does_not() {
         "{described}"
     );
 
+    let inline = scrape_unlabelled_metric(&http, &broker.url, "tidelog_fsyncs_inline_total").await;
     broker.kill9();
     let cut = cut_to_synced(&data_dir, &ledger);
     assert!(
@@ -102,4 +122,5 @@ async fn acks_all_records_survive_a_power_cut_and_an_unsynced_tail_does_not() {
         "exactly the acknowledged records, at their offsets"
     );
     assert_eq!(contents.high_watermark, ACKS_ALL_BATCHES * 3);
+    inline
 }

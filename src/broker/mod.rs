@@ -15,6 +15,7 @@
 //!   start; its presence lets the next start trust the indexes.
 
 pub mod error;
+pub mod inline_sync;
 pub mod lease;
 pub mod partition;
 pub mod response_budget;

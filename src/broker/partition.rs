@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::error::{BrokerError, is_disk_full};
+use super::inline_sync;
 use crate::config::FlushPolicy;
 use crate::limits::Limit;
 use crate::log::batch::{BatchHeader, RecordView};
@@ -1396,16 +1397,37 @@ impl Partition {
         if self.failure().is_some() {
             return Ok(());
         }
+        if inline_sync::worth_trying() {
+            // An inline sync stops this worker: let the tasks already woken here (producers
+            // the last round answered, requests read) run first, and their appends join it.
+            tokio::task::yield_now().await;
+        }
         let plan = Arc::new(self.lock().flush_plan());
         let synced_before = self.progress().fsynced_offset;
         if plan.target <= synced_before && plan.only_active() {
             return Ok(());
         }
         let started = Instant::now();
-        let running = Arc::clone(&plan);
-        let synced = tokio::task::spawn_blocking(move || running.run())
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let inline = if plan.only_active() {
+            inline_sync::Slot::take()
+        } else {
+            None
+        };
+        let synced = match &inline {
+            Some(slot) => {
+                let synced = plan.run();
+                slot.took(started.elapsed());
+                ::metrics::counter!(m::FSYNCS_INLINE).increment(1);
+                synced
+            }
+            None => {
+                let running = Arc::clone(&plan);
+                tokio::task::spawn_blocking(move || running.run())
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)))
+            }
+        };
+        drop(inline);
         let took = started.elapsed();
         ::metrics::histogram!(m::FSYNC_SECONDS).record(took.as_secs_f64());
         if took >= SLOW_FSYNC {

@@ -17,6 +17,11 @@
 //!
 //! Failure policy: the ledger is a test aid; failing to write it panics (a test that cannot
 //! trust its ledger must not pass).
+//!
+//! A second test aid lives here: with `TIDELOG_TEST_SYNC_DELAY_MS=<ms>` set when the process
+//! starts, every sync of a segment file first sleeps that long (a slow disk), so a test can
+//! see the flusher move its rounds off the runtime workers (`broker::inline_sync`). Without
+//! the variable it costs one load of an initialized `OnceLock` per sync.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -26,6 +31,22 @@ use std::sync::{Mutex, OnceLock};
 
 /// The environment variable naming the ledger file.
 pub const SYNC_LEDGER_ENV: &str = "TIDELOG_TEST_SYNC_LEDGER";
+
+/// The environment variable naming a delay, in milliseconds, added before every sync.
+pub const SYNC_DELAY_ENV: &str = "TIDELOG_TEST_SYNC_DELAY_MS";
+
+/// The delay of [`SYNC_DELAY_ENV`], when it is set (a value that is no number panics: a test
+/// that asked for a slow disk must not run on a fast one).
+fn delay() -> Option<std::time::Duration> {
+    static DELAY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms = std::env::var(SYNC_DELAY_ENV).ok()?;
+        let ms: u64 = ms
+            .parse()
+            .unwrap_or_else(|e| panic!("{SYNC_DELAY_ENV}: {ms:?} is no number of ms: {e}"));
+        Some(std::time::Duration::from_millis(ms))
+    })
+}
 
 /// The open ledger, when the variable is set. Std mutex: held for one `write` call.
 static LEDGER: OnceLock<Option<Mutex<File>>> = OnceLock::new();
@@ -62,6 +83,9 @@ pub fn sync_all(file: &File) -> io::Result<()> {
 }
 
 fn recorded(file: &File, data_len: u64, sync: fn(&File) -> io::Result<()>) -> io::Result<()> {
+    if let Some(delay) = delay() {
+        std::thread::sleep(delay);
+    }
     if ledger().is_none() {
         return sync(file);
     }

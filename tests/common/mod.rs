@@ -137,6 +137,7 @@ impl TestBroker {
             .env_remove("TIDELOG_NODE_ID")
             .env_remove("TIDELOG_PEERS")
             .env_remove(tidelog::log::sync_ledger::SYNC_LEDGER_ENV)
+            .env_remove(tidelog::log::sync_ledger::SYNC_DELAY_ENV)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(args);
         if let Some(toml) = config.as_deref().filter(|t| !t.trim().is_empty()) {

@@ -12,8 +12,10 @@
 //!   (the others keep serving the network, timers and the cluster's heartbeats);
 //! - the round syncs only the active segment's file, one `fdatasync` (a round after a roll
 //!   also trims indexes and syncs the directory: that goes to the pool);
-//! - no inline sync took [`SLOW_INLINE`] or longer in the last [`SLOW_BACKOFF`]: a struggling
-//!   disk sends every round back to the pool, where a stall blocks no worker.
+//! - no such round (inline or on the pool) took [`SLOW_INLINE`] or longer in the last
+//!   [`SLOW_BACKOFF`]: a struggling disk sends every round back to the pool, where a stall
+//!   blocks no worker, and keeps them there while it stays slow. The first slow sync still
+//!   stops one worker for as long as it takes.
 //!
 //! The answer to a producer still comes after its fsync either way: only the thread that
 //! runs the sync differs.
@@ -98,18 +100,24 @@ impl Slot {
             .ok()
             .map(|_| Slot { _private: () })
     }
+}
 
-    /// Records how long the sync run in this place took: a slow one backs inline syncs off.
-    pub fn took(&self, took: Duration) {
-        if took >= SLOW_INLINE {
-            let at = epoch().elapsed().as_nanos() as u64;
-            SLOW_AT.store(at.saturating_add(1), Ordering::Relaxed);
-            tracing::warn!(
-                seconds = took.as_secs_f64(),
-                backoff_s = SLOW_BACKOFF.as_secs(),
-                "slow fsync on a runtime worker: fsyncs go to the blocking pool for a while"
-            );
-        }
+/// Records how long a round of one `fdatasync` took, on a worker (`on_worker`) or on the pool:
+/// a slow one keeps rounds on the pool for [`SLOW_BACKOFF`] from now. Rounds on the pool count
+/// too, so a disk that stays slow keeps them there, and they come back to the workers
+/// [`SLOW_BACKOFF`] after it recovered.
+pub fn observed(took: Duration, on_worker: bool) {
+    if took < SLOW_INLINE {
+        return;
+    }
+    let at = epoch().elapsed().as_nanos() as u64;
+    SLOW_AT.store(at.saturating_add(1), Ordering::Relaxed);
+    if on_worker {
+        tracing::warn!(
+            seconds = took.as_secs_f64(),
+            backoff_s = SLOW_BACKOFF.as_secs(),
+            "slow fsync on a runtime worker: fsyncs go to the blocking pool for a while"
+        );
     }
 }
 

@@ -1414,9 +1414,8 @@ impl Partition {
             None
         };
         let synced = match &inline {
-            Some(slot) => {
+            Some(_) => {
                 let synced = plan.run();
-                slot.took(started.elapsed());
                 ::metrics::counter!(m::FSYNCS_INLINE).increment(1);
                 synced
             }
@@ -1427,8 +1426,11 @@ impl Partition {
                     .unwrap_or_else(|e| Err(io::Error::other(e)))
             }
         };
-        drop(inline);
         let took = started.elapsed();
+        if plan.only_active() {
+            inline_sync::observed(took, inline.is_some());
+        }
+        drop(inline);
         ::metrics::histogram!(m::FSYNC_SECONDS).record(took.as_secs_f64());
         if took >= SLOW_FSYNC {
             tracing::warn!(

@@ -458,7 +458,7 @@ impl Partition {
             }
             let appended = log.append(batch, epoch, now_ms());
             if let Ok((_, next)) = appended {
-                self.end.send_replace(next);
+                self.publish_end(next);
             }
             appended
         };
@@ -518,7 +518,7 @@ impl Partition {
             }
             let appended = log.append_replicated(batches, now_ms());
             // Even a failed append may have written whole batches before the failure.
-            self.end.send_replace(log.log_end_offset());
+            self.publish_end(log.log_end_offset());
             appended
         };
         match result {
@@ -617,9 +617,24 @@ impl Partition {
 
     /// The log end offset, moved on every append, replicated append, truncation and reset.
     /// It is sent under the partition lock: never call into the partition while holding a
-    /// `borrow()` of it.
+    /// `borrow()` of it. Read the log (or [`Partition::log_end_offset`]) after subscribing:
+    /// an append that finds no receiver sets the value without waking anyone
+    /// ([`Partition::publish_end`]).
     pub fn end_watch(&self) -> watch::Receiver<Offset> {
         self.end.subscribe()
+    }
+
+    /// Sets the log end after an append; called under the partition lock. Waking a watch's
+    /// receivers takes its eight waiter-list locks even when none waits, on every produce: so
+    /// with no receiver the value is set and nobody woken. A receiver that subscribed before
+    /// this ran was counted here (the lock orders its subscription, made before it reads the
+    /// log under this lock, before this check) and is woken; one that subscribes after reads
+    /// the new end.
+    fn publish_end(&self, end: Offset) {
+        self.end.send_if_modified(|value| {
+            *value = end;
+            self.end.receiver_count() > 0
+        });
     }
 
     /// Every record below this offset is fsynced on this broker.
@@ -1733,6 +1748,35 @@ pub(crate) mod tests {
             });
         }
         builder.finish(ProducerInfo::NONE, None)
+    }
+
+    #[tokio::test]
+    async fn an_append_nobody_watches_moves_the_end_and_a_watcher_is_woken_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.append(&mut batch_of(2), 2, false).unwrap();
+        assert_eq!(
+            partition.log_end_offset(),
+            Offset(2),
+            "unwatched, still set"
+        );
+        let mut end = partition.end_watch();
+        assert_eq!(
+            *end.borrow_and_update(),
+            Offset(2),
+            "a new watcher reads it"
+        );
+        let woken = tokio::spawn(async move {
+            end.changed().await.unwrap();
+            *end.borrow_and_update()
+        });
+        tokio::task::yield_now().await;
+        partition.append(&mut batch_of(1), 1, false).unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .expect("the watcher is woken")
+            .unwrap();
+        assert_eq!(seen, Offset(3));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ mod common;
 
 use common::{
     TestBroker, create_topic, cut_to_synced, get_json_ok, produce_json_acks_all,
-    produced_partition_offsets, read_partition_to_high_watermark, scrape_unlabelled_metric,
+    produced_partition_offsets, read_partition_to_high_watermark, scrape_metrics,
 };
 use serde_json::json;
 
@@ -97,7 +97,24 @@ async fn power_cut_with_workers(workers: usize) -> f64 {
         "{described}"
     );
 
-    let inline = scrape_unlabelled_metric(&http, &broker.url, "tidelog_fsyncs_inline_total").await;
+    let metrics = scrape_metrics(&http, &broker.url).await;
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} is not exposed"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (inline, all) = (
+        counter("tidelog_fsyncs_inline_total"),
+        counter("tidelog_fsyncs_total"),
+    );
+    assert!(
+        all > inline,
+        "rounds after a roll sync the directory on the pool: {inline} of {all} inline"
+    );
     broker.kill9();
     let cut = cut_to_synced(&data_dir, &ledger);
     assert!(

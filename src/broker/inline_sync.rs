@@ -12,10 +12,13 @@
 //!   (the others keep serving the network, timers and the cluster's heartbeats);
 //! - the round syncs only the active segment's file, one `fdatasync` (a round after a roll
 //!   also trims indexes and syncs the directory: that goes to the pool);
-//! - no such round (inline or on the pool) took [`SLOW_INLINE`] or longer in the last
-//!   [`SLOW_BACKOFF`]: a struggling disk sends every round back to the pool, where a stall
-//!   blocks no worker, and keeps them there while it stays slow. The first slow sync still
-//!   stops one worker for as long as it takes.
+//! - no such round's sync (inline or on the pool, the sync itself timed, not the wait for a
+//!   pool thread) took [`SLOW_INLINE`] or longer in the last [`SLOW_BACKOFF`]: a struggling
+//!   disk sends every round back to the pool, where a stall blocks no worker, and keeps them
+//!   there while it stays slow. The first slow sync still stops one worker for as long as it
+//!   takes.
+//! - the flusher yielded just before (see `Partition::flush_now`): the tasks it woke last are
+//!   then run, not left in the worker's LIFO slot, which no other worker can take them from.
 //!
 //! The answer to a producer still comes after its fsync either way: only the thread that
 //! runs the sync differs.
@@ -24,20 +27,13 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// An inline sync at least this long sends rounds back to the pool for [`SLOW_BACKOFF`].
+/// A sync at least this long sends rounds back to the pool for [`SLOW_BACKOFF`].
 pub const SLOW_INLINE: Duration = Duration::from_millis(20);
-/// How long a slow inline sync keeps rounds on the pool.
+/// How long a slow sync keeps rounds on the pool.
 pub const SLOW_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Workers inside an inline sync right now.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-/// When the last slow inline sync ended, in nanoseconds after [`epoch`] plus one (0: never).
-static SLOW_AT: AtomicU64 = AtomicU64::new(0);
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
+/// The broker's one gate (process-wide: the runtime's workers are).
+static GATE: Gate = Gate::new();
 
 /// How many inline syncs may run at once on a runtime of `workers` workers: none on one
 /// worker, else up to half of them.
@@ -45,8 +41,8 @@ pub fn limit(workers: usize) -> usize {
     if workers < 2 { 0 } else { workers / 2 }
 }
 
-/// Whether a slow inline sync that ended `since_slow` ago (None: none ever did) still keeps
-/// rounds on the pool.
+/// Whether a slow sync that ended `since_slow` ago (None: none ever did) still keeps rounds
+/// on the pool.
 pub fn backed_off(since_slow: Option<Duration>) -> bool {
     since_slow.is_some_and(|d| d < SLOW_BACKOFF)
 }
@@ -62,68 +58,111 @@ fn workers() -> usize {
     }
 }
 
-fn since_slow() -> Option<Duration> {
-    match SLOW_AT.load(Ordering::Relaxed) {
-        0 => None,
-        at => Some(
-            epoch()
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(at - 1)),
-        ),
-    }
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
-/// Whether a round may try to run inline at all: checked before it takes its plan, so a round
-/// that will go to the pool does not yield first.
+/// Whether a round may try to run inline at all: checked before it yields and takes its plan.
 pub fn worth_trying() -> bool {
-    let limit = limit(workers());
-    limit > 0 && RUNNING.load(Ordering::Relaxed) < limit && !backed_off(since_slow())
+    GATE.worth_trying(workers())
 }
 
-/// A worker's place in an inline sync; the place is given back on drop.
+/// Takes a place for an inline sync (see [`Gate::take`]).
+pub fn take() -> Option<Slot<'static>> {
+    GATE.take(workers())
+}
+
+/// Records how long a round's sync took (see [`Gate::observed`]).
+pub fn observed(took: Duration, on_worker: bool) {
+    GATE.observed(took, on_worker);
+}
+
+/// Who is inside an inline sync, and when a sync was last slow.
 #[derive(Debug)]
-pub struct Slot {
-    _private: (),
+pub struct Gate {
+    /// Workers inside an inline sync right now.
+    running: AtomicUsize,
+    /// When the last slow sync ended, in nanoseconds after [`epoch`] plus one (0: never).
+    slow_at: AtomicU64,
 }
 
-impl Slot {
-    /// Takes a place when fewer than the limit run and no slow sync keeps rounds on the pool.
-    pub fn take() -> Option<Slot> {
-        let limit = limit(workers());
-        if limit == 0 || backed_off(since_slow()) {
+impl Gate {
+    pub const fn new() -> Gate {
+        Gate {
+            running: AtomicUsize::new(0),
+            slow_at: AtomicU64::new(0),
+        }
+    }
+
+    fn since_slow(&self) -> Option<Duration> {
+        match self.slow_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                epoch()
+                    .elapsed()
+                    .saturating_sub(Duration::from_nanos(at - 1)),
+            ),
+        }
+    }
+
+    /// Whether a round on a runtime of `workers` workers may try to run inline.
+    pub fn worth_trying(&self, workers: usize) -> bool {
+        let limit = limit(workers);
+        limit > 0 && self.running.load(Ordering::Relaxed) < limit && !backed_off(self.since_slow())
+    }
+
+    /// A place in an inline sync, when fewer than the limit run and no slow sync keeps rounds
+    /// on the pool.
+    pub fn take(&self, workers: usize) -> Option<Slot<'_>> {
+        let limit = limit(workers);
+        if limit == 0 || backed_off(self.since_slow()) {
             return None;
         }
-        RUNNING
+        self.running
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot { _private: () })
+            .map(|_| Slot { gate: self })
+    }
+
+    /// Records how long a round's one `fdatasync` took, on a worker (`on_worker`) or on the
+    /// pool: a slow one keeps rounds on the pool for [`SLOW_BACKOFF`] from now. Rounds on the
+    /// pool count too, so a disk that stays slow keeps them there, and they come back to the
+    /// workers [`SLOW_BACKOFF`] after it recovered.
+    pub fn observed(&self, took: Duration, on_worker: bool) {
+        if took < SLOW_INLINE {
+            return;
+        }
+        let at = epoch().elapsed().as_nanos() as u64;
+        self.slow_at
+            .fetch_max(at.saturating_add(1), Ordering::Relaxed);
+        if on_worker {
+            tracing::warn!(
+                seconds = took.as_secs_f64(),
+                backoff_s = SLOW_BACKOFF.as_secs(),
+                "slow fsync on a runtime worker: fsyncs go to the blocking pool for a while"
+            );
+        }
     }
 }
 
-/// Records how long a round of one `fdatasync` took, on a worker (`on_worker`) or on the pool:
-/// a slow one keeps rounds on the pool for [`SLOW_BACKOFF`] from now. Rounds on the pool count
-/// too, so a disk that stays slow keeps them there, and they come back to the workers
-/// [`SLOW_BACKOFF`] after it recovered.
-pub fn observed(took: Duration, on_worker: bool) {
-    if took < SLOW_INLINE {
-        return;
-    }
-    let at = epoch().elapsed().as_nanos() as u64;
-    SLOW_AT.store(at.saturating_add(1), Ordering::Relaxed);
-    if on_worker {
-        tracing::warn!(
-            seconds = took.as_secs_f64(),
-            backoff_s = SLOW_BACKOFF.as_secs(),
-            "slow fsync on a runtime worker: fsyncs go to the blocking pool for a while"
-        );
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate::new()
     }
 }
 
-impl Drop for Slot {
+/// A worker's place in an inline sync; the place is given back on drop.
+#[derive(Debug)]
+pub struct Slot<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        self.gate.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -141,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_inline_sync_keeps_rounds_on_the_pool_for_the_backoff() {
+    fn a_slow_sync_keeps_rounds_on_the_pool_for_the_backoff() {
         assert!(!backed_off(None));
         assert!(backed_off(Some(Duration::ZERO)));
         assert!(backed_off(Some(SLOW_BACKOFF - Duration::from_millis(1))));
@@ -149,36 +188,37 @@ mod tests {
     }
 
     #[test]
-    fn a_current_thread_runtime_takes_no_slot() {
+    fn outside_a_multi_thread_runtime_no_round_syncs_inline() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
+            assert_eq!(workers(), 0);
             assert!(!worth_trying());
-            assert!(Slot::take().is_none());
+            assert!(take().is_none());
         });
-        assert!(Slot::take().is_none(), "outside a runtime");
+        assert_eq!(workers(), 0, "outside a runtime");
     }
 
     #[test]
-    fn a_two_worker_runtime_gives_one_slot_at_a_time() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            // Other tests in this binary may hold the slot for a moment, or have backed
-            // inline syncs off with a slow one: wait for it, within a bound.
-            let deadline = Instant::now() + SLOW_BACKOFF * 3;
-            let _first = loop {
-                if let Some(slot) = Slot::take() {
-                    break slot;
-                }
-                assert!(Instant::now() < deadline, "the slot never came free");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            };
-            assert!(Slot::take().is_none(), "one of two workers at most");
-        });
+    fn places_are_limited_given_back_and_refused_after_a_slow_sync() {
+        let gate = Gate::new();
+        assert!(gate.take(1).is_none(), "one worker: never");
+        assert!(gate.worth_trying(4));
+        let first = gate.take(4).expect("a place");
+        let second = gate.take(4).expect("a second of four workers");
+        assert!(!gate.worth_trying(4));
+        assert!(gate.take(4).is_none(), "half of four at most");
+        drop(first);
+        let third = gate.take(4).expect("a place given back is taken again");
+        drop((second, third));
+        gate.observed(SLOW_INLINE - Duration::from_micros(1), false);
+        assert!(gate.take(4).is_some(), "a fast sync changes nothing");
+        gate.observed(SLOW_INLINE, false);
+        assert!(!gate.worth_trying(4));
+        assert!(
+            gate.take(4).is_none(),
+            "a slow sync on the pool backs off too"
+        );
     }
 }

@@ -617,19 +617,19 @@ impl Partition {
 
     /// The log end offset, moved on every append, replicated append, truncation and reset.
     /// It is sent under the partition lock: never call into the partition while holding a
-    /// `borrow()` of it. Read the log (or [`Partition::log_end_offset`]) after subscribing:
-    /// an append that finds no receiver sets the value without waking anyone
+    /// `borrow()` of it. Read the end (`borrow`, or [`Partition::log_end_offset`]) after
+    /// subscribing: an append that finds no receiver sets the value without waking anyone
     /// ([`Partition::publish_end`]).
     pub fn end_watch(&self) -> watch::Receiver<Offset> {
         self.end.subscribe()
     }
 
-    /// Sets the log end after an append; called under the partition lock. Waking a watch's
-    /// receivers takes its eight waiter-list locks even when none waits, on every produce: so
-    /// with no receiver the value is set and nobody woken. A receiver that subscribed before
-    /// this ran was counted here (the lock orders its subscription, made before it reads the
-    /// log under this lock, before this check) and is woken; one that subscribes after reads
-    /// the new end.
+    /// Sets the log end after an append. Waking a watch's receivers takes its eight
+    /// waiter-list locks even when none waits, on every produce: so with no receiver the value
+    /// is set and nobody woken. What makes that safe is the watch's own lock: a receiver reads
+    /// the end (`borrow`, under the watch's read lock) after it subscribed. If that read came
+    /// before this write, its subscription was counted here and it is woken; if after, it
+    /// read the new end. A receiver must not rely on reading the log instead.
     fn publish_end(&self, end: Offset) {
         self.end.send_if_modified(|value| {
             *value = end;
@@ -1412,9 +1412,11 @@ impl Partition {
         if self.failure().is_some() {
             return Ok(());
         }
-        if inline_sync::worth_trying() {
-            // An inline sync stops this worker: let the tasks already woken here (producers
-            // the last round answered, requests read) run first, and their appends join it.
+        // An inline sync stops this worker: it runs only right after a yield, which lets the
+        // tasks already woken here (producers the last round answered, requests read) run
+        // first, and their appends join it; none is left in this worker's LIFO slot.
+        let yielded = inline_sync::worth_trying();
+        if yielded {
             tokio::task::yield_now().await;
         }
         let plan = Arc::new(self.lock().flush_plan());
@@ -1423,27 +1425,31 @@ impl Partition {
             return Ok(());
         }
         let started = Instant::now();
-        let inline = if plan.only_active() {
-            inline_sync::Slot::take()
+        let inline = if yielded && plan.only_active() {
+            inline_sync::take()
         } else {
             None
         };
-        let synced = match &inline {
+        // The sync's own time (not the wait for a pool thread) decides the back-off.
+        let (synced, sync_took) = match &inline {
             Some(_) => {
                 let synced = plan.run();
                 ::metrics::counter!(m::FSYNCS_INLINE).increment(1);
-                synced
+                (synced, started.elapsed())
             }
             None => {
                 let running = Arc::clone(&plan);
-                tokio::task::spawn_blocking(move || running.run())
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(e)))
+                tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    (running.run(), started.elapsed())
+                })
+                .await
+                .unwrap_or_else(|e| (Err(io::Error::other(e)), Duration::ZERO))
             }
         };
         let took = started.elapsed();
         if plan.only_active() {
-            inline_sync::observed(took, inline.is_some());
+            inline_sync::observed(sync_took, inline.is_some());
         }
         drop(inline);
         ::metrics::histogram!(m::FSYNC_SECONDS).record(took.as_secs_f64());

@@ -571,7 +571,9 @@ fn fetch_errors(url: &str) -> f64 {
 /// node 2 leads partition `p`, node 3 follows it; heartbeats to the controller (node 1) go
 /// direct, so node 3 stays alive and leaves the ISR by lag alone. For each fault (black
 /// hole, then a delay past the fetch deadline): node 3's fetches fail at their deadline, it
-/// leaves the ISR within `replica_lag_time_max_ms` + 1 s, acks=all goes on, every request
+/// leaves the ISR within `replica_lag_time_max_ms` + 1 s of its last caught-up fetch reaching
+/// the leader (with the delay, a fetch sent just before the cut arrives `SLOW_MS` late and
+/// may be one: a CI run saw the ISR shrink 4.08 s after the cut), acks=all goes on, every request
 /// is answered within a bound (produces, a read through node 3 forwarded to node 2, node 3's
 /// own replica); healed, it catches up and rejoins. Nothing acknowledged is lost.
 #[test]
@@ -607,9 +609,13 @@ fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
         proxy.accepted() > 0,
         "node 3 fetches from node 2 through the proxy"
     );
-    for (fault, mode) in [
-        ("black-holed", Mode::BlackHole),
-        ("slow", Mode::Delay(SLOW_MS)),
+    // How long after the cut node 3 may still leave the ISR. Black-holed, its last caught-up
+    // fetch came before the cut. Slowed, an exchange already under way at the cut reaches the
+    // leader up to SLOW_MS late, and it still counts as caught up when nothing was appended
+    // meanwhile (the producer waits for node 3's acks=all): the lag clock may start that late.
+    for (fault, mode, latest_caught_up) in [
+        ("black-holed", Mode::BlackHole, Duration::ZERO),
+        ("slow", Mode::Delay(SLOW_MS), Duration::from_millis(SLOW_MS)),
     ] {
         let errors_before = fetch_errors(c.url(3));
         producer.take_slowest();
@@ -626,7 +632,7 @@ fn a_follower_cut_off_or_slow_leaves_the_isr_and_nothing_hangs() {
         let shrank_after = cut.elapsed();
         eprintln!("{fault}: ISR shrank {shrank_after:?} after the cut (lag max {LAG_MAX:?})");
         assert!(
-            shrank_after <= LAG_MAX + Duration::from_secs(1),
+            shrank_after <= latest_caught_up + LAG_MAX + Duration::from_secs(1),
             "{fault}: the ISR shrank {shrank_after:?} after the cut"
         );
         let (_, brokers) = get(&format!("{}/v1/cluster", c.url(1)));

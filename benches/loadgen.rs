@@ -108,6 +108,8 @@ usage: cargo bench --bench loadgen -- [--scenarios LIST] [--duration-ms N] [--re
 --rolling-restart instead of the scenarios: a cluster of three release brokers under
               acks=all load, each restarted in turn with SIGTERM; records/s before, during
               and after (--duration-ms each side), errors seen (`rolling` module)
+--fsync-on-pool  the in-process broker with fsync_on_workers = false: every fsync round on
+              the blocking pool (to compare with the default, rounds on the workers)
 --duration-ms measured time per scenario and target (default 2000)
 --repeat      runs of the whole set; the summary shows medians (default 3)
 --fetch-records records produced before the fetch scenario (default 1000000)
@@ -142,8 +144,12 @@ fn main() {
         client_rt.block_on(rolling::run(&args, dir.path()));
         return;
     }
-    let tidelog =
-        (!args.cluster).then(|| server_rt.block_on(start_tidelog(&dir.path().join("tidelog"))));
+    let tidelog = (!args.cluster).then(|| {
+        server_rt.block_on(start_tidelog(
+            &dir.path().join("tidelog"),
+            !args.fsync_on_pool,
+        ))
+    });
     let fleets = args.cluster.then(|| {
         client_rt.block_on(async {
             let single = cluster::Brokers::start_single(dir.path()).await;
@@ -299,6 +305,8 @@ struct Args {
     failover_timings: String,
     /// A rolling restart of a three-broker cluster instead of the scenarios.
     rolling_restart: bool,
+    /// The in-process broker keeps every fsync round on the blocking pool.
+    fsync_on_pool: bool,
 }
 
 impl Args {
@@ -317,6 +325,7 @@ impl Args {
             failover: None,
             failover_timings: "test".to_string(),
             rolling_restart: false,
+            fsync_on_pool: false,
         };
         let mut list = None;
         while let Some(a) = it.next() {
@@ -331,6 +340,7 @@ impl Args {
                 "--fetch-records" => args.fetch_records = number(&value(&a)?)?.max(1000),
                 "--data-dir" => args.data_dir = Some(PathBuf::from(value(&a)?)),
                 "--cluster" => args.cluster = true,
+                "--fsync-on-pool" => args.fsync_on_pool = true,
                 "--cluster-url" => {
                     args.cluster = true;
                     args.cluster_url = Some(value(&a)?.trim_end_matches('/').to_string());
@@ -614,10 +624,11 @@ impl Server {
     }
 }
 
-async fn start_tidelog(data_dir: &Path) -> Server {
+async fn start_tidelog(data_dir: &Path, fsync_on_workers: bool) -> Server {
     let config = BrokerConfig {
         listen: "127.0.0.1:0".parse().expect("valid address"),
         data_dir: data_dir.to_path_buf(),
+        fsync_on_workers,
         ..BrokerConfig::default()
     };
     let node = Node::open(config).await.expect("open the broker");

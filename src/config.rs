@@ -44,6 +44,11 @@ pub struct BrokerConfig {
     /// busy ones, file work waits for a free thread. Each thread costs a stack and a share
     /// of the allocator's caches, so the pool's size bounds the broker's memory too.
     pub blocking_threads: u64,
+    /// Lets a partition's fsync round of one `fdatasync` run on the async worker that asked
+    /// for it rather than the blocking pool, when the runtime has two workers or more (see
+    /// `broker::inline_sync`): fewer thread wake-ups per round. Off: every round goes to the
+    /// pool.
+    pub fsync_on_workers: bool,
     /// This broker's id in the cluster (`--node-id`, `TIDELOG_NODE_ID`).
     pub node_id: u32,
     /// The cluster's brokers, `ID=HOST:PORT,...` (`--peers`, `TIDELOG_PEERS`); empty: this
@@ -90,6 +95,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 30_000,
             metrics_idle_timeout_ms: 60_000,
             blocking_threads: 64,
+            fsync_on_workers: true,
             node_id: 1,
             peers: String::new(),
             broker_session_timeout_ms: 9_000,

@@ -70,6 +70,7 @@ impl Node {
         // Before anything records a metric, so the idle timeout holds for every series.
         let idle = Duration::from_millis(config.metrics_idle_timeout_ms).max(METRICS_IDLE_MIN);
         crate::metrics::install_with_idle_timeout(idle);
+        crate::broker::inline_sync::set_enabled(config.fsync_on_workers);
         let cluster = Cluster::open(&config)
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?;

@@ -24,20 +24,28 @@ const ACKS_LEADER_RECORDS: u64 = 8;
 /// except the rounds after a roll: both kinds are cut here.
 #[tokio::test]
 async fn acks_all_records_synced_on_a_worker_survive_a_power_cut() {
-    let inline = power_cut_with_workers(2).await;
+    let inline = power_cut_with_workers(2, "").await;
     assert!(inline >= 1.0, "no fsync round ran on a worker");
 }
 
 /// With one runtime worker every fsync round runs on the blocking pool.
 #[tokio::test]
 async fn acks_all_records_synced_on_the_pool_survive_a_power_cut() {
-    let inline = power_cut_with_workers(1).await;
+    let inline = power_cut_with_workers(1, "").await;
     assert_eq!(inline, 0.0, "an fsync round ran on the only worker");
 }
 
+/// `fsync_on_workers = false` keeps every round on the pool with two workers as well.
+#[tokio::test]
+async fn with_fsync_on_workers_off_every_round_runs_on_the_pool() {
+    let inline = power_cut_with_workers(2, "fsync_on_workers = false\n").await;
+    assert_eq!(inline, 0.0, "an fsync round ran on a worker");
+}
+
 /// Produces, cuts the power, restarts and checks (module docs), on a broker of `workers`
-/// runtime workers. Returns how many fsync rounds ran on a worker before the cut.
-async fn power_cut_with_workers(workers: usize) -> f64 {
+/// runtime workers with `settings` in its config. Returns how many fsync rounds ran on a
+/// worker before the cut.
+async fn power_cut_with_workers(workers: usize, settings: &str) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let ledger = tmp.path().join("sync-ledger");
@@ -49,8 +57,8 @@ async fn power_cut_with_workers(workers: usize) -> f64 {
         ("TOKIO_WORKER_THREADS".to_string(), workers.to_string()),
     ];
     // Small segments, so the acknowledged records span rolled segments too.
-    let config = "[topic_defaults]\nsegment_bytes = 1024\n";
-    let mut broker = TestBroker::start_member_with_env(&data_dir, 0, &[], config, &env);
+    let config = format!("{settings}[topic_defaults]\nsegment_bytes = 1024\n");
+    let mut broker = TestBroker::start_member_with_env(&data_dir, 0, &[], &config, &env);
     let http = broker.client();
     create_topic(&http, &broker.url, TOPIC, 1).await;
     let patched = http

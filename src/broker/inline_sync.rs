@@ -24,7 +24,7 @@
 //! runs the sync differs.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A sync at least this long sends rounds back to the pool for [`SLOW_BACKOFF`].
@@ -34,6 +34,14 @@ pub const SLOW_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The broker's one gate (process-wide: the runtime's workers are).
 static GATE: Gate = Gate::new();
+
+/// `fsync_on_workers` of the config (process-wide, set when a node starts; on by default).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Sets `fsync_on_workers`: off, every round goes to the pool.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
 
 /// How many inline syncs may run at once on a runtime of `workers` workers: none on one
 /// worker, else up to half of them.
@@ -65,7 +73,7 @@ fn epoch() -> Instant {
 
 /// Whether a round may try to run inline at all: checked before it yields and takes its plan.
 pub fn worth_trying() -> bool {
-    GATE.worth_trying(workers())
+    ENABLED.load(Ordering::Relaxed) && GATE.worth_trying(workers())
 }
 
 /// Takes a place for an inline sync (see [`Gate::take`]).

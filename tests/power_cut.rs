@@ -13,6 +13,7 @@ mod common;
 use common::{
     TestBroker, create_topic, cut_to_synced, get_json_ok, produce_json_acks_all,
     produced_partition_offsets, read_partition_to_high_watermark, scrape_metrics,
+    unlabelled_metric,
 };
 use serde_json::json;
 
@@ -106,14 +107,8 @@ async fn power_cut_with_workers(workers: usize, settings: &str) -> f64 {
     );
 
     let metrics = scrape_metrics(&http, &broker.url).await;
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} is not exposed"))
-            .trim()
-            .parse()
-            .unwrap()
+    let counter = |name: &str| {
+        unlabelled_metric(&metrics, name).unwrap_or_else(|| panic!("{name} is not exposed"))
     };
     let (inline, all) = (
         counter("tidelog_fsyncs_inline_total"),

@@ -123,10 +123,10 @@ impl Gate {
     /// A place in an inline sync, when fewer than the limit run and no slow sync keeps rounds
     /// on the pool.
     pub fn take(&self, workers: usize) -> Option<Slot<'_>> {
-        let limit = limit(workers);
-        if limit == 0 || backed_off(self.since_slow()) {
+        if !self.worth_trying(workers) {
             return None;
         }
+        let limit = limit(workers);
         self.running
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)

@@ -704,9 +704,6 @@ struct Scan {
     time_points: Vec<(u32, i64)>,
 }
 
-/// Walks batches from `from` to the end of the file, checking each CRC; stops at the first
-/// one that is damaged (see [`super::walk`]). `index` is told `(position, header, bytes since
-/// last index entry)` and says whether it indexed the batch.
 /// Whether the file holds only zero bytes in `from..to`.
 fn only_zeros(file: &File, from: u64, to: u64) -> io::Result<bool> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -722,6 +719,9 @@ fn only_zeros(file: &File, from: u64, to: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Walks batches from `from` to the end of the file, checking each CRC; stops at the first
+/// one that is damaged (see [`super::walk`]). `index` is told `(position, header, bytes since
+/// last index entry)` and says whether it indexed the batch.
 fn scan_log(
     file: &File,
     file_len: u64,

@@ -11,9 +11,10 @@
 //! The length is taken before the sync starts: bytes written while it runs may or may not be
 //! covered, so they do not count. For the active segment it is where its batches end, not
 //! the file's length: zeros written ahead of small appends follow them (`log::segment`), and
-//! the batches later written over those zeros are not synced yet. The path is the one the kernel knows for the open file
-//! (`/proc/self/fd`), so a segment renamed since it was opened (compaction) is recorded under
-//! its current name, and one already deleted is not recorded at all.
+//! the batches later written over those zeros are not synced yet. The path is the one the
+//! kernel knows for the open file (`/proc/self/fd`), so a segment renamed since it was
+//! opened (compaction) is recorded under its current name, and one already deleted is not
+//! recorded at all.
 //!
 //! Failure policy: the ledger is a test aid; failing to write it panics (a test that cannot
 //! trust its ledger must not pass).

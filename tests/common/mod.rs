@@ -513,11 +513,14 @@ pub async fn scrape_metrics(http: &Client, url: &str) -> String {
 
 /// The value of the unlabelled metric `name` in `GET /metrics` (0 when it is absent).
 pub async fn scrape_unlabelled_metric(http: &Client, url: &str, name: &str) -> f64 {
-    let text = scrape_metrics(http, url).await;
+    unlabelled_metric(&scrape_metrics(http, url).await, name).unwrap_or(0.0)
+}
+
+/// The value of the unlabelled metric `name` in an exposition, if it is there.
+pub fn unlabelled_metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// `GET {url}{path}`; asserts the answer is a 503 `overloaded` problem naming `limit_name`,

@@ -14,6 +14,7 @@ pub mod cluster_topics;
 mod content_length;
 pub mod elect;
 pub mod error;
+mod fast_lane;
 pub mod fetch;
 pub mod forward;
 pub mod groups;
@@ -124,7 +125,7 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             vec![on(Method::POST, elect::elect)],
         ),
         (
-            "/v1/topics/{topic}/records",
+            fast_lane::PRODUCE_ROUTE,
             vec![on(Method::POST, produce::produce)],
         ),
         ("/v1/producers", vec![on(Method::POST, producers::create)]),
@@ -239,7 +240,13 @@ pub fn route_table() -> Vec<(&'static str, Vec<Method>)> {
 
 /// Builds the router with every route of the API.
 pub fn router(node: Node) -> Router {
+    app(node).0
+}
+
+/// The router, and the lane that serves produce requests outside it (see [`fast_lane`]).
+fn app(node: Node) -> (Router, Option<fast_lane::FastLane>) {
     let node = AppState(Arc::new(node));
+    let lane = fast_lane::FastLane::new(node.clone());
     // Installed before the first request so nothing recorded is lost.
     crate::metrics::install();
     let mut router = Router::new();
@@ -267,7 +274,7 @@ pub fn router(node: Node) -> Router {
     if let Some(cors) = cors_layer(&node.broker.config.cors_allowed_origins) {
         router = router.layer(cors);
     }
-    router.with_state(node)
+    (router.with_state(node), lane)
 }
 
 /// CORS for the configured origins (validated in `BrokerConfig::validate`); `None` when the

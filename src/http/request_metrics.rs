@@ -156,7 +156,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Counts one request and records its duration.
-fn record(route: &'static str, method: &'static str, status: StatusCode, took: f64) {
+pub(super) fn record(route: &'static str, method: &'static str, status: StatusCode, took: f64) {
     let now = Instant::now();
     let key = (route, method, status.as_u16());
     let map = HANDLES.get_or_init(Default::default);

@@ -40,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use super::error::ApiError;
-use super::router;
+use super::fast_lane::FastLane;
 use crate::broker::{BrokerError, now_ms};
 use crate::limits::{Limit, Limits};
 use crate::node::Node;
@@ -82,7 +82,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = node.limits().clone();
-    let app = router(node);
+    let (app, lane) = super::app(node);
     let slots = ConnectionSlots::new(&limits);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -104,6 +104,7 @@ pub async fn serve(
         let (stream, slot) = accepted;
         let connection = Connection {
             app: app.clone(),
+            lane: lane.clone(),
             slot,
             clocks,
             connections_max: limits.connections_max,
@@ -209,6 +210,8 @@ struct BodyClocks {
 /// One accepted connection and what it needs to serve it.
 struct Connection {
     app: Router,
+    /// Produce requests, served outside the router (none with CORS configured).
+    lane: Option<FastLane>,
     /// Held until the connection closes.
     slot: Slot,
     clocks: BodyClocks,
@@ -225,14 +228,21 @@ impl Connection {
     ) {
         let _slot = &self.slot;
         let health_only = matches!(self.slot, Slot::Health(_));
-        let (app, clocks, connections_max) = (self.app, self.clocks, self.connections_max);
+        let (app, lane) = (self.app, self.lane);
+        let (clocks, connections_max) = (self.clocks, self.connections_max);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let app = app.clone();
+            let (app, lane) = (app.clone(), lane.clone());
             async move {
                 if health_only && !reserve_serves(request.method(), request.uri().path()) {
                     return Ok::<_, Infallible>(health_reserve_refusal(connections_max));
                 }
-                let request = request.map(|body| Body::new(TimedBody::new(body, clocks)));
+                let mut request = request.map(|body| Body::new(TimedBody::new(body, clocks)));
+                if let Some(lane) = lane {
+                    match lane.serve(request).await {
+                        Ok(response) => return Ok(response),
+                        Err(not_taken) => request = not_taken,
+                    }
+                }
                 app.oneshot(request).await
             }
         });

@@ -76,6 +76,16 @@ pub enum MetadataError {
     PreferredLeaderNotAvailable {
         replica: NodeId,
     },
+    /// A reassignment asked for while another is under way (cancel it first).
+    ReassignmentInProgress {
+        adding: Vec<NodeId>,
+        removing: Vec<NodeId>,
+    },
+    /// A cancel with no reassignment under way.
+    NoReassignment,
+    /// Cancelling would leave the partition without a leader: no replica of the original
+    /// set is in sync (the move's new replicas hold the log now).
+    CancelWouldLoseLeader,
 }
 
 impl std::fmt::Display for MetadataError {
@@ -140,6 +150,15 @@ impl std::fmt::Display for MetadataError {
             E::PreferredLeaderNotAvailable { replica } => write!(
                 f,
                 "the preferred replica, broker {replica}, is not an alive in-sync replica"
+            ),
+            E::ReassignmentInProgress { adding, removing } => write!(
+                f,
+                "a reassignment is under way (adding {adding:?}, removing {removing:?}); cancel it first"
+            ),
+            E::NoReassignment => write!(f, "no reassignment of the partition is under way"),
+            E::CancelWouldLoseLeader => write!(
+                f,
+                "no replica of the original set is in sync, so cancelling would leave the partition without a leader; let the move finish"
             ),
         }
     }
@@ -233,9 +252,11 @@ impl MetadataImage {
                         reason: "fenced or shutting down",
                     });
                 }
+                let active = self.active_set();
                 let p = self.partition_mut(topic, *partition)?;
                 set_isr(p, isr, min);
                 p.high_watermark = p.high_watermark.max(*high_watermark);
+                complete_move(p, &active);
                 Ok(Outcome::Applied)
             }
             Command::ElectLeader {
@@ -243,7 +264,88 @@ impl MetadataImage {
                 partition,
                 election,
             } => self.elect(topic, *partition, election),
+            Command::AlterReassignment {
+                topic,
+                partition,
+                target,
+            } => match target {
+                Some(target) => self.start_move(topic, *partition, target),
+                None => self.cancel_move(topic, *partition),
+            },
         }
+    }
+
+    /// Starts moving a partition to `target`: its replicas become the target, then the
+    /// replicas it removes; the ones it adds follow the leader outside the ISR until they
+    /// catch up. A target that only reorders the replicas completes at once.
+    fn start_move(
+        &mut self,
+        topic: &str,
+        partition: PartitionId,
+        target: &[NodeId],
+    ) -> Result<Outcome, MetadataError> {
+        let factor = self.topic(topic)?.replication_factor;
+        let p = self.partition_ref(topic, partition)?;
+        if p.is_moving() {
+            return Err(MetadataError::ReassignmentInProgress {
+                adding: p.adding.clone(),
+                removing: p.removing.clone(),
+            });
+        }
+        self.check_assignment(&[target.to_vec()], factor)?;
+        if p.replicas == target {
+            return Ok(Outcome::Applied);
+        }
+        let active = self.active_set();
+        let p = self.partition_mut(topic, partition)?;
+        p.adding = target
+            .iter()
+            .copied()
+            .filter(|n| !p.replicas.contains(n))
+            .collect();
+        p.removing = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| !target.contains(n))
+            .collect();
+        p.replicas = target.iter().chain(&p.removing).copied().collect();
+        p.partition_epoch.0 += 1;
+        complete_move(p, &active);
+        Ok(Outcome::Applied)
+    }
+
+    /// Cancels the move under way: the replicas it was adding leave the replica set, the
+    /// ISR and the ELR; leadership stays if the leader is an original replica, else moves
+    /// to one that is in sync (refused if none is).
+    fn cancel_move(
+        &mut self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Outcome, MetadataError> {
+        let p = self.partition_ref(topic, partition)?;
+        if !p.is_moving() {
+            return Err(MetadataError::NoReassignment);
+        }
+        let original = p.original();
+        let active = self.active_set();
+        let mut next = p.clone();
+        next.isr.retain(|n| original.contains(n));
+        next.elr.retain(|n| original.contains(n));
+        next.replicas = original;
+        next.adding.clear();
+        next.removing.clear();
+        let leader_kept = next.leader.is_some_and(|l| next.replicas.contains(&l));
+        if !leader_kept && next.leader.is_some() {
+            let Some(successor) = clean_candidate(&next, &active) else {
+                return Err(MetadataError::CancelWouldLoseLeader);
+            };
+            set_leader(&mut next, Some(successor));
+        } else {
+            next.partition_epoch.0 += 1;
+        }
+        *self.partition_mut(topic, partition)? = next;
+        Ok(Outcome::Applied)
     }
 
     fn register(
@@ -430,6 +532,8 @@ impl MetadataImage {
             leader_epoch: LeaderEpoch(0),
             partition_epoch: PartitionEpoch(0),
             high_watermark: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
         }
     }
 
@@ -567,6 +671,31 @@ fn set_isr(p: &mut PartitionRecord, isr: &[NodeId], min: u32) {
     }
     p.isr = isr.to_vec();
     p.partition_epoch.0 += 1;
+}
+
+/// Completes the move under way once every member of its target is in the ISR: the target
+/// becomes the replica set, the removed replicas leave the ISR and the ELR, and leadership
+/// moves to the target (its first in-sync member) if the leader was removed.
+fn complete_move(p: &mut PartitionRecord, active: &[NodeId]) {
+    if !p.is_moving() {
+        return;
+    }
+    let target = p.target();
+    if !target.iter().all(|n| p.isr.contains(n)) {
+        return;
+    }
+    p.isr.retain(|n| target.contains(n));
+    p.elr.retain(|n| target.contains(n));
+    p.replicas = target;
+    p.adding.clear();
+    p.removing.clear();
+    match p.leader {
+        Some(l) if !p.replicas.contains(&l) => {
+            let next = clean_candidate(p, active);
+            set_leader(p, next);
+        }
+        _ => p.partition_epoch.0 += 1,
+    }
 }
 
 /// The replica a clean election picks: the first active ISR member in replica order, else

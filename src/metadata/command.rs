@@ -81,6 +81,14 @@ pub enum Command {
         partition: PartitionId,
         election: Election,
     },
+    /// Starts moving a partition to the replica set `target` (preferred leader first), or
+    /// with `None` cancels the move under way (KIP-455). The move completes when every
+    /// member of the target is in the ISR (checked here and at every ISR change).
+    AlterReassignment {
+        topic: String,
+        partition: PartitionId,
+        target: Option<Vec<NodeId>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

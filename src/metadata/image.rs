@@ -81,6 +81,39 @@ pub struct PartitionRecord {
     /// unclean election sets it to the new leader's log end.
     #[serde(default)]
     pub high_watermark: u64,
+    /// A reassignment under way (KIP-455): the replicas it adds, which copy the log as
+    /// followers outside the ISR until they catch up. Empty when none is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<NodeId>,
+    /// A reassignment under way: the replicas it removes once every replica of the target
+    /// is in sync. During a move `replicas` is the target, then these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<NodeId>,
+}
+
+impl PartitionRecord {
+    /// Whether a reassignment is under way.
+    pub fn is_moving(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replica set the partition is moving to (its replicas when it is not moving).
+    pub fn target(&self) -> Vec<NodeId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|n| !self.removing.contains(n))
+            .collect()
+    }
+
+    /// The replica set before the move under way (its replicas when it is not moving).
+    pub fn original(&self) -> Vec<NodeId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|n| !self.adding.contains(n))
+            .collect()
+    }
 }
 
 impl MetadataImage {

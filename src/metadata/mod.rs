@@ -21,6 +21,13 @@
 //!   unclean election picks anyone else. Leader epochs and partition epochs only grow.
 //! - Broker epochs only grow: each registration of a new incarnation gets the index of the
 //!   command that registered it.
+//! - A partition's target replica set (its replicas less those a move removes) has the
+//!   topic's replication factor. A move (`Command::AlterReassignment`, KIP-455) puts the
+//!   target first in `replicas`, then the replicas it removes; it completes, in the same
+//!   command that makes it so, once every target member is in the ISR: only then do the
+//!   removed replicas leave the replica set, the ISR and the ELR (so a removed replica never
+//!   takes away the last copy of a committed record), and leadership moves to the target if
+//!   the leader was removed.
 
 mod apply;
 mod command;

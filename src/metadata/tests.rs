@@ -371,6 +371,176 @@ fn commands_and_images_survive_a_serde_round_trip() {
     assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), command);
 }
 
+fn reassign(image: &mut MetadataImage, target: Option<&[u32]>) -> Result<Outcome, MetadataError> {
+    let command = Command::AlterReassignment {
+        topic: "t".into(),
+        partition: PartitionId(0),
+        target: target.map(nodes),
+    };
+    let index = image.applied + 1;
+    image.apply(index, &command)
+}
+
+/// The leader of partition 0 of "t" adds `node` to the ISR, as it does once the follower
+/// caught up.
+fn caught_up(image: &mut MetadataImage, node: u32) {
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
+    let mut isr = p.isr.clone();
+    isr.push(n(node));
+    let alter = Command::AlterPartition {
+        topic: "t".into(),
+        partition: PartitionId(0),
+        leader: p.leader.unwrap(),
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        isr,
+        high_watermark: 0,
+    };
+    apply_ok(image, &alter);
+}
+
+#[test]
+fn a_move_adds_the_new_replicas_outside_the_isr_and_completes_once_they_are_in_sync() {
+    let mut image = cluster(4);
+    create(&mut image, "t", &[&[1, 2]], 2);
+    let before = image.partition("t", PartitionId(0)).unwrap().clone();
+    reassign(&mut image, Some(&[3, 2])).unwrap();
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert_eq!(
+        p.replicas,
+        nodes(&[3, 2, 1]),
+        "the target, then the replicas it removes"
+    );
+    assert_eq!(
+        (p.adding.clone(), p.removing.clone()),
+        (nodes(&[3]), nodes(&[1]))
+    );
+    assert_eq!(p.isr, nodes(&[1, 2]), "a new replica is not in sync yet");
+    assert_eq!(p.leader, Some(n(1)));
+    assert_eq!(
+        p.leader_epoch, before.leader_epoch,
+        "the leader keeps its epoch"
+    );
+    assert!(p.partition_epoch > before.partition_epoch);
+    assert_eq!(
+        reassign(&mut image, Some(&[4, 2])),
+        Err(MetadataError::ReassignmentInProgress {
+            adding: nodes(&[3]),
+            removing: nodes(&[1])
+        })
+    );
+
+    caught_up(&mut image, 3);
+    let done = image.partition("t", PartitionId(0)).unwrap();
+    assert_eq!(done.replicas, nodes(&[3, 2]));
+    assert_eq!(done.isr, nodes(&[2, 3]), "the removed leader left the ISR");
+    assert!(!done.is_moving());
+    assert_eq!(
+        done.leader,
+        Some(n(3)),
+        "leadership went to the target's first replica"
+    );
+    assert!(done.leader_epoch > p.leader_epoch);
+    assert_eq!(
+        reassign(&mut image, None),
+        Err(MetadataError::NoReassignment)
+    );
+}
+
+#[test]
+fn a_cancelled_move_gives_the_partition_back_its_original_replicas() {
+    let mut image = cluster(4);
+    create(&mut image, "t", &[&[1, 2]], 1);
+    reassign(&mut image, Some(&[3, 4])).unwrap();
+    caught_up(&mut image, 3);
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert!(p.is_moving(), "4 is not in sync yet");
+    assert_eq!(p.isr, nodes(&[1, 2, 3]));
+    reassign(&mut image, None).unwrap();
+    let back = image.partition("t", PartitionId(0)).unwrap();
+    assert_eq!(back.replicas, nodes(&[1, 2]));
+    assert_eq!(back.isr, nodes(&[1, 2]), "the added replica left the ISR");
+    assert_eq!(back.leader, Some(n(1)));
+    assert!(!back.is_moving());
+    assert!(back.partition_epoch > p.partition_epoch);
+}
+
+#[test]
+fn a_cancel_that_would_leave_no_original_replica_to_lead_is_refused() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1]], 1);
+    reassign(&mut image, Some(&[2])).unwrap();
+    // 2 is not in sync yet: the move waits, and 1 still leads.
+    assert_eq!(
+        image.partition("t", PartitionId(0)).unwrap().leader,
+        Some(n(1))
+    );
+    caught_up(&mut image, 2);
+    let moved = image.partition("t", PartitionId(0)).unwrap();
+    assert_eq!(
+        (moved.replicas.clone(), moved.leader),
+        (nodes(&[2]), Some(n(2)))
+    );
+
+    reassign(&mut image, Some(&[3])).unwrap();
+    fence(&mut image, 2);
+    // The leader left; 3 never caught up, so the partition is offline and a cancel
+    // changes no leadership.
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert_eq!(p.leader, None);
+    reassign(&mut image, None).unwrap();
+    assert_eq!(
+        image.partition("t", PartitionId(0)).unwrap().replicas,
+        nodes(&[2])
+    );
+
+    // Leadership passed to a replica the move adds, and no original replica is in sync.
+    let mut image = cluster(4);
+    create(&mut image, "t", &[&[1, 2]], 1);
+    reassign(&mut image, Some(&[3, 4])).unwrap();
+    caught_up(&mut image, 3);
+    fence(&mut image, 1);
+    fence(&mut image, 2);
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert_eq!((p.leader, p.isr.clone()), (Some(n(3)), nodes(&[3])));
+    assert_eq!(
+        reassign(&mut image, None),
+        Err(MetadataError::CancelWouldLoseLeader)
+    );
+    assert_eq!(image.partition("t", PartitionId(0)).unwrap(), &p);
+}
+
+#[test]
+fn bad_targets_are_refused_and_a_reorder_completes_at_once() {
+    let mut image = cluster(3);
+    create(&mut image, "t", &[&[1, 2]], 1);
+    for target in [&[1][..], &[1, 1], &[1, 4], &[1, 2, 3]] {
+        assert!(
+            matches!(
+                reassign(&mut image, Some(target)),
+                Err(MetadataError::InvalidAssignment(_))
+            ),
+            "{target:?}"
+        );
+    }
+    let p = image.partition("t", PartitionId(0)).unwrap().clone();
+    reassign(&mut image, Some(&[1, 2])).unwrap();
+    assert_eq!(
+        image.partition("t", PartitionId(0)).unwrap(),
+        &p,
+        "nothing to do"
+    );
+    reassign(&mut image, Some(&[2, 1])).unwrap();
+    let reordered = image.partition("t", PartitionId(0)).unwrap();
+    assert_eq!(reordered.replicas, nodes(&[2, 1]));
+    assert!(!reordered.is_moving());
+    assert_eq!(
+        reordered.leader,
+        Some(n(1)),
+        "a preferred election moves it later"
+    );
+}
+
 // ---- property test ---------------------------------------------------------------------
 
 const BROKERS: u32 = 4;
@@ -416,6 +586,16 @@ enum Op {
         partition: usize,
         node: u32,
     },
+    /// Starts moving a partition to `factor` replicas from `rotate`.
+    Reassign {
+        topic: usize,
+        partition: usize,
+        rotate: usize,
+    },
+    CancelMove {
+        topic: usize,
+        partition: usize,
+    },
     /// Not a command: the leader advances the high watermark, if the ISR allows.
     Commit {
         topic: usize,
@@ -443,6 +623,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(topic, partition, node)| Op::Grow { topic, partition, node }),
         1 => (topic.clone(), 0..3usize).prop_map(|(topic, partition)| Op::Preferred { topic, partition }),
         1 => (topic.clone(), 0..3usize, node).prop_map(|(topic, partition, node)| Op::Unclean { topic, partition, node }),
+        2 => (topic.clone(), 0..3usize, 0..4usize)
+            .prop_map(|(topic, partition, rotate)| Op::Reassign { topic, partition, rotate }),
+        1 => (topic.clone(), 0..3usize).prop_map(|(topic, partition)| Op::CancelMove { topic, partition }),
         4 => (topic, 0..3usize).prop_map(|(topic, partition)| Op::Commit { topic, partition }),
     ]
 }
@@ -581,6 +764,26 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 log_end_offset: 0,
             },
         },
+        Op::Reassign {
+            topic,
+            partition: p,
+            rotate,
+        } => {
+            let factor = image.topics.get(TOPICS[*topic])?.replication_factor as usize;
+            Command::AlterReassignment {
+                topic: TOPICS[*topic].to_string(),
+                partition: partition(*topic, *p)?.0,
+                target: Some(replicas(*rotate, factor)),
+            }
+        }
+        Op::CancelMove {
+            topic,
+            partition: p,
+        } => Command::AlterReassignment {
+            topic: TOPICS[*topic].to_string(),
+            partition: partition(*topic, *p)?.0,
+            target: None,
+        },
         Op::Commit { .. } => return None,
     })
 }
@@ -662,6 +865,26 @@ fn check_invariants(before: &MetadataImage, after: &MetadataImage, model: &Model
             if let Some(l) = p.leader {
                 assert!(p.isr.contains(&l), "{ctx}");
             }
+            assert_eq!(
+                p.target().len() as u32,
+                t.replication_factor,
+                "a move's target has the replication factor: {ctx}"
+            );
+            assert!(
+                p.adding
+                    .iter()
+                    .all(|r| p.replicas.contains(r) && !p.removing.contains(r)),
+                "{ctx}"
+            );
+            assert!(p.removing.iter().all(|r| p.replicas.contains(r)), "{ctx}");
+            assert!(
+                p.adding.is_empty() == p.removing.is_empty(),
+                "a move of a full replica set both adds and removes: {ctx}"
+            );
+            assert!(
+                !p.is_moving() || !p.target().iter().all(|r| p.isr.contains(r)),
+                "a move whose target is in sync is complete: {ctx}"
+            );
             let holders = &model.holders[&(t.topic_id, i)];
             assert!(
                 p.isr.iter().chain(&p.elr).all(|r| holders.contains(r)),

@@ -671,16 +671,7 @@ impl Broker {
     fn delete_topic_locked(&self, admin: &mut AdminState, name: &str) -> Result<(), BrokerError> {
         let topic = self.topic(name)?;
         let io = |e: std::io::Error| BrokerError::Io(e.to_string());
-        // The whole name plus a suffix could pass the file system's 255-byte limit (names go
-        // up to 249): a short prefix and a sequence number keep the trash name short and
-        // unique.
-        static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
-        let trash = self.config.data_dir.join("trash").join(format!(
-            "{}-{}-{}",
-            &name[..name.len().min(64)],
-            now_ms(),
-            TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let trash = self.trash_path(name, "");
         // Rename first: if it fails, the topic is still fully there rather than gone from the
         // list but back again at the next start.
         std::fs::rename(&topic.dir, &trash).map_err(io)?;
@@ -836,6 +827,68 @@ impl Broker {
         drop(slots);
         tracing::info!(topic = name, partitions = count, added = ?adding, "replica topic grew");
         Ok((topic, true))
+    }
+
+    /// A new path in the data directory's trash for files of topic `name` (`suffix` after
+    /// it). The whole name plus a suffix could pass the file system's 255-byte limit (names
+    /// go up to 249): a short prefix and a sequence number keep the trash name short and
+    /// unique.
+    fn trash_path(&self, name: &str, suffix: &str) -> PathBuf {
+        static TRASH_SEQ: AtomicU64 = AtomicU64::new(0);
+        self.config.data_dir.join("trash").join(format!(
+            "{}{suffix}-{}-{}",
+            &name[..name.len().min(64)],
+            now_ms(),
+            TRASH_SEQ.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// Removes this broker's replica of one partition of a replica topic (a reassignment
+    /// moved it away) while it keeps others of the topic. `topic.json` stops counting it
+    /// first, so a crash after it leaves a directory no start opens; then the partition is
+    /// closed (its waiters and readers fail as for a deleted topic) and its directory goes
+    /// to the trash. Nothing to do if the topic (of that `topic_id`) or the replica is gone.
+    pub async fn remove_replica(
+        &self,
+        name: &str,
+        topic_id: u64,
+        p: PartitionId,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        let Some(topic) = self
+            .topics_read()
+            .get(name)
+            .filter(|t| t.topic_id == Some(topic_id))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let slots = topic.partition_slots();
+        let Some(Some(partition)) = slots.get(p.index()) else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| BrokerError::from_io(format_args!("removing {name}/{p}"), e);
+        let local: Vec<PartitionId> = slots
+            .iter()
+            .flatten()
+            .map(|q| q.id)
+            .filter(|q| *q != p)
+            .collect();
+        topic
+            .write_meta_as(slots.len() as u32, Some(local))
+            .map_err(io)?;
+        topic.partitions.write().expect(POISONED)[p.index()] = None;
+        partition.mark_deleted();
+        let trash = self.trash_path(name, &format!("-{p}"));
+        std::fs::rename(topic.dir.join(p.to_string()), &trash).map_err(io)?;
+        sync_dir(&topic.dir).map_err(io)?;
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
+        tracing::info!(
+            topic = name,
+            partition = p.0,
+            "replica removed: a reassignment moved it away"
+        );
+        Ok(())
     }
 
     /// A new replica topic's directory, partitions and `topic.json`; not yet visible.

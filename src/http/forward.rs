@@ -84,6 +84,9 @@ pub fn served_at(template: &str, method: &Method) -> Option<ServedAt> {
         ("/v1/topics/{topic}/partitions", _) => Controller,
         ("/v1/topics/{topic}/partitions/{partition}/delete-records", _) => PartitionLeader,
         ("/v1/topics/{topic}/partitions/{partition}/elect", _) => Controller,
+        ("/v1/topics/{topic}/partitions/{partition}/reassignment", _) => Controller,
+        // From this broker's copy of the metadata, as the topic views.
+        ("/v1/reassignments", _) => Here,
         // Split per partition where it lands (`produce_split`).
         ("/v1/topics/{topic}/records", _) => Here,
         ("/v1/topics/{topic}/partitions/{partition}/records", _) => PartitionLeader,

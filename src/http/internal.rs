@@ -216,6 +216,17 @@ fn refused(e: MetadataError, detail: String) -> ApiError {
             detail,
         )
         .with("replica", replica.0),
+        MetadataError::ReassignmentInProgress { adding, removing } => {
+            ApiError::new(StatusCode::CONFLICT, "reassignment_in_progress", detail)
+                .with("adding", adding.iter().map(|n| n.0).collect::<Vec<_>>())
+                .with("removing", removing.iter().map(|n| n.0).collect::<Vec<_>>())
+        }
+        MetadataError::NoReassignment => {
+            ApiError::new(StatusCode::CONFLICT, "no_reassignment", detail)
+        }
+        MetadataError::CancelWouldLoseLeader => {
+            ApiError::new(StatusCode::CONFLICT, "cancel_would_lose_leader", detail)
+        }
         _ => ApiError::new(StatusCode::CONFLICT, "metadata_conflict", detail),
     }
 }

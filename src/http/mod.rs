@@ -26,6 +26,7 @@ pub mod path;
 pub mod produce;
 pub mod produce_split;
 pub mod producers;
+pub mod reassign;
 pub mod render;
 mod request_metrics;
 pub mod serve;
@@ -124,6 +125,14 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             "/v1/topics/{topic}/partitions/{partition}/elect",
             vec![on(Method::POST, elect::elect)],
         ),
+        (
+            "/v1/topics/{topic}/partitions/{partition}/reassignment",
+            vec![
+                on(Method::POST, reassign::start),
+                on(Method::DELETE, reassign::cancel),
+            ],
+        ),
+        ("/v1/reassignments", vec![on(Method::GET, reassign::list)]),
         (
             fast_lane::PRODUCE_ROUTE,
             vec![on(Method::POST, produce::produce)],

@@ -55,7 +55,7 @@ pub fn reserve_serves(method: &Method, path: &str) -> bool {
     match segments.as_slice() {
         ["healthz" | "readyz" | "metrics" | "openapi.json"] => get,
         ["v1", "cluster"] => get,
-        // List and create; describe, reconfigure and delete; expand.
+        // List and create; describe, reconfigure and delete; expand; move.
         ["v1", "topics"] | ["v1", "topics", _] => true,
         ["v1", "topics", _, "partitions"] => true,
         [
@@ -64,8 +64,9 @@ pub fn reserve_serves(method: &Method, path: &str) -> bool {
             _,
             "partitions",
             _,
-            "delete-records" | "elect",
+            "delete-records" | "elect" | "reassignment",
         ] => true,
+        ["v1", "reassignments"] => get,
         // List, describe and delete groups; look at and reset their offsets (a member's
         // commit is a POST to `offsets`: client traffic).
         ["v1", "groups"] | ["v1", "groups", _] => true,
@@ -406,6 +407,15 @@ mod tests {
                 "/v1/topics/{topic}/partitions/{partition}/elect",
                 Method::POST,
             ),
+            (
+                "/v1/topics/{topic}/partitions/{partition}/reassignment",
+                Method::POST,
+            ),
+            (
+                "/v1/topics/{topic}/partitions/{partition}/reassignment",
+                Method::DELETE,
+            ),
+            ("/v1/reassignments", Method::GET),
             ("/v1/groups", Method::GET),
             ("/v1/groups/{group}", Method::GET),
             ("/v1/groups/{group}", Method::DELETE),

@@ -151,10 +151,15 @@ impl std::fmt::Display for MetadataError {
                 f,
                 "the preferred replica, broker {replica}, is not an alive in-sync replica"
             ),
-            E::ReassignmentInProgress { adding, removing } => write!(
-                f,
-                "a reassignment is under way (adding {adding:?}, removing {removing:?}); cancel it first"
-            ),
+            E::ReassignmentInProgress { adding, removing } => {
+                let ids = |nodes: &[NodeId]| nodes.iter().map(|n| n.0).collect::<Vec<_>>();
+                write!(
+                    f,
+                    "a reassignment is under way (adding {:?}, removing {:?}); cancel it first",
+                    ids(adding),
+                    ids(removing)
+                )
+            }
             E::NoReassignment => write!(f, "no reassignment of the partition is under way"),
             E::CancelWouldLoseLeader => write!(
                 f,

@@ -91,31 +91,36 @@ impl LeaderReplicas {
         high_watermark: Offset,
         now_ms: u64,
     ) -> LeaderReplicas {
-        let followers = replicas
-            .iter()
-            .filter(|n| **n != leader)
-            .map(|n| {
-                let progress = FollowerProgress {
-                    last_caught_up_ms: now_ms,
-                    last_fetch_ms: now_ms,
-                    ..FollowerProgress::default()
-                };
-                (*n, progress)
-            })
-            .collect();
-        LeaderReplicas {
+        let mut state = LeaderReplicas {
             leader,
             isr,
             pending: None,
             min_insync_replicas,
-            followers,
+            followers: BTreeMap::new(),
             high_watermark,
             recorded_high_watermark: Offset::ZERO,
-        }
+        };
+        state.set_replicas(replicas, now_ms);
+        state
     }
 
     pub fn high_watermark(&self) -> Offset {
         self.high_watermark
+    }
+
+    /// The partition's replicas changed within this leadership (a reassignment started,
+    /// completed or was cancelled): replicas it adds become followers that have not fetched
+    /// yet (so they join the ISR only once a fetch shows them caught up), replicas it
+    /// removed are forgotten (their fetches are refused from now on).
+    pub fn set_replicas(&mut self, replicas: &[NodeId], now_ms: u64) {
+        self.followers.retain(|n, _| replicas.contains(n));
+        for n in replicas.iter().filter(|n| **n != self.leader) {
+            self.followers.entry(*n).or_insert(FollowerProgress {
+                last_caught_up_ms: now_ms,
+                last_fetch_ms: now_ms,
+                ..FollowerProgress::default()
+            });
+        }
     }
 
     /// Records a follower's fetch. Returns false for a node that is not a follower of this
@@ -278,6 +283,41 @@ mod tests {
         assert_eq!(l.isr_change(3, 1000, fenced), Some(vec![n(1)]));
         l.recorded_high_watermark = Offset(10);
         assert_eq!(l.isr_change(4, 1000, fenced), None, "reported already");
+    }
+
+    #[test]
+    fn a_replica_added_within_a_leadership_joins_once_caught_up_and_a_removed_one_is_refused() {
+        let mut l = three();
+        l.on_fetch(n(2), Offset(10), Offset(10), Offset(10), 1);
+        l.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 1);
+        assert_eq!(l.advance_high_watermark(Offset(10)), Offset(10));
+        assert!(
+            !l.on_fetch(n(4), Offset(0), Offset(0), Offset(10), 1),
+            "not a replica yet"
+        );
+        // A move to [4, 2, 3] started: 1 leads, 4 is added.
+        l.set_replicas(&[n(4), n(2), n(3), n(1)], 2);
+        assert_eq!(l.isr_change(2, 30_000, |_| true), None, "4 has not fetched");
+        assert!(l.on_fetch(n(4), Offset(4), Offset(4), Offset(10), 3));
+        assert_eq!(l.isr_change(3, 30_000, |_| true), None, "4 is behind");
+        assert_eq!(
+            l.advance_high_watermark(Offset(10)),
+            Offset(10),
+            "4 does not hold it back"
+        );
+        l.on_fetch(n(4), Offset(10), Offset(10), Offset(10), 4);
+        assert_eq!(
+            l.isr_change(4, 30_000, |_| true),
+            Some(vec![n(1), n(2), n(3), n(4)])
+        );
+        // The move completed elsewhere in the metadata; 3 was removed meanwhile.
+        l.set_replicas(&[n(4), n(2), n(1)], 5);
+        assert!(!l.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 5));
+        assert!(
+            l.on_fetch(n(4), Offset(10), Offset(10), Offset(10), 5),
+            "kept as it was"
+        );
+        assert!(l.followers[&n(4)].fetched);
     }
 
     #[test]

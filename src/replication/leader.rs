@@ -97,9 +97,9 @@ impl Led {
             .expect("a leader state lock is not poisoned")
     }
 
-    /// The metadata brought a new ISR (or the same one under a new partition epoch): it is
-    /// the confirmed set now, and a pending change is settled either way.
-    pub fn confirm(&self, record: &IsrRecord) {
+    /// The metadata brought a new ISR or replica set (or the same under a new partition
+    /// epoch): it is the confirmed state now, and a pending change is settled either way.
+    pub fn confirm(&self, record: &IsrRecord, now_ms: u64) {
         {
             let mut s = self.lock();
             s.replicas.recorded_high_watermark = record.recorded_high_watermark;
@@ -109,6 +109,7 @@ impl Led {
             {
                 return;
             }
+            s.replicas.set_replicas(&record.replicas, now_ms);
             s.replicas.isr = record.isr.clone();
             s.replicas.min_insync_replicas = record.min_insync_replicas;
             s.replicas.pending = None;

@@ -7,7 +7,7 @@
 //!   the topic's config from the image (`Broker::ensure_replica_topic`), grows partition
 //!   counts, takes config changes;
 //! - deletes the local data of topics deleted from the metadata, or re-created under the
-//!   same name (another `topic_id`);
+//!   same name (another `topic_id`), and of single replicas a reassignment moved away;
 //! - computes each local replica's [`Role`] from the image, calls the role-change hooks,
 //!   then moves the version [`ReplicaManager::subscribe`] gives, and tells the membership
 //!   task the index it reconciled up to (heartbeats carry it to the controller).
@@ -222,6 +222,31 @@ impl ReplicaManager {
                 }
                 Err(e) => {
                     tracing::error!(topic = %topic.name, "removing the local replicas: {e}");
+                    complete = false;
+                }
+            }
+        }
+        // Replicas a reassignment moved away, of topics this broker still holds others of.
+        for topic in self.broker.topics() {
+            let Some(id) = topic.topic_id() else { continue };
+            let Some(record) = wanted_here(&image, &topic.name, me).filter(|t| t.topic_id == id)
+            else {
+                continue;
+            };
+            for replica in topic.partitions() {
+                let named = record
+                    .partitions
+                    .get(replica.id.index())
+                    .is_some_and(|p| p.replicas.contains(&me));
+                if named {
+                    continue;
+                }
+                if let Err(e) = self
+                    .broker
+                    .remove_replica(&topic.name, id, replica.id)
+                    .await
+                {
+                    tracing::error!(topic = %topic.name, partition = replica.id.0, "removing the local replica: {e}");
                     complete = false;
                 }
             }

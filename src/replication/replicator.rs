@@ -198,7 +198,7 @@ impl Replicator {
                 });
                 let led = match kept {
                     Some(l) => {
-                        l.confirm(&record);
+                        l.confirm(&record, now);
                         l
                     }
                     None => {

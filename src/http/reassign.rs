@@ -1,0 +1,156 @@
+//! Partition reassignment (KIP-455): moving a partition's replicas to other brokers while it
+//! serves, run by the controller (`forward` brings the calls there).
+//!
+//! - `POST /v1/topics/{topic}/partitions/{partition}/reassignment` `{"replicas":[...]}`: the
+//!   target replica set, preferred leader first, as many as the topic's replication factor.
+//!   The replicas it adds copy the leader's log as followers outside the in-sync set; once
+//!   every target replica is in sync the metadata makes the target the replica set in one
+//!   step, leadership moves to the target if the leader was removed, and each removed
+//!   broker puts its copy in its trash (`replication::manager`). Answered once every alive
+//!   broker applied the start: 202 while the move runs, 200 when nothing had to move (the
+//!   same set, or the same replicas in another order).
+//! - `DELETE` on the same path cancels the move under way: the partition gets its original
+//!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync any more).
+//! - `GET /v1/reassignments`: the moves under way, from this broker's copy of the metadata.
+//!
+//! A move is Raft state, so it survives any failover of the controller or the leader, and a
+//! removed broker that was down deletes its copy when it comes back. No acknowledged record is
+//! lost on the way: removed replicas leave only when every target replica is in the ISR,
+//! which holds every record acknowledged with `acks=all`.
+//!
+//! On a broker alone there is one replica per partition and nothing to move: the calls are
+//! refused (`invalid_request`) and the list is empty. Internal topics (`__`) are not moved.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::body::{parse_u64, read_json};
+use super::cluster_topics::wait_every_broker;
+use super::error::{ApiError, ApiResult};
+use super::internal::controller;
+use super::path::Path;
+use crate::broker::is_internal_topic;
+use crate::cluster::controller::ControlError;
+use crate::metadata::{
+    Command, MetadataError, MetadataImage, NodeId, PartitionId, PartitionRecord,
+};
+
+/// The body of a reassignment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReassignRequest {
+    /// The target replica set, preferred leader first.
+    replicas: Vec<u32>,
+}
+
+/// `POST /v1/topics/{topic}/partitions/{partition}/reassignment`.
+pub async fn start(
+    State(node): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let request: ReassignRequest =
+        read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    let target: Vec<NodeId> = request.replicas.into_iter().map(NodeId).collect();
+    alter(&node, &topic, &partition, Some(target)).await
+}
+
+/// `DELETE /v1/topics/{topic}/partitions/{partition}/reassignment`.
+pub async fn cancel(
+    State(node): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    alter(&node, &topic, &partition, None).await
+}
+
+/// `GET /v1/reassignments`: every move under way, as this broker's metadata has it.
+pub async fn list(State(node): State<AppState>) -> Response {
+    let image = node.cluster.with_image(MetadataImage::clone);
+    let moves: Vec<Value> = image
+        .topics
+        .values()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.is_moving())
+                .map(|(i, p)| view(&t.name, PartitionId(i as u32), p))
+        })
+        .collect();
+    axum::Json(json!({ "reassignments": moves })).into_response()
+}
+
+/// Starts (`Some`) or cancels (`None`) a move at the controller, then answers once every
+/// alive broker applied it.
+async fn alter(
+    node: &AppState,
+    topic: &str,
+    partition: &str,
+    target: Option<Vec<NodeId>>,
+) -> ApiResult<Response> {
+    let partition = parse_u64("partition", partition)?;
+    if !node.cluster.is_clustered() {
+        return Err(ApiError::invalid(
+            "a broker alone holds the one replica of each partition: there is nothing to move \
+             (reassignment needs a cluster, started with --peers)",
+        ));
+    }
+    if is_internal_topic(topic) {
+        return Err(ApiError::invalid(format!(
+            "'{topic}' is an internal topic: its replicas are not moved"
+        )));
+    }
+    let partition = u32::try_from(partition).map(PartitionId).map_err(|_| {
+        ApiError::from(ControlError::Refused(MetadataError::PartitionNotFound {
+            topic: topic.to_string(),
+            partition: PartitionId(u32::MAX),
+        }))
+    })?;
+    let controller = controller(node)?;
+    let starting = target.is_some();
+    let command = Command::AlterReassignment {
+        topic: topic.to_string(),
+        partition,
+        target,
+    };
+    let index = controller.propose(command).await?;
+    let done = match starting {
+        true => "the reassignment is started",
+        false => "the reassignment is cancelled",
+    };
+    wait_every_broker(node, &controller, index, done).await?;
+    let image = controller.image();
+    let record = image.partition(topic, partition).ok_or_else(|| {
+        ApiError::from(ControlError::Refused(MetadataError::PartitionNotFound {
+            topic: topic.to_string(),
+            partition,
+        }))
+    })?;
+    let status = match record.is_moving() {
+        true => StatusCode::ACCEPTED,
+        false => StatusCode::OK,
+    };
+    Ok((status, axum::Json(view(topic, partition, record))).into_response())
+}
+
+/// A partition's replica sets and leadership, with the move under way if any.
+fn view(topic: &str, partition: PartitionId, p: &PartitionRecord) -> Value {
+    json!({
+        "topic": topic,
+        "partition": partition.0,
+        "moving": p.is_moving(),
+        "replicas": p.replicas,
+        "target": p.target(),
+        "adding": p.adding,
+        "removing": p.removing,
+        "isr": p.isr,
+        "leader": p.leader,
+        "leader_epoch": p.leader_epoch,
+    })
+}

@@ -1,0 +1,320 @@
+//! Partition reassignment (KIP-455) while traffic flows: `POST
+//! /v1/topics/{t}/partitions/{p}/reassignment` moves a partition to another replica set, the
+//! added replica catches up outside the ISR, the move completes once the whole target is in
+//! sync, leadership leaves a removed leader, and the removed broker deletes its copy, with
+//! `acks=all` producers running throughout and every acknowledged record read back from the
+//! new replicas. A move that cannot finish (its new replica is down) is listed, refuses a
+//! second move, and is cancelled with `DELETE`.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::checker::{History, Outcome};
+use common::cluster::{
+    self, Cluster, assert_problem, delete, describe, get, post, read_every_replica, replicas_of,
+    wait_for,
+};
+use serde_json::{Value, json};
+
+/// Short timings, so a stopped broker is fenced within seconds.
+const TOML: &str = "broker_session_timeout_ms = 2000\n\
+                    replica_lag_time_max_ms = 2000\n\
+                    replica_fetch_wait_max_ms = 200\n\
+                    raft_heartbeat_ms = 100\n\
+                    raft_election_timeout_ms = 500\n";
+
+/// Bounds of the producer: batches, and wall time.
+const BATCHES_MAX: usize = 2_000;
+const PRODUCE_FOR_MAX: Duration = Duration::from_secs(120);
+const RECORDS_PER_BATCH: usize = 5;
+
+fn reassignment_url(c: &Cluster, via: usize, topic: &str, p: u32) -> String {
+    format!(
+        "{}/v1/topics/{topic}/partitions/{p}/reassignment",
+        c.url(via)
+    )
+}
+
+fn create(c: &Cluster, topic: &str, partitions: u32, min_insync: u32) {
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": topic, "partitions": partitions, "replication_factor": 2,
+               "config": {"min_insync_replicas": min_insync}}),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+/// The partition's view on broker `id`.
+fn partition_view(c: &Cluster, id: usize, topic: &str, p: u32) -> Value {
+    describe(c, id, topic)["partitions"][p as usize].clone()
+}
+
+/// Produces batches of acks=all records to partition `p` through broker `via` until `stop`
+/// (or the bounds), recording every outcome.
+fn produce_until(url: String, topic: &'static str, p: u32, stop: Arc<AtomicBool>) -> History {
+    let mut history = History::default();
+    let started = Instant::now();
+    for batch in 0..BATCHES_MAX {
+        if stop.load(Ordering::Relaxed) || started.elapsed() > PRODUCE_FOR_MAX {
+            break;
+        }
+        let values: Vec<String> = (0..RECORDS_PER_BATCH)
+            .map(|i| format!("b{batch}-r{i}"))
+            .collect();
+        let records: Vec<Value> = values
+            .iter()
+            .map(|v| json!({"partition": p, "value": v}))
+            .collect();
+        let (status, body) = post(
+            &format!("{url}/v1/topics/{topic}/records?acks=all&timeout_ms=5000"),
+            json!({ "records": records }),
+        );
+        for (i, v) in values.iter().enumerate() {
+            let outcome = match body["offsets"][i]["offset"].as_u64() {
+                Some(offset) if status == 200 => Outcome::Acknowledged {
+                    partition: p,
+                    offset,
+                },
+                _ => Outcome::Unknown,
+            };
+            history.produced(v, outcome);
+        }
+        if status != 200 {
+            // A leadership change answers an error; the next batch goes to the new leader.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    history
+}
+
+#[test]
+fn a_partition_moves_off_its_leader_under_acks_all_load_and_keeps_every_acknowledged_record() {
+    const TOPIC: &str = "moving";
+    let c = Cluster::start(3, TOML);
+    create(&c, TOPIC, 3, 2);
+    let original = wait_for("partition 0 with a leader and a full ISR", || {
+        let p = partition_view(&c, 1, TOPIC, 0);
+        let isr = cluster::node_ids(&p["isr"]);
+        match p["leader"].as_u64() {
+            Some(l) if isr.len() == 2 => Ok((l as usize, cluster::node_ids(&p["replicas"]))),
+            _ => Err(p.to_string()),
+        }
+    });
+    let (leader, replicas) = original;
+    let kept = *replicas.iter().find(|r| **r != leader).unwrap();
+    let spare = (1..=3).find(|n| !replicas.contains(n)).unwrap();
+
+    // Producers send through the replica that stays; records keep flowing during the move.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (url, stop) = (c.url(kept).to_string(), Arc::clone(&stop));
+        std::thread::spawn(move || produce_until(url, TOPIC, 0, stop))
+    };
+    wait_for("records acknowledged before the move", || {
+        let end = partition_view(&c, leader, TOPIC, 0)["log_end_offset"].as_u64();
+        match end {
+            Some(e) if e >= 50 => Ok(()),
+            other => Err(format!("log end {other:?}")),
+        }
+    });
+
+    let target = json!({"replicas": [spare, kept]});
+    let (status, started) = post(&reassignment_url(&c, spare, TOPIC, 0), target);
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["moving"], true, "{started}");
+    assert_eq!(cluster::node_ids(&started["target"]), vec![spare, kept]);
+    assert_eq!(cluster::node_ids(&started["adding"]), vec![spare]);
+    assert_eq!(cluster::node_ids(&started["removing"]), vec![leader]);
+    assert_eq!(
+        cluster::node_ids(&started["replicas"]),
+        vec![spare, kept, leader],
+        "the target, then the replica it removes"
+    );
+
+    let done = wait_for("the move completed", || {
+        let (_, list) = get(&format!("{}/v1/reassignments", c.url(kept)));
+        let p = partition_view(&c, kept, TOPIC, 0);
+        let finished = list["reassignments"].as_array().is_some_and(Vec::is_empty)
+            && cluster::node_ids(&p["replicas"]) == vec![spare, kept];
+        if finished {
+            Ok(p)
+        } else {
+            Err(format!("{list} {p}"))
+        }
+    });
+    assert_eq!(
+        done["leader"].as_u64(),
+        Some(spare as u64),
+        "leadership left the removed replica for the target's first: {done}"
+    );
+    let mut isr = cluster::node_ids(&done["isr"]);
+    isr.sort_unstable();
+    let mut want = vec![spare, kept];
+    want.sort_unstable();
+    assert_eq!(isr, want, "{done}");
+
+    // More records under the new leader, then stop.
+    let end_at_move = done["log_end_offset"].as_u64().unwrap_or(0);
+    wait_for("records acknowledged after the move", || {
+        let end = partition_view(&c, spare, TOPIC, 0)["log_end_offset"].as_u64();
+        match end {
+            Some(e) if e >= end_at_move + 50 => Ok(()),
+            other => Err(format!("log end {other:?}, {end_at_move} at the move")),
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let history = producer.join().unwrap();
+    assert!(history.acknowledged() >= 100, "{}", history.acknowledged());
+
+    // Every acknowledged record, at its offset, on both new replicas.
+    let reads = read_every_replica(&c, kept, TOPIC, 1);
+    assert_eq!(reads.len(), 2, "the partition's two replicas were read");
+    assert!(reads.iter().any(|r| r.node as usize == spare));
+    let anomalies = history.check(&reads);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
+
+    // The removed broker put its copy in the trash, and kept its other partitions.
+    let removed_dir = c.data_dir(leader).join("topics").join(TOPIC).join("0");
+    wait_for("the removed replica's directory gone", || {
+        if removed_dir.exists() {
+            Err(format!("{} still there", removed_dir.display()))
+        } else {
+            Ok(())
+        }
+    });
+    for p in 1..3u32 {
+        if replicas_of(&c, kept, TOPIC, p).contains(&leader) {
+            let dir = c
+                .data_dir(leader)
+                .join("topics")
+                .join(TOPIC)
+                .join(p.to_string());
+            assert!(dir.exists(), "partition {p} stays on broker {leader}");
+        }
+    }
+    // A fetch from the removed broker is forwarded to the new leader.
+    let (status, page) = get(&format!(
+        "{}/v1/topics/{TOPIC}/partitions/0/records?offset=0&max_records=1",
+        c.url(leader)
+    ));
+    assert_eq!(status, 200, "{page}");
+}
+
+#[test]
+fn a_stuck_move_is_listed_refuses_another_and_is_cancelled_and_bad_moves_are_refused() {
+    const TOPIC: &str = "stuck";
+    let mut c = Cluster::start(3, TOML);
+    create(&c, TOPIC, 2, 1);
+    let replicas = wait_for("partition 0 with a full ISR", || {
+        let p = partition_view(&c, 1, TOPIC, 0);
+        match cluster::node_ids(&p["isr"]).len() {
+            2 => Ok(cluster::node_ids(&p["replicas"])),
+            _ => Err(p.to_string()),
+        }
+    });
+    let spare = (1..=3).find(|n| !replicas.contains(n)).unwrap();
+    let via = replicas[0];
+    let url = reassignment_url(&c, via, TOPIC, 0);
+
+    // Refusals, before anything moves.
+    for (body, code) in [
+        (json!({"replicas": [spare]}), "invalid_request"),
+        (json!({"replicas": [spare, spare]}), "invalid_request"),
+        (json!({"replicas": [spare, 9]}), "invalid_request"),
+        (json!({"replicas": "1,2"}), "invalid_request"),
+        (
+            json!({"replicas": [1, 2], "throttle": 1}),
+            "invalid_request",
+        ),
+    ] {
+        let (status, problem) = post(&url, body.clone());
+        assert_problem(status, &problem, 400, code);
+    }
+    let (status, problem) = post(
+        &reassignment_url(&c, via, "nope", 0),
+        json!({"replicas": [1, 2]}),
+    );
+    assert_problem(status, &problem, 404, "topic_not_found");
+    let (status, problem) = post(
+        &reassignment_url(&c, via, TOPIC, 7),
+        json!({"replicas": [1, 2]}),
+    );
+    assert_problem(status, &problem, 404, "partition_not_found");
+    let (status, problem) = delete(&url);
+    assert_problem(status, &problem, 409, "no_reassignment");
+    let (status, same) = post(&url, json!({"replicas": replicas}));
+    assert_eq!((status, &same["moving"]), (200, &json!(false)), "{same}");
+
+    // The spare is down, so a move to it cannot finish.
+    c.brokers[spare - 1].kill9();
+    wait_for("the stopped broker fenced", || {
+        let (_, view) = get(&format!("{}/v1/cluster", c.url(via)));
+        let alive = view["brokers"]
+            .as_array()
+            .map_or(0, |bs| bs.iter().filter(|b| b["status"] == "alive").count());
+        if alive == 2 {
+            Ok(())
+        } else {
+            Err(view.to_string())
+        }
+    });
+    let (status, started) = post(&url, json!({"replicas": [replicas[1], spare]}));
+    assert_eq!(status, 202, "{started}");
+    let (status, problem) = post(&url, json!({"replicas": [spare, replicas[0]]}));
+    assert_problem(status, &problem, 409, "reassignment_in_progress");
+    assert_eq!(
+        cluster::node_ids(&problem["adding"]),
+        vec![spare],
+        "{problem}"
+    );
+
+    let (_, list) = get(&format!("{}/v1/reassignments", c.url(replicas[1])));
+    let moves = list["reassignments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(moves.len(), 1, "{list}");
+    assert_eq!(
+        (moves[0]["topic"].as_str(), moves[0]["partition"].as_u64()),
+        (Some(TOPIC), Some(0))
+    );
+
+    // Records still flow to the partition while it waits.
+    let (status, body) = post(
+        &format!("{}/v1/topics/{TOPIC}/records?acks=all", c.url(via)),
+        json!({"records": [{"partition": 0, "value": "during"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let (status, cancelled) = delete(&url);
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["moving"], false, "{cancelled}");
+    let mut back = cluster::node_ids(&cancelled["replicas"]);
+    back.sort_unstable();
+    let mut want = replicas.clone();
+    want.sort_unstable();
+    assert_eq!(back, want, "the original replicas: {cancelled}");
+    let (_, list) = get(&format!("{}/v1/reassignments", c.url(via)));
+    assert_eq!(list["reassignments"], json!([]), "{list}");
+}
+
+#[test]
+fn a_broker_alone_has_nothing_to_move() {
+    let broker = common::TestBroker::start();
+    let url = &broker.url;
+    let (status, _) = post(
+        &format!("{url}/v1/topics"),
+        json!({"name": "solo", "partitions": 1}),
+    );
+    assert_eq!(status, 201);
+    let (status, problem) = post(
+        &format!("{url}/v1/topics/solo/partitions/0/reassignment"),
+        json!({"replicas": [1]}),
+    );
+    assert_problem(status, &problem, 400, "invalid_request");
+    let (status, list) = get(&format!("{url}/v1/reassignments"));
+    assert_eq!((status, list), (200, json!({"reassignments": []})));
+}

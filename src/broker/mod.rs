@@ -878,6 +878,11 @@ impl Broker {
             .write_meta_as(slots.len() as u32, Some(local))
             .map_err(io)?;
         topic.partitions.write().expect(POISONED)[p.index()] = None;
+        // It leads nothing from now on, so a producer waiting on it is told the leadership
+        // changed after its append (outcome unknown: the new leader may hold its records),
+        // not that the storage failed.
+        partition.set_follower(true);
+        partition.set_isr_gate(None);
         partition.mark_deleted();
         let trash = self.trash_path(name, &format!("-{p}"));
         std::fs::rename(topic.dir.join(p.to_string()), &trash).map_err(io)?;

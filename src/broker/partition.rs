@@ -1135,6 +1135,11 @@ impl Partition {
             biased;
             durable = self.wait_durable(offset, timeout) => match durable {
                 Ok(()) if !leads(&self.isr_gate()) => Err(changed()),
+                // The replica was closed after it stopped leading (a reassignment removed
+                // it): the records may live on at the new leader.
+                Err(BrokerError::StorageUnavailable(_)) if !leads(&self.isr_gate()) => {
+                    Err(changed())
+                }
                 other => other,
             },
             g = closed => match g {

@@ -52,8 +52,19 @@ fn partition_view(c: &Cluster, id: usize, topic: &str, p: u32) -> Value {
     describe(c, id, topic)["partitions"][p as usize].clone()
 }
 
+/// What answered a refused batch: retryable, outcome unknown or not written. A move never
+/// answers as if the storage failed or the topic were gone.
+const RETRYABLE: [&str; 6] = [
+    "leader_changed_after_append",
+    "not_leader",
+    "not_enough_replicas",
+    "not_enough_replicas_after_append",
+    "broker_unavailable",
+    "request_timeout",
+];
+
 /// Produces batches of acks=all records to partition `p` through broker `via` until `stop`
-/// (or the bounds), recording every outcome.
+/// (or the bounds), recording every outcome; panics on a refusal a move should not cause.
 fn produce_until(url: String, topic: &'static str, p: u32, stop: Arc<AtomicBool>) -> History {
     let mut history = History::default();
     let started = Instant::now();
@@ -83,6 +94,9 @@ fn produce_until(url: String, topic: &'static str, p: u32, stop: Arc<AtomicBool>
             history.produced(v, outcome);
         }
         if status != 200 {
+            let code = body["code"].as_str().unwrap_or_default();
+            assert!(RETRYABLE.contains(&code), "batch {batch}: {status} {body}");
+            eprintln!("batch {batch} refused during the move: {status} {code}");
             // A leadership change answers an error; the next batch goes to the new leader.
             std::thread::sleep(Duration::from_millis(50));
         }

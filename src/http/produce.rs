@@ -197,6 +197,13 @@ pub(super) async fn produce_body(
 /// `{"partition":p,"unconfirmed":true}` if it may or may not have been, `null` if not; a
 /// client resends the `null` ones (and decides about the unconfirmed ones).
 pub(super) fn with_record_fates(failed: ProduceFailure) -> ApiError {
+    record_fates(failed, true)
+}
+
+/// [`with_record_fates`], the detail saying the counts when `explain`. A leader's answer to
+/// a part of a split produce does not explain: the broker that split it explains the whole
+/// body's fates once (it said them twice before).
+pub(super) fn record_fates(failed: ProduceFailure, explain: bool) -> ApiError {
     let e = failed.error;
     if failed.fates.is_empty() {
         return e;
@@ -217,13 +224,16 @@ pub(super) fn with_record_fates(failed: ProduceFailure) -> ApiError {
             RecordFate::NotStored => serde_json::Value::Null,
         })
         .collect();
-    let detail = format!(
-        "{} ({stored} of the body's {} records were stored and {unconfirmed} may or may not \
-         have been; 'offsets' has one entry per record: its offset if stored, 'unconfirmed' \
-         if unsure, null if not stored)",
-        e.detail,
-        offsets.len()
-    );
+    let detail = match explain {
+        true => format!(
+            "{} ({stored} of the body's {} records were stored and {unconfirmed} may or may \
+             not have been; 'offsets' has one entry per record: its offset if stored, \
+             'unconfirmed' if unsure, null if not stored)",
+            e.detail,
+            offsets.len()
+        ),
+        false => e.detail.clone(),
+    };
     ApiError { detail, ..e }
         .with("appended_records", stored)
         .with("unconfirmed_records", unconfirmed)

@@ -41,7 +41,7 @@ use super::forward::{
     topic_homes,
 };
 use super::path::Path;
-use super::produce::{ProduceQuery, produce_params, with_record_fates};
+use super::produce::{ProduceQuery, produce_params, record_fates};
 use crate::broker::{
     Acks, BrokerError, Durability, FailedProduce, ProduceOutcome, ProduceRecord, RecordFate,
     choose_partition, is_internal_topic,
@@ -526,7 +526,7 @@ pub async fn append(
         .broker
         .produce_as(&topic, &records, params.acks, params.timeout, producer)
         .await
-        .map_err(|f| with_record_fates(f.into()))?;
+        .map_err(|f| record_fates(f.into(), false))?;
     let answer = Appended {
         base_offset: outcome.offsets.first().map_or(0, |&(_, o)| o.0),
         records: records.len() as u32,

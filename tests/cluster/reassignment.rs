@@ -96,6 +96,11 @@ fn produce_until(url: String, topic: &'static str, p: u32, stop: Arc<AtomicBool>
         if status != 200 {
             let code = body["code"].as_str().unwrap_or_default();
             assert!(RETRYABLE.contains(&code), "batch {batch}: {status} {body}");
+            let detail = body["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.matches("of the body's").count() <= 1,
+                "the records' fates are told once: {detail}"
+            );
             eprintln!("batch {batch} refused during the move: {status} {code}");
             // A leadership change answers an error; the next batch goes to the new leader.
             std::thread::sleep(Duration::from_millis(50));

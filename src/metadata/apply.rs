@@ -181,6 +181,13 @@ impl MetadataImage {
             self.applied
         );
         self.applied = index;
+        let outcome = self.apply_command(index, command)?;
+        self.complete_moves();
+        Ok(outcome)
+    }
+
+    /// One command's validation and change (see [`Self::apply`]).
+    fn apply_command(&mut self, index: u64, command: &Command) -> Result<Outcome, MetadataError> {
         match command {
             Command::RegisterBroker {
                 node_id,
@@ -257,11 +264,9 @@ impl MetadataImage {
                         reason: "fenced or shutting down",
                     });
                 }
-                let active = self.active_set();
                 let p = self.partition_mut(topic, *partition)?;
                 set_isr(p, isr, min);
                 p.high_watermark = p.high_watermark.max(*high_watermark);
-                complete_move(p, &active);
                 Ok(Outcome::Applied)
             }
             Command::ElectLeader {
@@ -301,7 +306,6 @@ impl MetadataImage {
         if p.replicas == target {
             return Ok(Outcome::Applied);
         }
-        let active = self.active_set();
         let p = self.partition_mut(topic, partition)?;
         p.adding = target
             .iter()
@@ -316,8 +320,17 @@ impl MetadataImage {
             .collect();
         p.replicas = target.iter().chain(&p.removing).copied().collect();
         p.partition_epoch.0 += 1;
-        complete_move(p, &active);
         Ok(Outcome::Applied)
+    }
+
+    /// Completes every move whose whole target is in sync, whatever command brought it there:
+    /// an ISR change, an election from the ELR or an unclean one, or the start of a move that
+    /// only reorders the replicas.
+    fn complete_moves(&mut self) {
+        let active = self.active_set();
+        for p in self.topics.values_mut().flat_map(|t| &mut t.partitions) {
+            complete_move(p, &active);
+        }
     }
 
     /// Cancels the move under way: the replicas it was adding leave the replica set, the

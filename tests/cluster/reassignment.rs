@@ -4,7 +4,8 @@
 //! sync, leadership leaves a removed leader, and the removed broker deletes its copy, with
 //! `acks=all` producers running throughout and every acknowledged record read back from the
 //! new replicas. A move that cannot finish (its new replica is down) is listed, refuses a
-//! second move, and is cancelled with `DELETE`.
+//! second move, and is cancelled with `DELETE`. A broker that was down when a move took its
+//! replica away deletes the copy when it returns.
 
 use crate::common;
 
@@ -336,4 +337,78 @@ fn a_broker_alone_has_nothing_to_move() {
     assert_problem(status, &problem, 400, "invalid_request");
     let (status, list) = get(&format!("{url}/v1/reassignments"));
     assert_eq!((status, list), (200, json!({"reassignments": []})));
+}
+
+#[test]
+fn a_replica_moved_away_while_its_broker_was_down_is_deleted_when_it_returns() {
+    const TOPIC: &str = "away";
+    let mut c = Cluster::start(3, TOML);
+    create(&c, TOPIC, 2, 1);
+    let replicas = wait_for("partition 0 with a full ISR", || {
+        let p = partition_view(&c, 1, TOPIC, 0);
+        match cluster::node_ids(&p["isr"]).len() {
+            2 => Ok(cluster::node_ids(&p["replicas"])),
+            _ => Err(p.to_string()),
+        }
+    });
+    let (gone, stays) = (replicas[0], replicas[1]);
+    let spare = (1..=3).find(|n| !replicas.contains(n)).unwrap();
+    let (status, body) = post(
+        &format!("{}/v1/topics/{TOPIC}/records?acks=all", c.url(stays)),
+        json!({"records": [{"partition": 0, "value": "before"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let removed_dir = c.data_dir(gone).join("topics").join(TOPIC).join("0");
+    assert!(removed_dir.exists(), "{}", removed_dir.display());
+
+    c.brokers[gone - 1].kill9();
+    wait_for("the stopped broker fenced", || {
+        let (_, view) = get(&format!("{}/v1/cluster", c.url(stays)));
+        let alive = view["brokers"]
+            .as_array()
+            .map_or(0, |bs| bs.iter().filter(|b| b["status"] == "alive").count());
+        if alive == 2 {
+            Ok(())
+        } else {
+            Err(view.to_string())
+        }
+    });
+    let (status, started) = post(
+        &reassignment_url(&c, stays, TOPIC, 0),
+        json!({"replicas": [stays, spare]}),
+    );
+    assert!(status == 202 || status == 200, "{status} {started}");
+    wait_for("the move completed without the removed broker", || {
+        let p = partition_view(&c, stays, TOPIC, 0);
+        if cluster::node_ids(&p["replicas"]) == vec![stays, spare] && p["leader"].as_u64().is_some()
+        {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    assert!(
+        removed_dir.exists(),
+        "the stopped broker cannot have removed anything yet"
+    );
+
+    c.brokers[gone - 1].restart();
+    c.wait_ready(gone);
+    wait_for("the returned broker removed its stale copy", || {
+        if removed_dir.exists() {
+            Err(format!("{} still there", removed_dir.display()))
+        } else {
+            Ok(())
+        }
+    });
+    let reads = read_every_replica(&c, stays, TOPIC, 1);
+    assert_eq!(reads.len(), 2);
+    for read in &reads {
+        assert_eq!(
+            read.records,
+            vec![(0, "before".to_string())],
+            "replica {}",
+            read.node
+        );
+    }
 }

@@ -475,6 +475,16 @@ impl Broker {
         let mut opened = Vec::with_capacity(shape.partitions as usize);
         for p in PartitionId::all(shape.partitions) {
             if !shape.is_local(p) {
+                // A replica topic's directory of a partition `topic.json` does not count: a
+                // removal (a reassignment moved it away) or an addition cut short by a crash.
+                // Never opened, so never served: its files go.
+                let stray = dir.join(p.to_string());
+                if shape.topic_id.is_some() && stray.exists() {
+                    tracing::info!(topic = %name, partition = p.0, "removing the files of a replica this broker does not hold");
+                    std::fs::remove_dir_all(&stray).map_err(|e| {
+                        BrokerError::from_io(format_args!("removing {name}/{p}"), e)
+                    })?;
+                }
                 opened.push(None);
                 continue;
             }

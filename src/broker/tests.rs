@@ -343,3 +343,68 @@ async fn a_cluster_replica_takes_no_write_before_its_role() {
         "nothing written"
     );
 }
+
+/// A replica a reassignment moved away: `topic.json` stops counting it, its directory goes,
+/// its waiters and readers are told it is gone, and the topic's other replica stays. A
+/// directory `topic.json` does not count (a removal cut short by a crash) is removed at the
+/// next start, never opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moved_away_is_removed_and_a_stray_directory_goes_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = || BrokerConfig {
+        peers: "1=127.0.0.1:9".into(),
+        ..config(dir.path())
+    };
+    let spec = ReplicaTopic {
+        name: "t".into(),
+        topic_id: 7,
+        partitions: 2,
+        local: vec![PartitionId(0), PartitionId(1)],
+        config: TopicConfig::default(),
+    };
+    let broker = Broker::open(member()).await.unwrap();
+    broker.ensure_replica_topic(&spec).await.unwrap();
+    let topic_dir = dir.path().join("topics").join("t");
+    let moved = broker
+        .topic("t")
+        .unwrap()
+        .partition(PartitionId(1))
+        .unwrap();
+    let progress = moved.subscribe();
+
+    broker.remove_replica("t", 8, PartitionId(1)).await.unwrap();
+    assert!(
+        topic_dir.join("1").exists(),
+        "another topic id: nothing removed"
+    );
+    broker.remove_replica("t", 7, PartitionId(1)).await.unwrap();
+    assert!(!topic_dir.join("1").exists());
+    assert!(topic_dir.join("0").exists(), "the other replica stays");
+    assert!(
+        progress.borrow().deleted,
+        "its waiters and readers are woken"
+    );
+    assert!(matches!(
+        broker.topic("t").unwrap().partition(PartitionId(1)),
+        Err(BrokerError::NotAReplica { .. })
+    ));
+    broker.remove_replica("t", 7, PartitionId(1)).await.unwrap();
+    broker.close().await.unwrap();
+    drop(broker);
+
+    // A crash between `topic.json` and the move to the trash leaves the directory.
+    std::fs::create_dir_all(topic_dir.join("1")).unwrap();
+    std::fs::write(
+        topic_dir.join("1").join("00000000000000000000.log"),
+        b"stale",
+    )
+    .unwrap();
+    let reopened = Broker::open(member()).await.unwrap();
+    assert!(
+        !topic_dir.join("1").exists(),
+        "a stray directory is removed at start"
+    );
+    let topic = reopened.topic("t").unwrap();
+    assert_eq!(topic.partition_count(), 2);
+    assert!(topic.partition(PartitionId(0)).is_ok());
+}

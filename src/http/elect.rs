@@ -5,7 +5,8 @@
 //!   in-sync replica (409 `preferred_leader_not_available` otherwise); already there, the
 //!   answer says nothing changed.
 //! - `{"type":"unclean","replica":N}`: the one way a replica outside the ISR and the ELR
-//!   becomes leader, and only of a partition that has no leader (409 `partition_has_leader`).
+//!   becomes leader, and only of a partition that has no leader (409 `partition_has_leader`),
+//!   never a replica a reassignment is still adding (409 `replica_being_added`).
 //!   Records the new leader lacks are given up; the answer reports the range, the log says
 //!   it at WARN, and the new leader epoch makes every other replica truncate to the new
 //!   leader's log when it comes back (KIP-279).

@@ -227,6 +227,10 @@ fn refused(e: MetadataError, detail: String) -> ApiError {
         MetadataError::CancelWouldLoseLeader => {
             ApiError::new(StatusCode::CONFLICT, "cancel_would_lose_leader", detail)
         }
+        MetadataError::ReplicaBeingAdded { replica } => {
+            ApiError::new(StatusCode::CONFLICT, "replica_being_added", detail)
+                .with("replica", replica.0)
+        }
         _ => ApiError::new(StatusCode::CONFLICT, "metadata_conflict", detail),
     }
 }

@@ -7,10 +7,12 @@
 //!   every target replica is in sync the metadata makes the target the replica set in one
 //!   step, leadership moves to the target if the leader was removed, and each removed
 //!   broker puts its copy in its trash (`replication::manager`). Answered once every alive
-//!   broker applied the start: 202 while the move runs, 200 when nothing had to move (the
-//!   same set, or the same replicas in another order).
+//!   broker applied the start: 202 while the move runs, 200 when the partition is not
+//!   moving by then (nothing had to move, as for the same replicas in another order, or the
+//!   move finished at once).
 //! - `DELETE` on the same path cancels the move under way: the partition gets its original
-//!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync any more).
+//!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync or eligible
+//!   any more).
 //! - `GET /v1/reassignments`: the moves under way, from this broker's copy of the metadata.
 //!
 //! A move is Raft state, so it survives any failover of the controller or the leader, and a

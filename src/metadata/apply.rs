@@ -84,8 +84,13 @@ pub enum MetadataError {
     /// A cancel with no reassignment under way.
     NoReassignment,
     /// Cancelling would leave the partition without a leader: no replica of the original
-    /// set is in sync (the move's new replicas hold the log now).
+    /// set is in sync or eligible (the move's new replicas hold the log now).
     CancelWouldLoseLeader,
+    /// An unclean election of a replica a move is still adding (it may hold only part of
+    /// the log, and electing it would complete the move and delete the full copies).
+    ReplicaBeingAdded {
+        replica: NodeId,
+    },
 }
 
 impl std::fmt::Display for MetadataError {
@@ -163,7 +168,11 @@ impl std::fmt::Display for MetadataError {
             E::NoReassignment => write!(f, "no reassignment of the partition is under way"),
             E::CancelWouldLoseLeader => write!(
                 f,
-                "no replica of the original set is in sync, so cancelling would leave the partition without a leader; let the move finish"
+                "no replica of the original set is in sync or eligible to lead, so cancelling would leave the partition without its records; let the move finish"
+            ),
+            E::ReplicaBeingAdded { replica } => write!(
+                f,
+                "broker {replica} is still being added by a reassignment and may hold only part of the log; elect an original replica, or cancel the move first"
             ),
         }
     }
@@ -346,6 +355,13 @@ impl MetadataImage {
             return Err(MetadataError::NoReassignment);
         }
         let original = p.original();
+        // The ISR and the ELR hold every committed record; if none of them is an original
+        // replica, only the replicas the move adds hold them, and the cancel would drop them
+        // (and their brokers delete the copies), with or without a leader now.
+        let holders = p.isr.iter().chain(&p.elr);
+        if holders.clone().next().is_some() && !holders.clone().any(|n| original.contains(n)) {
+            return Err(MetadataError::CancelWouldLoseLeader);
+        }
         let active = self.active_set();
         let mut next = p.clone();
         next.isr.retain(|n| original.contains(n));
@@ -579,6 +595,11 @@ impl MetadataImage {
             } => {
                 if !p.replicas.contains(replica) {
                     return Err(MetadataError::NotInReplicaSet { replica: *replica });
+                }
+                // It may hold only part of the log, and the move would then complete at once
+                // and delete the original replicas' full copies.
+                if p.adding.contains(replica) {
+                    return Err(MetadataError::ReplicaBeingAdded { replica: *replica });
                 }
                 if let Some(leader) = p.leader {
                     return Err(MetadataError::PartitionHasLeader { leader });

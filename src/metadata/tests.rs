@@ -508,6 +508,33 @@ fn a_cancel_that_would_leave_no_original_replica_to_lead_is_refused() {
         Err(MetadataError::CancelWouldLoseLeader)
     );
     assert_eq!(image.partition("t", PartitionId(0)).unwrap(), &p);
+
+    // The same with no leader left: 3, the only holder, waits in the ELR. Cancelling would
+    // drop it and leave the original replicas, which lack its records.
+    fence(&mut image, 3);
+    let offline = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert_eq!((offline.leader, offline.elr.clone()), (None, nodes(&[3])));
+    assert_eq!(
+        reassign(&mut image, None),
+        Err(MetadataError::CancelWouldLoseLeader)
+    );
+    // Nor may 4, which never caught up, be elected unclean while the move adds it.
+    let unclean = Command::ElectLeader {
+        topic: "t".into(),
+        partition: PartitionId(0),
+        election: Election::Unclean {
+            replica: n(4),
+            log_end_offset: 0,
+        },
+    };
+    let index = image.applied + 1;
+    assert_eq!(
+        image.apply(index, &unclean),
+        Err(MetadataError::ReplicaBeingAdded { replica: n(4) })
+    );
+    unfence(&mut image, 3);
+    let back = image.partition("t", PartitionId(0)).unwrap();
+    assert_eq!(back.leader, Some(n(3)), "the eligible replica leads again");
 }
 
 #[test]
@@ -886,6 +913,10 @@ fn check_invariants(before: &MetadataImage, after: &MetadataImage, model: &Model
                 "a move whose target is in sync is complete: {ctx}"
             );
             let holders = &model.holders[&(t.topic_id, i)];
+            assert!(
+                p.replicas.iter().any(|r| holders.contains(r)),
+                "a replica still holds every committed record: {ctx}, holders {holders:?}"
+            );
             assert!(
                 p.isr.iter().chain(&p.elr).all(|r| holders.contains(r)),
                 "every ISR and ELR member holds every committed record: {ctx}, holders {holders:?}"

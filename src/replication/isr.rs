@@ -78,6 +78,12 @@ pub struct LeaderReplicas {
     /// leader whose stopped one is above the recorded one reports it (an ISR change to the
     /// same set), so an unclean election can say exactly what it gives up.
     pub recorded_high_watermark: Offset,
+    /// The leader's log end when this leadership began. It holds every record an earlier
+    /// leader acknowledged (a leader is elected from the ISR), while the high watermark a
+    /// new leader starts from may trail what its predecessor acknowledged: a follower joins
+    /// the ISR only once it has fsynced up to here too (KAFKA-7128), or a replica lacking an
+    /// acknowledged record could join, be elected, and take the record's place.
+    pub epoch_start_offset: Offset,
 }
 
 impl LeaderReplicas {
@@ -99,6 +105,7 @@ impl LeaderReplicas {
             followers: BTreeMap::new(),
             high_watermark,
             recorded_high_watermark: Offset::ZERO,
+            epoch_start_offset: Offset::ZERO,
         };
         state.set_replicas(replicas, now_ms);
         state
@@ -234,6 +241,7 @@ impl LeaderReplicas {
                 && eligible(*n)
                 && f.fetched
                 && f.flushed_offset >= self.high_watermark
+                && f.flushed_offset >= self.epoch_start_offset
                 && !lagging(n);
             if joins {
                 next.push(*n);
@@ -283,6 +291,28 @@ mod tests {
         assert_eq!(l.isr_change(3, 1000, fenced), Some(vec![n(1)]));
         l.recorded_high_watermark = Offset(10);
         assert_eq!(l.isr_change(4, 1000, fenced), None, "reported already");
+    }
+
+    #[test]
+    fn a_follower_joins_only_once_it_holds_what_the_leader_held_when_its_leadership_began() {
+        // A new leader whose high watermark (5) trails its log end (10): records up to 10 may
+        // have been acknowledged by the leader before it.
+        let mut stale = three();
+        stale.isr = vec![n(1), n(2)];
+        stale.epoch_start_offset = Offset(10);
+        stale.on_fetch(n(2), Offset(5), Offset(5), Offset(10), 1);
+        stale.on_fetch(n(3), Offset(5), Offset(5), Offset(10), 1);
+        assert_eq!(stale.advance_high_watermark(Offset(10)), Offset(5));
+        assert_eq!(
+            stale.isr_change(1, 30_000, |_| true),
+            None,
+            "3 is at the high watermark, but below the leadership's start"
+        );
+        stale.on_fetch(n(3), Offset(10), Offset(10), Offset(10), 2);
+        assert_eq!(
+            stale.isr_change(2, 30_000, |_| true),
+            Some(vec![n(1), n(2), n(3)])
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Led {
             now_ms,
         );
         replicas.recorded_high_watermark = record.recorded_high_watermark;
+        replicas.epoch_start_offset = replica.log_end_offset();
         let led = Led {
             topic,
             partition,
@@ -119,9 +120,20 @@ impl Led {
         self.advance();
     }
 
-    /// The proposal failed (refused or unanswered): the next check proposes again.
-    pub fn proposal_failed(&self) {
-        self.lock().replicas.pending = None;
+    /// The proposal `failed` was refused or unanswered: the next check proposes again. Only
+    /// that proposal is forgotten: a late failure of an older one leaves a newer one pending
+    /// (its additions still count toward the high watermark, since the controller may apply
+    /// it).
+    pub fn proposal_failed(&self, failed: &IsrProposal) {
+        let mut s = self.lock();
+        let same = s.partition_epoch == failed.partition_epoch
+            && s.replicas
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.proposed == failed.isr);
+        if same {
+            s.replicas.pending = None;
+        }
     }
 
     /// Tells producers how many replicas are in sync: the confirmed set, less the members

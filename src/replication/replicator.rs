@@ -334,7 +334,7 @@ impl Replicator {
             self.cluster.broker_epoch(),
             self.cluster.peer_address(self.cluster.controller_id()),
         ) else {
-            led.proposal_failed();
+            led.proposal_failed(&p);
             return;
         };
         let request = AlterPartitionRequest {
@@ -365,7 +365,7 @@ impl Replicator {
                     isr = ?p.isr,
                     "in-sync replica change not made: {e}"
                 );
-                led.proposal_failed();
+                led.proposal_failed(&p);
             }
         }
     }

@@ -48,6 +48,32 @@ fn create(c: &Cluster, topic: &str, partitions: u32, min_insync: u32) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// Partition 0's replicas once both are in its ISR.
+fn in_sync_replicas(c: &Cluster, topic: &str) -> Vec<usize> {
+    wait_for("partition 0 with a full ISR", || {
+        let p = partition_view(c, 1, topic, 0);
+        match cluster::node_ids(&p["isr"]).len() {
+            2 => Ok(cluster::node_ids(&p["replicas"])),
+            _ => Err(p.to_string()),
+        }
+    })
+}
+
+/// Waits until broker `via` sees two brokers alive (the stopped one fenced).
+fn wait_two_alive(c: &Cluster, via: usize) {
+    wait_for("the stopped broker fenced", || {
+        let (_, view) = get(&format!("{}/v1/cluster", c.url(via)));
+        let alive = view["brokers"]
+            .as_array()
+            .map_or(0, |bs| bs.iter().filter(|b| b["status"] == "alive").count());
+        if alive == 2 {
+            Ok(())
+        } else {
+            Err(view.to_string())
+        }
+    });
+}
+
 /// The partition's view on broker `id`.
 fn partition_view(c: &Cluster, id: usize, topic: &str, p: u32) -> Value {
     describe(c, id, topic)["partitions"][p as usize].clone()
@@ -228,13 +254,7 @@ fn a_stuck_move_is_listed_refuses_another_and_is_cancelled_and_bad_moves_are_ref
     const TOPIC: &str = "stuck";
     let mut c = Cluster::start(3, TOML);
     create(&c, TOPIC, 2, 1);
-    let replicas = wait_for("partition 0 with a full ISR", || {
-        let p = partition_view(&c, 1, TOPIC, 0);
-        match cluster::node_ids(&p["isr"]).len() {
-            2 => Ok(cluster::node_ids(&p["replicas"])),
-            _ => Err(p.to_string()),
-        }
-    });
+    let replicas = in_sync_replicas(&c, TOPIC);
     let spare = (1..=3).find(|n| !replicas.contains(n)).unwrap();
     let via = replicas[0];
     let url = reassignment_url(&c, via, TOPIC, 0);
@@ -270,17 +290,7 @@ fn a_stuck_move_is_listed_refuses_another_and_is_cancelled_and_bad_moves_are_ref
 
     // The spare is down, so a move to it cannot finish.
     c.brokers[spare - 1].kill9();
-    wait_for("the stopped broker fenced", || {
-        let (_, view) = get(&format!("{}/v1/cluster", c.url(via)));
-        let alive = view["brokers"]
-            .as_array()
-            .map_or(0, |bs| bs.iter().filter(|b| b["status"] == "alive").count());
-        if alive == 2 {
-            Ok(())
-        } else {
-            Err(view.to_string())
-        }
-    });
+    wait_two_alive(&c, via);
     let (status, started) = post(&url, json!({"replicas": [replicas[1], spare]}));
     assert_eq!(status, 202, "{started}");
     let (status, problem) = post(&url, json!({"replicas": [spare, replicas[0]]}));
@@ -344,13 +354,7 @@ fn a_replica_moved_away_while_its_broker_was_down_is_deleted_when_it_returns() {
     const TOPIC: &str = "away";
     let mut c = Cluster::start(3, TOML);
     create(&c, TOPIC, 2, 1);
-    let replicas = wait_for("partition 0 with a full ISR", || {
-        let p = partition_view(&c, 1, TOPIC, 0);
-        match cluster::node_ids(&p["isr"]).len() {
-            2 => Ok(cluster::node_ids(&p["replicas"])),
-            _ => Err(p.to_string()),
-        }
-    });
+    let replicas = in_sync_replicas(&c, TOPIC);
     let (gone, stays) = (replicas[0], replicas[1]);
     let spare = (1..=3).find(|n| !replicas.contains(n)).unwrap();
     let (status, body) = post(
@@ -362,17 +366,7 @@ fn a_replica_moved_away_while_its_broker_was_down_is_deleted_when_it_returns() {
     assert!(removed_dir.exists(), "{}", removed_dir.display());
 
     c.brokers[gone - 1].kill9();
-    wait_for("the stopped broker fenced", || {
-        let (_, view) = get(&format!("{}/v1/cluster", c.url(stays)));
-        let alive = view["brokers"]
-            .as_array()
-            .map_or(0, |bs| bs.iter().filter(|b| b["status"] == "alive").count());
-        if alive == 2 {
-            Ok(())
-        } else {
-            Err(view.to_string())
-        }
-    });
+    wait_two_alive(&c, stays);
     let (status, started) = post(
         &reassignment_url(&c, stays, TOPIC, 0),
         json!({"replicas": [stays, spare]}),

@@ -5,7 +5,9 @@
 //! `acks=all` producers running throughout and every acknowledged record read back from the
 //! new replicas. A move that cannot finish (its new replica is down) is listed, refuses a
 //! second move, and is cancelled with `DELETE`. A broker that was down when a move took its
-//! replica away deletes the copy when it returns.
+//! replica away deletes the copy when it returns. A move outlives the controller that
+//! started it (five brokers: the new replica and the controller down together still leave a
+//! quorum) and completes under the next one.
 
 use crate::common;
 
@@ -405,4 +407,89 @@ fn a_replica_moved_away_while_its_broker_was_down_is_deleted_when_it_returns() {
             read.node
         );
     }
+}
+
+/// The controller as broker `id` names it, once there is one other than `not`.
+fn controller_other_than(c: &Cluster, id: usize, not: usize) -> usize {
+    wait_for("a controller", || {
+        let (_, view) = get(&format!("{}/v1/cluster", c.url(id)));
+        match view["controller"].as_u64().map(|n| n as usize) {
+            Some(n) if n != not => Ok(n),
+            other => Err(format!("controller {other:?}")),
+        }
+    })
+}
+
+#[test]
+fn a_move_survives_the_controllers_death_and_completes_under_the_next_one() {
+    const TOPIC: &str = "survive";
+    let mut c = Cluster::start(5, TOML);
+    create(&c, TOPIC, 1, 1);
+    let replicas = in_sync_replicas(&c, TOPIC);
+    let mut history = History::default();
+    let records: Vec<Value> = (0..20)
+        .map(|i| json!({"partition": 0, "value": format!("v{i}")}))
+        .collect();
+    let (status, body) = post(
+        &format!("{}/v1/topics/{TOPIC}/records?acks=all", c.url(replicas[1])),
+        json!({ "records": records }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for i in 0..20 {
+        let offset = body["offsets"][i]["offset"].as_u64().unwrap();
+        history.produced(
+            &format!("v{i}"),
+            Outcome::Acknowledged {
+                partition: 0,
+                offset,
+            },
+        );
+    }
+    let controller = controller_other_than(&c, replicas[1], 0);
+    let spare = (1..=5)
+        .find(|n| !replicas.contains(n) && *n != controller)
+        .unwrap();
+    // A live broker that is neither the spare nor the controller, to ask.
+    let witness = (1..=5).find(|n| *n != spare && *n != controller).unwrap();
+
+    // The new replica is down, so the move waits; then the controller dies.
+    c.brokers[spare - 1].kill9();
+    wait_for("the spare fenced", || {
+        let (_, view) = get(&format!("{}/v1/cluster", c.url(witness)));
+        let status = view["brokers"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["node_id"] == spare as u64).cloned());
+        match status {
+            Some(b) if b["status"] != "alive" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let target = json!({"replicas": [spare, replicas[1]]});
+    let (status, started) = post(&reassignment_url(&c, witness, TOPIC, 0), target);
+    assert_eq!(status, 202, "{started}");
+    c.brokers[controller - 1].kill9();
+    let next = controller_other_than(&c, witness, controller);
+    let (_, list) = get(&format!("{}/v1/reassignments", c.url(witness)));
+    assert_eq!(
+        list["reassignments"].as_array().map(Vec::len),
+        Some(1),
+        "the move is metadata, under controller {next} too: {list}"
+    );
+
+    c.brokers[spare - 1].restart();
+    c.brokers[controller - 1].restart();
+    wait_for("the move completed under the next controller", || {
+        let p = partition_view(&c, witness, TOPIC, 0);
+        if cluster::node_ids(&p["replicas"]) == vec![spare, replicas[1]]
+            && cluster::node_ids(&p["isr"]).len() == 2
+        {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    let reads = read_every_replica(&c, witness, TOPIC, 1);
+    assert_eq!(reads.len(), 2);
+    let anomalies = history.check(&reads);
+    assert!(anomalies.is_empty(), "{anomalies:?}");
 }

@@ -263,12 +263,16 @@ impl Led {
                 answer.error = Some(FetchError::NotAFollower);
                 return (answer, None);
             }
-            // Outside the ISR, holding everything below the high watermark but not fsynced:
-            // it joins only once fsynced (not after its own `flush_ms`).
-            let hw = s.replicas.high_watermark();
+            // Outside the ISR, holding everything it must hold to join (the high watermark,
+            // and the log end when this leadership began) but not fsynced: it joins only once
+            // fsynced, so it is told to sync now (not after its own `flush_ms`).
+            let need = s
+                .replicas
+                .high_watermark()
+                .max(s.replicas.epoch_start_offset);
             let joining = !s.replicas.maximal_isr().contains(&follower)
-                && fetch.fetch_offset >= hw
-                && fetch.flushed_offset < hw;
+                && fetch.fetch_offset >= need
+                && fetch.flushed_offset < need;
             ((before, s.replicas.in_sync()), joining)
         };
         if in_sync.0 != in_sync.1 {

@@ -10,6 +10,9 @@
 //!   broker applied the start: 202 while the move runs, 200 when the partition is not
 //!   moving by then (nothing had to move, as for the same replicas in another order, or the
 //!   move finished at once).
+//!   `"throttle_bytes_per_s": N` caps what the leader sends the added replicas (a token
+//!   bucket of one second's worth at the leader, `replication::leader`); the throttle lives
+//!   as long as the move, in the metadata.
 //! - `DELETE` on the same path cancels the move under way: the partition gets its original
 //!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync or eligible
 //!   any more).
@@ -48,6 +51,9 @@ use crate::metadata::{
 pub struct ReassignRequest {
     /// The target replica set, preferred leader first.
     replicas: Vec<u32>,
+    /// The most bytes per second the leader sends the replicas the move adds.
+    #[serde(default)]
+    throttle_bytes_per_s: Option<u64>,
 }
 
 /// `POST /v1/topics/{topic}/partitions/{partition}/reassignment`.
@@ -59,8 +65,14 @@ pub async fn start(
 ) -> ApiResult<Response> {
     let request: ReassignRequest =
         read_json(&headers, body, node.limits().request_body_bytes_max).await?;
+    if request.throttle_bytes_per_s == Some(0) {
+        return Err(ApiError::invalid(
+            "'throttle_bytes_per_s' must be positive (leave it out for no throttle)",
+        ));
+    }
     let target: Vec<NodeId> = request.replicas.into_iter().map(NodeId).collect();
-    alter(&node, &topic, &partition, Some(target)).await
+    let throttle = request.throttle_bytes_per_s;
+    alter(&node, &topic, &partition, Some((target, throttle))).await
 }
 
 /// `DELETE /v1/topics/{topic}/partitions/{partition}/reassignment`.
@@ -88,13 +100,13 @@ pub async fn list(State(node): State<AppState>) -> Response {
     axum::Json(json!({ "reassignments": moves })).into_response()
 }
 
-/// Starts (`Some`) or cancels (`None`) a move at the controller, then answers once every
-/// alive broker applied it.
+/// Starts (`Some`: the target and the throttle) or cancels (`None`) a move at the
+/// controller, then answers once every alive broker applied it.
 async fn alter(
     node: &AppState,
     topic: &str,
     partition: &str,
-    target: Option<Vec<NodeId>>,
+    start: Option<(Vec<NodeId>, Option<u64>)>,
 ) -> ApiResult<Response> {
     let partition = parse_u64("partition", partition)?;
     if !node.cluster.is_clustered() {
@@ -115,11 +127,16 @@ async fn alter(
         }))
     })?;
     let controller = controller(node)?;
-    let starting = target.is_some();
+    let starting = start.is_some();
+    let (target, throttle_bytes_per_s) = match start {
+        Some((target, throttle)) => (Some(target), throttle),
+        None => (None, None),
+    };
     let command = Command::AlterReassignment {
         topic: topic.to_string(),
         partition,
         target,
+        throttle_bytes_per_s,
     };
     let index = controller.propose(command).await?;
     let done = match starting {
@@ -154,5 +171,6 @@ fn view(topic: &str, partition: PartitionId, p: &PartitionRecord) -> Value {
         "isr": p.isr,
         "leader": p.leader,
         "leader_epoch": p.leader_epoch,
+        "throttle_bytes_per_s": p.throttle_bytes_per_s,
     })
 }

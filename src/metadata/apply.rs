@@ -287,8 +287,9 @@ impl MetadataImage {
                 topic,
                 partition,
                 target,
+                throttle_bytes_per_s,
             } => match target {
-                Some(target) => self.start_move(topic, *partition, target),
+                Some(target) => self.start_move(topic, *partition, target, *throttle_bytes_per_s),
                 None => self.cancel_move(topic, *partition),
             },
         }
@@ -302,6 +303,7 @@ impl MetadataImage {
         topic: &str,
         partition: PartitionId,
         target: &[NodeId],
+        throttle_bytes_per_s: Option<u64>,
     ) -> Result<Outcome, MetadataError> {
         let factor = self.topic(topic)?.replication_factor;
         let p = self.partition_ref(topic, partition)?;
@@ -328,6 +330,7 @@ impl MetadataImage {
             .filter(|n| !target.contains(n))
             .collect();
         p.replicas = target.iter().chain(&p.removing).copied().collect();
+        p.throttle_bytes_per_s = throttle_bytes_per_s;
         p.partition_epoch.0 += 1;
         Ok(Outcome::Applied)
     }
@@ -369,6 +372,7 @@ impl MetadataImage {
         next.replicas = original;
         next.adding.clear();
         next.removing.clear();
+        next.throttle_bytes_per_s = None;
         let leader_kept = next.leader.is_some_and(|l| next.replicas.contains(&l));
         if !leader_kept && next.leader.is_some() {
             let Some(successor) = clean_candidate(&next, &active) else {
@@ -568,6 +572,7 @@ impl MetadataImage {
             high_watermark: 0,
             adding: Vec::new(),
             removing: Vec::new(),
+            throttle_bytes_per_s: None,
         }
     }
 
@@ -728,6 +733,7 @@ fn complete_move(p: &mut PartitionRecord, active: &[NodeId]) {
     p.replicas = target;
     p.adding.clear();
     p.removing.clear();
+    p.throttle_bytes_per_s = None;
     match p.leader {
         Some(l) if !p.replicas.contains(&l) => {
             let next = clean_candidate(p, active);

@@ -88,6 +88,10 @@ pub enum Command {
         topic: String,
         partition: PartitionId,
         target: Option<Vec<NodeId>>,
+        /// With a start: the most bytes per second the leader sends the replicas the move
+        /// adds (none: as fast as they fetch). It lives as long as the move.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        throttle_bytes_per_s: Option<u64>,
     },
 }
 

@@ -89,6 +89,10 @@ pub struct PartitionRecord {
     /// is in sync. During a move `replicas` is the target, then these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removing: Vec<NodeId>,
+    /// A reassignment under way: the most bytes per second its leader sends the replicas
+    /// it adds. None when no move is under way, or it is not throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_bytes_per_s: Option<u64>,
 }
 
 impl PartitionRecord {

@@ -376,6 +376,7 @@ fn reassign(image: &mut MetadataImage, target: Option<&[u32]>) -> Result<Outcome
         topic: "t".into(),
         partition: PartitionId(0),
         target: target.map(nodes),
+        throttle_bytes_per_s: None,
     };
     let index = image.applied + 1;
     image.apply(index, &command)
@@ -801,6 +802,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 topic: TOPICS[*topic].to_string(),
                 partition: partition(*topic, *p)?.0,
                 target: Some(replicas(*rotate, factor)),
+                throttle_bytes_per_s: Some(1 << 20),
             }
         }
         Op::CancelMove {
@@ -810,6 +812,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
             topic: TOPICS[*topic].to_string(),
             partition: partition(*topic, *p)?.0,
             target: None,
+            throttle_bytes_per_s: None,
         },
         Op::Commit { .. } => return None,
     })
@@ -904,6 +907,10 @@ fn check_invariants(before: &MetadataImage, after: &MetadataImage, model: &Model
                 "{ctx}"
             );
             assert!(p.removing.iter().all(|r| p.replicas.contains(r)), "{ctx}");
+            assert!(
+                p.is_moving() || p.throttle_bytes_per_s.is_none(),
+                "a throttle lives as long as its move: {ctx}"
+            );
             assert!(
                 p.adding.is_empty() == p.removing.is_empty(),
                 "a move of a full replica set both adds and removes: {ctx}"

@@ -7,10 +7,12 @@
 //! after it is released).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
 use super::isr::{LeaderReplicas, PendingIsr};
+use super::manager::MoveThrottle;
 use super::wire::{Diverging, FetchError, PartitionAnswer, PartitionFetch};
 use crate::broker::{BrokerError, IsrGate, Partition};
 use crate::log::Offset;
@@ -33,6 +35,36 @@ struct LedState {
     replicas: LeaderReplicas,
     /// The partition epoch of the ISR in `replicas.isr`: an ISR change names it (CAS).
     partition_epoch: PartitionEpoch,
+    /// A throttled move under way, and its bucket.
+    throttle: Option<Bucket>,
+}
+
+/// The token bucket of a throttled move: bytes the leader may still send the replicas it
+/// adds, refilled at the move's rate up to one second's worth. A read sends at least one
+/// whole batch, so the bucket may go below zero; the replicas then wait until it refills.
+#[derive(Debug)]
+struct Bucket {
+    throttle: MoveThrottle,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(throttle: MoveThrottle) -> Bucket {
+        Bucket {
+            tokens: throttle.bytes_per_s as f64,
+            throttle,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let rate = self.throttle.bytes_per_s as f64;
+        let earned = now.duration_since(self.refilled).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(rate);
+        self.refilled = now;
+    }
 }
 
 /// The confirmed ISR of a partition as the metadata gives it.
@@ -44,6 +76,8 @@ pub struct IsrRecord {
     pub partition_epoch: PartitionEpoch,
     /// The high watermark the metadata holds (see `LeaderReplicas::recorded_high_watermark`).
     pub recorded_high_watermark: Offset,
+    /// A throttled move under way.
+    pub throttle: Option<MoveThrottle>,
 }
 
 /// An ISR change to propose to the controller.
@@ -85,6 +119,7 @@ impl Led {
             state: Mutex::new(LedState {
                 replicas,
                 partition_epoch: record.partition_epoch,
+                throttle: record.throttle.clone().map(Bucket::new),
             }),
             retired: watch::Sender::new(false),
         };
@@ -111,6 +146,14 @@ impl Led {
                 return;
             }
             s.replicas.set_replicas(&record.replicas, now_ms);
+            s.throttle = match (s.throttle.take(), &record.throttle) {
+                // The same rate: the bucket keeps what it holds.
+                (Some(mut b), Some(t)) if b.throttle.bytes_per_s == t.bytes_per_s => {
+                    b.throttle = t.clone();
+                    Some(b)
+                }
+                (_, t) => t.clone().map(Bucket::new),
+            };
             s.replicas.isr = record.isr.clone();
             s.replicas.min_insync_replicas = record.min_insync_replicas;
             s.replicas.pending = None;
@@ -133,6 +176,28 @@ impl Led {
                 .is_some_and(|p| p.proposed == failed.isr);
         if same {
             s.replicas.pending = None;
+        }
+    }
+
+    /// What a throttled move lets `follower` be sent now, in bytes; None when it is not a
+    /// replica a throttled move adds (it gets what its fetch asks for).
+    pub fn throttle_allowance(&self, follower: NodeId) -> Option<u64> {
+        let mut s = self.lock();
+        let bucket = s.throttle.as_mut()?;
+        if !bucket.throttle.adding.contains(&follower) {
+            return None;
+        }
+        bucket.refill();
+        Some(bucket.tokens.max(0.0) as u64)
+    }
+
+    /// Takes `bytes` sent to `follower` out of the move's bucket, if it is throttled.
+    pub fn throttle_spend(&self, follower: NodeId, bytes: u64) {
+        let mut s = self.lock();
+        if let Some(bucket) = s.throttle.as_mut()
+            && bucket.throttle.adding.contains(&follower)
+        {
+            bucket.tokens -= bytes as f64;
         }
     }
 
@@ -383,6 +448,7 @@ mod tests {
             min_insync_replicas: 2,
             partition_epoch: PartitionEpoch(0),
             recorded_high_watermark: Offset(0),
+            throttle: None,
         };
         Led::new(
             "t".into(),
@@ -473,6 +539,7 @@ mod tests {
             min_insync_replicas: 2,
             partition_epoch: PartitionEpoch(0),
             recorded_high_watermark: Offset(0),
+            throttle: None,
         };
         let l = Led::new(
             "t".into(),

@@ -33,6 +33,14 @@ use crate::metadata::{
     LeaderEpoch, MetadataImage, NodeId, PartitionEpoch, PartitionId, PartitionRecord,
 };
 
+/// A throttled reassignment, as its leader applies it: the most bytes per second it sends
+/// the replicas the move adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveThrottle {
+    pub adding: Vec<NodeId>,
+    pub bytes_per_s: u64,
+}
+
 /// What this broker does for one partition it holds a replica of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -47,6 +55,8 @@ pub enum Role {
         /// The high watermark the metadata holds for the partition (the highest a leader
         /// reported with an ISR change).
         recorded_high_watermark: Offset,
+        /// A throttled move under way: the replicas it adds and their rate.
+        throttle: Option<MoveThrottle>,
     },
     /// It copies the leader's log.
     Follower {
@@ -357,6 +367,10 @@ pub fn role_for(p: &PartitionRecord, me: NodeId, min_insync_replicas: u32) -> Ro
             min_insync_replicas,
             partition_epoch: p.partition_epoch,
             recorded_high_watermark: Offset(p.high_watermark),
+            throttle: p.throttle_bytes_per_s.map(|bytes_per_s| MoveThrottle {
+                adding: p.adding.clone(),
+                bytes_per_s,
+            }),
         },
         Some(leader) => Role::Follower {
             leader,
@@ -551,6 +565,7 @@ mod tests {
                 min_insync_replicas: 2,
                 partition_epoch: p.partition_epoch,
                 recorded_high_watermark: Offset(0),
+                throttle: None,
             }
         );
         assert_eq!(

@@ -177,6 +177,7 @@ impl Replicator {
                     min_insync_replicas,
                     partition_epoch,
                     recorded_high_watermark,
+                    throttle,
                 } = &r.role
                 else {
                     continue;
@@ -187,6 +188,7 @@ impl Replicator {
                     min_insync_replicas: *min_insync_replicas,
                     partition_epoch: *partition_epoch,
                     recorded_high_watermark: *recorded_high_watermark,
+                    throttle: throttle.clone(),
                 };
                 if r.replica.lost_data() {
                     // Refused in `apply_role`: no follower fetches from it either.
@@ -410,9 +412,12 @@ impl Replicator {
                 };
                 let mut bytes = Vec::new();
                 if let (Some(l), Some(from)) = (led, from) {
-                    if budget > 0 {
-                        bytes = l.read(&mut answer, from, budget).await;
+                    // A replica a throttled move adds gets what the move's bucket holds.
+                    let allowed = l.throttle_allowance(request.replica).unwrap_or(budget);
+                    if budget > 0 && allowed > 0 {
+                        bytes = l.read(&mut answer, from, budget.min(allowed)).await;
                         budget = budget.saturating_sub(bytes.len() as u64);
+                        l.throttle_spend(request.replica, bytes.len() as u64);
                     }
                     self.check_isr(l, &eligible);
                     ready |= answer.sync_now && fetch.flushed_offset < fetch.fetch_offset;

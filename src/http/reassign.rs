@@ -16,7 +16,9 @@
 //! - `DELETE` on the same path cancels the move under way: the partition gets its original
 //!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync or eligible
 //!   any more).
-//! - `GET /v1/reassignments`: the moves under way, from this broker's copy of the metadata.
+//! - `GET /v1/reassignments`: the moves under way, from this broker's copy of the metadata;
+//!   on the partition's leader each also says how far behind each added replica is (`lag`,
+//!   records and bytes; null on the other brokers).
 //!
 //! A move is Raft state, so it survives any failover of the controller or the leader, and a
 //! removed broker that was down deletes its copy when it comes back. No acknowledged record is
@@ -94,7 +96,12 @@ pub async fn list(State(node): State<AppState>) -> Response {
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.is_moving())
-                .map(|(i, p)| view(&t.name, PartitionId(i as u32), p))
+                .map(|(i, p)| {
+                    let id = PartitionId(i as u32);
+                    let mut v = view(&t.name, id, p);
+                    v["lag"] = lag(&node, &t.name, id, p);
+                    v
+                })
         })
         .collect();
     axum::Json(json!({ "reassignments": moves })).into_response()
@@ -156,6 +163,20 @@ async fn alter(
         false => StatusCode::OK,
     };
     Ok((status, axum::Json(view(topic, partition, record))).into_response())
+}
+
+/// How far behind the leader each replica the move adds is, in records and bytes: known
+/// where the partition's leader answers (null elsewhere: ask the broker named `leader`).
+fn lag(node: &AppState, topic: &str, partition: PartitionId, p: &PartitionRecord) -> Value {
+    let Some(lags) = node.replication.follower_lags(topic, partition) else {
+        return Value::Null;
+    };
+    let adding: Vec<Value> = lags
+        .into_iter()
+        .filter(|(n, _, _)| p.adding.contains(n))
+        .map(|(n, records, bytes)| json!({"replica": n.0, "records": records, "bytes": bytes}))
+        .collect();
+    Value::Array(adding)
 }
 
 /// A partition's replica sets and leadership, with the move under way if any.

@@ -153,6 +153,16 @@ impl Replicator {
             .expect("the fetchers lock is not poisoned")
     }
 
+    /// Records and bytes each follower of `topic`/`partition` is behind, if this broker
+    /// leads it (for the reassignment list).
+    pub fn follower_lags(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Option<Vec<(NodeId, u64, u64)>> {
+        self.led(topic, partition).map(|l| l.follower_lags())
+    }
+
     fn led(&self, topic: &str, partition: PartitionId) -> Option<Arc<Led>> {
         let leaders = self
             .leaders

@@ -320,6 +320,16 @@ fn a_stuck_move_is_listed_refuses_another_and_is_cancelled_and_bad_moves_are_ref
         json!({"records": [{"partition": 0, "value": "during"}]}),
     );
     assert_eq!(status, 200, "{body}");
+    // The leader says how far behind the added replica is; the others do not know.
+    let leader = moves[0]["leader"].as_u64().unwrap() as usize;
+    let (_, list) = get(&format!("{}/v1/reassignments", c.url(leader)));
+    let lag = &list["reassignments"][0]["lag"];
+    assert_eq!(lag[0]["replica"], spare as u64, "{list}");
+    assert!(lag[0]["records"].as_u64() >= Some(1), "{list}");
+    assert!(lag[0]["bytes"].as_u64() > Some(0), "{list}");
+    let other = replicas.iter().find(|r| **r != leader).unwrap();
+    let (_, list) = get(&format!("{}/v1/reassignments", c.url(*other)));
+    assert_eq!(list["reassignments"][0]["lag"], Value::Null, "{list}");
 
     let (status, cancelled) = delete(&url);
     assert_eq!(status, 200, "{cancelled}");

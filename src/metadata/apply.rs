@@ -330,7 +330,8 @@ impl MetadataImage {
             .filter(|n| !target.contains(n))
             .collect();
         p.replicas = target.iter().chain(&p.removing).copied().collect();
-        p.throttle_bytes_per_s = throttle_bytes_per_s;
+        // A reorder moves nothing (and completes at once): no throttle to keep.
+        p.throttle_bytes_per_s = throttle_bytes_per_s.filter(|_| p.is_moving());
         p.partition_epoch.0 += 1;
         Ok(Outcome::Applied)
     }
@@ -367,12 +368,7 @@ impl MetadataImage {
         }
         let active = self.active_set();
         let mut next = p.clone();
-        next.isr.retain(|n| original.contains(n));
-        next.elr.retain(|n| original.contains(n));
-        next.replicas = original;
-        next.adding.clear();
-        next.removing.clear();
-        next.throttle_bytes_per_s = None;
+        end_move(&mut next, original);
         let leader_kept = next.leader.is_some_and(|l| next.replicas.contains(&l));
         if !leader_kept && next.leader.is_some() {
             let Some(successor) = clean_candidate(&next, &active) else {
@@ -728,12 +724,7 @@ fn complete_move(p: &mut PartitionRecord, active: &[NodeId]) {
     if !target.iter().all(|n| p.isr.contains(n)) {
         return;
     }
-    p.isr.retain(|n| target.contains(n));
-    p.elr.retain(|n| target.contains(n));
-    p.replicas = target;
-    p.adding.clear();
-    p.removing.clear();
-    p.throttle_bytes_per_s = None;
+    end_move(p, target);
     match p.leader {
         Some(l) if !p.replicas.contains(&l) => {
             let next = clean_candidate(p, active);
@@ -741,6 +732,18 @@ fn complete_move(p: &mut PartitionRecord, active: &[NodeId]) {
         }
         _ => p.partition_epoch.0 += 1,
     }
+}
+
+/// Ends the move under way on the replica set `replicas` (its target, or its original set
+/// for a cancel): the ISR and the ELR keep only its members, and the move's fields clear.
+/// Leadership is the caller's.
+fn end_move(p: &mut PartitionRecord, replicas: Vec<NodeId>) {
+    p.isr.retain(|n| replicas.contains(n));
+    p.elr.retain(|n| replicas.contains(n));
+    p.replicas = replicas;
+    p.adding.clear();
+    p.removing.clear();
+    p.throttle_bytes_per_s = None;
 }
 
 /// The replica a clean election picks: the first active ISR member in replica order, else

@@ -558,10 +558,20 @@ fn bad_targets_are_refused_and_a_reorder_completes_at_once() {
         &p,
         "nothing to do"
     );
-    reassign(&mut image, Some(&[2, 1])).unwrap();
+    let throttled_reorder = Command::AlterReassignment {
+        topic: "t".into(),
+        partition: PartitionId(0),
+        target: Some(nodes(&[2, 1])),
+        throttle_bytes_per_s: Some(1_000),
+    };
+    apply_ok(&mut image, &throttled_reorder);
     let reordered = image.partition("t", PartitionId(0)).unwrap();
     assert_eq!(reordered.replicas, nodes(&[2, 1]));
     assert!(!reordered.is_moving());
+    assert_eq!(
+        reordered.throttle_bytes_per_s, None,
+        "nothing moves: no throttle"
+    );
     assert_eq!(
         reordered.leader,
         Some(n(1)),

@@ -39,6 +39,16 @@ struct LedState {
     throttle: Option<Bucket>,
 }
 
+impl LedState {
+    /// Whether a throttled move throttles `follower`: a replica it adds, not in the ISR.
+    fn throttles(&self, follower: NodeId) -> bool {
+        self.throttle
+            .as_ref()
+            .is_some_and(|b| b.throttle.adding.contains(&follower))
+            && !self.replicas.maximal_isr().contains(&follower)
+    }
+}
+
 /// The token bucket of a throttled move: bytes the leader may still send the replicas it
 /// adds, refilled at the move's rate up to one second's worth. A read sends at least one
 /// whole batch, so the bucket may go below zero; the replicas then wait until it refills.
@@ -139,13 +149,7 @@ impl Led {
         {
             let mut s = self.lock();
             s.replicas.recorded_high_watermark = record.recorded_high_watermark;
-            if s.partition_epoch == record.partition_epoch
-                && s.replicas.isr == record.isr
-                && s.replicas.min_insync_replicas == record.min_insync_replicas
-            {
-                return;
-            }
-            s.replicas.set_replicas(&record.replicas, now_ms);
+            // Taken whatever else changed (a throttle change need not bump the epoch).
             s.throttle = match (s.throttle.take(), &record.throttle) {
                 // The same rate: the bucket keeps what it holds.
                 (Some(mut b), Some(t)) if b.throttle.bytes_per_s == t.bytes_per_s => {
@@ -154,6 +158,13 @@ impl Led {
                 }
                 (_, t) => t.clone().map(Bucket::new),
             };
+            if s.partition_epoch == record.partition_epoch
+                && s.replicas.isr == record.isr
+                && s.replicas.min_insync_replicas == record.min_insync_replicas
+            {
+                return;
+            }
+            s.replicas.set_replicas(&record.replicas, now_ms);
             s.replicas.isr = record.isr.clone();
             s.replicas.min_insync_replicas = record.min_insync_replicas;
             s.replicas.pending = None;
@@ -179,14 +190,16 @@ impl Led {
         }
     }
 
-    /// What a throttled move lets `follower` be sent now, in bytes; None when it is not a
-    /// replica a throttled move adds (it gets what its fetch asks for).
+    /// What a throttled move lets `follower` be sent now, in bytes; None when it is not
+    /// throttled (it gets what its fetch asks for): not a replica a throttled move adds, or
+    /// one that joined the ISR (pending additions included), whose fsyncs the high watermark
+    /// waits for, as Kafka's throttle spares in-sync replicas.
     pub fn throttle_allowance(&self, follower: NodeId) -> Option<u64> {
         let mut s = self.lock();
-        let bucket = s.throttle.as_mut()?;
-        if !bucket.throttle.adding.contains(&follower) {
+        if !s.throttles(follower) {
             return None;
         }
+        let bucket = s.throttle.as_mut()?;
         bucket.refill();
         Some(bucket.tokens.max(0.0) as u64)
     }
@@ -194,8 +207,8 @@ impl Led {
     /// Takes `bytes` sent to `follower` out of the move's bucket, if it is throttled.
     pub fn throttle_spend(&self, follower: NodeId, bytes: u64) {
         let mut s = self.lock();
-        if let Some(bucket) = s.throttle.as_mut()
-            && bucket.throttle.adding.contains(&follower)
+        if s.throttles(follower)
+            && let Some(bucket) = s.throttle.as_mut()
         {
             bucket.tokens -= bytes as f64;
         }
@@ -255,10 +268,13 @@ impl Led {
             .iter()
             .map(|(n, f)| (*n, f.fetch_offset))
             .collect();
-        // The Led's lock is released: the partition's is taken for the bytes.
+        // The Led's lock is released: the partition's is taken for the bytes. A follower
+        // that has not fetched yet is at 0, which may be below the log start.
+        let start = self.replica.progress().log_start_offset;
         positions
             .into_iter()
             .map(|(n, at)| {
+                let at = at.max(start);
                 let records = end.saturating_distance_from(at);
                 (n, records, self.replica.bytes_from(at))
             })
@@ -563,6 +579,60 @@ mod tests {
             "holds the high watermark, fsynced none of it"
         );
         assert!(!sync_now(3, 3), "fsynced: nothing to ask");
+    }
+
+    /// A throttled move's bucket limits only the replicas it adds while they are out of the
+    /// ISR; it holds a second's worth, goes below zero on a whole batch, and refills; a new
+    /// replica set without a throttle lifts it.
+    #[tokio::test]
+    async fn a_move_throttles_only_its_added_replicas_outside_the_isr() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        let throttled = |epoch: u32, isr: Vec<NodeId>| IsrRecord {
+            replicas: vec![n(4), n(2), n(1)],
+            isr,
+            min_insync_replicas: 1,
+            partition_epoch: PartitionEpoch(epoch),
+            recorded_high_watermark: Offset(0),
+            throttle: Some(MoveThrottle {
+                adding: vec![n(4)],
+                bytes_per_s: 1_000,
+            }),
+        };
+        let l = Led::new(
+            "t".into(),
+            PartitionId(0),
+            Arc::clone(&p),
+            n(1),
+            LeaderEpoch(0),
+            &throttled(0, vec![n(1), n(2)]),
+            0,
+        );
+        assert_eq!(l.throttle_allowance(n(2)), None, "not added by the move");
+        assert_eq!(l.throttle_allowance(n(4)), Some(1_000), "a second's worth");
+        l.throttle_spend(n(4), 1_100);
+        assert_eq!(
+            l.throttle_allowance(n(4)),
+            Some(0),
+            "in debt after a whole batch"
+        );
+        l.throttle_spend(n(2), 1_000_000);
+        // The refill is the clock's: 100 bytes of debt, then 1,000 bytes a second.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let refilled = l.throttle_allowance(n(4)).unwrap();
+        assert!((150..=1_000).contains(&refilled), "{refilled}");
+
+        // In the ISR, it is spared: the high watermark waits for its fsyncs.
+        l.confirm(&throttled(1, vec![n(1), n(2), n(4)]), 1);
+        assert_eq!(l.throttle_allowance(n(4)), None);
+        // Cancelled: no throttle, and 4 is no replica any more.
+        let cancelled = IsrRecord {
+            throttle: None,
+            replicas: vec![n(2), n(1)],
+            ..throttled(2, vec![n(1), n(2)])
+        };
+        l.confirm(&cancelled, 2);
+        assert_eq!(l.throttle_allowance(n(4)), None);
     }
 
     /// KIP-101/279: the leader answers where the follower's log leaves its own.

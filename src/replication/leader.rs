@@ -457,6 +457,19 @@ mod tests {
         p.flush_now().await.unwrap();
     }
 
+    /// Broker 1's leadership of `p` in epoch 0, from `record`.
+    fn led_of(p: &Arc<Partition>, record: &IsrRecord) -> Led {
+        Led::new(
+            "t".into(),
+            PartitionId(0),
+            Arc::clone(p),
+            n(1),
+            LeaderEpoch(0),
+            record,
+            0,
+        )
+    }
+
     fn led(p: &Arc<Partition>, epoch: u32) -> Led {
         let record = IsrRecord {
             replicas: vec![n(1), n(2), n(3)],
@@ -557,15 +570,7 @@ mod tests {
             recorded_high_watermark: Offset(0),
             throttle: None,
         };
-        let l = Led::new(
-            "t".into(),
-            PartitionId(0),
-            Arc::clone(&p),
-            n(1),
-            LeaderEpoch(0),
-            &record,
-            0,
-        );
+        let l = led_of(&p, &record);
         let (a, _) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
         assert_eq!((a.high_watermark, a.sync_now), (Offset(3), false));
         let sync_now = |offset, flushed| {
@@ -599,15 +604,7 @@ mod tests {
                 bytes_per_s: 1_000,
             }),
         };
-        let l = Led::new(
-            "t".into(),
-            PartitionId(0),
-            Arc::clone(&p),
-            n(1),
-            LeaderEpoch(0),
-            &throttled(0, vec![n(1), n(2)]),
-            0,
-        );
+        let l = led_of(&p, &throttled(0, vec![n(1), n(2)]));
         assert_eq!(l.throttle_allowance(n(2)), None, "not added by the move");
         assert_eq!(l.throttle_allowance(n(4)), Some(1_000), "a second's worth");
         l.throttle_spend(n(4), 1_100);

@@ -79,12 +79,7 @@ pub async fn elect(
     if !node.cluster.is_clustered() {
         return alone(&node, &topic, partition, request);
     }
-    let partition = u32::try_from(partition).map(PartitionId).map_err(|_| {
-        ApiError::from(ControlError::Refused(MetadataError::PartitionNotFound {
-            topic: topic.clone(),
-            partition: PartitionId(u32::MAX),
-        }))
-    })?;
+    let partition = metadata_partition(&topic, partition)?;
     let controller = controller(&node)?;
     let before = controller.image();
     let replica = match request {
@@ -155,6 +150,17 @@ pub async fn elect(
         given_up,
     ))
     .into_response())
+}
+
+/// A path's partition number as a partition of `topic` in the cluster's metadata: a
+/// number too large for a partition id names one the topic does not have.
+pub(super) fn metadata_partition(topic: &str, number: u64) -> Result<PartitionId, ApiError> {
+    u32::try_from(number).map(PartitionId).map_err(|_| {
+        ApiError::from(ControlError::Refused(MetadataError::PartitionNotFound {
+            topic: topic.to_string(),
+            partition: PartitionId(u32::MAX),
+        }))
+    })
 }
 
 /// The election applied to a copy of the image: its refusal, if `apply` would refuse it.

@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::body::{parse_u64, read_json};
 use super::cluster_topics::wait_every_broker;
+use super::elect::metadata_partition;
 use super::error::{ApiError, ApiResult};
 use super::internal::controller;
 use super::path::Path;
@@ -127,12 +128,7 @@ async fn alter(
             "'{topic}' is an internal topic: its replicas are not moved"
         )));
     }
-    let partition = u32::try_from(partition).map(PartitionId).map_err(|_| {
-        ApiError::from(ControlError::Refused(MetadataError::PartitionNotFound {
-            topic: topic.to_string(),
-            partition: PartitionId(u32::MAX),
-        }))
-    })?;
+    let partition = metadata_partition(topic, partition)?;
     let controller = controller(node)?;
     let starting = start.is_some();
     let (target, throttle_bytes_per_s) = match start {

@@ -12,13 +12,17 @@
 //!   move finished at once).
 //!   `"throttle_bytes_per_s": N` caps what the leader sends the added replicas (a token
 //!   bucket of one second's worth at the leader, `replication::leader`); the throttle lives
-//!   as long as the move, in the metadata.
+//!   as long as the move, in the metadata. The target of the move under way, sent again,
+//!   sets its throttle (left out: none) and changes nothing else; another target is 409
+//!   `reassignment_in_progress`.
 //! - `DELETE` on the same path cancels the move under way: the partition gets its original
 //!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync or eligible
 //!   any more).
 //! - `GET /v1/reassignments`: the moves under way, from this broker's copy of the metadata;
-//!   on the partition's leader each also says how far behind each added replica is (`lag`,
-//!   records and bytes; null on the other brokers).
+//!   on the partition's leader each also says, per added replica, how far behind it is
+//!   (`lag`: records and bytes left, bytes copied, the rate the leader sent it lately, its
+//!   time left), and the move's time left (`eta_s`, the slowest replica's); null on the
+//!   other brokers.
 //!
 //! A move is Raft state, so it survives any failover of the controller or the leader, and a
 //! removed broker that was down deletes its copy when it comes back. No acknowledged record is
@@ -100,7 +104,9 @@ pub async fn list(State(node): State<AppState>) -> Response {
                 .map(|(i, p)| {
                     let id = PartitionId(i as u32);
                     let mut v = view(&t.name, id, p);
-                    v["lag"] = lag(&node, &t.name, id, p);
+                    let (lag, eta) = progress(&node, &t.name, id, p);
+                    v["lag"] = lag;
+                    v["eta_s"] = eta;
                     v
                 })
         })
@@ -161,18 +167,47 @@ async fn alter(
     Ok((status, axum::Json(view(topic, partition, record))).into_response())
 }
 
-/// How far behind the leader each replica the move adds is, in records and bytes: known
-/// where the partition's leader answers (null elsewhere: ask the broker named `leader`).
-fn lag(node: &AppState, topic: &str, partition: PartitionId, p: &PartitionRecord) -> Value {
-    let Some(lags) = node.replication.follower_lags(topic, partition) else {
-        return Value::Null;
+/// How far each replica the move adds has copied the leader's log, and the move's time
+/// left: known where the partition's leader answers (null elsewhere: ask the broker named
+/// `leader`). Returns the `lag` list and the move's `eta_s` (the slowest replica's; null
+/// when one's rate is unknown).
+fn progress(
+    node: &AppState,
+    topic: &str,
+    partition: PartitionId,
+    p: &PartitionRecord,
+) -> (Value, Value) {
+    let Some(copies) = node.replication.copy_progress(topic, partition) else {
+        return (Value::Null, Value::Null);
     };
-    let adding: Vec<Value> = lags
+    let adding: Vec<_> = copies
         .into_iter()
-        .filter(|(n, _, _)| p.adding.contains(n))
-        .map(|(n, records, bytes)| json!({"replica": n.0, "records": records, "bytes": bytes}))
+        .filter(|c| p.adding.contains(&c.replica))
         .collect();
-    Value::Array(adding)
+    let eta = adding
+        .iter()
+        .map(|c| c.eta_s())
+        .try_fold(0.0_f64, |slowest, eta| eta.map(|e| slowest.max(e)));
+    let lag = adding
+        .iter()
+        .map(|c| {
+            json!({
+                "replica": c.replica.0,
+                "in_sync": p.isr.contains(&c.replica),
+                "records": c.records_left,
+                "bytes": c.bytes_left,
+                "bytes_copied": c.bytes_copied,
+                "bytes_per_s": c.bytes_per_s.map(|r| r.round() as u64),
+                "eta_s": c.eta_s().map(tenths),
+            })
+        })
+        .collect();
+    (Value::Array(lag), eta.map(tenths).into())
+}
+
+/// Seconds to a tenth.
+fn tenths(s: f64) -> f64 {
+    (s * 10.0).ceil() / 10.0
 }
 
 /// A partition's replica sets and leadership, with the move under way if any.

@@ -297,7 +297,8 @@ impl MetadataImage {
 
     /// Starts moving a partition to `target`: its replicas become the target, then the
     /// replicas it removes; the ones it adds follow the leader outside the ISR until they
-    /// catch up. A target that only reorders the replicas completes at once.
+    /// catch up. A target that only reorders the replicas completes at once. The target of
+    /// the move under way sets its throttle; another target is refused while it runs.
     fn start_move(
         &mut self,
         topic: &str,
@@ -307,6 +308,13 @@ impl MetadataImage {
     ) -> Result<Outcome, MetadataError> {
         let factor = self.topic(topic)?.replication_factor;
         let p = self.partition_ref(topic, partition)?;
+        if p.is_moving() && p.target() == target {
+            // The move under way, asked again: its throttle is what this one says (Kafka
+            // alters a running move's throttle the same way). Nothing else changes, so the
+            // partition epoch stays (an ISR change under way is still valid).
+            self.partition_mut(topic, partition)?.throttle_bytes_per_s = throttle_bytes_per_s;
+            return Ok(Outcome::Applied);
+        }
         if p.is_moving() {
             return Err(MetadataError::ReassignmentInProgress {
                 adding: p.adding.clone(),

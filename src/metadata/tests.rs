@@ -430,6 +430,27 @@ fn a_move_adds_the_new_replicas_outside_the_isr_and_completes_once_they_are_in_s
             removing: nodes(&[1])
         })
     );
+    // The same target again sets the running move's throttle, and changes nothing else: the
+    // partition epoch stays, so an ISR change under way is still valid.
+    let throttle = |bytes_per_s: Option<u64>| Command::AlterReassignment {
+        topic: "t".into(),
+        partition: PartitionId(0),
+        target: Some(nodes(&[3, 2])),
+        throttle_bytes_per_s: bytes_per_s,
+    };
+    apply_ok(&mut image, &throttle(Some(5_000)));
+    let throttled = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert_eq!(throttled.throttle_bytes_per_s, Some(5_000));
+    assert_eq!(
+        PartitionRecord {
+            throttle_bytes_per_s: None,
+            ..throttled
+        },
+        p,
+        "only the throttle changed"
+    );
+    apply_ok(&mut image, &throttle(None));
+    assert_eq!(image.partition("t", PartitionId(0)).unwrap(), &p, "lifted");
 
     caught_up(&mut image, 3);
     let done = image.partition("t", PartitionId(0)).unwrap();
@@ -812,7 +833,8 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 topic: TOPICS[*topic].to_string(),
                 partition: partition(*topic, *p)?.0,
                 target: Some(replicas(*rotate, factor)),
-                throttle_bytes_per_s: Some(1 << 20),
+                // Also a running move's target again: a throttle change, or its removal.
+                throttle_bytes_per_s: [Some(1 << 20), None, Some(1_000)][*rotate % 3],
             }
         }
         Op::CancelMove {

@@ -6,8 +6,9 @@
 //! `.await` and never while a `Partition` method runs (the partition's own lock is taken
 //! after it is released).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -37,6 +38,8 @@ struct LedState {
     partition_epoch: PartitionEpoch,
     /// A throttled move under way, and its bucket.
     throttle: Option<Bucket>,
+    /// Bytes sent to each follower in this leadership, for a move's copy rate.
+    sent: HashMap<NodeId, Sent>,
 }
 
 impl LedState {
@@ -74,6 +77,89 @@ impl Bucket {
         let earned = now.duration_since(self.refilled).as_secs_f64() * rate;
         self.tokens = (self.tokens + earned).min(rate);
         self.refilled = now;
+    }
+}
+
+impl Bucket {
+    /// How long until the bucket holds a tenth of a second's worth again (None: it does).
+    fn refill_in(&self) -> Option<Duration> {
+        let rate = self.throttle.bytes_per_s as f64;
+        let missing = rate / 10.0 - self.tokens;
+        (missing > 0.0).then(|| Duration::from_secs_f64(missing / rate))
+    }
+}
+
+/// How long the bytes sent to a follower are counted before its rate is taken again.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// The bytes a leader sent one follower in its leadership, and the rate over the last
+/// whole window of [`RATE_WINDOW`]: what a move's progress and its time left are told from.
+#[derive(Debug)]
+struct Sent {
+    total: u64,
+    window_start: Instant,
+    at_window_start: u64,
+    last_rate: Option<f64>,
+}
+
+impl Sent {
+    fn new(now: Instant) -> Sent {
+        Sent {
+            total: 0,
+            window_start: now,
+            at_window_start: 0,
+            last_rate: None,
+        }
+    }
+
+    fn add(&mut self, bytes: u64, now: Instant) {
+        self.total += bytes;
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            self.last_rate = Some(self.window_rate(elapsed));
+            self.window_start = now;
+            self.at_window_start = self.total;
+        }
+    }
+
+    fn window_rate(&self, elapsed: Duration) -> f64 {
+        (self.total - self.at_window_start) as f64 / elapsed.as_secs_f64()
+    }
+
+    /// Bytes per second: over the last whole window, or over the current one once it is
+    /// longer than a window (a follower that stopped fetching slows down to 0) or, before
+    /// the first window ends, over what there is of it after a tenth of a second.
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW || (self.last_rate.is_none() && elapsed >= RATE_WINDOW / 20) {
+            return Some(self.window_rate(elapsed));
+        }
+        self.last_rate
+    }
+}
+
+/// How far one follower's copy of the leader's log is (see [`Led::copy_progress`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyProgress {
+    pub replica: NodeId,
+    /// Records and bytes between its fetch position and the leader's log end.
+    pub records_left: u64,
+    pub bytes_left: u64,
+    /// Bytes of the leader's log (from its start) below its fetch position.
+    pub bytes_copied: u64,
+    /// What the leader sent it per second lately; None before it fetched anything.
+    pub bytes_per_s: Option<f64>,
+}
+
+impl CopyProgress {
+    /// Seconds until it holds the leader's log end at its recent rate: 0 when it does,
+    /// None when the rate is unknown or nothing moves.
+    pub fn eta_s(&self) -> Option<f64> {
+        if self.bytes_left == 0 {
+            return Some(0.0);
+        }
+        let rate = self.bytes_per_s.filter(|r| *r > 0.0)?;
+        Some(self.bytes_left as f64 / rate)
     }
 }
 
@@ -130,6 +216,7 @@ impl Led {
                 replicas,
                 partition_epoch: record.partition_epoch,
                 throttle: record.throttle.clone().map(Bucket::new),
+                sent: HashMap::new(),
             }),
             retired: watch::Sender::new(false),
         };
@@ -204,14 +291,38 @@ impl Led {
         Some(bucket.tokens.max(0.0) as u64)
     }
 
-    /// Takes `bytes` sent to `follower` out of the move's bucket, if it is throttled.
-    pub fn throttle_spend(&self, follower: NodeId, bytes: u64) {
+    /// How long a throttled `follower` that got nothing should wait for the bucket to
+    /// refill (None: it is not throttled, or the bucket holds enough): its fetch then waits
+    /// that long at most, not the whole long-poll.
+    pub fn throttle_refill_in(&self, follower: NodeId) -> Option<Duration> {
+        let s = self.lock();
+        if !s.throttles(follower) {
+            return None;
+        }
+        s.throttle.as_ref()?.refill_in()
+    }
+
+    /// Counts `bytes` sent to `follower` (its copy rate), and takes them out of the move's
+    /// bucket if it is throttled.
+    pub fn sent(&self, follower: NodeId, bytes: u64) {
+        let now = Instant::now();
         let mut s = self.lock();
+        s.sent
+            .entry(follower)
+            .or_insert_with(|| Sent::new(now))
+            .add(bytes, now);
         if s.throttles(follower)
             && let Some(bucket) = s.throttle.as_mut()
         {
             bucket.tokens -= bytes as f64;
         }
+    }
+
+    /// Bytes per second sent to `follower` lately (see [`Sent::rate`]); None before it
+    /// fetched anything in this leadership.
+    pub fn send_rate(&self, follower: NodeId) -> Option<f64> {
+        let now = Instant::now();
+        self.lock().sent.get(&follower).and_then(|s| s.rate(now))
     }
 
     /// Tells producers how many replicas are in sync: the confirmed set, less the members
@@ -277,6 +388,22 @@ impl Led {
                 let at = at.max(start);
                 let records = end.saturating_distance_from(at);
                 (n, records, self.replica.bytes_from(at))
+            })
+            .collect()
+    }
+
+    /// Per follower: how far its copy of the log is, and how fast it goes (a move's progress).
+    pub fn copy_progress(&self) -> Vec<CopyProgress> {
+        let lags = self.follower_lags();
+        let start = self.replica.progress().log_start_offset;
+        let total = self.replica.bytes_from(start);
+        lags.into_iter()
+            .map(|(replica, records_left, bytes_left)| CopyProgress {
+                replica,
+                records_left,
+                bytes_left,
+                bytes_copied: total.saturating_sub(bytes_left),
+                bytes_per_s: self.send_rate(replica),
             })
             .collect()
     }
@@ -607,17 +734,30 @@ mod tests {
         let l = led_of(&p, &throttled(0, vec![n(1), n(2)]));
         assert_eq!(l.throttle_allowance(n(2)), None, "not added by the move");
         assert_eq!(l.throttle_allowance(n(4)), Some(1_000), "a second's worth");
-        l.throttle_spend(n(4), 1_100);
+        assert_eq!(l.send_rate(n(4)), None, "nothing sent yet");
+        l.sent(n(4), 1_100);
         assert_eq!(
             l.throttle_allowance(n(4)),
             Some(0),
             "in debt after a whole batch"
         );
-        l.throttle_spend(n(2), 1_000_000);
+        // A fetch that got nothing waits for a tenth of a second's worth: 100 bytes of debt
+        // and 100 more at 1,000 bytes a second.
+        let wait = l.throttle_refill_in(n(4)).unwrap();
+        assert!(
+            (Duration::from_millis(150)..=Duration::from_millis(200)).contains(&wait),
+            "{wait:?}"
+        );
+        assert_eq!(l.throttle_refill_in(n(2)), None, "not throttled");
+        l.sent(n(2), 1_000_000);
         // The refill is the clock's: 100 bytes of debt, then 1,000 bytes a second.
         std::thread::sleep(std::time::Duration::from_millis(300));
         let refilled = l.throttle_allowance(n(4)).unwrap();
         assert!((150..=1_000).contains(&refilled), "{refilled}");
+        assert_eq!(l.throttle_refill_in(n(4)), None, "it holds enough again");
+        // 1,100 bytes in the 300 ms or more since the first: at most 3,667 bytes a second.
+        let rate = l.send_rate(n(4)).unwrap();
+        assert!((500.0..=3_667.0).contains(&rate), "{rate}");
 
         // In the ISR, it is spared: the high watermark waits for its fsyncs.
         l.confirm(&throttled(1, vec![n(1), n(2), n(4)]), 1);
@@ -655,5 +795,21 @@ mod tests {
         assert_eq!(diverging(fetch(2, 5, Some(0), 5)), None);
         assert_eq!(diverging(fetch(2, 8, Some(2), 8)), None);
         assert_eq!(diverging(fetch(2, 0, None, 0)), None);
+    }
+
+    /// A copy's time left is its bytes left at its recent rate; unknown without a rate.
+    #[test]
+    fn a_copys_time_left_comes_from_its_rate() {
+        let copy = |bytes_left: u64, bytes_per_s: Option<f64>| CopyProgress {
+            replica: n(4),
+            records_left: bytes_left / 100,
+            bytes_left,
+            bytes_copied: 0,
+            bytes_per_s,
+        };
+        assert_eq!(copy(5_000, Some(1_000.0)).eta_s(), Some(5.0));
+        assert_eq!(copy(0, None).eta_s(), Some(0.0), "caught up");
+        assert_eq!(copy(5_000, None).eta_s(), None, "no rate yet");
+        assert_eq!(copy(5_000, Some(0.0)).eta_s(), None, "stalled");
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::fetcher::{self, Followed};
-use super::leader::{IsrProposal, IsrRecord, Led};
+use super::leader::{CopyProgress, IsrProposal, IsrRecord, Led};
 use super::manager::{LocalReplica, ReplicaManager, Role, RoleChange};
 use super::wire::{self, FetchError, FetchRequest, PartitionAnswer, PartitionFetch};
 use crate::broker::partition::HwMode;
@@ -153,14 +153,10 @@ impl Replicator {
             .expect("the fetchers lock is not poisoned")
     }
 
-    /// Records and bytes each follower of `topic`/`partition` is behind, if this broker
-    /// leads it (for the reassignment list).
-    pub fn follower_lags(
-        &self,
-        topic: &str,
-        partition: PartitionId,
-    ) -> Option<Vec<(NodeId, u64, u64)>> {
-        self.led(topic, partition).map(|l| l.follower_lags())
+    /// Per follower, how far its copy is (see `Led::copy_progress`), where this broker leads
+    /// the partition.
+    pub fn copy_progress(&self, topic: &str, partition: PartitionId) -> Option<Vec<CopyProgress>> {
+        self.led(topic, partition).map(|l| l.copy_progress())
     }
 
     fn led(&self, topic: &str, partition: PartitionId) -> Option<Arc<Led>> {
@@ -413,6 +409,8 @@ impl Replicator {
             let eligible = self.eligible();
             let mut budget = request.max_bytes;
             let mut ready = false;
+            // The soonest a throttled move's bucket lets a replica that got nothing have more.
+            let mut refill: Option<Duration> = None;
             let mut parts: Vec<(PartitionAnswer, Vec<u8>)> = Vec::with_capacity(leds.len());
             for (fetch, led) in request.partitions.iter().zip(&leds) {
                 let (mut answer, from) = match led {
@@ -427,7 +425,13 @@ impl Replicator {
                     if budget > 0 && allowed > 0 {
                         bytes = l.read(&mut answer, from, budget.min(allowed)).await;
                         budget = budget.saturating_sub(bytes.len() as u64);
-                        l.throttle_spend(request.replica, bytes.len() as u64);
+                        l.sent(request.replica, bytes.len() as u64);
+                    }
+                    if bytes.is_empty()
+                        && from < l.replica.log_end_offset()
+                        && let Some(wait) = l.throttle_refill_in(request.replica)
+                    {
+                        refill = Some(refill.map_or(wait, |r: Duration| r.min(wait)));
                     }
                     self.check_isr(l, &eligible);
                     ready |= answer.sync_now && fetch.flushed_offset < fetch.fetch_offset;
@@ -449,6 +453,9 @@ impl Replicator {
             }
             for rx in &mut progresses {
                 changes.push(Box::pin(changed(rx)));
+            }
+            if let Some(refill) = refill {
+                changes.push(Box::pin(tokio::time::sleep(refill)));
             }
             if changes.is_empty() {
                 changes.push(Box::pin(std::future::pending()));

@@ -16,6 +16,9 @@
 //!   seed alone and is printed; `TIDELOG_FAULT_SEED` replays one (`random`: from the clock;
 //!   default a fixed one), `TIDELOG_FAULT_STEPS` sets its length (default 4, about 30 s;
 //!   100 for a long run).
+//! - Item 8 with partition moves: the same on five brokers, each step also moving a
+//!   partition or two to other brokers (KIP-455), some moves cancelled; the checker reads
+//!   the replicas the partitions end on.
 //!
 //! Producers do not use producer sessions: a batch that was not acknowledged is sent again
 //! as a new attempt whose values carry the attempt number (`p2-40.1`), since a plain retry
@@ -40,6 +43,8 @@ use serde_json::{Value, json};
 const TOPIC: &str = "faults";
 const PARTITIONS: u32 = 3;
 const BROKERS: usize = 3;
+/// Every partition's replicas (on three brokers, all of them).
+const REPLICATION_FACTOR: usize = 3;
 /// The controller fences a broker this long after its last heartbeat.
 const SESSION_MS: u64 = 1_500;
 /// Short Raft timings as in the other failover tests; a session of 1.5 s.
@@ -74,12 +79,13 @@ fn create_topic(c: &Cluster) {
                "config": {"min_insync_replicas": 2}}),
     );
     assert_eq!(status, 201, "{body}");
-    for id in 1..=BROKERS {
+    for id in 1..=c.brokers.len() {
         wait_full_isrs(c, id, "full ISRs after the creation");
     }
 }
 
-/// Waits until broker `id` sees every partition with a leader and all three in its ISR.
+/// Waits until broker `id` sees every partition with a leader and all three replicas in its
+/// ISR.
 fn wait_full_isrs(c: &Cluster, id: usize, what: &str) {
     wait_for(what, || {
         let d = describe(c, id, TOPIC);
@@ -87,7 +93,9 @@ fn wait_full_isrs(c: &Cluster, id: usize, what: &str) {
             ps.len() == PARTITIONS as usize
                 && ps.iter().all(|p| {
                     p["leader"].as_u64().is_some_and(|l| l > 0)
-                        && p["isr"].as_array().is_some_and(|i| i.len() == BROKERS)
+                        && p["isr"]
+                            .as_array()
+                            .is_some_and(|i| i.len() == REPLICATION_FACTOR)
                 })
         });
         if full { Ok(()) } else { Err(d.to_string()) }
@@ -183,7 +191,7 @@ impl Producers {
     fn start(c: &Cluster, history: &Arc<Mutex<History>>) -> Producers {
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(Mutex::new(Vec::new()));
-        let threads = (1..=BROKERS)
+        let threads = (1..=c.brokers.len())
             .map(|via| {
                 let url = c.url(via).to_string();
                 let (stop, acks, history) =
@@ -281,7 +289,9 @@ type Page = (f64, usize, u32, u64, u64, u64);
 
 impl Reader {
     fn start(c: &Cluster, history: &Arc<Mutex<History>>) -> Reader {
-        let urls: Vec<String> = (1..=BROKERS).map(|id| c.url(id).to_string()).collect();
+        let urls: Vec<String> = (1..=c.brokers.len())
+            .map(|id| c.url(id).to_string())
+            .collect();
         let history = Arc::clone(history);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -806,16 +816,30 @@ impl Fault {
     }
 }
 
-/// One step: faults applied together, held, then healed; then a quiet time.
+/// A partition move of the run with moves, started once the step's faults are applied:
+/// partition `partition` gets a broker outside its replica set (the first, or the second when
+/// `rotate` is odd) in place of its replica at `swap`, the target rotated left by `rotate` (so the leader moves away as often as not);
+/// cancelled at the heal when `cancel` (refused, with nothing changed, if it completed).
+#[derive(Debug, Clone, Copy)]
+struct Move {
+    partition: u32,
+    swap: usize,
+    rotate: usize,
+    cancel: bool,
+}
+
+/// One step: faults applied together, moves started, held, then healed; then a quiet time.
 #[derive(Debug, Clone)]
 struct Step {
     faults: Vec<Fault>,
+    moves: Vec<Move>,
     hold_ms: u64,
     quiet_ms: u64,
 }
 
 /// The whole schedule, from the seed alone (nothing else draws from it), so a seed replays.
-fn schedule(seed: u64, steps: u64) -> Vec<Step> {
+/// Moves are drawn after the rest of a step, so a run without them keeps its schedules.
+fn schedule(seed: u64, steps: u64, brokers: usize, moves: bool) -> Vec<Step> {
     let mut rng = Rng(seed);
     (0..steps)
         .map(|_| {
@@ -824,11 +848,11 @@ fn schedule(seed: u64, steps: u64) -> Vec<Step> {
             let count = if rng.below(5) == 0 { 2 } else { 1 };
             let mut faults: Vec<Fault> = Vec::new();
             while faults.len() < count {
-                let b = rng.between(1, BROKERS as u64) as usize;
+                let b = rng.between(1, brokers as u64) as usize;
                 if faults.iter().any(|f| f.broker() == b) {
                     continue;
                 }
-                let other = (b + rng.between(1, BROKERS as u64 - 1) as usize - 1) % BROKERS + 1;
+                let other = (b + rng.between(1, brokers as u64 - 1) as usize - 1) % brokers + 1;
                 faults.push(match rng.below(5) {
                     0 => Fault::Kill(b),
                     1 => Fault::Pause(b),
@@ -837,14 +861,104 @@ fn schedule(seed: u64, steps: u64) -> Vec<Step> {
                     _ => Fault::Restart(b),
                 });
             }
+            // Below and above a session (1.5 s).
+            let hold_ms = rng.between(300, 4_000);
+            let quiet_ms = rng.between(0, 1_500);
+            let moves = match moves {
+                true => (0..rng.between(1, 2))
+                    .map(|_| Move {
+                        partition: rng.below(PARTITIONS as u64) as u32,
+                        swap: rng.below(REPLICATION_FACTOR as u64) as usize,
+                        rotate: rng.below(REPLICATION_FACTOR as u64) as usize,
+                        cancel: rng.below(4) == 0,
+                    })
+                    .collect(),
+                false => Vec::new(),
+            };
             Step {
                 faults,
-                // Below and above a session (1.5 s).
-                hold_ms: rng.between(300, 4_000),
-                quiet_ms: rng.between(0, 1_500),
+                moves,
+                hold_ms,
+                quiet_ms,
             }
         })
         .collect()
+}
+
+/// A broker no fault of `faults` touches, to send a move's call through.
+fn untouched(brokers: usize, faults: &[Fault]) -> usize {
+    (1..=brokers)
+        .find(|b| {
+            !faults
+                .iter()
+                .any(|f| f.broker() == *b || matches!(f, Fault::Cut(_, to) if to == b))
+        })
+        .expect("a step faults two brokers at most")
+}
+
+/// Whether broker `via` lists `partition` as moving.
+fn moving(c: &Cluster, via: usize, partition: u32) -> Result<bool, String> {
+    let (status, list) = get(&format!("{}/v1/reassignments", c.url(via)));
+    match list["reassignments"].as_array() {
+        Some(moves) if status == 200 => Ok(moves
+            .iter()
+            .any(|m| m["topic"] == TOPIC && m["partition"] == partition)),
+        _ => Err(format!("{status} {list}")),
+    }
+}
+
+/// Starts move `m` through broker `via` (see [`Move`]); whatever the answer (a refusal while
+/// the partition moves or has no leader, a controller that is down), the run goes on.
+fn start_move(c: &Cluster, via: usize, m: Move) {
+    if moving(c, via, m.partition) != Ok(false) {
+        eprintln!(
+            "    move of partition {} skipped: it is moving, or no list",
+            m.partition
+        );
+        return;
+    }
+    let mut target = cluster::replicas_of(c, via, TOPIC, m.partition);
+    let outside = (1..=c.brokers.len())
+        .filter(|b| !target.contains(b))
+        .nth(m.rotate % 2);
+    let (Some(outside), REPLICATION_FACTOR) = (outside, target.len()) else {
+        eprintln!(
+            "    move of partition {} skipped: replicas {target:?}",
+            m.partition
+        );
+        return;
+    };
+    target[m.swap] = outside;
+    target.rotate_left(m.rotate);
+    let url = format!(
+        "{}/v1/topics/{TOPIC}/partitions/{}/reassignment",
+        c.url(via),
+        m.partition
+    );
+    let (status, body) = post(&url, json!({ "replicas": target }));
+    eprintln!(
+        "    move of partition {} to {target:?} via {via}: {status} {}",
+        m.partition,
+        body["code"].as_str().unwrap_or("")
+    );
+}
+
+/// Cancels the move of `m.partition` through broker `via`, if `m` says so.
+fn cancel_move(c: &Cluster, via: usize, m: Move) {
+    if !m.cancel {
+        return;
+    }
+    let url = format!(
+        "{}/v1/topics/{TOPIC}/partitions/{}/reassignment",
+        c.url(via),
+        m.partition
+    );
+    let (status, body) = cluster::delete(&url);
+    eprintln!(
+        "    cancel of partition {}'s move via {via}: {status} {}",
+        m.partition,
+        body["code"].as_str().unwrap_or("")
+    );
 }
 
 fn apply(mesh: &mut Mesh, fault: Fault) {
@@ -895,17 +1009,44 @@ const DEFAULT_FAULT_SEED: u64 = 137_334_202;
 /// find no anomaly. A failure names the seed and the schedule.
 #[test]
 fn a_seeded_random_fault_run_keeps_every_promise() {
-    let seed = fault_seed();
-    let steps = schedule(seed, env_number("TIDELOG_FAULT_STEPS", 4));
+    seeded_run(BROKERS, false, DEFAULT_FAULT_SEED);
+}
+
+/// The short run with moves in `cargo test`: every step also moves a partition or two.
+const DEFAULT_MOVES_SEED: u64 = 20_261_202;
+
+/// Brokers of the run with moves: a cluster has 1, 3 or 5 (its Raft voters), and each
+/// partition needs brokers outside its three replicas to move to.
+const MOVES_BROKERS: usize = 5;
+
+/// Item 8 with partition moves (KIP-455): five brokers, so each partition has two brokers
+/// outside its three replicas to move to. Each step starts one or two moves once its faults
+/// are applied (some cancelled at its heal), so the added replicas copy, join the ISR, and
+/// the moves complete (leadership leaving a removed leader) while brokers are killed,
+/// paused, cut off and restarted. After the run every move must have completed or been
+/// cancelled, and the checker reads back the replicas the partitions ended on: no
+/// acknowledged record lost, none duplicated or changed. `TIDELOG_FAULT_SEED` and
+/// `TIDELOG_FAULT_STEPS` apply as to the run without moves.
+#[test]
+fn moves_under_seeded_random_faults_keep_every_promise() {
+    seeded_run(MOVES_BROKERS, true, DEFAULT_MOVES_SEED);
+}
+
+fn seeded_run(brokers: usize, moves: bool, default_seed: u64) {
+    let seed = match std::env::var_os("TIDELOG_FAULT_SEED") {
+        Some(_) => fault_seed(),
+        None => default_seed,
+    };
+    let steps = schedule(seed, env_number("TIDELOG_FAULT_STEPS", 4), brokers, moves);
     let context = format!(
-        "TIDELOG_FAULT_SEED={seed} TIDELOG_FAULT_STEPS={}",
+        "TIDELOG_FAULT_SEED={seed} TIDELOG_FAULT_STEPS={} ({brokers} brokers, moves: {moves})",
         steps.len()
     );
     eprintln!("random fault run: {context}");
     for (i, step) in steps.iter().enumerate() {
         eprintln!("  step {i}: {step:?}");
     }
-    let mut mesh = Mesh::start(BROKERS, TOML);
+    let mut mesh = Mesh::start(brokers, TOML);
     create_topic(&mesh.cluster);
     let history = Arc::new(Mutex::new(History::default()));
     let producers = Producers::start(&mesh.cluster, &history);
@@ -923,12 +1064,19 @@ fn a_seeded_random_fault_run_keeps_every_promise() {
         for &fault in &step.faults {
             apply(&mut mesh, fault);
         }
+        let via = untouched(brokers, &step.faults);
+        for &m in &step.moves {
+            start_move(&mesh.cluster, via, m);
+        }
         thread::sleep(Duration::from_millis(step.hold_ms));
         for &fault in step.faults.iter().rev() {
             heal(&mut mesh, fault);
         }
-        for id in 1..=BROKERS {
+        for id in 1..=brokers {
             mesh.cluster.wait_ready(id);
+        }
+        for &m in &step.moves {
+            cancel_move(&mesh.cluster, via, m);
         }
         eprintln!(
             "  step {i} done at {:.1} s: {} produces acknowledged during it",
@@ -937,7 +1085,18 @@ fn a_seeded_random_fault_run_keeps_every_promise() {
         );
         thread::sleep(Duration::from_millis(step.quiet_ms));
     }
-    for id in 1..=BROKERS {
+    wait_for(&format!("every move completed ({context})"), || {
+        match (0..PARTITIONS).try_fold(false, |any, p| {
+            Ok::<_, String>(any || moving(&mesh.cluster, 1, p)?)
+        }) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(get(&format!("{}/v1/reassignments", mesh.cluster.url(1)))
+                .1
+                .to_string()),
+            Err(e) => Err(e),
+        }
+    });
+    for id in 1..=brokers {
         wait_full_isrs(
             &mesh.cluster,
             id,

@@ -30,7 +30,12 @@
 //! which holds every record acknowledged with `acks=all`.
 //!
 //! On a broker alone there is one replica per partition and nothing to move: the calls are
-//! refused (`invalid_request`) and the list is empty. Internal topics (`__`) are not moved.
+//! refused (`invalid_request`) and the list is empty. Internal topics (`__consumer_offsets`,
+//! `__producers`, `__idempotency_keys`) move like any other, as in Kafka (a broker being
+//! retired may hold them): the state they keep is served by their leader
+//! (`crate::coordination`), so when a move takes leadership away, the next leader replays the
+//! topic before it serves, as after a failover (calls meanwhile answer 503
+//! `coordinator_loading`).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -46,7 +51,6 @@ use super::elect::metadata_partition;
 use super::error::{ApiError, ApiResult};
 use super::internal::controller;
 use super::path::Path;
-use crate::broker::is_internal_topic;
 use crate::cluster::controller::ControlError;
 use crate::metadata::{
     Command, MetadataError, MetadataImage, NodeId, PartitionId, PartitionRecord,
@@ -128,11 +132,6 @@ async fn alter(
             "a broker alone holds the one replica of each partition: there is nothing to move \
              (reassignment needs a cluster, started with --peers)",
         ));
-    }
-    if is_internal_topic(topic) {
-        return Err(ApiError::invalid(format!(
-            "'{topic}' is an internal topic: its replicas are not moved"
-        )));
     }
     let partition = metadata_partition(topic, partition)?;
     let controller = controller(node)?;

@@ -12,7 +12,7 @@
 use crate::common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::checker::{History, Outcome};
@@ -291,11 +291,6 @@ fn a_stuck_move_is_listed_refuses_another_and_is_cancelled_and_bad_moves_are_ref
     assert_problem(status, &problem, 404, "partition_not_found");
     let (status, problem) = delete(&url);
     assert_problem(status, &problem, 409, "no_reassignment");
-    let (status, problem) = post(
-        &reassignment_url(&c, via, "__consumer_offsets", 0),
-        json!({"replicas": [1, 2]}),
-    );
-    assert_problem(status, &problem, 400, "invalid_request");
     let (status, same) = post(&url, json!({"replicas": replicas}));
     assert_eq!((status, &same["moving"]), (200, &json!(false)), "{same}");
 
@@ -611,6 +606,156 @@ fn a_throttled_move_copies_no_faster_than_its_throttle_tells_its_progress_and_th
             Ok(())
         } else {
             Err(p.to_string())
+        }
+    });
+}
+
+/// An internal topic moves like any other (a broker being retired may hold it): here
+/// `__consumer_offsets`, off its leader, on five brokers, while a client commits a group's
+/// offsets. Leadership moves, so the group coordinator moves with it: the next leader replays
+/// the topic before it serves, commits meanwhile are refused as retryable, and afterwards the
+/// group's offset is the last commit acknowledged (or a later one whose answer was lost).
+#[test]
+fn an_internal_topic_moves_off_its_leader_and_the_coordinator_keeps_every_commit() {
+    const TOPIC: &str = "orders";
+    const OFFSETS: &str = "__consumer_offsets";
+    let c = Cluster::start(5, TOML);
+    // On every broker: a group's coordinator checks commits against its own replica of the
+    // partition (README, "Three brokers on one machine"), and the coordinator moves here.
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": TOPIC, "partitions": 1, "replication_factor": 5}),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Offsets to commit: a group commits only offsets the partition has.
+    for _ in 0..10 {
+        let records: Vec<Value> = (0..1_000)
+            .map(|_| json!({"partition": 0, "value": "o"}))
+            .collect();
+        let (status, body) = post(
+            &format!("{}/v1/topics/{TOPIC}/records?acks=all", c.url(1)),
+            json!({ "records": records }),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let commit = |via: usize, offset: u64| {
+        post(
+            &format!("{}/v1/groups/audit/offsets", c.url(via)),
+            json!({"offsets": [{"topic": TOPIC, "partition": 0, "offset": offset}]}),
+        )
+    };
+    let committed = |via: usize| {
+        let (status, body) = get(&format!("{}/v1/groups/audit/offsets", c.url(via)));
+        match (status, body["offsets"][0]["offset"].as_u64()) {
+            (200, Some(offset)) => Ok(offset),
+            _ => Err(format!("{status} {body}")),
+        }
+    };
+    // The first group call makes the internal topic, replicated on three brokers.
+    wait_for("a first commit", || match commit(1, 1) {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("{status} {body}")),
+    });
+    let (leader, replicas) = wait_for("the offsets topic in sync", || {
+        let p = partition_view(&c, 1, OFFSETS, 0);
+        let (replicas, isr) = (
+            cluster::node_ids(&p["replicas"]),
+            cluster::node_ids(&p["isr"]),
+        );
+        match p["leader"].as_u64() {
+            Some(leader) if replicas.len() == 3 && isr.len() == 3 => {
+                Ok((leader as usize, replicas))
+            }
+            _ => Err(p.to_string()),
+        }
+    });
+    // The two brokers outside it, and one follower, so the leader leaves.
+    let kept = *replicas.iter().find(|n| **n != leader).unwrap();
+    let mut target: Vec<usize> = (1..=5).filter(|n| !replicas.contains(n)).collect();
+    target.push(kept);
+
+    // A client commits through the kept follower all along (bounded in count and time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(1));
+    let url = c.url(kept).to_string();
+    let committer = std::thread::spawn({
+        let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+        move || {
+            let (mut last_ok, mut last_sent) = (1u64, 1u64);
+            let started = Instant::now();
+            for offset in 2..5_000u64 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > PRODUCE_FOR_MAX {
+                    break;
+                }
+                last_sent = offset;
+                let (status, body) = post(
+                    &format!("{url}/v1/groups/audit/offsets"),
+                    json!({"offsets": [{"topic": TOPIC, "partition": 0, "offset": offset}]}),
+                );
+                match status {
+                    200 => {
+                        last_ok = offset;
+                        acknowledged.store(offset, Ordering::Relaxed);
+                    }
+                    // The coordinator moving: retryable, the commit may or may not be kept.
+                    421 | 502..=504 => std::thread::sleep(Duration::from_millis(20)),
+                    _ => panic!("commit {offset}: {status} {body}"),
+                }
+            }
+            (last_ok, last_sent)
+        }
+    });
+    let (status, moving) = post(
+        &reassignment_url(&c, kept, OFFSETS, 0),
+        json!({ "replicas": target }),
+    );
+    assert!(status == 202 || status == 200, "{moving}");
+    wait_for("the offsets topic moved", || {
+        let p = partition_view(&c, kept, OFFSETS, 0);
+        let done = cluster::node_ids(&p["replicas"]) == target
+            && cluster::node_ids(&p["isr"]).len() == 3
+            && p["leader"].as_u64().is_some_and(|l| l as usize != leader);
+        if done { Ok(()) } else { Err(p.to_string()) }
+    });
+    // Commits went on under the new coordinator, and none acknowledged was lost.
+    let before = acknowledged.load(Ordering::Relaxed);
+    wait_for("commits under the new leader", || {
+        match acknowledged.load(Ordering::Relaxed) {
+            now if now > before => Ok(()),
+            now => Err(format!("the last acknowledged still {now}")),
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (last_ok, last_sent) = committer.join().unwrap();
+    let offset = wait_for("the group's offset", || committed(kept));
+    eprintln!(
+        "{OFFSETS} moved from {replicas:?} (leader {leader}) to {target:?}; commits \
+         acknowledged up to {last_ok}, sent up to {last_sent}, kept {offset}"
+    );
+    assert!(
+        (last_ok..=last_sent).contains(&offset),
+        "offset {offset}: the last commit acknowledged was {last_ok}, the last sent {last_sent}"
+    );
+    wait_for("a commit under the new leader", || {
+        match commit(kept, 9_000) {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    });
+    for via in 1..=5 {
+        assert_eq!(
+            wait_for("the group's offset", || committed(via)),
+            9_000,
+            "through {via}"
+        );
+    }
+    // The removed leader put its copy in the trash.
+    let removed_dir = c.data_dir(leader).join("topics").join(OFFSETS).join("0");
+    wait_for("the removed replica's directory gone", || {
+        if removed_dir.exists() {
+            Err(format!("{} still there", removed_dir.display()))
+        } else {
+            Ok(())
         }
     });
 }

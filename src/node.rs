@@ -17,10 +17,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::Cluster;
+use crate::cluster::client::InternalClient;
 use crate::cluster::controller::ControlError;
 use crate::cluster::forwarder::Forwarder;
 use crate::config::BrokerConfig;
@@ -28,6 +30,10 @@ use crate::config::TopicConfig;
 use crate::coordination::{InternalTopicMaker, follow_leadership};
 use crate::groups::GroupCoordinator;
 use crate::groups::offsets::OFFSETS_TOPIC;
+use crate::groups::remote::{
+    READ_PATH, READ_TIMEOUT_EXTRA, RemoteAnswer, RemotePartitions, RemoteRead, answer_bytes_max,
+    decode_answer,
+};
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
 use crate::metadata::{Command, MetadataError, PartitionId};
@@ -94,6 +100,10 @@ impl Node {
             broker.set_session_lease(cluster.session_lease());
             let maker = internal_topic_maker(&cluster, &broker, &replicas);
             groups.make_offsets_topic_with(maker.clone());
+            groups.read_remote_with(Arc::new(LeaderReads {
+                cluster: Arc::clone(&cluster),
+                client: InternalClient::default(),
+            }));
             producers.make_topic_with(maker.clone());
             idempotency_keys.make_topic_with(maker);
         }
@@ -196,6 +206,64 @@ impl Node {
         }
         self.cluster.report_stopped().await;
         self.broker.close().await
+    }
+}
+
+/// On a cluster, a group coordinator reads the partitions it holds no replica of at their
+/// leaders (`groups::remote`), and counts partitions from the metadata.
+#[derive(Debug)]
+struct LeaderReads {
+    cluster: Arc<Cluster>,
+    client: InternalClient,
+}
+
+impl RemotePartitions for LeaderReads {
+    fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.cluster
+            .with_image(|image| Some(image.topics.get(topic)?.partitions.len() as u32))
+    }
+
+    fn read(&self, read: RemoteRead) -> BoxFuture<'static, Result<RemoteAnswer, BrokerError>> {
+        let leader = self.cluster.with_image(|image| {
+            image
+                .partition(&read.topic, read.partition)
+                .map(|p| p.leader)
+        });
+        let not_led = BrokerError::NotLeader {
+            topic: read.topic.clone(),
+            partition: read.partition,
+        };
+        let address = match leader {
+            Some(Some(node)) => self.cluster.peer_address(node),
+            Some(None) => None,
+            None => return Box::pin(async move { Err(BrokerError::TopicNotFound(read.topic)) }),
+        };
+        let client = self.client.clone();
+        Box::pin(async move {
+            let address = address.ok_or(not_led)?;
+            let timeout = Duration::from_millis(read.wait_ms) + READ_TIMEOUT_EXTRA;
+            let bytes = client
+                .post_for_bytes(
+                    address,
+                    READ_PATH,
+                    &read,
+                    timeout,
+                    answer_bytes_max(read.max_bytes),
+                )
+                .await
+                .map_err(|e| {
+                    BrokerError::StorageUnavailable(format!(
+                        "reading {}/{} at its leader: {e}",
+                        read.topic, read.partition
+                    ))
+                })?;
+            decode_answer(&bytes).ok_or_else(|| {
+                BrokerError::StorageUnavailable(format!(
+                    "reading {}/{} at its leader: a short answer",
+                    read.topic, read.partition
+                ))
+            })
+        })
     }
 }
 

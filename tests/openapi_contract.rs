@@ -581,13 +581,17 @@ fn each_operation_lists_the_codes_of_its_own_resources_and_every_code_is_listed(
         let at = served_at(&path, &http_method)
             .unwrap_or_else(|| panic!("{method} {path}: forward::served_at does not know it"));
         let internal = path.starts_with("/internal/");
+        // The internal routes a partition's leader serves: a split produce's part, and a
+        // group coordinator's read of a partition it holds no replica of.
+        let leader_internal =
+            path.starts_with("/internal/v1/append/") || path == "/internal/v1/partitions/read";
         let produce = path == "/v1/topics/{topic}/records";
         let controller = matches!(at, ServedAt::Controller | ServedAt::Coordinator(_))
-            || (internal && !path.starts_with("/internal/v1/append/"))
+            || (internal && !leader_internal)
             || produce; // a keyed produce goes to the controller while __idempotency_keys is not made
         let leader = at == ServedAt::PartitionLeader
             || produce
-            || path.starts_with("/internal/v1/append/")
+            || leader_internal
             || path.starts_with("/v1/groups/"); // the groups' reads and commits reach partitions
         for (code, allowed) in [
             ("not_controller", controller),

@@ -6,15 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::assignor::TopicPartition;
 use super::error::GroupError;
-use super::group::{Group, Member, OffsetReset};
+use super::group::{Group, Member, OffsetReset, PartitionCounts};
 use super::offsets::{self, OffsetValue};
+use super::remote::RemotePartitions;
 use super::views::{
     CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, plan_lag,
 };
@@ -71,6 +72,8 @@ pub struct GroupCoordinator {
     /// the leader of `__consumer_offsets` once it replayed it (it also makes the topic, in
     /// the cluster's metadata, the first time a call needs it).
     pub(super) residence: Residence,
+    /// On a cluster: partitions this broker holds no replica of, read at their leaders.
+    remote: OnceLock<Arc<dyn RemotePartitions>>,
 }
 
 impl GroupCoordinator {
@@ -93,7 +96,28 @@ impl GroupCoordinator {
             ids: std::collections::hash_map::RandomState::new(),
             sequence: AtomicU64::new(0),
             residence,
+            remote: OnceLock::new(),
         })
+    }
+
+    /// On a cluster: how partitions this broker holds no replica of are counted and read
+    /// (at their leaders). Set once, by the node, before any request is served.
+    pub fn read_remote_with(&self, remote: Arc<dyn RemotePartitions>) {
+        let _ = self.remote.set(remote);
+    }
+
+    pub(super) fn remote(&self) -> Option<&Arc<dyn RemotePartitions>> {
+        self.remote.get()
+    }
+
+    /// Whether `topic` exists: here, or in the cluster's metadata (where a replica topic
+    /// may hold only some of its partitions here, or none).
+    fn check_topic(&self, topic: &str) -> Result<(), GroupError> {
+        match self.remote() {
+            Some(remote) if remote.partition_count(topic).is_some() => Ok(()),
+            Some(_) => Err(BrokerError::TopicNotFound(topic.to_string()).into()),
+            None => self.broker.topic(topic).map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// On a cluster: `maker` makes `__consumer_offsets` (in the cluster's metadata) the first
@@ -160,7 +184,7 @@ impl GroupCoordinator {
         // A subscription to a topic that does not exist is refused (404), not answered with
         // an empty assignment the client cannot tell from an idle topic.
         for t in topics {
-            broker.topic(t)?;
+            self.check_topic(t)?;
         }
         let timeout_ms = session_timeout_ms.unwrap_or(SESSION_TIMEOUT_MS_DEFAULT.clamp(
             limits.group_session_timeout_ms_min,
@@ -225,29 +249,27 @@ impl GroupCoordinator {
             session_timeout_ms = timeout_ms,
             "member joined"
         );
-        g.rebalance(group, broker);
+        g.rebalance(group, self);
         Ok(g.view(group, &id))
     }
 
     /// Keeps the member's session alive; answers its current generation and assignment.
     pub fn heartbeat(&self, group: &str, member: &str) -> Result<MemberView, GroupError> {
-        let broker = &self.broker;
         let mut groups = self.lock();
         let g = member_group(&mut groups, group, member)?;
         let m = g.members.get_mut(member).expect("checked by member_group");
         m.deadline = Instant::now() + m.session_timeout;
-        g.refresh(group, broker);
+        g.refresh(group, self);
         Ok(g.view(group, member))
     }
 
     /// Removes the member; the rest of the group rebalances at once.
     pub fn leave(&self, group: &str, member: &str) -> Result<(), GroupError> {
-        let broker = &self.broker;
         let mut groups = self.lock();
         let g = member_group(&mut groups, group, member)?;
         g.members.remove(member);
         tracing::info!(group, member, "member left");
-        g.rebalance(group, broker);
+        g.rebalance(group, self);
         if g.members.is_empty() && g.committed.is_empty() {
             g.retire_gauges(group);
             groups.remove(group);
@@ -343,7 +365,29 @@ impl GroupCoordinator {
             ));
         }
         for (tp, offset) in offsets {
-            let partition = broker.topic(&tp.topic)?.partition(tp.partition)?;
+            let local = broker
+                .topic(&tp.topic)
+                .and_then(|t| t.partition(tp.partition));
+            let partition = match (local, self.remote()) {
+                (Ok(partition), _) => partition,
+                // Held elsewhere: it must exist; its range is its leader's, not checked here
+                // (a position past the high watermark is reset when read, as Kafka takes any
+                // offset).
+                (Err(_), Some(remote)) => {
+                    let count = remote
+                        .partition_count(&tp.topic)
+                        .ok_or_else(|| BrokerError::TopicNotFound(tp.topic.clone()))?;
+                    if tp.partition.0 >= count {
+                        return Err(BrokerError::PartitionNotFound {
+                            partition: u64::from(tp.partition.0),
+                            partitions: count,
+                        }
+                        .into());
+                    }
+                    continue;
+                }
+                (Err(e), None) => return Err(e.into()),
+            };
             let progress = partition.progress();
             if *offset > progress.high_watermark {
                 return Err(BrokerError::OffsetOutOfRange {
@@ -505,7 +549,7 @@ impl GroupCoordinator {
         let g = groups
             .get_mut(group)
             .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
-        g.refresh(group, broker);
+        g.refresh(group, self);
         let now = Instant::now();
         let members = g
             .members
@@ -611,4 +655,15 @@ pub fn validate_group_name(name: &str) -> Result<(), GroupError> {
         BrokerError::InvalidTopicName(why) => GroupError::InvalidGroupName(why),
         other => GroupError::Broker(other),
     })
+}
+
+/// On a cluster, the metadata's count (this broker may hold some partitions of a topic, or
+/// none); alone, the broker's.
+impl PartitionCounts for GroupCoordinator {
+    fn partition_count(&self, topic: &str) -> u32 {
+        match self.remote() {
+            Some(remote) => remote.partition_count(topic).unwrap_or(0),
+            None => self.broker.partition_count(topic),
+        }
+    }
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::assignor::{self, Assignment, TopicPartition};
 use super::error::GroupError;
 use super::offsets::OffsetValue;
+use super::remote::resolve;
 use super::views::{MemberView, lag_gauge};
 use crate::broker::{Broker, Partition};
 use crate::log::Offset;
@@ -130,20 +131,17 @@ impl Group {
         }
     }
 
-    pub(super) fn subscribed_counts(&self, broker: &Broker) -> BTreeMap<String, u32> {
+    pub(super) fn subscribed_counts(&self, counts: &dyn PartitionCounts) -> BTreeMap<String, u32> {
         let topics: BTreeSet<&String> = self.members.values().flat_map(|m| &m.topics).collect();
         topics
             .into_iter()
-            .map(|t| {
-                let n = broker.topic(t).map_or(0, |t| t.partition_count());
-                (t.clone(), n)
-            })
+            .map(|t| (t.clone(), counts.partition_count(t)))
             .collect()
     }
 
     /// Reassigns partitions among the current members and starts a new generation.
-    pub(super) fn rebalance(&mut self, group: &str, broker: &Broker) {
-        let counts = self.subscribed_counts(broker);
+    pub(super) fn rebalance(&mut self, group: &str, sizes: &dyn PartitionCounts) {
+        let counts = self.subscribed_counts(sizes);
         let subscriptions: BTreeMap<String, BTreeSet<String>> = self
             .members
             .iter()
@@ -190,14 +188,19 @@ impl Group {
     }
 
     /// Rebalances if a subscribed topic changed its partition count (expansion, deletion).
-    pub(super) fn refresh(&mut self, group: &str, broker: &Broker) {
-        if !self.members.is_empty() && self.subscribed_counts(broker) != self.partition_counts {
-            self.rebalance(group, broker);
+    pub(super) fn refresh(&mut self, group: &str, counts: &dyn PartitionCounts) {
+        if !self.members.is_empty() && self.subscribed_counts(counts) != self.partition_counts {
+            self.rebalance(group, counts);
         }
     }
 
     /// Removes members whose session ended; rebalances if any did.
-    pub(super) fn expire(&mut self, group: &str, broker: &Broker, now: Instant) -> usize {
+    pub(super) fn expire(
+        &mut self,
+        group: &str,
+        counts: &dyn PartitionCounts,
+        now: Instant,
+    ) -> usize {
         let before = self.members.len();
         self.members.retain(|member, m| {
             let alive = m.deadline > now;
@@ -208,7 +211,7 @@ impl Group {
         });
         let expired = before - self.members.len();
         if expired > 0 {
-            self.rebalance(group, broker);
+            self.rebalance(group, counts);
         }
         expired
     }
@@ -233,17 +236,30 @@ impl Group {
     /// The position, and whether `auto_offset_reset` chose it (nothing stored in range).
     fn resolve_position(&self, tp: &TopicPartition, partition: &Partition) -> (Offset, bool) {
         let progress = partition.progress();
-        let stored = self
-            .committed
+        resolve(
+            self.stored_position(tp),
+            self.auto_offset_reset,
+            progress.log_start_offset,
+            progress.high_watermark,
+        )
+    }
+
+    /// The committed offset of `tp`, or the one pinned by a `latest` reset.
+    pub(super) fn stored_position(&self, tp: &TopicPartition) -> Option<Offset> {
+        self.committed
             .get(tp)
             .map(|c| c.offset)
-            .or(self.pinned.get(tp).copied());
-        match stored {
-            Some(o) if o <= progress.high_watermark => (o.max(progress.log_start_offset), false),
-            _ => match self.auto_offset_reset {
-                OffsetReset::Earliest => (progress.log_start_offset, true),
-                OffsetReset::Latest => (progress.high_watermark, true),
-            },
+            .or(self.pinned.get(tp).copied())
+    }
+
+    /// Pins where a `latest` reset put a partition read elsewhere (at its leader), as
+    /// [`Self::position`] does for a local one.
+    pub(super) fn pin_remote(&mut self, tp: &TopicPartition, position: Offset, reset: bool) {
+        if reset
+            && self.auto_offset_reset == OffsetReset::Latest
+            && self.stored_position(tp).is_none()
+        {
+            self.pinned.insert(tp.clone(), position);
         }
     }
 
@@ -296,5 +312,17 @@ impl Group {
             }
         }
         Ok(())
+    }
+}
+
+/// Where a group learns how many partitions a subscribed topic has (0: no such topic).
+pub(super) trait PartitionCounts {
+    fn partition_count(&self, topic: &str) -> u32;
+}
+
+/// A broker alone: its own topics.
+impl PartitionCounts for Broker {
+    fn partition_count(&self, topic: &str) -> u32 {
+        self.topic(topic).map_or(0, |t| t.partition_count())
     }
 }

@@ -4,21 +4,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::assignor::TopicPartition;
 use super::coordinator::{GroupCoordinator, member_group};
 use super::error::GroupError;
+use super::group::OffsetReset;
+use super::remote::RemoteRead;
 use super::views::{MemberFetch, MemberView};
-use crate::broker::{Broker, BrokerError, Partition, WaitKind};
+use crate::broker::{Broker, BrokerError, Fetched, Partition, WaitKind};
 use crate::log::Offset;
 
 /// The partitions a fetch reads, and where, taken under the lock.
 struct FetchPlan {
     member: MemberView,
-    positions: Vec<(TopicPartition, Arc<Partition>, Offset)>,
+    positions: Vec<(TopicPartition, Source)>,
     changes: watch::Receiver<u32>,
+}
+
+/// Where a planned partition is read.
+enum Source {
+    /// A replica here, at the resolved position.
+    Local(Arc<Partition>, Offset),
+    /// No replica here (a cluster with more brokers than the topic has replicas): read at
+    /// its leader from the stored position, which the leader resolves.
+    Remote(Option<Offset>),
 }
 
 impl GroupCoordinator {
@@ -34,15 +47,15 @@ impl GroupCoordinator {
     ) -> Result<MemberFetch, GroupError> {
         let broker = &self.broker;
         let plan = self.plan_fetch(broker, group, member)?;
-        let first = self.read_plan(&plan, max_records, max_bytes).await?;
+        let first = self.read_plan(group, &plan, max_records, max_bytes).await?;
         if !first.parts.is_empty() || wait.is_zero() {
             return Ok(first);
         }
         // A long-poll in flight keeps the session alive until it ends.
         self.extend_session(group, member, wait)?;
-        wait_for_progress(broker, &plan, wait).await?;
+        self.wait_for_progress(group, &plan, wait).await?;
         let plan = self.plan_fetch(broker, group, member)?;
-        self.read_plan(&plan, max_records, max_bytes).await
+        self.read_plan(group, &plan, max_records, max_bytes).await
     }
 
     fn extend_session(&self, group: &str, member: &str, by: Duration) -> Result<(), GroupError> {
@@ -63,18 +76,23 @@ impl GroupCoordinator {
         let g = member_group(&mut groups, group, member)?;
         let m = g.members.get_mut(member).expect("checked by member_group");
         m.deadline = Instant::now() + m.session_timeout;
-        g.refresh(group, broker);
+        g.refresh(group, self);
         let view = g.view(group, member);
         let mut positions = Vec::with_capacity(view.assignment.len());
         for tp in &view.assignment {
-            let Ok(partition) = broker
+            let local = broker
                 .topic(&tp.topic)
-                .and_then(|t| t.partition(tp.partition))
-            else {
-                continue;
+                .and_then(|t| t.partition(tp.partition));
+            let source = match local {
+                Ok(partition) => {
+                    let position = g.position(tp, &partition);
+                    Source::Local(partition, position)
+                }
+                Err(_) if self.remote().is_some() => Source::Remote(g.stored_position(tp)),
+                // Its topic is gone (deleted since the assignment).
+                Err(_) => continue,
             };
-            let position = g.position(tp, &partition);
-            positions.push((tp.clone(), partition, position));
+            positions.push((tp.clone(), source));
         }
         Ok(FetchPlan {
             member: view,
@@ -85,6 +103,7 @@ impl GroupCoordinator {
 
     async fn read_plan(
         &self,
+        group: &str,
         plan: &FetchPlan,
         max_records: u32,
         max_bytes: u64,
@@ -99,21 +118,35 @@ impl GroupCoordinator {
         let start = if n == 0 {
             0
         } else {
-            let sum = plan
-                .positions
-                .iter()
-                .fold(0u64, |acc, (_, _, p)| acc.wrapping_add(p.0));
+            let sum = plan.positions.iter().fold(0u64, |acc, (_, source)| {
+                let p = match source {
+                    Source::Local(_, p) => Some(*p),
+                    Source::Remote(p) => *p,
+                };
+                acc.wrapping_add(p.map_or(0, |p| p.0))
+            });
             (sum % n as u64) as usize
         };
         for i in 0..n {
             if records_left == 0 || bytes_left == 0 {
                 break;
             }
-            let (tp, partition, position) = &plan.positions[(start + i) % n];
-            let fetched = match partition.fetch(*position, records_left, bytes_left).await {
-                // Its topic was deleted since the plan: nothing to read there any more.
-                Err(BrokerError::TopicNotFound(_)) => continue,
-                other => other?,
+            let (tp, source) = &plan.positions[(start + i) % n];
+            let fetched = match source {
+                Source::Local(partition, position) => {
+                    match partition.fetch(*position, records_left, bytes_left).await {
+                        // Its topic was deleted since the plan: nothing to read there any more.
+                        Err(BrokerError::TopicNotFound(_)) => continue,
+                        other => other?,
+                    }
+                }
+                Source::Remote(position) => {
+                    let read = self.remote_read(group, tp, *position, records_left, bytes_left);
+                    match read.await {
+                        Some(fetched) => fetched,
+                        None => continue,
+                    }
+                }
             };
             let mut count = 0u32;
             fetched.for_each_record(|_| {
@@ -134,22 +167,100 @@ impl GroupCoordinator {
     }
 }
 
-/// Waits until any planned partition has records past its position, the assignment
-/// changes, shutdown begins, or `wait` passes.
-async fn wait_for_progress(
-    broker: &Broker,
-    plan: &FetchPlan,
-    wait: Duration,
-) -> Result<(), GroupError> {
-    let slot = broker.wait_slot(WaitKind::LongPoll)?;
-    let targets = plan
-        .positions
-        .iter()
-        .map(|(_, p, position)| (&**p, *position));
-    let mut changes = plan.changes.clone();
-    tokio::select! {
-        _ = broker.wait_for_any_records(&slot, targets, Some(Instant::now() + wait)) => {}
-        _ = changes.changed() => {}
+impl GroupCoordinator {
+    /// Reads `tp` at its leader (`wait` zero: at once); pins where a `latest` reset put
+    /// it. None when it could not be read now (its leader moving, down, or unreachable): the
+    /// fetch goes on with the other partitions, and the next one tries again.
+    async fn remote_read(
+        &self,
+        group: &str,
+        tp: &TopicPartition,
+        position: Option<Offset>,
+        max_records: u32,
+        max_bytes: u64,
+    ) -> Option<Fetched> {
+        let remote = self.remote()?;
+        let reset = self.lock().get(group)?.auto_offset_reset;
+        let read = RemoteRead {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            position: position.map(|p| p.0),
+            reset,
+            max_records,
+            max_bytes,
+            wait_ms: 0,
+        };
+        match remote.read(read).await {
+            Ok(answer) => {
+                if let Some(g) = self.lock().get_mut(group) {
+                    g.pin_remote(tp, answer.fetched.from, answer.reset);
+                }
+                Some(answer.fetched)
+            }
+            Err(e) => {
+                tracing::debug!(group, topic = %tp.topic, partition = tp.partition.0, error = %e, "a partition read at its leader failed");
+                None
+            }
+        }
     }
-    Ok(())
+
+    /// Waits until any planned partition has records past its position, the assignment
+    /// changes, shutdown begins, or `wait` passes. A partition read at its leader is asked
+    /// to wait there (a read of one record, whose answer only wakes this wait).
+    async fn wait_for_progress(
+        &self,
+        group: &str,
+        plan: &FetchPlan,
+        wait: Duration,
+    ) -> Result<(), GroupError> {
+        let broker = &self.broker;
+        let slot = broker.wait_slot(WaitKind::LongPoll)?;
+        let locals = plan.positions.iter().filter_map(|(_, s)| match s {
+            Source::Local(p, position) => Some((&**p, *position)),
+            Source::Remote(_) => None,
+        });
+        let reset = self
+            .lock()
+            .get(group)
+            .map_or(OffsetReset::Earliest, |g| g.auto_offset_reset);
+        let mut remote_waits: FuturesUnordered<_> = plan
+            .positions
+            .iter()
+            .filter_map(|(tp, s)| match (s, self.remote()) {
+                (Source::Remote(position), Some(remote)) => Some(remote.read(RemoteRead {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    position: position.map(|p| p.0),
+                    reset,
+                    max_records: 1,
+                    max_bytes: 16 * 1024,
+                    wait_ms: wait.as_millis() as u64,
+                })),
+                _ => None,
+            })
+            .collect();
+        let any_remote = async {
+            while let Some(answer) = remote_waits.next().await {
+                // Woken by a record to show (not by one before the position in its batch).
+                let mut shown = 0u32;
+                if let Ok(a) = answer {
+                    let _ = a.fetched.for_each_record(|_| {
+                        shown += 1;
+                        Ok(())
+                    });
+                }
+                if shown > 0 {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let mut changes = plan.changes.clone();
+        tokio::select! {
+            _ = broker.wait_for_any_records(&slot, locals, Some(Instant::now() + wait)) => {}
+            _ = changes.changed() => {}
+            _ = any_remote => {}
+        }
+        Ok(())
+    }
 }

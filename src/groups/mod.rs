@@ -42,6 +42,7 @@ pub mod error;
 pub mod group;
 pub mod member_fetch;
 pub mod offsets;
+pub mod remote;
 pub mod sessions;
 pub mod views;
 

@@ -51,8 +51,8 @@ impl GroupCoordinator {
             if g.members.is_empty() {
                 continue;
             }
-            g.expire(name, broker, now);
-            g.refresh(name, broker);
+            g.expire(name, self, now);
+            g.refresh(name, self);
             if g.members.is_empty() && g.committed.is_empty() {
                 emptied.push(name.clone());
             } else if publish {

@@ -27,6 +27,7 @@ pub mod produce;
 pub mod produce_split;
 pub mod producers;
 pub mod reassign;
+pub mod remote_read;
 pub mod render;
 mod request_metrics;
 pub mod serve;
@@ -221,6 +222,10 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
         (
             crate::replication::fetcher::REPLICA_FETCH_PATH,
             vec![on(Method::POST, internal::replica_fetch)],
+        ),
+        (
+            crate::groups::remote::READ_PATH,
+            vec![on(Method::POST, remote_read::read)],
         ),
     ]
 }

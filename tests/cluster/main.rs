@@ -19,6 +19,7 @@ mod controller_failover;
 mod coordinator_failover;
 mod exactly_once_across_failover;
 mod forwarding;
+mod groups_off_coordinator;
 mod reassignment;
 mod replica_damage;
 mod replication;

@@ -1,0 +1,190 @@
+//! Partitions a group reads that this broker holds no replica of (on a cluster with more
+//! brokers than a topic has replicas, the coordinator, which leads `__consumer_offsets`,
+//! holds only some of them): read at their leaders.
+//!
+//! The coordinator asks through [`RemotePartitions`], which the node gives it on a cluster
+//! (the metadata says where each partition is led; the call is the internal route `POST
+//! /internal/v1/partitions/read`, answered by the leader from its log up to its high
+//! watermark, as a consumer's fetch is). The wire format of that call is here, shared by
+//! both ends: a JSON [`RemoteRead`], and an answer of a fixed header then the batches as
+//! stored ([`encode_answer`], [`decode_answer`]).
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::group::OffsetReset;
+use crate::broker::{BrokerError, Fetched};
+use crate::log::Offset;
+use crate::metadata::PartitionId;
+
+/// The internal route a leader answers remote reads on.
+pub const READ_PATH: &str = "/internal/v1/partitions/read";
+
+/// What the coordinator needs of partitions it holds no replica of.
+pub trait RemotePartitions: Send + Sync + Debug {
+    /// `topic`'s partition count in the cluster's metadata; None when it has no such topic.
+    fn partition_count(&self, topic: &str) -> Option<u32>;
+
+    /// Reads `read` at the partition's leader.
+    fn read(&self, read: RemoteRead) -> BoxFuture<'static, Result<RemoteAnswer, BrokerError>>;
+}
+
+/// A read of one partition at its leader, from the group's position.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteRead {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// The group's committed (or pinned) offset; None: `reset` decides, as it does for an
+    /// offset past the high watermark. One below the log start reads from the log start.
+    pub position: Option<u64>,
+    pub reset: OffsetReset,
+    pub max_records: u32,
+    pub max_bytes: u64,
+    /// How long the leader waits for a record past the position when there is none.
+    pub wait_ms: u64,
+}
+
+/// The leader's answer: the records read (from the resolved position) and the partition's
+/// offsets.
+#[derive(Debug)]
+pub struct RemoteAnswer {
+    pub fetched: Fetched,
+    /// Whether `reset` chose the position (nothing stored in range).
+    pub reset: bool,
+    pub log_end_offset: Offset,
+}
+
+/// Bytes of the answer's header: six u64 (from, high watermark, log start, log end, segment
+/// end or u64::MAX, max records) and the reset flag.
+const HEADER_BYTES: usize = 6 * 8 + 1;
+
+/// Bytes an answer to a read of `max_bytes` may take.
+pub fn answer_bytes_max(max_bytes: u64) -> usize {
+    HEADER_BYTES + max_bytes as usize + 64 * 1024
+}
+
+/// The answer's bytes: the header, then the batches as read.
+pub fn encode_answer(answer: &RemoteAnswer) -> Vec<u8> {
+    let f = &answer.fetched;
+    let mut out = Vec::with_capacity(HEADER_BYTES + f.bytes.len());
+    for n in [
+        f.from.0,
+        f.high_watermark.0,
+        f.log_start_offset.0,
+        answer.log_end_offset.0,
+        f.segment_end.map_or(u64::MAX, |o| o.0),
+        u64::from(f.max_records),
+    ] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out.push(u8::from(answer.reset));
+    out.extend_from_slice(&f.bytes);
+    out
+}
+
+/// Reads an answer made by [`encode_answer`]; None when it is too short.
+pub fn decode_answer(bytes: &[u8]) -> Option<RemoteAnswer> {
+    let header = bytes.get(..HEADER_BYTES)?;
+    let n = |i: usize| u64::from_be_bytes(header[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    Some(RemoteAnswer {
+        fetched: Fetched {
+            bytes: bytes[HEADER_BYTES..].to_vec(),
+            from: Offset(n(0)),
+            high_watermark: Offset(n(1)),
+            log_start_offset: Offset(n(2)),
+            segment_end: (n(4) != u64::MAX).then(|| Offset(n(4))),
+            max_records: u32::try_from(n(5)).ok()?,
+        },
+        log_end_offset: Offset(n(3)),
+        reset: header[HEADER_BYTES - 1] == 1,
+    })
+}
+
+/// The position to read from and whether `reset` chose it, for a partition whose readable
+/// range is `[log_start, high_watermark]` (the rule of a local read, `Group::position`).
+pub fn resolve(
+    position: Option<Offset>,
+    reset: OffsetReset,
+    log_start: Offset,
+    high_watermark: Offset,
+) -> (Offset, bool) {
+    match position {
+        Some(o) if o <= high_watermark => (o.max(log_start), false),
+        _ => match reset {
+            OffsetReset::Earliest => (log_start, true),
+            OffsetReset::Latest => (high_watermark, true),
+        },
+    }
+}
+
+/// How long the coordinator gives a remote read beyond its own wait.
+pub const READ_TIMEOUT_EXTRA: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_travels_whole() {
+        let answer = RemoteAnswer {
+            fetched: Fetched {
+                bytes: vec![1, 2, 3],
+                from: Offset(7),
+                high_watermark: Offset(9),
+                log_start_offset: Offset(2),
+                max_records: 100,
+                segment_end: None,
+            },
+            reset: true,
+            log_end_offset: Offset(11),
+        };
+        let back = decode_answer(&encode_answer(&answer)).unwrap();
+        assert_eq!(back.fetched.bytes, vec![1, 2, 3]);
+        assert_eq!(
+            (
+                back.fetched.from,
+                back.fetched.high_watermark,
+                back.fetched.log_start_offset
+            ),
+            (Offset(7), Offset(9), Offset(2))
+        );
+        assert_eq!(
+            (back.fetched.max_records, back.fetched.segment_end),
+            (100, None)
+        );
+        assert_eq!((back.reset, back.log_end_offset), (true, Offset(11)));
+        let mut with_end = encode_answer(&answer);
+        with_end[32..40].copy_from_slice(&5u64.to_be_bytes());
+        assert_eq!(
+            decode_answer(&with_end).unwrap().fetched.segment_end,
+            Some(Offset(5))
+        );
+        assert!(decode_answer(&with_end[..10]).is_none(), "too short");
+    }
+
+    #[test]
+    fn a_position_resolves_as_a_local_read_does() {
+        let r = |p: Option<u64>, reset| resolve(p.map(Offset), reset, Offset(10), Offset(20));
+        assert_eq!(r(Some(15), OffsetReset::Latest), (Offset(15), false));
+        assert_eq!(
+            r(Some(3), OffsetReset::Latest),
+            (Offset(10), false),
+            "below the start"
+        );
+        assert_eq!(
+            r(Some(20), OffsetReset::Earliest),
+            (Offset(20), false),
+            "at the end"
+        );
+        assert_eq!(
+            r(Some(21), OffsetReset::Earliest),
+            (Offset(10), true),
+            "past the end"
+        );
+        assert_eq!(r(None, OffsetReset::Latest), (Offset(20), true));
+        assert_eq!(r(None, OffsetReset::Earliest), (Offset(10), true));
+    }
+}

@@ -1,0 +1,60 @@
+//! `POST /internal/v1/partitions/read`: a group coordinator reads a partition it holds no
+//! replica of at its leader (`crate::groups::remote`). Answered by the partition's leader
+//! from its log up to its high watermark, as a consumer's fetch is (long-poll included), from
+//! the group's position resolved here against this log's range; the answer is the fixed
+//! header of `groups::remote::encode_answer`, then the batches as stored.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::body::read_json;
+use super::error::ApiResult;
+use super::fetch::fetch_waiting;
+use super::forward::{PartitionHome, leader_not_available, not_leader, partition_home};
+use crate::groups::remote::{RemoteAnswer, RemoteRead, encode_answer, resolve};
+use crate::log::Offset;
+
+pub async fn read(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let limits = node.limits();
+    let read: RemoteRead = read_json(&headers, body, limits.request_body_bytes_max).await?;
+    match partition_home(&node.cluster, &read.topic, read.partition) {
+        PartitionHome::Here | PartitionHome::Unknown => {}
+        PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
+        PartitionHome::Offline => return Err(leader_not_available()),
+    }
+    let partition = node.broker.topic(&read.topic)?.partition(read.partition)?;
+    let progress = partition.progress();
+    let (from, reset) = resolve(
+        read.position.map(Offset),
+        read.reset,
+        progress.log_start_offset,
+        progress.high_watermark,
+    );
+    let (fetched, _page) = fetch_waiting(
+        &node.broker,
+        &partition,
+        from,
+        read.max_records.clamp(1, limits.fetch_records_max),
+        read.max_bytes.clamp(1, limits.fetch_bytes_max),
+        read.wait_ms.min(limits.wait_ms_max),
+    )
+    .await?;
+    let answer = RemoteAnswer {
+        fetched,
+        reset,
+        log_end_offset: partition.log_end_offset(),
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        encode_answer(&answer),
+    )
+        .into_response())
+}

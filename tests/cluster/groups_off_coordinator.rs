@@ -1,0 +1,179 @@
+//! Consumer groups on a cluster with more brokers than a topic has replicas: the group's
+//! coordinator (the leader of `__consumer_offsets`) holds no replica of some of the
+//! partitions it assigns. A member still reads every partition (the coordinator reads the
+//! ones it lacks from their leaders), and commits for them are taken.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, describe, get, post, replicas_of, wait_for};
+use serde_json::{Value, json};
+
+const TOML: &str = "broker_session_timeout_ms = 2000\n\
+                    replica_lag_time_max_ms = 2000\n\
+                    replica_fetch_wait_max_ms = 200\n\
+                    raft_heartbeat_ms = 100\n\
+                    raft_election_timeout_ms = 500\n";
+
+const TOPIC: &str = "spread";
+const PARTITIONS: u32 = 5;
+
+#[test]
+fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
+    let c = Cluster::start(5, TOML);
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": TOPIC, "partitions": PARTITIONS, "replication_factor": 1}),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_for("every partition led", || {
+        let d = describe(&c, 1, TOPIC);
+        let led = d["partitions"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().all(|p| p["leader"].as_u64().is_some()));
+        if led { Ok(()) } else { Err(d.to_string()) }
+    });
+    for p in 0..PARTITIONS {
+        let records: Vec<Value> = (0..3)
+            .map(|i| json!({"partition": p, "value": format!("p{p}-{i}")}))
+            .collect();
+        let (status, body) = post(
+            &format!("{}/v1/topics/{TOPIC}/records?acks=all", c.url(1)),
+            json!({ "records": records }),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, joined) = post(
+        &format!("{}/v1/groups/readers/members", c.url(2)),
+        json!({"topics": [TOPIC], "session_timeout_ms": 30_000}),
+    );
+    assert_eq!(status, 201, "{joined}");
+    let member = joined["member_id"].as_str().unwrap().to_string();
+    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
+        .as_u64()
+        .unwrap() as usize;
+    let elsewhere: Vec<u32> = (0..PARTITIONS)
+        .filter(|p| !replicas_of(&c, 1, TOPIC, *p).contains(&coordinator))
+        .collect();
+    assert!(
+        !elsewhere.is_empty(),
+        "every partition is on the coordinator"
+    );
+
+    // Fetch and commit until every record was read (bounded).
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        let (status, page) = get(&format!(
+            "{}/v1/groups/readers/members/{member}/records?max_records=4&wait_ms=500",
+            c.url(3)
+        ));
+        assert_eq!(status, 200, "{page}");
+        for r in page["records"].as_array().unwrap() {
+            seen.insert(r["value"].as_str().unwrap().to_string());
+        }
+        let next = page["next_offsets"].clone();
+        if next.as_array().is_some_and(|n| !n.is_empty()) {
+            let (status, body) = post(
+                &format!("{}/v1/groups/readers/offsets", c.url(4)),
+                json!({"member_id": member, "generation": page["generation"], "offsets": next}),
+            );
+            assert_eq!(status, 200, "{body}");
+        }
+        if seen.len() == 3 * PARTITIONS as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        seen.len(),
+        3 * PARTITIONS as usize,
+        "partitions {elsewhere:?} are not on coordinator {coordinator}: read {seen:?}"
+    );
+    // A long-poll wakes for a record produced meanwhile to a partition held elsewhere.
+    let far = elsewhere[0];
+    let url = c.url(1).to_string();
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        post(
+            &format!("{url}/v1/topics/{TOPIC}/records?acks=all"),
+            json!({"records": [{"partition": far, "value": "late"}]}),
+        )
+    });
+    let asked = Instant::now();
+    let (status, page) = get(&format!(
+        "{}/v1/groups/readers/members/{member}/records?max_records=4&wait_ms=20000",
+        c.url(3)
+    ));
+    // Not a speed bound: a wait that the record did not wake ends only after 20 s.
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the long-poll was not woken by the record: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(producer.join().unwrap().0, 200);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["records"][0]["value"], "late", "{page}");
+    assert_eq!(page["records"][0]["partition"], far, "{page}");
+    let (status, body) = post(
+        &format!("{}/v1/groups/readers/offsets", c.url(4)),
+        json!({"member_id": member, "generation": page["generation"], "offsets": page["next_offsets"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let (status, offsets) = get(&format!("{}/v1/groups/readers/offsets", c.url(5)));
+    assert_eq!(status, 200, "{offsets}");
+    let committed: Vec<u64> = offsets["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["offset"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..PARTITIONS)
+        .map(|p| if p == far { 4 } else { 3 })
+        .collect();
+    assert_eq!(committed, expected, "{offsets}");
+
+    // A topic with no replica on the coordinator at all: moved to another broker.
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": "far", "partitions": 1, "replication_factor": 1}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let other = (1..=5).find(|n| *n != coordinator).unwrap();
+    let (status, body) = post(
+        &format!("{}/v1/topics/far/partitions/0/reassignment", c.url(1)),
+        json!({"replicas": [other]}),
+    );
+    assert!(status == 200 || status == 202, "{body}");
+    wait_for("far moved off the coordinator", || {
+        match replicas_of(&c, 1, "far", 0) == vec![other] {
+            true => Ok(()),
+            false => Err(describe(&c, 1, "far").to_string()),
+        }
+    });
+    let (status, body) = post(
+        &format!("{}/v1/topics/far/records?acks=all", c.url(1)),
+        json!({"records": [{"value": "a"}, {"value": "b"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, joined) = post(
+        &format!("{}/v1/groups/far-readers/members", c.url(2)),
+        json!({"topics": ["far"]}),
+    );
+    assert_eq!(status, 201, "{joined}");
+    let member = joined["member_id"].as_str().unwrap();
+    let (status, page) = get(&format!(
+        "{}/v1/groups/far-readers/members/{member}/records?wait_ms=5000",
+        c.url(2)
+    ));
+    assert_eq!(status, 200, "{page}");
+    let values: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["value"].as_str())
+        .collect();
+    assert_eq!(values, ["a", "b"], "{page}");
+}

@@ -15,7 +15,7 @@ use super::assignor::TopicPartition;
 use super::error::GroupError;
 use super::group::{Group, Member, OffsetReset, PartitionCounts};
 use super::offsets::{self, OffsetValue};
-use super::remote::RemotePartitions;
+use super::remote::{RemotePartitions, RemoteRead};
 use super::views::{
     CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, plan_lag,
 };
@@ -23,6 +23,7 @@ use crate::broker::{Broker, BrokerError, PartitionLocksForbidden, now_ms, valida
 use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 use crate::log::Offset;
+use crate::metadata::PartitionId;
 
 /// The locked registry of groups; forbids partition locks while held.
 pub(super) struct RegistryGuard<'a> {
@@ -467,26 +468,49 @@ impl GroupCoordinator {
         };
         let mut offsets = Vec::new();
         for name in &topics {
-            let topic = broker.topic(name)?;
-            for partition in topic.partitions() {
-                let progress = partition.progress();
+            self.check_topic(name)?;
+            for p in 0..self.partition_count(name) {
+                let tp = TopicPartition::new(name.clone(), PartitionId(p));
+                let local = broker.topic(name).and_then(|t| t.partition(tp.partition));
+                // Its range, and the offset for a time, here or at its leader.
+                let (log_start, high_watermark, at_time) = match (local, self.remote()) {
+                    (Ok(partition), _) => {
+                        let progress = partition.progress();
+                        let at_time = match to {
+                            ResetTo::Timestamp(ts) => {
+                                Some(partition.offset_for_timestamp(ts).await?)
+                            }
+                            _ => None,
+                        };
+                        (progress.log_start_offset, progress.high_watermark, at_time)
+                    }
+                    (Err(_), Some(remote)) => {
+                        let mut read = RemoteRead::offsets(&tp, None, OffsetReset::Earliest);
+                        if let ResetTo::Timestamp(ts) = to {
+                            read.timestamp_ms = Some(ts);
+                        }
+                        let answer = remote.read(read).await?;
+                        let f = &answer.fetched;
+                        let at_time = matches!(to, ResetTo::Timestamp(_)).then_some(f.from);
+                        (f.log_start_offset, f.high_watermark, at_time)
+                    }
+                    (Err(e), None) => return Err(e.into()),
+                };
                 let offset = match to {
-                    ResetTo::Earliest => progress.log_start_offset,
-                    ResetTo::Latest => progress.high_watermark,
-                    ResetTo::Timestamp(ts) => partition.offset_for_timestamp(ts).await?,
-                    ResetTo::Offset(o)
-                        if o < progress.log_start_offset || o > progress.high_watermark =>
-                    {
+                    ResetTo::Earliest => log_start,
+                    ResetTo::Latest => high_watermark,
+                    ResetTo::Timestamp(_) => at_time.unwrap_or(high_watermark),
+                    ResetTo::Offset(o) if o < log_start || o > high_watermark => {
                         return Err(BrokerError::OffsetOutOfRange {
                             offset: o,
-                            log_start_offset: progress.log_start_offset,
-                            high_watermark: progress.high_watermark,
+                            log_start_offset: log_start,
+                            high_watermark,
                         }
                         .into());
                     }
                     ResetTo::Offset(o) => o,
                 };
-                offsets.push((TopicPartition::new(name.clone(), partition.id), offset));
+                offsets.push((tp, offset));
             }
         }
         if offsets.is_empty() {
@@ -543,38 +567,39 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    pub fn describe(&self, group: &str) -> Result<GroupDescription, GroupError> {
-        let broker = &self.broker;
-        let mut groups = self.lock();
-        let g = groups
-            .get_mut(group)
-            .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
-        g.refresh(group, self);
-        let now = Instant::now();
-        let members = g
-            .members
-            .iter()
-            .map(|(id, m)| MemberDescription {
-                member_id: id.clone(),
-                topics: m.topics.iter().cloned().collect(),
-                session_timeout_ms: m.session_timeout.as_millis() as u64,
-                expires_in_ms: m.deadline.saturating_duration_since(now).as_millis() as u64,
-                assignment: g.assignment_of(id),
-            })
-            .collect();
-        let (state, generation) = (g.state(), g.generation);
-        let (auto_offset_reset, rebalances) = (g.auto_offset_reset, g.rebalances);
-        let lag = plan_lag(group, g, broker);
-        drop(groups);
-        Ok(GroupDescription {
-            group: group.to_string(),
-            state,
-            generation,
-            auto_offset_reset,
-            rebalances,
-            members,
-            partitions: lag.publish(),
-        })
+    pub async fn describe(&self, group: &str) -> Result<GroupDescription, GroupError> {
+        // The registry lock ends with this block, before the lag is read.
+        let (mut description, lag) = {
+            let mut groups = self.lock();
+            let g = groups
+                .get_mut(group)
+                .ok_or_else(|| GroupError::GroupNotFound(group.to_string()))?;
+            g.refresh(group, self);
+            let now = Instant::now();
+            let members = g
+                .members
+                .iter()
+                .map(|(id, m)| MemberDescription {
+                    member_id: id.clone(),
+                    topics: m.topics.iter().cloned().collect(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    expires_in_ms: m.deadline.saturating_duration_since(now).as_millis() as u64,
+                    assignment: g.assignment_of(id),
+                })
+                .collect();
+            let description = GroupDescription {
+                group: group.to_string(),
+                state: g.state(),
+                generation: g.generation,
+                auto_offset_reset: g.auto_offset_reset,
+                rebalances: g.rebalances,
+                members,
+                partitions: Vec::new(),
+            };
+            (description, plan_lag(group, g, &self.broker))
+        };
+        description.partitions = lag.publish_all(self.remote()).await;
+        Ok(description)
     }
 
     pub fn list(&self) -> Vec<GroupSummary> {

@@ -189,6 +189,7 @@ impl GroupCoordinator {
             max_records,
             max_bytes,
             wait_ms: 0,
+            timestamp_ms: None,
         };
         match remote.read(read).await {
             Ok(answer) => {
@@ -235,6 +236,7 @@ impl GroupCoordinator {
                     max_records: 1,
                     max_bytes: 16 * 1024,
                     wait_ms: wait.as_millis() as u64,
+                    timestamp_ms: None,
                 })),
                 _ => None,
             })

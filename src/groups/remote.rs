@@ -45,6 +45,31 @@ pub struct RemoteRead {
     pub max_bytes: u64,
     /// How long the leader waits for a record past the position when there is none.
     pub wait_ms: u64,
+    /// Read from the first offset whose timestamp is at or after this time instead (an
+    /// offsets reset to a time); `position` and `reset` are then not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RemoteRead {
+    /// A read of at most one record, at once: what the partition's offsets and the resolved
+    /// position are (a description's lag, an offsets reset).
+    pub fn offsets(
+        tp: &super::assignor::TopicPartition,
+        position: Option<Offset>,
+        reset: OffsetReset,
+    ) -> RemoteRead {
+        RemoteRead {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            position: position.map(|p| p.0),
+            reset,
+            max_records: 1,
+            max_bytes: 1,
+            wait_ms: 0,
+            timestamp_ms: None,
+        }
+    }
 }
 
 /// The leader's answer: the records read (from the resolved position) and the partition's

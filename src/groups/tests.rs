@@ -117,7 +117,7 @@ async fn a_silent_member_is_removed_after_its_session_timeout() {
     for second in 1..=2 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         groups.heartbeat("g", &live.member_id).unwrap();
-        let d = groups.describe("g").unwrap();
+        let d = groups.describe("g").await.unwrap();
         assert_eq!(d.members.len(), 2, "still inside the session at {second}s");
     }
     // Past the 3 s session (and the task's 1 s tick), the silent member is gone.
@@ -140,7 +140,7 @@ async fn a_silent_member_is_removed_after_its_session_timeout() {
     // member goes silent is emptied too.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(matches!(
-        groups.describe("g"),
+        groups.describe("g").await,
         Err(GroupError::GroupNotFound(_))
     ));
 }
@@ -311,7 +311,7 @@ async fn committed_offsets_survive_reopening_the_broker() {
         groups.committed("gone"),
         Err(GroupError::GroupNotFound(_))
     ));
-    let d = groups.describe("g").unwrap();
+    let d = groups.describe("g").await.unwrap();
     assert_eq!(d.state, "empty");
     assert_eq!(d.partitions[0].lag, 0);
 }
@@ -326,7 +326,7 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
     let tp = TopicPartition::new("t", PartitionId(0));
     groups.commit("g", None, &[(tp, Offset(0))]).await.unwrap();
     let member = join_t(&groups, 10_000);
-    let d = groups.describe("g").unwrap();
+    let d = groups.describe("g").await.unwrap();
     assert_eq!(d.partitions.len(), 2);
     assert!(groups.tick(tokio::time::Instant::now(), true).is_some());
     groups

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::assignor::TopicPartition;
 use super::group::{Group, OffsetReset};
+use super::remote::{RemotePartitions, RemoteRead};
 use crate::broker::{Broker, Fetched, Partition};
 use crate::log::Offset;
 use crate::metadata::PartitionId;
@@ -91,6 +92,17 @@ pub struct CommittedOffset {
 pub(super) struct LagPlan {
     group: String,
     partitions: Vec<PlannedLag>,
+    /// Partitions this broker holds no replica of: their offsets are their leaders'.
+    elsewhere: Vec<ElsewhereLag>,
+}
+
+struct ElsewhereLag {
+    tp: TopicPartition,
+    member_id: Option<String>,
+    committed_offset: Option<Offset>,
+    /// The committed or pinned offset, resolved at the leader.
+    stored: Option<Offset>,
+    reset: OffsetReset,
 }
 
 struct PlannedLag {
@@ -111,11 +123,19 @@ pub(super) fn plan_lag(group: &str, g: &mut Group, broker: &Broker) -> LagPlan {
     }
     g.lag_published = tps.clone();
     let mut partitions = Vec::with_capacity(tps.len());
+    let mut elsewhere = Vec::new();
     for tp in tps {
         let Ok(partition) = broker
             .topic(&tp.topic)
             .and_then(|t| t.partition(tp.partition))
         else {
+            elsewhere.push(ElsewhereLag {
+                member_id: g.owners.get(&tp).map(|o| o.member.clone()),
+                committed_offset: g.committed.get(&tp).map(|v| v.offset),
+                stored: g.stored_position(&tp),
+                reset: g.auto_offset_reset,
+                tp,
+            });
             continue;
         };
         partitions.push(PlannedLag {
@@ -129,11 +149,58 @@ pub(super) fn plan_lag(group: &str, g: &mut Group, broker: &Broker) -> LagPlan {
     LagPlan {
         group: group.to_string(),
         partitions,
+        elsewhere,
     }
 }
 
 impl LagPlan {
-    /// Outside the registry lock: reads each partition's stats and sets the lag gauges.
+    /// Outside the registry lock: reads each partition's stats and sets the lag gauges; with
+    /// `remote` (a cluster), also those of the partitions held elsewhere, at their leaders
+    /// (one that cannot be read now is left out). In topic and partition order.
+    pub(super) async fn publish_all(
+        self,
+        remote: Option<&Arc<dyn RemotePartitions>>,
+    ) -> Vec<PartitionLag> {
+        let LagPlan {
+            group,
+            partitions,
+            elsewhere,
+        } = self;
+        let mut lags = LagPlan {
+            group: group.clone(),
+            partitions,
+            elsewhere: Vec::new(),
+        }
+        .publish();
+        let Some(remote) = remote else {
+            return lags;
+        };
+        for e in elsewhere {
+            let read = RemoteRead::offsets(&e.tp, e.stored, e.reset);
+            let Ok(answer) = remote.read(read).await else {
+                continue;
+            };
+            let f = &answer.fetched;
+            let lag = f.high_watermark.saturating_distance_from(f.from);
+            lag_gauge(&group, &e.tp).set(lag as f64);
+            lags.push(PartitionLag {
+                member_id: e.member_id,
+                committed_offset: e.committed_offset,
+                position: f.from,
+                log_start_offset: f.log_start_offset,
+                log_end_offset: answer.log_end_offset,
+                high_watermark: f.high_watermark,
+                lag,
+                topic: e.tp.topic,
+                partition: e.tp.partition,
+            });
+        }
+        lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        lags
+    }
+
+    /// Outside the registry lock: reads each local partition's stats and sets the lag
+    /// gauges (the partitions held elsewhere are [`Self::publish_all`]'s).
     pub(super) fn publish(self) -> Vec<PartitionLag> {
         let group = self.group;
         self.partitions

@@ -322,7 +322,7 @@ pub async fn describe(
     Path(group): Path<String>,
 ) -> ApiResult<Response> {
     node.groups.ready().await?;
-    Ok(axum::Json(node.groups.describe(&group)?).into_response())
+    Ok(axum::Json(node.groups.describe(&group).await?).into_response())
 }
 
 pub async fn list(State(node): State<AppState>) -> ApiResult<Response> {

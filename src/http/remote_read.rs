@@ -31,12 +31,15 @@ pub async fn read(
     }
     let partition = node.broker.topic(&read.topic)?.partition(read.partition)?;
     let progress = partition.progress();
-    let (from, reset) = resolve(
-        read.position.map(Offset),
-        read.reset,
-        progress.log_start_offset,
-        progress.high_watermark,
-    );
+    let (from, reset) = match read.timestamp_ms {
+        Some(ts) => (partition.offset_for_timestamp(ts).await?, false),
+        None => resolve(
+            read.position.map(Offset),
+            read.reset,
+            progress.log_start_offset,
+            progress.high_watermark,
+        ),
+    };
     let (fetched, _page) = fetch_waiting(
         &node.broker,
         &partition,

@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, describe, get, post, replicas_of, wait_for};
+use common::cluster::{self, Cluster, describe, get, post, replicas_of, wait_for};
 use serde_json::{Value, json};
 
 const TOML: &str = "broker_session_timeout_ms = 2000\n\
@@ -134,6 +134,22 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         .map(|p| if p == far { 4 } else { 3 })
         .collect();
     assert_eq!(committed, expected, "{offsets}");
+    // The description tells every partition's lag, those held elsewhere from their leaders.
+    let (status, described) = get(&format!("{}/v1/groups/readers", c.url(2)));
+    assert_eq!(status, 200, "{described}");
+    let lags: Vec<(u64, u64, u64)> = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let n = |k: &str| p[k].as_u64().unwrap();
+            (n("partition"), n("high_watermark"), n("lag"))
+        })
+        .collect();
+    let caught_up: Vec<(u64, u64, u64)> = (0..PARTITIONS as u64)
+        .map(|p| (p, expected[p as usize], 0))
+        .collect();
+    assert_eq!(lags, caught_up, "{described}");
 
     // A topic with no replica on the coordinator at all: moved to another broker.
     let (status, body) = post(
@@ -176,4 +192,36 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         .filter_map(|r| r["value"].as_str())
         .collect();
     assert_eq!(values, ["a", "b"], "{page}");
+
+    // An empty group's offsets reset, on a partition held elsewhere: to the end, to an
+    // offset, to a time (before the records: the first one).
+    let (status, _) = cluster::delete(&format!(
+        "{}/v1/groups/far-readers/members/{member}",
+        c.url(2)
+    ));
+    assert_eq!(status, 204);
+    for (to, expected) in [
+        (json!({"to": "latest"}), 2),
+        (json!({"to": "offset", "offset": 1}), 1),
+        (json!({"to": "timestamp", "timestamp_ms": 0}), 0),
+    ] {
+        let mut body = to.clone();
+        body["topics"] = json!(["far"]);
+        let (status, answer) = post(
+            &format!("{}/v1/groups/far-readers/offsets/reset", c.url(3)),
+            body,
+        );
+        assert_eq!(status, 200, "{to}: {answer}");
+        let (_, offsets) = get(&format!("{}/v1/groups/far-readers/offsets", c.url(4)));
+        assert_eq!(offsets["offsets"][0]["offset"], expected, "{to}: {offsets}");
+    }
+    let (status, problem) = post(
+        &format!("{}/v1/groups/far-readers/offsets/reset", c.url(3)),
+        json!({"topics": ["far"], "to": "offset", "offset": 9}),
+    );
+    assert_eq!(
+        (status, &problem["code"]),
+        (416, &json!("offset_out_of_range")),
+        "{problem}"
+    );
 }

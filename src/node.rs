@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, BrokerError};
 use crate::cluster::Cluster;
-use crate::cluster::client::InternalClient;
+use crate::cluster::client::{CallError, InternalClient};
 use crate::cluster::controller::ControlError;
 use crate::cluster::forwarder::Forwarder;
 use crate::config::BrokerConfig;
@@ -103,6 +103,7 @@ impl Node {
             groups.read_remote_with(Arc::new(LeaderReads {
                 cluster: Arc::clone(&cluster),
                 client: InternalClient::default(),
+                batch_bytes_max: broker.limits().request_body_bytes_max,
             }));
             producers.make_topic_with(maker.clone());
             idempotency_keys.make_topic_with(maker);
@@ -215,6 +216,9 @@ impl Node {
 struct LeaderReads {
     cluster: Arc<Cluster>,
     client: InternalClient,
+    /// The largest batch a leader may hold (a request body's limit): a read answers at
+    /// least one whole.
+    batch_bytes_max: u64,
 }
 
 impl RemotePartitions for LeaderReads {
@@ -229,40 +233,42 @@ impl RemotePartitions for LeaderReads {
                 .partition(&read.topic, read.partition)
                 .map(|p| p.leader)
         });
-        let not_led = BrokerError::NotLeader {
+        let unavailable = |why: String| BrokerError::LeaderNotAvailable {
             topic: read.topic.clone(),
             partition: read.partition,
+            why,
         };
         let address = match leader {
-            Some(Some(node)) => self.cluster.peer_address(node),
-            Some(None) => None,
+            Some(Some(node)) => self
+                .cluster
+                .peer_address(node)
+                .ok_or_else(|| unavailable(format!("broker {} has no known address", node.0))),
+            Some(None) => Err(unavailable("it has no leader now".into())),
             None => return Box::pin(async move { Err(BrokerError::TopicNotFound(read.topic)) }),
         };
-        let client = self.client.clone();
+        let (client, batch_bytes_max) = (self.client.clone(), self.batch_bytes_max);
         Box::pin(async move {
-            let address = address.ok_or(not_led)?;
+            let address = address?;
             let timeout = Duration::from_millis(read.wait_ms) + READ_TIMEOUT_EXTRA;
-            let bytes = client
-                .post_for_bytes(
-                    address,
-                    READ_PATH,
-                    &read,
-                    timeout,
-                    answer_bytes_max(read.max_bytes),
-                )
-                .await
-                .map_err(|e| {
-                    BrokerError::StorageUnavailable(format!(
-                        "reading {}/{} at its leader: {e}",
-                        read.topic, read.partition
-                    ))
-                })?;
-            decode_answer(&bytes).ok_or_else(|| {
-                BrokerError::StorageUnavailable(format!(
-                    "reading {}/{} at its leader: a short answer",
-                    read.topic, read.partition
-                ))
-            })
+            let cap = answer_bytes_max(read.max_bytes, batch_bytes_max);
+            let answer = client
+                .post_for_bytes(address, READ_PATH, &read, timeout, cap)
+                .await;
+            let failed = |why: String| BrokerError::LeaderNotAvailable {
+                topic: read.topic.clone(),
+                partition: read.partition,
+                why,
+            };
+            let bytes = match answer {
+                Ok(bytes) => bytes,
+                // Deleted meanwhile.
+                Err(CallError::Refused { status: 404, .. }) => {
+                    return Err(BrokerError::TopicNotFound(read.topic));
+                }
+                // Its leadership moving, its broker down: retry.
+                Err(e) => return Err(failed(e.to_string())),
+            };
+            decode_answer(&bytes).ok_or_else(|| failed("a short answer".into()))
         })
     }
 }

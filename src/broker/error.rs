@@ -53,6 +53,13 @@ pub enum BrokerError {
         topic: String,
         partition: PartitionId,
     },
+    /// On a cluster: the partition's leader cannot be reached or asked now (it has none, or
+    /// it is moving, down or unreachable): a read for a group that needs it. Retryable.
+    LeaderNotAvailable {
+        topic: String,
+        partition: PartitionId,
+        why: String,
+    },
     /// `acks=all` on a replicated partition whose in-sync replica set is below its
     /// minimum: nothing was appended.
     NotEnoughReplicas {
@@ -195,6 +202,14 @@ impl fmt::Display for BrokerError {
             BrokerError::Timeout => {
                 write!(f, "records were not durable before the request timeout")
             }
+            BrokerError::LeaderNotAvailable {
+                topic,
+                partition,
+                why,
+            } => write!(
+                f,
+                "the leader of {topic}/{partition} cannot be asked now: {why}"
+            ),
             BrokerError::NotLeader { topic, partition } => write!(
                 f,
                 "this broker does not lead {topic}/{partition}: its replica here follows the leader"

@@ -1081,6 +1081,12 @@ impl Partition {
         self.follower.store(follower, Ordering::Release);
     }
 
+    /// Whether this replica follows a leader (or waits for its role): its high watermark may
+    /// trail the leader's by a fetch, or restart at its log start after a restart.
+    pub fn is_follower(&self) -> bool {
+        self.follower.load(Ordering::Acquire)
+    }
+
     pub fn isr_gate(&self) -> Option<IsrGate> {
         *self.isr_gate.borrow()
     }

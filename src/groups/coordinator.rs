@@ -19,7 +19,9 @@ use super::remote::{RemotePartitions, RemoteRead};
 use super::views::{
     CommittedOffset, GroupDescription, GroupSummary, MemberDescription, MemberView, plan_lag,
 };
-use crate::broker::{Broker, BrokerError, PartitionLocksForbidden, now_ms, validate_topic_name};
+use crate::broker::{
+    Broker, BrokerError, Partition, PartitionLocksForbidden, now_ms, validate_topic_name,
+};
 use crate::coordination::{InternalTopicMaker, LoadId, LoadedFromLog, Residence};
 use crate::limits::Limit;
 use crate::log::Offset;
@@ -109,6 +111,19 @@ impl GroupCoordinator {
 
     pub(super) fn remote(&self) -> Option<&Arc<dyn RemotePartitions>> {
         self.remote.get()
+    }
+
+    /// The replica of `tp` here that a group reads and checks against: on a cluster only the
+    /// partition's leader (a follower's high watermark may trail by a fetch, or restart at
+    /// its log start after a restart, and would reset the group's positions); None reads it
+    /// at its leader.
+    pub(super) fn local_replica(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
+        let partition = self
+            .broker
+            .topic(&tp.topic)
+            .and_then(|t| t.partition(tp.partition))
+            .ok()?;
+        (self.remote().is_none() || !partition.is_follower()).then_some(partition)
     }
 
     /// Whether `topic` exists: here, or in the cluster's metadata (where a replica topic
@@ -330,7 +345,7 @@ impl GroupCoordinator {
                 g.pinned.remove(&tp);
                 g.committed.insert(tp, value.expect("commits have values"));
             }
-            let lag = plan_lag(group, g, broker);
+            let lag = plan_lag(group, g, self);
             drop(groups);
             lag.publish();
             return Ok(());
@@ -366,15 +381,12 @@ impl GroupCoordinator {
             ));
         }
         for (tp, offset) in offsets {
-            let local = broker
-                .topic(&tp.topic)
-                .and_then(|t| t.partition(tp.partition));
-            let partition = match (local, self.remote()) {
-                (Ok(partition), _) => partition,
-                // Held elsewhere: it must exist; its range is its leader's, not checked here
-                // (a position past the high watermark is reset when read, as Kafka takes any
+            let partition = match (self.local_replica(tp), self.remote()) {
+                (Some(partition), _) => partition,
+                // Led elsewhere: it must exist; its range is its leader's, not checked here
+                // (a position past the log end is reset when read, as Kafka takes any
                 // offset).
-                (Err(_), Some(remote)) => {
+                (None, Some(remote)) => {
                     let count = remote
                         .partition_count(&tp.topic)
                         .ok_or_else(|| BrokerError::TopicNotFound(tp.topic.clone()))?;
@@ -387,10 +399,12 @@ impl GroupCoordinator {
                     }
                     continue;
                 }
-                (Err(e), None) => return Err(e.into()),
+                (None, None) => return Err(missing(broker, tp)),
             };
             let progress = partition.progress();
-            if *offset > progress.high_watermark {
+            // Up to the log end: a new leader's high watermark may start below what its
+            // predecessor acknowledged, and a member commits what it read there.
+            if *offset > partition.log_end_offset() {
                 return Err(BrokerError::OffsetOutOfRange {
                     offset: *offset,
                     log_start_offset: progress.log_start_offset,
@@ -471,31 +485,31 @@ impl GroupCoordinator {
             self.check_topic(name)?;
             for p in 0..self.partition_count(name) {
                 let tp = TopicPartition::new(name.clone(), PartitionId(p));
-                let local = broker.topic(name).and_then(|t| t.partition(tp.partition));
                 // Its range, and the offset for a time, here or at its leader.
-                let (log_start, high_watermark, at_time) = match (local, self.remote()) {
-                    (Ok(partition), _) => {
-                        let progress = partition.progress();
-                        let at_time = match to {
-                            ResetTo::Timestamp(ts) => {
-                                Some(partition.offset_for_timestamp(ts).await?)
-                            }
-                            _ => None,
-                        };
-                        (progress.log_start_offset, progress.high_watermark, at_time)
-                    }
-                    (Err(_), Some(remote)) => {
-                        let mut read = RemoteRead::offsets(&tp, None, OffsetReset::Earliest);
-                        if let ResetTo::Timestamp(ts) = to {
-                            read.timestamp_ms = Some(ts);
+                let (log_start, high_watermark, at_time) =
+                    match (self.local_replica(&tp), self.remote()) {
+                        (Some(partition), _) => {
+                            let progress = partition.progress();
+                            let at_time = match to {
+                                ResetTo::Timestamp(ts) => {
+                                    Some(partition.offset_for_timestamp(ts).await?)
+                                }
+                                _ => None,
+                            };
+                            (progress.log_start_offset, progress.high_watermark, at_time)
                         }
-                        let answer = remote.read(read).await?;
-                        let f = &answer.fetched;
-                        let at_time = matches!(to, ResetTo::Timestamp(_)).then_some(f.from);
-                        (f.log_start_offset, f.high_watermark, at_time)
-                    }
-                    (Err(e), None) => return Err(e.into()),
-                };
+                        (None, Some(remote)) => {
+                            let mut read = RemoteRead::offsets(&tp, None, OffsetReset::Earliest);
+                            if let ResetTo::Timestamp(ts) = to {
+                                read.timestamp_ms = Some(ts);
+                            }
+                            let answer = remote.read(read).await?;
+                            let f = &answer.fetched;
+                            let at_time = matches!(to, ResetTo::Timestamp(_)).then_some(f.from);
+                            (f.log_start_offset, f.high_watermark, at_time)
+                        }
+                        (None, None) => return Err(missing(broker, &tp)),
+                    };
                 let offset = match to {
                     ResetTo::Earliest => log_start,
                     ResetTo::Latest => high_watermark,
@@ -596,7 +610,7 @@ impl GroupCoordinator {
                 members,
                 partitions: Vec::new(),
             };
-            (description, plan_lag(group, g, &self.broker))
+            (description, plan_lag(group, g, self))
         };
         description.partitions = lag.publish_all(self.remote()).await;
         Ok(description)
@@ -690,5 +704,17 @@ impl PartitionCounts for GroupCoordinator {
             Some(remote) => remote.partition_count(topic).unwrap_or(0),
             None => self.broker.partition_count(topic),
         }
+    }
+}
+
+/// Why a broker alone has no replica of `tp`: its topic or its partition is gone.
+fn missing(broker: &Broker, tp: &TopicPartition) -> GroupError {
+    match broker
+        .topic(&tp.topic)
+        .and_then(|t| t.partition(tp.partition))
+    {
+        Err(e) => e.into(),
+        // Made again since the lookup: gone for that moment.
+        Ok(_) => BrokerError::TopicNotFound(tp.topic.clone()).into(),
     }
 }

@@ -216,10 +216,10 @@ impl Group {
         expired
     }
 
-    /// Where the group reads `tp` next, within the partition's readable range. Below the log
-    /// start (retention took it) reads from the log start; past the high watermark (the topic
-    /// was deleted and created again) is out of range, and `auto_offset_reset` decides. A
-    /// `latest` position is pinned until a commit, so the member reads from there.
+    /// Where the group reads `tp` next ([`resolve`]). Below the log start (retention took it)
+    /// reads from the log start; past the log end (the topic was deleted and created again)
+    /// is out of range, and `auto_offset_reset` decides. A `latest` position is pinned until
+    /// a commit, so the member reads from there.
     pub(super) fn position(&mut self, tp: &TopicPartition, partition: &Partition) -> Offset {
         let (position, reset) = self.resolve_position(tp, partition);
         if reset && self.auto_offset_reset == OffsetReset::Latest {
@@ -241,6 +241,7 @@ impl Group {
             self.auto_offset_reset,
             progress.log_start_offset,
             progress.high_watermark,
+            partition.log_end_offset(),
         )
     }
 
@@ -255,10 +256,7 @@ impl Group {
     /// Pins where a `latest` reset put a partition read elsewhere (at its leader), as
     /// [`Self::position`] does for a local one.
     pub(super) fn pin_remote(&mut self, tp: &TopicPartition, position: Offset, reset: bool) {
-        if reset
-            && self.auto_offset_reset == OffsetReset::Latest
-            && self.stored_position(tp).is_none()
-        {
+        if reset && self.auto_offset_reset == OffsetReset::Latest {
             self.pinned.insert(tp.clone(), position);
         }
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -15,7 +16,7 @@ use super::error::GroupError;
 use super::group::OffsetReset;
 use super::remote::RemoteRead;
 use super::views::{MemberFetch, MemberView};
-use crate::broker::{Broker, BrokerError, Fetched, Partition, WaitKind};
+use crate::broker::{BrokerError, Fetched, Partition, WaitKind};
 use crate::log::Offset;
 
 /// The partitions a fetch reads, and where, taken under the lock.
@@ -45,16 +46,19 @@ impl GroupCoordinator {
         max_bytes: u64,
         wait: Duration,
     ) -> Result<MemberFetch, GroupError> {
-        let broker = &self.broker;
-        let plan = self.plan_fetch(broker, group, member)?;
+        let plan = self.plan_fetch(group, member)?;
         let first = self.read_plan(group, &plan, max_records, max_bytes).await?;
         if !first.parts.is_empty() || wait.is_zero() {
             return Ok(first);
         }
-        // A long-poll in flight keeps the session alive until it ends.
+        // Planned again: the first read may have pinned where a `latest` reset put a
+        // partition read at its leader, and the wait starts there.
+        let plan = self.plan_fetch(group, member)?;
+        // A long-poll in flight keeps the session alive until it ends (after the plan, which
+        // sets the session's deadline from now).
         self.extend_session(group, member, wait)?;
         self.wait_for_progress(group, &plan, wait).await?;
-        let plan = self.plan_fetch(broker, group, member)?;
+        let plan = self.plan_fetch(group, member)?;
         self.read_plan(group, &plan, max_records, max_bytes).await
     }
 
@@ -66,12 +70,7 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    fn plan_fetch(
-        &self,
-        broker: &Broker,
-        group: &str,
-        member: &str,
-    ) -> Result<FetchPlan, GroupError> {
+    fn plan_fetch(&self, group: &str, member: &str) -> Result<FetchPlan, GroupError> {
         let mut groups = self.lock();
         let g = member_group(&mut groups, group, member)?;
         let m = g.members.get_mut(member).expect("checked by member_group");
@@ -80,17 +79,14 @@ impl GroupCoordinator {
         let view = g.view(group, member);
         let mut positions = Vec::with_capacity(view.assignment.len());
         for tp in &view.assignment {
-            let local = broker
-                .topic(&tp.topic)
-                .and_then(|t| t.partition(tp.partition));
-            let source = match local {
-                Ok(partition) => {
+            let source = match self.local_replica(tp) {
+                Some(partition) => {
                     let position = g.position(tp, &partition);
                     Source::Local(partition, position)
                 }
-                Err(_) if self.remote().is_some() => Source::Remote(g.stored_position(tp)),
+                None if self.remote().is_some() => Source::Remote(g.stored_position(tp)),
                 // Its topic is gone (deleted since the assignment).
-                Err(_) => continue,
+                None => continue,
             };
             positions.push((tp.clone(), source));
         }
@@ -127,11 +123,25 @@ impl GroupCoordinator {
             });
             (sum % n as u64) as usize
         };
+        // The partitions led elsewhere are read at once, side by side, each within the whole
+        // budget (one round trip for all of them; what the budget leaves no room for is read
+        // again next time).
+        let reads = plan.positions.iter().map(|(tp, source)| async move {
+            match source {
+                Source::Remote(position) => {
+                    self.remote_read(group, tp, *position, max_records, max_bytes)
+                        .await
+                }
+                Source::Local(..) => None,
+            }
+        });
+        let mut remote: Vec<Option<Fetched>> = join_all(reads).await;
         for i in 0..n {
             if records_left == 0 || bytes_left == 0 {
                 break;
             }
-            let (tp, source) = &plan.positions[(start + i) % n];
+            let at = (start + i) % n;
+            let (tp, source) = &plan.positions[at];
             let fetched = match source {
                 Source::Local(partition, position) => {
                     match partition.fetch(*position, records_left, bytes_left).await {
@@ -140,13 +150,13 @@ impl GroupCoordinator {
                         other => other?,
                     }
                 }
-                Source::Remote(position) => {
-                    let read = self.remote_read(group, tp, *position, records_left, bytes_left);
-                    match read.await {
-                        Some(fetched) => fetched,
-                        None => continue,
+                Source::Remote(_) => match remote[at].take() {
+                    Some(mut fetched) => {
+                        fetched.max_records = fetched.max_records.min(records_left);
+                        fetched
                     }
-                }
+                    None => continue,
+                },
             };
             let mut count = 0u32;
             fetched.for_each_record(|_| {
@@ -207,7 +217,7 @@ impl GroupCoordinator {
 
     /// Waits until any planned partition has records past its position, the assignment
     /// changes, shutdown begins, or `wait` passes. A partition read at its leader is asked
-    /// to wait there (a read of one record, whose answer only wakes this wait).
+    /// to wait there (an offsets-only read, whose answer only wakes this wait).
     async fn wait_for_progress(
         &self,
         group: &str,
@@ -229,29 +239,16 @@ impl GroupCoordinator {
             .iter()
             .filter_map(|(tp, s)| match (s, self.remote()) {
                 (Source::Remote(position), Some(remote)) => Some(remote.read(RemoteRead {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    position: position.map(|p| p.0),
-                    reset,
-                    max_records: 1,
-                    max_bytes: 16 * 1024,
                     wait_ms: wait.as_millis() as u64,
-                    timestamp_ms: None,
+                    ..RemoteRead::offsets(tp, *position, reset)
                 })),
                 _ => None,
             })
             .collect();
         let any_remote = async {
             while let Some(answer) = remote_waits.next().await {
-                // Woken by a record to show (not by one before the position in its batch).
-                let mut shown = 0u32;
-                if let Ok(a) = answer {
-                    let _ = a.fetched.for_each_record(|_| {
-                        shown += 1;
-                        Ok(())
-                    });
-                }
-                if shown > 0 {
+                // Woken once the leader's high watermark passed the position.
+                if answer.is_ok_and(|a| a.fetched.high_watermark > a.fetched.from) {
                     return;
                 }
             }

@@ -41,6 +41,7 @@ pub struct RemoteRead {
     /// offset past the high watermark. One below the log start reads from the log start.
     pub position: Option<u64>,
     pub reset: OffsetReset,
+    /// 0: no batches, only the offsets (after the wait, if any).
     pub max_records: u32,
     pub max_bytes: u64,
     /// How long the leader waits for a record past the position when there is none.
@@ -52,8 +53,8 @@ pub struct RemoteRead {
 }
 
 impl RemoteRead {
-    /// A read of at most one record, at once: what the partition's offsets and the resolved
-    /// position are (a description's lag, an offsets reset).
+    /// The partition's offsets and the resolved position, no records, at once (a
+    /// description's lag, an offsets reset).
     pub fn offsets(
         tp: &super::assignor::TopicPartition,
         position: Option<Offset>,
@@ -64,8 +65,8 @@ impl RemoteRead {
             partition: tp.partition,
             position: position.map(|p| p.0),
             reset,
-            max_records: 1,
-            max_bytes: 1,
+            max_records: 0,
+            max_bytes: 0,
             wait_ms: 0,
             timestamp_ms: None,
         }
@@ -86,9 +87,10 @@ pub struct RemoteAnswer {
 /// end or u64::MAX, max records) and the reset flag.
 const HEADER_BYTES: usize = 6 * 8 + 1;
 
-/// Bytes an answer to a read of `max_bytes` may take.
-pub fn answer_bytes_max(max_bytes: u64) -> usize {
-    HEADER_BYTES + max_bytes as usize + 64 * 1024
+/// Bytes an answer to a read of `max_bytes` may take: the leader sends at least one whole
+/// batch, which may be as large as a request body (`batch_bytes_max`).
+pub fn answer_bytes_max(max_bytes: u64, batch_bytes_max: u64) -> usize {
+    HEADER_BYTES + max_bytes.saturating_add(batch_bytes_max) as usize + 64 * 1024
 }
 
 /// The answer's bytes: the header, then the batches as read.
@@ -128,16 +130,21 @@ pub fn decode_answer(bytes: &[u8]) -> Option<RemoteAnswer> {
     })
 }
 
-/// The position to read from and whether `reset` chose it, for a partition whose readable
-/// range is `[log_start, high_watermark]` (the rule of a local read, `Group::position`).
+/// The position to read from and whether `reset` chose it (the rule of every read for a
+/// group, here or at the leader). A stored position up to the log end stands: one past the
+/// high watermark (a new leader's high watermark may start below what its predecessor
+/// acknowledged and the group committed) reads nothing until the high watermark passes it.
+/// Below the log start reads from the log start; none, or past the log end (the topic was
+/// deleted and created again), goes where `reset` says.
 pub fn resolve(
     position: Option<Offset>,
     reset: OffsetReset,
     log_start: Offset,
     high_watermark: Offset,
+    log_end: Offset,
 ) -> (Offset, bool) {
     match position {
-        Some(o) if o <= high_watermark => (o.max(log_start), false),
+        Some(o) if o <= log_end => (o.max(log_start), false),
         _ => match reset {
             OffsetReset::Earliest => (log_start, true),
             OffsetReset::Latest => (high_watermark, true),
@@ -192,7 +199,9 @@ mod tests {
 
     #[test]
     fn a_position_resolves_as_a_local_read_does() {
-        let r = |p: Option<u64>, reset| resolve(p.map(Offset), reset, Offset(10), Offset(20));
+        let r = |p: Option<u64>, reset| {
+            resolve(p.map(Offset), reset, Offset(10), Offset(20), Offset(25))
+        };
         assert_eq!(r(Some(15), OffsetReset::Latest), (Offset(15), false));
         assert_eq!(
             r(Some(3), OffsetReset::Latest),
@@ -202,10 +211,15 @@ mod tests {
         assert_eq!(
             r(Some(20), OffsetReset::Earliest),
             (Offset(20), false),
-            "at the end"
+            "at the HW"
         );
         assert_eq!(
-            r(Some(21), OffsetReset::Earliest),
+            r(Some(24), OffsetReset::Earliest),
+            (Offset(24), false),
+            "past the HW, within the log: waits for the HW"
+        );
+        assert_eq!(
+            r(Some(26), OffsetReset::Earliest),
             (Offset(10), true),
             "past the end"
         );

@@ -43,7 +43,6 @@ impl GroupCoordinator {
     /// One pass of the session task: expires members, notices expansions, refreshes lag
     /// (read after the registry lock is released). Returns the earliest session deadline left.
     pub fn tick(&self, now: Instant, publish: bool) -> Option<Instant> {
-        let broker = &self.broker;
         let mut groups = self.lock();
         let mut emptied = Vec::new();
         let mut lags = Vec::new();
@@ -56,7 +55,7 @@ impl GroupCoordinator {
             if g.members.is_empty() && g.committed.is_empty() {
                 emptied.push(name.clone());
             } else if publish {
-                lags.push(plan_lag(name, g, broker));
+                lags.push(plan_lag(name, g, self));
             }
         }
         for name in emptied {
@@ -84,7 +83,7 @@ impl GroupCoordinator {
             let mut groups = self.lock();
             for (name, g) in groups.iter_mut() {
                 g.refresh_gauges(name);
-                lags.push(plan_lag(name, g, &self.broker));
+                lags.push(plan_lag(name, g, self));
             }
         }
         for lag in lags {

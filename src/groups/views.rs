@@ -7,9 +7,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::assignor::TopicPartition;
+use super::coordinator::GroupCoordinator;
 use super::group::{Group, OffsetReset};
 use super::remote::{RemotePartitions, RemoteRead};
-use crate::broker::{Broker, Fetched, Partition};
+use crate::broker::{Fetched, Partition};
 use crate::log::Offset;
 use crate::metadata::PartitionId;
 use crate::metrics as m;
@@ -115,7 +116,7 @@ struct PlannedLag {
 
 /// Under the registry lock: the lag to read for every partition the group owns or has
 /// committed; zeroes the gauges of partitions it no longer reads.
-pub(super) fn plan_lag(group: &str, g: &mut Group, broker: &Broker) -> LagPlan {
+pub(super) fn plan_lag(group: &str, g: &mut Group, coordinator: &GroupCoordinator) -> LagPlan {
     let tps: BTreeSet<TopicPartition> =
         g.owners.keys().chain(g.committed.keys()).cloned().collect();
     for gone in g.lag_published.difference(&tps) {
@@ -125,10 +126,7 @@ pub(super) fn plan_lag(group: &str, g: &mut Group, broker: &Broker) -> LagPlan {
     let mut partitions = Vec::with_capacity(tps.len());
     let mut elsewhere = Vec::new();
     for tp in tps {
-        let Ok(partition) = broker
-            .topic(&tp.topic)
-            .and_then(|t| t.partition(tp.partition))
-        else {
+        let Some(partition) = coordinator.local_replica(&tp) else {
             elsewhere.push(ElsewhereLag {
                 member_id: g.owners.get(&tp).map(|o| o.member.clone()),
                 committed_offset: g.committed.get(&tp).map(|v| v.offset),

@@ -134,6 +134,12 @@ impl From<BrokerError> for ApiError {
             BrokerError::NotLeader { .. } => {
                 ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", detail)
             }
+            BrokerError::LeaderNotAvailable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leader_not_available",
+                detail,
+            )
+            .retry_after(super::forward::UNAVAILABLE_RETRY_AFTER_S),
             BrokerError::NotEnoughReplicas {
                 isr,
                 min_insync_replicas,

@@ -56,7 +56,7 @@ use crate::producers::idempotency_keys::IDEMPOTENCY_KEYS_TOPIC;
 pub const FORWARDED_HEADER: &str = "tidelog-forwarded";
 
 /// What a client refused because a broker is unreachable is asked to wait.
-const UNAVAILABLE_RETRY_AFTER_S: u32 = 1;
+pub(super) const UNAVAILABLE_RETRY_AFTER_S: u32 = 1;
 
 /// Where a route is served on a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,9 @@
 //! replica of at its leader (`crate::groups::remote`). Answered by the partition's leader
 //! from its log up to its high watermark, as a consumer's fetch is (long-poll included), from
 //! the group's position resolved here against this log's range; the answer is the fixed
-//! header of `groups::remote::encode_answer`, then the batches as stored.
+//! header of `groups::remote::encode_answer`, then the batches as stored. `max_records` 0
+//! reads no batches: the offsets only (a description's lag, a reset), or, with `wait_ms`, a
+//! wait for the high watermark to pass the position (a member's long-poll).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -14,6 +16,9 @@ use super::body::read_json;
 use super::error::ApiResult;
 use super::fetch::fetch_waiting;
 use super::forward::{PartitionHome, leader_not_available, not_leader, partition_home};
+use std::time::Duration;
+
+use crate::broker::{Fetched, WaitKind};
 use crate::groups::remote::{RemoteAnswer, RemoteRead, encode_answer, resolve};
 use crate::log::Offset;
 
@@ -38,17 +43,41 @@ pub async fn read(
             read.reset,
             progress.log_start_offset,
             progress.high_watermark,
+            partition.log_end_offset(),
         ),
     };
-    let (fetched, _page) = fetch_waiting(
-        &node.broker,
-        &partition,
-        from,
-        read.max_records.clamp(1, limits.fetch_records_max),
-        read.max_bytes.clamp(1, limits.fetch_bytes_max),
-        read.wait_ms.min(limits.wait_ms_max),
-    )
-    .await?;
+    let wait_ms = read.wait_ms.min(limits.wait_ms_max);
+    let fetched = if read.max_records == 0 {
+        // Offsets only: no batches, after waiting (if asked) for the high watermark to pass
+        // the position.
+        if wait_ms > 0 && from >= progress.high_watermark {
+            let slot = node.broker.wait_slot(WaitKind::LongPoll)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+            node.broker
+                .wait_for_records(&slot, &partition, from, Some(deadline))
+                .await;
+        }
+        let progress = partition.progress();
+        Fetched {
+            bytes: Vec::new(),
+            from,
+            high_watermark: progress.high_watermark,
+            log_start_offset: progress.log_start_offset,
+            max_records: 0,
+            segment_end: None,
+        }
+    } else {
+        fetch_waiting(
+            &node.broker,
+            &partition,
+            from,
+            read.max_records.min(limits.fetch_records_max),
+            read.max_bytes.clamp(1, limits.fetch_bytes_max),
+            wait_ms,
+        )
+        .await?
+        .0
+    };
     let answer = RemoteAnswer {
         fetched,
         reset,

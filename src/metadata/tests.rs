@@ -650,6 +650,8 @@ enum Op {
         topic: usize,
         partition: usize,
         rotate: usize,
+        /// The throttle, drawn apart from the target: the same target again changes it.
+        throttle: usize,
     },
     CancelMove {
         topic: usize,
@@ -682,8 +684,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(topic, partition, node)| Op::Grow { topic, partition, node }),
         1 => (topic.clone(), 0..3usize).prop_map(|(topic, partition)| Op::Preferred { topic, partition }),
         1 => (topic.clone(), 0..3usize, node).prop_map(|(topic, partition, node)| Op::Unclean { topic, partition, node }),
-        2 => (topic.clone(), 0..3usize, 0..4usize)
-            .prop_map(|(topic, partition, rotate)| Op::Reassign { topic, partition, rotate }),
+        2 => (topic.clone(), 0..3usize, 0..4usize, 0..3usize)
+            .prop_map(|(topic, partition, rotate, throttle)| Op::Reassign { topic, partition, rotate, throttle }),
         1 => (topic.clone(), 0..3usize).prop_map(|(topic, partition)| Op::CancelMove { topic, partition }),
         4 => (topic, 0..3usize).prop_map(|(topic, partition)| Op::Commit { topic, partition }),
     ]
@@ -827,6 +829,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
             topic,
             partition: p,
             rotate,
+            throttle,
         } => {
             let factor = image.topics.get(TOPICS[*topic])?.replication_factor as usize;
             Command::AlterReassignment {
@@ -834,7 +837,7 @@ fn to_command(image: &MetadataImage, model: &mut Model, op: &Op) -> Option<Comma
                 partition: partition(*topic, *p)?.0,
                 target: Some(replicas(*rotate, factor)),
                 // Also a running move's target again: a throttle change, or its removal.
-                throttle_bytes_per_s: [Some(1 << 20), None, Some(1_000)][*rotate % 3],
+                throttle_bytes_per_s: [Some(1 << 20), None, Some(1_000)][*throttle],
             }
         }
         Op::CancelMove {

@@ -908,14 +908,15 @@ fn moving(c: &Cluster, via: usize, partition: u32) -> Result<bool, String> {
 }
 
 /// Starts move `m` through broker `via` (see [`Move`]); whatever the answer (a refusal while
-/// the partition moves or has no leader, a controller that is down), the run goes on.
-fn start_move(c: &Cluster, via: usize, m: Move) {
+/// the partition moves or has no leader, a controller that is down), the run goes on. True
+/// if it started (or completed at once).
+fn start_move(c: &Cluster, via: usize, m: Move) -> bool {
     if moving(c, via, m.partition) != Ok(false) {
         eprintln!(
             "    move of partition {} skipped: it is moving, or no list",
             m.partition
         );
-        return;
+        return false;
     }
     let mut target = cluster::replicas_of(c, via, TOPIC, m.partition);
     let outside = (1..=c.brokers.len())
@@ -926,7 +927,7 @@ fn start_move(c: &Cluster, via: usize, m: Move) {
             "    move of partition {} skipped: replicas {target:?}",
             m.partition
         );
-        return;
+        return false;
     };
     target[m.swap] = outside;
     target.rotate_left(m.rotate);
@@ -941,6 +942,7 @@ fn start_move(c: &Cluster, via: usize, m: Move) {
         m.partition,
         body["code"].as_str().unwrap_or("")
     );
+    status == 200 || status == 202
 }
 
 /// Cancels the move of `m.partition` through broker `via`, if `m` says so.
@@ -1054,6 +1056,7 @@ fn seeded_run(brokers: usize, moves: bool, default_seed: u64) {
     // The reader's pages count their time from here too.
     let started = Instant::now();
     producers.wait_more(10, "acknowledged produces before the faults");
+    let mut moves_started = 0;
     for (i, step) in steps.iter().enumerate() {
         let before = producers.acknowledged();
         eprintln!(
@@ -1066,7 +1069,7 @@ fn seeded_run(brokers: usize, moves: bool, default_seed: u64) {
         }
         let via = untouched(brokers, &step.faults);
         for &m in &step.moves {
-            start_move(&mesh.cluster, via, m);
+            moves_started += usize::from(start_move(&mesh.cluster, via, m));
         }
         thread::sleep(Duration::from_millis(step.hold_ms));
         for &fault in step.faults.iter().rev() {
@@ -1084,6 +1087,13 @@ fn seeded_run(brokers: usize, moves: bool, default_seed: u64) {
             producers.acknowledged() - before
         );
         thread::sleep(Duration::from_millis(step.quiet_ms));
+    }
+    if moves {
+        assert!(
+            moves_started > 0,
+            "no move started: the run moved nothing ({context})"
+        );
+        eprintln!("{moves_started} moves started");
     }
     wait_for(&format!("every move completed ({context})"), || {
         match (0..PARTITIONS).try_fold(false, |any, p| {

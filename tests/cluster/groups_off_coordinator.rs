@@ -95,7 +95,7 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
     let far = elsewhere[0];
     let url = c.url(1).to_string();
     let producer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(1_500));
         post(
             &format!("{url}/v1/topics/{TOPIC}/records?acks=all"),
             json!({"records": [{"partition": far, "value": "late"}]}),
@@ -223,5 +223,90 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         (status, &problem["code"]),
         (416, &json!("offset_out_of_range")),
         "{problem}"
+    );
+}
+
+/// The coordinator's own replica of a partition may be a follower far behind the leader: a
+/// move just added it (here throttled to one byte a second, so it stays behind). The group
+/// reads at the leader, from its committed offset, and not from the lagging copy, whose
+/// range would have reset the position and delivered the partition again from its start.
+#[test]
+fn a_lagging_replica_on_the_coordinator_does_not_reset_the_groups_position() {
+    let c = Cluster::start(5, TOML);
+    // The first group call makes __consumer_offsets; its leader is the coordinator.
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": "lagging", "partitions": 1, "replication_factor": 1}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let records: Vec<Value> = (0..10)
+        .map(|i| json!({"value": format!("old-{i}")}))
+        .collect();
+    let (status, body) = post(
+        &format!("{}/v1/topics/lagging/records?acks=all", c.url(1)),
+        json!({ "records": records }),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("a first commit", || {
+        match post(
+            &format!("{}/v1/groups/g/offsets", c.url(1)),
+            json!({"offsets": [{"topic": "lagging", "partition": 0, "offset": 10}]}),
+        ) {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    });
+    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
+        .as_u64()
+        .unwrap() as usize;
+    // The partition's one replica elsewhere, then a move to the coordinator at one byte a
+    // second: the copy there stays a follower, behind.
+    let elsewhere = (1..=5).find(|n| *n != coordinator).unwrap();
+    for (to, throttle) in [(elsewhere, None), (coordinator, Some(1))] {
+        if replicas_of(&c, 1, "lagging", 0) == vec![to] {
+            continue;
+        }
+        let (status, body) = post(
+            &format!("{}/v1/topics/lagging/partitions/0/reassignment", c.url(1)),
+            json!({"replicas": [to], "throttle_bytes_per_s": throttle}),
+        );
+        assert!(status == 200 || status == 202, "{body}");
+        if throttle.is_none() {
+            wait_for("on one broker", || {
+                match replicas_of(&c, 1, "lagging", 0) == vec![to] {
+                    true => Ok(()),
+                    false => Err(describe(&c, 1, "lagging").to_string()),
+                }
+            });
+        }
+    }
+    let (status, body) = post(
+        &format!("{}/v1/topics/lagging/records?acks=all", c.url(1)),
+        json!({"records": [{"value": "new"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, joined) = post(
+        &format!("{}/v1/groups/g/members", c.url(2)),
+        json!({"topics": ["lagging"]}),
+    );
+    assert_eq!(status, 201, "{joined}");
+    let member = joined["member_id"].as_str().unwrap();
+    let (status, page) = get(&format!(
+        "{}/v1/groups/g/members/{member}/records?wait_ms=5000",
+        c.url(3)
+    ));
+    assert_eq!(status, 200, "{page}");
+    let values: Vec<&str> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["value"].as_str())
+        .collect();
+    assert_eq!(values, ["new"], "read from the committed offset 10: {page}");
+    let (_, list) = get(&format!("{}/v1/reassignments", c.url(1)));
+    assert_eq!(
+        list["reassignments"][0]["adding"],
+        json!([coordinator]),
+        "the coordinator's copy was still being added: {list}"
     );
 }

@@ -6,6 +6,10 @@
 //! within a bounded time (joining again is allowed: membership is not kept in the log), each
 //! partition resumes exactly at its committed offset, and every record is processed.
 //!
+//! The same on five brokers with a topic of two replicas: there the coordinator holds no
+//! replica of some partitions and reads them at their leaders (`groups::remote`), before and
+//! after the kill.
+//!
 //! Timings are shortened by config (sessions 3 s, `raft_election_timeout_ms` 500); the time
 //! from the kill to the first fetch served again is printed.
 
@@ -14,7 +18,7 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, get, post, wait_for};
+use common::cluster::{Cluster, get, post, replicas_of, wait_for};
 use serde_json::{Value, json};
 
 const TOML: &str = "broker_session_timeout_ms = 3000\n\
@@ -38,13 +42,14 @@ fn leader_of(c: &Cluster, id: usize, topic: &str) -> Option<usize> {
         .map(|l| l as usize)
 }
 
-/// Makes a topic of factor 3 (`min_insync_replicas` 2) through broker 1 and fills each of
-/// its partitions with `PER_PARTITION` records, values `p{partition}-{i}`.
-fn topic_with_records(c: &Cluster) {
+/// Makes a topic of `factor` replicas (`min_insync_replicas` 2, or 1 for fewer than 3)
+/// through broker 1 and fills each of its partitions with `PER_PARTITION` records, values
+/// `p{partition}-{i}`.
+fn topic_with_records(c: &Cluster, factor: u64) {
     let (status, body) = post(
         &format!("{}/v1/topics", c.url(1)),
-        json!({"name": TOPIC, "partitions": PARTITIONS, "replication_factor": 3,
-               "config": {"min_insync_replicas": 2}}),
+        json!({"name": TOPIC, "partitions": PARTITIONS, "replication_factor": factor,
+               "config": {"min_insync_replicas": factor.min(3) - 1}}),
     );
     assert_eq!(status, 201, "{body}");
     for p in 0..PARTITIONS {
@@ -184,8 +189,21 @@ fn committed_offsets(url: &str) -> Result<BTreeMap<u64, u64>, String> {
 
 #[test]
 fn a_killed_coordinator_loses_no_commit_and_members_resume_from_their_commits() {
-    let mut c = Cluster::start(3, TOML);
-    topic_with_records(&c);
+    coordinator_kill_run(3, 3);
+}
+
+/// The same on five brokers with a topic of two replicas: the coordinator holds no replica
+/// of some partitions (before the kill, after it, or both), which it reads at their
+/// leaders; the kill also takes the leadership of the partitions it led to their other
+/// replica.
+#[test]
+fn a_killed_coordinator_of_partitions_it_does_not_hold_loses_no_commit() {
+    coordinator_kill_run(5, 2);
+}
+
+fn coordinator_kill_run(brokers: usize, factor: u64) {
+    let mut c = Cluster::start(brokers, TOML);
+    topic_with_records(&c, factor);
 
     // The first member joins through broker 2; the groups' coordinator is then known.
     let mut a = Consumer {
@@ -200,7 +218,16 @@ fn a_killed_coordinator_loses_no_commit_and_members_resume_from_their_commits() 
     let victim = wait_for("a leader of __consumer_offsets", || {
         leader_of(&c, 2, "__consumer_offsets").ok_or("none yet".to_string())
     });
-    let survivors: Vec<usize> = (1..=3).filter(|id| *id != victim).collect();
+    let survivors: Vec<usize> = (1..=brokers).filter(|id| *id != victim).collect();
+    let elsewhere: Vec<u64> = (0..PARTITIONS)
+        .filter(|p| !replicas_of(&c, 2, TOPIC, *p as u32).contains(&victim))
+        .collect();
+    println!("partitions with no replica on the coordinator: {elsewhere:?}");
+    assert_eq!(
+        elsewhere.is_empty(),
+        factor as usize == brokers,
+        "{elsewhere:?}"
+    );
     println!("coordinator: broker {victim}; members talk to {survivors:?}");
     a.url = c.url(survivors[0]).to_string();
     let mut b = Consumer {

@@ -14,7 +14,7 @@ use super::assignor::TopicPartition;
 use super::coordinator::{GroupCoordinator, member_group};
 use super::error::GroupError;
 use super::group::OffsetReset;
-use super::remote::RemoteRead;
+use super::remote::{RemotePartitions, RemoteRead};
 use super::views::{MemberFetch, MemberView};
 use crate::broker::{BrokerError, Fetched, Partition, WaitKind};
 use crate::log::Offset;
@@ -234,21 +234,20 @@ impl GroupCoordinator {
             .lock()
             .get(group)
             .map_or(OffsetReset::Earliest, |g| g.auto_offset_reset);
+        let deadline = Instant::now() + wait;
         let mut remote_waits: FuturesUnordered<_> = plan
             .positions
             .iter()
             .filter_map(|(tp, s)| match (s, self.remote()) {
-                (Source::Remote(position), Some(remote)) => Some(remote.read(RemoteRead {
-                    wait_ms: wait.as_millis() as u64,
-                    ..RemoteRead::offsets(tp, *position, reset)
-                })),
+                (Source::Remote(position), Some(remote)) => {
+                    Some(wait_at_leader(remote, tp, *position, reset, deadline))
+                }
                 _ => None,
             })
             .collect();
         let any_remote = async {
-            while let Some(answer) = remote_waits.next().await {
-                // Woken once the leader's high watermark passed the position.
-                if answer.is_ok_and(|a| a.fetched.high_watermark > a.fetched.from) {
+            while let Some(woken) = remote_waits.next().await {
+                if woken {
                     return;
                 }
             }
@@ -256,10 +255,42 @@ impl GroupCoordinator {
         };
         let mut changes = plan.changes.clone();
         tokio::select! {
-            _ = broker.wait_for_any_records(&slot, locals, Some(Instant::now() + wait)) => {}
+            _ = broker.wait_for_any_records(&slot, locals, Some(deadline)) => {}
             _ = changes.changed() => {}
             _ = any_remote => {}
         }
         Ok(())
+    }
+}
+
+/// How long a member's long-poll waits before it asks a leader again whose wait failed (its
+/// leadership moving, its broker down).
+const REMOTE_WAIT_RETRY: Duration = Duration::from_millis(200);
+
+/// Waits at `tp`'s leader until its high watermark passes `position` (true), or until
+/// `deadline` (false): a new leader's wait is asked as the one before ends. A failed wait is asked again (of the leader the metadata names then)
+/// after [`REMOTE_WAIT_RETRY`], so a failover does not leave the long-poll deaf.
+async fn wait_at_leader(
+    remote: &Arc<dyn RemotePartitions>,
+    tp: &TopicPartition,
+    position: Option<Offset>,
+    reset: OffsetReset,
+    deadline: Instant,
+) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let read = RemoteRead {
+            wait_ms: left.as_millis() as u64,
+            ..RemoteRead::offsets(tp, position, reset)
+        };
+        match remote.read(read).await {
+            Ok(a) if a.fetched.high_watermark > a.fetched.from => return true,
+            // The leader's wait ended (it caps a wait at its wait_ms_max): ask again.
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(REMOTE_WAIT_RETRY.min(left)).await,
+        }
     }
 }

@@ -310,3 +310,78 @@ fn a_lagging_replica_on_the_coordinator_does_not_reset_the_groups_position() {
         "the coordinator's copy was still being added: {list}"
     );
 }
+
+/// A member's long-poll on a partition led elsewhere outlives that leader: its wait there
+/// fails when the leader is killed, is asked again of the next leader, and wakes for a record
+/// produced to it.
+#[test]
+fn a_long_poll_on_a_partition_led_elsewhere_follows_its_next_leader() {
+    let mut c = Cluster::start(5, TOML);
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": "failing", "partitions": 1, "replication_factor": 2,
+               "config": {"min_insync_replicas": 1}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    // The first group call makes __consumer_offsets; then the partition goes to two other
+    // brokers.
+    let (status, joined) = post(
+        &format!("{}/v1/groups/w/members", c.url(1)),
+        json!({"topics": ["failing"], "session_timeout_ms": 60_000}),
+    );
+    assert_eq!(status, 201, "{joined}");
+    let member = joined["member_id"].as_str().unwrap().to_string();
+    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
+        .as_u64()
+        .unwrap() as usize;
+    let pair: Vec<usize> = (1..=5).filter(|n| *n != coordinator).take(2).collect();
+    let (status, body) = post(
+        &format!("{}/v1/topics/failing/partitions/0/reassignment", c.url(1)),
+        json!({ "replicas": pair }),
+    );
+    assert!(status == 200 || status == 202, "{body}");
+    let leader = wait_for("the partition on the pair, both in sync", || {
+        let p = &describe(&c, 1, "failing")["partitions"][0];
+        let in_sync = cluster::node_ids(&p["isr"]).len() == 2;
+        match (cluster::node_ids(&p["replicas"]) == pair, in_sync) {
+            (true, true) => Ok(p["leader"].as_u64().unwrap() as usize),
+            _ => Err(p.to_string()),
+        }
+    });
+    let other = *pair.iter().find(|n| **n != leader).unwrap();
+    let witness = (1..=5)
+        .find(|n| !pair.contains(n) && *n != coordinator)
+        .unwrap();
+
+    let url = c.url(witness).to_string();
+    let poll = std::thread::spawn(move || {
+        let asked = Instant::now();
+        let answer = get(&format!(
+            "{url}/v1/groups/w/members/{member}/records?wait_ms=30000"
+        ));
+        (answer, asked.elapsed())
+    });
+    // Give the poll time to reach the leader, then kill it.
+    std::thread::sleep(Duration::from_millis(1_000));
+    c.brokers[leader - 1].kill9();
+    wait_for("the other replica leads", || {
+        let p = &describe(&c, witness, "failing")["partitions"][0];
+        match p["leader"].as_u64() {
+            Some(l) if l as usize == other => Ok(()),
+            _ => Err(p.to_string()),
+        }
+    });
+    let (status, body) = post(
+        &format!("{}/v1/topics/failing/records?acks=all", c.url(witness)),
+        json!({"records": [{"value": "after"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let ((status, page), took) = poll.join().unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["records"][0]["value"], "after", "{page}");
+    // Not a speed bound: a long-poll deaf to the new leader ends only after its 30 s.
+    assert!(
+        took < Duration::from_secs(25),
+        "the long-poll was not woken by the new leader's record: {took:?}"
+    );
+}

@@ -19,6 +19,10 @@
 //! - Item 8 with partition moves: the same on five brokers, each step also moving a
 //!   partition or two to other brokers (KIP-455), some moves cancelled; the checker reads
 //!   the replicas the partitions end on.
+//! - In both random runs a consumer group member reads and commits all along, through the
+//!   brokers in turn; after the run it reads on to every partition's end, and every
+//!   acknowledged record must have been delivered to it at least once (none skipped by a
+//!   position reset wrongly or a partition read from a lagging copy).
 //!
 //! Producers do not use producer sessions: a batch that was not acknowledged is sent again
 //! as a new attempt whose values carry the attempt number (`p2-40.1`), since a plain retry
@@ -26,6 +30,7 @@
 
 use crate::common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -275,6 +280,155 @@ fn produce_until_stopped(
     }
 }
 
+/// The consumer group of the random runs.
+const GROUP: &str = "fault-readers";
+
+/// A member of [`GROUP`] that calls the brokers in turn (each forwards to the coordinator),
+/// fetching and committing what it fetched; every record delivered is noted, by partition
+/// and offset, so the run can check that the group skipped no acknowledged record.
+#[derive(Default)]
+struct GroupMember {
+    urls: Vec<String>,
+    turn: usize,
+    /// Member id; None until it joins (again, after the coordinator forgot it).
+    member: Option<String>,
+    delivered: BTreeMap<u32, BTreeSet<u64>>,
+    committed: BTreeMap<u32, u64>,
+    refusals: BTreeMap<String, u32>,
+}
+
+impl GroupMember {
+    fn new(c: &Cluster) -> GroupMember {
+        GroupMember {
+            urls: (1..=c.brokers.len())
+                .map(|id| c.url(id).to_string())
+                .collect(),
+            ..GroupMember::default()
+        }
+    }
+
+    fn refused(&mut self, status: u16, body: &Value) {
+        let code = body["code"].as_str().unwrap_or("no answer");
+        *self.refusals.entry(format!("{status} {code}")).or_default() += 1;
+    }
+
+    /// One call or two: join, or fetch and commit. Failures are noted and retried.
+    fn step(&mut self) {
+        self.turn += 1;
+        let url = self.urls[self.turn % self.urls.len()].clone();
+        let Some(member) = self.member.clone() else {
+            let (status, joined) = post(
+                &format!("{url}/v1/groups/{GROUP}/members"),
+                json!({"topics": [TOPIC], "session_timeout_ms": 30_000}),
+            );
+            match joined["member_id"].as_str() {
+                Some(id) if status == 201 => self.member = Some(id.to_string()),
+                _ => self.refused(status, &joined),
+            }
+            return;
+        };
+        let (status, page) = get(&format!(
+            "{url}/v1/groups/{GROUP}/members/{member}/records?max_records=500&wait_ms=100"
+        ));
+        if status != 200 {
+            if status == 404 {
+                self.member = None;
+            }
+            self.refused(status, &page);
+            return;
+        }
+        for r in page["records"].as_array().into_iter().flatten() {
+            let (Some(p), Some(offset)) = (r["partition"].as_u64(), r["offset"].as_u64()) else {
+                continue;
+            };
+            self.delivered.entry(p as u32).or_default().insert(offset);
+        }
+        let next = &page["next_offsets"];
+        if next.as_array().is_none_or(|n| n.is_empty()) {
+            return;
+        }
+        let (status, answer) = post(
+            &format!("{url}/v1/groups/{GROUP}/offsets"),
+            json!({"member_id": member, "generation": page["generation"], "offsets": next}),
+        );
+        if status != 200 {
+            if status == 404 {
+                self.member = None;
+            }
+            self.refused(status, &answer);
+            return;
+        }
+        for o in next.as_array().into_iter().flatten() {
+            if let (Some(p), Some(offset)) = (o["partition"].as_u64(), o["offset"].as_u64()) {
+                self.committed.insert(p as u32, offset);
+            }
+        }
+    }
+}
+
+/// Runs a [`GroupMember`] until stopped (bounded in time); hands it back.
+fn consume_until_stopped(c: &Cluster, stop: &Arc<AtomicBool>) -> thread::JoinHandle<GroupMember> {
+    let mut member = GroupMember::new(c);
+    let stop = Arc::clone(stop);
+    thread::spawn(move || {
+        let deadline = Instant::now() + 20 * DEADLINE;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            member.step();
+        }
+        member
+    })
+}
+
+/// After the run: the group reads on until it committed every partition's end, then every
+/// acknowledged record must have been delivered to it at least once (a position reset
+/// wrongly, or a partition skipped, would leave records out).
+fn check_group(
+    mut member: GroupMember,
+    ends: &BTreeMap<u32, u64>,
+    history: &Mutex<History>,
+    context: &str,
+) {
+    wait_for(
+        &format!("the group committed every partition's end ({context})"),
+        || {
+            member.step();
+            let behind: Vec<(u32, u64, Option<u64>)> = ends
+                .iter()
+                .filter(|(p, end)| member.committed.get(p).is_none_or(|c| c < *end))
+                .map(|(p, end)| (*p, *end, member.committed.get(p).copied()))
+                .collect();
+            match behind.is_empty() {
+                true => Ok(()),
+                false => Err(format!(
+                    "behind (partition, end, committed): {behind:?}; refusals {:?}",
+                    member.refusals
+                )),
+            }
+        },
+    );
+    let history = history.lock().unwrap();
+    let mut missing = Vec::new();
+    for p in 0..PARTITIONS {
+        let delivered = member.delivered.get(&p);
+        for (offset, value) in history.acknowledged_in(p) {
+            if !delivered.is_some_and(|d| d.contains(&offset)) {
+                missing.push((p, offset, value));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "acknowledged records the group never delivered ({context}): {} of them, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let delivered: usize = member.delivered.values().map(BTreeSet::len).sum();
+    eprintln!(
+        "the group delivered {delivered} offsets, every acknowledged one among them; refusals {:?}",
+        member.refusals
+    );
+}
+
 /// Reads every partition through the brokers in turn (forwarded to its leader) from where
 /// it got to, recording each record served: the checker flags one that is later gone.
 struct Reader {
@@ -353,8 +507,13 @@ impl Reader {
 
 /// Every replica read back once converged and checked against the history; `context` goes
 /// into the failure (the seed, the faults), and so do the reader's pages that hold a record
-/// read and later gone.
-fn check(c: &Cluster, history: &Mutex<History>, context: &str, pages: &[Page]) {
+/// read and later gone. Returns each partition's high watermark.
+fn check(
+    c: &Cluster,
+    history: &Mutex<History>,
+    context: &str,
+    pages: &[Page],
+) -> BTreeMap<u32, u64> {
     let reads = read_every_replica(c, 1, TOPIC, PARTITIONS);
     let mut history = history.lock().unwrap();
     for r in &reads {
@@ -380,6 +539,12 @@ fn check(c: &Cluster, history: &Mutex<History>, context: &str, pages: &[Page]) {
         "{} acknowledged records, replica lengths {lengths:?}: no anomaly",
         history.acknowledged()
     );
+    let mut ends = BTreeMap::new();
+    for r in &reads {
+        let end = ends.entry(r.partition).or_insert(0);
+        *end = r.high_watermark.max(*end);
+    }
+    ends
 }
 
 /// Item 1: kill -9 the leader of a busy partition each round (partition `round % 3`, so
@@ -1053,6 +1218,8 @@ fn seeded_run(brokers: usize, moves: bool, default_seed: u64) {
     let history = Arc::new(Mutex::new(History::default()));
     let producers = Producers::start(&mesh.cluster, &history);
     let reader = Reader::start(&mesh.cluster, &history);
+    let group_stop = Arc::new(AtomicBool::new(false));
+    let group = consume_until_stopped(&mesh.cluster, &group_stop);
     // The reader's pages count their time from here too.
     let started = Instant::now();
     producers.wait_more(10, "acknowledged produces before the faults");
@@ -1119,9 +1286,12 @@ fn seeded_run(brokers: usize, moves: bool, default_seed: u64) {
     );
     producers.stop();
     let (served, pages) = reader.stop();
+    group_stop.store(true, Ordering::SeqCst);
+    let group = group.join().unwrap();
     eprintln!(
         "random fault run done in {:.1} s, {served} records served to the reader",
         started.elapsed().as_secs_f64()
     );
-    check(&mesh.cluster, &history, &context, &pages);
+    let ends = check(&mesh.cluster, &history, &context, &pages);
+    check_group(group, &ends, &history, &context);
 }

@@ -20,6 +20,35 @@ const TOML: &str = "broker_session_timeout_ms = 2000\n\
 const TOPIC: &str = "spread";
 const PARTITIONS: u32 = 5;
 
+/// A new member of `group` on `topic` (joined through broker `join_via`) and the values of
+/// its first fetch (through `fetch_via`, waiting up to 5 s for records).
+fn join_and_fetch(
+    c: &Cluster,
+    group: &str,
+    topic: &str,
+    join_via: usize,
+    fetch_via: usize,
+) -> (String, Vec<String>) {
+    let (status, joined) = post(
+        &format!("{}/v1/groups/{group}/members", c.url(join_via)),
+        json!({ "topics": [topic] }),
+    );
+    assert_eq!(status, 201, "{joined}");
+    let member = joined["member_id"].as_str().unwrap().to_string();
+    let (status, page) = get(&format!(
+        "{}/v1/groups/{group}/members/{member}/records?wait_ms=5000",
+        c.url(fetch_via)
+    ));
+    assert_eq!(status, 200, "{page}");
+    let values = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["value"].as_str().map(str::to_string))
+        .collect();
+    (member, values)
+}
+
 #[test]
 fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
     let c = Cluster::start(5, TOML);
@@ -174,24 +203,8 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         json!({"records": [{"value": "a"}, {"value": "b"}]}),
     );
     assert_eq!(status, 200, "{body}");
-    let (status, joined) = post(
-        &format!("{}/v1/groups/far-readers/members", c.url(2)),
-        json!({"topics": ["far"]}),
-    );
-    assert_eq!(status, 201, "{joined}");
-    let member = joined["member_id"].as_str().unwrap();
-    let (status, page) = get(&format!(
-        "{}/v1/groups/far-readers/members/{member}/records?wait_ms=5000",
-        c.url(2)
-    ));
-    assert_eq!(status, 200, "{page}");
-    let values: Vec<&str> = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["value"].as_str())
-        .collect();
-    assert_eq!(values, ["a", "b"], "{page}");
+    let (member, values) = join_and_fetch(&c, "far-readers", "far", 2, 2);
+    assert_eq!(values, ["a", "b"]);
 
     // An empty group's offsets reset, on a partition held elsewhere: to the end, to an
     // offset, to a time (before the records: the first one).
@@ -285,24 +298,8 @@ fn a_lagging_replica_on_the_coordinator_does_not_reset_the_groups_position() {
         json!({"records": [{"value": "new"}]}),
     );
     assert_eq!(status, 200, "{body}");
-    let (status, joined) = post(
-        &format!("{}/v1/groups/g/members", c.url(2)),
-        json!({"topics": ["lagging"]}),
-    );
-    assert_eq!(status, 201, "{joined}");
-    let member = joined["member_id"].as_str().unwrap();
-    let (status, page) = get(&format!(
-        "{}/v1/groups/g/members/{member}/records?wait_ms=5000",
-        c.url(3)
-    ));
-    assert_eq!(status, 200, "{page}");
-    let values: Vec<&str> = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["value"].as_str())
-        .collect();
-    assert_eq!(values, ["new"], "read from the committed offset 10: {page}");
+    let (_, values) = join_and_fetch(&c, "g", "lagging", 2, 3);
+    assert_eq!(values, ["new"], "read from the committed offset 10");
     let (_, list) = get(&format!("{}/v1/reassignments", c.url(1)));
     assert_eq!(
         list["reassignments"][0]["adding"],

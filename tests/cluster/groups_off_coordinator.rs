@@ -272,6 +272,13 @@ fn a_lagging_replica_on_the_coordinator_does_not_reset_the_groups_position() {
     let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
         .as_u64()
         .unwrap() as usize;
+    // A second batch: the move's first read takes one whole batch and leaves the bucket
+    // in debt for minutes, so the copy cannot catch up (with one batch it would at once).
+    let (status, body) = post(
+        &format!("{}/v1/topics/lagging/records?acks=all", c.url(1)),
+        json!({"records": [{"value": "new"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
     // The partition's one replica elsewhere, then a move to the coordinator at one byte a
     // second: the copy there stays a follower, behind.
     let elsewhere = (1..=5).find(|n| *n != coordinator).unwrap();
@@ -293,11 +300,6 @@ fn a_lagging_replica_on_the_coordinator_does_not_reset_the_groups_position() {
             });
         }
     }
-    let (status, body) = post(
-        &format!("{}/v1/topics/lagging/records?acks=all", c.url(1)),
-        json!({"records": [{"value": "new"}]}),
-    );
-    assert_eq!(status, 200, "{body}");
     let (_, values) = join_and_fetch(&c, "g", "lagging", 2, 3);
     assert_eq!(values, ["new"], "read from the committed offset 10");
     let (_, list) = get(&format!("{}/v1/reassignments", c.url(1)));

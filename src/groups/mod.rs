@@ -13,6 +13,8 @@
 //! - [`member_fetch`]: reading records for a member from the group's positions (long-poll).
 //! - [`sessions`]: the background task that expires silent members.
 //! - [`views`]: what the coordinator answers (member views, descriptions, lag) and lag gauges.
+//! - [`remote`]: on a cluster, the partitions a group reads that this broker does not lead,
+//!   read at their leaders (the hook the node gives the coordinator, and the wire format).
 //! - [`assignor`], [`offsets`], [`error`]: sticky assignment, the `__consumer_offsets` store,
 //!   the error type.
 //!
@@ -30,6 +32,9 @@
 //! - The group map sits behind a `std::sync::Mutex` that is never held across an `.await`;
 //!   the only lock held across one is a group's `offset_writes` (a tokio mutex).
 //! - The coordinator holds the broker (`Arc<Broker>`); the broker knows nothing of groups.
+//! - On a cluster a group reads and checks only replicas this broker leads; the others are
+//!   read at their leaders ([`remote`]), so a lagging follower copy never moves a position.
+//!   A stored position stands up to the log end; past it, `auto_offset_reset` decides.
 //!
 //! Sessions: every member call is a heartbeat. A background task ([`sessions::run_sessions`],
 //! owned by the node) driven by tokio time removes members whose session ran

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use super::assignor::TopicPartition;
@@ -306,6 +307,7 @@ impl GroupCoordinator {
         validate_group_name(group)?;
         let load = self.residence.serving()?;
         self.check_offsets(broker, offsets)?;
+        self.check_remote_offsets(offsets).await?;
         for _attempt in 0..3 {
             let lock = self.with_group_for_commit(broker, group, fence.is_none(), |g| {
                 g.check_commit(group, fence, offsets)?;
@@ -383,9 +385,8 @@ impl GroupCoordinator {
         for (tp, offset) in offsets {
             let partition = match (self.local_replica(tp), self.remote()) {
                 (Some(partition), _) => partition,
-                // Led elsewhere: it must exist; its range is its leader's, not checked here
-                // (a position past the log end is reset when read, as Kafka takes any
-                // offset).
+                // Led elsewhere: it must exist; its range is its leader's
+                // (`check_remote_offsets`).
                 (None, Some(remote)) => {
                     let count = remote
                         .partition_count(&tp.topic)
@@ -409,6 +410,39 @@ impl GroupCoordinator {
                     offset: *offset,
                     log_start_offset: progress.log_start_offset,
                     high_watermark: progress.high_watermark,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The offsets of partitions led elsewhere, checked against their leaders' log ends
+    /// (asked side by side, offsets only), as a local partition's are: a commit past the end
+    /// is 416 wherever the partition is led. A leader that cannot be asked now (down, moving)
+    /// does not stop the commit: its offset is taken unchecked, as Kafka takes any offset,
+    /// and a position past the log end is reset when read.
+    async fn check_remote_offsets(
+        &self,
+        offsets: &[(TopicPartition, Offset)],
+    ) -> Result<(), GroupError> {
+        let Some(remote) = self.remote() else {
+            return Ok(());
+        };
+        let asks = offsets
+            .iter()
+            .filter(|(tp, _)| self.local_replica(tp).is_none())
+            .map(|(tp, offset)| async move {
+                let read = RemoteRead::offsets(tp, Some(*offset), OffsetReset::Earliest);
+                (*offset, remote.read(read).await)
+            });
+        for (offset, answer) in join_all(asks).await {
+            let Ok(answer) = answer else { continue };
+            if offset > answer.log_end_offset {
+                return Err(BrokerError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: answer.fetched.log_start_offset,
+                    high_watermark: answer.fetched.high_watermark,
                 }
                 .into());
             }

@@ -228,6 +228,16 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         let (_, offsets) = get(&format!("{}/v1/groups/far-readers/offsets", c.url(4)));
         assert_eq!(offsets["offsets"][0]["offset"], expected, "{to}: {offsets}");
     }
+    // A commit past the end is refused as for a partition led here (its leader asked).
+    let (status, problem) = post(
+        &format!("{}/v1/groups/far-readers/offsets", c.url(5)),
+        json!({"offsets": [{"topic": "far", "partition": 0, "offset": 3}]}),
+    );
+    assert_eq!(
+        (status, &problem["code"]),
+        (416, &json!("offset_out_of_range")),
+        "{problem}"
+    );
     let (status, problem) = post(
         &format!("{}/v1/groups/far-readers/offsets/reset", c.url(3)),
         json!({"topics": ["far"], "to": "offset", "offset": 9}),

@@ -26,10 +26,23 @@ pub async fn run_sessions(groups: Arc<GroupCoordinator>) {
         panic!("the session task panics on purpose (debug builds, a test of the panic policy)");
     }
     let mut ticks = 0u64;
+    // The lag of partitions led elsewhere, read at their leaders beside this loop (a slow
+    // leader must not hold up expiry); one at a time.
+    let mut remote_lag: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         ticks += 1;
         // Lag gauges every fifth tick: they are for dashboards, not for control.
-        let next = groups.tick(Instant::now(), ticks.is_multiple_of(5));
+        let publish = ticks.is_multiple_of(5);
+        let next = groups.tick(Instant::now(), publish);
+        if publish
+            && groups.remote().is_some()
+            && remote_lag.as_ref().is_none_or(|t| t.is_finished())
+        {
+            let groups = Arc::clone(&groups);
+            remote_lag = Some(tokio::spawn(async move {
+                groups.publish_remote_lag().await;
+            }));
+        }
         let cap = Instant::now() + SESSION_TICK;
         let wake = next.map_or(cap, |d| d.min(cap));
         tokio::select! {
@@ -72,6 +85,25 @@ impl GroupCoordinator {
             lag.publish();
         }
         next
+    }
+
+    /// On a cluster: the lag gauges of the partitions led elsewhere, from their leaders'
+    /// offsets (the session pass publishes the local ones).
+    pub(super) async fn publish_remote_lag(&self) {
+        let Some(remote) = self.remote() else {
+            return;
+        };
+        let plans: Vec<_> = {
+            let mut groups = self.lock();
+            groups
+                .iter_mut()
+                .filter(|(_, g)| !g.members.is_empty() || !g.committed.is_empty())
+                .map(|(name, g)| plan_lag(name, g, self))
+                .collect()
+        };
+        for plan in plans {
+            plan.publish_elsewhere(remote).await;
+        }
     }
 
     /// Refreshes every group's series (members, rebalances, lag), without changing what they

@@ -152,6 +152,18 @@ pub(super) fn plan_lag(group: &str, g: &mut Group, coordinator: &GroupCoordinato
 }
 
 impl LagPlan {
+    /// Outside the registry lock: the lag gauges of the partitions held elsewhere only, read
+    /// at their leaders (the session task's, every few seconds).
+    pub(super) async fn publish_elsewhere(self, remote: &Arc<dyn RemotePartitions>) {
+        LagPlan {
+            group: self.group,
+            partitions: Vec::new(),
+            elsewhere: self.elsewhere,
+        }
+        .publish_all(Some(remote))
+        .await;
+    }
+
     /// Outside the registry lock: reads each partition's stats and sets the lag gauges; with
     /// `remote` (a cluster), also those of the partitions held elsewhere, at their leaders
     /// (one that cannot be read now is left out). In topic and partition order.

@@ -179,6 +179,29 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         .map(|p| (p, expected[p as usize], 0))
         .collect();
     assert_eq!(lags, caught_up, "{described}");
+    // The coordinator's lag gauge follows a partition led elsewhere (the session task reads
+    // its leader's offsets every few seconds): one more record there is one record of lag.
+    let (status, body) = post(
+        &format!("{}/v1/topics/{TOPIC}/records?acks=all", c.url(1)),
+        json!({"records": [{"partition": far, "value": "lag"}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let series = format!("partition=\"{far}\"");
+    wait_for("the lag gauge of a partition led elsewhere", || {
+        let text = common::runtime().block_on(common::scrape_metrics(
+            &common::Client::new(),
+            c.url(coordinator),
+        ));
+        let line = text.lines().find(|l| {
+            l.starts_with("tidelog_consumer_group_lag_records{")
+                && l.contains("group=\"readers\"")
+                && l.contains(&series)
+        });
+        match line.and_then(|l| l.rsplit(' ').next()) {
+            Some("1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 
     // A topic with no replica on the coordinator at all: moved to another broker.
     let (status, body) = post(

@@ -31,8 +31,8 @@ use crate::coordination::{InternalTopicMaker, follow_leadership};
 use crate::groups::GroupCoordinator;
 use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::groups::remote::{
-    READ_PATH, READ_TIMEOUT_EXTRA, RemoteAnswer, RemotePartitions, RemoteRead, answer_bytes_max,
-    decode_answer,
+    OFFSETS_TIMEOUT, READ_PATH, READ_TIMEOUT_EXTRA, RemoteAnswer, RemotePartitions, RemoteRead,
+    answer_bytes_max, decode_answer,
 };
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
@@ -249,7 +249,10 @@ impl RemotePartitions for LeaderReads {
         let (client, batch_bytes_max) = (self.client.clone(), self.batch_bytes_max);
         Box::pin(async move {
             let address = address?;
-            let timeout = Duration::from_millis(read.wait_ms) + READ_TIMEOUT_EXTRA;
+            let timeout = match (read.max_records, read.wait_ms) {
+                (0, 0) => OFFSETS_TIMEOUT,
+                (_, wait_ms) => Duration::from_millis(wait_ms) + READ_TIMEOUT_EXTRA,
+            };
             let cap = answer_bytes_max(read.max_bytes, batch_bytes_max);
             let answer = client
                 .post_for_bytes(address, READ_PATH, &read, timeout, cap)

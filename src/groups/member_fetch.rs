@@ -123,13 +123,22 @@ impl GroupCoordinator {
             });
             (sum % n as u64) as usize
         };
-        // The partitions led elsewhere are read at once, side by side, each within the whole
-        // budget (one round trip for all of them; what the budget leaves no room for is read
-        // again next time).
+        // The partitions led elsewhere are read at once, side by side (one round trip for all
+        // of them), each within its share of the budget, so what the coordinator holds stays
+        // near `max_bytes` (plus at most one whole batch each); what the budget leaves no
+        // room for is read again next time.
+        let remotes = plan
+            .positions
+            .iter()
+            .filter(|(_, s)| matches!(s, Source::Remote(_)))
+            .count()
+            .max(1);
+        let share_records = (max_records / remotes as u32).max(1);
+        let share_bytes = (max_bytes / remotes as u64).max(REMOTE_SHARE_BYTES_MIN.min(max_bytes));
         let reads = plan.positions.iter().map(|(tp, source)| async move {
             match source {
                 Source::Remote(position) => {
-                    self.remote_read(group, tp, *position, max_records, max_bytes)
+                    self.remote_read(group, tp, *position, share_records, share_bytes)
                         .await
                 }
                 Source::Local(..) => None,
@@ -264,8 +273,11 @@ impl GroupCoordinator {
 }
 
 /// How long a member's long-poll waits before it asks a leader again whose wait failed (its
-/// leadership moving, its broker down).
+/// leadership moving, its broker down) or ended early (shutting down, a `wait_ms_max` of 0).
 const REMOTE_WAIT_RETRY: Duration = Duration::from_millis(200);
+
+/// The least share of a fetch's byte budget a partition read at its leader gets.
+const REMOTE_SHARE_BYTES_MIN: u64 = 64 * 1024;
 
 /// Waits at `tp`'s leader until its high watermark passes `position` (true), or until
 /// `deadline` (false): a new leader's wait is asked as the one before ends. A failed wait is asked again (of the leader the metadata names then)
@@ -286,11 +298,13 @@ async fn wait_at_leader(
             wait_ms: left.as_millis() as u64,
             ..RemoteRead::offsets(tp, position, reset)
         };
+        let asked = Instant::now();
         match remote.read(read).await {
             Ok(a) if a.fetched.high_watermark > a.fetched.from => return true,
-            // The leader's wait ended (it caps a wait at its wait_ms_max): ask again.
-            Ok(_) => {}
-            Err(_) => tokio::time::sleep(REMOTE_WAIT_RETRY.min(left)).await,
+            // The leader's wait ended (it caps a wait at its wait_ms_max): ask again, at once
+            // if it waited, after a pause if it answered early (no busy loop).
+            Ok(_) if asked.elapsed() >= left / 2 => {}
+            _ => tokio::time::sleep(REMOTE_WAIT_RETRY.min(left)).await,
         }
     }
 }

@@ -34,6 +34,7 @@ pub trait RemotePartitions: Send + Sync + Debug {
 
 /// A read of one partition at its leader, from the group's position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RemoteRead {
     pub topic: String,
     pub partition: PartitionId,
@@ -154,6 +155,10 @@ pub fn resolve(
 
 /// How long the coordinator gives a remote read beyond its own wait.
 pub const READ_TIMEOUT_EXTRA: Duration = Duration::from_secs(5);
+
+/// How long an offsets-only read that does not wait may take (a commit's check, a
+/// description, a reset): a leader that cannot answer that fast is taken as unavailable.
+pub const OFFSETS_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

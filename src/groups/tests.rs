@@ -338,3 +338,85 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
         .await
         .unwrap();
 }
+
+/// Reads at the leaders as the fake hook below records them.
+#[derive(Debug, Default)]
+struct FakeLeaders {
+    reads: std::sync::Mutex<Vec<super::remote::RemoteRead>>,
+}
+
+impl super::remote::RemotePartitions for FakeLeaders {
+    fn partition_count(&self, topic: &str) -> Option<u32> {
+        (topic == "far").then_some(4)
+    }
+
+    fn read(
+        &self,
+        read: super::remote::RemoteRead,
+    ) -> futures_util::future::BoxFuture<'static, Result<super::remote::RemoteAnswer, BrokerError>>
+    {
+        self.reads.lock().unwrap().push(read.clone());
+        Box::pin(async move {
+            Ok(super::remote::RemoteAnswer {
+                fetched: crate::broker::Fetched {
+                    bytes: Vec::new(),
+                    from: Offset(0),
+                    high_watermark: Offset(0),
+                    log_start_offset: Offset(0),
+                    max_records: read.max_records,
+                    segment_end: None,
+                },
+                reset: true,
+                log_end_offset: Offset(0),
+            })
+        })
+    }
+}
+
+/// A member of a topic whose partitions are all led elsewhere: a fetch reads the four of them
+/// at their leaders side by side, each within a quarter of the budget (so what the
+/// coordinator holds stays near the member's `max_bytes`), and a commit asks each leader for
+/// its log end.
+#[tokio::test]
+async fn partitions_led_elsewhere_are_read_within_shares_of_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
+    let leaders = Arc::new(FakeLeaders::default());
+    groups.read_remote_with(Arc::clone(&leaders) as Arc<dyn super::remote::RemotePartitions>);
+    let v = groups
+        .join("g", &topics(&["far"]), Some(30_000), None)
+        .unwrap();
+    assert_eq!(v.assignment.len(), 4, "counted from the metadata");
+    let fetched = groups
+        .fetch("g", &v.member_id, 100, 1 << 20, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(fetched.parts.is_empty());
+    let reads = std::mem::take(&mut *leaders.reads.lock().unwrap());
+    assert_eq!(reads.len(), 4, "{reads:?}");
+    for r in &reads {
+        assert_eq!(
+            (r.max_records, r.max_bytes, r.wait_ms),
+            (25, 1 << 18, 0),
+            "{r:?}"
+        );
+        assert_eq!(r.position, None, "nothing committed");
+    }
+    let partitions: BTreeSet<u32> = reads.iter().map(|r| r.partition.0).collect();
+    assert_eq!(partitions, BTreeSet::from([0, 1, 2, 3]));
+
+    // The fake leaders' logs end at 0: a commit past that is refused, one at it is taken.
+    let at = |offset| [(TopicPartition::new("far", PartitionId(0)), Offset(offset))];
+    assert!(matches!(
+        groups.commit("h", None, &at(5)).await,
+        Err(GroupError::Broker(BrokerError::OffsetOutOfRange { .. }))
+    ));
+    groups.commit("h", None, &at(0)).await.unwrap();
+    let asked = leaders.reads.lock().unwrap();
+    assert_eq!(
+        asked.len(),
+        2,
+        "one offsets-only read per commit: {asked:?}"
+    );
+    assert!(asked.iter().all(|r| r.max_records == 0 && r.wait_ms == 0));
+}

@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use futures_util::future::join_all;
+
 use serde::Serialize;
 
 use super::assignor::TopicPartition;
@@ -185,9 +187,15 @@ impl LagPlan {
         let Some(remote) = remote else {
             return lags;
         };
-        for e in elsewhere {
-            let read = RemoteRead::offsets(&e.tp, e.stored, e.reset);
-            let Ok(answer) = remote.read(read).await else {
+        // Asked side by side.
+        let answers = join_all(
+            elsewhere
+                .iter()
+                .map(|e| remote.read(RemoteRead::offsets(&e.tp, e.stored, e.reset))),
+        )
+        .await;
+        for (e, answer) in elsewhere.into_iter().zip(answers) {
+            let Ok(answer) = answer else {
                 continue;
             };
             let f = &answer.fetched;

@@ -35,6 +35,11 @@ pub async fn read(
         PartitionHome::Offline => return Err(leader_not_available()),
     }
     let partition = node.broker.topic(&read.topic)?.partition(read.partition)?;
+    // The metadata names this broker, but its replica has not taken the role yet: its
+    // range may still trail the leader's.
+    if partition.is_follower() {
+        return Err(leader_not_available());
+    }
     let progress = partition.progress();
     let (from, reset) = match read.timestamp_ms {
         Some(ts) => (partition.offset_for_timestamp(ts).await?, false),

@@ -76,6 +76,14 @@ fn wait_two_alive(c: &Cluster, via: usize) {
     });
 }
 
+/// Waits until `dir` is gone (a removed replica's copy, put in the trash).
+fn wait_gone(dir: &std::path::Path, what: &str) {
+    wait_for(what, || match dir.exists() {
+        true => Err(format!("{} still there", dir.display())),
+        false => Ok(()),
+    });
+}
+
 /// The partition's view on broker `id`.
 fn partition_view(c: &Cluster, id: usize, topic: &str, p: u32) -> Value {
     describe(c, id, topic)["partitions"][p as usize].clone()
@@ -226,13 +234,7 @@ fn a_partition_moves_off_its_leader_under_acks_all_load_and_keeps_every_acknowle
 
     // The removed broker put its copy in the trash, and kept its other partitions.
     let removed_dir = c.data_dir(leader).join("topics").join(TOPIC).join("0");
-    wait_for("the removed replica's directory gone", || {
-        if removed_dir.exists() {
-            Err(format!("{} still there", removed_dir.display()))
-        } else {
-            Ok(())
-        }
-    });
+    wait_gone(&removed_dir, "the removed replica's directory gone");
     for p in 1..3u32 {
         if replicas_of(&c, kept, TOPIC, p).contains(&leader) {
             let dir = c
@@ -404,13 +406,7 @@ fn a_replica_moved_away_while_its_broker_was_down_is_deleted_when_it_returns() {
 
     c.brokers[gone - 1].restart();
     c.wait_ready(gone);
-    wait_for("the returned broker removed its stale copy", || {
-        if removed_dir.exists() {
-            Err(format!("{} still there", removed_dir.display()))
-        } else {
-            Ok(())
-        }
-    });
+    wait_gone(&removed_dir, "the returned broker removed its stale copy");
     let reads = read_every_replica(&c, stays, TOPIC, 1);
     assert_eq!(reads.len(), 2);
     for read in &reads {
@@ -751,11 +747,5 @@ fn an_internal_topic_moves_off_its_leader_and_the_coordinator_keeps_every_commit
     }
     // The removed leader put its copy in the trash.
     let removed_dir = c.data_dir(leader).join("topics").join(OFFSETS).join("0");
-    wait_for("the removed replica's directory gone", || {
-        if removed_dir.exists() {
-            Err(format!("{} still there", removed_dir.display()))
-        } else {
-            Ok(())
-        }
-    });
+    wait_gone(&removed_dir, "the removed replica's directory gone");
 }

@@ -16,7 +16,7 @@
 //!   sets its throttle (left out: none) and changes nothing else; another target is 409
 //!   `reassignment_in_progress`.
 //! - `DELETE` on the same path cancels the move under way: the partition gets its original
-//!   replicas back (409 `cancel_would_lose_leader` when none of them is in sync or eligible
+//!   replicas back, in their order (409 `cancel_would_lose_leader` when none of them is in sync or eligible
 //!   any more).
 //! - `GET /v1/reassignments`: the moves under way, from this broker's copy of the metadata;
 //!   on the partition's leader each also says, per added replica, how far behind it is

@@ -326,6 +326,7 @@ impl MetadataImage {
             return Ok(Outcome::Applied);
         }
         let p = self.partition_mut(topic, partition)?;
+        p.moved_from = p.replicas.clone();
         p.adding = target
             .iter()
             .copied()
@@ -577,6 +578,7 @@ impl MetadataImage {
             adding: Vec::new(),
             removing: Vec::new(),
             throttle_bytes_per_s: None,
+            moved_from: Vec::new(),
         }
     }
 
@@ -752,6 +754,7 @@ fn end_move(p: &mut PartitionRecord, replicas: Vec<NodeId>) {
     p.adding.clear();
     p.removing.clear();
     p.throttle_bytes_per_s = None;
+    p.moved_from.clear();
 }
 
 /// The replica a clean election picks: the first active ISR member in replica order, else

@@ -93,6 +93,11 @@ pub struct PartitionRecord {
     /// it adds. None when no move is under way, or it is not throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_bytes_per_s: Option<u64>,
+    /// A reassignment under way: the replica set before it, in its order (preferred leader
+    /// first), which a cancel restores. Empty when none is (or in an image written before
+    /// the field: then the order is the one `replicas` keeps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_from: Vec<NodeId>,
 }
 
 impl PartitionRecord {
@@ -110,8 +115,12 @@ impl PartitionRecord {
             .collect()
     }
 
-    /// The replica set before the move under way (its replicas when it is not moving).
+    /// The replica set before the move under way, in its order (its replicas when it is not
+    /// moving).
     pub fn original(&self) -> Vec<NodeId> {
+        if self.is_moving() && !self.moved_from.is_empty() {
+            return self.moved_from.clone();
+        }
         self.replicas
             .iter()
             .copied()

@@ -559,6 +559,28 @@ fn a_cancel_that_would_leave_no_original_replica_to_lead_is_refused() {
     assert_eq!(back.leader, Some(n(3)), "the eligible replica leads again");
 }
 
+/// A cancel gives the partition back its replica set in its order (the preferred leader
+/// first), not the order the move kept them in.
+#[test]
+fn a_cancel_restores_the_original_replicas_in_their_order() {
+    let mut image = cluster(4);
+    create(&mut image, "t", &[&[1, 2, 3]], 2);
+    let before = image.partition("t", PartitionId(0)).unwrap().clone();
+    reassign(&mut image, Some(&[3, 4, 1])).unwrap();
+    let moving = image.partition("t", PartitionId(0)).unwrap().clone();
+    assert_eq!(
+        moving.replicas,
+        nodes(&[3, 4, 1, 2]),
+        "the target, then the removed"
+    );
+    assert_eq!(moving.original(), nodes(&[1, 2, 3]));
+    reassign(&mut image, None).unwrap();
+    let back = image.partition("t", PartitionId(0)).unwrap();
+    assert_eq!(back.replicas, nodes(&[1, 2, 3]));
+    assert_eq!(back.leader, before.leader);
+    assert!(back.moved_from.is_empty(), "the move is over");
+}
+
 #[test]
 fn bad_targets_are_refused_and_a_reorder_completes_at_once() {
     let mut image = cluster(3);
@@ -946,6 +968,19 @@ fn check_invariants(before: &MetadataImage, after: &MetadataImage, model: &Model
                 p.is_moving() || p.throttle_bytes_per_s.is_none(),
                 "a throttle lives as long as its move: {ctx}"
             );
+            // The order a cancel restores: the replicas before the move, the same set as
+            // the replicas less the ones it adds.
+            assert!(p.is_moving() || p.moved_from.is_empty(), "{ctx}");
+            if p.is_moving() {
+                let kept: BTreeSet<NodeId> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|n| !p.adding.contains(n))
+                    .collect();
+                let before: BTreeSet<NodeId> = p.original().into_iter().collect();
+                assert_eq!(before, kept, "{ctx}");
+            }
             assert!(
                 p.adding.is_empty() == p.removing.is_empty(),
                 "a move of a full replica set both adds and removes: {ctx}"

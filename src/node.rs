@@ -233,17 +233,11 @@ impl RemotePartitions for LeaderReads {
                 .partition(&read.topic, read.partition)
                 .map(|p| p.leader)
         });
-        let unavailable = |why: String| BrokerError::LeaderNotAvailable {
-            topic: read.topic.clone(),
-            partition: read.partition,
-            why,
-        };
         let address = match leader {
-            Some(Some(node)) => self
-                .cluster
-                .peer_address(node)
-                .ok_or_else(|| unavailable(format!("broker {} has no known address", node.0))),
-            Some(None) => Err(unavailable("it has no leader now".into())),
+            Some(Some(node)) => self.cluster.peer_address(node).ok_or_else(|| {
+                read.leader_not_available(format!("broker {} has no known address", node.0))
+            }),
+            Some(None) => Err(read.leader_not_available("it has no leader now".into())),
             None => return Box::pin(async move { Err(BrokerError::TopicNotFound(read.topic)) }),
         };
         let (client, batch_bytes_max) = (self.client.clone(), self.batch_bytes_max);
@@ -257,11 +251,6 @@ impl RemotePartitions for LeaderReads {
             let answer = client
                 .post_for_bytes(address, READ_PATH, &read, timeout, cap)
                 .await;
-            let failed = |why: String| BrokerError::LeaderNotAvailable {
-                topic: read.topic.clone(),
-                partition: read.partition,
-                why,
-            };
             let bytes = match answer {
                 Ok(bytes) => bytes,
                 // Deleted meanwhile.
@@ -269,9 +258,9 @@ impl RemotePartitions for LeaderReads {
                     return Err(BrokerError::TopicNotFound(read.topic));
                 }
                 // Its leadership moving, its broker down: retry.
-                Err(e) => return Err(failed(e.to_string())),
+                Err(e) => return Err(read.leader_not_available(e.to_string())),
             };
-            decode_answer(&bytes).ok_or_else(|| failed("a short answer".into()))
+            decode_answer(&bytes).ok_or_else(|| read.leader_not_available("a short answer".into()))
         })
     }
 }

@@ -23,6 +23,8 @@ use crate::log::Offset;
 struct FetchPlan {
     member: MemberView,
     positions: Vec<(TopicPartition, Source)>,
+    /// The group's `auto_offset_reset`, for the partitions read at their leaders.
+    reset: OffsetReset,
     changes: watch::Receiver<u32>,
 }
 
@@ -57,7 +59,7 @@ impl GroupCoordinator {
         // A long-poll in flight keeps the session alive until it ends (after the plan, which
         // sets the session's deadline from now).
         self.extend_session(group, member, wait)?;
-        self.wait_for_progress(group, &plan, wait).await?;
+        self.wait_for_progress(&plan, wait).await?;
         let plan = self.plan_fetch(group, member)?;
         self.read_plan(group, &plan, max_records, max_bytes).await
     }
@@ -92,6 +94,7 @@ impl GroupCoordinator {
         }
         Ok(FetchPlan {
             member: view,
+            reset: g.auto_offset_reset,
             positions,
             changes: g.changes.subscribe(),
         })
@@ -138,8 +141,12 @@ impl GroupCoordinator {
         let reads = plan.positions.iter().map(|(tp, source)| async move {
             match source {
                 Source::Remote(position) => {
-                    self.remote_read(group, tp, *position, share_records, share_bytes)
-                        .await
+                    let read = RemoteRead {
+                        max_records: share_records,
+                        max_bytes: share_bytes,
+                        ..RemoteRead::offsets(tp, *position, plan.reset)
+                    };
+                    self.remote_read(group, tp, read).await
                 }
                 Source::Local(..) => None,
             }
@@ -187,30 +194,17 @@ impl GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    /// Reads `tp` at its leader (`wait` zero: at once); pins where a `latest` reset put
-    /// it. None when it could not be read now (its leader moving, down, or unreachable): the
-    /// fetch goes on with the other partitions, and the next one tries again.
+    /// Reads `tp` at its leader (`read`, which does not wait); pins where a `latest` reset
+    /// put it. None when it could not be read now (its leader moving, down, or
+    /// unreachable): the fetch goes on with the other partitions, and the next one tries
+    /// again.
     async fn remote_read(
         &self,
         group: &str,
         tp: &TopicPartition,
-        position: Option<Offset>,
-        max_records: u32,
-        max_bytes: u64,
+        read: RemoteRead,
     ) -> Option<Fetched> {
-        let remote = self.remote()?;
-        let reset = self.lock().get(group)?.auto_offset_reset;
-        let read = RemoteRead {
-            topic: tp.topic.clone(),
-            partition: tp.partition,
-            position: position.map(|p| p.0),
-            reset,
-            max_records,
-            max_bytes,
-            wait_ms: 0,
-            timestamp_ms: None,
-        };
-        match remote.read(read).await {
+        match self.remote()?.read(read).await {
             Ok(answer) => {
                 if let Some(g) = self.lock().get_mut(group) {
                     g.pin_remote(tp, answer.fetched.from, answer.reset);
@@ -227,22 +221,14 @@ impl GroupCoordinator {
     /// Waits until any planned partition has records past its position, the assignment
     /// changes, shutdown begins, or `wait` passes. A partition read at its leader is asked
     /// to wait there (an offsets-only read, whose answer only wakes this wait).
-    async fn wait_for_progress(
-        &self,
-        group: &str,
-        plan: &FetchPlan,
-        wait: Duration,
-    ) -> Result<(), GroupError> {
+    async fn wait_for_progress(&self, plan: &FetchPlan, wait: Duration) -> Result<(), GroupError> {
         let broker = &self.broker;
         let slot = broker.wait_slot(WaitKind::LongPoll)?;
         let locals = plan.positions.iter().filter_map(|(_, s)| match s {
             Source::Local(p, position) => Some((&**p, *position)),
             Source::Remote(_) => None,
         });
-        let reset = self
-            .lock()
-            .get(group)
-            .map_or(OffsetReset::Earliest, |g| g.auto_offset_reset);
+        let reset = plan.reset;
         let deadline = Instant::now() + wait;
         let mut remote_waits: FuturesUnordered<_> = plan
             .positions
@@ -280,8 +266,9 @@ const REMOTE_WAIT_RETRY: Duration = Duration::from_millis(200);
 const REMOTE_SHARE_BYTES_MIN: u64 = 64 * 1024;
 
 /// Waits at `tp`'s leader until its high watermark passes `position` (true), or until
-/// `deadline` (false): a new leader's wait is asked as the one before ends. A failed wait is asked again (of the leader the metadata names then)
-/// after [`REMOTE_WAIT_RETRY`], so a failover does not leave the long-poll deaf.
+/// `deadline` (false). A wait the leader ended (its `wait_ms_max`) is asked again; a failed
+/// one (of the leader the metadata names then) after [`REMOTE_WAIT_RETRY`], so a failover
+/// does not leave the long-poll deaf.
 async fn wait_at_leader(
     remote: &Arc<dyn RemotePartitions>,
     tp: &TopicPartition,

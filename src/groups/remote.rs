@@ -39,7 +39,7 @@ pub struct RemoteRead {
     pub topic: String,
     pub partition: PartitionId,
     /// The group's committed (or pinned) offset; None: `reset` decides, as it does for an
-    /// offset past the high watermark. One below the log start reads from the log start.
+    /// offset past the log end. One below the log start reads from the log start.
     pub position: Option<u64>,
     pub reset: OffsetReset,
     /// 0: no batches, only the offsets (after the wait, if any).
@@ -54,6 +54,15 @@ pub struct RemoteRead {
 }
 
 impl RemoteRead {
+    /// Its partition's leader cannot be asked now (none, down, moving): retryable.
+    pub fn leader_not_available(&self, why: String) -> BrokerError {
+        BrokerError::LeaderNotAvailable {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            why,
+        }
+    }
+
     /// The partition's offsets and the resolved position, no records, at once (a
     /// description's lag, an offsets reset).
     pub fn offsets(
@@ -200,6 +209,23 @@ mod tests {
             Some(Offset(5))
         );
         assert!(decode_answer(&with_end[..10]).is_none(), "too short");
+    }
+
+    #[test]
+    fn a_read_names_every_field_it_needs_and_no_other() {
+        let tp = super::super::assignor::TopicPartition::new("t", PartitionId(2));
+        let read = RemoteRead::offsets(&tp, Some(Offset(7)), OffsetReset::Latest);
+        let mut json = serde_json::to_value(&read).unwrap();
+        assert!(json.get("timestamp_ms").is_none(), "left out when unset");
+        assert_eq!(
+            serde_json::from_value::<RemoteRead>(json.clone()).unwrap(),
+            read
+        );
+        json["extra"] = serde_json::json!(1);
+        assert!(
+            serde_json::from_value::<RemoteRead>(json).is_err(),
+            "unknown fields refused"
+        );
     }
 
     #[test]

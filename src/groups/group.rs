@@ -40,7 +40,7 @@ pub(super) struct Group {
     pub(super) owners: BTreeMap<TopicPartition, Owner>,
     /// Durable committed offsets (replayed from `__consumer_offsets` on start).
     pub(super) committed: BTreeMap<TopicPartition, OffsetValue>,
-    /// `latest` positions resolved for partitions without a commit; in memory only.
+    /// `latest` positions resolved for partitions without a commit in range; in memory only.
     pub(super) pinned: BTreeMap<TopicPartition, Offset>,
     pub(super) auto_offset_reset: OffsetReset,
     /// Partition counts of the subscribed topics at the last rebalance (expansion check).
@@ -245,12 +245,15 @@ impl Group {
         )
     }
 
-    /// The committed offset of `tp`, or the one pinned by a `latest` reset.
+    /// The offset pinned by a `latest` reset, or else the committed one. A pin wins: it is
+    /// only made where the commit was missing or out of range, and a commit clears it, so a
+    /// commit past the log end does not send every read back to the high watermark of the
+    /// moment (skipping what was produced between two reads).
     pub(super) fn stored_position(&self, tp: &TopicPartition) -> Option<Offset> {
-        self.committed
+        self.pinned
             .get(tp)
-            .map(|c| c.offset)
-            .or(self.pinned.get(tp).copied())
+            .copied()
+            .or_else(|| self.committed.get(tp).map(|c| c.offset))
     }
 
     /// Pins where a `latest` reset put a partition read elsewhere (at its leader), as

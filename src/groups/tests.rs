@@ -249,6 +249,36 @@ async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
     assert_eq!(g.position(&tp, &partition), Offset(0));
 }
 
+#[tokio::test]
+async fn a_latest_reset_past_the_end_holds_its_place_until_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _groups) = open_broker(dir.path(), "t", 1).await;
+    let partition = broker
+        .topic("t")
+        .unwrap()
+        .partition(PartitionId(0))
+        .unwrap();
+    let tp = TopicPartition::new("t", PartitionId(0));
+    produce_ones(&broker, "t", 0, 3).await;
+    let mut g = Group::new();
+    g.auto_offset_reset = OffsetReset::Latest;
+    // As after the topic was deleted and created again: the commit is past the end.
+    g.committed.insert(
+        tp.clone(),
+        OffsetValue {
+            offset: Offset(500),
+            committed_at_ms: 0,
+            member_id: None,
+            generation: None,
+        },
+    );
+    assert_eq!(g.position(&tp, &partition), Offset(3), "latest: the end");
+    // Records produced after the reset, before the member commits, are read, not skipped.
+    produce_ones(&broker, "t", 0, 2).await;
+    assert_eq!(g.position(&tp, &partition), Offset(3));
+    assert_eq!(g.stored_position(&tp), Some(Offset(3)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_leave_memory_equal_to_what_a_replay_of_the_log_gives() {
     let dir = tempfile::tempdir().unwrap();

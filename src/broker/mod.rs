@@ -180,6 +180,16 @@ pub struct Topic {
     round_robin: AtomicU64,
 }
 
+/// One partition a produce appends to.
+pub(crate) struct PartAppend {
+    id: PartitionId,
+    partition: Arc<Partition>,
+    /// acks=all on a replicated partition: the leadership its wait belongs to.
+    gate: Option<IsrGate>,
+    /// The offset after its batch, once appended.
+    next: Offset,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct TopicMeta {
     name: String,
@@ -212,6 +222,45 @@ impl Topic {
     /// Every partition of the topic by id, `None` where this broker holds no replica.
     pub fn partition_slots(&self) -> Vec<Option<Arc<Partition>>> {
         self.partitions.read().expect(POISONED).clone()
+    }
+
+    /// The distinct partitions of `assignment`, in the order they first appear, with their
+    /// local replicas; `Err` names the first one this broker holds no replica of. Only these
+    /// replicas are cloned (not the whole topic's), and a produce to one partition allocates
+    /// one entry.
+    pub(crate) fn replicas_for(
+        &self,
+        assignment: &[PartitionId],
+    ) -> Result<Vec<PartAppend>, PartitionId> {
+        /// Past this many distinct partitions, repeats are found in a table, not by a scan.
+        const SCAN_MAX: usize = 16;
+        let slots = self.partitions.read().expect(POISONED);
+        let mut parts: Vec<PartAppend> = Vec::with_capacity(1);
+        let mut seen: Vec<bool> = Vec::new();
+        for &p in assignment {
+            let repeat = if parts.len() < SCAN_MAX {
+                parts.iter().any(|part| part.id == p)
+            } else {
+                if seen.is_empty() {
+                    seen = vec![false; slots.len()];
+                    for part in &parts {
+                        seen[part.id.index()] = true;
+                    }
+                }
+                std::mem::replace(&mut seen[p.index()], true)
+            };
+            if repeat {
+                continue;
+            }
+            let partition = slots[p.index()].as_ref().ok_or(p)?;
+            parts.push(PartAppend {
+                id: p,
+                partition: Arc::clone(partition),
+                gate: None,
+                next: Offset::ZERO,
+            });
+        }
+        Ok(parts)
     }
 
     /// How many partitions the topic has (on a cluster: on every broker, local or not).
@@ -1065,38 +1114,29 @@ impl Broker {
                 appended: false,
             }));
         }
-        let partitions = topic.partition_slots();
+        let count = topic.partition_count();
         let round_robin_from =
             (producer.producer_id >= 0).then(|| producer.base_sequence.unsigned_abs().into());
         let assignment = self
-            .assign_partitions(topic, partitions.len() as u32, records, round_robin_from)
+            .assign_partitions(topic, count, records, round_robin_from)
             .map_err(before_any_append)?;
         // On a cluster member, a record for a partition held elsewhere fails the whole
         // produce before anything is appended (the HTTP layer splits produces by leader).
-        if let Some(&p) = assignment.iter().find(|p| partitions[p.index()].is_none()) {
-            return Err(before_any_append(BrokerError::NotAReplica {
+        let mut parts = topic.replicas_for(&assignment).map_err(|p| {
+            before_any_append(BrokerError::NotAReplica {
                 topic: topic.name.to_string(),
                 partition: p,
-            }));
-        }
+            })
+        })?;
         // acks=all on a replicated partition: refused before anything is appended when its
         // in-sync replica set is below the minimum; else each producer is counted on its
         // partitions (before the append, so the leader's next answer to its followers asks
         // them to fsync at once).
         let mut replicated = false;
         let mut waiters = Vec::new();
-        // Per partition: the leadership (gate) its acks=all wait belongs to.
-        let mut gates: Vec<Option<IsrGate>> = vec![None; partitions.len()];
         if acks == Acks::All {
-            let mut seen = vec![false; partitions.len()];
-            for &p in &assignment {
-                if std::mem::replace(&mut seen[p.index()], true) {
-                    continue;
-                }
-                let partition = partitions[p.index()]
-                    .as_ref()
-                    .expect("every assigned partition was checked to be local");
-                if let Some(gate) = partition.isr_gate() {
+            for part in &mut parts {
+                if let Some(gate) = part.partition.isr_gate() {
                     if !gate.open() {
                         return Err(before_any_append(BrokerError::NotEnoughReplicas {
                             isr: gate.isr,
@@ -1104,19 +1144,17 @@ impl Broker {
                         }));
                     }
                     replicated = true;
-                    gates[p.index()] = Some(gate);
-                    waiters.push(partition.acks_all_waiter());
+                    part.gate = Some(gate);
+                    waiters.push(part.partition.acks_all_waiter());
                 }
             }
         }
         let mut offsets = vec![(PartitionId(0), Offset::ZERO); records.len()];
-        let mut waits: Vec<(PartitionId, Arc<Partition>, Offset)> = Vec::new();
-        let mut done = vec![false; partitions.len()];
+        // `parts[..appended]` were appended, each up to its `next`.
+        let mut appended = 0;
         let mut failed_append = None;
-        for &p in &assignment {
-            if std::mem::replace(&mut done[p.index()], true) {
-                continue;
-            }
+        for part in &mut parts {
+            let p = part.id;
             let members = || {
                 assignment
                     .iter()
@@ -1129,16 +1167,15 @@ impl Broker {
             for i in members() {
                 builder.push(&records[i].record);
             }
-            let count = builder.record_count();
+            let record_count = builder.record_count();
             let mut batch = builder.finish(producer, None);
-            let partition = partitions[p.index()]
-                .as_ref()
-                .expect("every assigned partition was checked to be local");
-            let appended = partition.append(&mut batch, count, acks == Acks::All);
+            let result = part
+                .partition
+                .append(&mut batch, record_count, acks == Acks::All);
             if batch.capacity() <= BATCH_BUFFER_KEEP_BYTES_MAX {
                 BATCH_BUFFER.set(batch);
             }
-            let (base, next) = match appended {
+            let (base, next) = match result {
                 Ok(range) => range,
                 Err(e) => {
                     failed_append = Some((p, e));
@@ -1148,15 +1185,20 @@ impl Broker {
             for (j, i) in members().enumerate() {
                 offsets[i] = (p, base + j as u64);
             }
-            waits.push((p, Arc::clone(partition), next));
+            part.next = next;
+            appended += 1;
         }
-        // How many of `waits` are durable as `acks` asked, and why the next one is not.
-        let mut confirmed = waits.len();
+        // How many of the appended parts are durable as `acks` asked, and why the next one
+        // is not.
+        let mut confirmed = appended;
         let mut failed_wait = None;
         if acks == Acks::All {
-            for (k, (p, partition, next)) in waits.iter().enumerate() {
-                let gate = gates[p.index()];
-                if let Err(e) = partition.wait_replicated(*next, timeout, gate).await {
+            for (k, part) in parts[..appended].iter().enumerate() {
+                let waited = part
+                    .partition
+                    .wait_replicated(part.next, timeout, part.gate)
+                    .await;
+                if let Err(e) = waited {
                     (confirmed, failed_wait) = (k, Some(e));
                     break;
                 }
@@ -1185,9 +1227,9 @@ impl Broker {
             (None, Some(e)) => (e, None),
         };
         // Per partition: `Some(true)` stored, `Some(false)` unconfirmed, `None` never tried.
-        let mut stored: Vec<Option<bool>> = vec![None; partitions.len()];
-        for (k, (p, _, _)) in waits.iter().enumerate() {
-            stored[p.index()] = Some(k < confirmed);
+        let mut stored: Vec<Option<bool>> = vec![None; count as usize];
+        for (k, part) in parts[..appended].iter().enumerate() {
+            stored[part.id.index()] = Some(k < confirmed);
         }
         if let Some(p) = failed_partition {
             stored[p.index()] = Some(false);

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ApiResult};
@@ -43,17 +44,27 @@ pub fn check_declared_length(headers: &HeaderMap, limit: u64) -> ApiResult<Optio
 pub async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> ApiResult<Bytes> {
     let declared = check_declared_length(headers, limit)?;
     let mut stream = body.into_data_stream();
-    // One allocation for a body of known length (already bounded by the limit) instead of
-    // regrowing chunk by chunk.
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // A body that comes in one chunk (a small one, read with its head) is that chunk, not a
+    // copy. Past the first, one allocation for a body of known length (already bounded by
+    // the limit) instead of regrowing chunk by chunk.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(body_read_failed)?;
-        if (buf.len() + chunk.len()) as u64 > limit {
+        let so_far = first.as_ref().map_or(buf.len(), Bytes::len);
+        if (so_far + chunk.len()) as u64 > limit {
             return Err(body_too_large(limit));
+        }
+        if let Some(whole) = first.take() {
+            buf.reserve((declared.unwrap_or(0) as usize).max(whole.len() + chunk.len()));
+            buf.extend_from_slice(&whole);
+        } else if buf.is_empty() {
+            first = Some(chunk);
+            continue;
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// The problem for a body that could not be read: a 408 naming the limit when a body clock
@@ -101,7 +112,7 @@ pub fn unsupported_media_type(got: &str, expected: &str) -> ApiError {
 }
 
 /// Parses a query string into `T`, answering a problem that names the bad parameter.
-pub fn parse_query<T: DeserializeOwned + Default>(raw: Option<&str>) -> ApiResult<T> {
+pub fn parse_query<'a, T: Deserialize<'a> + Default>(raw: Option<&'a str>) -> ApiResult<T> {
     match raw {
         None | Some("") => Ok(T::default()),
         Some(q) if !percent_decodes_to_utf8(q) => Err(ApiError::invalid(

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::body::{content_type, parse_query, read_limited};
+use super::body::{content_type, read_limited};
 use super::error::{ApiError, ApiResult};
 use super::produce::{ProduceQuery, produce_body};
 use crate::producers::idempotency_keys::{Begin, Fingerprint, StoredAnswer, validate_key};
@@ -59,7 +59,7 @@ pub(super) async fn produce_with_key(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let q: ProduceQuery = parse_query(query.as_deref())?;
+    let q = ProduceQuery::parse(query.as_deref())?;
     if q.producer_id.is_some() || q.producer_epoch.is_some() || q.sequence.is_some() {
         return Err(ApiError::invalid(
             "a produce carries an Idempotency-Key or a producer session (producer_id, \

@@ -1,6 +1,7 @@
 //! Produce (`POST .../records`): the query, then the body by content type (JSON whole,
 //! NDJSON streamed, octet-stream as one record), handed to the broker as one slice of records.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,20 +29,67 @@ use crate::limits::Limit;
 use crate::log::batch::{ProducerInfo, RecordRef};
 use crate::metadata::PartitionId;
 
-/// Query of a produce request.
+/// Query of a produce request. Its values borrow the query string where they can (always,
+/// through [`ProduceQuery::parse`]'s plain path).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProduceQuery {
-    pub acks: Option<String>,
-    pub timeout_ms: Option<String>,
+pub struct ProduceQuery<'a> {
+    #[serde(borrow)]
+    pub acks: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub timeout_ms: Option<Cow<'a, str>>,
     /// For `application/octet-stream`: the record's key, partition and timestamp.
-    pub key: Option<String>,
-    pub partition: Option<String>,
-    pub timestamp_ms: Option<String>,
+    #[serde(borrow)]
+    pub key: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub partition: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub timestamp_ms: Option<Cow<'a, str>>,
     /// An idempotent produce: the session's id and epoch, and the request's sequence.
-    pub producer_id: Option<String>,
-    pub producer_epoch: Option<String>,
-    pub sequence: Option<String>,
+    #[serde(borrow)]
+    pub producer_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub producer_epoch: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub sequence: Option<Cow<'a, str>>,
+}
+
+impl<'a> ProduceQuery<'a> {
+    /// The query of a produce. A plain one (each pair `name=value`, every name a field and
+    /// given once, nothing to decode: no `%` or `+`) is read here, borrowing its values;
+    /// anything else goes through `serde_urlencoded` ([`parse_query`]), which answers what
+    /// it always did. Both read a plain query the same way (a unit test holds them to it).
+    pub fn parse(raw: Option<&'a str>) -> ApiResult<ProduceQuery<'a>> {
+        match raw.map_or(Some(ProduceQuery::default()), Self::plain) {
+            Some(q) => Ok(q),
+            None => parse_query(raw),
+        }
+    }
+
+    fn plain(raw: &'a str) -> Option<ProduceQuery<'a>> {
+        if raw.contains(['%', '+']) {
+            return None;
+        }
+        let mut q = ProduceQuery::default();
+        for pair in raw.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=')?;
+            let field = match name {
+                "acks" => &mut q.acks,
+                "timeout_ms" => &mut q.timeout_ms,
+                "key" => &mut q.key,
+                "partition" => &mut q.partition,
+                "timestamp_ms" => &mut q.timestamp_ms,
+                "producer_id" => &mut q.producer_id,
+                "producer_epoch" => &mut q.producer_epoch,
+                "sequence" => &mut q.sequence,
+                _ => return None,
+            };
+            if field.replace(Cow::Borrowed(value)).is_some() {
+                return None;
+            }
+        }
+        Some(q)
+    }
 }
 
 pub(super) struct ProduceParams {
@@ -104,7 +152,7 @@ pub(super) async fn produce_body(
     body: Body,
 ) -> ApiResult<Response> {
     let broker = &node.broker;
-    let q: ProduceQuery = parse_query(query)?;
+    let q = ProduceQuery::parse(query)?;
     let params = produce_params(&q, broker)?;
     let ct = content_type(headers);
     let idempotent = params.producer.producer_id >= 0;
@@ -238,4 +286,63 @@ pub(super) fn record_fates(failed: ProduceFailure, explain: bool) -> ApiError {
         .with("appended_records", stored)
         .with("unconfirmed_records", unconfirmed)
         .with("offsets", offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What serde_urlencoded makes of `raw` (the one reading before the plain path), as
+    /// text: the fields, or the problem's detail.
+    fn by_serde(raw: &str) -> String {
+        match parse_query::<ProduceQuery>(Some(raw)) {
+            Ok(q) => format!("{q:?}"),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_query_reads_as_serde_urlencoded_reads_it() {
+        let plain = [
+            "",
+            "acks=all",
+            "acks=all&timeout_ms=500",
+            "acks=",
+            "&acks=leader&&",
+            "key=k1&partition=2&timestamp_ms=7&acks=none",
+            "producer_id=3&producer_epoch=0&sequence=9",
+            "acks=a=b",
+        ];
+        for raw in plain {
+            let q = ProduceQuery::plain(raw).unwrap_or_else(|| panic!("plain: {raw}"));
+            assert_eq!(format!("{q:?}"), by_serde(raw), "{raw}");
+            assert_eq!(
+                format!("{:?}", ProduceQuery::parse(Some(raw))),
+                format!("{:?}", parse_query::<ProduceQuery>(Some(raw))),
+                "{raw}"
+            );
+        }
+        // Not plain: serde_urlencoded decides, refusals included.
+        let other = [
+            "acks",
+            "acks=all&acks=none",
+            "ack=all",
+            "key=a%20b",
+            "key=a+b",
+            "key=%FF",
+            "acks=all&bogus=1",
+        ];
+        for raw in other {
+            assert!(ProduceQuery::plain(raw).is_none(), "{raw}");
+            assert_eq!(
+                format!("{:?}", ProduceQuery::parse(Some(raw))),
+                format!("{:?}", parse_query::<ProduceQuery>(Some(raw))),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            format!("{:?}", ProduceQuery::parse(None).map(|q| q.acks)),
+            "Ok(None)"
+        );
+    }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AppState;
-use super::body::{parse_query, read_limited};
+use super::body::read_limited;
 use super::error::{ApiError, ApiResult};
 use super::forward::{
     FORWARDED_HEADER, PartitionHome, TopicHomes, leader_not_available, not_leader, partition_home,
@@ -503,7 +503,7 @@ pub async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let q: ProduceQuery = parse_query(query.as_deref())?;
+    let q = ProduceQuery::parse(query.as_deref())?;
     let params = produce_params(&q, &node.broker)?;
     match partition_home(&node.cluster, &topic, partition) {
         PartitionHome::Here | PartitionHome::Unknown => {}

@@ -94,7 +94,11 @@ pub fn content_type(headers: &HeaderMap) -> Cow<'_, str> {
     else {
         return Cow::Borrowed("");
     };
-    let v = v.split(';').next().unwrap_or("").trim();
+    // `to_str` let through visible ASCII and tabs only: ASCII trimming is all there is.
+    let v = v
+        .split_once(';')
+        .map_or(v, |(media_type, _)| media_type)
+        .trim_ascii();
     // Borrowed in the usual case, so a request does not allocate for its media type.
     if v.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(v.to_ascii_lowercase())

@@ -67,7 +67,7 @@ impl<'a> ProduceQuery<'a> {
     }
 
     fn plain(raw: &'a str) -> Option<ProduceQuery<'a>> {
-        if raw.contains(['%', '+']) {
+        if raw.bytes().any(|b| b == b'%' || b == b'+') {
             return None;
         }
         let mut q = ProduceQuery::default();

@@ -19,11 +19,13 @@
 //! timeout: a handle used without a new look-up was resolved, and so its series updated,
 //! less than the idle timeout ago, and its series is still there.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::pin::Pin;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,59 @@ const RESOLVE_EVERY: Duration = Duration::from_millis(50);
 /// Route templates as `'static` labels, filled by [`super::router`].
 static ROUTES: OnceLock<HashSet<&'static str>> = OnceLock::new();
 
-type SeriesKey = (&'static str, &'static str, u16);
+/// A request series: route template, method and status. The labels are `'static` and few,
+/// so a key is known by where its strings are, not by their bytes: hashing and comparing the
+/// addresses is a few instructions where SipHash over the bytes was a few hundred. (Two
+/// copies of one string would only make two entries holding handles of the same series.)
+#[derive(Debug, Clone, Copy)]
+struct SeriesKey {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.route, other.route)
+            && std::ptr::eq(self.method, other.method)
+            && self.status == other.status
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_usize(self.route.as_ptr() as usize);
+        state.write_usize(self.method.as_ptr() as usize);
+        state.write_u16(self.status);
+    }
+}
+
+/// Mixes the few words of a [`SeriesKey`] (multiply and rotate, as FxHash does).
+#[derive(Default)]
+struct SeriesHasher(u64);
+
+impl SeriesHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for SeriesHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.mix(u64::from(b)));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.mix(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+}
 
 struct Handles {
     requests: Counter,
@@ -49,7 +103,12 @@ struct Handles {
     resolved: Instant,
 }
 
-static HANDLES: OnceLock<Mutex<HashMap<SeriesKey, Handles>>> = OnceLock::new();
+type HandleMap = HashMap<SeriesKey, Handles, BuildHasherDefault<SeriesHasher>>;
+
+thread_local! {
+    /// Each thread's own handles: a request takes no lock shared with the other workers.
+    static HANDLES: RefCell<HandleMap> = RefCell::new(HandleMap::default());
+}
 
 /// Counts requests and times them by route template (bounded cardinality) and status.
 #[derive(Debug, Clone, Copy)]
@@ -158,31 +217,34 @@ fn method_label(method: &Method) -> &'static str {
 /// Counts one request and records its duration.
 pub(super) fn record(route: &'static str, method: &'static str, status: StatusCode, took: f64) {
     let now = Instant::now();
-    let key = (route, method, status.as_u16());
-    let map = HANDLES.get_or_init(Default::default);
-    let mut map = map
-        .lock()
-        .expect("the request series lock is poisoned only after a panic");
-    let fresh = |h: &Handles| now.saturating_duration_since(h.resolved) < RESOLVE_EVERY;
-    let handles = match map.get(&key) {
-        Some(h) if fresh(h) => h,
-        _ => {
-            let status = status.as_u16().to_string();
-            let requests = ::metrics::counter!(
-                m::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status
-            );
-            let seconds = ::metrics::histogram!(m::HTTP_REQUEST_SECONDS, "route" => route, "method" => method);
-            map.insert(
-                key,
-                Handles {
-                    requests,
-                    seconds,
-                    resolved: now,
-                },
-            );
-            &map[&key]
-        }
+    let key = SeriesKey {
+        route,
+        method,
+        status: status.as_u16(),
     };
-    handles.requests.increment(1);
-    handles.seconds.record(took);
+    HANDLES.with_borrow_mut(|map| {
+        let handles = map.entry(key).or_insert_with(|| resolve(key, now));
+        if now.saturating_duration_since(handles.resolved) >= RESOLVE_EVERY {
+            *handles = resolve(key, now);
+        }
+        handles.requests.increment(1);
+        handles.seconds.record(took);
+    });
+}
+
+/// The series' handles, looked up in the registry now.
+fn resolve(key: SeriesKey, now: Instant) -> Handles {
+    let SeriesKey {
+        route,
+        method,
+        status,
+    } = key;
+    let status = status.to_string();
+    Handles {
+        requests: ::metrics::counter!(
+            m::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status
+        ),
+        seconds: ::metrics::histogram!(m::HTTP_REQUEST_SECONDS, "route" => route, "method" => method),
+        resolved: now,
+    }
 }

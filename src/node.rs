@@ -32,11 +32,11 @@ use crate::groups::GroupCoordinator;
 use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::groups::remote::{
     OFFSETS_TIMEOUT, READ_PATH, READ_TIMEOUT_EXTRA, RemoteAnswer, RemotePartitions, RemoteRead,
-    answer_bytes_max, decode_answer,
+    RemoteWait, WAIT_PATH, WaitAnswer, answer_bytes_max, decode_answer,
 };
 use crate::groups::sessions::run_sessions;
 use crate::limits::Limits;
-use crate::metadata::{Command, MetadataError, PartitionId};
+use crate::metadata::{Command, MetadataError, NodeId, PartitionId};
 use crate::producers::idempotency_keys::{IDEMPOTENCY_KEYS_TOPIC, IdempotencyKeys};
 use crate::producers::{PRODUCERS_TOPIC, ProducerRegistry};
 use crate::replication::Replicator;
@@ -263,7 +263,47 @@ impl RemotePartitions for LeaderReads {
             decode_answer(&bytes).ok_or_else(|| read.leader_not_available("a short answer".into()))
         })
     }
+
+    fn leader_of(&self, topic: &str, partition: PartitionId) -> Option<NodeId> {
+        self.cluster
+            .with_image(|image| image.partition(topic, partition)?.leader)
+    }
+
+    fn wait(&self, wait: RemoteWait) -> BoxFuture<'static, Result<bool, BrokerError>> {
+        let Some(first) = wait.parts.first() else {
+            return Box::pin(async { Ok(false) });
+        };
+        // Named by its first partition: the caller groups them again when it fails.
+        let (topic, partition) = (first.topic.clone(), first.partition);
+        let unavailable = move |why: String| BrokerError::LeaderNotAvailable {
+            topic: topic.clone(),
+            partition,
+            why,
+        };
+        let address = match self.leader_of(&first.topic, first.partition) {
+            Some(node) => self
+                .cluster
+                .peer_address(node)
+                .ok_or_else(|| format!("broker {} has no known address", node.0)),
+            None => Err("it has no leader now".to_string()),
+        };
+        let client = self.client.clone();
+        Box::pin(async move {
+            let address = address.map_err(&unavailable)?;
+            let timeout = Duration::from_millis(wait.wait_ms) + READ_TIMEOUT_EXTRA;
+            let answer = client
+                .post_for_bytes(address, WAIT_PATH, &wait, timeout, WAIT_ANSWER_BYTES_MAX)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let answer: WaitAnswer = serde_json::from_slice(&answer)
+                .map_err(|e| unavailable(format!("its answer does not parse: {e}")))?;
+            Ok(answer.ready)
+        })
+    }
 }
+
+/// Largest answer to a wait (`{"ready":true}`, or a problem of a few hundred bytes).
+const WAIT_ANSWER_BYTES_MAX: usize = 64 * 1024;
 
 /// How long the first call that needs an internal topic on a cluster waits for this broker
 /// to hold its replica of the topic it created in the metadata.

@@ -582,9 +582,11 @@ fn each_operation_lists_the_codes_of_its_own_resources_and_every_code_is_listed(
             .unwrap_or_else(|| panic!("{method} {path}: forward::served_at does not know it"));
         let internal = path.starts_with("/internal/");
         // The internal routes a partition's leader serves: a split produce's part, and a
-        // group coordinator's read of a partition it holds no replica of.
-        let leader_internal =
-            path.starts_with("/internal/v1/append/") || path == "/internal/v1/partitions/read";
+        // group coordinator's read of (and a member long-poll's wait on) partitions it holds
+        // no replica of.
+        let leader_internal = path.starts_with("/internal/v1/append/")
+            || path == "/internal/v1/partitions/read"
+            || path == "/internal/v1/partitions/wait";
         let produce = path == "/v1/topics/{topic}/records";
         let controller = matches!(at, ServedAt::Controller | ServedAt::Coordinator(_))
             || (internal && !leader_internal)

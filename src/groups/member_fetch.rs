@@ -1,6 +1,7 @@
 //! Reading records for a member: plan the positions under the registry lock, read and wait
 //! outside it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,11 @@ use super::assignor::TopicPartition;
 use super::coordinator::{GroupCoordinator, member_group};
 use super::error::GroupError;
 use super::group::OffsetReset;
-use super::remote::{RemotePartitions, RemoteRead};
+use super::remote::{RemotePartitions, RemoteRead, RemoteWait, WAIT_PARTS_MAX, WaitPart};
 use super::views::{MemberFetch, MemberView};
 use crate::broker::{BrokerError, Fetched, Partition, WaitKind};
 use crate::log::Offset;
+use crate::metadata::NodeId;
 
 /// The partitions a fetch reads, and where, taken under the lock.
 struct FetchPlan {
@@ -219,8 +221,8 @@ impl GroupCoordinator {
     }
 
     /// Waits until any planned partition has records past its position, the assignment
-    /// changes, shutdown begins, or `wait` passes. A partition read at its leader is asked
-    /// to wait there (an offsets-only read, whose answer only wakes this wait).
+    /// changes, shutdown begins, or `wait` passes. The partitions read at their leaders are
+    /// waited on at each leader, one wait there for all of them ([`wait_at_leader`]).
     async fn wait_for_progress(&self, plan: &FetchPlan, wait: Duration) -> Result<(), GroupError> {
         let broker = &self.broker;
         let slot = broker.wait_slot(WaitKind::LongPoll)?;
@@ -228,25 +230,22 @@ impl GroupCoordinator {
             Source::Local(p, position) => Some((&**p, *position)),
             Source::Remote(_) => None,
         });
-        let reset = plan.reset;
-        let deadline = Instant::now() + wait;
-        let mut remote_waits: FuturesUnordered<_> = plan
+        let remote_parts: Vec<WaitPart> = plan
             .positions
             .iter()
-            .filter_map(|(tp, s)| match (s, self.remote()) {
-                (Source::Remote(position), Some(remote)) => {
-                    Some(wait_at_leader(remote, tp, *position, reset, deadline))
-                }
-                _ => None,
+            .filter_map(|(tp, s)| match s {
+                Source::Remote(position) => Some(WaitPart::new(tp, *position)),
+                Source::Local(..) => None,
             })
             .collect();
+        let deadline = Instant::now() + wait;
         let any_remote = async {
-            while let Some(woken) = remote_waits.next().await {
-                if woken {
-                    return;
+            match self.remote() {
+                Some(remote) if !remote_parts.is_empty() => {
+                    wait_at_leaders(remote, remote_parts, plan.reset, deadline).await
                 }
+                _ => std::future::pending().await,
             }
-            std::future::pending::<()>().await
         };
         let mut changes = plan.changes.clone();
         tokio::select! {
@@ -262,36 +261,97 @@ impl GroupCoordinator {
 /// leadership moving, its broker down) or ended early (shutting down, a `wait_ms_max` of 0).
 const REMOTE_WAIT_RETRY: Duration = Duration::from_millis(200);
 
-/// The least share of a fetch's byte budget a partition read at its leader gets.
-const REMOTE_SHARE_BYTES_MIN: u64 = 64 * 1024;
+/// What became of one wait at a leader.
+enum Waited {
+    /// A partition there has a record past the group's position.
+    Ready,
+    /// The deadline passed.
+    Out,
+    /// The leader could not be asked, or leads some of these no more: they are grouped by
+    /// their leaders again.
+    Regroup(Vec<WaitPart>),
+}
 
-/// Waits at `tp`'s leader until its high watermark passes `position` (true), or until
-/// `deadline` (false). A wait the leader ended (its `wait_ms_max`) is asked again; a failed
-/// one (of the leader the metadata names then) after [`REMOTE_WAIT_RETRY`], so a failover
-/// does not leave the long-poll deaf.
-async fn wait_at_leader(
+/// Waits at the partitions' leaders, one wait per leader (of at most [`WAIT_PARTS_MAX`]
+/// partitions), until one says a partition has a record past the group's position; never
+/// returns if none does before `deadline` (the caller's own deadline ends the wait). A wait
+/// that failed is grouped again by the leaders the metadata names then, so a failover does
+/// not leave the long-poll deaf.
+async fn wait_at_leaders(
     remote: &Arc<dyn RemotePartitions>,
-    tp: &TopicPartition,
-    position: Option<Offset>,
+    parts: Vec<WaitPart>,
     reset: OffsetReset,
     deadline: Instant,
-) -> bool {
+) {
+    let mut waits = FuturesUnordered::new();
+    for group in by_leader(&**remote, parts) {
+        waits.push(wait_at_leader(remote, group, reset, deadline));
+    }
+    while let Some(waited) = waits.next().await {
+        match waited {
+            Waited::Ready => return,
+            Waited::Out => {}
+            Waited::Regroup(parts) => {
+                for group in by_leader(&**remote, parts) {
+                    waits.push(wait_at_leader(remote, group, reset, deadline));
+                }
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+/// `parts` grouped by the leader the metadata names for each (those with none together),
+/// in groups of at most [`WAIT_PARTS_MAX`].
+fn by_leader(remote: &dyn RemotePartitions, parts: Vec<WaitPart>) -> Vec<Vec<WaitPart>> {
+    let mut groups: BTreeMap<Option<NodeId>, Vec<WaitPart>> = BTreeMap::new();
+    for part in parts {
+        let leader = remote.leader_of(&part.topic, part.partition);
+        groups.entry(leader).or_default().push(part);
+    }
+    let mut out = Vec::new();
+    for (_, mut group) in groups {
+        while group.len() > WAIT_PARTS_MAX {
+            let rest = group.split_off(WAIT_PARTS_MAX);
+            out.push(std::mem::replace(&mut group, rest));
+        }
+        out.push(group);
+    }
+    out
+}
+
+/// Waits at the leader of `parts` (one group of [`by_leader`]). A wait the leader ended (it
+/// caps a wait at its `wait_ms_max`) is asked again, at once if it waited, after a pause if it
+/// answered early (no busy loop); a failed one is handed back, after a pause, to be grouped
+/// again.
+async fn wait_at_leader(
+    remote: &Arc<dyn RemotePartitions>,
+    parts: Vec<WaitPart>,
+    reset: OffsetReset,
+    deadline: Instant,
+) -> Waited {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return Waited::Out;
         }
-        let read = RemoteRead {
+        let wait = RemoteWait {
+            parts: parts.clone(),
+            reset,
             wait_ms: left.as_millis() as u64,
-            ..RemoteRead::offsets(tp, position, reset)
         };
         let asked = Instant::now();
-        match remote.read(read).await {
-            Ok(a) if a.fetched.high_watermark > a.fetched.from => return true,
-            // The leader's wait ended (it caps a wait at its wait_ms_max): ask again, at once
-            // if it waited, after a pause if it answered early (no busy loop).
-            Ok(_) if asked.elapsed() >= left / 2 => {}
-            _ => tokio::time::sleep(REMOTE_WAIT_RETRY.min(left)).await,
+        match remote.wait(wait).await {
+            Ok(true) => return Waited::Ready,
+            Ok(false) if asked.elapsed() >= left / 2 => {}
+            Ok(false) => tokio::time::sleep(REMOTE_WAIT_RETRY.min(left)).await,
+            Err(_) => {
+                tokio::time::sleep(REMOTE_WAIT_RETRY.min(left)).await;
+                return Waited::Regroup(parts);
+            }
         }
     }
 }
+
+/// The least share of a fetch's byte budget a partition read at its leader gets.
+const REMOTE_SHARE_BYTES_MIN: u64 = 64 * 1024;

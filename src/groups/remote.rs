@@ -18,10 +18,17 @@ use serde::{Deserialize, Serialize};
 use super::group::OffsetReset;
 use crate::broker::{BrokerError, Fetched};
 use crate::log::Offset;
-use crate::metadata::PartitionId;
+use crate::metadata::{NodeId, PartitionId};
 
 /// The internal route a leader answers remote reads on.
 pub const READ_PATH: &str = "/internal/v1/partitions/read";
+
+/// The internal route a leader answers a member long-poll's wait on.
+pub const WAIT_PATH: &str = "/internal/v1/partitions/wait";
+
+/// The most partitions one [`RemoteWait`] names; a member waiting on more at one leader sends
+/// several.
+pub const WAIT_PARTS_MAX: usize = 1024;
 
 /// What the coordinator needs of partitions it holds no replica of.
 pub trait RemotePartitions: Send + Sync + Debug {
@@ -30,6 +37,54 @@ pub trait RemotePartitions: Send + Sync + Debug {
 
     /// Reads `read` at the partition's leader.
     fn read(&self, read: RemoteRead) -> BoxFuture<'static, Result<RemoteAnswer, BrokerError>>;
+
+    /// The broker the metadata names leader of the partition now; None: no leader, or no
+    /// such partition.
+    fn leader_of(&self, topic: &str, partition: PartitionId) -> Option<NodeId>;
+
+    /// Waits at the leader of `wait`'s first partition (the caller groups the partitions by
+    /// leader) until one of them has a record past its position (true) or `wait_ms` passes
+    /// (false). An error when that leader cannot be asked, or leads one of them no more.
+    fn wait(&self, wait: RemoteWait) -> BoxFuture<'static, Result<bool, BrokerError>>;
+}
+
+/// A member long-poll's wait at one leader, for every partition of its assignment that leader
+/// leads: one request, and one long-poll slot there, however many partitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWait {
+    /// At most [`WAIT_PARTS_MAX`].
+    pub parts: Vec<WaitPart>,
+    /// The group's `auto_offset_reset`, for a part with no position.
+    pub reset: OffsetReset,
+    pub wait_ms: u64,
+}
+
+/// One partition of a [`RemoteWait`] and the group's position there (as [`RemoteRead`]'s).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WaitPart {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub position: Option<u64>,
+}
+
+impl WaitPart {
+    pub fn new(tp: &super::assignor::TopicPartition, position: Option<Offset>) -> WaitPart {
+        WaitPart {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            position: position.map(|p| p.0),
+        }
+    }
+}
+
+/// The leader's answer to a [`RemoteWait`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WaitAnswer {
+    /// Some partition has a record past the group's position.
+    pub ready: bool,
 }
 
 /// A read of one partition at its leader, from the group's position.

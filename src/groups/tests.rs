@@ -369,10 +369,12 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
         .unwrap();
 }
 
-/// Reads at the leaders as the fake hook below records them.
+/// Reads and waits at the leaders as the fake hook below records them. Partitions 0 and 1 of
+/// `far` are led by broker 1, 2 and 3 by broker 2.
 #[derive(Debug, Default)]
 struct FakeLeaders {
     reads: std::sync::Mutex<Vec<super::remote::RemoteRead>>,
+    waits: std::sync::Mutex<Vec<super::remote::RemoteWait>>,
 }
 
 impl super::remote::RemotePartitions for FakeLeaders {
@@ -401,6 +403,54 @@ impl super::remote::RemotePartitions for FakeLeaders {
             })
         })
     }
+
+    fn leader_of(&self, _topic: &str, partition: PartitionId) -> Option<crate::metadata::NodeId> {
+        Some(crate::metadata::NodeId(1 + partition.0 / 2))
+    }
+
+    fn wait(
+        &self,
+        wait: super::remote::RemoteWait,
+    ) -> futures_util::future::BoxFuture<'static, Result<bool, BrokerError>> {
+        self.waits.lock().unwrap().push(wait.clone());
+        // Nothing arrives: the wait runs out.
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(wait.wait_ms)).await;
+            Ok(false)
+        })
+    }
+}
+
+/// A member long-poll on partitions led elsewhere waits once at each leader, for all the
+/// partitions that leader leads (one long-poll slot there, not one per partition).
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_waits_once_per_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
+    let leaders = Arc::new(FakeLeaders::default());
+    groups.read_remote_with(Arc::clone(&leaders) as Arc<dyn super::remote::RemotePartitions>);
+    let v = groups
+        .join("g", &topics(&["far"]), Some(30_000), None)
+        .unwrap();
+    let fetched = groups
+        .fetch(
+            "g",
+            &v.member_id,
+            100,
+            1 << 20,
+            Duration::from_millis(1_000),
+        )
+        .await
+        .unwrap();
+    assert!(fetched.parts.is_empty());
+    let waits = leaders.waits.lock().unwrap();
+    let mut asked: Vec<Vec<u32>> = waits
+        .iter()
+        .map(|w| w.parts.iter().map(|p| p.partition.0).collect())
+        .collect();
+    asked.sort();
+    assert_eq!(asked, vec![vec![0, 1], vec![2, 3]], "{waits:?}");
+    assert!(waits.iter().all(|w| w.wait_ms == 1_000), "{waits:?}");
 }
 
 /// A member of a topic whose partitions are all led elsewhere: a fetch reads the four of them

@@ -227,6 +227,10 @@ fn routes() -> Vec<(&'static str, Vec<MethodHandler>)> {
             crate::groups::remote::READ_PATH,
             vec![on(Method::POST, remote_read::read)],
         ),
+        (
+            crate::groups::remote::WAIT_PATH,
+            vec![on(Method::POST, remote_read::wait)],
+        ),
     ]
 }
 

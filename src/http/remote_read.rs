@@ -13,13 +13,17 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::body::read_json;
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::fetch::fetch_waiting;
 use super::forward::{PartitionHome, leader_not_available, not_leader, partition_home};
+use axum::Json;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::{Fetched, WaitKind};
-use crate::groups::remote::{RemoteAnswer, RemoteRead, encode_answer, resolve};
+use crate::broker::{Fetched, Partition, WaitKind};
+use crate::groups::remote::{
+    RemoteAnswer, RemoteRead, RemoteWait, WAIT_PARTS_MAX, WaitAnswer, encode_answer, resolve,
+};
 use crate::log::Offset;
 
 pub async fn read(
@@ -94,4 +98,65 @@ pub async fn read(
         encode_answer(&answer),
     )
         .into_response())
+}
+
+/// `POST /internal/v1/partitions/wait`: a member long-poll's wait at this leader for any of
+/// the group's partitions it leads (`groups::remote::RemoteWait`), in one long-poll slot.
+/// Answers `{"ready":true}` at once when one of them has a record past the group's position
+/// (resolved here as a read resolves it), else once one does or `wait_ms` (at most
+/// `wait_ms_max`) passes. A partition this broker does not lead makes the whole wait 421
+/// `not_leader` (503 while its replica has not taken the role): the coordinator groups them
+/// again by leader.
+pub async fn wait(
+    State(node): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let limits = node.limits();
+    let wait: RemoteWait = read_json(&headers, body, limits.request_body_bytes_max).await?;
+    if wait.parts.len() > WAIT_PARTS_MAX {
+        return Err(ApiError::invalid(format!(
+            "a wait names at most {WAIT_PARTS_MAX} partitions, got {}",
+            wait.parts.len()
+        )));
+    }
+    let mut parts = Vec::with_capacity(wait.parts.len());
+    for part in &wait.parts {
+        match partition_home(&node.cluster, &part.topic, part.partition) {
+            PartitionHome::Here | PartitionHome::Unknown => {}
+            PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
+            PartitionHome::Offline => return Err(leader_not_available()),
+        }
+        let partition = node.broker.topic(&part.topic)?.partition(part.partition)?;
+        if partition.is_follower() {
+            return Err(leader_not_available());
+        }
+        let progress = partition.progress();
+        let (from, _) = resolve(
+            part.position.map(Offset),
+            wait.reset,
+            progress.log_start_offset,
+            progress.high_watermark,
+            partition.log_end_offset(),
+        );
+        parts.push((partition, from));
+    }
+    let ready = |parts: &[(Arc<Partition>, Offset)]| {
+        parts
+            .iter()
+            .any(|(p, from)| p.progress().high_watermark > *from)
+    };
+    let wait_ms = wait.wait_ms.min(limits.wait_ms_max);
+    if !ready(&parts) && wait_ms > 0 {
+        let slot = node.broker.wait_slot(WaitKind::LongPoll)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let targets = parts.iter().map(|(p, from)| (&**p, *from));
+        node.broker
+            .wait_for_any_records(&slot, targets, Some(deadline))
+            .await;
+    }
+    Ok(Json(WaitAnswer {
+        ready: ready(&parts),
+    })
+    .into_response())
 }

@@ -417,3 +417,69 @@ fn a_long_poll_on_a_partition_led_elsewhere_follows_its_next_leader() {
         "the long-poll was not woken by the new leader's record: {took:?}"
     );
 }
+
+/// A member's long-poll on several partitions led by one other broker waits there once: one
+/// long-poll slot at that leader (its `tidelog_long_polls_waiting`), not one per partition.
+#[test]
+fn a_long_poll_holds_one_slot_at_a_leader_of_several_of_its_partitions() {
+    let c = Cluster::start(3, TOML);
+    let (status, body) = post(
+        &format!("{}/v1/topics", c.url(1)),
+        json!({"name": "wide", "partitions": 6, "replication_factor": 1}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let leaders: Vec<usize> = wait_for("every partition led", || {
+        let d = describe(&c, 1, "wide");
+        let leaders: Option<Vec<usize>> = d["partitions"].as_array().and_then(|ps| {
+            ps.iter()
+                .map(|p| p["leader"].as_u64().map(|l| l as usize))
+                .collect()
+        });
+        leaders.ok_or_else(|| d.to_string())
+    });
+    let (status, joined) = post(
+        &format!("{}/v1/groups/wide-readers/members", c.url(1)),
+        json!({"topics": ["wide"], "session_timeout_ms": 30_000}),
+    );
+    assert_eq!(status, 201, "{joined}");
+    let member = joined["member_id"].as_str().unwrap().to_string();
+    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
+        .as_u64()
+        .unwrap() as usize;
+    let leader = (1..=3)
+        .find(|n| *n != coordinator && leaders.iter().filter(|l| *l == n).count() >= 2)
+        .unwrap_or_else(|| panic!("no other broker leads two partitions: {leaders:?}"));
+
+    let url = c.url(coordinator).to_string();
+    let poll = std::thread::spawn(move || {
+        get(&format!(
+            "{url}/v1/groups/wide-readers/members/{member}/records?wait_ms=6000"
+        ))
+    });
+    let waiting = |id: usize| -> String {
+        let text =
+            common::runtime().block_on(common::scrape_metrics(&common::Client::new(), c.url(id)));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tidelog_long_polls_waiting "));
+        line.and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("absent")
+            .to_string()
+    };
+    // The wait reaches the leader; it holds one slot there for all its partitions (one per
+    // partition before, two here).
+    wait_for("the member's wait at the leader", || {
+        match waiting(leader) {
+            v if v == "0" || v == "absent" => Err(v),
+            v => Ok(v),
+        }
+    });
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(waiting(leader));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.iter().all(|v| v == "1"), "{seen:?}");
+    let (status, page) = poll.join().unwrap();
+    assert_eq!(status, 200, "{page}");
+}

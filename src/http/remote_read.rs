@@ -3,8 +3,9 @@
 //! from its log up to its high watermark, as a consumer's fetch is (long-poll included), from
 //! the group's position resolved here against this log's range; the answer is the fixed
 //! header of `groups::remote::encode_answer`, then the batches as stored. `max_records` 0
-//! reads no batches: the offsets only (a description's lag, a reset), or, with `wait_ms`, a
-//! wait for the high watermark to pass the position (a member's long-poll).
+//! reads no batches: the offsets only (a description's lag, a reset), or, with `wait_ms`,
+//! after a wait for the high watermark to pass the position. A member's long-poll waits with
+//! [`wait`] instead: one wait per leader for all its partitions there.
 
 use axum::body::Body;
 use axum::extract::State;

@@ -482,4 +482,24 @@ fn a_long_poll_holds_one_slot_at_a_leader_of_several_of_its_partitions() {
     assert!(seen.iter().all(|v| v == "1"), "{seen:?}");
     let (status, page) = poll.join().unwrap();
     assert_eq!(status, 200, "{page}");
+
+    // The internal read still waits when asked to (offsets only, on an empty partition).
+    let partition = leaders.iter().position(|l| *l == leader).unwrap();
+    let asked = Instant::now();
+    let (status, answer) = common::runtime().block_on(async {
+        let response = common::Client::new()
+            .post(format!("{}/internal/v1/partitions/read", c.url(leader)))
+            .json(
+                &json!({"topic": "wide", "partition": partition, "position": 0,
+                          "reset": "earliest", "max_records": 0, "max_bytes": 0, "wait_ms": 300}),
+            )
+            .send()
+            .await
+            .expect("the leader answers");
+        let status = response.status().as_u16();
+        (status, response.bytes().await.expect("an answer"))
+    });
+    assert_eq!(status, 200);
+    assert!(asked.elapsed() >= Duration::from_millis(250), "it waited");
+    assert_eq!(answer.len(), 6 * 8 + 1, "the header alone: offsets only");
 }

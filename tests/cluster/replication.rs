@@ -992,8 +992,13 @@ fn paused_leader_run(controller_too: bool) {
             }
         },
     );
-    let (new_leader, _, _) = partition_state(&c, via, "z", p);
     wait_for("the new leader acknowledges acks=all", || {
+        // Read again each time: while the paused controller's successor takes over, the
+        // partition may be briefly without a leader (0) or led by another in-sync replica.
+        let (new_leader, _, _) = partition_state(&c, via, "z", p);
+        if new_leader == 0 || new_leader == old_leader {
+            return Err(format!("leader {new_leader}"));
+        }
         let values: Vec<String> = (0..5)
             .map(|i| format!("new-{i}-{:?}", Instant::now()))
             .collect();

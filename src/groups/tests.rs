@@ -6,7 +6,7 @@ use super::group::Group;
 use super::sessions::run_sessions;
 use super::*;
 use crate::broker::tests::produce_ones;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Partition};
 use crate::config::BrokerConfig;
 use crate::log::Offset;
 use crate::metadata::PartitionId;
@@ -219,10 +219,17 @@ async fn partition_expansion_rebalances_the_subscribers() {
     assert!(views[0].generation > b.generation);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let (broker, _groups) = open_broker(dir.path(), "t", 1).await;
+/// A group whose commit on partition 0 of `t` (a topic of `records` records) lies past the
+/// log end, as after the topic was deleted and created again; the partition, and its broker
+/// (kept open while the test runs).
+async fn committed_past_the_end(
+    dir: &std::path::Path,
+    records: usize,
+) -> (Group, TopicPartition, Arc<Partition>, Arc<Broker>) {
+    let (broker, _groups) = open_broker(dir, "t", 1).await;
+    if records > 0 {
+        produce_ones(&broker, "t", 0, records).await;
+    }
     let partition = broker
         .topic("t")
         .unwrap()
@@ -230,7 +237,6 @@ async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
         .unwrap();
     let tp = TopicPartition::new("t", PartitionId(0));
     let mut g = Group::new();
-    // As after the topic was deleted and created again: the commit is past the end.
     g.committed.insert(
         tp.clone(),
         OffsetValue {
@@ -240,6 +246,13 @@ async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
             generation: None,
         },
     );
+    (g, tp, partition, broker)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, tp, partition, _broker) = committed_past_the_end(dir.path(), 0).await;
     assert_eq!(
         g.position(&tp, &partition),
         Offset(0),
@@ -252,26 +265,8 @@ async fn a_committed_offset_past_the_end_falls_back_to_the_reset_policy() {
 #[tokio::test]
 async fn a_latest_reset_past_the_end_holds_its_place_until_a_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, _groups) = open_broker(dir.path(), "t", 1).await;
-    let partition = broker
-        .topic("t")
-        .unwrap()
-        .partition(PartitionId(0))
-        .unwrap();
-    let tp = TopicPartition::new("t", PartitionId(0));
-    produce_ones(&broker, "t", 0, 3).await;
-    let mut g = Group::new();
+    let (mut g, tp, partition, broker) = committed_past_the_end(dir.path(), 3).await;
     g.auto_offset_reset = OffsetReset::Latest;
-    // As after the topic was deleted and created again: the commit is past the end.
-    g.committed.insert(
-        tp.clone(),
-        OffsetValue {
-            offset: Offset(500),
-            committed_at_ms: 0,
-            member_id: None,
-            generation: None,
-        },
-    );
     assert_eq!(g.position(&tp, &partition), Offset(3), "latest: the end");
     // Records produced after the reset, before the member commits, are read, not skipped.
     produce_ones(&broker, "t", 0, 2).await;
@@ -421,17 +416,31 @@ impl super::remote::RemotePartitions for FakeLeaders {
     }
 }
 
-/// A member long-poll on partitions led elsewhere waits once at each leader, for all the
-/// partitions that leader leads (one long-poll slot there, not one per partition).
-#[tokio::test(start_paused = true)]
-async fn a_long_poll_waits_once_per_leader() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
+/// A broker whose coordinator reads `far` (four partitions, none here) through
+/// [`FakeLeaders`], and the view of a member of group `g` on it.
+async fn member_of_far(
+    dir: &std::path::Path,
+) -> (
+    Arc<Broker>,
+    Arc<GroupCoordinator>,
+    Arc<FakeLeaders>,
+    super::views::MemberView,
+) {
+    let (broker, groups) = open_broker(dir, "t", 1).await;
     let leaders = Arc::new(FakeLeaders::default());
     groups.read_remote_with(Arc::clone(&leaders) as Arc<dyn super::remote::RemotePartitions>);
     let v = groups
         .join("g", &topics(&["far"]), Some(30_000), None)
         .unwrap();
+    (broker, groups, leaders, v)
+}
+
+/// A member long-poll on partitions led elsewhere waits once at each leader, for all the
+/// partitions that leader leads (one long-poll slot there, not one per partition).
+#[tokio::test(start_paused = true)]
+async fn a_long_poll_waits_once_per_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups, leaders, v) = member_of_far(dir.path()).await;
     let fetched = groups
         .fetch(
             "g",
@@ -460,12 +469,7 @@ async fn a_long_poll_waits_once_per_leader() {
 #[tokio::test]
 async fn partitions_led_elsewhere_are_read_within_shares_of_the_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
-    let leaders = Arc::new(FakeLeaders::default());
-    groups.read_remote_with(Arc::clone(&leaders) as Arc<dyn super::remote::RemotePartitions>);
-    let v = groups
-        .join("g", &topics(&["far"]), Some(30_000), None)
-        .unwrap();
+    let (_broker, groups, leaders, v) = member_of_far(dir.path()).await;
     assert_eq!(v.assignment.len(), 4, "counted from the metadata");
     let fetched = groups
         .fetch("g", &v.member_id, 100, 1 << 20, Duration::ZERO)

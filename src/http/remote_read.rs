@@ -26,6 +26,24 @@ use crate::groups::remote::{
     RemoteAnswer, RemoteRead, RemoteWait, WAIT_PARTS_MAX, WaitAnswer, encode_answer, resolve,
 };
 use crate::log::Offset;
+use crate::metadata::PartitionId;
+
+/// The replica of a partition this broker leads: 421 `not_leader` where the metadata names
+/// another leader, 503 `leader_not_available` where it names none, or where it names this
+/// broker but the replica has not taken the role yet (its range may still trail the
+/// leader's).
+fn led_here(node: &AppState, topic: &str, partition: PartitionId) -> ApiResult<Arc<Partition>> {
+    match partition_home(&node.cluster, topic, partition) {
+        PartitionHome::Here | PartitionHome::Unknown => {}
+        PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
+        PartitionHome::Offline => return Err(leader_not_available()),
+    }
+    let replica = node.broker.topic(topic)?.partition(partition)?;
+    if replica.is_follower() {
+        return Err(leader_not_available());
+    }
+    Ok(replica)
+}
 
 pub async fn read(
     State(node): State<AppState>,
@@ -34,17 +52,7 @@ pub async fn read(
 ) -> ApiResult<Response> {
     let limits = node.limits();
     let read: RemoteRead = read_json(&headers, body, limits.request_body_bytes_max).await?;
-    match partition_home(&node.cluster, &read.topic, read.partition) {
-        PartitionHome::Here | PartitionHome::Unknown => {}
-        PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
-        PartitionHome::Offline => return Err(leader_not_available()),
-    }
-    let partition = node.broker.topic(&read.topic)?.partition(read.partition)?;
-    // The metadata names this broker, but its replica has not taken the role yet: its
-    // range may still trail the leader's.
-    if partition.is_follower() {
-        return Err(leader_not_available());
-    }
+    let partition = led_here(&node, &read.topic, read.partition)?;
     let progress = partition.progress();
     let (from, reset) = match read.timestamp_ms {
         Some(ts) => (partition.offset_for_timestamp(ts).await?, false),
@@ -123,15 +131,7 @@ pub async fn wait(
     }
     let mut parts = Vec::with_capacity(wait.parts.len());
     for part in &wait.parts {
-        match partition_home(&node.cluster, &part.topic, part.partition) {
-            PartitionHome::Here | PartitionHome::Unknown => {}
-            PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
-            PartitionHome::Offline => return Err(leader_not_available()),
-        }
-        let partition = node.broker.topic(&part.topic)?.partition(part.partition)?;
-        if partition.is_follower() {
-            return Err(leader_not_available());
-        }
+        let partition = led_here(&node, &part.topic, part.partition)?;
         let progress = partition.progress();
         let (from, _) = resolve(
             part.position.map(Offset),

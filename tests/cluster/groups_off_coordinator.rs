@@ -502,4 +502,27 @@ fn a_long_poll_holds_one_slot_at_a_leader_of_several_of_its_partitions() {
     assert_eq!(status, 200);
     assert!(asked.elapsed() >= Duration::from_millis(250), "it waited");
     assert_eq!(answer.len(), 6 * 8 + 1, "the header alone: offsets only");
+
+    // Refusals: a wait naming a partition another broker leads is 421 `not_leader` (the
+    // coordinator groups it again), and a read of a topic nobody has is 404.
+    let elsewhere = leaders.iter().position(|l| *l != leader).unwrap();
+    let (status, problem) = post(
+        &format!("{}/internal/v1/partitions/wait", c.url(leader)),
+        json!({"parts": [{"topic": "wide", "partition": partition, "position": 0},
+                         {"topic": "wide", "partition": elsewhere, "position": 0}],
+               "reset": "earliest", "wait_ms": 0}),
+    );
+    cluster::assert_problem(status, &problem, 421, "not_leader");
+    let (status, problem) = post(
+        &format!("{}/internal/v1/partitions/read", c.url(leader)),
+        json!({"topic": "nope", "partition": 0, "position": null, "reset": "earliest",
+               "max_records": 0, "max_bytes": 0, "wait_ms": 0}),
+    );
+    cluster::assert_problem(status, &problem, 404, "topic_not_found");
+    let (status, ready) = post(
+        &format!("{}/internal/v1/partitions/wait", c.url(leader)),
+        json!({"parts": [{"topic": "wide", "partition": partition, "position": 0}],
+               "reset": "earliest", "wait_ms": 0}),
+    );
+    assert_eq!((status, ready), (200, json!({"ready": false})));
 }

@@ -41,7 +41,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter};
 
 use crate::broker::Broker;
@@ -338,19 +338,17 @@ async fn method_not_allowed() -> ApiError {
 /// (see [`content_length`]).
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let length = content_length::static_content_length(body.len());
-    let mut response = (
-        status,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
+    // Built directly: `Vec<u8>::into_response` would first set an octet-stream content type
+    // that the JSON one then replaces, one more header-map insert on every answer.
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
     if let Some(length) = length {
-        response
-            .headers_mut()
-            .insert(axum::http::header::CONTENT_LENGTH, length);
+        headers.insert(axum::http::header::CONTENT_LENGTH, length);
     }
     response
 }

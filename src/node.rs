@@ -234,10 +234,9 @@ impl RemotePartitions for LeaderReads {
                 .map(|p| p.leader)
         });
         let address = match leader {
-            Some(Some(node)) => self.cluster.peer_address(node).ok_or_else(|| {
-                read.leader_not_available(format!("broker {} has no known address", node.0))
-            }),
-            Some(None) => Err(read.leader_not_available("it has no leader now".into())),
+            Some(leader) => self
+                .leader_address(leader)
+                .map_err(|why| read.leader_not_available(why)),
             None => return Box::pin(async move { Err(BrokerError::TopicNotFound(read.topic)) }),
         };
         let (client, batch_bytes_max) = (self.client.clone(), self.batch_bytes_max);
@@ -280,13 +279,7 @@ impl RemotePartitions for LeaderReads {
             partition,
             why,
         };
-        let address = match self.leader_of(&first.topic, first.partition) {
-            Some(node) => self
-                .cluster
-                .peer_address(node)
-                .ok_or_else(|| format!("broker {} has no known address", node.0)),
-            None => Err("it has no leader now".to_string()),
-        };
+        let address = self.leader_address(self.leader_of(&first.topic, first.partition));
         let client = self.client.clone();
         Box::pin(async move {
             let address = address.map_err(&unavailable)?;
@@ -299,6 +292,17 @@ impl RemotePartitions for LeaderReads {
                 .map_err(|e| unavailable(format!("its answer does not parse: {e}")))?;
             Ok(answer.ready)
         })
+    }
+}
+
+impl LeaderReads {
+    /// Where to reach a partition's `leader`; why not, when there is none or its address is
+    /// unknown.
+    fn leader_address(&self, leader: Option<NodeId>) -> Result<std::net::SocketAddr, String> {
+        let node = leader.ok_or_else(|| "it has no leader now".to_string())?;
+        self.cluster
+            .peer_address(node)
+            .ok_or_else(|| format!("broker {} has no known address", node.0))
     }
 }
 

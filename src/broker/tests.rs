@@ -408,3 +408,25 @@ async fn a_replica_moved_away_is_removed_and_a_stray_directory_goes_at_the_next_
     assert_eq!(topic.partition_count(), 2);
     assert!(topic.partition(PartitionId(0)).is_ok());
 }
+
+/// A produce's partitions: the distinct ones of its assignment in first-appearance order,
+/// past [`Topic::replicas_for`]'s scan (16) through its table as well.
+#[tokio::test]
+async fn a_produce_appends_to_each_partition_of_its_assignment_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let topic = broker
+        .create_topic("t", 24, TopicConfig::default(), false)
+        .await
+        .unwrap();
+    // 23 down to 0, each followed by a repeat of one already seen: first appearances 23,
+    // 22, ..., 0.
+    let assignment: Vec<PartitionId> = (0..24u32)
+        .rev()
+        .flat_map(|p| [PartitionId(p), PartitionId(23 - (23 - p) / 2)])
+        .collect();
+    let parts = topic.replicas_for(&assignment).unwrap();
+    let ids: Vec<u32> = parts.iter().map(|p| p.id.0).collect();
+    assert_eq!(ids, (0..24u32).rev().collect::<Vec<_>>());
+    assert!(parts.iter().all(|p| p.partition.id == p.id));
+}

@@ -284,7 +284,7 @@ async fn wait_at_leaders(
     deadline: Instant,
 ) {
     let mut waits = FuturesUnordered::new();
-    for group in by_leader(&**remote, parts) {
+    for group in by_leader(parts, |p| remote.leader_of(&p.topic, p.partition)) {
         waits.push(wait_at_leader(remote, group, reset, deadline));
     }
     while let Some(waited) = waits.next().await {
@@ -292,7 +292,7 @@ async fn wait_at_leaders(
             Waited::Ready => return,
             Waited::Out => {}
             Waited::Regroup(parts) => {
-                for group in by_leader(&**remote, parts) {
+                for group in by_leader(parts, |p| remote.leader_of(&p.topic, p.partition)) {
                     waits.push(wait_at_leader(remote, group, reset, deadline));
                 }
             }
@@ -303,11 +303,13 @@ async fn wait_at_leaders(
 
 /// `parts` grouped by the leader the metadata names for each (those with none together),
 /// in groups of at most [`WAIT_PARTS_MAX`].
-fn by_leader(remote: &dyn RemotePartitions, parts: Vec<WaitPart>) -> Vec<Vec<WaitPart>> {
+fn by_leader(
+    parts: Vec<WaitPart>,
+    leader_of: impl Fn(&WaitPart) -> Option<NodeId>,
+) -> Vec<Vec<WaitPart>> {
     let mut groups: BTreeMap<Option<NodeId>, Vec<WaitPart>> = BTreeMap::new();
     for part in parts {
-        let leader = remote.leader_of(&part.topic, part.partition);
-        groups.entry(leader).or_default().push(part);
+        groups.entry(leader_of(&part)).or_default().push(part);
     }
     let mut out = Vec::new();
     for (_, mut group) in groups {
@@ -355,3 +357,29 @@ async fn wait_at_leader(
 
 /// The least share of a fetch's byte budget a partition read at its leader gets.
 const REMOTE_SHARE_BYTES_MIN: u64 = 64 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::PartitionId;
+
+    /// Parts are grouped by leader (those with none together), each group cut at
+    /// [`WAIT_PARTS_MAX`], nothing lost or repeated.
+    #[test]
+    fn parts_group_by_leader_in_waits_of_at_most_the_limit() {
+        let n = 2 * WAIT_PARTS_MAX as u32 + 52;
+        let parts: Vec<WaitPart> = (0..n + 3)
+            .map(|p| WaitPart {
+                topic: "t".into(),
+                partition: PartitionId(p),
+                position: None,
+            })
+            .collect();
+        let groups = by_leader(parts, |p| (p.partition.0 < n).then_some(NodeId(7)));
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![3, WAIT_PARTS_MAX, WAIT_PARTS_MAX, 52]);
+        let mut all: Vec<u32> = groups.iter().flatten().map(|p| p.partition.0).collect();
+        all.sort();
+        assert_eq!(all, (0..n + 3).collect::<Vec<_>>());
+    }
+}

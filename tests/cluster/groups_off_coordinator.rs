@@ -525,4 +525,12 @@ fn a_long_poll_holds_one_slot_at_a_leader_of_several_of_its_partitions() {
                "reset": "earliest", "wait_ms": 0}),
     );
     assert_eq!((status, ready), (200, json!({"ready": false})));
+    let too_many: Vec<Value> = (0..1025)
+        .map(|_| json!({"topic": "wide", "partition": partition, "position": 0}))
+        .collect();
+    let (status, problem) = post(
+        &format!("{}/internal/v1/partitions/wait", c.url(leader)),
+        json!({"parts": too_many, "reset": "earliest", "wait_ms": 0}),
+    );
+    cluster::assert_problem(status, &problem, 400, "invalid_request");
 }

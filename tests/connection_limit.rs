@@ -212,3 +212,58 @@ fn a_stalled_body_and_an_endless_chunked_body_get_408_and_the_connection_closes(
     assert!(started.elapsed() < Duration::from_secs(20));
     writer.join().unwrap();
 }
+
+/// The header clock runs only while a connection waits for a request: a long-poll and an
+/// event stream, each quiet for several times `header_read_timeout_ms`, are answered, and
+/// the long-poll's connection serves the next request.
+#[test]
+fn a_long_poll_and_an_event_stream_outlive_the_header_clock() {
+    let broker = common::TestBroker::start_with_config(QUICK_CLOCKS);
+    common::runtime().block_on(async {
+        common::create_topic(&broker.client(), &broker.url, "t", 1).await;
+    });
+
+    let mut poll = connect(&broker.url);
+    let started = Instant::now();
+    let answer = get(
+        &mut poll,
+        "/v1/topics/t/partitions/0/records?offset=0&wait_ms=1200",
+    )
+    .unwrap();
+    assert!(status_line(&answer).contains("200"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1100),
+        "it waited"
+    );
+    let again = get(&mut poll, "/healthz").unwrap();
+    assert!(status_line(&again).contains("200"), "still open: {again}");
+
+    let mut stream = connect(&broker.url);
+    stream
+        .write_all(
+            b"GET /v1/topics/t/partitions/0/stream?offset=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        )
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut producer = connect(&broker.url);
+    let produced = post_json(
+        &mut producer,
+        "/v1/topics/t/records",
+        r#"{"records":[{"value":"after a quiet second"}]}"#,
+    )
+    .unwrap();
+    assert!(status_line(&produced).contains("200"), "{produced}");
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("after a quiet second") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream closed: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}

@@ -18,6 +18,7 @@ mod fast_lane;
 pub mod fetch;
 pub mod forward;
 pub mod groups;
+mod head_clock;
 pub mod idempotency_key;
 pub mod internal;
 pub mod json_records;

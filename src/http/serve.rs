@@ -9,8 +9,9 @@
 //!   accept queue.
 //! - A client must send a request's headers within `header_read_timeout_ms`, counted from the
 //!   moment the connection waits for them: a fresh connection, or a keep-alive connection
-//!   after its last answer. So the same clock closes slow headers and idle keep-alive
-//!   connections.
+//!   after its last answer (handed over whole, or its last bytes written). So the same clock
+//!   closes slow headers and idle keep-alive connections. One timer per connection keeps it
+//!   ([`super::head_clock`]), not one per request.
 //! - A request body must make progress every `body_stall_timeout_ms` and be complete within
 //!   `body_read_timeout_ms` of the request head; otherwise reading it fails with
 //!   [`BodyTimeout`], which the handler answers with a 408 that closes the connection.
@@ -33,7 +34,7 @@ use axum::http::{Method, Request, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
@@ -41,6 +42,7 @@ use tower::ServiceExt;
 
 use super::error::ApiError;
 use super::fast_lane::FastLane;
+use super::head_clock::{HeadClock, Watched};
 use crate::broker::{BrokerError, now_ms};
 use crate::limits::{Limit, Limits};
 use crate::node::Node;
@@ -85,11 +87,10 @@ pub async fn serve(
     let limits = node.limits().clone();
     let (app, lane) = super::app(node);
     let slots = ConnectionSlots::new(&limits);
+    // No timer for hyper: the header clock is the connection's own (`head_clock`).
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-        .keep_alive(true);
+    http1.keep_alive(true);
+    let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
     let clocks = BodyClocks {
         stall: Duration::from_millis(limits.body_stall_timeout_ms),
         total: Duration::from_millis(limits.body_read_timeout_ms),
@@ -108,6 +109,7 @@ pub async fn serve(
             lane: lane.clone(),
             slot,
             clocks,
+            header_timeout,
             connections_max: limits.connections_max,
         };
         tokio::spawn(connection.serve(http1.clone(), stream, stop_rx.clone()));
@@ -216,6 +218,8 @@ struct Connection {
     /// Held until the connection closes.
     slot: Slot,
     clocks: BodyClocks,
+    /// `header_read_timeout_ms`.
+    header_timeout: Duration,
     /// For the refusal on a health-reserve connection.
     connections_max: u32,
 }
@@ -231,30 +235,44 @@ impl Connection {
         let health_only = matches!(self.slot, Slot::Health(_));
         let (app, lane) = (self.app, self.lane);
         let (clocks, connections_max) = (self.clocks, self.connections_max);
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let (app, lane) = (app.clone(), lane.clone());
-            async move {
-                if health_only && !reserve_serves(request.method(), request.uri().path()) {
-                    return Ok::<_, Infallible>(health_reserve_refusal(connections_max));
-                }
-                let mut request = request.map(|body| Body::new(TimedBody::new(body, clocks)));
-                if let Some(lane) = lane {
-                    match lane.serve(request).await {
-                        Ok(response) => return Ok(response),
-                        Err(not_taken) => request = not_taken,
+        let head_clock = HeadClock::new();
+        let service = hyper::service::service_fn({
+            let head_clock = Arc::clone(&head_clock);
+            move |request: Request<Incoming>| {
+                let (app, lane) = (app.clone(), lane.clone());
+                let busy = head_clock.enter();
+                async move {
+                    if health_only && !reserve_serves(request.method(), request.uri().path()) {
+                        return Ok::<_, Infallible>(health_reserve_refusal(connections_max));
                     }
+                    let mut request = request.map(|body| Body::new(TimedBody::new(body, clocks)));
+                    if let Some(lane) = lane {
+                        match lane.serve(request).await {
+                            Ok(response) => return Ok(HeadClock::hand_over(busy, response)),
+                            Err(not_taken) => request = not_taken,
+                        }
+                    }
+                    let response = app.oneshot(request).await?;
+                    Ok(HeadClock::hand_over(busy, response))
                 }
-                app.oneshot(request).await
             }
         });
-        let connection = http1.serve_connection(TokioIo::new(stream), service);
+        let io = Watched::new(TokioIo::new(stream), Arc::clone(&head_clock));
+        let connection = http1.serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
+        // Dropping the connection closes it, without an answer, as hyper's own clock did.
+        let mut quiet = std::pin::pin!(head_clock.quiet_for(self.header_timeout));
         tokio::select! {
             _ = connection.as_mut() => return,
+            () = quiet.as_mut() => return,
             _ = stop.wait_for(|s| *s) => {}
         }
         connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        // A connection still waiting for a head is closed by the same clock.
+        tokio::select! {
+            _ = connection => {}
+            () = quiet => {}
+        }
     }
 }
 

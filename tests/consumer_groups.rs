@@ -278,6 +278,7 @@ async fn a_retried_fetch_returns_the_same_records_until_they_are_committed() {
         .fetch("g", &id, "max_records=100&auto_commit=true")
         .await;
     assert_eq!(auto["auto_committed"], true);
+    assert_eq!(auto["unavailable"], json!([]), "every partition is here");
     assert_eq!(auto["delivery"], "at_most_once");
     assert_eq!(first["delivery"], "at_least_once");
     assert_eq!(auto["records"].as_array().unwrap().len(), 30 - 7);

@@ -154,6 +154,13 @@ impl GroupCoordinator {
             }
         });
         let mut remote: Vec<Option<Fetched>> = join_all(reads).await;
+        let unavailable = plan
+            .positions
+            .iter()
+            .zip(&remote)
+            .filter(|((_, source), read)| matches!(source, Source::Remote(_)) && read.is_none())
+            .map(|((tp, _), _)| tp.clone())
+            .collect();
         for i in 0..n {
             if records_left == 0 || bytes_left == 0 {
                 break;
@@ -191,6 +198,7 @@ impl GroupCoordinator {
         Ok(MemberFetch {
             member: plan.member.clone(),
             parts,
+            unavailable,
         })
     }
 }

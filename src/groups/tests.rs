@@ -370,6 +370,8 @@ async fn no_partition_lock_is_taken_under_the_registry_lock() {
 struct FakeLeaders {
     reads: std::sync::Mutex<Vec<super::remote::RemoteRead>>,
     waits: std::sync::Mutex<Vec<super::remote::RemoteWait>>,
+    /// Partitions whose leader does not answer a read.
+    down: std::sync::Mutex<BTreeSet<u32>>,
 }
 
 impl super::remote::RemotePartitions for FakeLeaders {
@@ -383,7 +385,11 @@ impl super::remote::RemotePartitions for FakeLeaders {
     ) -> futures_util::future::BoxFuture<'static, Result<super::remote::RemoteAnswer, BrokerError>>
     {
         self.reads.lock().unwrap().push(read.clone());
+        let down = self.down.lock().unwrap().contains(&read.partition.0);
         Box::pin(async move {
+            if down {
+                return Err(BrokerError::StorageUnavailable("the leader is down".into()));
+            }
             Ok(super::remote::RemoteAnswer {
                 fetched: crate::broker::Fetched {
                     bytes: Vec::new(),
@@ -488,6 +494,7 @@ async fn partitions_led_elsewhere_are_read_within_shares_of_the_budget() {
     }
     let partitions: BTreeSet<u32> = reads.iter().map(|r| r.partition.0).collect();
     assert_eq!(partitions, BTreeSet::from([0, 1, 2, 3]));
+    assert!(fetched.unavailable.is_empty(), "{:?}", fetched.unavailable);
 
     // The fake leaders' logs end at 0: a commit past that is refused, one at it is taken.
     let at = |offset| [(TopicPartition::new("far", PartitionId(0)), Offset(offset))];
@@ -503,4 +510,35 @@ async fn partitions_led_elsewhere_are_read_within_shares_of_the_budget() {
         "one offsets-only read per commit: {asked:?}"
     );
     assert!(asked.iter().all(|r| r.max_records == 0 && r.wait_ms == 0));
+}
+
+/// A fetch names the partitions whose leader could not be read (`unavailable`), and only
+/// those; once their leader answers again they are read and no longer named.
+#[tokio::test]
+async fn a_fetch_names_the_partitions_whose_leader_could_not_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups, leaders, v) = member_of_far(dir.path()).await;
+    leaders.down.lock().unwrap().extend([1, 3]);
+    let fetched = groups
+        .fetch("g", &v.member_id, 100, 1 << 20, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.unavailable,
+        vec![
+            TopicPartition::new("far", PartitionId(1)),
+            TopicPartition::new("far", PartitionId(3)),
+        ]
+    );
+    leaders.down.lock().unwrap().clear();
+    let fetched = groups
+        .fetch("g", &v.member_id, 100, 1 << 20, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(fetched.unavailable.is_empty(), "{:?}", fetched.unavailable);
+    assert_eq!(
+        leaders.reads.lock().unwrap().len(),
+        8,
+        "each read both times"
+    );
 }

@@ -32,6 +32,9 @@ pub struct MemberView {
 pub struct MemberFetch {
     pub member: MemberView,
     pub parts: Vec<(TopicPartition, Fetched)>,
+    /// Partitions led elsewhere whose leader could not be read this time (down, moving, or
+    /// unreachable): nothing of them is in `parts`, and the next fetch tries again.
+    pub unavailable: Vec<TopicPartition>,
 }
 
 /// The answer to describe.

@@ -206,7 +206,7 @@ pub async fn member_fetch(
     let mut body = Vec::with_capacity(records.len() + 256);
     let _ = write!(
         body,
-        "{{\"group\":{},\"member_id\":{},\"generation\":{},\"assignment\":{},\"delivery\":\"{}\",\"auto_committed\":{},\"next_offsets\":{},\"records\":[",
+        "{{\"group\":{},\"member_id\":{},\"generation\":{},\"assignment\":{},\"delivery\":\"{}\",\"auto_committed\":{},\"next_offsets\":{},\"unavailable\":{},\"records\":[",
         json!(view.group),
         json!(view.member_id),
         view.generation,
@@ -218,6 +218,7 @@ pub async fn member_fetch(
         },
         auto_commit && !next_offsets.is_empty(),
         json!(next_json),
+        json!(fetched.unavailable),
     );
     body.extend_from_slice(&records);
     body.extend_from_slice(b"]}");

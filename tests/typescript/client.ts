@@ -262,6 +262,7 @@ async function groups(): Promise<void> {
   });
   check(got.data !== undefined, `group fetch: ${show(got.error)}`);
   check(got.data.delivery === "at_least_once" && !got.data.auto_committed, "at least once");
+  check(got.data.unavailable.length === 0, `unavailable: ${JSON.stringify(got.data.unavailable)}`);
   check(got.data.records.length >= 7, `group records: ${got.data.records.length}`);
   const committed = await client.POST("/v1/groups/{group}/offsets", {
     body: {

@@ -55,11 +55,17 @@ impl LedState {
 /// The token bucket of a throttled move: bytes the leader may still send the replicas it
 /// adds, refilled at the move's rate up to one second's worth. A read sends at least one
 /// whole batch, so the bucket may go below zero; the replicas then wait until it refills.
+/// What a fetch is allowed is taken out of the bucket at once and settled when it is sent
+/// ([`Led::sent`]), so two added replicas fetching at the same moment share one
+/// bucket instead of each being allowed all of it.
 #[derive(Debug)]
 struct Bucket {
     throttle: MoveThrottle,
     tokens: f64,
     refilled: Instant,
+    /// Allowed to a replica's fetch and not yet settled: at most one per replica (a fetch
+    /// dropped before it sent gives its allowance back at the replica's next fetch).
+    allowed: Vec<(NodeId, u64)>,
 }
 
 impl Bucket {
@@ -68,6 +74,14 @@ impl Bucket {
             tokens: throttle.bytes_per_s as f64,
             throttle,
             refilled: Instant::now(),
+            allowed: Vec::new(),
+        }
+    }
+
+    /// Puts back what `follower` was allowed and has not settled.
+    fn give_back(&mut self, follower: NodeId) {
+        if let Some(i) = self.allowed.iter().position(|(n, _)| *n == follower) {
+            self.tokens += self.allowed.swap_remove(i).1 as f64;
         }
     }
 
@@ -277,18 +291,23 @@ impl Led {
         }
     }
 
-    /// What a throttled move lets `follower` be sent now, in bytes; None when it is not
+    /// What a throttled move lets `follower` be sent now, in bytes, at most `wanted`; taken
+    /// out of the bucket until [`Led::sent`] settles it. None when it is not
     /// throttled (it gets what its fetch asks for): not a replica a throttled move adds, or
     /// one that joined the ISR (pending additions included), whose fsyncs the high watermark
     /// waits for, as Kafka's throttle spares in-sync replicas.
-    pub fn throttle_allowance(&self, follower: NodeId) -> Option<u64> {
+    pub fn throttle_allowance(&self, follower: NodeId, wanted: u64) -> Option<u64> {
         let mut s = self.lock();
         if !s.throttles(follower) {
             return None;
         }
         let bucket = s.throttle.as_mut()?;
         bucket.refill();
-        Some(bucket.tokens.max(0.0) as u64)
+        bucket.give_back(follower);
+        let allowed = (bucket.tokens.max(0.0) as u64).min(wanted);
+        bucket.tokens -= allowed as f64;
+        bucket.allowed.push((follower, allowed));
+        Some(allowed)
     }
 
     /// How long a throttled `follower` that got nothing should wait for the bucket to
@@ -311,10 +330,13 @@ impl Led {
             .entry(follower)
             .or_insert_with(|| Sent::new(now))
             .add(bytes, now);
-        if s.throttles(follower)
-            && let Some(bucket) = s.throttle.as_mut()
-        {
-            bucket.tokens -= bytes as f64;
+        let throttled = s.throttles(follower);
+        if let Some(bucket) = s.throttle.as_mut() {
+            // Settled: what was allowed goes back, what was sent comes out.
+            bucket.give_back(follower);
+            if throttled {
+                bucket.tokens -= bytes as f64;
+            }
         }
     }
 
@@ -732,12 +754,21 @@ mod tests {
             }),
         };
         let l = led_of(&p, &throttled(0, vec![n(1), n(2)]));
-        assert_eq!(l.throttle_allowance(n(2)), None, "not added by the move");
-        assert_eq!(l.throttle_allowance(n(4)), Some(1_000), "a second's worth");
+        let all = u64::MAX;
+        assert_eq!(
+            l.throttle_allowance(n(2), all),
+            None,
+            "not added by the move"
+        );
+        assert_eq!(
+            l.throttle_allowance(n(4), all),
+            Some(1_000),
+            "a second's worth"
+        );
         assert_eq!(l.send_rate(n(4)), None, "nothing sent yet");
         l.sent(n(4), 1_100);
         assert_eq!(
-            l.throttle_allowance(n(4)),
+            l.throttle_allowance(n(4), all),
             Some(0),
             "in debt after a whole batch"
         );
@@ -752,8 +783,9 @@ mod tests {
         l.sent(n(2), 1_000_000);
         // The refill is the clock's: 100 bytes of debt, then 1,000 bytes a second.
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let refilled = l.throttle_allowance(n(4)).unwrap();
+        let refilled = l.throttle_allowance(n(4), all).unwrap();
         assert!((150..=1_000).contains(&refilled), "{refilled}");
+        l.sent(n(4), 0);
         assert_eq!(l.throttle_refill_in(n(4)), None, "it holds enough again");
         // 1,100 bytes in the 300 ms or more since the first: at most 3,667 bytes a second.
         let rate = l.send_rate(n(4)).unwrap();
@@ -761,7 +793,7 @@ mod tests {
 
         // In the ISR, it is spared: the high watermark waits for its fsyncs.
         l.confirm(&throttled(1, vec![n(1), n(2), n(4)]), 1);
-        assert_eq!(l.throttle_allowance(n(4)), None);
+        assert_eq!(l.throttle_allowance(n(4), all), None);
         // Cancelled: no throttle, and 4 is no replica any more.
         let cancelled = IsrRecord {
             throttle: None,
@@ -769,7 +801,40 @@ mod tests {
             ..throttled(2, vec![n(1), n(2)])
         };
         l.confirm(&cancelled, 2);
-        assert_eq!(l.throttle_allowance(n(4)), None);
+        assert_eq!(l.throttle_allowance(n(4), all), None);
+    }
+
+    /// Two replicas a throttled move adds, fetching at the same moment, share the bucket:
+    /// what one is allowed is out of it until its send settles; a fetch dropped before it
+    /// sent gives its allowance back at that replica's next fetch.
+    #[tokio::test]
+    async fn replicas_a_move_adds_share_one_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        let record = IsrRecord {
+            replicas: vec![n(4), n(5), n(1)],
+            isr: vec![n(1)],
+            min_insync_replicas: 1,
+            partition_epoch: PartitionEpoch(0),
+            recorded_high_watermark: Offset(0),
+            throttle: Some(MoveThrottle {
+                adding: vec![n(4), n(5)],
+                bytes_per_s: 1_000,
+            }),
+        };
+        let l = led_of(&p, &record);
+        let all = u64::MAX;
+        assert_eq!(l.throttle_allowance(n(4), 600), Some(600), "what it wants");
+        let second = l.throttle_allowance(n(5), all).unwrap();
+        assert!(second <= 410, "the rest, not a second bucket: {second}");
+        // 4 sent 300 of its 600: the other 300 go back.
+        l.sent(n(4), 300);
+        l.sent(n(5), 0);
+        let now = l.throttle_allowance(n(5), all).unwrap();
+        assert!((700..=710).contains(&now), "{now}");
+        // 5's fetch is dropped before it sends; its next fetch finds the bucket as it was.
+        let again = l.throttle_allowance(n(5), all).unwrap();
+        assert!((now..=now + 10).contains(&again), "{now} then {again}");
     }
 
     /// KIP-101/279: the leader answers where the follower's log leaves its own.

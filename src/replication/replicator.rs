@@ -421,7 +421,12 @@ impl Replicator {
                 let mut bytes = Vec::new();
                 if let (Some(l), Some(from)) = (led, from) {
                     // A replica a throttled move adds gets what the move's bucket holds.
-                    let allowed = l.throttle_allowance(request.replica).unwrap_or(budget);
+                    let allowed = match budget {
+                        0 => 0,
+                        _ => l
+                            .throttle_allowance(request.replica, budget)
+                            .unwrap_or(budget),
+                    };
                     if budget > 0 && allowed > 0 {
                         bytes = l.read(&mut answer, from, budget.min(allowed)).await;
                         budget = budget.saturating_sub(bytes.len() as u64);

@@ -250,15 +250,7 @@ impl RemotePartitions for LeaderReads {
             let answer = client
                 .post_for_bytes(address, READ_PATH, &read, timeout, cap)
                 .await;
-            let bytes = match answer {
-                Ok(bytes) => bytes,
-                // Deleted meanwhile.
-                Err(CallError::Refused { status: 404, .. }) => {
-                    return Err(BrokerError::TopicNotFound(read.topic));
-                }
-                // Its leadership moving, its broker down: retry.
-                Err(e) => return Err(read.leader_not_available(e.to_string())),
-            };
+            let bytes = answer.map_err(|e| read_failed(&read, e))?;
             decode_answer(&bytes).ok_or_else(|| read.leader_not_available("a short answer".into()))
         })
     }
@@ -292,6 +284,21 @@ impl RemotePartitions for LeaderReads {
                 .map_err(|e| unavailable(format!("its answer does not parse: {e}")))?;
             Ok(answer.ready)
         })
+    }
+}
+
+/// What a read at a partition's leader that failed means for the coordinator: the topic or
+/// partition is gone there (deleted meanwhile: a 404 with that code), or the leader cannot
+/// be read now (its leadership moving, its broker down, or any other refusal, a 404 of a
+/// route it does not serve included, as from a broker of an older version): retryable.
+fn read_failed(read: &RemoteRead, e: CallError) -> BrokerError {
+    match e {
+        CallError::Refused {
+            status: 404, code, ..
+        } if code == "topic_not_found" || code == "partition_not_found" => {
+            BrokerError::TopicNotFound(read.topic.clone())
+        }
+        e => read.leader_not_available(e.to_string()),
     }
 }
 
@@ -505,4 +512,51 @@ pub fn install_panic_hook() {
         eprintln!("tidelog: a bug stopped the process (panic); restart it to recover");
         std::process::abort();
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::TopicPartition;
+    use crate::groups::group::OffsetReset;
+
+    /// A leader's 404 for its topic or partition is the topic gone; anything else, a 404
+    /// without such a code (a route an older broker does not serve) included, is retried.
+    #[test]
+    fn a_leaders_refusal_is_the_topic_gone_only_when_it_says_so() {
+        let tp = TopicPartition::new("orders", PartitionId(2));
+        let read = RemoteRead::offsets(&tp, None, OffsetReset::Earliest);
+        let refused = |status: u16, code: &str| CallError::Refused {
+            status,
+            code: code.to_string(),
+            detail: String::new(),
+        };
+        for code in ["topic_not_found", "partition_not_found"] {
+            assert!(
+                matches!(read_failed(&read, refused(404, code)), BrokerError::TopicNotFound(t) if t == "orders"),
+                "{code}"
+            );
+        }
+        for e in [
+            refused(404, "not_found"),
+            refused(421, "not_leader"),
+            refused(503, "leader_not_available"),
+            CallError::Unreachable("connection refused".into()),
+        ] {
+            let why = e.to_string();
+            match read_failed(&read, e) {
+                BrokerError::LeaderNotAvailable {
+                    topic,
+                    partition,
+                    why: said,
+                } => {
+                    assert_eq!(
+                        (topic.as_str(), partition, said),
+                        ("orders", PartitionId(2), why)
+                    );
+                }
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+    }
 }

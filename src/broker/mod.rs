@@ -465,11 +465,29 @@ impl Broker {
             let topic = broker.open_topic(&dir, &meta.name, &shape, meta.config, clean)?;
             broker.topics_write().insert(meta.name, topic);
         }
-        // Leftovers of deletions interrupted by a crash.
-        let trash = broker.config.data_dir.join("trash");
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&trash).and_then(|()| std::fs::create_dir_all(&trash));
-        });
+        // Leftovers of deletions interrupted by a crash: what the trash holds now, entry by
+        // entry. The trash itself stays: a deletion right after the start moves its files
+        // into it (removing and making the trash again raced with that rename).
+        let leftovers: Vec<(PathBuf, bool)> =
+            std::fs::read_dir(broker.config.data_dir.join("trash"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_dir())))
+                        .collect()
+                })
+                .unwrap_or_default();
+        if !leftovers.is_empty() {
+            tokio::task::spawn_blocking(move || {
+                for (path, is_dir) in leftovers {
+                    let _ = if is_dir {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            });
+        }
         Ok(broker)
     }
 

@@ -430,3 +430,55 @@ async fn a_produce_appends_to_each_partition_of_its_assignment_once_in_order() {
     assert_eq!(ids, (0..24u32).rev().collect::<Vec<_>>());
     assert!(parts.iter().all(|p| p.partition.id == p.id));
 }
+
+/// What a crash left in the trash goes after a start, entry by entry; the trash itself stays,
+/// so a topic deleted right after the start moves into it (the start used to remove and make
+/// the trash again in the background, and a deletion in between failed to find it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_in_the_trash_go_after_a_start_and_a_deletion_right_after_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    for name in ["a", "b"] {
+        broker
+            .create_topic(name, 1, TopicConfig::default(), false)
+            .await
+            .unwrap();
+    }
+    broker.close().await.unwrap();
+    drop(broker);
+    let trash = dir.path().join("trash");
+    for i in 0..200 {
+        let left = trash.join(format!("left-{i}"));
+        std::fs::create_dir_all(left.join("0")).unwrap();
+        std::fs::write(left.join("0").join("00000000000000000000.log"), b"x").unwrap();
+    }
+    std::fs::write(trash.join("a-file"), b"x").unwrap();
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let trash_inode = inode(&trash);
+
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    broker.delete_topic("a").await.unwrap();
+    broker.delete_topic("b").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&trash)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still in the trash: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        inode(&trash),
+        trash_inode,
+        "the same trash, never made again"
+    );
+    broker.close().await.unwrap();
+}

@@ -89,7 +89,10 @@ impl Bucket {
         let now = Instant::now();
         let rate = self.throttle.bytes_per_s as f64;
         let earned = now.duration_since(self.refilled).as_secs_f64() * rate;
-        self.tokens = (self.tokens + earned).min(rate);
+        // A second's worth in all, what is out on allowances included: given back, those
+        // must not lift the bucket past it.
+        let out: u64 = self.allowed.iter().map(|(_, a)| a).sum();
+        self.tokens = (self.tokens + earned).min(rate - out as f64);
         self.refilled = now;
     }
 }
@@ -835,6 +838,11 @@ mod tests {
         // 5's fetch is dropped before it sends; its next fetch finds the bucket as it was.
         let again = l.throttle_allowance(n(5), all).unwrap();
         assert!((now..=now + 10).contains(&again), "{now} then {again}");
+        // What is out on an allowance counts toward the second's worth while the bucket
+        // refills: given back, it does not lift the bucket past it.
+        std::thread::sleep(Duration::from_millis(400));
+        let full = l.throttle_allowance(n(5), all).unwrap();
+        assert!(full <= 1_000, "at most a second's worth: {full}");
     }
 
     /// KIP-101/279: the leader answers where the follower's log leaves its own.

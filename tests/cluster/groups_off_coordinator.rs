@@ -20,6 +20,25 @@ const TOML: &str = "broker_session_timeout_ms = 2000\n\
 const TOPIC: &str = "spread";
 const PARTITIONS: u32 = 5;
 
+/// A new member of `group` on `topic`, joined through broker `via` with `session_timeout_ms`
+/// (the broker's default when None): its member id.
+fn join(c: &Cluster, via: usize, group: &str, topic: &str, session_ms: Option<u64>) -> String {
+    let mut body = json!({ "topics": [topic] });
+    if let Some(ms) = session_ms {
+        body["session_timeout_ms"] = json!(ms);
+    }
+    let (status, joined) = post(&format!("{}/v1/groups/{group}/members", c.url(via)), body);
+    assert_eq!(status, 201, "{joined}");
+    joined["member_id"].as_str().unwrap().to_string()
+}
+
+/// The broker that coordinates groups: the leader of `__consumer_offsets`, as broker 1 sees it.
+fn coordinator(c: &Cluster) -> usize {
+    describe(c, 1, "__consumer_offsets")["partitions"][0]["leader"]
+        .as_u64()
+        .unwrap() as usize
+}
+
 /// A new member of `group` on `topic` (joined through broker `join_via`) and the values of
 /// its first fetch (through `fetch_via`, waiting up to 5 s for records).
 fn join_and_fetch(
@@ -29,12 +48,7 @@ fn join_and_fetch(
     join_via: usize,
     fetch_via: usize,
 ) -> (String, Vec<String>) {
-    let (status, joined) = post(
-        &format!("{}/v1/groups/{group}/members", c.url(join_via)),
-        json!({ "topics": [topic] }),
-    );
-    assert_eq!(status, 201, "{joined}");
-    let member = joined["member_id"].as_str().unwrap().to_string();
+    let member = join(c, join_via, group, topic, None);
     let (status, page) = get(&format!(
         "{}/v1/groups/{group}/members/{member}/records?wait_ms=5000",
         c.url(fetch_via)
@@ -74,15 +88,8 @@ fn a_member_reads_and_commits_partitions_its_coordinator_holds_no_replica_of() {
         );
         assert_eq!(status, 200, "{body}");
     }
-    let (status, joined) = post(
-        &format!("{}/v1/groups/readers/members", c.url(2)),
-        json!({"topics": [TOPIC], "session_timeout_ms": 30_000}),
-    );
-    assert_eq!(status, 201, "{joined}");
-    let member = joined["member_id"].as_str().unwrap().to_string();
-    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
-        .as_u64()
-        .unwrap() as usize;
+    let member = join(&c, 2, "readers", TOPIC, Some(30_000));
+    let coordinator = coordinator(&c);
     let elsewhere: Vec<u32> = (0..PARTITIONS)
         .filter(|p| !replicas_of(&c, 1, TOPIC, *p).contains(&coordinator))
         .collect();
@@ -302,9 +309,7 @@ fn a_lagging_replica_on_the_coordinator_does_not_reset_the_groups_position() {
             (status, body) => Err(format!("{status} {body}")),
         }
     });
-    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
-        .as_u64()
-        .unwrap() as usize;
+    let coordinator = coordinator(&c);
     // A second batch: the move's first read takes one whole batch and leaves the bucket
     // in debt for minutes, so the copy cannot catch up (with one batch it would at once).
     let (status, body) = post(
@@ -357,15 +362,8 @@ fn a_long_poll_on_a_partition_led_elsewhere_follows_its_next_leader() {
     assert_eq!(status, 201, "{body}");
     // The first group call makes __consumer_offsets; then the partition goes to two other
     // brokers.
-    let (status, joined) = post(
-        &format!("{}/v1/groups/w/members", c.url(1)),
-        json!({"topics": ["failing"], "session_timeout_ms": 60_000}),
-    );
-    assert_eq!(status, 201, "{joined}");
-    let member = joined["member_id"].as_str().unwrap().to_string();
-    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
-        .as_u64()
-        .unwrap() as usize;
+    let member = join(&c, 1, "w", "failing", Some(60_000));
+    let coordinator = coordinator(&c);
     let pair: Vec<usize> = (1..=5).filter(|n| *n != coordinator).take(2).collect();
     let (status, body) = post(
         &format!("{}/v1/topics/failing/partitions/0/reassignment", c.url(1)),
@@ -456,15 +454,8 @@ fn a_long_poll_holds_one_slot_at_a_leader_of_several_of_its_partitions() {
         });
         leaders.ok_or_else(|| d.to_string())
     });
-    let (status, joined) = post(
-        &format!("{}/v1/groups/wide-readers/members", c.url(1)),
-        json!({"topics": ["wide"], "session_timeout_ms": 30_000}),
-    );
-    assert_eq!(status, 201, "{joined}");
-    let member = joined["member_id"].as_str().unwrap().to_string();
-    let coordinator = describe(&c, 1, "__consumer_offsets")["partitions"][0]["leader"]
-        .as_u64()
-        .unwrap() as usize;
+    let member = join(&c, 1, "wide-readers", "wide", Some(30_000));
+    let coordinator = coordinator(&c);
     let leader = (1..=3)
         .find(|n| *n != coordinator && leaders.iter().filter(|l| *l == n).count() >= 2)
         .unwrap_or_else(|| panic!("no other broker leads two partitions: {leaders:?}"));

@@ -267,3 +267,35 @@ fn a_long_poll_and_an_event_stream_outlive_the_header_clock() {
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+/// A graceful shutdown waits for requests in flight, and a request whose head is still
+/// coming in counts as one to hyper: without the header clock after the shutdown began, a
+/// client trickling a head a byte at a time would hold the broker open for as long as it
+/// liked. The clock closes that connection and the broker stops cleanly.
+#[test]
+fn a_head_trickling_in_does_not_hold_a_graceful_shutdown_open() {
+    let mut broker =
+        common::TestBroker::start_with_config("[limits]\nheader_read_timeout_ms = 1000\n");
+    let mut slow = connect(&broker.url);
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let mut writer = slow.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        // One header byte every 50 ms, at most 30 s, until the broker closes the connection.
+        for _ in 0..600 {
+            if writer.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let stopping = Instant::now();
+    assert_eq!(broker.terminate(), Some(0), "a clean stop within 30 s");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "stopped {:?} after SIGTERM",
+        stopping.elapsed()
+    );
+    read_until_closed(&mut slow);
+    trickle.join().unwrap();
+}

@@ -161,3 +161,92 @@ pub async fn wait(
     })
     .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::{BrokerConfig, TopicConfig};
+    use crate::groups::OffsetReset;
+    use crate::groups::remote::{READ_PATH, WAIT_PATH, WaitPart};
+    use crate::node::Node;
+
+    /// Status and problem `code` (empty for a 200) of an internal call.
+    async fn call(app: &axum::Router, path: &str, body: Vec<u8>) -> (u16, String) {
+        let request = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        (status, code)
+    }
+
+    /// A replica opened on a cluster member refuses producers until the metadata gives it a
+    /// role (`Partition::await_role`); a coordinator's read or wait there must not be served
+    /// from it meanwhile: its range may trail the leader's. It answers 503
+    /// `leader_not_available` (the coordinator retries) until it takes the leader's role.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_has_not_taken_its_role_answers_reads_and_waits_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .await
+        .unwrap();
+        node.broker
+            .create_topic("t", 1, TopicConfig::default(), false)
+            .await
+            .unwrap();
+        let replica = node
+            .broker
+            .topic("t")
+            .unwrap()
+            .partition(PartitionId(0))
+            .unwrap();
+        let (app, _) = super::super::app(node.clone());
+        let read = serde_json::to_vec(&RemoteRead {
+            topic: "t".into(),
+            partition: PartitionId(0),
+            position: None,
+            reset: OffsetReset::Earliest,
+            max_records: 10,
+            max_bytes: 1 << 16,
+            wait_ms: 0,
+            timestamp_ms: None,
+        })
+        .unwrap();
+        let wait = serde_json::to_vec(&RemoteWait {
+            parts: vec![WaitPart {
+                topic: "t".into(),
+                partition: PartitionId(0),
+                position: None,
+            }],
+            reset: OffsetReset::Earliest,
+            wait_ms: 0,
+        })
+        .unwrap();
+
+        assert_eq!(
+            call(&app, READ_PATH, read.clone()).await,
+            (200, String::new())
+        );
+        replica.await_role();
+        let unavailable = (503, "leader_not_available".to_string());
+        assert_eq!(call(&app, READ_PATH, read.clone()).await, unavailable);
+        assert_eq!(call(&app, WAIT_PATH, wait.clone()).await, unavailable);
+        replica.set_follower(false);
+        assert_eq!(call(&app, READ_PATH, read).await, (200, String::new()));
+        assert_eq!(call(&app, WAIT_PATH, wait).await.0, 200);
+    }
+}

@@ -287,7 +287,7 @@ impl GroupCoordinator {
         g.members.remove(member);
         tracing::info!(group, member, "member left");
         g.rebalance(group, self);
-        if g.members.is_empty() && g.committed.is_empty() {
+        if g.removable() {
             g.retire_gauges(group);
             groups.remove(group);
         }

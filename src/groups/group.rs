@@ -40,7 +40,8 @@ pub(super) struct Group {
     pub(super) owners: BTreeMap<TopicPartition, Owner>,
     /// Durable committed offsets (replayed from `__consumer_offsets` on start).
     pub(super) committed: BTreeMap<TopicPartition, OffsetValue>,
-    /// `latest` positions resolved for partitions without a commit in range; in memory only.
+    /// `latest` positions resolved for partitions without a commit in range, and positions
+    /// past ranges compaction emptied; in memory only, cleared by a commit.
     pub(super) pinned: BTreeMap<TopicPartition, Offset>,
     pub(super) auto_offset_reset: OffsetReset,
     /// Partition counts of the subscribed topics at the last rebalance (expansion check).
@@ -84,6 +85,17 @@ impl Group {
             rebalances: 0,
             lag_published: BTreeSet::new(),
         }
+    }
+
+    /// Whether the registry may drop the group: no member, no commit, and no commit in
+    /// flight. A commit holds a clone of `offset_writes` from its first check to its memory
+    /// update; a group dropped meanwhile would take that commit into a new instance of the
+    /// group, outside the new instance's `offset_writes`, so memory could end in another
+    /// order than the log.
+    pub(super) fn removable(&self) -> bool {
+        self.members.is_empty()
+            && self.committed.is_empty()
+            && Arc::strong_count(&self.offset_writes) == 1
     }
 
     /// Zeroes the gauges of a group that is being removed; with no more updates, its series
@@ -245,10 +257,12 @@ impl Group {
         )
     }
 
-    /// The offset pinned by a `latest` reset, or else the committed one. A pin wins: it is
-    /// only made where the commit was missing or out of range, and a commit clears it, so a
-    /// commit past the log end does not send every read back to the high watermark of the
-    /// moment (skipping what was produced between two reads).
+    /// The offset pinned by a `latest` reset or past a range with no record, or else the
+    /// committed one. A pin wins: it is only made where the commit was missing or out of
+    /// range, or where reading from it found no record up to the pin (compaction emptied
+    /// those offsets), and a commit clears it. So a commit past the log end does not send
+    /// every read back to the high watermark of the moment (skipping what was produced
+    /// between two reads), and an emptied range is read once, not at every fetch.
     pub(super) fn stored_position(&self, tp: &TopicPartition) -> Option<Offset> {
         self.pinned
             .get(tp)
@@ -257,9 +271,32 @@ impl Group {
     }
 
     /// Pins where a `latest` reset put a partition read elsewhere (at its leader), as
-    /// [`Self::position`] does for a local one.
-    pub(super) fn pin_remote(&mut self, tp: &TopicPartition, position: Offset, reset: bool) {
+    /// [`Self::position`] does for a local one; `planned` is the stored position the read
+    /// was planned from (see [`Self::pin_if_unchanged`]).
+    pub(super) fn pin_remote(
+        &mut self,
+        tp: &TopicPartition,
+        planned: Option<Offset>,
+        position: Offset,
+        reset: bool,
+    ) {
         if reset && self.auto_offset_reset == OffsetReset::Latest {
+            self.pin_if_unchanged(tp, planned, position);
+        }
+    }
+
+    /// Pins `tp` at `position` if its stored position is still `planned`, what a fetch's
+    /// plan saw under the lock. The read the pin comes from ran outside the lock, and a
+    /// commit, a reset or another member's read may have moved the position meanwhile:
+    /// that newer position stands (a stale pin would send the group back, or past records
+    /// never delivered).
+    pub(super) fn pin_if_unchanged(
+        &mut self,
+        tp: &TopicPartition,
+        planned: Option<Offset>,
+        position: Offset,
+    ) {
+        if self.stored_position(tp) == planned {
             self.pinned.insert(tp.clone(), position);
         }
     }

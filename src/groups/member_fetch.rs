@@ -25,6 +25,10 @@ use crate::metadata::NodeId;
 struct FetchPlan {
     member: MemberView,
     positions: Vec<(TopicPartition, Source)>,
+    /// The group's stored position of each planned partition (a pin or the commit) when
+    /// the plan was taken, side by side with `positions`: a read done outside the lock
+    /// moves the position only where nothing moved it meanwhile.
+    stored: Vec<Option<Offset>>,
     /// The group's `auto_offset_reset`, for the partitions read at their leaders.
     reset: OffsetReset,
     changes: watch::Receiver<u32>,
@@ -82,6 +86,7 @@ impl GroupCoordinator {
         g.refresh(group, self);
         let view = g.view(group, member);
         let mut positions = Vec::with_capacity(view.assignment.len());
+        let mut stored = Vec::with_capacity(view.assignment.len());
         for tp in &view.assignment {
             let source = match self.local_replica(tp) {
                 Some(partition) => {
@@ -93,11 +98,13 @@ impl GroupCoordinator {
                 None => continue,
             };
             positions.push((tp.clone(), source));
+            stored.push(g.stored_position(tp));
         }
         Ok(FetchPlan {
             member: view,
             reset: g.auto_offset_reset,
             positions,
+            stored,
             changes: g.changes.subscribe(),
         })
     }
@@ -148,7 +155,7 @@ impl GroupCoordinator {
                         max_bytes: share_bytes,
                         ..RemoteRead::offsets(tp, *position, plan.reset)
                     };
-                    self.remote_read(group, tp, read).await
+                    self.remote_read(group, tp, *position, read).await
                 }
                 Source::Local(..) => None,
             }
@@ -184,11 +191,19 @@ impl GroupCoordinator {
                 },
             };
             let mut count = 0u32;
-            fetched.for_each_record(|_| {
+            let next = fetched.for_each_record(|_| {
                 count += 1;
                 Ok(())
             })?;
             if count == 0 {
+                // Offsets with no record left (compaction emptied them): the group reads on
+                // from past them, as a consumer's fetch does, or it would ask for the same
+                // empty range forever.
+                if next > fetched.from
+                    && let Some(g) = self.lock().get_mut(group)
+                {
+                    g.pin_if_unchanged(tp, plan.stored[at], next);
+                }
                 continue;
             }
             records_left -= count;
@@ -212,12 +227,13 @@ impl GroupCoordinator {
         &self,
         group: &str,
         tp: &TopicPartition,
+        planned: Option<Offset>,
         read: RemoteRead,
     ) -> Option<Fetched> {
         match self.remote()?.read(read).await {
             Ok(answer) => {
                 if let Some(g) = self.lock().get_mut(group) {
-                    g.pin_remote(tp, answer.fetched.from, answer.reset);
+                    g.pin_remote(tp, planned, answer.fetched.from, answer.reset);
                 }
                 Some(answer.fetched)
             }

@@ -61,11 +61,15 @@ impl GroupCoordinator {
         let mut lags = Vec::new();
         for (name, g) in groups.iter_mut() {
             if g.members.is_empty() {
+                // Kept while a commit was in flight, which then failed.
+                if g.removable() {
+                    emptied.push(name.clone());
+                }
                 continue;
             }
             g.expire(name, self, now);
             g.refresh(name, self);
-            if g.members.is_empty() && g.committed.is_empty() {
+            if g.removable() {
                 emptied.push(name.clone());
             } else if publish {
                 lags.push(plan_lag(name, g, self));

@@ -372,6 +372,10 @@ struct FakeLeaders {
     waits: std::sync::Mutex<Vec<super::remote::RemoteWait>>,
     /// Partitions whose leader does not answer a read.
     down: std::sync::Mutex<BTreeSet<u32>>,
+    /// Where a read's answer starts (a reset puts it there) and the leaders' log end.
+    at: Arc<std::sync::atomic::AtomicU64>,
+    /// Held: the next read of records (not an offsets-only read) answers once this is sent.
+    hold: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl super::remote::RemotePartitions for FakeLeaders {
@@ -386,21 +390,31 @@ impl super::remote::RemotePartitions for FakeLeaders {
     {
         self.reads.lock().unwrap().push(read.clone());
         let down = self.down.lock().unwrap().contains(&read.partition.0);
+        let hold = if read.max_records > 0 {
+            self.hold.lock().unwrap().take()
+        } else {
+            None
+        };
+        let at = Arc::clone(&self.at);
         Box::pin(async move {
+            if let Some(hold) = hold {
+                let _ = hold.await;
+            }
+            let at = Offset(at.load(std::sync::atomic::Ordering::SeqCst));
             if down {
                 return Err(BrokerError::StorageUnavailable("the leader is down".into()));
             }
             Ok(super::remote::RemoteAnswer {
                 fetched: crate::broker::Fetched {
                     bytes: Vec::new(),
-                    from: Offset(0),
-                    high_watermark: Offset(0),
+                    from: at,
+                    high_watermark: at,
                     log_start_offset: Offset(0),
                     max_records: read.max_records,
                     segment_end: None,
                 },
                 reset: true,
-                log_end_offset: Offset(0),
+                log_end_offset: at,
             })
         })
     }
@@ -540,5 +554,99 @@ async fn a_fetch_names_the_partitions_whose_leader_could_not_be_read() {
         leaders.reads.lock().unwrap().len(),
         8,
         "each read both times"
+    );
+}
+
+/// A read at a leader runs outside the registry lock, so a commit can land while it is out.
+/// A `latest` reset its answer brings back must not pin over that commit: the pin would win
+/// over the commit and send the group back to re-read what was committed (or, with a newer
+/// high watermark, past records never delivered).
+#[tokio::test]
+async fn a_reset_answered_after_a_commit_does_not_pin_over_it() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
+    let leaders = Arc::new(FakeLeaders::default());
+    groups.read_remote_with(Arc::clone(&leaders) as Arc<dyn super::remote::RemotePartitions>);
+    let v = groups
+        .join(
+            "g",
+            &topics(&["far"]),
+            Some(30_000),
+            Some(OffsetReset::Latest),
+        )
+        .unwrap();
+    leaders.at.store(10, Ordering::SeqCst);
+    let (release, held) = tokio::sync::oneshot::channel();
+    *leaders.hold.lock().unwrap() = Some(held);
+    let fetch = tokio::spawn({
+        let (groups, member) = (Arc::clone(&groups), v.member_id.clone());
+        async move {
+            groups
+                .fetch("g", &member, 100, 1 << 20, Duration::ZERO)
+                .await
+        }
+    });
+    // One read is held at its leader.
+    while leaders.hold.lock().unwrap().is_some() {
+        tokio::task::yield_now().await;
+    }
+    let far0 = TopicPartition::new("far", PartitionId(0));
+    groups
+        .commit(
+            "g",
+            Some((&v.member_id, v.generation)),
+            &[(far0.clone(), Offset(10))],
+        )
+        .await
+        .unwrap();
+    // The held read answers a reset to an older high watermark.
+    leaders.at.store(4, Ordering::SeqCst);
+    release.send(()).unwrap();
+    fetch.await.unwrap().unwrap();
+
+    leaders.reads.lock().unwrap().clear();
+    groups
+        .fetch("g", &v.member_id, 100, 1 << 20, Duration::ZERO)
+        .await
+        .unwrap();
+    let reads = leaders.reads.lock().unwrap();
+    let again = reads.iter().find(|r| r.partition.0 == 0).unwrap();
+    assert_eq!(again.position, Some(10), "read from the commit: {again:?}");
+}
+
+/// A group with no member and no commit is dropped from the registry, but not while a
+/// commit to it is in flight: that commit would otherwise land in a new instance of the
+/// group (made by a join meanwhile), outside the new instance's serialized offset writes.
+#[tokio::test(start_paused = true)]
+async fn a_group_is_kept_while_a_commit_to_it_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, groups) = open_broker(dir.path(), "t", 1).await;
+    let a = join_t(&groups, 30_000);
+    let writes = Arc::clone(&groups.lock().get("g").unwrap().offset_writes);
+    let serial = writes.lock().await;
+    let commit = tokio::spawn({
+        let (groups, member) = (Arc::clone(&groups), a.member_id.clone());
+        async move {
+            let at = [(TopicPartition::new("t", PartitionId(0)), Offset(0))];
+            groups.commit("g", Some((&member, a.generation)), &at).await
+        }
+    });
+    // The commit holds its place in the group's offset writes.
+    while Arc::strong_count(&writes) < 3 {
+        tokio::task::yield_now().await;
+    }
+    groups.leave("g", &a.member_id).unwrap();
+    assert!(groups.lock().contains_key("g"), "kept for the commit");
+    drop(serial);
+    assert!(matches!(
+        commit.await.unwrap(),
+        Err(GroupError::MemberNotFound { .. })
+    ));
+    drop(writes);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !groups.lock().contains_key("g"),
+        "dropped once the commit is over"
     );
 }

@@ -852,17 +852,27 @@ impl Partition {
     /// [`Partition::scrub`]), below its high watermark if it must: the high watermark drops
     /// to the cut, so nothing past it is served from this replica, and the replica counts
     /// as having lost data ([`Partition::lost_data`]) until it has fetched the records back.
-    /// A cut at or below the log start empties the log there. Returns the new log end. Runs
-    /// on the blocking pool (the cut is synced, the checkpoints written).
-    pub async fn cut_damaged(self: &Arc<Self>, offset: Offset) -> Result<Offset, BrokerError> {
+    /// A cut at or below the log start empties the log there. Returns the new log end, or
+    /// None, and nothing is cut, when the replica leads by then ([`Partition::take_lead`]).
+    /// Runs on the blocking pool (the cut is synced, the checkpoints written).
+    pub async fn cut_damaged(
+        self: &Arc<Self>,
+        offset: Offset,
+    ) -> Result<Option<Offset>, BrokerError> {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.cut_damaged_blocking(offset))
             .await
             .map_err(|e| BrokerError::Io(e.to_string()))?
     }
 
-    fn cut_damaged_blocking(&self, offset: Offset) -> Result<Offset, BrokerError> {
+    fn cut_damaged_blocking(&self, offset: Offset) -> Result<Option<Offset>, BrokerError> {
         let mut log = self.lock();
+        // Under the lock, as [`Partition::take_lead`] decides: a replica that took the lead
+        // since the scrub found the damage keeps its records (its high watermark counts them
+        // as acknowledged); it is failed instead, as a damaged leader is.
+        if !self.is_follower() {
+            return Ok(None);
+        }
         let start = log.log_start_offset();
         let end = if offset > start {
             log.truncation_point(offset)
@@ -897,7 +907,22 @@ impl Partition {
             "damaged data cut: this replica fetches it again from its leader"
         );
         self.publish_gauges();
-        Ok(end)
+        Ok(Some(end))
+    }
+
+    /// Makes this replica its partition's leader (producers' appends taken), unless it lost
+    /// fsynced records it has not fetched back ([`Partition::lost_data`]): leading would hand
+    /// their offsets out again. Decided under the log lock, as
+    /// [`Partition::cut_damaged`] decides, so a scrub's cut and a new leadership never
+    /// overlap: either the cut comes first and the replica does not lead, or the lead does
+    /// and nothing is cut. Returns whether it leads.
+    pub fn take_lead(&self) -> bool {
+        let _log = self.lock();
+        if self.lost_data() {
+            return false;
+        }
+        self.set_follower(false);
+        true
     }
 
     /// A leader whose fsynced data failed its CRC check stops taking writes: it cannot fetch
@@ -1911,6 +1936,7 @@ pub(crate) mod tests {
         let partition = open(dir.path());
         assert!(partition.scrubbed(), "an empty log needs no check");
         partition.set_hw_mode(HwMode::External);
+        partition.set_follower(true);
         let mut stored = Vec::new();
         for (base, records) in [(0u64, 2usize), (2, 3), (5, 1)] {
             let mut batch = batch_of(records);
@@ -1935,7 +1961,10 @@ pub(crate) mod tests {
         partition.flush_now().await.unwrap();
         assert_eq!(partition.advance_high_watermark(Offset(6)), Offset(6));
         // A scrub found the batch at 2 damaged: the cut goes below the high watermark.
-        assert_eq!(partition.cut_damaged(Offset(2)).await.unwrap(), Offset(2));
+        assert_eq!(
+            partition.cut_damaged(Offset(2)).await.unwrap(),
+            Some(Offset(2))
+        );
         let p = partition.progress();
         assert_eq!((p.high_watermark, p.fsynced_offset), (Offset(2), Offset(2)));
         assert_eq!(partition.log_end_offset(), Offset(2));
@@ -1965,8 +1994,49 @@ pub(crate) mod tests {
         partition.refetched_lost_data();
         assert!(!partition.lost_data());
         // At the log start, the log is emptied there.
-        assert_eq!(partition.cut_damaged(Offset(0)).await.unwrap(), Offset(0));
+        assert_eq!(
+            partition.cut_damaged(Offset(0)).await.unwrap(),
+            Some(Offset(0))
+        );
         assert_eq!(partition.progress().high_watermark, Offset(0));
+    }
+
+    /// A scrub reads a replica for a while before it acts, and the replica's role may change
+    /// meanwhile. A cut and taking the lead are decided under the log lock: a replica that
+    /// took the lead is not cut (its high watermark counted those records as acknowledged),
+    /// and one that was cut does not take the lead until it has fetched them back.
+    #[tokio::test]
+    async fn a_damaged_replica_is_cut_or_leads_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.set_hw_mode(HwMode::External);
+        partition.set_follower(true);
+        let mut batch = batch_of(3);
+        crate::log::batch::stamp_batch(&mut batch, 0, 4);
+        partition
+            .append_replicated_at(&batch, Offset(0), true)
+            .unwrap();
+        partition.flush_now().await.unwrap();
+        assert_eq!(partition.advance_high_watermark(Offset(3)), Offset(3));
+
+        // It took the lead after the scrub found damage at 1: nothing is cut.
+        assert!(partition.take_lead());
+        assert_eq!(partition.cut_damaged(Offset(1)).await.unwrap(), None);
+        assert_eq!(partition.log_end_offset(), Offset(3));
+        assert_eq!(partition.progress().high_watermark, Offset(3));
+        assert!(!partition.lost_data());
+
+        // A follower again, then cut: it cannot take the lead until it fetched them back.
+        partition.set_follower(true);
+        assert_eq!(
+            partition.cut_damaged(Offset(1)).await.unwrap(),
+            Some(Offset(0))
+        );
+        assert!(!partition.take_lead());
+        assert!(partition.is_follower());
+        partition.refetched_lost_data();
+        assert!(partition.take_lead());
+        assert!(!partition.is_follower());
     }
 
     #[tokio::test]

@@ -514,7 +514,17 @@ fn apply_role(change: &RoleChange) {
                 leader_epoch: leader_epoch.0,
             }));
             match replica.set_leader_epoch(leader_epoch.0) {
-                Ok(()) => replica.set_follower(false),
+                // A scrub cut it since the guard above looked: as the guard's arm.
+                Ok(()) if !replica.take_lead() => {
+                    replica.set_isr_gate(None);
+                    tracing::error!(
+                        topic = %change.topic,
+                        partition = change.partition.0,
+                        leader_epoch = leader_epoch.0,
+                        "cannot lead: this replica lost fsynced records it has not fetched back"
+                    );
+                }
+                Ok(()) => {}
                 Err(e) => {
                     replica.set_follower(true);
                     tracing::error!(

@@ -44,7 +44,7 @@ pub async fn run(broker: Arc<Broker>, manager: Arc<ReplicaManager>, every: Durat
                 return;
             }
             if !r.replica.scrubbed() {
-                check(&r).await;
+                check(&manager, &r).await;
                 unchecked |= !r.replica.scrubbed();
             }
         }
@@ -53,7 +53,7 @@ pub async fn run(broker: Arc<Broker>, manager: Arc<ReplicaManager>, every: Durat
                 if *shutdown.borrow() {
                     return;
                 }
-                check(&r).await;
+                check(&manager, &r).await;
             }
             next_full = Instant::now() + every;
         }
@@ -72,7 +72,15 @@ pub async fn run(broker: Arc<Broker>, manager: Arc<ReplicaManager>, every: Durat
 
 /// Checks one replica and acts on the damage found, if any. A replica that stopped taking
 /// writes is left alone (a leader found damaged stays so until an operator steps in).
-async fn check(r: &LocalReplica) {
+///
+/// The check reads the whole replica first, and its role may change meanwhile: the action
+/// follows the role the replica has when the damage is found, not the one it had when the
+/// pass listed it, and the cut itself is refused under the log lock if the replica leads by
+/// then ([`Partition::cut_damaged`], [`Partition::take_lead`]).
+///
+/// [`Partition::cut_damaged`]: crate::broker::Partition::cut_damaged
+/// [`Partition::take_lead`]: crate::broker::Partition::take_lead
+async fn check(manager: &ReplicaManager, r: &LocalReplica) {
     if r.replica.failure().is_some() {
         return;
     }
@@ -86,9 +94,21 @@ async fn check(r: &LocalReplica) {
     let Some(offset) = found else {
         return;
     };
-    match r.role {
-        Role::Follower { .. } => {
-            if let Err(e) = r.replica.cut_damaged(offset).await {
+    // The same replica still, in whatever role it has now (gone: nothing to do).
+    let now = manager
+        .replica(&r.topic, r.partition)
+        .filter(|now| Arc::ptr_eq(&now.replica, &r.replica));
+    let Some(now) = now else {
+        return;
+    };
+    match now.role {
+        Role::Follower { .. } => match r.replica.cut_damaged(offset).await {
+            Ok(Some(_)) => {}
+            // It took the lead since: damage in a leader stops its writes.
+            Ok(None) => {
+                r.replica.fail_damaged(offset);
+            }
+            Err(e) => {
                 tracing::error!(
                     topic = %r.topic,
                     partition = r.partition.0,
@@ -96,7 +116,7 @@ async fn check(r: &LocalReplica) {
                     "cutting a damaged replica: {e}"
                 );
             }
-        }
+        },
         Role::Leader { .. } | Role::Offline => {
             r.replica.fail_damaged(offset);
         }

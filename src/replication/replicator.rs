@@ -172,6 +172,7 @@ impl Replicator {
         let now = self.now_ms();
         let mut started = Vec::new();
         let mut retired = Vec::new();
+        let mut replaced = Vec::new();
         {
             let mut leaders = self.leaders_lock_write();
             let mut next: HashMap<PartitionKey, Arc<Led>> = HashMap::new();
@@ -201,9 +202,23 @@ impl Replicator {
                     continue;
                 }
                 let key = (Arc::clone(&r.topic), r.partition);
-                let kept = leaders.remove(&key).filter(|l| {
-                    l.leader_epoch == *leader_epoch && Arc::ptr_eq(&l.replica, &r.replica)
-                });
+                let kept = match leaders.remove(&key) {
+                    Some(l)
+                        if l.leader_epoch == *leader_epoch
+                            && Arc::ptr_eq(&l.replica, &r.replica) =>
+                    {
+                        Some(l)
+                    }
+                    // Led again in a later epoch (or a topic made again under the name)
+                    // within one pass: the old leadership's task stops, or it would go on
+                    // proposing ISR changes from its frozen followers. Its replica keeps the
+                    // gate the role hook set for the new leadership.
+                    Some(l) => {
+                        replaced.push(l);
+                        None
+                    }
+                    None => None,
+                };
                 let led = match kept {
                     Some(l) => {
                         l.confirm(&record, now);
@@ -239,6 +254,9 @@ impl Replicator {
         for l in retired {
             l.retire();
             l.replica.set_isr_gate(None);
+        }
+        for l in replaced {
+            l.retire();
         }
         for l in started {
             tokio::spawn(Arc::clone(self).run_leader(l));
@@ -321,7 +339,10 @@ impl Replicator {
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
-        forget_metrics(&led);
+        // Replaced by a later leadership of the same partition: the gauges are its now.
+        if self.led(&led.topic, led.partition).is_none() {
+            forget_metrics(&led);
+        }
     }
 
     /// The brokers that may join an ISR: active ones (unfenced, not shutting down).

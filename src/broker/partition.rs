@@ -444,15 +444,19 @@ impl Partition {
         urgent: bool,
     ) -> Result<(Offset, Offset), BrokerError> {
         self.check_writable()?;
-        if self.follower.load(Ordering::Acquire) {
-            return Err(BrokerError::NotLeader {
-                topic: self.topic.to_string(),
-                partition: self.id,
-            });
-        }
-        let epoch = self.leader_epoch.load(Ordering::Acquire);
         let result = {
             let mut log = self.lock();
+            // The role and the epoch are read under the log lock, where `take_lead` and
+            // `set_leader_epoch` change them: read before it, a producer could stamp an
+            // epoch a newer leadership of this replica had already passed (the log refuses
+            // it, and the refusal would fail the partition), or append after a demotion.
+            if self.follower.load(Ordering::Acquire) {
+                return Err(BrokerError::NotLeader {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                });
+            }
+            let epoch = self.leader_epoch.load(Ordering::Acquire);
             if let Some(original) = self.replayed(&log, batch, records)? {
                 return Ok(original);
             }
@@ -1999,6 +2003,42 @@ pub(crate) mod tests {
             Some(Offset(0))
         );
         assert_eq!(partition.progress().high_watermark, Offset(0));
+    }
+
+    /// Producers appending while the leader epoch moves on (this broker led again in a
+    /// later epoch) stamp the epoch current under the log lock: none stamps one the log has
+    /// already passed, which the log would refuse and which failed the partition for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_racing_a_new_leader_epoch_never_fail_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.set_leader_epoch(1).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        tokio::task::block_in_place(|| {
+            std::thread::scope(|s| {
+                let producers: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            for _ in 0..20_000 {
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                partition.append(&mut batch_of(1), 1, false).unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for epoch in 2..2_000 {
+                    partition.set_leader_epoch(epoch).unwrap();
+                    std::thread::yield_now();
+                }
+                stop.store(true, Ordering::Relaxed);
+                for p in producers {
+                    p.join().unwrap();
+                }
+            })
+        });
+        assert_eq!(partition.failure(), None);
     }
 
     /// A scrub reads a replica for a while before it acts, and the replica's role may change

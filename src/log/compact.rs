@@ -42,6 +42,7 @@ pub struct SegmentSnapshot {
     pub size: u64,
     pub max_timestamp_ms: i64,
     pub created_ms: i64,
+    pub last_written_ms: i64,
     /// The log file, opened only while compaction reads it, so a plan holds no descriptors.
     pub path: PathBuf,
 }
@@ -252,6 +253,7 @@ pub fn compact_segment(
         size: 0,
         max_timestamp_ms: i64::MIN,
         created_ms: segment.created_ms,
+        last_written_ms: segment.last_written_ms,
         offset_entries: Vec::new(),
         time_entries: Vec::new(),
     };

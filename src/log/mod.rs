@@ -454,9 +454,11 @@ impl PartitionLog {
     /// read). A segment is scanned only if it may hold a batch appended within
     /// `producer_idle_timeout_ms`: the active one, and those whose successor was created
     /// since (a segment is created at the append that follows the last one of the segment
-    /// before). A batch counts as written at the later of its newest record's timestamp and
-    /// its segment's creation, both no later than its append (give or take the clock skew
-    /// `timestamp_ms_ahead_max` allows).
+    /// before). A batch counts as written when its segment's file was last written before
+    /// the open (`Segment::last_written_ms`): no earlier than its append, so a producer that
+    /// wrote within the timeout is kept, however old the timestamps it gave its records or
+    /// the segment it wrote into. At worst a producer is kept up to a segment's write span
+    /// longer than the timeout.
     fn rebuild_producers(&mut self, now_ms: i64) -> io::Result<()> {
         let since = now_ms.saturating_sub(self.config.producer_idle_timeout_ms);
         let last = self.segments.len() - 1;
@@ -481,7 +483,7 @@ impl PartitionLog {
             loop {
                 match walk.next_header() {
                     Ok(Some(header)) => {
-                        let written_ms = header.max_timestamp_ms.max(segment.created_ms);
+                        let written_ms = segment.last_written_ms;
                         self.producers.record_header(&header, written_ms);
                         walk.skip();
                     }
@@ -1083,6 +1085,7 @@ impl PartitionLog {
             size: s.size,
             max_timestamp_ms: s.max_timestamp_ms,
             created_ms: s.created_ms,
+            last_written_ms: s.last_written_ms,
             path: s.log_path(),
         };
         let (active, sealed) = self.segments.split_last()?;

@@ -57,6 +57,7 @@ pub struct Compacted {
     pub size: u64,
     pub max_timestamp_ms: i64,
     pub created_ms: i64,
+    pub last_written_ms: i64,
     pub offset_entries: Vec<OffsetEntry>,
     pub time_entries: Vec<TimeEntry>,
 }
@@ -125,6 +126,11 @@ pub struct Segment {
     pub max_timestamp_ms: i64,
     /// When the segment was created (wall clock, ms), for roll by age.
     pub created_ms: i64,
+    /// When its file was last written before this process held it (wall clock, ms): the
+    /// file's modification time at open; the creation time for a segment made since. Every
+    /// batch in it was appended no later (give or take clock steps), which is what a
+    /// rebuild of the producers' state needs to count a producer as seen then.
+    pub last_written_ms: i64,
     /// The log file, shared so reads and fsyncs can proceed without the partition lock.
     /// Always open for the active segment; a sealed segment holds it (and its mapped
     /// indexes) only while loaded, so sealed segments do not each hold descriptors forever.
@@ -189,6 +195,7 @@ impl Segment {
             size: 0,
             max_timestamp_ms: i64::MIN,
             created_ms: now_ms,
+            last_written_ms: now_ms,
             file: Some(Arc::new(file)),
             offset_index: IndexFile::create(
                 &offset_index_path(dir, base_offset),
@@ -226,12 +233,13 @@ impl Segment {
         // restart the count at every restart, and a topic whose broker restarts more often
         // than `segment_ms` would never roll, so time retention would never delete anything.
         // Only file systems without a creation time fall back to it.
-        let created_ms = metadata
-            .created()
-            .or_else(|_| metadata.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as i64);
+        let wall_ms = |t: std::io::Result<std::time::SystemTime>| {
+            t.ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let created_ms = wall_ms(metadata.created().or_else(|_| metadata.modified()));
+        let last_written_ms = wall_ms(metadata.modified()).max(created_ms);
         let mut report = RecoveryReport::default();
         let trusted = match mode {
             OpenMode::Trusted => Self::open_trusted(dir, base_offset, &file, file_len)?,
@@ -300,6 +308,7 @@ impl Segment {
             size: scan.valid_len,
             max_timestamp_ms: scan.max_timestamp_ms,
             created_ms,
+            last_written_ms,
             file: Some(Arc::new(file)),
             offset_index,
             time_index,
@@ -379,6 +388,7 @@ impl Segment {
             size: compacted.size,
             max_timestamp_ms: compacted.max_timestamp_ms,
             created_ms: compacted.created_ms,
+            last_written_ms: compacted.last_written_ms,
             file: None,
             offset_index,
             time_index,

@@ -1096,6 +1096,39 @@ fn producer_state_is_rebuilt_from_appends_replicas_reopens_and_truncations() {
     assert_eq!(follower.producers_tracked(), 0);
 }
 
+/// A producer counts as seen when its segment's file was last written before the open, not
+/// at its records' own timestamps (the client's, possibly long past) or the segment's
+/// creation (a quiet partition's active segment may be days old): one that wrote just
+/// before a crash is still recognized when it retries after the restart.
+#[test]
+fn a_producer_that_wrote_just_before_a_restart_is_kept_however_old_its_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 128);
+    let idle = cfg.producer_idle_timeout_ms;
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (mut log, _) = open(dir.path(), cfg.clone(), false);
+    // Records stamped in 1970 by their producer.
+    log.append(&mut idempotent_batch(0, 2), 0, wall_ms).unwrap();
+    drop(log);
+    // The file was last written three idle timeouts after its segment was created.
+    let written = wall_ms + 3 * idle;
+    std::fs::File::options()
+        .write(true)
+        .open(last_log_file(dir.path()))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(written as u64))
+        .unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), cfg, false, written + 1_000).unwrap();
+    assert_eq!(
+        log.producers_tracked(),
+        1,
+        "seen when the file was last written"
+    );
+}
+
 /// Small appends write into zeros written ahead, so an fsync need not commit a new file
 /// length. The zeros never count as data: a crash leaves them and recovery cuts them without
 /// calling them a torn write; a roll trims the sealed segment's file to its batches, and a

@@ -1109,7 +1109,7 @@ fn a_producer_that_wrote_just_before_a_restart_is_kept_however_old_its_timestamp
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let (mut log, _) = open(dir.path(), cfg.clone(), false);
+    let (mut log, _) = open(dir.path(), cfg, false);
     // Records stamped in 1970 by their producer.
     log.append(&mut idempotent_batch(0, 2), 0, wall_ms).unwrap();
     drop(log);

@@ -278,6 +278,17 @@ impl Led {
         self.advance();
     }
 
+    /// Whether `p` is still this leadership's pending ISR change (the metadata has not moved
+    /// the partition's epoch since).
+    pub fn still_pending(&self, p: &IsrProposal) -> bool {
+        let s = self.lock();
+        s.partition_epoch == p.partition_epoch
+            && s.replicas
+                .pending
+                .as_ref()
+                .is_some_and(|pending| pending.proposed == p.isr)
+    }
+
     /// The proposal `failed` was refused or unanswered: the next check proposes again. Only
     /// that proposal is forgotten: a late failure of an older one leaves a newer one pending
     /// (its additions still count toward the high watermark, since the controller may apply

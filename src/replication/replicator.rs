@@ -22,7 +22,7 @@ use super::wire::{self, FetchError, FetchRequest, PartitionAnswer, PartitionFetc
 use crate::broker::partition::HwMode;
 use crate::broker::{Broker, IsrGate};
 use crate::cluster::Cluster;
-use crate::cluster::client::InternalClient;
+use crate::cluster::client::{CallError, InternalClient};
 use crate::cluster::protocol::{ALTER_PARTITION_PATH, AlterPartitionAnswer, AlterPartitionRequest};
 use crate::config::BrokerConfig;
 use crate::log::Offset;
@@ -358,43 +358,90 @@ impl Replicator {
         }
     }
 
+    /// Sends an ISR change to the controller. A refusal forgets it (the next check proposes
+    /// again). An attempt whose outcome is unknown (no answer, or the controller's own
+    /// proposal timed out) may still commit, so its additions go on counting toward the high
+    /// watermark (`IsrState::maximal`): the same change is asked again until the controller
+    /// answers, and after such an attempt only the metadata's next partition epoch
+    /// (`Led::confirm`) settles it. Forgetting it there would let the high watermark pass a
+    /// replica the controller then adds to the ISR.
     async fn propose(self: Arc<Self>, led: Arc<Led>, p: IsrProposal) {
-        let (Some(broker_epoch), Some(to)) = (
-            self.cluster.broker_epoch(),
-            self.cluster.peer_address(self.cluster.controller_id()),
-        ) else {
-            led.proposal_failed(&p);
-            return;
-        };
-        let request = AlterPartitionRequest {
-            node_id: self.node_id,
-            broker_epoch,
-            topic: led.topic.to_string(),
-            partition: led.partition,
-            leader_epoch: p.leader_epoch,
-            partition_epoch: p.partition_epoch,
-            isr: p.isr.clone(),
-            high_watermark: led.replica.progress().high_watermark.0,
-        };
-        let answer: Result<AlterPartitionAnswer, _> = self
-            .client
-            .post(to, ALTER_PARTITION_PATH, &request, Duration::from_secs(3))
-            .await;
-        match answer {
-            Ok(_) => tracing::info!(
+        let mut unknown = false;
+        let mut retired = led.retired();
+        loop {
+            let failure = match (
+                self.cluster.broker_epoch(),
+                self.cluster.peer_address(self.cluster.controller_id()),
+            ) {
+                (Some(broker_epoch), Some(to)) => {
+                    let request = AlterPartitionRequest {
+                        node_id: self.node_id,
+                        broker_epoch,
+                        topic: led.topic.to_string(),
+                        partition: led.partition,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                        isr: p.isr.clone(),
+                        high_watermark: led.replica.progress().high_watermark.0,
+                    };
+                    let answer: Result<AlterPartitionAnswer, _> = self
+                        .client
+                        .post(to, ALTER_PARTITION_PATH, &request, ALTER_PARTITION_TIMEOUT)
+                        .await;
+                    match answer {
+                        Ok(_) => {
+                            tracing::info!(
+                                topic = %led.topic,
+                                partition = led.partition.0,
+                                isr = ?p.isr,
+                                "in-sync replica set changed"
+                            );
+                            return;
+                        }
+                        Err(e) => e,
+                    }
+                }
+                // No controller known now: nothing was sent.
+                _ => CallError::Refused {
+                    status: 503,
+                    code: "no_controller".into(),
+                    detail: "no controller known".into(),
+                },
+            };
+            let outcome = after_alter_failure(unknown, &failure);
+            tracing::warn!(
                 topic = %led.topic,
                 partition = led.partition.0,
                 isr = ?p.isr,
-                "in-sync replica set changed"
-            ),
-            Err(e) => {
-                tracing::warn!(
-                    topic = %led.topic,
-                    partition = led.partition.0,
-                    isr = ?p.isr,
-                    "in-sync replica change not made: {e}"
-                );
-                led.proposal_failed(&p);
+                ?outcome,
+                "in-sync replica change not confirmed: {failure}"
+            );
+            match outcome {
+                AlterFailure::Forget => {
+                    led.proposal_failed(&p);
+                    return;
+                }
+                AlterFailure::AwaitMetadata => {
+                    // Bounded: a change the controller never applied must not hold the
+                    // high watermark back for good.
+                    let deadline = tokio::time::Instant::now() + ALTER_PARTITION_SETTLE_MAX;
+                    while led.still_pending(&p) && tokio::time::Instant::now() < deadline {
+                        tokio::select! {
+                            _ = tokio::time::sleep(ALTER_PARTITION_RETRY) => {}
+                            _ = retired.wait_for(|r| *r) => return,
+                        }
+                    }
+                    led.proposal_failed(&p);
+                    return;
+                }
+                AlterFailure::AskAgain => unknown = true,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ALTER_PARTITION_RETRY) => {}
+                _ = retired.wait_for(|r| *r) => return,
+            }
+            if !led.still_pending(&p) {
+                return;
             }
         }
     }
@@ -499,6 +546,46 @@ impl Replicator {
             None => FetchError::UnknownTopicOrPartition,
             Some(_) => FetchError::NotLeader,
         }
+    }
+}
+
+/// How long a leader waits for the controller's answer to an ISR change: past the
+/// controller's own proposal timeout, so the controller's answer, not this clock, usually
+/// decides.
+const ALTER_PARTITION_TIMEOUT: Duration = Duration::from_secs(12);
+/// The pause before an ISR change whose outcome is unknown is asked again.
+const ALTER_PARTITION_RETRY: Duration = Duration::from_secs(1);
+/// How long a change refused after an attempt of unknown outcome waits for the metadata to
+/// settle it before it is forgotten: past two of the controller's proposal timeouts.
+const ALTER_PARTITION_SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// What a leader does after an ISR change was not confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlterFailure {
+    /// Refused, and no earlier attempt's outcome is unknown: forget the pending change.
+    Forget,
+    /// Its outcome is unknown (no answer, or the controller's proposal timed out): keep it
+    /// pending and ask again.
+    AskAgain,
+    /// Refused after an attempt whose outcome is unknown: that attempt may have committed
+    /// (a stale-epoch refusal even says something did); keep it pending until the metadata
+    /// shows the partition's next epoch (at most [`ALTER_PARTITION_SETTLE_MAX`]).
+    AwaitMetadata,
+}
+
+fn after_alter_failure(unknown_before: bool, failure: &CallError) -> AlterFailure {
+    let (unknown_now, nothing_asked) = match failure {
+        CallError::Unreachable(_) => (true, false),
+        CallError::Refused { status, code, .. } => (
+            *status == 504 || code == "request_timeout" || code == "storage_unavailable",
+            // No controller known, or not the controller: nothing was proposed.
+            code == "no_controller" || code == "not_controller",
+        ),
+    };
+    match (unknown_before, unknown_now, nothing_asked) {
+        (_, true, _) | (true, _, true) => AlterFailure::AskAgain,
+        (false, _, _) => AlterFailure::Forget,
+        (true, false, false) => AlterFailure::AwaitMetadata,
     }
 }
 
@@ -615,4 +702,41 @@ fn forget_metrics(led: &Led) {
     let l = labels(led);
     ::metrics::gauge!(m::ISR_SIZE, &l).set(0.0);
     ::metrics::gauge!(m::UNDER_REPLICATED, &l).set(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, code: &str) -> CallError {
+        CallError::Refused {
+            status,
+            code: code.into(),
+            detail: String::new(),
+        }
+    }
+
+    /// A refused ISR change is forgotten only while no attempt of it went unanswered: one
+    /// that did may have committed, so the leader asks again (no answer, a timed-out
+    /// proposal, no controller) or waits for the metadata (a refusal, which cannot say what
+    /// became of the earlier attempt).
+    #[test]
+    fn an_isr_change_of_unknown_outcome_is_not_forgotten_on_a_later_refusal() {
+        use AlterFailure::*;
+        let unreachable = CallError::Unreachable("timed out".into());
+        let timed_out = refused(504, "request_timeout");
+        let conflict = refused(409, "metadata_conflict");
+        let moved = refused(421, "not_controller");
+        assert_eq!(after_alter_failure(false, &conflict), Forget);
+        assert_eq!(after_alter_failure(false, &moved), Forget);
+        assert_eq!(after_alter_failure(false, &unreachable), AskAgain);
+        assert_eq!(after_alter_failure(false, &timed_out), AskAgain);
+        assert_eq!(after_alter_failure(true, &unreachable), AskAgain);
+        assert_eq!(after_alter_failure(true, &moved), AskAgain);
+        assert_eq!(after_alter_failure(true, &conflict), AwaitMetadata);
+        assert_eq!(
+            after_alter_failure(true, &refused(409, "replica_fenced")),
+            AwaitMetadata
+        );
+    }
 }

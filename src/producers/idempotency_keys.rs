@@ -343,10 +343,16 @@ impl IdempotencyKeys {
             .append(&ticket.key, ticket.fingerprint, stored_ms, answer)
             .await
         {
-            // Durable: a new leader replays it. Memory is the admitting load's only.
-            Ok(stored) if self.residence.is_current(ticket.load) => {
+            // Durable: a new leader replays it. Memory takes it where this broker serves the
+            // keys: the admitting load's, or a later load here (this broker led again) whose
+            // replay may have come before this record, and then would run every retry again.
+            // A later load that holds the key already (its replay read this record, or a
+            // retry it admitted runs) keeps what it holds.
+            Ok(stored) if self.residence.serving().is_ok() => {
                 let mut s = self.state();
-                s.insert_stored(ticket.key.clone(), stored);
+                if self.residence.is_current(ticket.load) || !s.entries.contains_key(&ticket.key) {
+                    s.insert_stored(ticket.key.clone(), stored);
+                }
                 ticket.done = true;
                 drop(s);
                 self.refresh_metrics();
@@ -650,6 +656,42 @@ impl LoadedFromLog for IdempotencyKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keyed produce admitted under one load of the keys, whose answer is stored after this
+    /// broker led the keys' partition again and loaded them before that record was written:
+    /// the later load takes the answer, so a retry replays it rather than running again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_stored_after_this_broker_loaded_the_keys_again_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(crate::config::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let keys = Arc::new(IdempotencyKeys::open(broker, true).unwrap());
+        assert!(keys.residence().lead(1));
+        assert!(keys.residence().loaded(1, |_| {}));
+        let fingerprint = Fingerprint::of(&[b"POST /v1/topics/t/records", b"{}"]);
+        let Begin::Run(ticket) = keys.begin("k", fingerprint).await.unwrap() else {
+            panic!("a new key runs");
+        };
+        // Led again in a later epoch: the state is dropped and loaded again (before the
+        // answer below was written, so the load holds nothing of it).
+        keys.drop_state();
+        assert!(keys.residence().lead(2));
+        assert!(keys.residence().loaded(2, |_| {}));
+        let answer = StoredAnswer {
+            status: 200,
+            headers: Vec::new(),
+            body: b"{\"offsets\":[]}".to_vec(),
+        };
+        keys.finish(ticket, &answer, true).await;
+        match keys.begin("k", fingerprint).await.unwrap() {
+            Begin::Replay(replayed) => assert_eq!(replayed.body, answer.body),
+            Begin::Run(_) => panic!("the retry ran again"),
+        }
+    }
 
     #[test]
     fn keys_are_one_to_255_visible_ascii_characters() {

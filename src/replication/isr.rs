@@ -13,8 +13,9 @@
 //!   `replica_lag_time_max_ms` leaves (a caught-up follower is one whose fetch reached the
 //!   leader's log end, or the end the leader had at its previous fetch).
 //! - Expand: a follower outside the ISR that is eligible (active broker on its current
-//!   epoch, checked by the caller) and has fsynced up to the high watermark, fetching in
-//!   the current leader epoch, joins. Only on a fetch seen in this leadership: a fetch is
+//!   epoch, checked by the caller against the broker epoch its last fetch came with, so a
+//!   broker restarted since joins only on a fetch of its own, KIP-903) and has fsynced up
+//!   to the high watermark, fetching in the current leader epoch, joins. Only on a fetch seen in this leadership: a fetch is
 //!   answered only once the follower's log agrees with the leader's (its divergent tail
 //!   cut), and a follower not heard from may hold such a tail even when the high watermark
 //!   is 0 (a leader restarted from disk opens with it at the log start).
@@ -49,6 +50,10 @@ pub struct FollowerProgress {
     /// hold a tail this leader does not have (a deposed leader's, after an unclean
     /// election): a follower joins only on what a fetch showed, never on the defaults.
     pub fetched: bool,
+    /// The broker epoch its last fetch came with (0: none recorded). A broker registered
+    /// again since (a restart, perhaps on an emptied disk) is another incarnation, which
+    /// that fetch says nothing about: it joins only on a fetch of its own (KIP-903).
+    pub broker_epoch: u64,
     /// When it last fetched, and the leader's log end then.
     last_fetch_ms: u64,
     leader_end_at_last_fetch: Offset,

@@ -17,7 +17,7 @@ use super::manager::MoveThrottle;
 use super::wire::{Diverging, FetchError, PartitionAnswer, PartitionFetch};
 use crate::broker::{BrokerError, IsrGate, Partition};
 use crate::log::Offset;
-use crate::metadata::{LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
+use crate::metadata::{BrokerEpoch, LeaderEpoch, NodeId, PartitionEpoch, PartitionId};
 
 /// One partition this broker leads, in one leader epoch.
 #[derive(Debug)]
@@ -384,17 +384,22 @@ impl Led {
     }
 
     /// The ISR change to propose now, if any (and marks it pending). `eligible` says which
-    /// followers may join (active brokers).
+    /// followers may join: active brokers, each on its current broker epoch, which must be
+    /// the one the follower's last fetch came with.
     pub fn isr_check(
         &self,
         now_ms: u64,
         lag_max_ms: u64,
-        eligible: &[NodeId],
+        eligible: &[(NodeId, BrokerEpoch)],
     ) -> Option<IsrProposal> {
         let mut s = self.lock();
-        let next = s
-            .replicas
-            .isr_change(now_ms, lag_max_ms, |n| eligible.contains(&n))?;
+        let replicas = &s.replicas;
+        let next = replicas.isr_change(now_ms, lag_max_ms, |n| {
+            replicas
+                .followers
+                .get(&n)
+                .is_some_and(|f| eligible.contains(&(n, BrokerEpoch(f.broker_epoch))))
+        })?;
         s.replicas.pending = Some(PendingIsr {
             proposed: next.clone(),
         });
@@ -464,6 +469,7 @@ impl Led {
     pub fn on_fetch(
         &self,
         follower: NodeId,
+        broker_epoch: BrokerEpoch,
         fetch: &PartitionFetch,
         now_ms: u64,
     ) -> (PartitionAnswer, Option<Offset>) {
@@ -506,6 +512,9 @@ impl Led {
             ) {
                 answer.error = Some(FetchError::NotAFollower);
                 return (answer, None);
+            }
+            if let Some(f) = s.replicas.followers.get_mut(&follower) {
+                f.broker_epoch = broker_epoch.0;
             }
             // Outside the ISR, holding everything it must hold to join (the high watermark,
             // and the log end when this leadership began) but not fsynced: it joins only once
@@ -675,12 +684,12 @@ mod tests {
             Offset(0),
             "no follower fetched yet"
         );
-        let (a, from) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
+        let (a, from) = l.on_fetch(n(2), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
         assert_eq!((a.error, from), (None, Some(Offset(3))));
         assert_eq!(a.high_watermark, Offset(0), "follower 3 has nothing yet");
-        let (a, _) = l.on_fetch(n(3), &fetch(0, 3, Some(0), 1), 1);
+        let (a, _) = l.on_fetch(n(3), BrokerEpoch(1), &fetch(0, 3, Some(0), 1), 1);
         assert_eq!(a.high_watermark, Offset(1), "follower 3 fsynced only 1");
-        l.on_fetch(n(3), &fetch(0, 3, Some(0), 3), 2);
+        l.on_fetch(n(3), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 2);
         assert_eq!(
             p.progress().high_watermark,
             Offset(3),
@@ -696,13 +705,42 @@ mod tests {
         );
     }
 
+    /// A follower joins the ISR on a fetch of its current incarnation only: one restarted
+    /// since its last fetch (a new broker epoch, perhaps an emptied disk) does not join on
+    /// what its previous incarnation fetched (KIP-903).
+    #[tokio::test]
+    async fn a_follower_joins_the_isr_only_on_a_fetch_of_its_current_broker_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = open(dir.path()).await;
+        append(&p, 0, 3).await;
+        let record = IsrRecord {
+            replicas: vec![n(1), n(2), n(3)],
+            isr: vec![n(1), n(2)],
+            min_insync_replicas: 2,
+            partition_epoch: PartitionEpoch(0),
+            recorded_high_watermark: Offset(0),
+            throttle: None,
+        };
+        let l = led_of(&p, &record);
+        l.on_fetch(n(2), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
+        l.on_fetch(n(3), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
+        // Broker 3 registered again (epoch 2) before fetching: not on its old fetch.
+        let now = [(n(2), BrokerEpoch(1)), (n(3), BrokerEpoch(2))];
+        assert_eq!(l.isr_check(2, 30_000, &now), None);
+        l.on_fetch(n(3), BrokerEpoch(2), &fetch(0, 3, Some(0), 3), 3);
+        let p = l
+            .isr_check(3, 30_000, &now)
+            .expect("joins on its own fetch");
+        assert_eq!(p.isr, vec![n(1), n(2), n(3)]);
+    }
+
     #[tokio::test]
     async fn stale_and_future_epochs_and_strangers_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = open(dir.path()).await;
         append(&p, 4, 1).await;
         let l = led(&p, 4);
-        let error = |node, f: PartitionFetch| l.on_fetch(n(node), &f, 0).0.error;
+        let error = |node, f: PartitionFetch| l.on_fetch(n(node), BrokerEpoch(1), &f, 0).0.error;
         assert_eq!(
             error(2, fetch(3, 0, None, 0)),
             Some(FetchError::FencedLeaderEpoch)
@@ -734,10 +772,10 @@ mod tests {
             throttle: None,
         };
         let l = led_of(&p, &record);
-        let (a, _) = l.on_fetch(n(2), &fetch(0, 3, Some(0), 3), 1);
+        let (a, _) = l.on_fetch(n(2), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
         assert_eq!((a.high_watermark, a.sync_now), (Offset(3), false));
         let sync_now = |offset, flushed| {
-            l.on_fetch(n(3), &fetch(0, offset, Some(0), flushed), 2)
+            l.on_fetch(n(3), BrokerEpoch(1), &fetch(0, offset, Some(0), flushed), 2)
                 .0
                 .sync_now
         };
@@ -865,7 +903,7 @@ mod tests {
         append(&p, 2, 3).await;
         let l = led(&p, 2);
         let diverging = |f: PartitionFetch| {
-            let (a, from) = l.on_fetch(n(2), &f, 0);
+            let (a, from) = l.on_fetch(n(2), BrokerEpoch(1), &f, 0);
             assert!(a.diverging.is_none() || from.is_none());
             a.diverging.map(|d| (d.epoch, d.end_offset.0))
         };

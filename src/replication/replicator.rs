@@ -26,7 +26,7 @@ use crate::cluster::client::{CallError, InternalClient};
 use crate::cluster::protocol::{ALTER_PARTITION_PATH, AlterPartitionAnswer, AlterPartitionRequest};
 use crate::config::BrokerConfig;
 use crate::log::Offset;
-use crate::metadata::{NodeId, PartitionId};
+use crate::metadata::{BrokerEpoch, NodeId, PartitionId};
 use crate::metrics as m;
 
 /// Replication settings (`replica_lag_time_max_ms`, `replica_fetch_wait_max_ms`).
@@ -345,14 +345,18 @@ impl Replicator {
         }
     }
 
-    /// The brokers that may join an ISR: active ones (unfenced, not shutting down).
-    fn eligible(&self) -> Vec<NodeId> {
-        self.cluster
-            .with_image(|i| i.active_brokers().map(|b| b.node_id).collect())
+    /// The brokers that may join an ISR: active ones (unfenced, not shutting down), each on
+    /// its current broker epoch.
+    fn eligible(&self) -> Vec<(NodeId, BrokerEpoch)> {
+        self.cluster.with_image(|i| {
+            i.active_brokers()
+                .map(|b| (b.node_id, b.broker_epoch))
+                .collect()
+        })
     }
 
     /// Proposes the ISR change the partition's followers call for, if any.
-    fn check_isr(self: &Arc<Self>, led: &Arc<Led>, eligible: &[NodeId]) {
+    fn check_isr(self: &Arc<Self>, led: &Arc<Led>, eligible: &[(NodeId, BrokerEpoch)]) {
         if let Some(p) = led.isr_check(self.now_ms(), self.settings.lag_max_ms, eligible) {
             tokio::spawn(Arc::clone(self).propose(Arc::clone(led), p));
         }
@@ -482,7 +486,9 @@ impl Replicator {
             let mut parts: Vec<(PartitionAnswer, Vec<u8>)> = Vec::with_capacity(leds.len());
             for (fetch, led) in request.partitions.iter().zip(&leds) {
                 let (mut answer, from) = match led {
-                    Some(l) if known => l.on_fetch(request.replica, fetch, now),
+                    Some(l) if known => {
+                        l.on_fetch(request.replica, request.broker_epoch, fetch, now)
+                    }
                     Some(_) => (refusal(fetch, FetchError::NotAFollower), None),
                     None => (refusal(fetch, self.not_led(fetch)), None),
                 };

@@ -235,6 +235,20 @@ impl Fetched {
     }
 }
 
+/// In a partition's directory while its replica lacks fsynced records it has not fetched
+/// back ([`Partition::lost_data`]).
+const LOST_DATA_FILE: &str = "lost-data";
+
+/// Records durably that the replica in `dir` lost fsynced records.
+fn mark_lost_data(dir: &Path) -> io::Result<()> {
+    let path = dir.join(LOST_DATA_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::File::create(&path)?.sync_all()?;
+    crate::log::sync_dir(dir)
+}
+
 /// The error for a batch its producer's state refuses.
 fn sequence_refusal(e: SequenceError, batch: &[u8]) -> BrokerError {
     let sequence = BatchHeader::parse(batch).map_or(-1, |h| h.producer.base_sequence);
@@ -317,6 +331,12 @@ impl Partition {
         clean: bool,
     ) -> io::Result<(Arc<Self>, OpenReport)> {
         let (log, report) = PartitionLog::open(dir, log_config, clean, now_ms())?;
+        // Lost records are remembered on disk until fetched back: after a restart the cut
+        // log looks whole, and a replica that forgot would lead without them.
+        let lost_data = report.synced_data_lost_at.is_some() || dir.join(LOST_DATA_FILE).exists();
+        if lost_data {
+            mark_lost_data(dir)?;
+        }
         let leader_epoch = log.latest_epoch().unwrap_or(0);
         let end_offset = log.log_end_offset();
         let end = watch::Sender::new(end_offset);
@@ -349,7 +369,7 @@ impl Partition {
             synced_data_lost_at: report.synced_data_lost_at,
             follower: AtomicBool::new(false),
             scrubbed: AtomicBool::new(progress.log_start_offset == end_offset),
-            lost_data: AtomicBool::new(report.synced_data_lost_at.is_some()),
+            lost_data: AtomicBool::new(lost_data),
             series: Mutex::new(PartitionSeries::resolve(&topic_label, id)),
         });
         if let Some(offset) = report.synced_data_lost_at {
@@ -844,6 +864,13 @@ impl Partition {
     /// watermark: it holds every acknowledged record again.
     pub fn refetched_lost_data(&self) {
         if self.lost_data.swap(false, Ordering::AcqRel) {
+            let marker = self.lock().dir().join(LOST_DATA_FILE);
+            // Left behind, it only makes the next start wait for a fetch before leading.
+            if let Err(e) = std::fs::remove_file(&marker)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %marker.display(), "removing the lost-data mark: {e}");
+            }
             tracing::info!(
                 topic = %self.topic,
                 partition = self.id.0,
@@ -901,8 +928,12 @@ impl Partition {
             Ok(end) => end,
             Err(e) => return Err(self.fail(format!("cutting damaged data failed: {e}"))),
         };
+        let marked = mark_lost_data(log.dir());
         self.end.send_replace(end);
         drop(log);
+        if let Err(e) = marked {
+            return Err(self.fail(format!("recording the damaged data's cut failed: {e}")));
+        }
         self.scrubbed.store(true, Ordering::Release);
         tracing::warn!(
             topic = %self.topic,
@@ -2039,6 +2070,36 @@ pub(crate) mod tests {
             })
         });
         assert_eq!(partition.failure(), None);
+    }
+
+    /// A replica that lost fsynced records remembers it across a restart (the cut log looks
+    /// whole then), so it does not lead until it has fetched them back; once it has, a
+    /// restart finds it whole again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_lost_records_still_knows_it_after_a_restart_until_fetched_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = open(dir.path());
+        partition.set_hw_mode(HwMode::External);
+        partition.set_follower(true);
+        let mut batch = batch_of(3);
+        crate::log::batch::stamp_batch(&mut batch, 0, 4);
+        partition
+            .append_replicated_at(&batch, Offset(0), true)
+            .unwrap();
+        partition.flush_now().await.unwrap();
+        partition.advance_high_watermark(Offset(3));
+        partition.cut_damaged(Offset(1)).await.unwrap();
+        partition.close().await.unwrap();
+
+        let partition = open(dir.path());
+        assert!(partition.lost_data(), "remembered");
+        assert!(!partition.take_lead());
+        partition.refetched_lost_data();
+        partition.close().await.unwrap();
+
+        let partition = open(dir.path());
+        assert!(!partition.lost_data(), "fetched back before the restart");
+        partition.close().await.unwrap();
     }
 
     /// A scrub reads a replica for a while before it acts, and the replica's role may change

@@ -343,3 +343,48 @@ fn on_a_cluster_a_key_is_one_request_through_any_broker() {
         assert_eq!(stored(http, c.url(1), "kc", 3).await, 3, "written once");
     });
 }
+
+/// A raw (`application/octet-stream`) produce whose record was appended but not confirmed
+/// durable in time says so (`unconfirmed_records`), as a JSON produce does, so its key keeps
+/// that answer: a retry is replayed and writes nothing. Before, the raw produce's problem
+/// said nothing of the record, the key was released, and the retry stored it again.
+#[test]
+fn a_raw_produce_of_unknown_outcome_keeps_its_key_and_a_retry_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every fsync of a segment file takes 600 ms: the produce's 100 ms wait runs out.
+    let env = [("TIDELOG_TEST_SYNC_DELAY_MS".to_string(), "600".to_string())];
+    let broker = TestBroker::start_member_with_env(&tmp.path().join("data"), 0, &[], "", &env);
+    runtime().block_on(async {
+        let http = broker.client();
+        create_topic(&http, &broker.url, "raw", 1).await;
+        let path = "/v1/topics/raw/records?timeout_ms=100";
+        let first = send(
+            &http,
+            &broker.url,
+            path,
+            Some(b"raw-1"),
+            "application/octet-stream",
+            b"payload",
+        )
+        .await;
+        assert_problem(&first, 504, "request_timeout");
+        assert_eq!(first.json()["unconfirmed_records"], 1, "{first:?}");
+        let retry = send(
+            &http,
+            &broker.url,
+            path,
+            Some(b"raw-1"),
+            "application/octet-stream",
+            b"payload",
+        )
+        .await;
+        assert!(retry.replayed, "{retry:?}");
+        assert_eq!(retry.as_first(), first);
+        wait_until(
+            "the record to be durable",
+            Duration::from_secs(20),
+            || async { stored(&http, &broker.url, "raw", 1).await == 1 },
+        )
+        .await;
+    });
+}

@@ -217,6 +217,8 @@ pub(super) async fn produce_body(
                     headers: &[],
                 },
             };
+            // Its fate too (stored, unconfirmed): an `Idempotency-Key` keeps an answer that
+            // says the record may be stored, and a retry then replays it.
             produce_records(
                 node,
                 topic,
@@ -225,7 +227,7 @@ pub(super) async fn produce_body(
                 params.producer,
             )
             .await
-            .map_err(|failure| failure.error)?
+            .map_err(with_record_fates)?
         }
         other => {
             return Err(unsupported_media_type(

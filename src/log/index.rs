@@ -349,7 +349,10 @@ impl<E: IndexEntry> IndexFile<E> {
         let map = self.map.take()?;
         self.capacity = self.entries;
         Some(PendingSeal {
-            map: Mutex::new(Some(map)),
+            state: Mutex::new(SealState {
+                map: Some(map),
+                done: false,
+            }),
             file: self.file.take().expect("a writable index has its file"),
             len: (self.entries * E::BYTES) as u64,
         })
@@ -377,24 +380,39 @@ fn map_entries<E: IndexEntry>(file: &File, entries: usize) -> io::Result<Option<
 }
 
 /// The file work of sealing an index: flush the map, trim the file to its entries, sync it.
-/// Running it twice is harmless, so overlapping flushes may both run it.
+/// Done once: overlapping flushes may both hold it, and the first run does it, under the
+/// seal's lock; a later run (a flush plan taken before a truncation that reopened the index
+/// for writing, the same file, and ran the seal itself first) does nothing, so it never
+/// trims an index mapped for writing again.
 #[derive(Debug)]
 pub struct PendingSeal {
-    /// Taken (and unmapped) by the first run.
-    map: Mutex<Option<MmapMut>>,
+    state: Mutex<SealState>,
     file: File,
     /// Bytes of the index's entries: the file is trimmed to this.
     len: u64,
 }
 
+#[derive(Debug)]
+struct SealState {
+    /// Taken (and unmapped) by the first run.
+    map: Option<MmapMut>,
+    /// The file was trimmed and synced.
+    done: bool,
+}
+
 impl PendingSeal {
     pub fn run(&self) -> io::Result<()> {
-        let map = self.map.lock().expect("seal lock poisoned").take();
-        if let Some(map) = map {
+        let mut state = self.state.lock().expect("seal lock poisoned");
+        if state.done {
+            return Ok(());
+        }
+        if let Some(map) = state.map.take() {
             map.flush()?;
         }
         self.file.set_len(self.len)?;
-        self.file.sync_all()
+        self.file.sync_all()?;
+        state.done = true;
+        Ok(())
     }
 }
 

@@ -243,8 +243,13 @@ impl ScrubPlan {
 struct Unsynced {
     file: Arc<File>,
     seals: Vec<Arc<PendingSeal>>,
-    /// The segment's end offset: a flush marked done at or past it covered this segment.
+    /// The segment's end offset.
     end: Offset,
+    /// The roll that sealed it (`PartitionLog::rolls` after it). A flush covered this
+    /// segment only if marked done at or past `end` *and* taken after this roll: a plan
+    /// taken before it synced the file while it was still active (perhaps with zeros
+    /// written ahead, which the roll then cut) and held none of its seals.
+    roll: u64,
 }
 
 #[derive(Debug)]
@@ -772,14 +777,15 @@ impl PartitionLog {
         let created = Segment::create(&self.dir, next.0, entries_max, now_ms)?;
         let sealed = self.segments.last_mut().expect("never empty");
         let seals = sealed.seal_indexes_later();
+        self.rolls += 1;
         self.unsynced.push(Unsynced {
             file: Arc::clone(sealed.file()),
             seals: seals.into_iter().map(Arc::new).collect(),
             end: next,
+            roll: self.rolls,
         });
         sealed.unload();
         self.segments.push(created);
-        self.rolls += 1;
         Ok(())
     }
 
@@ -881,7 +887,8 @@ impl PartitionLog {
         let target = plan.target;
         assert!(target <= self.log_end_offset(), "flushed past the log end");
         self.flushed_offset = self.flushed_offset.max(target);
-        self.unsynced.retain(|u| u.end > target);
+        self.unsynced
+            .retain(|u| u.end > target || u.roll > plan.rolls);
         if plan.dir.is_some() {
             self.dir_synced_rolls = self.dir_synced_rolls.max(plan.rolls);
         }

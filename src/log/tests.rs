@@ -1172,3 +1172,64 @@ fn zeros_written_ahead_of_small_appends_are_cut_at_a_roll_a_shutdown_and_after_a
     assert_eq!(report.truncated_bytes, 0);
     assert_matches(&mut log, &model, 0);
 }
+
+/// A flush plan taken before a roll synced the rolled segment's file while it was active
+/// and held none of its index seals: marking it done must not count the rolled segment as
+/// synced. The next plan still trims and syncs its indexes (and its cut length). Before, the
+/// rolled segment left the unsynced list at once, its indexes were never trimmed, and a power
+/// cut before the file system committed the cut length could leave zeros below the
+/// checkpoint.
+#[test]
+fn a_plan_taken_before_a_roll_does_not_settle_the_rolled_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(10_000, 256);
+    let (mut log, mut model) = filled(dir.path(), cfg, 3);
+    let before_roll = log.flush_plan();
+    before_roll.run().unwrap();
+    log.roll(0).unwrap();
+    model.append(&mut log, 2, 5, 0);
+    assert!(log.mark_flushed(&before_roll));
+    let next = log.flush_plan();
+    assert!(
+        !next.seals.is_empty(),
+        "the rolled segment's seals are still to run"
+    );
+    next.run().unwrap();
+    assert!(log.mark_flushed(&next));
+    // A 10,000-byte segment indexed every 256 bytes holds at most 40 entries of 8 bytes;
+    // untrimmed, the file keeps its reserved blocks (64 KiB).
+    let sealed_index = segment_files(dir.path(), "index")[0].clone();
+    let len = std::fs::metadata(&sealed_index).unwrap().len();
+    assert!(
+        len <= 40 * 8 && len.is_multiple_of(8),
+        "trimmed to its entries: {len}"
+    );
+    assert!(
+        log.flush_plan().seals.is_empty(),
+        "settled by the plan after the roll"
+    );
+}
+
+/// A flush plan still running may hold the seal of an index that a truncation has since
+/// reopened for writing (the same file). The truncation runs the seal first, so the plan's
+/// run does nothing: it never trims the mapped, writable index under the appends (which
+/// then die of SIGBUS past the cut).
+#[test]
+fn a_stale_seal_never_trims_an_index_reopened_for_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 64);
+    let (mut log, mut model) = filled(dir.path(), cfg, 40);
+    log.roll(0).unwrap();
+    model.append(&mut log, 2, 5, 0);
+    let in_flight = log.flush_plan();
+    let end = log.truncate_to(Offset(1)).unwrap();
+    model.truncate(end.0);
+    let index = segment_files(dir.path(), "index")[0].clone();
+    let len = std::fs::metadata(&index).unwrap().len();
+    in_flight.run().unwrap();
+    assert_eq!(std::fs::metadata(&index).unwrap().len(), len, "not trimmed");
+    for i in 0..1_000 {
+        model.append(&mut log, 1, 3_000 + i, 0);
+    }
+    assert_matches(&mut log, &model, 0);
+}

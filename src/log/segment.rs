@@ -357,7 +357,13 @@ impl Segment {
         }
         let from = offset_index.last().map_or(0, |e| u64::from(e.position));
         let scan = scan_log(file, file_len, base_offset, from, |_, _, _| false)?;
-        if scan.valid_len != file_len || (file_len > 0 && offset_index.is_empty()) {
+        // A segment with a batch has an entry in each index (its first batch's); an empty
+        // one is a file whose writes a crash lost (a compaction's, written in place), and
+        // the segment's maximum timestamp, which time retention reads, would come from its
+        // tail alone.
+        if scan.valid_len != file_len
+            || (file_len > 0 && (offset_index.is_empty() || time_index.is_empty()))
+        {
             return Ok(None);
         }
         if time_index
@@ -539,7 +545,13 @@ impl Segment {
             .time_index
             .last()
             .is_none_or(|t| self.max_timestamp_ms > t.timestamp_ms && relative > t.relative_offset);
-        if grew && self.max_timestamp_ms != i64::MIN && !self.time_index.is_full() {
+        // A sealed index takes no entry (a trusted open of a sealed segment whose time index
+        // ends short of its maximum): seeks by time then scan a little further.
+        if grew
+            && self.max_timestamp_ms != i64::MIN
+            && self.time_index.is_writable()
+            && !self.time_index.is_full()
+        {
             self.time_index.append(TimeEntry {
                 timestamp_ms: self.max_timestamp_ms,
                 relative_offset: relative,

@@ -1233,3 +1233,27 @@ fn a_stale_seal_never_trims_an_index_reopened_for_writing() {
     }
     assert_matches(&mut log, &model, 0);
 }
+
+/// A sealed segment whose time index a crash left empty (compaction writes its indexes in
+/// place) is not trusted at a start: it is rebuilt, so the segment's maximum timestamp (what
+/// time retention reads) covers all its batches, and the start does not panic sealing it.
+#[test]
+fn an_empty_time_index_of_a_sealed_segment_is_rebuilt_at_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(4096, 256);
+    let (mut log, model) = filled(dir.path(), cfg, 60);
+    let max = log.segments[0].max_timestamp_ms;
+    log.close().unwrap();
+    drop(log);
+    let time_index = segment_files(dir.path(), "timeindex")[0].clone();
+    std::fs::File::options()
+        .write(true)
+        .open(&time_index)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (mut log, report) = open(dir.path(), cfg, true);
+    assert!(report.rebuilt_indexes >= 1, "{report:?}");
+    assert_eq!(log.segments[0].max_timestamp_ms, max);
+    assert_matches(&mut log, &model, 0);
+}

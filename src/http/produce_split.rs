@@ -526,13 +526,24 @@ pub async fn append(
         .broker
         .produce_as(&topic, &records, params.acks, params.timeout, producer)
         .await
-        .map_err(|f| record_fates(f.into(), false))?;
+        .map_err(|f| part_problem(f.into()))?;
     let answer = Appended {
         base_offset: outcome.offsets.first().map_or(0, |&(_, o)| o.0),
         records: records.len() as u32,
         durability: outcome.durability.as_str().to_string(),
     };
     Ok(axum::Json(answer).into_response())
+}
+
+/// A leader's problem for a part that failed: the produce's, with the counts of its records'
+/// fates but not one entry per record (`offsets`), which the broker that split the body
+/// rebuilds for the whole body and drops from the part's answer anyway. With them a large
+/// part's problem passed `APPEND_ANSWER_BYTES_MAX` (about 1,800 records), and the splitting
+/// broker reported `forward_failed`, losing the leader's code (`request_timeout`, ...).
+fn part_problem(failure: ProduceFailure) -> ApiError {
+    let mut e = record_fates(failure, false);
+    e.extra.remove("offsets");
+    e
 }
 
 /// The records of a part, for `partition`, borrowing from the batch; every record's headers
@@ -578,6 +589,21 @@ fn records_of_batch<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed part of any size answers within what the splitting broker reads of it.
+    #[test]
+    fn a_failed_parts_problem_keeps_its_code_and_counts_within_the_answer_limit() {
+        let failure = ProduceFailure {
+            error: ApiError::new(StatusCode::GATEWAY_TIMEOUT, "request_timeout", "too slow"),
+            fates: vec![RecordFate::Unconfirmed(PartitionId(3)); 100_000],
+        };
+        let e = part_problem(failure);
+        assert_eq!(e.code, "request_timeout");
+        assert_eq!(e.extra["unconfirmed_records"], 100_000);
+        assert!(!e.extra.contains_key("offsets"));
+        let body = serde_json::to_vec(&e.extra).unwrap();
+        assert!(body.len() < APPEND_ANSWER_BYTES_MAX, "{} bytes", body.len());
+    }
 
     #[test]
     fn a_part_travels_as_one_sealed_batch_and_decodes_to_the_same_records() {

@@ -357,27 +357,20 @@ fn a_raw_produce_of_unknown_outcome_keeps_its_key_and_a_retry_writes_nothing() {
     runtime().block_on(async {
         let http = broker.client();
         create_topic(&http, &broker.url, "raw", 1).await;
-        let path = "/v1/topics/raw/records?timeout_ms=100";
-        let first = send(
-            &http,
-            &broker.url,
-            path,
-            Some(b"raw-1"),
-            "application/octet-stream",
-            b"payload",
-        )
-        .await;
+        let raw = || {
+            send(
+                &http,
+                &broker.url,
+                "/v1/topics/raw/records?timeout_ms=100",
+                Some(b"raw-1"),
+                "application/octet-stream",
+                b"payload",
+            )
+        };
+        let first = raw().await;
         assert_problem(&first, 504, "request_timeout");
         assert_eq!(first.json()["unconfirmed_records"], 1, "{first:?}");
-        let retry = send(
-            &http,
-            &broker.url,
-            path,
-            Some(b"raw-1"),
-            "application/octet-stream",
-            b"payload",
-        )
-        .await;
+        let retry = raw().await;
         assert!(retry.replayed, "{retry:?}");
         assert_eq!(retry.as_first(), first);
         wait_until(

@@ -80,23 +80,50 @@ async fn expired_segments_are_deleted_and_consumers_below_start_get_the_range() 
     assert!(problem["log_start_offset"].as_u64().unwrap() >= 40);
 }
 
-#[tokio::test]
-async fn compacted_topic_keeps_the_latest_value_per_key() {
-    let broker = common::TestBroker::start_with_config(CONFIG);
-    let (http, url) = (broker.client(), broker.url.clone());
+/// Topic `profiles`: one partition, compacted, 1 KiB segments, tombstones kept no time.
+async fn create_profiles(http: &common::Client, url: &str) {
     create_topic_from_body(
-        &http,
-        &url,
+        http,
+        url,
         json!({"name":"profiles","partitions":1,
         "config":{"segment_bytes":1024,"cleanup_policy":"compact","delete_retention_ms":0}}),
     )
     .await;
-    let mut latest = std::collections::BTreeMap::new();
+}
+
+/// 20 rounds of one record for each of `user-0` to `user-4` (value `{"round": r}`); the
+/// produce answers, one per round.
+async fn produce_rounds(http: &common::Client, url: &str) -> Vec<Value> {
+    let mut answers = Vec::new();
     for round in 0..20 {
         let batch: Vec<Value> = (0..5)
             .map(|k| json!({"key": format!("user-{k}"), "value": {"round": round}}))
             .collect();
-        let answer = produce_json_acks_all(&http, &url, "profiles", json!(batch)).await;
+        answers.push(produce_json_acks_all(http, url, "profiles", json!(batch)).await);
+    }
+    answers
+}
+
+/// Rolls the last segment out of the active position with fillers under another key.
+async fn produce_fillers(http: &common::Client, url: &str) {
+    for _ in 0..12 {
+        produce_json_acks_all(
+            http,
+            url,
+            "profiles",
+            json!([{"key":"filler","value":"x".repeat(100)}]),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn compacted_topic_keeps_the_latest_value_per_key() {
+    let broker = common::TestBroker::start_with_config(CONFIG);
+    let (http, url) = (broker.client(), broker.url.clone());
+    create_profiles(&http, &url).await;
+    let mut latest = std::collections::BTreeMap::new();
+    for (round, answer) in produce_rounds(&http, &url).await.iter().enumerate() {
         for (k, o) in answer["offsets"].as_array().unwrap().iter().enumerate() {
             latest.insert(
                 format!("user-{k}"),
@@ -113,16 +140,7 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
     )
     .await;
     latest.remove("user-4");
-    // Roll the last segment out of the active position with fillers under another key.
-    for _ in 0..12 {
-        produce_json_acks_all(
-            &http,
-            &url,
-            "profiles",
-            json!([{"key":"filler","value":"x".repeat(100)}]),
-        )
-        .await;
-    }
+    produce_fillers(&http, &url).await;
     wait_until("compaction to drop superseded records", WAIT, || async {
         let records = read_all(&http, &url, "profiles").await;
         records.iter().filter(|r| r["key"] != "filler").count() == latest.len()
@@ -149,28 +167,9 @@ async fn compacted_topic_keeps_the_latest_value_per_key() {
 async fn a_group_reads_on_past_the_ranges_compaction_emptied() {
     let broker = common::TestBroker::start_with_config(CONFIG);
     let (http, url) = (broker.client(), broker.url.clone());
-    create_topic_from_body(
-        &http,
-        &url,
-        json!({"name":"profiles","partitions":1,
-        "config":{"segment_bytes":1024,"cleanup_policy":"compact","delete_retention_ms":0}}),
-    )
-    .await;
-    for round in 0..20 {
-        let batch: Vec<Value> = (0..5)
-            .map(|k| json!({"key": format!("user-{k}"), "value": {"round": round}}))
-            .collect();
-        produce_json_acks_all(&http, &url, "profiles", json!(batch)).await;
-    }
-    for _ in 0..12 {
-        produce_json_acks_all(
-            &http,
-            &url,
-            "profiles",
-            json!([{"key":"filler","value":"x".repeat(100)}]),
-        )
-        .await;
-    }
+    create_profiles(&http, &url).await;
+    produce_rounds(&http, &url).await;
+    produce_fillers(&http, &url).await;
     // Until the log starts with a range that holds no record.
     wait_until("compaction to empty the first offsets", WAIT, || async {
         read_all(&http, &url, "profiles").await[0]["offset"] != 0

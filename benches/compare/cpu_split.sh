@@ -37,26 +37,13 @@ cleanup() {
 trap cleanup EXIT
 HZ=$(getconf CLK_TCK)
 
+# shellcheck source=benches/compare/single_server.sh
+. "$HERE/single_server.sh"
+
 run() { # run tidelog|redis
-  local kind=$1 port data proto target
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  data="$WORKDIR/$kind"
-  rm -rf "$data" && mkdir -p "$data"
-  if [ "$kind" = redis ]; then
-    redis-server --port "$port" --dir "$data" --appendonly yes --appendfsync always --save '' \
-      --daemonize no > "$data.log" 2>&1 &
-    PID=$!
-    for _ in $(seq 100); do redis-cli -p "$port" ping > /dev/null 2>&1 && break; sleep 0.1; done
-    proto=resp target=s
-  else
-    "$TIDELOG_BIN" --listen "127.0.0.1:$port" --data-dir "$data" --log-level warn > "$data.log" 2>&1 &
-    PID=$!
-    for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/v1/topics" && break; sleep 0.1; done
-    curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
-      "http://127.0.0.1:$port/v1/topics" -d '{"name":"t","partitions":1}'
-    proto=http target=t
-  fi
-  python3 "$HERE/client.py" "$proto" "$port" "$target" --clients 32 --batch 1 \
+  local kind=$1
+  start_single_server "$kind"
+  python3 "$HERE/client.py" "$PROTO" "$PORT" "$TARGET" --clients 32 --batch 1 \
     --requests 2000000 --seconds $((SECS + 2)) > "$WORKDIR/client.json" &
   local client=$!
   sleep 1

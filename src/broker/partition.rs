@@ -2072,13 +2072,10 @@ pub(crate) mod tests {
         assert_eq!(partition.failure(), None);
     }
 
-    /// A replica that lost fsynced records remembers it across a restart (the cut log looks
-    /// whole then), so it does not lead until it has fetched them back; once it has, a
-    /// restart finds it whole again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_replica_that_lost_records_still_knows_it_after_a_restart_until_fetched_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let partition = open(dir.path());
+    /// A follower holding one replicated batch of three records, fsynced, its high watermark
+    /// at 3.
+    async fn follower_of_three_records(dir: &Path) -> Arc<Partition> {
+        let partition = open(dir);
         partition.set_hw_mode(HwMode::External);
         partition.set_follower(true);
         let mut batch = batch_of(3);
@@ -2087,7 +2084,17 @@ pub(crate) mod tests {
             .append_replicated_at(&batch, Offset(0), true)
             .unwrap();
         partition.flush_now().await.unwrap();
-        partition.advance_high_watermark(Offset(3));
+        assert_eq!(partition.advance_high_watermark(Offset(3)), Offset(3));
+        partition
+    }
+
+    /// A replica that lost fsynced records remembers it across a restart (the cut log looks
+    /// whole then), so it does not lead until it has fetched them back; once it has, a
+    /// restart finds it whole again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_lost_records_still_knows_it_after_a_restart_until_fetched_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = follower_of_three_records(dir.path()).await;
         partition.cut_damaged(Offset(1)).await.unwrap();
         partition.close().await.unwrap();
 
@@ -2109,16 +2116,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_damaged_replica_is_cut_or_leads_never_both() {
         let dir = tempfile::tempdir().unwrap();
-        let partition = open(dir.path());
-        partition.set_hw_mode(HwMode::External);
-        partition.set_follower(true);
-        let mut batch = batch_of(3);
-        crate::log::batch::stamp_batch(&mut batch, 0, 4);
-        partition
-            .append_replicated_at(&batch, Offset(0), true)
-            .unwrap();
-        partition.flush_now().await.unwrap();
-        assert_eq!(partition.advance_high_watermark(Offset(3)), Offset(3));
+        let partition = follower_of_three_records(dir.path()).await;
 
         // It took the lead after the scrub found damage at 1: nothing is cut.
         assert!(partition.take_lead());

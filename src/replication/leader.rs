@@ -642,6 +642,18 @@ mod tests {
         )
     }
 
+    /// Replicas 1, 2 and 3 with 3 outside the ISR.
+    fn isr_of_1_and_2() -> IsrRecord {
+        IsrRecord {
+            replicas: vec![n(1), n(2), n(3)],
+            isr: vec![n(1), n(2)],
+            min_insync_replicas: 2,
+            partition_epoch: PartitionEpoch(0),
+            recorded_high_watermark: Offset(0),
+            throttle: None,
+        }
+    }
+
     fn led(p: &Arc<Partition>, epoch: u32) -> Led {
         let record = IsrRecord {
             replicas: vec![n(1), n(2), n(3)],
@@ -713,15 +725,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = open(dir.path()).await;
         append(&p, 0, 3).await;
-        let record = IsrRecord {
-            replicas: vec![n(1), n(2), n(3)],
-            isr: vec![n(1), n(2)],
-            min_insync_replicas: 2,
-            partition_epoch: PartitionEpoch(0),
-            recorded_high_watermark: Offset(0),
-            throttle: None,
-        };
-        let l = led_of(&p, &record);
+        let l = led_of(&p, &isr_of_1_and_2());
         l.on_fetch(n(2), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
         l.on_fetch(n(3), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
         // Broker 3 registered again (epoch 2) before fetching: not on its old fetch.
@@ -763,15 +767,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = open(dir.path()).await;
         append(&p, 0, 3).await;
-        let record = IsrRecord {
-            replicas: vec![n(1), n(2), n(3)],
-            isr: vec![n(1), n(2)],
-            min_insync_replicas: 2,
-            partition_epoch: PartitionEpoch(0),
-            recorded_high_watermark: Offset(0),
-            throttle: None,
-        };
-        let l = led_of(&p, &record);
+        let l = led_of(&p, &isr_of_1_and_2());
         let (a, _) = l.on_fetch(n(2), BrokerEpoch(1), &fetch(0, 3, Some(0), 3), 1);
         assert_eq!((a.high_watermark, a.sync_now), (Offset(3), false));
         let sync_now = |offset, flushed| {

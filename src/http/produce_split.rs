@@ -46,8 +46,12 @@ use crate::broker::{
     Acks, BrokerError, Durability, FailedProduce, ProduceOutcome, ProduceRecord, RecordFate,
     choose_partition, is_internal_topic,
 };
+use crate::limits::Limits;
 use crate::log::Offset;
-use crate::log::batch::{BatchBuilder, BatchView, ProducerInfo, RecordRef, stamp_batch};
+use crate::log::batch::{
+    BATCH_HEADER_BYTES, BatchBuilder, BatchView, ProducerInfo, RECORD_FIXED_BYTES, RecordRef,
+    stamp_batch,
+};
 use crate::metadata::{NodeId, PartitionId};
 
 /// The internal append route; a part goes to `{APPEND_PATH}/{topic}/{partition}`.
@@ -510,8 +514,7 @@ pub async fn append(
         PartitionHome::Remote(id, address) => return Err(not_leader(id, address)),
         PartitionHome::Offline => return Err(leader_not_available()),
     }
-    let limit = node.limits().request_body_bytes_max;
-    let bytes = read_limited(&headers, body, limit).await?;
+    let bytes = read_limited(&headers, body, part_bytes_max(node.limits())).await?;
     let batch = BatchView::parse(&bytes)
         .map_err(|e| ApiError::invalid(format!("the body is not one whole batch: {e}")))?;
     if batch.bytes.len() != bytes.len() {
@@ -533,6 +536,20 @@ pub async fn append(
         durability: outcome.durability.as_str().to_string(),
     };
     Ok(axum::Json(answer).into_response())
+}
+
+/// The most bytes a part can take, as one batch, for a produce body within the limits: the
+/// body's keys, values and header names and values are in the body already; the framing a
+/// batch adds is a batch header, a fixed size per record, and 6 bytes per header (fewer than
+/// any header takes in a JSON body). So a part of small records may be several times its
+/// share of the body (`{"value":1}` is 12 bytes of JSON and 39 as a record), and a leader
+/// that read parts only up to `request_body_bytes_max` refused with 413 a body it takes
+/// when sent to it directly.
+fn part_bytes_max(limits: &Limits) -> u64 {
+    let framing = RECORD_FIXED_BYTES as u64 * u64::from(limits.records_per_request_max);
+    (2 * limits.request_body_bytes_max)
+        .saturating_add(framing)
+        .saturating_add(BATCH_HEADER_BYTES as u64)
 }
 
 /// A leader's problem for a part that failed: the produce's, with the counts of its records'
@@ -589,6 +606,32 @@ fn records_of_batch<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body within the limits makes parts the leader reads whole, however small its
+    /// records: 60,000 `{"value":1}` records are 720 KB of JSON under a 1 MiB body limit,
+    /// and 2.3 MB as one part.
+    #[test]
+    fn a_leader_reads_any_part_a_body_within_the_limits_makes() {
+        let limits = Limits {
+            request_body_bytes_max: 1 << 20,
+            ..Limits::default()
+        };
+        let record = RecordRef {
+            timestamp_ms: 1_000,
+            key: None,
+            key_is_utf8: false,
+            value: Some(b"1"),
+            value_is_json: true,
+            headers: &[],
+        };
+        let mut builder = BatchBuilder::with_capacity(1 << 20);
+        for _ in 0..60_000 {
+            builder.push(&record);
+        }
+        let part = builder.finish(ProducerInfo::NONE, None).len() as u64;
+        assert!(part > limits.request_body_bytes_max, "{part} bytes");
+        assert!(part <= part_bytes_max(&limits), "{part} bytes");
+    }
 
     /// A failed part of any size answers within what the splitting broker reads of it.
     #[test]

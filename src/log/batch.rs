@@ -48,7 +48,7 @@ pub const MAGIC: u8 = 1;
 const CRC_FIELD_OFFSET: usize = 17;
 const CRC_FIELD_END: usize = 21;
 /// Fixed bytes of one record before its key.
-const RECORD_FIXED_BYTES: usize = 4 + 1 + 4 + 8 + 4 + 4 + 2;
+pub const RECORD_FIXED_BYTES: usize = 4 + 1 + 4 + 8 + 4 + 4 + 2;
 
 /// Record attribute bit: the value is JSON text (otherwise opaque bytes).
 pub const RECORD_VALUE_JSON: u8 = 0b0000_0001;

@@ -143,8 +143,12 @@ async fn append_ndjson_batches(
             }
             failure.error
         })?;
+        // What the whole body can promise: the weakest of its batches'.
+        progress.stored.durability = match progress.stored.offsets.is_empty() {
+            true => outcome.durability,
+            false => progress.stored.durability.weaker(outcome.durability),
+        };
         progress.stored.offsets.extend(outcome.offsets);
-        progress.stored.durability = outcome.durability;
     }
     if progress.stored.offsets.is_empty() {
         return Err(ApiError::invalid("the NDJSON body holds no records"));

@@ -1342,6 +1342,10 @@ impl Partition {
         let hw = self.progress().high_watermark;
         let (deleted, start) = {
             let mut log = self.lock();
+            // Deleted: its directory path may name a topic made again since (`mark_deleted`).
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(0);
+            }
             (log.apply_retention(now_ms, hw)?, log.log_start_offset())
         };
         if deleted > 0 {
@@ -1370,6 +1374,9 @@ impl Partition {
         while from < hw.0 {
             let (plan, dir, interval) = {
                 let log = self.lock();
+                if self.closed.load(Ordering::Acquire) {
+                    break;
+                }
                 let Some(plan) = log.compaction_plan(hw) else {
                     break;
                 };
@@ -1382,7 +1389,11 @@ impl Partition {
             let times = (now_ms, delete_retention_ms);
             let pass = compact::compaction_pass(&dir, &plan, from, keys_max, times, interval)?;
             if !pass.rewritten.is_empty() {
-                self.lock().install_compacted(pass.rewritten)?;
+                let mut log = self.lock();
+                if self.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                log.install_compacted(pass.rewritten)?;
             }
             dropped += pass.dropped_records;
             from = pass.end;
@@ -1430,9 +1441,19 @@ impl Partition {
     }
 
     /// Closes the partition for deletion: fails waiters, stops the flusher, removes files.
+    ///
+    /// `closed` is set under the log lock, and every later file work by path (retention,
+    /// a compaction's install, the recovery checkpoint) checks it under that lock first: the
+    /// partition's directory path is the topic's, and once a topic of the same name is made
+    /// again (after this call, under the broker's admin lock) it names the new topic's files.
     pub fn mark_deleted(&self) {
         let _ = self.failure.set("topic deleted".into());
-        self.closed.store(true, Ordering::Release);
+        {
+            let _log = self.lock();
+            self.closed.store(true, Ordering::Release);
+        }
+        // Wakes the flusher out of an `acks=leader` wait too, and it returns.
+        self.flush_urgent.store(true, Ordering::Release);
         self.flush_wanted.notify_one();
         self.progress.send_modify(|p| {
             p.failed = true;
@@ -1464,7 +1485,7 @@ impl Partition {
             }
             since_checkpoint =
                 since_checkpoint.saturating_add(self.unflushed_bytes.swap(0, Ordering::Relaxed));
-            if self.flush_now().await.is_err() {
+            if self.flush_now().await.is_err() || self.closed.load(Ordering::Acquire) {
                 return;
             }
             if checkpoint_due(last_checkpoint.elapsed(), since_checkpoint) {
@@ -1472,7 +1493,13 @@ impl Partition {
                 since_checkpoint = 0;
                 let me = Arc::clone(&self);
                 // Read the offset under the lock, write the file (and fsync) outside it.
-                let checkpoint = me.lock().checkpoint();
+                let checkpoint = {
+                    let mut log = me.lock();
+                    if self.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    log.checkpoint()
+                };
                 let _ = tokio::task::spawn_blocking(move || checkpoint.write()).await;
             }
         }

@@ -482,3 +482,80 @@ async fn leftovers_in_the_trash_go_after_a_start_and_a_deletion_right_after_it_s
     );
     broker.close().await.unwrap();
 }
+
+/// The files of a topic made again under a deleted one's name are the new topic's alone:
+/// a deleted partition still held by a task (a retention pass walking the topics it listed
+/// before the delete) works by its directory path, which now names the new topic's files,
+/// and must touch none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_partition_never_touches_the_files_of_a_topic_made_again_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let small = || TopicConfig {
+        segment_bytes: 1024,
+        retention_bytes: 2048,
+        ..TopicConfig::default()
+    };
+    // Batches of 10 records, about 3 to a 1 KiB segment: a dozen segments each time.
+    broker.create_topic("t", 1, small(), false).await.unwrap();
+    for _ in 0..40 {
+        produce_ones(&broker, "t", 0, 10).await;
+    }
+    let old = broker
+        .topic("t")
+        .unwrap()
+        .partition(PartitionId(0))
+        .unwrap();
+    broker.delete_topic("t").await.unwrap();
+    broker.create_topic("t", 1, small(), false).await.unwrap();
+    for _ in 0..40 {
+        produce_ones(&broker, "t", 0, 10).await;
+    }
+    let new_dir = broker.topic("t").unwrap().dir.join("0");
+    let files = || {
+        let mut names: Vec<_> = std::fs::read_dir(&new_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files();
+    assert_eq!(old.apply_retention(now_ms()).unwrap(), 0);
+    assert_eq!(old.compact(now_ms(), 0, 1_000).unwrap(), 0);
+    assert_eq!(files(), before, "the new topic's files are untouched");
+}
+
+/// A deleted partition's flusher ends even while it waits out `flush_ms` for `acks=leader`
+/// data: it held the partition (its log, files and maps) for good before.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_partitions_flusher_ends_in_an_acks_leader_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let flush = crate::config::FlushPolicy {
+        flush_ms: 60_000,
+        flush_bytes: u64::MAX,
+    };
+    let (partition, _) = Partition::open(
+        "t".into(),
+        PartitionId(0),
+        dir.path(),
+        crate::log::LogConfig::default(),
+        flush,
+        false,
+    )
+    .unwrap();
+    partition
+        .append(&mut crate::broker::partition::tests::batch_of(1), 1, false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let weak = Arc::downgrade(&partition);
+    partition.mark_deleted();
+    drop(partition);
+    for _ in 0..100 {
+        if weak.upgrade().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(weak.upgrade().is_none(), "the flusher let the partition go");
+}

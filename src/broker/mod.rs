@@ -1009,14 +1009,22 @@ impl Broker {
     }
 
     /// Replaces a topic's config (the HTTP layer merges a PATCH into the current one).
+    /// Sets a topic's config to `config`, if it is still `expected` (what the caller read and
+    /// changed); `None` when a change was made since (another PATCH, or the topic deleted
+    /// and made again with another config): it is not overwritten, and the caller merges
+    /// again onto what is there now.
     pub async fn update_topic_config(
         &self,
         name: &str,
+        expected: &TopicConfig,
         config: TopicConfig,
-    ) -> Result<Arc<Topic>, BrokerError> {
+    ) -> Result<Option<Arc<Topic>>, BrokerError> {
         config.validate().map_err(BrokerError::InvalidRequest)?;
         let _admin = self.admin.lock().await;
         let topic = self.topic(name)?;
+        if topic.config() != *expected {
+            return Ok(None);
+        }
         *topic.config.write().expect(POISONED) = config;
         for p in topic.partitions() {
             p.set_config(self.log_config(&config), config.flush_policy());
@@ -1025,7 +1033,7 @@ impl Broker {
             .write_meta()
             .map_err(|e| BrokerError::Io(e.to_string()))?;
         tracing::info!(topic = name, ?config, "topic config changed");
-        Ok(topic)
+        Ok(Some(topic))
     }
 
     /// The topic to produce `records` to, created with the defaults if `auto_create_topics`

@@ -559,3 +559,42 @@ async fn a_deleted_partitions_flusher_ends_in_an_acks_leader_wait() {
     }
     assert!(weak.upgrade().is_none(), "the flusher let the partition go");
 }
+
+/// A config change applies only over the config it was merged onto: one read before another
+/// change landed (a concurrent PATCH, or the topic deleted and made again with another
+/// config) is refused with `None`, and the caller merges again, so no change is lost and no
+/// deleted topic's config lands on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_merged_onto_a_config_changed_since_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(config(dir.path())).await.unwrap();
+    let read = TopicConfig::default();
+    broker.create_topic("t", 1, read, false).await.unwrap();
+    let first = TopicConfig {
+        retention_ms: 60_000,
+        ..read
+    };
+    assert!(
+        broker
+            .update_topic_config("t", &read, first)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let stale = TopicConfig {
+        segment_bytes: 1 << 20,
+        ..read
+    };
+    assert!(
+        broker
+            .update_topic_config("t", &read, stale)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        broker.topic("t").unwrap().config(),
+        first,
+        "the first change stands"
+    );
+}

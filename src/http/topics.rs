@@ -112,10 +112,18 @@ pub async fn update_config(
     if node.cluster.is_clustered() {
         return cluster_topics::update_config(&node, &topic, patch).await;
     }
-    let current = broker.topic(&topic)?.config();
-    let config = merge_config(current, patch)?;
-    let topic = broker.update_topic_config(&topic, config).await?;
-    Ok(axum::Json(describe_topic(&topic, node.cluster.node_id().0)).into_response())
+    // Merged onto what is there when it is applied: a change that lands meanwhile (another
+    // PATCH, a delete and a new topic of the name) makes the merge start again. Each round
+    // that starts again follows a change that succeeded, so this ends.
+    loop {
+        let current = broker.topic(&topic)?.config();
+        let config = merge_config(current, patch.clone())?;
+        if let Some(changed) = broker.update_topic_config(&topic, &current, config).await? {
+            return Ok(
+                axum::Json(describe_topic(&changed, node.cluster.node_id().0)).into_response(),
+            );
+        }
+    }
 }
 
 pub async fn delete(

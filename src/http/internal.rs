@@ -231,6 +231,11 @@ fn refused(e: MetadataError, detail: String) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "replica_being_added", detail)
                 .with("replica", replica.0)
         }
+        // The epochs matched (they are checked first): the change itself was refused, so no
+        // earlier attempt of it committed (a leader forgets it: `replicator::after_alter_failure`).
+        MetadataError::IneligibleReplica { .. } | MetadataError::InvalidIsr(_) => {
+            ApiError::new(StatusCode::CONFLICT, "isr_change_refused", detail)
+        }
         _ => ApiError::new(StatusCode::CONFLICT, "metadata_conflict", detail),
     }
 }

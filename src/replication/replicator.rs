@@ -588,9 +588,14 @@ fn after_alter_failure(unknown_before: bool, failure: &CallError) -> AlterFailur
             code == "no_controller" || code == "not_controller",
         ),
     };
+    // Refused with the epochs matching (`isr_change_refused`: checked after them, at apply,
+    // after everything proposed before it): no earlier attempt committed.
+    let epochs_matched =
+        matches!(failure, CallError::Refused { code, .. } if code == "isr_change_refused");
     match (unknown_before, unknown_now, nothing_asked) {
         (_, true, _) | (true, _, true) => AlterFailure::AskAgain,
         (false, _, _) => AlterFailure::Forget,
+        (true, false, false) if epochs_matched => AlterFailure::Forget,
         (true, false, false) => AlterFailure::AwaitMetadata,
     }
 }
@@ -744,5 +749,9 @@ mod tests {
             after_alter_failure(true, &refused(409, "replica_fenced")),
             AwaitMetadata
         );
+        // A member fenced or shutting down: refused with the epochs matching, so the
+        // attempt of unknown outcome never committed (a rolling restart waited 30 s here).
+        let refused_itself = refused(409, "isr_change_refused");
+        assert_eq!(after_alter_failure(true, &refused_itself), Forget);
     }
 }

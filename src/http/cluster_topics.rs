@@ -113,11 +113,15 @@ pub async fn update_config(
         ));
     }
     let name = topic.to_string();
-    let current = exists(&controller.image(), topic)?.config;
-    let config = merge_config(current, patch)?;
+    // Checked here, for the answer's problem; merged again in the proposal's turn onto the
+    // config then current, so a change that landed meanwhile (another PATCH, the topic made
+    // again) is neither lost nor overwritten with the old topic's config.
+    merge_config(exists(&controller.image(), topic)?.config, patch.clone())?;
     let index = controller
         .propose_built(move |image| {
-            exists(image, &name)?;
+            let current = exists(image, &name)?.config;
+            let config = merge_config(current, patch)
+                .map_err(|e| crate::cluster::controller::ControlError::Invalid(e.detail))?;
             Ok(Command::UpdateConfig {
                 topic: name,
                 config,

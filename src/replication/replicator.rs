@@ -365,7 +365,7 @@ impl Replicator {
     /// Sends an ISR change to the controller. A refusal forgets it (the next check proposes
     /// again). An attempt whose outcome is unknown (no answer, or the controller's own
     /// proposal timed out) may still commit, so its additions go on counting toward the high
-    /// watermark (`IsrState::maximal`): the same change is asked again until the controller
+    /// watermark (`LeaderReplicas::maximal_isr`): the same change is asked again until the controller
     /// answers, and after such an attempt only the metadata's next partition epoch
     /// (`Led::confirm`) settles it. Forgetting it there would let the high watermark pass a
     /// replica the controller then adds to the ISR.
@@ -430,9 +430,8 @@ impl Replicator {
                     // high watermark back for good.
                     let deadline = tokio::time::Instant::now() + ALTER_PARTITION_SETTLE_MAX;
                     while led.still_pending(&p) && tokio::time::Instant::now() < deadline {
-                        tokio::select! {
-                            _ = tokio::time::sleep(ALTER_PARTITION_RETRY) => {}
-                            _ = retired.wait_for(|r| *r) => return,
+                        if !pause_unless_retired(&mut retired).await {
+                            return;
                         }
                     }
                     led.proposal_failed(&p);
@@ -440,11 +439,7 @@ impl Replicator {
                 }
                 AlterFailure::AskAgain => unknown = true,
             }
-            tokio::select! {
-                _ = tokio::time::sleep(ALTER_PARTITION_RETRY) => {}
-                _ = retired.wait_for(|r| *r) => return,
-            }
-            if !led.still_pending(&p) {
+            if !pause_unless_retired(&mut retired).await || !led.still_pending(&p) {
                 return;
             }
         }
@@ -564,6 +559,14 @@ const ALTER_PARTITION_RETRY: Duration = Duration::from_secs(1);
 /// How long a change refused after an attempt of unknown outcome waits for the metadata to
 /// settle it before it is forgotten: past two of the controller's proposal timeouts.
 const ALTER_PARTITION_SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// Waits [`ALTER_PARTITION_RETRY`]; false, at once, if the leadership retires meanwhile.
+async fn pause_unless_retired(retired: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(ALTER_PARTITION_RETRY) => true,
+        _ = retired.wait_for(|r| *r) => false,
+    }
+}
 
 /// What a leader does after an ISR change was not confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

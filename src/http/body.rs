@@ -88,13 +88,21 @@ pub fn body_read_failed(e: axum::Error) -> ApiError {
 
 /// The media type of the request, lower-cased, without parameters.
 pub fn content_type(headers: &HeaderMap) -> Cow<'_, str> {
-    let Some(v) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    media_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// The media type of a `Content-Type` value that is visible ASCII and tabs (what
+/// `HeaderValue::to_str` lets through; none or another is read as no media type), lower-cased,
+/// without parameters.
+pub fn media_type(value: Option<&str>) -> Cow<'_, str> {
+    let Some(v) = value else {
         return Cow::Borrowed("");
     };
-    // `to_str` let through visible ASCII and tabs only: ASCII trimming is all there is.
+    // Visible ASCII and tabs only: ASCII trimming is all there is.
     let v = v
         .split_once(';')
         .map_or(v, |(media_type, _)| media_type)

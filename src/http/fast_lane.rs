@@ -28,7 +28,7 @@ use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::produce::produce_body;
+use super::produce::{ProduceBody, produce_body, reads_body_first};
 use super::request_metrics;
 
 /// The produce route's template, as the router and the metrics name it.
@@ -66,7 +66,22 @@ impl FastLane {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let topic = &parts.uri.path()[topic];
-        let response = produce_body(&self.node, topic, parts.uri.query(), &parts.headers, body)
+        let body = ProduceBody::Streamed {
+            headers: &parts.headers,
+            body,
+        };
+        Ok(self.produce(started, topic, parts.uri.query(), body).await)
+    }
+
+    /// The lane's produce, counted and timed in the produce route's series.
+    pub(super) async fn produce(
+        &self,
+        started: Instant,
+        topic: &str,
+        query: Option<&str>,
+        body: ProduceBody<'_>,
+    ) -> Response {
+        let response = produce_body(&self.node, topic, query, body)
             .await
             .unwrap_or_else(IntoResponse::into_response);
         request_metrics::record(
@@ -75,13 +90,24 @@ impl FastLane {
             response.status(),
             started.elapsed().as_secs_f64(),
         );
-        Ok(response)
+        response
+    }
+
+    /// Whether a produce with `query` is refused, if at all, only once its body is read
+    /// ([`reads_body_first`]).
+    pub(super) fn reads_body_first(&self, query: Option<&str>) -> bool {
+        reads_body_first(&self.node.broker, query)
+    }
+
+    /// `request_body_bytes_max`.
+    pub(super) fn body_bytes_max(&self) -> u64 {
+        self.node.limits().request_body_bytes_max
     }
 }
 
 /// Where the topic is in a produce path the lane takes: `/v1/topics/{topic}/records` with a
 /// topic that is not empty and holds no `%` (so it reads the same percent-decoded).
-fn produce_topic(path: &str) -> Option<Range<usize>> {
+pub(super) fn produce_topic(path: &str) -> Option<Range<usize>> {
     const BEFORE: &str = "/v1/topics/";
     let topic = path.strip_prefix(BEFORE)?.strip_suffix("/records")?;
     let plain = !topic.is_empty() && !topic.contains(['/', '%']);

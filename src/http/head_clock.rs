@@ -54,7 +54,7 @@ impl HeadClock {
     }
 
     /// Marks the connection quiet as of now (if it is not busy; a busy one ignores it).
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.quiet_since_ms.store(now, Ordering::Release);
     }

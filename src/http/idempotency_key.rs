@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::body::{content_type, read_limited};
 use super::error::{ApiError, ApiResult};
-use super::produce::{ProduceQuery, produce_body};
+use super::produce::{ProduceBody, ProduceQuery, produce_body};
 use crate::producers::idempotency_keys::{Begin, Fingerprint, StoredAnswer, validate_key};
 
 /// The request header.
@@ -78,7 +78,11 @@ pub(super) async fn produce_with_key(
         Begin::Run(ticket) => ticket,
     };
     let task = tokio::spawn(async move {
-        let response = produce_body(&node, &topic, query.as_deref(), &headers, Body::from(bytes))
+        let body = ProduceBody::Streamed {
+            headers: &headers,
+            body: Body::from(bytes),
+        };
+        let response = produce_body(&node, &topic, query.as_deref(), body)
             .await
             .into_response();
         let answer = stored_answer(response).await;

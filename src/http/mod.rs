@@ -22,6 +22,7 @@ mod head_clock;
 pub mod idempotency_key;
 pub mod internal;
 pub mod json_records;
+mod lane_connection;
 pub mod ndjson;
 pub mod path;
 pub mod produce;

@@ -8,11 +8,13 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::AppState;
 use super::body::{
-    bounded, content_type, parse_query, parse_u64, read_limited, unsupported_media_type,
+    body_too_large, bounded, content_type, parse_query, parse_u64, read_limited,
+    unsupported_media_type,
 };
 use super::error::{ApiError, ApiResult};
 use super::idempotency_key::{key_of, produce_with_key};
@@ -99,6 +101,16 @@ pub(super) struct ProduceParams {
     pub(super) producer: ProducerInfo,
 }
 
+/// Whether a produce with this query reads its whole body before anything can refuse it:
+/// its query is valid and it has no producer session (checked before the body). The
+/// connection lane (`lane_connection`) waits for such a body itself and leaves any other
+/// request to hyper, so a refusal still comes without waiting for the body.
+pub(super) fn reads_body_first(broker: &Broker, query: Option<&str>) -> bool {
+    ProduceQuery::parse(query)
+        .and_then(|q| produce_params(&q, broker))
+        .is_ok_and(|p| p.producer.producer_id < 0)
+}
+
 pub(super) fn produce_params(q: &ProduceQuery, broker: &Broker) -> ApiResult<ProduceParams> {
     let acks = match q.acks.as_deref() {
         None | Some("all") | Some("-1") => Acks::All,
@@ -139,7 +151,41 @@ pub async fn produce(
 ) -> ApiResult<Response> {
     match key_of(&headers)? {
         Some(key) => produce_with_key(node, key, topic, query, headers, body).await,
-        None => produce_body(&node, &topic, query.as_deref(), &headers, body).await,
+        None => {
+            let body = ProduceBody::Streamed {
+                headers: &headers,
+                body,
+            };
+            produce_body(&node, &topic, query.as_deref(), body).await
+        }
+    }
+}
+
+/// A produce's body: still to be read (with the request's headers), or read whole with its
+/// head by the connection lane (`lane_connection`), which takes only JSON and octet-stream
+/// bodies within `request_body_bytes_max`.
+pub(super) enum ProduceBody<'h> {
+    Streamed {
+        headers: &'h HeaderMap,
+        body: Body,
+    },
+    /// `media_type` as [`super::body::media_type`] reads the request's `Content-Type`.
+    Whole {
+        media_type: &'static str,
+        bytes: Bytes,
+    },
+}
+
+impl ProduceBody<'_> {
+    /// The body's bytes, at most `limit` of them (413 past it).
+    async fn read(self, limit: u64) -> ApiResult<Bytes> {
+        match self {
+            ProduceBody::Streamed { headers, body } => read_limited(headers, body, limit).await,
+            ProduceBody::Whole { bytes, .. } if bytes.len() as u64 > limit => {
+                Err(body_too_large(limit))
+            }
+            ProduceBody::Whole { bytes, .. } => Ok(bytes),
+        }
     }
 }
 
@@ -148,13 +194,15 @@ pub(super) async fn produce_body(
     node: &AppState,
     topic: &str,
     query: Option<&str>,
-    headers: &HeaderMap,
-    body: Body,
+    body: ProduceBody<'_>,
 ) -> ApiResult<Response> {
     let broker = &node.broker;
     let q = ProduceQuery::parse(query)?;
     let params = produce_params(&q, broker)?;
-    let ct = content_type(headers);
+    let ct = match &body {
+        ProduceBody::Streamed { headers, .. } => content_type(headers),
+        ProduceBody::Whole { media_type, .. } => Cow::Borrowed(*media_type),
+    };
     let idempotent = params.producer.producer_id >= 0;
     // On a cluster the sessions live on the controller: the partitions' leaders still fence
     // older epochs and deduplicate, but unknown ids are not refused here.
@@ -167,7 +215,7 @@ pub(super) async fn produce_body(
     // body refused as unreadable leaves no new topic behind.
     let offsets = match &*ct {
         "application/json" | "" => {
-            let bytes = read_limited(headers, body, limit).await?;
+            let bytes = body.read(limit).await?;
             let decoded = parse_off_the_workers(bytes.len(), || parse_json_body(&bytes, rules))?;
             let mut headers = Vec::new();
             let records = as_produce_records(&decoded, &mut headers);
@@ -188,10 +236,15 @@ pub(super) async fn produce_body(
             ));
         }
         "application/x-ndjson" | "application/jsonl" => {
+            // The lane never reads an NDJSON body whole; were it to, it is streamed as read.
+            let (headers, body) = match body {
+                ProduceBody::Streamed { headers, body } => (headers, body),
+                ProduceBody::Whole { bytes, .. } => (&HeaderMap::new(), Body::from(bytes)),
+            };
             produce_ndjson(node, topic, headers, body, &params, rules).await?
         }
         "application/octet-stream" => {
-            let bytes = read_limited(headers, body, limit).await?;
+            let bytes = body.read(limit).await?;
             let partition = match q.partition.as_deref() {
                 Some(p) => Some(
                     u32::try_from(parse_u64("partition", p)?)

@@ -16,6 +16,9 @@
 //!   `body_read_timeout_ms` of the request head; otherwise reading it fails with
 //!   [`BodyTimeout`], which the handler answers with a 408 that closes the connection.
 //!
+//! A connection is served first by the produce lane (`lane_connection`), which hands it to
+//! hyper at its first request that is not a plain produce; both keep the clocks above.
+//!
 //! Shutdown: when `shutdown` resolves the loop stops accepting, every connection finishes its
 //! request in flight and closes, and [`serve`] returns once all have.
 
@@ -43,6 +46,7 @@ use tower::ServiceExt;
 use super::error::ApiError;
 use super::fast_lane::FastLane;
 use super::head_clock::{HeadClock, Watched};
+use super::lane_connection::{self, LaneEnd, Replayed};
 use crate::broker::{BrokerError, now_ms};
 use crate::limits::{Limit, Limits};
 use crate::node::Node;
@@ -203,11 +207,29 @@ async fn accept(listener: &TcpListener, slots: &ConnectionSlots) -> (TcpStream, 
 
 /// Timeouts on reading a request body.
 #[derive(Debug, Clone, Copy)]
-struct BodyClocks {
+pub(super) struct BodyClocks {
     /// `body_stall_timeout_ms`: longest wait for the next piece of the body.
-    stall: Duration,
+    pub(super) stall: Duration,
     /// `body_read_timeout_ms`: longest time for the whole body, from the request head.
-    total: Duration,
+    pub(super) total: Duration,
+}
+
+impl BodyClocks {
+    /// Why a body that last made progress at `last_progress`, and whose head came at
+    /// `head`, is out of time at `now`.
+    pub(super) fn timeout(&self, head: Instant, now: Instant) -> BodyTimeout {
+        if now >= head + self.total {
+            BodyTimeout {
+                limit_name: Limit::BodyReadTimeoutMs,
+                limit_ms: self.total.as_millis() as u64,
+            }
+        } else {
+            BodyTimeout {
+                limit_name: Limit::BodyStallTimeoutMs,
+                limit_ms: self.stall.as_millis() as u64,
+            }
+        }
+    }
 }
 
 /// One accepted connection and what it needs to serve it.
@@ -236,6 +258,21 @@ impl Connection {
         let (app, lane) = (self.app, self.lane);
         let (clocks, connections_max) = (self.clocks, self.connections_max);
         let head_clock = HeadClock::new();
+        // Dropping the connection closes it, without an answer, as hyper's own clock did.
+        let mut quiet = std::pin::pin!(head_clock.quiet_for(self.header_timeout));
+        let mut stream = stream;
+        let mut read = Bytes::new();
+        if let Some(lane) = lane.as_ref().filter(|_| !health_only) {
+            tokio::select! {
+                end = lane_connection::serve(lane, &mut stream, &head_clock, clocks, &mut stop) => {
+                    match end {
+                        LaneEnd::Closed => return,
+                        LaneEnd::HandOver(bytes) => read = bytes,
+                    }
+                }
+                () = quiet.as_mut() => return,
+            }
+        }
         let service = hyper::service::service_fn({
             let head_clock = Arc::clone(&head_clock);
             move |request: Request<Incoming>| {
@@ -257,11 +294,12 @@ impl Connection {
                 }
             }
         });
-        let io = Watched::new(TokioIo::new(stream), Arc::clone(&head_clock));
+        let io = Watched::new(
+            TokioIo::new(Replayed::new(read, stream)),
+            Arc::clone(&head_clock),
+        );
         let connection = http1.serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
-        // Dropping the connection closes it, without an answer, as hyper's own clock did.
-        let mut quiet = std::pin::pin!(head_clock.quiet_for(self.header_timeout));
         tokio::select! {
             _ = connection.as_mut() => return,
             () = quiet.as_mut() => return,
@@ -350,17 +388,8 @@ impl TimedBody {
     }
 
     fn timeout(&self) -> BodyTimeout {
-        if Instant::now() >= self.deadline {
-            BodyTimeout {
-                limit_name: Limit::BodyReadTimeoutMs,
-                limit_ms: self.clocks.total.as_millis() as u64,
-            }
-        } else {
-            BodyTimeout {
-                limit_name: Limit::BodyStallTimeoutMs,
-                limit_ms: self.clocks.stall.as_millis() as u64,
-            }
-        }
+        self.clocks
+            .timeout(self.deadline - self.clocks.total, Instant::now())
     }
 }
 

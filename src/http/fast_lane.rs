@@ -28,8 +28,10 @@ use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::produce::{ProduceBody, produce_body, reads_body_first};
+use super::produce::{ProduceBody, produce_body, produce_outcome, reads_body_first};
+use super::render::produce_status;
 use super::request_metrics;
+use crate::broker::ProduceOutcome;
 
 /// The produce route's template, as the router and the metrics name it.
 pub(super) const PRODUCE_ROUTE: &str = "/v1/topics/{topic}/records";
@@ -91,6 +93,31 @@ impl FastLane {
             started.elapsed().as_secs_f64(),
         );
         response
+    }
+
+    /// [`FastLane::produce`] for the connection lane: the outcome, which the lane renders
+    /// itself, or the refusal's answer; counted and timed the same way.
+    pub(super) async fn produce_outcome(
+        &self,
+        started: Instant,
+        topic: &str,
+        query: Option<&str>,
+        body: ProduceBody<'_>,
+    ) -> Result<ProduceOutcome, Response> {
+        let outcome = produce_outcome(&self.node, topic, query, body)
+            .await
+            .map_err(IntoResponse::into_response);
+        let status = match &outcome {
+            Ok(outcome) => produce_status(outcome),
+            Err(response) => response.status(),
+        };
+        request_metrics::record(
+            PRODUCE_ROUTE,
+            "POST",
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+        outcome
     }
 
     /// Whether a produce with `query` is refused, if at all, only once its body is read

@@ -28,7 +28,8 @@
 //! - A stop (graceful shutdown) closes a connection waiting for a request; a request being
 //!   served is answered first, with `connection: close`, as hyper does.
 
-use std::io;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,11 +45,16 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::body_read_failed;
+use super::content_length::static_content_length;
 use super::fast_lane::{FastLane, PRODUCE_ROUTE, produce_topic};
 use super::head_clock::HeadClock;
 use super::produce::ProduceBody;
+use super::render::{
+    DURABILITY_HEADER, produce_answer_bytes, produce_status, write_produce_answer,
+};
 use super::request_metrics;
 use super::serve::{BodyClocks, BodyTimeout};
+use crate::broker::ProduceOutcome;
 
 /// Most bytes of one request (head and body) the lane reads before it leaves the request to
 /// hyper: single records and small batches; larger bodies cost their parse, not their head.
@@ -134,7 +140,7 @@ pub(super) async fn serve(
             BodyRead::Whole => {
                 let request = buf.split_to(whole).freeze();
                 match answer(lane, &request, &head, started).await {
-                    Some(response) => response,
+                    Some(outcome) => outcome,
                     None => return LaneEnd::Closed,
                 }
             }
@@ -149,12 +155,19 @@ pub(super) async fn serve(
                     response.status(),
                     started.elapsed().as_secs_f64(),
                 );
-                response
+                Err(response)
             }
         };
         let stopping = *stop.borrow();
-        let Some(close) = encode(response, stopping, &mut out).await else {
-            return LaneEnd::Closed;
+        let close = match response {
+            Ok(outcome) => {
+                encode_produce(&outcome, stopping, &mut out);
+                false
+            }
+            Err(response) => match encode(response, stopping, &mut out).await {
+                Some(close) => close,
+                None => return LaneEnd::Closed,
+            },
         };
         // The answer is handed over: from here the connection is quiet unless bytes move,
         // so a client that does not read its answers is closed by the header clock.
@@ -218,13 +231,14 @@ fn ascii(head: &[u8]) -> Option<&str> {
     std::str::from_utf8(head).ok()
 }
 
-/// The produce's answer to `request`, whose head `parse` read as `head`.
+/// The produce's outcome for `request`, whose head `parse` read as `head`, or the answer
+/// that refuses it.
 async fn answer(
     lane: &FastLane,
     request: &Bytes,
     head: &Head,
     started: Instant,
-) -> Option<Response> {
+) -> Option<Result<ProduceOutcome, Response>> {
     // The request line is plain ASCII, checked by `parse`.
     let line = ascii(&request[..head.topic.end])?;
     let topic = line.get(head.topic.clone())?;
@@ -236,14 +250,19 @@ async fn answer(
         media_type: head.media_type,
         bytes: request.slice(head.len..),
     };
-    Some(lane.produce(started, topic, query, body).await)
+    Some(lane.produce_outcome(started, topic, query, body).await)
 }
 
 /// Parses the head at the start of `buf` (see the module's invariant for what the lane takes).
 fn parse(buf: &[u8], body_max: u64) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut request = httparse::Request::new(&mut fields);
-    let len = match request.parse(buf) {
+    if buf.is_empty() {
+        return Parsed::Partial;
+    }
+    // Left uninitialized until parsed, as hyper does (an initialized array is a kilobyte
+    // written per request).
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -254,7 +273,7 @@ fn parse(buf: &[u8], body_max: u64) -> Parsed {
     let Some(target) = request.path else {
         return Parsed::Other;
     };
-    if !target.bytes().all(plain_target_byte) {
+    if !target.bytes().all(|b| PLAIN_TARGET_BYTES[usize::from(b)]) {
         return Parsed::Other;
     }
     let at = offset_in(buf, target.as_bytes());
@@ -285,11 +304,12 @@ fn parse(buf: &[u8], body_max: u64) -> Parsed {
         } else if name.eq_ignore_ascii_case(header::CONTENT_TYPE.as_str()) {
             // The first, as `HeaderMap::get` reads it; a value `to_str` refuses is none.
             if content_type.is_none() {
-                content_type = Some(
-                    visible_ascii(field.value)
-                        .then(|| std::str::from_utf8(field.value).ok())
+                content_type = Some(match field.value {
+                    b"application/json" => Some("application/json"),
+                    value => visible_ascii(value)
+                        .then(|| std::str::from_utf8(value).ok())
                         .flatten(),
-                );
+                });
             }
         } else if name.eq_ignore_ascii_case(header::CONNECTION.as_str()) {
             // `keep-alive` says what HTTP/1.1 means anyway (hyper answers it no differently);
@@ -338,9 +358,22 @@ fn offset_in(buf: &[u8], part: &[u8]) -> usize {
 
 /// Bytes of a request target the lane takes: unreserved and sub-delimiter characters, `/`,
 /// `?`, `:`, `@` and `%` (each also valid in hyper's URI); anything else goes to hyper.
-fn plain_target_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~/?:@!$&'()*+,;=%".contains(&b)
-}
+const PLAIN_TARGET_BYTES: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        plain[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~/?:@!$&'()*+,;=%";
+    let mut i = 0;
+    while i < others.len() {
+        plain[others[i] as usize] = true;
+        i += 1;
+    }
+    plain
+};
 
 /// What `HeaderValue::to_str` takes: visible ASCII, spaces and tabs.
 fn visible_ascii(value: &[u8]) -> bool {
@@ -355,16 +388,7 @@ async fn encode(response: Response, stopping: bool, out: &mut Vec<u8>) -> Option
     let (parts, body) = response.into_parts();
     let body = body.collect().await.ok()?.to_bytes();
     out.clear();
-    if parts.status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(parts.status.as_str().as_bytes());
-        out.push(b' ');
-        let reason = parts.status.canonical_reason().unwrap_or("<none>");
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    status_line(parts.status, out);
     let mut close = false;
     for (name, value) in &parts.headers {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -380,20 +404,71 @@ async fn encode(response: Response, stopping: bool, out: &mut Vec<u8>) -> Option
     let bodiless =
         parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
     if !parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        content_length(body.len(), out);
     }
     if !parts.headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&http_date());
-        out.extend_from_slice(b"\r\n");
+        date(out);
     }
     out.extend_from_slice(b"\r\n");
     if !bodiless {
         out.extend_from_slice(&body);
     }
     Some(close)
+}
+
+/// Writes the answer to a produce that succeeded into `out`: what [`encode`] writes for
+/// `render::render_produce`'s answer (a unit test holds the two to the same bytes), with no
+/// `Response`, header map or body buffer in between.
+fn encode_produce(outcome: &ProduceOutcome, stopping: bool, out: &mut Vec<u8>) {
+    out.clear();
+    status_line(produce_status(outcome), out);
+    // The answer's headers in `render_produce`'s order: the type, a length from the static
+    // table, the durability; then those `encode` adds.
+    let len = produce_answer_bytes(outcome);
+    let static_length = static_content_length(len);
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    if let Some(length) = &static_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(length.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(DURABILITY_HEADER.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(outcome.durability.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if stopping {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if static_length.is_none() {
+        content_length(len, out);
+    }
+    date(out);
+    out.extend_from_slice(b"\r\n");
+    write_produce_answer(outcome, out);
+}
+
+/// `HTTP/1.1 <code> <reason>`, as hyper writes it.
+fn status_line(status: StatusCode, out: &mut Vec<u8>) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn content_length(len: usize, out: &mut Vec<u8>) {
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "content-length: {len}\r\n");
+}
+
+fn date(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&http_date());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether a `Connection` value names `close` (as hyper reads it).
@@ -560,6 +635,50 @@ mod tests {
             head.media_type, "",
             "read as JSON, as hyper's path reads it"
         );
+    }
+
+    /// The lane's own rendering of a produce's answer is the bytes `encode` writes for the
+    /// router's (`render_produce`), for every durability, answers below and above the static
+    /// `content-length` table, and during a stop.
+    #[tokio::test]
+    async fn a_produce_answer_is_encoded_as_the_routers_answer_is() {
+        use crate::broker::Durability;
+        use crate::log::Offset;
+        use crate::metadata::PartitionId;
+        let durabilities = [
+            Durability::None,
+            Durability::Leader,
+            Durability::Fsync,
+            Durability::IsrFsync,
+        ];
+        for durability in durabilities {
+            for records in [1u64, 3, 200] {
+                for stopping in [false, true] {
+                    let outcome = ProduceOutcome {
+                        offsets: (0..records)
+                            .map(|i| (PartitionId((i % 7) as u32), Offset(u64::MAX - i * 99_991)))
+                            .collect(),
+                        durability,
+                    };
+                    let (mut direct, mut routed) = (Vec::new(), Vec::new());
+                    encode_produce(&outcome, stopping, &mut direct);
+                    let response = crate::http::render::render_produce(&outcome);
+                    let close = encode(response, stopping, &mut routed).await;
+                    assert_eq!(close, Some(false));
+                    // The `date` may cross a second between the two.
+                    let undated = |bytes: &[u8]| {
+                        let text = String::from_utf8_lossy(bytes).into_owned();
+                        let at = text.find("\r\ndate: ").expect("a date") + 8;
+                        format!("{}{}", &text[..at], &text[at + 29..])
+                    };
+                    assert_eq!(
+                        undated(&direct),
+                        undated(&routed),
+                        "{durability:?}, {records} records, stopping {stopping}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

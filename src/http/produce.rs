@@ -26,7 +26,7 @@ use super::path::Path;
 use super::produce_split::{ProduceFailure, produce_records};
 use super::producers::producer_from_query;
 use super::render::render_produce;
-use crate::broker::{Acks, Broker, ProduceRecord, RecordFate, now_ms};
+use crate::broker::{Acks, Broker, ProduceOutcome, ProduceRecord, RecordFate, now_ms};
 use crate::limits::Limit;
 use crate::log::batch::{ProducerInfo, RecordRef};
 use crate::metadata::PartitionId;
@@ -196,6 +196,17 @@ pub(super) async fn produce_body(
     query: Option<&str>,
     body: ProduceBody<'_>,
 ) -> ApiResult<Response> {
+    let outcome = produce_outcome(node, topic, query, body).await?;
+    Ok(render_produce(&outcome))
+}
+
+/// What [`produce_body`] answers, before it is rendered.
+pub(super) async fn produce_outcome(
+    node: &AppState,
+    topic: &str,
+    query: Option<&str>,
+    body: ProduceBody<'_>,
+) -> ApiResult<ProduceOutcome> {
     let broker = &node.broker;
     let q = ProduceQuery::parse(query)?;
     let params = produce_params(&q, broker)?;
@@ -289,7 +300,7 @@ pub(super) async fn produce_body(
             ));
         }
     };
-    Ok(render_produce(&offsets))
+    Ok(offsets)
 }
 
 /// The problem for a JSON produce that failed after an append: which records were stored.

@@ -14,11 +14,37 @@ use crate::metadata::PartitionId;
 
 /// `{"offsets":[{"partition":p,"offset":o},...],"durability":"..."}` with the durability header.
 pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
-    let durability = outcome.durability;
+    let (status, body) = produce_answer(outcome);
+    let mut response = json_response(status, body);
+    response.headers_mut().insert(
+        DURABILITY_HEADER,
+        HeaderValue::from_static(outcome.durability.as_str()),
+    );
+    response
+}
+
+/// The status and body of [`render_produce`]'s answer.
+fn produce_answer(outcome: &ProduceOutcome) -> (StatusCode, Vec<u8>) {
     let mut body = Vec::with_capacity(produce_answer_bytes(outcome));
-    let status = if durability == Durability::None {
+    let status = write_produce_answer(outcome, &mut body);
+    debug_assert_eq!(body.len(), body.capacity(), "produce_answer_bytes is exact");
+    (status, body)
+}
+
+/// The status of [`render_produce`]'s answer: 202 when nothing was waited for (`acks=none`).
+pub(super) fn produce_status(outcome: &ProduceOutcome) -> StatusCode {
+    match outcome.durability {
+        Durability::None => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    }
+}
+
+/// Appends [`render_produce`]'s body to `body` (the connection lane writes it after its head,
+/// with no buffer of its own); its status.
+pub(super) fn write_produce_answer(outcome: &ProduceOutcome, body: &mut Vec<u8>) -> StatusCode {
+    let durability = outcome.durability;
+    if durability == Durability::None {
         body.extend_from_slice(NONE_ANSWER);
-        StatusCode::ACCEPTED
     } else {
         body.extend_from_slice(OFFSETS_OPEN);
         for (i, &(p, o)) in outcome.offsets.iter().enumerate() {
@@ -26,30 +52,23 @@ pub(super) fn render_produce(outcome: &ProduceOutcome) -> Response {
                 body.push(b',');
             }
             body.extend_from_slice(PARTITION_OPEN);
-            push_u64(&mut body, u64::from(p.0));
+            push_u64(body, u64::from(p.0));
             body.extend_from_slice(OFFSET_FIELD);
-            push_u64(&mut body, o.0);
+            push_u64(body, o.0);
             body.push(b'}');
         }
         body.extend_from_slice(DURABILITY_FIELD);
         body.extend_from_slice(durability.as_str().as_bytes());
         body.extend_from_slice(ANSWER_CLOSE);
-        StatusCode::OK
-    };
-    debug_assert_eq!(body.len(), body.capacity(), "produce_answer_bytes is exact");
-    let mut response = json_response(status, body);
-    response.headers_mut().insert(
-        DURABILITY_HEADER,
-        HeaderValue::from_static(durability.as_str()),
-    );
-    response
+    }
+    produce_status(outcome)
 }
 
 /// Which durability held, on every produce answer. A `const`, so the name is checked at
 /// compile time rather than on every answer (`from_static` is a `const fn`). The lint warns
 /// that each use is a fresh copy; that is the point, and a static name is never mutated.
 #[allow(clippy::declare_interior_mutable_const)]
-const DURABILITY_HEADER: HeaderName = HeaderName::from_static("tidelog-durability");
+pub(super) const DURABILITY_HEADER: HeaderName = HeaderName::from_static("tidelog-durability");
 
 /// The pieces of the produce answer, written by [`render_produce`] and counted by
 /// [`produce_answer_bytes`].
@@ -64,7 +83,7 @@ const ANSWER_CLOSE: &[u8] = b"\"}";
 /// size: a `Vec` whose capacity is its length becomes the response body as it is, where a
 /// longer one costs another allocation (`Bytes` keeps the capacity in a shared header) and
 /// a buffer that grows one more (an answer with a five-digit offset outgrew the old guess).
-fn produce_answer_bytes(outcome: &ProduceOutcome) -> usize {
+pub(super) fn produce_answer_bytes(outcome: &ProduceOutcome) -> usize {
     if outcome.durability == Durability::None {
         return NONE_ANSWER.len();
     }

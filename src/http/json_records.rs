@@ -335,6 +335,15 @@ impl<'a> DecodedRecords<'a> {
     }
 
     fn push(&mut self, record: JsonRecord<'a>, line: Option<usize>) -> Result<(), TooManyRecords> {
+        self.push_decoded(line, |now| decode_record(record, now, line))
+    }
+
+    /// [`DecodedRecords::push`] of the record `decode` makes (given the request's clock).
+    fn push_decoded(
+        &mut self,
+        line: Option<usize>,
+        decode: impl FnOnce(i64) -> ApiResult<Decoded<'a>>,
+    ) -> Result<(), TooManyRecords> {
         let index = self.seen;
         self.seen += 1;
         if self.seen > u64::from(self.rules.records_max) {
@@ -347,8 +356,7 @@ impl<'a> DecodedRecords<'a> {
             Some(l) => RecordPlace::Line(l),
             None => RecordPlace::Index(index),
         };
-        let decoded = decode_record(record, self.rules.now, line)
-            .and_then(|d| self.rules.check(&d, place).map(|()| d));
+        let decoded = decode(self.rules.now).and_then(|d| self.rules.check(&d, place).map(|()| d));
         match decoded {
             Ok(d) => {
                 self.headers += d.headers.as_ref().map_or(0, |h| h.len());
@@ -410,6 +418,25 @@ pub(super) fn parse_off_the_workers<T>(len: usize, parse: impl FnOnce() -> T) ->
 /// Parses a JSON produce body, `{"records":[...]}`, decoding each record as soon as it is
 /// parsed: the records are never held as [`JsonRecord`]s in a vector of their own.
 pub(super) fn parse_json_body(bytes: &[u8], rules: RecordRules) -> ApiResult<DecodedBatch<'_>> {
+    if let Some(value) = one_plain_string_value(bytes) {
+        // The record serde would read: a value's JSON text, nothing else.
+        let mut out = DecodedRecords::new(rules, 0, 1);
+        let pushed = out.push_decoded(None, |now| {
+            Ok(Decoded {
+                key: None,
+                key_is_utf8: false,
+                value: Some(Cow::Borrowed(value.as_bytes())),
+                value_is_json: true,
+                headers: None,
+                partition: None,
+                timestamp_ms: now,
+            })
+        });
+        if pushed.is_err() {
+            return Err(rules.too_many_records());
+        }
+        return out.finish();
+    }
     let presized = (bytes.len() / GUESSED_RECORD_BYTES)
         .min(RECORDS_PRESIZED_MAX)
         .min(rules.records_max as usize);
@@ -420,6 +447,58 @@ pub(super) fn parse_json_body(bytes: &[u8], rules: RecordRules) -> ApiResult<Dec
     }
     parsed.map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
     out.finish()
+}
+
+/// The value of the most common produce body, one record with a plain string value:
+/// `{"records":[{"value":"..."}]}`, JSON whitespace allowed between tokens, the string
+/// without escapes or control characters and valid UTF-8. Its JSON text, quotes included (as
+/// a `RawValue` holds it); None for any other body, which serde reads (a test holds the two
+/// to the same records and refusals).
+fn one_plain_string_value(bytes: &[u8]) -> Option<&str> {
+    let mut at = 0;
+    for token in [
+        &b"{"[..],
+        b"\"records\"",
+        b":",
+        b"[",
+        b"{",
+        b"\"value\"",
+        b":",
+        b"\"",
+    ] {
+        at = after_token(bytes, at, token)?;
+    }
+    let start = at - 1;
+    let end = at + memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+    // A fold, not `any`: no early exit, so it runs over whole vectors.
+    let control = bytes[at..end]
+        .iter()
+        .fold(false, |seen, &b| seen | (b < 0x20));
+    if bytes[end] != b'"' || control {
+        return None;
+    }
+    let value = std::str::from_utf8(&bytes[start..=end]).ok()?;
+    at = end + 1;
+    for token in [b"}", b"]", b"}"] {
+        at = after_token(bytes, at, token)?;
+    }
+    (skip_json_whitespace(bytes, at) == bytes.len()).then_some(value)
+}
+
+/// Where `bytes` goes on after `token`, the next thing after whitespace from `at`.
+fn after_token(bytes: &[u8], at: usize, token: &[u8]) -> Option<usize> {
+    let at = skip_json_whitespace(bytes, at);
+    bytes
+        .get(at..)?
+        .starts_with(token)
+        .then_some(at + token.len())
+}
+
+fn skip_json_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
 }
 
 /// The parse of [`parse_json_body`], into `out`.
@@ -902,8 +981,12 @@ mod tests {
     }
 
     fn reference(body: &str) -> Result<Vec<Flat>, String> {
-        let parsed: JsonProduce<'_> = serde_json::from_slice(body.as_bytes())
-            .map_err(|e| format!("invalid JSON body: {e}"))?;
+        reference_bytes(body.as_bytes())
+    }
+
+    fn reference_bytes(body: &[u8]) -> Result<Vec<Flat>, String> {
+        let parsed: JsonProduce<'_> =
+            serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
         parsed
             .records
             .into_iter()
@@ -959,6 +1042,75 @@ mod tests {
                 .map_err(|e| e.detail);
             assert_eq!(ours, reference(body), "{body}");
         }
+    }
+
+    /// Bodies around the one-plain-string shape the parse reads without serde: whitespace
+    /// between the tokens, strings with quotes, escapes, control characters, non-ASCII or
+    /// invalid UTF-8, other fields, more records, trailing bytes. Every one is read, or
+    /// refused, as the derived parse reads it.
+    #[test]
+    fn the_one_plain_string_body_reads_as_serde_reads_it() {
+        use proptest::prelude::*;
+        let whitespace = prop::sample::select(vec!["", " ", "\n", "\t ", "\r\n", "\u{a0}", "\x0c"]);
+        let string = prop::collection::vec(
+            prop::sample::select(vec![
+                "x",
+                "é",
+                "\"",
+                "\\",
+                "\\n",
+                "\\u0041",
+                "\u{1}",
+                "\u{7f}",
+                "\u{1F600}",
+                " ",
+                "/",
+            ]),
+            0..6,
+        )
+        .prop_map(|parts| parts.concat());
+        let shape = (
+            prop::collection::vec(whitespace, 16),
+            string,
+            prop::sample::select(vec!["records", "value", "extra", ""]),
+            prop::sample::select(vec!["", ",{\"value\":1}", ",\"key\":\"k\"", "}", "]"]),
+            prop::sample::select(vec!["value", "key", "valu"]),
+        );
+        let config = ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |((ws, value, outer, extra, field) in shape)| {
+            let body = format!(
+                "{}{{{}\"records\"{}:{}[{}{{{}\"{field}\"{}:{}\"{value}\"{}{}}}{}]{}}}{}{outer}",
+                ws[0], ws[1], ws[2], ws[3], ws[4], ws[5], ws[6], ws[7], ws[8], extra, ws[9], ws[10],
+                ws[11],
+            );
+            let ours = parse_json_body(body.as_bytes(), rules(7))
+                .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
+                .map_err(|e| e.detail);
+            prop_assert_eq!(ours, reference(&body), "{}", body);
+        });
+        // Bytes that are not UTF-8 inside the value, and records_per_request_max of 0.
+        let invalid = b"{\"records\":[{\"value\":\"\xff\xfe\"}]}";
+        let ours = parse_json_body(invalid, rules(7))
+            .map(|b| b.records.iter().map(flat).collect::<Vec<_>>())
+            .map_err(|e| e.detail);
+        assert_eq!(ours, reference_bytes(invalid));
+        let limits = Limits {
+            records_per_request_max: 0,
+            ..Limits::default()
+        };
+        let e = parse_json_body(
+            br#"{"records":[{"value":"a"}]}"#,
+            RecordRules::new(&limits, 7),
+        )
+        .err()
+        .expect("over records_per_request_max");
+        assert_eq!(e.code, "limit_exceeded");
+        let plain = br#" { "records" : [ { "value" : "a b" } ] } "#;
+        assert_eq!(one_plain_string_value(plain), Some("\"a b\""));
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub(super) async fn serve(
     let body_max = lane.body_bytes_max();
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(512);
+    // One wait for the stop per connection, not one per read: each is a waiter on the
+    // channel every connection shares.
+    let mut stop_seen = stop.clone();
+    let mut stopped = std::pin::pin!(stop_seen.wait_for(|stopping| *stopping));
     loop {
         let head = match parse(&buf, body_max) {
             Parsed::Produce(head) => head,
@@ -114,7 +118,7 @@ pub(super) async fn serve(
                 buf.reserve(4096);
                 let read = tokio::select! {
                     read = stream.read_buf(&mut buf) => read,
-                    _ = stop.wait_for(|stopping| *stopping) => return LaneEnd::Closed,
+                    _ = &mut stopped => return LaneEnd::Closed,
                 };
                 match read {
                     Ok(0) | Err(_) => return LaneEnd::Closed,

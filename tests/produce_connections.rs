@@ -274,3 +274,48 @@ fn the_clocks_hold_on_the_lane_as_under_hyper() {
         "closed once idle, nothing more sent"
     );
 }
+
+/// A graceful stop closes a produce connection waiting for its next request at once, and
+/// answers a request in flight (its body still coming) before closing, with
+/// `connection: close`, as hyper does.
+#[test]
+fn a_stop_closes_a_waiting_produce_connection_and_answers_the_one_in_flight() {
+    let broker =
+        common::TestBroker::start_with_config("[limits]\nheader_read_timeout_ms = 60000\n");
+    create_topics(&broker, &["s"]);
+    let mut idle = connect(&broker.url);
+    idle.write_all(json("s", r#"{"records":[{"value":1}]}"#).as_bytes())
+        .unwrap();
+    read_answers(&mut idle, 1);
+    let mut in_flight = connect(&broker.url);
+    let request = json("s", r#"{"records":[{"value":"last"}]}"#);
+    let at = request.find("\r\n\r\n").unwrap() + 4;
+    in_flight.write_all(&request.as_bytes()[..at]).unwrap();
+    // The head in, the body not yet: the broker waits for it when the stop comes.
+    std::thread::sleep(Duration::from_millis(100));
+    let stopping = std::time::Instant::now();
+    let mut broker = broker;
+    let stopper = std::thread::spawn(move || {
+        let code = broker.terminate();
+        (code, broker)
+    });
+    assert_eq!(read_until_closed(&mut idle), "", "closed without an answer");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "closed {:?} after the stop, long before the header clock's 60 s",
+        stopping.elapsed()
+    );
+    in_flight.write_all(&request.as_bytes()[at..]).unwrap();
+    // Answered, not dropped: stored, or refused as the broker refuses any produce once its
+    // stop began (its partitions are closing).
+    let answer = read_until_closed(&mut in_flight);
+    let refused =
+        answer.starts_with("HTTP/1.1 503 ") && answer.contains(r#""code":"shutting_down""#);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") || refused,
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    let (code, _broker) = stopper.join().unwrap();
+    assert_eq!(code, Some(0), "a clean stop");
+}

@@ -8,14 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn connect(url: &str) -> TcpStream {
-    let addr = url.trim_start_matches("http://");
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream
-}
+use common::connect_raw as connect;
 
 /// Sends a keep-alive `GET path` and reads the answer (one read: these answers are small).
 fn get(stream: &mut TcpStream, path: &str) -> std::io::Result<String> {

@@ -9,14 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn connect(url: &str) -> TcpStream {
-    let addr = url.trim_start_matches("http://");
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream
-}
+use common::connect_raw as connect;
 
 /// A produce request to `topic`, with `fields` (whole header lines) and `body`.
 fn produce(topic: &str, query: &str, fields: &str, body: &str) -> String {

@@ -6,7 +6,7 @@
 //! and future; the handler's extractors then copy the path parameter, the query and every
 //! header. That is about a third of a single-record produce's allocations and a tenth of
 //! its instructions (`benches/profile/produce.sh`). Here the path is matched by hand and the
-//! handler's body, [`produce_body`], reads the request where it lies.
+//! handler's body, `produce::produce_outcome`, reads the request where it lies.
 //!
 //! Invariant: the lane answers exactly what the router would. It takes only requests whose
 //! route, forwarding and answer it knows to be the router's:
@@ -28,8 +28,8 @@ use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::produce::{ProduceBody, produce_body, produce_outcome, reads_body_first};
-use super::render::produce_status;
+use super::produce::{ProduceBody, produce_outcome, reads_body_first};
+use super::render::{produce_status, render_produce};
 use super::request_metrics;
 use crate::broker::ProduceOutcome;
 
@@ -72,31 +72,15 @@ impl FastLane {
             headers: &parts.headers,
             body,
         };
-        Ok(self.produce(started, topic, parts.uri.query(), body).await)
-    }
-
-    /// The lane's produce, counted and timed in the produce route's series.
-    pub(super) async fn produce(
-        &self,
-        started: Instant,
-        topic: &str,
-        query: Option<&str>,
-        body: ProduceBody<'_>,
-    ) -> Response {
-        let response = produce_body(&self.node, topic, query, body)
+        let outcome = self.produce_outcome(started, topic, parts.uri.query(), body);
+        Ok(outcome
             .await
-            .unwrap_or_else(IntoResponse::into_response);
-        request_metrics::record(
-            PRODUCE_ROUTE,
-            "POST",
-            response.status(),
-            started.elapsed().as_secs_f64(),
-        );
-        response
+            .map_or_else(|refused| refused, |o| render_produce(&o)))
     }
 
-    /// [`FastLane::produce`] for the connection lane: the outcome, which the lane renders
-    /// itself, or the refusal's answer; counted and timed the same way.
+    /// The lane's produce, counted and timed in the produce route's series: the outcome
+    /// (rendered by the caller: the connection lane writes it itself), or the refusal's
+    /// answer.
     pub(super) async fn produce_outcome(
         &self,
         started: Instant,

@@ -443,6 +443,17 @@ pub fn produced_partition_offsets(produce_answer: &serde_json::Value) -> Vec<(u6
         .collect()
 }
 
+/// A raw socket to the broker at `url` (`http://127.0.0.1:PORT`), reads timing out after 20 s,
+/// for tests of what crosses the wire.
+pub fn connect_raw(url: &str) -> std::net::TcpStream {
+    let addr = url.trim_start_matches("http://");
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    stream
+}
+
 /// `GET {url}{path}`; asserts a 200 and returns the JSON body.
 pub async fn get_json_ok(http: &Client, url: &str, path: &str) -> serde_json::Value {
     let response = http

@@ -312,3 +312,57 @@ fn a_stop_closes_a_waiting_produce_connection_and_answers_the_one_in_flight() {
     let (code, _broker) = stopper.join().unwrap();
     assert_eq!(code, Some(0), "a clean stop");
 }
+
+/// What the lane leaves to hyper mid-connection is still answered, on the same connection:
+/// a body past the lane's 16 KiB that arrives after its head, a head past 16 KiB, and a
+/// request whose query refuses it before its body comes (answered at once, not after a
+/// body that never arrives).
+#[test]
+fn requests_past_the_lanes_sizes_or_refused_before_their_body_are_answered() {
+    let broker = common::TestBroker::start();
+    create_topics(&broker, &["big"]);
+    let write_in_two = |stream: &mut TcpStream, request: &str| {
+        let at = request.find("\r\n\r\n").unwrap() + 4;
+        stream.write_all(&request.as_bytes()[..at]).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        stream.write_all(&request.as_bytes()[at..]).unwrap();
+    };
+
+    let mut stream = connect(&broker.url);
+    let value = "v".repeat(20 * 1024);
+    write_in_two(
+        &mut stream,
+        &json("big", &format!(r#"{{"records":[{{"value":"{value}"}}]}}"#)),
+    );
+    let answer = read_answers(&mut stream, 1).remove(0);
+    assert!(answer.contains(r#""offset":0"#), "{answer}");
+
+    let mut stream = connect(&broker.url);
+    let long_field = format!("X-Padding: {}\r\n", "p".repeat(17 * 1024));
+    let request = produce(
+        "big",
+        "?acks=all",
+        &long_field,
+        r#"{"records":[{"value":1}]}"#,
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let answer = read_answers(&mut stream, 1).remove(0);
+    assert!(answer.contains(r#""offset":1"#), "{answer}");
+
+    let mut stream = connect(&broker.url);
+    let refused = produce(
+        "big",
+        "?acks=bogus",
+        "Content-Type: application/json\r\n",
+        "{}",
+    );
+    let at = refused.find("\r\n\r\n").unwrap() + 4;
+    stream.write_all(&refused.as_bytes()[..at]).unwrap();
+    let answer = read_answers(&mut stream, 1).remove(0);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("'acks' must be all, leader or none"),
+        "{answer}"
+    );
+}

@@ -24,7 +24,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::{Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
@@ -95,12 +95,7 @@ impl FastLane {
             Ok(outcome) => produce_status(outcome),
             Err(response) => response.status(),
         };
-        request_metrics::record(
-            PRODUCE_ROUTE,
-            "POST",
-            status,
-            started.elapsed().as_secs_f64(),
-        );
+        count(started, status);
         outcome
     }
 
@@ -114,6 +109,16 @@ impl FastLane {
     pub(super) fn body_bytes_max(&self) -> u64 {
         self.node.limits().request_body_bytes_max
     }
+}
+
+/// Counts and times a produce that began at `started` in the produce route's series.
+pub(super) fn count(started: Instant, status: StatusCode) {
+    request_metrics::record(
+        PRODUCE_ROUTE,
+        "POST",
+        status,
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 /// Where the topic is in a produce path the lane takes: `/v1/topics/{topic}/records` with a

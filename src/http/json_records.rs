@@ -418,30 +418,33 @@ pub(super) fn parse_off_the_workers<T>(len: usize, parse: impl FnOnce() -> T) ->
 /// Parses a JSON produce body, `{"records":[...]}`, decoding each record as soon as it is
 /// parsed: the records are never held as [`JsonRecord`]s in a vector of their own.
 pub(super) fn parse_json_body(bytes: &[u8], rules: RecordRules) -> ApiResult<DecodedBatch<'_>> {
-    if let Some(value) = one_plain_string_value(bytes) {
-        // The record serde would read: a value's JSON text, nothing else.
-        let mut out = DecodedRecords::new(rules, 0, 1);
-        let pushed = out.push_decoded(None, |now| {
-            Ok(Decoded {
-                key: None,
-                key_is_utf8: false,
-                value: Some(Cow::Borrowed(value.as_bytes())),
-                value_is_json: true,
-                headers: None,
-                partition: None,
-                timestamp_ms: now,
-            })
-        });
-        if pushed.is_err() {
-            return Err(rules.too_many_records());
+    let mut out;
+    let parsed = match one_plain_string_value(bytes) {
+        Some(value) => {
+            // The record serde would read: a value's JSON text, nothing else. Past
+            // `records_max` it is counted as seen, as serde's parse counts it.
+            out = DecodedRecords::new(rules, 0, 1);
+            let _ = out.push_decoded(None, |now| {
+                Ok(Decoded {
+                    key: None,
+                    key_is_utf8: false,
+                    value: Some(Cow::Borrowed(value.as_bytes())),
+                    value_is_json: true,
+                    headers: None,
+                    partition: None,
+                    timestamp_ms: now,
+                })
+            });
+            Ok(())
         }
-        return out.finish();
-    }
-    let presized = (bytes.len() / GUESSED_RECORD_BYTES)
-        .min(RECORDS_PRESIZED_MAX)
-        .min(rules.records_max as usize);
-    let mut out = DecodedRecords::new(rules, 0, presized);
-    let parsed = parse_json_records(bytes, &mut out);
+        None => {
+            let presized = (bytes.len() / GUESSED_RECORD_BYTES)
+                .min(RECORDS_PRESIZED_MAX)
+                .min(rules.records_max as usize);
+            out = DecodedRecords::new(rules, 0, presized);
+            parse_json_records(bytes, &mut out)
+        }
+    };
     if out.seen > u64::from(rules.records_max) {
         return Err(rules.too_many_records());
     }

@@ -28,6 +28,7 @@
 //! - A stop (graceful shutdown) closes a connection waiting for a request; a request being
 //!   served is answered first, with `connection: close`, as hyper does.
 
+use std::borrow::Cow;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -46,13 +47,12 @@ use tokio::sync::watch;
 
 use super::body::body_read_failed;
 use super::content_length::static_content_length;
-use super::fast_lane::{FastLane, PRODUCE_ROUTE, produce_topic};
+use super::fast_lane::{FastLane, count, produce_topic};
 use super::head_clock::HeadClock;
 use super::produce::ProduceBody;
 use super::render::{
     DURABILITY_HEADER, produce_answer_bytes, produce_status, write_produce_answer,
 };
-use super::request_metrics;
 use super::serve::{BodyClocks, BodyTimeout};
 use crate::broker::ProduceOutcome;
 
@@ -98,7 +98,7 @@ pub(super) async fn serve(
     stream: &mut TcpStream,
     clock: &Arc<HeadClock>,
     clocks: BodyClocks,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
 ) -> LaneEnd {
     let body_max = lane.body_bytes_max();
     let mut buf = BytesMut::with_capacity(4096);
@@ -130,11 +130,8 @@ pub(super) async fn serve(
         if buf.len() < whole {
             // Waited for here only when nothing could refuse the request before its body,
             // so the answer is the one hyper's path gives once the body is read.
-            let query = head
-                .query
-                .as_ref()
-                .and_then(|q| ascii(&buf[..head.len])?.get(q.clone()));
-            if whole > REQUEST_BYTES_MAX || !lane.reads_body_first(query) {
+            let query = head.query.as_ref().map(|q| ascii(&buf[q.clone()]));
+            if whole > REQUEST_BYTES_MAX || !lane.reads_body_first(query.as_deref()) {
                 return LaneEnd::HandOver(buf.freeze());
             }
         }
@@ -143,22 +140,14 @@ pub(super) async fn serve(
         let response = match read_body(stream, &mut buf, whole, clocks).await {
             BodyRead::Whole => {
                 let request = buf.split_to(whole).freeze();
-                match answer(lane, &request, &head, started).await {
-                    Some(outcome) => outcome,
-                    None => return LaneEnd::Closed,
-                }
+                answer(lane, &request, &head, started).await
             }
             BodyRead::Closed => return LaneEnd::Closed,
             // As hyper's path answers a body out of time: a 408 whose `connection: close`
             // (`error`) closes the connection.
             BodyRead::OutOfTime(timeout) => {
                 let response = body_read_failed(axum::Error::new(timeout)).into_response();
-                request_metrics::record(
-                    PRODUCE_ROUTE,
-                    "POST",
-                    response.status(),
-                    started.elapsed().as_secs_f64(),
-                );
+                count(started, response.status());
                 Err(response)
             }
         };
@@ -230,9 +219,9 @@ async fn read_body(
     BodyRead::Whole
 }
 
-/// `head` as text, if it is (a head the lane takes is ASCII up to its header values).
-fn ascii(head: &[u8]) -> Option<&str> {
-    std::str::from_utf8(head).ok()
+/// A part of the request line as text: plain ASCII, checked by `parse`, so borrowed.
+fn ascii(part: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(part)
 }
 
 /// The produce's outcome for `request`, whose head `parse` read as `head`, or the answer
@@ -242,19 +231,15 @@ async fn answer(
     request: &Bytes,
     head: &Head,
     started: Instant,
-) -> Option<Result<ProduceOutcome, Response>> {
-    // The request line is plain ASCII, checked by `parse`.
-    let line = ascii(&request[..head.topic.end])?;
-    let topic = line.get(head.topic.clone())?;
-    let query = match &head.query {
-        Some(range) => Some(ascii(&request[range.clone()])?),
-        None => None,
-    };
+) -> Result<ProduceOutcome, Response> {
+    let topic = ascii(&request[head.topic.clone()]);
+    let query = head.query.as_ref().map(|q| ascii(&request[q.clone()]));
     let body = ProduceBody::Whole {
         media_type: head.media_type,
         bytes: request.slice(head.len..),
     };
-    Some(lane.produce_outcome(started, topic, query, body).await)
+    lane.produce_outcome(started, &topic, query.as_deref(), body)
+        .await
 }
 
 /// Parses the head at the start of `buf` (see the module's invariant for what the lane takes).

@@ -215,8 +215,8 @@ pub(super) struct BodyClocks {
 }
 
 impl BodyClocks {
-    /// Why a body that last made progress at `last_progress`, and whose head came at
-    /// `head`, is out of time at `now`.
+    /// Why a body whose head came at `head` is out of time at `now`: past the total, or
+    /// else stalled.
     pub(super) fn timeout(&self, head: Instant, now: Instant) -> BodyTimeout {
         if now >= head + self.total {
             BodyTimeout {
@@ -264,7 +264,7 @@ impl Connection {
         let mut read = Bytes::new();
         if let Some(lane) = lane.as_ref().filter(|_| !health_only) {
             tokio::select! {
-                end = lane_connection::serve(lane, &mut stream, &head_clock, clocks, &mut stop) => {
+                end = lane_connection::serve(lane, &mut stream, &head_clock, clocks, &stop) => {
                     match end {
                         LaneEnd::Closed => return,
                         LaneEnd::HandOver(bytes) => read = bytes,
